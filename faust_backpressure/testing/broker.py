@@ -1,0 +1,395 @@
+"""A real Apache Kafka broker (one KRaft node) that the project starts by itself.
+
+The broker jars come from Maven Central through Maven and are cached under ``.kafka/`` at the
+repo root (or ``$FAUST_BP_KAFKA_HOME``), so they are fetched once per checkout (Maven's own
+``~/.m2`` makes later checkouts on the same machine copy, not download).
+
+Three ways to use it:
+
+* :func:`kafka_bootstrap` / :class:`LocalKafkaBroker` from Python (the pytest session fixture);
+* ``python -m faust_backpressure.testing.broker start|stop|status|fetch`` for humans and the demo;
+* ``KAFKA_BOOTSTRAP_SERVERS=host:port`` set in the environment: that broker is used and nothing is
+  started (for example a ``docker compose up`` broker).
+
+Example::
+
+    with LocalKafkaBroker() as broker:
+        print(broker.bootstrap_servers)   # 127.0.0.1:<free port>
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "DEFAULT_KAFKA_VERSION",
+    "BrokerError",
+    "LocalKafkaBroker",
+    "ensure_kafka_jars",
+    "kafka_bootstrap",
+    "kafka_home",
+    "wait_for_broker",
+]
+
+DEFAULT_KAFKA_VERSION = "3.9.1"
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+VERSION_ENV = "FAUST_BP_KAFKA_VERSION"
+HOME_ENV = "FAUST_BP_KAFKA_HOME"
+
+# slf4j-api 1.7 ships with Kafka 3.x, 2.x with Kafka 4.x; the binding must match it.
+_SLF4J_FOR_MAJOR = {"3": "1.7.36", "4": "2.0.17"}
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or reached."""
+
+
+def kafka_version() -> str:
+    return os.environ.get(VERSION_ENV, DEFAULT_KAFKA_VERSION)
+
+
+def kafka_home() -> Path:
+    """Where jars and broker state live: ``$FAUST_BP_KAFKA_HOME``, else ``.kafka/`` of the repo."""
+    if env := os.environ.get(HOME_ENV):
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").exists():
+        return repo / ".kafka"
+    return Path.home() / ".cache" / "faust-backpressure" / "kafka"
+
+
+def _require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(f"`{name}` was not found on PATH: {hint}")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise downloads between processes (several test sessions may start at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_kafka_jars(version: str | None = None) -> Path:
+    """Return the folder of the broker's jars, fetching them with Maven the first time."""
+    version = version or kafka_version()
+    major = version.split(".", 1)[0]
+    if major not in _SLF4J_FOR_MAJOR:
+        raise BrokerError(f"{VERSION_ENV}={version}: only Kafka 3.x and 4.x are supported")
+    root = kafka_home() / version
+    libs = root / "libs"
+    done = root / ".complete"
+    if done.exists():
+        return libs
+    with _file_lock(root / ".lock"):
+        if done.exists():
+            return libs
+        mvn = _require_tool("mvn", "install Maven (e.g. `apt-get install maven`) to fetch Kafka")
+        pom = resources.files("faust_backpressure.testing").joinpath("kafka-pom.xml").read_text()
+        pom = pom.replace("KAFKA_VERSION", version)
+        pom = pom.replace("SLF4J_VERSION", _SLF4J_FOR_MAJOR[major])
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "pom.xml").write_text(pom)
+        staging = root / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"fetching Apache Kafka {version} broker jars with Maven ...", file=sys.stderr)
+        proc = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(root / "pom.xml"), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"Maven could not fetch org.apache.kafka:kafka_2.13:{version}:\n"
+                f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        done.write_text(version)
+    return libs
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _die_with_parent() -> None:
+    """Runs in the broker's child process: SIGKILL it when the test process dies, however."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _port_open(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _metadata_ok(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if not _port_open(bootstrap):
+        return False
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.describe_cluster()
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
+                    log: Path | None = None) -> None:
+    """Block until the broker answers a metadata request (not merely accepts TCP)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-4000:] if log and log.exists() else ""
+            raise BrokerError(f"Kafka exited with code {proc.returncode} while starting:\n{tail}")
+        if asyncio.run(_metadata_ok(bootstrap)):
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+class LocalKafkaBroker:
+    """One combined broker+controller KRaft node on 127.0.0.1 with test-friendly settings."""
+
+    def __init__(self, version: str | None = None, *, data_dir: Path | None = None,
+                 tie_to_parent: bool = True, heap: str = "512m") -> None:
+        self.version = version or kafka_version()
+        self.port = _free_port()
+        self.controller_port = _free_port()
+        self._own_data_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="fbp-kafka-"))
+        self.tie_to_parent = tie_to_parent
+        self.heap = heap
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _properties(self) -> str:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "log.segment.bytes": str(16 * 1024 * 1024),
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            "log.cleaner.backoff.ms": "1000",
+        }
+        return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+    def start(self, timeout: float = 90.0) -> LocalKafkaBroker:
+        java = _require_tool("java", "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre`)")
+        libs = ensure_kafka_jars(self.version)
+        began = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self._properties())
+        classpath = f"{libs}/*"
+        fmt = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+             "-c", str(props), "--ignore-formatted"],
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             "-Djava.awt.headless=true", "-cp", classpath, "kafka.Kafka", str(props)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if self.tie_to_parent else None,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_broker(self.bootstrap_servers, timeout, self.proc, self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafkaBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def kafka_bootstrap() -> Iterator[str]:
+    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker started here."""
+    external = os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        wait_for_broker(external, timeout=30)
+        yield external
+        return
+    with LocalKafkaBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+# ---- command line: python -m faust_backpressure.testing.broker start|stop|status|fetch ----
+
+def _state_file() -> Path:
+    return kafka_home() / "run" / "broker.json"
+
+
+def _read_state() -> dict[str, object] | None:
+    path = _state_file()
+    if not path.exists():
+        return None
+    state: dict[str, object] = json.loads(path.read_text())
+    pid = int(str(state["pid"]))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _cmd_start() -> int:
+    if (state := _read_state()) is not None:
+        print(state["bootstrap"])
+        return 0
+    data_dir = kafka_home() / "run" / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    broker = LocalKafkaBroker(data_dir=data_dir, tie_to_parent=False)
+    broker.start()
+    assert broker.proc is not None
+    _state_file().write_text(json.dumps(
+        {"pid": broker.proc.pid, "bootstrap": broker.bootstrap_servers,
+         "data_dir": str(data_dir), "version": broker.version}))
+    print(f"Kafka {broker.version} ready in {broker.startup_seconds:.1f} s", file=sys.stderr)
+    print(broker.bootstrap_servers)
+    return 0
+
+
+def _cmd_stop() -> int:
+    state = _read_state()
+    if state is None:
+        print("no broker running", file=sys.stderr)
+        return 0
+    pid = int(str(state["pid"]))
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _state_file().unlink(missing_ok=True)
+    shutil.rmtree(str(state["data_dir"]), ignore_errors=True)
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m faust_backpressure.testing.broker",
+                                     description="A local Apache Kafka broker for tests and demos.")
+    parser.add_argument("command", choices=["start", "stop", "status", "fetch"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(ensure_kafka_jars())
+            return 0
+        if args.command == "start":
+            return _cmd_start()
+        if args.command == "stop":
+            return _cmd_stop()
+        state = _read_state()
+        print(state["bootstrap"] if state else "not running")
+        return 0 if state else 1
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

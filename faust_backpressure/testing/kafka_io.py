@@ -1,0 +1,111 @@
+"""Small aiokafka helpers for tests and demos: create topics, produce, read back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+__all__ = ["consume", "create_topics", "produce"]
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+async def create_topics(bootstrap: str, topics: Mapping[str, int],
+                        config: Mapping[str, str] | None = None) -> None:
+    """Create ``{name: partitions}`` (replication 1) and wait until their leaders are known."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        new = [NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
+               for name, partitions in topics.items()]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        await admin.close()
+    # Producing before partition leaders are elected fails, so wait until metadata shows them.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for name, partitions in topics.items():
+            deadline = time.monotonic() + 30
+            while len(await producer.partitions_for(name)) < partitions:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"topic {name} has no leaders after 30 s")
+                await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+
+
+async def produce(bootstrap: str, topic: str,
+                  records: Iterable[tuple[bytes | None, bytes | None]], *,
+                  headers: Sequence[tuple[str, bytes]] | None = None,
+                  linger_ms: int = 5) -> int:
+    """Send records (batched: several records per producer batch) and wait for all acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
+    await producer.start()
+    count = 0
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value=value, key=key,
+                                               headers=list(headers or [])))
+            count += 1
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+async def consume(bootstrap: str, topic: str, *,
+                  until: int | Callable[[list[Record]], bool],
+                  timeout: float = 60.0) -> list[Record]:
+    """Read ``topic`` from the beginning (no consumer group) until ``until`` holds.
+
+    ``until`` is a record count or a predicate on everything read so far. Raises
+    ``TimeoutError`` with what was read when it does not hold within ``timeout``.
+    """
+    done: Callable[[list[Record]], bool] = (
+        (lambda rs: len(rs) >= until) if isinstance(until, int) else until
+    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout
+        while not done(records):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{topic}: condition not met after {timeout:.0f} s; "
+                                   f"read {len(records)} records")
+            batch = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    deadline = time.monotonic() + 30
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} not found")
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)

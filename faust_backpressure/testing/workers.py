@@ -1,0 +1,149 @@
+"""Real ``faust worker`` processes for tests and demos.
+
+Each worker gets its own data dir, no web server (several on one machine would clash on the web
+port), a log file, and dies with the process that started it even if that one is SIGKILLed.
+
+Example::
+
+    with FaustWorker("myapp.module", env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap}) as worker:
+        worker.wait_ready()
+        ...
+        worker.kill()          # SIGKILL, as a crash would
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError"]
+
+# Logged once per process, when the worker has started.
+READY_PATTERN = r"\[\^Worker\]: Ready"
+# Logged by the recovery service after each partition assignment, once streams flow again.
+REBALANCED_PATTERN = r"\[\^-*Recovery\]: Worker ready"
+
+
+class WorkerError(RuntimeError):
+    """A worker exited or did not become ready in time; the message carries its log tail."""
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class FaustWorker:
+    """One ``faust -A <app> worker`` process."""
+
+    def __init__(self, app: str, *, env: Mapping[str, str] | None = None, name: str = "worker",
+                 data_dir: Path | None = None, loglevel: str = "info",
+                 cwd: Path | None = None) -> None:
+        self.app = app
+        self.name = name
+        self._own_data_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"fbp-{name}-"))
+        self.log_path = self.data_dir / f"{name}.log"
+        self.loglevel = loglevel
+        self.cwd = cwd or Path.cwd()
+        self.env = {**os.environ, "FBP_WORKER_NAME": name, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self) -> FaustWorker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pythonpath = os.pathsep.join(filter(None, [str(self.cwd), self.env.get("PYTHONPATH")]))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", self.app, "--datadir",
+                 str(self.data_dir / "state"), "-l", self.loglevel, "worker", "--without-web"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**self.env, "PYTHONPATH": pythonpath}, cwd=self.cwd,
+                preexec_fn=_die_with_parent, start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "worker not started"
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 60.0, *, new_only: bool = True) -> str:
+        """Wait until ``pattern`` appears in the log (after the last match when ``new_only``)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.logs()
+            match = regex.search(text, self._log_offset if new_only else 0)
+            if match:
+                self._log_offset = match.end()
+                return match.group(0)
+            if not self.alive:
+                raise WorkerError(f"{self.name} exited ({self._exit_code()}) before "
+                                  f"/{pattern}/:\n{text[-5000:]}")
+            if time.monotonic() > deadline:
+                raise WorkerError(f"{self.name}: no /{pattern}/ within {timeout:.0f} s:\n"
+                                  f"{text[-5000:]}")
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 60.0) -> FaustWorker:
+        """Wait until the worker has started and joined its group."""
+        self.wait_for_log(READY_PATTERN, timeout)
+        return self
+
+    def wait_rebalanced(self, timeout: float = 60.0) -> FaustWorker:
+        """Wait for the next completed partition assignment (after a worker joins or dies)."""
+        self.wait_for_log(REBALANCED_PATTERN, timeout)
+        return self
+
+    def _exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush; exactly what a crash does."""
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``)."""
+        if self.alive:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self._exit_code()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> FaustWorker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()

@@ -1,0 +1,78 @@
+"""Session-wide fixtures: one real Kafka broker per test session, worker processes, unique names.
+
+The broker is started lazily, only when a test asks for ``kafka_bootstrap``; unit tests never pay
+for it. Set ``KAFKA_BOOTSTRAP_SERVERS`` to use an existing broker instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from faust_backpressure.testing.broker import kafka_bootstrap as _kafka_bootstrap
+from faust_backpressure.testing.workers import FaustWorker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port`` of the session's broker."""
+    with _kafka_bootstrap() as bootstrap:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        yield bootstrap
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique_name("src")`` -> a topic/app name no other test in any session uses."""
+    run = uuid.uuid4().hex[:6]
+    test = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
+
+    def make(label: str) -> str:
+        return f"{test}-{label}-{run}-{next(_counter)}"
+
+    return make
+
+
+@pytest.fixture
+def faust_workers(request: pytest.FixtureRequest, kafka_bootstrap: str
+                  ) -> Iterator[Callable[..., FaustWorker]]:
+    """Start real ``faust worker`` processes; all are stopped after the test, logs shown on failure.
+
+    ``faust_workers("tests.integration.apps.forward", name="a", env={...})`` returns a started
+    worker (call ``wait_ready()`` on it).
+    """
+    started: list[FaustWorker] = []
+
+    def start(app: str, *, name: str | None = None, env: dict[str, str] | None = None,
+              data_dir: Path | None = None) -> FaustWorker:
+        worker = FaustWorker(app, name=name or f"worker{len(started)}", data_dir=data_dir,
+                             env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, **(env or {})},
+                             cwd=REPO)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for worker in started:
+        worker.stop(timeout=10)
+        if failed is not None and failed.failed:
+            print(f"\n===== log of {worker.name} ({worker.log_path}) =====\n"
+                  f"{worker.logs()[-8000:]}")
+        worker.cleanup()
