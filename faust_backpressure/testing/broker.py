@@ -179,8 +179,8 @@ async def _metadata_ok(bootstrap: str) -> bool:
             await admin.close()
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
-                    log: Path | None = None) -> None:
+def wait_for_broker(bootstrap: str, timeout: float = 60.0,
+                    proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
     """Block until the broker answers a metadata request (not merely accepts TCP)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -190,7 +190,8 @@ def wait_for_broker(bootstrap: str, timeout: float = 60.0, proc: subprocess.Pope
         if asyncio.run(_metadata_ok(bootstrap)):
             return
         if time.monotonic() > deadline:
-            raise BrokerError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f} s")
+            raise BrokerError(
+                f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f} s")
         time.sleep(0.3)
 
 
@@ -299,7 +300,7 @@ class LocalKafkaBroker:
 
 @contextlib.contextmanager
 def kafka_bootstrap() -> Iterator[str]:
-    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker started here."""
+    """Yield a bootstrap address: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a new local broker."""
     external = os.environ.get(BOOTSTRAP_ENV)
     if external:
         wait_for_broker(external, timeout=30)

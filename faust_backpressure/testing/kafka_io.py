@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -12,7 +14,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 __all__ = ["consume", "create_topics", "produce"]
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 async def create_topics(bootstrap: str, topics: Mapping[str, int],
@@ -23,10 +25,8 @@ async def create_topics(bootstrap: str, topics: Mapping[str, int],
     try:
         new = [NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
                for name, partitions in topics.items()]
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass
     finally:
         await admin.close()
     # Producing before partition leaders are elected fails, so wait until metadata shows them.

@@ -72,7 +72,8 @@ async def test_rocksdb_table_recovers_from_changelog_after_restart_with_fresh_da
 
     first = faust_workers("tests.integration.apps.counter", name="first", env=env)
     first.wait_ready()
-    records = await consume(kafka_bootstrap, sink, until=lambda rs: _totals(rs) == dict.fromkeys(keys, 100))
+    records = await consume(kafka_bootstrap, sink,
+                            until=lambda rs: _totals(rs) == dict.fromkeys(keys, 100))
     assert "rocksdict:" in first.logs()
     assert any(first.data_dir.rglob("*.sst")) or any(first.data_dir.rglob("CURRENT"))
     assert first.stop() == 0

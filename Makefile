@@ -1,0 +1,44 @@
+# Quick start: `make demo` runs the demo pipeline on a local Kafka; `make test` runs the tests.
+# Both set themselves up (venv, packages, Kafka jars) idempotently.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install kafka demo test lint bench broker-start broker-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka: $(STAMP)
+	$(PY) -m faust_backpressure.testing.broker fetch
+
+demo: kafka
+	$(PY) -m examples.demo
+
+test: kafka
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check faust_backpressure tests bench examples
+	$(VENV)/bin/mypy faust_backpressure
+
+bench: kafka
+	$(PY) bench/limiters.py
+	$(PY) bench/distributed.py
+	$(PY) bench/agent_overhead.py
+
+broker-start: kafka
+	$(PY) -m faust_backpressure.testing.broker start
+
+broker-stop: $(STAMP)
+	$(PY) -m faust_backpressure.testing.broker stop
+
+clean:
+	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache
