@@ -26,7 +26,7 @@ test: kafka
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check faust_backpressure tests bench examples
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy faust_backpressure
 
 bench: kafka
