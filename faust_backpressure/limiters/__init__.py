@@ -1,0 +1,34 @@
+"""Pure-Python rate limiters: no Faust, no I/O, an injectable clock.
+
+See ``docs/limiters.md`` for burst semantics, waiting and multi-tier atomicity.
+"""
+
+from .adaptive import AdaptiveRateLimiter
+from .base import (
+    Clock,
+    LimiterBase,
+    RateLimiterStats,
+    RateLimitingStrategy,
+    RateLimitTimeout,
+)
+from .factory import RateLimiterFactory, TierLimit
+from .leaky_bucket import LeakyBucketRateLimiter
+from .multi_tier import MultiTierRateLimiter, TierSpec
+from .sliding_window import SlidingWindowRateLimiter
+from .token_bucket import TokenBucketRateLimiter
+
+__all__ = [
+    "AdaptiveRateLimiter",
+    "Clock",
+    "LeakyBucketRateLimiter",
+    "LimiterBase",
+    "MultiTierRateLimiter",
+    "RateLimitTimeout",
+    "RateLimiterFactory",
+    "RateLimiterStats",
+    "RateLimitingStrategy",
+    "SlidingWindowRateLimiter",
+    "TierLimit",
+    "TierSpec",
+    "TokenBucketRateLimiter",
+]

@@ -1,0 +1,163 @@
+"""Several limiters (bulkheads) that must all agree before a permit is granted."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from .base import Clock, LimiterBase, RateLimitingStrategy, check_rate
+from .token_bucket import TokenBucketRateLimiter
+
+__all__ = ["MultiTierRateLimiter", "TierSpec"]
+
+#: ``(name, tokens_per_second, burst_capacity)``: a tier built as a token bucket.
+TierSpec = tuple[str, float, float]
+
+
+class MultiTierRateLimiter(LimiterBase):
+    """Named tiers (e.g. global / topic / consumer); a grant needs every tier's consent.
+
+    **Atomic.** ``try_acquire(n)`` first asks every tier whether ``n`` permits are
+    available (``time_until_available(n) == 0``, which consumes nothing) and only
+    then takes from all of them. A refusal by one tier therefore takes nothing from
+    the others. Both steps run without an ``await`` in between, so within one
+    asyncio loop (one thread) nothing can interleave. The tiers belong to this
+    limiter: do not acquire from them directly, or a tier could refuse between the
+    check and the take (that raises ``RuntimeError``).
+
+    ``acquire()`` queues FIFO in this limiter and sleeps until the slowest tier can
+    serve the request.
+
+    Rates: ``current_rate_limit`` is the smallest tier rate (the bottleneck).
+    ``update_rate_limit(rate, tier)`` changes one tier; with ``tier=None`` every tier
+    is scaled by the same factor so that the bottleneck becomes ``rate``.
+    ``restore_rate_limit`` returns to the configured rates.
+
+    Example::
+
+        limiter = MultiTierRateLimiter([("global", 10_000, 20_000), ("topic", 1_000, 2_000)])
+        if limiter.try_acquire():
+            ...
+        limiter.update_rate_limit(0.5, tier="topic")   # shed load on one tier
+        limiter.restore_rate_limit("topic")
+    """
+
+    __slots__ = ("_configured", "_tiers", "_tiers_view")
+
+    def __init__(
+        self,
+        tiers: Mapping[str, RateLimitingStrategy] | Iterable[TierSpec],
+        *,
+        clock: Clock = time.monotonic,
+        utilization_window: float = 1.0,
+    ) -> None:
+        built: dict[str, RateLimitingStrategy] = {}
+        if isinstance(tiers, Mapping):
+            for name, tier in tiers.items():
+                if not isinstance(tier, RateLimitingStrategy):
+                    raise ValueError(f"tier {name!r} must be a RateLimitingStrategy, got {tier!r}")
+                built[str(name)] = tier
+        else:
+            for spec in tiers:
+                name, rate, burst = spec
+                if name in built:
+                    raise ValueError(f"tiers: duplicate tier name {name!r}")
+                built[name] = TokenBucketRateLimiter(
+                    rate, burst, rate_limiter_id=name, clock=clock,
+                    utilization_window=utilization_window,
+                )
+        if not built:
+            raise ValueError("tiers must name at least one tier")
+        self._tiers = built
+        self._tiers_view = MappingProxyType(built)
+        self._configured = {name: t.current_rate_limit for name, t in built.items()}
+        super().__init__(clock, utilization_window)
+
+    def _tier(self, name: str) -> RateLimitingStrategy:
+        try:
+            return self._tiers[name]
+        except KeyError:
+            raise ValueError(f"tier must be one of {sorted(self._tiers)}, got {name!r}") from None
+
+    def _check_permits(self, permits: int) -> int:
+        if permits == 1 and permits.__class__ is int:
+            return 1  # every tier holds at least one permit
+        if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
+            raise ValueError(f"permits must be an int >= 1, got {permits!r}")
+        for tier in self._tiers.values():
+            tier.time_until_available(permits)  # raises if over that tier's capacity
+        return permits
+
+    def _max_permits(self) -> float:  # validation is done by the tiers instead
+        raise NotImplementedError
+
+    def _admit(self, permits: int, now: float) -> bool:
+        tiers = self._tiers
+        for tier in tiers.values():
+            if tier.time_until_available(permits) > 0.0:
+                return False
+        for name, tier in tiers.items():
+            if not tier.try_acquire(permits):
+                raise RuntimeError(f"tier {name!r} refused after reporting availability; "
+                                   "tiers of a MultiTierRateLimiter must not be shared")
+        return True
+
+    def _delay(self, permits: float, now: float) -> float:
+        return max(tier.time_until_available(int(permits)) for tier in self._tiers.values())
+
+    def _full_delay(self, now: float) -> float:
+        # Stretching a wait wastes capacity once any tier is full.
+        out = math.inf
+        for tier in self._tiers.values():
+            if not isinstance(tier, LimiterBase):
+                return 0.0
+            out = min(out, tier._full_delay(tier._clock()))
+        return out
+
+    @property
+    def tiers(self) -> Mapping[str, RateLimitingStrategy]:
+        """Read-only mapping name -> tier limiter, in check order."""
+        return self._tiers_view
+
+    @property
+    def current_rate_limit(self) -> float:
+        return min(t.current_rate_limit for t in self._tiers.values())
+
+    @property
+    def current_utilization(self) -> float:
+        """Utilization of the busiest tier."""
+        return max(t.current_utilization for t in self._tiers.values())
+
+    def get_average_utilization(self) -> float:
+        """Mean of the tiers' utilizations."""
+        return sum(t.current_utilization for t in self._tiers.values()) / len(self._tiers)
+
+    def get_current_rate_limit(self, tier: str) -> float:
+        return self._tier(tier).current_rate_limit
+
+    def update_rate_limit(self, new_rate: float, tier: str | None = None) -> None:
+        """Set one tier's rate; ``tier=None`` scales all so the bottleneck becomes ``new_rate``."""
+        new_rate = check_rate("new_rate", new_rate)
+        if tier is not None:
+            self._tier(tier).update_rate_limit(new_rate)
+        else:
+            factor = new_rate / self.current_rate_limit
+            for t in self._tiers.values():
+                t.update_rate_limit(t.current_rate_limit * factor)
+        self._notify()
+
+    def restore_rate_limit(self, tier: str | None = None) -> None:
+        """Back to the configured rate of ``tier`` (all tiers if None)."""
+        names = list(self._tiers) if tier is None else [tier]
+        for name in names:
+            self._tier(name).update_rate_limit(self._configured[name])
+        self._notify()
+
+    def reset(self) -> None:
+        """Reset every tier and this limiter's counters; rates are kept."""
+        for t in self._tiers.values():
+            t.reset()
+        self._reset_counters(self._clock())
+        self._notify()

@@ -1,0 +1,14 @@
+"""The public surface: what users import from the top-level package."""
+
+import faust_backpressure
+
+
+def test_public_names_are_importable_from_the_package() -> None:
+    for name in faust_backpressure.__all__:
+        assert getattr(faust_backpressure, name) is not None, name
+
+
+def test_limiters_implement_the_common_protocol() -> None:
+    limiter = faust_backpressure.RateLimiterFactory.create_in_memory(100, 10)
+    assert isinstance(limiter, faust_backpressure.RateLimitingStrategy)
+    assert limiter.try_acquire(10) and not limiter.try_acquire()
