@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from .base import Clock, LimiterBase, RateLimitingStrategy, check_rate
+from .base import EPSILON, Clock, LimiterBase, RateLimitingStrategy, check_permits, check_rate
 from .token_bucket import TokenBucketRateLimiter
 
 __all__ = ["MultiTierRateLimiter", "TierSpec"]
@@ -27,8 +27,18 @@ class MultiTierRateLimiter(LimiterBase):
     limiter: do not acquire from them directly, or a tier could refuse between the
     check and the take (that raises ``RuntimeError``).
 
+    **Fast path.** When every tier is a plain :class:`TokenBucketRateLimiter` sharing
+    this limiter's clock (always the case for ``(name, rate, burst)`` specs), the check
+    and the take run inline over the tiers' state (no per-tier method calls), with one
+    clock read: each tier's refill is computed, and only if every tier holds ``n``
+    tokens are ``n`` taken from all of them (a refusal only brings the refill up to
+    date, which changes no tier's ``current_tokens``). Other tiers go through their
+    public methods.
+
     ``acquire()`` queues FIFO in this limiter and sleeps until the slowest tier can
-    serve the request.
+    serve the request. Short waits are stretched to ``min_wait`` at most until the
+    limiter as a whole is full (every tier holds the smallest tier's capacity), see
+    ``_full_delay``.
 
     Rates: ``current_rate_limit`` is the smallest tier rate (the bottleneck).
     ``update_rate_limit(rate, tier)`` changes one tier; with ``tier=None`` every tier
@@ -44,7 +54,7 @@ class MultiTierRateLimiter(LimiterBase):
         limiter.restore_rate_limit("topic")
     """
 
-    __slots__ = ("_configured", "_tiers", "_tiers_view")
+    __slots__ = ("_buckets", "_configured", "_tiers", "_tiers_view")
 
     def __init__(
         self,
@@ -73,6 +83,14 @@ class MultiTierRateLimiter(LimiterBase):
         self._tiers = built
         self._tiers_view = MappingProxyType(built)
         self._configured = {name: t.current_rate_limit for name, t in built.items()}
+        # The tiers handled inline (see try_acquire), or () to use their public methods.
+        # Exact type: a subclass may override try_acquire and must be asked.
+        buckets = tuple(t for t in built.values() if t.__class__ is TokenBucketRateLimiter)
+        self._buckets: tuple[TokenBucketRateLimiter, ...] = (
+            buckets
+            if len(buckets) == len(built) and all(b._clock is clock for b in buckets)
+            else ()
+        )
         super().__init__(clock, utilization_window)
 
     def _tier(self, name: str) -> RateLimitingStrategy:
@@ -86,14 +104,76 @@ class MultiTierRateLimiter(LimiterBase):
             return 1  # every tier holds at least one permit
         if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
             raise ValueError(f"permits must be an int >= 1, got {permits!r}")
+        if self._buckets:
+            # What each tier's time_until_available would check, without the refill at
+            # a later clock reading than the caller's ``now`` (time must not go back).
+            for b in self._buckets:
+                check_permits(permits, b._capacity)
+            return permits
         for tier in self._tiers.values():
             tier.time_until_available(permits)  # raises if over that tier's capacity
         return permits
 
-    def _max_permits(self) -> float:  # validation is done by the tiers instead
-        raise NotImplementedError
+    def _max_permits(self) -> float:
+        """The smallest tier capacity: the most one request could ever get.
+
+        Only for waiting (``_full_delay``); validation is done by the tiers instead.
+        Raises ``NotImplementedError`` if a tier is not a :class:`LimiterBase`.
+        """
+        out = math.inf
+        for tier in self._tiers.values():
+            if not isinstance(tier, LimiterBase):
+                raise NotImplementedError
+            out = min(out, tier._max_permits())
+        return out
+
+    # The hot path, for token-bucket tiers: one clock read, no method calls. It mirrors
+    # LimiterBase.try_acquire -> _take -> _admit and each tier's own try_acquire(1); a
+    # window to roll (here or in a tier) or a queue falls back to _try_slow, which ends
+    # in _admit with the same ``now``.
+    def try_acquire(self, permits: int = 1) -> bool:
+        """Take ``permits`` from every tier now, or refuse now and take from none."""
+        now = self._clock()
+        if permits == 1 and permits.__class__ is int and now < self._fast_until:
+            buckets = self._buckets
+            if buckets:
+                for b in buckets:
+                    if now >= b._fast_until:
+                        break
+                    tokens = b._tokens_now + (now - b._last) * b._rate
+                    if tokens > b._capacity:
+                        tokens = b._capacity
+                    b._tokens_now = tokens
+                    b._last = now
+                    if tokens < 0.999999999:  # 1 - EPSILON, inlined
+                        self._denied += 1
+                        return False
+                else:
+                    for b in buckets:
+                        b._tokens_now -= 1.0
+                        b._granted += 1
+                    self._granted += 1
+                    return True
+        return self._try_slow(permits, now)
 
     def _admit(self, permits: int, now: float) -> bool:
+        buckets = self._buckets
+        if buckets:
+            need = permits - EPSILON
+            for b in buckets:
+                if now >= b._fast_until:
+                    if b._queue:  # misuse: the tier has waiters of its own, ask it
+                        return self._admit_generic(permits)
+                    b._roll(now)  # as the tier's own try_acquire would
+                if b._refill(now) < need:
+                    return False
+            for b in buckets:
+                b._tokens_now -= permits
+                b._granted += permits
+            return True
+        return self._admit_generic(permits)
+
+    def _admit_generic(self, permits: int) -> bool:
         tiers = self._tiers
         for tier in tiers.values():
             if tier.time_until_available(permits) > 0.0:
@@ -105,15 +185,29 @@ class MultiTierRateLimiter(LimiterBase):
         return True
 
     def _delay(self, permits: float, now: float) -> float:
+        buckets = self._buckets
+        if buckets:
+            need = permits - EPSILON
+            return max(0.0, max((need - b._refill(now)) / b._rate for b in buckets))
         return max(tier.time_until_available(int(permits)) for tier in self._tiers.values())
 
     def _full_delay(self, now: float) -> float:
-        # Stretching a wait wastes capacity once any tier is full.
-        out = math.inf
+        # Stretch a wait at most until the limiter as a whole is full: every tier holds
+        # the smallest tier capacity. Before that, the tier holding requests back keeps
+        # filling, so nothing it could grant is lost. A tier that overflows meanwhile is
+        # not the bottleneck (its surplus could not be used yet); capping the stretch at
+        # the first tier to be full would disable coalescing whenever a roomy tier (e.g.
+        # global) stays full, costing one wake-up per grant.
+        try:
+            full = self._max_permits()
+        except NotImplementedError:
+            return 0.0  # a tier we cannot inspect: no stretching
+        if self._buckets:
+            return self._delay(full, now)
+        out = 0.0
         for tier in self._tiers.values():
-            if not isinstance(tier, LimiterBase):
-                return 0.0
-            out = min(out, tier._full_delay(tier._clock()))
+            assert isinstance(tier, LimiterBase)  # else _max_permits raised
+            out = max(out, tier._delay(full, tier._clock()))
         return out
 
     @property
