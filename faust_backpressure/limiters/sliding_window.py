@@ -60,6 +60,10 @@ class SlidingWindowRateLimiter(LimiterBase):
 
     def _advance(self, now: float) -> None:
         index = math.floor((now - self._origin) / self._width)
+        # Division may round just below a boundary that _delay computes by multiplication;
+        # agree with it, or time_until_available says 0 while _admit refuses.
+        if self._origin + (index + 1) * self._width <= now:
+            index += 1
         steps = index - self._current
         if steps <= 0:
             return

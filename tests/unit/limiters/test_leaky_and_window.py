@@ -99,3 +99,18 @@ def test_window_validation(
 ) -> None:
     with pytest.raises(ValueError, match=name):
         SlidingWindowRateLimiter(*args, **kwargs)
+
+
+def test_sliding_window_agrees_with_itself_on_a_float_boundary() -> None:
+    # Found by hypothesis: a window of 0.42379545075677927 s in 10 sub-windows, advanced by
+    # exactly one window; division put "now" in the old sub-window, multiplication in the new.
+    from faust_backpressure.limiters import SlidingWindowRateLimiter
+
+    from .conftest import FakeClock
+
+    clock = FakeClock()
+    window = SlidingWindowRateLimiter(1, 0.42379545075677927, clock=clock)
+    assert window.try_acquire()
+    clock.advance(0.42379545075677927)
+    assert window.time_until_available(1) == 0.0
+    assert window.try_acquire()
