@@ -1,5 +1,44 @@
-"""Limiter state in changelog-backed Faust tables."""
+"""Limiter state in changelog-backed Faust tables: distributed limiters shared by all workers.
+
+See ``docs/distributed.md`` for the protocol and its bound.
+"""
 
 from faust_backpressure.tables.store import register_rocksdict_alias
 
 register_rocksdict_alias()
+
+from faust_backpressure.tables.factory import DistributedRateLimiterFactory  # noqa: E402
+from faust_backpressure.tables.fairshare import max_min_fair  # noqa: E402
+from faust_backpressure.tables.lease import DistributedRateLimiter, LeaseCounters  # noqa: E402
+from faust_backpressure.tables.ledger import LedgerStats, LimiterLedger  # noqa: E402
+from faust_backpressure.tables.messages import (  # noqa: E402
+    Ack,
+    Command,
+    Grant,
+    LeaseRequest,
+    LimiterConfig,
+    RejectedRecord,
+)
+from faust_backpressure.tables.service import LimiterChannel, limiter_channel  # noqa: E402
+
+#: The in-memory factory plus ``create_distributed`` (the name the API promises).
+RateLimiterFactory = DistributedRateLimiterFactory
+
+__all__ = [
+    "Ack",
+    "Command",
+    "DistributedRateLimiter",
+    "DistributedRateLimiterFactory",
+    "Grant",
+    "LeaseCounters",
+    "LeaseRequest",
+    "LedgerStats",
+    "LimiterChannel",
+    "LimiterConfig",
+    "LimiterLedger",
+    "RateLimiterFactory",
+    "RejectedRecord",
+    "limiter_channel",
+    "max_min_fair",
+    "register_rocksdict_alias",
+]

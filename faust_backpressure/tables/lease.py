@@ -1,0 +1,318 @@
+"""The worker side of a distributed limiter: spend leased tokens in memory, ask for more ahead.
+
+:class:`DistributedRateLimiter` is pure (injectable clocks, no I/O): the Faust layer calls
+:meth:`~DistributedRateLimiter.poll` to learn what to send and feeds answers back through
+:meth:`~DistributedRateLimiter.on_grant` / :meth:`~DistributedRateLimiter.on_ack`. The hot path,
+``try_acquire(1)`` with tokens in the lease, touches nothing but a few attributes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
+from faust_backpressure.tables.ledger import SATURATED
+from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
+
+__all__ = ["DistributedRateLimiter", "LeaseCounters"]
+
+_INF = math.inf
+
+
+@dataclass(slots=True)
+class LeaseCounters:
+    """What the worker did on the wire (for benchmarks and debugging)."""
+
+    requests: int = 0
+    retries: int = 0
+    abandoned: int = 0
+    grants: int = 0
+    granted_tokens: int = 0
+    expired_tokens: float = 0.0
+    ignored_replies: int = 0
+
+
+@dataclass(slots=True)
+class _Inflight:
+    request: LeaseRequest
+    first_sent: float
+    last_sent: float
+
+
+class DistributedRateLimiter(LimiterBase):
+    """One shared token bucket per ``rate_limiter_id``; this object is one worker's view of it.
+
+    Implements :class:`~faust_backpressure.limiters.RateLimitingStrategy`. Permits come from a
+    local lease of tokens granted by the bucket's owner; see ``docs/distributed.md``.
+    ``clock`` is monotonic (leases), ``wall_clock`` is only used for ``sent_at`` stamps.
+    """
+
+    __slots__ = ("_attempted", "_burst", "_config", "_counters", "_demand_since", "_epoch",
+                 "_inflight", "_lease_expiry", "_lease_id", "_lease_tokens", "_low_water",
+                 "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wall",
+                 "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
+                 "wakeup", "worker_id")
+
+    def __init__(
+        self,
+        rate_limiter_id: str,
+        tokens_per_second: float,
+        burst_capacity: float,
+        *,
+        worker_id: str | None = None,
+        lease_ttl: float = 2.0,
+        request_timeout: float | None = None,
+        per_consumer: bool = False,
+        initial_tokens: float | None = None,
+        storage_backend: str = "kafka-table",
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        utilization_window: float = 1.0,
+    ) -> None:
+        self._config = LimiterConfig(
+            rate=check_rate("tokens_per_second", tokens_per_second),
+            burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
+            per_consumer=per_consumer, initial_tokens=initial_tokens)
+        if self._config.burst < 1:
+            raise ValueError(f"burst_capacity must be >= 1, got {burst_capacity!r}")
+        self.rate_limiter_id = rate_limiter_id
+        self.worker_id = worker_id or uuid.uuid4().hex
+        self.request_timeout = request_timeout or min(0.5, lease_ttl / 4.0)
+        self.storage_backend = storage_backend
+        self.wakeup: Callable[[], None] | None = None
+        self._wall = wall_clock
+        self._rate = self._config.rate
+        self._burst = self._config.burst
+        self._epoch = -1
+        self._lease_tokens = 0.0
+        self._lease_expiry = -_INF
+        self._lease_id: str | None = None
+        self._low_water = 1.0
+        self._inflight: _Inflight | None = None
+        self._next_request_at = -_INF
+        self._pending: dict[str, list[object]] = {}  # command_id -> [Command, last_sent]
+        self._seq = itertools.count(1)
+        self._attempted = 0
+        self._wanted = False
+        self._rtt = 0.01
+        self._counters = LeaseCounters()
+        super().__init__(clock, utilization_window)
+        self._demand_since = clock()
+
+    # -- hot path -------------------------------------------------------------------------
+
+    def try_acquire(self, permits: int = 1) -> bool:
+        """Spend ``permits`` of the local lease now or refuse now (never blocks, no I/O)."""
+        now = self._clock()
+        if permits == 1 and now < self._fast_until:
+            self._attempted += 1
+            if self._lease_tokens >= 1.0 and now < self._lease_expiry:
+                self._lease_tokens -= 1.0
+                self._granted += 1
+                if self._lease_tokens < self._low_water and not self._wanted:
+                    self._want()
+                return True
+            self._denied += 1
+            if not self._wanted:
+                self._want()
+            return False
+        return self._try_slow(permits, now)
+
+    def _want(self) -> None:
+        self._wanted = True
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _admit(self, permits: int, now: float) -> bool:
+        self._attempted += permits
+        if self._lease_tokens >= permits and now < self._lease_expiry:
+            self._lease_tokens -= permits
+            if self._lease_tokens < self._low_water and not self._wanted:
+                self._want()
+            return True
+        if not self._wanted:
+            self._want()
+        return False
+
+    def _delay(self, permits: float, now: float) -> float:
+        if self._lease_tokens >= permits and now < self._lease_expiry:
+            return 0.0
+        # A grant wakes waiters (on_grant -> _notify): the timer is only a fallback, set to
+        # when a retry or the next request would be sent, not a polling interval.
+        inflight = self._inflight
+        start = inflight.last_sent if inflight is not None else max(now, self._next_request_at)
+        return max(0.001, start + self.request_timeout - now)
+
+    def _max_permits(self) -> float:
+        return self._burst
+
+    def _tokens(self) -> float:
+        return self.current_tokens
+
+    # -- what to send ---------------------------------------------------------------------
+
+    def _needs_lease(self, now: float) -> bool:
+        if not (self._attempted or self._queue):
+            return False
+        if now >= self._lease_expiry or self._lease_tokens < self._low_water:
+            return True
+        return now >= self._lease_expiry - self._config.lease_ttl / 2.0
+
+    def poll(self, now: float | None = None) -> LeaseRequest | Command | None:
+        """The message to send now, if any: a command, a retry or a new lease request."""
+        now = self._clock() if now is None else now
+        timeout = self.request_timeout
+        for entry in self._pending.values():
+            if now - entry[1] >= timeout:  # type: ignore[operator]
+                entry[1] = now
+                return entry[0]  # type: ignore[return-value]
+        inflight = self._inflight
+        if inflight is not None:
+            if now - inflight.last_sent < timeout:
+                return None
+            if now < inflight.first_sent + self._config.lease_ttl:
+                inflight.last_sent = now
+                self._counters.retries += 1
+                return inflight.request
+            self._inflight = None  # a grant now would already be expired
+            self._counters.abandoned += 1
+        if now < self._next_request_at:
+            return None
+        if not self._needs_lease(now):
+            self._wanted = False
+            return None
+        return self._new_request(now)
+
+    def _new_request(self, now: float) -> LeaseRequest:
+        elapsed = max(now - self._demand_since, 1e-3)
+        demand = SATURATED if self._queue else min(SATURATED, self._attempted / elapsed)
+        valid = now < self._lease_expiry
+        unspent = self._lease_tokens if valid else 0.0
+        requested = max(1, math.ceil(min(self._burst, demand * self._config.lease_ttl)))
+        request = LeaseRequest(
+            request_id=f"{self.worker_id}:{self.rate_limiter_id}:{next(self._seq)}",
+            limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
+            requested=requested, sent_at=self._wall(),
+            lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config)
+        self._attempted = 0
+        self._demand_since = now
+        self._wanted = False
+        self._inflight = _Inflight(request, now, now)
+        self._counters.requests += 1
+        return request
+
+    def next_poll_in(self, now: float | None = None) -> float:
+        """Seconds until :meth:`poll` may have something to send (without new demand)."""
+        now = self._clock() if now is None else now
+        due = [entry[1] + self.request_timeout for entry in self._pending.values()]  # type: ignore[operator]
+        if self._inflight is not None:
+            due.append(self._inflight.last_sent + self.request_timeout)
+        elif self._wanted or self._queue:
+            due.append(self._next_request_at)
+        elif self._attempted and now < self._lease_expiry:
+            due.append(max(self._next_request_at,
+                           self._lease_expiry - self._config.lease_ttl / 2.0))
+        return max(0.0, min(due, default=now + 1.0) - now)
+
+    # -- answers --------------------------------------------------------------------------
+
+    def on_grant(self, grant: Grant, now: float | None = None) -> bool:
+        """Apply the answer to the request in flight; any other grant is ignored."""
+        now = self._clock() if now is None else now
+        inflight = self._inflight
+        if inflight is None or grant.request_id != inflight.request.request_id:
+            self._counters.ignored_replies += 1
+            return False
+        self._inflight = None
+        carry = 0.0
+        if now < self._lease_expiry:
+            if grant.renews is not None and grant.renews == self._lease_id:
+                carry = self._lease_tokens
+            else:
+                self._counters.expired_tokens += self._lease_tokens
+        elif self._lease_tokens > 0:
+            self._counters.expired_tokens += self._lease_tokens
+        # The lease runs from our first send: never later than the owner's view of it.
+        expires = inflight.first_sent + grant.ttl
+        tokens = carry + grant.tokens if now < expires else 0.0
+        self._lease_tokens = tokens
+        self._lease_id = grant.lease_id
+        self._lease_expiry = expires
+        self._low_water = max(1.0, 0.5 * tokens)
+        self._next_request_at = now + grant.retry_after
+        self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.last_sent)
+        self._counters.grants += 1
+        self._counters.granted_tokens += grant.tokens
+        if grant.epoch >= self._epoch and not self._pending:
+            self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
+        self._notify()
+        return True
+
+    def on_ack(self, ack: Ack) -> bool:
+        if self._pending.pop(ack.command_id, None) is None:
+            self._counters.ignored_replies += 1
+            return False
+        if ack.epoch >= self._epoch and not self._pending:
+            self._epoch, self._rate = ack.epoch, ack.rate
+        return True
+
+    def _command(self, kind: str, rate: float | None) -> None:
+        command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=self.rate_limiter_id,
+                          worker_id=self.worker_id, sent_at=self._wall(), rate=rate)
+        self._pending[command.command_id] = [command, -_INF]
+        if self.wakeup is not None:
+            self.wakeup()
+
+    # -- RateLimitingStrategy -------------------------------------------------------------
+
+    @property
+    def current_rate_limit(self) -> float:
+        """The shared rate as last seen from the owner (or as set here, until acknowledged)."""
+        return self._rate
+
+    def update_rate_limit(self, new_rate: float) -> None:
+        """Change the shared rate: sent to the owner, persisted, seen by all within one lease."""
+        self._rate = check_rate("new_rate", new_rate)
+        self._command("update_rate", self._rate)
+        self._notify()
+
+    def reset(self) -> None:
+        """Refill the shared bucket to its initial tokens and clear counters; rate is kept."""
+        self._command("reset", None)
+        self._reset_counters(self._clock())
+        self._notify()
+
+    @property
+    def current_tokens(self) -> float:
+        """Tokens left in this worker's lease (0 when expired)."""
+        return self._lease_tokens if self._clock() < self._lease_expiry else 0.0
+
+    @property
+    def max_tokens(self) -> float:
+        return self._burst
+
+    @property
+    def is_distributed(self) -> bool:
+        return True
+
+    @property
+    def is_persistent(self) -> bool:
+        return True
+
+    @property
+    def config(self) -> LimiterConfig:
+        return self._config
+
+    @property
+    def epoch(self) -> int:
+        """Rate epoch last seen from the owner (-1 before the first answer)."""
+        return self._epoch
+
+    @property
+    def lease_counters(self) -> LeaseCounters:
+        return self._counters

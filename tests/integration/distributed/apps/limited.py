@@ -1,0 +1,69 @@
+"""A worker that spends permits of distributed limiters as fast as they come and reports them.
+
+Env: FBP_APP_ID, FBP_REPORT (topic), FBP_LIMITERS ("id:rate:burst,..."), FBP_LEASE_TTL,
+FBP_GO_FILE (demand starts when this file exists), FBP_SECRET, FBP_UPDATE ("id:rate@seconds":
+this worker changes the rate that long after go), FBP_STORE.
+"""
+
+import asyncio
+import json
+import os
+import time
+
+import faust
+
+from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.testing.settings import fast_faust_settings
+
+app = faust.App(os.environ["FBP_APP_ID"], store=os.environ.get("FBP_STORE", "rocksdict://"),
+                **fast_faust_settings())
+report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
+                   key_serializer="raw", value_serializer="raw")
+worker = os.environ.get("FBP_WORKER_NAME", "worker")
+secret = os.environ.get("FBP_SECRET")
+ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
+limiters = {}
+for spec in os.environ.get("FBP_LIMITERS", "shared:200:200").split(","):
+    lid, rate, burst = spec.split(":")
+    limiters[lid] = DistributedRateLimiterFactory.create_distributed(
+        app, lid, float(rate), float(burst), lease_ttl=ttl,
+        secret=secret.encode() if secret else None)
+admitted: dict[str, list[float]] = {lid: [] for lid in limiters}
+
+
+async def spend(lid: str) -> None:
+    limiter = limiters[lid]
+    while True:
+        await limiter.acquire()
+        admitted[lid].append(time.time())
+
+
+async def flush() -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        for lid, times in admitted.items():
+            limiter = limiters[lid]
+            body = {"worker": worker, "limiter": lid, "times": times,
+                    "rate": limiter.current_rate_limit, "epoch": limiter.epoch,
+                    "at": time.time()}
+            admitted[lid] = []
+            await report.send(key=worker.encode(), value=json.dumps(body).encode())
+
+
+async def update_later(spec: str) -> None:
+    lid, _, rest = spec.partition(":")
+    rate, _, delay = rest.partition("@")
+    await asyncio.sleep(float(delay))
+    limiters[lid].update_rate_limit(float(rate))
+
+
+@app.task
+async def run() -> None:
+    go = os.environ.get("FBP_GO_FILE")
+    while go and not os.path.exists(go):
+        await asyncio.sleep(0.05)
+    tasks = [asyncio.ensure_future(spend(lid)) for lid in limiters]
+    tasks.append(asyncio.ensure_future(flush()))
+    if os.environ.get("FBP_UPDATE"):
+        tasks.append(asyncio.ensure_future(update_later(os.environ["FBP_UPDATE"])))
+    await asyncio.gather(*tasks)

@@ -1,0 +1,65 @@
+"""Real broker, real `faust worker` processes sharing distributed limiters."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.distributed.conftest import (
+    Cluster,
+    admissions,
+    reported_until,
+    worst_window,
+)
+
+pytestmark = pytest.mark.kafka
+
+RATE, BURST = 200.0, 200.0
+
+
+async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster) -> None:
+    cluster.env["FBP_LIMITERS"] = f"shared:{RATE:g}:{BURST:g}"
+    for name in ("w0", "w1", "w2"):
+        cluster.start(name).wait_ready()
+    time.sleep(4)  # let the group settle: a rebalance pauses the owner
+    cluster.go()
+    span = 20.0
+    reports = await cluster.reports(
+        lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + span + 1)
+    times = admissions(reports, "shared")
+    t0 = times[0]
+    in_span = [t for t in times if t <= t0 + span]
+    bound = RATE * span + BURST
+    assert 0.95 * bound <= len(in_span) <= bound, (len(in_span), bound)
+    assert worst_window(times, 1.0) <= RATE * 1.0 + BURST
+    per_worker = {w: len(admissions(reports, "shared", w)) for w in ("w0", "w1", "w2")}
+    assert all(n > 0 for n in per_worker.values()), per_worker
+
+
+async def test_two_ids_on_the_same_workers_stay_independent(cluster: Cluster) -> None:
+    cluster.env["FBP_LIMITERS"] = "fast:150:150,slow:30:30"
+    for name in ("w0", "w1"):
+        cluster.start(name).wait_ready()
+    time.sleep(3)
+    cluster.go()
+    reports = await cluster.reports(
+        lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 11)
+    start = admissions(reports)[0]
+    for lid, rate, burst in (("fast", 150, 150), ("slow", 30, 30)):
+        times = [t for t in admissions(reports, lid) if start + 1 <= t <= start + 11]
+        assert 0.85 * rate * 10 <= len(times) <= rate * 10 + burst, (lid, len(times))
+
+
+async def test_two_equal_workers_get_about_half_each(cluster: Cluster) -> None:
+    cluster.env["FBP_LIMITERS"] = "fair:200:200"  # burst >= rate * ttl: see the docs
+    for name in ("w0", "w1"):
+        cluster.start(name).wait_ready()
+    time.sleep(3)
+    cluster.go()
+    reports = await cluster.reports(
+        lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 13)
+    start = admissions(reports)[0] + 2  # after the first burst
+    counts = [len([t for t in admissions(reports, "fair", w) if start <= t <= start + 10])
+              for w in ("w0", "w1")]
+    assert abs(counts[0] - counts[1]) <= 0.15 * sum(counts) / 2, counts

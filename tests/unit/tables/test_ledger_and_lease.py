@@ -1,0 +1,248 @@
+"""Pure parts of the distributed limiter: owner ledger, worker lease, fair share, wire format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables import (
+    DistributedRateLimiter,
+    LimiterConfig,
+    LimiterLedger,
+    RejectedRecord,
+    max_min_fair,
+)
+from faust_backpressure.tables.messages import Command, LeaseRequest, decode_request, encode
+
+CONFIG = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
+
+
+def request(rid: str, *, worker: str = "w1", requested: int = 50, demand: float = 1e12,
+            sent_at: float = 0.0, lease_id: str | None = None,
+            unspent: float = 0.0) -> LeaseRequest:
+    return LeaseRequest(request_id=rid, limiter_id="lim", worker_id=worker, demand=demand,
+                        requested=requested, sent_at=sent_at, lease_id=lease_id,
+                        unspent=unspent, config=CONFIG)
+
+
+def test_max_min_fair_water_fills() -> None:
+    assert max_min_fair(10, {"a": 2, "b": 8, "c": 8}) == {"a": 2.0, "b": 4.0, "c": 4.0}
+    assert max_min_fair(10, {"a": 1, "b": 2}) == {"a": 1.0, "b": 2.0}
+    assert max_min_fair(9, {"a": 100, "b": 100, "c": 100}) == {"a": 3.0, "b": 3.0, "c": 3.0}
+    assert max_min_fair(5, {}) == {}
+
+
+def test_owner_never_grants_more_than_the_bucket_holds() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    total = 0
+    for i in range(200):
+        now = i * 0.01
+        grant = ledger.handle_lease(request(f"r{i}", worker=f"w{i % 3}", sent_at=now), now)
+        assert grant is not None
+        total += grant.tokens
+        assert ledger.tokens >= -1e-9
+        assert ledger.tokens + ledger.outstanding() <= CONFIG.burst + 1e-9
+    assert total <= CONFIG.rate * 2.0 + CONFIG.burst
+
+
+def test_retry_returns_the_recorded_grant_never_a_second_one() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    first = ledger.handle_lease(request("r1"), 0.0)
+    again = ledger.handle_lease(request("r1"), 0.3)
+    assert first is not None and first.tokens > 0
+    assert again == first
+    assert ledger.stats.grants == 1 and ledger.stats.retries == 1
+    # Also after a round trip through the table (fail-over to a new owner).
+    recovered = LimiterLedger.from_record(json.loads(json.dumps(ledger.to_record())))
+    assert recovered.handle_lease(request("r1"), 0.5) == first
+    assert recovered.stats.granted == first.tokens
+
+
+def test_stale_and_future_requests_are_rejected() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=100.0, max_clock_skew=5.0)
+    assert ledger.handle_lease(request("old", sent_at=90.0), 100.0) is None
+    assert ledger.handle_lease(request("future", sent_at=110.0), 100.0) is None
+    assert ledger.stats.stale == 2 and ledger.stats.granted == 0
+
+
+def test_renewal_carries_unspent_tokens_without_double_counting() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    g1 = ledger.handle_lease(request("r1", requested=40), 0.0)
+    assert g1 is not None and g1.tokens == 40
+    g2 = ledger.handle_lease(request("r2", requested=40, sent_at=0.2, lease_id=g1.lease_id,
+                                     unspent=10), 0.2)
+    assert g2 is not None and g2.renews == g1.lease_id
+    # 10 carried + the new grant are outstanding; the 30 spent are released.
+    assert ledger.outstanding() == pytest.approx(10 + g2.tokens)
+
+
+def test_leases_expire_and_refill_never_exceeds_burst_minus_outstanding() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    ledger.handle_lease(request("r1", requested=100), 0.0)
+    assert ledger.tokens == 0
+    ledger.advance(0.5)  # lease (100 outstanding) still live: no room to refill
+    assert ledger.tokens == 0
+    ledger.advance(1.5)  # lease expired at 1.0, refill from then
+    assert ledger.outstanding() == 0
+    assert ledger.tokens == pytest.approx(50.0)
+
+
+def test_fair_share_splits_a_short_bucket_by_declared_demand() -> None:
+    ledger = LimiterLedger("lim", LimiterConfig(rate=100, burst=100, lease_ttl=1.0,
+                                                initial_tokens=0), now=0.0)
+    ledger.handle_lease(request("a0", worker="a", demand=10, requested=10), 0.0)
+    ledger.handle_lease(request("b0", worker="b", demand=1000, requested=500), 0.0)
+    ledger.advance(0.5)  # 50 tokens
+    grant_b = ledger.handle_lease(request("b1", worker="b", demand=1000, requested=500,
+                                          sent_at=0.5), 0.5)
+    assert grant_b is not None
+    # a (10/s) keeps its next lease (10/s * period 0.25 s) in the bucket; b may take the rest.
+    assert grant_b.tokens == 47
+
+
+def test_commands_are_applied_once_and_bump_the_epoch() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    cmd = Command(type="update_rate", command_id="c1", limiter_id="lim", worker_id="w1",
+                  sent_at=0.0, rate=10.0)
+    ack = ledger.apply_command(cmd, 0.0)
+    assert ack is not None and ack.epoch == 1 and ledger.rate == 10.0
+    assert ledger.apply_command(cmd, 0.1) == ack  # duplicate: same ack, no second change
+    reset = Command(type="reset", command_id="c2", limiter_id="lim", worker_id="w1",
+                    sent_at=0.0)
+    ledger.handle_lease(request("r1", requested=100), 0.2)
+    ledger.apply_command(reset, 0.3)
+    assert ledger.epoch == 2
+    assert ledger.tokens + ledger.outstanding() <= CONFIG.burst + 1e-9
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client(clock: FakeClock, **kwargs: object) -> DistributedRateLimiter:
+    return DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0, clock=clock,
+                                  wall_clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_client_implements_the_protocol_and_reports_distributed() -> None:
+    limiter = client(FakeClock())
+    assert isinstance(limiter, RateLimitingStrategy)
+    assert limiter.is_distributed and limiter.is_persistent
+    assert limiter.storage_backend.startswith("kafka-table")
+
+
+def test_client_spends_its_lease_and_never_after_expiry() -> None:
+    clock = FakeClock()
+    limiter = client(clock)
+    ledger = LimiterLedger("lim", limiter.config, clock.now)
+    assert not limiter.try_acquire()  # no lease yet: refused, and a request is due
+    req = limiter.poll()
+    assert isinstance(req, LeaseRequest)
+    clock.now += 0.01
+    grant = ledger.handle_lease(req, clock.now)
+    assert grant is not None and limiter.on_grant(grant)
+    granted = grant.tokens
+    assert sum(limiter.try_acquire() for _ in range(granted + 5)) == granted
+    assert limiter.time_until_available() > 0
+    # A lease runs from the first send: tokens left at expiry are never spent.
+    limiter2 = client(clock)
+    limiter2.try_acquire()
+    req2 = limiter2.poll()
+    assert isinstance(req2, LeaseRequest)
+    clock.now += 0.9
+    grant2 = ledger.handle_lease(req2, clock.now)
+    assert grant2 is not None
+    limiter2.on_grant(grant2)
+    clock.now += 0.11  # first send + 1.0 s passed
+    assert not limiter2.try_acquire()
+
+
+def test_client_retries_with_the_same_id_then_gives_up_after_the_ttl() -> None:
+    clock = FakeClock()
+    limiter = client(clock)
+    limiter.try_acquire()
+    first = limiter.poll()
+    assert first is not None
+    assert limiter.poll() is None
+    clock.now += limiter.request_timeout
+    assert limiter.poll() == first  # identical retry (same id, same sent_at)
+    clock.now += 1.0
+    limiter.try_acquire()  # still wanted
+    fresh = limiter.poll()
+    assert isinstance(fresh, LeaseRequest) and isinstance(first, LeaseRequest)
+    assert fresh.request_id != first.request_id
+    assert limiter.lease_counters.abandoned == 1
+
+
+def test_duplicate_or_late_grants_are_ignored() -> None:
+    clock = FakeClock()
+    limiter = client(clock)
+    ledger = LimiterLedger("lim", limiter.config, clock.now)
+    limiter.try_acquire()
+    req = limiter.poll()
+    assert isinstance(req, LeaseRequest)
+    grant = ledger.handle_lease(req, clock.now)
+    assert grant is not None
+    assert limiter.on_grant(grant)
+    assert not limiter.on_grant(grant)  # delivered twice: applied once
+    assert limiter.current_tokens == grant.tokens
+
+
+def test_rate_update_is_a_command_until_acknowledged() -> None:
+    clock = FakeClock()
+    limiter = client(clock)
+    limiter.update_rate_limit(10)
+    assert limiter.current_rate_limit == 10
+    cmd = limiter.poll()
+    assert isinstance(cmd, Command) and cmd.rate == 10
+    ledger = LimiterLedger("lim", limiter.config, clock.now)
+    ack = ledger.apply_command(cmd, clock.now)
+    assert ack is not None and limiter.on_ack(ack)
+    assert limiter.epoch == 1 and ledger.rate == 10
+
+
+# -- wire format ---------------------------------------------------------------------------
+
+
+def test_valid_request_round_trips_with_signature() -> None:
+    req = request("r1")
+    raw = encode(req, key=b"lim", secret=b"s3cret")
+    assert decode_request(b"lim", raw, b"s3cret") == req
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    (b"lim", b"not json", "not JSON"),
+    (b"lim", b"[1, 2]", "not a JSON object"),
+    (b"lim", b'{"v": 2}', "version"),
+    (b"other", None, "does not match"),
+    (b"lim", b'{"v": 1, "limiter_id": "lim", "type": "steal"}', "unknown record type"),
+    (None, b"{}", "no key"),
+])
+def test_malformed_records_are_rejected(key: bytes | None, value: bytes | None,
+                                        reason: str) -> None:
+    if value is None:
+        value = encode(request("r1"), key=b"lim")
+    with pytest.raises(RejectedRecord, match=reason):
+        decode_request(key, value)
+
+
+def test_forged_signature_and_bad_fields_are_rejected() -> None:
+    good = encode(request("r1"), key=b"lim", secret=b"s3cret")
+    with pytest.raises(RejectedRecord, match="signature"):
+        decode_request(b"lim", good, b"other")
+    with pytest.raises(RejectedRecord, match="signature"):
+        decode_request(b"lim", encode(request("r1"), key=b"lim"), b"s3cret")
+    body = json.loads(encode(request("r1"), key=b"lim"))
+    body["demand"] = -5
+    with pytest.raises(RejectedRecord, match="demand"):
+        decode_request(b"lim", json.dumps(body).encode())
+    body["demand"] = 1
+    body["config"]["rate"] = "fast"
+    with pytest.raises(RejectedRecord, match="rate"):
+        decode_request(b"lim", json.dumps(body).encode())
