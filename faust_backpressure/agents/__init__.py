@@ -1,0 +1,32 @@
+"""Rate-limited agents, topic-to-topic pipelines with a dead-letter queue, DLQ replay."""
+
+from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
+from faust_backpressure.agents.pipeline import (
+    Backoff,
+    Pipeline,
+    PipelineStats,
+    exponential_backoff,
+)
+from faust_backpressure.agents.rate_limit import CostFunction, RateLimitGate, rate_limited
+from faust_backpressure.agents.replay import ReplayReport, replay_dlq
+from faust_backpressure.agents.resolve import (
+    LimiterSpec,
+    resolve_limiter,
+)
+
+__all__ = [
+    "Backoff",
+    "CostFunction",
+    "Failure",
+    "LimiterSpec",
+    "Pipeline",
+    "PipelineStats",
+    "RateLimitGate",
+    "ReplayReport",
+    "dlq_headers",
+    "exponential_backoff",
+    "rate_limited",
+    "replay_dlq",
+    "resolve_limiter",
+    "shed_headers",
+]

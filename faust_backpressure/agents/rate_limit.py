@@ -1,0 +1,220 @@
+"""``@rate_limit``: tokens are acquired before an event reaches the agent's body.
+
+The gate is a stream *processor*: Faust runs processors inside ``async for`` before the value is
+yielded, after the message is tracked as unacked. So
+
+* ``on_limit="wait"``: awaiting the limiter in the processor pauses the stream; Faust's buffer
+  fills and it stops fetching. Nothing is dropped, and an offset is committed only once the
+  body has moved past (acked) its event.
+* ``on_limit="shed"``: the raw record goes to the shed topic with headers saying why, then the
+  processor raises ``Skip`` (Faust acks it). Faust flushes the producer before it commits, so a
+  shed record is in the shed topic before its offset is committed.
+
+The processor is a plain function: when the limiter grants at once no coroutine is made.
+``stream.take(n, within)`` / ``stream.take_events`` are wrapped so a batch acquires its permits
+at once, just before it is handed to the body.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import faust
+from faust.exceptions import Skip
+from faust.types import AppT, EventT, StreamT, TopicT
+
+from faust_backpressure.agents.headers import shed_headers
+from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
+from faust_backpressure.config import OnLimit
+from faust_backpressure.limiters import RateLimitingStrategy
+
+__all__ = ["CostFunction", "RateLimitGate", "rate_limited"]
+
+log = logging.getLogger(__name__)
+
+#: Permits one event costs (e.g. by size: ``lambda e: 1 + len(e.message.value or b"") // 1024``).
+CostFunction = Callable[[EventT[Any]], int]
+Event = EventT[Any]
+AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
+
+
+class RateLimitGate:
+    """Admits events of an agent's streams through one limiter; counts waits and sheds."""
+
+    def __init__(self, app: AppT, limiter: RateLimitingStrategy, *, on_limit: OnLimit = "wait",
+                 cost: CostFunction | None = None, shed_topic: str | TopicT | None = None,
+                 shed_topic_suffix: str = "-shed", name: str | None = None) -> None:
+        if on_limit not in ("wait", "shed"):
+            raise ValueError(f"on_limit must be 'wait' or 'shed', got {on_limit!r}")
+        self.app = app
+        self.limiter = limiter
+        self.on_limit = on_limit
+        self.cost = cost
+        self.name = name or limiter_name(limiter)
+        self.capacity = limiter_capacity(limiter)
+        self._shed_topic_spec = shed_topic
+        self._shed_topic_suffix = shed_topic_suffix
+        self._shed_topics: dict[str, TopicT] = {}
+        self.agent_name = ""
+        self.waits = 0
+        self.shed = 0
+
+    # -- installing on a stream --------------------------------------------------------------
+
+    def install(self, stream: StreamT[Any]) -> None:
+        """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""
+        if getattr(stream, "_bp_gate", None) is self:
+            return
+        processor = self._processor(stream)
+        stream.add_processor(processor)
+        stream._bp_gate = self  # type: ignore[attr-defined]
+        take_events = stream.take_events  # type: ignore[attr-defined]
+        batched = self._batched(stream, processor, take_events)
+        setattr(stream, "take_events", batched)  # noqa: B010
+
+        async def take(max_: int, within: Any) -> AsyncIterator[Sequence[Any]]:
+            async for events in batched(max_, within):
+                yield [event.value for event in events]
+
+        setattr(stream, "take", take)  # noqa: B010
+
+    def _permits(self, event: Event | None) -> int:
+        if self.cost is None or event is None:
+            return 1
+        permits = int(self.cost(event))
+        # An event dearer than the whole bucket could never pass: it costs the whole bucket.
+        return permits if permits <= self.capacity else int(self.capacity)
+
+    def _processor(self, stream: StreamT[Any]) -> Callable[[Any], Any]:
+        try_acquire = self.limiter.try_acquire
+        shedding = self.on_limit == "shed"
+
+        if self.cost is None:
+            def admit(value: Any) -> Any:
+                if try_acquire(1):
+                    return value
+                if shedding:
+                    return self._shed(stream.current_event, 1)
+                return self._wait(value, 1)
+            return admit
+
+        def admit_by_cost(value: Any) -> Any:
+            event = stream.current_event
+            permits = self._permits(event)
+            if permits < 1 or try_acquire(permits):
+                return value
+            if shedding:
+                return self._shed(event, permits)
+            return self._wait(value, permits)
+        return admit_by_cost
+
+    # -- slow paths --------------------------------------------------------------------------
+
+    async def _wait(self, value: Any, permits: int) -> Any:
+        self.waits += 1
+        await self.acquire(permits)
+        return value
+
+    async def acquire(self, permits: int) -> None:
+        """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
+        while permits > 0:
+            chunk = permits if permits <= self.capacity else int(self.capacity)
+            await self.limiter.acquire(chunk)
+            permits -= chunk
+
+    def _shed_topic(self, source: str) -> TopicT:
+        topic = self._shed_topics.get(source)
+        if topic is None:
+            spec = self._shed_topic_spec
+            if spec is None:
+                spec = source + self._shed_topic_suffix
+            topic = spec if not isinstance(spec, str) else self.app.topic(
+                spec, key_type=bytes, value_type=bytes,
+                key_serializer="raw", value_serializer="raw")
+            self._shed_topics[source] = topic
+        return topic
+
+    async def _send_to_shed(self, event: Event, permits: int) -> None:
+        message = event.message
+        topic = self._shed_topic(message.topic)
+        await topic.send(
+            key=message.key, value=message.value,
+            key_serializer="raw", value_serializer="raw",
+            headers=shed_headers(message.headers, agent=self.agent_name, limiter=self.name,
+                                 topic=message.topic, partition=message.partition,
+                                 offset=message.offset, permits=permits))
+        self.shed += 1
+
+    async def _shed(self, event: Event | None, permits: int) -> Any:
+        if event is None:  # not from a topic (e.g. agent.send to a channel): nothing to shed to
+            await self.acquire(permits)
+            return None
+        await self._send_to_shed(event, permits)
+        raise Skip()
+
+    def _batched(self, stream: StreamT[Any], processor: Callable[[Any], Any],
+                 take_events: Callable[[int, Any], AsyncIterator[Sequence[Event]]]
+                 ) -> Callable[[int, Any], AsyncIterator[Sequence[Event]]]:
+        """``take_events`` that acquires for each whole batch instead of per event."""
+
+        async def batched(max_: int, within: Any) -> AsyncIterator[Sequence[Event]]:
+            processors = stream._processors  # type: ignore[attr-defined]
+            removed = processor in processors
+            if removed:
+                processors.remove(processor)
+            try:
+                async for events in take_events(max_, within):
+                    permits = (len(events) if self.cost is None
+                               else sum(self._permits(e) for e in events))
+                    granted = permits < 1 or (
+                        permits <= self.capacity and self.limiter.try_acquire(permits))
+                    if granted:
+                        yield events
+                    elif self.on_limit == "wait":
+                        self.waits += 1
+                        await self.acquire(permits)
+                        yield events
+                    else:
+                        admitted = await self._shed_some(events)
+                        if admitted:
+                            yield admitted
+            finally:
+                if removed:
+                    processors.insert(0, processor)
+
+        return batched
+
+    async def _shed_some(self, events: Sequence[Event]) -> list[Event]:
+        """Shed mode, batch refused: admit events while tokens last, shed the others."""
+        admitted: list[Event] = []
+        for event in events:
+            permits = self._permits(event)
+            if permits < 1 or self.limiter.try_acquire(permits):
+                admitted.append(event)
+            else:
+                await self._send_to_shed(event, permits)
+        return admitted
+
+    # -- decorator ---------------------------------------------------------------------------
+
+    def __call__(self, fun: AgentFunT) -> AgentFunT:
+        """Decorate an agent function (put it *under* ``@app.agent``)."""
+        self.agent_name = getattr(fun, "__qualname__", repr(fun))
+
+        @functools.wraps(fun)
+        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
+            self.install(stream)
+            return fun(stream, *args, **kwargs)
+
+        agent._bp_gate = self  # type: ignore[attr-defined]
+        return agent  # type: ignore[return-value]
+
+
+def rate_limited(app: faust.App, limiter: RateLimitingStrategy, **options: Any
+                 ) -> Callable[[AgentFunT], AgentFunT]:
+    """``@app.agent(topic)`` over ``@rate_limited(app, limiter, on_limit=...)``."""
+    return RateLimitGate(app, limiter, **options)
+

@@ -1,0 +1,70 @@
+"""The one place a limiter given as an object, an id or tier specs becomes a limiter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from faust_backpressure.limiters import (
+    MultiTierRateLimiter,
+    RateLimitingStrategy,
+    TierSpec,
+)
+from faust_backpressure.tables import RateLimiterFactory
+
+__all__ = ["LimiterSpec", "limiter_capacity", "limiter_name", "resolve_limiter"]
+
+#: A limiter object, a limiter id (shared by id across workers) or multi-tier specs.
+LimiterSpec = RateLimitingStrategy | str | Iterable[TierSpec]
+
+
+def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | None = None,
+                    burst_capacity: float | None = None) -> RateLimitingStrategy:
+    """Turn ``spec`` into a limiter.
+
+    * a limiter object (token bucket, multi-tier, distributed, ...) is used as is;
+    * a string is a limiter **id**: the distributed limiter shared by that id by every worker
+      of the app (``tables.RateLimiterFactory.create_distributed``); it needs
+      ``tokens_per_second`` (``burst_capacity`` defaults to one second of tokens);
+    * an iterable of ``(name, tokens_per_second, burst_capacity)`` is a multi-tier limiter.
+    """
+    if isinstance(spec, RateLimitingStrategy):
+        return spec
+    if isinstance(spec, str):
+        if tokens_per_second is None:
+            raise ValueError(f"limiter id {spec!r} needs tokens_per_second")
+        burst = tokens_per_second if burst_capacity is None else burst_capacity
+        return RateLimiterFactory.create_distributed(app, spec, tokens_per_second, burst)
+    if isinstance(spec, Iterable):
+        return MultiTierRateLimiter(list(spec))
+    raise TypeError(f"limiter must be a RateLimitingStrategy, an id string or tier specs, "
+                    f"got {spec!r}")
+
+
+def limiter_name(limiter: RateLimitingStrategy) -> str:
+    """A label for headers and logs: the limiter's id when it has one."""
+    for attr in ("rate_limiter_id", "limiter_id", "id"):
+        value = getattr(limiter, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(limiter).__name__
+
+
+def limiter_capacity(limiter: RateLimitingStrategy) -> float:
+    """The most permits one request may ask for (a batch larger than this is split)."""
+    value = getattr(limiter, "max_tokens", None)
+    if isinstance(value, (int, float)) and value >= 1:
+        return float(value)
+    tiers = getattr(limiter, "tiers", None)
+    if isinstance(tiers, Mapping) and tiers:
+        return min(limiter_capacity(tier) for tier in tiers.values())
+    probe = getattr(limiter, "_max_permits", None)
+    if callable(probe):
+        try:
+            cap = probe()
+        except NotImplementedError:
+            return math.inf
+        if isinstance(cap, (int, float)) and cap >= 1:
+            return float(cap)
+    return math.inf

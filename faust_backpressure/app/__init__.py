@@ -1,0 +1,5 @@
+"""The installer: ``Backpressure(app)`` and the ``faust ... backpressure`` commands."""
+
+from faust_backpressure.app.installer import Backpressure, installed
+
+__all__ = ["Backpressure", "installed"]

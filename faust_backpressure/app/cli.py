@@ -1,0 +1,69 @@
+"""``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+__all__ = ["backpressure", "register_commands"]
+
+
+@click.group(name="backpressure")
+def backpressure() -> None:
+    """faust-backpressure commands."""
+
+
+@backpressure.command(name="dlq-replay")
+@click.argument("pipeline")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Replay at most N records.")
+@click.option("--error-type", default=None, help="Only records whose bp.error.type is T.")
+@click.option("--to", "to", default=None, help="Target topic (default: the pipeline's source).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Records per second (default: FAUST_BP_REPLAY_RATE, 1000).")
+@click.option("--from-beginning", is_flag=True, default=False,
+              help="Re-read the whole DLQ, not only what earlier replays have not seen.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type: str | None,
+               to: str | None, rate: float | None, from_beginning: bool) -> None:
+    """Re-publish a pipeline's dead-lettered records to its source, rate-limited."""
+    from faust.cli.base import find_app
+
+    from faust_backpressure.agents import replay_dlq
+    from faust_backpressure.app.installer import installed
+
+    state: Any = ctx.find_root().obj
+    if state is None or not getattr(state, "app", None):
+        raise click.UsageError("give the app: faust -A module backpressure dlq-replay ...")
+    app: Any = find_app(state.app)
+    bp = installed(app)
+    if pipeline not in bp.pipelines:
+        known = ", ".join(sorted(bp.pipelines)) or "none"
+        raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
+    pipe = bp.pipelines[pipeline]
+    bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+    target = to or pipe.source_topic_name
+    with click.progressbar(length=limit or 0, label=f"replaying {pipe.dlq_topic_name}",
+                           show_pos=True) as bar:
+        report = asyncio.run(replay_dlq(
+            bootstrap, pipeline=pipeline, dlq_topic=pipe.dlq_topic_name, target_topic=target,
+            group_id=f"{app.conf.id}-bp-dlq-replay-{pipeline}", limit=limit,
+            error_type=error_type, rate=rate or bp.settings.replay_rate,
+            from_beginning=from_beginning, progress=bar.update))
+    click.echo(report.summary())
+
+
+_registered = False
+
+
+def register_commands() -> None:
+    """Add the ``backpressure`` group to the ``faust`` command line (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from faust.cli.base import cli
+
+    cli.add_command(backpressure)
+    _registered = True

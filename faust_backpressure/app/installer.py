@@ -1,0 +1,108 @@
+"""``Backpressure(app)``: the one object an app creates; thin, the logic lives in ``agents``."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from faust.types import AppT, TopicT
+
+from faust_backpressure.agents import (
+    Backoff,
+    CostFunction,
+    LimiterSpec,
+    Pipeline,
+    RateLimitGate,
+    resolve_limiter,
+)
+from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.limiters import RateLimitingStrategy
+
+__all__ = ["Backpressure", "installed"]
+
+AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
+_INSTALLED: weakref.WeakKeyDictionary[AppT, Backpressure] = weakref.WeakKeyDictionary()
+
+
+def installed(app: AppT) -> Backpressure:
+    """The :class:`Backpressure` installed on ``app`` (for the CLI)."""
+    try:
+        return _INSTALLED[app]
+    except KeyError:
+        raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}") from None
+
+
+class Backpressure:
+    """Installs faust-backpressure on a Faust app: settings, limiters, topics, CLI.
+
+    Example::
+
+        app = faust.App("orders", broker="kafka://localhost:9092", store="rocksdict://")
+        bp = Backpressure(app)
+
+        @app.agent(orders)
+        @bp.rate_limit("orders-api", tokens_per_second=1000, burst_capacity=2000)
+        async def process(stream): ...
+    """
+
+    def __init__(self, app: AppT, settings: BackpressureSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings if settings is not None else BackpressureSettings.from_env()
+        self.pipelines: dict[str, Pipeline] = {}
+        self.gates: list[RateLimitGate] = []
+        self._limiters: dict[str, RateLimitingStrategy] = {}
+        _INSTALLED[app] = self
+        app.task(self._declare_topics)
+        from faust_backpressure.app.cli import register_commands
+
+        register_commands()
+
+    def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
+                burst_capacity: float | None = None) -> RateLimitingStrategy:
+        """A limiter object, a shared limiter by id (cached: one per id per app), or tiers."""
+        if isinstance(spec, str) and spec in self._limiters:
+            return self._limiters[spec]
+        limiter = resolve_limiter(self.app, spec, tokens_per_second=tokens_per_second,
+                                  burst_capacity=burst_capacity)
+        if isinstance(spec, str):
+            self._limiters[spec] = limiter
+        return limiter
+
+    def rate_limit(self, limiter: LimiterSpec, *, tokens_per_second: float | None = None,
+                   burst_capacity: float | None = None, on_limit: OnLimit | None = None,
+                   cost: CostFunction | None = None, shed_topic: str | TopicT | None = None
+                   ) -> Callable[[AgentFunT], AgentFunT]:
+        """Decorator for an agent function: put it under ``@app.agent(topic)``."""
+        gate = RateLimitGate(
+            self.app, self.limiter(limiter, tokens_per_second=tokens_per_second,
+                                   burst_capacity=burst_capacity),
+            on_limit=on_limit or self.settings.on_limit, cost=cost, shed_topic=shed_topic,
+            shed_topic_suffix=self.settings.shed_topic_suffix)
+        self.gates.append(gate)
+        return gate
+
+    def pipeline(self, name: str, *, source: str | TopicT,
+                 sink: str | TopicT | Sequence[str | TopicT] | None,
+                 process: Callable[[Any], Any], dlq: str | TopicT | None = None,
+                 limiter: LimiterSpec | None = None, tokens_per_second: float | None = None,
+                 burst_capacity: float | None = None, on_limit: OnLimit | None = None,
+                 max_retries: int | None = None, retry_backoff: float | Backoff | None = None,
+                 concurrency: int = 1) -> Pipeline:
+        """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``."""
+        if name in self.pipelines:
+            raise ValueError(f"pipeline {name!r} is already declared")
+        resolved = None if limiter is None else self.limiter(
+            limiter, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
+        pipeline = Pipeline(self.app, name, source=source, sink=sink, process=process, dlq=dlq,
+                            limiter=resolved, on_limit=on_limit or self.settings.on_limit,
+                            max_retries=max_retries, retry_backoff=retry_backoff,
+                            concurrency=concurrency, settings=self.settings)
+        self.pipelines[name] = pipeline
+        return pipeline
+
+    async def _declare_topics(self) -> None:
+        # Sinks and DLQs are written, never subscribed: Faust would not create them itself.
+        for pipeline in self.pipelines.values():
+            for topic in pipeline.topics:
+                await topic.maybe_declare()

@@ -1,0 +1,156 @@
+"""Typed settings of faust-backpressure, with the reference guide's defaults.
+
+``BackpressureSettings()`` gives the defaults; ``BackpressureSettings.from_env()`` reads
+``FAUST_BP_<FIELD>`` variables (e.g. ``FAUST_BP_MAX_CONSUMER_LAG=20000``). Invalid values raise
+``ValueError`` naming the setting as the user wrote it (field name, or env variable name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["BackpressureSettings", "OnLimit"]
+
+#: What a rate-limited agent does with an event the limiter refuses.
+OnLimit = Literal["wait", "shed"]
+_ON_LIMIT = ("wait", "shed")
+
+
+@dataclass(frozen=True)
+class BackpressureSettings:
+    """Settings read by every layer (limiters, tables, agents, app).
+
+    Lag thresholds and the monitoring interval are the reference guide's
+    ``BackpressureConfiguration`` (``MaxConsumerLag`` 10000, ``ScalingThreshold`` 5000,
+    ``MonitoringInterval`` 5 s); rates are restored below
+    ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
+    (hysteresis, so throttling does not flap).
+    """
+
+    max_consumer_lag: int = 10_000
+    scaling_threshold: int = 5_000
+    restore_lag: int | None = None
+    monitoring_interval: float = 5.0
+    dynamic_rebalancing: bool = True
+    on_limit: OnLimit = "wait"
+    dlq_topic_suffix: str = "-dlq"
+    shed_topic_suffix: str = "-shed"
+    max_retries: int = 3
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 5.0
+    traceback_limit: int = 4096
+    replay_rate: float = 1000.0
+
+    def __post_init__(self) -> None:
+        _validate(self, lambda name: name)
+
+    @property
+    def effective_restore_lag(self) -> int:
+        """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` (the guide's
+        rule) capped at ``scaling_threshold``, unless ``restore_lag`` is set."""
+        if self.restore_lag is not None:
+            return self.restore_lag
+        return min(self.max_consumer_lag // 2, self.scaling_threshold)
+
+    def replace(self, **changes: Any) -> BackpressureSettings:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, prefix: str = "FAUST_BP_",
+                 environ: Mapping[str, str] | None = None, **overrides: Any
+                 ) -> BackpressureSettings:
+        """Defaults, overridden by ``{prefix}{FIELD}`` variables, overridden by ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = prefix + f.name.upper()
+            if var in env:
+                values[f.name] = _parse(f.type, env[var])
+        from_env = set(values) - set(overrides)
+        values.update(overrides)
+        settings = cls.__new__(cls)
+        defaults = cls()
+        for f in fields(cls):
+            object.__setattr__(settings, f.name, values.get(f.name, getattr(defaults, f.name)))
+        _validate(settings, lambda name: prefix + name.upper() if name in from_env else name)
+        return settings
+
+
+def _parse(type_name: Any, raw: str) -> Any:
+    """Convert by the field's declared type; unparsable text is returned as is, so validation
+    reports it with the setting's constraint (one error message per setting)."""
+    text = raw.strip()
+    kind = str(type_name)
+    if kind == "bool":
+        return _BOOLS.get(text.lower(), raw)
+    if kind.startswith("int"):
+        if kind.endswith("None") and text.lower() in ("", "none"):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return raw
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            return raw
+    return text
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
+    def integer(field: str, minimum: int) -> None:
+        value = getattr(s, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name(field)} must be an integer >= {minimum}, got {value!r}")
+
+    def number(field: str, minimum: float, *, strict: bool) -> None:
+        value = getattr(s, field)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and (value > minimum if strict else value >= minimum))
+        if not ok:
+            op = ">" if strict else ">="
+            raise ValueError(f"{name(field)} must be a finite number {op} {minimum:g}, "
+                             f"got {value!r}")
+
+    integer("max_consumer_lag", 1)
+    integer("scaling_threshold", 1)
+    if s.restore_lag is not None:
+        integer("restore_lag", 0)
+    integer("max_retries", 0)
+    integer("traceback_limit", 0)
+    number("monitoring_interval", 0, strict=True)
+    number("retry_backoff", 0, strict=False)
+    number("retry_backoff_max", 0, strict=False)
+    number("replay_rate", 0, strict=True)
+    if not isinstance(s.dynamic_rebalancing, bool):
+        raise ValueError(f"{name('dynamic_rebalancing')} must be a boolean, "
+                         f"got {s.dynamic_rebalancing!r}")
+    if s.on_limit not in _ON_LIMIT:
+        raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
+                         f"got {s.on_limit!r}")
+    for field in ("dlq_topic_suffix", "shed_topic_suffix"):
+        value = getattr(s, field)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name(field)} must be a non-empty string, got {value!r}")
+    if s.scaling_threshold > s.max_consumer_lag:
+        raise ValueError(f"{name('scaling_threshold')} must be <= "
+                         f"{name('max_consumer_lag')} ({s.max_consumer_lag}), "
+                         f"got {s.scaling_threshold}")
+    if s.effective_restore_lag > s.scaling_threshold:
+        raise ValueError(f"{name('restore_lag')} must be <= {name('scaling_threshold')} "
+                         f"({s.scaling_threshold}) so throttling does not flap, "
+                         f"got {s.effective_restore_lag}")
+    if s.retry_backoff_max < s.retry_backoff:
+        raise ValueError(f"{name('retry_backoff_max')} must be >= {name('retry_backoff')} "
+                         f"({s.retry_backoff:g}), got {s.retry_backoff_max!r}")

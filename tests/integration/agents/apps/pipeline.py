@@ -1,0 +1,30 @@
+"""A pipeline worker for the process-level tests: source -> check -> sink, failures -> DLQ.
+
+Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
+FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none).
+"""
+
+import os
+
+import faust
+
+from faust_backpressure.app import Backpressure
+from faust_backpressure.testing.settings import fast_faust_settings
+
+app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
+                processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
+                **fast_faust_settings())
+bp = Backpressure(app)
+fail_every = int(os.environ.get("FBP_FAIL_EVERY", "0"))
+
+
+def check(value: bytes) -> bytes:
+    number = int(value.split(b"-")[1])
+    if fail_every and number % fail_every == 0:
+        raise ValueError(f"id {number} is refused")
+    return value
+
+
+pipeline = bp.pipeline("ids", source=os.environ["FBP_SOURCE"], sink=os.environ["FBP_SINK"],
+                       dlq=os.environ["FBP_DLQ"], process=check, max_retries=1,
+                       retry_backoff=0.01)

@@ -1,0 +1,141 @@
+"""Pure parts of agents/: headers, outputs, backoff, limiter resolution, the gate's processor."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.exceptions import Skip
+
+from faust_backpressure.agents import (
+    Failure,
+    RateLimitGate,
+    dlq_headers,
+    exponential_backoff,
+    resolve_limiter,
+)
+from faust_backpressure.agents import headers as h
+from faust_backpressure.agents.pipeline import _outputs
+from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
+from faust_backpressure.limiters import MultiTierRateLimiter, TokenBucketRateLimiter
+
+
+def _raise() -> None:
+    try:
+        raise KeyError("inner")
+    except KeyError as exc:
+        raise ValueError("outer " + "x" * 5000) from exc
+
+
+def test_dlq_headers_keep_originals_and_say_why() -> None:
+    try:
+        _raise()
+    except ValueError as exc:
+        error = exc
+    failure = Failure(error, "process", 4, 1_700_000_000.0, 1_700_000_001.5)
+    out = dlq_headers([("trace", b"t"), (h.ERROR_TYPE, b"Old"), (h.REPLAY_COUNT, b"2")],
+                      pipeline="p", topic="src", partition=3, offset=42, failure=failure,
+                      traceback_limit=200)
+    d = dict(out)
+    assert out[0] == ("trace", b"t")
+    assert d[h.ERROR_TYPE] == b"ValueError" and len(d[h.ERROR_MESSAGE]) <= 1024
+    # Truncated to the limit, still recognisable as a traceback, ending with the message.
+    assert len(d[h.TRACEBACK]) <= 200
+    assert d[h.TRACEBACK].startswith(b"Traceback (most recent call last):\n  ...\n")
+    assert d[h.TRACEBACK].rstrip().endswith(b"xxxx")
+    assert (d[h.SOURCE_TOPIC], d[h.SOURCE_PARTITION], d[h.SOURCE_OFFSET]) == (b"src", b"3", b"42")
+    assert d[h.ATTEMPTS] == b"4" and d[h.PIPELINE] == b"p" and d[h.REPLAY_COUNT] == b"2"
+    assert d[h.FIRST_FAILURE] == b"2023-11-14T22:13:20.000+00:00"
+    assert d[h.LAST_FAILURE] == b"2023-11-14T22:13:21.500+00:00"
+    assert [k for k, _ in out].count(h.ERROR_TYPE) == 1  # the old reason was dropped
+
+
+def test_header_helpers() -> None:
+    pairs = [("a", b"1"), (h.REPLAY_COUNT, b"3"), ("a", b"2")]
+    assert h.header(pairs, "a") == b"2" and h.header(None, "a") is None
+    assert h.replay_count(pairs) == 3 and h.replay_count({h.REPLAY_COUNT: b"x"}) == 0
+    assert h.without_bp_headers(pairs) == [("a", b"1"), ("a", b"2")]
+
+
+def test_outputs() -> None:
+    assert _outputs(None) == ()
+    assert _outputs(5) == (5,)
+    assert _outputs([1, 2]) == [1, 2] and _outputs((1,)) == (1,)
+    assert _outputs(x for x in (1, 2)) == [1, 2]
+    assert _outputs(b"ab") == (b"ab",)
+
+
+def test_exponential_backoff() -> None:
+    backoff = exponential_backoff(0.1, 0.5)
+    assert [backoff(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.5]
+
+
+def test_resolve_limiter() -> None:
+    bucket = TokenBucketRateLimiter(10, 20, rate_limiter_id="api")
+    assert resolve_limiter(None, bucket) is bucket
+    tiers = resolve_limiter(None, [("global", 100, 100), ("topic", 10, 20)])
+    assert isinstance(tiers, MultiTierRateLimiter)
+    assert limiter_name(bucket) == "api" and limiter_capacity(bucket) == 20
+    assert limiter_capacity(tiers) == 20
+    with pytest.raises(TypeError):
+        resolve_limiter(None, 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs tokens_per_second"):
+        resolve_limiter(None, "api")
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self._processors: list[Any] = []
+        self.current_event: Any = None
+
+    def add_processor(self, fn: Any) -> None:
+        self._processors.append(fn)
+
+    async def take_events(self, max_: int, within: Any) -> Any:  # pragma: no cover
+        yield []
+
+
+def _event(size: int) -> Any:
+    message = SimpleNamespace(key=b"k", value=b"v" * size, headers=[], topic="t", partition=0,
+                              offset=1)
+    return SimpleNamespace(message=message, value=b"v" * size)
+
+
+async def test_gate_fast_path_returns_the_value_without_a_coroutine() -> None:
+    gate = RateLimitGate(None, TokenBucketRateLimiter(1000, 5))  # type: ignore[arg-type]
+    stream = FakeStream()
+    gate.install(stream)  # type: ignore[arg-type]
+    gate.install(stream)  # type: ignore[arg-type]
+    assert len(stream._processors) == 1
+    admit = stream._processors[0]
+    assert [admit(i) for i in range(5)] == list(range(5))
+    pending = admit(6)  # bucket empty: a coroutine that waits
+    assert asyncio.iscoroutine(pending)
+    assert await pending == 6 and gate.waits == 1
+
+
+async def test_gate_cost_function_and_shed() -> None:
+    gate = RateLimitGate(None, TokenBucketRateLimiter(1, 10), on_limit="shed",  # type: ignore[arg-type]
+                         cost=lambda e: len(e.message.value))
+    sent: list[Any] = []
+
+    async def send(event: Any, permits: int) -> None:
+        sent.append((event, permits))
+
+    gate._send_to_shed = send  # type: ignore[method-assign]
+    stream = FakeStream()
+    gate.install(stream)  # type: ignore[arg-type]
+    admit = stream._processors[0]
+    stream.current_event = _event(6)
+    assert admit("a") == "a"  # 6 of 10 tokens
+    stream.current_event = big = _event(50)  # dearer than the bucket: costs the whole bucket
+    with pytest.raises(Skip):
+        await admit("b")
+    assert sent == [(big, 10)]
+
+
+def test_on_limit_is_checked() -> None:
+    with pytest.raises(ValueError, match="on_limit"):
+        RateLimitGate(None, TokenBucketRateLimiter(1, 1), on_limit="drop")  # type: ignore[arg-type]
