@@ -3,9 +3,10 @@
 The gate is a stream *processor*: Faust runs processors inside ``async for`` before the value is
 yielded, after the message is tracked as unacked. So
 
-* ``on_limit="wait"``: awaiting the limiter in the processor pauses the stream; Faust's buffer
-  fills and it stops fetching. Nothing is dropped, and an offset is committed only once the
-  body has moved past (acked) its event.
+* ``on_limit="wait"``: awaiting the limiter in the processor pauses the stream; its buffer
+  fills up to ``stream_buffer_maxsize`` and Faust stops fetching its partitions. The buffer never
+  counts as full, so waiting never stalls the worker's other agents (see :mod:`.flow`). Nothing
+  is dropped, and an offset is committed only once the body has moved past (acked) its event.
 * ``on_limit="shed"``: the raw record goes to the shed topic with headers saying why, then the
   processor raises ``Skip`` (Faust acks it). Faust flushes the producer before it commits, so a
   shed record is in the shed topic before its offset is committed.
@@ -26,6 +27,7 @@ import faust
 from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.config import OnLimit
@@ -68,6 +70,7 @@ class RateLimitGate:
         """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""
         if getattr(stream, "_bp_gate", None) is self:
             return
+        never_block_conductor(self.app, stream)
         processor = self._processor(stream)
         stream.add_processor(processor)
         stream._bp_gate = self  # type: ignore[attr-defined]

@@ -158,3 +158,39 @@ async def test_limiter_id_uses_the_distributed_limiter(
         elapsed = time.monotonic() - began
     assert sorted(r.value for r in records) == ids
     assert elapsed >= (200 - 20) / 100 * 0.8  # the shared limit held the agent back
+
+
+async def test_a_waiting_limit_never_stalls_the_worker_nor_skips_records(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    # Regression: a backlog far larger than the stream buffer used to fill it while the gate
+    # waited for a lease, which blocked Faust's conductor, so the limiter owner in the same
+    # worker never got the lease request (deadlock); pausing with pause_partitions instead
+    # skipped records already fetched.
+    source, sink, other, echoed = (unique_name(x) for x in ("src", "sink", "other", "echo"))
+    await create_topics(kafka_bootstrap, {source: 2, sink: 2, other: 1, echoed: 1})
+    app = faust.App(unique_name("app"), datadir=str(tmp_path), **fast_faust_settings(
+        broker=f"kafka://{kafka_bootstrap}", stream_buffer_maxsize=256))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    dst, echo_dst = _raw(app, sink), _raw(app, echoed)
+
+    @app.agent(_raw(app, source))
+    @bp.rate_limit(unique_name("api"), tokens_per_second=1000, burst_capacity=1000)
+    async def forward(stream: faust.StreamT[bytes]) -> None:
+        async for key, value in stream.items():
+            await dst.send(key=key, value=value)
+
+    @app.agent(_raw(app, other))
+    async def echo(stream: faust.StreamT[bytes]) -> None:
+        async for key, value in stream.items():
+            await echo_dst.send(key=key, value=value)
+
+    ids = [b"id-%05d" % i for i in range(4000)]
+    await produce(kafka_bootstrap, source, ((i, i) for i in ids))
+    async with running_app(app):
+        await produce(kafka_bootstrap, other, ((b"e%d" % i, b"e%d" % i) for i in range(50)))
+        echoes = await consume(kafka_bootstrap, echoed, until=50, timeout=30)
+        so_far = await consume(kafka_bootstrap, sink, until=lambda rs: len(rs) > 0, timeout=10)
+        records = await consume(kafka_bootstrap, sink, until=len(ids), timeout=60)
+    # The other agent was served while the limited one still had a backlog to wait through.
+    assert len(echoes) == 50 and len(so_far) < len(ids)
+    assert sorted(r.value for r in records) == ids  # nothing skipped, nothing twice

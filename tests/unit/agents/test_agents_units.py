@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from faust.exceptions import Skip
+from faust.types import TP
 
 from faust_backpressure.agents import (
     Failure,
@@ -17,6 +18,7 @@ from faust_backpressure.agents import (
     resolve_limiter,
 )
 from faust_backpressure.agents import headers as h
+from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.pipeline import _outputs
 from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.limiters import MultiTierRateLimiter, TokenBucketRateLimiter
@@ -85,10 +87,59 @@ def test_resolve_limiter() -> None:
         resolve_limiter(None, "api")
 
 
+class FakeQueue:
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self.size = 0
+
+    def qsize(self) -> int:
+        return self.size
+
+
+class FakeChannel:
+    """What SourceFlow uses of a Faust topic channel."""
+
+    def __init__(self) -> None:
+        self.topics = ("src",)
+        self.maxsize: int | None = None
+        self._queue: FakeQueue | None = None
+
+    @property
+    def queue(self) -> FakeQueue:
+        if self._queue is None:
+            self._queue = FakeQueue(self.maxsize or 4096)
+        return self._queue
+
+
+class FakeConsumer:
+    """Records Faust's buffer flow-control calls; has no pause_partitions on purpose."""
+
+    def __init__(self) -> None:
+        self.held: set[Any] = set()
+        self.calls: list[tuple[str, Any]] = []
+
+    def assignment(self) -> set[Any]:
+        return {TP("src", 0), TP("src", 1), TP("other", 0)}
+
+    def on_buffer_full(self, tp: Any) -> None:
+        self.calls.append(("full", tp))
+        self.held.add(tp)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        self.calls.append(("drop", tp))
+        self.held.discard(tp)
+
+
+def fake_app(stream_buffer_maxsize: int = 100) -> Any:
+    conf = SimpleNamespace(stream_buffer_maxsize=stream_buffer_maxsize)
+    return SimpleNamespace(conf=conf, consumer=FakeConsumer())
+
+
 class FakeStream:
     def __init__(self) -> None:
         self._processors: list[Any] = []
         self.current_event: Any = None
+        self.channel = FakeChannel()
 
     def add_processor(self, fn: Any) -> None:
         self._processors.append(fn)
@@ -104,7 +155,7 @@ def _event(size: int) -> Any:
 
 
 async def test_gate_fast_path_returns_the_value_without_a_coroutine() -> None:
-    gate = RateLimitGate(None, TokenBucketRateLimiter(1000, 5))  # type: ignore[arg-type]
+    gate = RateLimitGate(fake_app(), TokenBucketRateLimiter(1000, 5))
     stream = FakeStream()
     gate.install(stream)  # type: ignore[arg-type]
     gate.install(stream)  # type: ignore[arg-type]
@@ -117,7 +168,7 @@ async def test_gate_fast_path_returns_the_value_without_a_coroutine() -> None:
 
 
 async def test_gate_cost_function_and_shed() -> None:
-    gate = RateLimitGate(None, TokenBucketRateLimiter(1, 10), on_limit="shed",  # type: ignore[arg-type]
+    gate = RateLimitGate(fake_app(), TokenBucketRateLimiter(1, 10), on_limit="shed",
                          cost=lambda e: len(e.message.value))
     sent: list[Any] = []
 
@@ -139,3 +190,29 @@ async def test_gate_cost_function_and_shed() -> None:
 def test_on_limit_is_checked() -> None:
     with pytest.raises(ValueError, match="on_limit"):
         RateLimitGate(None, TokenBucketRateLimiter(1, 1), on_limit="drop")  # type: ignore[arg-type]
+
+
+def test_a_gated_buffer_is_never_full_but_faust_still_holds_back_its_partitions() -> None:
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    app, stream = fake_app(stream_buffer_maxsize=100), FakeStream()
+    queue = FlowControlQueue(maxsize=100, flow_control=FlowControlEvent(initially_suspended=False))
+    stream.channel._queue = queue  # type: ignore[assignment]
+    never_block_conductor(app, stream)  # type: ignore[arg-type]
+    held: list[str] = []
+
+    def full() -> None:  # Faust passes one pair of callbacks per partition
+        held.append("full")
+
+    def drop() -> None:
+        held.append("drop")
+
+    for i in range(300):  # three times the high-water mark, no waiting consumer
+        queue.put_nowait_enhanced(i, on_pressure_high=full, on_pressure_drop=drop)
+        assert not queue.full()  # the conductor would never await room
+    assert held == ["full"]  # Faust's own callback fired once, at the high-water mark
+    assert queue.qsize() == 300
+    while queue.qsize() > 40:
+        queue.get_nowait()
+    queue.get_nowait()  # at 40% of the high-water mark: released
+    assert held == ["full", "drop"]
