@@ -25,6 +25,7 @@ def fast_faust_settings(**overrides: Any) -> dict[str, Any]:
         "topic_partitions": 4,
         "web_enabled": False,
         "producer_linger": 0.005,
+        "broker_max_poll_records": 500,
     }
     settings.update(overrides)
     return settings

@@ -3,12 +3,14 @@ command against the local broker instead."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from examples.demo import order
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.workers import FaustWorker
 
@@ -58,11 +60,17 @@ async def test_worker_command_runs_against_the_local_broker(
     assert command[:2] == ["faust", "-A"] and command[3] == "worker"
     env = {key: str(value) for key, value in worker["environment"].items()}
     env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DEMO_APP_ID=unique_name("app"),
-               DEMO_SOURCE=unique_name("src"), DEMO_SINK=unique_name("sink"))
-    await create_topics(kafka_bootstrap, {env["DEMO_SOURCE"]: 4, env["DEMO_SINK"]: 4})
+               DEMO_SOURCE=unique_name("src"), DEMO_SINK=unique_name("sink"),
+               DEMO_DLQ=unique_name("dlq"), DEMO_LIMITER=unique_name("limiter"))
+    await create_topics(kafka_bootstrap, {env[k]: 4 for k in ("DEMO_SOURCE", "DEMO_SINK",
+                                                              "DEMO_DLQ")})
+    bad = (99, 149, 199, 299)  # 99, 199, 299 are not JSON; 149 has a negative quantity
+    orders = [order(i) for i in range(300)]
     with FaustWorker(command[2], name="compose-worker", env=env, cwd=REPO) as process:
         process.wait_ready()
-        await produce(kafka_bootstrap, env["DEMO_SOURCE"],
-                      ((b"k%d" % i, b"v%d" % i) for i in range(300)))
-        records = await consume(kafka_bootstrap, env["DEMO_SINK"], until=300)
-    assert sorted(r.value for r in records) == sorted(b"v%d" % i for i in range(300))
+        await produce(kafka_bootstrap, env["DEMO_SOURCE"], ((b"k", o) for o in orders))
+        priced = await consume(kafka_bootstrap, env["DEMO_SINK"], until=300 - len(bad))
+        dead = await consume(kafka_bootstrap, env["DEMO_DLQ"], until=len(bad))
+    assert sorted(json.loads(r.value)["id"] for r in priced) == sorted(
+        f"order-{i:07d}" for i in range(300) if i not in bad)
+    assert sorted(r.value for r in dead) == sorted(orders[i] for i in bad)
