@@ -1,4 +1,4 @@
-"""The main job: two Faust workers drain a backlog through one shared rate limit, bad records to a DLQ.
+"""The main job: two Faust workers drain a backlog through one shared limit, bad records to a DLQ.
 
 ``make demo`` (or ``python -m examples.demo``) starts the project's own Kafka broker (or uses
 ``$KAFKA_BOOTSTRAP_SERVERS``), creates fresh topics, starts two real ``faust worker`` processes of
@@ -45,7 +45,7 @@ def order_id(record: ConsumerRecord[bytes, bytes]) -> str:
     try:
         return str(json.loads(value)["id"])
     except (ValueError, KeyError):
-        return "order-%07d" % int(value.rsplit(b" ", 1)[-1])
+        return f"order-{int(value.rsplit(b' ', 1)[-1]):07d}"
 
 
 async def feed(bootstrap: str, topic: str, count: int, progress: dict[str, int]) -> None:

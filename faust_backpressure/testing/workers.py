@@ -27,12 +27,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError"]
+__all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError",
+           "wait_until_settled"]
 
 # Logged once per process, when the worker has started.
 READY_PATTERN = r"\[\^Worker\]: Ready"
 # Logged by the recovery service after each partition assignment, once streams flow again.
 REBALANCED_PATTERN = r"\[\^-*Recovery\]: Worker ready"
+# Logged by Faust when a worker gets its partitions for a group generation.
+GENERATION_PATTERN = re.compile(r"generation id (\d+) app consumers id")
 
 
 class WorkerError(RuntimeError):
@@ -147,3 +150,33 @@ class FaustWorker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.cleanup()
+
+
+def _settled_generation(worker: FaustWorker) -> int | None:
+    """The generation this worker last finished a rebalance of, or None while it is in one."""
+    text = worker.logs()
+    last = None
+    for last in GENERATION_PATTERN.finditer(text):  # noqa: B007  (the last match is wanted)
+        pass
+    if last is None or not re.search(REBALANCED_PATTERN, text[last.end():]):
+        return None
+    return int(last.group(1))
+
+
+def wait_until_settled(workers: list[FaustWorker], timeout: float = 60.0) -> int:
+    """Wait until every worker has finished the same, latest rebalance; return its generation.
+
+    After starting several workers, the group rebalances once per join; waiting for this (not
+    for a fixed time) makes sure no rebalance is still pending when the test starts its load.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        generations = {_settled_generation(w) for w in workers}
+        if None not in generations and len(generations) == 1:
+            return int(generations.pop() or 0)
+        dead = [w.name for w in workers if not w.alive]
+        if dead:
+            raise WorkerError(f"workers exited while waiting for the group to settle: {dead}")
+        if time.monotonic() > deadline:
+            raise WorkerError(f"group did not settle within {timeout:.0f} s: {generations}")
+        time.sleep(0.1)

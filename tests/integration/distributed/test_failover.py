@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -11,6 +10,7 @@ import pytest
 
 from faust_backpressure.tables.messages import LeaseRequest, LimiterConfig, encode
 from faust_backpressure.testing.kafka_io import consume, produce
+from faust_backpressure.testing.workers import wait_until_settled
 from tests.integration.distributed.conftest import (
     Cluster,
     admissions,
@@ -37,9 +37,9 @@ async def test_sigkill_of_the_owner_keeps_the_bound_and_admissions_resume(
     rate, burst = 100.0, 100.0
     cluster.env["FBP_LIMITERS"] = f"kill:{rate:g}:{burst:g}"
     workers = [cluster.start(name).wait_ready() for name in ("w0", "w1", "w2")]
-    time.sleep(3)
+    wait_until_settled(workers)
     cluster.go()
-    await asyncio.sleep(4)
+    await cluster.reports(lambda rs: len(admissions(rs)) >= 3 * rate)  # running at the rate
     owner = next(w for w in workers if re.search(OWNER, w.logs()))
     owner.kill()
     killed_at = time.time()
@@ -63,7 +63,7 @@ async def test_restart_recovers_rate_and_bucket_from_the_changelog(cluster: Clus
     cluster.env["FBP_LIMITERS"] = "keep:50:200"
     first = [cluster.start("w0", FBP_UPDATE="keep:5@3").wait_ready(),
              cluster.start("w1").wait_ready()]
-    time.sleep(3)
+    wait_until_settled(first)
     cluster.go()
     reports = await cluster.reports(
         lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 6)
