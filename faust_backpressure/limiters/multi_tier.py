@@ -175,9 +175,14 @@ class MultiTierRateLimiter(LimiterBase):
 
     def _admit_generic(self, permits: int) -> bool:
         tiers = self._tiers
+        short = False
         for tier in tiers.values():
+            # Ask every tier, not just up to the first short one: a lease-based (distributed)
+            # tier takes the question as demand and asks its owner, all tiers in parallel.
             if tier.time_until_available(permits) > 0.0:
-                return False
+                short = True
+        if short:
+            return False
         for name, tier in tiers.items():
             if not tier.try_acquire(permits):
                 raise RuntimeError(f"tier {name!r} refused after reporting availability; "

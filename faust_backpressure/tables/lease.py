@@ -139,6 +139,17 @@ class DistributedRateLimiter(LimiterBase):
             self._want()
         return False
 
+    def time_until_available(self, permits: int = 1) -> float:
+        """Seconds until ``permits`` could be taken here; asking for tokens the lease lacks is
+        demand (a multi-tier limiter asks every tier before it takes from any), so it also
+        makes the worker ask the owner for a lease, as a refused ``try_acquire`` does."""
+        delay = super().time_until_available(permits)
+        if delay > 0.0:
+            self._attempted += permits
+            if not self._wanted:
+                self._want()
+        return delay
+
     def _delay(self, permits: float, now: float) -> float:
         if self._lease_tokens >= permits and now < self._lease_expiry:
             return 0.0

@@ -63,3 +63,24 @@ async def test_two_equal_workers_get_about_half_each(cluster: Cluster) -> None:
     counts = [len([t for t in admissions(reports, "fair", w) if start <= t <= start + 10])
               for w in ("w0", "w1")]
     assert abs(counts[0] - counts[1]) <= 0.15 * sum(counts) / 2, counts
+
+
+async def test_multi_tier_with_a_per_consumer_tier_admits_what_every_tier_allows(
+        cluster: Cluster) -> None:
+    # Global 150/s shared; consumer tier 60/s per live worker: with 2 workers the consumer tier
+    # (2 x 60 = 120/s) binds, each worker gets about 60/s, and the global bound always holds.
+    cluster.env.update(FBP_LIMITERS="", FBP_MULTI="mt:150:150:60:60", FBP_LEASE_TTL="1.0")
+    for name in ("w0", "w1"):
+        cluster.start(name).wait_ready()
+    wait_until_settled(cluster.workers)
+    cluster.go()
+    reports = await cluster.reports(
+        lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 13)
+    start = admissions(reports)[0] + 3  # after the first bursts
+    span = 10.0
+    per_worker = [len([t for t in admissions(reports, "mt", w) if start <= t <= start + span])
+                  for w in ("w0", "w1")]
+    print(f"admitted per worker over {span:g} s: {per_worker}")
+    assert 0.8 * 120 * span <= sum(per_worker) <= 120 * span + 2 * 60, per_worker
+    assert all(0.7 * 60 * span <= n <= 60 * span + 60 for n in per_worker), per_worker
+    assert worst_window(admissions(reports, "mt"), 1.0) <= 150 + 150

@@ -246,3 +246,25 @@ def test_forged_signature_and_bad_fields_are_rejected() -> None:
     body["config"]["rate"] = "fast"
     with pytest.raises(RejectedRecord, match="rate"):
         decode_request(b"lim", json.dumps(body).encode())
+
+
+def test_a_multi_tier_of_distributed_tiers_asks_every_short_tier_for_a_lease() -> None:
+    # Regression: the multi-tier check asks tiers time_until_available() and never calls
+    # try_acquire() on a tier that is short, so no tier ever asked its owner for tokens.
+    from faust_backpressure.limiters import MultiTierRateLimiter
+    from faust_backpressure.tables.lease import DistributedRateLimiter
+    from faust_backpressure.tables.messages import LeaseRequest
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    tiers = {"global": DistributedRateLimiter("g", 150, 150, clock=clock, wall_clock=clock),
+             "consumer": DistributedRateLimiter("c", 100, 100, per_consumer=True, clock=clock,
+                                                wall_clock=clock)}
+    limiter = MultiTierRateLimiter(tiers)
+    assert not limiter.try_acquire()
+    requests = {name: tier.poll() for name, tier in tiers.items()}
+    assert all(isinstance(r, LeaseRequest) for r in requests.values()), requests
+    assert all(r is not None and r.demand > 0 for r in requests.values())

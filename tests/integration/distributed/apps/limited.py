@@ -23,11 +23,16 @@ worker = os.environ.get("FBP_WORKER_NAME", "worker")
 secret = os.environ.get("FBP_SECRET")
 ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
 limiters = {}
-for spec in os.environ.get("FBP_LIMITERS", "shared:200:200").split(","):
+for spec in filter(None, os.environ.get("FBP_LIMITERS", "shared:200:200").split(",")):
     lid, rate, burst = spec.split(":")
     limiters[lid] = DistributedRateLimiterFactory.create_distributed(
         app, lid, float(rate), float(burst), lease_ttl=ttl,
         secret=secret.encode() if secret else None)
+if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:consumer_burst"
+    lid, g_rate, g_burst, c_rate, c_burst = os.environ["FBP_MULTI"].split(":")
+    limiters[lid] = DistributedRateLimiterFactory.create_multi_tier_distributed(
+        app, global_limit=(float(g_rate), float(g_burst)),
+        consumer_limit=(float(c_rate), float(c_burst)), rate_limiter_id=lid, lease_ttl=ttl)
 admitted: dict[str, list[float]] = {lid: [] for lid in limiters}
 
 
@@ -44,7 +49,8 @@ async def flush() -> None:
         for lid, times in admitted.items():
             limiter = limiters[lid]
             body = {"worker": worker, "limiter": lid, "times": times,
-                    "rate": limiter.current_rate_limit, "epoch": limiter.epoch,
+                    "rate": limiter.current_rate_limit,
+                    "epoch": getattr(limiter, "epoch", -1),
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())
