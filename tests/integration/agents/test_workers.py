@@ -61,8 +61,8 @@ async def test_nothing_lost_when_a_worker_is_sigkilled(
     assert all(hdr(r)[h.ERROR_TYPE] == b"ValueError" for r in dead)
     assert beta.alive
     if guarantee == "exactly_once" and duplicates:
-        # Known, not fixed: faust-streaming 0.15.3's exactly_once usually gives 0 here, but in
-        # about 1 run of 4 the killed worker's committed outputs are reprocessed (844 seen).
+        # Known, not fixed: faust-streaming 0.15.3's exactly_once often gives 0 here, but in
+        # some runs (2 of 5 so far) committed outputs of the killed worker are produced again.
         # Loss is still asserted strictly above; duplicates are reported, not hidden.
         pytest.xfail(f"exactly_once produced {duplicates} duplicate(s) after a SIGKILL")
 
