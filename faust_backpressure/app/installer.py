@@ -16,6 +16,7 @@ from faust_backpressure.agents import (
     RateLimitGate,
     resolve_limiter,
 )
+from faust_backpressure.agents.transactions import send_outputs_in_input_transactions
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.limiters import RateLimitingStrategy
 
@@ -53,6 +54,9 @@ class Backpressure:
         self.gates: list[RateLimitGate] = []
         self._limiters: dict[str, RateLimitingStrategy] = {}
         _INSTALLED[app] = self
+        # exactly_once: outputs commit with their input's offsets (Faust sends them outside
+        # any transaction when the sink is not consumed by the app).
+        send_outputs_in_input_transactions(app)
         app.task(self._declare_topics)
         from faust_backpressure.app.cli import register_commands
 

@@ -1,7 +1,7 @@
 """A pipeline worker for the process-level tests: source -> check -> sink, failures -> DLQ.
 
 Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
-FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none).
+FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds).
 """
 
 import os
@@ -13,7 +13,8 @@ from faust_backpressure.testing.settings import fast_faust_settings
 
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
-                **fast_faust_settings())
+                **fast_faust_settings(broker_commit_interval=float(
+                    os.environ.get("FBP_COMMIT_INTERVAL", "0.5"))))
 bp = Backpressure(app)
 fail_every = int(os.environ.get("FBP_FAIL_EVERY", "0"))
 
