@@ -19,6 +19,7 @@ from typing import Any
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.types import AppT
+from faust.types.enums import ProcessingGuarantee
 
 __all__ = ["InputTransactionManager", "send_outputs_in_input_transactions"]
 
@@ -45,5 +46,7 @@ class InputTransactionManager(TransactionManager):
 
 
 def send_outputs_in_input_transactions(app: AppT) -> None:
-    """Use :class:`InputTransactionManager` for ``app`` (before its worker starts)."""
-    app.transport.TransactionManager = InputTransactionManager  # type: ignore[misc]
+    """Use :class:`InputTransactionManager` for an exactly_once ``app`` (before it starts)."""
+    guarantee: Any = app.conf.processing_guarantee  # typed as the enum class by Faust
+    if guarantee == ProcessingGuarantee.EXACTLY_ONCE:
+        app.transport.TransactionManager = InputTransactionManager  # type: ignore[misc]

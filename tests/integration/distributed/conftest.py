@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from faust_backpressure.testing.kafka_io import consume, create_topics
-from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 APP = "tests.integration.distributed.apps.limited"
 
@@ -30,6 +30,13 @@ class Cluster:
         worker = self.start_worker(APP, name=name, env={**self.env, **extra})
         self.workers.append(worker)
         return worker
+
+    def start_settled(self, *names: str) -> list[FaustWorker]:
+        """Start workers, wait until each is ready and the group has settled (no rebalance
+        pending: one during the run would pause the owner)."""
+        started = [self.start(name).wait_ready() for name in names]
+        wait_until_settled(self.workers)
+        return started
 
     def go(self) -> float:
         self.go_file.touch()

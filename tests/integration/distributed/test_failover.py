@@ -36,8 +36,7 @@ async def test_sigkill_of_the_owner_keeps_the_bound_and_admissions_resume(
         cluster: Cluster) -> None:
     rate, burst = 100.0, 100.0
     cluster.env["FBP_LIMITERS"] = f"kill:{rate:g}:{burst:g}"
-    workers = [cluster.start(name).wait_ready() for name in ("w0", "w1", "w2")]
-    wait_until_settled(workers)
+    workers = cluster.start_settled("w0", "w1", "w2")
     cluster.go()
     await cluster.reports(lambda rs: len(admissions(rs)) >= 3 * rate)  # running at the rate
     owner = next(w for w in workers if re.search(OWNER, w.logs()))

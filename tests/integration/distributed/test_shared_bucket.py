@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from faust_backpressure.testing.workers import wait_until_settled
 from tests.integration.distributed.conftest import (
     Cluster,
     admissions,
@@ -19,9 +18,7 @@ RATE, BURST = 200.0, 200.0
 
 async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster) -> None:
     cluster.env["FBP_LIMITERS"] = f"shared:{RATE:g}:{BURST:g}"
-    for name in ("w0", "w1", "w2"):
-        cluster.start(name).wait_ready()
-    wait_until_settled(cluster.workers)  # a rebalance during the run would pause the owner
+    cluster.start_settled("w0", "w1", "w2")
     cluster.go()
     span = 20.0
     reports = await cluster.reports(
@@ -39,9 +36,7 @@ async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster) -> N
 
 async def test_two_ids_on_the_same_workers_stay_independent(cluster: Cluster) -> None:
     cluster.env["FBP_LIMITERS"] = "fast:150:150,slow:30:30"
-    for name in ("w0", "w1"):
-        cluster.start(name).wait_ready()
-    wait_until_settled(cluster.workers)
+    cluster.start_settled("w0", "w1")
     cluster.go()
     reports = await cluster.reports(
         lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 11)
@@ -53,9 +48,7 @@ async def test_two_ids_on_the_same_workers_stay_independent(cluster: Cluster) ->
 
 async def test_two_equal_workers_get_about_half_each(cluster: Cluster) -> None:
     cluster.env["FBP_LIMITERS"] = "fair:200:200"  # burst >= rate * ttl: see the docs
-    for name in ("w0", "w1"):
-        cluster.start(name).wait_ready()
-    wait_until_settled(cluster.workers)
+    cluster.start_settled("w0", "w1")
     cluster.go()
     reports = await cluster.reports(
         lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 13)
@@ -73,9 +66,7 @@ async def test_multi_tier_with_a_per_consumer_tier_admits_what_every_tier_allows
     # Global 150/s shared; consumer tier 60/s per live worker: with 2 workers the consumer tier
     # (2 x 60 = 120/s) binds, each worker gets about 60/s, and the global bound always holds.
     cluster.env.update(FBP_LIMITERS="", FBP_MULTI="mt:150:150:60:60", FBP_LEASE_TTL="1.0")
-    for name in ("w0", "w1"):
-        cluster.start(name).wait_ready()
-    wait_until_settled(cluster.workers)
+    cluster.start_settled("w0", "w1")
     cluster.go()
     reports = await cluster.reports(
         lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + 13)
