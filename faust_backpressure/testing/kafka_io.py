@@ -68,17 +68,21 @@ async def produce(bootstrap: str, topic: str,
 
 async def consume(bootstrap: str, topic: str, *,
                   until: int | Callable[[list[Record]], bool],
-                  timeout: float = 60.0) -> list[Record]:
+                  timeout: float = 60.0, settle: float = 0.0,
+                  isolation_level: str = "read_uncommitted") -> list[Record]:
     """Read ``topic`` from the beginning (no consumer group) until ``until`` holds.
 
-    ``until`` is a record count or a predicate on everything read so far. Raises
+    ``until`` is a record count or a predicate on everything read so far; once it holds,
+    reading goes on ``settle`` more seconds (to catch late duplicates). Raises
     ``TimeoutError`` with what was read when it does not hold within ``timeout``.
+    ``isolation_level="read_committed"`` reads only committed transactional records.
     """
     done: Callable[[list[Record]], bool] = (
         (lambda rs: len(rs) >= until) if isinstance(until, int) else until
     )
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None)
+                                auto_offset_reset="earliest", group_id=None,
+                                isolation_level=isolation_level)
     await consumer.start()
     records: list[Record] = []
     try:
@@ -86,9 +90,15 @@ async def consume(bootstrap: str, topic: str, *,
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout
-        while not done(records):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        settled_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if settled_at is None and done(records):
+                settled_at = now + settle
+            if settled_at is not None and now >= settled_at:
+                break
+            remaining = (settled_at if settled_at is not None else deadline) - now
+            if settled_at is None and remaining <= 0:
                 raise TimeoutError(f"{topic}: condition not met after {timeout:.0f} s; "
                                    f"read {len(records)} records")
             batch = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))

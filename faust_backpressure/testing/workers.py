@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -26,6 +25,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from faust_backpressure.testing.broker import _die_with_parent
 
 __all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError",
            "wait_until_settled"]
@@ -40,11 +41,6 @@ GENERATION_PATTERN = re.compile(r"generation id (\d+) app consumers id")
 
 class WorkerError(RuntimeError):
     """A worker exited or did not become ready in time; the message carries its log tail."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class FaustWorker:
