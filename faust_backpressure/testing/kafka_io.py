@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-__all__ = ["consume", "create_topics", "produce"]
+__all__ = ["committed_offsets", "consume", "create_topics", "produce"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -107,6 +107,17 @@ async def consume(bootstrap: str, topic: str, *,
     finally:
         await consumer.stop()
     return records
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """``{partition: offset}`` committed by consumer group ``group`` on ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
