@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import faust
 
+from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
@@ -38,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "agent_overhead.md"
 
 
 async def one_run(bootstrap: str, source: str, sink: str, records: int, decorated: bool,
-                  datadir: str) -> float:
+                  datadir: str) -> tuple[float, float]:
     app = faust.App(f"bench-{uuid.uuid4().hex[:8]}", datadir=datadir,
                     **fast_faust_settings(broker=f"kafka://{bootstrap}"))
     src = app.topic(source, key_type=bytes, value_type=bytes,
@@ -46,18 +48,18 @@ async def one_run(bootstrap: str, source: str, sink: str, records: int, decorate
     dst = app.topic(sink, key_type=bytes, value_type=bytes,
                     key_serializer="raw", value_serializer="raw")
     seen = 0
-    first = last = 0.0
+    first = last = cpu_first = cpu_last = 0.0
     done = asyncio.Event()
 
     async def forward(stream: faust.StreamT[bytes]) -> None:
-        nonlocal seen, first, last
+        nonlocal seen, first, last, cpu_first, cpu_last
         async for key, value in stream.items():
             await dst.send(key=key, value=value)
             seen += 1
             if seen == 1:
-                first = time.perf_counter()
+                first, cpu_first = time.perf_counter(), time.process_time()
             elif seen >= records:
-                last = time.perf_counter()
+                last, cpu_last = time.perf_counter(), time.process_time()
                 done.set()
 
     if decorated:
@@ -69,7 +71,38 @@ async def one_run(bootstrap: str, source: str, sink: str, records: int, decorate
     app.agent(src, name="forward")(fun)
     async with running_app(app):
         await asyncio.wait_for(done.wait(), timeout=300)
-    return (records - 1) / (last - first)
+    return (records - 1) / (last - first), (cpu_last - cpu_first) / (records - 1) * 1e6
+
+
+async def gate_cost_in_stream(events: int = 200_000, repeats: int = 5) -> float:
+    """CPU µs the gate adds per event in Faust's own stream loop (no broker: a stream over a
+    range), median of ``repeats`` plain/gated pairs: the decorator's intrinsic cost."""
+    async def cpu_per_event(gated: bool) -> float:
+        app = faust.App(f"bench-micro-{uuid.uuid4().hex[:8]}", broker="kafka://127.0.0.1:1")
+        stream = app.stream(range(events))
+        if gated:
+            gate = RateLimitGate(app, TokenBucketRateLimiter(1e12, 1e12))
+            stream.add_processor(gate._processor(stream))  # what install() adds per event
+        began = time.process_time()
+        async for _ in stream:
+            pass
+        return (time.process_time() - began) / events * 1e6
+
+    costs = []
+    for _ in range(repeats):
+        plain = await cpu_per_event(False)
+        costs.append(await cpu_per_event(True) - plain)
+    return statistics.median(costs)
+
+
+def median_ratio_interval(plain: list[float], decorated: list[float],
+                          resamples: int = 10_000) -> tuple[float, float]:
+    """95% bootstrap interval of the median per-round ratio decorated / plain."""
+    ratios = [d / p for p, d in zip(plain, decorated, strict=True)]
+    rng = random.Random(7)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 async def measure(bootstrap: str, records: int, rounds: int) -> str:
@@ -79,17 +112,27 @@ async def measure(bootstrap: str, records: int, rounds: int) -> str:
     await produce(bootstrap, source,
                   ((b"k%06d" % i, b"v%06d" % i) for i in range(records)), linger_ms=20)
     rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as datadir:
-        await one_run(bootstrap, source, sink, records, False, datadir)  # warm-up
+        for decorated in (False, True):  # warm-up: broker and both code paths
+            await one_run(bootstrap, source, sink, records, decorated, datadir)
         for r in range(rounds):
             order = (False, True) if r % 2 == 0 else (True, False)
             for decorated in order:
-                rate = await one_run(bootstrap, source, sink, records, decorated, datadir)
+                rate, cpu_us = await one_run(bootstrap, source, sink, records, decorated,
+                                             datadir)
                 rates[decorated].append(rate)
+                cpu[decorated].append(cpu_us)
                 print(f"round {r + 1}: {'decorated' if decorated else 'plain'} "
-                      f"{rate:,.0f} events/s", flush=True)
+                      f"{rate:,.0f} events/s, {cpu_us:.1f} us CPU/event", flush=True)
+    gate_us = await gate_cost_in_stream()
+    plain_cpu = statistics.median(cpu[False])
     plain, deco = statistics.median(rates[False]), statistics.median(rates[True])
     ratios = [d / p for p, d in zip(rates[False], rates[True], strict=True)]
+    low, high = median_ratio_interval(rates[False], rates[True])
+    # CPU per event: plain / decorated, so that > 100% would mean the gate saves CPU.
+    cpu_low, cpu_high = median_ratio_interval(cpu[True], cpu[False])
+    cpu_ratios = [p / d for p, d in zip(cpu[False], cpu[True], strict=True)]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
     lines = [
@@ -100,26 +143,37 @@ async def measure(bootstrap: str, records: int, rounds: int) -> str:
         "",
         f"One agent forwarding {records:,} records (4 partitions) topic to topic; rounds "
         "interleaved; the decorated agent uses `@bp.rate_limit(TokenBucketRateLimiter(1e12, "
-        "1e12))` (never binds).",
+        "1e12))` (never binds). CPU is the worker process's CPU time between the first and "
+        "the last event, per event.",
         "",
-        "| agent | median events/s | runs |",
-        "| --- | ---: | --- |",
-        f"| plain Faust agent | {plain:,.0f} | "
+        "| agent | median events/s | median CPU µs/event | runs (events/s) |",
+        "| --- | ---: | ---: | --- |",
+        f"| plain Faust agent | {plain:,.0f} | {statistics.median(cpu[False]):.1f} | "
         + ", ".join(f"{x:,.0f}" for x in rates[False]) + " |",
-        f"| `@bp.rate_limit` agent | {deco:,.0f} | "
+        f"| `@bp.rate_limit` agent | {deco:,.0f} | {statistics.median(cpu[True]):.1f} | "
         + ", ".join(f"{x:,.0f}" for x in rates[True]) + " |",
         "",
-        f"Decorated / plain: **{deco / plain:.1%}** of medians (target >= 97%); per-round "
-        f"ratios: {', '.join(f'{x:.1%}' for x in ratios)} "
-        f"(median {statistics.median(ratios):.1%}).",
+        f"Throughput decorated / plain: **{deco / plain:.1%}** of medians (target >= 97%); "
+        f"median per-round ratio {statistics.median(ratios):.1%}, 95% bootstrap interval "
+        f"[{low:.1%}, {high:.1%}]; per-round: {', '.join(f'{x:.1%}' for x in ratios)}.",
+        "",
+        f"CPU per event plain / decorated: median per-round {statistics.median(cpu_ratios):.1%}, "
+        f"95% bootstrap interval [{cpu_low:.1%}, {cpu_high:.1%}]; per-round: "
+        f"{', '.join(f'{x:.1%}' for x in cpu_ratios)}.",
+        "",
+        f"The gate's own cost, measured without the broker (a Faust stream over a range, "
+        f"gate processor vs none): **{gate_us:.2f} µs CPU per event**, against "
+        f"{plain_cpu:.0f} µs per event for the plain agent above: an "
+        f"intrinsic bound of {plain_cpu / (plain_cpu + gate_us):.1%} "
+        "of the plain agent's throughput when the worker is CPU-bound.",
     ]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--records", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with kafka_bootstrap() as bootstrap:
