@@ -1,0 +1,202 @@
+"""The backpressure policy: from a pressure sample to a limiter's next rate. Pure, no I/O.
+
+A limiter protects a downstream stage; the control loop samples that stage's consumer lag,
+the limiter's utilization and CPU once per interval and asks :class:`BackpressureController`
+what the limiter's rate should be. Thresholds are the reference guide's (see
+``docs/control-loop.md``), checked in this order:
+
+* emergency: lag above ``critical_lag``, or utilization above ``emergency_utilization`` with
+  lag above ``max_consumer_lag``: the rate drops to ``emergency_rate`` (near zero, never zero)
+  and stays there until the lag is below ``backlog_cleared_lag``; above ``critical_lag`` the
+  decision also asks for load shedding (to the shed topic, never a silent drop);
+* lag above ``scaling_threshold``: rate times ``lag_decrease_factor``;
+* CPU above ``cpu_threshold``, or utilization above ``high_utilization`` while the lag is above
+  ``backlog_cleared_lag`` (a queue is building): rate times ``decrease_factor``;
+* otherwise (no pressure): gradual restore, ``restore_step`` of the baseline per interval,
+  up to the baseline.
+
+The severity doubles as a circuit breaker's state: ``EMERGENCY`` is open (fail fast: admit
+almost nothing), ``CRITICAL`` after an emergency is half-open (restoring, back to open on any
+relapse), ``NORMAL``/``WARNING`` are closed.
+
+Example::
+
+    controller = BackpressureController(baseline_rate=1000)
+    decision = controller.decide(PressureSample(lag=12_000, utilization=0.97, cpu=0.4))
+    limiter.update_rate_limit(decision.rate)     # 1.0: emergency until lag < 1000
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, fields
+
+from .base import check_rate
+
+__all__ = [
+    "BackpressureController",
+    "BackpressureSeverity",
+    "BackpressureThresholds",
+    "CircuitState",
+    "PressureDecision",
+    "PressureSample",
+]
+
+
+class BackpressureSeverity(enum.IntEnum):
+    """How hard the downstream is pushing back (the reference guide's four levels)."""
+
+    NORMAL = 0
+    WARNING = 1
+    CRITICAL = 2
+    EMERGENCY = 3
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class PressureSample:
+    """One observation: downstream lag (records), limiter utilization and CPU (0..1)."""
+
+    lag: int
+    utilization: float
+    cpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
+            raise ValueError(f"lag must be an int >= 0, got {self.lag!r}")
+        for name in ("utilization", "cpu"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackpressureThresholds:
+    """The policy's knobs; defaults are the reference guide's."""
+
+    scaling_threshold: int = 5_000
+    max_consumer_lag: int = 10_000
+    critical_lag: int = 20_000
+    backlog_cleared_lag: int = 1_000
+    high_utilization: float = 0.9
+    emergency_utilization: float = 0.95
+    cpu_threshold: float = 0.85
+    lag_decrease_factor: float = 0.8
+    decrease_factor: float = 0.9
+    restore_step: float = 0.1
+    emergency_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{field.name} must be a finite number > 0, got {value!r}")
+        if not (self.backlog_cleared_lag < self.scaling_threshold <= self.max_consumer_lag
+                <= self.critical_lag):
+            raise ValueError("lag thresholds must satisfy backlog_cleared_lag < "
+                             "scaling_threshold <= max_consumer_lag <= critical_lag, got "
+                             f"{self.backlog_cleared_lag}, {self.scaling_threshold}, "
+                             f"{self.max_consumer_lag}, {self.critical_lag}")
+        for name in ("lag_decrease_factor", "decrease_factor", "restore_step"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PressureDecision:
+    rate: float
+    severity: BackpressureSeverity
+    circuit: CircuitState
+    shed: bool
+    reason: str
+
+
+class BackpressureController:
+    """Decides a limiter's rate, one :class:`PressureSample` per control interval."""
+
+    __slots__ = ("_emergency", "_restoring", "baseline_rate", "rate", "thresholds")
+
+    def __init__(self, baseline_rate: float,
+                 thresholds: BackpressureThresholds | None = None) -> None:
+        self.thresholds = thresholds or BackpressureThresholds()
+        self.baseline_rate = check_rate("baseline_rate", baseline_rate)
+        if self.baseline_rate < self.thresholds.emergency_rate:
+            raise ValueError(f"baseline_rate must be >= emergency_rate "
+                             f"({self.thresholds.emergency_rate}), got {baseline_rate!r}")
+        self.rate = self.baseline_rate
+        self._emergency = False
+        self._restoring = False  # after an emergency, until the baseline is back
+
+    def set_baseline(self, baseline_rate: float) -> None:
+        """The configured rate changed (an operator's update): restore toward it."""
+        self.baseline_rate = max(check_rate("baseline_rate", baseline_rate),
+                                 self.thresholds.emergency_rate)
+        self.rate = min(self.rate, self.baseline_rate)
+
+    def decide(self, sample: PressureSample) -> PressureDecision:
+        t = self.thresholds
+        lag = sample.lag
+        if self._emergency:
+            if lag >= t.backlog_cleared_lag:
+                return self._emergency_decision(sample, "backlog not cleared")
+            self._emergency, self._restoring = False, True
+        elif self._restoring and lag > t.scaling_threshold:  # half-open: a relapse reopens
+            return self._enter_emergency(sample, f"lag {lag} > {t.scaling_threshold} "
+                                                 "while restoring")
+        if lag > t.critical_lag:
+            return self._enter_emergency(sample, f"lag {lag} > critical {t.critical_lag}")
+        if sample.utilization > t.emergency_utilization and lag > t.max_consumer_lag:
+            return self._enter_emergency(
+                sample, f"utilization {sample.utilization:.2f} > {t.emergency_utilization} "
+                        f"and lag {lag} > {t.max_consumer_lag}")
+        if lag > t.scaling_threshold:
+            return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
+                                  f"lag {lag} > {t.scaling_threshold}")
+        if sample.cpu > t.cpu_threshold:
+            return self._decrease(t.decrease_factor, BackpressureSeverity.WARNING,
+                                  f"cpu {sample.cpu:.2f} > {t.cpu_threshold}")
+        if sample.utilization > t.high_utilization and lag >= t.backlog_cleared_lag:
+            return self._decrease(t.decrease_factor, BackpressureSeverity.WARNING,
+                                  f"utilization {sample.utilization:.2f} > "
+                                  f"{t.high_utilization} with lag {lag}")
+        return self._restore()
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _enter_emergency(self, sample: PressureSample, reason: str) -> PressureDecision:
+        self._emergency, self._restoring = True, False
+        return self._emergency_decision(sample, reason)
+
+    def _emergency_decision(self, sample: PressureSample, reason: str) -> PressureDecision:
+        self.rate = self.thresholds.emergency_rate
+        return PressureDecision(self.rate, BackpressureSeverity.EMERGENCY, CircuitState.OPEN,
+                                sample.lag > self.thresholds.critical_lag, reason)
+
+    def _decrease(self, factor: float, severity: BackpressureSeverity,
+                  reason: str) -> PressureDecision:
+        self.rate = max(self.rate * factor, self.thresholds.emergency_rate)
+        return PressureDecision(self.rate, severity, self._circuit(), False, reason)
+
+    def _restore(self) -> PressureDecision:
+        if self.rate < self.baseline_rate:
+            step = self.thresholds.restore_step * self.baseline_rate
+            self.rate = min(self.rate + step, self.baseline_rate)
+            reason = "restoring"
+        else:
+            reason = "no pressure"
+        if self.rate >= self.baseline_rate:
+            self._restoring = False
+        severity = (BackpressureSeverity.CRITICAL if self._restoring
+                    else BackpressureSeverity.NORMAL)
+        return PressureDecision(self.rate, severity, self._circuit(), False, reason)
+
+    def _circuit(self) -> CircuitState:
+        return CircuitState.HALF_OPEN if self._restoring else CircuitState.CLOSED

@@ -1,0 +1,120 @@
+"""The backpressure policy: thresholds, emergency until the backlog clears, gradual restore."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from faust_backpressure.limiters.pressure import (
+    BackpressureController,
+    BackpressureSeverity,
+    BackpressureThresholds,
+    CircuitState,
+    PressureSample,
+)
+
+Severity = BackpressureSeverity
+
+
+def sample(lag: int, utilization: float = 0.5, cpu: float = 0.1) -> PressureSample:
+    return PressureSample(lag=lag, utilization=utilization, cpu=cpu)
+
+
+def test_defaults_are_the_reference_guides() -> None:
+    t = BackpressureThresholds()
+    assert (t.backlog_cleared_lag, t.scaling_threshold, t.max_consumer_lag, t.critical_lag) == \
+        (1_000, 5_000, 10_000, 20_000)
+    assert (t.high_utilization, t.emergency_utilization) == (0.9, 0.95)
+    assert (t.lag_decrease_factor, t.decrease_factor, t.emergency_rate) == (0.8, 0.9, 1.0)
+
+
+def test_emergency_holds_until_the_backlog_clears_then_restores_gradually() -> None:
+    controller = BackpressureController(baseline_rate=1000)
+    first = controller.decide(sample(12_000, utilization=0.97))
+    assert (first.rate, first.severity, first.circuit, first.shed) == \
+        (1.0, Severity.EMERGENCY, CircuitState.OPEN, False)
+    # Lag falling but not cleared: still near zero, whatever utilization says.
+    for lag in (9_000, 4_000, 1_000):
+        held = controller.decide(sample(lag, utilization=0.1))
+        assert (held.rate, held.severity) == (1.0, Severity.EMERGENCY)
+    # Cleared: 10% of the baseline per interval, half-open, until the baseline is back.
+    rates = [controller.decide(sample(999)) for _ in range(11)]
+    assert [round(d.rate, 6) for d in rates] == [101, 201, 301, 401, 501, 601, 701, 801, 901,
+                                                1000, 1000]
+    assert all(d.circuit is CircuitState.HALF_OPEN for d in rates[:9])
+    assert (rates[9].severity, rates[9].circuit) == (Severity.NORMAL, CircuitState.CLOSED)
+
+
+def test_lag_above_critical_is_an_emergency_that_sheds() -> None:
+    decision = BackpressureController(500).decide(sample(20_001, utilization=0.2))
+    assert (decision.rate, decision.severity, decision.shed) == (1.0, Severity.EMERGENCY, True)
+    assert "critical" in decision.reason
+
+
+def test_a_relapse_while_restoring_reopens_the_circuit() -> None:
+    controller = BackpressureController(1000)
+    controller.decide(sample(25_000))
+    controller.decide(sample(0))  # cleared: restoring
+    relapse = controller.decide(sample(5_001))
+    assert (relapse.rate, relapse.circuit) == (1.0, CircuitState.OPEN)
+
+
+def test_lag_above_the_scaling_threshold_decreases_by_a_fifth_down_to_the_floor() -> None:
+    controller = BackpressureController(1000)
+    decisions = [controller.decide(sample(6_000, utilization=0.5)) for _ in range(40)]
+    assert [round(d.rate, 3) for d in decisions[:3]] == [800, 640, 512]
+    assert decisions[-1].rate == 1.0  # never below the emergency rate, never zero
+    assert all(d.severity is Severity.CRITICAL for d in decisions)
+
+
+def test_cpu_and_utilization_with_a_building_queue_decrease_by_a_tenth() -> None:
+    controller = BackpressureController(1000)
+    assert controller.decide(sample(0, cpu=0.9)).rate == pytest.approx(900)
+    assert controller.decide(sample(2_000, utilization=0.95)).rate == pytest.approx(810)
+    # A busy limiter with nothing queued downstream is not pressure: restore instead.
+    assert controller.decide(sample(10, utilization=0.99)).rate == pytest.approx(910)
+
+
+def test_a_new_baseline_caps_the_rate_and_restores_toward_it() -> None:
+    controller = BackpressureController(1000)
+    controller.set_baseline(300)
+    assert controller.decide(sample(0)).rate == 300
+    controller.set_baseline(600)
+    assert controller.decide(sample(0)).rate == pytest.approx(360)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"critical_lag": 0}, "critical_lag"),
+    ({"decrease_factor": 1.5}, "decrease_factor"),
+    ({"emergency_rate": math.nan}, "emergency_rate"),
+    ({"scaling_threshold": 500}, "backlog_cleared_lag < scaling_threshold"),
+])
+def test_bad_thresholds_name_the_setting(kwargs: dict[str, float], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        BackpressureThresholds(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_samples_and_baselines_are_refused() -> None:
+    with pytest.raises(ValueError, match="lag"):
+        PressureSample(lag=-1, utilization=0.1)
+    with pytest.raises(ValueError, match="utilization"):
+        PressureSample(lag=0, utilization=math.inf)
+    with pytest.raises(ValueError, match="baseline_rate"):
+        BackpressureController(0.5)
+
+
+@given(st.lists(st.tuples(st.integers(0, 40_000), st.floats(0, 1.5), st.floats(0, 1)),
+                max_size=60))
+def test_rate_stays_in_bounds_and_calm_restores_the_baseline(
+        samples: list[tuple[int, float, float]]) -> None:
+    controller = BackpressureController(1000)
+    for lag, utilization, cpu in samples:
+        decision = controller.decide(sample(lag, utilization, cpu))
+        assert 1.0 <= decision.rate <= 1000
+        assert decision.shed == (lag > 20_000)
+    # From anywhere, calm brings the baseline back within 1 / restore_step intervals.
+    calm = [controller.decide(sample(0)) for _ in range(10)]
+    assert calm[-1].rate == 1000 and calm[-1].circuit is CircuitState.CLOSED
