@@ -1,5 +1,6 @@
-"""Rate-limited agents, topic-to-topic pipelines with a dead-letter queue, DLQ replay."""
+"""Rate-limited agents, pipelines with a dead-letter queue, DLQ replay, the control loop."""
 
+from faust_backpressure.agents.control import ControlLoop, ControlLoops, WorkerSample
 from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
 from faust_backpressure.agents.pipeline import (
     Backoff,
@@ -16,6 +17,8 @@ from faust_backpressure.agents.resolve import (
 
 __all__ = [
     "Backoff",
+    "ControlLoop",
+    "ControlLoops",
     "CostFunction",
     "Failure",
     "LimiterSpec",
@@ -23,6 +26,7 @@ __all__ = [
     "PipelineStats",
     "RateLimitGate",
     "ReplayReport",
+    "WorkerSample",
     "dlq_headers",
     "exponential_backoff",
     "rate_limited",

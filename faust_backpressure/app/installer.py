@@ -10,6 +10,8 @@ from faust.types import AppT, TopicT
 
 from faust_backpressure.agents import (
     Backoff,
+    ControlLoop,
+    ControlLoops,
     CostFunction,
     LimiterSpec,
     Pipeline,
@@ -18,7 +20,8 @@ from faust_backpressure.agents import (
 )
 from faust_backpressure.agents.transactions import send_outputs_in_input_transactions
 from faust_backpressure.config import BackpressureSettings, OnLimit
-from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters import BackpressureThresholds, RateLimitingStrategy
+from faust_backpressure.tables.service import broker_bootstrap
 
 __all__ = ["Backpressure", "installed"]
 
@@ -53,6 +56,7 @@ class Backpressure:
         self.pipelines: dict[str, Pipeline] = {}
         self.gates: list[RateLimitGate] = []
         self._limiters: dict[str, RateLimitingStrategy] = {}
+        self._control: ControlLoops | None = None
         _INSTALLED[app] = self
         # exactly_once: outputs commit with their input's offsets (Faust sends them outside
         # any transaction when the sink is not consumed by the app).
@@ -104,6 +108,31 @@ class Backpressure:
                             concurrency=concurrency, settings=self.settings)
         self.pipelines[name] = pipeline
         return pipeline
+
+    def control_loop(self, limiter: LimiterSpec, *, downstream_group: str,
+                     downstream_topics: Sequence[str], interval: float = 5.0,
+                     thresholds: BackpressureThresholds | None = None,
+                     baseline_rate: float | None = None,
+                     tokens_per_second: float | None = None,
+                     burst_capacity: float | None = None,
+                     name: str | None = None) -> ControlLoop:
+        """Put ``limiter`` under the backpressure control loop (see docs/control-loop.md).
+
+        Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
+        ``downstream_topics``, the limiter's utilization and CPU; one worker decides the rate.
+        """
+        if self._control is None:
+            self._control = ControlLoops(self.app, bootstrap=broker_bootstrap(self.app))
+        resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
+                                burst_capacity=burst_capacity)
+        return self._control.add(ControlLoop(
+            self._control, resolved, downstream_group=downstream_group,
+            downstream_topics=downstream_topics, interval=interval, thresholds=thresholds,
+            baseline_rate=baseline_rate, name=name))
+
+    @property
+    def control_loops(self) -> dict[str, ControlLoop]:
+        return {} if self._control is None else dict(self._control.loops)
 
     async def _declare_topics(self) -> None:
         # Sinks and DLQs are written, never subscribed: Faust would not create them itself.

@@ -22,6 +22,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
+from faust.types import AppT
 from mode import Service
 
 from faust_backpressure.tables.lease import DistributedRateLimiter
@@ -47,7 +48,8 @@ OWNER_AGENT = "fbp-limiter-owner"
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
 
 
-def _bootstrap(app: faust.App) -> str:
+def broker_bootstrap(app: AppT) -> str:
+    """``host:port,...`` of the app's brokers (for plain aiokafka clients)."""
     return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 
 
@@ -189,7 +191,7 @@ class _ChannelService(Service):
         channel = self.channel
         await channel.grant_topic.maybe_declare()
         await channel.request_topic.maybe_declare()
-        consumer = AIOKafkaConsumer(bootstrap_servers=_bootstrap(channel.app), group_id=None,
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker_bootstrap(channel.app), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="latest")
         await consumer.start()
         tp = TopicPartition(channel.grant_topic.get_topic_name(), 0)

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-__all__ = ["committed_offsets", "consume", "create_topics", "produce"]
+__all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
+           "produce"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -118,6 +119,31 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """``{partition: offset of the next record}`` of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def commit_offsets(bootstrap: str, group: str, topic: str,
+                         offsets: Mapping[int, int]) -> None:
+    """Commit ``{partition: offset}`` for ``group`` (no member joins: a plain offset commit)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(topic, p): offset for p, offset in offsets.items()}
+        consumer.assign(list(tps))
+        await consumer.commit(tps)
+    finally:
+        await consumer.stop()
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -1,0 +1,241 @@
+"""The backpressure control loop: a timer samples pressure, an agent decides the limiter's rate.
+
+On every worker a Faust timer samples, once per ``interval``, the downstream consumer group's
+lag (end offsets minus committed offsets of ``downstream_topics``), the limiter's utilization
+and the CPU, and publishes the sample as an event on the app's pressure topic, keyed by the
+limiter's name. The agent on that topic therefore sees every worker's samples of one limiter
+on one worker (the owner of the key's partition), which alone runs the
+:class:`~faust_backpressure.limiters.pressure.BackpressureController` and applies its rate with
+``limiter.update_rate_limit``; a distributed limiter carries the new rate to every worker.
+See ``docs/control-loop.md``.
+
+Example::
+
+    loop = bp.control_loop("orders-api", downstream_group="billing",
+                           downstream_topics=["orders-priced"], interval=5.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import AppT
+from mode import Service
+
+from faust_backpressure.agents.resolve import limiter_name
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.pressure import (
+    BackpressureController,
+    BackpressureSeverity,
+    BackpressureThresholds,
+    PressureDecision,
+    PressureSample,
+)
+
+__all__ = ["ControlLoop", "ControlLoops", "WorkerSample"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSample:
+    """What one worker saw of one limiter at ``at`` (its wall clock): the pressure event."""
+
+    limiter: str
+    worker: str
+    at: float
+    lag: int
+    utilization: float
+    cpu: float
+
+    def encode(self) -> bytes:
+        return json.dumps({"limiter": self.limiter, "worker": self.worker, "at": self.at,
+                           "lag": self.lag, "utilization": self.utilization,
+                           "cpu": self.cpu}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WorkerSample:
+        data = json.loads(raw)
+        return cls(limiter=str(data["limiter"]), worker=str(data["worker"]),
+                   at=float(data["at"]), lag=int(data["lag"]),
+                   utilization=float(data["utilization"]), cpu=float(data["cpu"]))
+
+
+class LagProbe:
+    """Consumer lag of a group on some topics: sum over partitions of end - committed."""
+
+    def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
+        self.bootstrap, self.group, self.topics = bootstrap, group, list(topics)
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def lag(self) -> int:
+        if self._admin is None or self._consumer is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await self._admin.start()
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                              enable_auto_commit=False)
+            await self._consumer.start()
+        partitions = self._partitions()
+        if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker
+            await self._consumer._client.force_metadata_update()
+            partitions = self._partitions()
+            missing = set(self.topics) - {tp.topic for tp in partitions}
+            if missing:  # an unknown lag is not a zero lag: no sample
+                raise LookupError(f"no partitions known for {sorted(missing)}")
+        ends = await self._consumer.end_offsets(partitions)
+        committed = await self._admin.list_consumer_group_offsets(self.group)
+        total = 0
+        for tp in partitions:
+            meta = committed.get(tp)
+            start = meta.offset if meta is not None and meta.offset >= 0 else 0
+            total += max(ends[tp] - start, 0)
+        return total
+
+    def _partitions(self) -> list[TopicPartition]:
+        assert self._consumer is not None
+        return [TopicPartition(topic, p) for topic in self.topics
+                for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self._admin = self._consumer = None
+
+
+class ControlLoop:
+    """One limiter under control: its probe, its controller, what it decided."""
+
+    def __init__(self, loops: ControlLoops, limiter: RateLimitingStrategy, *,
+                 downstream_group: str, downstream_topics: Sequence[str],
+                 interval: float, thresholds: BackpressureThresholds | None = None,
+                 baseline_rate: float | None = None, name: str | None = None) -> None:
+        if not downstream_topics:
+            raise ValueError("downstream_topics must name at least one topic")
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0, got {interval!r}")
+        self.limiter = limiter
+        self.name = name or limiter_name(limiter)
+        self.interval = float(interval)
+        self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
+        self.controller = BackpressureController(
+            baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
+            thresholds)
+        self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
+        self.decisions: list[PressureDecision] = []
+        self.last_decision: PressureDecision | None = None
+        self._decided_at = 0.0
+
+    async def sample(self, worker: str) -> WorkerSample:
+        """This worker's view, now."""
+        return WorkerSample(limiter=self.name, worker=worker, at=time.time(),
+                            lag=await self.probe.lag(),
+                            utilization=float(self.limiter.current_utilization),
+                            cpu=psutil.cpu_percent(interval=None) / 100.0)
+
+    def observe(self, sample: WorkerSample, now: float) -> PressureDecision | None:
+        """A worker's sample arrived; decide at most once per interval (on the decider)."""
+        self.samples[sample.worker] = sample
+        if now - self._decided_at < self.interval * 0.9:
+            return None
+        fresh = [s for s in self.samples.values() if s.at >= sample.at - 3 * self.interval]
+        decision = self.controller.decide(PressureSample(
+            lag=max(s.lag for s in fresh),
+            utilization=max(s.utilization for s in fresh),
+            cpu=max(s.cpu for s in fresh)))
+        self._decided_at = now
+        previous, self.last_decision = self.last_decision, decision
+        self.decisions.append(decision)
+        if decision.rate != self.limiter.current_rate_limit:
+            self.limiter.update_rate_limit(decision.rate)
+        if previous is None or previous.severity != decision.severity:
+            level = logging.WARNING if decision.severity >= BackpressureSeverity.CRITICAL \
+                else logging.INFO
+            log.log(level, "limiter %s: %s, rate %.1f/s (%s)", self.name,
+                    decision.severity.name, decision.rate, decision.reason)
+        return decision
+
+
+class ControlLoops:
+    """The app's control loops, its pressure topic, sampling timer and deciding agent."""
+
+    def __init__(self, app: AppT, *, bootstrap: str) -> None:
+        self.app = app
+        self.bootstrap = bootstrap
+        self.loops: dict[str, ControlLoop] = {}
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        # internal: Faust creates it before subscribing.
+        self.pressure_topic = app.topic(f"{app.conf.id}-fbp-pressure", key_type=bytes,
+                                        value_type=bytes, key_serializer="raw",
+                                        value_serializer="raw", internal=True)
+        self.published = 0
+        self.rejected = 0
+
+        async def fbp_pressure_control(stream: faust.StreamT[bytes]) -> None:
+            async for raw in stream:
+                self.handle(raw)
+
+        app.agent(self.pressure_topic, name="fbp_pressure_control")(fbp_pressure_control)
+
+        async def fbp_pressure_start() -> None:
+            await app.add_runtime_dependency(_ProbeCloser(self))
+
+        app.task(fbp_pressure_start)
+
+    def add(self, loop: ControlLoop) -> ControlLoop:
+        if loop.name in self.loops:
+            raise ValueError(f"limiter {loop.name!r} already has a control loop")
+        self.loops[loop.name] = loop
+        self.app.timer(loop.interval, name=f"fbp_pressure_sample_{loop.name}")(
+            self._sampler(loop))
+        return loop
+
+    def _sampler(self, loop: ControlLoop) -> Any:
+        async def sample() -> None:
+            try:
+                worker_sample = await loop.sample(self.worker)
+            except Exception as exc:  # a broker hiccup must not kill the timer
+                log.warning("pressure sample of %s failed: %r", loop.name, exc)
+                return
+            await self.pressure_topic.send(key=loop.name.encode(),
+                                           value=worker_sample.encode())
+            self.published += 1
+        return sample
+
+    def handle(self, raw: bytes | None) -> PressureDecision | None:
+        try:
+            sample = WorkerSample.decode(raw or b"")
+            loop = self.loops[sample.limiter]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.rejected += 1
+            log.warning("pressure event rejected: %r", exc)
+            return None
+        return loop.observe(sample, time.monotonic())
+
+
+
+class _ProbeCloser(Service):
+    """Closes the lag probes' Kafka clients when the worker stops."""
+
+    def __init__(self, loops: ControlLoops, **kwargs: Any) -> None:
+        self.loops = loops
+        super().__init__(**kwargs)
+
+    async def on_stop(self) -> None:
+        for loop in self.loops.loops.values():
+            with contextlib.suppress(Exception):
+                await loop.probe.close()

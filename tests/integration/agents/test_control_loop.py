@@ -1,0 +1,76 @@
+"""The control loop against the real broker: downstream lag drives the limiter's rate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import faust
+import pytest
+
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.limiters import (
+    BackpressureSeverity,
+    BackpressureThresholds,
+    TokenBucketRateLimiter,
+)
+from faust_backpressure.testing.inprocess import running_app
+from faust_backpressure.testing.kafka_io import (
+    commit_offsets,
+    consume,
+    create_topics,
+    end_offsets,
+    produce,
+)
+from faust_backpressure.testing.settings import fast_faust_settings
+
+pytestmark = pytest.mark.kafka
+
+# Scaled-down thresholds (the defaults are 1000/5000/10000/20000 records): same policy.
+SMALL = BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
+                               max_consumer_lag=100, critical_lag=200)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def test_downstream_lag_forces_the_emergency_rate_until_cleared_then_restores(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    downstream, group = unique_name("priced"), unique_name("billing")
+    await create_topics(kafka_bootstrap, {downstream: 2})
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    limiter = TokenBucketRateLimiter(100, 100)
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=SMALL)
+    async with running_app(app):
+        # Billing has read nothing: lag 300 > critical 200: near-zero rate, shedding asked.
+        await eventually(lambda: limiter.current_rate_limit == 1.0)
+        assert loop.last_decision is not None and loop.last_decision.shed
+        await asyncio.sleep(1.0)  # still lagging: the rate stays near zero
+        assert limiter.current_rate_limit == 1.0
+        # Billing catches up: lag 0. The rate climbs back, 10% of 100/s per interval.
+        await commit_offsets(kafka_bootstrap, group, downstream,
+                             await end_offsets(kafka_bootstrap, downstream))
+        await eventually(lambda: limiter.current_rate_limit == 100)
+        pressure = await consume(kafka_bootstrap, bp.app.conf.id + "-fbp-pressure",
+                                 until=lambda rs: len(rs) >= 3, timeout=10)
+    severities = [d.severity for d in loop.decisions]
+    assert severities[0] is BackpressureSeverity.EMERGENCY
+    restore = [round(d.rate, 6) for d in loop.decisions if d.reason == "restoring"]
+    assert restore == [11, 21, 31, 41, 51, 61, 71, 81, 91, 100]
+    assert severities[-1] is BackpressureSeverity.NORMAL
+    # The samples are events on the pressure topic, keyed by the limiter.
+    samples = [json.loads(r.value) for r in pressure]
+    assert {r.key for r in pressure} == {loop.name.encode()}
+    assert samples[0]["lag"] == 300 and {"worker", "utilization", "cpu", "at"} <= set(samples[0])
