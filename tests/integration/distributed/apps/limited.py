@@ -2,7 +2,8 @@
 
 Env: FBP_APP_ID, FBP_REPORT (topic), FBP_LIMITERS ("id:rate:burst,..."), FBP_LEASE_TTL,
 FBP_GO_FILE (demand starts when this file exists), FBP_SECRET, FBP_UPDATE ("id:rate@seconds":
-this worker changes the rate that long after go), FBP_STORE.
+this worker changes the rate that long after go), FBP_STORE, FBP_CONTROL
+("id:group:topic:interval": a control loop on that limiter, thresholds scaled down 100x).
 """
 
 import asyncio
@@ -12,6 +13,8 @@ import time
 
 import faust
 
+from faust_backpressure.app import Backpressure
+from faust_backpressure.limiters import BackpressureThresholds
 from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.testing.settings import fast_faust_settings
 
@@ -33,6 +36,13 @@ if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:co
     limiters[lid] = DistributedRateLimiterFactory.create_multi_tier_distributed(
         app, global_limit=(float(g_rate), float(g_burst)),
         consumer_limit=(float(c_rate), float(c_burst)), rate_limiter_id=lid, lease_ttl=ttl)
+if os.environ.get("FBP_CONTROL"):
+    lid, group, topic, interval = os.environ["FBP_CONTROL"].split(":")
+    Backpressure(app).control_loop(
+        limiters[lid], downstream_group=group, downstream_topics=[topic],
+        interval=float(interval), name=lid,
+        thresholds=BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
+                                          max_consumer_lag=100, critical_lag=200))
 admitted: dict[str, list[float]] = {lid: [] for lid in limiters}
 
 

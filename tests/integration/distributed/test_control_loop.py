@@ -1,0 +1,60 @@
+"""The control loop across real workers: one decides, every worker's share follows."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from faust_backpressure.testing.kafka_io import (
+    commit_offsets,
+    create_topics,
+    end_offsets,
+    produce,
+)
+from tests.integration.distributed.conftest import Cluster, admissions, reported_until
+
+pytestmark = pytest.mark.kafka
+
+RATE = 200.0
+
+
+async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
+        cluster: Cluster) -> None:
+    downstream, group = cluster.env["FBP_APP_ID"] + "-priced", cluster.env["FBP_APP_ID"] + "-b"
+    await create_topics(cluster.bootstrap, {downstream: 2})
+    await produce(cluster.bootstrap, downstream, ((None, b"x") for _ in range(300)))
+    cluster.env["FBP_LIMITERS"] = f"api:{RATE:g}:{RATE:g}"
+    cluster.env["FBP_CONTROL"] = f"api:{group}:{downstream}:0.3"
+    cluster.start_settled("w0", "w1")
+    go = cluster.go()
+    workers = ("w0", "w1")
+
+    def rates_seen(rs: list[dict], rate: float, after: float) -> bool:  # type: ignore[type-arg]
+        return all(any(r["worker"] == w and r["rate"] == rate and r["at"] > after for r in rs)
+                   for w in workers)
+
+    # Lag 300 > critical 200 (scaled): the decider drops the shared rate to 1/s; both see it.
+    reports = await cluster.reports(lambda rs: rates_seen(rs, 1.0, go), timeout=30)
+    slowed = max(r["at"] for r in reports)
+    calm_from = time.time() + 3.0
+    reports = await cluster.reports(
+        lambda rs: reported_until(rs) > calm_from + 0.5, timeout=30)
+    held = [t for t in admissions(reports, "api") if slowed + 1.5 <= t <= calm_from]
+    # Leases granted before the change expire within a TTL (1 s); after that, about 1/s.
+    assert len(held) <= 0.1 * RATE * (calm_from - slowed - 1.5), len(held)
+    assert all(r["rate"] == 1.0 for r in reports if slowed + 0.5 <= r["at"] <= calm_from)
+
+    # Billing catches up: the rate climbs back to 200/s on both workers, admissions follow.
+    await commit_offsets(cluster.bootstrap, group, downstream,
+                         await end_offsets(cluster.bootstrap, downstream))
+    caught_up = time.time()
+    reports = await cluster.reports(lambda rs: rates_seen(rs, RATE, caught_up), timeout=30)
+    restored = max(r["at"] for r in reports)
+    reports = await cluster.reports(
+        lambda rs: reported_until(rs) > restored + 4.0, timeout=30)
+    after = [t for t in admissions(reports, "api") if restored + 1 <= t <= restored + 4]
+    print(f"held {len(held)} admissions while lagging; {len(after) / 3:.0f}/s once restored")
+    assert len(after) >= 0.8 * RATE * 3, len(after)
+    for w in workers:
+        assert admissions(reports, "api", w), w  # both workers took part
