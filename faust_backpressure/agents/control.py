@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import AppT
 from mode import Service
 
+from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.agents.resolve import limiter_name
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.pressure import (
@@ -123,7 +124,8 @@ class ControlLoop:
     def __init__(self, loops: ControlLoops, limiter: RateLimitingStrategy, *,
                  downstream_group: str, downstream_topics: Sequence[str],
                  interval: float, thresholds: BackpressureThresholds | None = None,
-                 baseline_rate: float | None = None, name: str | None = None) -> None:
+                 baseline_rate: float | None = None, name: str | None = None,
+                 shed_on_critical: bool = False) -> None:
         if not downstream_topics:
             raise ValueError("downstream_topics must name at least one topic")
         if not interval > 0:
@@ -135,17 +137,31 @@ class ControlLoop:
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
             thresholds)
+        self.shed_on_critical = shed_on_critical
+        #: This worker's gates (all of them; those on this limiter are picked at each sample).
+        self.gate_source: Callable[[], Iterable[RateLimitGate]] = tuple
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
         self.decisions: list[PressureDecision] = []
         self.last_decision: PressureDecision | None = None
+        self.last_sample: WorkerSample | None = None  # this worker's latest
         self._decided_at = 0.0
 
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
-        return WorkerSample(limiter=self.name, worker=worker, at=time.time(),
-                            lag=await self.probe.lag(),
-                            utilization=float(self.limiter.current_utilization),
-                            cpu=psutil.cpu_percent(interval=None) / 100.0)
+        self.last_sample = WorkerSample(
+            limiter=self.name, worker=worker, at=time.time(), lag=await self.probe.lag(),
+            utilization=float(self.limiter.current_utilization),
+            cpu=psutil.cpu_percent(interval=None) / 100.0)
+        if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
+            shed = self.last_sample.lag > self.controller.thresholds.critical_lag
+            for gate in self.gate_source():
+                if gate.limiter is not self.limiter:
+                    continue
+                if gate.shed_now != shed:
+                    log.warning("limiter %s: %s shedding (lag %d)", self.name,
+                                "start" if shed else "stop", self.last_sample.lag)
+                gate.shed_now = shed
+        return self.last_sample
 
     def observe(self, sample: WorkerSample, now: float) -> PressureDecision | None:
         """A worker's sample arrived; decide at most once per interval (on the decider)."""

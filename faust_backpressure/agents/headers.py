@@ -151,11 +151,13 @@ def dlq_headers(original: HeadersIn, *, pipeline: str, topic: str,
 
 
 def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
-                 topic: str, partition: int, offset: int, permits: int) -> Headers:
+                 topic: str, partition: int, offset: int, permits: int,
+                 cause: str = "") -> Headers:
     """Why an event was shed: the limiter refused ``permits`` and the agent does not wait."""
     out = without_bp_headers(original)
+    reason = f"rate limit: {permits} permit(s) refused" + (f" ({cause})" if cause else "")
     out += [
-        (SHED_REASON, f"rate limit: {permits} permit(s) refused".encode()),
+        (SHED_REASON, reason.encode()),
         (SHED_LIMITER, limiter.encode()),
         (SHED_AGENT, agent.encode()),
         (SHED_AT, _iso(time.time())),

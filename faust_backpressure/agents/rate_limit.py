@@ -63,6 +63,8 @@ class RateLimitGate:
         self.agent_name = ""
         self.waits = 0
         self.shed = 0
+        #: Set by a control loop under critical lag: refused events are shed even in "wait".
+        self.shed_now = False
 
     # -- installing on a stream --------------------------------------------------------------
 
@@ -93,13 +95,12 @@ class RateLimitGate:
 
     def _processor(self, stream: StreamT[Any]) -> Callable[[Any], Any]:
         try_acquire = self.limiter.try_acquire
-        shedding = self.on_limit == "shed"
 
         if self.cost is None:
             def admit(value: Any) -> Any:
                 if try_acquire(1):
                     return value
-                if shedding:
+                if self.shedding:
                     return self._shed(stream.current_event, 1)
                 return self._wait(value, 1)
             return admit
@@ -109,10 +110,15 @@ class RateLimitGate:
             permits = self._permits(event)
             if permits < 1 or try_acquire(permits):
                 return value
-            if shedding:
+            if self.shedding:
                 return self._shed(event, permits)
             return self._wait(value, permits)
         return admit_by_cost
+
+    @property
+    def shedding(self) -> bool:
+        """Whether a refused event goes to the shed topic now (else it waits)."""
+        return self.on_limit == "shed" or self.shed_now
 
     # -- slow paths --------------------------------------------------------------------------
 
@@ -148,7 +154,9 @@ class RateLimitGate:
             key_serializer="raw", value_serializer="raw",
             headers=shed_headers(message.headers, agent=self.agent_name, limiter=self.name,
                                  topic=message.topic, partition=message.partition,
-                                 offset=message.offset, permits=permits))
+                                 offset=message.offset, permits=permits,
+                                 cause="" if self.on_limit == "shed" else
+                                 "load shedding: critical downstream lag"))
         self.shed += 1
 
     async def _shed(self, event: Event | None, permits: int) -> Any:
@@ -176,7 +184,7 @@ class RateLimitGate:
                         permits <= self.capacity and self.limiter.try_acquire(permits))
                     if granted:
                         yield events
-                    elif self.on_limit == "wait":
+                    elif not self.shedding:
                         self.waits += 1
                         await self.acquire(permits)
                         yield events

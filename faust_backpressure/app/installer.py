@@ -63,8 +63,10 @@ class Backpressure:
         send_outputs_in_input_transactions(app)
         app.task(self._declare_topics)
         from faust_backpressure.app.cli import register_commands
+        from faust_backpressure.app.views import register_views
 
         register_commands()
+        register_views(self)
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:
@@ -115,20 +117,33 @@ class Backpressure:
                      baseline_rate: float | None = None,
                      tokens_per_second: float | None = None,
                      burst_capacity: float | None = None,
-                     name: str | None = None) -> ControlLoop:
+                     name: str | None = None, shed_on_critical: bool = False) -> ControlLoop:
         """Put ``limiter`` under the backpressure control loop (see docs/control-loop.md).
 
         Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
         ``downstream_topics``, the limiter's utilization and CPU; one worker decides the rate.
+        ``shed_on_critical``: above the critical lag, this limiter's gates send refused events
+        to their shed topic instead of waiting (explicit load shedding; off by default).
         """
         if self._control is None:
             self._control = ControlLoops(self.app, bootstrap=broker_bootstrap(self.app))
         resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
                                 burst_capacity=burst_capacity)
-        return self._control.add(ControlLoop(
+        loop = self._control.add(ControlLoop(
             self._control, resolved, downstream_group=downstream_group,
             downstream_topics=downstream_topics, interval=interval, thresholds=thresholds,
-            baseline_rate=baseline_rate, name=name))
+            baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical))
+        loop.gate_source = self.all_gates
+        return loop
+
+    def all_gates(self) -> list[RateLimitGate]:
+        """Gates of decorated agents and of pipelines."""
+        return [*self.gates, *(p.gate for p in self.pipelines.values() if p.gate is not None)]
+
+    @property
+    def registered_limiters(self) -> list[RateLimitingStrategy]:
+        """Limiters made from ids or specs by :meth:`limiter` (one per id)."""
+        return list(self._limiters.values())
 
     @property
     def control_loops(self) -> dict[str, ControlLoop]:

@@ -135,6 +135,11 @@ def ensure_kafka_jars(version: str | None = None) -> Path:
     return libs
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for brokers and test web servers)."""
+    return _free_port()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from pathlib import Path
 import faust
 import pytest
 
+from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import (
@@ -74,3 +75,42 @@ async def test_downstream_lag_forces_the_emergency_rate_until_cleared_then_resto
     samples = [json.loads(r.value) for r in pressure]
     assert {r.key for r in pressure} == {loop.name.encode()}
     assert samples[0]["lag"] == 300 and {"worker", "utilization", "cpu", "at"} <= set(samples[0])
+
+
+async def test_critical_lag_sheds_refused_events_to_the_shed_topic_and_loses_none(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    downstream, group = unique_name("priced"), unique_name("billing")
+    source, sink = unique_name("src"), unique_name("sink")
+    await create_topics(kafka_bootstrap, {downstream: 1, source: 1, sink: 1,
+                                          source + "-shed": 1})
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    limiter = TokenBucketRateLimiter(20, 5)
+    src = app.topic(source, value_type=bytes, value_serializer="raw")
+    dst = app.topic(sink, value_type=bytes, value_serializer="raw")
+
+    @app.agent(src)
+    @bp.rate_limit(limiter, on_limit="wait")  # waits, unless the control loop says shed
+    async def forward(stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            await dst.send(value=value)
+
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=SMALL, shed_on_critical=True)
+    ids = [b"id-%03d" % i for i in range(200)]
+    async with running_app(app):
+        await eventually(lambda: loop.last_sample is not None and bp.gates[0].shed_now)
+        await produce(kafka_bootstrap, source, ((None, i) for i in ids))
+        everything = await consume(kafka_bootstrap, sink, until=1, timeout=30)
+        shed = await consume(kafka_bootstrap, source + "-shed",
+                             until=lambda rs: len(rs) >= 150, timeout=30)
+        everything = await consume(
+            kafka_bootstrap, sink, timeout=30,
+            until=lambda rs: len(rs) + len(shed) >= len(ids), settle=0.5)
+    assert sorted([r.value for r in everything] + [r.value for r in shed]) == ids  # none lost
+    assert bp.gates[0].shed == len(shed) and bp.gates[0].waits == 0
+    headers = dict(shed[0].headers)  # why it was shed travels with the record
+    assert headers[h.SHED_REASON].endswith(b"(load shedding: critical downstream lag)")
+    assert headers[h.SHED_LIMITER] == b"TokenBucketRateLimiter"

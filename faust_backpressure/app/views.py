@@ -1,0 +1,155 @@
+"""What a worker shows operators: a JSON overview and Prometheus metrics, on Faust's web server.
+
+``GET /backpressure/``: limiters, gates, pipelines and control loops of this worker as JSON.
+``GET /backpressure/metrics``: the same as Prometheus text (exposition format 0.0.4), every
+series labelled with the app id; scrape each worker (counts are per process).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+
+from faust_backpressure.agents.resolve import limiter_name
+from faust_backpressure.limiters import RateLimitingStrategy
+
+if TYPE_CHECKING:
+    from faust_backpressure.app.installer import Backpressure
+
+__all__ = ["register_views", "render_prometheus", "snapshot"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
+
+
+def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
+    """Every limiter the app uses, by a unique label (its id, or class name #n)."""
+    found: list[RateLimitingStrategy] = [
+        *bp.registered_limiters, *(g.limiter for g in bp.all_gates()),
+        *(loop.limiter for loop in bp.control_loops.values())]
+    labelled: dict[str, RateLimitingStrategy] = {}
+    seen: set[int] = set()
+    for limiter in found:
+        if id(limiter) in seen:
+            continue
+        seen.add(id(limiter))
+        label, n = limiter_name(limiter), 1
+        while label in labelled:
+            n += 1
+            label = f"{limiter_name(limiter)}#{n}"
+        labelled[label] = limiter
+    return labelled
+
+
+def snapshot(bp: Backpressure) -> dict[str, Any]:
+    """This worker's state, JSON-ready."""
+    limiters = _limiters(bp)
+    label_of = {id(limiter): label for label, limiter in limiters.items()}
+    limiter_view = {}
+    for label, limiter in limiters.items():
+        stats = limiter.stats()
+        limiter_view[label] = {"rate": stats.rate, "utilization": stats.utilization,
+                               "granted": stats.granted, "denied": stats.denied,
+                               "waits": stats.waits, "sleeps": stats.sleeps,
+                               "tokens": stats.tokens}
+    control = {}
+    for name, loop in bp.control_loops.items():
+        decision = loop.last_decision
+        control[name] = {
+            "limiter": label_of.get(id(loop.limiter), name),
+            "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
+            "decisions": len(loop.decisions),
+            "severity": None if decision is None else decision.severity.name,
+            "circuit": None if decision is None else decision.circuit.value,
+            "decided_rate": None if decision is None else decision.rate,
+            "shed": None if decision is None else decision.shed,
+            "reason": None if decision is None else decision.reason,
+            "last_sample": None if loop.last_sample is None else {
+                "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
+                "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
+        }
+    return {
+        "app": bp.app.conf.id,
+        "limiters": limiter_view,
+        "gates": [{"agent": g.agent_name, "limiter": label_of.get(id(g.limiter), g.name),
+                   "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed}
+                  for g in bp.all_gates()],
+        "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
+                             "consumed": p.stats.consumed, "produced": p.stats.produced,
+                             "filtered": p.stats.filtered, "retries": p.stats.retries,
+                             "dead_lettered": p.stats.dead_lettered}
+                      for name, p in bp.pipelines.items()},
+        "control": control,
+    }
+
+
+# name, type, help, rows of (labels, value) taken from the snapshot
+_Metric = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+
+
+def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
+    limiters = state["limiters"].items()
+    yield ("limiter_rate", "gauge", "Permits per second the limiter allows now.",
+           [({"limiter": k}, v["rate"]) for k, v in limiters])
+    yield ("limiter_utilization", "gauge", "Share of the allowed permits taken recently.",
+           [({"limiter": k}, v["utilization"]) for k, v in limiters])
+    for field, text in (("granted", "Permits granted."), ("denied", "try_acquire refusals."),
+                        ("waits", "acquire calls that had to wait.")):
+        yield (f"limiter_{field}_total", "counter", text,
+               [({"limiter": k}, v[field]) for k, v in limiters])
+    gates = state["gates"]
+    yield ("gate_waits_total", "counter", "Events that waited for permits.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["waits"]) for g in gates])
+    yield ("gate_shed_total", "counter", "Events sent to the shed topic.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed"]) for g in gates])
+    pipelines = state["pipelines"].items()
+    for field in ("consumed", "produced", "filtered", "retries", "dead_lettered"):
+        yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
+               [({"pipeline": k}, v[field]) for k, v in pipelines])
+    control = [(k, v) for k, v in state["control"].items() if v["severity"] is not None]
+    severities = {"NORMAL": 0, "WARNING": 1, "CRITICAL": 2, "EMERGENCY": 3}
+    yield ("control_severity", "gauge", "0 normal, 1 warning, 2 critical, 3 emergency.",
+           [({"limiter": k}, severities[v["severity"]]) for k, v in control])
+    yield ("control_decided_rate", "gauge", "Rate the control loop last decided.",
+           [({"limiter": k}, v["decided_rate"]) for k, v in control])
+    sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
+    yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
+           [({"limiter": k}, s["lag"]) for k, s in sampled])
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return "NaN" if math.isnan(value) else repr(float(value))
+
+
+def render_prometheus(state: dict[str, Any], prefix: str = "faust_backpressure_") -> str:
+    """Prometheus text exposition of :func:`snapshot`."""
+    lines: list[str] = []
+    app = {"app": state["app"]}
+    for name, kind, text, rows in _metrics(state):
+        if not rows:
+            continue
+        lines += [f"# HELP {prefix}{name} {text}", f"# TYPE {prefix}{name} {kind}"]
+        for labels, value in rows:
+            body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in {**app, **labels}.items())
+            lines.append(f"{prefix}{name}{{{body}}} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def register_views(bp: Backpressure) -> None:
+    """Add the two pages to ``bp.app`` (served when the worker runs its web server)."""
+
+    @bp.app.page("/backpressure/")
+    async def overview(web: View, request: Request) -> Response:
+        return web.json(snapshot(bp))
+
+    @bp.app.page("/backpressure/metrics")
+    async def metrics(web: View, request: Request) -> Response:
+        return web.text(render_prometheus(snapshot(bp)), content_type=CONTENT_TYPE)

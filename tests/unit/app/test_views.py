@@ -1,0 +1,72 @@
+"""The overview and Prometheus text of a configured (not started) app."""
+
+from __future__ import annotations
+
+import re
+
+import faust
+
+from faust_backpressure.app import Backpressure
+from faust_backpressure.app.views import render_prometheus, snapshot
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.limiters import TokenBucketRateLimiter
+
+SAMPLE_LINE = re.compile(r'^faust_backpressure_[a-z_]+\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)+\} '
+                         r"(?:-?[0-9.e+-]+|NaN|[+-]Inf)$")
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _app() -> tuple[faust.App, Backpressure]:
+    app = faust.App("views-unit", broker="kafka://127.0.0.1:1")
+    return app, Backpressure(app, settings=BackpressureSettings())
+
+
+def test_every_limiter_gate_and_pipeline_is_shown_and_labelled_uniquely() -> None:
+    _, bp = _app()
+    first = TokenBucketRateLimiter(100, 10, clock=Clock())
+    assert first.try_acquire(4) and not first.try_acquire(7)
+
+    async def agent(stream: faust.StreamT[bytes]) -> None: ...
+
+    bp.rate_limit(first)(agent)
+    bp.pipeline("price", source="orders", sink="priced", process=lambda v: v,
+                limiter=TokenBucketRateLimiter(5, 5, clock=Clock()))
+    state = snapshot(bp)
+    assert state["app"] == "views-unit"
+    assert state["limiters"]["TokenBucketRateLimiter"]["granted"] == 4
+    assert state["limiters"]["TokenBucketRateLimiter"]["denied"] == 1
+    assert state["limiters"]["TokenBucketRateLimiter#2"]["rate"] == 5
+    assert [g["limiter"] for g in state["gates"]] == ["TokenBucketRateLimiter",
+                                                      "TokenBucketRateLimiter#2"]
+    assert state["pipelines"]["price"]["dlq"] == "orders-dlq"
+    assert state["control"] == {}
+
+
+def test_prometheus_text_is_well_formed_and_carries_the_counts() -> None:
+    _, bp = _app()
+    limiter = TokenBucketRateLimiter(100, 10, clock=Clock())
+    limiter.try_acquire(3)
+    bp.limiter(limiter)
+
+    async def agent(stream: faust.StreamT[bytes]) -> None: ...
+
+    gate = bp.rate_limit(limiter)
+    gate(agent)
+    gate.agent_name = 'odd "name"\\with\nnewline'
+    text = render_prometheus(snapshot(bp))
+    assert ('faust_backpressure_limiter_granted_total{app="views-unit",'
+            'limiter="TokenBucketRateLimiter"} 3.0') in text.splitlines()
+    assert 'agent="odd \\"name\\"\\\\with\\nnewline"' in text
+    for line in text.splitlines():
+        if line.startswith("# "):
+            assert re.match(r"^# (HELP|TYPE) faust_backpressure_[a-z_]+ .+$", line), line
+        else:
+            assert SAMPLE_LINE.match(line), line
+    # Series with no rows (no pipelines, no control loops) are left out, not shown empty.
+    assert "pipeline_" not in text and "control_" not in text
