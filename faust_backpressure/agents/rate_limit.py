@@ -18,6 +18,7 @@ at once, just before it is handed to the body.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -65,6 +66,8 @@ class RateLimitGate:
         self.shed = 0
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
         self.shed_now = False
+        #: Events let through without permits because Faust stopped the flow while they waited.
+        self.overdrafts = 0
 
     # -- installing on a stream --------------------------------------------------------------
 
@@ -124,8 +127,38 @@ class RateLimitGate:
 
     async def _wait(self, value: Any, permits: int) -> Any:
         self.waits += 1
-        await self.acquire(permits)
+        await self.acquire_until_flow_stops(permits)
         return value
+
+    async def acquire_until_flow_stops(self, permits: int) -> None:
+        """Wait for ``permits``, or until Faust stops the flow (a rebalance or shutdown).
+
+        Faust waits for every event being processed before it hands partitions over or stops,
+        and a distributed limiter's owner cannot answer during a rebalance: an event waiting
+        here would hold the rebalance forever. So when the flow stops, the waiting event goes
+        on without its permits (counted in ``overdrafts``): at most one event or batch per
+        gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
+        """
+        consumer = getattr(self.app, "_consumer", None)
+        flow_stopped: asyncio.Event | None = getattr(consumer, "suspend_flow", None)
+        if flow_stopped is None:
+            await self.acquire(permits)
+            return
+        acquiring = asyncio.ensure_future(self.acquire(permits))
+        watching = asyncio.ensure_future(flow_stopped.wait())
+        try:
+            await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not acquiring.done():
+                acquiring.cancel()  # a cancelled waiter takes nothing
+        await asyncio.wait({acquiring})  # done, or leaving the limiter's queue
+        if acquiring.cancelled():
+            self.overdrafts += 1
+            log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
+                     "on without them", self.agent_name, permits, self.name)
+        else:
+            acquiring.result()  # raises what acquiring raised
 
     async def acquire(self, permits: int) -> None:
         """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
@@ -186,7 +219,7 @@ class RateLimitGate:
                         yield events
                     elif not self.shedding:
                         self.waits += 1
-                        await self.acquire(permits)
+                        await self.acquire_until_flow_stops(permits)
                         yield events
                     else:
                         admitted = await self._shed_some(events)

@@ -74,7 +74,8 @@ def snapshot(bp: Backpressure) -> dict[str, Any]:
         "app": bp.app.conf.id,
         "limiters": limiter_view,
         "gates": [{"agent": g.agent_name, "limiter": label_of.get(id(g.limiter), g.name),
-                   "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed}
+                   "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed,
+                   "overdrafts": g.overdrafts}
                   for g in bp.all_gates()],
         "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
                              "consumed": p.stats.consumed, "produced": p.stats.produced,
@@ -104,6 +105,9 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            [({"agent": g["agent"], "limiter": g["limiter"]}, g["waits"]) for g in gates])
     yield ("gate_shed_total", "counter", "Events sent to the shed topic.",
            [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed"]) for g in gates])
+    yield ("gate_overdrafts_total", "counter",
+           "Events let through without permits when a rebalance or stop stopped the flow.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["overdrafts"]) for g in gates])
     pipelines = state["pipelines"].items()
     for field in ("consumed", "produced", "filtered", "retries", "dead_lettered"):
         yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",

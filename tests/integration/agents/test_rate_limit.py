@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -200,3 +201,43 @@ async def test_a_waiting_limit_never_stalls_the_worker_nor_skips_records(
     # The other agent was served while the limited one still had a backlog to wait through.
     assert len(echoes) == 50 and len(so_far) < len(ids)
     assert sorted(r.value for r in records) == ids  # nothing skipped, nothing twice
+
+
+async def test_stopping_never_hangs_on_an_event_waiting_for_permits_and_loses_nothing(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    # Faust waits for events in progress before it stops (or hands partitions over in a
+    # rebalance); an event waiting here for permits that will not come in time held it forever.
+    source, sink = unique_name("src"), unique_name("sink")
+    await create_topics(kafka_bootstrap, {source: 1, sink: 1})
+    group = unique_name("app")
+
+    def make(limiter: TokenBucketRateLimiter, datadir: Path) -> tuple[faust.App, Any]:
+        app, bp = _app(group, kafka_bootstrap, datadir)
+        src, dst = _raw(app, source), _raw(app, sink)
+
+        @app.agent(src)
+        @bp.rate_limit(limiter)
+        async def forward(stream: faust.StreamT[bytes]) -> None:
+            async for key, value in stream.items():
+                await dst.send(key=key, value=value)
+
+        return app, bp
+
+    ids = [b"id-%d" % i for i in range(5)]
+    await produce(kafka_bootstrap, source, ((i, i) for i in ids))
+    app, bp = make(TokenBucketRateLimiter(0.001, 1), tmp_path / "first")  # one, then ~17 min
+    await app.start()
+    await consume(kafka_bootstrap, sink, until=1, timeout=30)
+    await asyncio.sleep(0.5)  # the second event is now waiting for a permit
+    assert bp.gates[0].waits == 1
+    stopping = asyncio.ensure_future(app.stop())
+    stopped, _ = await asyncio.wait({stopping}, timeout=60)  # (wait_for would hang too)
+    assert stopped, "app.stop() hangs on the event waiting for a permit"
+    assert bp.gates[0].overdrafts == 1  # let through so that the stop could finish
+
+    # What the first worker did not process, the next one does; nothing is lost.
+    app, _ = make(TokenBucketRateLimiter(1000, 1000), tmp_path / "second")
+    async with running_app(app):
+        out = await consume(kafka_bootstrap, sink, until=lambda rs: {r.value for r in rs} >=
+                            set(ids), timeout=30, settle=1.0)
+    assert sorted(r.value for r in out) == ids
