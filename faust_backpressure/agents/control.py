@@ -45,7 +45,9 @@ from faust_backpressure.limiters.pressure import (
     PressureSample,
 )
 
-__all__ = ["ControlLoop", "ControlLoops", "WorkerSample"]
+__all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
+
+CONTROL_TABLE = "fbp-control"
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +197,17 @@ class ControlLoops:
         self.loops: dict[str, ControlLoop] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
+        partitions = int(app.conf.topic_partitions)
         self.pressure_topic = app.topic(f"{app.conf.id}-fbp-pressure", key_type=bytes,
                                         value_type=bytes, key_serializer="raw",
-                                        value_serializer="raw", internal=True)
+                                        value_serializer="raw", internal=True,
+                                        partitions=partitions)
+        # The deciding worker's controller state, so that a successor carries on (an
+        # emergency survives a fail-over). Co-partitioned with the pressure topic: written
+        # by the agent of the partition that the limiter's samples land on.
+        self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
+                               partitions=partitions)
+        self._stored: dict[str, str] = {}  # what this worker last wrote, per limiter
         self.published = 0
         self.rejected = 0
 
@@ -240,7 +250,17 @@ class ControlLoops:
             self.rejected += 1
             log.warning("pressure event rejected: %r", exc)
             return None
-        return loop.observe(sample, time.monotonic())
+        stored = self.table.get(loop.name)
+        if stored is not None and stored != self._stored.get(loop.name):
+            try:  # another worker decided before us (a fail-over, a rebalance)
+                loop.controller.restore(json.loads(stored))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("control state of %s not restored: %r", loop.name, exc)
+        decision = loop.observe(sample, time.monotonic())
+        if decision is not None:
+            state = self._stored[loop.name] = json.dumps(loop.controller.state())
+            self.table[loop.name] = state
+        return decision
 
 
 

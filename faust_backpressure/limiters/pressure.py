@@ -141,6 +141,21 @@ class BackpressureController:
                                  self.thresholds.emergency_rate)
         self.rate = min(self.rate, self.baseline_rate)
 
+    def state(self) -> dict[str, float | bool]:
+        """What a successor needs to carry on (kept in a changelog table by the control loop)."""
+        return {"rate": self.rate, "baseline_rate": self.baseline_rate,
+                "emergency": self._emergency, "restoring": self._restoring}
+
+    def restore(self, state: dict[str, float | bool]) -> None:
+        """Carry on from :meth:`state` of a predecessor (e.g. after a fail-over).
+
+        The baseline stays this controller's own: it is configuration, and may have changed.
+        """
+        rate = check_rate("rate", float(state["rate"]))
+        self.rate = min(max(rate, self.thresholds.emergency_rate), self.baseline_rate)
+        self._emergency = bool(state["emergency"])
+        self._restoring = bool(state["restoring"])
+
     def decide(self, sample: PressureSample) -> PressureDecision:
         t = self.thresholds
         lag = sample.lag

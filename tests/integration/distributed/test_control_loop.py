@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -58,3 +59,50 @@ async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
     assert len(after) >= 0.8 * RATE * 3, len(after)
     for w in workers:
         assert admissions(reports, "api", w), w  # both workers took part
+
+
+async def test_a_successor_keeps_the_emergency_when_the_deciding_worker_is_sigkilled(
+        cluster: Cluster) -> None:
+    downstream, group = cluster.env["FBP_APP_ID"] + "-priced", cluster.env["FBP_APP_ID"] + "-b"
+    await create_topics(cluster.bootstrap, {downstream: 2})
+    cluster.env["FBP_LIMITERS"] = f"api:{RATE:g}:{RATE:g}"
+    cluster.env["FBP_CONTROL"] = f"api:{group}:{downstream}:0.3"
+    workers = dict(zip(("w0", "w1"), cluster.start_settled("w0", "w1"), strict=True))
+    go = cluster.go()
+    # The backlog comes once the group has settled: only the key's owner ever sees it, so the
+    # other worker's controller has never been in an emergency when it takes over.
+    await produce(cluster.bootstrap, downstream, ((None, b"x") for _ in range(300)))
+
+    def decisions(rs: list[dict], worker: str, until: float = math.inf) -> int:  # type: ignore[type-arg]
+        return max((r["decisions"] for r in rs if r["worker"] == worker and r["at"] <= until),
+                    default=0)
+
+    # Emergency (lag 300), then the downstream gets most of the way: lag 30 is under the
+    # (scaled) scaling threshold but not cleared, so the emergency must hold.
+    await cluster.reports(lambda rs: any(r["rate"] == 1.0 and r["at"] > go for r in rs))
+    ends = await end_offsets(cluster.bootstrap, downstream)
+    await commit_offsets(cluster.bootstrap, group, downstream,
+                         {p: end - 15 for p, end in ends.items()})
+    settled = time.time() + 2.0
+    reports = await cluster.reports(lambda rs: reported_until(rs) > settled)
+    # Both may have decided while the group formed; now only one does (the key's owner).
+    growth = {w: decisions(reports, w) - decisions(reports, w, settled - 1.5) for w in workers}
+    decider = max(workers, key=lambda w: growth[w])
+    survivor = next(w for w in workers if w != decider)
+    assert growth[decider] > 0 and growth[survivor] == 0, growth
+    before = decisions(reports, survivor)
+    assert all(r["rate"] == 1.0 for r in reports if r["at"] > settled - 1.0)
+
+    workers[decider].kill()
+    killed = time.time()
+    reports = await cluster.reports(lambda rs: decisions(rs, survivor) >= before + 5,
+                                    timeout=60)
+    after = [r for r in reports if r["worker"] == survivor and r["at"] > killed]
+    # The successor restored the emergency from the table: still 1/s (a fresh controller
+    # would have restored toward 200/s at once, lag 30 being no emergency by itself).
+    assert after and all(r["rate"] == 1.0 for r in after), sorted({r["rate"] for r in after})
+
+    # And it is the decider now: once the downstream has caught up it restores the rate.
+    await commit_offsets(cluster.bootstrap, group, downstream, ends)
+    await cluster.reports(lambda rs: any(r["worker"] == survivor and r["rate"] == RATE
+                                         for r in rs), timeout=30)

@@ -118,3 +118,16 @@ def test_rate_stays_in_bounds_and_calm_restores_the_baseline(
     # From anywhere, calm brings the baseline back within 1 / restore_step intervals.
     calm = [controller.decide(sample(0)) for _ in range(10)]
     assert calm[-1].rate == 1000 and calm[-1].circuit is CircuitState.CLOSED
+
+
+def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
+    first = BackpressureController(1000)
+    first.decide(sample(12_000, utilization=0.97))  # emergency
+    successor = BackpressureController(1000)
+    successor.restore(first.state())
+    # Lag 5,000 is not an emergency by itself: only a controller that remembers holds 1/s.
+    assert successor.decide(sample(5_000)).rate == 1.0
+    fresh = BackpressureController(1000)
+    assert fresh.decide(sample(5_000)).rate == 1000
+    with pytest.raises(ValueError, match="rate"):
+        successor.restore({**first.state(), "rate": -1.0})

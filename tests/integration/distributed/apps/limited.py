@@ -36,9 +36,10 @@ if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:co
     limiters[lid] = DistributedRateLimiterFactory.create_multi_tier_distributed(
         app, global_limit=(float(g_rate), float(g_burst)),
         consumer_limit=(float(c_rate), float(c_burst)), rate_limiter_id=lid, lease_ttl=ttl)
+control = None
 if os.environ.get("FBP_CONTROL"):
     lid, group, topic, interval = os.environ["FBP_CONTROL"].split(":")
-    Backpressure(app).control_loop(
+    control = Backpressure(app).control_loop(
         limiters[lid], downstream_group=group, downstream_topics=[topic],
         interval=float(interval), name=lid,
         thresholds=BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
@@ -61,6 +62,7 @@ async def flush() -> None:
             body = {"worker": worker, "limiter": lid, "times": times,
                     "rate": limiter.current_rate_limit,
                     "epoch": getattr(limiter, "epoch", -1),
+                    "decisions": len(control.decisions) if control is not None else 0,
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())
