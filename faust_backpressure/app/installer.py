@@ -112,7 +112,7 @@ class Backpressure:
         return pipeline
 
     def control_loop(self, limiter: LimiterSpec, *, downstream_group: str,
-                     downstream_topics: Sequence[str], interval: float = 5.0,
+                     downstream_topics: Sequence[str], interval: float | None = None,
                      thresholds: BackpressureThresholds | None = None,
                      baseline_rate: float | None = None,
                      tokens_per_second: float | None = None,
@@ -122,6 +122,8 @@ class Backpressure:
 
         Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
         ``downstream_topics``, the limiter's utilization and CPU; one worker decides the rate.
+        ``interval`` defaults to the ``monitoring_interval`` setting and ``thresholds`` to
+        :meth:`BackpressureThresholds.from_settings` (``FAUST_BP_MAX_CONSUMER_LAG``, ...).
         ``shed_on_critical``: above the critical lag, this limiter's gates send refused events
         to their shed topic instead of waiting (explicit load shedding; off by default).
         """
@@ -131,7 +133,10 @@ class Backpressure:
                                 burst_capacity=burst_capacity)
         loop = self._control.add(ControlLoop(
             self._control, resolved, downstream_group=downstream_group,
-            downstream_topics=downstream_topics, interval=interval, thresholds=thresholds,
+            downstream_topics=downstream_topics,
+            interval=self.settings.monitoring_interval if interval is None else interval,
+            thresholds=(BackpressureThresholds.from_settings(self.settings)
+                        if thresholds is None else thresholds),
             baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical))
         loop.gate_source = self.all_gates
         return loop

@@ -32,6 +32,8 @@ import enum
 import math
 from dataclasses import dataclass, fields
 
+from faust_backpressure.config import BackpressureSettings
+
 from .base import check_rate
 
 __all__ = [
@@ -92,10 +94,31 @@ class BackpressureThresholds:
     decrease_factor: float = 0.9
     restore_step: float = 0.1
     emergency_rate: float = 1.0
+    #: Restore only below this lag; between it and ``scaling_threshold`` the rate holds
+    #: (hysteresis). ``None``: ``scaling_threshold`` (no holding band).
+    restore_lag: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: BackpressureSettings) -> BackpressureThresholds:
+        """From the app's settings: ``max_consumer_lag``, ``scaling_threshold`` and the
+        effective ``restore_lag``; the critical lag is twice the maximum (the guide's 20,000
+        for 10,000) and the backlog counts as cleared under a fifth of the scaling threshold
+        (the guide's 1,000 for 5,000)."""
+        return cls(max_consumer_lag=settings.max_consumer_lag,
+                   scaling_threshold=settings.scaling_threshold,
+                   critical_lag=2 * settings.max_consumer_lag,
+                   backlog_cleared_lag=max(1, settings.scaling_threshold // 5),
+                   restore_lag=settings.effective_restore_lag)
+
+    @property
+    def effective_restore_lag(self) -> int:
+        return self.scaling_threshold if self.restore_lag is None else self.restore_lag
 
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
+            if field.name == "restore_lag" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{field.name} must be a finite number > 0, got {value!r}")
@@ -105,6 +128,9 @@ class BackpressureThresholds:
                              "scaling_threshold <= max_consumer_lag <= critical_lag, got "
                              f"{self.backlog_cleared_lag}, {self.scaling_threshold}, "
                              f"{self.max_consumer_lag}, {self.critical_lag}")
+        if not 0 < self.effective_restore_lag <= self.scaling_threshold:
+            raise ValueError(f"restore_lag must be in (0, scaling_threshold], "
+                             f"got {self.restore_lag!r}")
         for name in ("lag_decrease_factor", "decrease_factor", "restore_step"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
@@ -182,6 +208,11 @@ class BackpressureController:
             return self._decrease(t.decrease_factor, BackpressureSeverity.WARNING,
                                   f"utilization {sample.utilization:.2f} > "
                                   f"{t.high_utilization} with lag {lag}")
+        if lag >= t.effective_restore_lag and lag > 0:
+            return PressureDecision(self.rate, BackpressureSeverity.WARNING if
+                                    self.rate < self.baseline_rate else
+                                    BackpressureSeverity.NORMAL, self._circuit(), False,
+                                    f"holding: lag {lag} >= restore lag {t.effective_restore_lag}")
         return self._restore()
 
     # -- steps ---------------------------------------------------------------------------

@@ -131,3 +131,20 @@ def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
     assert fresh.decide(sample(5_000)).rate == 1000
     with pytest.raises(ValueError, match="rate"):
         successor.restore({**first.state(), "rate": -1.0})
+
+
+def test_thresholds_from_settings_and_the_holding_band() -> None:
+    from faust_backpressure.config import BackpressureSettings
+
+    assert BackpressureThresholds.from_settings(BackpressureSettings()) == \
+        BackpressureThresholds(restore_lag=5_000)  # the guide's numbers
+    t = BackpressureThresholds.from_settings(BackpressureSettings(
+        max_consumer_lag=4_000, scaling_threshold=2_000, restore_lag=1_500))
+    assert (t.critical_lag, t.backlog_cleared_lag, t.effective_restore_lag) == (8_000, 400, 1_500)
+    controller = BackpressureController(1000, t)
+    assert controller.decide(sample(2_500)).rate == pytest.approx(800)  # > scaling: x0.8
+    held = controller.decide(sample(1_800))  # between restore lag and scaling: hold
+    assert held.rate == pytest.approx(800) and held.reason.startswith("holding")
+    assert controller.decide(sample(1_400)).rate == pytest.approx(900)  # below: restore
+    with pytest.raises(ValueError, match="restore_lag"):
+        BackpressureThresholds(restore_lag=6_000)
