@@ -217,10 +217,7 @@ class ControlLoops:
 
         app.agent(self.pressure_topic, name="fbp_pressure_control")(fbp_pressure_control)
 
-        async def fbp_pressure_start() -> None:
-            await app.add_runtime_dependency(_ProbeCloser(self))
-
-        app.task(fbp_pressure_start)
+        close_probes_on_stop(app, lambda: [loop.probe for loop in self.loops.values()])
 
     def add(self, loop: ControlLoop) -> ControlLoop:
         if loop.name in self.loops:
@@ -265,13 +262,21 @@ class ControlLoops:
 
 
 class _ProbeCloser(Service):
-    """Closes the lag probes' Kafka clients when the worker stops."""
+    """Closes lag probes' Kafka clients when the worker stops."""
 
-    def __init__(self, loops: ControlLoops, **kwargs: Any) -> None:
-        self.loops = loops
+    def __init__(self, probes: Callable[[], Iterable[LagProbe]], **kwargs: Any) -> None:
+        self.probes = probes
         super().__init__(**kwargs)
 
     async def on_stop(self) -> None:
-        for loop in self.loops.loops.values():
+        for probe in self.probes():
             with contextlib.suppress(Exception):
-                await loop.probe.close()
+                await probe.close()
+
+
+def close_probes_on_stop(app: AppT, probes: Callable[[], Iterable[LagProbe]]) -> None:
+    """Close the probes ``probes()`` returns when ``app`` stops."""
+    async def start_closer() -> None:
+        await app.add_runtime_dependency(_ProbeCloser(probes))
+
+    app.task(start_closer)

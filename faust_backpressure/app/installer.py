@@ -18,9 +18,14 @@ from faust_backpressure.agents import (
     RateLimitGate,
     resolve_limiter,
 )
+from faust_backpressure.agents.credits import CreditFlow
 from faust_backpressure.agents.transactions import send_outputs_in_input_transactions
 from faust_backpressure.config import BackpressureSettings, OnLimit
-from faust_backpressure.limiters import BackpressureThresholds, RateLimitingStrategy
+from faust_backpressure.limiters import (
+    BackpressureThresholds,
+    CreditBasedFlowController,
+    RateLimitingStrategy,
+)
 from faust_backpressure.tables.service import broker_bootstrap
 
 __all__ = ["Backpressure", "installed"]
@@ -57,6 +62,7 @@ class Backpressure:
         self.gates: list[RateLimitGate] = []
         self._limiters: dict[str, RateLimitingStrategy] = {}
         self._control: ControlLoops | None = None
+        self.credit_flows: list[CreditFlow] = []
         _INSTALLED[app] = self
         # exactly_once: outputs commit with their input's offsets (Faust sends them outside
         # any transaction when the sink is not consumed by the app).
@@ -144,6 +150,19 @@ class Backpressure:
     def all_gates(self) -> list[RateLimitGate]:
         """Gates of decorated agents and of pipelines."""
         return [*self.gates, *(p.gate for p in self.pipelines.values() if p.gate is not None)]
+
+    def credit_flow(self, window: int, *, downstream_group: str,
+                    downstream_topics: Sequence[str], interval: float = 1.0,
+                    name: str | None = None) -> CreditBasedFlowController:
+        """A credit window for an upstream stage: at most ``window`` records more than
+        ``downstream_group`` has processed of ``downstream_topics`` (per worker); use it as
+        the limiter of the stage that writes them (see ``docs/control-loop.md``)."""
+        flow = CreditFlow(self.app, bootstrap=broker_bootstrap(self.app), window=window,
+                          downstream_group=downstream_group,
+                          downstream_topics=downstream_topics, interval=interval,
+                          name=name or f"{downstream_group}-{len(self.credit_flows)}")
+        self.credit_flows.append(flow)
+        return flow.controller
 
     @property
     def registered_limiters(self) -> list[RateLimitingStrategy]:

@@ -11,6 +11,7 @@ from .base import (
     RateLimitingStrategy,
     RateLimitTimeout,
 )
+from .credits import CreditBasedFlowController
 from .factory import RateLimiterFactory, TierLimit
 from .leaky_bucket import LeakyBucketRateLimiter
 from .multi_tier import MultiTierRateLimiter, TierSpec
@@ -32,6 +33,7 @@ __all__ = [
     "BackpressureThresholds",
     "CircuitState",
     "Clock",
+    "CreditBasedFlowController",
     "LeakyBucketRateLimiter",
     "LimiterBase",
     "MultiTierRateLimiter",

@@ -1,0 +1,140 @@
+"""Credit-based flow control: at most ``window`` records outstanding downstream. Pure, no I/O.
+
+Credits are buffer slots downstream, not time (the reference guide's
+``FlinkCreditBasedFlowController``): the downstream stage's backlog is announced from time to
+time, and the upstream may send ``window - backlog`` records until the next announcement. With
+no announcement no credit comes back, so a stalled downstream stops the upstream after one
+window. It speaks the limiter protocol, so a gate or a pipeline takes it as its limiter.
+
+Example::
+
+    credits = CreditBasedFlowController(window=10_000)
+    credits.announce(backlog=9_990)      # e.g. downstream consumer lag, once a second
+    credits.try_acquire(10)              # True; the 11th waits for the next announcement
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+
+from .base import RateLimiterStats, RateLimitTimeout, check_permits, check_timeout
+
+__all__ = ["CreditBasedFlowController"]
+
+
+def _check_window(window: int) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    return window
+
+
+class CreditBasedFlowController:
+    """Admits records while credits last; :meth:`announce` returns credits; FIFO waiters."""
+
+    __slots__ = ("_credits", "_denied", "_granted", "_waiters", "_waits", "window")
+
+    def __init__(self, window: int, *, initial_credits: int | None = None) -> None:
+        self.window = _check_window(window)
+        if initial_credits is None:
+            initial_credits = self.window
+        if isinstance(initial_credits, bool) or not isinstance(initial_credits, int) \
+                or not 0 <= initial_credits <= self.window:
+            raise ValueError(f"initial_credits must be an int in [0, window], "
+                             f"got {initial_credits!r}")
+        self._credits = initial_credits
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._granted = self._denied = self._waits = 0
+
+    @property
+    def credits(self) -> int:
+        return self._credits
+
+    def announce(self, backlog: int) -> None:
+        """The downstream has ``backlog`` records still to process: ``window - backlog`` left."""
+        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
+            raise ValueError(f"backlog must be an int >= 0, got {backlog!r}")
+        self._credits = max(self.window - backlog, 0)
+        self._wake()
+
+    def try_acquire(self, permits: int = 1) -> bool:
+        permits = check_permits(permits, self.window)
+        if self._waiters or permits > self._credits:
+            self._denied += 1
+            return False
+        self._credits -= permits
+        self._granted += permits
+        return True
+
+    async def try_acquire_async(self, permits: int = 1) -> bool:
+        return self.try_acquire(permits)
+
+    async def acquire(self, permits: int = 1, *, timeout: float | None = None) -> None:
+        """Wait (no polling: woken by :meth:`announce`) until ``permits`` credits exist."""
+        permits = check_permits(permits, self.window)
+        timeout = check_timeout(timeout)
+        if not self._waiters and permits <= self._credits:
+            self._credits -= permits
+            self._granted += permits
+            return
+        self._waits += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (permits, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            if not future.done():
+                raise RateLimitTimeout(f"no {permits} credit(s) within {timeout} s") from None
+        finally:
+            if not future.done():  # cancelled or timed out: takes nothing
+                future.cancel()
+                self._waiters.remove(entry)
+                self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            permits, future = self._waiters[0]
+            if permits > self._credits:
+                return
+            self._waiters.popleft()
+            self._credits -= permits
+            self._granted += permits
+            future.set_result(None)
+
+    def time_until_available(self, permits: int = 1) -> float:
+        """0 if the credits exist now; otherwise unknown (they come with an announcement)."""
+        permits = check_permits(permits, self.window)
+        return 0.0 if permits <= self._credits else math.inf
+
+    @property
+    def current_rate_limit(self) -> float:
+        """The window (records outstanding at most), in the protocol's rate slot."""
+        return float(self.window)
+
+    @property
+    def current_utilization(self) -> float:
+        return (self.window - self._credits) / self.window
+
+    def update_rate_limit(self, new_rate: float) -> None:
+        """A new window; the credits change by the same amount."""
+        if isinstance(new_rate, bool) or not isinstance(new_rate, (int, float)) \
+                or not math.isfinite(new_rate) or new_rate < 1:
+            raise ValueError(f"new_rate (the window) must be a finite number >= 1, "
+                             f"got {new_rate!r}")
+        window = int(new_rate)
+        self._credits = max(self._credits + window - self.window, 0)
+        self.window = window
+        self._wake()
+
+    def reset(self) -> None:
+        self._credits = self.window
+        self._granted = self._denied = self._waits = 0
+        self._wake()
+
+    def stats(self) -> RateLimiterStats:
+        return RateLimiterStats(granted=self._granted, denied=self._denied, waits=self._waits,
+                                sleeps=self._waits, rate=float(self.window),
+                                utilization=self.current_utilization,
+                                tokens=float(self._credits))

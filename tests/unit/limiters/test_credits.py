@@ -1,0 +1,73 @@
+"""Credit-based flow control: a window of outstanding records, credits back by announcement."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from faust_backpressure.limiters import RateLimitingStrategy, RateLimitTimeout
+from faust_backpressure.limiters.credits import CreditBasedFlowController
+
+
+def test_the_window_is_spent_then_announcements_return_credits() -> None:
+    credits = CreditBasedFlowController(window=10)
+    assert isinstance(credits, RateLimitingStrategy)
+    assert credits.try_acquire(6) and credits.try_acquire(4) and not credits.try_acquire(1)
+    assert credits.time_until_available(1) == float("inf")  # only an announcement helps
+    credits.announce(backlog=7)  # the downstream processed 3 of the 10
+    assert credits.credits == 3 and credits.try_acquire(3) and not credits.try_acquire(1)
+    credits.announce(backlog=25)  # more outstanding than the window: nothing, not negative
+    assert credits.credits == 0 and credits.current_utilization == 1.0
+    stats = credits.stats()
+    assert (stats.granted, stats.denied, stats.tokens) == (13, 2, 0.0)
+
+
+async def test_waiters_are_woken_by_announcements_in_order_without_polling() -> None:
+    credits = CreditBasedFlowController(window=4)
+    assert credits.try_acquire(4)
+    order: list[str] = []
+
+    async def take(name: str, permits: int) -> None:
+        await credits.acquire(permits)
+        order.append(name)
+
+    first = asyncio.ensure_future(take("first", 3))
+    second = asyncio.ensure_future(take("second", 1))
+    await asyncio.sleep(0.01)
+    assert order == [] and not credits.try_acquire(1)  # a queued waiter goes first
+    credits.announce(backlog=2)  # 2 credits: not enough for the head (3): nobody jumps it
+    await asyncio.sleep(0.01)
+    assert order == []
+    credits.announce(backlog=0)  # 4 credits: head takes 3, the next 1
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"] and credits.credits == 0
+
+
+async def test_timeout_and_cancellation_take_nothing() -> None:
+    credits = CreditBasedFlowController(window=2)
+    assert credits.try_acquire(2)
+    with pytest.raises(RateLimitTimeout):
+        await credits.acquire(1, timeout=0.01)
+    waiter = asyncio.ensure_future(credits.acquire(2))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    credits.announce(backlog=0)
+    assert credits.credits == 2  # the cancelled waiter left nothing behind
+
+
+def test_window_updates_reset_and_bad_input() -> None:
+    credits = CreditBasedFlowController(window=10)
+    assert credits.try_acquire(8)
+    credits.update_rate_limit(20)  # ten more slots: ten more credits
+    assert (credits.window, credits.credits) == (20, 12)
+    credits.reset()
+    assert credits.credits == 20 and credits.stats().granted == 0
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="window"):
+            CreditBasedFlowController(window=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backlog"):
+        credits.announce(-1)
+    with pytest.raises(ValueError, match="permits"):
+        credits.try_acquire(21)
