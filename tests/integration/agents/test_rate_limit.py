@@ -62,9 +62,9 @@ async def test_wait_admits_at_the_limiter_rate_and_loses_nothing(
     worst = max(j - i + 1 - 200 * (seen[j] - seen[i])
                 for i in range(len(seen)) for j in range(i, len(seen)))
     assert worst <= 20 + 2, worst
-    # And the limiter, not the broker, set the pace: 580 events after the burst took at
-    # least 580 / 200 = 2.9 s; well under twice that (a loose bound: wall time on CI varies).
-    assert 2.9 - 0.05 <= seen[-1] - seen[20] <= 2 * 2.9, seen[-1] - seen[20]
+    # And the limiter set the pace: the 580 events after the burst took at least 580 / 200 s
+    # (how much longer a slow machine takes is the benchmarks' business, not a test's).
+    assert seen[-1] - seen[20] >= 2.9 - 0.05, seen[-1] - seen[20]
     assert bp.gates[0].waits > 0
 
 
@@ -228,7 +228,10 @@ async def test_stopping_never_hangs_on_an_event_waiting_for_permits_and_loses_no
     app, bp = make(TokenBucketRateLimiter(0.001, 1), tmp_path / "first")  # one, then ~17 min
     await app.start()
     await consume(kafka_bootstrap, sink, until=1, timeout=30)
-    await asyncio.sleep(0.5)  # the second event is now waiting for a permit
+    for _ in range(300):  # until the second event waits for a permit
+        if bp.gates[0].waits:
+            break
+        await asyncio.sleep(0.05)
     assert bp.gates[0].waits == 1
     stopping = asyncio.ensure_future(app.stop())
     stopped, _ = await asyncio.wait({stopping}, timeout=60)  # (wait_for would hang too)
