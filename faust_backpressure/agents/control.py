@@ -76,10 +76,20 @@ class WorkerSample:
                    utilization=float(data["utilization"]), cpu=float(data["cpu"]))
 
 
+def check_interval(interval: float) -> float:
+    """A sampling interval in seconds: a finite number > 0."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0 < interval < float("inf"):
+        raise ValueError(f"interval must be a finite number > 0, got {interval!r}")
+    return float(interval)
+
+
 class LagProbe:
     """Consumer lag of a group on some topics: sum over partitions of end - committed."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
+        if not topics:
+            raise ValueError("downstream_topics must name at least one topic")
         self.bootstrap, self.group, self.topics = bootstrap, group, list(topics)
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -128,13 +138,9 @@ class ControlLoop:
                  interval: float, thresholds: BackpressureThresholds | None = None,
                  baseline_rate: float | None = None, name: str | None = None,
                  shed_on_critical: bool = False) -> None:
-        if not downstream_topics:
-            raise ValueError("downstream_topics must name at least one topic")
-        if not interval > 0:
-            raise ValueError(f"interval must be > 0, got {interval!r}")
         self.limiter = limiter
         self.name = name or limiter_name(limiter)
-        self.interval = float(interval)
+        self.interval = check_interval(interval)
         self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,

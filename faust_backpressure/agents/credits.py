@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from faust.types import AppT
 
-from faust_backpressure.agents.control import LagProbe, close_probes_on_stop
+from faust_backpressure.agents.control import LagProbe, check_interval, close_probes_on_stop
 from faust_backpressure.limiters.credits import CreditBasedFlowController
 
 __all__ = ["CreditFlow"]
@@ -35,10 +35,7 @@ class CreditFlow:
 
     def __init__(self, app: AppT, *, bootstrap: str, window: int, downstream_group: str,
                  downstream_topics: Sequence[str], interval: float, name: str) -> None:
-        if not downstream_topics:
-            raise ValueError("downstream_topics must name at least one topic")
-        if not interval > 0:
-            raise ValueError(f"interval must be > 0, got {interval!r}")
+        interval = check_interval(interval)
         self.controller = CreditBasedFlowController(window, initial_credits=0)
         self.probe = LagProbe(bootstrap, downstream_group, downstream_topics)
         self.announcements = 0
