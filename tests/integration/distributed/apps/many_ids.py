@@ -1,0 +1,76 @@
+"""A worker that polls N distributed limiters with ``try_acquire`` every tick and counts admissions.
+
+Env: FBP_APP_ID, FBP_REPORT (topic), FBP_GO_FILE (the load starts when this file exists),
+FBP_IDS (N, default 300), FBP_RATE / FBP_BURST (per id, default 50 / 50), FBP_LEASE_TTL
+(default 1.0), FBP_TICK (seconds between passes over all ids, default 0.01).
+
+Every second it reports ``{"worker", "at", "counts": {second: admitted}, "answered", "lease":
+{requests, retries, abandoned, grants}}``: admissions per wall-clock second of this worker, the
+lease replies its owner agent has sent so far, and its limiters' wire counters (summed).
+"""
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+
+import faust
+
+from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables.service import limiter_channel
+from faust_backpressure.testing.settings import fast_faust_settings
+
+app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://", **fast_faust_settings())
+report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
+                   key_serializer="raw", value_serializer="raw")
+worker = os.environ.get("FBP_WORKER_NAME", "worker")
+ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
+rate = float(os.environ.get("FBP_RATE", "50"))
+burst = float(os.environ.get("FBP_BURST", "50"))
+tick = float(os.environ.get("FBP_TICK", "0.01"))
+limiters = [DistributedRateLimiterFactory.create_distributed(app, f"id-{i}", rate, burst,
+                                                             lease_ttl=ttl)
+            for i in range(int(os.environ.get("FBP_IDS", "300")))]
+channel = limiter_channel(app)
+counts: Counter[int] = Counter()
+
+
+async def poll() -> None:
+    next_at = time.monotonic()
+    while True:
+        admitted = 0
+        for limiter in limiters:
+            if limiter.try_acquire():
+                admitted += 1
+        counts[int(time.time())] += admitted
+        next_at += tick
+        delay = next_at - time.monotonic()
+        if delay < 0:  # behind: do not try to catch up with a burst of passes
+            next_at = time.monotonic()
+        await asyncio.sleep(max(0.0, delay))
+
+
+async def flush() -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        now = int(time.time())
+        done = {sec: n for sec, n in counts.items() if sec < now}
+        for sec in done:
+            del counts[sec]
+        lease = Counter[str]()
+        for limiter in limiters:
+            c = limiter.lease_counters
+            lease.update(requests=c.requests, retries=c.retries, abandoned=c.abandoned,
+                         grants=c.grants)
+        body = {"worker": worker, "at": time.time(), "counts": done,
+                "answered": getattr(channel, "answered", 0), "lease": dict(lease)}
+        await report.send(key=worker.encode(), value=json.dumps(body).encode())
+
+
+@app.task
+async def run() -> None:
+    go = os.environ.get("FBP_GO_FILE")
+    while go and not os.path.exists(go):
+        await asyncio.sleep(0.05)
+    await asyncio.gather(poll(), flush())
