@@ -42,6 +42,7 @@ class _Inflight:
     request: LeaseRequest
     first_sent: float
     last_sent: float
+    sends: int = 1
 
 
 class DistributedRateLimiter(LimiterBase):
@@ -54,6 +55,7 @@ class DistributedRateLimiter(LimiterBase):
 
     __slots__ = ("_attempted", "_burst", "_config", "_counters", "_demand_since", "_epoch",
                  "_inflight", "_lease_expiry", "_lease_id", "_lease_tokens", "_low_water",
+                 "_max_ttl",
                  "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wall",
                  "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
                  "wakeup", "worker_id")
@@ -100,6 +102,7 @@ class DistributedRateLimiter(LimiterBase):
         self._attempted = 0
         self._wanted = False
         self._rtt = 0.01
+        self._max_ttl = self._config.lease_ttl  # the longest lease the owner granted lately
         self._counters = LeaseCounters()
         super().__init__(clock, utilization_window)
         self._demand_since = clock()
@@ -184,10 +187,13 @@ class DistributedRateLimiter(LimiterBase):
                 return entry[0]  # type: ignore[return-value]
         inflight = self._inflight
         if inflight is not None:
-            if now - inflight.last_sent < timeout:
+            if now - inflight.last_sent < self._retry_timeout(inflight):
                 return None
-            if now < inflight.first_sent + self._config.lease_ttl:
+            # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): keep asking
+            # for as long as the last one it granted would have lasted.
+            if now < inflight.first_sent + self._max_ttl:
                 inflight.last_sent = now
+                inflight.sends += 1
                 self._counters.retries += 1
                 return inflight.request
             self._inflight = None  # a grant now would already be expired
@@ -199,14 +205,21 @@ class DistributedRateLimiter(LimiterBase):
             return None
         return self._new_request(now)
 
+    def _retry_timeout(self, inflight: _Inflight) -> float:
+        """Wait before resending: at least the timeout and twice the usual answer time,
+        doubled with each resend, so an owner with a queue is not sent more copies of it."""
+        base = max(self.request_timeout, 2.0 * self._rtt)
+        return float(base * 2.0 ** min(inflight.sends - 1, 4))
+
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
         demand = SATURATED if self._queue else min(SATURATED, self._attempted / elapsed)
         valid = now < self._lease_expiry
         unspent = self._lease_tokens if valid else 0.0
         requested = max(1, math.ceil(min(self._burst, demand * self._config.lease_ttl)))
+        seq = next(self._seq)
         request = LeaseRequest(
-            request_id=f"{self.worker_id}:{self.rate_limiter_id}:{next(self._seq)}",
+            request_id=f"{self.worker_id}:{self.rate_limiter_id}:{seq}", seq=seq,
             limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
             requested=requested, sent_at=self._wall(),
             lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config)
@@ -222,7 +235,7 @@ class DistributedRateLimiter(LimiterBase):
         now = self._clock() if now is None else now
         due = [entry[1] + self.request_timeout for entry in self._pending.values()]  # type: ignore[operator]
         if self._inflight is not None:
-            due.append(self._inflight.last_sent + self.request_timeout)
+            due.append(self._inflight.last_sent + self._retry_timeout(self._inflight))
         elif self._wanted or self._queue:
             due.append(self._next_request_at)
         elif self._attempted and now < self._lease_expiry:
@@ -256,7 +269,9 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
         self._next_request_at = now + grant.retry_after
-        self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.last_sent)
+        self._max_ttl = max(self._config.lease_ttl, grant.ttl)
+        if inflight.sends == 1:  # an answer to a resend says nothing clear about the time
+            self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
         self._counters.grants += 1
         self._counters.granted_tokens += grant.tokens
         if grant.epoch >= self._epoch and not self._pending:

@@ -4,6 +4,11 @@ Pure: no Faust, no I/O; ``now`` (owner wall-clock seconds) is passed in. The Fau
 :class:`LimiterLedger` from the table, calls :meth:`handle_lease` / :meth:`apply_command`, and
 writes :meth:`to_record` back. Invariant: ``tokens + outstanding <= burst`` at all times, which is
 what bounds admissions by ``rate * t + burst`` (see ``docs/distributed.md``).
+
+The record is small and does not grow with the request rate: per worker its demand, leases and
+its *last* request (id, ``seq`` and recorded grant). A worker has at most one request in flight
+per limiter and numbers them, so a lower ``seq`` than the last one is a superseded request: it
+is never answered, and the last one is answered with its recorded grant.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ __all__ = ["LedgerStats", "LimiterLedger"]
 
 #: Demand reported by a worker whose ``acquire()`` callers queue: "as much as you can give".
 SATURATED = 1e12
+#: A busy owner grants leases up to this many configured TTLs long (see ``handle_lease``).
+MAX_TTL_FACTOR = 4.0
+#: ... and stretches renewal periods (and ``retry_after``) up to this factor.
+MAX_STRETCH = 8.0
 
 
 @dataclass(slots=True)
@@ -31,6 +40,7 @@ class LedgerStats:
     rejected: int = 0
     stale: int = 0
     commands: int = 0
+    superseded: int = 0
 
 
 @dataclass(slots=True)
@@ -38,13 +48,27 @@ class _Worker:
     demand: float
     seen: float
     leases: list[list[Any]] = field(default_factory=list)  # [lease_id, outstanding, expires]
+    last_seq: int = -1  # the worker's last request: its seq, id and recorded grant
+    last_id: str | None = None
+    last: list[Any] | None = None  # [at, lease_id, tokens, renews, retry_after, epoch, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.demand, self.seen, self.leases, self.last_seq, self.last_id, self.last]
+
+    @classmethod
+    def from_list(cls, raw: list[Any]) -> _Worker:
+        demand, seen, leases, *rest = raw
+        worker = cls(demand, seen, [list(lease) for lease in leases])
+        if rest:
+            worker.last_seq, worker.last_id, worker.last = rest[0], rest[1], rest[2]
+        return worker
 
 
 class LimiterLedger:
     """State and rules of one limiter id, owned by exactly one worker at a time."""
 
     __slots__ = ("burst", "commands", "epoch", "initial_tokens", "lease_ttl", "limiter_id",
-                 "max_clock_skew", "per_consumer", "rate", "refilled_at", "requests", "seq",
+                 "max_clock_skew", "per_consumer", "rate", "refilled_at", "seq",
                  "stats", "tokens", "workers")
 
     def __init__(self, limiter_id: str, config: LimiterConfig, now: float, *,
@@ -62,7 +86,6 @@ class LimiterLedger:
         self.refilled_at = now
         self.seq = 0
         self.workers: dict[str, _Worker] = {}
-        self.requests: dict[str, list[Any]] = {}  # request_id -> [at, grant fields...]
         self.commands: dict[str, float] = {}
         self.stats = LedgerStats()
 
@@ -73,9 +96,15 @@ class LimiterLedger:
         return 3.0 * self.lease_ttl
 
     @property
+    def max_ttl(self) -> float:
+        """The longest lease a busy owner grants (``MAX_TTL_FACTOR`` configured TTLs)."""
+        return MAX_TTL_FACTOR * self.lease_ttl
+
+    @property
     def retention(self) -> float:
-        """How long request ids are kept: longer than any retry can be accepted."""
-        return self.lease_ttl + 2.0 * self.max_clock_skew + 1.0
+        """How long a worker's last request (and command ids) are kept after it was seen:
+        longer than any retry of it can be accepted (see :meth:`is_stale`)."""
+        return self.max_ttl + 2.0 * self.max_clock_skew + 1.0
 
     def _active(self, now: float) -> dict[str, float]:
         window = self.demand_window
@@ -118,41 +147,54 @@ class LimiterLedger:
 
     def _prune(self, now: float) -> None:
         keep = self.retention
-        if self.requests:
-            self.requests = {k: v for k, v in self.requests.items() if now - v[0] <= keep}
         if self.commands:
             self.commands = {k: v for k, v in self.commands.items() if now - v <= keep}
-        window = self.demand_window
+        # A worker's entry (and so its last request id) outlives any retry of that request.
+        keep = max(keep, self.demand_window)
         for wid in [wid for wid, w in self.workers.items()
-                    if not w.leases and now - w.seen > window]:
+                    if not w.leases and now - w.seen > keep]:
             del self.workers[wid]
 
     # -- requests -------------------------------------------------------------------------
 
     def is_stale(self, sent_at: float, now: float) -> bool:
         skew = self.max_clock_skew
-        return now - sent_at > self.lease_ttl + skew or sent_at - now > skew
+        return now - sent_at > self.max_ttl + skew or sent_at - now > skew
 
-    def handle_lease(self, req: LeaseRequest, now: float) -> Grant | None:
-        """Grant (possibly 0 tokens) or, for a stale request, ``None``; a retry of a recorded
-        request id returns the recorded grant, never a new one."""
+    def handle_lease(self, req: LeaseRequest, now: float, *, stretch: float = 1.0,
+                     delay: float = 0.0) -> Grant | None:
+        """Grant (possibly 0 tokens) or ``None`` for a stale or superseded request; a retry of
+        the worker's last request returns its recorded grant, never a new one.
+
+        ``stretch`` (>= 1) and ``delay`` (s) come from a busy owner (see ``OwnerLoad`` in
+        ``service.py``): renewal periods and ``retry_after`` are stretched, so each worker asks
+        less often and gets more per lease; the lease TTL grows by twice the queue delay, so an
+        answer that waited in the queue is still worth having."""
         self.advance(now)
-        recorded = self.requests.get(req.request_id)
-        if recorded is not None:
-            self.stats.retries += 1
-            return self._grant_from(req, recorded)
+        worker = self.workers.get(req.worker_id)
+        if worker is not None and req.seq <= worker.last_seq:
+            if req.seq == worker.last_seq and req.request_id == worker.last_id \
+                    and worker.last is not None:
+                self.stats.retries += 1
+                return self._grant_from(req, worker.last)
+            self.stats.superseded += 1  # the worker has moved on: nobody waits for it
+            return None
         if self.is_stale(req.sent_at, now):
             self.stats.stale += 1
             return None
         self.stats.requests += 1
-        worker = self.workers.get(req.worker_id)
         if worker is None:
             worker = self.workers[req.worker_id] = _Worker(req.demand, now)
         worker.demand, worker.seen = min(req.demand, SATURATED), now
 
         active = self._active(now)
         rate, burst = self.effective_rate(now), self.effective_burst(now)
-        period = min(self.lease_ttl / 2.0, burst / (4.0 * rate))
+        stretch = min(max(1.0, stretch), MAX_STRETCH)
+        ttl = min(self.max_ttl, self.lease_ttl + 2.0 * max(0.0, delay))
+        base = min(self.lease_ttl / 2.0, burst / (4.0 * rate))
+        # Stretched, a period still ends before the lease does, and the leases of all the
+        # workers (about rate * period in all) still fit in the burst.
+        period = max(base, min(base * stretch, ttl / 2.0, burst / (2.0 * rate)))
         shares = max_min_fair(rate, active)
         share = shares[req.worker_id]
         others = sum(s for wid, s in shares.items() if wid != req.worker_id) * period
@@ -171,7 +213,7 @@ class LimiterLedger:
         self.seq += 1
         lease_id = f"{self.seq}"
         if carried + tokens > 0:
-            worker.leases.append([lease_id, carried + tokens, now + self.lease_ttl])
+            worker.leases.append([lease_id, carried + tokens, now + ttl])
         else:
             renews = None
         if tokens > share * period + 1:
@@ -188,9 +230,10 @@ class LimiterLedger:
             self.stats.denied += 1
             retry_after = period / 4.0
         retry_after = min(max(retry_after, period / 8.0), period)
-        self.requests[req.request_id] = [now, lease_id, tokens, renews, retry_after,
-                                         self.epoch, self.rate, self.burst, self.lease_ttl]
-        return self._grant_from(req, self.requests[req.request_id])
+        worker.last_seq, worker.last_id = req.seq, req.request_id
+        worker.last = [now, lease_id, tokens, renews, retry_after, self.epoch, self.rate,
+                       self.burst, ttl]
+        return self._grant_from(req, worker.last)
 
     def _grant_from(self, req: LeaseRequest, rec: list[Any]) -> Grant:
         _, lease_id, tokens, renews, retry_after, epoch, rate, burst, ttl = rec
@@ -229,8 +272,8 @@ class LimiterLedger:
             "initial_tokens": self.initial_tokens, "max_clock_skew": self.max_clock_skew,
             "epoch": self.epoch, "tokens": self.tokens, "refilled_at": self.refilled_at,
             "seq": self.seq,
-            "workers": {wid: [w.demand, w.seen, w.leases] for wid, w in self.workers.items()},
-            "requests": self.requests, "commands": self.commands,
+            "workers": {wid: w.to_list() for wid, w in self.workers.items()},
+            "commands": self.commands,
             "stats": {name: getattr(self.stats, name) for name in LedgerStats.__slots__},
         }
 
@@ -245,9 +288,14 @@ class LimiterLedger:
         ledger.epoch = record["epoch"]
         ledger.tokens = record["tokens"]
         ledger.seq = record["seq"]
-        ledger.workers = {wid: _Worker(d, s, [list(lease) for lease in leases])
-                          for wid, (d, s, leases) in record["workers"].items()}
-        ledger.requests = {k: list(v) for k, v in record["requests"].items()}
+        ledger.workers = {wid: _Worker.from_list(raw) for wid, raw in record["workers"].items()}
+        # Records written before per-worker dedup: each worker's newest recorded request.
+        for request_id, grant in record.get("requests", {}).items():
+            head, _, seq = request_id.rpartition(":")  # "<worker_id>:<limiter_id>:<seq>"
+            wid = head.removesuffix(f":{ledger.limiter_id}")
+            worker = ledger.workers.get(wid)
+            if worker is not None and seq.isdigit() and int(seq) > worker.last_seq:
+                worker.last_seq, worker.last_id, worker.last = int(seq), request_id, list(grant)
         ledger.commands = dict(record["commands"])
         ledger.stats = LedgerStats(**record["stats"])
         return ledger

@@ -64,6 +64,9 @@ class LeaseRequest:
     lease_id: str | None
     unspent: float
     config: LimiterConfig
+    #: Per worker and limiter, increasing: a worker has one request in flight per limiter, so
+    #: the owner keeps only each worker's last one (an older ``seq`` is a superseded request).
+    seq: int = 0
     type: str = "lease"
 
 
@@ -144,6 +147,17 @@ def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
     return float(value)
 
 
+def _seq(body: dict[str, Any], request_id: str) -> int:
+    """``seq``, or for older workers the counter their request ids end with."""
+    raw = body.get("seq")
+    if raw is None:
+        suffix = request_id.rpartition(":")[2]
+        if not suffix.isdigit():
+            raise RejectedRecord("request has no seq and its id does not end with one")
+        return int(suffix)
+    return int(_num(body, "seq", 0.0, 2.0**53))
+
+
 def _config(raw: Any) -> LimiterConfig:
     if not isinstance(raw, dict):
         raise RejectedRecord("config must be an object")
@@ -190,8 +204,9 @@ def decode_request(key: bytes | None, value: bytes | None,
         kind = body.get("type")
         if kind == "lease":
             requested = _num(body, "requested", 0.0)
+            request_id = _str(body, "request_id")
             return LeaseRequest(
-                request_id=_str(body, "request_id"), limiter_id=limiter_id,
+                request_id=request_id, limiter_id=limiter_id, seq=_seq(body, request_id),
                 worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
                 requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
                 lease_id=_str(body, "lease_id", optional=True),

@@ -17,6 +17,7 @@ from faust_backpressure.tables import (
 from faust_backpressure.tables.messages import Command, LeaseRequest, decode_request, encode
 
 CONFIG = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
+_SEQS: dict[str, int] = {}  # request id -> its seq (a worker numbers its requests)
 
 
 def request(rid: str, *, worker: str = "w1", requested: int = 50, demand: float = 1e12,
@@ -24,7 +25,7 @@ def request(rid: str, *, worker: str = "w1", requested: int = 50, demand: float 
             unspent: float = 0.0) -> LeaseRequest:
     return LeaseRequest(request_id=rid, limiter_id="lim", worker_id=worker, demand=demand,
                         requested=requested, sent_at=sent_at, lease_id=lease_id,
-                        unspent=unspent, config=CONFIG)
+                        unspent=unspent, config=CONFIG, seq=_SEQS.setdefault(rid, len(_SEQS)))
 
 
 def test_max_min_fair_water_fills() -> None:
