@@ -27,6 +27,7 @@ from mode import Service
 
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
+from faust_backpressure.tables.load import OwnerLoad
 from faust_backpressure.tables.messages import (
     Ack,
     Command,
@@ -63,6 +64,7 @@ class LimiterChannel:
         self.max_clock_skew = max_clock_skew
         self.partitions = partitions or app.conf.topic_partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._worker_key = self.worker_id.encode()
         prefix = app.conf.id
         # internal: Faust creates them with these partition counts before subscribing.
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "internal": True,
@@ -76,10 +78,24 @@ class LimiterChannel:
         self.owned: set[str] = set()
         self.rejected = 0
         self.service: _ChannelService | None = None
+        self.load = OwnerLoad()
+        self.answered = 0  # replies sent by this worker's owner agent
+        self.batches = 0  # flushes that released them
+        # Replies applied but not sent yet, each with the delivery future of its state record.
+        self._outbox: list[tuple[Grant | Ack, asyncio.Future[Any]]] = []
+        self._outbox_ready = asyncio.Event()
 
         async def fbp_limiter_owner(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
-                await self.handle(event.key, event.value, event.message.partition)
+                message = event.message
+                applied = self.apply(event.key, event.value, message.partition,
+                                     message.timestamp)
+                if applied is not None:
+                    self._outbox.append(applied)
+                    if self.service is None:  # no sender task (yet): answer inline
+                        await self.send_replies()
+                    else:
+                        self._outbox_ready.set()
 
         app.agent(self.request_topic, name=OWNER_AGENT)(fbp_limiter_owner)
 
@@ -105,8 +121,22 @@ class LimiterChannel:
     # -- the owner ------------------------------------------------------------------------
 
     async def handle(self, key: bytes | None, value: bytes | None, partition: int) -> None:
-        """Process one request-topic record; runs in the agent of the record's partition."""
+        """Process one record and answer it (``apply`` + ``send_replies``, one at a time)."""
+        applied = self.apply(key, value, partition, None)
+        if applied is not None:
+            self._outbox.append(applied)
+        await self.send_replies()
+
+    def apply(self, key: bytes | None, value: bytes | None, partition: int,
+              timestamp: float | None
+              ) -> tuple[Grant | Ack, asyncio.Future[Any]] | None:
+        """Apply one request-topic record to its limiter's state and write the state to the
+        table; return the reply with the delivery future of that write: the reply may only be
+        sent once the write is acknowledged (:meth:`send_replies`). Runs in the owner agent,
+        inside the record's event: the store and changelog partition are that event's."""
         now = time.time()
+        if timestamp is not None:
+            self.load.observe(now - timestamp, now)
         try:
             message = decode_request(key, value, self.secret)
             assert key is not None
@@ -114,7 +144,7 @@ class LimiterChannel:
                 raise RejectedRecord("record is on the wrong partition for its key")
         except RejectedRecord as exc:
             self._reject(exc, partition)
-            return
+            return None
         record = self.table.get(message.limiter_id)
         if record is not None:
             ledger = LimiterLedger.from_record(record)
@@ -126,7 +156,7 @@ class LimiterChannel:
             if local is None:
                 log.warning("fbp-limiter: command for unknown limiter %r dropped",
                             message.limiter_id)
-                return
+                return None
             ledger = LimiterLedger(message.limiter_id, local.config, now,
                                    max_clock_skew=self.max_clock_skew)
         if message.limiter_id not in self.owned:
@@ -137,14 +167,50 @@ class LimiterChannel:
         if isinstance(message, Command):
             reply = ledger.apply_command(message, now)
         else:
-            reply = ledger.handle_lease(message, now)
-        self.table[message.limiter_id] = ledger.to_record()
-        # The grant may only leave once its state record is acknowledged: a crash in between
-        # then loses tokens (the retry gets the recorded grant) but never grants twice.
-        await self.app.producer.flush()
-        if reply is not None:
-            await self.grant_topic.send(key=reply.worker_id.encode(),
-                                        value=encode(reply))
+            reply = ledger.handle_lease(message, now, stretch=self.load.stretch,
+                                        delay=self.load.delay)
+        written = self._write(partition, message.limiter_id, ledger.to_record())
+        return None if reply is None else (reply, written)
+
+    def _write(self, partition: int, limiter_id: str, record: dict[str, Any]
+               ) -> asyncio.Future[Any]:
+        """``table[limiter_id] = record``, keeping the changelog record's delivery future
+        (``Table.__setitem__`` is ``send_changelog`` to the event's partition, then the store)."""
+        written: asyncio.Future[Any] = self.table.send_changelog(partition, limiter_id, record)
+        self.table.data[limiter_id] = record
+        return written
+
+    async def send_replies(self) -> None:
+        """Answer every reply applied so far as one batch: wait until the state records of
+        the whole batch are acknowledged, then send all the replies.
+
+        A grant may only leave once its state record is acknowledged: a crash in between then
+        loses tokens (the retry gets the recorded grant) but never grants twice. The batch is
+        whatever was applied while the previous batch waited (group commit): under load one
+        wait for acknowledgements covers hundreds of requests."""
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        await asyncio.gather(*(written for _, written in batch))
+        for reply, _ in batch:
+            await self._send_reply(reply)
+        self.answered += len(batch)
+        self.batches += 1
+
+    async def _send_reply(self, reply: Grant | Ack) -> None:
+        await self.grant_topic.send(key=reply.worker_id.encode(), value=encode(reply))
+
+    async def run_sender(self, should_stop: Any) -> None:
+        """The owner's answering loop (one per worker): a batch per flush round trip."""
+        ready = self._outbox_ready
+        while not should_stop():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ready.wait(), timeout=1.0)
+            ready.clear()
+            try:
+                await self.send_replies()
+            except Exception:  # workers retry the same request ids; the state is kept
+                log.exception("fbp-limiter owner: sending replies failed")
 
     def _reject(self, exc: RejectedRecord, partition: int) -> None:
         self.rejected += 1
@@ -166,7 +232,9 @@ class LimiterChannel:
         await self.request_topic.send(key=key, value=encode(message, key=key,
                                                             secret=self.secret))
 
-    def deliver(self, value: bytes | None) -> None:
+    def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
+        if key is not None and key != self._worker_key:
+            return  # another worker's answer (grants are keyed by worker id): skip the JSON
         reply = decode_reply(value)
         if reply is None or reply.worker_id != self.worker_id:
             return
@@ -200,6 +268,7 @@ class _ChannelService(Service):
         await consumer.position(tp)  # resolve "end" before the first request goes out
         self._consumer = consumer
         self.add_future(self._read_grants(consumer))
+        self.add_future(channel.run_sender(lambda: self.should_stop))
         for limiter in channel.limiters.values():
             self.keep(limiter)
 
@@ -216,7 +285,7 @@ class _ChannelService(Service):
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    self.channel.deliver(record.value)
+                    self.channel.deliver(record.value, record.key)
 
     async def _keeper(self, limiter: DistributedRateLimiter) -> None:
         wake = asyncio.Event()
