@@ -248,6 +248,9 @@ class DistributedRateLimiter(LimiterBase):
     def on_grant(self, grant: Grant, now: float | None = None) -> bool:
         """Apply the answer to the request in flight; any other grant is ignored."""
         now = self._clock() if now is None else now
+        # Even a late answer tells how long the owner's leases are now (longer when it is
+        # busy): requests are kept in flight, and retried, that long.
+        self._max_ttl = max(self._config.lease_ttl, grant.ttl)
         inflight = self._inflight
         if inflight is None or grant.request_id != inflight.request.request_id:
             self._counters.ignored_replies += 1
@@ -269,7 +272,6 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
         self._next_request_at = now + grant.retry_after
-        self._max_ttl = max(self._config.lease_ttl, grant.ttl)
         if inflight.sends == 1:  # an answer to a resend says nothing clear about the time
             self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
         self._counters.grants += 1

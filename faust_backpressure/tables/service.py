@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -72,8 +73,10 @@ class LimiterChannel:
         self.request_topic = app.topic(f"{prefix}-fbp-limiter-requests",
                                        partitions=self.partitions, **raw)
         self.grant_topic = app.topic(f"{prefix}-fbp-limiter-grants", partitions=1, **raw)
+        # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
+        # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
-                               key_type=str)
+                               key_type=str, value_type=bytes, value_serializer="raw")
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
         self.rejected = 0
@@ -84,6 +87,12 @@ class LimiterChannel:
         # Replies applied but not sent yet, each with the delivery future of its state record.
         self._outbox: list[tuple[Grant | Ack, asyncio.Future[Any]]] = []
         self._outbox_ready = asyncio.Event()
+        # The owner's ledgers in memory, so a request does not decode its limiter's record:
+        # valid while this worker keeps the partitions; dropped at every rebalance (another
+        # worker may have written the table meanwhile, the table is recovered from there).
+        self._ledgers: dict[str, LimiterLedger] = {}
+        app.on_partitions_revoked.connect(self._forget_ledgers)
+        app.on_partitions_assigned.connect(self._forget_ledgers)
 
         async def fbp_limiter_owner(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
@@ -104,6 +113,10 @@ class LimiterChannel:
             await app.add_runtime_dependency(self.service)
 
         app.task(fbp_limiters_start)
+
+    def _forget_ledgers(self, sender: Any, /, *args: Any, signal: Any = None,
+                        **kwargs: Any) -> None:
+        self._ledgers.clear()
 
     @property
     def changelog_topic_name(self) -> str:
@@ -145,9 +158,9 @@ class LimiterChannel:
         except RejectedRecord as exc:
             self._reject(exc, partition)
             return None
-        record = self.table.get(message.limiter_id)
-        if record is not None:
-            ledger = LimiterLedger.from_record(record)
+        ledger = self._ledger(message.limiter_id)
+        if ledger is not None:
+            pass
         elif isinstance(message, LeaseRequest):
             ledger = LimiterLedger(message.limiter_id, message.config, now,
                                    max_clock_skew=self.max_clock_skew)
@@ -169,15 +182,27 @@ class LimiterChannel:
         else:
             reply = ledger.handle_lease(message, now, stretch=self.load.stretch,
                                         delay=self.load.delay)
-        written = self._write(partition, message.limiter_id, ledger.to_record())
+        written = self._write(partition, ledger)
         return None if reply is None else (reply, written)
 
-    def _write(self, partition: int, limiter_id: str, record: dict[str, Any]
-               ) -> asyncio.Future[Any]:
+    def _ledger(self, limiter_id: str) -> LimiterLedger | None:
+        ledger = self._ledgers.get(limiter_id)
+        if ledger is None:
+            raw = self.table.get(limiter_id)
+            if raw is None:
+                return None
+            ledger = LimiterLedger.from_record(json.loads(raw))
+        return ledger
+
+    def _write(self, partition: int, ledger: LimiterLedger) -> asyncio.Future[Any]:
         """``table[limiter_id] = record``, keeping the changelog record's delivery future
-        (``Table.__setitem__`` is ``send_changelog`` to the event's partition, then the store)."""
-        written: asyncio.Future[Any] = self.table.send_changelog(partition, limiter_id, record)
-        self.table.data[limiter_id] = record
+        (``Table.__setitem__`` is ``send_changelog`` to the event's partition, then the store).
+        The ledger is cached only once its record is handed to the table."""
+        raw = json.dumps(ledger.to_record(), separators=(",", ":")).encode()
+        lid = ledger.limiter_id
+        written: asyncio.Future[Any] = self.table.send_changelog(partition, lid, raw)
+        self.table.data[lid] = raw
+        self._ledgers[lid] = ledger
         return written
 
     async def send_replies(self) -> None:
@@ -218,11 +243,10 @@ class LimiterChannel:
                     partition, exc.limiter_id, exc.reason)
         lid = exc.limiter_id
         if lid and (murmur2(lid.encode()) & 0x7FFFFFFF) % self.partitions == partition:
-            record = self.table.get(lid)
-            if record is not None:
-                ledger = LimiterLedger.from_record(record)
+            ledger = self._ledger(lid)
+            if ledger is not None:
                 ledger.reject()
-                self.table[lid] = ledger.to_record()
+                self._write(partition, ledger)
 
     # -- the worker side ------------------------------------------------------------------
 
@@ -288,6 +312,7 @@ class _ChannelService(Service):
                     self.channel.deliver(record.value, record.key)
 
     async def _keeper(self, limiter: DistributedRateLimiter) -> None:
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         limiter.wakeup = wake.set
         while not self.should_stop:
@@ -299,9 +324,13 @@ class _ChannelService(Service):
                 except Exception:  # the retry timer resends it
                     log.exception("fbp-limiter: sending %s failed", message.type)
                 continue
-            delay = limiter.next_poll_in()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=min(delay, 1.0))
+            # A timer handle, not wait_for (a task per wait): thousands of limiters each wake
+            # a few times a second.
+            timer = loop.call_later(min(limiter.next_poll_in(), 1.0), wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()
 
 
 def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:

@@ -73,4 +73,17 @@ async def run() -> None:
     go = os.environ.get("FBP_GO_FILE")
     while go and not os.path.exists(go):
         await asyncio.sleep(0.05)
-    await asyncio.gather(poll(), flush())
+    tasks = [poll(), flush()]
+    if os.environ.get("FBP_PROFILE"):  # "path:seconds": cProfile of this process after go
+        tasks.append(profile(*os.environ["FBP_PROFILE"].split(":")))
+    await asyncio.gather(*tasks)
+
+
+async def profile(path: str, seconds: str) -> None:
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await asyncio.sleep(float(seconds))
+    profiler.disable()
+    profiler.dump_stats(path)
