@@ -76,7 +76,7 @@ class LimiterChannel:
         # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
         # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
-                               key_type=str, value_type=bytes, value_serializer="raw")
+                               key_type=str, value_type=bytes)  # bytes: "raw"
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
         self.rejected = 0
