@@ -272,8 +272,9 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
         self._next_request_at = now + grant.retry_after
-        if inflight.sends == 1:  # an answer to a resend says nothing clear about the time
-            self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
+        # The owner answers the first copy it reads (resends queue behind it): the answer
+        # time is measured from the first send.
+        self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
         self._counters.grants += 1
         self._counters.granted_tokens += grant.tokens
         if grant.epoch >= self._epoch and not self._pending:

@@ -190,11 +190,12 @@ class LimiterLedger:
         active = self._active(now)
         rate, burst = self.effective_rate(now), self.effective_burst(now)
         stretch = min(max(1.0, stretch), MAX_STRETCH)
-        ttl = min(self.max_ttl, self.lease_ttl + 2.0 * max(0.0, delay))
         base = min(self.lease_ttl / 2.0, burst / (4.0 * rate))
-        # Stretched, a period still ends before the lease does, and the leases of all the
-        # workers (about rate * period in all) still fit in the burst.
-        period = max(base, min(base * stretch, ttl / 2.0, burst / (2.0 * rate)))
+        # Stretched, the leases of all the workers (about rate * period in all: a lease is
+        # counted until its holder renews it) still fit in the burst with a margin, and the
+        # lease lives two periods plus twice the queue delay the answer may wait.
+        period = max(base, min(base * stretch, 0.8 * burst / rate, self.max_ttl / 2.0))
+        ttl = min(self.max_ttl, max(self.lease_ttl, 2.0 * period) + 2.0 * max(0.0, delay))
         shares = max_min_fair(rate, active)
         share = shares[req.worker_id]
         others = sum(s for wid, s in shares.items() if wid != req.worker_id) * period
