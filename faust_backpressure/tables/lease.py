@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
-from faust_backpressure.tables.ledger import SATURATED
+from faust_backpressure.tables.ledger import MAX_TTL_FACTOR, SATURATED
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
@@ -55,7 +55,6 @@ class DistributedRateLimiter(LimiterBase):
 
     __slots__ = ("_attempted", "_burst", "_config", "_counters", "_demand_since", "_epoch",
                  "_inflight", "_lease_expiry", "_lease_id", "_lease_tokens", "_low_water",
-                 "_max_ttl",
                  "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wall",
                  "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
                  "wakeup", "worker_id")
@@ -102,7 +101,6 @@ class DistributedRateLimiter(LimiterBase):
         self._attempted = 0
         self._wanted = False
         self._rtt = 0.01
-        self._max_ttl = self._config.lease_ttl  # the longest lease the owner granted lately
         self._counters = LeaseCounters()
         super().__init__(clock, utilization_window)
         self._demand_since = clock()
@@ -187,11 +185,12 @@ class DistributedRateLimiter(LimiterBase):
                 return entry[0]  # type: ignore[return-value]
         inflight = self._inflight
         if inflight is not None:
-            if now - inflight.last_sent < self._retry_timeout(inflight):
-                return None
-            # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): keep asking
-            # for as long as the last one it granted would have lasted.
-            if now < inflight.first_sent + self._max_ttl:
+            # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): an answer may be
+            # worth having that long, so the request stays in flight (one per limiter: a slow
+            # owner is not sent new requests on top of the ones it has not read yet).
+            if now < inflight.first_sent + MAX_TTL_FACTOR * self._config.lease_ttl:
+                if now - inflight.last_sent < self._retry_timeout(inflight):
+                    return None
                 inflight.last_sent = now
                 inflight.sends += 1
                 self._counters.retries += 1
@@ -208,7 +207,7 @@ class DistributedRateLimiter(LimiterBase):
     def _retry_timeout(self, inflight: _Inflight) -> float:
         """Wait before resending: at least the timeout and twice the usual answer time,
         doubled with each resend, so an owner with a queue is not sent more copies of it."""
-        base = max(self.request_timeout, 2.0 * self._rtt)
+        base = max(self.request_timeout, 3.0 * self._rtt)
         return float(base * 2.0 ** min(inflight.sends - 1, 4))
 
     def _new_request(self, now: float) -> LeaseRequest:
@@ -234,8 +233,10 @@ class DistributedRateLimiter(LimiterBase):
         """Seconds until :meth:`poll` may have something to send (without new demand)."""
         now = self._clock() if now is None else now
         due = [entry[1] + self.request_timeout for entry in self._pending.values()]  # type: ignore[operator]
-        if self._inflight is not None:
-            due.append(self._inflight.last_sent + self._retry_timeout(self._inflight))
+        inflight = self._inflight
+        if inflight is not None:
+            due.append(min(inflight.last_sent + self._retry_timeout(inflight),
+                           inflight.first_sent + MAX_TTL_FACTOR * self._config.lease_ttl))
         elif self._wanted or self._queue:
             due.append(self._next_request_at)
         elif self._attempted and now < self._lease_expiry:
@@ -248,9 +249,6 @@ class DistributedRateLimiter(LimiterBase):
     def on_grant(self, grant: Grant, now: float | None = None) -> bool:
         """Apply the answer to the request in flight; any other grant is ignored."""
         now = self._clock() if now is None else now
-        # Even a late answer tells how long the owner's leases are now (longer when it is
-        # busy): requests are kept in flight, and retried, that long.
-        self._max_ttl = max(self._config.lease_ttl, grant.ttl)
         inflight = self._inflight
         if inflight is None or grant.request_id != inflight.request.request_id:
             self._counters.ignored_replies += 1

@@ -91,6 +91,7 @@ class LimiterChannel:
         # valid while this worker keeps the partitions; dropped at every rebalance (another
         # worker may have written the table meanwhile, the table is recovered from there).
         self._ledgers: dict[str, LimiterLedger] = {}
+        self._written: dict[str, asyncio.Future[Any]] = {}  # each one's last write
         app.on_partitions_revoked.connect(self._forget_ledgers)
         app.on_partitions_assigned.connect(self._forget_ledgers)
 
@@ -117,6 +118,7 @@ class LimiterChannel:
     def _forget_ledgers(self, sender: Any, /, *args: Any, signal: Any = None,
                         **kwargs: Any) -> None:
         self._ledgers.clear()
+        self._written.clear()
 
     @property
     def changelog_topic_name(self) -> str:
@@ -159,6 +161,7 @@ class LimiterChannel:
             self._reject(exc, partition)
             return None
         ledger = self._ledger(message.limiter_id)
+        created = ledger is None
         if ledger is not None:
             pass
         elif isinstance(message, LeaseRequest):
@@ -177,12 +180,20 @@ class LimiterChannel:
             log.info("fbp-limiter owner: limiter=%s partition=%d worker=%s",
                      message.limiter_id, partition, self.worker_id)
         reply: Grant | Ack | None
+        stats = ledger.stats
+        before = (stats.requests, stats.commands)
         if isinstance(message, Command):
             reply = ledger.apply_command(message, now)
         else:
             reply = ledger.handle_lease(message, now, stretch=self.load.stretch,
                                         delay=self.load.delay)
-        written = self._write(partition, ledger)
+        if created or before != (ledger.stats.requests, ledger.stats.commands):
+            written = self._write(partition, ledger)
+        else:
+            # A resent request (its recorded grant or ack again), or one not answered: no new
+            # state to write (refills are recomputed, counters ride with the next write). The
+            # reply still waits for the write that recorded it.
+            written = self._written.get(message.limiter_id) or self._write(partition, ledger)
         return None if reply is None else (reply, written)
 
     def _ledger(self, limiter_id: str) -> LimiterLedger | None:
@@ -203,6 +214,7 @@ class LimiterChannel:
         written: asyncio.Future[Any] = self.table.send_changelog(partition, lid, raw)
         self.table.data[lid] = raw
         self._ledgers[lid] = ledger
+        self._written[lid] = written
         return written
 
     async def send_replies(self) -> None:

@@ -14,6 +14,7 @@ from faust_backpressure.tables import (
     RejectedRecord,
     max_min_fair,
 )
+from faust_backpressure.tables.ledger import MAX_TTL_FACTOR
 from faust_backpressure.tables.messages import Command, LeaseRequest, decode_request, encode
 
 CONFIG = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
@@ -164,20 +165,29 @@ def test_client_spends_its_lease_and_never_after_expiry() -> None:
     assert not limiter2.try_acquire()
 
 
-def test_client_retries_with_the_same_id_then_gives_up_after_the_ttl() -> None:
+def test_client_retries_with_the_same_id_backing_off_then_gives_up_after_the_longest_ttl(
+) -> None:
     clock = FakeClock()
     limiter = client(clock)
+    start = clock.now
     limiter.try_acquire()
     first = limiter.poll()
     assert first is not None
     assert limiter.poll() is None
     clock.now += limiter.request_timeout
     assert limiter.poll() == first  # identical retry (same id, same sent_at)
-    clock.now += 1.0
+    clock.now += limiter.request_timeout
+    assert limiter.poll() is None  # backing off: twice the timeout before the next copy
+    clock.now += limiter.request_timeout
+    assert limiter.poll() == first
+    # A busy owner's grants live up to MAX_TTL_FACTOR x ttl: until then the request stays.
+    clock.now = start + MAX_TTL_FACTOR * limiter.config.lease_ttl - 0.01
     limiter.try_acquire()  # still wanted
+    assert limiter.poll() in (first, None)
+    clock.now = start + MAX_TTL_FACTOR * limiter.config.lease_ttl
     fresh = limiter.poll()
     assert isinstance(fresh, LeaseRequest) and isinstance(first, LeaseRequest)
-    assert fresh.request_id != first.request_id
+    assert fresh.request_id != first.request_id and fresh.seq > first.seq
     assert limiter.lease_counters.abandoned == 1
 
 

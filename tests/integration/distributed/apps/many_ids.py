@@ -75,7 +75,7 @@ async def run() -> None:
         await asyncio.sleep(0.05)
     tasks = [poll(), flush()]
     if os.environ.get("FBP_PROFILE"):  # "path:seconds": cProfile of this process after go
-        tasks.append(profile(*os.environ["FBP_PROFILE"].split(":")))
+        tasks.append(profile(*os.environ["FBP_PROFILE"].split(":")))  # {worker} in path
     await asyncio.gather(*tasks)
 
 
@@ -86,4 +86,4 @@ async def profile(path: str, seconds: str) -> None:
     profiler.enable()
     await asyncio.sleep(float(seconds))
     profiler.disable()
-    profiler.dump_stats(path)
+    profiler.dump_stats(path.replace("{worker}", worker))
