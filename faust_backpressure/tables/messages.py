@@ -23,9 +23,13 @@ __all__ = [
     "LeaseRequest",
     "LimiterConfig",
     "RejectedRecord",
+    "decode_replies",
     "decode_reply",
     "decode_request",
+    "decode_requests",
     "encode",
+    "encode_batch",
+    "encode_replies",
 ]
 
 PROTOCOL_VERSION = 1
@@ -180,13 +184,11 @@ def _config(raw: Any) -> LimiterConfig:
                          per_consumer=per_consumer, initial_tokens=initial)
 
 
-def _load(key: bytes | None, value: bytes | None, secret: bytes | None) -> dict[str, Any]:
-    if not isinstance(key, bytes) or not key:
-        raise RejectedRecord("record has no key")
-    try:
-        body = json.loads(value) if value is not None else None
-    except (ValueError, UnicodeDecodeError):
-        raise RejectedRecord("value is not JSON") from None
+#: Most requests one batch record may carry (a worker sends one record per partition per pass).
+MAX_BATCH = 10_000
+
+
+def _check(key: bytes, body: Any, secret: bytes | None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RejectedRecord("value is not a JSON object")
     if body.get("v") != PROTOCOL_VERSION:
@@ -199,6 +201,37 @@ def _load(key: bytes | None, value: bytes | None, secret: bytes | None) -> dict[
     return body
 
 
+def _load(key: bytes | None, value: bytes | None) -> Any:
+    if not isinstance(key, bytes) or not key:
+        raise RejectedRecord("record has no key")
+    try:
+        return json.loads(value) if value is not None else None
+    except (ValueError, UnicodeDecodeError):
+        raise RejectedRecord("value is not JSON") from None
+
+
+def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Command:
+    limiter_id = _str(body, "limiter_id")
+    if limiter_id != limiter_key:
+        raise RejectedRecord("limiter_id does not match the record key")
+    kind = body.get("type")
+    if kind == "lease":
+        requested = _num(body, "requested", 0.0)
+        request_id = _str(body, "request_id")
+        return LeaseRequest(
+            request_id=request_id, limiter_id=limiter_id, seq=_seq(body, request_id),
+            worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
+            requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
+            lease_id=_str(body, "lease_id", optional=True),
+            unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")))
+    if kind in ("update_rate", "reset"):
+        rate = _num(body, "rate", 1e-9, optional=kind == "reset")
+        return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
+                       worker_id=_str(body, "worker_id"),
+                       sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate)
+    raise RejectedRecord(f"unknown record type {kind!r}")
+
+
 def decode_request(key: bytes | None, value: bytes | None,
                    secret: bytes | None = None) -> LeaseRequest | Command:
     """Parse and validate one record of the request topic or raise :class:`RejectedRecord`."""
@@ -206,35 +239,58 @@ def decode_request(key: bytes | None, value: bytes | None,
     with contextlib.suppress(UnicodeDecodeError):
         limiter_key = key.decode() if isinstance(key, bytes) else None
     try:
-        body = _load(key, value, secret)
-        limiter_id = _str(body, "limiter_id")
-        if limiter_id != limiter_key:
-            raise RejectedRecord("limiter_id does not match the record key")
-        kind = body.get("type")
-        if kind == "lease":
-            requested = _num(body, "requested", 0.0)
-            request_id = _str(body, "request_id")
-            return LeaseRequest(
-                request_id=request_id, limiter_id=limiter_id, seq=_seq(body, request_id),
-                worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
-                requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
-                lease_id=_str(body, "lease_id", optional=True),
-                unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")))
-        if kind in ("update_rate", "reset"):
-            rate = _num(body, "rate", 1e-9, optional=kind == "reset")
-            return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
-                           worker_id=_str(body, "worker_id"),
-                           sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate)
-        raise RejectedRecord(f"unknown record type {kind!r}")
+        body = _load(key, value)
+        assert key is not None
+        return _parse(_check(key, body, secret), limiter_key)
     except RejectedRecord as exc:
         exc.limiter_id = limiter_key
         raise
 
 
-def decode_reply(value: bytes | None) -> Grant | Ack | None:
-    """Parse a record of the grant topic; ``None`` for anything this version does not know."""
+def encode_batch(messages: list[LeaseRequest | Command],
+                 secret: bytes | None = None) -> tuple[bytes, bytes]:
+    """``(key, value)`` of one record carrying several requests/commands: a JSON array of
+    their bodies, each signed as if sent alone (key = its limiter id). All of them must map to
+    the same partition; the record key is the first one's limiter id."""
+    key = messages[0].limiter_id.encode()
+    bodies = [encode(m, key=m.limiter_id.encode(), secret=secret) for m in messages]
+    return key, b"[" + b",".join(bodies) + b"]"
+
+
+def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None = None
+                    ) -> list[LeaseRequest | Command | RejectedRecord]:
+    """Parse a record of the request topic: one request (an object) or a batch (an array,
+    see :func:`encode_batch`). A bad record is one :class:`RejectedRecord`; in a batch, each
+    bad element is one, and the others are still valid."""
+    if not (value or b"").lstrip().startswith(b"["):
+        try:
+            return [decode_request(key, value, secret)]
+        except RejectedRecord as exc:
+            return [exc]
     try:
-        body = json.loads(value) if value is not None else None
+        bodies = _load(key, value)
+        if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
+            raise RejectedRecord(f"a batch is an array of 1 to {MAX_BATCH} requests")
+    except RejectedRecord as exc:
+        with contextlib.suppress(UnicodeDecodeError, AttributeError):
+            exc.limiter_id = key.decode() if isinstance(key, bytes) else None
+        return [exc]
+    out: list[LeaseRequest | Command | RejectedRecord] = []
+    for body in bodies:
+        lid = body.get("limiter_id") if isinstance(body, dict) else None
+        lid = lid if isinstance(lid, str) and 0 < len(lid) <= _MAX_ID else None
+        try:
+            if lid is None:
+                raise RejectedRecord("batch element has no limiter_id")
+            out.append(_parse(_check(lid.encode(), body, secret), lid))
+        except RejectedRecord as exc:
+            exc.limiter_id = lid
+            out.append(exc)
+    return out
+
+
+def _reply(body: Any) -> Grant | Ack | None:
+    try:
         if not isinstance(body, dict) or body.pop("v", None) != PROTOCOL_VERSION:
             return None
         kind = body.get("type")
@@ -242,6 +298,30 @@ def decode_reply(value: bytes | None) -> Grant | Ack | None:
             return Grant(**body)
         if kind == "ack":
             return Ack(**body)
-    except (ValueError, TypeError):
+    except TypeError:
         pass
     return None
+
+
+def decode_reply(value: bytes | None) -> Grant | Ack | None:
+    """Parse a record of the grant topic; ``None`` for anything this version does not know."""
+    replies = decode_replies(value)
+    return replies[0] if len(replies) == 1 else None
+
+
+def decode_replies(value: bytes | None) -> list[Grant | Ack]:
+    """The replies in a grant-topic record: one object, or an array of them (a batch);
+    anything this version does not know is left out."""
+    try:
+        body = json.loads(value) if value is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return []
+    bodies = body if isinstance(body, list) else [body]
+    return [reply for reply in map(_reply, bodies) if reply is not None]
+
+
+def encode_replies(replies: list[Grant | Ack]) -> bytes:
+    """One grant-topic record for several replies to the same worker."""
+    if len(replies) == 1:
+        return encode(replies[0])
+    return b"[" + b",".join(encode(reply) for reply in replies) + b"]"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -35,9 +37,11 @@ from faust_backpressure.tables.messages import (
     Grant,
     LeaseRequest,
     RejectedRecord,
-    decode_reply,
-    decode_request,
+    decode_replies,
+    decode_requests,
     encode,
+    encode_batch,
+    encode_replies,
 )
 
 __all__ = ["TABLE_NAME", "LimiterChannel", "limiter_channel"]
@@ -98,10 +102,8 @@ class LimiterChannel:
         async def fbp_limiter_owner(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 message = event.message
-                applied = self.apply(event.key, event.value, message.partition,
-                                     message.timestamp)
-                if applied is not None:
-                    self._outbox.append(applied)
+                if self.apply_record(event.key, event.value, message.partition,
+                                     message.timestamp):
                     if self.service is None:  # no sender task (yet): answer inline
                         await self.send_replies()
                     else:
@@ -136,30 +138,41 @@ class LimiterChannel:
     # -- the owner ------------------------------------------------------------------------
 
     async def handle(self, key: bytes | None, value: bytes | None, partition: int) -> None:
-        """Process one record and answer it (``apply`` + ``send_replies``, one at a time)."""
-        applied = self.apply(key, value, partition, None)
-        if applied is not None:
-            self._outbox.append(applied)
+        """Process one record and answer it (``apply_record`` + ``send_replies``)."""
+        self.apply_record(key, value, partition, None)
         await self.send_replies()
 
-    def apply(self, key: bytes | None, value: bytes | None, partition: int,
-              timestamp: float | None
-              ) -> tuple[Grant | Ack, asyncio.Future[Any]] | None:
-        """Apply one request-topic record to its limiter's state and write the state to the
-        table; return the reply with the delivery future of that write: the reply may only be
-        sent once the write is acknowledged (:meth:`send_replies`). Runs in the owner agent,
-        inside the record's event: the store and changelog partition are that event's."""
+    def apply_record(self, key: bytes | None, value: bytes | None, partition: int,
+                     timestamp: float | None) -> bool:
+        """Apply every request in one request-topic record (one, or a worker's batch for this
+        partition); their replies go to the outbox. True if there is something to send."""
         now = time.time()
         if timestamp is not None:
             self.load.observe(now - timestamp, now)
-        try:
-            message = decode_request(key, value, self.secret)
-            assert key is not None
-            if (murmur2(key) & 0x7FFFFFFF) % self.partitions != partition:
-                raise RejectedRecord("record is on the wrong partition for its key")
-        except RejectedRecord as exc:
-            self._reject(exc, partition)
-            return None
+        queued = False
+        for message in decode_requests(key, value, self.secret):
+            if isinstance(message, RejectedRecord):
+                self._reject(message, partition)
+                continue
+            if self._partition(message.limiter_id) != partition:
+                self._reject(RejectedRecord("record is on the wrong partition for its key",
+                                            message.limiter_id), partition)
+                continue
+            applied = self.apply(message, partition, now)
+            if applied is not None:
+                self._outbox.append(applied)
+                queued = True
+        return queued
+
+    def _partition(self, limiter_id: str) -> int:
+        return int((murmur2(limiter_id.encode()) & 0x7FFFFFFF) % self.partitions)
+
+    def apply(self, message: LeaseRequest | Command, partition: int, now: float
+              ) -> tuple[Grant | Ack, asyncio.Future[Any]] | None:
+        """Apply one request to its limiter's state and write the state to the table; return
+        the reply with the delivery future of that write: the reply may only be sent once the
+        write is acknowledged (:meth:`send_replies`). Runs in the owner agent, inside the
+        record's event: the store and changelog partition are that event's."""
         ledger = self._ledger(message.limiter_id)
         created = ledger is None
         if ledger is not None:
@@ -229,13 +242,16 @@ class LimiterChannel:
             return
         batch, self._outbox = self._outbox, []
         await asyncio.gather(*(written for _, written in batch))
+        by_worker: dict[str, list[Grant | Ack]] = {}
         for reply, _ in batch:
-            await self._send_reply(reply)
+            by_worker.setdefault(reply.worker_id, []).append(reply)
+        for worker_id, replies in by_worker.items():  # one record per worker and batch
+            await self._send_reply(worker_id.encode(), encode_replies(replies))
         self.answered += len(batch)
         self.batches += 1
 
-    async def _send_reply(self, reply: Grant | Ack) -> None:
-        await self.grant_topic.send(key=reply.worker_id.encode(), value=encode(reply))
+    async def _send_reply(self, key: bytes, value: bytes) -> None:
+        await self.grant_topic.send(key=key, value=value)
 
     async def run_sender(self, should_stop: Any) -> None:
         """The owner's answering loop (one per worker): a batch per flush round trip."""
@@ -254,7 +270,7 @@ class LimiterChannel:
         log.warning("fbp-limiter: rejected record on partition %d (limiter %r): %s",
                     partition, exc.limiter_id, exc.reason)
         lid = exc.limiter_id
-        if lid and (murmur2(lid.encode()) & 0x7FFFFFFF) % self.partitions == partition:
+        if lid and self._partition(lid) == partition:
             ledger = self._ledger(lid)
             if ledger is not None:
                 ledger.reject()
@@ -265,30 +281,45 @@ class LimiterChannel:
     async def send(self, limiter: DistributedRateLimiter,
                    message: LeaseRequest | Command) -> None:
         key = limiter.rate_limiter_id.encode()
-        await self.request_topic.send(key=key, value=encode(message, key=key,
-                                                            secret=self.secret))
+        await self._send_request(key, encode(message, key=key, secret=self.secret))
+
+    async def send_many(self, messages: list[LeaseRequest | Command]) -> None:
+        """Send requests as one record per request-topic partition (the owner of a
+        partition answers all of that record's requests in one go)."""
+        by_partition: dict[int, list[LeaseRequest | Command]] = {}
+        for message in messages:
+            by_partition.setdefault(self._partition(message.limiter_id), []).append(message)
+        for batch in by_partition.values():
+            key, value = encode_batch(batch, self.secret)
+            await self._send_request(key, value)
+
+    async def _send_request(self, key: bytes, value: bytes) -> None:
+        await self.request_topic.send(key=key, value=value)
 
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:
             return  # another worker's answer (grants are keyed by worker id): skip the JSON
-        reply = decode_reply(value)
-        if reply is None or reply.worker_id != self.worker_id:
-            return
-        limiter = self.limiters.get(reply.limiter_id)
-        if limiter is None:
-            return
-        if isinstance(reply, Grant):
-            limiter.on_grant(reply)
-        else:
-            limiter.on_ack(reply)
+        for reply in decode_replies(value):
+            if reply.worker_id != self.worker_id:
+                continue
+            limiter = self.limiters.get(reply.limiter_id)
+            if limiter is None:
+                continue
+            if isinstance(reply, Grant):
+                limiter.on_grant(reply)
+            else:
+                limiter.on_ack(reply)
 
 
 class _ChannelService(Service):
-    """Grant consumer plus one keeper per limiter, started with the worker."""
+    """Grant consumer plus one keeper for all the limiters, started with the worker."""
 
     def __init__(self, channel: LimiterChannel, **kwargs: Any) -> None:
         self.channel = channel
         self._consumer: AIOKafkaConsumer | None = None
+        self._wake = asyncio.Event()
+        self._dirty: set[DistributedRateLimiter] = set()  # woken by demand or an answer
+        self._due: dict[DistributedRateLimiter, float] = {}  # next timed poll (loop time)
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -307,6 +338,7 @@ class _ChannelService(Service):
         self.add_future(channel.run_sender(lambda: self.should_stop))
         for limiter in channel.limiters.values():
             self.keep(limiter)
+        self.add_future(self._keeper())
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -314,7 +346,12 @@ class _ChannelService(Service):
                 await self._consumer.stop()
 
     def keep(self, limiter: DistributedRateLimiter) -> None:
-        self.add_future(self._keeper(limiter))
+        def wakeup() -> None:
+            self._dirty.add(limiter)
+            self._wake.set()
+
+        limiter.wakeup = wakeup
+        wakeup()
 
     async def _read_grants(self, consumer: AIOKafkaConsumer) -> None:
         while not self.should_stop:
@@ -323,24 +360,40 @@ class _ChannelService(Service):
                 for record in records:
                     self.channel.deliver(record.value, record.key)
 
-    async def _keeper(self, limiter: DistributedRateLimiter) -> None:
+    async def _keeper(self) -> None:
+        """Poll the limiters that were woken or are due, send what they have to send as one
+        record per partition, sleep until the next one is due. One task and one timer for
+        all limiters: thousands of limiters each wake a few times a second."""
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        limiter.wakeup = wake.set
+        heap: list[tuple[float, int, DistributedRateLimiter]] = []
+        order = itertools.count()
+        due = self._due
         while not self.should_stop:
-            wake.clear()
-            message = limiter.poll()
-            if message is not None:
+            self._wake.clear()
+            now = loop.time()
+            ready, self._dirty = self._dirty, set()
+            while heap and heap[0][0] <= now:
+                at, _, limiter = heapq.heappop(heap)
+                if due.get(limiter) == at:  # else superseded by a later schedule
+                    ready.add(limiter)
+            messages: list[LeaseRequest | Command] = []
+            for limiter in ready:
+                while (message := limiter.poll()) is not None:
+                    messages.append(message)
+                at = now + min(limiter.next_poll_in(), 1.0)
+                due[limiter] = at
+                heapq.heappush(heap, (at, next(order), limiter))
+            if messages:
                 try:
-                    await self.channel.send(limiter, message)
-                except Exception:  # the retry timer resends it
-                    log.exception("fbp-limiter: sending %s failed", message.type)
+                    await self.channel.send_many(messages)
+                except Exception:  # the retry timers resend them
+                    log.exception("fbp-limiter: sending %d requests failed", len(messages))
+            if self._dirty:
                 continue
-            # A timer handle, not wait_for (a task per wait): thousands of limiters each wake
-            # a few times a second.
-            timer = loop.call_later(min(limiter.next_poll_in(), 1.0), wake.set)
+            delay = heap[0][0] - loop.time() if heap else 1.0
+            timer = loop.call_later(max(0.0, delay), self._wake.set)
             try:
-                await wake.wait()
+                await self._wake.wait()
             finally:
                 timer.cancel()
 
