@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faust_backpressure.tables.messages import decode_replies
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
@@ -74,7 +75,9 @@ async def run_once(bootstrap: str, ids: int, seconds: float, window: float) -> d
     grants_topic = f"{app_id}-fbp-limiter-grants"
     total = sum((await end_offsets(bootstrap, grants_topic)).values())
     grants = await consume(bootstrap, grants_topic, until=total, timeout=120)
-    answered = sum(1 for g in grants if lo * 1000 <= g.timestamp < hi * 1000)
+    # A grant-topic record holds one reply or a batch of them (one per worker per owner batch).
+    answered = sum(len(decode_replies(g.value)) for g in grants
+                   if lo * 1000 <= g.timestamp < hi * 1000)
     last = {b["worker"]: b["lease"] for b in bodies}
     lease = {k: sum(v.get(k, 0) for v in last.values())
              for k in ("requests", "retries", "abandoned", "grants")}

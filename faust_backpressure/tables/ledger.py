@@ -198,7 +198,10 @@ class LimiterLedger:
         ttl = min(self.max_ttl, max(self.lease_ttl, 2.0 * period) + 2.0 * max(0.0, delay))
         shares = max_min_fair(rate, active)
         share = shares[req.worker_id]
-        others = sum(s for wid, s in shares.items() if wid != req.worker_id) * period
+        # A worker renews one period after the answer arrives, which a busy owner delays: a
+        # lease covers both (within the burst), or the queue would cost admissions.
+        horizon = max(period, min(period + max(0.0, delay), 0.8 * burst / rate))
+        others = sum(s for wid, s in shares.items() if wid != req.worker_id) * horizon
 
         carried, renews = 0.0, None
         for lease in worker.leases:
@@ -207,7 +210,7 @@ class LimiterLedger:
                 worker.leases.remove(lease)
                 break
         want = min(max(0.0, req.requested - carried), burst - carried)
-        grant = min(want, self.tokens, max(share * period, self.tokens - others))
+        grant = min(want, self.tokens, max(share * horizon, self.tokens - others))
         tokens = max(0, math.floor(grant + 1e-9))
         self.tokens -= tokens
 
@@ -217,7 +220,7 @@ class LimiterLedger:
             worker.leases.append([lease_id, carried + tokens, now + ttl])
         else:
             renews = None
-        if tokens > share * period + 1:
+        if tokens > share * horizon + 1:
             # A bonus from a rich bucket: come back soon to report it spent, or its
             # outstanding count would hold the refill back for a whole period.
             self.stats.grants += 1

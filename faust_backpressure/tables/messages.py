@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -125,7 +125,9 @@ def _fields(message: Any) -> dict[str, Any]:
     body = {name: getattr(message, name) for name in message.__dataclass_fields__}
     config = body.get("config")
     if isinstance(config, LimiterConfig):
-        body["config"] = asdict(config)
+        body["config"] = {"rate": config.rate, "burst": config.burst,
+                          "lease_ttl": config.lease_ttl, "per_consumer": config.per_consumer,
+                          "initial_tokens": config.initial_tokens}
     return body
 
 
