@@ -194,7 +194,10 @@ class LimiterLedger:
         # Stretched, the leases of all the workers (about rate * period in all: a lease is
         # counted until its holder renews it) still fit in the burst with a margin, and the
         # lease lives two periods plus twice the queue delay the answer may wait.
-        period = max(base, min(base * stretch, 0.8 * burst / rate, self.max_ttl / 2.0))
+        # A worker asks again a period after the answer, which waited ``delay``: the period
+        # leaves room for it, so leases renew within 0.8 burst/rate of each other.
+        period = max(base, min(base * stretch, 0.8 * burst / rate - max(0.0, delay),
+                               self.max_ttl / 2.0))
         ttl = min(self.max_ttl, max(self.lease_ttl, 2.0 * period) + 2.0 * max(0.0, delay))
         shares = max_min_fair(rate, active)
         share = shares[req.worker_id]
