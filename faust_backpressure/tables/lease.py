@@ -221,7 +221,8 @@ class DistributedRateLimiter(LimiterBase):
             request_id=f"{self.worker_id}:{self.rate_limiter_id}:{seq}", seq=seq,
             limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
             requested=requested, sent_at=self._wall(),
-            lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config)
+            lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config,
+            rtt=round(self._rtt, 4))
         self._attempted = 0
         self._demand_since = now
         self._wanted = False

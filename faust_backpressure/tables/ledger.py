@@ -190,20 +190,22 @@ class LimiterLedger:
         active = self._active(now)
         rate, burst = self.effective_rate(now), self.effective_burst(now)
         stretch = min(max(1.0, stretch), MAX_STRETCH)
+        # How long an answer takes: the owner's queue delay, or what the worker measured
+        # (request topic, queue, the batch's acknowledgement, grant topic), if longer.
+        wait = max(0.0, delay, min(req.rtt, self.max_ttl))
         base = min(self.lease_ttl / 2.0, burst / (4.0 * rate))
         # Stretched, the leases of all the workers (about rate * period in all: a lease is
         # counted until its holder renews it) still fit in the burst with a margin, and the
         # lease lives two periods plus twice the queue delay the answer may wait.
         # A worker asks again a period after the answer, which waited ``delay``: the period
         # leaves room for it, so leases renew within 0.8 burst/rate of each other.
-        period = max(base, min(base * stretch, 0.8 * burst / rate - max(0.0, delay),
-                               self.max_ttl / 2.0))
+        period = max(base, min(base * stretch, 0.8 * burst / rate - wait, self.max_ttl / 2.0))
         ttl = min(self.max_ttl, max(self.lease_ttl, 2.0 * period) + 2.0 * max(0.0, delay))
         shares = max_min_fair(rate, active)
         share = shares[req.worker_id]
         # A worker renews one period after the answer arrives, which a busy owner delays: a
         # lease covers both (within the burst), or the queue would cost admissions.
-        horizon = max(period, min(period + max(0.0, delay), 0.8 * burst / rate))
+        horizon = max(period, min(period + wait, 0.8 * burst / rate))
         others = sum(s for wid, s in shares.items() if wid != req.worker_id) * horizon
 
         carried, renews = 0.0, None

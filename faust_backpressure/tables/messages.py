@@ -71,6 +71,9 @@ class LeaseRequest:
     #: Per worker and limiter, increasing: a worker has one request in flight per limiter, so
     #: the owner keeps only each worker's last one (an older ``seq`` is a superseded request).
     seq: int = 0
+    #: The worker's recent answer time (first send to grant, seconds): a busy owner sizes the
+    #: lease to last until the next answer can arrive.
+    rtt: float = 0.0
     type: str = "lease"
 
 
@@ -225,7 +228,8 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
             worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
             lease_id=_str(body, "lease_id", optional=True),
-            unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")))
+            unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")),
+            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0)
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,

@@ -9,6 +9,7 @@ is measured in ``bench/many_ids.py``; this only checks that admission does not f
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -19,7 +20,8 @@ from tests.integration.distributed.conftest import Cluster
 pytestmark = pytest.mark.kafka
 
 APP = "tests.integration.distributed.apps.many_ids"
-IDS, RATE, BURST = 300, 50, 50
+IDS = int(os.environ.get("FBP_TEST_MANY_IDS", "300"))  # ids per worker process
+RATE, BURST = 50, 50
 RUN, WINDOW = 30.0, 20.0  # seconds of load; the last WINDOW of them are measured
 
 
