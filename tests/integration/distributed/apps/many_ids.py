@@ -63,8 +63,14 @@ async def flush() -> None:
             c = limiter.lease_counters
             lease.update(requests=c.requests, retries=c.retries, abandoned=c.abandoned,
                          grants=c.grants)
+        load = getattr(channel, "load", None)
+        rtts = sorted(getattr(limiter, "_rtt", 0.0) for limiter in limiters)
         body = {"worker": worker, "at": time.time(), "counts": done,
-                "answered": getattr(channel, "answered", 0), "lease": dict(lease)}
+                "answered": getattr(channel, "answered", 0), "lease": dict(lease),
+                "owner": {"stretch": getattr(load, "stretch", None),
+                          "delay": getattr(load, "delay", None),
+                          "batches": getattr(channel, "batches", 0)},
+                "rtt_median": rtts[len(rtts) // 2] if rtts else None}
         await report.send(key=worker.encode(), value=json.dumps(body).encode())
 
 
