@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from faust_backpressure.tables.messages import LeaseRequest, LimiterConfig, encode
+from faust_backpressure.tables.messages import (
+    Grant,
+    LeaseRequest,
+    LimiterConfig,
+    decode_replies,
+    encode,
+)
 from faust_backpressure.testing.kafka_io import consume, produce
 from faust_backpressure.testing.workers import wait_until_settled
 from tests.integration.distributed.conftest import (
@@ -25,10 +31,10 @@ OWNER = r"fbp-limiter owner: limiter=(\S+)"
 
 def grants(records: list) -> dict[str, set[str]]:  # type: ignore[type-arg]
     by_request: dict[str, set[str]] = {}
-    for record in records:
-        body = json.loads(record.value)
-        if body.get("type") == "grant":
-            by_request.setdefault(body["request_id"], set()).add(body["lease_id"])
+    for record in records:  # one reply or a batch of them per record
+        for reply in decode_replies(record.value):
+            if isinstance(reply, Grant):
+                by_request.setdefault(reply.request_id, set()).add(reply.lease_id)
     return by_request
 
 
@@ -114,4 +120,4 @@ async def test_malformed_and_forged_requests_are_rejected_and_counted(
                               until=lambda rs: rejected(rs) >= len(bad), timeout=30)
     assert rejected(changelog) == len(bad)
     replies = await consume(cluster.bootstrap, f"{app_id}-fbp-limiter-grants", until=1)
-    assert not any(json.loads(r.value).get("worker_id") == "thief" for r in replies)
+    assert not any(reply.worker_id == "thief" for r in replies for reply in decode_replies(r.value))
