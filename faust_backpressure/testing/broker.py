@@ -146,8 +146,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _cluster_id(raw: bytes | None = None) -> str:
+    """A KRaft cluster id: 22 base64url characters of 16 random bytes (or of ``raw``).
+
+    Kafka's ``StorageTool`` reads an id starting with ``-`` as an option (``argument
+    --cluster-id/-t: expected one argument``); base64url gives a leading ``-`` when the first
+    6 bits are 62, i.e. 1 id in 64. Clearing the top bit of the first byte keeps the first
+    character in ``A``..``f`` (indexes 0-31), so no id can start with ``-`` or ``_``.
+    """
+    data = bytearray(uuid.uuid4().bytes if raw is None else raw)
+    if len(data) != 16:
+        raise ValueError(f"a cluster id is made of 16 bytes, got {len(data)}")
+    data[0] &= 0x7F
+    return base64.urlsafe_b64encode(bytes(data)).decode().rstrip("=")
 
 
 def _die_with_parent() -> None:
