@@ -25,6 +25,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import AppT
 from mode import Service
 
+from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.messages import (
@@ -72,6 +73,10 @@ class LimiterChannel:
         self.grant_topic = app.topic(f"{prefix}-fbp-limiter-grants", partitions=1, **raw)
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str)
+        # Requests, grants and the owner's state are control traffic, never part of an input
+        # partition's transaction (see docs/distributed.md, "exactly_once").
+        install(app)
+        mark_control_topic(app, self.changelog_topic_name)
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
         self.rejected = 0
@@ -143,8 +148,8 @@ class LimiterChannel:
         # then loses tokens (the retry gets the recorded grant) but never grants twice.
         await self.app.producer.flush()
         if reply is not None:
-            await self.grant_topic.send(key=reply.worker_id.encode(),
-                                        value=encode(reply))
+            await send_control(self.app, self.grant_topic.get_topic_name(),
+                               reply.worker_id.encode(), encode(reply))
 
     def _reject(self, exc: RejectedRecord, partition: int) -> None:
         self.rejected += 1
@@ -163,8 +168,8 @@ class LimiterChannel:
     async def send(self, limiter: DistributedRateLimiter,
                    message: LeaseRequest | Command) -> None:
         key = limiter.rate_limiter_id.encode()
-        await self.request_topic.send(key=key, value=encode(message, key=key,
-                                                            secret=self.secret))
+        await send_control(self.app, self.request_topic.get_topic_name(), key,
+                           encode(message, key=key, secret=self.secret))
 
     def deliver(self, value: bytes | None) -> None:
         reply = decode_reply(value)

@@ -1,0 +1,52 @@
+"""The guarded Faust consumer's bookkeeping, on a real (unstarted) Faust consumer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+from faust.types import TP
+
+from faust_backpressure.faust_seam import install
+
+tp = TP("orders", 0)
+
+
+def _consumer(tmp_path: Path, name: str) -> faust.types.ConsumerT:
+    app = faust.App(name, broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
+    install(app)
+    return app.consumer
+
+
+def test_the_commit_stops_at_the_first_unacked_offset(tmp_path: Path) -> None:
+    consumer = _consumer(tmp_path, "guard-commit")
+    consumer._committed_offset[tp] = 100  # next to read: 100 was never processed
+    consumer._acked[tp].extend([101, 102])
+    # Faust's own rule returns 103 here: it commits past offset 100.
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp].append(100)
+    assert consumer._new_offset(tp) == 103
+
+
+def test_a_confirmed_gap_is_committed_past(tmp_path: Path) -> None:
+    consumer = _consumer(tmp_path, "guard-gap")
+    consumer._committed_offset[tp] = 100
+    consumer._gap[tp].addi(100, 102)  # 100, 101: commit markers
+    consumer._acked[tp].extend([102, 103])
+    assert consumer._new_offset(tp) == 104
+
+
+def test_a_stale_pressure_drop_does_not_resume_a_partition_during_a_rebalance(
+        tmp_path: Path) -> None:
+    consumer = _consumer(tmp_path, "guard-drop")
+    consumer.app.rebalancing = True
+    consumer._set_active_tps({tp})
+    consumer.on_buffer_full(tp)  # ignored during a rebalance: Faust has paused it
+    consumer.pause_partitions({tp})
+    consumer._buffered_partitions.add(tp)  # left over from before the rebalance
+    consumer.on_buffer_drop(tp)
+    assert tp not in consumer._get_active_partitions()
+    assert tp not in consumer._buffered_partitions
+    consumer.app.rebalancing = False
+    consumer.resume_partitions({tp})  # Faust, after seeking to the committed offset
+    assert tp in consumer._get_active_partitions()
