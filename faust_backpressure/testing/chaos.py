@@ -149,8 +149,12 @@ class FaultReport:
     worker: str = ""
     recovery: float | None = None  # restart -> first admission (kill); back -> progress (outage)
 
-    def describe(self) -> str:
-        return f"{self.fault.describe()} @{self.progress:.0%}"
+    def describe(self, started: float = 0.0) -> str:
+        text = f"{self.fault.describe()} @{self.progress:.0%}"
+        if started:
+            text += (f" (t={self.injected_at - started:.1f} s, back "
+                     f"t={self.restarted_at - started:.1f} s)")
+        return text
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,10 @@ class ChaosResult:
     worker_exits: list[str] = field(default_factory=list)
     #: worker -> its most frequent ERROR/CRITICAL log lines (normalized) with their counts.
     log_errors: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: Where the duplicates come from: per input partition, offsets, writers, times.
+    duplicate_origins: list[str] = field(default_factory=list)
     stalled: bool = False
+    started: float = 0.0  # wall clock when feeding began; times in the report count from it
     seconds: float = 0.0
     workdir: str = ""
 
@@ -212,8 +219,8 @@ class ChaosResult:
                        f"{len(skipped)} behind the group's committed offset, "
                        f"{len(self.lost) - len(skipped)} at or after it): {shown}")
         if self.plan.guarantee == "exactly_once" and self.duplicates:
-            shown = ", ".join(f"{k} x{v + 1}" for k, v in sorted(self.duplicates.items())[:20])
-            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once: {shown}")
+            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
+                       "committed): " + "; ".join(self.duplicate_origins))
         if self.bad_without_reason:
             out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
                        f"{self.bad_without_reason[:20]}")
@@ -354,8 +361,10 @@ class _Run:
         for worker in self.workers:
             if worker.proc is not None and not worker.alive:
                 code = worker.proc.poll()
-                self.result.worker_exits.append(f"{worker.name} exit {code} at "
-                                                f"{len(self.tracker.seen) / self.plan.records:.0%}")
+                progress = len(self.tracker.seen) / self.plan.records
+                self.result.worker_exits.append(
+                    f"{worker.name} exit {code} at {progress:.0%} "
+                    f"(t={time.time() - self.result.started:.1f} s)")
                 self.log(f"chaos: {worker.name} exited with {code}; restarting it")
                 worker.start()
 
@@ -394,6 +403,7 @@ class _Run:
         self.log(f"chaos: {len(self.workers)} workers settled; feeding {plan.records} records")
         tracker = asyncio.ensure_future(self.tracker.run())
         began = time.monotonic()
+        self.result.started = time.time()
         try:
             await self._loop()
         finally:
@@ -483,9 +493,34 @@ class _Run:
             elif key in dead:
                 result.misrouted[key.decode()] = (dead[key].get(h.STAGE, b"?").decode() + ": "
                                                   + dead[key].get(h.ERROR_MESSAGE, b"").decode())
+        result.duplicate_origins = self._origins(inputs, out, dlq)
         times = sorted(t for t, _ in self.tracker.admissions)
         result.bound = {span: (worst_window(times, span), plan.rate * span + plan.burst)
                         for span in BOUND_SPANS}
+
+    def _origins(self, inputs: list[Record], out: list[Record], dlq: list[Record]) -> list[str]:
+        """Per input partition: the duplicated ids' offsets, who wrote the copies, and when
+        (seconds since the run began), to set against the faults' times."""
+        where = {r.key: (r.partition, r.offset) for r in inputs if r.key is not None}
+        copies: dict[bytes, list[tuple[float, str]]] = {}
+        for record in sorted([*out, *dlq], key=lambda r: _admission(r) or (0.0, "")):
+            if record.key is not None and record.key.decode() in self.result.duplicates:
+                copies.setdefault(record.key, []).append(_admission(record) or (0.0, "?"))
+        by_partition: dict[int, list[tuple[int, list[tuple[float, str]]]]] = {}
+        for key, seen in copies.items():
+            partition, offset = where.get(key, (-1, -1))
+            by_partition.setdefault(partition, []).append((offset, seen))
+        t0 = self.result.started
+        lines = []
+        for partition, items in sorted(by_partition.items()):
+            offsets = [o for o, _ in items]
+            first = [c[0][0] - t0 for _, c in items]
+            last = [c[-1][0] - t0 for _, c in items]
+            writers = sorted({w or "dlq" for _, c in items for _, w in c})
+            lines.append(f"p{partition} offsets {min(offsets)}-{max(offsets)} ({len(items)} ids), "
+                         f"written by {'+'.join(writers)}, first copies t={min(first):.1f}-"
+                         f"{max(first):.1f} s, last copies t={min(last):.1f}-{max(last):.1f} s")
+        return lines
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -550,7 +585,7 @@ def format_table(results: Sequence[ChaosResult]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
     for r in results:
-        faults = ", ".join(f.describe() for f in r.faults) or "none"
+        faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
         lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}): "
                      f"faults {faults}")
         lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
@@ -563,4 +598,7 @@ def format_table(results: Sequence[ChaosResult]) -> str:
                                                               for text, n in errors))
         for problem in r.problems():
             lines.append(f"- {problem}")
+        if r.plan.guarantee != "exactly_once" and r.duplicates:
+            lines.append(f"- {len(r.duplicates)} ids duplicated (at_least_once, allowed): "
+                         + "; ".join(r.duplicate_origins))
     return "\n".join(lines)
