@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import platform
 import random
 import shutil
@@ -56,6 +57,8 @@ async def one(plan: ChaosPlan) -> ChaosResult:
 
 
 def main() -> int:
+    # The scenario's own reader logs every failed reconnect while the broker is down.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=None,
                         help="picks the fault moments and workers (default: random, printed)")

@@ -591,8 +591,12 @@ def format_table(results: Sequence[ChaosResult]) -> str:
         lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
                      "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
                                                 in sorted(r.bound.items())))
-        for exit_ in r.worker_exits:
-            lines.append(f"- worker exit: {exit_}")
+        if r.worker_exits:
+            shown = r.worker_exits if len(r.worker_exits) <= 4 else [
+                *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
+                r.worker_exits[-1]]
+            lines.append(f"- {len(r.worker_exits)} worker exit(s) (each restarted): "
+                         + "; ".join(shown))
         for name, errors in sorted(r.log_errors.items()):
             lines.append(f"- {name} log errors: " + "; ".join(f"{n} x `{text}`"
                                                               for text, n in errors))
