@@ -586,8 +586,9 @@ def format_table(results: Sequence[ChaosResult]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
     for r in results:
         faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
-        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}): "
-                     f"faults {faults}")
+        began = time.strftime("%H:%M:%S", time.localtime(r.started)) if r.started else "-"
+        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}, t=0 at "
+                     f"{began}): faults {faults}")
         lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
                      "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
                                                 in sorted(r.bound.items())))
