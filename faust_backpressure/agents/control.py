@@ -36,6 +36,12 @@ from mode import Service
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.agents.resolve import limiter_name
+from faust_backpressure.faust_seam import (
+    force_metadata_update,
+    install,
+    mark_control_topic,
+    send_control,
+)
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.pressure import (
     BackpressureController,
@@ -103,7 +109,7 @@ class LagProbe:
             await self._consumer.start()
         partitions = self._partitions()
         if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker
-            await self._consumer._client.force_metadata_update()
+            await force_metadata_update(self._consumer)
             partitions = self._partitions()
             missing = set(self.topics) - {tp.topic for tp in partitions}
             if missing:  # an unknown lag is not a zero lag: no sample
@@ -213,6 +219,9 @@ class ControlLoops:
         # by the agent of the partition that the limiter's samples land on.
         self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
                                partitions=partitions)
+        # Samples and the decider's state are control traffic: outside every transaction.
+        install(app)
+        mark_control_topic(app, self.table.changelog_topic.get_topic_name())
         self._stored: dict[str, str] = {}  # what this worker last wrote, per limiter
         self.published = 0
         self.rejected = 0
@@ -240,8 +249,8 @@ class ControlLoops:
             except Exception as exc:  # a broker hiccup must not kill the timer
                 log.warning("pressure sample of %s failed: %r", loop.name, exc)
                 return
-            await self.pressure_topic.send(key=loop.name.encode(),
-                                           value=worker_sample.encode())
+            await send_control(self.app, self.pressure_topic.get_topic_name(),
+                               loop.name.encode(), worker_sample.encode())
             self.published += 1
         return sample
 

@@ -20,27 +20,18 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from faust.types import AppT, StreamT
 
-__all__ = ["NEVER_FULL", "never_block_conductor"]
+from faust_backpressure.faust_seam import unbounded_stream_buffer
 
-#: A maxsize the buffer never reaches: ``queue.full()`` stays false.
-NEVER_FULL = 1 << 30
+__all__ = ["never_block_conductor"]
+
 #: Faust's (mode's) default: release held partitions at 40% of the high-water mark.
 PRESSURE_DROP_RATIO = 0.40
 
 
 def never_block_conductor(app: AppT, stream: StreamT[Any]) -> None:
     """Make ``stream``'s buffer never full, bounded by Faust's pressure callbacks instead."""
-    channel: Any = stream.channel
-    high_water = int(app.conf.stream_buffer_maxsize)
-    if getattr(channel, "_queue", None) is None:
-        channel.maxsize = NEVER_FULL
-    queue = channel.queue
-    queue._maxsize = NEVER_FULL
-    # mode caches these two from maxsize (cached_property: stored in the instance dict).
-    queue.__dict__["pressure_high_size"] = high_water
-    queue.__dict__["pressure_drop_size"] = math.floor(high_water * PRESSURE_DROP_RATIO)
+    unbounded_stream_buffer(stream, int(app.conf.stream_buffer_maxsize), PRESSURE_DROP_RATIO)

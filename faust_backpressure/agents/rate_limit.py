@@ -32,6 +32,7 @@ from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.config import OnLimit
+from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
 
 __all__ = ["CostFunction", "RateLimitGate", "rate_limited"]
@@ -139,8 +140,7 @@ class RateLimitGate:
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
-        consumer = getattr(self.app, "_consumer", None)
-        flow_stopped: asyncio.Event | None = getattr(consumer, "suspend_flow", None)
+        flow_stopped = flow_stopped_event(self.app)
         if flow_stopped is None:
             await self.acquire(permits)
             return
@@ -205,7 +205,7 @@ class RateLimitGate:
         """``take_events`` that acquires for each whole batch instead of per event."""
 
         async def batched(max_: int, within: Any) -> AsyncIterator[Sequence[Event]]:
-            processors = stream._processors  # type: ignore[attr-defined]
+            processors = stream_processors(stream)
             removed = processor in processors
             if removed:
                 processors.remove(processor)

@@ -25,6 +25,7 @@ from faust_backpressure.agents.headers import (
     replay_count,
     without_bp_headers,
 )
+from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
 
 __all__ = ["ReplayReport", "replay_dlq"]
@@ -66,7 +67,7 @@ async def replay_dlq(bootstrap: str, *, pipeline: str, dlq_topic: str, target_to
     try:
         partitions = consumer.partitions_for_topic(dlq_topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await force_metadata_update(consumer)
             partitions = consumer.partitions_for_topic(dlq_topic) or set()
         tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
         if not tps:

@@ -19,8 +19,8 @@ from faust_backpressure.agents import (
     resolve_limiter,
 )
 from faust_backpressure.agents.credits import CreditFlow
-from faust_backpressure.agents.transactions import send_outputs_in_input_transactions
 from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import (
     BackpressureThresholds,
     CreditBasedFlowController,
@@ -64,9 +64,9 @@ class Backpressure:
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         _INSTALLED[app] = self
-        # exactly_once: outputs commit with their input's offsets (Faust sends them outside
-        # any transaction when the sink is not consumed by the app).
-        send_outputs_in_input_transactions(app)
+        # Offsets never pass an unprocessed record; exactly_once outputs commit with their
+        # input's offsets (see faust_seam).
+        install_faust_seam(app)
         app.task(self._declare_topics)
         from faust_backpressure.app.cli import register_commands
         from faust_backpressure.app.views import register_views

@@ -28,6 +28,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import AppT
 from mode import Service
 
+from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
@@ -81,6 +82,10 @@ class LimiterChannel:
         # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str, value_type=bytes)  # bytes: "raw"
+        # Requests, grants and the owner's state are control traffic, never part of an input
+        # partition's transaction (see docs/distributed.md, "exactly_once").
+        install(app)
+        mark_control_topic(app, self.changelog_topic_name)
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
         self.rejected = 0
@@ -259,7 +264,7 @@ class LimiterChannel:
         self.batches += 1
 
     async def _send_reply(self, key: bytes, value: bytes) -> None:
-        await self.grant_topic.send(key=key, value=value)
+        await send_control(self.app, self.grant_topic.get_topic_name(), key, value)
 
     async def run_sender(self, should_stop: Any) -> None:
         """The owner's answering loop (one per worker): a batch per flush round trip."""
@@ -302,7 +307,7 @@ class LimiterChannel:
             await self._send_request(key, value)
 
     async def _send_request(self, key: bytes, value: bytes) -> None:
-        await self.request_topic.send(key=key, value=value)
+        await send_control(self.app, self.request_topic.get_topic_name(), key, value)
 
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:

@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "faust_backpressure"
 ALLOWED = {
     "limiters": {"config"},
     "config": set(),
-    "tables": {"limiters", "config"},
-    "agents": {"tables", "limiters", "config"},
-    "app": {"agents", "tables", "limiters", "config"},
+    "tables": {"limiters", "config", "faust_seam"},
+    "agents": {"tables", "limiters", "config", "faust_seam"},
+    "app": {"agents", "tables", "limiters", "config", "faust_seam"},
 }
 # Third-party imports a layer must not make (the pure core stays pure).
 FORBIDDEN_EXTERNAL = {"limiters": {"faust", "mode", "aiokafka"}}
@@ -39,3 +39,26 @@ def test_layer_imports_point_downward(layer: str) -> None:
                 assert parts[1] in ALLOWED[layer], f"{path.name} imports {name}"
             assert parts[0] not in FORBIDDEN_EXTERNAL.get(layer, set()), \
                 f"{path.name} imports {name}"
+
+
+# Private attributes of our own objects that the Faust-facing layers may use across classes.
+OWN_PRIVATES = {"_bp_gate"}
+
+
+def _foreign_private_attributes(path: Path) -> set[str]:
+    """``x._name`` where ``x`` is not ``self``/``cls`` (the seam's business for Faust objects)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            found.add(node.attr)
+    return found - OWN_PRIVATES
+
+
+@pytest.mark.parametrize("layer", ["tables", "agents", "app"])
+def test_only_the_seam_touches_private_attributes(layer: str) -> None:
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        assert not _foreign_private_attributes(path), \
+            f"{path.name} reaches into {sorted(_foreign_private_attributes(path))}: " \
+            "move it to faust_backpressure/faust_seam.py"

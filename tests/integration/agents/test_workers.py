@@ -83,7 +83,7 @@ async def test_exactly_once_outputs_commit_or_abort_with_their_input_offsets(
         faust_workers: Callable[..., FaustWorker]) -> None:
     # Faust 0.15.3 sent outputs to a sink the app does not consume outside any transaction, so
     # they stayed visible to read_committed readers when the worker died before committing,
-    # and were produced again by the next owner (see agents/transactions.py).
+    # and were produced again by the next owner (see faust_seam.InputTransactionManager).
     source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
     env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": source, "FBP_SINK": sink,
            "FBP_DLQ": dlq, "FBP_GUARANTEE": "exactly_once", "FBP_COMMIT_INTERVAL": "600"}

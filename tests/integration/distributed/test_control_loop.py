@@ -20,8 +20,11 @@ pytestmark = pytest.mark.kafka
 RATE = 200.0
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
-        cluster: Cluster) -> None:
+        cluster: Cluster, guarantee: str) -> None:
+    # exactly_once: the sampling timer sends outside any event; it crashed the worker.
+    cluster.env["FBP_GUARANTEE"] = guarantee
     downstream, group = cluster.env["FBP_APP_ID"] + "-priced", cluster.env["FBP_APP_ID"] + "-b"
     await create_topics(cluster.bootstrap, {downstream: 2})
     await produce(cluster.bootstrap, downstream, ((None, b"x") for _ in range(300)))
@@ -59,6 +62,9 @@ async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
     assert len(after) >= 0.8 * RATE * 3, len(after)
     for w in workers:
         assert admissions(reports, "api", w), w  # both workers took part
+    # Both workers' samples reached the decider, and no worker died on the way.
+    assert max(r["sampled_workers"] for r in reports) == len(workers)
+    assert all(worker.alive for worker in cluster.workers)
 
 
 async def test_a_successor_keeps_the_emergency_when_the_deciding_worker_is_sigkilled(

@@ -16,7 +16,12 @@ pytestmark = pytest.mark.kafka
 RATE, BURST = 200.0, 200.0
 
 
-async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster,
+                                                          guarantee: str) -> None:
+    # exactly_once: lease requests of workers that do not own the limiter's partition must
+    # not need that partition's transaction (they failed with "No transaction producer").
+    cluster.env["FBP_GUARANTEE"] = guarantee
     cluster.env["FBP_LIMITERS"] = f"shared:{RATE:g}:{BURST:g}"
     cluster.start_settled("w0", "w1", "w2")
     cluster.go()

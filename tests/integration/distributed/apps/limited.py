@@ -3,7 +3,8 @@
 Env: FBP_APP_ID, FBP_REPORT (topic), FBP_LIMITERS ("id:rate:burst,..."), FBP_LEASE_TTL,
 FBP_GO_FILE (demand starts when this file exists), FBP_SECRET, FBP_UPDATE ("id:rate@seconds":
 this worker changes the rate that long after go), FBP_STORE, FBP_CONTROL
-("id:group:topic:interval": a control loop on that limiter, thresholds scaled down 100x).
+("id:group:topic:interval": a control loop on that limiter, thresholds scaled down 100x),
+FBP_GUARANTEE (at_least_once | exactly_once).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.testing.settings import fast_faust_settings
 
 app = faust.App(os.environ["FBP_APP_ID"], store=os.environ.get("FBP_STORE", "rocksdict://"),
+                processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
                 **fast_faust_settings())
 report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
                    key_serializer="raw", value_serializer="raw")
@@ -63,6 +65,8 @@ async def flush() -> None:
                     "rate": limiter.current_rate_limit,
                     "epoch": getattr(limiter, "epoch", -1),
                     "decisions": len(control.decisions) if control is not None else 0,
+                    # on the decider: how many workers' samples reached it
+                    "sampled_workers": len(control.samples) if control is not None else 0,
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())

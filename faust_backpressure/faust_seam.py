@@ -1,0 +1,532 @@
+"""The one module that touches faust-streaming's (and mode's) private internals.
+
+Everything else in the package uses Faust's public API and calls the functions here when it
+needs more. Each patch names the upstream behaviour it works around; :func:`install` puts them on
+an app before it starts and checks that the installed faust-streaming is a version they were
+tested with (:data:`TESTED_FAUST`).
+
+The patches:
+
+* **Offsets are never committed past a record that was not processed.** Faust treats a jump in a
+  partition's offsets as a gap to commit past (transaction markers and compaction make such
+  jumps), and a partition that resumes from the wrong position during a rebalance makes the same
+  jump (faust-streaming #216). Here a jump is re-read: the partition is sought back to the first
+  missing offset, and only if the fresh fetch again starts past it is the range a real gap
+  (:class:`OffsetGuard`). Faust's commit rule also lets the commit pass one unacked offset after
+  the committed one (``min(acked) - committed > 1``; #312 fixed it with ``> 0``, later releases
+  went back, #606 is open); :meth:`_GuardedConsumer._new_offset` stops at the first unacked one.
+* **A rebalance does not re-activate a partition early.** Faust clears stream buffers at a
+  rebalance but leaves their pending pressure-drop callbacks; the next read of the (empty)
+  buffer re-activated the partition while Faust was restoring tables with the flow resumed and
+  before it sought the partition to its committed offset. A rate-limited stream fills its buffer,
+  so a distributed limiter (whose table needs that restore) made this happen at most rebalances.
+* **exactly_once**: outputs join their input's transaction; commits happen between events
+  (:class:`InputTransactionManager`); internal (control) records and the writes of our own
+  tables are sent outside every transaction (:func:`send_control`, :func:`mark_control_topic`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from faust.sensors import Sensor
+from faust.streams import current_event
+from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED, TransactionManager
+from faust.types import TP, AppT, Message, StreamT
+from faust.types.enums import ProcessingGuarantee
+from faust.utils.functional import consecutive_numbers
+from mode import Service
+
+__all__ = [
+    "TESTED_FAUST",
+    "FaustVersionWarning",
+    "InputTransactionManager",
+    "OffsetGuard",
+    "check_faust_version",
+    "flow_stopped_event",
+    "force_metadata_update",
+    "install",
+    "mark_control_topic",
+    "send_control",
+    "stream_processors",
+    "unbounded_stream_buffer",
+]
+
+log = logging.getLogger(__name__)
+
+#: faust-streaming versions the patches here were tested with: [low, high).
+TESTED_FAUST = ((0, 15, 3), (0, 16, 0))
+
+
+class FaustVersionWarning(UserWarning):
+    """The installed faust-streaming is outside the range the seam was tested with."""
+
+
+def _parse(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_faust_version(installed: str | None = None) -> tuple[int, ...]:
+    """Warn (:class:`FaustVersionWarning`) if faust-streaming is not a tested version."""
+    if installed is None:
+        try:
+            installed = version("faust-streaming")
+        except PackageNotFoundError:  # e.g. a vendored copy: nothing to compare
+            return ()
+    found = _parse(installed)
+    low, high = TESTED_FAUST
+    if not low <= found < high:
+        warnings.warn(
+            f"faust-backpressure patches Faust internals tested with faust-streaming "
+            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}; found {installed}. "
+            "Offsets, rebalances and exactly_once may not be guarded.",
+            FaustVersionWarning, stacklevel=2)
+    return found
+
+
+# -- small accessors used by the other layers ---------------------------------------------------
+
+
+def stream_processors(stream: StreamT[Any]) -> list[Callable[[Any], Any]]:
+    """The stream's processor list (Faust has ``add_processor`` but no way to remove one)."""
+    processors: list[Callable[[Any], Any]] = stream._processors  # type: ignore[attr-defined]
+    return processors
+
+
+def unbounded_stream_buffer(stream: StreamT[Any], high_water: int, drop_ratio: float) -> None:
+    """Make the stream's buffer never *full* (the conductor never awaits room in it) while
+    Faust's pressure callbacks still pause its partitions at ``high_water`` and resume them
+    at ``drop_ratio`` of it (mode caches both sizes from ``maxsize``)."""
+    never_full = 1 << 30
+    channel: Any = stream.channel
+    if getattr(channel, "_queue", None) is None:
+        channel.maxsize = never_full
+    queue = channel.queue
+    queue._maxsize = never_full
+    queue.__dict__["pressure_high_size"] = high_water
+    queue.__dict__["pressure_drop_size"] = math.floor(high_water * drop_ratio)
+
+
+def flow_stopped_event(app: AppT) -> asyncio.Event | None:
+    """The consumer's "flow stopped" event (set during rebalances and shutdown), if started."""
+    consumer = getattr(app, "_consumer", None)
+    event: asyncio.Event | None = getattr(consumer, "suspend_flow", None)
+    return event
+
+
+async def force_metadata_update(client: Any) -> None:
+    """Ask an aiokafka consumer's client for fresh metadata (e.g. topics made since start)."""
+    await client._client.force_metadata_update()
+
+
+# -- control traffic ----------------------------------------------------------------------------
+
+_CONTROL_TOPICS: weakref.WeakKeyDictionary[AppT, set[str]] = weakref.WeakKeyDictionary()
+
+
+def mark_control_topic(app: AppT, topic: str) -> None:
+    """Writes to ``topic`` (e.g. our tables' changelogs) are control state, not event output:
+    under exactly_once they are sent outside every transaction (see docs/reliability.md)."""
+    _CONTROL_TOPICS.setdefault(app, set()).add(topic)
+
+
+def is_control_topic(app: AppT, topic: str) -> bool:
+    return topic in _CONTROL_TOPICS.get(app, ())
+
+
+async def send_control(app: AppT, topic: str, key: bytes | None, value: bytes | None, *,
+                       headers: Any = None) -> asyncio.Future[Any]:
+    """Send an internal record outside any transaction; returns the delivery future.
+
+    Lease requests, grants, commands and pressure samples are control traffic: they must not
+    join (or need) the transaction of an input partition, which under exactly_once only the
+    partition's owner has. The app's default producer is never transactional.
+    """
+    await app.maybe_start_producer()
+    future: asyncio.Future[Any] = await app.producer.send(  # type: ignore[assignment]
+        topic, key, value, None, None, headers)
+    return future
+
+
+# -- offsets: re-read a jump, never commit past an unprocessed record -------------------------
+
+
+@dataclass
+class OffsetGuard:
+    """Per partition, the next offset the consumer expects; a record past it is a *jump*.
+
+    A jump is re-read once (``check`` returns the offset to seek back to); a record from a
+    fetch made after that seek, past the expected offset, confirms the range as empty (markers,
+    compaction, aborted records) and ``check`` returns it as a gap. Pure: no Kafka here.
+
+    Example::
+
+        guard = OffsetGuard()
+        guard.reset(tp, 100)
+        guard.check(tp, 100, batch=1)      # ACCEPT
+        guard.check(tp, 105, batch=1)      # REREAD from 101
+        guard.check(tp, 105, batch=2)      # GAP 101..104 confirmed
+    """
+
+    expected: dict[TP, int] = field(default_factory=dict)
+    #: tp -> the first offset read while nothing of tp was committed: where to re-read from
+    origin: dict[TP, int] = field(default_factory=dict)
+    #: tp -> (offset sought back to, batch number of the fetch that saw the jump)
+    verifying: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    rereads: int = 0
+    confirmed_gaps: int = 0
+
+    ACCEPT = "accept"
+    REREAD = "reread"
+    GAP = "gap"
+
+    def reset(self, tp: TP, offset: int | None) -> None:
+        """The consumer was sought to ``offset`` (None: unknown, accept what comes)."""
+        if offset is None:
+            self.expected.pop(tp, None)
+        else:
+            self.expected[tp] = offset
+        pending = self.verifying.get(tp)
+        if pending is not None and pending[0] != offset:
+            del self.verifying[tp]
+
+    def start(self, tp: TP, offset: int) -> None:
+        """The first fetch of ``tp`` since its position was unknown starts at ``offset``."""
+        self.expected[tp] = offset
+        self.origin.setdefault(tp, offset)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """``tps`` were revoked. Their origin stays: Faust revokes every partition at each
+        rebalance (eager protocol) and a retained one with nothing committed must still be
+        re-read from it (an origin of a partition that moved is only used if nothing of it
+        was committed in between, and re-reading from it is safe)."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.verifying.pop(tp, None)
+
+    def check(self, tp: TP, offset: int, batch: int) -> tuple[str, int]:
+        """``(ACCEPT, offset)``, ``(REREAD, from_offset)`` or ``(GAP, first_missing)``."""
+        expected = self.expected.get(tp)
+        if expected is None:
+            self.origin.setdefault(tp, offset)
+        if expected is None or offset == expected:
+            self.expected[tp] = offset + 1
+            self.verifying.pop(tp, None)
+            return self.ACCEPT, offset
+        if offset < expected:  # a re-read of what came before: Faust drops or redelivers it
+            return self.ACCEPT, offset
+        pending = self.verifying.get(tp)
+        if pending is not None and pending[0] == expected and batch > pending[1]:
+            del self.verifying[tp]
+            self.expected[tp] = offset + 1
+            self.confirmed_gaps += 1
+            return self.GAP, expected
+        self.verifying[tp] = (expected, batch)
+        self.rereads += 1
+        return self.REREAD, expected
+
+
+class _GuardedConsumer:
+    """Consumer mixin (first in the MRO) with the offset and rebalance guards above."""
+
+    app: Any
+    flow_active: bool
+    _acked: Any
+    _acked_index: Any
+    _gap: Any
+    _committed_offset: Any
+    _read_offset: Any
+    _buffered_partitions: set[TP]
+    _active_partitions: set[TP] | None
+    _paused_partitions: set[TP]
+    _on_partitions_revoked: Callable[[set[TP]], Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.offset_guard = OffsetGuard()
+        self._fetch_batch = 0
+
+    def _guarded(self, topic: str) -> bool:
+        app = self.app
+        return topic not in app.tables.changelog_topics and bool(
+            app.topics.acks_enabled_for(topic))
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        self._fetch_batch += 1
+        batch = self._fetch_batch
+        guard = self.offset_guard
+        refused: set[TP] = set()
+        async for tp, message in super().getmany(timeout):  # type: ignore[misc]
+            if tp in refused:
+                continue
+            if not self._guarded(tp.topic):
+                yield tp, message
+                continue
+            verdict, offset = guard.check(tp, message.offset, batch)
+            if verdict == OffsetGuard.REREAD:
+                # Nothing after the jump is delivered: fetch again from the first missing.
+                refused.add(tp)
+                log.info("offset guard: %s jumped from %d to %d; re-reading", tp, offset,
+                         message.offset)
+                await self.seek(tp, offset)  # type: ignore[attr-defined]
+                continue
+            if verdict == OffsetGuard.GAP:
+                log.info("offset guard: %s has no records in %d..%d (markers or compaction)",
+                         tp, offset, message.offset - 1)
+                # Exactly the confirmed range (Faust's _add_gap clips it at the committed offset,
+                # which would leave that one offset unacked for ever).
+                self._gap[tp].addi(offset, message.offset)
+                self._gap[tp].merge_overlaps()
+            yield tp, message
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)  # type: ignore[misc]
+        self.offset_guard.reset(partition, offset)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()  # type: ignore[misc]
+        guard = self.offset_guard
+        for tp in self.assignment():  # type: ignore[attr-defined]
+            position = self._read_offset.get(tp)  # the committed offset (0 included) or None
+            if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
+                # aiokafka seeks only to committed offsets > 0: a partition with nothing (or
+                # 0) committed kept reading where the dropped buffer ended, past records
+                # never processed. Re-read from the first record this worker read.
+                if position is None:
+                    position = guard.origin.get(tp)
+                if position is not None:
+                    guard.origin[tp] = position
+                    await self.seek(tp, position)
+                    continue
+            guard.reset(tp, position)
+
+    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's, except that the revoked partitions' acks and committed offsets are dropped
+        *after* the app's revoke handler, not before it: that handler lets the events in
+        progress finish and commits, and without them it could not commit what was acked
+        before the rebalance (at most it committed past it, without a committed offset to
+        compare with). Under exactly_once those outputs then stayed in the open transaction,
+        the events ran again after the rebalance, and both copies were committed together."""
+        self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
+        self.offset_guard.forget(revoked)
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        try:
+            await self._on_partitions_revoked(revoked)
+        finally:
+            for tp in revoked:
+                self._gap.pop(tp, None)
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._committed_offset.pop(tp, None)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Where each partition's reading starts is where the broker's first fetch starts
+        (Faust drops fetched records of a paused partition, and the rest of a fetch when the
+        generation changes: records the guard would otherwise never see)."""
+        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        guard = self.offset_guard
+        for tp, batch in records.items():
+            if batch and tp not in guard.expected and self._guarded(tp.topic):
+                guard.start(tp, batch[0].offset)
+        return records
+
+    def on_buffer_full(self, tp: TP) -> None:
+        if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
+            return
+        super().on_buffer_full(tp)  # type: ignore[misc]
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if self.app.rebalancing:  # a stale callback of a buffer Faust cleared: not now
+            self._buffered_partitions.discard(tp)
+            return
+        super().on_buffer_drop(tp)  # type: ignore[misc]
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's rule, except that the commit stops at the first offset not acked (Faust
+        lets it pass one unacked offset after the committed one)."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        max_offset = max(acked)
+        gaps = self._gap[tp]
+        if gaps:
+            candidates = sorted(gaps.overlap(0, max_offset), key=lambda x: x.begin)
+            if candidates:
+                filled: list[int] = []
+                for entry in candidates:
+                    filled.extend(range(entry.begin, entry.end))
+                acked.extend(filled)
+                gaps.chop(0, max(filled[-1], max_offset + 1))
+        acked.sort()
+        committed = self._committed_offset[tp]
+        if committed is None:  # nothing committed yet: the first offset read must come first
+            committed = self.offset_guard.origin.get(tp)
+        if committed is not None and acked[0] > committed:
+            return None
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return int(batch[-1]) + 1
+
+
+# -- exactly_once ------------------------------------------------------------------------------
+
+
+class InputTransactionManager(TransactionManager):
+    """A Faust transaction manager that keeps each event's outputs with its offset.
+
+    Faust names an output's transaction after the partition the *output* lands on, known only
+    for subscribed topics, so outputs to a sink the app does not consume were sent outside any
+    transaction. Here every output made while processing an event goes into the transaction of
+    that event's partition, where its offset commits. Faust also takes the offsets to commit
+    while agents keep running: an event that has sent an output but is not finished had its
+    output committed without its offset. A commit here first lets events that already wrote
+    finish and holds back the first output of any other event (Kafka Streams' rule: commit
+    between records). Writes to control topics go outside every transaction.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writers: set[Message] = set()  # sent outputs, not acked yet
+        self._writer_acked = asyncio.Event()
+        self._commit_done: asyncio.Event | None = None  # set while a commit runs
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any, *,
+                   transactional_id: str | None = None) -> Any:
+        if is_control_topic(self.app, topic):
+            return await self.producer.send(topic, key, value, partition, timestamp, headers)
+        event = current_event()
+        if event is not None:
+            message = event.message
+            try:
+                group = self.app.assignor.group_for_topic(message.tp.topic)
+            except KeyError:  # not from a subscribed topic (e.g. a channel): Faust's rule
+                pass
+            else:
+                if message not in self._writers:
+                    while self._commit_done is not None:  # into the next transaction
+                        await self._commit_done.wait()
+                    if not message.acked:
+                        self._writers.add(message)
+                return await self.producer.send(
+                    topic, key, value, partition, timestamp, headers,
+                    transactional_id=f"{self.app.conf.id}-{group}-{message.tp.partition}")
+        return await super().send(topic, key, value, partition, timestamp, headers,
+                                  transactional_id=transactional_id)
+
+    def on_ack(self, message: Message) -> None:
+        """Every stream is done with ``message``: it has finished writing."""
+        if message in self._writers:
+            self._writers.discard(message)
+            self._writer_acked.set()
+
+    @contextlib.asynccontextmanager
+    async def commit_point(self, timeout: float) -> AsyncIterator[None]:
+        """Wait (at most ``timeout`` s) until no event is half-written, and keep it so."""
+        if self._commit_done is not None:  # nested: the outer commit holds the point
+            yield
+            return
+        done = self._commit_done = asyncio.Event()
+        try:
+            await self._wait_writers_acked(timeout)
+            yield
+        finally:
+            self._commit_done = None
+            done.set()
+
+    async def _wait_writers_acked(self, timeout: float) -> None:
+        event = current_event()  # a commit from inside an agent cannot wait for its own event
+        own = {event.message} if event is not None else set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Acked without a notice, or fetched before a rebalance (Faust drops those events;
+            # their outputs were in a transaction that is aborted): nothing to wait for.
+            generation = self.app.consumer_generation_id
+            self._writers = {m for m in self._writers
+                             if not m.acked and m.generation_id in (None, generation)}
+            if not self._writers - own:
+                return
+            self._writer_acked.clear()
+            try:
+                await asyncio.wait_for(self._writer_acked.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                log.warning("committing while %d event(s) that sent outputs are still "
+                            "running (> %.1f s): their outputs may repeat after a crash",
+                            len(self._writers - own), timeout)
+                return
+
+
+class _CommitBetweenEvents:
+    """Consumer mixin (exactly_once): a commit takes its offsets at a commit point."""
+
+    transactions: Any
+    commit_interval: float
+
+    async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
+        manager = self.transactions
+        if not isinstance(manager, InputTransactionManager):
+            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
+        async with manager.commit_point(timeout=max(self.commit_interval, 1.0)):
+            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class _WriterAcks(Sensor):
+    """Tells the manager when an event has finished (Faust's compiled stream acks inline, so
+    ``Consumer.ack`` is not always called; the sensor hook is)."""
+
+    def __init__(self, app: AppT) -> None:
+        super().__init__()
+        self._app = app
+
+    def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
+        manager = self._app.consumer.transactions
+        if isinstance(manager, InputTransactionManager):
+            manager.on_ack(message)
+
+
+# -- installing ----------------------------------------------------------------------------------
+
+_INSTALLED: weakref.WeakSet[AppT] = weakref.WeakSet()
+
+
+def install(app: AppT) -> None:
+    """Put the patches on ``app`` (idempotent; before the app starts its consumer)."""
+    if app in _INSTALLED:
+        return
+    check_faust_version()
+    if getattr(app, "_consumer", None) is not None:
+        warnings.warn(f"faust-backpressure installed on app {app.conf.id!r} after its consumer "
+                      "was made: offsets and rebalances are not guarded", stacklevel=2)
+    transport: Any = app.transport
+    mixins: list[type] = [_GuardedConsumer]
+    guarantee: Any = app.conf.processing_guarantee  # typed as the enum class by Faust
+    exactly_once = guarantee == ProcessingGuarantee.EXACTLY_ONCE
+    if exactly_once:
+        transport.TransactionManager = InputTransactionManager
+        mixins.insert(0, _CommitBetweenEvents)
+    base = transport.Consumer
+    missing = tuple(m for m in mixins if not issubclass(base, m))
+    if missing:
+        transport.Consumer = type(f"Guarded{base.__name__}", (*missing, base), {})
+    if exactly_once:
+        app.sensors.add(_WriterAcks(app))
+    _INSTALLED.add(app)

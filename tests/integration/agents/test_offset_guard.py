@@ -1,0 +1,74 @@
+"""Offsets are never committed past a record that was not processed (issue 9, defect 1).
+
+A fetch from a stale position (Faust seeks to the committed offsets after a rebalance while a
+fetch is in flight, faust-streaming #312) shows up as a jump in a partition's offsets, and
+Faust commits past a jump as if it were transaction markers. The test makes the same jump by
+moving the fetch position forward under Faust and checks that every record is still processed
+and that the committed offset never passed an unprocessed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import faust
+import pytest
+from aiokafka import TopicPartition
+
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.testing.inprocess import running_app
+from faust_backpressure.testing.kafka_io import committed_offsets, create_topics, produce
+from faust_backpressure.testing.settings import fast_faust_settings
+
+pytestmark = pytest.mark.kafka
+
+RECORDS = 3000
+JUMP_AT, JUMP_TO = 100, 1500
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_jump_in_offsets_is_re_read_not_committed_past(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
+    source = unique_name("src")
+    await create_topics(kafka_bootstrap, {source: 1})
+    await produce(kafka_bootstrap, source, ((None, b"%d" % i) for i in range(RECORDS)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}",
+                                          broker_max_poll_records=20))
+    Backpressure(app, settings=BackpressureSettings())
+    topic = app.topic(source, value_type=bytes, value_serializer="raw")
+    processed: list[int] = []
+    unprocessed_commits: list[tuple[int, int]] = []
+
+    @app.agent(topic)
+    async def consume_all(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            offset = event.message.offset
+            processed.append(offset)
+            if offset == JUMP_AT and JUMP_TO not in processed:
+                # The fetch position moves forward under Faust: a stale fetch's effect.
+                aiokafka_consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+                aiokafka_consumer.seek(TopicPartition(source, 0), JUMP_TO)
+
+    async def committed() -> int:
+        return (await committed_offsets(kafka_bootstrap, app.conf.id, source)).get(0, 0)
+
+    async with running_app(app):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while (position := await committed()) < RECORDS and loop.time() < deadline:
+            first_missing = min(set(range(RECORDS)) - set(processed), default=RECORDS)
+            if position > first_missing:
+                unprocessed_commits.append((position, first_missing))
+            await asyncio.sleep(0.2)
+        seen = set(processed)
+    missing = sorted(set(range(RECORDS)) - seen)
+    assert not missing, f"{len(missing)} offsets never processed, from {missing[0]}"
+    assert not unprocessed_commits, f"committed past unprocessed offsets: {unprocessed_commits[:3]}"
+    assert position == RECORDS
+    guard = app.consumer.offset_guard  # type: ignore[attr-defined]
+    assert guard.rereads >= 1  # the jump was seen and re-read
