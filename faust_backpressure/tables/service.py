@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "fbp-limiters"
 OWNER_AGENT = "fbp-limiter-owner"
+#: Most requests (or replies) per record: ~0.5 KB each, so a record stays far below Kafka's
+#: default 1 MB message limit.
+RECORD_BATCH = 500
 
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
 
@@ -259,7 +262,9 @@ class LimiterChannel:
         for reply, _ in batch:
             by_worker.setdefault(reply.worker_id, []).append(reply)
         for worker_id, replies in by_worker.items():  # one record per worker and batch
-            await self._send_reply(worker_id.encode(), encode_replies(replies))
+            for i in range(0, len(replies), RECORD_BATCH):  # records well under 1 MB
+                await self._send_reply(worker_id.encode(),
+                                       encode_replies(replies[i:i + RECORD_BATCH]))
         self.answered += len(batch)
         self.batches += 1
 
@@ -303,8 +308,9 @@ class LimiterChannel:
         for message in messages:
             by_partition.setdefault(self._partition(message.limiter_id), []).append(message)
         for batch in by_partition.values():
-            key, value = encode_batch(batch, self.secret)
-            await self._send_request(key, value)
+            for i in range(0, len(batch), RECORD_BATCH):  # records well under 1 MB
+                key, value = encode_batch(batch[i:i + RECORD_BATCH], self.secret)
+                await self._send_request(key, value)
 
     async def _send_request(self, key: bytes, value: bytes) -> None:
         await send_control(self.app, self.request_topic.get_topic_name(), key, value)
