@@ -10,22 +10,22 @@ from faust.types import AppT, TopicT
 
 from faust_backpressure.agents import (
     Backoff,
-    ControlLoop,
-    ControlLoops,
     CostFunction,
     LimiterSpec,
     Pipeline,
     RateLimitGate,
     resolve_limiter,
 )
-from faust_backpressure.agents.credits import CreditFlow
 from faust_backpressure.config import BackpressureSettings, OnLimit
-from faust_backpressure.faust_seam import install as install_faust_seam
-from faust_backpressure.limiters import (
+from faust_backpressure.control import (
     BackpressureThresholds,
+    ControlLoop,
     CreditBasedFlowController,
-    RateLimitingStrategy,
 )
+from faust_backpressure.control.credit_flow import CreditFlow
+from faust_backpressure.control.loop import ControlLoops
+from faust_backpressure.faust_seam import install as install_faust_seam
+from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.service import broker_bootstrap
 
 __all__ = ["Backpressure", "installed"]

@@ -15,7 +15,7 @@ import time
 import faust
 
 from faust_backpressure.app import Backpressure
-from faust_backpressure.limiters import BackpressureThresholds
+from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.testing.settings import fast_faust_settings
 

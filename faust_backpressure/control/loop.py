@@ -5,7 +5,7 @@ lag (end offsets minus committed offsets of ``downstream_topics``), the limiter'
 and the CPU, and publishes the sample as an event on the app's pressure topic, keyed by the
 limiter's name. The agent on that topic therefore sees every worker's samples of one limiter
 on one worker (the owner of the key's partition), which alone runs the
-:class:`~faust_backpressure.limiters.pressure.BackpressureController` and applies its rate with
+:class:`~faust_backpressure.control.policy.BackpressureController` and applies its rate with
 ``limiter.update_rate_limit``; a distributed limiter carries the new rate to every worker.
 See ``docs/control-loop.md``.
 
@@ -36,6 +36,13 @@ from mode import Service
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.agents.resolve import limiter_name
+from faust_backpressure.control.policy import (
+    BackpressureController,
+    BackpressureSeverity,
+    BackpressureThresholds,
+    PressureDecision,
+    PressureSample,
+)
 from faust_backpressure.faust_seam import (
     force_metadata_update,
     install,
@@ -43,13 +50,6 @@ from faust_backpressure.faust_seam import (
     send_control,
 )
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.limiters.pressure import (
-    BackpressureController,
-    BackpressureSeverity,
-    BackpressureThresholds,
-    PressureDecision,
-    PressureSample,
-)
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 

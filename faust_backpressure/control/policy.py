@@ -33,8 +33,7 @@ import math
 from dataclasses import dataclass, fields
 
 from faust_backpressure.config import BackpressureSettings
-
-from .base import check_rate
+from faust_backpressure.limiters.base import check_rate
 
 __all__ = [
     "BackpressureController",

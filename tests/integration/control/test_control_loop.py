@@ -13,11 +13,8 @@ import pytest
 from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.limiters import (
-    BackpressureSeverity,
-    BackpressureThresholds,
-    TokenBucketRateLimiter,
-)
+from faust_backpressure.control import BackpressureSeverity, BackpressureThresholds
+from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import (
     commit_offsets,

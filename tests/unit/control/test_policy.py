@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from faust_backpressure.limiters.pressure import (
+from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
     BackpressureThresholds,

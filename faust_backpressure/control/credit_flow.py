@@ -1,7 +1,7 @@
 """Credit-based flow control between two stages, fed by the downstream group's lag.
 
 ``bp.credit_flow(window, downstream_group=..., downstream_topics=[...])`` returns a
-:class:`~faust_backpressure.limiters.credits.CreditBasedFlowController` to use as the upstream
+:class:`~faust_backpressure.control.credits.CreditBasedFlowController` to use as the upstream
 stage's limiter (``bp.rate_limit(...)`` or ``bp.pipeline(limiter=...)``). A Faust timer on the
 worker probes the downstream group's lag every ``interval`` seconds and announces it: the
 upstream sends at most ``window`` records more than the downstream has processed. It starts
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 from faust.types import AppT
 
-from faust_backpressure.agents.control import LagProbe, check_interval, close_probes_on_stop
-from faust_backpressure.limiters.credits import CreditBasedFlowController
+from faust_backpressure.control.credits import CreditBasedFlowController
+from faust_backpressure.control.loop import LagProbe, check_interval, close_probes_on_stop
 
 __all__ = ["CreditFlow"]
 

@@ -19,7 +19,12 @@ import asyncio
 import collections
 import math
 
-from .base import RateLimiterStats, RateLimitTimeout, check_permits, check_timeout
+from faust_backpressure.limiters.base import (
+    RateLimiterStats,
+    RateLimitTimeout,
+    check_permits,
+    check_timeout,
+)
 
 __all__ = ["CreditBasedFlowController"]
 
