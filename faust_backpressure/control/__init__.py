@@ -1,7 +1,8 @@
 """The backpressure control loop: a pure policy, a lag probe, the loop on Faust, credit flow.
 
-``policy`` and ``credits`` are pure (no Faust, no I/O); ``loop`` (lag probe, timer, pressure
-topic, deciding agent) and ``credit_flow`` run them on a Faust app.
+``policy`` and ``credits`` are pure (no Faust, no I/O); ``probe`` measures a downstream group's
+lag; ``loop`` (timer, pressure topic, deciding agent) and ``credit_flow`` run the policy and the
+credit window on a Faust app.
 """
 
 from faust_backpressure.control.credits import CreditBasedFlowController

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from faust.types import AppT
 
 from faust_backpressure.control.credits import CreditBasedFlowController
-from faust_backpressure.control.loop import LagProbe, check_interval, close_probes_on_stop
+from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
+from faust_backpressure.limiters.base import check_rate
 
 __all__ = ["CreditFlow"]
 
@@ -35,7 +36,7 @@ class CreditFlow:
 
     def __init__(self, app: AppT, *, bootstrap: str, window: int, downstream_group: str,
                  downstream_topics: Sequence[str], interval: float, name: str) -> None:
-        interval = check_interval(interval)
+        interval = check_rate("interval", interval)
         self.controller = CreditBasedFlowController(window, initial_credits=0)
         self.probe = LagProbe(bootstrap, downstream_group, downstream_topics)
         self.announcements = 0

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -29,10 +28,7 @@ from typing import Any
 
 import faust
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import AppT
-from mode import Service
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.agents.resolve import limiter_name
@@ -43,13 +39,10 @@ from faust_backpressure.control.policy import (
     PressureDecision,
     PressureSample,
 )
-from faust_backpressure.faust_seam import (
-    force_metadata_update,
-    install,
-    mark_control_topic,
-    send_control,
-)
+from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
+from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.base import check_rate
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 
@@ -82,60 +75,6 @@ class WorkerSample:
                    utilization=float(data["utilization"]), cpu=float(data["cpu"]))
 
 
-def check_interval(interval: float) -> float:
-    """A sampling interval in seconds: a finite number > 0."""
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-            or not 0 < interval < float("inf"):
-        raise ValueError(f"interval must be a finite number > 0, got {interval!r}")
-    return float(interval)
-
-
-class LagProbe:
-    """Consumer lag of a group on some topics: sum over partitions of end - committed."""
-
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
-        if not topics:
-            raise ValueError("downstream_topics must name at least one topic")
-        self.bootstrap, self.group, self.topics = bootstrap, group, list(topics)
-        self._admin: AIOKafkaAdminClient | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def lag(self) -> int:
-        if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await self._admin.start()
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                              enable_auto_commit=False)
-            await self._consumer.start()
-        partitions = self._partitions()
-        if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker
-            await force_metadata_update(self._consumer)
-            partitions = self._partitions()
-            missing = set(self.topics) - {tp.topic for tp in partitions}
-            if missing:  # an unknown lag is not a zero lag: no sample
-                raise LookupError(f"no partitions known for {sorted(missing)}")
-        ends = await self._consumer.end_offsets(partitions)
-        committed = await self._admin.list_consumer_group_offsets(self.group)
-        total = 0
-        for tp in partitions:
-            meta = committed.get(tp)
-            start = meta.offset if meta is not None and meta.offset >= 0 else 0
-            total += max(ends[tp] - start, 0)
-        return total
-
-    def _partitions(self) -> list[TopicPartition]:
-        assert self._consumer is not None
-        return [TopicPartition(topic, p) for topic in self.topics
-                for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
-
-    async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        self._admin = self._consumer = None
-
-
 class ControlLoop:
     """One limiter under control: its probe, its controller, what it decided."""
 
@@ -146,7 +85,7 @@ class ControlLoop:
                  shed_on_critical: bool = False) -> None:
         self.limiter = limiter
         self.name = name or limiter_name(limiter)
-        self.interval = check_interval(interval)
+        self.interval = check_rate("interval", interval)
         self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
@@ -274,24 +213,3 @@ class ControlLoops:
             self.table[loop.name] = state
         return decision
 
-
-
-class _ProbeCloser(Service):
-    """Closes lag probes' Kafka clients when the worker stops."""
-
-    def __init__(self, probes: Callable[[], Iterable[LagProbe]], **kwargs: Any) -> None:
-        self.probes = probes
-        super().__init__(**kwargs)
-
-    async def on_stop(self) -> None:
-        for probe in self.probes():
-            with contextlib.suppress(Exception):
-                await probe.close()
-
-
-def close_probes_on_stop(app: AppT, probes: Callable[[], Iterable[LagProbe]]) -> None:
-    """Close the probes ``probes()`` returns when ``app`` stops."""
-    async def start_closer() -> None:
-        await app.add_runtime_dependency(_ProbeCloser(probes))
-
-    app.task(start_closer)
