@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
+
+from faust_backpressure.config.validation import check_int, check_number
 
 __all__ = ["BackpressureSettings", "OnLimit"]
 
@@ -110,18 +111,10 @@ _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
 
 def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     def integer(field: str, minimum: int) -> None:
-        value = getattr(s, field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name(field)} must be an integer >= {minimum}, got {value!r}")
+        check_int(name(field), getattr(s, field), minimum)
 
     def number(field: str, minimum: float, *, strict: bool) -> None:
-        value = getattr(s, field)
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value) and (value > minimum if strict else value >= minimum))
-        if not ok:
-            op = ">" if strict else ">="
-            raise ValueError(f"{name(field)} must be a finite number {op} {minimum:g}, "
-                             f"got {value!r}")
+        check_number(name(field), getattr(s, field), minimum, strict=strict)
 
     integer("max_consumer_lag", 1)
     integer("scaling_threshold", 1)

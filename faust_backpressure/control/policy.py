@@ -29,10 +29,10 @@ Example::
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, fields
 
 from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config.validation import check_int, check_number
 from faust_backpressure.limiters.base import check_rate
 
 __all__ = [
@@ -69,13 +69,9 @@ class PressureSample:
     cpu: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
-            raise ValueError(f"lag must be an int >= 0, got {self.lag!r}")
+        check_int("lag", self.lag, 0)
         for name in ("utilization", "cpu"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_number(name, getattr(self, name), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +114,7 @@ class BackpressureThresholds:
             value = getattr(self, field.name)
             if field.name == "restore_lag" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{field.name} must be a finite number > 0, got {value!r}")
+            check_number(field.name, value, 0, strict=True)
         if not (self.backlog_cleared_lag < self.scaling_threshold <= self.max_consumer_lag
                 <= self.critical_lag):
             raise ValueError("lag thresholds must satisfy backlog_cleared_lag < "

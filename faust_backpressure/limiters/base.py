@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
+from faust_backpressure.config.validation import check_int, check_number, is_number
+
 __all__ = [
     "EPSILON",
     "Clock",
@@ -97,36 +99,27 @@ class RateLimitingStrategy(Protocol):
 # -- validation ------------------------------------------------------------------------------
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_rate(name: str, value: float) -> float:
     """Return ``value`` as float if it is a finite number > 0, else raise ValueError."""
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, 0, strict=True)
 
 
 def check_capacity(name: str, value: float) -> float:
     """Return ``value`` as float if it is a finite number >= 1, else raise ValueError."""
-    if not _is_number(value) or not math.isfinite(value) or value < 1:
-        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
-    return float(value)
+    return check_number(name, value, 1)
 
 
 def check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
-    if not _is_number(timeout) or math.isnan(timeout) or timeout < 0:
+    if not is_number(timeout) or math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
     return float(timeout)
 
 
 def check_permits(permits: int, limit: float) -> int:
     """``permits`` must be an int in ``[1, limit]``: a larger request could never succeed."""
-    if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
-        raise ValueError(f"permits must be an int >= 1, got {permits!r}")
+    check_int("permits", permits, 1)
     if permits > limit:
         raise ValueError(
             f"permits must be <= the capacity ({limit:g}) or it could never succeed, "
