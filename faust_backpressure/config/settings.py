@@ -15,11 +15,21 @@ from typing import Any, Literal
 
 from faust_backpressure.config.validation import check_int, check_number
 
-__all__ = ["BackpressureSettings", "OnLimit"]
+__all__ = ["BackpressureSettings", "OnLimit", "effective_restore_lag"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
 _ON_LIMIT = ("wait", "shed")
+
+
+def effective_restore_lag(restore_lag: int | None, max_consumer_lag: int,
+                          scaling_threshold: int) -> int:
+    """Lag under which throttled rates are restored: ``restore_lag`` when set, else half of
+    ``max_consumer_lag`` capped at ``scaling_threshold`` (between it and ``scaling_threshold``
+    the rate holds, so throttling does not flap)."""
+    if restore_lag is not None:
+        return restore_lag
+    return min(max_consumer_lag // 2, scaling_threshold)
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,8 @@ class BackpressureSettings:
     def effective_restore_lag(self) -> int:
         """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` (the guide's
         rule) capped at ``scaling_threshold``, unless ``restore_lag`` is set."""
-        if self.restore_lag is not None:
-            return self.restore_lag
-        return min(self.max_consumer_lag // 2, self.scaling_threshold)
+        return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
+                                     self.scaling_threshold)
 
     def replace(self, **changes: Any) -> BackpressureSettings:
         """A copy with ``changes`` applied (validated)."""

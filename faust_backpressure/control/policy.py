@@ -32,6 +32,7 @@ import enum
 from dataclasses import dataclass, fields
 
 from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config.settings import effective_restore_lag
 from faust_backpressure.config.validation import check_int, check_number
 from faust_backpressure.limiters.base import check_rate
 
@@ -90,7 +91,8 @@ class BackpressureThresholds:
     restore_step: float = 0.1
     emergency_rate: float = 1.0
     #: Restore only below this lag; between it and ``scaling_threshold`` the rate holds
-    #: (hysteresis). ``None``: ``scaling_threshold`` (no holding band).
+    #: (hysteresis). ``None``: ``min(max_consumer_lag // 2, scaling_threshold)``, as in the
+    #: settings (with the default thresholds that is ``scaling_threshold``: no holding band).
     restore_lag: int | None = None
 
     @classmethod
@@ -107,7 +109,8 @@ class BackpressureThresholds:
 
     @property
     def effective_restore_lag(self) -> int:
-        return self.scaling_threshold if self.restore_lag is None else self.restore_lag
+        return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
+                                     self.scaling_threshold)
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -134,7 +135,6 @@ def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
 
 
 def test_thresholds_from_settings_and_the_holding_band() -> None:
-    from faust_backpressure.config import BackpressureSettings
 
     assert BackpressureThresholds.from_settings(BackpressureSettings()) == \
         BackpressureThresholds(restore_lag=5_000)  # the guide's numbers
@@ -148,3 +148,10 @@ def test_thresholds_from_settings_and_the_holding_band() -> None:
     assert controller.decide(sample(1_400)).rate == pytest.approx(900)  # below: restore
     with pytest.raises(ValueError, match="restore_lag"):
         BackpressureThresholds(restore_lag=6_000)
+
+
+def test_thresholds_and_settings_share_one_restore_lag_rule() -> None:
+    t = BackpressureThresholds(backlog_cleared_lag=100, scaling_threshold=4_000,
+                               max_consumer_lag=6_000, critical_lag=12_000)
+    s = BackpressureSettings(max_consumer_lag=6_000, scaling_threshold=4_000)
+    assert t.effective_restore_lag == s.effective_restore_lag == 3_000
