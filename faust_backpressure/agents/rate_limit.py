@@ -30,7 +30,6 @@ from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
-from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -57,8 +56,7 @@ class RateLimitGate:
         self.limiter = limiter
         self.on_limit = on_limit
         self.cost = cost
-        self.name = name or limiter_name(limiter)
-        self.capacity = limiter_capacity(limiter)
+        self.name = name or limiter.name
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
@@ -69,6 +67,11 @@ class RateLimitGate:
         self.shed_now = False
         #: Events let through without permits because Faust stopped the flow while they waited.
         self.overdrafts = 0
+
+    @property
+    def capacity(self) -> float:
+        """The most permits one request to the limiter may ask for (larger ones are split)."""
+        return self.limiter.max_permits
 
     # -- installing on a stream --------------------------------------------------------------
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from faust_backpressure.limiters import (
@@ -13,7 +12,7 @@ from faust_backpressure.limiters import (
 )
 from faust_backpressure.tables import RateLimiterFactory
 
-__all__ = ["LimiterSpec", "limiter_capacity", "limiter_name", "resolve_limiter"]
+__all__ = ["LimiterSpec", "resolve_limiter"]
 
 #: A limiter object, a limiter id (shared by id across workers) or multi-tier specs.
 LimiterSpec = RateLimitingStrategy | str | Iterable[TierSpec]
@@ -41,30 +40,3 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
     raise TypeError(f"limiter must be a RateLimitingStrategy, an id string or tier specs, "
                     f"got {spec!r}")
 
-
-def limiter_name(limiter: RateLimitingStrategy) -> str:
-    """A label for headers and logs: the limiter's id when it has one."""
-    for attr in ("rate_limiter_id", "limiter_id", "id"):
-        value = getattr(limiter, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(limiter).__name__
-
-
-def limiter_capacity(limiter: RateLimitingStrategy) -> float:
-    """The most permits one request may ask for (a batch larger than this is split)."""
-    value = getattr(limiter, "max_tokens", None)
-    if isinstance(value, (int, float)) and value >= 1:
-        return float(value)
-    tiers = getattr(limiter, "tiers", None)
-    if isinstance(tiers, Mapping) and tiers:
-        return min(limiter_capacity(tier) for tier in tiers.values())
-    probe = getattr(limiter, "_max_permits", None)
-    if callable(probe):
-        try:
-            cap = probe()
-        except NotImplementedError:
-            return math.inf
-        if isinstance(cap, (int, float)) and cap >= 1:
-            return float(cap)
-    return math.inf

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
-from faust_backpressure.agents.resolve import limiter_name
 from faust_backpressure.limiters import RateLimitingStrategy
 
 if TYPE_CHECKING:
@@ -35,10 +34,10 @@ def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
         if id(limiter) in seen:
             continue
         seen.add(id(limiter))
-        label, n = limiter_name(limiter), 1
+        label, n = limiter.name, 1
         while label in labelled:
             n += 1
-            label = f"{limiter_name(limiter)}#{n}"
+            label = f"{limiter.name}#{n}"
         labelled[label] = limiter
     return labelled
 

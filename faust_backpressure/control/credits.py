@@ -106,6 +106,15 @@ class CreditBasedFlowController:
         return 0.0 if permits <= self._credits else math.inf
 
     @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The window: a request for more could never be served."""
+        return float(self.window)
+
+    @property
     def current_rate_limit(self) -> float:
         """The window (records outstanding at most), in the protocol's rate slot."""
         return float(self.window)

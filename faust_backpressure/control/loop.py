@@ -31,7 +31,6 @@ import psutil
 from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
-from faust_backpressure.agents.resolve import limiter_name
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -84,7 +83,7 @@ class ControlLoop:
                  baseline_rate: float | None = None, name: str | None = None,
                  shed_on_critical: bool = False) -> None:
         self.limiter = limiter
-        self.name = name or limiter_name(limiter)
+        self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
         self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
         self.controller = BackpressureController(

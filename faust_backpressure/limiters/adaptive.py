@@ -149,6 +149,15 @@ class AdaptiveRateLimiter:
         return self.inner.time_until_available(permits)
 
     @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The inner limiter's: the rate changes here, the capacity does not."""
+        return self.inner.max_permits
+
+    @property
     def current_rate_limit(self) -> float:
         return self.inner.current_rate_limit
 

@@ -73,7 +73,16 @@ class RateLimitingStrategy(Protocol):
 
     ``time_until_available(n) == 0.0`` means ``n`` permits exist right now; it
     ignores callers queued in ``acquire()`` (``try_acquire`` refuses while any wait).
+    ``name`` labels the limiter in logs, headers and metrics (its id when it has one);
+    ``max_permits`` is the most one request may ask for (``math.inf``: no fixed bound),
+    so callers split larger requests.
     """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_permits(self) -> float: ...
 
     def try_acquire(self, permits: int = 1) -> bool: ...
 
@@ -278,6 +287,16 @@ class LimiterBase(ABC):
         frac = min(1.0, max(0.0, (now - (end - uw)) / uw))
         estimate = prev * (1.0 - frac) + cur
         return min(1.0, estimate / (self.current_rate_limit * uw))
+
+    @property
+    def name(self) -> str:
+        """A label for logs, headers and metrics: the class name unless a subclass has an id."""
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The most permits one request may ask for (the capacity)."""
+        return self._max_permits()
 
     @property
     def queued_waiters(self) -> int:

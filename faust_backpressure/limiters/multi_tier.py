@@ -217,6 +217,11 @@ class MultiTierRateLimiter(LimiterBase):
         return out
 
     @property
+    def max_permits(self) -> float:
+        """The smallest tier's ``max_permits``: the most one request could ever get."""
+        return min(tier.max_permits for tier in self._tiers.values())
+
+    @property
     def tiers(self) -> Mapping[str, RateLimitingStrategy]:
         """Read-only mapping name -> tier limiter, in check order."""
         return self._tiers_view

@@ -19,3 +19,30 @@ def test_the_factory_creates_distributed_limiters_by_the_guides_names() -> None:
     assert factory.create_with_kafka_storage == factory.create_distributed
     assert callable(factory.create_multi_tier_distributed)
     assert callable(factory.create_in_memory)  # the in-memory ones are still there
+
+
+def test_every_limiter_says_its_name_and_largest_request() -> None:
+    from faust_backpressure.control import CreditBasedFlowController
+    from faust_backpressure.limiters import (
+        AdaptiveRateLimiter,
+        LeakyBucketRateLimiter,
+        MultiTierRateLimiter,
+        SlidingWindowRateLimiter,
+        TokenBucketRateLimiter,
+    )
+    from faust_backpressure.tables import DistributedRateLimiter
+
+    bucket = TokenBucketRateLimiter(10, 20, rate_limiter_id="api")
+    cases = {
+        bucket: ("api", 20),
+        TokenBucketRateLimiter(10, 20): ("TokenBucketRateLimiter", 20),
+        LeakyBucketRateLimiter(10, 5): ("LeakyBucketRateLimiter", 5),
+        SlidingWindowRateLimiter(30, 1.0): ("SlidingWindowRateLimiter", 30),
+        MultiTierRateLimiter([("a", 100, 100), ("b", 10, 7)]): ("MultiTierRateLimiter", 7),
+        AdaptiveRateLimiter(bucket, min_rate=1, max_rate=100): ("AdaptiveRateLimiter", 20),
+        CreditBasedFlowController(window=12): ("CreditBasedFlowController", 12),
+        DistributedRateLimiter("orders", 10, 40): ("orders", 40),
+    }
+    for limiter, (name, max_permits) in cases.items():
+        assert isinstance(limiter, faust_backpressure.RateLimitingStrategy)
+        assert (limiter.name, limiter.max_permits) == (name, max_permits), limiter
