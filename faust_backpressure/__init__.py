@@ -18,6 +18,7 @@ from faust_backpressure.limiters import (
     Clock,
     LeakyBucketRateLimiter,
     MultiTierRateLimiter,
+    RateLimiterFactory,
     RateLimiterStats,
     RateLimitingStrategy,
     RateLimitTimeout,
@@ -26,11 +27,7 @@ from faust_backpressure.limiters import (
     TierSpec,
     TokenBucketRateLimiter,
 )
-from faust_backpressure.tables import (
-    DistributedRateLimiter,
-    DistributedRateLimiterFactory,
-    RateLimiterFactory,
-)
+from faust_backpressure.tables import DistributedRateLimiter, DistributedRateLimiterFactory
 
 __version__ = "0.1.0"
 

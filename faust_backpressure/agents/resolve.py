@@ -10,7 +10,7 @@ from faust_backpressure.limiters import (
     RateLimitingStrategy,
     TierSpec,
 )
-from faust_backpressure.tables import RateLimiterFactory
+from faust_backpressure.tables import DistributedRateLimiterFactory
 
 __all__ = ["LimiterSpec", "resolve_limiter"]
 
@@ -24,7 +24,7 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
 
     * a limiter object (token bucket, multi-tier, distributed, ...) is used as is;
     * a string is a limiter **id**: the distributed limiter shared by that id by every worker
-      of the app (``tables.RateLimiterFactory.create_distributed``); it needs
+      of the app (``DistributedRateLimiterFactory.create_distributed``); it needs
       ``tokens_per_second`` (``burst_capacity`` defaults to one second of tokens);
     * an iterable of ``(name, tokens_per_second, burst_capacity)`` is a multi-tier limiter.
     """
@@ -34,7 +34,8 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
         if tokens_per_second is None:
             raise ValueError(f"limiter id {spec!r} needs tokens_per_second")
         burst = tokens_per_second if burst_capacity is None else burst_capacity
-        return RateLimiterFactory.create_distributed(app, spec, tokens_per_second, burst)
+        return DistributedRateLimiterFactory.create_distributed(app, spec, tokens_per_second,
+                                                                burst)
     if isinstance(spec, Iterable):
         return MultiTierRateLimiter(list(spec))
     raise TypeError(f"limiter must be a RateLimitingStrategy, an id string or tier specs, "

@@ -14,8 +14,14 @@ def test_limiters_implement_the_common_protocol() -> None:
     assert limiter.try_acquire(10) and not limiter.try_acquire()
 
 
-def test_the_factory_creates_distributed_limiters_by_the_guides_names() -> None:
-    factory = faust_backpressure.RateLimiterFactory
+def test_each_factory_is_exported_under_its_own_name() -> None:
+    from faust_backpressure import limiters, tables
+
+    assert faust_backpressure.RateLimiterFactory is limiters.RateLimiterFactory
+    assert not hasattr(faust_backpressure.RateLimiterFactory, "create_distributed")
+    factory = faust_backpressure.DistributedRateLimiterFactory
+    assert factory is tables.DistributedRateLimiterFactory
+    assert not hasattr(tables, "RateLimiterFactory")
     assert factory.create_with_kafka_storage == factory.create_distributed
     assert callable(factory.create_multi_tier_distributed)
     assert callable(factory.create_in_memory)  # the in-memory ones are still there
