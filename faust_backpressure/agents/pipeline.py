@@ -101,10 +101,9 @@ class Pipeline:
         self.dlq = self._topic(dlq_name, raw=True)
         self.gate = (None if limiter is None else
                      RateLimitGate(app, limiter, on_limit=on_limit,
-                                   shed_topic_suffix=settings.shed_topic_suffix))
+                                   shed_topic_suffix=settings.shed_topic_suffix,
+                                   agent_name=f"pipeline:{name}"))
         fun = self._run if self.gate is None else self.gate(self._run)
-        if self.gate is not None:
-            self.gate.agent_name = f"pipeline:{name}"
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 

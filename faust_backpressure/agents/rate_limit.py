@@ -49,7 +49,8 @@ class RateLimitGate:
 
     def __init__(self, app: AppT, limiter: RateLimitingStrategy, *, on_limit: OnLimit = "wait",
                  cost: CostFunction | None = None, shed_topic: str | TopicT | None = None,
-                 shed_topic_suffix: str = "-shed", name: str | None = None) -> None:
+                 shed_topic_suffix: str = "-shed", name: str | None = None,
+                 agent_name: str | None = None) -> None:
         if on_limit not in ("wait", "shed"):
             raise ValueError(f"on_limit must be 'wait' or 'shed', got {on_limit!r}")
         self.app = app
@@ -60,7 +61,8 @@ class RateLimitGate:
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
-        self.agent_name = ""
+        #: The gated agent, for logs and shed headers (the decorated function's name if None).
+        self.agent_name = agent_name or ""
         self.waits = 0
         self.shed = 0
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
@@ -249,7 +251,8 @@ class RateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
-        self.agent_name = getattr(fun, "__qualname__", repr(fun))
+        if not self.agent_name:
+            self.agent_name = getattr(fun, "__qualname__", repr(fun))
 
         @functools.wraps(fun)
         def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ from faust_backpressure.limiters import (
     TierSpec,
 )
 from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables.service import find_channel
 
 __all__ = ["LimiterSpec", "resolve_limiter"]
 
@@ -24,13 +25,18 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
 
     * a limiter object (token bucket, multi-tier, distributed, ...) is used as is;
     * a string is a limiter **id**: the distributed limiter shared by that id by every worker
-      of the app (``DistributedRateLimiterFactory.create_distributed``); it needs
+      of the app, the one this process already has for that id, else a new one
+      (``DistributedRateLimiterFactory.create_distributed``), which needs
       ``tokens_per_second`` (``burst_capacity`` defaults to one second of tokens);
     * an iterable of ``(name, tokens_per_second, burst_capacity)`` is a multi-tier limiter.
     """
     if isinstance(spec, RateLimitingStrategy):
         return spec
     if isinstance(spec, str):
+        channel = find_channel(app)
+        known = None if channel is None else channel.limiters.get(spec)
+        if known is not None:
+            return known
         if tokens_per_second is None:
             raise ValueError(f"limiter id {spec!r} needs tokens_per_second")
         burst = tokens_per_second if burst_capacity is None else burst_capacity

@@ -26,7 +26,7 @@ from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.service import broker_bootstrap
+from faust_backpressure.tables.service import broker_bootstrap, find_channel
 
 __all__ = ["Backpressure", "installed"]
 
@@ -60,7 +60,6 @@ class Backpressure:
         self.settings = settings if settings is not None else BackpressureSettings.from_env()
         self.pipelines: dict[str, Pipeline] = {}
         self.gates: list[RateLimitGate] = []
-        self._limiters: dict[str, RateLimitingStrategy] = {}
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         _INSTALLED[app] = self
@@ -76,14 +75,9 @@ class Backpressure:
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:
-        """A limiter object, a shared limiter by id (cached: one per id per app), or tiers."""
-        if isinstance(spec, str) and spec in self._limiters:
-            return self._limiters[spec]
-        limiter = resolve_limiter(self.app, spec, tokens_per_second=tokens_per_second,
-                                  burst_capacity=burst_capacity)
-        if isinstance(spec, str):
-            self._limiters[spec] = limiter
-        return limiter
+        """A limiter object, a shared limiter by id (one per id per app), or tiers."""
+        return resolve_limiter(self.app, spec, tokens_per_second=tokens_per_second,
+                               burst_capacity=burst_capacity)
 
     def rate_limit(self, limiter: LimiterSpec, *, tokens_per_second: float | None = None,
                    burst_capacity: float | None = None, on_limit: OnLimit | None = None,
@@ -143,8 +137,8 @@ class Backpressure:
             interval=self.settings.monitoring_interval if interval is None else interval,
             thresholds=(BackpressureThresholds.from_settings(self.settings)
                         if thresholds is None else thresholds),
-            baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical))
-        loop.gate_source = self.all_gates
+            baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical,
+            gates=self.all_gates))
         return loop
 
     def all_gates(self) -> list[RateLimitGate]:
@@ -166,8 +160,9 @@ class Backpressure:
 
     @property
     def registered_limiters(self) -> list[RateLimitingStrategy]:
-        """Limiters made from ids or specs by :meth:`limiter` (one per id)."""
-        return list(self._limiters.values())
+        """The app's limiters shared by id (one per id, however they were made)."""
+        channel = find_channel(self.app)
+        return [] if channel is None else list(channel.limiters.values())
 
     @property
     def control_loops(self) -> dict[str, ControlLoop]:

@@ -81,7 +81,8 @@ class ControlLoop:
                  downstream_group: str, downstream_topics: Sequence[str],
                  interval: float, thresholds: BackpressureThresholds | None = None,
                  baseline_rate: float | None = None, name: str | None = None,
-                 shed_on_critical: bool = False) -> None:
+                 shed_on_critical: bool = False,
+                 gates: Callable[[], Iterable[RateLimitGate]] = tuple) -> None:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
@@ -91,7 +92,7 @@ class ControlLoop:
             thresholds)
         self.shed_on_critical = shed_on_critical
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
-        self.gate_source: Callable[[], Iterable[RateLimitGate]] = tuple
+        self.gates = gates
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
         self.decisions: list[PressureDecision] = []
         self.last_decision: PressureDecision | None = None
@@ -106,7 +107,7 @@ class ControlLoop:
             cpu=psutil.cpu_percent(interval=None) / 100.0)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             shed = self.last_sample.lag > self.controller.thresholds.critical_lag
-            for gate in self.gate_source():
+            for gate in self.gates():
                 if gate.limiter is not self.limiter:
                     continue
                 if gate.shed_now != shed:

@@ -39,7 +39,7 @@ from faust_backpressure.tables.messages import (
     encode,
 )
 
-__all__ = ["TABLE_NAME", "LimiterChannel", "limiter_channel"]
+__all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +246,11 @@ def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:
     if channel is None:
         channel = _channels[app] = LimiterChannel(app, **options)
     return channel
+
+
+def find_channel(app: Any) -> LimiterChannel | None:
+    """The app's channel if a distributed limiter declared it; declares nothing."""
+    try:
+        return _channels.get(app)
+    except TypeError:  # not an app (cannot be weakly referenced)
+        return None
