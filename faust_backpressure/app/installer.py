@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +15,9 @@ from faust_backpressure.agents import (
     RateLimitGate,
     resolve_limiter,
 )
+from faust_backpressure.app.cli import register_commands
+from faust_backpressure.app.registry import register
+from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.control import (
     BackpressureThresholds,
@@ -28,18 +30,9 @@ from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.service import broker_bootstrap, find_channel
 
-__all__ = ["Backpressure", "installed"]
+__all__ = ["Backpressure"]
 
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
-_INSTALLED: weakref.WeakKeyDictionary[AppT, Backpressure] = weakref.WeakKeyDictionary()
-
-
-def installed(app: AppT) -> Backpressure:
-    """The :class:`Backpressure` installed on ``app`` (for the CLI)."""
-    try:
-        return _INSTALLED[app]
-    except KeyError:
-        raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}") from None
 
 
 class Backpressure:
@@ -62,14 +55,11 @@ class Backpressure:
         self.gates: list[RateLimitGate] = []
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
-        _INSTALLED[app] = self
+        register(app, self)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).
         install_faust_seam(app)
         app.task(self._declare_topics)
-        from faust_backpressure.app.cli import register_commands
-        from faust_backpressure.app.views import register_views
-
         register_commands()
         register_views(self)
 

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.app.registry import Installation
 from faust_backpressure.limiters import RateLimitingStrategy
-
-if TYPE_CHECKING:
-    from faust_backpressure.app.installer import Backpressure
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
 
-def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
+def _limiters(bp: Installation) -> dict[str, RateLimitingStrategy]:
     """Every limiter the app uses, by a unique label (its id, or class name #n)."""
     found: list[RateLimitingStrategy] = [
         *bp.registered_limiters, *(g.limiter for g in bp.all_gates()),
@@ -42,7 +40,7 @@ def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
     return labelled
 
 
-def snapshot(bp: Backpressure) -> dict[str, Any]:
+def snapshot(bp: Installation) -> dict[str, Any]:
     """This worker's state, JSON-ready."""
     limiters = _limiters(bp)
     label_of = {id(limiter): label for label, limiter in limiters.items()}
@@ -146,7 +144,7 @@ def render_prometheus(state: dict[str, Any], prefix: str = "faust_backpressure_"
     return "\n".join(lines) + "\n"
 
 
-def register_views(bp: Backpressure) -> None:
+def register_views(bp: Installation) -> None:
     """Add the two pages to ``bp.app`` (served when the worker runs its web server)."""
 
     @bp.app.page("/backpressure/")

@@ -79,3 +79,28 @@ def test_only_the_seam_touches_private_attributes(layer: str) -> None:
         assert not _foreign_private_attributes(path), \
             f"{path.name} reaches into {sorted(_foreign_private_attributes(path))}: " \
             "move it to faust_backpressure/faust_seam.py"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_modules_import_each_other_without_cycles() -> None:
+    """A package importing its own children (re-exports) is not a cycle; anything else is."""
+    graph = {_module(path): {name for name in _imports(path)
+                             if name.startswith("faust_backpressure")}
+             for path in PACKAGE.rglob("*.py")}
+
+    def related(a: str, b: str) -> bool:
+        return a.startswith(b + ".") or b.startswith(a + ".")
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in graph.get(module, ()):
+            if related(module, dep):
+                continue
+            assert dep not in path, f"import cycle: {' -> '.join([*path, dep])}"
+            visit(dep, [*path, dep])
+
+    for module in graph:
+        visit(module, [module])
