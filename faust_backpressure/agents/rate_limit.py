@@ -33,6 +33,7 @@ from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.kafka import raw_topic
 
 __all__ = ["CostFunction", "RateLimitGate", "rate_limited"]
 
@@ -178,9 +179,7 @@ class RateLimitGate:
             spec = self._shed_topic_spec
             if spec is None:
                 spec = source + self._shed_topic_suffix
-            topic = spec if not isinstance(spec, str) else self.app.topic(
-                spec, key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw")
+            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
             self._shed_topics[source] = topic
         return topic
 

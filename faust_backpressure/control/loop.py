@@ -42,6 +42,7 @@ from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
+from faust_backpressure.tables.kafka import raw_topic
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 
@@ -149,9 +150,7 @@ class ControlLoops:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
         partitions = int(app.conf.topic_partitions)
-        self.pressure_topic = app.topic(f"{app.conf.id}-fbp-pressure", key_type=bytes,
-                                        value_type=bytes, key_serializer="raw",
-                                        value_serializer="raw", internal=True,
+        self.pressure_topic = raw_topic(app, f"{app.conf.id}-fbp-pressure", internal=True,
                                         partitions=partitions)
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
