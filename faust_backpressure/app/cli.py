@@ -9,7 +9,7 @@ import click
 
 from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app.registry import installed
-from faust_backpressure.tables.service import broker_bootstrap
+from faust_backpressure.tables.kafka import broker_bootstrap
 
 __all__ = ["backpressure", "register_commands"]
 

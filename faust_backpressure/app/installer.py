@@ -28,7 +28,8 @@ from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.service import broker_bootstrap, find_channel
+from faust_backpressure.tables.kafka import broker_bootstrap
+from faust_backpressure.tables.service import find_channel
 
 __all__ = ["Backpressure"]
 

@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from faust_backpressure.faust_seam import force_metadata_update
+
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
            "produce"]
 
@@ -154,5 +156,5 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(parts)
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {topic} not found")
-        await consumer._client.force_metadata_update()
+        await force_metadata_update(consumer)
         await asyncio.sleep(0.1)
