@@ -47,7 +47,6 @@ class BackpressureSettings:
     scaling_threshold: int = 5_000
     restore_lag: int | None = None
     monitoring_interval: float = 5.0
-    dynamic_rebalancing: bool = True
     on_limit: OnLimit = "wait"
     dlq_topic_suffix: str = "-dlq"
     shed_topic_suffix: str = "-shed"
@@ -97,8 +96,6 @@ def _parse(type_name: Any, raw: str) -> Any:
     reports it with the setting's constraint (one error message per setting)."""
     text = raw.strip()
     kind = str(type_name)
-    if kind == "bool":
-        return _BOOLS.get(text.lower(), raw)
     if kind.startswith("int"):
         if kind.endswith("None") and text.lower() in ("", "none"):
             return None
@@ -112,10 +109,6 @@ def _parse(type_name: Any, raw: str) -> Any:
         except ValueError:
             return raw
     return text
-
-
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
 
 
 def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
@@ -135,9 +128,6 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("retry_backoff", 0, strict=False)
     number("retry_backoff_max", 0, strict=False)
     number("replay_rate", 0, strict=True)
-    if not isinstance(s.dynamic_rebalancing, bool):
-        raise ValueError(f"{name('dynamic_rebalancing')} must be a boolean, "
-                         f"got {s.dynamic_rebalancing!r}")
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")
