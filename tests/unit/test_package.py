@@ -52,3 +52,42 @@ def test_every_limiter_says_its_name_and_largest_request() -> None:
     for limiter, (name, max_permits) in cases.items():
         assert isinstance(limiter, faust_backpressure.RateLimitingStrategy)
         assert (limiter.name, limiter.max_permits) == (name, max_permits), limiter
+
+
+SUBPACKAGES = ("agents", "app", "config", "control", "limiters", "tables")
+
+
+def _annotation_names(obj: object) -> set[str]:
+    import inspect
+    import re
+
+    signature = inspect.signature(obj)  # type: ignore[arg-type]
+    texts = [str(p.annotation) for p in signature.parameters.values()]
+    texts.append(str(signature.return_annotation))
+    return {word for text in texts for word in re.findall(r"[A-Za-z_]\w*", text)}
+
+
+def test_the_types_in_the_installers_signatures_are_exported() -> None:
+    """What ``Backpressure``'s methods take and return can be imported from the package."""
+    import importlib
+
+    ours = {name for sub in SUBPACKAGES
+            for name in importlib.import_module(f"faust_backpressure.{sub}").__all__}
+    installer = faust_backpressure.Backpressure
+    used: set[str] = set()
+    for name, member in vars(installer).items():
+        if name.startswith("_") and name != "__init__":
+            continue
+        if isinstance(member, property):
+            member = member.fget
+        if callable(member):
+            used |= _annotation_names(member) & ours
+    assert {"LimiterSpec", "CostFunction", "OnLimit", "ControlLoop", "BackpressureThresholds",
+            "CreditBasedFlowController", "Pipeline"} <= used
+    assert used <= set(faust_backpressure.__all__), used - set(faust_backpressure.__all__)
+
+
+def test_internals_are_not_exported() -> None:
+    for name in ("ControlLoops", "WorkerSample", "LagProbe", "CreditFlow", "LimiterChannel",
+                 "resolve_limiter"):
+        assert name not in faust_backpressure.__all__
