@@ -1,4 +1,4 @@
-"""Typed settings of faust-backpressure, with the reference guide's defaults.
+"""Typed settings of faust-backpressure and their defaults.
 
 ``BackpressureSettings()`` gives the defaults; ``BackpressureSettings.from_env()`` reads
 ``FAUST_BP_<FIELD>`` variables (e.g. ``FAUST_BP_MAX_CONSUMER_LAG=20000``). Invalid values raise
@@ -36,9 +36,10 @@ def effective_restore_lag(restore_lag: int | None, max_consumer_lag: int,
 class BackpressureSettings:
     """Settings read by every layer (limiters, tables, agents, app).
 
-    Lag thresholds and the monitoring interval are the reference guide's
-    ``BackpressureConfiguration`` (``MaxConsumerLag`` 10000, ``ScalingThreshold`` 5000,
-    ``MonitoringInterval`` 5 s); rates are restored below
+    The control loop throttles a limiter while the downstream lag is above
+    ``scaling_threshold`` (5,000 records), treats a lag above ``max_consumer_lag`` (10,000) with
+    a fully used limiter, or above twice it, as an emergency, and samples every
+    ``monitoring_interval`` (5 s). Rates are restored below
     ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
     (hysteresis, so throttling does not flap).
     """
@@ -61,8 +62,8 @@ class BackpressureSettings:
 
     @property
     def effective_restore_lag(self) -> int:
-        """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` (the guide's
-        rule) capped at ``scaling_threshold``, unless ``restore_lag`` is set."""
+        """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` capped at
+        ``scaling_threshold``, unless ``restore_lag`` is set."""
         return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
                                      self.scaling_threshold)
 

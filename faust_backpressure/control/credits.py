@@ -1,10 +1,10 @@
 """Credit-based flow control: at most ``window`` records outstanding downstream. Pure, no I/O.
 
-Credits are buffer slots downstream, not time (the reference guide's
-``FlinkCreditBasedFlowController``): the downstream stage's backlog is announced from time to
-time, and the upstream may send ``window - backlog`` records until the next announcement. With
-no announcement no credit comes back, so a stalled downstream stops the upstream after one
-window. It speaks the limiter protocol, so a gate or a pipeline takes it as its limiter.
+Credits are buffer slots downstream, not time (as in Apache Flink's network flow control):
+the downstream stage's backlog is announced from time to time, and the upstream may send
+``window - backlog`` records until the next announcement. With no announcement no credit comes
+back, so a stalled downstream stops the upstream after one window. It speaks the limiter
+protocol, so a gate or a pipeline takes it as its limiter.
 
 Example::
 

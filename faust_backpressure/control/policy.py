@@ -2,8 +2,9 @@
 
 A limiter protects a downstream stage; the control loop samples that stage's consumer lag,
 the limiter's utilization and CPU once per interval and asks :class:`BackpressureController`
-what the limiter's rate should be. Thresholds are the reference guide's (see
-``docs/control-loop.md``), checked in this order:
+what the limiter's rate should be. Lags are in records; the default thresholds are 1,000
+(backlog cleared), 5,000 (scaling), 10,000 (maximum) and 20,000 (critical). Checked in this
+order:
 
 * emergency: lag above ``critical_lag``, or utilization above ``emergency_utilization`` with
   lag above ``max_consumer_lag``: the rate drops to ``emergency_rate`` (near zero, never zero)
@@ -47,7 +48,7 @@ __all__ = [
 
 
 class BackpressureSeverity(enum.IntEnum):
-    """How hard the downstream is pushing back (the reference guide's four levels)."""
+    """How hard the downstream is pushing back, from none to drowning (see ``CircuitState``)."""
 
     NORMAL = 0
     WARNING = 1
@@ -77,7 +78,9 @@ class PressureSample:
 
 @dataclass(frozen=True, slots=True)
 class BackpressureThresholds:
-    """The policy's knobs; defaults are the reference guide's."""
+    """The policy's knobs: lags in records, utilization and CPU as shares of 1, factors that
+    multiply the rate, ``restore_step`` as a share of the baseline, ``emergency_rate`` in
+    permits per second."""
 
     scaling_threshold: int = 5_000
     max_consumer_lag: int = 10_000
@@ -98,9 +101,9 @@ class BackpressureThresholds:
     @classmethod
     def from_settings(cls, settings: BackpressureSettings) -> BackpressureThresholds:
         """From the app's settings: ``max_consumer_lag``, ``scaling_threshold`` and the
-        effective ``restore_lag``; the critical lag is twice the maximum (the guide's 20,000
-        for 10,000) and the backlog counts as cleared under a fifth of the scaling threshold
-        (the guide's 1,000 for 5,000)."""
+        effective ``restore_lag``; the critical lag is twice the maximum (20,000 for the
+        default 10,000) and the backlog counts as cleared under a fifth of the scaling
+        threshold (1,000 for the default 5,000)."""
         return cls(max_consumer_lag=settings.max_consumer_lag,
                    scaling_threshold=settings.scaling_threshold,
                    critical_lag=2 * settings.max_consumer_lag,

@@ -7,7 +7,7 @@ import pytest
 from faust_backpressure.config import BackpressureSettings
 
 
-def test_defaults_follow_the_reference_guide() -> None:
+def test_defaults() -> None:
     s = BackpressureSettings()
     assert (s.max_consumer_lag, s.scaling_threshold, s.monitoring_interval) == (10_000, 5_000, 5.0)
     assert s.effective_restore_lag == 5_000  # MaxConsumerLag / 2

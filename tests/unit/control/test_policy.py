@@ -24,7 +24,7 @@ def sample(lag: int, utilization: float = 0.5, cpu: float = 0.1) -> PressureSamp
     return PressureSample(lag=lag, utilization=utilization, cpu=cpu)
 
 
-def test_defaults_are_the_reference_guides() -> None:
+def test_default_thresholds() -> None:
     t = BackpressureThresholds()
     assert (t.backlog_cleared_lag, t.scaling_threshold, t.max_consumer_lag, t.critical_lag) == \
         (1_000, 5_000, 10_000, 20_000)
@@ -137,7 +137,7 @@ def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
 def test_thresholds_from_settings_and_the_holding_band() -> None:
 
     assert BackpressureThresholds.from_settings(BackpressureSettings()) == \
-        BackpressureThresholds(restore_lag=5_000)  # the guide's numbers
+        BackpressureThresholds(restore_lag=5_000)  # above the default 5,000
     t = BackpressureThresholds.from_settings(BackpressureSettings(
         max_consumer_lag=4_000, scaling_threshold=2_000, restore_lag=1_500))
     assert (t.critical_lag, t.backlog_cleared_lag, t.effective_restore_lag) == (8_000, 400, 1_500)
