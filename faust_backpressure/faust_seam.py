@@ -181,6 +181,8 @@ class OffsetGuard:
     """
 
     expected: dict[TP, int] = field(default_factory=dict)
+    #: tp -> the first offset read while nothing of tp was committed: where to re-read from
+    origin: dict[TP, int] = field(default_factory=dict)
     #: tp -> (offset sought back to, batch number of the fetch that saw the jump)
     verifying: dict[TP, tuple[int, int]] = field(default_factory=dict)
     rereads: int = 0
@@ -201,6 +203,10 @@ class OffsetGuard:
             del self.verifying[tp]
 
     def forget(self, tps: Iterable[TP]) -> None:
+        """``tps`` were revoked. Their origin stays: Faust revokes every partition at each
+        rebalance (eager protocol) and a retained one with nothing committed must still be
+        re-read from it (an origin of a partition that moved is only used if nothing of it
+        was committed in between, and re-reading from it is safe)."""
         for tp in tps:
             self.expected.pop(tp, None)
             self.verifying.pop(tp, None)
@@ -208,6 +214,8 @@ class OffsetGuard:
     def check(self, tp: TP, offset: int, batch: int) -> tuple[str, int]:
         """``(ACCEPT, offset)``, ``(REREAD, from_offset)`` or ``(GAP, first_missing)``."""
         expected = self.expected.get(tp)
+        if expected is None:
+            self.origin.setdefault(tp, offset)
         if expected is None or offset == expected:
             self.expected[tp] = offset + 1
             self.verifying.pop(tp, None)
@@ -281,8 +289,20 @@ class _GuardedConsumer:
 
     async def perform_seek(self) -> None:
         await super().perform_seek()  # type: ignore[misc]
+        guard = self.offset_guard
         for tp in self.assignment():  # type: ignore[attr-defined]
-            self.offset_guard.reset(tp, self._read_offset.get(tp))
+            position = self._read_offset.get(tp)  # the committed offset (0 included) or None
+            if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
+                # aiokafka seeks only to committed offsets > 0: a partition with nothing (or
+                # 0) committed kept reading where the dropped buffer ended, past records
+                # never processed. Re-read from the first record this worker read.
+                if position is None:
+                    position = guard.origin.get(tp)
+                if position is not None:
+                    guard.origin[tp] = position
+                    await self.seek(tp, position)
+                    continue
+            guard.reset(tp, position)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust is about to clear every stream buffer: nothing is buffered any more.
@@ -319,6 +339,8 @@ class _GuardedConsumer:
                 gaps.chop(0, max(filled[-1], max_offset + 1))
         acked.sort()
         committed = self._committed_offset[tp]
+        if committed is None:  # nothing committed yet: the first offset read must come first
+            committed = self.offset_guard.origin.get(tp)
         if committed is not None and acked[0] > committed:
             return None
         batch = next(consecutive_numbers(acked))

@@ -50,3 +50,16 @@ def test_a_stale_pressure_drop_does_not_resume_a_partition_during_a_rebalance(
     consumer.app.rebalancing = False
     consumer.resume_partitions({tp})  # Faust, after seeking to the committed offset
     assert tp in consumer._get_active_partitions()
+
+
+def test_with_nothing_committed_the_commit_waits_for_the_first_offset_read(
+        tmp_path: Path) -> None:
+    # A partition with no committed offset kept reading past a dropped buffer (aiokafka does
+    # not seek to "no offset"); Faust then committed past the records it never processed.
+    consumer = _consumer(tmp_path, "guard-origin")
+    consumer.offset_guard.origin[tp] = 0
+    consumer._acked[tp].extend([497, 498])
+    assert consumer._committed_offset[tp] is None
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp].extend(range(0, 497))
+    assert consumer._new_offset(tp) == 499

@@ -94,3 +94,14 @@ def test_tested_faust_versions_pass_quietly(found: str) -> None:
 def test_other_faust_versions_warn(found: str) -> None:
     with pytest.warns(FaustVersionWarning, match=found):
         check_faust_version(found)
+
+
+def test_the_first_offset_read_without_a_known_position_is_the_origin() -> None:
+    guard = OffsetGuard()
+    assert guard.check(tp, 0, batch=1)[0] == OffsetGuard.ACCEPT
+    guard.check(tp, 1, batch=1)
+    guard.reset(tp, None)  # a rebalance with nothing committed: position unknown again
+    guard.check(tp, 500, batch=2)
+    assert guard.origin[tp] == 0  # not 500: re-reading must start at the first record read
+    guard.forget([tp])  # revoked (Faust revokes all at every rebalance): the origin stays
+    assert guard.origin[tp] == 0 and tp not in guard.expected

@@ -1,7 +1,9 @@
 """A pipeline worker for the process-level tests: source -> check -> sink, failures -> DLQ.
 
 Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
-FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds).
+FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds),
+FBP_RATE (a per-worker token bucket of that rate, burst = rate), FBP_LIMITER_ID ("id:rate:burst":
+a distributed limiter instead).
 """
 
 import os
@@ -9,6 +11,8 @@ import os
 import faust
 
 from faust_backpressure.app import Backpressure
+from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.testing.settings import fast_faust_settings
 
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
@@ -26,6 +30,15 @@ def check(value: bytes) -> bytes:
     return value
 
 
+limiter = None
+if os.environ.get("FBP_RATE"):
+    rate = float(os.environ["FBP_RATE"])
+    limiter = TokenBucketRateLimiter(rate, rate)
+elif os.environ.get("FBP_LIMITER_ID"):
+    lid, rate_text, burst_text = os.environ["FBP_LIMITER_ID"].split(":")
+    limiter = DistributedRateLimiterFactory.create_distributed(
+        app, lid, float(rate_text), float(burst_text))
+
 pipeline = bp.pipeline("ids", source=os.environ["FBP_SOURCE"], sink=os.environ["FBP_SINK"],
                        dlq=os.environ["FBP_DLQ"], process=check, max_retries=1,
-                       retry_backoff=0.01)
+                       retry_backoff=0.01, limiter=limiter)
