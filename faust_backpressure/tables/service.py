@@ -21,11 +21,10 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
-from faust.types import AppT
 from mode import Service
 
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
+from faust_backpressure.tables.kafka import broker_bootstrap, partition_for_key, raw_topic
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.messages import (
@@ -49,11 +48,6 @@ OWNER_AGENT = "fbp-limiter-owner"
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
 
 
-def broker_bootstrap(app: AppT) -> str:
-    """``host:port,...`` of the app's brokers (for plain aiokafka clients)."""
-    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
-
-
 class LimiterChannel:
     """Per app: the state table, request and grant topics, the owner agent and the limiters."""
 
@@ -66,11 +60,10 @@ class LimiterChannel:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         prefix = app.conf.id
         # internal: Faust creates them with these partition counts before subscribing.
-        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "internal": True,
-                               "key_serializer": "raw", "value_serializer": "raw"}
-        self.request_topic = app.topic(f"{prefix}-fbp-limiter-requests",
-                                       partitions=self.partitions, **raw)
-        self.grant_topic = app.topic(f"{prefix}-fbp-limiter-grants", partitions=1, **raw)
+        self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
+                                       partitions=self.partitions)
+        self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
+                                     partitions=1)
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str)
         # Requests, grants and the owner's state are control traffic, never part of an input
@@ -115,7 +108,7 @@ class LimiterChannel:
         try:
             message = decode_request(key, value, self.secret)
             assert key is not None
-            if (murmur2(key) & 0x7FFFFFFF) % self.partitions != partition:
+            if partition_for_key(key, self.partitions) != partition:
                 raise RejectedRecord("record is on the wrong partition for its key")
         except RejectedRecord as exc:
             self._reject(exc, partition)
@@ -156,7 +149,7 @@ class LimiterChannel:
         log.warning("fbp-limiter: rejected record on partition %d (limiter %r): %s",
                     partition, exc.limiter_id, exc.reason)
         lid = exc.limiter_id
-        if lid and (murmur2(lid.encode()) & 0x7FFFFFFF) % self.partitions == partition:
+        if lid and partition_for_key(lid.encode(), self.partitions) == partition:
             record = self.table.get(lid)
             if record is not None:
                 ledger = LimiterLedger.from_record(record)
