@@ -54,7 +54,7 @@ class DistributedRateLimiter(LimiterBase):
 
     __slots__ = ("_attempted", "_burst", "_config", "_counters", "_demand_since", "_epoch",
                  "_inflight", "_lease_expiry", "_lease_id", "_lease_tokens", "_low_water",
-                 "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wall",
+                 "_next_request_at", "_pending", "_rate", "_seq", "_wall",
                  "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
                  "wakeup", "worker_id")
 
@@ -99,7 +99,6 @@ class DistributedRateLimiter(LimiterBase):
         self._seq = itertools.count(1)
         self._attempted = 0
         self._wanted = False
-        self._rtt = 0.01
         self._counters = LeaseCounters()
         super().__init__(clock, utilization_window)
         self._demand_since = clock()
@@ -256,7 +255,6 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
         self._next_request_at = now + grant.retry_after
-        self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.last_sent)
         self._counters.grants += 1
         self._counters.granted_tokens += grant.tokens
         if grant.epoch >= self._epoch and not self._pending:
