@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -71,6 +72,8 @@ class LimiterChannel:
         install(app)
         mark_control_topic(app, self.changelog_topic_name)
         self.limiters: dict[str, DistributedRateLimiter] = {}
+        #: Per limiter id, the event its keeper sleeps on (made when the keeper starts).
+        self.wakeups: dict[str, asyncio.Event] = {}
         self.owned: set[str] = set()
         self.rejected = 0
         self.service: _ChannelService | None = None
@@ -90,6 +93,14 @@ class LimiterChannel:
     @property
     def changelog_topic_name(self) -> str:
         return f"{self.app.conf.id}-{TABLE_NAME}-changelog"
+
+    def wakeup(self, limiter_id: str) -> Callable[[], None]:
+        """For the limiter's constructor: wakes its keeper (once started) to send a request."""
+        def wake() -> None:
+            event = self.wakeups.get(limiter_id)
+            if event is not None:
+                event.set()
+        return wake
 
     def add(self, limiter: DistributedRateLimiter) -> DistributedRateLimiter:
         known = self.limiters.get(limiter.rate_limiter_id)
@@ -217,8 +228,7 @@ class _ChannelService(Service):
                     self.channel.deliver(record.value)
 
     async def _keeper(self, limiter: DistributedRateLimiter) -> None:
-        wake = asyncio.Event()
-        limiter.wakeup = wake.set
+        wake = self.channel.wakeups[limiter.rate_limiter_id] = asyncio.Event()
         while not self.should_stop:
             wake.clear()
             message = limiter.poll()
