@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from faust_backpressure.tables.fairshare import max_min_fair
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
@@ -33,11 +33,34 @@ class LedgerStats:
     commands: int = 0
 
 
+class _Lease(NamedTuple):
+    """Tokens a worker holds until ``expires`` (persisted as a JSON list in this order)."""
+
+    lease_id: str
+    outstanding: float
+    expires: float
+
+
+class _GrantRecord(NamedTuple):
+    """What was granted for one request id, so that a retry gets the same answer (persisted
+    as a JSON list in this order)."""
+
+    at: float
+    lease_id: str
+    tokens: int
+    renews: str | None
+    retry_after: float
+    epoch: int
+    rate: float
+    burst: float
+    ttl: float
+
+
 @dataclass(slots=True)
 class _Worker:
     demand: float
     seen: float
-    leases: list[list[Any]] = field(default_factory=list)  # [lease_id, outstanding, expires]
+    leases: list[_Lease] = field(default_factory=list)
 
 
 class LimiterLedger:
@@ -62,7 +85,7 @@ class LimiterLedger:
         self.refilled_at = now
         self.seq = 0
         self.workers: dict[str, _Worker] = {}
-        self.requests: dict[str, list[Any]] = {}  # request_id -> [at, grant fields...]
+        self.requests: dict[str, _GrantRecord] = {}  # by request_id
         self.commands: dict[str, float] = {}
         self.stats = LedgerStats()
 
@@ -91,15 +114,16 @@ class LimiterLedger:
         return self.burst * self._scale(now)
 
     def outstanding(self) -> float:
-        return float(sum(lease[1] for w in self.workers.values() for lease in w.leases))
+        return float(sum(lease.outstanding for w in self.workers.values()
+                         for lease in w.leases))
 
     # -- time -----------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
         """Expire leases in expiry order and refill up to ``burst - outstanding`` in between."""
         rate, burst = self.effective_rate(now), self.effective_burst(now)
-        expiring = sorted((lease[2], id(lease), lease, w) for w in self.workers.values()
-                          for lease in w.leases if lease[2] <= now)
+        expiring = sorted((lease.expires, id(lease), lease, w) for w in self.workers.values()
+                          for lease in w.leases if lease.expires <= now)
         held = self.outstanding()
         t = self.refilled_at
         tokens = self.tokens
@@ -107,7 +131,7 @@ class LimiterLedger:
             if expires > t:
                 tokens = min(tokens + rate * (expires - t), burst - held)
                 t = expires
-            held -= lease[1]
+            held -= lease.outstanding
             worker.leases.remove(lease)
         if now > t:  # a new owner whose clock is behind does not refill backwards
             tokens = min(tokens + rate * (now - t), burst - held)
@@ -119,7 +143,7 @@ class LimiterLedger:
     def _prune(self, now: float) -> None:
         keep = self.retention
         if self.requests:
-            self.requests = {k: v for k, v in self.requests.items() if now - v[0] <= keep}
+            self.requests = {k: v for k, v in self.requests.items() if now - v.at <= keep}
         if self.commands:
             self.commands = {k: v for k, v in self.commands.items() if now - v <= keep}
         window = self.demand_window
@@ -159,8 +183,8 @@ class LimiterLedger:
 
         carried, renews = 0.0, None
         for lease in worker.leases:
-            if lease[0] == req.lease_id:
-                carried, renews = min(req.unspent, lease[1]), lease[0]
+            if lease.lease_id == req.lease_id:
+                carried, renews = min(req.unspent, lease.outstanding), lease.lease_id
                 worker.leases.remove(lease)
                 break
         want = min(max(0.0, req.requested - carried), burst - carried)
@@ -171,7 +195,7 @@ class LimiterLedger:
         self.seq += 1
         lease_id = f"{self.seq}"
         if carried + tokens > 0:
-            worker.leases.append([lease_id, carried + tokens, now + self.lease_ttl])
+            worker.leases.append(_Lease(lease_id, carried + tokens, now + self.lease_ttl))
         else:
             renews = None
         if tokens > share * period + 1:
@@ -188,15 +212,16 @@ class LimiterLedger:
             self.stats.denied += 1
             retry_after = period / 4.0
         retry_after = min(max(retry_after, period / 8.0), period)
-        self.requests[req.request_id] = [now, lease_id, tokens, renews, retry_after,
-                                         self.epoch, self.rate, self.burst, self.lease_ttl]
-        return self._grant_from(req, self.requests[req.request_id])
+        record = self.requests[req.request_id] = _GrantRecord(
+            now, lease_id, tokens, renews, retry_after, self.epoch, self.rate, self.burst,
+            self.lease_ttl)
+        return self._grant_from(req, record)
 
-    def _grant_from(self, req: LeaseRequest, rec: list[Any]) -> Grant:
-        _, lease_id, tokens, renews, retry_after, epoch, rate, burst, ttl = rec
+    def _grant_from(self, req: LeaseRequest, rec: _GrantRecord) -> Grant:
         return Grant(request_id=req.request_id, limiter_id=self.limiter_id,
-                     worker_id=req.worker_id, lease_id=lease_id, tokens=tokens, ttl=ttl,
-                     renews=renews, retry_after=retry_after, epoch=epoch, rate=rate, burst=burst)
+                     worker_id=req.worker_id, lease_id=rec.lease_id, tokens=rec.tokens,
+                     ttl=rec.ttl, renews=rec.renews, retry_after=rec.retry_after,
+                     epoch=rec.epoch, rate=rec.rate, burst=rec.burst)
 
     def apply_command(self, cmd: Command, now: float) -> Ack | None:
         """Apply ``update_rate`` / ``reset`` once per command id; ``None`` if stale."""
@@ -229,8 +254,11 @@ class LimiterLedger:
             "initial_tokens": self.initial_tokens, "max_clock_skew": self.max_clock_skew,
             "epoch": self.epoch, "tokens": self.tokens, "refilled_at": self.refilled_at,
             "seq": self.seq,
-            "workers": {wid: [w.demand, w.seen, w.leases] for wid, w in self.workers.items()},
-            "requests": self.requests, "commands": self.commands,
+            # Leases and grant records as plain JSON lists, in their fields' order.
+            "workers": {wid: [w.demand, w.seen, [list(lease) for lease in w.leases]]
+                        for wid, w in self.workers.items()},
+            "requests": {k: list(v) for k, v in self.requests.items()},
+            "commands": self.commands,
             "stats": {name: getattr(self.stats, name) for name in LedgerStats.__slots__},
         }
 
@@ -245,9 +273,9 @@ class LimiterLedger:
         ledger.epoch = record["epoch"]
         ledger.tokens = record["tokens"]
         ledger.seq = record["seq"]
-        ledger.workers = {wid: _Worker(d, s, [list(lease) for lease in leases])
+        ledger.workers = {wid: _Worker(d, s, [_Lease(*lease) for lease in leases])
                           for wid, (d, s, leases) in record["workers"].items()}
-        ledger.requests = {k: list(v) for k, v in record["requests"].items()}
+        ledger.requests = {k: _GrantRecord(*v) for k, v in record["requests"].items()}
         ledger.commands = dict(record["commands"])
         ledger.stats = LedgerStats(**record["stats"])
         return ledger

@@ -58,6 +58,11 @@ def test_retry_returns_the_recorded_grant_never_a_second_one() -> None:
     recovered = LimiterLedger.from_record(json.loads(json.dumps(ledger.to_record())))
     assert recovered.handle_lease(request("r1"), 0.5) == first
     assert recovered.stats.granted == first.tokens
+    # The persisted format is plain lists (records written before names were given load too).
+    record = ledger.to_record()
+    (lease,) = record["workers"]["w1"][2]
+    assert type(lease) is list and lease[:2] == [first.lease_id, first.tokens]
+    assert type(record["requests"]["r1"]) is list and len(record["requests"]["r1"]) == 9
 
 
 def test_stale_and_future_requests_are_rejected() -> None:
