@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka demo test lint bench broker-start broker-stop clean
+.PHONY: install kafka demo test lint bench chaos broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: kafka
 	$(PY) bench/limiters.py
 	$(PY) bench/distributed.py
 	$(PY) bench/agent_overhead.py
+
+# The full chaos run (not in CI): 100,000 records, 3 SIGKILLs, a 20 s broker outage, both modes.
+chaos: kafka
+	$(PY) bench/chaos.py
 
 broker-start: kafka
 	$(PY) -m faust_backpressure.testing.broker start

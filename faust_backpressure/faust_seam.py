@@ -40,10 +40,11 @@ from typing import Any
 
 from faust.sensors import Sensor
 from faust.streams import current_event
-from faust.transport.consumer import TransactionManager
+from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED, TransactionManager
 from faust.types import TP, AppT, Message, StreamT
 from faust.types.enums import ProcessingGuarantee
 from faust.utils.functional import consecutive_numbers
+from mode import Service
 
 __all__ = [
     "TESTED_FAUST",
@@ -202,6 +203,11 @@ class OffsetGuard:
         if pending is not None and pending[0] != offset:
             del self.verifying[tp]
 
+    def start(self, tp: TP, offset: int) -> None:
+        """The first fetch of ``tp`` since its position was unknown starts at ``offset``."""
+        self.expected[tp] = offset
+        self.origin.setdefault(tp, offset)
+
     def forget(self, tps: Iterable[TP]) -> None:
         """``tps`` were revoked. Their origin stays: Faust revokes every partition at each
         rebalance (eager protocol) and a retained one with nothing committed must still be
@@ -244,6 +250,9 @@ class _GuardedConsumer:
     _committed_offset: Any
     _read_offset: Any
     _buffered_partitions: set[TP]
+    _active_partitions: set[TP] | None
+    _paused_partitions: set[TP]
+    _on_partitions_revoked: Callable[[set[TP]], Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -304,11 +313,39 @@ class _GuardedConsumer:
                     continue
             guard.reset(tp, position)
 
+    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        # Faust is about to clear every stream buffer: nothing is buffered any more.
-        self._buffered_partitions.clear()
+        """Faust's, except that the revoked partitions' acks and committed offsets are dropped
+        *after* the app's revoke handler, not before it: that handler lets the events in
+        progress finish and commits, and without them it could not commit what was acked
+        before the rebalance (at most it committed past it, without a committed offset to
+        compare with). Under exactly_once those outputs then stayed in the open transaction,
+        the events ran again after the rebalance, and both copies were committed together."""
+        self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
         self.offset_guard.forget(revoked)
-        await super().on_partitions_revoked(revoked)  # type: ignore[misc]
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        try:
+            await self._on_partitions_revoked(revoked)
+        finally:
+            for tp in revoked:
+                self._gap.pop(tp, None)
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._committed_offset.pop(tp, None)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Where each partition's reading starts is where the broker's first fetch starts
+        (Faust drops fetched records of a paused partition, and the rest of a fetch when the
+        generation changes: records the guard would otherwise never see)."""
+        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        guard = self.offset_guard
+        for tp, batch in records.items():
+            if batch and tp not in guard.expected and self._guarded(tp.topic):
+                guard.start(tp, batch[0].offset)
+        return records
 
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking

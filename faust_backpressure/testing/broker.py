@@ -15,6 +15,8 @@ Example::
 
     with LocalKafkaBroker() as broker:
         print(broker.bootstrap_servers)   # 127.0.0.1:<free port>
+        broker.halt()                     # an outage: stopped, data dir kept (kill=True: SIGKILL)
+        broker.restart()                  # same ports, same data: topics, offsets, transactions
 """
 
 from __future__ import annotations
@@ -146,8 +148,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _port_bindable(port: int) -> bool:
+    """Whether a listener could bind ``127.0.0.1:port`` now (as the broker does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_id(raw: bytes | None = None) -> str:
+    """A KRaft cluster id: 22 base64url characters of 16 random bytes (or of ``raw``).
+
+    Kafka's ``StorageTool`` reads an id starting with ``-`` as an option (``argument
+    --cluster-id/-t: expected one argument``); base64url gives a leading ``-`` when the first
+    6 bits are 62, i.e. 1 id in 64. Clearing the top bit of the first byte keeps the first
+    character in ``A``..``f`` (indexes 0-31), so no id can start with ``-`` or ``_``.
+    """
+    data = bytearray(uuid.uuid4().bytes if raw is None else raw)
+    if len(data) != 16:
+        raise ValueError(f"a cluster id is made of 16 bytes, got {len(data)}")
+    data[0] &= 0x7F
+    return base64.urlsafe_b64encode(bytes(data)).decode().rstrip("=")
 
 
 def _die_with_parent() -> None:
@@ -214,6 +238,9 @@ class LocalKafkaBroker:
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
+        #: Fixed for the broker's life: a restart finds its storage formatted with this id.
+        self.cluster_id = _cluster_id()
+        self.starts = 0
 
     @property
     def bootstrap_servers(self) -> str:
@@ -249,7 +276,16 @@ class LocalKafkaBroker:
         }
         return "".join(f"{k}={v}\n" for k, v in settings.items())
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def formatted(self) -> bool:
+        return (self.data_dir / "logs" / "meta.properties").exists()
+
     def start(self, timeout: float = 90.0) -> LocalKafkaBroker:
+        """Format the storage (first start only) and start the broker; wait until it answers."""
         java = _require_tool("java", "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre`)")
         libs = ensure_kafka_jars(self.version)
         began = time.monotonic()
@@ -257,14 +293,17 @@ class LocalKafkaBroker:
         props = self.data_dir / "server.properties"
         props.write_text(self._properties())
         classpath = f"{libs}/*"
-        fmt = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-             "-c", str(props), "--ignore-formatted"],
-            capture_output=True, text=True, check=False,
-        )
-        if fmt.returncode != 0:
-            raise BrokerError(f"formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
-        log = self.log_path.open("wb")
+        if not self.formatted:
+            fmt = subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", self.cluster_id, "-c", str(props), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(
+                    f"formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+        # Appended: a restarted broker's log follows the one of its previous life.
+        log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              "-Djava.awt.headless=true", "-cp", classpath, "kafka.Kafka", str(props)],
@@ -273,6 +312,7 @@ class LocalKafkaBroker:
             start_new_session=True,
         )
         log.close()
+        self.starts += 1
         try:
             wait_for_broker(self.bootstrap_servers, timeout, self.proc, self.log_path)
         except BaseException:
@@ -281,19 +321,63 @@ class LocalKafkaBroker:
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, keep_data: bool = False, kill: bool = False,
+             timeout: float = 15.0) -> None:
+        """Stop the broker: SIGTERM (a clean shutdown; SIGKILL after ``timeout``) or SIGKILL.
+
+        The data dir is removed when the broker made it, unless ``keep_data`` (see
+        :meth:`restart`).
+        """
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            if not kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)  # a paused broker cannot shut down
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    kill = True
+            if kill:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self._own_data_dir:
+        if self._own_data_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def halt(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        """Stop the broker keeping its data dir, to :meth:`restart` it later (an outage)."""
+        self.stop(keep_data=True, kill=kill, timeout=timeout)
+
+    def restart(self, timeout: float = 90.0) -> LocalKafkaBroker:
+        """Start a halted broker again on the same ports with the same data dir.
+
+        Topics, records, committed offsets and transaction state are those of the data dir
+        (what a SIGKILL had not flushed, Kafka recovers from its logs as after a crash).
+        Blocks until the broker answers; from a coroutine: ``await asyncio.to_thread(...)``.
+        """
+        if self.running:
+            raise BrokerError("the broker is running: halt() it before restart()")
+        if not self.formatted:
+            raise BrokerError(f"{self.data_dir} holds no formatted broker storage to restart")
+        for port in (self.port, self.controller_port):
+            if not _port_bindable(port):
+                raise BrokerError(f"port {port} was taken while the broker was down")
+        return self.start(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing answers (a hung broker)."""
+        if not self.running:
+            raise BrokerError("the broker is not running")
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        if not self.running:
+            raise BrokerError("the broker is not running")
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def __enter__(self) -> LocalKafkaBroker:
         return self.start()

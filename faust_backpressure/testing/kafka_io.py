@@ -15,7 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust_backpressure.faust_seam import force_metadata_update
 
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
-           "produce"]
+           "produce", "read_to_end"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -110,6 +110,39 @@ async def consume(bootstrap: str, topic: str, *,
     finally:
         await consumer.stop()
     return records
+
+
+async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted",
+                      timeout: float = 60.0) -> list[Record]:
+    """Everything in ``topic`` from the beginning to its end offsets as of the call.
+
+    With ``isolation_level="read_committed"`` the end is the last stable offset and only
+    committed transactional records are returned. For a topic whose record count is not known
+    in advance (duplicates, a DLQ). Raises ``TimeoutError`` if the end is not reached in time.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None,
+                                isolation_level=isolation_level)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                return records
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: end offsets not reached after {timeout:.0f} s; "
+                                   f"read {len(records)} records")
+            batch = await consumer.getmany(*behind, timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

@@ -63,3 +63,21 @@ def test_with_nothing_committed_the_commit_waits_for_the_first_offset_read(
     assert consumer._new_offset(tp) is None
     consumer._acked[tp].extend(range(0, 497))
     assert consumer._new_offset(tp) == 499
+
+
+async def test_the_revoke_handler_still_sees_what_was_acked_before_the_rebalance(
+        tmp_path: Path) -> None:
+    # Faust drops a revoked partition's acks before the app's handler commits; that commit
+    # could then not include events acked before the rebalance.
+    consumer = _consumer(tmp_path, "guard-revoke")
+    consumer._committed_offset[tp] = 100
+    consumer._acked[tp].extend([100, 101, 102])
+    seen: list[int | None] = []
+
+    async def app_handler(revoked: set[TP]) -> None:
+        seen.append(consumer._new_offset(tp))
+
+    consumer._on_partitions_revoked = app_handler
+    await consumer.on_partitions_revoked({tp})
+    assert seen == [103]
+    assert tp not in consumer._acked and consumer._committed_offset.get(tp) is None

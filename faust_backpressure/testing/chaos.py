@@ -1,0 +1,609 @@
+"""A chaos scenario: a rate-limited pipeline on real workers through crashes and a broker outage.
+
+One module for both sizes: the CI test (``tests/integration/chaos/``, :meth:`ChaosPlan.ci`) and
+``make chaos`` (``bench/chaos.py``, :meth:`ChaosPlan.full`).
+
+What runs: ``plan.workers`` real ``faust worker`` processes of
+:mod:`faust_backpressure.testing.chaos_app` (``bp.pipeline`` IN -> OUT, DLQ, a distributed limiter
+at ``plan.rate``/s, burst ``plan.burst``, ``max_retries``), IN with ``plan.partitions`` partitions,
+``plan.records`` records with unique ids (every ``fail_every``-th marked to fail in ``process``,
+``not_json`` not JSON). Records are fed so that about ``lead_seconds`` of the limit is always
+waiting: the limiter is saturated the whole run and every fault meets a backlog.
+
+Faults, each when its fraction of the ids has come out (OUT or DLQ), one after the other (a fault
+waits until the previous one has recovered, or ``recover_timeout``):
+
+* ``kill``: SIGKILL of a worker, restarted at once with the same data dir (``wipe``: its RocksDB
+  dir deleted first);
+* ``outage``: the broker stopped (SIGTERM, or SIGKILL with ``broker_kill``), started again
+  ``seconds`` later on the same ports with the same data.
+
+A worker that exits by itself is restarted (as a supervisor would) and counted.
+
+The run ends when the group's committed offsets on IN reach its end offsets (everything is
+processed as far as Kafka knows; nothing more can come out) or nothing has come out for
+``stall_timeout``. Then OUT and the DLQ are read from the start (``read_committed`` in
+exactly_once) and every id is accounted for: see :class:`ChaosResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import random
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from faust_backpressure.agents import headers as h
+from faust_backpressure.testing.broker import LocalKafkaBroker
+from faust_backpressure.testing.kafka_io import (
+    Record,
+    committed_offsets,
+    create_topics,
+    end_offsets,
+    produce,
+    read_to_end,
+)
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+
+__all__ = ["APP", "GUARANTEES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport", "LostId",
+           "format_table", "run_chaos", "worst_window"]
+
+APP = "faust_backpressure.testing.chaos_app"
+GUARANTEES = ("at_least_once", "exactly_once")
+Guarantee = Literal["at_least_once", "exactly_once"]
+#: Spans (seconds) over which the limiter's bound ``rate*span + burst`` is checked.
+BOUND_SPANS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault (see the module docstring)."""
+
+    kind: Literal["kill", "outage"]
+    at: float
+    worker: int = 0
+    wipe: bool = False
+    seconds: float = 10.0
+
+    def describe(self) -> str:
+        if self.kind == "kill":
+            return f"SIGKILL w{self.worker}" + (" + wipe" if self.wipe else "")
+        return f"broker down {self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    guarantee: Guarantee
+    records: int = 10_000
+    partitions: int = 6
+    workers: int = 3
+    rate: float = 1500.0
+    burst: float = 1500.0
+    fail_every: int = 100
+    not_json: int = 50
+    max_retries: int = 2
+    faults: tuple[Fault, ...] = ()
+    broker_kill: bool = False
+    lead_seconds: float = 2.0
+    stall_timeout: float = 60.0
+    recover_timeout: float = 60.0
+    #: Allowed excess over ``rate*span + burst``, as a fraction of it: the timestamps are taken
+    #: when ``process`` runs, a little after the gate admitted the event.
+    bound_slack: float = 0.02
+    seed: int = 0
+
+    @classmethod
+    def ci(cls, guarantee: Guarantee) -> ChaosPlan:
+        """10,000 records, 3 workers, 500/s (the limit, not the CPU, paces a CI machine);
+        SIGKILL + restart at 25 %, broker down 10 s at 60 %."""
+        return cls(guarantee, rate=500.0, burst=500.0, faults=(Fault("kill", 0.25, worker=1),
+                                      Fault("outage", 0.60, seconds=10.0)))
+
+    @classmethod
+    def full(cls, guarantee: Guarantee, seed: int) -> ChaosPlan:
+        """100,000 records; 3 SIGKILLs at random moments (one wipes the worker's RocksDB dir
+        before its restart), the broker down 20 s at a random moment."""
+        rng = random.Random(seed)
+        kills = [Fault("kill", round(rng.uniform(0.08, 0.92), 3), worker=rng.randrange(3))
+                 for _ in range(3)]
+        wiped = rng.randrange(3)
+        kills[wiped] = Fault("kill", kills[wiped].at, worker=kills[wiped].worker, wipe=True)
+        outage = Fault("outage", round(rng.uniform(0.2, 0.8), 3), seconds=20.0)
+        faults = tuple(sorted([*kills, outage], key=lambda f: f.at))
+        return cls(guarantee, records=100_000, faults=faults, seed=seed, stall_timeout=90.0,
+                   recover_timeout=90.0)
+
+    def record(self, n: int) -> tuple[bytes, bytes]:
+        """Key (the id) and value of record ``n``."""
+        rid = f"r{n:06d}"
+        if self.is_not_json(n):
+            return rid.encode(), f"<not json> {rid}".encode()
+        return rid.encode(), json.dumps({"id": rid, "fail": self.is_failing(n)}).encode()
+
+    def is_not_json(self, n: int) -> bool:
+        return self.not_json > 0 and n % max(1, self.records // self.not_json) == 3
+
+    def is_failing(self, n: int) -> bool:
+        return self.fail_every > 0 and n % self.fail_every == 7 and not self.is_not_json(n)
+
+
+@dataclass
+class FaultReport:
+    fault: Fault
+    progress: float  # fraction of ids out when injected
+    injected_at: float  # wall clock
+    restarted_at: float  # worker restarted / broker answering again
+    worker: str = ""
+    recovery: float | None = None  # restart -> first admission (kill); back -> progress (outage)
+
+    def describe(self, started: float = 0.0) -> str:
+        text = f"{self.fault.describe()} @{self.progress:.0%}"
+        if started:
+            text += (f" (t={self.injected_at - started:.1f} s, back "
+                     f"t={self.restarted_at - started:.1f} s)")
+        return text
+
+
+@dataclass(frozen=True)
+class LostId:
+    id: str
+    partition: int
+    offset: int
+    committed: int | None  # the group's committed offset of that partition at the end
+
+
+@dataclass
+class ChaosResult:
+    plan: ChaosPlan
+    commit: str
+    records_in: int = 0
+    out_records: int = 0
+    dlq_records: int = 0
+    lost: list[LostId] = field(default_factory=list)
+    #: id -> copies beyond the first, over OUT and the DLQ together.
+    duplicates: dict[str, int] = field(default_factory=dict)
+    #: ids of records that had to fail and are in the DLQ without their reason (or wrong stage).
+    bad_without_reason: list[str] = field(default_factory=list)
+    #: good records that went to the DLQ (not lost, but not in OUT either).
+    misrouted: dict[str, str] = field(default_factory=dict)
+    #: span -> (most admissions in any window of that span, the bound rate*span + burst).
+    bound: dict[float, tuple[int, float]] = field(default_factory=dict)
+    faults: list[FaultReport] = field(default_factory=list)
+    worker_exits: list[str] = field(default_factory=list)
+    #: worker -> its most frequent ERROR/CRITICAL log lines (normalized) with their counts.
+    log_errors: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: Where the duplicates come from: per input partition, offsets, writers, times.
+    duplicate_origins: list[str] = field(default_factory=list)
+    stalled: bool = False
+    started: float = 0.0  # wall clock when feeding began; times in the report count from it
+    seconds: float = 0.0
+    workdir: str = ""
+
+    @property
+    def duplicated(self) -> int:
+        return sum(self.duplicates.values())
+
+    @property
+    def bound_violations(self) -> list[str]:
+        slack = 1.0 + self.plan.bound_slack
+        return [f"{n} admitted in {span:g} s > {limit:.0f}" for span, (n, limit)
+                in sorted(self.bound.items()) if n > limit * slack]
+
+    @property
+    def bound_peak(self) -> float:
+        """The largest share of the bound used over any window (1.0 = exactly at it)."""
+        return max((n / limit for n, limit in self.bound.values()), default=0.0)
+
+    def problems(self) -> list[str]:
+        """Why the run does not pass (empty: it passes)."""
+        out = []
+        if self.lost:
+            # Skipped: the group committed past them; never processed: the commit is stuck below.
+            skipped = [x for x in self.lost if x.committed is not None and x.committed > x.offset]
+            shown = ", ".join(f"{x.id}@p{x.partition}:{x.offset} (committed {x.committed})"
+                              for x in (skipped or self.lost)[:20])
+            out.append(f"{len(self.lost)} ids lost (in neither OUT nor the DLQ; "
+                       f"{len(skipped)} behind the group's committed offset, "
+                       f"{len(self.lost) - len(skipped)} at or after it): {shown}")
+        if self.plan.guarantee == "exactly_once" and self.duplicates:
+            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
+                       "committed): " + "; ".join(self.duplicate_origins))
+        if self.bad_without_reason:
+            out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
+                       f"{self.bad_without_reason[:20]}")
+        if self.bound_violations:
+            out.append("limiter bound exceeded: " + "; ".join(self.bound_violations))
+        for report in self.faults:
+            if report.fault.kind == "outage" and report.recovery is None:
+                out.append(f"processing did not resume after {report.describe()}")
+        if self.stalled:
+            out.append(f"stalled: nothing came out for {self.plan.stall_timeout:g} s and the "
+                       "group's commits never reached the end of IN")
+        return out
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+class _Tracker:
+    """Reads OUT and the DLQ (uncommitted: every admission shows) while the scenario runs."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        self.bootstrap = bootstrap
+        self.topics = list(topics)
+        self.seen: set[bytes] = set()
+        #: (time of admission, worker) of every output and dead letter seen, duplicates included.
+        self.admissions: list[tuple[float, str]] = []
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in self.topics
+                   for p in sorted(consumer.partitions_for_topic(t) or
+                                   await _wait_partitions(consumer, t))]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning()
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self._add(record)
+                if batch:
+                    self.changed.set()
+        finally:
+            await consumer.stop()
+
+    def _add(self, record: Record) -> None:
+        if record.key is not None:
+            self.seen.add(record.key)
+        admitted = _admission(record)
+        if admitted is not None:
+            self.admissions.append(admitted)
+
+    def first_admission(self, worker: str | None, after: float) -> float | None:
+        times = [t for t, w in self.admissions if t > after and (worker is None or w == worker)]
+        return min(times, default=None)
+
+
+async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    deadline = time.monotonic() + 30
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} not found")
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return set(consumer.partitions_for_topic(topic) or ())
+
+
+def _admission(record: Record) -> tuple[float, str] | None:
+    """When the gate let this record's event through (an OUT's ``at``; a DLQ's first failure)."""
+    headers = dict(record.headers)
+    if h.FIRST_FAILURE in headers:
+        return datetime.fromisoformat(headers[h.FIRST_FAILURE].decode()).timestamp(), ""
+    try:
+        body = json.loads(record.value or b"")
+        return float(body["at"]), str(body["worker"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def worst_window(times: Sequence[float], span: float) -> int:
+    """Most of the sorted ``times`` in any closed interval ``[t, t + span]``."""
+    return max((bisect.bisect_right(times, t + span) - i for i, t in enumerate(times)),
+               default=0)
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """``<short sha>`` of the checkout (``-dirty`` with uncommitted changes), or ``unknown``."""
+    where = repo or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+class _Run:
+    def __init__(self, plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path,
+                 log: Callable[[str], None], cwd: Path | None) -> None:
+        self.plan = plan
+        self.broker = broker
+        self.bootstrap = broker.bootstrap_servers
+        self.workdir = workdir
+        self.log = log
+        tag = f"{plan.guarantee.replace('_', '-')}-{time.time_ns() % 10**10}"
+        self.app_id = f"chaos-{tag}"
+        self.source, self.sink, self.dlq = (f"chaos-in-{tag}", f"chaos-out-{tag}",
+                                            f"chaos-dlq-{tag}")
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "FBP_APP_ID": self.app_id,
+               "FBP_SOURCE": self.source, "FBP_SINK": self.sink, "FBP_DLQ": self.dlq,
+               "FBP_GUARANTEE": plan.guarantee, "FBP_MAX_RETRIES": str(plan.max_retries),
+               "FBP_LIMITER": f"chaos:{plan.rate:g}:{plan.burst:g}"}
+        self.workers = [FaustWorker(APP, name=f"w{i}", env=env, data_dir=workdir / f"w{i}",
+                                    cwd=cwd) for i in range(plan.workers)]
+        self.tracker = _Tracker(self.bootstrap, [self.sink, self.dlq])
+        self.result = ChaosResult(plan, git_commit(), workdir=str(workdir))
+        self.produced = 0
+
+    async def commits_at_end(self) -> bool:
+        try:
+            ends = await end_offsets(self.bootstrap, self.source)
+            commits = await committed_offsets(self.bootstrap, self.app_id, self.source)
+        except Exception:
+            return False
+        return all(commits.get(p, -1) >= end for p, end in ends.items())
+
+    async def feed(self, count: int) -> None:
+        batch = [self.plan.record(n) for n in range(self.produced, self.produced + count)]
+        await produce(self.bootstrap, self.source, batch)
+        self.produced += count
+
+    def supervise(self) -> None:
+        for worker in self.workers:
+            if worker.proc is not None and not worker.alive:
+                code = worker.proc.poll()
+                progress = len(self.tracker.seen) / self.plan.records
+                self.result.worker_exits.append(
+                    f"{worker.name} exit {code} at {progress:.0%} "
+                    f"(t={time.time() - self.result.started:.1f} s)")
+                self.log(f"chaos: {worker.name} exited with {code}; restarting it")
+                worker.start()
+
+    def recovered(self, report: FaultReport) -> bool:
+        worker = report.worker or None
+        return self.tracker.first_admission(worker, report.restarted_at) is not None
+
+    async def inject(self, fault: Fault) -> FaultReport:
+        progress = len(self.tracker.seen) / self.plan.records
+        injected = time.time()
+        if fault.kind == "kill":
+            worker = self.workers[fault.worker]
+            self.log(f"chaos: SIGKILL {worker.name} at {progress:.0%}")
+            worker.kill()
+            if fault.wipe:
+                shutil.rmtree(worker.data_dir / "state", ignore_errors=True)
+            restarted = time.time()
+            worker.start()
+            return FaultReport(fault, progress, injected, restarted, worker=worker.name)
+        self.log(f"chaos: broker down at {progress:.0%} for {fault.seconds:g} s")
+        await asyncio.to_thread(self.broker.halt, kill=self.plan.broker_kill)
+        await asyncio.sleep(fault.seconds)  # the outage itself, not a wait for a condition
+        await asyncio.to_thread(self.broker.restart)
+        self.log("chaos: broker back")
+        return FaultReport(fault, progress, injected, time.time())
+
+    async def run(self) -> ChaosResult:
+        plan = self.plan
+        await create_topics(self.bootstrap, {self.source: plan.partitions,
+                                             self.sink: plan.partitions, self.dlq: 1})
+        for worker in self.workers:
+            worker.start()
+        for worker in self.workers:
+            await asyncio.to_thread(worker.wait_ready, 120)
+        await asyncio.to_thread(wait_until_settled, self.workers, 120)
+        self.log(f"chaos: {len(self.workers)} workers settled; feeding {plan.records} records")
+        tracker = asyncio.ensure_future(self.tracker.run())
+        began = time.monotonic()
+        self.result.started = time.time()
+        try:
+            await self._loop()
+        finally:
+            self.result.seconds = time.monotonic() - began
+            tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await tracker
+        await self._account()
+        for report in self.result.faults:
+            first = self.tracker.first_admission(report.worker or None, report.restarted_at)
+            report.recovery = None if first is None else max(0.0, first - report.restarted_at)
+        return self.result
+
+    async def _loop(self) -> None:
+        plan = self.plan
+        lead = max(200, int(plan.rate * plan.lead_seconds))
+        chunk = max(100, lead // 4)
+        pending = list(plan.faults)
+        last_seen, last_change = 0, time.monotonic()
+        next_commit_check = 0.0
+        while True:
+            self.supervise()
+            seen = len(self.tracker.seen)
+            now = time.monotonic()
+            if seen != last_seen:
+                last_seen, last_change = seen, now
+            if self.produced < plan.records and self.produced - seen < lead:
+                await self.feed(min(chunk, plan.records - self.produced))
+                continue
+            if pending and seen >= pending[0].at * plan.records:
+                previous = self.result.faults[-1] if self.result.faults else None
+                if (previous is None or self.recovered(previous)
+                        or time.time() - previous.restarted_at > plan.recover_timeout):
+                    self.result.faults.append(await self.inject(pending.pop(0)))
+                    last_change = time.monotonic()
+                    continue
+            if self.produced == plan.records and now >= next_commit_check:
+                next_commit_check = now + 1.0
+                if await self.commits_at_end():
+                    if pending:
+                        self.log(f"chaos: done before {len(pending)} fault(s) could be injected")
+                    return
+            if now - last_change > plan.stall_timeout:
+                self.result.stalled = True
+                self.log(f"chaos: stalled at {seen}/{plan.records}")
+                return
+            self.tracker.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.tracker.changed.wait(), 0.5)
+
+    async def _account(self) -> None:
+        plan, result = self.plan, self.result
+        isolation = "read_committed" if plan.guarantee == "exactly_once" else "read_uncommitted"
+        inputs = await read_to_end(self.bootstrap, self.source, timeout=120)
+        out = await read_to_end(self.bootstrap, self.sink, isolation_level=isolation, timeout=120)
+        dlq = await read_to_end(self.bootstrap, self.dlq, isolation_level=isolation, timeout=120)
+        try:
+            commits: dict[int, int] = await committed_offsets(self.bootstrap, self.app_id,
+                                                              self.source)
+        except Exception:
+            commits = {}
+        result.records_in, result.out_records, result.dlq_records = (
+            len(inputs), len(out), len(dlq))
+        copies = Counter(r.key for r in [*out, *dlq])
+        result.duplicates = {k.decode(): c - 1 for k, c in copies.items()
+                             if k is not None and c > 1}
+        result.lost = sorted(
+            (LostId(r.key.decode(), r.partition, r.offset, commits.get(r.partition))
+             for r in inputs if r.key is not None and r.key not in copies),
+            key=lambda x: (x.partition, x.offset))
+        attempts = str(1 + plan.max_retries).encode()
+        dead = {r.key: dict(r.headers) for r in dlq if r.key is not None}
+        for n in range(plan.records):
+            key = plan.record(n)[0]
+            if plan.is_not_json(n) or plan.is_failing(n):
+                meta = dead.get(key)
+                stage = b"decode" if plan.is_not_json(n) else b"process"
+                if meta is None:
+                    if key in copies:  # in OUT: cannot happen for a record that always fails
+                        result.bad_without_reason.append(key.decode())
+                    continue  # otherwise lost, counted above
+                ok = (meta.get(h.STAGE) == stage and bool(meta.get(h.ERROR_TYPE))
+                      and bool(meta.get(h.ERROR_MESSAGE))
+                      and (stage == b"decode" or meta.get(h.ATTEMPTS) == attempts))
+                if not ok:
+                    result.bad_without_reason.append(key.decode())
+            elif key in dead:
+                result.misrouted[key.decode()] = (dead[key].get(h.STAGE, b"?").decode() + ": "
+                                                  + dead[key].get(h.ERROR_MESSAGE, b"").decode())
+        result.duplicate_origins = self._origins(inputs, out, dlq)
+        times = sorted(t for t, _ in self.tracker.admissions)
+        result.bound = {span: (worst_window(times, span), plan.rate * span + plan.burst)
+                        for span in BOUND_SPANS}
+
+    def _origins(self, inputs: list[Record], out: list[Record], dlq: list[Record]) -> list[str]:
+        """Per input partition: the duplicated ids' offsets, who wrote the copies, and when
+        (seconds since the run began), to set against the faults' times."""
+        where = {r.key: (r.partition, r.offset) for r in inputs if r.key is not None}
+        copies: dict[bytes, list[tuple[float, str]]] = {}
+        for record in sorted([*out, *dlq], key=lambda r: _admission(r) or (0.0, "")):
+            if record.key is not None and record.key.decode() in self.result.duplicates:
+                copies.setdefault(record.key, []).append(_admission(record) or (0.0, "?"))
+        by_partition: dict[int, list[tuple[int, list[tuple[float, str]]]]] = {}
+        for key, seen in copies.items():
+            partition, offset = where.get(key, (-1, -1))
+            by_partition.setdefault(partition, []).append((offset, seen))
+        t0 = self.result.started
+        lines = []
+        for partition, items in sorted(by_partition.items()):
+            offsets = [o for o, _ in items]
+            first = [c[0][0] - t0 for _, c in items]
+            last = [c[-1][0] - t0 for _, c in items]
+            writers = sorted({w or "dlq" for _, c in items for _, w in c})
+            lines.append(f"p{partition} offsets {min(offsets)}-{max(offsets)} ({len(items)} ids), "
+                         f"written by {'+'.join(writers)}, first copies t={min(first):.1f}-"
+                         f"{max(first):.1f} s, last copies t={min(last):.1f}-{max(last):.1f} s")
+        return lines
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop(timeout=15)
+            errors = Counter(_normalized(line) for line in worker.logs().splitlines()
+                             if ("[ERROR]" in line or "[CRITICAL]" in line)
+                             and not _OUTAGE_NOISE.search(line))
+            if errors:
+                self.result.log_errors[worker.name] = errors.most_common(4)
+
+
+#: What every client logs while the broker is down: not worth a line in the report.
+_OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
+                           r"|Connect call failed|KafkaConnectionError")
+
+
+def _normalized(line: str) -> str:
+    """A log line without its timestamp and pid, numbers as N, cut short: to count alike ones."""
+    text = re.sub(r"^\[[^]]*\] \[\d+\] ", "", line)
+    return re.sub(r"\d+", "N", text)[:160]
+
+
+async def run_chaos(plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path, *,
+                    log: Callable[[str], None] = print, cwd: Path | None = None) -> ChaosResult:
+    """Run ``plan`` against ``broker`` (which it will stop and restart: not a shared one).
+
+    Worker data dirs and logs are kept under ``workdir``.
+    """
+    run = _Run(plan, broker, workdir, log, cwd)
+    try:
+        return await run.run()
+    finally:
+        await asyncio.to_thread(run.stop)
+
+
+# ---- reporting --------------------------------------------------------------------------------
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _rows(results: Sequence[ChaosResult]) -> Iterator[list[str]]:
+    for r in results:
+        kills = [f for f in r.faults if f.fault.kind == "kill"]
+        outages = [f for f in r.faults if f.fault.kind == "outage"]
+        yield [r.plan.guarantee, str(r.plan.records), str(r.records_in), str(r.out_records),
+               str(r.dlq_records), str(len(r.lost)), str(r.duplicated),
+               str(len(r.misrouted)), f"{len(r.bound_violations)} (peak {r.bound_peak:.0%})",
+               " / ".join(_seconds(f.recovery) for f in kills) or "-",
+               " / ".join(_seconds(f.recovery) for f in outages) or "-",
+               str(len(r.worker_exits)), f"{r.seconds:.0f}",
+               "pass" if not r.problems() else "FAIL"]
+
+
+HEADER = ["mode", "records", "in", "out", "dlq", "lost", "dup", "good in dlq",
+          "bound violations", "restart -> 1st admission (s)", "broker back -> progress (s)",
+          "worker exits", "run (s)", "result"]
+
+
+def format_table(results: Sequence[ChaosResult]) -> str:
+    """A markdown table, one row per run, and per run its faults and problems."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    for r in results:
+        faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
+        began = time.strftime("%H:%M:%S", time.localtime(r.started)) if r.started else "-"
+        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}, t=0 at "
+                     f"{began}): faults {faults}")
+        lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
+                     "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
+                                                in sorted(r.bound.items())))
+        if r.worker_exits:
+            shown = r.worker_exits if len(r.worker_exits) <= 4 else [
+                *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
+                r.worker_exits[-1]]
+            lines.append(f"- {len(r.worker_exits)} worker exit(s) (each restarted): "
+                         + "; ".join(shown))
+        for name, errors in sorted(r.log_errors.items()):
+            lines.append(f"- {name} log errors: " + "; ".join(f"{n} x `{text}`"
+                                                              for text, n in errors))
+        for problem in r.problems():
+            lines.append(f"- {problem}")
+        if r.plan.guarantee != "exactly_once" and r.duplicates:
+            lines.append(f"- {len(r.duplicates)} ids duplicated (at_least_once, allowed): "
+                         + "; ".join(r.duplicate_origins))
+    return "\n".join(lines)
