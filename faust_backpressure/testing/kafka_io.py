@@ -15,7 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust_backpressure.faust_seam import force_metadata_update
 
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
-           "produce", "read_to_end"]
+           "produce", "read_to_end", "wait_partitions"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -89,7 +89,7 @@ async def consume(bootstrap: str, topic: str, *,
     await consumer.start()
     records: list[Record] = []
     try:
-        partitions = await _partitions(consumer, topic)
+        partitions = await wait_partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout
@@ -126,7 +126,7 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
     await consumer.start()
     records: list[Record] = []
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning()
         ends = await consumer.end_offsets(tps)
@@ -161,7 +161,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
@@ -181,7 +181,8 @@ async def commit_offsets(bootstrap: str, group: str, topic: str,
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic``, once the consumer's metadata knows them (30 s at most)."""
     deadline = time.monotonic() + 30
     while True:
         parts = consumer.partitions_for_topic(topic)
