@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -83,15 +83,8 @@ async def consume(bootstrap: str, topic: str, *,
     done: Callable[[list[Record]], bool] = (
         (lambda rs: len(rs) >= until) if isinstance(until, int) else until
     )
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None,
-                                isolation_level=isolation_level)
-    await consumer.start()
     records: list[Record] = []
-    try:
-        partitions = await wait_partitions(consumer, topic)
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        await consumer.seek_to_beginning()
+    async with _from_the_beginning(bootstrap, topic, isolation_level) as (consumer, _):
         deadline = time.monotonic() + timeout
         settled_at: float | None = None
         while True:
@@ -107,8 +100,6 @@ async def consume(bootstrap: str, topic: str, *,
             batch = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
             for part in batch.values():
                 records.extend(part)
-    finally:
-        await consumer.stop()
     return records
 
 
@@ -120,15 +111,8 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
     committed transactional records are returned. For a topic whose record count is not known
     in advance (duplicates, a DLQ). Raises ``TimeoutError`` if the end is not reached in time.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None,
-                                isolation_level=isolation_level)
-    await consumer.start()
     records: list[Record] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning()
+    async with _from_the_beginning(bootstrap, topic, isolation_level) as (consumer, tps):
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
         while True:
@@ -141,6 +125,21 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
             batch = await consumer.getmany(*behind, timeout_ms=500)
             for part in batch.values():
                 records.extend(part)
+
+
+@contextlib.asynccontextmanager
+async def _from_the_beginning(bootstrap: str, topic: str, isolation_level: str
+                              ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer (no group) assigned every partition of ``topic``, at the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None,
+                                isolation_level=isolation_level)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        yield consumer, tps
     finally:
         await consumer.stop()
 
