@@ -28,7 +28,7 @@ from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.kafka import broker_bootstrap
+from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel
 
 __all__ = ["Backpressure"]
@@ -119,7 +119,7 @@ class Backpressure:
         to their shed topic instead of waiting (explicit load shedding; off by default).
         """
         if self._control is None:
-            self._control = ControlLoops(self.app, bootstrap=broker_bootstrap(self.app))
+            self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"))
         resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
                                 burst_capacity=burst_capacity)
         loop = self._control.add(ControlLoop(
@@ -142,7 +142,7 @@ class Backpressure:
         """A credit window for an upstream stage: at most ``window`` records more than
         ``downstream_group`` has processed of ``downstream_topics`` (per worker); use it as
         the limiter of the stage that writes them (see ``docs/control-loop.md``)."""
-        flow = CreditFlow(self.app, bootstrap=broker_bootstrap(self.app), window=window,
+        flow = CreditFlow(self.app, kafka=client_settings(self.app, "credit-probe"), window=window,
                           downstream_group=downstream_group,
                           downstream_topics=downstream_topics, interval=interval,
                           name=name or f"{downstream_group}-{len(self.credit_flows)}")

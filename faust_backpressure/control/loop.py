@@ -42,7 +42,7 @@ from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
-from faust_backpressure.tables.kafka import raw_topic
+from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 
@@ -87,7 +87,7 @@ class ControlLoop:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
-        self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
+        self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
             thresholds)
@@ -143,9 +143,9 @@ class ControlLoop:
 class ControlLoops:
     """The app's control loops, its pressure topic, sampling timer and deciding agent."""
 
-    def __init__(self, app: AppT, *, bootstrap: str) -> None:
+    def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str) -> None:
         self.app = app
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.loops: dict[str, ControlLoop] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.

@@ -23,6 +23,7 @@ from faust.types import AppT
 from mode import Service
 
 from faust_backpressure.faust_seam import force_metadata_update
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_admin, kafka_consumer
 
 __all__ = ["LagProbe", "close_probes_on_stop"]
 
@@ -30,19 +31,21 @@ __all__ = ["LagProbe", "close_probes_on_stop"]
 class LagProbe:
     """Consumer lag of a group on some topics: sum over partitions of end - committed."""
 
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
+    def __init__(self, kafka: KafkaClientSettings | str, group: str,
+                 topics: Sequence[str]) -> None:
+        """``kafka``: the clients' settings (``tables.kafka.client_settings(app, ...)``) or a
+        bootstrap string for an open cluster."""
         if not topics:
             raise ValueError("downstream_topics must name at least one topic")
-        self.bootstrap, self.group, self.topics = bootstrap, group, list(topics)
+        self.kafka, self.group, self.topics = kafka, group, list(topics)
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     async def lag(self) -> int:
         if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            self._admin = kafka_admin(self.kafka, "lag-probe")
             await self._admin.start()
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                              enable_auto_commit=False)
+            self._consumer = kafka_consumer(self.kafka, "lag-probe")
             await self._consumer.start()
         partitions = self._partitions()
         if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
-from faust_backpressure.tables.kafka import broker_bootstrap, partition_for_key, raw_topic
+from faust_backpressure.tables.kafka import kafka_consumer, partition_for_key, raw_topic
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
@@ -332,8 +332,7 @@ class _ChannelService(Service):
         channel = self.channel
         await channel.grant_topic.maybe_declare()
         await channel.request_topic.maybe_declare()
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker_bootstrap(channel.app), group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="latest")
+        consumer = kafka_consumer(channel.app, "grants", auto_offset_reset="latest")
         await consumer.start()
         tp = TopicPartition(channel.grant_topic.get_topic_name(), 0)
         consumer.assign([tp])
