@@ -1,4 +1,4 @@
-"""The reference guide's topology: backpressure-input -> intermediate -> output, failures to DLQ.
+"""A three-stage topology: backpressure-input -> intermediate -> output, failures to a DLQ.
 
     faust -A examples.pipeline_app worker -l info          # broker: $KAFKA_BOOTSTRAP_SERVERS
     faust -A examples.pipeline_app backpressure dlq-replay validate --limit 100

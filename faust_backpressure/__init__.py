@@ -1,23 +1,39 @@
 """faust-backpressure: rate limiting and backpressure for Faust apps, shared across workers.
 
-Layers (dependencies point downward): ``app`` -> ``agents`` -> ``tables`` -> ``limiters``;
-``config`` is read by all. Importing the package registers the ``rocksdict://`` table store.
+Layers (dependencies point downward): ``app`` -> ``control`` -> ``agents`` -> ``tables`` ->
+``limiters``; ``config`` is read by all; ``faust_seam`` is the one module that touches Faust
+internals. Importing the package registers the ``rocksdict://`` table store.
+
+Exported here: what an app uses and the types in those signatures; the rest lives in the
+subpackages.
 """
 
 from faust_backpressure.agents import (
+    Backoff,
+    CostFunction,
+    LimiterSpec,
     Pipeline,
+    PipelineStats,
     RateLimitGate,
     ReplayReport,
     replay_dlq,
-    resolve_limiter,
 )
 from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.control import (
+    BackpressureSeverity,
+    BackpressureThresholds,
+    CircuitState,
+    ControlLoop,
+    CreditBasedFlowController,
+    PressureDecision,
+)
 from faust_backpressure.limiters import (
     AdaptiveRateLimiter,
     Clock,
     LeakyBucketRateLimiter,
     MultiTierRateLimiter,
+    RateLimiterFactory,
     RateLimiterStats,
     RateLimitingStrategy,
     RateLimitTimeout,
@@ -26,24 +42,31 @@ from faust_backpressure.limiters import (
     TierSpec,
     TokenBucketRateLimiter,
 )
-from faust_backpressure.tables import (
-    DistributedRateLimiter,
-    DistributedRateLimiterFactory,
-    RateLimiterFactory,
-)
+from faust_backpressure.tables import DistributedRateLimiter, DistributedRateLimiterFactory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveRateLimiter",
+    "Backoff",
     "Backpressure",
     "BackpressureSettings",
+    "BackpressureSeverity",
+    "BackpressureThresholds",
+    "CircuitState",
     "Clock",
+    "ControlLoop",
+    "CostFunction",
+    "CreditBasedFlowController",
     "DistributedRateLimiter",
     "DistributedRateLimiterFactory",
     "LeakyBucketRateLimiter",
+    "LimiterSpec",
     "MultiTierRateLimiter",
+    "OnLimit",
     "Pipeline",
+    "PipelineStats",
+    "PressureDecision",
     "RateLimitGate",
     "RateLimitTimeout",
     "RateLimiterFactory",
@@ -56,5 +79,4 @@ __all__ = [
     "TokenBucketRateLimiter",
     "__version__",
     "replay_dlq",
-    "resolve_limiter",
 ]

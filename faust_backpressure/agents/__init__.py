@@ -1,6 +1,5 @@
-"""Rate-limited agents, pipelines with a dead-letter queue, DLQ replay, the control loop."""
+"""Rate-limited agents, pipelines with a dead-letter queue, DLQ replay."""
 
-from faust_backpressure.agents.control import ControlLoop, ControlLoops, WorkerSample
 from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
 from faust_backpressure.agents.pipeline import (
     Backoff,
@@ -17,8 +16,6 @@ from faust_backpressure.agents.resolve import (
 
 __all__ = [
     "Backoff",
-    "ControlLoop",
-    "ControlLoops",
     "CostFunction",
     "Failure",
     "LimiterSpec",
@@ -26,7 +23,6 @@ __all__ = [
     "PipelineStats",
     "RateLimitGate",
     "ReplayReport",
-    "WorkerSample",
     "dlq_headers",
     "exponential_backoff",
     "rate_limited",

@@ -23,6 +23,7 @@ from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.kafka import raw_topic
 
 __all__ = ["Backoff", "Pipeline", "PipelineStats", "exponential_backoff"]
 
@@ -90,37 +91,32 @@ class Pipeline:
         self.process = process
         self.stats = PipelineStats()
         # The declared source carries the schema; the agent reads the same topic as raw bytes.
-        self.schema_topic = self._topic(source, raw=False)
+        self.schema_topic = self._topic(source)
         self.source_topic_name = self.schema_topic.get_topic_name()
-        self.raw_source = app.topic(self.source_topic_name, key_type=bytes, value_type=bytes,
-                                    key_serializer="raw", value_serializer="raw")
+        self.raw_source = raw_topic(app, self.source_topic_name)
         sinks: Iterable[TopicSpec] = (
             () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
-        self.sinks: list[TopicT] = [self._topic(s, raw=False) for s in sinks]
+        self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
         dlq_name = dlq if dlq is not None else self.source_topic_name + settings.dlq_topic_suffix
-        self.dlq = self._topic(dlq_name, raw=True)
+        self.dlq = self._topic(dlq_name)
         self.gate = (None if limiter is None else
                      RateLimitGate(app, limiter, on_limit=on_limit,
-                                   shed_topic_suffix=settings.shed_topic_suffix))
+                                   shed_topic_suffix=settings.shed_topic_suffix,
+                                   agent_name=f"pipeline:{name}"))
         fun = self._run if self.gate is None else self.gate(self._run)
-        if self.gate is not None:
-            self.gate.agent_name = f"pipeline:{name}"
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 
-    def _topic(self, spec: TopicSpec, *, raw: bool) -> TopicT:
+    def _topic(self, spec: TopicSpec, *, like: TopicT | None = None) -> TopicT:
+        """A declared topic as is; a topic named by string with ``like``'s serializers, or
+        raw bytes (a named source, the DLQ)."""
         if not isinstance(spec, str):
             return spec
-        if raw:
-            return self.app.topic(spec, key_type=bytes, value_type=bytes,
-                                  key_serializer="raw", value_serializer="raw")
-        # A topic named by string uses the source's serializers (raw bytes for a named source).
-        source = getattr(self, "schema_topic", None)
-        if source is None:
-            return self.app.topic(spec, key_type=bytes, value_type=bytes,
-                                  key_serializer="raw", value_serializer="raw")
-        return self.app.topic(spec, key_serializer=source.key_serializer,
-                              value_serializer=source.value_serializer)
+        if like is None:
+            return raw_topic(self.app, spec)
+        topic: Any = like  # TopicT does not declare the serializers every Topic has
+        return self.app.topic(spec, key_serializer=topic.key_serializer,
+                              value_serializer=topic.value_serializer)
 
     @property
     def dlq_topic_name(self) -> str:

@@ -30,10 +30,10 @@ from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
-from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.kafka import raw_topic
 
 __all__ = ["CostFunction", "RateLimitGate", "rate_limited"]
 
@@ -50,25 +50,31 @@ class RateLimitGate:
 
     def __init__(self, app: AppT, limiter: RateLimitingStrategy, *, on_limit: OnLimit = "wait",
                  cost: CostFunction | None = None, shed_topic: str | TopicT | None = None,
-                 shed_topic_suffix: str = "-shed", name: str | None = None) -> None:
+                 shed_topic_suffix: str = "-shed", name: str | None = None,
+                 agent_name: str | None = None) -> None:
         if on_limit not in ("wait", "shed"):
             raise ValueError(f"on_limit must be 'wait' or 'shed', got {on_limit!r}")
         self.app = app
         self.limiter = limiter
         self.on_limit = on_limit
         self.cost = cost
-        self.name = name or limiter_name(limiter)
-        self.capacity = limiter_capacity(limiter)
+        self.name = name or limiter.name
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
-        self.agent_name = ""
+        #: The gated agent, for logs and shed headers (the decorated function's name if None).
+        self.agent_name = agent_name or ""
         self.waits = 0
         self.shed = 0
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
         self.shed_now = False
         #: Events let through without permits because Faust stopped the flow while they waited.
         self.overdrafts = 0
+
+    @property
+    def capacity(self) -> float:
+        """The most permits one request to the limiter may ask for (larger ones are split)."""
+        return self.limiter.max_permits
 
     # -- installing on a stream --------------------------------------------------------------
 
@@ -173,9 +179,7 @@ class RateLimitGate:
             spec = self._shed_topic_spec
             if spec is None:
                 spec = source + self._shed_topic_suffix
-            topic = spec if not isinstance(spec, str) else self.app.topic(
-                spec, key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw")
+            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
             self._shed_topics[source] = topic
         return topic
 
@@ -246,7 +250,8 @@ class RateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
-        self.agent_name = getattr(fun, "__qualname__", repr(fun))
+        if not self.agent_name:
+            self.agent_name = getattr(fun, "__qualname__", repr(fun))
 
         @functools.wraps(fun)
         def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:

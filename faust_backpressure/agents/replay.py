@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.agents.headers import (
@@ -27,6 +27,7 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
 
 __all__ = ["ReplayReport", "replay_dlq"]
 
@@ -50,7 +51,8 @@ class ReplayReport:
                 f"{self.passed_over}; by error type: {kinds}")
 
 
-async def replay_dlq(bootstrap: str, *, pipeline: str, dlq_topic: str, target_topic: str,
+async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_topic: str,
+                     target_topic: str,
                      group_id: str, limit: int | None = None, error_type: str | None = None,
                      rate: float = 1000.0, from_beginning: bool = False,
                      progress: Callable[[int], None] | None = None) -> ReplayReport:
@@ -58,10 +60,9 @@ async def replay_dlq(bootstrap: str, *, pipeline: str, dlq_topic: str, target_to
     report = ReplayReport(dlq_topic, target_topic)
     began = time.monotonic()
     limiter = TokenBucketRateLimiter(rate, max(1.0, rate))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                isolation_level="read_committed")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    consumer = kafka_consumer(kafka, "dlq-replay", group_id=group_id,
+                              auto_offset_reset="earliest", isolation_level="read_committed")
+    producer = kafka_producer(kafka, "dlq-replay", linger_ms=5)
     await consumer.start()
     await producer.start()
     try:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from faust_backpressure.limiters import (
@@ -11,9 +10,10 @@ from faust_backpressure.limiters import (
     RateLimitingStrategy,
     TierSpec,
 )
-from faust_backpressure.tables import RateLimiterFactory
+from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables.service import find_channel
 
-__all__ = ["LimiterSpec", "limiter_capacity", "limiter_name", "resolve_limiter"]
+__all__ = ["LimiterSpec", "resolve_limiter"]
 
 #: A limiter object, a limiter id (shared by id across workers) or multi-tier specs.
 LimiterSpec = RateLimitingStrategy | str | Iterable[TierSpec]
@@ -25,46 +25,25 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
 
     * a limiter object (token bucket, multi-tier, distributed, ...) is used as is;
     * a string is a limiter **id**: the distributed limiter shared by that id by every worker
-      of the app (``tables.RateLimiterFactory.create_distributed``); it needs
+      of the app, the one this process already has for that id, else a new one
+      (``DistributedRateLimiterFactory.create_distributed``), which needs
       ``tokens_per_second`` (``burst_capacity`` defaults to one second of tokens);
     * an iterable of ``(name, tokens_per_second, burst_capacity)`` is a multi-tier limiter.
     """
     if isinstance(spec, RateLimitingStrategy):
         return spec
     if isinstance(spec, str):
+        channel = find_channel(app)
+        known = None if channel is None else channel.limiters.get(spec)
+        if known is not None:
+            return known
         if tokens_per_second is None:
             raise ValueError(f"limiter id {spec!r} needs tokens_per_second")
         burst = tokens_per_second if burst_capacity is None else burst_capacity
-        return RateLimiterFactory.create_distributed(app, spec, tokens_per_second, burst)
+        return DistributedRateLimiterFactory.create_distributed(app, spec, tokens_per_second,
+                                                                burst)
     if isinstance(spec, Iterable):
         return MultiTierRateLimiter(list(spec))
     raise TypeError(f"limiter must be a RateLimitingStrategy, an id string or tier specs, "
                     f"got {spec!r}")
 
-
-def limiter_name(limiter: RateLimitingStrategy) -> str:
-    """A label for headers and logs: the limiter's id when it has one."""
-    for attr in ("rate_limiter_id", "limiter_id", "id"):
-        value = getattr(limiter, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(limiter).__name__
-
-
-def limiter_capacity(limiter: RateLimitingStrategy) -> float:
-    """The most permits one request may ask for (a batch larger than this is split)."""
-    value = getattr(limiter, "max_tokens", None)
-    if isinstance(value, (int, float)) and value >= 1:
-        return float(value)
-    tiers = getattr(limiter, "tiers", None)
-    if isinstance(tiers, Mapping) and tiers:
-        return min(limiter_capacity(tier) for tier in tiers.values())
-    probe = getattr(limiter, "_max_permits", None)
-    if callable(probe):
-        try:
-            cap = probe()
-        except NotImplementedError:
-            return math.inf
-        if isinstance(cap, (int, float)) and cap >= 1:
-            return float(cap)
-    return math.inf

@@ -7,6 +7,10 @@ from typing import Any
 
 import click
 
+from faust_backpressure.agents import replay_dlq
+from faust_backpressure.app.registry import installed
+from faust_backpressure.tables.kafka import client_settings
+
 __all__ = ["backpressure", "register_commands"]
 
 
@@ -31,9 +35,6 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
     """Re-publish a pipeline's dead-lettered records to its source, rate-limited."""
     from faust.cli.base import find_app
 
-    from faust_backpressure.agents import replay_dlq
-    from faust_backpressure.app.installer import installed
-
     state: Any = ctx.find_root().obj
     if state is None or not getattr(state, "app", None):
         raise click.UsageError("give the app: faust -A module backpressure dlq-replay ...")
@@ -43,12 +44,12 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
         known = ", ".join(sorted(bp.pipelines)) or "none"
         raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
     pipe = bp.pipelines[pipeline]
-    bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+    kafka = client_settings(app, "dlq-replay")
     target = to or pipe.source_topic_name
     with click.progressbar(length=limit or 0, label=f"replaying {pipe.dlq_topic_name}",
                            show_pos=True) as bar:
         report = asyncio.run(replay_dlq(
-            bootstrap, pipeline=pipeline, dlq_topic=pipe.dlq_topic_name, target_topic=target,
+            kafka, pipeline=pipeline, dlq_topic=pipe.dlq_topic_name, target_topic=target,
             group_id=f"{app.conf.id}-bp-dlq-replay-{pipeline}", limit=limit,
             error_type=error_type, rate=rate or bp.settings.replay_rate,
             from_beginning=from_beginning, progress=bar.update))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -10,36 +9,31 @@ from faust.types import AppT, TopicT
 
 from faust_backpressure.agents import (
     Backoff,
-    ControlLoop,
-    ControlLoops,
     CostFunction,
     LimiterSpec,
     Pipeline,
     RateLimitGate,
     resolve_limiter,
 )
-from faust_backpressure.agents.credits import CreditFlow
+from faust_backpressure.app.cli import register_commands
+from faust_backpressure.app.registry import register
+from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, OnLimit
-from faust_backpressure.faust_seam import install as install_faust_seam
-from faust_backpressure.limiters import (
+from faust_backpressure.control import (
     BackpressureThresholds,
+    ControlLoop,
     CreditBasedFlowController,
-    RateLimitingStrategy,
 )
-from faust_backpressure.tables.service import broker_bootstrap
+from faust_backpressure.control.credit_flow import CreditFlow
+from faust_backpressure.control.loop import ControlLoops
+from faust_backpressure.faust_seam import install as install_faust_seam
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.tables.service import find_channel
 
-__all__ = ["Backpressure", "installed"]
+__all__ = ["Backpressure"]
 
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
-_INSTALLED: weakref.WeakKeyDictionary[AppT, Backpressure] = weakref.WeakKeyDictionary()
-
-
-def installed(app: AppT) -> Backpressure:
-    """The :class:`Backpressure` installed on ``app`` (for the CLI)."""
-    try:
-        return _INSTALLED[app]
-    except KeyError:
-        raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}") from None
 
 
 class Backpressure:
@@ -60,30 +54,21 @@ class Backpressure:
         self.settings = settings if settings is not None else BackpressureSettings.from_env()
         self.pipelines: dict[str, Pipeline] = {}
         self.gates: list[RateLimitGate] = []
-        self._limiters: dict[str, RateLimitingStrategy] = {}
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
-        _INSTALLED[app] = self
+        register(app, self)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).
         install_faust_seam(app)
         app.task(self._declare_topics)
-        from faust_backpressure.app.cli import register_commands
-        from faust_backpressure.app.views import register_views
-
         register_commands()
         register_views(self)
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:
-        """A limiter object, a shared limiter by id (cached: one per id per app), or tiers."""
-        if isinstance(spec, str) and spec in self._limiters:
-            return self._limiters[spec]
-        limiter = resolve_limiter(self.app, spec, tokens_per_second=tokens_per_second,
-                                  burst_capacity=burst_capacity)
-        if isinstance(spec, str):
-            self._limiters[spec] = limiter
-        return limiter
+        """A limiter object, a shared limiter by id (one per id per app), or tiers."""
+        return resolve_limiter(self.app, spec, tokens_per_second=tokens_per_second,
+                               burst_capacity=burst_capacity)
 
     def rate_limit(self, limiter: LimiterSpec, *, tokens_per_second: float | None = None,
                    burst_capacity: float | None = None, on_limit: OnLimit | None = None,
@@ -134,7 +119,7 @@ class Backpressure:
         to their shed topic instead of waiting (explicit load shedding; off by default).
         """
         if self._control is None:
-            self._control = ControlLoops(self.app, bootstrap=broker_bootstrap(self.app))
+            self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"))
         resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
                                 burst_capacity=burst_capacity)
         loop = self._control.add(ControlLoop(
@@ -143,8 +128,8 @@ class Backpressure:
             interval=self.settings.monitoring_interval if interval is None else interval,
             thresholds=(BackpressureThresholds.from_settings(self.settings)
                         if thresholds is None else thresholds),
-            baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical))
-        loop.gate_source = self.all_gates
+            baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical,
+            gates=self.all_gates))
         return loop
 
     def all_gates(self) -> list[RateLimitGate]:
@@ -157,7 +142,7 @@ class Backpressure:
         """A credit window for an upstream stage: at most ``window`` records more than
         ``downstream_group`` has processed of ``downstream_topics`` (per worker); use it as
         the limiter of the stage that writes them (see ``docs/control-loop.md``)."""
-        flow = CreditFlow(self.app, bootstrap=broker_bootstrap(self.app), window=window,
+        flow = CreditFlow(self.app, kafka=client_settings(self.app, "credit-probe"), window=window,
                           downstream_group=downstream_group,
                           downstream_topics=downstream_topics, interval=interval,
                           name=name or f"{downstream_group}-{len(self.credit_flows)}")
@@ -166,8 +151,9 @@ class Backpressure:
 
     @property
     def registered_limiters(self) -> list[RateLimitingStrategy]:
-        """Limiters made from ids or specs by :meth:`limiter` (one per id)."""
-        return list(self._limiters.values())
+        """The app's limiters shared by id (one per id, however they were made)."""
+        channel = find_channel(self.app)
+        return [] if channel is None else list(channel.limiters.values())
 
     @property
     def control_loops(self) -> dict[str, ControlLoop]:

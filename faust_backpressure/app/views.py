@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.web import Request, Response, View
 
-from faust_backpressure.agents.resolve import limiter_name
+from faust_backpressure.app.registry import Installation
 from faust_backpressure.limiters import RateLimitingStrategy
-
-if TYPE_CHECKING:
-    from faust_backpressure.app.installer import Backpressure
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
 
-def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
+def _limiters(bp: Installation) -> dict[str, RateLimitingStrategy]:
     """Every limiter the app uses, by a unique label (its id, or class name #n)."""
     found: list[RateLimitingStrategy] = [
         *bp.registered_limiters, *(g.limiter for g in bp.all_gates()),
@@ -35,15 +32,15 @@ def _limiters(bp: Backpressure) -> dict[str, RateLimitingStrategy]:
         if id(limiter) in seen:
             continue
         seen.add(id(limiter))
-        label, n = limiter_name(limiter), 1
+        label, n = limiter.name, 1
         while label in labelled:
             n += 1
-            label = f"{limiter_name(limiter)}#{n}"
+            label = f"{limiter.name}#{n}"
         labelled[label] = limiter
     return labelled
 
 
-def snapshot(bp: Backpressure) -> dict[str, Any]:
+def snapshot(bp: Installation) -> dict[str, Any]:
     """This worker's state, JSON-ready."""
     limiters = _limiters(bp)
     label_of = {id(limiter): label for label, limiter in limiters.items()}
@@ -147,7 +144,7 @@ def render_prometheus(state: dict[str, Any], prefix: str = "faust_backpressure_"
     return "\n".join(lines) + "\n"
 
 
-def register_views(bp: Backpressure) -> None:
+def register_views(bp: Installation) -> None:
     """Add the two pages to ``bp.app`` (served when the worker runs its web server)."""
 
     @bp.app.page("/backpressure/")

@@ -1,4 +1,4 @@
-"""Typed settings of faust-backpressure, with the reference guide's defaults.
+"""Typed settings of faust-backpressure and their defaults.
 
 ``BackpressureSettings()`` gives the defaults; ``BackpressureSettings.from_env()`` reads
 ``FAUST_BP_<FIELD>`` variables (e.g. ``FAUST_BP_MAX_CONSUMER_LAG=20000``). Invalid values raise
@@ -8,26 +8,38 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["BackpressureSettings", "OnLimit"]
+from faust_backpressure.config.validation import check_int, check_number
+
+__all__ = ["BackpressureSettings", "OnLimit", "effective_restore_lag"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
 _ON_LIMIT = ("wait", "shed")
 
 
+def effective_restore_lag(restore_lag: int | None, max_consumer_lag: int,
+                          scaling_threshold: int) -> int:
+    """Lag under which throttled rates are restored: ``restore_lag`` when set, else half of
+    ``max_consumer_lag`` capped at ``scaling_threshold`` (between it and ``scaling_threshold``
+    the rate holds, so throttling does not flap)."""
+    if restore_lag is not None:
+        return restore_lag
+    return min(max_consumer_lag // 2, scaling_threshold)
+
+
 @dataclass(frozen=True)
 class BackpressureSettings:
     """Settings read by every layer (limiters, tables, agents, app).
 
-    Lag thresholds and the monitoring interval are the reference guide's
-    ``BackpressureConfiguration`` (``MaxConsumerLag`` 10000, ``ScalingThreshold`` 5000,
-    ``MonitoringInterval`` 5 s); rates are restored below
+    The control loop throttles a limiter while the downstream lag is above
+    ``scaling_threshold`` (5,000 records), treats a lag above ``max_consumer_lag`` (10,000) with
+    a fully used limiter, or above twice it, as an emergency, and samples every
+    ``monitoring_interval`` (5 s). Rates are restored below
     ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
     (hysteresis, so throttling does not flap).
     """
@@ -36,7 +48,6 @@ class BackpressureSettings:
     scaling_threshold: int = 5_000
     restore_lag: int | None = None
     monitoring_interval: float = 5.0
-    dynamic_rebalancing: bool = True
     on_limit: OnLimit = "wait"
     dlq_topic_suffix: str = "-dlq"
     shed_topic_suffix: str = "-shed"
@@ -51,11 +62,10 @@ class BackpressureSettings:
 
     @property
     def effective_restore_lag(self) -> int:
-        """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` (the guide's
-        rule) capped at ``scaling_threshold``, unless ``restore_lag`` is set."""
-        if self.restore_lag is not None:
-            return self.restore_lag
-        return min(self.max_consumer_lag // 2, self.scaling_threshold)
+        """Lag under which throttled rates are restored: ``max_consumer_lag // 2`` capped at
+        ``scaling_threshold``, unless ``restore_lag`` is set."""
+        return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
+                                     self.scaling_threshold)
 
     def replace(self, **changes: Any) -> BackpressureSettings:
         """A copy with ``changes`` applied (validated)."""
@@ -87,8 +97,6 @@ def _parse(type_name: Any, raw: str) -> Any:
     reports it with the setting's constraint (one error message per setting)."""
     text = raw.strip()
     kind = str(type_name)
-    if kind == "bool":
-        return _BOOLS.get(text.lower(), raw)
     if kind.startswith("int"):
         if kind.endswith("None") and text.lower() in ("", "none"):
             return None
@@ -104,24 +112,12 @@ def _parse(type_name: Any, raw: str) -> Any:
     return text
 
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
-
-
 def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     def integer(field: str, minimum: int) -> None:
-        value = getattr(s, field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name(field)} must be an integer >= {minimum}, got {value!r}")
+        check_int(name(field), getattr(s, field), minimum)
 
     def number(field: str, minimum: float, *, strict: bool) -> None:
-        value = getattr(s, field)
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value) and (value > minimum if strict else value >= minimum))
-        if not ok:
-            op = ">" if strict else ">="
-            raise ValueError(f"{name(field)} must be a finite number {op} {minimum:g}, "
-                             f"got {value!r}")
+        check_number(name(field), getattr(s, field), minimum, strict=strict)
 
     integer("max_consumer_lag", 1)
     integer("scaling_threshold", 1)
@@ -133,9 +129,6 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("retry_backoff", 0, strict=False)
     number("retry_backoff_max", 0, strict=False)
     number("replay_rate", 0, strict=True)
-    if not isinstance(s.dynamic_rebalancing, bool):
-        raise ValueError(f"{name('dynamic_rebalancing')} must be a boolean, "
-                         f"got {s.dynamic_rebalancing!r}")
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")

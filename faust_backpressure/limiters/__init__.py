@@ -11,34 +11,18 @@ from .base import (
     RateLimitingStrategy,
     RateLimitTimeout,
 )
-from .credits import CreditBasedFlowController
 from .factory import RateLimiterFactory, TierLimit
 from .leaky_bucket import LeakyBucketRateLimiter
 from .multi_tier import MultiTierRateLimiter, TierSpec
-from .pressure import (
-    BackpressureController,
-    BackpressureSeverity,
-    BackpressureThresholds,
-    CircuitState,
-    PressureDecision,
-    PressureSample,
-)
 from .sliding_window import SlidingWindowRateLimiter
 from .token_bucket import TokenBucketRateLimiter
 
 __all__ = [
     "AdaptiveRateLimiter",
-    "BackpressureController",
-    "BackpressureSeverity",
-    "BackpressureThresholds",
-    "CircuitState",
     "Clock",
-    "CreditBasedFlowController",
     "LeakyBucketRateLimiter",
     "LimiterBase",
     "MultiTierRateLimiter",
-    "PressureDecision",
-    "PressureSample",
     "RateLimitTimeout",
     "RateLimiterFactory",
     "RateLimiterStats",

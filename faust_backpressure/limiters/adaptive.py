@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Literal
+
+from faust_backpressure.config.validation import check_number, is_number
 
 from .base import Clock, RateLimiterStats, RateLimitingStrategy, check_rate
 
 __all__ = ["AdaptiveRateLimiter"]
 
 Mode = Literal["pid", "aimd"]
-
-
-def _check_gain(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 class AdaptiveRateLimiter:
@@ -75,23 +69,19 @@ class AdaptiveRateLimiter:
         self.max_rate = check_rate("max_rate", max_rate)
         if self.max_rate < self.min_rate:
             raise ValueError(f"max_rate must be >= min_rate ({min_rate!r}), got {max_rate!r}")
-        if isinstance(target, bool) or not isinstance(target, (int, float)) \
-                or not math.isfinite(target):
-            raise ValueError(f"target must be a finite number, got {target!r}")
-        self.kp = _check_gain("kp", kp)
-        self.ki = _check_gain("ki", ki)
-        self.kd = _check_gain("kd", kd)
+        self.target = check_number("target", target)
+        self.kp = check_number("kp", kp, 0)
+        self.ki = check_number("ki", ki, 0)
+        self.kd = check_number("kd", kd, 0)
         if additive_increase is None:
             additive_increase = max((self.max_rate - self.min_rate) * 0.05, self.min_rate * 0.05)
         self.additive_increase = check_rate("additive_increase", additive_increase)
-        if isinstance(multiplicative_decrease, bool) or not isinstance(
-                multiplicative_decrease, (int, float)) or not 0 < multiplicative_decrease < 1:
+        if not is_number(multiplicative_decrease) or not 0 < multiplicative_decrease < 1:
             raise ValueError("multiplicative_decrease must be a number in (0, 1), "
                              f"got {multiplicative_decrease!r}")
         self.multiplicative_decrease = float(multiplicative_decrease)
         self.inner = inner
         self.mode: Mode = mode
-        self.target = float(target)
         self._clock = clock
         self._base = self._integral = 0.0
         self._last_time: float | None = None
@@ -157,6 +147,15 @@ class AdaptiveRateLimiter:
 
     def time_until_available(self, permits: int = 1) -> float:
         return self.inner.time_until_available(permits)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The inner limiter's: the rate changes here, the capacity does not."""
+        return self.inner.max_permits
 
     @property
     def current_rate_limit(self) -> float:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
+from faust_backpressure.config.validation import check_int, check_number, is_number
+
 __all__ = [
     "EPSILON",
     "Clock",
@@ -71,7 +73,16 @@ class RateLimitingStrategy(Protocol):
 
     ``time_until_available(n) == 0.0`` means ``n`` permits exist right now; it
     ignores callers queued in ``acquire()`` (``try_acquire`` refuses while any wait).
+    ``name`` labels the limiter in logs, headers and metrics (its id when it has one);
+    ``max_permits`` is the most one request may ask for (``math.inf``: no fixed bound),
+    so callers split larger requests.
     """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_permits(self) -> float: ...
 
     def try_acquire(self, permits: int = 1) -> bool: ...
 
@@ -97,36 +108,27 @@ class RateLimitingStrategy(Protocol):
 # -- validation ------------------------------------------------------------------------------
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_rate(name: str, value: float) -> float:
     """Return ``value`` as float if it is a finite number > 0, else raise ValueError."""
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, 0, strict=True)
 
 
 def check_capacity(name: str, value: float) -> float:
     """Return ``value`` as float if it is a finite number >= 1, else raise ValueError."""
-    if not _is_number(value) or not math.isfinite(value) or value < 1:
-        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
-    return float(value)
+    return check_number(name, value, 1)
 
 
 def check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
-    if not _is_number(timeout) or math.isnan(timeout) or timeout < 0:
+    if not is_number(timeout) or math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
     return float(timeout)
 
 
 def check_permits(permits: int, limit: float) -> int:
     """``permits`` must be an int in ``[1, limit]``: a larger request could never succeed."""
-    if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
-        raise ValueError(f"permits must be an int >= 1, got {permits!r}")
+    check_int("permits", permits, 1)
     if permits > limit:
         raise ValueError(
             f"permits must be <= the capacity ({limit:g}) or it could never succeed, "
@@ -285,6 +287,16 @@ class LimiterBase(ABC):
         frac = min(1.0, max(0.0, (now - (end - uw)) / uw))
         estimate = prev * (1.0 - frac) + cur
         return min(1.0, estimate / (self.current_rate_limit * uw))
+
+    @property
+    def name(self) -> str:
+        """A label for logs, headers and metrics: the class name unless a subclass has an id."""
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The most permits one request may ask for (the capacity)."""
+        return self._max_permits()
 
     @property
     def queued_waiters(self) -> int:

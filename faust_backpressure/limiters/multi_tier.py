@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from faust_backpressure.config.validation import check_int
+
 from .base import EPSILON, Clock, LimiterBase, RateLimitingStrategy, check_permits, check_rate
 from .token_bucket import TokenBucketRateLimiter
 
@@ -102,8 +104,7 @@ class MultiTierRateLimiter(LimiterBase):
     def _check_permits(self, permits: int) -> int:
         if permits == 1 and permits.__class__ is int:
             return 1  # every tier holds at least one permit
-        if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
-            raise ValueError(f"permits must be an int >= 1, got {permits!r}")
+        check_int("permits", permits, 1)
         if self._buckets:
             # What each tier's time_until_available would check, without the refill at
             # a later clock reading than the caller's ``now`` (time must not go back).
@@ -214,6 +215,11 @@ class MultiTierRateLimiter(LimiterBase):
             assert isinstance(tier, LimiterBase)  # else _max_permits raised
             out = max(out, tier._delay(full, tier._clock()))
         return out
+
+    @property
+    def max_permits(self) -> float:
+        """The smallest tier's ``max_permits``: the most one request could ever get."""
+        return min(tier.max_permits for tier in self._tiers.values())
 
     @property
     def tiers(self) -> Mapping[str, RateLimitingStrategy]:

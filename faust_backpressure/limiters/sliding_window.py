@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+from faust_backpressure.config.validation import check_int
+
 from .base import EPSILON, Clock, LimiterBase, check_capacity, check_rate
 
 __all__ = ["SlidingWindowRateLimiter"]
@@ -48,9 +50,7 @@ class SlidingWindowRateLimiter(LimiterBase):
     ) -> None:
         self._limit = check_capacity("max_permits", max_permits)
         self._window = check_rate("window_seconds", window_seconds)
-        if not isinstance(sub_windows, int) or isinstance(sub_windows, bool) or sub_windows < 1:
-            raise ValueError(f"sub_windows must be an int >= 1, got {sub_windows!r}")
-        self._n = sub_windows
+        self._n = check_int("sub_windows", sub_windows, 1)
         self._width = self._window / sub_windows
         self._counts = [0] * sub_windows
         self._sum = 0

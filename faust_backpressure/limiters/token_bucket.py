@@ -111,6 +111,11 @@ class TokenBucketRateLimiter(LimiterBase):
         return self._capacity
 
     @property
+    def name(self) -> str:
+        """``rate_limiter_id`` when given, else the class name."""
+        return self.rate_limiter_id or type(self).__name__
+
+    @property
     def current_rate_limit(self) -> float:
         return self._rate
 

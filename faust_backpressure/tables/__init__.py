@@ -21,9 +21,6 @@ from faust_backpressure.tables.messages import (  # noqa: E402
 )
 from faust_backpressure.tables.service import LimiterChannel, limiter_channel  # noqa: E402
 
-#: The in-memory factory plus ``create_distributed`` (the name the API promises).
-RateLimiterFactory = DistributedRateLimiterFactory
-
 __all__ = [
     "Ack",
     "Command",
@@ -36,7 +33,6 @@ __all__ = [
     "LimiterChannel",
     "LimiterConfig",
     "LimiterLedger",
-    "RateLimiterFactory",
     "RejectedRecord",
     "limiter_channel",
     "max_min_fair",

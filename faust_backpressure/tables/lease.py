@@ -325,6 +325,10 @@ class DistributedRateLimiter(LimiterBase):
         return self._burst
 
     @property
+    def name(self) -> str:
+        return self.rate_limiter_id
+
+    @property
     def is_distributed(self) -> bool:
         return True
 

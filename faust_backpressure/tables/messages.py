@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from faust_backpressure.config.validation import is_number
+
 __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
@@ -159,8 +161,7 @@ def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
     value = body.get(name)
     if value is None and optional:
         return None
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or not low <= value <= high):
+    if not is_number(value) or not math.isfinite(value) or not low <= value <= high:
         raise RejectedRecord(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
     return float(value)
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
-from faust.types import AppT
 from mode import Service
 
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
+from faust_backpressure.tables.kafka import kafka_consumer, partition_for_key, raw_topic
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
@@ -45,7 +44,7 @@ from faust_backpressure.tables.messages import (
     encode_replies,
 )
 
-__all__ = ["TABLE_NAME", "LimiterChannel", "limiter_channel"]
+__all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +55,6 @@ OWNER_AGENT = "fbp-limiter-owner"
 RECORD_BATCH = 500
 
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
-
-
-def broker_bootstrap(app: AppT) -> str:
-    """``host:port,...`` of the app's brokers (for plain aiokafka clients)."""
-    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 
 
 class LimiterChannel:
@@ -76,11 +70,10 @@ class LimiterChannel:
         self._worker_key = self.worker_id.encode()
         prefix = app.conf.id
         # internal: Faust creates them with these partition counts before subscribing.
-        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "internal": True,
-                               "key_serializer": "raw", "value_serializer": "raw"}
-        self.request_topic = app.topic(f"{prefix}-fbp-limiter-requests",
-                                       partitions=self.partitions, **raw)
-        self.grant_topic = app.topic(f"{prefix}-fbp-limiter-grants", partitions=1, **raw)
+        self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
+                                       partitions=self.partitions)
+        self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
+                                     partitions=1)
         # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
         # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
@@ -173,7 +166,7 @@ class LimiterChannel:
         return queued
 
     def _partition(self, limiter_id: str) -> int:
-        return int((murmur2(limiter_id.encode()) & 0x7FFFFFFF) % self.partitions)
+        return partition_for_key(limiter_id.encode(), self.partitions)
 
     async def apply(self, message: LeaseRequest | Command, partition: int, now: float
               ) -> tuple[Grant | Ack, asyncio.Future[Any]] | None:
@@ -345,8 +338,7 @@ class _ChannelService(Service):
         channel = self.channel
         await channel.grant_topic.maybe_declare()
         await channel.request_topic.maybe_declare()
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker_bootstrap(channel.app), group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="latest")
+        consumer = kafka_consumer(channel.app, "grants", auto_offset_reset="latest")
         await consumer.start()
         tp = TopicPartition(channel.grant_topic.get_topic_name(), 0)
         consumer.assign([tp])
@@ -423,3 +415,11 @@ def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:
     if channel is None:
         channel = _channels[app] = LimiterChannel(app, **options)
     return channel
+
+
+def find_channel(app: Any) -> LimiterChannel | None:
+    """The app's channel if a distributed limiter declared it; declares nothing."""
+    try:
+        return _channels.get(app)
+    except TypeError:  # not an app (cannot be weakly referenced)
+        return None

@@ -250,6 +250,10 @@ class LocalKafkaBroker:
     def log_path(self) -> Path:
         return self.data_dir / "broker.log"
 
+    def _format_arguments(self) -> list[str]:
+        """Extra ``StorageTool format`` arguments (e.g. SCRAM users of a secured broker)."""
+        return []
+
     def _properties(self) -> str:
         settings = {
             "process.roles": "broker,controller",
@@ -296,7 +300,8 @@ class LocalKafkaBroker:
         if not self.formatted:
             fmt = subprocess.run(
                 [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", self.cluster_id, "-c", str(props), "--ignore-formatted"],
+                 "-t", self.cluster_id, "-c", str(props), "--ignore-formatted",
+                 *self._format_arguments()],
                 capture_output=True, text=True, check=False,
             )
             if fmt.returncode != 0:

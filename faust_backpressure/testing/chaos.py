@@ -55,6 +55,7 @@ from faust_backpressure.testing.kafka_io import (
     end_offsets,
     produce,
     read_to_end,
+    wait_partitions,
 )
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
@@ -255,7 +256,7 @@ class _Tracker:
         try:
             tps = [TopicPartition(t, p) for t in self.topics
                    for p in sorted(consumer.partitions_for_topic(t) or
-                                   await _wait_partitions(consumer, t))]
+                                   await wait_partitions(consumer, t))]
             consumer.assign(tps)
             await consumer.seek_to_beginning()
             while True:
@@ -278,16 +279,6 @@ class _Tracker:
     def first_admission(self, worker: str | None, after: float) -> float | None:
         times = [t for t, w in self.admissions if t > after and (worker is None or w == worker)]
         return min(times, default=None)
-
-
-async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(topic):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {topic} not found")
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    return set(consumer.partitions_for_topic(topic) or ())
 
 
 def _admission(record: Record) -> tuple[float, str] | None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from faust_backpressure.faust_seam import force_metadata_update
+
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
-           "produce", "read_to_end"]
+           "produce", "read_to_end", "wait_partitions"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -81,15 +83,8 @@ async def consume(bootstrap: str, topic: str, *,
     done: Callable[[list[Record]], bool] = (
         (lambda rs: len(rs) >= until) if isinstance(until, int) else until
     )
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None,
-                                isolation_level=isolation_level)
-    await consumer.start()
     records: list[Record] = []
-    try:
-        partitions = await _partitions(consumer, topic)
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        await consumer.seek_to_beginning()
+    async with _from_the_beginning(bootstrap, topic, isolation_level) as (consumer, _):
         deadline = time.monotonic() + timeout
         settled_at: float | None = None
         while True:
@@ -105,8 +100,6 @@ async def consume(bootstrap: str, topic: str, *,
             batch = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
             for part in batch.values():
                 records.extend(part)
-    finally:
-        await consumer.stop()
     return records
 
 
@@ -118,15 +111,8 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
     committed transactional records are returned. For a topic whose record count is not known
     in advance (duplicates, a DLQ). Raises ``TimeoutError`` if the end is not reached in time.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None,
-                                isolation_level=isolation_level)
-    await consumer.start()
     records: list[Record] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning()
+    async with _from_the_beginning(bootstrap, topic, isolation_level) as (consumer, tps):
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
         while True:
@@ -139,6 +125,21 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
             batch = await consumer.getmany(*behind, timeout_ms=500)
             for part in batch.values():
                 records.extend(part)
+
+
+@contextlib.asynccontextmanager
+async def _from_the_beginning(bootstrap: str, topic: str, isolation_level: str
+                              ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer (no group) assigned every partition of ``topic``, at the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None,
+                                isolation_level=isolation_level)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        yield consumer, tps
     finally:
         await consumer.stop()
 
@@ -159,7 +160,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
@@ -179,7 +180,8 @@ async def commit_offsets(bootstrap: str, group: str, topic: str,
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic``, once the consumer's metadata knows them (30 s at most)."""
     deadline = time.monotonic() + 30
     while True:
         parts = consumer.partitions_for_topic(topic)
@@ -187,5 +189,5 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(parts)
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {topic} not found")
-        await consumer._client.force_metadata_update()
+        await force_metadata_update(consumer)
         await asyncio.sleep(0.1)

@@ -1,4 +1,5 @@
-"""Dependencies point downward: app -> agents -> tables -> limiters; config is read by all."""
+"""Dependencies point downward: app -> control -> agents -> tables -> limiters; config is read
+by all; ``faust_seam`` (the one module touching Faust internals) by every layer but limiters."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ ALLOWED = {
     "config": set(),
     "tables": {"limiters", "config", "faust_seam"},
     "agents": {"tables", "limiters", "config", "faust_seam"},
-    "app": {"agents", "tables", "limiters", "config", "faust_seam"},
+    "control": {"agents", "tables", "limiters", "config", "faust_seam"},
+    "app": {"control", "agents", "tables", "limiters", "config", "faust_seam"},
 }
+FAUST = {"faust", "mode", "aiokafka", "psutil"}
 # Third-party imports a layer must not make (the pure core stays pure).
-FORBIDDEN_EXTERNAL = {"limiters": {"faust", "mode", "aiokafka"}}
+FORBIDDEN_EXTERNAL = {"limiters": FAUST}
+# Pure modules inside Faust-facing layers: the control loop's policy and credit window.
+PURE_MODULES = ["control/policy.py", "control/credits.py"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,9 +61,46 @@ def _foreign_private_attributes(path: Path) -> set[str]:
     return found - OWN_PRIVATES
 
 
-@pytest.mark.parametrize("layer", ["tables", "agents", "app"])
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_modules_import_no_faust(module: str) -> None:
+    path = PACKAGE / module
+    for name in _imports(path):
+        parts = name.split(".")
+        assert parts[0] not in FAUST, f"{module} imports {name}"
+        if parts[0] == "faust_backpressure":
+            assert parts[1] in {"limiters", "config", "control"}, f"{module} imports {name}"
+            if parts[1] == "control":
+                assert f"control/{parts[2]}.py" in PURE_MODULES, f"{module} imports {name}"
+
+
+@pytest.mark.parametrize("layer", ["tables", "agents", "control", "app"])
 def test_only_the_seam_touches_private_attributes(layer: str) -> None:
     for path in sorted((PACKAGE / layer).rglob("*.py")):
         assert not _foreign_private_attributes(path), \
             f"{path.name} reaches into {sorted(_foreign_private_attributes(path))}: " \
             "move it to faust_backpressure/faust_seam.py"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_modules_import_each_other_without_cycles() -> None:
+    """A package importing its own children (re-exports) is not a cycle; anything else is."""
+    graph = {_module(path): {name for name in _imports(path)
+                             if name.startswith("faust_backpressure")}
+             for path in PACKAGE.rglob("*.py")}
+
+    def related(a: str, b: str) -> bool:
+        return a.startswith(b + ".") or b.startswith(a + ".")
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in graph.get(module, ()):
+            if related(module, dep):
+                continue
+            assert dep not in path, f"import cycle: {' -> '.join([*path, dep])}"
+            visit(dep, [*path, dep])
+
+    for module in graph:
+        visit(module, [module])

@@ -136,11 +136,6 @@ async def test_shed_sends_refused_events_to_the_shed_topic_with_reasons(
 
 async def test_limiter_id_uses_the_distributed_limiter(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
-    import faust_backpressure.tables as tables
-
-    if not hasattr(tables, "DistributedRateLimiterFactory") and not hasattr(
-            tables, "RateLimiterFactory"):
-        pytest.skip("faust_backpressure.tables has no distributed factory yet")
     source, sink = unique_name("src"), unique_name("sink")
     await create_topics(kafka_bootstrap, {source: 2, sink: 2})
     app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)

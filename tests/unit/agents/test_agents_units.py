@@ -20,7 +20,6 @@ from faust_backpressure.agents import (
 from faust_backpressure.agents import headers as h
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.pipeline import _outputs
-from faust_backpressure.agents.resolve import limiter_capacity, limiter_name
 from faust_backpressure.limiters import MultiTierRateLimiter, TokenBucketRateLimiter
 
 
@@ -79,8 +78,8 @@ def test_resolve_limiter() -> None:
     assert resolve_limiter(None, bucket) is bucket
     tiers = resolve_limiter(None, [("global", 100, 100), ("topic", 10, 20)])
     assert isinstance(tiers, MultiTierRateLimiter)
-    assert limiter_name(bucket) == "api" and limiter_capacity(bucket) == 20
-    assert limiter_capacity(tiers) == 20
+    assert bucket.name == "api" and bucket.max_permits == 20
+    assert tiers.max_permits == 20
     with pytest.raises(TypeError):
         resolve_limiter(None, 42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs tokens_per_second"):

@@ -7,7 +7,7 @@ import pytest
 from faust_backpressure.config import BackpressureSettings
 
 
-def test_defaults_follow_the_reference_guide() -> None:
+def test_defaults() -> None:
     s = BackpressureSettings()
     assert (s.max_consumer_lag, s.scaling_threshold, s.monitoring_interval) == (10_000, 5_000, 5.0)
     assert s.effective_restore_lag == 5_000  # MaxConsumerLag / 2
@@ -22,12 +22,12 @@ def test_frozen() -> None:
 
 def test_from_env_parses_typed_values() -> None:
     env = {"FAUST_BP_MAX_CONSUMER_LAG": "20000", "FAUST_BP_MONITORING_INTERVAL": "2.5",
-           "FAUST_BP_DYNAMIC_REBALANCING": "off", "FAUST_BP_ON_LIMIT": "shed",
+           "FAUST_BP_ON_LIMIT": "shed",
            "FAUST_BP_RESTORE_LAG": "none", "FAUST_BP_DLQ_TOPIC_SUFFIX": ".dead",
            "OTHER": "x"}
     s = BackpressureSettings.from_env(environ=env)
     assert s.max_consumer_lag == 20_000 and s.monitoring_interval == 2.5
-    assert s.dynamic_rebalancing is False and s.on_limit == "shed"
+    assert s.on_limit == "shed"
     assert s.restore_lag is None and s.effective_restore_lag == 5_000
     assert s.dlq_topic_suffix == ".dead"
 
@@ -42,7 +42,6 @@ def test_from_env_prefix_and_overrides() -> None:
      "FAUST_BP_MAX_CONSUMER_LAG must be an integer >= 1, got 'abc'"),
     ("FAUST_BP_MAX_CONSUMER_LAG", "0", "FAUST_BP_MAX_CONSUMER_LAG must be an integer >= 1, got 0"),
     ("FAUST_BP_MONITORING_INTERVAL", "soon", "FAUST_BP_MONITORING_INTERVAL must be a finite"),
-    ("FAUST_BP_DYNAMIC_REBALANCING", "maybe", "FAUST_BP_DYNAMIC_REBALANCING must be a boolean"),
     ("FAUST_BP_ON_LIMIT", "drop", "FAUST_BP_ON_LIMIT must be one of wait, shed, got 'drop'"),
     ("FAUST_BP_MAX_RETRIES", "-1", "FAUST_BP_MAX_RETRIES must be an integer >= 0, got -1"),
     ("FAUST_BP_SCALING_THRESHOLD", "20000", "FAUST_BP_SCALING_THRESHOLD must be <="),

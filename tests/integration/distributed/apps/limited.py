@@ -15,7 +15,7 @@ import time
 import faust
 
 from faust_backpressure.app import Backpressure
-from faust_backpressure.limiters import BackpressureThresholds
+from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.testing.settings import fast_faust_settings
 
@@ -45,7 +45,8 @@ if os.environ.get("FBP_CONTROL"):
         limiters[lid], downstream_group=group, downstream_topics=[topic],
         interval=float(interval), name=lid,
         thresholds=BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
-                                          max_consumer_lag=100, critical_lag=200))
+                                          max_consumer_lag=100, critical_lag=200,
+                                          cpu_threshold=1.0))  # lag is the signal under test
 admitted: dict[str, list[float]] = {lid: [] for lid in limiters}
 
 

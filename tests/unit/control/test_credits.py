@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from faust_backpressure.control.credits import CreditBasedFlowController
 from faust_backpressure.limiters import RateLimitingStrategy, RateLimitTimeout
-from faust_backpressure.limiters.credits import CreditBasedFlowController
 
 
 def test_the_window_is_spent_then_announcements_return_credits() -> None:

@@ -2,8 +2,9 @@
 
 A limiter protects a downstream stage; the control loop samples that stage's consumer lag,
 the limiter's utilization and CPU once per interval and asks :class:`BackpressureController`
-what the limiter's rate should be. Thresholds are the reference guide's (see
-``docs/control-loop.md``), checked in this order:
+what the limiter's rate should be. Lags are in records; the default thresholds are 1,000
+(backlog cleared), 5,000 (scaling), 10,000 (maximum) and 20,000 (critical). Checked in this
+order:
 
 * emergency: lag above ``critical_lag``, or utilization above ``emergency_utilization`` with
   lag above ``max_consumer_lag``: the rate drops to ``emergency_rate`` (near zero, never zero)
@@ -29,12 +30,12 @@ Example::
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, fields
 
 from faust_backpressure.config import BackpressureSettings
-
-from .base import check_rate
+from faust_backpressure.config.settings import effective_restore_lag
+from faust_backpressure.config.validation import check_int, check_number
+from faust_backpressure.limiters.base import check_rate
 
 __all__ = [
     "BackpressureController",
@@ -47,7 +48,7 @@ __all__ = [
 
 
 class BackpressureSeverity(enum.IntEnum):
-    """How hard the downstream is pushing back (the reference guide's four levels)."""
+    """How hard the downstream is pushing back, from none to drowning (see ``CircuitState``)."""
 
     NORMAL = 0
     WARNING = 1
@@ -70,18 +71,16 @@ class PressureSample:
     cpu: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
-            raise ValueError(f"lag must be an int >= 0, got {self.lag!r}")
+        check_int("lag", self.lag, 0)
         for name in ("utilization", "cpu"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_number(name, getattr(self, name), 0)
 
 
 @dataclass(frozen=True, slots=True)
 class BackpressureThresholds:
-    """The policy's knobs; defaults are the reference guide's."""
+    """The policy's knobs: lags in records, utilization and CPU as shares of 1, factors that
+    multiply the rate, ``restore_step`` as a share of the baseline, ``emergency_rate`` in
+    permits per second."""
 
     scaling_threshold: int = 5_000
     max_consumer_lag: int = 10_000
@@ -95,15 +94,16 @@ class BackpressureThresholds:
     restore_step: float = 0.1
     emergency_rate: float = 1.0
     #: Restore only below this lag; between it and ``scaling_threshold`` the rate holds
-    #: (hysteresis). ``None``: ``scaling_threshold`` (no holding band).
+    #: (hysteresis). ``None``: ``min(max_consumer_lag // 2, scaling_threshold)``, as in the
+    #: settings (with the default thresholds that is ``scaling_threshold``: no holding band).
     restore_lag: int | None = None
 
     @classmethod
     def from_settings(cls, settings: BackpressureSettings) -> BackpressureThresholds:
         """From the app's settings: ``max_consumer_lag``, ``scaling_threshold`` and the
-        effective ``restore_lag``; the critical lag is twice the maximum (the guide's 20,000
-        for 10,000) and the backlog counts as cleared under a fifth of the scaling threshold
-        (the guide's 1,000 for 5,000)."""
+        effective ``restore_lag``; the critical lag is twice the maximum (20,000 for the
+        default 10,000) and the backlog counts as cleared under a fifth of the scaling
+        threshold (1,000 for the default 5,000)."""
         return cls(max_consumer_lag=settings.max_consumer_lag,
                    scaling_threshold=settings.scaling_threshold,
                    critical_lag=2 * settings.max_consumer_lag,
@@ -112,16 +112,15 @@ class BackpressureThresholds:
 
     @property
     def effective_restore_lag(self) -> int:
-        return self.scaling_threshold if self.restore_lag is None else self.restore_lag
+        return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
+                                     self.scaling_threshold)
 
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name == "restore_lag" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{field.name} must be a finite number > 0, got {value!r}")
+            check_number(field.name, value, 0, strict=True)
         if not (self.backlog_cleared_lag < self.scaling_threshold <= self.max_consumer_lag
                 <= self.critical_lag):
             raise ValueError("lag thresholds must satisfy backlog_cleared_lag < "

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from faust_backpressure.limiters.pressure import (
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
     BackpressureThresholds,
@@ -23,7 +24,7 @@ def sample(lag: int, utilization: float = 0.5, cpu: float = 0.1) -> PressureSamp
     return PressureSample(lag=lag, utilization=utilization, cpu=cpu)
 
 
-def test_defaults_are_the_reference_guides() -> None:
+def test_default_thresholds() -> None:
     t = BackpressureThresholds()
     assert (t.backlog_cleared_lag, t.scaling_threshold, t.max_consumer_lag, t.critical_lag) == \
         (1_000, 5_000, 10_000, 20_000)
@@ -134,10 +135,9 @@ def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
 
 
 def test_thresholds_from_settings_and_the_holding_band() -> None:
-    from faust_backpressure.config import BackpressureSettings
 
     assert BackpressureThresholds.from_settings(BackpressureSettings()) == \
-        BackpressureThresholds(restore_lag=5_000)  # the guide's numbers
+        BackpressureThresholds(restore_lag=5_000)  # above the default 5,000
     t = BackpressureThresholds.from_settings(BackpressureSettings(
         max_consumer_lag=4_000, scaling_threshold=2_000, restore_lag=1_500))
     assert (t.critical_lag, t.backlog_cleared_lag, t.effective_restore_lag) == (8_000, 400, 1_500)
@@ -148,3 +148,10 @@ def test_thresholds_from_settings_and_the_holding_band() -> None:
     assert controller.decide(sample(1_400)).rate == pytest.approx(900)  # below: restore
     with pytest.raises(ValueError, match="restore_lag"):
         BackpressureThresholds(restore_lag=6_000)
+
+
+def test_thresholds_and_settings_share_one_restore_lag_rule() -> None:
+    t = BackpressureThresholds(backlog_cleared_lag=100, scaling_threshold=4_000,
+                               max_consumer_lag=6_000, critical_lag=12_000)
+    s = BackpressureSettings(max_consumer_lag=6_000, scaling_threshold=4_000)
+    assert t.effective_restore_lag == s.effective_restore_lag == 3_000

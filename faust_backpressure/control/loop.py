@@ -5,7 +5,7 @@ lag (end offsets minus committed offsets of ``downstream_topics``), the limiter'
 and the CPU, and publishes the sample as an event on the app's pressure topic, keyed by the
 limiter's name. The agent on that topic therefore sees every worker's samples of one limiter
 on one worker (the owner of the key's partition), which alone runs the
-:class:`~faust_backpressure.limiters.pressure.BackpressureController` and applies its rate with
+:class:`~faust_backpressure.control.policy.BackpressureController` and applies its rate with
 ``limiter.update_rate_limit``; a distributed limiter carries the new rate to every worker.
 See ``docs/control-loop.md``.
 
@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -29,27 +28,21 @@ from typing import Any
 
 import faust
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import AppT
-from mode import Service
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
-from faust_backpressure.agents.resolve import limiter_name
-from faust_backpressure.faust_seam import (
-    force_metadata_update,
-    install,
-    mark_control_topic,
-    send_control,
-)
-from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.limiters.pressure import (
+from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
     BackpressureThresholds,
     PressureDecision,
     PressureSample,
 )
+from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
+from faust_backpressure.faust_seam import install, mark_control_topic, send_control
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.base import check_rate
+from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 
@@ -82,60 +75,6 @@ class WorkerSample:
                    utilization=float(data["utilization"]), cpu=float(data["cpu"]))
 
 
-def check_interval(interval: float) -> float:
-    """A sampling interval in seconds: a finite number > 0."""
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-            or not 0 < interval < float("inf"):
-        raise ValueError(f"interval must be a finite number > 0, got {interval!r}")
-    return float(interval)
-
-
-class LagProbe:
-    """Consumer lag of a group on some topics: sum over partitions of end - committed."""
-
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str]) -> None:
-        if not topics:
-            raise ValueError("downstream_topics must name at least one topic")
-        self.bootstrap, self.group, self.topics = bootstrap, group, list(topics)
-        self._admin: AIOKafkaAdminClient | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def lag(self) -> int:
-        if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await self._admin.start()
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                              enable_auto_commit=False)
-            await self._consumer.start()
-        partitions = self._partitions()
-        if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker
-            await force_metadata_update(self._consumer)
-            partitions = self._partitions()
-            missing = set(self.topics) - {tp.topic for tp in partitions}
-            if missing:  # an unknown lag is not a zero lag: no sample
-                raise LookupError(f"no partitions known for {sorted(missing)}")
-        ends = await self._consumer.end_offsets(partitions)
-        committed = await self._admin.list_consumer_group_offsets(self.group)
-        total = 0
-        for tp in partitions:
-            meta = committed.get(tp)
-            start = meta.offset if meta is not None and meta.offset >= 0 else 0
-            total += max(ends[tp] - start, 0)
-        return total
-
-    def _partitions(self) -> list[TopicPartition]:
-        assert self._consumer is not None
-        return [TopicPartition(topic, p) for topic in self.topics
-                for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
-
-    async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        self._admin = self._consumer = None
-
-
 class ControlLoop:
     """One limiter under control: its probe, its controller, what it decided."""
 
@@ -143,17 +82,18 @@ class ControlLoop:
                  downstream_group: str, downstream_topics: Sequence[str],
                  interval: float, thresholds: BackpressureThresholds | None = None,
                  baseline_rate: float | None = None, name: str | None = None,
-                 shed_on_critical: bool = False) -> None:
+                 shed_on_critical: bool = False,
+                 gates: Callable[[], Iterable[RateLimitGate]] = tuple) -> None:
         self.limiter = limiter
-        self.name = name or limiter_name(limiter)
-        self.interval = check_interval(interval)
-        self.probe = LagProbe(loops.bootstrap, downstream_group, downstream_topics)
+        self.name = name or limiter.name
+        self.interval = check_rate("interval", interval)
+        self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
             thresholds)
         self.shed_on_critical = shed_on_critical
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
-        self.gate_source: Callable[[], Iterable[RateLimitGate]] = tuple
+        self.gates = gates
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
         self.decisions: list[PressureDecision] = []
         self.last_decision: PressureDecision | None = None
@@ -168,7 +108,7 @@ class ControlLoop:
             cpu=psutil.cpu_percent(interval=None) / 100.0)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             shed = self.last_sample.lag > self.controller.thresholds.critical_lag
-            for gate in self.gate_source():
+            for gate in self.gates():
                 if gate.limiter is not self.limiter:
                     continue
                 if gate.shed_now != shed:
@@ -203,16 +143,14 @@ class ControlLoop:
 class ControlLoops:
     """The app's control loops, its pressure topic, sampling timer and deciding agent."""
 
-    def __init__(self, app: AppT, *, bootstrap: str) -> None:
+    def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str) -> None:
         self.app = app
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.loops: dict[str, ControlLoop] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
         partitions = int(app.conf.topic_partitions)
-        self.pressure_topic = app.topic(f"{app.conf.id}-fbp-pressure", key_type=bytes,
-                                        value_type=bytes, key_serializer="raw",
-                                        value_serializer="raw", internal=True,
+        self.pressure_topic = raw_topic(app, f"{app.conf.id}-fbp-pressure", internal=True,
                                         partitions=partitions)
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
@@ -274,24 +212,3 @@ class ControlLoops:
             self.table[loop.name] = state
         return decision
 
-
-
-class _ProbeCloser(Service):
-    """Closes lag probes' Kafka clients when the worker stops."""
-
-    def __init__(self, probes: Callable[[], Iterable[LagProbe]], **kwargs: Any) -> None:
-        self.probes = probes
-        super().__init__(**kwargs)
-
-    async def on_stop(self) -> None:
-        for probe in self.probes():
-            with contextlib.suppress(Exception):
-                await probe.close()
-
-
-def close_probes_on_stop(app: AppT, probes: Callable[[], Iterable[LagProbe]]) -> None:
-    """Close the probes ``probes()`` returns when ``app`` stops."""
-    async def start_closer() -> None:
-        await app.add_runtime_dependency(_ProbeCloser(probes))
-
-    app.task(start_closer)

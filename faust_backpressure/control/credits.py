@@ -1,10 +1,10 @@
 """Credit-based flow control: at most ``window`` records outstanding downstream. Pure, no I/O.
 
-Credits are buffer slots downstream, not time (the reference guide's
-``FlinkCreditBasedFlowController``): the downstream stage's backlog is announced from time to
-time, and the upstream may send ``window - backlog`` records until the next announcement. With
-no announcement no credit comes back, so a stalled downstream stops the upstream after one
-window. It speaks the limiter protocol, so a gate or a pipeline takes it as its limiter.
+Credits are buffer slots downstream, not time (as in Apache Flink's network flow control):
+the downstream stage's backlog is announced from time to time, and the upstream may send
+``window - backlog`` records until the next announcement. With no announcement no credit comes
+back, so a stalled downstream stops the upstream after one window. It speaks the limiter
+protocol, so a gate or a pipeline takes it as its limiter.
 
 Example::
 
@@ -19,15 +19,15 @@ import asyncio
 import collections
 import math
 
-from .base import RateLimiterStats, RateLimitTimeout, check_permits, check_timeout
+from faust_backpressure.config.validation import check_int, check_number, is_int
+from faust_backpressure.limiters.base import (
+    RateLimiterStats,
+    RateLimitTimeout,
+    check_permits,
+    check_timeout,
+)
 
 __all__ = ["CreditBasedFlowController"]
-
-
-def _check_window(window: int) -> int:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
-    return window
 
 
 class CreditBasedFlowController:
@@ -36,11 +36,10 @@ class CreditBasedFlowController:
     __slots__ = ("_credits", "_denied", "_granted", "_waiters", "_waits", "window")
 
     def __init__(self, window: int, *, initial_credits: int | None = None) -> None:
-        self.window = _check_window(window)
+        self.window = check_int("window", window, 1)
         if initial_credits is None:
             initial_credits = self.window
-        if isinstance(initial_credits, bool) or not isinstance(initial_credits, int) \
-                or not 0 <= initial_credits <= self.window:
+        if not is_int(initial_credits) or not 0 <= initial_credits <= self.window:
             raise ValueError(f"initial_credits must be an int in [0, window], "
                              f"got {initial_credits!r}")
         self._credits = initial_credits
@@ -53,9 +52,7 @@ class CreditBasedFlowController:
 
     def announce(self, backlog: int) -> None:
         """The downstream has ``backlog`` records still to process: ``window - backlog`` left."""
-        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
-            raise ValueError(f"backlog must be an int >= 0, got {backlog!r}")
-        self._credits = max(self.window - backlog, 0)
+        self._credits = max(self.window - check_int("backlog", backlog, 0), 0)
         self._wake()
 
     def try_acquire(self, permits: int = 1) -> bool:
@@ -109,6 +106,15 @@ class CreditBasedFlowController:
         return 0.0 if permits <= self._credits else math.inf
 
     @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def max_permits(self) -> float:
+        """The window: a request for more could never be served."""
+        return float(self.window)
+
+    @property
     def current_rate_limit(self) -> float:
         """The window (records outstanding at most), in the protocol's rate slot."""
         return float(self.window)
@@ -119,11 +125,7 @@ class CreditBasedFlowController:
 
     def update_rate_limit(self, new_rate: float) -> None:
         """A new window; the credits change by the same amount."""
-        if isinstance(new_rate, bool) or not isinstance(new_rate, (int, float)) \
-                or not math.isfinite(new_rate) or new_rate < 1:
-            raise ValueError(f"new_rate (the window) must be a finite number >= 1, "
-                             f"got {new_rate!r}")
-        window = int(new_rate)
+        window = int(check_number("new_rate (the window)", new_rate, 1))
         self._credits = max(self._credits + window - self.window, 0)
         self.window = window
         self._wake()

@@ -1,7 +1,7 @@
 """Credit-based flow control between two stages, fed by the downstream group's lag.
 
 ``bp.credit_flow(window, downstream_group=..., downstream_topics=[...])`` returns a
-:class:`~faust_backpressure.limiters.credits.CreditBasedFlowController` to use as the upstream
+:class:`~faust_backpressure.control.credits.CreditBasedFlowController` to use as the upstream
 stage's limiter (``bp.rate_limit(...)`` or ``bp.pipeline(limiter=...)``). A Faust timer on the
 worker probes the downstream group's lag every ``interval`` seconds and announces it: the
 upstream sends at most ``window`` records more than the downstream has processed. It starts
@@ -22,8 +22,10 @@ from collections.abc import Sequence
 
 from faust.types import AppT
 
-from faust_backpressure.agents.control import LagProbe, check_interval, close_probes_on_stop
-from faust_backpressure.limiters.credits import CreditBasedFlowController
+from faust_backpressure.control.credits import CreditBasedFlowController
+from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
+from faust_backpressure.limiters.base import check_rate
+from faust_backpressure.tables.kafka import KafkaClientSettings
 
 __all__ = ["CreditFlow"]
 
@@ -33,11 +35,12 @@ log = logging.getLogger(__name__)
 class CreditFlow:
     """One credit window and the timer that announces the downstream backlog to it."""
 
-    def __init__(self, app: AppT, *, bootstrap: str, window: int, downstream_group: str,
+    def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str, window: int,
+                 downstream_group: str,
                  downstream_topics: Sequence[str], interval: float, name: str) -> None:
-        interval = check_interval(interval)
+        interval = check_rate("interval", interval)
         self.controller = CreditBasedFlowController(window, initial_credits=0)
-        self.probe = LagProbe(bootstrap, downstream_group, downstream_topics)
+        self.probe = LagProbe(kafka, downstream_group, downstream_topics)
         self.announcements = 0
         app.timer(interval, name=f"fbp_credits_{name}")(self.announce)
         close_probes_on_stop(app, lambda: [self.probe])

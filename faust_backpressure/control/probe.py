@@ -1,0 +1,98 @@
+"""Consumer lag of a downstream group, measured with plain aiokafka clients.
+
+The control loop and credit flow sample it once per interval: the sum over the partitions of
+``downstream_topics`` of the end offset minus the group's committed offset (the start of the
+partition when the group has committed nothing). A topic the broker does not know yet is an
+error, not a lag of zero. :func:`close_probes_on_stop` closes the clients when the worker stops.
+
+Example::
+
+    probe = LagProbe("localhost:9092", "billing", ["orders-priced"])
+    backlog = await probe.lag()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import AppT
+from mode import Service
+
+from faust_backpressure.faust_seam import force_metadata_update
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_admin, kafka_consumer
+
+__all__ = ["LagProbe", "close_probes_on_stop"]
+
+
+class LagProbe:
+    """Consumer lag of a group on some topics: sum over partitions of end - committed."""
+
+    def __init__(self, kafka: KafkaClientSettings | str, group: str,
+                 topics: Sequence[str]) -> None:
+        """``kafka``: the clients' settings (``tables.kafka.client_settings(app, ...)``) or a
+        bootstrap string for an open cluster."""
+        if not topics:
+            raise ValueError("downstream_topics must name at least one topic")
+        self.kafka, self.group, self.topics = kafka, group, list(topics)
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def lag(self) -> int:
+        if self._admin is None or self._consumer is None:
+            self._admin = kafka_admin(self.kafka, "lag-probe")
+            await self._admin.start()
+            self._consumer = kafka_consumer(self.kafka, "lag-probe")
+            await self._consumer.start()
+        partitions = self._partitions()
+        if {tp.topic for tp in partitions} != set(self.topics):  # first call: ask the broker
+            await force_metadata_update(self._consumer)
+            partitions = self._partitions()
+            missing = set(self.topics) - {tp.topic for tp in partitions}
+            if missing:  # an unknown lag is not a zero lag: no sample
+                raise LookupError(f"no partitions known for {sorted(missing)}")
+        ends = await self._consumer.end_offsets(partitions)
+        committed = await self._admin.list_consumer_group_offsets(self.group)
+        total = 0
+        for tp in partitions:
+            meta = committed.get(tp)
+            start = meta.offset if meta is not None and meta.offset >= 0 else 0
+            total += max(ends[tp] - start, 0)
+        return total
+
+    def _partitions(self) -> list[TopicPartition]:
+        assert self._consumer is not None
+        return [TopicPartition(topic, p) for topic in self.topics
+                for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self._admin = self._consumer = None
+
+
+
+class _ProbeCloser(Service):
+    """Closes lag probes' Kafka clients when the worker stops."""
+
+    def __init__(self, probes: Callable[[], Iterable[LagProbe]], **kwargs: Any) -> None:
+        self.probes = probes
+        super().__init__(**kwargs)
+
+    async def on_stop(self) -> None:
+        for probe in self.probes():
+            with contextlib.suppress(Exception):
+                await probe.close()
+
+
+def close_probes_on_stop(app: AppT, probes: Callable[[], Iterable[LagProbe]]) -> None:
+    """Close the probes ``probes()`` returns when ``app`` stops."""
+    async def start_closer() -> None:
+        await app.add_runtime_dependency(_ProbeCloser(probes))
+
+    app.task(start_closer)

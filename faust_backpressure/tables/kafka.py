@@ -1,0 +1,90 @@
+"""Kafka details the Faust-facing layers share: raw-bytes topics, brokers, key partitioning,
+and every Kafka client of our own (grant reader, lag probes, DLQ replay), built from the Faust
+app's own broker settings: brokers, TLS context, SASL credentials, client id and request
+timeout, so whatever works for the user's Faust app (open or secured cluster) works for ours.
+
+Example::
+
+    dlq = raw_topic(app, "orders-dlq")              # keys and values pass through as bytes
+    aiokafka_bootstrap = broker_bootstrap(app)      # "host:port,host:port"
+    partition = partition_for_key(b"orders-api", 8) # where the default partitioner puts it
+    consumer = kafka_consumer(app, "grants")         # group_id=None, the app's security
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from faust.types import AppT, TopicT
+
+__all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
+           "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic"]
+
+#: aiokafka keyword arguments every client of ours takes (``bootstrap_servers``, security, ...)
+KafkaClientSettings = Mapping[str, Any]
+
+
+def raw_topic(app: AppT, name: str, **options: Any) -> TopicT:
+    """``app.topic(name)`` whose keys and values are bytes, not (de)serialized by Faust;
+    ``options`` (e.g. ``partitions``, ``internal``) are passed on."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", **options)
+
+
+def broker_bootstrap(app: AppT) -> str:
+    """``host:port,...`` of the app's brokers (for plain aiokafka clients)."""
+    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as Faust's producer) gives ``key``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def client_settings(app: AppT, role: str) -> dict[str, Any]:
+    """aiokafka keyword arguments common to every client: brokers, security, identity."""
+    conf = app.conf
+    auth = dict(credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+    if auth.get("security_protocol") == "PLAINTEXT" and any(
+            url.scheme == "ssl" for url in conf.broker):
+        # ``ssl://`` URLs and no context: TLS with the system's trust store
+        auth.update(security_protocol="SSL", ssl_context=ssl.create_default_context())
+    return {
+        "bootstrap_servers": broker_bootstrap(app),
+        "client_id": f"{conf.broker_client_id}-fbp-{role}",
+        "request_timeout_ms": int(float(conf.broker_request_timeout) * 1000),
+        **auth,
+    }
+
+
+def _settings(source: AppT | KafkaClientSettings | str, role: str) -> dict[str, Any]:
+    if isinstance(source, str):
+        return {"bootstrap_servers": source}
+    if isinstance(source, Mapping):
+        return dict(source)
+    return client_settings(source, role)
+
+
+def kafka_consumer(source: AppT | KafkaClientSettings | str, role: str = "consumer",
+                   **options: Any) -> AIOKafkaConsumer:
+    """A consumer with the app's settings (or given ones); ``group_id=None`` by default."""
+    options.setdefault("group_id", None)
+    options.setdefault("enable_auto_commit", False)
+    return AIOKafkaConsumer(**{**_settings(source, role), **options})
+
+
+def kafka_producer(source: AppT | KafkaClientSettings | str, role: str = "producer",
+                   **options: Any) -> AIOKafkaProducer:
+    options.setdefault("acks", "all")
+    return AIOKafkaProducer(**{**_settings(source, role), **options})
+
+
+def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",
+                **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**{**_settings(source, role), **options})

@@ -1,0 +1,100 @@
+"""A local broker with a ``SASL_SSL`` listener (TLS + SCRAM-SHA-512 users) for security tests.
+
+Certificates are made at start with :pypi:`trustme` (a throw-away CA and a broker certificate for
+``127.0.0.1``); SCRAM users are created when the KRaft storage is formatted. The broker keeps its
+plain listener too (the test harness and admin helpers use it).
+
+Example::
+
+    with SecureKafkaBroker(users={"app": "app-secret"}) as broker:
+        app = faust.App("x", broker=f"kafka://{broker.secure_bootstrap}",
+                        broker_credentials=broker.credentials("app"))
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+from faust.types.auth import SASLMechanism
+
+from faust_backpressure.testing.broker import LocalKafkaBroker, _free_port
+
+__all__ = ["SCRAM_MECHANISM", "SecureKafkaBroker"]
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+def _pkcs8(key_pem: bytes) -> bytes:
+    """Kafka's PEM key stores read PKCS#8 keys only; trustme writes SEC1 for EC keys."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class SecureKafkaBroker(LocalKafkaBroker):
+    """:class:`LocalKafkaBroker` plus a ``SASL_SSL`` listener on :attr:`secure_bootstrap`."""
+
+    def __init__(self, users: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.users = dict(users)
+        self.secure_port = _free_port()
+        self.ca_path = self.data_dir / "ca.pem"
+        self._keystore = self.data_dir / "broker-keystore.pem"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def _make_certificates(self) -> None:
+        import trustme
+
+        if self._keystore.exists():  # a restart keeps its certificates
+            return
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ca.cert_pem.write_to_path(str(self.ca_path))
+        chain = b"".join(pem.bytes() for pem in leaf.cert_chain_pems)
+        self._keystore.write_bytes(_pkcs8(leaf.private_key_pem.bytes()) + chain)
+
+    def _properties(self) -> str:
+        self._make_certificates()
+        base = super()._properties()
+        secure = f"SASL_SSL://127.0.0.1:{self.secure_port}"
+        lines = []
+        for line in base.splitlines():
+            key, _, value = line.partition("=")
+            if key in ("listeners", "advertised.listeners"):
+                value = f"{value},{secure}"
+            elif key == "listener.security.protocol.map":
+                value = f"{value},SASL_SSL:SASL_SSL"
+            lines.append(f"{key}={value}")
+        prefix = "listener.name.sasl_ssl."
+        lines += [
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"{prefix}sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"{prefix}{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"{prefix}ssl.keystore.type=PEM",
+            f"{prefix}ssl.keystore.location={self._keystore}",
+        ]
+        return "".join(f"{line}\n" for line in lines)
+
+    def _format_arguments(self) -> list[str]:
+        return [*super()._format_arguments(), *(
+            arg for user, password in self.users.items()
+            for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"))]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this broker's CA."""
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def credentials(self, user: str, password: str | None = None) -> faust.SASLCredentials:
+        """Faust credentials for ``user`` (``password`` to try a wrong one)."""
+        return faust.SASLCredentials(
+            username=user, password=self.users[user] if password is None else password,
+            mechanism=SASLMechanism.SCRAM_SHA_512, ssl_context=self.ssl_context())
