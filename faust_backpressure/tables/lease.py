@@ -38,6 +38,14 @@ class LeaseCounters:
 
 
 @dataclass(slots=True)
+class _PendingCommand:
+    """A rate change or reset not acknowledged yet, and when it was last sent."""
+
+    command: Command
+    last_sent: float
+
+
+@dataclass(slots=True)
 class _Inflight:
     request: LeaseRequest
     first_sent: float
@@ -96,7 +104,7 @@ class DistributedRateLimiter(LimiterBase):
         self._low_water = 1.0
         self._inflight: _Inflight | None = None
         self._next_request_at = -_INF
-        self._pending: dict[str, list[object]] = {}  # command_id -> [Command, last_sent]
+        self._pending: dict[str, _PendingCommand] = {}  # by command_id
         self._seq = itertools.count(1)
         self._attempted = 0
         self._wanted = False
@@ -180,9 +188,9 @@ class DistributedRateLimiter(LimiterBase):
         now = self._clock() if now is None else now
         timeout = self.request_timeout
         for entry in self._pending.values():
-            if now - entry[1] >= timeout:  # type: ignore[operator]
-                entry[1] = now
-                return entry[0]  # type: ignore[return-value]
+            if now - entry.last_sent >= timeout:
+                entry.last_sent = now
+                return entry.command
         inflight = self._inflight
         if inflight is not None:
             # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): an answer may be
@@ -233,7 +241,7 @@ class DistributedRateLimiter(LimiterBase):
     def next_poll_in(self, now: float | None = None) -> float:
         """Seconds until :meth:`poll` may have something to send (without new demand)."""
         now = self._clock() if now is None else now
-        due = [entry[1] + self.request_timeout for entry in self._pending.values()]  # type: ignore[operator]
+        due = [entry.last_sent + self.request_timeout for entry in self._pending.values()]
         inflight = self._inflight
         if inflight is not None:
             due.append(min(inflight.last_sent + self._retry_timeout(inflight),
@@ -292,7 +300,7 @@ class DistributedRateLimiter(LimiterBase):
     def _command(self, kind: str, rate: float | None) -> None:
         command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=self.rate_limiter_id,
                           worker_id=self.worker_id, sent_at=self._wall(), rate=rate)
-        self._pending[command.command_id] = [command, -_INF]
+        self._pending[command.command_id] = _PendingCommand(command, -_INF)
         if self.wakeup is not None:
             self.wakeup()
 
