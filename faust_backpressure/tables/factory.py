@@ -53,7 +53,8 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
             rate_limiter_id, tokens_per_second, burst_capacity, worker_id=channel.worker_id,
             lease_ttl=lease_ttl, request_timeout=request_timeout, per_consumer=per_consumer,
             initial_tokens=initial_tokens,
-            storage_backend=f"kafka-table:{channel.changelog_topic_name}")
+            storage_backend=f"kafka-table:{channel.changelog_topic_name}",
+            wakeup=channel.wakeup(rate_limiter_id))
         return channel.add(limiter)
 
     create_with_kafka_storage = create_distributed

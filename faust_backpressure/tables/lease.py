@@ -61,11 +61,31 @@ class DistributedRateLimiter(LimiterBase):
     ``clock`` is monotonic (leases), ``wall_clock`` is only used for ``sent_at`` stamps.
     """
 
-    __slots__ = ("_attempted", "_burst", "_config", "_counters", "_demand_since", "_epoch",
-                 "_inflight", "_lease_expiry", "_lease_id", "_lease_tokens", "_low_water",
-                 "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wall",
-                 "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
-                 "wakeup", "worker_id")
+    __slots__ = (
+        "_attempted",
+        "_burst",
+        "_config",
+        "_counters",
+        "_demand_since",
+        "_epoch",
+        "_inflight",
+        "_lease_expiry",
+        "_lease_id",
+        "_lease_tokens",
+        "_low_water",
+        "_next_request_at",
+        "_pending",
+        "_rate",
+        "_rtt",
+        "_seq",
+        "_wakeup",
+        "_wall",
+        "_wanted",
+        "rate_limiter_id",
+        "request_timeout",
+        "storage_backend",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -82,7 +102,10 @@ class DistributedRateLimiter(LimiterBase):
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         utilization_window: float = 1.0,
+        wakeup: Callable[[], None] | None = None,
     ) -> None:
+        """``wakeup`` is called when the limiter has something to send (its channel's
+        keeper wakes); ``poll`` returns it."""
         self._config = LimiterConfig(
             rate=check_rate("tokens_per_second", tokens_per_second),
             burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
@@ -93,7 +116,7 @@ class DistributedRateLimiter(LimiterBase):
         self.worker_id = worker_id or uuid.uuid4().hex
         self.request_timeout = request_timeout or min(0.5, lease_ttl / 4.0)
         self.storage_backend = storage_backend
-        self.wakeup: Callable[[], None] | None = None
+        self._wakeup = wakeup
         self._wall = wall_clock
         self._rate = self._config.rate
         self._burst = self._config.burst
@@ -134,8 +157,8 @@ class DistributedRateLimiter(LimiterBase):
 
     def _want(self) -> None:
         self._wanted = True
-        if self.wakeup is not None:
-            self.wakeup()
+        if self._wakeup is not None:
+            self._wakeup()
 
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
@@ -301,8 +324,8 @@ class DistributedRateLimiter(LimiterBase):
         command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=self.rate_limiter_id,
                           worker_id=self.worker_id, sent_at=self._wall(), rate=rate)
         self._pending[command.command_id] = _PendingCommand(command, -_INF)
-        if self.wakeup is not None:
-            self.wakeup()
+        if self._wakeup is not None:
+            self._wakeup()
 
     # -- RateLimitingStrategy -------------------------------------------------------------
 

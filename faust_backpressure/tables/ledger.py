@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from faust_backpressure.tables.fairshare import max_min_fair
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
@@ -43,14 +43,36 @@ class LedgerStats:
     superseded: int = 0
 
 
+class _Lease(NamedTuple):
+    """Tokens leased to a worker and not yet expired (stored as a JSON list)."""
+
+    lease_id: str
+    outstanding: float
+    expires: float
+
+
+class _GrantRecord(NamedTuple):
+    """A worker's last answered request, to answer its retry the same (a JSON list)."""
+
+    at: float
+    lease_id: str
+    tokens: int
+    renews: str | None
+    retry_after: float
+    epoch: int
+    rate: float
+    burst: float
+    ttl: float
+
+
 @dataclass(slots=True)
 class _Worker:
     demand: float
     seen: float
-    leases: list[list[Any]] = field(default_factory=list)  # [lease_id, outstanding, expires]
+    leases: list[_Lease] = field(default_factory=list)
     last_seq: int = -1  # the worker's last request: its seq, id and recorded grant
     last_id: str | None = None
-    last: list[Any] | None = None  # [at, lease_id, tokens, renews, retry_after, epoch, ...]
+    last: _GrantRecord | None = None
 
     def to_list(self) -> list[Any]:
         return [self.demand, self.seen, self.leases, self.last_seq, self.last_id, self.last]
@@ -58,9 +80,10 @@ class _Worker:
     @classmethod
     def from_list(cls, raw: list[Any]) -> _Worker:
         demand, seen, leases, *rest = raw
-        worker = cls(demand, seen, [list(lease) for lease in leases])
+        worker = cls(demand, seen, [_Lease(*lease) for lease in leases])
         if rest:
-            worker.last_seq, worker.last_id, worker.last = rest[0], rest[1], rest[2]
+            worker.last_seq, worker.last_id = rest[0], rest[1]
+            worker.last = None if rest[2] is None else _GrantRecord(*rest[2])
         return worker
 
 
@@ -120,15 +143,15 @@ class LimiterLedger:
         return self.burst * self._scale(now)
 
     def outstanding(self) -> float:
-        return float(sum(lease[1] for w in self.workers.values() for lease in w.leases))
+        return float(sum(lease.outstanding for w in self.workers.values() for lease in w.leases))
 
     # -- time -----------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
         """Expire leases in expiry order and refill up to ``burst - outstanding`` in between."""
         rate, burst = self.effective_rate(now), self.effective_burst(now)
-        expiring = sorted((lease[2], id(lease), lease, w) for w in self.workers.values()
-                          for lease in w.leases if lease[2] <= now)
+        expiring = sorted((lease.expires, id(lease), lease, w) for w in self.workers.values()
+                          for lease in w.leases if lease.expires <= now)
         held = self.outstanding()
         t = self.refilled_at
         tokens = self.tokens
@@ -136,7 +159,7 @@ class LimiterLedger:
             if expires > t:
                 tokens = min(tokens + rate * (expires - t), burst - held)
                 t = expires
-            held -= lease[1]
+            held -= lease.outstanding
             worker.leases.remove(lease)
         if now > t:  # a new owner whose clock is behind does not refill backwards
             tokens = min(tokens + rate * (now - t), burst - held)
@@ -210,8 +233,8 @@ class LimiterLedger:
 
         carried, renews = 0.0, None
         for lease in worker.leases:
-            if lease[0] == req.lease_id:
-                carried, renews = min(req.unspent, lease[1]), lease[0]
+            if lease.lease_id == req.lease_id:
+                carried, renews = min(req.unspent, lease.outstanding), lease.lease_id
                 worker.leases.remove(lease)
                 break
         want = min(max(0.0, req.requested - carried), burst - carried)
@@ -222,7 +245,7 @@ class LimiterLedger:
         self.seq += 1
         lease_id = f"{self.seq}"
         if carried + tokens > 0:
-            worker.leases.append([lease_id, carried + tokens, now + ttl])
+            worker.leases.append(_Lease(lease_id, carried + tokens, now + ttl))
         else:
             renews = None
         if tokens > share * horizon + 1:
@@ -240,15 +263,15 @@ class LimiterLedger:
             retry_after = period / 4.0
         retry_after = min(max(retry_after, period / 8.0), period)
         worker.last_seq, worker.last_id = req.seq, req.request_id
-        worker.last = [now, lease_id, tokens, renews, retry_after, self.epoch, self.rate,
-                       self.burst, ttl]
+        worker.last = _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
+                                   self.rate, self.burst, ttl)
         return self._grant_from(req, worker.last)
 
-    def _grant_from(self, req: LeaseRequest, rec: list[Any]) -> Grant:
-        _, lease_id, tokens, renews, retry_after, epoch, rate, burst, ttl = rec
+    def _grant_from(self, req: LeaseRequest, rec: _GrantRecord) -> Grant:
         return Grant(request_id=req.request_id, limiter_id=self.limiter_id,
-                     worker_id=req.worker_id, lease_id=lease_id, tokens=tokens, ttl=ttl,
-                     renews=renews, retry_after=retry_after, epoch=epoch, rate=rate, burst=burst)
+                     worker_id=req.worker_id, lease_id=rec.lease_id, tokens=rec.tokens,
+                     ttl=rec.ttl, renews=rec.renews, retry_after=rec.retry_after,
+                     epoch=rec.epoch, rate=rec.rate, burst=rec.burst)
 
     def apply_command(self, cmd: Command, now: float) -> Ack | None:
         """Apply ``update_rate`` / ``reset`` once per command id; ``None`` if stale."""
@@ -304,7 +327,8 @@ class LimiterLedger:
             wid = head.removesuffix(f":{ledger.limiter_id}")
             worker = ledger.workers.get(wid)
             if worker is not None and seq.isdigit() and int(seq) > worker.last_seq:
-                worker.last_seq, worker.last_id, worker.last = int(seq), request_id, list(grant)
+                worker.last_seq, worker.last_id = int(seq), request_id
+                worker.last = _GrantRecord(*grant)
         ledger.commands = dict(record["commands"])
         ledger.stats = LedgerStats(**record["stats"])
         return ledger

@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -126,6 +127,14 @@ class LimiterChannel:
     @property
     def changelog_topic_name(self) -> str:
         return f"{self.app.conf.id}-{TABLE_NAME}-changelog"
+
+    def wakeup(self, limiter_id: str) -> Callable[[], None]:
+        """For a limiter's constructor: tells the keeper (once started) it has to send."""
+        def wake() -> None:
+            limiter = self.limiters.get(limiter_id)
+            if self.service is not None and limiter is not None:
+                self.service.keep(limiter)
+        return wake
 
     def add(self, limiter: DistributedRateLimiter) -> DistributedRateLimiter:
         known = self.limiters.get(limiter.rate_limiter_id)
@@ -357,12 +366,9 @@ class _ChannelService(Service):
                 await self._consumer.stop()
 
     def keep(self, limiter: DistributedRateLimiter) -> None:
-        def wakeup() -> None:
-            self._dirty.add(limiter)
-            self._wake.set()
-
-        limiter.wakeup = wakeup
-        wakeup()
+        """``limiter`` may have something to send: poll it on the keeper's next pass."""
+        self._dirty.add(limiter)
+        self._wake.set()
 
     async def _read_grants(self, consumer: AIOKafkaConsumer) -> None:
         while not self.should_stop:
