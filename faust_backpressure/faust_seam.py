@@ -56,6 +56,7 @@ __all__ = [
     "force_metadata_update",
     "install",
     "mark_control_topic",
+    "refresh_consumer_metadata",
     "send_control",
     "stream_processors",
     "unbounded_stream_buffer",
@@ -125,6 +126,18 @@ def flow_stopped_event(app: AppT) -> asyncio.Event | None:
     consumer = getattr(app, "_consumer", None)
     event: asyncio.Event | None = getattr(consumer, "suspend_flow", None)
     return event
+
+
+async def refresh_consumer_metadata(app: AppT) -> None:
+    """Make the app's own consumer fetch metadata now. A topic the consumer subscribed to
+    before it existed is otherwise ignored until the next rebalance or metadata refresh (5 min
+    by default); fresh metadata showing its partitions makes the group rejoin and assign it."""
+    consumer = getattr(app, "_consumer", None)
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        return
+    client = thread._ensure_consumer()._client
+    await thread.call_thread(client.force_metadata_update)
 
 
 async def force_metadata_update(client: Any) -> None:

@@ -27,6 +27,7 @@ from faust_backpressure.control import (
 from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.faust_seam import install as install_faust_seam
+from faust_backpressure.faust_seam import refresh_consumer_metadata
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel
@@ -164,3 +165,8 @@ class Backpressure:
         for pipeline in self.pipelines.values():
             for topic in pipeline.topics:
                 await topic.maybe_declare()
+        if self._control is not None:  # consumed by the deciding agent: see below
+            await self._control.pressure_topic.maybe_declare()
+        # Topics consumed here that did not exist when the consumer subscribed would be
+        # ignored until the next rebalance: fresh metadata makes the group assign them now.
+        await refresh_consumer_metadata(self.app)

@@ -27,7 +27,12 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from faust_backpressure.faust_seam import install, mark_control_topic, send_control
+from faust_backpressure.faust_seam import (
+    install,
+    mark_control_topic,
+    refresh_consumer_metadata,
+    send_control,
+)
 from faust_backpressure.tables.kafka import kafka_consumer, partition_for_key, raw_topic
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
@@ -347,6 +352,9 @@ class _ChannelService(Service):
         channel = self.channel
         await channel.grant_topic.maybe_declare()
         await channel.request_topic.maybe_declare()
+        # The owner agent subscribed before the request topic may have existed: let the
+        # group see its partitions now rather than at the next rebalance.
+        await refresh_consumer_metadata(channel.app)
         consumer = kafka_consumer(channel.app, "grants", auto_offset_reset="latest")
         await consumer.start()
         tp = TopicPartition(channel.grant_topic.get_topic_name(), 0)
