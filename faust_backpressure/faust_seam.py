@@ -271,11 +271,15 @@ class _GuardedConsumer:
         super().__init__(*args, **kwargs)
         self.offset_guard = OffsetGuard()
         self._fetch_batch = 0
+        self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
 
     def _guarded(self, topic: str) -> bool:
-        app = self.app
-        return topic not in app.tables.changelog_topics and bool(
-            app.topics.acks_enabled_for(topic))
+        guarded = self._guarded_topics.get(topic)
+        if guarded is None:
+            app = self.app
+            guarded = self._guarded_topics[topic] = topic not in app.tables.changelog_topics \
+                and bool(app.topics.acks_enabled_for(topic))
+        return guarded
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         self._fetch_batch += 1
@@ -335,6 +339,7 @@ class _GuardedConsumer:
         compare with). Under exactly_once those outputs then stayed in the open transaction,
         the events ran again after the rebalance, and both copies were committed together."""
         self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
+        self._guarded_topics.clear()  # subscriptions may change with the assignment
         self.offset_guard.forget(revoked)
         if self._active_partitions is not None:
             self._active_partitions.difference_update(revoked)

@@ -87,9 +87,8 @@ async def test_wrong_credentials_fail_at_start_naming_the_cause(
     Backpressure(app, settings=BackpressureSettings())
     app.in_worker = True
     caplog.set_level(logging.ERROR)
-    began = asyncio.get_running_loop().time()
+    # A start that retried for ever would end in wait_for's TimeoutError, which does not match.
     with pytest.raises(Exception, match="bootstrap"):
         await asyncio.wait_for(app.start(), timeout=30)
-    assert asyncio.get_running_loop().time() - began < 15  # fails, does not retry for ever
     assert "invalid credentials" in caplog.text  # the cause is named in the log
     await app.stop()
