@@ -20,6 +20,9 @@ The patches:
   buffer re-activated the partition while Faust was restoring tables with the flow resumed and
   before it sought the partition to its committed offset. A rate-limited stream fills its buffer,
   so a distributed limiter (whose table needs that restore) made this happen at most rebalances.
+* **Table recovery asks the broker where a changelog ends** (robinhood/faust#658): Faust's
+  exactly_once recovery took the last stable offset of aiokafka's last fetch, -1 before one, and
+  a worker restarting on its own state dir crash-looped (:meth:`_GuardedConsumer.highwaters`).
 * **exactly_once**: outputs join their input's transaction; commits happen between events
   (:class:`InputTransactionManager`); internal (control) records and the writes of our own
   tables are sent outside every transaction (:func:`send_control`, :func:`mark_control_topic`).
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.sensors import Sensor
 from faust.streams import current_event
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED, TransactionManager
@@ -364,6 +368,21 @@ class _GuardedConsumer:
             if batch and tp not in guard.expected and self._guarded(tp.topic):
                 guard.start(tp, batch[0].offset)
         return records
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        """Each partition's end as the broker says it (the last stable offset under
+        read_committed). Faust's exactly_once answer is the last stable offset of aiokafka's
+        last fetch of the partition: none (-1) before one, stale after. Table recovery
+        compares it with the offset persisted in RocksDB, so a worker restarting on its own
+        state dir raised ``ConsistencyError`` and crash-looped (robinhood/faust#658)."""
+        thread: Any = self._thread  # type: ignore[attr-defined]
+
+        async def ask_broker() -> dict[TP, int]:
+            ends = await thread._ensure_consumer().end_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+            return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+        return await thread.call_thread(ask_broker)  # type: ignore[no-any-return]
 
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking

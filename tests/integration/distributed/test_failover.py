@@ -121,3 +121,23 @@ async def test_malformed_and_forged_requests_are_rejected_and_counted(
     assert rejected(changelog) == len(bad)
     replies = await consume(cluster.bootstrap, f"{app_id}-fbp-limiter-grants", until=1)
     assert not any(reply.worker_id == "thief" for r in replies for reply in decode_replies(r.value))
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_owner_killed_twice_comes_back_on_its_own_state_dir(
+        cluster: Cluster, guarantee: str) -> None:
+    # The second restart recovers on top of a RocksDB that already holds changelog offsets:
+    # exactly_once compared them with an unknown last stable offset (-1) and crash-looped.
+    cluster.env.update(FBP_LIMITERS="again:100:100", FBP_GUARANTEE=guarantee)
+    owner = cluster.start("w0").wait_ready()
+    cluster.go()
+    await cluster.reports(lambda rs: len(admissions(rs)) >= 150)
+    for _ in range(2):
+        owner.kill()
+        restarted = time.time()
+        owner.start().wait_ready(timeout=90)
+        await cluster.reports(
+            lambda rs, since=restarted: len([t for t in admissions(rs) if t > since]) >= 50,
+            timeout=90)
+    assert owner.alive
+    assert "ConsistencyError" not in owner.logs()
