@@ -276,6 +276,7 @@ class _GuardedConsumer:
         self.offset_guard = OffsetGuard()
         self._fetch_batch = 0
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
+        self._resume_after_seek: set[TP] = set()
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)
@@ -317,7 +318,25 @@ class _GuardedConsumer:
         await super().seek(partition, offset)  # type: ignore[misc]
         self.offset_guard.reset(partition, offset)
 
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's, except that during a rebalance a stream partition is resumed only once it
+        has been sought to its committed offset. Faust resumes stream partitions, then seeks
+        them (faust-streaming #216); records fetched in between come from where the last
+        generation stopped reading. Under exactly_once an event read there and read again
+        after the seek had both outputs committed in one transaction."""
+        resumed = set(tps)
+        if self.app.rebalancing:
+            held = {tp for tp in resumed if self._guarded(tp.topic)}
+            self._resume_after_seek |= held
+            resumed -= held
+        super().resume_partitions(resumed)  # type: ignore[misc]
+
     async def perform_seek(self) -> None:
+        await self._seek_assigned()
+        held, self._resume_after_seek = self._resume_after_seek, set()
+        super().resume_partitions(held)  # type: ignore[misc]
+
+    async def _seek_assigned(self) -> None:
         await super().perform_seek()  # type: ignore[misc]
         guard = self.offset_guard
         for tp in self.assignment():  # type: ignore[attr-defined]
@@ -344,6 +363,7 @@ class _GuardedConsumer:
         the events ran again after the rebalance, and both copies were committed together."""
         self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
         self._guarded_topics.clear()  # subscriptions may change with the assignment
+        self._resume_after_seek.difference_update(revoked)
         self.offset_guard.forget(revoked)
         if self._active_partitions is not None:
             self._active_partitions.difference_update(revoked)
