@@ -29,10 +29,4 @@ async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
         print(f"\n{table}\n(worker logs: {result.workdir})")
     injected = [f.fault.kind for f in result.faults]
     assert injected == ["kill", "outage"], table
-    problems = result.problems()
-    open_defect = [p for p in problems if "duplicated in exactly_once" in p]
-    assert not [p for p in problems if p not in open_defect], table
-    if open_defect:
-        # Still open (issue 9, docs/reliability.md): now and then an id or a few are committed
-        # twice in exactly_once around a rebalance. Reported as an expected failure, not a pass.
-        pytest.xfail("; ".join(open_defect))
+    assert not result.problems(), table + "\n" + "\n".join(result.problems())
