@@ -42,6 +42,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.structs import RecordMetadata
 from faust.sensors import Sensor
 from faust.streams import current_event
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED, TransactionManager
@@ -269,6 +270,7 @@ class _GuardedConsumer:
     _buffered_partitions: set[TP]
     _active_partitions: set[TP] | None
     _paused_partitions: set[TP]
+    _unacked_messages: Any
     _on_partitions_revoked: Callable[[set[TP]], Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -277,6 +279,8 @@ class _GuardedConsumer:
         self._fetch_batch = 0
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
         self._resume_after_seek: set[TP] = set()
+        self.revoked_generation = -1  # events fetched in this generation or before are stale
+        self.stale_acks = 0
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)
@@ -371,6 +375,8 @@ class _GuardedConsumer:
         try:
             await self._on_partitions_revoked(revoked)
         finally:
+            self.revoked_generation = max(self.revoked_generation,
+                                          self.app.consumer_generation_id)
             for tp in revoked:
                 self._gap.pop(tp, None)
                 self._acked.pop(tp, None)
@@ -403,6 +409,23 @@ class _GuardedConsumer:
             return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
         return await thread.call_thread(ask_broker)  # type: ignore[no-any-return]
+
+    def is_stale(self, message: Message) -> bool:
+        """Fetched before the last revocation, whose handler committed what had finished:
+        the record is read again from its partition's committed offset."""
+        generation = message.generation_id
+        return generation is not None and generation <= self.revoked_generation
+
+    def ack(self, message: Message) -> bool:
+        """Faust's, except that a stale event's ack does not count: its offset is read again
+        (after the handler's commit, a stale ack could commit an offset whose outputs were
+        dropped, or that another worker now processes)."""
+        if self.is_stale(message):
+            message.acked = True
+            self._unacked_messages.discard(message)
+            self.stale_acks += 1
+            return False
+        return super().ack(message)  # type: ignore[misc, no-any-return]
 
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
@@ -464,6 +487,7 @@ class InputTransactionManager(TransactionManager):
         self._writers: set[Message] = set()  # sent outputs, not acked yet
         self._writer_acked = asyncio.Event()
         self._commit_done: asyncio.Event | None = None  # set while a commit runs
+        self.dropped_outputs = 0
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None, timestamp: float | None, headers: Any, *,
@@ -478,6 +502,8 @@ class InputTransactionManager(TransactionManager):
             except KeyError:  # not from a subscribed topic (e.g. a channel): Faust's rule
                 pass
             else:
+                if self._is_stale(message):
+                    return self._dropped(topic, partition, message)
                 if message not in self._writers:
                     while self._commit_done is not None:  # into the next transaction
                         await self._commit_done.wait()
@@ -488,6 +514,23 @@ class InputTransactionManager(TransactionManager):
                     transactional_id=f"{self.app.conf.id}-{group}-{message.tp.partition}")
         return await super().send(topic, key, value, partition, timestamp, headers,
                                   transactional_id=transactional_id)
+
+    def _is_stale(self, message: Message) -> bool:
+        is_stale = getattr(self.consumer, "is_stale", None)
+        return is_stale is not None and bool(is_stale(message))
+
+    def _dropped(self, topic: str, partition: int | None, message: Message) -> asyncio.Future[Any]:
+        """An output of an event fetched before the last revocation goes nowhere: the event
+        is read again (its ack does not count) and writes it then. Sent, it joined the next
+        generation's transaction and was committed twice (Kafka fences such a zombie's
+        producer; Faust keeps one producer per partition across a rebalance)."""
+        self.dropped_outputs += 1
+        log.info("dropped an output of %s@%d, fetched before the rebalance: it is read again",
+                 message.tp, message.offset)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        tp = TopicPartition(topic, -1 if partition is None else partition)
+        done.set_result(RecordMetadata(topic, tp.partition, tp, -1, -1, -1, -1))
+        return done
 
     def on_ack(self, message: Message) -> None:
         """Every stream is done with ``message``: it has finished writing."""

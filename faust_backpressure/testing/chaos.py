@@ -186,6 +186,8 @@ class ChaosResult:
     worker_exits: list[str] = field(default_factory=list)
     #: worker -> its most frequent ERROR/CRITICAL log lines (normalized) with their counts.
     log_errors: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: How often the seam's guards acted, over all workers' logs (see ``_SEAM_ACTIONS``).
+    seam_actions: Counter[str] = field(default_factory=Counter)
     #: Where the duplicates come from: per input partition, offsets, writers, times.
     duplicate_origins: list[str] = field(default_factory=list)
     stalled: bool = False
@@ -521,7 +523,13 @@ class _Run:
                              and not _OUTAGE_NOISE.search(line))
             if errors:
                 self.result.log_errors[worker.name] = errors.most_common(4)
+            for action, pattern in _SEAM_ACTIONS.items():
+                self.result.seam_actions[action] += len(pattern.findall(worker.logs()))
 
+
+#: The seam's log lines when one of its guards acts (faust_seam.py).
+_SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-reading"),
+                 "stale outputs dropped": re.compile(r"dropped an output of ")}
 
 #: What every client logs while the broker is down: not worth a line in the report.
 _OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
@@ -589,6 +597,9 @@ def format_table(results: Sequence[ChaosResult]) -> str:
                 r.worker_exits[-1]]
             lines.append(f"- {len(r.worker_exits)} worker exit(s) (each restarted): "
                          + "; ".join(shown))
+        if r.seam_actions:
+            lines.append("- seam guards acted: " + ", ".join(
+                f"{action} {n}" for action, n in sorted(r.seam_actions.items())))
         for name, errors in sorted(r.log_errors.items()):
             lines.append(f"- {name} log errors: " + "; ".join(f"{n} x `{text}`"
                                                               for text, n in errors))
