@@ -525,6 +525,11 @@ class InputTransactionManager(TransactionManager):
         generation's transaction and was committed twice (Kafka fences such a zombie's
         producer; Faust keeps one producer per partition across a rebalance)."""
         self.dropped_outputs += 1
+        # Acked now, so that its ack (Faust's compiled stream inlines it, past Consumer.ack)
+        # does not record the offset: the commit stops before it.
+        message.acked = True
+        consumer: Any = self.consumer
+        consumer._unacked_messages.discard(message)
         log.info("dropped an output of %s@%d, fetched before the rebalance: it is read again",
                  message.tp, message.offset)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
