@@ -270,7 +270,6 @@ class _GuardedConsumer:
     _buffered_partitions: set[TP]
     _active_partitions: set[TP] | None
     _paused_partitions: set[TP]
-    _unacked_messages: Any
     _on_partitions_revoked: Callable[[set[TP]], Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -280,7 +279,6 @@ class _GuardedConsumer:
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
-        self.stale_acks = 0
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)
@@ -412,20 +410,10 @@ class _GuardedConsumer:
 
     def is_stale(self, message: Message) -> bool:
         """Fetched before the last revocation, whose handler committed what had finished:
-        the record is read again from its partition's committed offset."""
+        under exactly_once its outputs are dropped (:class:`InputTransactionManager`) and it is
+        read again from its partition's committed offset."""
         generation = message.generation_id
         return generation is not None and generation <= self.revoked_generation
-
-    def ack(self, message: Message) -> bool:
-        """Faust's, except that a stale event's ack does not count: its offset is read again
-        (after the handler's commit, a stale ack could commit an offset whose outputs were
-        dropped, or that another worker now processes)."""
-        if self.is_stale(message):
-            message.acked = True
-            self._unacked_messages.discard(message)
-            self.stale_acks += 1
-            return False
-        return super().ack(message)  # type: ignore[misc, no-any-return]
 
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
