@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import faust
 from aiokafka import ConsumerRecord
 
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.testing.kafka_io import consume
+from faust_backpressure.testing.settings import fast_faust_settings
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -20,3 +26,12 @@ async def read_committed(bootstrap: str, topic: str, *, until: Callable[[list[Re
     """``kafka_io.consume`` of committed transactional records only."""
     return await consume(bootstrap, topic, until=until, timeout=timeout, settle=settle,
                          isolation_level="read_committed")
+
+
+def guarded_app(bootstrap: str, app_id: str, datadir: Path, guarantee: str,
+                **settings: Any) -> faust.App:
+    """An in-process Faust app with faust-backpressure installed (its seam patches on)."""
+    app = faust.App(app_id, datadir=str(datadir), processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{bootstrap}", **settings))
+    Backpressure(app, settings=BackpressureSettings())
+    return app

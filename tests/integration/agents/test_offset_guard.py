@@ -18,11 +18,9 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import committed_offsets, create_topics, produce
-from faust_backpressure.testing.settings import fast_faust_settings
+from tests.integration.agents.helpers import guarded_app
 
 pytestmark = pytest.mark.kafka
 
@@ -37,10 +35,8 @@ async def test_a_jump_in_offsets_is_re_read_not_committed_past(
     source = unique_name("src")
     await create_topics(kafka_bootstrap, {source: 1})
     await produce(kafka_bootstrap, source, ((None, b"%d" % i) for i in range(RECORDS)))
-    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}",
-                                          broker_max_poll_records=20))
-    Backpressure(app, settings=BackpressureSettings())
+    app = guarded_app(kafka_bootstrap, unique_name("app"), tmp_path, guarantee,
+                      broker_max_poll_records=20)
     topic = app.topic(source, value_type=bytes, value_serializer="raw")
     processed: list[int] = []
     unprocessed_commits: list[tuple[int, int]] = []
@@ -84,9 +80,7 @@ async def test_a_rebalance_resumes_a_stream_partition_only_after_seeking_it(
     # duplicate in the chaos runs). Here the same calls, in Faust's order, on a real consumer.
     source = unique_name("src")
     await create_topics(kafka_bootstrap, {source: 1})
-    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    Backpressure(app, settings=BackpressureSettings())
+    app = guarded_app(kafka_bootstrap, unique_name("app"), tmp_path, guarantee)
     topic = app.topic(source, value_type=bytes, value_serializer="raw")
 
     @app.agent(topic)

@@ -16,8 +16,6 @@ from typing import Any
 import faust
 import pytest
 
-from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import (
     committed_offsets,
@@ -25,7 +23,7 @@ from faust_backpressure.testing.kafka_io import (
     produce,
     read_to_end,
 )
-from faust_backpressure.testing.settings import fast_faust_settings
+from tests.integration.agents.helpers import guarded_app
 
 pytestmark = pytest.mark.kafka
 
@@ -35,10 +33,7 @@ async def test_outputs_of_an_event_fetched_before_a_revocation_are_dropped(
     source, sink = unique_name("src"), unique_name("out")
     await create_topics(kafka_bootstrap, {source: 1, sink: 1})
     await produce(kafka_bootstrap, source, [(None, b"before"), (None, b"stale"), (None, b"after")])
-    app = faust.App(unique_name("app"), datadir=str(tmp_path),
-                    processing_guarantee="exactly_once",
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    Backpressure(app, settings=BackpressureSettings())
+    app = guarded_app(kafka_bootstrap, unique_name("app"), tmp_path, "exactly_once")
     out = app.topic(sink, value_type=bytes, value_serializer="raw")
     seen: list[bytes] = []
 

@@ -18,11 +18,9 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
-from faust_backpressure.testing.settings import fast_faust_settings
+from tests.integration.agents.helpers import guarded_app
 
 pytestmark = pytest.mark.kafka
 
@@ -33,10 +31,8 @@ async def test_changelog_highwater_is_the_brokers_not_the_last_fetch(
         guarantee: str) -> None:
     source = unique_name("src")
     await create_topics(kafka_bootstrap, {source: 1})
-    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}",
-                                          topic_partitions=1))
-    Backpressure(app, settings=BackpressureSettings())
+    app = guarded_app(kafka_bootstrap, unique_name("app"), tmp_path, guarantee,
+                      topic_partitions=1)
     table = app.Table("counts", default=int, partitions=1)
     topic = app.topic(source, value_type=bytes, value_serializer="raw")
 
