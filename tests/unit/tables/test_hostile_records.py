@@ -8,11 +8,19 @@ import json
 import math
 from typing import Any
 
+import faust
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.tables import DistributedRateLimiter, LimiterConfig, LimiterLedger
+from faust_backpressure.tables import (
+    DistributedRateLimiter,
+    DistributedRateLimiterFactory,
+    LimiterConfig,
+    LimiterLedger,
+    limiter_channel,
+)
 from faust_backpressure.tables.integrity import (
     BAD_SIGNATURE,
     OUT_OF_RANGE,
@@ -226,3 +234,15 @@ def test_fuzzed_grant_records_are_rejected_or_ignored_never_raise(value: bytes) 
     for reply in decode_reply_record(value, SECRET):
         assert isinstance(reply, RejectedRecord)
     assert signed.current_tokens == 0 and signed.current_rate_limit == 100
+
+
+def test_the_channel_takes_the_secret_of_the_settings_unless_given_its_own() -> None:
+    app = faust.App("secret-wiring-unit", broker="kafka://127.0.0.1:1")
+    DistributedRateLimiterFactory.create_distributed(app, "early", 10, 10)  # before the app's
+    Backpressure(app, settings=BackpressureSettings(secret="s3cret", max_clock_skew=3.0))
+    channel = limiter_channel(app)
+    assert channel.secret == SECRET and channel.max_clock_skew == 3.0
+    own = faust.App("secret-wiring-own", broker="kafka://127.0.0.1:1")
+    DistributedRateLimiterFactory.create_distributed(own, "x", 10, 10, secret=b"mine")
+    Backpressure(own, settings=BackpressureSettings(secret="s3cret"))
+    assert limiter_channel(own).secret == b"mine"
