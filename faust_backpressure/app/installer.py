@@ -30,7 +30,7 @@ from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.faust_seam import refresh_consumer_metadata
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import client_settings
-from faust_backpressure.tables.service import find_channel
+from faust_backpressure.tables.service import find_channel, use_settings
 
 __all__ = ["Backpressure"]
 
@@ -58,6 +58,8 @@ class Backpressure:
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         register(app, self)
+        # Distributed limiters declared before or after this sign with the same secret.
+        use_settings(app, self.settings)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).
         install_faust_seam(app)
@@ -120,7 +122,9 @@ class Backpressure:
         to their shed topic instead of waiting (explicit load shedding; off by default).
         """
         if self._control is None:
-            self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"))
+            self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"),
+                                         secret=self.settings.secret_key,
+                                         max_clock_skew=self.settings.max_clock_skew)
         resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
                                 burst_capacity=burst_capacity)
         loop = self._control.add(ControlLoop(
@@ -155,6 +159,19 @@ class Backpressure:
         """The app's limiters shared by id (one per id, however they were made)."""
         channel = find_channel(self.app)
         return [] if channel is None else list(channel.limiters.values())
+
+    @property
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """Internal records this worker rejected, by topic (``requests``, ``grants``,
+        ``pressure``) and reason (see ``docs/security.md``)."""
+        out: dict[str, dict[str, int]] = {}
+        channel = find_channel(self.app)
+        if channel is not None:
+            out["requests"] = dict(channel.rejections.by_reason)
+            out["grants"] = dict(channel.reply_rejections.by_reason)
+        if self._control is not None:
+            out["pressure"] = dict(self._control.rejections.by_reason)
+        return out
 
     @property
     def control_loops(self) -> dict[str, ControlLoop]:

@@ -34,6 +34,9 @@ class Installation(Protocol):
     @property
     def control_loops(self) -> dict[str, ControlLoop]: ...
 
+    @property
+    def rejections(self) -> dict[str, dict[str, int]]: ...
+
 
 _INSTALLED: weakref.WeakKeyDictionary[AppT, Installation] = weakref.WeakKeyDictionary()
 

@@ -80,6 +80,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                              "dead_lettered": p.stats.dead_lettered}
                       for name, p in bp.pipelines.items()},
         "control": control,
+        "rejected": bp.rejections,
     }
 
 
@@ -118,6 +119,10 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
     yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
            [({"limiter": k}, s["lag"]) for k, s in sampled])
+    yield ("rejected_records_total", "counter",
+           "Internal records rejected (forged, replayed, malformed, out of range).",
+           [({"topic": topic, "reason": reason}, n)
+            for topic, reasons in state["rejected"].items() for reason, n in reasons.items()])
 
 
 def _escape(value: str) -> str:

@@ -42,6 +42,12 @@ class BackpressureSettings:
     ``monitoring_interval`` (5 s). Rates are restored below
     ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
     (hysteresis, so throttling does not flap).
+
+    ``secret`` (``FAUST_BP_SECRET``, the same on every worker): when set, every internal record
+    (lease requests, grants, commands, acks, pressure samples) carries an HMAC-SHA256 made with
+    it and receivers reject records without a valid one (see ``docs/security.md``). Records
+    stamped more than ``max_clock_skew`` seconds in the future, or older than their protocol
+    allows, are rejected as well.
     """
 
     max_consumer_lag: int = 10_000
@@ -56,6 +62,8 @@ class BackpressureSettings:
     retry_backoff_max: float = 5.0
     traceback_limit: int = 4096
     replay_rate: float = 1000.0
+    secret: str | None = dataclasses.field(default=None, repr=False)  # never in logs or reprs
+    max_clock_skew: float = 10.0
 
     def __post_init__(self) -> None:
         _validate(self, lambda name: name)
@@ -66,6 +74,11 @@ class BackpressureSettings:
         ``scaling_threshold``, unless ``restore_lag`` is set."""
         return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
                                      self.scaling_threshold)
+
+    @property
+    def secret_key(self) -> bytes | None:
+        """``secret`` as the HMAC key (UTF-8), or ``None`` when records are not signed."""
+        return None if self.secret is None else self.secret.encode()
 
     def replace(self, **changes: Any) -> BackpressureSettings:
         """A copy with ``changes`` applied (validated)."""
@@ -104,6 +117,8 @@ def _parse(type_name: Any, raw: str) -> Any:
             return int(text)
         except ValueError:
             return raw
+    if kind.startswith("str") and kind.endswith("None"):
+        return text or None  # FAUST_BP_SECRET= (empty) means no secret
     if kind == "float":
         try:
             return float(text)
@@ -129,6 +144,9 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("retry_backoff", 0, strict=False)
     number("retry_backoff_max", 0, strict=False)
     number("replay_rate", 0, strict=True)
+    number("max_clock_skew", 0, strict=True)
+    if s.secret is not None and (not isinstance(s.secret, str) or not s.secret):
+        raise ValueError(f"{name('secret')} must be a non-empty string or unset")
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")

@@ -9,6 +9,11 @@ on one worker (the owner of the key's partition), which alone runs the
 ``limiter.update_rate_limit``; a distributed limiter carries the new rate to every worker.
 See ``docs/control-loop.md``.
 
+Samples are checked before they count (``docs/security.md``): signed with the app's secret when
+there is one, at most ``max_clock_skew`` in the future, at most three intervals plus the skew
+old, never seen before (replay), every number finite and in range. Anything else is counted in
+``ControlLoops.rejections`` by reason and changes nothing.
+
 Example::
 
     loop = bp.control_loop("orders-api", downstream_group="billing",
@@ -23,7 +28,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -39,9 +43,17 @@ from faust_backpressure.control.policy import (
     PressureSample,
 )
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
+from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
+from faust_backpressure.tables.integrity import (
+    UNKNOWN,
+    RejectedRecord,
+    Rejections,
+    ReplayGuard,
+    check_time,
+)
 from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
@@ -51,28 +63,9 @@ CONTROL_TABLE = "fbp-control"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSample:
-    """What one worker saw of one limiter at ``at`` (its wall clock): the pressure event."""
-
-    limiter: str
-    worker: str
-    at: float
-    lag: int
-    utilization: float
-    cpu: float
-
-    def encode(self) -> bytes:
-        return json.dumps({"limiter": self.limiter, "worker": self.worker, "at": self.at,
-                           "lag": self.lag, "utilization": self.utilization,
-                           "cpu": self.cpu}).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> WorkerSample:
-        data = json.loads(raw)
-        return cls(limiter=str(data["limiter"]), worker=str(data["worker"]),
-                   at=float(data["at"]), lag=int(data["lag"]),
-                   utilization=float(data["utilization"]), cpu=float(data["cpu"]))
+#: Most workers whose latest sample a decider keeps (a flood of made-up worker ids is dropped
+#: oldest first, so memory stays bounded).
+MAX_WORKERS = 10_000
 
 
 class ControlLoop:
@@ -95,6 +88,7 @@ class ControlLoop:
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
         self.gates = gates
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
+        self._received: dict[str, float] = {}  # when each arrived (decider's monotonic clock)
         self.decisions: list[PressureDecision] = []
         self.last_decision: PressureDecision | None = None
         self.last_sample: WorkerSample | None = None  # this worker's latest
@@ -118,11 +112,21 @@ class ControlLoop:
         return self.last_sample
 
     def observe(self, sample: WorkerSample, now: float) -> PressureDecision | None:
-        """A worker's sample arrived; decide at most once per interval (on the decider)."""
-        self.samples[sample.worker] = sample
+        """A worker's sample arrived; decide at most once per interval (on the decider).
+
+        Fresh are the samples that arrived within three intervals (the decider's clock, not
+        the senders': a sample stamped in the future cannot stay fresh)."""
+        self.samples.pop(sample.worker, None)  # re-inserted last: the dict is by arrival
+        self._received.pop(sample.worker, None)
+        self.samples[sample.worker], self._received[sample.worker] = sample, now
+        horizon = now - 3 * self.interval
+        for worker, received in list(self._received.items()):
+            if received >= horizon and len(self._received) <= MAX_WORKERS:
+                break
+            del self._received[worker], self.samples[worker]
         if now - self._decided_at < self.interval * 0.9:
             return None
-        fresh = [s for s in self.samples.values() if s.at >= sample.at - 3 * self.interval]
+        fresh = list(self.samples.values())
         decision = self.controller.decide(PressureSample(
             lag=max(s.lag for s in fresh),
             utilization=max(s.utilization for s in fresh),
@@ -143,9 +147,12 @@ class ControlLoop:
 class ControlLoops:
     """The app's control loops, its pressure topic, sampling timer and deciding agent."""
 
-    def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str) -> None:
+    def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str,
+                 secret: bytes | None = None, max_clock_skew: float = 10.0) -> None:
         self.app = app
         self.kafka = kafka
+        self.secret = secret
+        self.max_clock_skew = max_clock_skew
         self.loops: dict[str, ControlLoop] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
@@ -162,11 +169,12 @@ class ControlLoops:
         mark_control_topic(app, self.table.changelog_topic.get_topic_name())
         self._stored: dict[str, str] = {}  # what this worker last wrote, per limiter
         self.published = 0
-        self.rejected = 0
+        self.rejections = Rejections()  # pressure records, by reason
+        self._replays: dict[str, ReplayGuard] = {}  # per loop: sample ids within its window
 
         async def fbp_pressure_control(stream: faust.StreamT[bytes]) -> None:
-            async for raw in stream:
-                self.handle(raw)
+            async for event in stream.events():
+                self.handle(event.value, event.key)
 
         app.agent(self.pressure_topic, name="fbp_pressure_control")(fbp_pressure_control)
 
@@ -176,6 +184,7 @@ class ControlLoops:
         if loop.name in self.loops:
             raise ValueError(f"limiter {loop.name!r} already has a control loop")
         self.loops[loop.name] = loop
+        self._replays[loop.name] = ReplayGuard(self.max_age(loop))
         self.app.timer(loop.interval, name=f"fbp_pressure_sample_{loop.name}")(
             self._sampler(loop))
         return loop
@@ -188,17 +197,38 @@ class ControlLoops:
                 log.warning("pressure sample of %s failed: %r", loop.name, exc)
                 return
             await send_control(self.app, self.pressure_topic.get_topic_name(),
-                               loop.name.encode(), worker_sample.encode())
+                               loop.name.encode(), worker_sample.encode(self.secret))
             self.published += 1
         return sample
 
-    def handle(self, raw: bytes | None) -> PressureDecision | None:
+    @property
+    def rejected(self) -> int:
+        return self.rejections.total
+
+    def max_age(self, loop: ControlLoop) -> float:
+        """Oldest sample that still counts: three intervals (what the decider aggregates)
+        plus the clock skew allowed between workers."""
+        return 3 * loop.interval + self.max_clock_skew
+
+    def check(self, raw: bytes | None, key: bytes | None = None,
+              now: float | None = None) -> tuple[ControlLoop, WorkerSample]:
+        """The loop and the sample of a pressure record, or :class:`RejectedRecord`."""
+        sample = WorkerSample.decode(raw, key, self.secret)
+        loop = self.loops.get(sample.limiter)
+        if loop is None:
+            raise RejectedRecord(f"no control loop for {sample.limiter!r:.80}", code=UNKNOWN)
+        now = time.time() if now is None else now
+        check_time(sample.at, now, max_age=self.max_age(loop), max_skew=self.max_clock_skew)
+        self._replays[loop.name].check(sample.sample_id, now)
+        return loop, sample
+
+    def handle(self, raw: bytes | None, key: bytes | None = None) -> PressureDecision | None:
+        """Apply one pressure record; a rejected one is counted and changes nothing."""
         try:
-            sample = WorkerSample.decode(raw or b"")
-            loop = self.loops[sample.limiter]
-        except (ValueError, KeyError, TypeError) as exc:
-            self.rejected += 1
-            log.warning("pressure event rejected: %r", exc)
+            loop, sample = self.check(raw, key)
+        except RejectedRecord as exc:
+            self.rejections.count(exc)
+            log.warning("pressure event rejected (%s): %s", exc.code, exc.reason)
             return None
         stored = self.table.get(loop.name)
         if stored is not None and stored != self._stored.get(loop.name):

@@ -1,21 +1,29 @@
 """Wire format of the distributed limiter protocol: lease requests, commands, grants, acks.
 
-Everything is a JSON object with ``"v": 1``. Requests and commands may be signed with an
-HMAC-SHA256 over the record key and the canonical JSON of the body. Decoding validates every field:
-a record that fails raises :class:`RejectedRecord` and is never granted.
+Everything is a JSON object with ``"v": 1``. With a secret, every record (requests, commands,
+grants, acks) is signed with an HMAC-SHA256 over the record key and the canonical JSON of the body
+(see ``integrity``): a request's key is its limiter id, a reply's the worker id it answers.
+Decoding validates every field (type, range, finiteness): a record that fails raises (or is
+returned as) :class:`RejectedRecord` and is never granted or applied.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.config.validation import is_number
+from faust_backpressure.tables.integrity import (
+    UNKNOWN,
+    WRONG_KEY,
+    RejectedRecord,
+    canonical,
+    load_json,
+    number,
+    sign,
+    text,
+    verify,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -27,6 +35,7 @@ __all__ = [
     "RejectedRecord",
     "decode_replies",
     "decode_reply",
+    "decode_reply_record",
     "decode_request",
     "decode_requests",
     "encode",
@@ -35,17 +44,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-_MAX_ID = 200
 _MAX_TOKENS = 1e12
-
-
-class RejectedRecord(ValueError):
-    """A record on the request topic is malformed, forged or for another key."""
-
-    def __init__(self, reason: str, limiter_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.limiter_id = limiter_id
+#: Largest epoch, sequence number or count a record may carry (exact in a JSON double).
+_MAX_INT = 2.0**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +118,6 @@ class Ack:
     type: str = "ack"
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _signature(secret: bytes, key: bytes, body: dict[str, Any]) -> str:
-    return hmac.new(secret, key + b"\n" + _canonical(body), hashlib.sha256).hexdigest()
-
-
 def _fields(message: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` without its deep copies (the hot path of every request)."""
     body = {name: getattr(message, name) for name in message.__dataclass_fields__}
@@ -140,30 +133,20 @@ def encode(message: LeaseRequest | Command | Grant | Ack, *, key: bytes = b"",
            secret: bytes | None = None) -> bytes:
     body = {"v": PROTOCOL_VERSION, **_fields(message)}
     if secret is not None:
-        body["sig"] = _signature(secret, key, body)
-    return _canonical(body)
+        body["sig"] = sign(secret, key, body)
+    return canonical(body)
 
 
 # -- validation -------------------------------------------------------------------------------
 
 
 def _str(body: dict[str, Any], name: str, *, optional: bool = False) -> Any:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
-        raise RejectedRecord(f"{name} must be a non-empty string of at most {_MAX_ID} chars")
-    return value
+    return text(body, name, optional=optional)
 
 
 def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
          *, optional: bool = False) -> Any:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not is_number(value) or not math.isfinite(value) or not low <= value <= high:
-        raise RejectedRecord(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+    return number(body, name, low, high, optional=optional)
 
 
 def _seq(body: dict[str, Any], request_id: str) -> int:
@@ -171,10 +154,10 @@ def _seq(body: dict[str, Any], request_id: str) -> int:
     raw = body.get("seq")
     if raw is None:
         suffix = request_id.rpartition(":")[2]
-        if not suffix.isdigit():
+        if not (suffix.isascii() and suffix.isdigit()) or len(suffix) > 15:
             raise RejectedRecord("request has no seq and its id does not end with one")
         return int(suffix)
-    return int(_num(body, "seq", 0.0, 2.0**53))
+    return int(_num(body, "seq", 0.0, _MAX_INT))
 
 
 def _config(raw: Any) -> LimiterConfig:
@@ -198,28 +181,23 @@ def _check(key: bytes, body: Any, secret: bytes | None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RejectedRecord("value is not a JSON object")
     if body.get("v") != PROTOCOL_VERSION:
-        raise RejectedRecord(f"unsupported protocol version {body.get('v')!r}")
+        raise RejectedRecord(f"unsupported protocol version {body.get('v')!r:.40}",
+                             code=UNKNOWN)
     if secret is not None:
-        sig = body.pop("sig", None)
-        if not isinstance(sig, str) or not hmac.compare_digest(
-                sig, _signature(secret, key, body)):
-            raise RejectedRecord("bad or missing signature")
+        verify(secret, key, body)
     return body
 
 
 def _load(key: bytes | None, value: bytes | None) -> Any:
     if not isinstance(key, bytes) or not key:
-        raise RejectedRecord("record has no key")
-    try:
-        return json.loads(value) if value is not None else None
-    except (ValueError, UnicodeDecodeError):
-        raise RejectedRecord("value is not JSON") from None
+        raise RejectedRecord("record has no key", code=WRONG_KEY)
+    return None if value is None else load_json(value)
 
 
 def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Command:
     limiter_id = _str(body, "limiter_id")
     if limiter_id != limiter_key:
-        raise RejectedRecord("limiter_id does not match the record key")
+        raise RejectedRecord("limiter_id does not match the record key", code=WRONG_KEY)
     kind = body.get("type")
     if kind == "lease":
         requested = _num(body, "requested", 0.0)
@@ -236,7 +214,7 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
                        worker_id=_str(body, "worker_id"),
                        sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate)
-    raise RejectedRecord(f"unknown record type {kind!r}")
+    raise RejectedRecord(f"unknown record type {kind!r:.40}", code=UNKNOWN)
 
 
 def decode_request(key: bytes | None, value: bytes | None,
@@ -285,7 +263,7 @@ def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None
     out: list[LeaseRequest | Command | RejectedRecord] = []
     for body in bodies:
         lid = body.get("limiter_id") if isinstance(body, dict) else None
-        lid = lid if isinstance(lid, str) and 0 < len(lid) <= _MAX_ID else None
+        lid = lid if isinstance(lid, str) and 0 < len(lid) <= 200 else None
         try:
             if lid is None:
                 raise RejectedRecord("batch element has no limiter_id")
@@ -296,39 +274,64 @@ def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None
     return out
 
 
-def _reply(body: Any) -> Grant | Ack | None:
+def _reply(body: Any, secret: bytes | None) -> Grant | Ack:
+    if not isinstance(body, dict):
+        raise RejectedRecord("reply is not a JSON object")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise RejectedRecord(f"unsupported protocol version {body.get('v')!r:.40}",
+                             code=UNKNOWN)
+    worker_id = _str(body, "worker_id")
+    if secret is not None:  # signed by the owner with the key it is sent under
+        verify(secret, worker_id.encode(), body)
+    kind = body.get("type")
+    limiter_id, epoch = _str(body, "limiter_id"), int(_num(body, "epoch", 0.0, _MAX_INT))
+    rate = _num(body, "rate", 1e-9)
+    if kind == "grant":
+        return Grant(request_id=_str(body, "request_id"), limiter_id=limiter_id,
+                     worker_id=worker_id, lease_id=_str(body, "lease_id"),
+                     tokens=int(_num(body, "tokens", 0.0)), ttl=_num(body, "ttl", 0.0, 3600.0),
+                     renews=_str(body, "renews", optional=True),
+                     retry_after=_num(body, "retry_after", 0.0, 3600.0), epoch=epoch,
+                     rate=rate, burst=_num(body, "burst", 1.0))
+    if kind == "ack":
+        return Ack(command_id=_str(body, "command_id"), limiter_id=limiter_id,
+                   worker_id=worker_id, epoch=epoch, rate=rate)
+    raise RejectedRecord(f"unknown reply type {kind!r:.40}", code=UNKNOWN)
+
+
+def decode_reply_record(value: bytes | None, secret: bytes | None = None
+                        ) -> list[Grant | Ack | RejectedRecord]:
+    """A record of the grant topic: one reply (an object) or a batch (an array), each reply
+    validated (and its signature checked when there is a ``secret``) on its own."""
     try:
-        if not isinstance(body, dict) or body.pop("v", None) != PROTOCOL_VERSION:
-            return None
-        kind = body.get("type")
-        if kind == "grant":
-            return Grant(**body)
-        if kind == "ack":
-            return Ack(**body)
-    except TypeError:
-        pass
-    return None
+        body = load_json(value)
+        bodies = body if isinstance(body, list) else [body]
+        if not 0 < len(bodies) <= MAX_BATCH:
+            raise RejectedRecord(f"a batch is an array of 1 to {MAX_BATCH} replies")
+    except RejectedRecord as exc:
+        return [exc]
+    out: list[Grant | Ack | RejectedRecord] = []
+    for one in bodies:
+        try:
+            out.append(_reply(one, secret))
+        except RejectedRecord as exc:
+            out.append(exc)
+    return out
 
 
-def decode_reply(value: bytes | None) -> Grant | Ack | None:
-    """Parse a record of the grant topic; ``None`` for anything this version does not know."""
-    replies = decode_replies(value)
+def decode_reply(value: bytes | None, secret: bytes | None = None) -> Grant | Ack | None:
+    """Parse a record of the grant topic; ``None`` for anything not one valid reply."""
+    replies = decode_replies(value, secret)
     return replies[0] if len(replies) == 1 else None
 
 
-def decode_replies(value: bytes | None) -> list[Grant | Ack]:
-    """The replies in a grant-topic record: one object, or an array of them (a batch);
-    anything this version does not know is left out."""
-    try:
-        body = json.loads(value) if value is not None else None
-    except (ValueError, UnicodeDecodeError):
-        return []
-    bodies = body if isinstance(body, list) else [body]
-    return [reply for reply in map(_reply, bodies) if reply is not None]
+def decode_replies(value: bytes | None, secret: bytes | None = None) -> list[Grant | Ack]:
+    """The valid replies in a grant-topic record (see :func:`decode_reply_record`)."""
+    return [r for r in decode_reply_record(value, secret) if not isinstance(r, RejectedRecord)]
 
 
-def encode_replies(replies: list[Grant | Ack]) -> bytes:
-    """One grant-topic record for several replies to the same worker."""
-    if len(replies) == 1:
-        return encode(replies[0])
-    return b"[" + b",".join(encode(reply) for reply in replies) + b"]"
+def encode_replies(replies: list[Grant | Ack], secret: bytes | None = None) -> bytes:
+    """One grant-topic record for several replies to the same worker, each signed with its
+    worker id as the key when there is a ``secret``."""
+    bodies = [encode(reply, key=reply.worker_id.encode(), secret=secret) for reply in replies]
+    return bodies[0] if len(bodies) == 1 else b"[" + b",".join(bodies) + b"]"

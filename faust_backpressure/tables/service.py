@@ -27,12 +27,14 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
+from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.faust_seam import (
     install,
     mark_control_topic,
     refresh_consumer_metadata,
     send_control,
 )
+from faust_backpressure.tables.integrity import WRONG_KEY, Rejections
 from faust_backpressure.tables.kafka import kafka_consumer, partition_for_key, raw_topic
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
@@ -43,14 +45,14 @@ from faust_backpressure.tables.messages import (
     Grant,
     LeaseRequest,
     RejectedRecord,
-    decode_replies,
+    decode_reply_record,
     decode_requests,
     encode,
     encode_batch,
     encode_replies,
 )
 
-__all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel"]
+__all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel", "use_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,24 @@ OWNER_AGENT = "fbp-limiter-owner"
 RECORD_BATCH = 500
 
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
+#: ``Backpressure(app, settings=...)``'s settings, for a channel declared before or after it.
+_settings: weakref.WeakKeyDictionary[faust.App, BackpressureSettings] = \
+    weakref.WeakKeyDictionary()
 
 
 class LimiterChannel:
     """Per app: the state table, request and grant topics, the owner agent and the limiters."""
 
     def __init__(self, app: faust.App, *, partitions: int | None = None,
-                 secret: bytes | None = None, max_clock_skew: float = 10.0) -> None:
+                 secret: bytes | None = None, max_clock_skew: float | None = None) -> None:
+        """``secret`` and ``max_clock_skew`` given here win; unset, they come from the app's
+        settings (``FAUST_BP_SECRET``, ``FAUST_BP_MAX_CLOCK_SKEW``)."""
         self.app = app
+        self._explicit = {"secret": secret is not None,
+                          "max_clock_skew": max_clock_skew is not None}
         self.secret = secret
-        self.max_clock_skew = max_clock_skew
+        self.max_clock_skew = 10.0 if max_clock_skew is None else max_clock_skew
+        self.configure(_settings.get(app) or BackpressureSettings.from_env())
         self.partitions = partitions or app.conf.topic_partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
@@ -90,7 +100,8 @@ class LimiterChannel:
         mark_control_topic(app, self.changelog_topic_name)
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
-        self.rejected = 0
+        self.rejections = Rejections()  # request-topic records, by reason
+        self.reply_rejections = Rejections()  # grant-topic records addressed to this worker
         self.service: _ChannelService | None = None
         self.load = OwnerLoad()
         self.answered = 0  # replies sent by this worker's owner agent
@@ -123,6 +134,18 @@ class LimiterChannel:
             await app.add_runtime_dependency(self.service)
 
         app.task(fbp_limiters_start)
+
+    def configure(self, settings: BackpressureSettings) -> None:
+        """Take the secret and clock skew from ``settings`` unless they were given."""
+        if not self._explicit["secret"]:
+            self.secret = settings.secret_key
+        if not self._explicit["max_clock_skew"]:
+            self.max_clock_skew = settings.max_clock_skew
+
+    @property
+    def rejected(self) -> int:
+        """Request-topic records rejected by this worker's owner agent."""
+        return self.rejections.total
 
     def _forget_ledgers(self, sender: Any, /, *args: Any, signal: Any = None,
                         **kwargs: Any) -> None:
@@ -171,7 +194,7 @@ class LimiterChannel:
                 continue
             if self._partition(message.limiter_id) != partition:
                 await self._reject(RejectedRecord("record is on the wrong partition for its key",
-                                            message.limiter_id), partition)
+                                                  message.limiter_id, code=WRONG_KEY), partition)
                 continue
             applied = await self.apply(message, partition, now)
             if applied is not None:
@@ -193,7 +216,11 @@ class LimiterChannel:
         if ledger is not None:
             pass
         elif isinstance(message, LeaseRequest):
-            ledger = LimiterLedger(message.limiter_id, message.config, now,
+            # The owner's own declaration of the limiter wins over the one in the request:
+            # a forged request cannot create a bucket with a rate of its choosing.
+            local = self.limiters.get(message.limiter_id)
+            ledger = LimiterLedger(message.limiter_id,
+                                   message.config if local is None else local.config, now,
                                    max_clock_skew=self.max_clock_skew)
         else:
             local = self.limiters.get(message.limiter_id)
@@ -271,7 +298,7 @@ class LimiterChannel:
         for worker_id, replies in by_worker.items():  # one record per worker and batch
             for i in range(0, len(replies), RECORD_BATCH):  # records well under 1 MB
                 await self._send_reply(worker_id.encode(),
-                                       encode_replies(replies[i:i + RECORD_BATCH]))
+                                       encode_replies(replies[i:i + RECORD_BATCH], self.secret))
         self.answered += len(batch)
         self.batches += 1
 
@@ -291,9 +318,9 @@ class LimiterChannel:
                 log.exception("fbp-limiter owner: sending replies failed")
 
     async def _reject(self, exc: RejectedRecord, partition: int) -> None:
-        self.rejected += 1
-        log.warning("fbp-limiter: rejected record on partition %d (limiter %r): %s",
-                    partition, exc.limiter_id, exc.reason)
+        self.rejections.count(exc)
+        log.warning("fbp-limiter: rejected record on partition %d (limiter %r, %s): %s",
+                    partition, exc.limiter_id, exc.code, exc.reason)
         lid = exc.limiter_id
         if lid and self._partition(lid) == partition:
             ledger = self._ledger(lid)
@@ -325,7 +352,11 @@ class LimiterChannel:
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:
             return  # another worker's answer (grants are keyed by worker id): skip the JSON
-        for reply in decode_replies(value):
+        for reply in decode_reply_record(value, self.secret):
+            if isinstance(reply, RejectedRecord):  # forged or broken: never applied
+                self.reply_rejections.count(reply)
+                log.warning("fbp-limiter: rejected reply (%s): %s", reply.code, reply.reason)
+                continue
             if reply.worker_id != self.worker_id:
                 continue
             limiter = self.limiters.get(reply.limiter_id)
@@ -429,6 +460,14 @@ def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:
     if channel is None:
         channel = _channels[app] = LimiterChannel(app, **options)
     return channel
+
+
+def use_settings(app: Any, settings: BackpressureSettings) -> None:
+    """The app's settings for its channel, whether it is declared already or later."""
+    _settings[app] = settings
+    channel = _channels.get(app)
+    if channel is not None:
+        channel.configure(settings)
 
 
 def find_channel(app: Any) -> LimiterChannel | None:

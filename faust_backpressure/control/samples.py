@@ -1,0 +1,74 @@
+"""The pressure sample: what one worker saw of one limiter, as a record of the pressure topic.
+
+A JSON object keyed by the limiter's name; with a secret it is signed like every internal record
+(``tables.integrity``: HMAC-SHA256 over the key and the canonical JSON). :meth:`WorkerSample.
+decode` validates every field (type, range, finiteness) and raises nothing but
+:class:`RejectedRecord`; when a sample is too old or from the future, and whether it is a replay,
+is decided by the receiver, which knows the loop's interval (see ``loop.ControlLoops.handle``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from faust_backpressure.tables.integrity import (
+    WRONG_KEY,
+    RejectedRecord,
+    canonical,
+    load_json,
+    number,
+    sign,
+    text,
+    verify,
+)
+
+__all__ = ["MAX_LAG", "WorkerSample"]
+
+#: Largest lag a sample may claim (records): far above any real backlog, exact as a double.
+MAX_LAG = 10**15
+#: Utilization and CPU are shares of 1; a little above 1 happens, far above it never does.
+_MAX_SHARE = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSample:
+    """What one worker saw of one limiter at ``at`` (its wall clock): the pressure event."""
+
+    limiter: str
+    worker: str
+    at: float
+    lag: int
+    utilization: float
+    cpu: float
+
+    @property
+    def sample_id(self) -> str:
+        """Unique per sample of a worker: what replay protection remembers."""
+        return f"{self.worker}\n{self.at!r}"
+
+    def encode(self, secret: bytes | None = None) -> bytes:
+        body: dict[str, Any] = {"limiter": self.limiter, "worker": self.worker, "at": self.at,
+                                "lag": self.lag, "utilization": self.utilization,
+                                "cpu": self.cpu}
+        if secret is not None:
+            body["sig"] = sign(secret, self.limiter.encode(), body)
+        return canonical(body)
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: bytes | None = None,
+               secret: bytes | None = None) -> WorkerSample:
+        """Validate a pressure record; with a ``secret`` its signature over ``key`` too. A
+        ``key`` that is given must be the sample's limiter (it is the record key)."""
+        data = load_json(raw)
+        if not isinstance(data, dict):
+            raise RejectedRecord("pressure sample is not a JSON object")
+        limiter = text(data, "limiter")
+        if key is not None and key != limiter.encode():
+            raise RejectedRecord("limiter does not match the record key", code=WRONG_KEY)
+        if secret is not None:
+            verify(secret, limiter.encode(), data)
+        return cls(limiter=limiter, worker=text(data, "worker"),
+                   at=number(data, "at", 0.0, 1e11), lag=int(number(data, "lag", 0, MAX_LAG)),
+                   utilization=number(data, "utilization", 0.0, _MAX_SHARE),
+                   cpu=number(data, "cpu", 0.0, _MAX_SHARE))

@@ -1,0 +1,154 @@
+"""What every internal record shares: HMAC signatures, range checks, replay memory, rejections.
+
+Used by the limiter protocol (``messages``) and the control loop's pressure samples. A record
+is a JSON object; signed, it carries ``"sig"``: HMAC-SHA256 over the record key, a newline and
+the canonical JSON (sorted keys, no spaces) of the object without ``"sig"``.
+
+Example::
+
+    body = {"v": 1, "lag": 3}
+    body["sig"] = sign(b"s3cret", b"orders-api", body)
+    verify(b"s3cret", b"orders-api", body)   # pops "sig"; RejectedRecord if it is wrong
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from collections import Counter, OrderedDict
+from typing import Any
+
+from faust_backpressure.config.validation import is_number
+
+__all__ = ["RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
+           "load_json", "number", "sign", "text", "verify"]
+
+#: Rejection reasons (the ``reason`` label of the rejected-records counters).
+MALFORMED = "malformed"
+BAD_SIGNATURE = "bad_signature"
+OUT_OF_RANGE = "out_of_range"
+STALE = "stale"
+FUTURE = "future"
+REPLAYED = "replayed"
+WRONG_KEY = "wrong_key"
+UNKNOWN = "unknown"
+
+_MAX_TEXT = 200
+
+
+class RejectedRecord(ValueError):
+    """An internal record is malformed, forged, replayed or out of range: counted, never used.
+
+    ``code`` is one of the reasons above; ``reason`` says what exactly, for the log."""
+
+    def __init__(self, reason: str, limiter_id: str | None = None, *,
+                 code: str = MALFORMED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.limiter_id = limiter_id
+        self.code = code
+
+
+class Rejections:
+    """Rejected records of one receiver, by reason."""
+
+    __slots__ = ("by_reason",)
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+
+    def count(self, exc: RejectedRecord) -> None:
+        self.by_reason[exc.code] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+
+def canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                      allow_nan=False).encode()
+
+
+def sign(secret: bytes, key: bytes, body: dict[str, Any]) -> str:
+    return hmac.new(secret, key + b"\n" + canonical(body), hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, key: bytes, body: dict[str, Any]) -> None:
+    """Remove ``"sig"`` from ``body``; :class:`RejectedRecord` unless it signs the rest."""
+    sig = body.pop("sig", None)
+    try:
+        ok = isinstance(sig, str) and hmac.compare_digest(sig, sign(secret, key, body))
+    except (ValueError, TypeError):  # NaN/inf, or a non-ASCII sig: nothing we signed
+        ok = False
+    if not ok:
+        raise RejectedRecord("bad or missing signature", code=BAD_SIGNATURE)
+
+
+def load_json(value: bytes | None) -> Any:
+    """``json.loads`` that fails only with :class:`RejectedRecord` (deep nesting, huge ints,
+    bad UTF-8 included)."""
+    if value is None:
+        raise RejectedRecord("record has no value")
+    try:
+        return json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError):
+        raise RejectedRecord("value is not JSON") from None
+
+
+def text(body: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_TEXT:
+        raise RejectedRecord(f"{name} must be a non-empty string of at most {_MAX_TEXT} chars")
+    return value
+
+
+def number(body: dict[str, Any], name: str, low: float, high: float,
+           *, optional: bool = False) -> Any:
+    """A finite number in ``[low, high]`` (never a bool, NaN or infinity) as a float."""
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not is_number(value) or not math.isfinite(value) or not low <= value <= high:
+        raise RejectedRecord(f"{name} must be a number in [{low:g}, {high:g}], got {value!r:.40}",
+                             code=OUT_OF_RANGE)
+    return float(value)
+
+
+def check_time(at: float, now: float, *, max_age: float, max_skew: float) -> None:
+    """``at`` (a sender's wall clock) is at most ``max_age`` in the past and ``max_skew`` in
+    the future of ``now``."""
+    if at - now > max_skew:
+        raise RejectedRecord(f"timestamp {at:.3f} is {at - now:.1f} s in the future",
+                             code=FUTURE)
+    if now - at > max_age:
+        raise RejectedRecord(f"timestamp {at:.3f} is {now - at:.1f} s old", code=STALE)
+
+
+class ReplayGuard:
+    """Ids seen within ``window`` seconds (at most ``capacity`` of them, oldest forgotten
+    first): with timestamps older than ``window`` rejected, a replay is always caught."""
+
+    __slots__ = ("_seen", "capacity", "window")
+
+    def __init__(self, window: float, capacity: int = 100_000) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def check(self, record_id: str, now: float) -> None:
+        """Remember ``record_id``; :class:`RejectedRecord` if it was seen in the window."""
+        seen = self._seen
+        while seen and (len(seen) >= self.capacity
+                        or now - next(iter(seen.values())) > self.window):
+            seen.popitem(last=False)
+        if record_id in seen:
+            raise RejectedRecord(f"record {record_id!r:.80} was already seen", code=REPLAYED)
+        seen[record_id] = now
+
+    def __len__(self) -> int:
+        return len(self._seen)

@@ -1,0 +1,248 @@
+"""Issue 11 section 2, limiter protocol: forged, replayed, malformed and out-of-range records
+are rejected (with a reason) before they reach a ledger or a lease; fuzzed, no decoder raises
+anything but a rejection, grants nothing and changes no rate."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import faust
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.tables import (
+    DistributedRateLimiter,
+    DistributedRateLimiterFactory,
+    LimiterConfig,
+    LimiterLedger,
+    limiter_channel,
+)
+from faust_backpressure.tables.integrity import (
+    BAD_SIGNATURE,
+    OUT_OF_RANGE,
+    REPLAYED,
+    STALE,
+    RejectedRecord,
+    Rejections,
+    ReplayGuard,
+)
+from faust_backpressure.tables.messages import (
+    Ack,
+    Command,
+    Grant,
+    LeaseRequest,
+    decode_reply_record,
+    decode_requests,
+    encode,
+    encode_batch,
+    encode_replies,
+)
+
+SECRET = b"s3cret"
+CONFIG = LimiterConfig(rate=100.0, burst=1500.0, lease_ttl=1.0)
+FUZZ = settings(max_examples=300, deadline=None)
+
+
+def forged_lease(*, worker: str = "thief", requested: int = 10**12, demand: float = 1e12,
+                 sent_at: float = 0.0) -> LeaseRequest:
+    return LeaseRequest(request_id=f"{worker}:lim:1", limiter_id="lim", worker_id=worker,
+                        demand=demand, requested=requested, sent_at=sent_at, lease_id=None,
+                        unspent=0.0, config=CONFIG, seq=1)
+
+
+def grant(**changes: Any) -> Grant:
+    fields = dict(request_id="w:lim:1", limiter_id="lim", worker_id="w", lease_id="1",
+                  tokens=10, ttl=2.0, renews=None, retry_after=0.1, epoch=0, rate=100.0,
+                  burst=100.0)
+    return Grant(**{**fields, **changes})
+
+
+def only_rejections(decoded: list[Any], code: str | None = None) -> bool:
+    return bool(decoded) and all(isinstance(d, RejectedRecord) and (code is None or
+                                                                  d.code == code)
+                                 for d in decoded)
+
+
+# -- the attacks of the issue ------------------------------------------------------------------
+
+
+def test_a_forged_lease_request_without_the_secret_is_rejected_as_bad_signature() -> None:
+    raw = encode(forged_lease(), key=b"lim")  # well formed, unsigned
+    assert only_rejections(decode_requests(b"lim", raw, SECRET), BAD_SIGNATURE)
+    _, batch = encode_batch([forged_lease()], secret=b"guess")  # signed with a wrong key
+    assert only_rejections(decode_requests(b"lim", batch, SECRET), BAD_SIGNATURE)
+
+
+def test_requested_tokens_are_capped_by_the_burst_and_demand_by_the_decoder() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    granted = ledger.handle_lease(forged_lease(), 0.0)
+    assert granted is not None and granted.tokens <= CONFIG.burst
+    too_much = json.loads(encode(forged_lease(), key=b"lim"))
+    too_much["demand"] = 1e13
+    [rejected] = decode_requests(b"lim", json.dumps(too_much).encode())
+    assert isinstance(rejected, RejectedRecord) and rejected.code == OUT_OF_RANGE
+
+
+def test_a_forged_update_rate_without_the_secret_is_rejected_and_never_applied() -> None:
+    command = Command(type="update_rate", command_id="c1", limiter_id="lim", worker_id="thief",
+                      sent_at=0.0, rate=1e6)
+    assert only_rejections(decode_requests(b"lim", encode(command, key=b"lim"), SECRET),
+                           BAD_SIGNATURE)
+    [accepted] = decode_requests(b"lim", encode(command, key=b"lim", secret=SECRET), SECRET)
+    assert accepted == command  # the same command, signed, is what a real worker sends
+
+
+def test_numbers_out_of_range_or_not_finite_are_rejected() -> None:
+    body = json.loads(encode(forged_lease(requested=5, demand=5), key=b"lim"))
+    for name, value in [("demand", -1), ("requested", 1e999), ("unspent", float("nan")),
+                        ("sent_at", 1e300), ("rtt", -0.5), ("seq", 2.0**60)]:
+        raw = json.dumps({**body, name: value}).encode()
+        [rejected] = decode_requests(b"lim", raw)
+        assert isinstance(rejected, RejectedRecord) and rejected.code == OUT_OF_RANGE, name
+
+
+def test_an_old_signed_request_or_command_replayed_changes_nothing() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=100.0, max_clock_skew=5.0)
+    real = forged_lease(worker="w", requested=100, demand=100, sent_at=100.0)
+    first = ledger.handle_lease(real, 100.0)
+    assert first is not None and first.tokens > 0
+    # Within the window: the recorded grant again, no new tokens; after it: stale.
+    assert ledger.handle_lease(real, 101.0) == first
+    assert ledger.handle_lease(real, 200.0) is None
+    assert ledger.stats.granted == first.tokens and ledger.stats.stale == 1
+    cmd = Command(type="update_rate", command_id="c1", limiter_id="lim", worker_id="w",
+                  sent_at=200.0, rate=5.0)
+    assert ledger.apply_command(cmd, 200.0) is not None and ledger.rate == 5.0
+    ledger.apply_command(Command(type="update_rate", command_id="c2", limiter_id="lim",
+                                 worker_id="w", sent_at=201.0, rate=50.0), 201.0)
+    ledger.apply_command(cmd, 202.0)  # replayed within the window: acknowledged, not applied
+    assert ledger.rate == 50.0
+    assert ledger.apply_command(cmd, 300.0) is None and ledger.rate == 50.0  # too old
+
+
+def test_a_future_request_is_not_granted() -> None:
+    ledger = LimiterLedger("lim", CONFIG, now=100.0, max_clock_skew=5.0)
+    assert ledger.handle_lease(forged_lease(worker="w", sent_at=1e10), 100.0) is None
+    assert ledger.stats.stale == 1 and ledger.stats.granted == 0
+
+
+def test_grants_and_acks_are_signed_and_a_forged_one_is_rejected() -> None:
+    replies = [grant(), Ack(command_id="c", limiter_id="lim", worker_id="w", epoch=1, rate=5.0)]
+    assert decode_reply_record(encode_replies(replies, SECRET), SECRET) == replies
+    assert only_rejections(decode_reply_record(encode_replies(replies), SECRET), BAD_SIGNATURE)
+    # Signed for another worker, then readdressed: the worker id is part of what is signed.
+    body = json.loads(encode_replies([grant(worker_id="other")], SECRET))
+    body["worker_id"] = "w"
+    assert only_rejections(decode_reply_record(json.dumps(body).encode(), SECRET),
+                           BAD_SIGNATURE)
+    huge = json.loads(encode_replies([grant()]))
+    huge["tokens"] = 1e999
+    assert only_rejections(decode_reply_record(json.dumps(huge).encode()), OUT_OF_RANGE)
+
+
+def test_the_secret_comes_from_the_settings_and_never_shows_in_a_repr() -> None:
+    settings_ = BackpressureSettings.from_env(environ={"FAUST_BP_SECRET": "s3cret",
+                                                       "FAUST_BP_MAX_CLOCK_SKEW": "2.5"})
+    assert settings_.secret_key == SECRET and settings_.max_clock_skew == 2.5
+    assert "s3cret" not in repr(settings_)
+    assert BackpressureSettings.from_env(environ={"FAUST_BP_SECRET": ""}).secret is None
+
+
+def test_replay_guard_remembers_ids_within_its_window_with_bounded_memory() -> None:
+    guard = ReplayGuard(window=10.0, capacity=3)
+    guard.check("a", 0.0)
+    try:
+        guard.check("a", 5.0)
+        raise AssertionError("replay accepted")
+    except RejectedRecord as exc:
+        assert exc.code == REPLAYED
+    guard.check("a", 11.0)  # forgotten after the window (timestamps reject it by then)
+    for i in range(10):
+        guard.check(f"id{i}", 12.0)
+    assert len(guard) <= 3
+    counts = Rejections()
+    counts.count(RejectedRecord("old", code=STALE))
+    assert counts.by_reason == {STALE: 1} and counts.total == 1
+
+
+# -- fuzz ---------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    | st.floats(allow_nan=True, allow_infinity=True),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=6),
+    max_leaves=30)
+VALID_LEASE = json.loads(encode(forged_lease(worker="w", requested=10, demand=10), key=b"lim"))
+VALID_GRANT = json.loads(encode_replies([grant()]))
+# a valid body with one field replaced (or added) by anything JSON can carry
+mutated_lease = st.builds(lambda k, v: json.dumps({**VALID_LEASE, k: v}).encode(),
+                          st.sampled_from([*VALID_LEASE, "sig", "extra"]), json_values)
+mutated_grant = st.builds(lambda k, v: json.dumps({**VALID_GRANT, k: v}).encode(),
+                          st.sampled_from([*VALID_GRANT, "sig"]), json_values)
+records = (st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
+           | mutated_lease)
+keys = st.none() | st.just(b"lim") | st.binary(max_size=10)
+
+
+def _check_request(message: LeaseRequest | Command) -> None:
+    """An accepted (unsigned) request is in range, and a ledger handles it within bounds."""
+    ledger = LimiterLedger("lim", CONFIG, now=0.0)
+    if isinstance(message, LeaseRequest):
+        reply = ledger.handle_lease(message, 0.0)
+        assert reply is None or 0 <= reply.tokens <= CONFIG.burst
+        assert ledger.tokens + ledger.outstanding() <= CONFIG.burst + 1e-6
+    else:
+        ledger.apply_command(message, 0.0)
+        assert math.isfinite(ledger.rate) and 1e-9 <= ledger.rate <= 1e12
+
+
+@FUZZ
+@given(key=keys, value=records)
+def test_fuzzed_request_records_are_rejected_or_valid_never_raise(key: bytes | None,
+                                                                   value: bytes) -> None:
+    for message in decode_requests(key, value):  # no secret: well-formed ones pass
+        if not isinstance(message, RejectedRecord):
+            _check_request(message)
+    # With a secret nothing unsigned gets through: no grant, no rate change.
+    assert only_rejections(decode_requests(key, value, SECRET))
+
+
+@FUZZ
+@given(value=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
+       | mutated_grant)
+def test_fuzzed_grant_records_are_rejected_or_ignored_never_raise(value: bytes) -> None:
+    now = [0.0]
+    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w", clock=lambda: now[0],
+                                     wall_clock=lambda: now[0])
+    assert not limiter.try_acquire()
+    assert limiter.poll() is not None  # a request in flight, as in a running worker
+    for reply in decode_reply_record(value):
+        if isinstance(reply, Grant):
+            limiter.on_grant(reply)  # at most what a valid grant may carry
+        elif isinstance(reply, Ack):
+            limiter.on_ack(reply)
+    assert math.isfinite(limiter.current_tokens) and limiter.current_tokens >= 0
+    assert only_rejections(decode_reply_record(value, SECRET))
+    signed = DistributedRateLimiter("lim", 100, 100, worker_id="w", clock=lambda: now[0])
+    signed.try_acquire()
+    signed.poll()
+    for reply in decode_reply_record(value, SECRET):
+        assert isinstance(reply, RejectedRecord)
+    assert signed.current_tokens == 0 and signed.current_rate_limit == 100
+
+
+def test_the_channel_takes_the_secret_of_the_settings_unless_given_its_own() -> None:
+    app = faust.App("secret-wiring-unit", broker="kafka://127.0.0.1:1")
+    DistributedRateLimiterFactory.create_distributed(app, "early", 10, 10)  # before the app's
+    Backpressure(app, settings=BackpressureSettings(secret="s3cret", max_clock_skew=3.0))
+    channel = limiter_channel(app)
+    assert channel.secret == SECRET and channel.max_clock_skew == 3.0
+    own = faust.App("secret-wiring-own", broker="kafka://127.0.0.1:1")
+    DistributedRateLimiterFactory.create_distributed(own, "x", 10, 10, secret=b"mine")
+    Backpressure(own, settings=BackpressureSettings(secret="s3cret"))
+    assert limiter_channel(own).secret == b"mine"
