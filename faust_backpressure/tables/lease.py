@@ -4,6 +4,10 @@
 :meth:`~DistributedRateLimiter.poll` to learn what to send and feeds answers back through
 :meth:`~DistributedRateLimiter.on_grant` / :meth:`~DistributedRateLimiter.on_ack`. The hot path,
 ``try_acquire(1)`` with tokens in the lease, touches nothing but a few attributes.
+
+Spending is paced: a lease's tokens are released by a local token bucket at the pace that makes
+them last until the next lease can arrive (see ``docs/distributed.md``, *Smooth spending*), so
+the shared limit is even second to second instead of front-loaded per lease.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
+from faust_backpressure.tables.fallback import SafeCapacity
 from faust_backpressure.tables.ledger import MAX_TTL_FACTOR, SATURATED
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 
 _INF = math.inf
+#: In steady demand, a grant raises the pace by at most this factor.
+PACE_GROWTH = 1.25
+#: In steady demand a worker may spend this many seconds of its pace at once (>= 1 permit).
+LOCAL_BURST_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -35,6 +44,10 @@ class LeaseCounters:
     granted_tokens: int = 0
     expired_tokens: float = 0.0
     ignored_replies: int = 0
+    #: Calls refused only by the pace (the lease had the tokens, just not yet).
+    paced: int = 0
+    #: Permits admitted from the safe-capacity fallback while the owner was unreachable.
+    fallback_admitted: int = 0
 
 
 @dataclass(slots=True)
@@ -62,22 +75,30 @@ class DistributedRateLimiter(LimiterBase):
     """
 
     __slots__ = (
+        "_asking_since",
         "_attempted",
         "_burst",
+        "_burst_until",
+        "_cap",
         "_config",
         "_counters",
         "_demand_since",
         "_epoch",
+        "_fallback",
         "_inflight",
         "_lease_expiry",
         "_lease_id",
         "_lease_tokens",
         "_low_water",
         "_next_request_at",
+        "_pace",
+        "_paced",
+        "_paced_at",
         "_pending",
         "_rate",
         "_rtt",
         "_seq",
+        "_starved",
         "_wakeup",
         "_wall",
         "_wanted",
@@ -103,9 +124,11 @@ class DistributedRateLimiter(LimiterBase):
         wall_clock: Clock = time.time,
         utilization_window: float = 1.0,
         wakeup: Callable[[], None] | None = None,
+        fallback_rate: float | None = None,
     ) -> None:
         """``wakeup`` is called when the limiter has something to send (its channel's
-        keeper wakes); ``poll`` returns it."""
+        keeper wakes); ``poll`` returns it. ``fallback_rate`` (off by default): permits/s this
+        worker may admit on its own while the owner cannot be reached (see ``fallback.py``)."""
         self._config = LimiterConfig(
             rate=check_rate("tokens_per_second", tokens_per_second),
             burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
@@ -133,6 +156,19 @@ class DistributedRateLimiter(LimiterBase):
         self._wanted = False
         self._rtt = 0.01
         self._counters = LeaseCounters()
+        # Pacing: a local token bucket (level ``_paced`` at ``_paced_at``, refilled at
+        # ``_pace``, capacity ``_cap``) gates spending from the lease. In steady demand its
+        # capacity is small (LOCAL_BURST_SECONDS of the pace); when demand starts after a
+        # lease TTL of idle time (and at start) it is full and holds the whole burst for one
+        # TTL, so the grants of a full shared bucket may be spent at once, as before.
+        self._pace = self._rate
+        self._paced = 0.0
+        self._paced_at = -_INF  # no demand yet: the first call finds the limiter idle
+        self._cap = self._burst
+        self._burst_until = -_INF
+        self._starved = False
+        self._fallback = None if fallback_rate is None else SafeCapacity(fallback_rate)
+        self._asking_since: float | None = None  # first send of the oldest unanswered request
         super().__init__(clock, utilization_window)
         self._demand_since = clock()
 
@@ -142,16 +178,23 @@ class DistributedRateLimiter(LimiterBase):
         """Spend ``permits`` of the local lease now or refuse now (never blocks, no I/O)."""
         now = self._clock()
         if permits == 1 and now < self._fast_until:
-            self._attempted += 1
-            if self._lease_tokens >= 1.0 and now < self._lease_expiry:
-                self._lease_tokens -= 1.0
+            tokens = self._lease_tokens
+            if tokens >= 1.0 and now < self._lease_expiry:
+                level = self._paced + (now - self._paced_at) * self._pace
+                if level >= 1.0:
+                    self._attempted += 1
+                    cap = self._cap
+                    self._paced = (level if level < cap else cap) - 1.0
+                    self._paced_at = now
+                    self._lease_tokens = tokens = tokens - 1.0
+                    self._granted += 1
+                    if tokens < self._low_water and not self._wanted:
+                        self._want()
+                    return True
+            if self._admit(1, now):
                 self._granted += 1
-                if self._lease_tokens < self._low_water and not self._wanted:
-                    self._want()
                 return True
             self._denied += 1
-            if not self._wanted:
-                self._want()
             return False
         return self._try_slow(permits, now)
 
@@ -160,16 +203,60 @@ class DistributedRateLimiter(LimiterBase):
         if self._wakeup is not None:
             self._wakeup()
 
+    def _level(self, now: float, permits: float = 1.0) -> float:
+        """The pacing bucket's level now (its capacity is never below ``permits``)."""
+        level = self._paced + max(0.0, now - self._paced_at) * self._pace
+        return min(level, max(self._cap, permits))
+
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
-        if self._lease_tokens >= permits and now < self._lease_expiry:
-            self._lease_tokens -= permits
-            if self._lease_tokens < self._low_water and not self._wanted:
+        if now - self._paced_at >= self._config.lease_ttl:
+            # Demand after idle time: the bucket filled meanwhile, up to the whole burst.
+            self._paced = min(self._burst, self._paced + (now - self._paced_at) * self._pace)
+            self._cap = self._burst
+            self._burst_until = now + self._config.lease_ttl
+            self._paced_at = now
+            self._starved = False
+        tokens = self._lease_tokens
+        if tokens >= permits and now < self._lease_expiry:
+            level = self._level(now, permits)
+            self._paced_at = now
+            self._starved = False
+            if level >= permits:
+                self._paced = level - permits
+                self._lease_tokens = tokens = tokens - permits
+                if tokens < self._low_water and not self._wanted:
+                    self._want()
+                return True
+            self._paced = level
+            self._counters.paced += 1
+            if tokens < self._low_water and not self._wanted:
                 self._want()
-            return True
+            return False
+        # Short of lease tokens: the pacing bucket keeps what it gathered while idle, but not
+        # while demand waits for a lease (or a new lease would be spent at once).
+        if not self._starved:
+            self._paced = self._level(now, permits)
+            self._starved = True
+        self._paced_at = now
         if not self._wanted:
             self._want()
+        fallback = self._fallback
+        if fallback is not None:
+            since = self._outage_since(now)
+            if since is not None and now >= since and fallback.take(permits, since, now):
+                self._counters.fallback_admitted += permits
+                return True
         return False
+
+    def _outage_since(self, now: float) -> float | None:
+        """When the safe-capacity fallback starts (or started): the retry timeout after the
+        later of the lease's expiry and the first unanswered send; ``None``: not while a
+        lease is valid or no request is unanswered."""
+        asking = self._asking_since
+        if asking is None or now < self._lease_expiry:
+            return None
+        return max(asking, self._lease_expiry) + max(self.request_timeout, 3.0 * self._rtt)
 
     def time_until_available(self, permits: int = 1) -> float:
         """Seconds until ``permits`` could be taken here; asking for tokens the lease lacks is
@@ -178,18 +265,30 @@ class DistributedRateLimiter(LimiterBase):
         delay = super().time_until_available(permits)
         if delay > 0.0:
             self._attempted += permits
-            if not self._wanted:
+            # Waiting for the pace is not a reason to ask the owner; a short lease is.
+            if not self._wanted and (self._lease_tokens < max(permits, self._low_water)
+                                     or self._clock() >= self._lease_expiry):
                 self._want()
         return delay
 
     def _delay(self, permits: float, now: float) -> float:
         if self._lease_tokens >= permits and now < self._lease_expiry:
-            return 0.0
+            level = self._level(now, permits)
+            if level >= permits:
+                return 0.0
+            wait = (permits - level) / self._pace
+            if now + wait < self._lease_expiry:
+                return wait  # the pace allows it then (no polling: one timer)
         # A grant wakes waiters (on_grant -> _notify): the timer is only a fallback, set to
         # when a retry or the next request would be sent, not a polling interval.
         inflight = self._inflight
         start = inflight.last_sent if inflight is not None else max(now, self._next_request_at)
-        return max(0.001, start + self.request_timeout - now)
+        delay = max(0.001, start + self.request_timeout - now)
+        if self._fallback is not None:
+            since = self._outage_since(now)
+            if since is not None:
+                delay = min(delay, max(0.001, self._fallback.delay(permits, since, now)))
+        return delay
 
     def _max_permits(self) -> float:
         return self._burst
@@ -258,6 +357,8 @@ class DistributedRateLimiter(LimiterBase):
         self._demand_since = now
         self._wanted = False
         self._inflight = _Inflight(request, now, now)
+        if self._asking_since is None:
+            self._asking_since = now
         self._counters.requests += 1
         return request
 
@@ -302,15 +403,41 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
         self._next_request_at = now + grant.retry_after
+        self._asking_since = None  # the owner answered: no fallback
         # The owner answers the first copy it reads (resends queue behind it): the answer
         # time is measured from the first send.
         self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
+        self._set_pace(tokens, expires, grant, now)
         self._counters.grants += 1
         self._counters.granted_tokens += grant.tokens
         if grant.epoch >= self._epoch and not self._pending:
             self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
         self._notify()
         return True
+
+    def _set_pace(self, tokens: float, expires: float, grant: Grant, now: float) -> None:
+        """Spread the lease over the time until the next one can be here: its renewal is sent
+        ``retry_after`` from now and answered about ``rtt`` later (never past its expiry)."""
+        if not self._starved:  # bring the level up to now at the old pace
+            self._paced = self._level(now)
+        self._paced_at = now
+        self._starved = False
+        life = expires - now
+        if tokens <= 0.0 or life <= 0.0:
+            return
+        pace = tokens / min(life, grant.retry_after + self._rtt)
+        # In steady demand the pace grows by at most PACE_GROWTH per grant (a bonus grant
+        # from a rich bucket is spread over several renewals: what is left is carried into
+        # the next lease); never faster than the shared rate, nor too slow to spend the lease
+        # before it expires.
+        if now >= self._burst_until:
+            pace = min(pace, PACE_GROWTH * self._pace)  # a bonus grant is spread too
+        if not self._config.per_consumer:
+            pace = min(pace, self._rate)
+        self._pace = pace = max(pace, tokens / life, 1e-9)
+        if now >= self._burst_until:  # steady demand: only a small local burst
+            self._cap = max(1.0, LOCAL_BURST_SECONDS * pace)
+            self._paced = min(self._paced, self._cap)
 
     def on_ack(self, ack: Ack) -> bool:
         if self._pending.pop(ack.command_id, None) is None:

@@ -33,6 +33,7 @@ class Sim:
     demand: list[float] | None = None  # permits/s per worker; None = greedy
     seed: int = 0
     dt: float = 0.002
+    fallback_rate: float | None = None
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
@@ -40,7 +41,7 @@ class Sim:
         self.clients = [
             DistributedRateLimiter("lim", self.rate, self.burst, worker_id=f"w{i}",
                                    lease_ttl=self.lease_ttl, clock=self.clock,
-                                   wall_clock=self.clock)
+                                   wall_clock=self.clock, fallback_rate=self.fallback_rate)
             for i in range(self.workers)]
         self.alive = [True] * self.workers
         self.record: dict[str, Any] | None = None  # what the changelog holds
@@ -116,6 +117,12 @@ class Sim:
 
     def all_admissions(self) -> list[float]:
         return sorted(t for times in self.admitted for t in times)
+
+    def worst_window(self, window: float = 1.0, since: float = -float("inf")) -> int:
+        """The most admissions (all workers) in any sliding window ``[t, t + window)``."""
+        times = [t for t in self.all_admissions() if t >= since]
+        return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)),
+                   default=0)
 
     def worst_excess(self, window: float) -> float:
         """max over windows [t, t+window] of admitted - (rate*window + burst)."""
