@@ -18,7 +18,7 @@ from faust_backpressure.agents import (
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
-from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.config import BackpressureSettings, OnLimit, bind_settings
 from faust_backpressure.control import (
     BackpressureThresholds,
     ControlLoop,
@@ -58,6 +58,7 @@ class Backpressure:
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         register(app, self)
+        bind_settings(app, self.settings)  # for limiters made without it (internal topics)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).
         install_faust_seam(app)

@@ -27,6 +27,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
+from faust_backpressure.config import internal_replicas
 from faust_backpressure.faust_seam import (
     install,
     mark_control_topic,
@@ -75,15 +76,18 @@ class LimiterChannel:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
         prefix = app.conf.id
+        # None: the app's topic_replication_factor (see BackpressureSettings)
+        replicas = internal_replicas(app)
         # internal: Faust creates them with these partition counts before subscribing.
         self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
-                                       partitions=self.partitions)
+                                       partitions=self.partitions, replicas=replicas)
         self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
-                                     partitions=1)
+                                     partitions=1, replicas=replicas)
         # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
         # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str, value_type=bytes)  # bytes: "raw"
+        self.table.changelog_topic.replicas = replicas
         # Requests, grants and the owner's state are control traffic, never part of an input
         # partition's transaction (see docs/distributed.md, "exactly_once").
         install(app)
