@@ -98,7 +98,9 @@ class Pipeline:
             () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
         self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
         dlq_name = dlq if dlq is not None else self.source_topic_name + settings.dlq_topic_suffix
-        self.dlq = self._topic(dlq_name)
+        # a DLQ declared by name is ours: internal_replication_factor (None: Faust's default)
+        self.dlq = (raw_topic(app, dlq_name, replicas=settings.internal_replication_factor)
+                    if isinstance(dlq_name, str) else dlq_name)
         self.gate = (None if limiter is None else
                      RateLimitGate(app, limiter, on_limit=on_limit,
                                    shed_topic_suffix=settings.shed_topic_suffix,

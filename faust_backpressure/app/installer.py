@@ -58,7 +58,8 @@ class Backpressure:
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         register(app, self)
-        # Distributed limiters declared before or after this sign with the same secret.
+        # Distributed limiters declared before or after this sign with the same secret and
+        # declare their topics with its replication factor.
         use_settings(app, self.settings)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).

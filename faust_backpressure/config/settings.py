@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from faust_backpressure.config.validation import check_int, check_number
 
-__all__ = ["BackpressureSettings", "OnLimit", "effective_restore_lag"]
+__all__ = ["BackpressureSettings", "OnLimit", "bind_settings", "effective_restore_lag",
+           "internal_replicas", "settings_for"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
@@ -64,6 +66,11 @@ class BackpressureSettings:
     replay_rate: float = 1000.0
     secret: str | None = dataclasses.field(default=None, repr=False)  # never in logs or reprs
     max_clock_skew: float = 10.0
+    #: Replication factor of the topics faust-backpressure declares (limiter requests and
+    #: grants, the pressure topic, the limiter and control table changelogs, DLQs the pipeline
+    #: declares by name). ``None``: the app's ``topic_replication_factor``, the factor Faust
+    #: gives every topic it creates (Faust's CreateTopics request cannot say "broker default").
+    internal_replication_factor: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self, lambda name: name)
@@ -140,6 +147,8 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
         integer("restore_lag", 0)
     integer("max_retries", 0)
     integer("traceback_limit", 0)
+    if s.internal_replication_factor is not None:
+        integer("internal_replication_factor", 1)
     number("monitoring_interval", 0, strict=True)
     number("retry_backoff", 0, strict=False)
     number("retry_backoff_max", 0, strict=False)
@@ -165,3 +174,27 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     if s.retry_backoff_max < s.retry_backoff:
         raise ValueError(f"{name('retry_backoff_max')} must be >= {name('retry_backoff')} "
                          f"({s.retry_backoff:g}), got {s.retry_backoff_max!r}")
+
+
+# The settings an app's Backpressure was made with, for the parts declared without it (a
+# distributed limiter made by ``DistributedRateLimiterFactory`` directly).
+_BOUND: weakref.WeakKeyDictionary[Any, BackpressureSettings] = weakref.WeakKeyDictionary()
+
+
+def bind_settings(app: Any, settings: BackpressureSettings) -> None:
+    """Record ``settings`` as those of ``app`` (``Backpressure(app)`` does it)."""
+    _BOUND[app] = settings
+
+
+def settings_for(app: Any) -> BackpressureSettings:
+    """The settings bound to ``app``, else ``BackpressureSettings.from_env()``."""
+    try:
+        return _BOUND[app]
+    except (KeyError, TypeError):
+        return BackpressureSettings.from_env()
+
+
+def internal_replicas(app: Any) -> int | None:
+    """``replicas=`` for a topic of ours on ``app``: ``internal_replication_factor``, or None
+    (Faust then uses the app's ``topic_replication_factor``)."""
+    return settings_for(app).internal_replication_factor

@@ -35,6 +35,7 @@ import psutil
 from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
+from faust_backpressure.config import internal_replicas
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -157,13 +158,15 @@ class ControlLoops:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
         partitions = int(app.conf.topic_partitions)
+        replicas = internal_replicas(app)  # None: the app's topic_replication_factor
         self.pressure_topic = raw_topic(app, f"{app.conf.id}-fbp-pressure", internal=True,
-                                        partitions=partitions)
+                                        partitions=partitions, replicas=replicas)
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
         # by the agent of the partition that the limiter's samples land on.
         self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
                                partitions=partitions)
+        self.table.changelog_topic.replicas = replicas
         # Samples and the decider's state are control traffic: outside every transaction.
         install(app)
         mark_control_topic(app, self.table.changelog_topic.get_topic_name())

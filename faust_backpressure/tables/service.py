@@ -27,7 +27,12 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config import (
+    BackpressureSettings,
+    bind_settings,
+    internal_replicas,
+    settings_for,
+)
 from faust_backpressure.faust_seam import (
     install,
     mark_control_topic,
@@ -63,10 +68,6 @@ OWNER_AGENT = "fbp-limiter-owner"
 RECORD_BATCH = 500
 
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
-#: ``Backpressure(app, settings=...)``'s settings, for a channel declared before or after it.
-_settings: weakref.WeakKeyDictionary[faust.App, BackpressureSettings] = \
-    weakref.WeakKeyDictionary()
-
 
 class LimiterChannel:
     """Per app: the state table, request and grant topics, the owner agent and the limiters."""
@@ -80,20 +81,23 @@ class LimiterChannel:
                           "max_clock_skew": max_clock_skew is not None}
         self.secret = secret
         self.max_clock_skew = 10.0 if max_clock_skew is None else max_clock_skew
-        self.configure(_settings.get(app) or BackpressureSettings.from_env())
+        self.configure(settings_for(app))
         self.partitions = partitions or app.conf.topic_partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
         prefix = app.conf.id
+        # None: the app's topic_replication_factor (see BackpressureSettings)
+        replicas = internal_replicas(app)
         # internal: Faust creates them with these partition counts before subscribing.
         self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
-                                       partitions=self.partitions)
+                                       partitions=self.partitions, replicas=replicas)
         self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
-                                     partitions=1)
+                                     partitions=1, replicas=replicas)
         # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
         # Faust's json serializer wrote before, so older changelogs still load).
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str, value_type=bytes)  # bytes: "raw"
+        self.table.changelog_topic.replicas = replicas
         # Requests, grants and the owner's state are control traffic, never part of an input
         # partition's transaction (see docs/distributed.md, "exactly_once").
         install(app)
@@ -464,7 +468,7 @@ def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:
 
 def use_settings(app: Any, settings: BackpressureSettings) -> None:
     """The app's settings for its channel, whether it is declared already or later."""
-    _settings[app] = settings
+    bind_settings(app, settings)
     channel = _channels.get(app)
     if channel is not None:
         channel.configure(settings)

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +49,7 @@ __all__ = [
     "ensure_kafka_jars",
     "kafka_bootstrap",
     "kafka_home",
+    "run_kafka_tool",
     "wait_for_broker",
 ]
 
@@ -224,12 +225,31 @@ def wait_for_broker(bootstrap: str, timeout: float = 60.0,
         time.sleep(0.3)
 
 
+def _java() -> str:
+    return _require_tool("java", "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre`)")
+
+
+def run_kafka_tool(main_class: str, *args: str, version: str | None = None,
+                   timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run one of Kafka's command-line tools (``kafka.tools.StorageTool``,
+    ``kafka.admin.AclCommand``, ...) on the broker's classpath; output captured, not checked."""
+    return subprocess.run(
+        [_java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp",
+         f"{ensure_kafka_jars(version)}/*", main_class, *args],
+        capture_output=True, text=True, check=False, timeout=timeout)
+
+
 class LocalKafkaBroker:
     """One combined broker+controller KRaft node on 127.0.0.1 with test-friendly settings."""
 
     def __init__(self, version: str | None = None, *, data_dir: Path | None = None,
-                 tie_to_parent: bool = True, heap: str = "512m") -> None:
+                 tie_to_parent: bool = True, heap: str = "512m", node_id: int = 1,
+                 cluster_id: str | None = None,
+                 properties: Mapping[str, str] | None = None) -> None:
         self.version = version or kafka_version()
+        self.node_id = node_id
+        #: ``server.properties`` entries added to (or replacing) the defaults.
+        self.extra_properties = dict(properties or {})
         self.port = _free_port()
         self.controller_port = _free_port()
         self._own_data_dir = data_dir is None
@@ -239,7 +259,9 @@ class LocalKafkaBroker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
         #: Fixed for the broker's life: a restart finds its storage formatted with this id.
-        self.cluster_id = _cluster_id()
+        self.cluster_id = cluster_id or _cluster_id()
+        #: ``id@host:port,...`` of the controller quorum (this node alone unless in a cluster).
+        self.quorum_voters = f"{node_id}@127.0.0.1:{self.controller_port}"
         self.starts = 0
 
     @property
@@ -257,8 +279,8 @@ class LocalKafkaBroker:
     def _properties(self) -> str:
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.quorum_voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
                          f"CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
@@ -277,6 +299,7 @@ class LocalKafkaBroker:
             "log.segment.bytes": str(16 * 1024 * 1024),
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
             "log.cleaner.backoff.ms": "1000",
+            **self.extra_properties,
         }
         return "".join(f"{k}={v}\n" for k, v in settings.items())
 
@@ -290,20 +313,22 @@ class LocalKafkaBroker:
 
     def start(self, timeout: float = 90.0) -> LocalKafkaBroker:
         """Format the storage (first start only) and start the broker; wait until it answers."""
-        java = _require_tool("java", "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre`)")
-        libs = ensure_kafka_jars(self.version)
         began = time.monotonic()
+        self.launch()
+        return self.wait_ready(timeout, began)
+
+    def launch(self) -> None:
+        """Format the storage (first start only) and start the JVM; do not wait for it (the
+        nodes of a cluster answer only once a quorum of them runs)."""
+        java = _java()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
         props.write_text(self._properties())
-        classpath = f"{libs}/*"
+        classpath = f"{ensure_kafka_jars(self.version)}/*"
         if not self.formatted:
-            fmt = subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", self.cluster_id, "-c", str(props), "--ignore-formatted",
-                 *self._format_arguments()],
-                capture_output=True, text=True, check=False,
-            )
+            fmt = run_kafka_tool("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                                 "-c", str(props), "--ignore-formatted",
+                                 *self._format_arguments(), version=self.version)
             if fmt.returncode != 0:
                 raise BrokerError(
                     f"formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
@@ -318,6 +343,10 @@ class LocalKafkaBroker:
         )
         log.close()
         self.starts += 1
+
+    def wait_ready(self, timeout: float = 90.0, began: float | None = None) -> LocalKafkaBroker:
+        """Block until the launched broker answers metadata (stop it if it does not)."""
+        began = time.monotonic() if began is None else began
         try:
             wait_for_broker(self.bootstrap_servers, timeout, self.proc, self.log_path)
         except BaseException:

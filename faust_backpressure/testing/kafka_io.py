@@ -21,12 +21,13 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 async def create_topics(bootstrap: str, topics: Mapping[str, int],
-                        config: Mapping[str, str] | None = None) -> None:
-    """Create ``{name: partitions}`` (replication 1) and wait until their leaders are known."""
+                        config: Mapping[str, str] | None = None, *,
+                        replication: int = 1) -> None:
+    """Create ``{name: partitions}`` and wait until their leaders are known."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        new = [NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
+        new = [NewTopic(name, partitions, replication, topic_configs=dict(config or {}))
                for name, partitions in topics.items()]
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)

@@ -14,16 +14,27 @@ Example::
 from __future__ import annotations
 
 import ssl
+import subprocess
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 from faust.types.auth import SASLMechanism
 
-from faust_backpressure.testing.broker import LocalKafkaBroker, _free_port
+from faust_backpressure.app.acls import Acl, kafka_acls_arguments
+from faust_backpressure.testing.broker import (
+    BrokerError,
+    LocalKafkaBroker,
+    _free_port,
+    run_kafka_tool,
+)
 
-__all__ = ["SCRAM_MECHANISM", "SecureKafkaBroker"]
+__all__ = ["AUTHORIZER", "SCRAM_MECHANISM", "SecureKafkaBroker"]
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+#: KRaft's ACL authorizer (ACLs are stored in the metadata log).
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
 def _pkcs8(key_pem: bytes) -> bytes:
@@ -38,7 +49,15 @@ def _pkcs8(key_pem: bytes) -> bytes:
 class SecureKafkaBroker(LocalKafkaBroker):
     """:class:`LocalKafkaBroker` plus a ``SASL_SSL`` listener on :attr:`secure_bootstrap`."""
 
-    def __init__(self, users: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, users: dict[str, str], *, authorizer: bool = False,
+                 **kwargs: Any) -> None:
+        """``authorizer``: ACLs are enforced; the plain listener's principal (``ANONYMOUS``:
+        the harness, inter-broker and controller traffic) is the super user, SASL users are
+        allowed only what :meth:`add_acls` grants them."""
+        if authorizer:
+            kwargs["properties"] = {"authorizer.class.name": AUTHORIZER,
+                                    "super.users": "User:ANONYMOUS",
+                                    **kwargs.get("properties", {})}
         super().__init__(**kwargs)
         self.users = dict(users)
         self.secure_port = _free_port()
@@ -98,3 +117,16 @@ class SecureKafkaBroker(LocalKafkaBroker):
         return faust.SASLCredentials(
             username=user, password=self.users[user] if password is None else password,
             mechanism=SASLMechanism.SCRAM_SHA_512, ssl_context=self.ssl_context())
+
+    def add_acls(self, acls: Iterable[Acl]) -> None:
+        """Create ACLs with Kafka's own ``kafka.admin.AclCommand`` (``kafka-acls.sh``) over the
+        plain listener (the super user); aiokafka's admin client has no ACL calls."""
+        def add(args: list[str]) -> subprocess.CompletedProcess[str]:
+            return run_kafka_tool("kafka.admin.AclCommand", "--bootstrap-server",
+                                  self.bootstrap_servers, *args, version=self.version)
+
+        with ThreadPoolExecutor(4) as pool:  # one JVM per ACL: ~2 s each
+            procs = list(pool.map(add, kafka_acls_arguments(list(acls))))
+        for proc in procs:
+            if proc.returncode != 0:
+                raise BrokerError(f"kafka-acls failed:\n{proc.stdout}{proc.stderr}")

@@ -46,6 +46,7 @@ def test_worker_service_is_wired_to_the_broker_by_environment(compose: dict) -> 
                     .split(",") if entry.startswith("INTERNAL://"))
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == internal.split("://")[1]
     assert worker["build"] == "."
+    assert worker["deploy"]["replicas"] == 3  # the multi-host shape of docs/deploy.md
     for line in (REPO / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:

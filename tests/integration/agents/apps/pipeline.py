@@ -3,7 +3,8 @@
 Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
 FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds),
 FBP_RATE (a per-worker token bucket of that rate, burst = rate), FBP_LIMITER_ID ("id:rate:burst":
-a distributed limiter instead).
+a distributed limiter instead), FBP_REPLICATION (Faust's topic_replication_factor, default 1;
+the internal topics follow FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
 """
 
 import os
@@ -18,7 +19,8 @@ from faust_backpressure.testing.settings import fast_faust_settings
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
                 **fast_faust_settings(broker_commit_interval=float(
-                    os.environ.get("FBP_COMMIT_INTERVAL", "0.5"))))
+                    os.environ.get("FBP_COMMIT_INTERVAL", "0.5")),
+                    topic_replication_factor=int(os.environ.get("FBP_REPLICATION", "1"))))
 bp = Backpressure(app)
 fail_every = int(os.environ.get("FBP_FAIL_EVERY", "0"))
 

@@ -1,0 +1,146 @@
+"""The Kafka ACLs an app's principal and an operator's principal need (see docs/deploy.md).
+
+An app ``<app_id>`` reads and writes its own topics (its sources, sinks, DLQs) and every topic
+named ``<app_id>-*``: Faust's changelogs and assignor topic, and ours (``<app_id>-fbp-limiter-
+requests``, ``-fbp-limiter-grants``, ``-fbp-pressure``, the ``fbp-limiters`` and control table
+changelogs). It joins the consumer group ``<app_id>`` and, for ``dlq-replay``, groups
+``<app_id>-bp-dlq-replay-*``; the lag and credit probes only read the committed offsets of the
+downstream groups (Describe). Our internal consumers use no group (``group_id=None``). With
+``exactly_once`` it owns the transactional ids ``<app_id>-*`` (Faust's
+``<app_id>-<group>-<partition>``) and writes idempotently.
+
+An operator reads everything of the app and replays DLQs (read a DLQ, write the source, commit
+in a ``<app_id>-bp-dlq-replay-*`` group), but gets **no write access to the internal topics**:
+whoever can write ``<app_id>-fbp-*`` can ask a limiter for tokens or change its rate (give it
+to the app's principal only).
+
+Example::
+
+    for acl in app_acls("orders", "User:orders-app", sources=["orders"], sinks=["billed"],
+                        dlqs=["orders-dlq"]):
+        print(acl.command("broker:9093", "admin.properties"))   # a kafka-acls.sh line
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from faust.types import AppT
+
+from faust_backpressure.app.registry import installed
+
+__all__ = ["Acl", "acls_for_app", "app_acls", "kafka_acls_arguments", "operator_acls"]
+
+ResourceType = Literal["topic", "group", "transactional-id", "cluster"]
+PatternType = Literal["literal", "prefixed"]
+
+
+@dataclass(frozen=True)
+class Acl:
+    """Allow ``principal`` the ``operations`` on a resource (a name or a name prefix)."""
+
+    principal: str
+    resource_type: ResourceType
+    name: str
+    operations: tuple[str, ...]
+    pattern: PatternType = "literal"
+    why: str = ""
+
+    def arguments(self) -> list[str]:
+        """``kafka-acls.sh`` / ``kafka.admin.AclCommand`` arguments after ``--add``."""
+        args = ["--allow-principal", self.principal]
+        for op in self.operations:
+            args += ["--operation", op]
+        if self.resource_type == "cluster":
+            return [*args, "--cluster"]
+        return [*args, f"--{self.resource_type}", self.name,
+                "--resource-pattern-type", self.pattern]
+
+    def command(self, bootstrap: str = "$BOOTSTRAP",
+                command_config: str = "admin.properties") -> str:
+        """A shell line creating this ACL with Kafka's ``kafka-acls.sh``."""
+        return shlex.join(["kafka-acls.sh", "--bootstrap-server", bootstrap,
+                           "--command-config", command_config, "--add", *self.arguments()])
+
+
+def _user(principal: str) -> str:
+    return principal if ":" in principal else f"User:{principal}"
+
+
+def app_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
+             sinks: Iterable[str] = (), dlqs: Iterable[str] = (),
+             downstream_groups: Iterable[str] = (), downstream_topics: Iterable[str] = (),
+             exactly_once: bool = False) -> list[Acl]:
+    """What the app's workers need (``principal``: ``User:name`` or a bare user name)."""
+    p = _user(principal)
+    acls = [
+        Acl(p, "topic", f"{app_id}-", ("Read", "Write", "Create", "Describe", "DescribeConfigs"),
+            "prefixed", "changelogs, assignor topic, fbp request/grant/pressure topics"),
+        Acl(p, "group", app_id, ("Read", "Describe"), why="the app's consumer group"),
+        Acl(p, "group", f"{app_id}-bp-dlq-replay-", ("Read", "Describe"), "prefixed",
+            "dlq-replay's groups (when the app's principal runs it)"),
+    ]
+    acls += [Acl(p, "topic", t, ("Read", "Describe", "Create"), why="source")
+             for t in dict.fromkeys(sources)]
+    # a DLQ is read back by dlq-replay; its records go back to a source (Write)
+    acls += [Acl(p, "topic", t, ("Write", "Describe", "Create"), why="sink")
+             for t in dict.fromkeys(sinks)]
+    acls += [Acl(p, "topic", t, ("Read", "Write", "Describe", "Create"), why="DLQ")
+             for t in dict.fromkeys(dlqs)]
+    acls += [Acl(p, "group", g, ("Describe",), why="lag/credit probe: committed offsets")
+             for g in dict.fromkeys(downstream_groups)]
+    acls += [Acl(p, "topic", t, ("Describe",), why="lag/credit probe: end offsets")
+             for t in dict.fromkeys(downstream_topics) if t not in {*sources, *sinks, *dlqs}]
+    if exactly_once:
+        acls += [
+            Acl(p, "transactional-id", f"{app_id}-", ("Write", "Describe"), "prefixed",
+                "exactly_once: Faust's <app_id>-<group>-<partition> producers"),
+            Acl(p, "cluster", "kafka-cluster", ("IdempotentWrite",),
+                why="idempotent producers (implied by topic Write on Kafka >= 2.8)"),
+        ]
+    return acls
+
+
+def operator_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
+                  dlqs: Iterable[str] = ()) -> list[Acl]:
+    """What an operator needs to watch the app and replay its DLQs, and nothing that can
+    steer a limiter (no Write on ``<app_id>-*``)."""
+    p = _user(principal)
+    acls = [
+        Acl(p, "topic", f"{app_id}-", ("Read", "Describe", "DescribeConfigs"), "prefixed",
+            "read-only view of the internal topics"),
+        Acl(p, "group", app_id, ("Describe",), why="the app's lag (kafka-consumer-groups)"),
+        Acl(p, "group", f"{app_id}-bp-dlq-replay-", ("Read", "Describe"), "prefixed",
+            "dlq-replay's groups"),
+    ]
+    acls += [Acl(p, "topic", t, ("Read", "Describe"), why="DLQ to replay")
+             for t in dict.fromkeys(dlqs)]
+    acls += [Acl(p, "topic", t, ("Write", "Describe"), why="replay target (a source)")
+             for t in dict.fromkeys(sources)]
+    return acls
+
+
+def acls_for_app(app: AppT, principal: str) -> list[Acl]:
+    """:func:`app_acls` for an app with ``Backpressure`` installed: its pipelines' topics and
+    its control loops' downstream groups and topics."""
+    bp = installed(app)
+    pipelines = list(bp.pipelines.values())
+    probes = [loop.probe for loop in bp.control_loops.values()]
+    probes += [flow.probe for flow in getattr(bp, "credit_flows", [])]
+    guarantee = app.conf.processing_guarantee
+    return app_acls(
+        str(app.conf.id), principal,
+        sources=[p.source_topic_name for p in pipelines],
+        sinks=[s.get_topic_name() for p in pipelines for s in p.sinks],
+        dlqs=[p.dlq_topic_name for p in pipelines],
+        downstream_groups=[probe.group for probe in probes],
+        downstream_topics=[t for probe in probes for t in probe.topics],
+        exactly_once=getattr(guarantee, "value", guarantee) == "exactly_once")
+
+
+def kafka_acls_arguments(acls: Sequence[Acl]) -> list[list[str]]:
+    """One ``--add ...`` argument list per ACL (for ``kafka.admin.AclCommand``)."""
+    return [["--add", "--force", *acl.arguments()] for acl in acls]
