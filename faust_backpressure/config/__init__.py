@@ -1,5 +1,10 @@
 """Typed settings, read by every layer."""
 
-from faust_backpressure.config.settings import BackpressureSettings, OnLimit
+from faust_backpressure.config.settings import (
+    CONTROL_POLICIES,
+    BackpressureSettings,
+    ControlPolicy,
+    OnLimit,
+)
 
-__all__ = ["BackpressureSettings", "OnLimit"]
+__all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit"]

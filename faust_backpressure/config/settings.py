@@ -15,11 +15,16 @@ from typing import Any, Literal
 
 from faust_backpressure.config.validation import check_int, check_number
 
-__all__ = ["BackpressureSettings", "OnLimit", "effective_restore_lag"]
+__all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
+           "effective_restore_lag"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
 _ON_LIMIT = ("wait", "shed")
+#: The control loop's policy: hold the downstream lag at a set point, or the reference
+#: guide's multiplicative steps (see docs/control-loop.md).
+ControlPolicy = Literal["setpoint", "step"]
+CONTROL_POLICIES: tuple[ControlPolicy, ...] = ("setpoint", "step")
 
 
 def effective_restore_lag(restore_lag: int | None, max_consumer_lag: int,
@@ -41,7 +46,11 @@ class BackpressureSettings:
     a fully used limiter, or above twice it, as an emergency, and samples every
     ``monitoring_interval`` (5 s). Rates are restored below
     ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
-    (hysteresis, so throttling does not flap).
+    (hysteresis, so throttling does not flap). ``control_policy`` picks the loop's policy:
+    ``"setpoint"`` (default) holds the downstream lag near half the scaling threshold at the
+    downstream's measured pace, ``"step"`` is the reference guide's ``x 0.9`` / ``+10%``.
+    ``max_lag_seconds`` (optional) bounds how far behind the downstream may be in time
+    (lag / its processing rate).
     """
 
     max_consumer_lag: int = 10_000
@@ -56,6 +65,8 @@ class BackpressureSettings:
     retry_backoff_max: float = 5.0
     traceback_limit: int = 4096
     replay_rate: float = 1000.0
+    control_policy: ControlPolicy = "setpoint"
+    max_lag_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self, lambda name: name)
@@ -104,7 +115,9 @@ def _parse(type_name: Any, raw: str) -> Any:
             return int(text)
         except ValueError:
             return raw
-    if kind == "float":
+    if kind.startswith("float"):
+        if kind.endswith("None") and text.lower() in ("", "none"):
+            return None
         try:
             return float(text)
         except ValueError:
@@ -129,6 +142,11 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("retry_backoff", 0, strict=False)
     number("retry_backoff_max", 0, strict=False)
     number("replay_rate", 0, strict=True)
+    if s.max_lag_seconds is not None:
+        number("max_lag_seconds", 0, strict=True)
+    if s.control_policy not in CONTROL_POLICIES:
+        raise ValueError(f"{name('control_policy')} must be one of "
+                         f"{', '.join(CONTROL_POLICIES)}, got {s.control_policy!r}")
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")
