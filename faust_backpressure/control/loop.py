@@ -31,6 +31,7 @@ import psutil
 from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
+from faust_backpressure.config import ControlPolicy
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -61,18 +62,26 @@ class WorkerSample:
     lag: int
     utilization: float
     cpu: float
+    #: The downstream group's committed offsets summed (its processed count); absent from
+    #: events of older versions.
+    processed: int | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"limiter": self.limiter, "worker": self.worker, "at": self.at,
-                           "lag": self.lag, "utilization": self.utilization,
-                           "cpu": self.cpu}).encode()
+        data: dict[str, Any] = {"limiter": self.limiter, "worker": self.worker, "at": self.at,
+                                "lag": self.lag, "utilization": self.utilization,
+                                "cpu": self.cpu}
+        if self.processed is not None:
+            data["processed"] = self.processed
+        return json.dumps(data).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> WorkerSample:
         data = json.loads(raw)
+        processed = data.get("processed")
         return cls(limiter=str(data["limiter"]), worker=str(data["worker"]),
                    at=float(data["at"]), lag=int(data["lag"]),
-                   utilization=float(data["utilization"]), cpu=float(data["cpu"]))
+                   utilization=float(data["utilization"]), cpu=float(data["cpu"]),
+                   processed=None if processed is None else int(processed))
 
 
 class ControlLoop:
@@ -83,14 +92,15 @@ class ControlLoop:
                  interval: float, thresholds: BackpressureThresholds | None = None,
                  baseline_rate: float | None = None, name: str | None = None,
                  shed_on_critical: bool = False,
-                 gates: Callable[[], Iterable[RateLimitGate]] = tuple) -> None:
+                 gates: Callable[[], Iterable[RateLimitGate]] = tuple,
+                 policy: ControlPolicy = "setpoint") -> None:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
         self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
-            thresholds)
+            thresholds, policy=policy, interval=self.interval)
         self.shed_on_critical = shed_on_critical
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
         self.gates = gates
@@ -102,10 +112,11 @@ class ControlLoop:
 
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
+        lag, processed = await self.probe.measure()
         self.last_sample = WorkerSample(
-            limiter=self.name, worker=worker, at=time.time(), lag=await self.probe.lag(),
+            limiter=self.name, worker=worker, at=time.time(), lag=lag,
             utilization=float(self.limiter.current_utilization),
-            cpu=psutil.cpu_percent(interval=None) / 100.0)
+            cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             shed = self.last_sample.lag > self.controller.thresholds.critical_lag
             for gate in self.gates():
@@ -123,10 +134,14 @@ class ControlLoop:
         if now - self._decided_at < self.interval * 0.9:
             return None
         fresh = [s for s in self.samples.values() if s.at >= sample.at - 3 * self.interval]
+        # Committed offsets only grow: the largest count is the latest. Timed by the
+        # decider's clock (``now``), so that workers' clocks need not agree.
+        counts = [s.processed for s in fresh if s.processed is not None]
         decision = self.controller.decide(PressureSample(
             lag=max(s.lag for s in fresh),
             utilization=max(s.utilization for s in fresh),
-            cpu=max(s.cpu for s in fresh)))
+            cpu=max(s.cpu for s in fresh),
+            processed=max(counts) if counts else None, at=now if counts else None))
         self._decided_at = now
         previous, self.last_decision = self.last_decision, decision
         self.decisions.append(decision)
