@@ -19,7 +19,7 @@ from faust_backpressure.agents import (
     replay_dlq,
 )
 from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
 from faust_backpressure.control import (
     BackpressureSeverity,
     BackpressureThresholds,
@@ -56,6 +56,7 @@ __all__ = [
     "CircuitState",
     "Clock",
     "ControlLoop",
+    "ControlPolicy",
     "CostFunction",
     "CreditBasedFlowController",
     "DistributedRateLimiter",

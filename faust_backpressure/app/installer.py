@@ -18,7 +18,7 @@ from faust_backpressure.agents import (
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
-from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
 from faust_backpressure.control import (
     BackpressureThresholds,
     ControlLoop,
@@ -112,7 +112,8 @@ class Backpressure:
                      baseline_rate: float | None = None,
                      tokens_per_second: float | None = None,
                      burst_capacity: float | None = None,
-                     name: str | None = None, shed_on_critical: bool = False) -> ControlLoop:
+                     name: str | None = None, shed_on_critical: bool = False,
+                     policy: ControlPolicy | None = None) -> ControlLoop:
         """Put ``limiter`` under the backpressure control loop (see docs/control-loop.md).
 
         Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
@@ -121,6 +122,8 @@ class Backpressure:
         :meth:`BackpressureThresholds.from_settings` (``FAUST_BP_MAX_CONSUMER_LAG``, ...).
         ``shed_on_critical``: above the critical lag, this limiter's gates send refused events
         to their shed topic instead of waiting (explicit load shedding; off by default).
+        ``policy``: ``"setpoint"`` or ``"step"``, default the ``control_policy`` setting
+        (``FAUST_BP_CONTROL_POLICY``).
         """
         if self._control is None:
             self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"),
@@ -135,7 +138,8 @@ class Backpressure:
             thresholds=(BackpressureThresholds.from_settings(self.settings)
                         if thresholds is None else thresholds),
             baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical,
-            gates=self.all_gates))
+            gates=self.all_gates,
+            policy=self.settings.control_policy if policy is None else policy))
         return loop
 
     def all_gates(self) -> list[RateLimitGate]:

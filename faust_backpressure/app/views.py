@@ -63,6 +63,11 @@ def snapshot(bp: Installation) -> dict[str, Any]:
             "decided_rate": None if decision is None else decision.rate,
             "shed": None if decision is None else decision.shed,
             "reason": None if decision is None else decision.reason,
+            "policy": loop.controller.policy,
+            "downstream_rate": None if decision is None else decision.downstream_rate,
+            "lag_seconds": (None if decision is None or decision.lag_seconds is None
+                            or not math.isfinite(decision.lag_seconds)
+                            else decision.lag_seconds),
             "last_sample": None if loop.last_sample is None else {
                 "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
                 "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},

@@ -16,12 +16,16 @@ from typing import Any, Literal
 
 from faust_backpressure.config.validation import check_int, check_number
 
-__all__ = ["BackpressureSettings", "OnLimit", "bind_settings", "effective_restore_lag",
-           "internal_replicas", "settings_for"]
+__all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
+           "bind_settings", "effective_restore_lag", "internal_replicas", "settings_for"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
 _ON_LIMIT = ("wait", "shed")
+#: The control loop's policy: hold the downstream lag at a set point, or the reference
+#: guide's multiplicative steps (see docs/control-loop.md).
+ControlPolicy = Literal["setpoint", "step"]
+CONTROL_POLICIES: tuple[ControlPolicy, ...] = ("setpoint", "step")
 
 
 def effective_restore_lag(restore_lag: int | None, max_consumer_lag: int,
@@ -43,7 +47,11 @@ class BackpressureSettings:
     a fully used limiter, or above twice it, as an emergency, and samples every
     ``monitoring_interval`` (5 s). Rates are restored below
     ``min(max_consumer_lag / 2, scaling_threshold)`` unless ``restore_lag`` says otherwise
-    (hysteresis, so throttling does not flap).
+    (hysteresis, so throttling does not flap). ``control_policy`` picks the loop's policy:
+    ``"setpoint"`` (default) holds the downstream lag near half the scaling threshold at the
+    downstream's measured pace, ``"step"`` is the reference guide's ``x 0.9`` / ``+10%``.
+    ``max_lag_seconds`` (optional) bounds how far behind the downstream may be in time
+    (lag / its processing rate).
 
     ``secret`` (``FAUST_BP_SECRET``, the same on every worker): when set, every internal record
     (lease requests, grants, commands, acks, pressure samples) carries an HMAC-SHA256 made with
@@ -71,6 +79,8 @@ class BackpressureSettings:
     #: declares by name). ``None``: the app's ``topic_replication_factor``, the factor Faust
     #: gives every topic it creates (Faust's CreateTopics request cannot say "broker default").
     internal_replication_factor: int | None = None
+    control_policy: ControlPolicy = "setpoint"
+    max_lag_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self, lambda name: name)
@@ -126,7 +136,9 @@ def _parse(type_name: Any, raw: str) -> Any:
             return raw
     if kind.startswith("str") and kind.endswith("None"):
         return text or None  # FAUST_BP_SECRET= (empty) means no secret
-    if kind == "float":
+    if kind.startswith("float"):
+        if kind.endswith("None") and text.lower() in ("", "none"):
+            return None
         try:
             return float(text)
         except ValueError:
@@ -156,6 +168,11 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("max_clock_skew", 0, strict=True)
     if s.secret is not None and (not isinstance(s.secret, str) or not s.secret):
         raise ValueError(f"{name('secret')} must be a non-empty string or unset")
+    if s.max_lag_seconds is not None:
+        number("max_lag_seconds", 0, strict=True)
+    if s.control_policy not in CONTROL_POLICIES:
+        raise ValueError(f"{name('control_policy')} must be one of "
+                         f"{', '.join(CONTROL_POLICIES)}, got {s.control_policy!r}")
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")

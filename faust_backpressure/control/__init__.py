@@ -12,8 +12,10 @@ from faust_backpressure.control.policy import (
     BackpressureSeverity,
     BackpressureThresholds,
     CircuitState,
+    DownstreamRateEstimator,
     PressureDecision,
     PressureSample,
+    SetPointTuning,
 )
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "CircuitState",
     "ControlLoop",
     "CreditBasedFlowController",
+    "DownstreamRateEstimator",
     "PressureDecision",
     "PressureSample",
+    "SetPointTuning",
 ]

@@ -35,7 +35,7 @@ import psutil
 from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
-from faust_backpressure.config import internal_replicas
+from faust_backpressure.config import ControlPolicy, internal_replicas
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -77,14 +77,15 @@ class ControlLoop:
                  interval: float, thresholds: BackpressureThresholds | None = None,
                  baseline_rate: float | None = None, name: str | None = None,
                  shed_on_critical: bool = False,
-                 gates: Callable[[], Iterable[RateLimitGate]] = tuple) -> None:
+                 gates: Callable[[], Iterable[RateLimitGate]] = tuple,
+                 policy: ControlPolicy = "setpoint") -> None:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
         self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
-            thresholds)
+            thresholds, policy=policy, interval=self.interval)
         self.shed_on_critical = shed_on_critical
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
         self.gates = gates
@@ -97,10 +98,11 @@ class ControlLoop:
 
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
+        lag, processed = await self.probe.measure()
         self.last_sample = WorkerSample(
-            limiter=self.name, worker=worker, at=time.time(), lag=await self.probe.lag(),
+            limiter=self.name, worker=worker, at=time.time(), lag=lag,
             utilization=float(self.limiter.current_utilization),
-            cpu=psutil.cpu_percent(interval=None) / 100.0)
+            cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             shed = self.last_sample.lag > self.controller.thresholds.critical_lag
             for gate in self.gates():
@@ -128,10 +130,14 @@ class ControlLoop:
         if now - self._decided_at < self.interval * 0.9:
             return None
         fresh = list(self.samples.values())
+        # Committed offsets only grow: the largest count is the latest. Timed by the
+        # decider's clock (``now``), so that workers' clocks need not agree.
+        counts = [s.processed for s in fresh if s.processed is not None]
         decision = self.controller.decide(PressureSample(
             lag=max(s.lag for s in fresh),
             utilization=max(s.utilization for s in fresh),
-            cpu=max(s.cpu for s in fresh)))
+            cpu=max(s.cpu for s in fresh),
+            processed=max(counts) if counts else None, at=now if counts else None))
         self._decided_at = now
         previous, self.last_decision = self.last_decision, decision
         self.decisions.append(decision)

@@ -30,9 +30,11 @@ Example::
 from __future__ import annotations
 
 import enum
+import math
+from collections import deque
 from dataclasses import dataclass, fields
 
-from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config import CONTROL_POLICIES, BackpressureSettings, ControlPolicy
 from faust_backpressure.config.settings import effective_restore_lag
 from faust_backpressure.config.validation import check_int, check_number
 from faust_backpressure.limiters.base import check_rate
@@ -42,8 +44,10 @@ __all__ = [
     "BackpressureSeverity",
     "BackpressureThresholds",
     "CircuitState",
+    "DownstreamRateEstimator",
     "PressureDecision",
     "PressureSample",
+    "SetPointTuning",
 ]
 
 
@@ -64,16 +68,29 @@ class CircuitState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PressureSample:
-    """One observation: downstream lag (records), limiter utilization and CPU (0..1)."""
+    """One observation: downstream lag (records), limiter utilization and CPU (0..1).
+
+    ``processed``: the downstream group's committed offsets summed over the partitions of
+    its topics (a running count of what it has processed), and ``at``: when the sample was
+    taken (seconds, any clock that only moves forward). With both, the controller estimates
+    the downstream's processing rate from successive samples; the set-point policy and lag
+    in seconds need them.
+    """
 
     lag: int
     utilization: float
     cpu: float = 0.0
+    processed: int | None = None
+    at: float | None = None
 
     def __post_init__(self) -> None:
         check_int("lag", self.lag, 0)
         for name in ("utilization", "cpu"):
             check_number(name, getattr(self, name), 0)
+        if self.processed is not None:
+            check_int("processed", self.processed, 0)
+        if self.at is not None:
+            check_number("at", self.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +114,13 @@ class BackpressureThresholds:
     #: (hysteresis). ``None``: ``min(max_consumer_lag // 2, scaling_threshold)``, as in the
     #: settings (with the default thresholds that is ``scaling_threshold``: no holding band).
     restore_lag: int | None = None
+    #: The lag the set-point policy holds. ``None``: half of ``scaling_threshold``. Must lie
+    #: in (``backlog_cleared_lag``, ``scaling_threshold``].
+    set_point_lag: int | None = None
+    #: Optional bound on how far behind the downstream may be in time (lag / its measured
+    #: rate): above it, the step policy decreases as above ``scaling_threshold``; the
+    #: set-point policy also holds the lag at no more than half of it in time.
+    max_lag_seconds: float | None = None
 
     @classmethod
     def from_settings(cls, settings: BackpressureSettings) -> BackpressureThresholds:
@@ -108,17 +132,25 @@ class BackpressureThresholds:
                    scaling_threshold=settings.scaling_threshold,
                    critical_lag=2 * settings.max_consumer_lag,
                    backlog_cleared_lag=max(1, settings.scaling_threshold // 5),
-                   restore_lag=settings.effective_restore_lag)
+                   restore_lag=settings.effective_restore_lag,
+                   max_lag_seconds=settings.max_lag_seconds)
 
     @property
     def effective_restore_lag(self) -> int:
         return effective_restore_lag(self.restore_lag, self.max_consumer_lag,
                                      self.scaling_threshold)
 
+    @property
+    def effective_set_point_lag(self) -> int:
+        if self.set_point_lag is not None:
+            return self.set_point_lag
+        return max(self.scaling_threshold // 2, self.backlog_cleared_lag + 1)
+
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "restore_lag" and value is None:
+            if field.name in ("restore_lag", "set_point_lag", "max_lag_seconds") \
+                    and value is None:
                 continue
             check_number(field.name, value, 0, strict=True)
         if not (self.backlog_cleared_lag < self.scaling_threshold <= self.max_consumer_lag
@@ -130,6 +162,10 @@ class BackpressureThresholds:
         if not 0 < self.effective_restore_lag <= self.scaling_threshold:
             raise ValueError(f"restore_lag must be in (0, scaling_threshold], "
                              f"got {self.restore_lag!r}")
+        if not (self.backlog_cleared_lag < self.effective_set_point_lag
+                <= self.scaling_threshold):
+            raise ValueError(f"set_point_lag must be in (backlog_cleared_lag, "
+                             f"scaling_threshold], got {self.set_point_lag!r}")
         for name in ("lag_decrease_factor", "decrease_factor", "restore_step"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
@@ -142,23 +178,142 @@ class PressureDecision:
     circuit: CircuitState
     shed: bool
     reason: str
+    #: The downstream's estimated processing rate (records/s), if known.
+    downstream_rate: float | None = None
+    #: How far behind the downstream is in time: lag / ``downstream_rate`` (``inf`` when it
+    #: processes nothing while lagging), if known.
+    lag_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetPointTuning:
+    """The set-point policy's knobs, durations in control intervals.
+
+    ``horizon``: the lag error is closed over this many intervals (the proportional gain is
+    1 / (horizon x interval)); ``rate_window``: the downstream rate is the slope of its
+    processed count over at least this many intervals (several of the downstream's offset
+    commits), smoothed by an EWMA of weight ``smoothing``; ``deadband``: a new rate within
+    this share of the current one is not applied (no chatter); ``stall_intervals``: a lagging
+    downstream that processed nothing for this long is stalled (emergency).
+    """
+
+    horizon: float = 10.0
+    rate_window: float = 10.0
+    smoothing: float = 0.5
+    deadband: float = 0.05
+    stall_intervals: float = 5.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            check_number(field.name, getattr(self, field.name), 0, strict=True)
+        for name in ("smoothing", "deadband"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+
+
+class DownstreamRateEstimator:
+    """The downstream's processing rate from ``(at, processed)`` samples: the slope of the
+    processed count over the last ``window`` seconds (so that it spans several offset
+    commits, which come in chunks), smoothed by an EWMA. A count that goes backwards or a
+    clock that does not move forward (a reset group, a new clock) starts over."""
+
+    __slots__ = ("_history", "_lags", "last_progress_at", "rate", "smoothing", "window")
+
+    def __init__(self, window: float, smoothing: float) -> None:
+        self.window = check_number("window", window, 0, strict=True)
+        self.smoothing = check_number("smoothing", smoothing, 0, strict=True)
+        self._history: deque[tuple[float, int]] = deque()
+        self._lags: deque[tuple[float, int]] = deque()
+        self.rate: float | None = None
+        #: When the processed count last moved (or was first seen).
+        self.last_progress_at: float | None = None
+
+    def update(self, at: float, processed: int) -> float | None:
+        history = self._history
+        if history and (at <= history[-1][0] or processed < history[-1][1]):
+            history.clear()
+            self.rate = self.last_progress_at = None
+        if not history or processed > history[-1][1]:
+            self.last_progress_at = at
+        history.append((at, processed))
+        # Keep one sample at or before the window's start, so the slope spans the window.
+        while len(history) > 2 and history[1][0] <= at - self.window:
+            history.popleft()
+        if len(history) < 2:
+            return self.rate
+        (t0, p0), (t1, p1) = history[0], history[-1]
+        raw = (p1 - p0) / (t1 - t0)
+        # Commits come in chunks: the slope between the first and the last sample that saw
+        # a new commit does not depend on where the window cuts the commit cycle. Used while
+        # commits keep coming at their usual pace (else the plain slope, which decays).
+        changes = [(t, p) for (t, p), (_, before) in zip(list(history)[1:], history,
+                                                        strict=False) if p > before]
+        if len(changes) >= 2:
+            (ta, pa), (tb, pb) = changes[0], changes[-1]
+            gap = (tb - ta) / (len(changes) - 1)
+            if t1 - tb <= 1.5 * gap:
+                raw = (pb - pa) / (tb - ta)
+        self.rate = raw if self.rate is None else self.rate + self.smoothing * (raw - self.rate)
+        return self.rate
+
+    def mean_lag(self, at: float, lag: int) -> float:
+        """The lag averaged over the window (the sawtooth of chunked commits flattened)."""
+        lags = self._lags
+        if lags and at <= lags[-1][0]:
+            lags.clear()
+        lags.append((at, lag))
+        while lags[0][0] <= at - self.window:
+            lags.popleft()
+        return sum(v for _, v in lags) / len(lags)
+
+    def idle_for(self, at: float) -> float:
+        return 0.0 if self.last_progress_at is None else at - self.last_progress_at
 
 
 class BackpressureController:
-    """Decides a limiter's rate, one :class:`PressureSample` per control interval."""
+    """Decides a limiter's rate, one :class:`PressureSample` per control interval.
 
-    __slots__ = ("_emergency", "_restoring", "baseline_rate", "rate", "thresholds")
+    ``policy="setpoint"`` (default) holds the downstream lag near
+    ``thresholds.effective_set_point_lag`` at the downstream's measured pace (it needs
+    samples with ``processed`` and ``at``); ``policy="step"`` is the reference guide's step
+    policy. Both share the safety rails (emergency, relapse, shed, circuit breaker).
+    ``interval``: the nominal seconds between decisions (the set-point tuning is in
+    intervals).
+    """
+
+    __slots__ = ("_emergency", "_estimator", "_mean_lag", "_recent_lags", "_restoring",
+                 "baseline_rate", "interval", "policy", "rate", "thresholds", "tuning")
 
     def __init__(self, baseline_rate: float,
-                 thresholds: BackpressureThresholds | None = None) -> None:
+                 thresholds: BackpressureThresholds | None = None, *,
+                 policy: ControlPolicy = "setpoint", interval: float = 5.0,
+                 tuning: SetPointTuning | None = None) -> None:
         self.thresholds = thresholds or BackpressureThresholds()
         self.baseline_rate = check_rate("baseline_rate", baseline_rate)
         if self.baseline_rate < self.thresholds.emergency_rate:
             raise ValueError(f"baseline_rate must be >= emergency_rate "
                              f"({self.thresholds.emergency_rate}), got {baseline_rate!r}")
+        if policy not in CONTROL_POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(CONTROL_POLICIES)}, "
+                             f"got {policy!r}")
+        self.policy: ControlPolicy = policy
+        self.interval = check_rate("interval", interval)
+        self.tuning = tuning or SetPointTuning()
+        self._estimator = DownstreamRateEstimator(self.tuning.rate_window * self.interval,
+                                                  self.tuning.smoothing)
         self.rate = self.baseline_rate
         self._emergency = False
         self._restoring = False  # after an emergency, until the baseline is back
+        self._mean_lag = 0.0
+        #: The last few lags: their minimum is the backlog right after the downstream's
+        #: latest commit (between commits the measured lag also counts what it processed).
+        self._recent_lags: deque[int] = deque(maxlen=3)
+
+    @property
+    def downstream_rate(self) -> float | None:
+        """The downstream's estimated processing rate (records/s), once two samples with
+        ``processed`` and ``at`` arrived."""
+        return self._estimator.rate
 
     def set_baseline(self, baseline_rate: float) -> None:
         """The configured rate changed (an operator's update): restore toward it."""
@@ -167,7 +322,9 @@ class BackpressureController:
         self.rate = min(self.rate, self.baseline_rate)
 
     def state(self) -> dict[str, float | bool]:
-        """What a successor needs to carry on (kept in a changelog table by the control loop)."""
+        """What a successor needs to carry on (kept in a changelog table by the control loop).
+
+        The downstream rate estimate is not part of it: a successor measures it again."""
         return {"rate": self.rate, "baseline_rate": self.baseline_rate,
                 "emergency": self._emergency, "restoring": self._restoring}
 
@@ -182,6 +339,22 @@ class BackpressureController:
         self._restoring = bool(state["restoring"])
 
     def decide(self, sample: PressureSample) -> PressureDecision:
+        downstream = None
+        self._mean_lag = float(sample.lag)
+        self._recent_lags.append(sample.lag)
+        if sample.processed is not None and sample.at is not None:
+            downstream = self._estimator.update(sample.at, sample.processed)
+            self._mean_lag = self._estimator.mean_lag(sample.at, sample.lag)
+        lag_seconds = None
+        if downstream is not None:
+            lag_seconds = (sample.lag / downstream if downstream > 0
+                           else (math.inf if sample.lag > 0 else 0.0))
+        decision = self._decide(sample, downstream, lag_seconds)
+        return PressureDecision(decision.rate, decision.severity, decision.circuit,
+                                decision.shed, decision.reason, downstream, lag_seconds)
+
+    def _decide(self, sample: PressureSample, downstream: float | None,
+                lag_seconds: float | None) -> PressureDecision:
         t = self.thresholds
         lag = sample.lag
         if self._emergency:
@@ -197,9 +370,16 @@ class BackpressureController:
             return self._enter_emergency(
                 sample, f"utilization {sample.utilization:.2f} > {t.emergency_utilization} "
                         f"and lag {lag} > {t.max_consumer_lag}")
+        too_late = (t.max_lag_seconds is not None and lag_seconds is not None
+                    and lag_seconds > t.max_lag_seconds)
+        if self.policy == "setpoint":
+            return self._set_point(sample, downstream, lag_seconds, too_late)
         if lag > t.scaling_threshold:
             return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
                                   f"lag {lag} > {t.scaling_threshold}")
+        if too_late:
+            return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
+                                  f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s")
         if sample.cpu > t.cpu_threshold:
             return self._decrease(t.decrease_factor, BackpressureSeverity.WARNING,
                                   f"cpu {sample.cpu:.2f} > {t.cpu_threshold}")
@@ -213,6 +393,67 @@ class BackpressureController:
                                     BackpressureSeverity.NORMAL, self._circuit(), False,
                                     f"holding: lag {lag} >= restore lag {t.effective_restore_lag}")
         return self._restore()
+
+    # -- the set-point policy ------------------------------------------------------------
+
+    def _set_point(self, sample: PressureSample, downstream: float | None,
+                   lag_seconds: float | None, too_late: bool) -> PressureDecision:
+        """rate = downstream rate + (set point - lag) / horizon, within the rails."""
+        t, tuning = self.thresholds, self.tuning
+        lag = sample.lag
+        if (sample.at is not None and lag >= t.backlog_cleared_lag
+                and self._estimator.idle_for(sample.at)
+                >= tuning.stall_intervals * self.interval):
+            return self._enter_emergency(
+                sample, f"downstream stalled: nothing processed for "
+                        f"{self._estimator.idle_for(sample.at):.1f} s with lag {lag}")
+        if downstream is None:  # no estimate yet: the guide's rails only
+            if lag < t.backlog_cleared_lag:
+                return self._restore()
+            if lag > t.scaling_threshold:
+                return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
+                                      f"lag {lag} > {t.scaling_threshold} (no rate estimate)")
+            return self._hold("no downstream rate estimate yet")
+        set_point = t.effective_set_point_lag
+        if t.max_lag_seconds is not None:  # at most half the allowed time behind
+            set_point = min(set_point, max(1, int(downstream * t.max_lag_seconds / 2)))
+        mean_lag = self._mean_lag
+        law = downstream + (set_point - mean_lag) / (tuning.horizon * self.interval)
+        reason = (f"set point {set_point}: lag {lag} (mean {mean_lag:.0f}), downstream "
+                  f"{downstream:.1f}/s, law {law:.1f}/s")
+        rate = self.rate
+        severity = BackpressureSeverity.WARNING
+        if lag > t.scaling_threshold or too_late:  # rail: at least the guide's cut
+            rate = min(law, self.rate * t.lag_decrease_factor)
+            severity = BackpressureSeverity.CRITICAL
+            reason = (f"lag {lag} > {t.scaling_threshold}" if lag > t.scaling_threshold
+                      else f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s") + f"; {reason}"
+        elif min(self._recent_lags) < t.backlog_cleared_lag:  # rail: the guide's restore
+            rate = max(law, self.rate + t.restore_step * self.baseline_rate)
+            reason = f"backlog cleared; {reason}"
+        elif ((mean_lag < set_point and law > self.rate)
+              or (mean_lag > set_point and law < self.rate)):
+            # Below the set point the rate only rises, above it only falls: a limiter
+            # that is not the bottleneck is not throttled to what currently flows.
+            rate = law
+        rate = min(max(rate, t.emergency_rate), self.baseline_rate)
+        edge = rate in (self.baseline_rate, t.emergency_rate) and rate != self.rate
+        if not edge and abs(rate - self.rate) <= tuning.deadband * self.rate:
+            rate = self.rate  # deadband: no chatter
+        self.rate = rate
+        if self._restoring and (self.rate >= self.baseline_rate or lag >= set_point):
+            self._restoring = False  # baseline back, or the lag regulated at the set point
+        if self._restoring:
+            severity = max(severity, BackpressureSeverity.CRITICAL)
+        elif self.rate >= self.baseline_rate and severity < BackpressureSeverity.CRITICAL:
+            severity = BackpressureSeverity.NORMAL
+        return PressureDecision(self.rate, severity, self._circuit(), False, reason)
+
+    def _hold(self, reason: str) -> PressureDecision:
+        severity = (BackpressureSeverity.CRITICAL if self._restoring else
+                    BackpressureSeverity.WARNING if self.rate < self.baseline_rate else
+                    BackpressureSeverity.NORMAL)
+        return PressureDecision(self.rate, severity, self._circuit(), False, reason)
 
     # -- steps ---------------------------------------------------------------------------
 

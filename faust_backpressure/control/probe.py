@@ -42,6 +42,11 @@ class LagProbe:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def lag(self) -> int:
+        return (await self.measure())[0]
+
+    async def measure(self) -> tuple[int, int]:
+        """``(lag, processed)``: the lag, and the group's committed offsets summed over the
+        partitions (a running count of what it processed; its slope is its rate)."""
         if self._admin is None or self._consumer is None:
             self._admin = kafka_admin(self.kafka, "lag-probe")
             await self._admin.start()
@@ -56,12 +61,13 @@ class LagProbe:
                 raise LookupError(f"no partitions known for {sorted(missing)}")
         ends = await self._consumer.end_offsets(partitions)
         committed = await self._admin.list_consumer_group_offsets(self.group)
-        total = 0
+        total = processed = 0
         for tp in partitions:
             meta = committed.get(tp)
             start = meta.offset if meta is not None and meta.offset >= 0 else 0
             total += max(ends[tp] - start, 0)
-        return total
+            processed += start
+        return total, processed
 
     def _partitions(self) -> list[TopicPartition]:
         assert self._consumer is not None

@@ -27,6 +27,8 @@ __all__ = ["MAX_LAG", "WorkerSample"]
 
 #: Largest lag a sample may claim (records): far above any real backlog, exact as a double.
 MAX_LAG = 10**15
+#: Committed offsets summed over a group: at most this many (int64 offsets, many partitions).
+MAX_PROCESSED = 10**18
 #: Utilization and CPU are shares of 1; a little above 1 happens, far above it never does.
 _MAX_SHARE = 100.0
 
@@ -41,6 +43,9 @@ class WorkerSample:
     lag: int
     utilization: float
     cpu: float
+    #: The downstream group's committed offsets summed (its processed count); absent from
+    #: events of older versions.
+    processed: int | None = None
 
     @property
     def sample_id(self) -> str:
@@ -51,6 +56,8 @@ class WorkerSample:
         body: dict[str, Any] = {"limiter": self.limiter, "worker": self.worker, "at": self.at,
                                 "lag": self.lag, "utilization": self.utilization,
                                 "cpu": self.cpu}
+        if self.processed is not None:
+            body["processed"] = self.processed
         if secret is not None:
             body["sig"] = sign(secret, self.limiter.encode(), body)
         return canonical(body)
@@ -71,4 +78,6 @@ class WorkerSample:
         return cls(limiter=limiter, worker=text(data, "worker"),
                    at=number(data, "at", 0.0, 1e11), lag=int(number(data, "lag", 0, MAX_LAG)),
                    utilization=number(data, "utilization", 0.0, _MAX_SHARE),
-                   cpu=number(data, "cpu", 0.0, _MAX_SHARE))
+                   cpu=number(data, "cpu", 0.0, _MAX_SHARE),
+                   processed=None if data.get("processed") is None
+                   else int(number(data, "processed", 0, MAX_PROCESSED)))

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import faust
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,3 +128,16 @@ def test_fuzzed_pressure_records_never_raise_and_never_change_a_signed_loops_rat
         assert 0 <= accepted.lag <= 10**15 and 0 <= accepted.utilization <= 100
     except RejectedRecord:
         pass
+
+
+def test_the_processed_count_is_carried_signed_and_range_checked() -> None:
+    sample = WorkerSample(limiter="l", worker="w", at=1.0, lag=5, utilization=0.5, cpu=0.1,
+                          processed=1234)
+    assert WorkerSample.decode(sample.encode(b"k"), b"l", b"k").processed == 1234
+    forged = sample.encode(b"k").replace(b"1234", b"9999")
+    with pytest.raises(RejectedRecord):
+        WorkerSample.decode(forged, b"l", b"k")
+    negative = WorkerSample(limiter="l", worker="w", at=1.0, lag=5, utilization=0.5, cpu=0.1,
+                            processed=-1).encode()
+    with pytest.raises(RejectedRecord):
+        WorkerSample.decode(negative)

@@ -1,4 +1,5 @@
-"""The backpressure policy: thresholds, emergency until the backlog clears, gradual restore."""
+"""The reference guide's step policy: thresholds, emergency until the backlog clears, gradual
+restore (``policy="step"``; the set-point policy is in test_setpoint.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from faust_backpressure.control.policy import (
 Severity = BackpressureSeverity
 
 
+def step(baseline_rate: float, thresholds: BackpressureThresholds | None = None
+         ) -> BackpressureController:
+    return BackpressureController(baseline_rate, thresholds, policy="step")
+
+
 def sample(lag: int, utilization: float = 0.5, cpu: float = 0.1) -> PressureSample:
     return PressureSample(lag=lag, utilization=utilization, cpu=cpu)
 
@@ -33,7 +39,7 @@ def test_default_thresholds() -> None:
 
 
 def test_emergency_holds_until_the_backlog_clears_then_restores_gradually() -> None:
-    controller = BackpressureController(baseline_rate=1000)
+    controller = step(baseline_rate=1000)
     first = controller.decide(sample(12_000, utilization=0.97))
     assert (first.rate, first.severity, first.circuit, first.shed) == \
         (1.0, Severity.EMERGENCY, CircuitState.OPEN, False)
@@ -50,13 +56,13 @@ def test_emergency_holds_until_the_backlog_clears_then_restores_gradually() -> N
 
 
 def test_lag_above_critical_is_an_emergency_that_sheds() -> None:
-    decision = BackpressureController(500).decide(sample(20_001, utilization=0.2))
+    decision = step(500).decide(sample(20_001, utilization=0.2))
     assert (decision.rate, decision.severity, decision.shed) == (1.0, Severity.EMERGENCY, True)
     assert "critical" in decision.reason
 
 
 def test_a_relapse_while_restoring_reopens_the_circuit() -> None:
-    controller = BackpressureController(1000)
+    controller = step(1000)
     controller.decide(sample(25_000))
     controller.decide(sample(0))  # cleared: restoring
     relapse = controller.decide(sample(5_001))
@@ -64,7 +70,7 @@ def test_a_relapse_while_restoring_reopens_the_circuit() -> None:
 
 
 def test_lag_above_the_scaling_threshold_decreases_by_a_fifth_down_to_the_floor() -> None:
-    controller = BackpressureController(1000)
+    controller = step(1000)
     decisions = [controller.decide(sample(6_000, utilization=0.5)) for _ in range(40)]
     assert [round(d.rate, 3) for d in decisions[:3]] == [800, 640, 512]
     assert decisions[-1].rate == 1.0  # never below the emergency rate, never zero
@@ -72,7 +78,7 @@ def test_lag_above_the_scaling_threshold_decreases_by_a_fifth_down_to_the_floor(
 
 
 def test_cpu_and_utilization_with_a_building_queue_decrease_by_a_tenth() -> None:
-    controller = BackpressureController(1000)
+    controller = step(1000)
     assert controller.decide(sample(0, cpu=0.9)).rate == pytest.approx(900)
     assert controller.decide(sample(2_000, utilization=0.95)).rate == pytest.approx(810)
     # A busy limiter with nothing queued downstream is not pressure: restore instead.
@@ -80,7 +86,7 @@ def test_cpu_and_utilization_with_a_building_queue_decrease_by_a_tenth() -> None
 
 
 def test_a_new_baseline_caps_the_rate_and_restores_toward_it() -> None:
-    controller = BackpressureController(1000)
+    controller = step(1000)
     controller.set_baseline(300)
     assert controller.decide(sample(0)).rate == 300
     controller.set_baseline(600)
@@ -111,7 +117,7 @@ def test_bad_samples_and_baselines_are_refused() -> None:
                 max_size=60))
 def test_rate_stays_in_bounds_and_calm_restores_the_baseline(
         samples: list[tuple[int, float, float]]) -> None:
-    controller = BackpressureController(1000)
+    controller = step(1000)
     for lag, utilization, cpu in samples:
         decision = controller.decide(sample(lag, utilization, cpu))
         assert 1.0 <= decision.rate <= 1000
@@ -122,13 +128,13 @@ def test_rate_stays_in_bounds_and_calm_restores_the_baseline(
 
 
 def test_a_successor_restored_from_the_state_carries_on_the_emergency() -> None:
-    first = BackpressureController(1000)
+    first = step(1000)
     first.decide(sample(12_000, utilization=0.97))  # emergency
-    successor = BackpressureController(1000)
+    successor = step(1000)
     successor.restore(first.state())
     # Lag 5,000 is not an emergency by itself: only a controller that remembers holds 1/s.
     assert successor.decide(sample(5_000)).rate == 1.0
-    fresh = BackpressureController(1000)
+    fresh = step(1000)
     assert fresh.decide(sample(5_000)).rate == 1000
     with pytest.raises(ValueError, match="rate"):
         successor.restore({**first.state(), "rate": -1.0})
@@ -141,7 +147,7 @@ def test_thresholds_from_settings_and_the_holding_band() -> None:
     t = BackpressureThresholds.from_settings(BackpressureSettings(
         max_consumer_lag=4_000, scaling_threshold=2_000, restore_lag=1_500))
     assert (t.critical_lag, t.backlog_cleared_lag, t.effective_restore_lag) == (8_000, 400, 1_500)
-    controller = BackpressureController(1000, t)
+    controller = step(1000, t)
     assert controller.decide(sample(2_500)).rate == pytest.approx(800)  # > scaling: x0.8
     held = controller.decide(sample(1_800))  # between restore lag and scaling: hold
     assert held.rate == pytest.approx(800) and held.reason.startswith("holding")
