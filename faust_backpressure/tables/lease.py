@@ -48,6 +48,8 @@ class LeaseCounters:
     paced: int = 0
     #: Permits admitted from the safe-capacity fallback while the owner was unreachable.
     fallback_admitted: int = 0
+    #: Grants cut to the limiter's burst or the longest lease TTL (forged, or a confused owner).
+    capped_grants: int = 0
 
 
 @dataclass(slots=True)
@@ -395,9 +397,15 @@ class DistributedRateLimiter(LimiterBase):
                 self._counters.expired_tokens += self._lease_tokens
         elif self._lease_tokens > 0:
             self._counters.expired_tokens += self._lease_tokens
+        # Checked against what this worker knows of the limiter: without a secret a forged
+        # grant could otherwise hand it more than a bucket, or a lease that never ends.
+        granted = min(grant.tokens, math.floor(max(self._burst, self._config.burst)))
+        ttl = min(grant.ttl, MAX_TTL_FACTOR * self._config.lease_ttl)
+        if granted < grant.tokens or ttl < grant.ttl:
+            self._counters.capped_grants += 1
         # The lease runs from our first send: never later than the owner's view of it.
-        expires = inflight.first_sent + grant.ttl
-        tokens = carry + grant.tokens if now < expires else 0.0
+        expires = inflight.first_sent + ttl
+        tokens = carry + granted if now < expires else 0.0
         self._lease_tokens = tokens
         self._lease_id = grant.lease_id
         self._lease_expiry = expires
@@ -409,7 +417,7 @@ class DistributedRateLimiter(LimiterBase):
         self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
         self._set_pace(tokens, expires, grant, now)
         self._counters.grants += 1
-        self._counters.granted_tokens += grant.tokens
+        self._counters.granted_tokens += granted
         if grant.epoch >= self._epoch and not self._pending:
             self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
         self._notify()

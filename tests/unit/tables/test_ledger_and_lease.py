@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -279,3 +280,20 @@ def test_a_multi_tier_of_distributed_tiers_asks_every_short_tier_for_a_lease() -
     requests = {name: tier.poll() for name, tier in tiers.items()}
     assert all(isinstance(r, LeaseRequest) for r in requests.values()), requests
     assert all(r is not None and r.demand > 0 for r in requests.values())
+
+
+def test_a_grant_beyond_the_bucket_or_the_longest_lease_is_cut() -> None:
+    # Without a secret anyone who can write the grant topic may answer a pending request.
+    clock = FakeClock()
+    limiter = client(clock)
+    limiter.try_acquire()
+    req = limiter.poll()
+    assert isinstance(req, LeaseRequest)
+    forged = LimiterLedger("lim", limiter.config, clock.now).handle_lease(req, clock.now)
+    assert forged is not None
+    forged = dataclasses.replace(forged, tokens=10**12, ttl=1e9)
+    assert limiter.on_grant(forged)
+    assert limiter.lease_counters.capped_grants == 1
+    assert limiter.current_tokens <= 100  # the burst, not 10**12
+    clock.now += MAX_TTL_FACTOR * 1.0 + 0.1  # past the longest lease: nothing left to spend
+    assert not limiter.try_acquire()
