@@ -12,7 +12,7 @@ import pytest
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.config import BackpressureSettings, ControlPolicy
 from faust_backpressure.control import BackpressureSeverity, BackpressureThresholds
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.inprocess import running_app
@@ -42,14 +42,16 @@ async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> No
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("policy", ["step", "setpoint"])
 async def test_downstream_lag_forces_the_emergency_rate_until_cleared_then_restores(
-        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+        policy: ControlPolicy) -> None:
     downstream, group = unique_name("priced"), unique_name("billing")
     await create_topics(kafka_bootstrap, {downstream: 2})
     await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
     app = faust.App(unique_name("app"), datadir=str(tmp_path),
                     **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    bp = Backpressure(app, settings=BackpressureSettings())
+    bp = Backpressure(app, settings=BackpressureSettings(control_policy=policy))
     limiter = TokenBucketRateLimiter(100, 100)
     loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
                            interval=0.3, thresholds=SMALL)
@@ -67,8 +69,15 @@ async def test_downstream_lag_forces_the_emergency_rate_until_cleared_then_resto
                                  until=lambda rs: len(rs) >= 3, timeout=10)
     severities = [d.severity for d in loop.decisions]
     assert severities[0] is BackpressureSeverity.EMERGENCY
-    restore = [round(d.rate, 6) for d in loop.decisions if d.reason == "restoring"]
-    assert restore == [11, 21, 31, 41, 51, 61, 71, 81, 91, 100]
+    if policy == "step":  # the guide's restore: +10% of the base rate per interval
+        restore = [round(d.rate, 6) for d in loop.decisions if d.reason == "restoring"]
+        assert restore == [11, 21, 31, 41, 51, 61, 71, 81, 91, 100]
+    else:  # at least as fast, never down while the backlog stays cleared
+        last_emergency = max(i for i, d in enumerate(loop.decisions)
+                             if d.severity is BackpressureSeverity.EMERGENCY)
+        restore = [d.rate for d in loop.decisions[last_emergency + 1:]]
+        assert restore == sorted(restore) and restore[-1] == 100, restore
+        assert len([r for r in restore if r < 100]) <= 9, restore
     assert severities[-1] is BackpressureSeverity.NORMAL
     # The samples are events on the pressure topic, keyed by the limiter.
     samples = [json.loads(r.value) for r in pressure]
