@@ -41,6 +41,7 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         initial_tokens: float | None = None,
         request_timeout: float | None = None,
         fallback_rate: float | None = None,
+        paced: bool = False,
         **channel_options: Any,
     ) -> DistributedRateLimiter:
         """A distributed token bucket. ``per_consumer=True``: rate and burst are per live
@@ -53,7 +54,7 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         limiter = DistributedRateLimiter(
             rate_limiter_id, tokens_per_second, burst_capacity, worker_id=channel.worker_id,
             lease_ttl=lease_ttl, request_timeout=request_timeout, per_consumer=per_consumer,
-            initial_tokens=initial_tokens, fallback_rate=fallback_rate,
+            initial_tokens=initial_tokens, fallback_rate=fallback_rate, paced=paced,
             storage_backend=f"kafka-table:{channel.changelog_topic_name}",
             wakeup=channel.wakeup(rate_limiter_id))
         return channel.add(limiter)

@@ -26,6 +26,9 @@ from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 
+#: The pacing bucket's refill when spending is not paced: never the limit.
+UNPACED = 1e12
+
 _INF = math.inf
 #: In steady demand, a grant raises the pace by at most this factor.
 PACE_GROWTH = 1.25
@@ -96,6 +99,7 @@ class DistributedRateLimiter(LimiterBase):
         "_pace",
         "_paced",
         "_paced_at",
+        "_paced_spending",
         "_pending",
         "_rate",
         "_rtt",
@@ -127,10 +131,14 @@ class DistributedRateLimiter(LimiterBase):
         utilization_window: float = 1.0,
         wakeup: Callable[[], None] | None = None,
         fallback_rate: float | None = None,
+        paced: bool = False,
     ) -> None:
         """``wakeup`` is called when the limiter has something to send (its channel's
         keeper wakes); ``poll`` returns it. ``fallback_rate`` (off by default): permits/s this
-        worker may admit on its own while the owner cannot be reached (see ``fallback.py``)."""
+        worker may admit on its own while the owner cannot be reached (see ``fallback.py``).
+        ``paced`` (off by default): spend each lease at the pace of the share rather than as
+        it comes (smoother second to second; in the demo it cost about a third of the
+        throughput, see docs/distributed.md)."""
         self._config = LimiterConfig(
             rate=check_rate("tokens_per_second", tokens_per_second),
             burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
@@ -163,10 +171,12 @@ class DistributedRateLimiter(LimiterBase):
         # capacity is small (LOCAL_BURST_SECONDS of the pace); when demand starts after a
         # lease TTL of idle time (and at start) it is full and holds the whole burst for one
         # TTL, so the grants of a full shared bucket may be spent at once, as before.
-        self._pace = self._rate
+        self._paced_spending = paced
+        # Unpaced, the pacing bucket never holds anything back.
+        self._pace = self._rate if paced else UNPACED
         self._paced = 0.0
         self._paced_at = -_INF  # no demand yet: the first call finds the limiter idle
-        self._cap = self._burst
+        self._cap = self._burst if paced else _INF
         self._burst_until = -_INF
         self._starved = False
         self._fallback = None if fallback_rate is None else SafeCapacity(fallback_rate)
@@ -215,7 +225,7 @@ class DistributedRateLimiter(LimiterBase):
         if now - self._paced_at >= self._config.lease_ttl:
             # Demand after idle time: the bucket filled meanwhile, up to the whole burst.
             self._paced = min(self._burst, self._paced + (now - self._paced_at) * self._pace)
-            self._cap = self._burst
+            self._cap = self._burst if self._paced_spending else _INF
             self._burst_until = now + self._config.lease_ttl
             self._paced_at = now
             self._starved = False
@@ -426,6 +436,8 @@ class DistributedRateLimiter(LimiterBase):
     def _set_pace(self, tokens: float, expires: float, grant: Grant, now: float) -> None:
         """Spread the lease over the time until the next one can be here: its renewal is sent
         ``retry_after`` from now and answered about ``rtt`` later (never past its expiry)."""
+        if not self._paced_spending:
+            return
         if not self._starved:  # bring the level up to now at the old pace
             self._paced = self._level(now)
         self._paced_at = now

@@ -34,6 +34,7 @@ class Sim:
     seed: int = 0
     dt: float = 0.002
     fallback_rate: float | None = None
+    paced: bool = False
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
@@ -41,7 +42,8 @@ class Sim:
         self.clients = [
             DistributedRateLimiter("lim", self.rate, self.burst, worker_id=f"w{i}",
                                    lease_ttl=self.lease_ttl, clock=self.clock,
-                                   wall_clock=self.clock, fallback_rate=self.fallback_rate)
+                                   wall_clock=self.clock, fallback_rate=self.fallback_rate,
+                                   paced=self.paced)
             for i in range(self.workers)]
         self.alive = [True] * self.workers
         self.record: dict[str, Any] | None = None  # what the changelog holds

@@ -30,7 +30,8 @@ def steady(sim: Sim, warm: float, seconds: float) -> tuple[float, list[int]]:
 ])
 def test_steady_demand_is_spent_at_the_pace_of_the_share(workers: int, rate: float,
                                                           burst: float, ttl: float) -> None:
-    sim = Sim(rate=rate, burst=burst, workers=workers, lease_ttl=ttl, delay=(0.005, 0.02))
+    sim = Sim(paced=True, rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
+              delay=(0.005, 0.02))
     start, per_worker = steady(sim, 4.0, 30.0)
     assert sim.worst_window(1.0, since=start) <= 1.05 * rate + 1
     assert abs(sum(per_worker) - rate * 30.0) <= 0.01 * rate * 30.0
@@ -40,7 +41,7 @@ def test_steady_demand_is_spent_at_the_pace_of_the_share(workers: int, rate: flo
 
 
 def test_a_burst_is_still_admitted_after_idle_time() -> None:
-    sim = Sim(rate=1000, burst=2000, workers=1, lease_ttl=2.0, delay=(0.005, 0.02))
+    sim = Sim(paced=True, rate=1000, burst=2000, workers=1, lease_ttl=2.0, delay=(0.005, 0.02))
     sim.run(6.0)  # steady demand
     sim.demand = [0.0]
     sim.run(5.0)  # idle: the shared bucket refills to its burst
@@ -68,7 +69,7 @@ class FakeClock:
 
 def leased(clock: FakeClock, **kwargs: object) -> tuple[DistributedRateLimiter, LimiterLedger]:
     """A limiter (100/s, burst 100, TTL 1 s) past its start-up burst, paced by a lease."""
-    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0,
+    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0, paced=True,
                                      clock=clock, wall_clock=clock,
                                      **kwargs)  # type: ignore[arg-type]
     ledger = LimiterLedger("lim", limiter.config, clock.now)
@@ -135,7 +136,7 @@ def unanswered(limiter: DistributedRateLimiter, clock: FakeClock, seconds: float
 
 def test_without_fallback_an_unreachable_owner_means_no_admissions() -> None:
     clock = FakeClock()
-    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0,
+    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0, paced=True,
                                      clock=clock, wall_clock=clock)
     assert unanswered(limiter, clock, 10.0) == []
     assert limiter.lease_counters.fallback_admitted == 0
@@ -143,7 +144,7 @@ def test_without_fallback_an_unreachable_owner_means_no_admissions() -> None:
 
 def test_fallback_admits_at_its_rate_after_the_timeout_and_stops_at_a_grant() -> None:
     clock = FakeClock()
-    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0,
+    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w1", lease_ttl=1.0, paced=True,
                                      clock=clock, wall_clock=clock, fallback_rate=20.0)
     start = clock.now
     admitted = unanswered(limiter, clock, 10.0)
@@ -191,8 +192,8 @@ def test_fallback_waits_for_the_lease_to_expire_then_the_retry_timeout() -> None
                    "(<= 1.05 rate after recovery) does not yet at a 0.25 s renewal period")
 def test_an_outage_with_fallback_keeps_its_documented_bound() -> None:
     rate, fallback, workers, outage = 300.0, 50.0, 3, 6.0
-    sim = Sim(rate=rate, burst=300, workers=workers, lease_ttl=1.0, fallback_rate=fallback,
-              delay=(0.005, 0.02), seed=5)
+    sim = Sim(paced=True, rate=rate, burst=300, workers=workers, lease_ttl=1.0,
+              fallback_rate=fallback, delay=(0.005, 0.02), seed=5)
     sim.run(4.0)
     assert sum(c.lease_counters.fallback_admitted for c in sim.clients) == 0  # owner is up
     before = len(sim.all_admissions())
