@@ -26,9 +26,6 @@ from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 
-#: The pacing bucket's refill when spending is not paced: never the limit.
-UNPACED = 1e12
-
 _INF = math.inf
 #: In steady demand, a grant raises the pace by at most this factor.
 PACE_GROWTH = 1.25
@@ -171,12 +168,11 @@ class DistributedRateLimiter(LimiterBase):
         # capacity is small (LOCAL_BURST_SECONDS of the pace); when demand starts after a
         # lease TTL of idle time (and at start) it is full and holds the whole burst for one
         # TTL, so the grants of a full shared bucket may be spent at once, as before.
-        self._paced_spending = paced
-        # Unpaced, the pacing bucket never holds anything back.
-        self._pace = self._rate if paced else UNPACED
+        self._paced_spending = paced  # off: the pacing bucket below is not used at all
+        self._pace = self._rate
         self._paced = 0.0
         self._paced_at = -_INF  # no demand yet: the first call finds the limiter idle
-        self._cap = self._burst if paced else _INF
+        self._cap = self._burst
         self._burst_until = -_INF
         self._starved = False
         self._fallback = None if fallback_rate is None else SafeCapacity(fallback_rate)
@@ -191,24 +187,30 @@ class DistributedRateLimiter(LimiterBase):
         now = self._clock()
         if permits == 1 and now < self._fast_until:
             tokens = self._lease_tokens
-            if tokens >= 1.0 and now < self._lease_expiry:
-                level = self._paced + (now - self._paced_at) * self._pace
-                if level >= 1.0:
-                    self._attempted += 1
-                    cap = self._cap
-                    self._paced = (level if level < cap else cap) - 1.0
-                    self._paced_at = now
-                    self._lease_tokens = tokens = tokens - 1.0
-                    self._granted += 1
-                    if tokens < self._low_water and not self._wanted:
-                        self._want()
-                    return True
+            if tokens >= 1.0 and now < self._lease_expiry and (
+                    not self._paced_spending or self._take_paced(now)):
+                self._attempted += 1
+                self._lease_tokens = tokens = tokens - 1.0
+                self._granted += 1
+                if tokens < self._low_water and not self._wanted:
+                    self._want()
+                return True
             if self._admit(1, now):
                 self._granted += 1
                 return True
             self._denied += 1
             return False
         return self._try_slow(permits, now)
+
+    def _take_paced(self, now: float) -> bool:
+        """One permit from the pacing bucket (paced spending only), if it has one."""
+        level = self._paced + (now - self._paced_at) * self._pace
+        if level < 1.0:
+            return False
+        cap = self._cap
+        self._paced = (level if level < cap else cap) - 1.0
+        self._paced_at = now
+        return True
 
     def _want(self) -> None:
         self._wanted = True
@@ -222,35 +224,37 @@ class DistributedRateLimiter(LimiterBase):
 
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
-        if now - self._paced_at >= self._config.lease_ttl:
+        paced = self._paced_spending
+        if paced and now - self._paced_at >= self._config.lease_ttl:
             # Demand after idle time: the bucket filled meanwhile, up to the whole burst.
             self._paced = min(self._burst, self._paced + (now - self._paced_at) * self._pace)
-            self._cap = self._burst if self._paced_spending else _INF
+            self._cap = self._burst
             self._burst_until = now + self._config.lease_ttl
             self._paced_at = now
             self._starved = False
         tokens = self._lease_tokens
         if tokens >= permits and now < self._lease_expiry:
-            level = self._level(now, permits)
-            self._paced_at = now
-            self._starved = False
-            if level >= permits:
-                self._paced = level - permits
+            admitted = True
+            if paced:
+                level = self._level(now, permits)
+                self._paced_at = now
+                self._starved = False
+                admitted = level >= permits
+                self._paced = level - permits if admitted else level
+                if not admitted:
+                    self._counters.paced += 1
+            if admitted:
                 self._lease_tokens = tokens = tokens - permits
-                if tokens < self._low_water and not self._wanted:
-                    self._want()
-                return True
-            self._paced = level
-            self._counters.paced += 1
             if tokens < self._low_water and not self._wanted:
                 self._want()
-            return False
-        # Short of lease tokens: the pacing bucket keeps what it gathered while idle, but not
-        # while demand waits for a lease (or a new lease would be spent at once).
-        if not self._starved:
-            self._paced = self._level(now, permits)
-            self._starved = True
-        self._paced_at = now
+            return admitted
+        if paced:
+            # Short of lease tokens: the pacing bucket keeps what it gathered while idle, but
+            # not while demand waits for a lease (or a new lease would be spent at once).
+            if not self._starved:
+                self._paced = self._level(now, permits)
+                self._starved = True
+            self._paced_at = now
         if not self._wanted:
             self._want()
         fallback = self._fallback
@@ -285,6 +289,8 @@ class DistributedRateLimiter(LimiterBase):
 
     def _delay(self, permits: float, now: float) -> float:
         if self._lease_tokens >= permits and now < self._lease_expiry:
+            if not self._paced_spending:
+                return 0.0
             level = self._level(now, permits)
             if level >= permits:
                 return 0.0

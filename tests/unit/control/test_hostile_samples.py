@@ -28,6 +28,7 @@ from faust_backpressure.tables.integrity import (
     WRONG_KEY,
     RejectedRecord,
 )
+from tests.unit._strategies import json_values
 
 SECRET = "s3cret"
 
@@ -102,12 +103,6 @@ def test_rejections_show_in_the_snapshot_and_the_prometheus_text() -> None:
             'topic="pressure",reason="malformed"} 1.0') in text.splitlines()
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
-    | st.floats(allow_nan=True, allow_infinity=True),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=6),
-    max_leaves=30)
 VALID = json.loads(sample(at=0.0).encode())
 mutated = st.builds(lambda k, v: {**VALID, "at": time.time(), k: v},
                     st.sampled_from([*VALID, "sig"]), json_values)

@@ -41,6 +41,7 @@ from faust_backpressure.tables.messages import (
     encode_batch,
     encode_replies,
 )
+from tests.unit._strategies import json_values
 
 SECRET = b"s3cret"
 CONFIG = LimiterConfig(rate=100.0, burst=1500.0, lease_ttl=1.0)
@@ -171,12 +172,6 @@ def test_replay_guard_remembers_ids_within_its_window_with_bounded_memory() -> N
 
 # -- fuzz ---------------------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
-    | st.floats(allow_nan=True, allow_infinity=True),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=6),
-    max_leaves=30)
 VALID_LEASE = json.loads(encode(forged_lease(worker="w", requested=10, demand=10), key=b"lim"))
 VALID_GRANT = json.loads(encode_replies([grant()]))
 # a valid body with one field replaced (or added) by anything JSON can carry
