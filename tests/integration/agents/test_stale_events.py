@@ -52,7 +52,10 @@ async def test_outputs_of_an_event_fetched_before_a_revocation_are_dropped(
         while len(seen) < 3:
             assert loop.time() < deadline, seen
             await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)  # several commit intervals
+        while not (committed := await committed_offsets(kafka_bootstrap, app.conf.id, source)):
+            assert loop.time() < deadline, "nothing committed"
+            await asyncio.sleep(0.1)
+        await app.consumer.commit()  # one more, after every event was done
         committed = await committed_offsets(kafka_bootstrap, app.conf.id, source)
         manager: Any = app.consumer.transactions
         dropped = manager.dropped_outputs
