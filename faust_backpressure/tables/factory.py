@@ -42,6 +42,7 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         request_timeout: float | None = None,
         fallback_rate: float | None = None,
         paced: bool = False,
+        rate_leases: bool = False,
         **channel_options: Any,
     ) -> DistributedRateLimiter:
         """A distributed token bucket. ``per_consumer=True``: rate and burst are per live
@@ -55,6 +56,7 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
             rate_limiter_id, tokens_per_second, burst_capacity, worker_id=channel.worker_id,
             lease_ttl=lease_ttl, request_timeout=request_timeout, per_consumer=per_consumer,
             initial_tokens=initial_tokens, fallback_rate=fallback_rate, paced=paced,
+            rate_leases=rate_leases,
             storage_backend=f"kafka-table:{channel.changelog_topic_name}",
             wakeup=channel.wakeup(rate_limiter_id))
         return channel.add(limiter)

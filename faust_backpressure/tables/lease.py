@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
 from faust_backpressure.tables.fallback import SafeCapacity
-from faust_backpressure.tables.ledger import MAX_TTL_FACTOR, SATURATED
+from faust_backpressure.tables.ledger import MAX_TTL_FACTOR, RATE_TTL_FACTOR, SATURATED
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
@@ -99,8 +99,12 @@ class DistributedRateLimiter(LimiterBase):
         "_paced_spending",
         "_pending",
         "_rate",
+        "_rate_leases",
         "_rtt",
         "_seq",
+        "_share",
+        "_share_at",
+        "_share_cap",
         "_starved",
         "_wakeup",
         "_wall",
@@ -129,13 +133,17 @@ class DistributedRateLimiter(LimiterBase):
         wakeup: Callable[[], None] | None = None,
         fallback_rate: float | None = None,
         paced: bool = False,
+        rate_leases: bool = False,
     ) -> None:
         """``wakeup`` is called when the limiter has something to send (its channel's
         keeper wakes); ``poll`` returns it. ``fallback_rate`` (off by default): permits/s this
         worker may admit on its own while the owner cannot be reached (see ``fallback.py``).
         ``paced`` (off by default): spend each lease at the pace of the share rather than as
         it comes (smoother second to second; in the demo it cost about a third of the
-        throughput, see docs/distributed.md)."""
+        throughput, see docs/distributed.md). ``rate_leases``: ask for rate leases (a share
+        of the rate for the lease's life, refilling a small local bucket), which need about
+        one request per lease life however short the burst, and are even second to second;
+        ``paced`` is then not used."""
         self._config = LimiterConfig(
             rate=check_rate("tokens_per_second", tokens_per_second),
             burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
@@ -168,7 +176,14 @@ class DistributedRateLimiter(LimiterBase):
         # capacity is small (LOCAL_BURST_SECONDS of the pace); when demand starts after a
         # lease TTL of idle time (and at start) it is full and holds the whole burst for one
         # TTL, so the grants of a full shared bucket may be spent at once, as before.
-        self._paced_spending = paced  # off: the pacing bucket below is not used at all
+        self._paced_spending = paced and not rate_leases  # off: no pacing bucket at all
+        # Rate leases: the lease's level (``_lease_tokens``) refills at ``_share`` up to
+        # ``_share_cap`` (never above what it holds) from ``_share_at`` until expiry; only
+        # the slow path refills, the hot path just spends (see ``_accrue``).
+        self._rate_leases = rate_leases
+        self._share = 0.0
+        self._share_cap = 0.0
+        self._share_at = 0.0
         self._pace = self._rate
         self._paced = 0.0
         self._paced_at = -_INF  # no demand yet: the first call finds the limiter idle
@@ -222,8 +237,22 @@ class DistributedRateLimiter(LimiterBase):
         level = self._paced + max(0.0, now - self._paced_at) * self._pace
         return min(level, max(self._cap, permits))
 
+    def _accrue(self, now: float) -> None:
+        """Refill the level of a rate lease up to its cap. Lazy but exact as a bound: the
+        hot path only spends, so what it spent between two refills was there at the first,
+        and a level over the cap never refills."""
+        until = now if now < self._lease_expiry else self._lease_expiry
+        if until > self._share_at:
+            level, cap = self._lease_tokens, self._share_cap
+            if level < cap:
+                level += self._share * (until - self._share_at)
+                self._lease_tokens = level if level < cap else cap
+            self._share_at = until
+
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
+        if self._share > 0.0:
+            self._accrue(now)
         paced = self._paced_spending
         if paced and now - self._paced_at >= self._config.lease_ttl:
             # Demand after idle time: the bucket filled meanwhile, up to the whole burst.
@@ -288,6 +317,14 @@ class DistributedRateLimiter(LimiterBase):
         return delay
 
     def _delay(self, permits: float, now: float) -> float:
+        share = self._share
+        if share > 0.0 and now < self._lease_expiry:
+            self._accrue(now)
+            level = self._lease_tokens
+            if level < permits <= self._share_cap:
+                wait = (permits - level) / share
+                if now + wait < self._lease_expiry:
+                    return wait  # the share refills it then (one timer, no polling)
         if self._lease_tokens >= permits and now < self._lease_expiry:
             if not self._paced_spending:
                 return 0.0
@@ -319,6 +356,8 @@ class DistributedRateLimiter(LimiterBase):
     def _needs_lease(self, now: float) -> bool:
         if not (self._attempted or self._queue):
             return False
+        if self._rate_leases:
+            return True  # with demand, renew when the owner said (``retry_after``)
         if now >= self._lease_expiry or self._lease_tokens < self._low_water:
             return True
         return now >= self._lease_expiry - self._config.lease_ttl / 2.0
@@ -336,7 +375,7 @@ class DistributedRateLimiter(LimiterBase):
             # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): an answer may be
             # worth having that long, so the request stays in flight (one per limiter: a slow
             # owner is not sent new requests on top of the ones it has not read yet).
-            if now < inflight.first_sent + MAX_TTL_FACTOR * self._config.lease_ttl:
+            if now < inflight.first_sent + self._max_ttl:
                 if now - inflight.last_sent < self._retry_timeout(inflight):
                     return None
                 inflight.last_sent = now
@@ -352,16 +391,28 @@ class DistributedRateLimiter(LimiterBase):
             return None
         return self._new_request(now)
 
+    @property
+    def _max_ttl(self) -> float:
+        """The longest lease an owner grants (and so how long an answer is worth waiting)."""
+        factor = RATE_TTL_FACTOR if self._rate_leases else MAX_TTL_FACTOR
+        return factor * self._config.lease_ttl
+
     def _retry_timeout(self, inflight: _Inflight) -> float:
         """Wait before resending: at least the timeout and twice the usual answer time,
         doubled with each resend, so an owner with a queue is not sent more copies of it."""
         base = max(self.request_timeout, 3.0 * self._rtt)
+        if self._rate_leases:
+            # Kafka does not lose an acknowledged request: a resend only helps after an
+            # owner crash, and under overload every copy is more queue (the collapse).
+            return float(max(base, self._config.lease_ttl) * 4.0 ** min(inflight.sends - 1, 3))
         return float(base * 2.0 ** min(inflight.sends - 1, 4))
 
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
         demand = SATURATED if self._queue else min(SATURATED, self._attempted / elapsed)
         valid = now < self._lease_expiry
+        if valid and self._share > 0.0:
+            self._accrue(now)
         unspent = self._lease_tokens if valid else 0.0
         requested = max(1, math.ceil(min(self._burst, demand * self._config.lease_ttl)))
         seq = next(self._seq)
@@ -370,7 +421,7 @@ class DistributedRateLimiter(LimiterBase):
             limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
             requested=requested, sent_at=self._wall(),
             lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config,
-            rtt=round(self._rtt, 4))
+            rtt=round(self._rtt, 4), rate_lease=self._rate_leases)
         self._attempted = 0
         self._demand_since = now
         self._wanted = False
@@ -387,12 +438,12 @@ class DistributedRateLimiter(LimiterBase):
         inflight = self._inflight
         if inflight is not None:
             due.append(min(inflight.last_sent + self._retry_timeout(inflight),
-                           inflight.first_sent + MAX_TTL_FACTOR * self._config.lease_ttl))
+                           inflight.first_sent + self._max_ttl))
         elif self._wanted or self._queue:
             due.append(self._next_request_at)
         elif self._attempted and now < self._lease_expiry:
-            due.append(max(self._next_request_at,
-                           self._lease_expiry - self._config.lease_ttl / 2.0))
+            due.append(self._next_request_at if self._rate_leases else max(
+                self._next_request_at, self._lease_expiry - self._config.lease_ttl / 2.0))
         return max(0.0, min(due, default=now + 1.0) - now)
 
     # -- answers --------------------------------------------------------------------------
@@ -407,8 +458,13 @@ class DistributedRateLimiter(LimiterBase):
         self._inflight = None
         carry = 0.0
         if now < self._lease_expiry:
+            if self._share > 0.0:
+                self._accrue(now)
             if grant.renews is not None and grant.renews == self._lease_id:
-                carry = self._lease_tokens
+                # No more than the request said it had: the owner counted that much.
+                # (a rate lease's share may have refilled it since, up to its cap)
+                carry = min(self._lease_tokens,
+                            max(inflight.request.unspent, self._share_cap))
             else:
                 self._counters.expired_tokens += self._lease_tokens
         elif self._lease_tokens > 0:
@@ -416,7 +472,7 @@ class DistributedRateLimiter(LimiterBase):
         # Checked against what this worker knows of the limiter: without a secret a forged
         # grant could otherwise hand it more than a bucket, or a lease that never ends.
         granted = min(grant.tokens, math.floor(max(self._burst, self._config.burst)))
-        ttl = min(grant.ttl, MAX_TTL_FACTOR * self._config.lease_ttl)
+        ttl = min(grant.ttl, self._max_ttl)
         if granted < grant.tokens or ttl < grant.ttl:
             self._counters.capped_grants += 1
         # The lease runs from our first send: never later than the owner's view of it.
@@ -426,6 +482,15 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_id = grant.lease_id
         self._lease_expiry = expires
         self._low_water = max(1.0, 0.5 * tokens)
+        if self._rate_leases:
+            # A forged share is cut to the rate (per consumer: what any worker may have).
+            limit = max(self._rate, self._config.rate) * (1e6 if self._config.per_consumer
+                                                          else 1.0)
+            share = min(grant.share, limit)
+            self._share = share if now < expires else 0.0
+            self._share_cap = min(grant.share_cap, max(self._burst, self._config.burst))
+            self._share_at = now
+            self._low_water = 0.0 if share > 0.0 else 1.0  # the share refills it, no asking
         self._next_request_at = now + grant.retry_after
         self._asking_since = None  # the owner answered: no fallback
         # The owner answers the first copy it reads (resends queue behind it): the answer
@@ -502,7 +567,10 @@ class DistributedRateLimiter(LimiterBase):
     @property
     def current_tokens(self) -> float:
         """Tokens left in this worker's lease (0 when expired)."""
-        return self._lease_tokens if self._clock() < self._lease_expiry else 0.0
+        now = self._clock()
+        if self._share > 0.0:
+            self._accrue(now)
+        return self._lease_tokens if now < self._lease_expiry else 0.0
 
     @property
     def max_tokens(self) -> float:

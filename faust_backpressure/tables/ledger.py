@@ -26,8 +26,21 @@ __all__ = ["LedgerStats", "LimiterLedger"]
 SATURATED = 1e12
 #: A busy owner grants leases up to this many configured TTLs long (see ``handle_lease``).
 MAX_TTL_FACTOR = 4.0
+#: ... and rate leases up to this many (their length does not enter the bound: an
+#: overloaded owner makes them long so that it is asked less often, see ``_rate_lease``).
+RATE_TTL_FACTOR = 16.0
 #: ... and stretches renewal periods (and ``retry_after``) up to this factor.
 MAX_STRETCH = 8.0
+#: Rate leases: a worker's share is computed from its declared demand times this.
+RATE_HEADROOM = 1.25
+#: Rate leases: a worker may hold this many seconds of its share unspent (>= 1 permit).
+LOCAL_BURST_SECONDS = 0.05
+#: ... and at least this many, so a caller that polls less often than the share refills one
+#: permit still gets the whole share (a 2-permit cap tolerates ticks up to 2 permits apart).
+MIN_CAP = 2.0
+#: Suffix of the id of a rate lease's tail (what it still reserves until its holder has
+#: read the grant that replaced it).
+_TAIL = "~"
 
 
 @dataclass(slots=True)
@@ -44,11 +57,21 @@ class LedgerStats:
 
 
 class _Lease(NamedTuple):
-    """Tokens leased to a worker and not yet expired (stored as a JSON list)."""
+    """Tokens leased to a worker and not yet expired (stored as a JSON list); a rate lease
+    also reserves ``share`` permits/s of the rate and a local burst of ``cap`` permits."""
 
     lease_id: str
     outstanding: float
     expires: float
+    share: float = 0.0
+    cap: float = 0.0
+
+    @property
+    def held(self) -> float:
+        """What its holder may still spend without new grants: its tokens, or (a rate
+        lease refills its holder's level up to ``cap``, never above what it already has) its
+        cap, whichever is larger."""
+        return self.outstanding if self.outstanding > self.cap else self.cap
 
 
 class _GrantRecord(NamedTuple):
@@ -63,6 +86,8 @@ class _GrantRecord(NamedTuple):
     rate: float
     burst: float
     ttl: float
+    share: float = 0.0
+    share_cap: float = 0.0
 
 
 @dataclass(slots=True)
@@ -124,10 +149,15 @@ class LimiterLedger:
         return MAX_TTL_FACTOR * self.lease_ttl
 
     @property
+    def max_rate_ttl(self) -> float:
+        """The longest rate lease a busy owner grants (``RATE_TTL_FACTOR`` configured TTLs)."""
+        return RATE_TTL_FACTOR * self.lease_ttl
+
+    @property
     def retention(self) -> float:
         """How long a worker's last request (and command ids) are kept after it was seen:
         longer than any retry of it can be accepted (see :meth:`is_stale`)."""
-        return self.max_ttl + 2.0 * self.max_clock_skew + 1.0
+        return self.max_rate_ttl + 2.0 * self.max_clock_skew + 1.0
 
     def _active(self, now: float) -> dict[str, float]:
         window = self.demand_window
@@ -143,7 +173,12 @@ class LimiterLedger:
         return self.burst * self._scale(now)
 
     def outstanding(self) -> float:
-        return float(sum(lease.outstanding for w in self.workers.values() for lease in w.leases))
+        """What the workers may still spend of their leases (``L`` in docs/distributed.md)."""
+        return float(sum(lease.held for w in self.workers.values() for lease in w.leases))
+
+    def reserved(self) -> float:
+        """The rate (permits/s) given away as rate leases: the bucket refills at the rest."""
+        return float(sum(lease.share for w in self.workers.values() for lease in w.leases))
 
     # -- time -----------------------------------------------------------------------------
 
@@ -152,17 +187,18 @@ class LimiterLedger:
         rate, burst = self.effective_rate(now), self.effective_burst(now)
         expiring = sorted((lease.expires, id(lease), lease, w) for w in self.workers.values()
                           for lease in w.leases if lease.expires <= now)
-        held = self.outstanding()
+        held, reserved = self.outstanding(), self.reserved()
         t = self.refilled_at
         tokens = self.tokens
         for expires, _, lease, worker in expiring:
             if expires > t:
-                tokens = min(tokens + rate * (expires - t), burst - held)
+                tokens = min(tokens + max(0.0, rate - reserved) * (expires - t), burst - held)
                 t = expires
-            held -= lease.outstanding
+            held -= lease.held
+            reserved -= lease.share
             worker.leases.remove(lease)
         if now > t:  # a new owner whose clock is behind does not refill backwards
-            tokens = min(tokens + rate * (now - t), burst - held)
+            tokens = min(tokens + max(0.0, rate - reserved) * (now - t), burst - held)
             t = now
         self.tokens = min(tokens, burst - held)
         self.refilled_at = t
@@ -180,9 +216,10 @@ class LimiterLedger:
 
     # -- requests -------------------------------------------------------------------------
 
-    def is_stale(self, sent_at: float, now: float) -> bool:
+    def is_stale(self, sent_at: float, now: float, *, rate_lease: bool = False) -> bool:
         skew = self.max_clock_skew
-        return now - sent_at > self.max_ttl + skew or sent_at - now > skew
+        life = self.max_rate_ttl if rate_lease else self.max_ttl
+        return now - sent_at > life + skew or sent_at - now > skew
 
     def handle_lease(self, req: LeaseRequest, now: float, *, stretch: float = 1.0,
                      delay: float = 0.0) -> Grant | None:
@@ -202,7 +239,7 @@ class LimiterLedger:
                 return self._grant_from(req, worker.last)
             self.stats.superseded += 1  # the worker has moved on: nobody waits for it
             return None
-        if self.is_stale(req.sent_at, now):
+        if self.is_stale(req.sent_at, now, rate_lease=req.rate_lease):
             self.stats.stale += 1
             return None
         self.stats.requests += 1
@@ -210,6 +247,8 @@ class LimiterLedger:
             worker = self.workers[req.worker_id] = _Worker(req.demand, now)
         worker.demand, worker.seen = min(req.demand, SATURATED), now
 
+        if req.rate_lease:
+            return self._rate_lease(req, worker, now, stretch, delay)
         active = self._active(now)
         rate, burst = self.effective_rate(now), self.effective_burst(now)
         stretch = min(max(1.0, stretch), MAX_STRETCH)
@@ -267,11 +306,94 @@ class LimiterLedger:
                                    self.rate, self.burst, ttl)
         return self._grant_from(req, worker.last)
 
+    def _rate_lease(self, req: LeaseRequest, worker: _Worker, now: float, stretch: float,
+                    delay: float) -> Grant:
+        """A rate lease: ``share`` permits/s of the rate for the lease's life (the bucket
+        refills at the rest), a local burst ``cap``, and tokens from the bucket if it has
+        any (after idle time: the configured burst). Renewals are needed about once a lease
+        life, however short the burst is, which is what lets one owner serve many ids."""
+        rate, burst = self.effective_rate(now), self.effective_burst(now)
+        stretch = min(max(1.0, stretch), MAX_STRETCH)
+        wait = max(0.0, delay, min(req.rtt, self.max_rate_ttl))
+        # Overloaded (the queue delay past what even the stretch absorbs), the lease grows
+        # with the delay: workers then ask less often, so the queue shrinks again instead
+        # of filling with requests whose answers would come too late (the collapse).
+        ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
+        active = self._active(now)
+        # A little headroom over the declared demand, so a growing worker is not held at
+        # what it used before; what nobody takes stays in the bucket as tokens.
+        fair = max_min_fair(rate, {wid: d * RATE_HEADROOM for wid, d in active.items()})
+        old = None
+        for lease in worker.leases:
+            if lease.lease_id == req.lease_id:
+                old = lease
+        # The worker has had the answer to its previous request: what a superseded lease
+        # still reserved for the time until then (its tail, below) is no longer needed.
+        worker.leases = [lease for lease in worker.leases
+                         if lease is not old and not lease.lease_id.endswith(_TAIL)]
+        others = self.reserved()
+        share = max(0.0, min(fair[req.worker_id], rate - others))
+        held_before = self.outstanding()
+        carried, renews = 0.0, None
+        if old is not None:
+            # What it had at the request, and what its share may have refilled since (up to
+            # the old cap): its level when it reads this grant, carried into the new lease.
+            carried, renews = min(max(req.unspent, old.cap), old.held), old.lease_id
+        want = min(max(0.0, req.requested - carried), burst - carried)
+        tokens = max(0, math.floor(min(want, self.tokens / max(1, len(active))) + 1e-9))
+        cap = max(MIN_CAP, LOCAL_BURST_SECONDS * share) if share > 0 else 0.0
+        # The new lease may hold max(carried + tokens, cap): what it adds to L comes from
+        # the bucket (B + L <= burst); the cap shrinks first if the bucket is short.
+        room = burst - held_before - (self.tokens - tokens)
+        cap = min(cap, max(room, carried + tokens))
+        if share > 0 and cap < 1.0:
+            share, cap = 0.0, 0.0  # no room for even one permit: tokens only, ask again soon
+        self.tokens -= tokens
+        self.seq += 1
+        lease_id = f"{self.seq}"
+        if carried + tokens > 0 or share > 0:
+            worker.leases.append(_Lease(lease_id, carried + tokens, now + ttl, share, cap))
+        else:
+            renews = None
+        if old is not None:
+            # Until the worker reads this grant it still spends the old lease (its level up
+            # to max(unspent, old cap), refilled at the old share): what that needs beyond
+            # the new lease stays reserved until the old one expires.
+            tail_share = max(0.0, old.share - share)
+            tail_cap = max(0.0, old.cap - max(carried + tokens, cap))
+            if tail_share > 0 or tail_cap > 0:
+                worker.leases.append(_Lease(old.lease_id + _TAIL, 0.0, old.expires,
+                                            tail_share, tail_cap))
+        self.tokens = min(self.tokens, burst - self.outstanding())
+        if tokens > 0 or share > 0:
+            self.stats.grants += 1
+            self.stats.granted += tokens
+        else:
+            self.stats.denied += 1
+        # Renew early enough that the answer (``wait`` each way) is back before expiry; a
+        # worker short of its fair share asks sooner (others' old leases are expiring).
+        retry_after = max(0.5 * ttl, ttl - max(0.25 * ttl, 3.0 * wait))
+        if share < 0.95 * fair[req.worker_id]:
+            retry_after = min(retry_after, 0.25 * ttl)
+        elif (fair[req.worker_id] >= 0.999 * RATE_HEADROOM * active[req.worker_id]
+              and (old is None or req.demand >= old.share)
+              and (self.tokens >= 1.0 or sum(fair.values()) < rate - 1e-9)):
+            # Its share is what it asked for, its demand is new or outgrew the last share,
+            # and there is rate or burst to spare: come back soon with the demand measured
+            # over a short time (so the share grows x1.25 a time, and a burst after idle
+            # time gets the bucket's tokens at once).
+            retry_after = min(retry_after, max(0.1 * ttl, 2.0 * wait))
+        worker.last_seq, worker.last_id = req.seq, req.request_id
+        worker.last = _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
+                                   self.rate, self.burst, ttl, round(share, 6), cap)
+        return self._grant_from(req, worker.last)
+
     def _grant_from(self, req: LeaseRequest, rec: _GrantRecord) -> Grant:
         return Grant(request_id=req.request_id, limiter_id=self.limiter_id,
                      worker_id=req.worker_id, lease_id=rec.lease_id, tokens=rec.tokens,
                      ttl=rec.ttl, renews=rec.renews, retry_after=rec.retry_after,
-                     epoch=rec.epoch, rate=rec.rate, burst=rec.burst)
+                     epoch=rec.epoch, rate=rec.rate, burst=rec.burst, share=rec.share,
+                     share_cap=rec.share_cap)
 
     def apply_command(self, cmd: Command, now: float) -> Ack | None:
         """Apply ``update_rate`` / ``reset`` once per command id; ``None`` if stale."""

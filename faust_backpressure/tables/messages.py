@@ -77,6 +77,9 @@ class LeaseRequest:
     #: The worker's recent answer time (first send to grant, seconds): a busy owner sizes the
     #: lease to last until the next answer can arrive.
     rtt: float = 0.0
+    #: Ask for a rate lease: a share of the rate (permits/s) for the lease's life, spent
+    #: through a small local bucket, besides any tokens (see docs/distributed.md).
+    rate_lease: bool = False
     type: str = "lease"
 
 
@@ -105,6 +108,10 @@ class Grant:
     epoch: int
     rate: float
     burst: float
+    #: Rate leases: permits/s this worker may admit until the lease expires, and the most
+    #: of them it may hold unspent (its local burst).
+    share: float = 0.0
+    share_cap: float = 0.0
     type: str = "grant"
 
 
@@ -147,6 +154,13 @@ def _str(body: dict[str, Any], name: str, *, optional: bool = False) -> Any:
 def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
          *, optional: bool = False) -> Any:
     return number(body, name, low, high, optional=optional)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    raw = body.get(name, False)
+    if not isinstance(raw, bool):
+        raise RejectedRecord(f"{name} must be a boolean")
+    return raw
 
 
 def _seq(body: dict[str, Any], request_id: str) -> int:
@@ -208,7 +222,8 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
             lease_id=_str(body, "lease_id", optional=True),
             unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")),
-            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0)
+            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0,
+            rate_lease=_flag(body, "rate_lease"))
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
@@ -292,7 +307,9 @@ def _reply(body: Any, secret: bytes | None) -> Grant | Ack:
                      tokens=int(_num(body, "tokens", 0.0)), ttl=_num(body, "ttl", 0.0, 3600.0),
                      renews=_str(body, "renews", optional=True),
                      retry_after=_num(body, "retry_after", 0.0, 3600.0), epoch=epoch,
-                     rate=rate, burst=_num(body, "burst", 1.0))
+                     rate=rate, burst=_num(body, "burst", 1.0),
+                     share=_num(body, "share", 0.0, optional=True) or 0.0,
+                     share_cap=_num(body, "share_cap", 0.0, optional=True) or 0.0)
     if kind == "ack":
         return Ack(command_id=_str(body, "command_id"), limiter_id=limiter_id,
                    worker_id=worker_id, epoch=epoch, rate=rate)

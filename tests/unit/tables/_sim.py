@@ -35,6 +35,7 @@ class Sim:
     dt: float = 0.002
     fallback_rate: float | None = None
     paced: bool = False
+    rate_leases: bool = False
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
@@ -43,7 +44,7 @@ class Sim:
             DistributedRateLimiter("lim", self.rate, self.burst, worker_id=f"w{i}",
                                    lease_ttl=self.lease_ttl, clock=self.clock,
                                    wall_clock=self.clock, fallback_rate=self.fallback_rate,
-                                   paced=self.paced)
+                                   paced=self.paced, rate_leases=self.rate_leases)
             for i in range(self.workers)]
         self.alive = [True] * self.workers
         self.record: dict[str, Any] | None = None  # what the changelog holds

@@ -126,14 +126,15 @@ class Clock:
 
 
 def run_overloaded(ids: int, capacity: float, seconds: float = 14.0, dt: float = 0.01,
-                   latency: float = 0.01) -> tuple[float, float]:
+                   latency: float = 0.01, *, rate_leases: bool = False) -> tuple[float, float]:
     """3 workers try every id every ``dt``; one owner answers at most ``capacity`` requests a
     second, FIFO, driving ``OwnerLoad`` by the queue delay. Returns (admitted per second
     over the last 6 s, allowed per second)."""
     clock = Clock()
     workers = [[DistributedRateLimiter(f"id-{i}", CONFIG.rate, CONFIG.burst, worker_id=f"w{w}",
                                        lease_ttl=CONFIG.lease_ttl, clock=clock,
-                                       wall_clock=clock) for i in range(ids)]
+                                       wall_clock=clock, rate_leases=rate_leases)
+                for i in range(ids)]
                for w in range(3)]
     ledgers: dict[str, LimiterLedger] = {}
     load = OwnerLoad()

@@ -2,7 +2,8 @@
 
 Env: FBP_APP_ID, FBP_REPORT (topic), FBP_GO_FILE (the load starts when this file exists),
 FBP_IDS (N, default 300), FBP_RATE / FBP_BURST (per id, default 50 / 50), FBP_LEASE_TTL
-(default 1.0), FBP_TICK (seconds between passes over all ids, default 0.01).
+(default 1.0), FBP_TICK (seconds between passes over all ids, default 0.01), FBP_RATE_LEASES
+(1: rate leases, 0: token leases; default 1).
 
 Every second it reports ``{"worker", "at", "counts": {second: admitted}, "answered", "lease":
 {requests, retries, abandoned, grants}}``: admissions per wall-clock second of this worker, the
@@ -29,8 +30,10 @@ ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
 rate = float(os.environ.get("FBP_RATE", "50"))
 burst = float(os.environ.get("FBP_BURST", "50"))
 tick = float(os.environ.get("FBP_TICK", "0.01"))
+rate_leases = os.environ.get("FBP_RATE_LEASES", "1") == "1"
 limiters = [DistributedRateLimiterFactory.create_distributed(app, f"id-{i}", rate, burst,
-                                                             lease_ttl=ttl)
+                                                             lease_ttl=ttl,
+                                                             rate_leases=rate_leases)
             for i in range(int(os.environ.get("FBP_IDS", "300")))]
 channel = limiter_channel(app)
 counts: Counter[int] = Counter()

@@ -1,0 +1,198 @@
+"""Rate leases (issue 13): a share of the rate for the lease's life, on a virtual clock.
+
+The targets of issue 13, in simulation: worst steady 1 s window <= 1.05 x rate, equal demand
+gets shares within 10 %, admitted within 1-2 % of rate x t, the bound ``r t + b`` in every
+window, and an owner that cannot answer every (worker, id) pair each second still admits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from faust_backpressure.tables import DistributedRateLimiter, LimiterConfig, LimiterLedger
+from faust_backpressure.tables.messages import (
+    Grant,
+    LeaseRequest,
+    decode_replies,
+    decode_requests,
+    encode,
+    encode_replies,
+)
+from tests.unit.tables._sim import Sim
+from tests.unit.tables.test_busy_owner import run_overloaded
+
+WINDOWS = (0.05, 0.3, 1.0, 3.0)
+
+
+def steady(sim: Sim, warm: float, seconds: float) -> tuple[float, list[int]]:
+    sim.run(warm)
+    start = sim.clock.now
+    before = [len(a) for a in sim.admitted]
+    sim.run(seconds)
+    return start, [len(a) - b for a, b in zip(sim.admitted, before, strict=True)]
+
+
+@pytest.mark.parametrize("workers, rate, burst, ttl", [
+    (1, 1000.0, 2000.0, 2.0),
+    (3, 1000.0, 2000.0, 2.0),   # the evenness run of issue 13
+    (3, 200.0, 200.0, 1.0),     # where paced token leases reach only 1.075 x rate
+    (3, 50.0, 50.0, 1.0),       # one id of the many-ids run
+])
+def test_steady_greedy_demand_is_even_fair_and_exact(workers: int, rate: float, burst: float,
+                                                      ttl: float) -> None:
+    sim = Sim(rate_leases=True, rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
+              delay=(0.005, 0.02))
+    start, per_worker = steady(sim, 4.0, 30.0)
+    print(sim.worst_window(1.0, since=start) / rate, per_worker)
+    assert sim.worst_window(1.0, since=start) <= 1.05 * rate + 1
+    assert abs(sum(per_worker) - rate * 30.0) <= 0.02 * rate * 30.0
+    assert max(per_worker) - min(per_worker) <= 0.1 * sum(per_worker) / workers
+    for window in WINDOWS:
+        assert sim.worst_excess(window) <= 1e-6
+    requests = sum(c.lease_counters.requests for c in sim.clients)
+    assert requests * 1000 <= 10 * len(sim.all_admissions()) or rate < 1000
+
+
+def test_unequal_demand_gets_max_min_shares() -> None:
+    sim = Sim(rate_leases=True, rate=200, burst=100, workers=3, lease_ttl=1.0,
+              demand=[30, 1e6, 1e6], delay=(0.005, 0.02))
+    _, per_worker = steady(sim, 4.0, 20.0)
+    rates = [n / 20.0 for n in per_worker]
+    assert abs(rates[0] - 30) <= 3
+    assert abs(rates[1] - rates[2]) <= 0.1 * 85
+    # The small worker's share is 1.25 x its demand (room to grow): 7.5/s of 200 reserved
+    # and unused is the price.
+    assert sum(rates) >= 0.95 * 200
+
+
+def test_a_worker_that_stops_gives_its_share_to_the_others_within_a_few_leases() -> None:
+    sim = Sim(rate_leases=True, rate=300, burst=300, workers=3, lease_ttl=1.0,
+              delay=(0.005, 0.02))
+    sim.run(4.0)
+    sim.kill_worker(0)
+    _, per_worker = steady(sim, 3.0, 10.0)
+    assert per_worker[0] == 0
+    assert sum(per_worker) >= 0.97 * 300 * 10.0
+    assert abs(per_worker[1] - per_worker[2]) <= 0.1 * per_worker[1]
+    for window in WINDOWS:
+        assert sim.worst_excess(window) <= 1e-6
+
+
+def test_the_burst_is_still_there_after_idle_time() -> None:
+    sim = Sim(rate_leases=True, rate=1000, burst=2000, workers=1, lease_ttl=2.0,
+              delay=(0.005, 0.02))
+    sim.run(6.0)
+    sim.demand = [0.0]
+    sim.run(8.0)  # the lease expires unrenewed, the shared bucket refills to its burst
+    sim.demand = None
+    resumed = sim.clock.now
+    sim.run(3.0)
+    assert sim.worst_window(0.5, since=resumed) >= 0.9 * 2000  # the burst, at once
+    assert sim.worst_window(1.0, since=resumed + 1.5) <= 1.05 * 1000 + 1  # then the rate
+    for window in WINDOWS:
+        assert sim.worst_excess(window) <= 1e-6
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rate=st.sampled_from([20.0, 100.0, 500.0]),
+    burst=st.sampled_from([5.0, 50.0, 400.0]),
+    workers=st.integers(1, 4),
+    ttl=st.sampled_from([0.2, 0.5, 1.5]),
+    max_delay=st.sampled_from([0.002, 0.05, 0.3]),
+    drop=st.sampled_from([0.0, 0.1, 0.4]),
+    duplicate=st.sampled_from([0.0, 0.3]),
+    crash_at=st.sampled_from([None, 0.7, 1.9]),
+    demand=st.sampled_from([None, (5.0, 1e6, 50.0, 1e6)]),
+    seed=st.integers(0, 10_000),
+)
+def test_bound_holds_under_any_network(rate: float, burst: float, workers: int, ttl: float,
+                                       max_delay: float, drop: float, duplicate: float,
+                                       crash_at: float | None,
+                                       demand: tuple[float, ...] | None, seed: int) -> None:
+    sim = Sim(rate_leases=True, rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
+              delay=(0.0005, max_delay), drop=drop, duplicate=duplicate, seed=seed, dt=0.005,
+              demand=None if demand is None else list(demand[:workers]))
+    if crash_at is None:
+        sim.run(3.0)
+    else:
+        sim.run(crash_at)
+        sim.crash_owner(0.5)
+        sim.run(3.0 - crash_at)
+    for window in WINDOWS:
+        assert sim.worst_excess(window) <= 1e-6, (window, sim.worst_excess(window))
+    assert all(len(ids) == 1 for ids in sim.grants_by_request.values())
+
+
+def test_an_owner_that_answers_600_requests_a_second_serves_hundreds_of_ids() -> None:
+    # 3 workers try every id every 10 ms; each id 50/s, burst 50, TTL 1 s. Token leases need
+    # each (worker, id) to renew about every 0.8 s: 320 ids = 1,200 requests/s, twice what the
+    # owner answers; they collapse there (0 % in this simulation). Rate leases grow with the
+    # owner's queue delay, so the workers ask less often instead.
+    results = {ids: run_overloaded(ids, capacity=600.0, seconds=30.0, rate_leases=True)
+               for ids in (40, 320, 640)}
+    print({ids: f"{a:.0f}/{allowed:.0f}" for ids, (a, allowed) in results.items()})
+    for admitted, allowed in results.values():
+        assert admitted >= 0.95 * allowed
+
+
+def test_a_renewal_that_lowers_the_share_keeps_the_old_one_reserved_until_it_expires() -> None:
+    config = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
+    ledger = LimiterLedger("lim", config, 0.0)
+
+    def request(worker: str, seq: int, now: float, lease_id: str | None = None,
+                unspent: float = 0.0) -> LeaseRequest:
+        return LeaseRequest(request_id=f"{worker}:lim:{seq}", limiter_id="lim",
+                            worker_id=worker, demand=1e6, requested=100, sent_at=now,
+                            lease_id=lease_id, unspent=unspent, config=config, seq=seq,
+                            rate_lease=True)
+
+    a1 = ledger.handle_lease(request("a", 1, 0.0), 0.0)
+    assert a1 is not None and a1.share == pytest.approx(100.0)  # alone: the whole rate
+    b1 = ledger.handle_lease(request("b", 1, 0.1), 0.1)
+    assert b1 is not None and b1.share == 0.0  # a holds it all until it renews
+    assert b1.retry_after <= 0.25 * b1.ttl  # short of its fair share: come back soon
+    a2 = ledger.handle_lease(request("a", 2, 0.5, a1.lease_id, 1.0), 0.5)
+    assert a2 is not None and a2.share == pytest.approx(50.0) and a2.renews == a1.lease_id
+    # a may still spend at 100/s until it reads a2: the other 50/s stay reserved.
+    assert ledger.reserved() == pytest.approx(100.0)
+    b2 = ledger.handle_lease(request("b", 2, 0.6), 0.6)
+    assert b2 is not None and b2.share == 0.0
+    b3 = ledger.handle_lease(request("b", 3, 1.05), 1.05)  # a1 expired at 1.0
+    assert b3 is not None and b3.share == pytest.approx(50.0)
+    assert ledger.reserved() <= 100.0 + 1e-9
+    assert ledger.tokens + ledger.outstanding() <= 100.0 + 1e-9
+    # The record round-trips (and records without shares still load).
+    again = LimiterLedger.from_record(json.loads(json.dumps(ledger.to_record())))
+    assert again.reserved() == pytest.approx(ledger.reserved())
+    assert again.handle_lease(request("b", 3, 1.05), 1.1) == b3  # a resend: the same grant
+
+
+def test_share_fields_round_trip_and_a_forged_share_is_cut_to_the_rate() -> None:
+    config = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
+    req = LeaseRequest(request_id="w:lim:1", limiter_id="lim", worker_id="w", demand=10.0,
+                       requested=10, sent_at=5.0, lease_id=None, unspent=0.0, config=config,
+                       seq=1, rate_lease=True)
+    assert decode_requests(b"lim", encode(req, key=b"lim", secret=b"s"), b"s") == [req]
+    bad = encode(req, key=b"lim").replace(b'"rate_lease":true', b'"rate_lease":"yes"')
+    assert len(decode_requests(b"lim", bad)) == 1
+    assert not isinstance(decode_requests(b"lim", bad)[0], LeaseRequest)
+    clock = [10.0]
+    limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w", lease_ttl=1.0,
+                                     rate_leases=True, clock=lambda: clock[0],
+                                     wall_clock=lambda: clock[0])
+    assert not limiter.try_acquire()
+    sent = limiter.poll()
+    assert isinstance(sent, LeaseRequest) and sent.rate_lease
+    forged = Grant(request_id=sent.request_id, limiter_id="lim", worker_id="w", lease_id="9",
+                   tokens=0, ttl=1.0, renews=None, retry_after=0.5, epoch=0, rate=100.0,
+                   burst=100.0, share=1e9, share_cap=1e9)
+    assert decode_replies(encode_replies([forged])) == [forged]
+    clock[0] += 0.01
+    assert limiter.on_grant(forged)
+    clock[0] += 0.5
+    admitted = sum(limiter.try_acquire() for _ in range(10_000))
+    assert admitted <= 100  # at most the burst, not a billion
