@@ -42,11 +42,13 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         request_timeout: float | None = None,
         fallback_rate: float | None = None,
         paced: bool = False,
-        rate_leases: bool = False,
+        rate_leases: bool = True,
         **channel_options: Any,
     ) -> DistributedRateLimiter:
         """A distributed token bucket. ``per_consumer=True``: rate and burst are per live
-        worker using the limiter (the total scales with them). ``channel_options``
+        worker using the limiter (the total scales with them). ``rate_leases`` (default):
+        the owner leases each worker a share of the rate; ``False``: leases of tokens (see
+        docs/distributed.md). ``channel_options``
         (``partitions``, ``secret``, ``max_clock_skew``) are taken from the app's first call."""
         unknown = set(channel_options) - set(_CHANNEL_OPTIONS)
         if unknown:

@@ -319,7 +319,10 @@ class LimiterLedger:
         # with the delay: workers then ask less often, so the queue shrinks again instead
         # of filling with requests whose answers would come too late (the collapse).
         ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
-        active = self._active(now)
+        # A worker that let its last lease expire (and has not asked since) wants no share
+        # now: the others may have it at their next renewal.
+        active = {wid: d for wid, d in self._active(now).items()
+                  if self._wants_share(self.workers[wid], now)}
         # A little headroom over the declared demand, so a growing worker is not held at
         # what it used before; what nobody takes stays in the bucket as tokens.
         fair = max_min_fair(rate, {wid: d * RATE_HEADROOM for wid, d in active.items()})
@@ -387,6 +390,12 @@ class LimiterLedger:
         worker.last = _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
                                    self.rate, self.burst, ttl, round(share, 6), cap)
         return self._grant_from(req, worker.last)
+
+    def _wants_share(self, worker: _Worker, now: float) -> bool:
+        if worker.leases:
+            return True
+        last = worker.last.ttl if worker.last is not None else self.lease_ttl
+        return now - worker.seen <= max(self.lease_ttl, last)
 
     def _grant_from(self, req: LeaseRequest, rec: _GrantRecord) -> Grant:
         return Grant(request_id=req.request_id, limiter_id=self.limiter_id,

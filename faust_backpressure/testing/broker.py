@@ -314,8 +314,21 @@ class LocalKafkaBroker:
     def start(self, timeout: float = 90.0) -> LocalKafkaBroker:
         """Format the storage (first start only) and start the broker; wait until it answers."""
         began = time.monotonic()
-        self.launch()
-        return self.wait_ready(timeout, began)
+        for attempt in range(3):
+            fresh = self.starts == 0
+            self.launch()
+            try:
+                return self.wait_ready(timeout, began)
+            except BrokerError as exc:
+                # A free port is picked, closed, then bound by the JVM: another process on
+                # the machine (a parallel test run) may take it in between. Only a first
+                # start may move: a restart keeps its ports.
+                if not (fresh and attempt < 2 and "Address already in use" in str(exc)):
+                    raise
+                self.starts = 0
+                self.port, self.controller_port = _free_port(), _free_port()
+                self.quorum_voters = f"{self.node_id}@127.0.0.1:{self.controller_port}"
+        raise AssertionError("unreachable")
 
     def launch(self) -> None:
         """Format the storage (first start only) and start the JVM; do not wait for it (the
