@@ -217,11 +217,16 @@ class SetPointTuning:
     #: behind is kept busy while its queue drains (issue 12 on the real broker: unbounded,
     #: a lag of 1,400 asked for 2/s against a downstream of 100/s, then overshot).
     max_cut: float = 0.15
+    #: A limiter whose utilization stayed under this share for the last 3 intervals is
+    #: offered far less than its rate: the pressure is over, and with the lag at or under the
+    #: set point it restores at once instead of waiting for the downstream's queue to clear.
+    #: (A saturated distributed limiter reads 0.59-0.87 at times, never three times under 0.5.)
+    idle_utilization: float = 0.5
 
     def __post_init__(self) -> None:
         for field in fields(self):
             check_number(field.name, getattr(self, field.name), 0, strict=True)
-        for name in ("smoothing", "deadband", "max_cut"):
+        for name in ("smoothing", "deadband", "max_cut", "idle_utilization"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
 
@@ -497,6 +502,11 @@ class BackpressureController:
             # had just emptied took the rate to 2.6x the downstream's, and the lag over 1,000).
             rate = max(law, self.rate + t.restore_step * self.baseline_rate)
             reason = f"backlog cleared; {reason}"
+        elif (len(self._recent_utilization) == self._recent_utilization.maxlen
+              and max(self._recent_utilization) < tuning.idle_utilization
+              and mean_lag <= set_point):
+            rate = max(law, self.rate + t.restore_step * self.baseline_rate)
+            reason = f"pressure over (limiter idle); {reason}"
         elif mean_lag > set_point or law > self.rate or ahead:
             # The law, both ways above the set point; below it the rate rises to the law,
             # and falls to it only while it is ahead of the downstream: a limiter that is

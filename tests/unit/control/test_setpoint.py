@@ -291,3 +291,25 @@ def test_while_the_estimate_settles_a_growing_lag_past_the_set_point_is_cut() ->
     rates = [c.decide(PressureSample(lag=300 * s, utilization=1.0, processed=0,
                                      at=float(s))).rate for s in range(1, 4)]
     assert rates == [BASE, pytest.approx(0.8 * BASE), pytest.approx(0.64 * BASE)]
+
+
+def test_an_idle_limiter_restores_without_waiting_for_the_downstream_queue() -> None:
+    # Real broker: the upstream drained with 300-500 records still queued downstream (the
+    # set point); waiting for them to clear before restoring took 10.2 intervals.
+    c = controller()
+    c.rate = 100.0
+    at = settled(c, lag=500, seconds=12)
+    decisions = [c.decide(PressureSample(lag=400, utilization=u,
+                                         processed=int(100 * (at + s)), at=at + s))
+                 for s, u in enumerate((0.4, 0.1, 0.0))]
+    assert all("idle" not in d.reason for d in decisions[:2])
+    assert "limiter idle" in decisions[2].reason
+    assert decisions[2].rate == pytest.approx(decisions[1].rate + 30)
+    # Noisy readings of a saturated limiter (0.59-0.87) are not idle.
+    c = controller()
+    c.rate = 100.0
+    at = settled(c, lag=500, seconds=12)
+    for s, u in enumerate((0.6, 0.7, 0.59, 0.8)):
+        d = c.decide(PressureSample(lag=450, utilization=u, processed=int(100 * (at + s)),
+                                    at=at + s))
+        assert "idle" not in d.reason and d.rate <= 110.0
