@@ -331,18 +331,23 @@ def main() -> int:
              f"commits every 2.8 s; A fed at {FEED_RATE:g}/s for {FEED_SECONDS:g} s.", "",
              *table(results), ""]
     for r in results:
+        recommended = sorted({d["recommended_workers"] for d in r.steady_decisions()
+                              if d.get("recommended_workers") is not None})
+        lines += [f"{r.policy}: scale-out recommendations in the steady window (stage 2 runs "
+                  f"1 worker at {CAPACITY:g}/s, base {BASE:g}/s): {recommended or 'none'}", ""]
         lines += [f"{r.policy}: fed {r.fed:,}; targets: " + ", ".join(
             f"{name} {'met' if ok else 'MISSED'}" for name, ok in r.targets().items()), ""]
     for r in results:
         lines += [*series(r), ""]
         lines += [f"### {r.policy}: decisions (s from the feed's start)", "",
-                  "| t s | rate /s | severity | downstream /s | utilization | reason |",
-                  "| ---: | ---: | --- | ---: | ---: | --- |"]
+                  "| t s | rate /s | severity | downstream /s | utilization | workers rec. | "
+                  "reason |", "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for d in r.decisions:
             down = d.get("downstream_rate")
             lines.append(f"| {d['at'] - r.start:.1f} | {d['rate']:.1f} | {d['severity']} | "
                          f"{'' if down is None else f'{down:.1f}'} | "
-                         f"{d['utilization']:.2f} | {d['reason']} |")
+                         f"{d['utilization']:.2f} | {d.get('recommended_workers') or ''} | "
+                         f"{d['reason']} |")
         lines.append("")
     text = "\n".join(lines) + "\n"
     out = REPO / "bench" / "results" / f"control_step-{args.label}.md"

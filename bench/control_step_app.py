@@ -73,6 +73,7 @@ if STAGE == "1":
                 "at": time.time(), "rate": d.rate, "severity": d.severity.name,
                 "circuit": d.circuit.value, "reason": d.reason,
                 "downstream_rate": d.downstream_rate,
+                "recommended_workers": d.recommended_workers,
                 "lag_seconds": None if d.lag_seconds is None or d.lag_seconds == float("inf")
                 else d.lag_seconds,
                 "limiter_rate": limiter.current_rate_limit,

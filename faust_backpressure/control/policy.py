@@ -83,9 +83,14 @@ class PressureSample:
     cpu: float = 0.0
     processed: int | None = None
     at: float | None = None
+    #: How many members (workers) the downstream group has, if known: for the scale-out
+    #: recommendation (``PressureDecision.recommended_workers``).
+    members: int | None = None
 
     def __post_init__(self) -> None:
         check_int("lag", self.lag, 0)
+        if self.members is not None:
+            check_int("members", self.members, 0)
         for name in ("utilization", "cpu"):
             check_number(name, getattr(self, name), 0)
         if self.processed is not None:
@@ -184,6 +189,12 @@ class PressureDecision:
     #: How far behind the downstream is in time: lag / ``downstream_rate`` (``inf`` when it
     #: processes nothing while lagging), if known.
     lag_seconds: float | None = None
+    #: Scale-out recommendation: how many downstream workers would keep its lag at the set
+    #: point with this limiter at its baseline rate (its measured pace per worker, while it is
+    #: behind, times the baseline over its pace); its current count while it keeps up; None
+    #: when unknown (no member count, no settled rate estimate). More workers than the
+    #: partitions of the downstream topics would sit idle: compare before scaling.
+    recommended_workers: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +409,20 @@ class BackpressureController:
                            else (math.inf if sample.lag > 0 else 0.0))
         decision = self._decide(sample, downstream, lag_seconds)
         return PressureDecision(decision.rate, decision.severity, decision.circuit,
-                                decision.shed, decision.reason, downstream, lag_seconds)
+                                decision.shed, decision.reason, downstream, lag_seconds,
+                                self._recommend(sample, downstream))
+
+    def _recommend(self, sample: PressureSample, downstream: float | None) -> int | None:
+        """Downstream workers for the baseline rate at the set point (see the decision)."""
+        if not sample.members or downstream is None or not self._estimator.settled:
+            return None
+        if min(self._recent_lags) < self.thresholds.backlog_cleared_lag or downstream <= 0:
+            return sample.members  # it keeps up (or is stalled: more workers won't help)
+        # Behind: its pace is its capacity; enough of them for the baseline rate (a backlog
+        # over the set point drains once they keep up). A tenth of a worker is within the
+        # rate estimate's error (a few percent).
+        return max(sample.members,
+                   math.ceil(sample.members * self.baseline_rate / downstream - 0.1))
 
     def _decide(self, sample: PressureSample, downstream: float | None,
                 lag_seconds: float | None) -> PressureDecision:

@@ -108,7 +108,8 @@ def simulate(controller: BackpressureController, *, offered: Callable[[float], f
              capacity: Callable[[float], float], duration: float, interval: float = 1.0,
              commit_interval: float = 2.8, tick: float = 0.05, initial_backlog: float = 0.0,
              utilization_dips: float = 0.0, seed: int = 12,
-             with_processed: bool = True, delay: float = 0.0) -> Run:
+             with_processed: bool = True, delay: float = 0.0,
+             members: int | None = None) -> Run:
     """Run ``controller`` on the plant for ``duration`` seconds of virtual time."""
     rng = random.Random(seed)
     backlog, produced, consumed, committed = initial_backlog, 0.0, 0.0, 0.0
@@ -151,7 +152,7 @@ def simulate(controller: BackpressureController, *, offered: Callable[[float], f
         decision = controller.decide(PressureSample(
             lag=max(lag, 0), utilization=utilization, cpu=0.1,
             processed=round(committed) if with_processed else None,
-            at=now if with_processed else None))
+            at=now if with_processed else None, members=members))
         pending.append((now + delay, decision.rate))
         run.intervals.append(Interval(now, max(lag, 0), produced - consumed, cap, consumed_in,
                                       busy_in / steps_per_interval, backlog, decision))

@@ -313,3 +313,48 @@ def test_an_idle_limiter_restores_without_waiting_for_the_downstream_queue() -> 
         d = c.decide(PressureSample(lag=450, utilization=u, processed=int(100 * (at + s)),
                                     at=at + s))
         assert "idle" not in d.reason and d.rate <= 110.0
+
+
+# -- scale-out recommendation --------------------------------------------------------------------
+
+def test_the_scale_out_recommendation_is_the_workers_for_the_base_rate_at_the_set_point() -> None:
+    c = controller()
+    decisions = [c.decide(PressureSample(lag=500, utilization=1.0, processed=100 * s,
+                                         at=float(s), members=1)) for s in range(12)]
+    assert decisions[0].recommended_workers is None  # no settled rate estimate yet
+    # One worker does 100/s and is behind at the set point: 3 would take the base 300/s.
+    assert decisions[-1].recommended_workers == 3
+    # Slower (75/s): 4.
+    for s in range(12, 40):
+        d = c.decide(PressureSample(lag=600, utilization=1.0, processed=1_100 + 75 * (s - 11),
+                                    at=float(s), members=1))
+    assert d.recommended_workers == 4
+    # Without a member count (an older worker, a broker that does not say): none.
+    assert c.decide(PressureSample(lag=500, utilization=1.0, processed=3_300,
+                                   at=40.0)).recommended_workers is None
+
+
+def test_a_downstream_that_keeps_up_needs_no_more_workers() -> None:
+    c = controller()
+    for s in range(12):
+        d = c.decide(PressureSample(lag=50, utilization=0.4, processed=50 * s, at=float(s),
+                                    members=2))
+    assert d.recommended_workers == 2
+
+
+def test_issue_12_plant_recommends_three_downstream_workers() -> None:
+    run = simulate(controller(), offered=lambda t: 300.0, capacity=lambda t: 100.0,
+                   duration=90, commit_interval=2.8, delay=1.0, members=1)
+    assert {i.decision.recommended_workers for i in run.between(30, 90).intervals} == {3}
+    # The same plant with 3 workers' capacity (300/s) keeps up: 3 is what it has.
+    run = simulate(controller(), offered=lambda t: 300.0, capacity=lambda t: 300.0,
+                   duration=90, commit_interval=2.8, delay=1.0, members=3)
+    assert {i.decision.recommended_workers for i in run.between(30, 90).intervals} <= {3}
+
+
+def test_worker_samples_carry_the_member_count() -> None:
+    sample = WorkerSample("l", "w", 1.0, lag=5, utilization=0.5, cpu=0.1, processed=42,
+                          members=3)
+    assert WorkerSample.decode(sample.encode()) == sample
+    assert "members" not in json.loads(
+        WorkerSample("l", "w", 1.0, lag=5, utilization=0.5, cpu=0.1).encode())
