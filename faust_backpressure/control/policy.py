@@ -190,8 +190,9 @@ class PressureDecision:
     #: processes nothing while lagging), if known.
     lag_seconds: float | None = None
     #: Scale-out recommendation: how many downstream workers would keep its lag at the set
-    #: point with this limiter at its baseline rate (its measured pace per worker, while it is
-    #: behind, times the baseline over its pace); its current count while it keeps up; None
+    #: point with this limiter at its baseline rate (while it is behind and the limiter is
+    #: throttled under 90% of its baseline: its workers times the baseline over its measured
+    #: pace); its current count otherwise; None
     #: when unknown (no member count, no settled rate estimate). More workers than the
     #: partitions of the downstream topics would sit idle: compare before scaling.
     recommended_workers: int | None = None
@@ -211,7 +212,7 @@ class SetPointTuning:
     downstream that processed nothing for this long is stalled (emergency).
     """
 
-    horizon: float = 10.0
+    horizon: float = 15.0
     rate_window: float = 20.0
     smoothing: float = 0.5
     deadband: float = 0.05
@@ -416,11 +417,14 @@ class BackpressureController:
         """Downstream workers for the baseline rate at the set point (see the decision)."""
         if not sample.members or downstream is None or not self._estimator.settled:
             return None
-        if min(self._recent_lags) < self.thresholds.backlog_cleared_lag or downstream <= 0:
-            return sample.members  # it keeps up (or is stalled: more workers won't help)
-        # Behind: its pace is its capacity; enough of them for the baseline rate (a backlog
-        # over the set point drains once they keep up). A tenth of a worker is within the
-        # rate estimate's error (a few percent).
+        if (min(self._recent_lags) < self.thresholds.backlog_cleared_lag or downstream <= 0
+                or self.rate >= 0.9 * self.baseline_rate):
+            # It keeps up, or the limiter is (nearly) at its base rate anyway: no throttling
+            # to undo (a stalled downstream: more workers would not help).
+            return sample.members
+        # Behind, and the limiter throttled for it: its pace is its capacity; enough of them
+        # for the baseline rate (a backlog over the set point drains once they keep up). A
+        # tenth of a worker is within the rate estimate's error (a few percent).
         return max(sample.members,
                    math.ceil(sample.members * self.baseline_rate / downstream - 0.1))
 
