@@ -301,18 +301,18 @@ def test_an_idle_limiter_restores_without_waiting_for_the_downstream_queue() -> 
     at = settled(c, lag=500, seconds=12)
     decisions = [c.decide(PressureSample(lag=400, utilization=u,
                                          processed=int(100 * (at + s)), at=at + s))
-                 for s, u in enumerate((0.4, 0.1, 0.0))]
+                 for s, u in enumerate((0.2, 0.1, 0.0))]
     assert all("idle" not in d.reason for d in decisions[:2])
     assert "limiter idle" in decisions[2].reason
     assert decisions[2].rate == pytest.approx(decisions[1].rate + 30)
-    # Noisy readings of a saturated limiter (0.59-0.87) are not idle.
+    # Noisy readings of a saturated limiter (0.41-0.87 on the real broker) are not idle.
     c = controller()
     c.rate = 100.0
     at = settled(c, lag=500, seconds=12)
-    for s, u in enumerate((0.6, 0.7, 0.59, 0.8)):
+    for s, u in enumerate((0.45, 0.41, 0.47, 0.42, 0.44)):
         d = c.decide(PressureSample(lag=450, utilization=u, processed=int(100 * (at + s)),
                                     at=at + s))
-        assert "idle" not in d.reason and d.rate <= 110.0
+        assert "idle" not in d.reason and d.rate <= 110.0, d
 
 
 # -- scale-out recommendation --------------------------------------------------------------------
