@@ -68,6 +68,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
             "lag_seconds": (None if decision is None or decision.lag_seconds is None
                             or not math.isfinite(decision.lag_seconds)
                             else decision.lag_seconds),
+            "recommended_workers": None if decision is None else decision.recommended_workers,
             "last_sample": None if loop.last_sample is None else {
                 "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
                 "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
@@ -121,6 +122,10 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            [({"limiter": k}, severities[v["severity"]]) for k, v in control])
     yield ("control_decided_rate", "gauge", "Rate the control loop last decided.",
            [({"limiter": k}, v["decided_rate"]) for k, v in control])
+    yield ("control_recommended_workers", "gauge",
+           "Downstream workers that would hold the lag at the set point at the base rate.",
+           [({"limiter": k}, v["recommended_workers"]) for k, v in control
+            if v.get("recommended_workers") is not None])
     sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
     yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
            [({"limiter": k}, s["lag"]) for k, s in sampled])

@@ -99,10 +99,12 @@ class ControlLoop:
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
         lag, processed = await self.probe.measure()
+        members = await self.probe.members()
         self.last_sample = WorkerSample(
             limiter=self.name, worker=worker, at=time.time(), lag=lag,
             utilization=float(self.limiter.current_utilization),
-            cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed)
+            cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed,
+            members=members)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             shed = self.last_sample.lag > self.controller.thresholds.critical_lag
             for gate in self.gates():
@@ -133,11 +135,13 @@ class ControlLoop:
         # Committed offsets only grow: the largest count is the latest. Timed by the
         # decider's clock (``now``), so that workers' clocks need not agree.
         counts = [s.processed for s in fresh if s.processed is not None]
+        members = [s.members for s in fresh if s.members is not None]
         decision = self.controller.decide(PressureSample(
             lag=max(s.lag for s in fresh),
             utilization=max(s.utilization for s in fresh),
             cpu=max(s.cpu for s in fresh),
-            processed=max(counts) if counts else None, at=now if counts else None))
+            processed=max(counts) if counts else None, at=now if counts else None,
+            members=members[-1] if members else None))  # the latest arrival's count
         self._decided_at = now
         previous, self.last_decision = self.last_decision, decision
         self.decisions.append(decision)

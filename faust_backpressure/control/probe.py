@@ -69,6 +69,16 @@ class LagProbe:
             processed += start
         return total, processed
 
+    async def members(self) -> int | None:
+        """How many members the group has now (None if the broker does not say)."""
+        if self._admin is None:
+            return None
+        try:
+            described = await self._admin.describe_consumer_groups([self.group])
+        except Exception:  # an older broker, an ACL: no recommendation, still a sample
+            return None
+        return _member_count(described, self.group)
+
     def _partitions(self) -> list[TopicPartition]:
         assert self._consumer is not None
         return [TopicPartition(topic, p) for topic in self.topics
@@ -81,6 +91,16 @@ class LagProbe:
             await self._consumer.stop()
         self._admin = self._consumer = None
 
+
+
+def _member_count(described: Any, group: str) -> int | None:
+    """Members of ``group`` in aiokafka's DescribeGroups response(s)."""
+    for response in described if isinstance(described, list) else [described]:
+        for entry in getattr(response, "groups", ()):
+            # (error_code, group_id, state, protocol_type, protocol, members, ...)
+            if len(entry) > 5 and entry[1] == group and entry[0] == 0:
+                return len(entry[5])
+    return None
 
 
 class _ProbeCloser(Service):

@@ -29,6 +29,8 @@ __all__ = ["MAX_LAG", "WorkerSample"]
 MAX_LAG = 10**15
 #: Committed offsets summed over a group: at most this many (int64 offsets, many partitions).
 MAX_PROCESSED = 10**18
+#: Members of a consumer group a sample may claim.
+MAX_MEMBERS = 1_000_000
 #: Utilization and CPU are shares of 1; a little above 1 happens, far above it never does.
 _MAX_SHARE = 100.0
 
@@ -46,6 +48,8 @@ class WorkerSample:
     #: The downstream group's committed offsets summed (its processed count); absent from
     #: events of older versions.
     processed: int | None = None
+    #: How many members the downstream group has (its workers' consumers), if known.
+    members: int | None = None
 
     @property
     def sample_id(self) -> str:
@@ -58,6 +62,8 @@ class WorkerSample:
                                 "cpu": self.cpu}
         if self.processed is not None:
             body["processed"] = self.processed
+        if self.members is not None:
+            body["members"] = self.members
         if secret is not None:
             body["sig"] = sign(secret, self.limiter.encode(), body)
         return canonical(body)
@@ -80,4 +86,6 @@ class WorkerSample:
                    utilization=number(data, "utilization", 0.0, _MAX_SHARE),
                    cpu=number(data, "cpu", 0.0, _MAX_SHARE),
                    processed=None if data.get("processed") is None
-                   else int(number(data, "processed", 0, MAX_PROCESSED)))
+                   else int(number(data, "processed", 0, MAX_PROCESSED)),
+                   members=None if data.get("members") is None
+                   else int(number(data, "members", 0, MAX_MEMBERS)))

@@ -7,7 +7,9 @@ downstream consumes B at up to ``capacity(t)`` per second and commits its offset
 continuously). Every ``interval`` the loop samples lag = produced - committed, the
 processed count (= committed), the limiter's utilization (admitted / allowed over the
 interval; a share ``utilization_dips`` of saturated samples read 0.59-0.87 instead, as seen
-on a distributed limiter, issue 12) and asks the controller for the next rate.
+on a distributed limiter, issue 12) and asks the controller for the next rate, which reaches
+the limiter ``delay`` seconds later (a distributed limiter's leases and the pressure event's
+trip through Kafka: about an interval on the real broker).
 
 Example::
 
@@ -106,7 +108,8 @@ def simulate(controller: BackpressureController, *, offered: Callable[[float], f
              capacity: Callable[[float], float], duration: float, interval: float = 1.0,
              commit_interval: float = 2.8, tick: float = 0.05, initial_backlog: float = 0.0,
              utilization_dips: float = 0.0, seed: int = 12,
-             with_processed: bool = True) -> Run:
+             with_processed: bool = True, delay: float = 0.0,
+             members: int | None = None) -> Run:
     """Run ``controller`` on the plant for ``duration`` seconds of virtual time."""
     rng = random.Random(seed)
     backlog, produced, consumed, committed = initial_backlog, 0.0, 0.0, 0.0
@@ -115,15 +118,19 @@ def simulate(controller: BackpressureController, *, offered: Callable[[float], f
     steps_per_interval = round(interval / tick)
     steps_per_commit = max(1, round(commit_interval / tick)) if commit_interval > 0 else 1
     step = 0
+    rate = controller.rate  # what the limiter applies
+    pending: list[tuple[float, float]] = []  # (from when, rate) decided, not applied yet
     while step * tick < duration:
         admitted_in, consumed_in, busy_in, allowed_in = 0.0, 0.0, 0.0, 0.0
         cap = capacity(step * tick)
         for _ in range(steps_per_interval):
             now = step * tick
+            while pending and pending[0][0] <= now + 1e-9:
+                rate = pending.pop(0)[1]
             backlog += offered(now) * tick
             cap = capacity(now)
-            allowance = min(allowance + controller.rate * tick, controller.rate * tick)
-            allowed_in += controller.rate * tick
+            allowance = min(allowance + rate * tick, rate * tick)
+            allowed_in += rate * tick
             admitted = min(backlog, allowance)
             backlog -= admitted
             allowance -= admitted
@@ -145,7 +152,8 @@ def simulate(controller: BackpressureController, *, offered: Callable[[float], f
         decision = controller.decide(PressureSample(
             lag=max(lag, 0), utilization=utilization, cpu=0.1,
             processed=round(committed) if with_processed else None,
-            at=now if with_processed else None))
+            at=now if with_processed else None, members=members))
+        pending.append((now + delay, decision.rate))
         run.intervals.append(Interval(now, max(lag, 0), produced - consumed, cap, consumed_in,
                                       busy_in / steps_per_interval, backlog, decision))
     return run

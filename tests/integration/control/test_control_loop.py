@@ -9,6 +9,7 @@ from pathlib import Path
 
 import faust
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
@@ -125,3 +126,54 @@ async def test_critical_lag_sheds_refused_events_to_the_shed_topic_and_loses_non
     headers = dict(shed[0].headers)  # why it was shed travels with the record
     assert headers[h.SHED_REASON].endswith(b"(load shedding: critical downstream lag)")
     assert headers[h.SHED_LIMITER] == b"TokenBucketRateLimiter"
+
+
+async def test_pressure_samples_carry_the_processed_count_and_members_to_the_decision(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    """The processed-count path: the probe sums the downstream group's committed offsets, the
+    sample carries them (and the group's member count) on the pressure topic, the decider's
+    controller turns them into the downstream's rate and a scale-out recommendation."""
+    downstream, group = unique_name("priced"), unique_name("billing")
+    await create_topics(kafka_bootstrap, {downstream: 2})
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(400)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings(control_policy="setpoint"))
+    limiter = TokenBucketRateLimiter(300, 300)
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=BackpressureThresholds(
+                               backlog_cleared_lag=10, scaling_threshold=1_000,
+                               max_consumer_lag=2_000, critical_lag=4_000, cpu_threshold=1.0))
+    # One member of the downstream group that "processes" the 400 records in 20 steps of
+    # 0.3 s (66.7/s), committing each step.
+    ends = await end_offsets(kafka_bootstrap, downstream)
+    member = AIOKafkaConsumer(downstream, bootstrap_servers=kafka_bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    await member.start()
+    committed: list[int] = []
+    try:
+        await eventually(lambda: len(member.assignment()) == 2)
+        async with running_app(app):
+            for step in range(1, 21):
+                offsets = {tp: ends[tp.partition] * step // 20 for tp in member.assignment()}
+                await member.commit(offsets)
+                committed.append(sum(offsets.values()))
+                await asyncio.sleep(0.3)
+            decision = loop.last_decision
+            await eventually(lambda: loop.last_sample is not None
+                             and loop.last_sample.processed == committed[-1], timeout=10)
+            pressure = await consume(kafka_bootstrap, bp.app.conf.id + "-fbp-pressure",
+                                     until=lambda rs: len(rs) >= 10, timeout=10)
+    finally:
+        await member.stop()
+    samples = [json.loads(r.value) for r in pressure]
+    processed = [s["processed"] for s in samples]
+    assert processed == sorted(processed) and set(processed) <= {0, *committed}
+    assert {s["lag"] + s["processed"] for s in samples} == {400}  # lag + processed = produced
+    assert {s.get("members") for s in samples} == {1}
+    assert decision is not None and decision.downstream_rate is not None
+    assert 66.7 * 0.7 <= decision.downstream_rate <= 66.7 * 1.3, decision
+    # One worker at ~67/s, behind (lag 400 -> 0): 300/s would take 5 of them.
+    rated = [d for d in loop.decisions if d.recommended_workers is not None]
+    assert rated and all(d.recommended_workers in (1, 4, 5, 6) for d in rated), \
+        [d.recommended_workers for d in rated]

@@ -70,3 +70,21 @@ def test_prometheus_text_is_well_formed_and_carries_the_counts() -> None:
             assert SAMPLE_LINE.match(line), line
     # Series with no rows (no pipelines, no control loops) are left out, not shown empty.
     assert "pipeline_" not in text and "control_" not in text
+
+
+def test_the_scale_out_recommendation_is_a_metric() -> None:
+    from faust_backpressure.control import PressureDecision
+    from faust_backpressure.control.policy import BackpressureSeverity, CircuitState
+
+    _, bp = _app()
+    loop = bp.control_loop(TokenBucketRateLimiter(300, 300, clock=Clock()),
+                           downstream_group="billing", downstream_topics=["priced"],
+                           name="api")
+    loop.last_decision = PressureDecision(100.0, BackpressureSeverity.WARNING,
+                                          CircuitState.CLOSED, False, "set point",
+                                          downstream_rate=100.0, lag_seconds=5.0,
+                                          recommended_workers=3)
+    state = snapshot(bp)
+    assert state["control"]["api"]["recommended_workers"] == 3
+    assert ('faust_backpressure_control_recommended_workers{app="views-unit",limiter="api"} '
+            '3.0') in render_prometheus(state).splitlines()

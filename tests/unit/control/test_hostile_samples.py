@@ -136,3 +136,17 @@ def test_the_processed_count_is_carried_signed_and_range_checked() -> None:
                             processed=-1).encode()
     with pytest.raises(RejectedRecord):
         WorkerSample.decode(negative)
+
+
+def test_the_member_count_is_carried_signed_and_range_checked() -> None:
+    sample = WorkerSample(limiter="l", worker="w", at=1.0, lag=5, utilization=0.5, cpu=0.1,
+                          processed=10, members=3)
+    assert WorkerSample.decode(sample.encode(b"k"), b"l", b"k").members == 3
+    forged = sample.encode(b"k").replace(b'"members":3', b'"members":300')
+    with pytest.raises(RejectedRecord):
+        WorkerSample.decode(forged, b"l", b"k")
+    for members in (-1, 10**7):
+        absurd = WorkerSample(limiter="l", worker="w", at=1.0, lag=5, utilization=0.5,
+                              cpu=0.1, members=members).encode()
+        with pytest.raises(RejectedRecord):
+            WorkerSample.decode(absurd)

@@ -110,7 +110,10 @@ def test_a_downstream_that_comes_back_gets_the_base_rate_within_10_intervals(
     back = stop_and_back(400.0, commit_interval).between(120, 200)
     restored = back.first(lambda i: i.decision.rate >= BASE)
     assert restored is not None and restored.t <= 120 + 10
-    assert all(i.decision.rate == BASE for i in back.between(restored.t, 200).intervals)
+    # Held near the base: with 2.8 s commits a downstream at 300/s shows a measured lag of
+    # 0-840 from its commits alone (mean ~420, near the set point of 500), so a biased-low
+    # rate estimate may trim the rate by a few percent now and then.
+    assert all(i.decision.rate >= 0.9 * BASE for i in back.between(restored.t, 200).intervals)
     assert back.between(restored.t, 200).intervals[-1].decision.circuit is CircuitState.CLOSED
 
 
@@ -159,8 +162,10 @@ def test_lag_seconds_and_max_lag_seconds() -> None:
                                critical_lag=4_000, backlog_cleared_lag=200,
                                max_lag_seconds=4.0)
     c = BackpressureController(BASE, t, interval=1.0)
-    c.decide(PressureSample(lag=600, utilization=1.0, processed=0, at=0.0))
-    d = c.decide(PressureSample(lag=600, utilization=1.0, processed=100, at=1.0))
+    for second in range(2):  # the estimate spans two commits before the law uses it
+        c.decide(PressureSample(lag=600, utilization=1.0, processed=100 * second,
+                                at=float(second)))
+    d = c.decide(PressureSample(lag=600, utilization=1.0, processed=200, at=2.0))
     assert d.downstream_rate == pytest.approx(100) and d.lag_seconds == pytest.approx(6.0)
     # 6 s > 4 s: at least the guide's cut, and the set point becomes 2 s x 100/s = 200.
     assert d.severity is BackpressureSeverity.CRITICAL and d.rate <= 0.8 * BASE
@@ -178,4 +183,180 @@ def test_worker_samples_carry_the_processed_count_and_old_events_still_decode() 
                       "utilization": 0.5, "cpu": 0.1}).encode()
     assert WorkerSample.decode(old).processed is None
     assert "processed" not in json.loads(
+        WorkerSample("l", "w", 1.0, lag=5, utilization=0.5, cpu=0.1).encode())
+
+
+# -- issue 12 on the real broker: what the simulated plant above did not show -----------------
+
+def run_issue(commit_interval: float, delay: float) -> tuple[Run, float]:
+    """Issue 12's step (300/s offered for 30 s) with the decided rate reaching the limiter
+    ``delay`` s late (leases of a distributed limiter, the pressure event's trip); returns the
+    run and when the upstream backlog was drained (the end of the pressure)."""
+    run = simulate(controller(), offered=lambda t: 300.0 if t < 30 else 0.0,
+                   capacity=lambda t: 100.0, duration=150, commit_interval=commit_interval,
+                   utilization_dips=1 / 3, delay=delay)
+    end = run.first(lambda i: i.t > 30 and i.upstream_backlog <= 0)
+    assert end is not None
+    return run, end.t
+
+
+@COMMITS
+@pytest.mark.parametrize("delay", [1.0, 2.0])
+def test_issue_12_step_with_a_late_actuator_meets_the_targets(commit_interval: float,
+                                                              delay: float) -> None:
+    run, end = run_issue(commit_interval, delay)
+    steady = run.between(10, end)
+    low, high = steady.rate_band()
+    assert low >= 75 and high <= 125, (low, high)
+    assert steady.steps_per_minute() <= 12
+    assert steady.busy_share() >= 0.95
+    assert run.peak_lag() < THRESHOLDS.max_consumer_lag
+    restored = run.between(end, 150).first(lambda i: i.decision.rate >= BASE)
+    assert restored is not None and restored.t <= end + 10
+
+
+def settled(c: BackpressureController, rate: float = 100.0, lag: int = 600,
+            utilization: float = 1.0, seconds: int = 12) -> float:
+    """Feed ``c`` a downstream processing ``rate``/s at a constant lag; returns the time."""
+    for second in range(seconds):
+        c.decide(PressureSample(lag=lag, utilization=utilization,
+                                processed=int(rate * second), at=float(second)))
+    return float(seconds)
+
+
+def test_above_the_scaling_threshold_cuts_stop_once_the_rate_is_below_the_downstreams() -> None:
+    # Real broker, issue 12: x 0.8 at every interval while the lag stayed above 1,000 took
+    # the rate from 112 to 24/s against a downstream of 100/s (the lag was already falling).
+    c = controller()
+    c.rate = 120.0
+    at = settled(c, lag=900, seconds=12)
+    rates = []
+    for second in range(10):
+        d = c.decide(PressureSample(lag=1_400, utilization=1.0,
+                                    processed=int(100 * (at + second)), at=at + second))
+        rates.append(d.rate)
+        assert d.severity is BackpressureSeverity.CRITICAL
+    assert rates[0] < 100
+    assert min(rates) >= (1 - c.tuning.max_cut) * 100 * 0.95, rates  # drains, stays busy
+
+
+def test_a_queue_that_empties_while_the_rate_is_ahead_does_not_step_up() -> None:
+    # Real broker, issue 12: the queue emptied for a moment while the limiter admitted 112/s
+    # against 100/s; "backlog cleared" then added 10% of the base per interval up to 262/s.
+    c = controller()
+    at = settled(c, lag=600)
+    c.rate = 140.0
+    d = c.decide(PressureSample(lag=50, utilization=1.0, processed=int(100 * at), at=at))
+    assert d.rate < 140 and "backlog cleared" not in d.reason
+    # Not binding (what is offered is less than the rate): the guide's restore.
+    c = controller()
+    at = settled(c, lag=600, utilization=0.3)
+    c.rate = 140.0
+    for second in range(3):
+        d = c.decide(PressureSample(lag=50, utilization=0.3,
+                                    processed=int(100 * (at + second)), at=at + second))
+    assert d.rate >= 140 + 2 * 30 and "backlog cleared" in d.reason
+
+
+def test_below_the_set_point_a_limiter_that_does_not_bind_is_not_throttled() -> None:
+    c = controller()
+    settled(c, rate=50.0, lag=300, utilization=0.2, seconds=30)
+    assert c.rate == BASE
+    # One that binds but keeps pace with the downstream is not cut either.
+    c = controller()
+    c.rate = 100.0
+    settled(c, rate=100.0, lag=300, utilization=1.0, seconds=30)
+    assert c.rate >= 100.0
+
+
+def test_the_estimate_settles_on_the_second_commit_and_forgets_what_came_before() -> None:
+    est = DownstreamRateEstimator(window=20.0, smoothing=0.5)
+    for second in range(5):  # idle, then a first commit: far below the pace, not settled
+        est.update(float(second), 0)
+    est.update(5.0, 280)
+    assert not est.settled
+    est.update(6.0, 280)
+    est.update(7.0, 280)
+    rate = est.update(8.0, 560)  # second commit, 2.8-3 s later
+    assert est.settled and rate == pytest.approx(280 / 3)
+    c = controller()  # until it settles, the law is not used
+    c.decide(PressureSample(lag=600, utilization=1.0, processed=0, at=0.0))
+    d = c.decide(PressureSample(lag=600, utilization=1.0, processed=10, at=1.0))
+    assert "not settled" in d.reason or "no downstream rate" in d.reason
+
+
+def test_while_the_estimate_settles_a_growing_lag_past_the_set_point_is_cut() -> None:
+    c = controller()
+    c.decide(PressureSample(lag=0, utilization=0.0, processed=0, at=0.0))
+    rates = [c.decide(PressureSample(lag=300 * s, utilization=1.0, processed=0,
+                                     at=float(s))).rate for s in range(1, 4)]
+    assert rates == [BASE, pytest.approx(0.8 * BASE), pytest.approx(0.64 * BASE)]
+
+
+def test_an_idle_limiter_restores_without_waiting_for_the_downstream_queue() -> None:
+    # Real broker: the upstream drained with 300-500 records still queued downstream (the
+    # set point); waiting for them to clear before restoring took 10.2 intervals.
+    c = controller()
+    c.rate = 100.0
+    at = settled(c, lag=500, seconds=12)
+    decisions = [c.decide(PressureSample(lag=400, utilization=u,
+                                         processed=int(100 * (at + s)), at=at + s))
+                 for s, u in enumerate((0.2, 0.1, 0.0))]
+    assert all("idle" not in d.reason for d in decisions[:2])
+    assert "limiter idle" in decisions[2].reason
+    assert decisions[2].rate == pytest.approx(decisions[1].rate + 30)
+    # Noisy readings of a saturated limiter (0.41-0.87 on the real broker) are not idle.
+    c = controller()
+    c.rate = 100.0
+    at = settled(c, lag=500, seconds=12)
+    for s, u in enumerate((0.45, 0.41, 0.47, 0.42, 0.44)):
+        d = c.decide(PressureSample(lag=450, utilization=u, processed=int(100 * (at + s)),
+                                    at=at + s))
+        assert "idle" not in d.reason and d.rate <= 110.0, d
+
+
+# -- scale-out recommendation --------------------------------------------------------------------
+
+def test_the_scale_out_recommendation_is_the_workers_for_the_base_rate_at_the_set_point() -> None:
+    c = controller()
+    decisions = [c.decide(PressureSample(lag=500, utilization=1.0, processed=100 * s,
+                                         at=float(s), members=1)) for s in range(12)]
+    assert decisions[0].recommended_workers is None  # no settled rate estimate yet
+    # One worker does 100/s and is behind at the set point: 3 would take the base 300/s.
+    assert decisions[-1].recommended_workers == 3
+    # Slower (75/s): 4.
+    for s in range(12, 40):
+        d = c.decide(PressureSample(lag=600, utilization=1.0, processed=1_100 + 75 * (s - 11),
+                                    at=float(s), members=1))
+    assert d.recommended_workers == 4
+    # Without a member count (an older worker, a broker that does not say): none.
+    assert c.decide(PressureSample(lag=500, utilization=1.0, processed=3_300,
+                                   at=40.0)).recommended_workers is None
+
+
+def test_a_downstream_that_keeps_up_needs_no_more_workers() -> None:
+    c = controller()
+    for s in range(12):
+        d = c.decide(PressureSample(lag=50, utilization=0.4, processed=50 * s, at=float(s),
+                                    members=2))
+    assert d.recommended_workers == 2
+
+
+def test_issue_12_plant_recommends_three_downstream_workers() -> None:
+    run = simulate(controller(), offered=lambda t: 300.0, capacity=lambda t: 100.0,
+                   duration=90, commit_interval=2.8, delay=1.0, members=1)
+    assert {i.decision.recommended_workers for i in run.between(30, 90).intervals} == {3}
+    # With 3 workers' capacity (300/s) or more it keeps up: 3 is what it has.
+    for capacity in (300.0, 600.0):
+        run = simulate(controller(), offered=lambda t: 300.0,
+                       capacity=lambda t, c=capacity: c,
+                       duration=90, commit_interval=2.8, delay=1.0, members=3)
+        assert {i.decision.recommended_workers for i in run.between(30, 90).intervals} == {3}
+
+
+def test_worker_samples_carry_the_member_count() -> None:
+    sample = WorkerSample("l", "w", 1.0, lag=5, utilization=0.5, cpu=0.1, processed=42,
+                          members=3)
+    assert WorkerSample.decode(sample.encode()) == sample
+    assert "members" not in json.loads(
         WorkerSample("l", "w", 1.0, lag=5, utilization=0.5, cpu=0.1).encode())
