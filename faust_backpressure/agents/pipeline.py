@@ -93,7 +93,12 @@ class Pipeline:
         # The declared source carries the schema; the agent reads the same topic as raw bytes.
         self.schema_topic = self._topic(source)
         self.source_topic_name = self.schema_topic.get_topic_name()
-        self.raw_source = raw_topic(app, self.source_topic_name)
+        # internal: Faust declares it (the source's partitions, else the app's
+        # topic_partitions) before the consumer subscribes. Undeclared, the first producer
+        # auto-created it with the broker's 1 partition and a worker subscribed before it
+        # existed ignored it until the next rebalance (issue 14).
+        self.raw_source = raw_topic(app, self.source_topic_name, internal=True,
+                                    partitions=getattr(self.schema_topic, "partitions", None))
         sinks: Iterable[TopicSpec] = (
             () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
         self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
@@ -126,8 +131,9 @@ class Pipeline:
 
     @property
     def topics(self) -> list[TopicT]:
-        """Every topic the pipeline writes (to declare them up front)."""
-        return [*self.sinks, self.dlq]
+        """Every topic the pipeline writes (to declare them up front): sinks, DLQ, shed."""
+        shed = [] if self.gate is None else [self.gate.shed_topic_for(self.source_topic_name)]
+        return [*self.sinks, self.dlq, *shed]
 
     # -- the agent ---------------------------------------------------------------------------
 

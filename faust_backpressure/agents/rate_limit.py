@@ -62,6 +62,7 @@ class RateLimitGate:
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
+        self._declared: set[str] = set()
         #: The gated agent, for logs and shed headers (the decorated function's name if None).
         self.agent_name = agent_name or ""
         self.waits = 0
@@ -173,7 +174,8 @@ class RateLimitGate:
             await self.limiter.acquire(chunk)
             permits -= chunk
 
-    def _shed_topic(self, source: str) -> TopicT:
+    def shed_topic_for(self, source: str) -> TopicT:
+        """The topic events of ``source`` are shed to."""
         topic = self._shed_topics.get(source)
         if topic is None:
             spec = self._shed_topic_spec
@@ -185,7 +187,11 @@ class RateLimitGate:
 
     async def _send_to_shed(self, event: Event, permits: int) -> None:
         message = event.message
-        topic = self._shed_topic(message.topic)
+        topic = self.shed_topic_for(message.topic)
+        if message.topic not in self._declared:
+            # Declared with the app's partition count, not auto-created with the broker's 1.
+            await topic.maybe_declare()
+            self._declared.add(message.topic)
         await topic.send(
             key=message.key, value=message.value,
             key_serializer="raw", value_serializer="raw",
