@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import faust
 from faust.exceptions import Skip
-from faust.types import AppT, EventT, StreamT, TopicT
+from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
@@ -256,6 +256,12 @@ class RateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
+        if isinstance(fun, AgentT):
+            # Above @app.agent the agent has already captured the undecorated function: it
+            # would run unlimited without a word.
+            raise TypeError(
+                f"@rate_limit({self.name!r}) is above @app.agent on {fun.name!r}: put it "
+                "under @app.agent (the agent would run unlimited)")
         if not self.agent_name:
             self.agent_name = getattr(fun, "__qualname__", repr(fun))
 

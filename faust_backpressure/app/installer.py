@@ -97,6 +97,10 @@ class Backpressure:
         """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``."""
         if name in self.pipelines:
             raise ValueError(f"pipeline {name!r} is already declared")
+        if limiter is None and (tokens_per_second is not None or burst_capacity is not None):
+            raise ValueError(f"pipeline {name!r}: tokens_per_second/burst_capacity without "
+                             "limiter= would not limit anything; pass limiter='<id>' (shared "
+                             "by every worker) or a limiter object")
         resolved = None if limiter is None else self.limiter(
             limiter, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
         pipeline = Pipeline(self.app, name, source=source, sink=sink, process=process, dlq=dlq,

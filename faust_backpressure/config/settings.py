@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from faust_backpressure.config.env_check import warn_unknown_variables
 from faust_backpressure.config.validation import check_int, check_number
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
@@ -107,6 +108,7 @@ class BackpressureSettings:
                  ) -> BackpressureSettings:
         """Defaults, overridden by ``{prefix}{FIELD}`` variables, overridden by ``overrides``."""
         env = os.environ if environ is None else environ
+        warn_unknown_variables(prefix, env, [f.name for f in fields(cls)])
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = prefix + f.name.upper()
