@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from faust_backpressure.config.env_check import warn_unknown_variables
+from faust_backpressure.config.errors import settings_errors
 from faust_backpressure.config.validation import check_int, check_number
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
@@ -120,7 +121,8 @@ class BackpressureSettings:
         defaults = cls()
         for f in fields(cls):
             object.__setattr__(settings, f.name, values.get(f.name, getattr(defaults, f.name)))
-        _validate(settings, lambda name: prefix + name.upper() if name in from_env else name)
+        with settings_errors():  # one line naming the setting if nothing catches it
+            _validate(settings, lambda name: prefix + name.upper() if name in from_env else name)
         return settings
 
 
