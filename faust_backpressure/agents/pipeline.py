@@ -19,6 +19,7 @@ from typing import Any
 
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
@@ -110,7 +111,15 @@ class Pipeline:
                      RateLimitGate(app, limiter, on_limit=on_limit,
                                    shed_topic_suffix=settings.shed_topic_suffix,
                                    agent_name=f"pipeline:{name}"))
-        fun = self._run if self.gate is None else self.gate(self._run)
+        self.dlq_log = DeadLetterLog(name, log)
+
+        async def run(stream: StreamT[Any]) -> None:
+            await self._run(stream)
+
+        # Faust labels an agent (in every log line) by its function's module and qualname:
+        # a bound method made every pipeline "faust_backpressure.agents[.]_run".
+        run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
+        fun = run if self.gate is None else self.gate(run)
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 
@@ -185,9 +194,8 @@ class Pipeline:
 
     async def dead_letter(self, event: EventT[Any], failure: Failure) -> None:
         message = event.message
-        log.warning("pipeline %s: %s[%s]@%s -> DLQ after %d attempt(s): %s: %s", self.name,
-                    message.topic, message.partition, message.offset, failure.attempts,
-                    type(failure.error).__name__, failure.error)
+        self.dlq_log.record(f"{message.topic}[{message.partition}]@{message.offset}",
+                            failure.error, failure.attempts)
         await self.dlq.send(
             key=message.key, value=message.value,
             key_serializer="raw", value_serializer="raw",
