@@ -12,14 +12,12 @@ the sends are acknowledged, so a crash replays again rather than losing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
-from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.agents.headers import (
@@ -32,9 +30,9 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.tables.admin import group_offsets
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
-    kafka_admin,
     kafka_consumer,
     kafka_producer,
 )
@@ -91,19 +89,7 @@ def _metadata(markers: dict[str, int], position: int) -> str:
 
 async def _committed(kafka: KafkaClientSettings | str, group_id: str,
                      tps: list[TopicPartition]) -> dict[TopicPartition, str]:
-    admin = kafka_admin(kafka, "dlq-replay")
-    await admin.start()
-    try:
-        for attempt in range(20):
-            try:
-                offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-                break
-            except GroupCoordinatorNotAvailableError:  # a fresh group on a fresh broker
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.5)
-    finally:
-        await admin.close()
+    offsets = await group_offsets(kafka, group_id, tps)
     return {tp: meta.metadata or "" for tp, meta in offsets.items()}
 
 

@@ -247,7 +247,11 @@ class ControlLoops:
                 log.warning("control state of %s not restored: %r", loop.name, exc)
         decision = loop.observe(sample, time.monotonic())
         if decision is not None:
-            state = self._stored[loop.name] = json.dumps(loop.controller.state())
+            # severity, reason and time ride along for `backpressure status` (restore
+            # ignores them)
+            state = self._stored[loop.name] = json.dumps({
+                **loop.controller.state(), "severity": decision.severity.name,
+                "reason": decision.reason, "decided_at": time.time()})
             self.table[loop.name] = state
         return decision
 
