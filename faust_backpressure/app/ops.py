@@ -24,13 +24,19 @@ from aiokafka import TopicPartition
 
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import CONTROL_TABLE
+from faust_backpressure.control.override import Override
 from faust_backpressure.control.samples import WorkerSample
-from faust_backpressure.tables.admin import group_offsets, read_compacted, read_limiter_states
+from faust_backpressure.tables.admin import (
+    CommandTimeout,
+    group_offsets,
+    read_compacted,
+    read_limiter_states,
+)
 from faust_backpressure.tables.admin import topic_partitions as _partitions
 from faust_backpressure.tables.integrity import RejectedRecord
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
 
-__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag"]
+__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "send_override"]
 
 
 @dataclass
@@ -164,6 +170,8 @@ async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | Non
 
 
 def _severity(state: dict[str, Any] | None, lag: int | None, loop: Any) -> str:
+    if state and state.get("override"):
+        return "OVERRIDE"
     if state and state.get("severity"):
         return str(state["severity"])
     if state and state.get("emergency"):
@@ -214,6 +222,7 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "decided_rate": None if decided is None else decided.get("rate"),
             "emergency": None if decided is None else bool(decided.get("emergency")),
             "reason": None if decided is None else decided.get("reason"),
+            "override": None if decided is None else decided.get("override"),
             "decided_at": None if decided is None else decided.get("decided_at"),
             "severity": _severity(decided, lag, loop),
             "downstream_lag": lag,
@@ -231,3 +240,27 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "dlq_records": await _topic_size(kafka, pipe.dlq_topic_name),
         })
     return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines}
+
+
+async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,
+                        secret: bytes | None, timeout: float = 30.0) -> dict[str, Any]:
+    """Send an operator hold/release to the limiter's decider; return the control state once
+    the decider has persisted it (:class:`CommandTimeout` if it does not in time)."""
+    topic = f"{app_id}-fbp-pressure"
+    changelog = f"{app_id}-{CONTROL_TABLE}-changelog"
+    producer = kafka_producer(kafka, "ops-override")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, override.encode(secret),
+                                     key=override.limiter.encode())
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = (await read_compacted(kafka, changelog)).get(override.limiter)
+        if isinstance(state, dict) and state.get("last_override") == override.override_id:
+            return state
+        await asyncio.sleep(0.5)
+    raise CommandTimeout(f"the {override.action} of {override.limiter!r} was not applied "
+                         f"within {timeout:g} s: is a worker of {app_id!r} running, and does "
+                         "it run a control loop for that limiter?")

@@ -1,4 +1,5 @@
-"""Operator commands of the ``backpressure`` group: ``status``, ``set-rate``, ``reset``, ``lag``.
+"""Operator commands of the ``backpressure`` group: ``status``, ``set-rate``, ``reset``, ``lag``,
+``emergency-stop``, ``restore``.
 
 They work against the running cluster through Kafka alone (see :mod:`.ops` and
 :mod:`faust_backpressure.tables.admin`). Exit codes: 0 done, 1 the cluster did not do it (no
@@ -11,13 +12,14 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from faust_backpressure.app.ops import cluster_status, group_lag
+from faust_backpressure.app.ops import cluster_status, group_lag, send_override
 from faust_backpressure.app.registry import Installation, installed
+from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
 from faust_backpressure.tables.kafka import client_settings
 
@@ -143,4 +145,47 @@ def lag(ctx: click.Context, group: str, topics: tuple[str, ...], as_json: bool) 
                f"{result.max_time_lag:.1f} s old")
 
 
-OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag]
+def _override(ctx: click.Context, override_of: Callable[[str], Override],
+              limiter_id: str, timeout: float) -> dict[str, Any]:
+    bp = _installation(ctx)
+    try:
+        return asyncio.run(send_override(client_settings(bp.app, "ops"), str(bp.app.conf.id),
+                                         override_of(operator()),
+                                         secret=bp.settings.secret_key, timeout=timeout))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@click.command(name="emergency-stop")
+@click.argument("limiter_id")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e12), default=None,
+              help="Hold at this rate (default: the control loop's emergency rate).")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def emergency_stop(ctx: click.Context, limiter_id: str, rate: float | None, reason: str,
+                   timeout: float) -> None:
+    """Hold a limiter at its emergency rate (or --rate) until `restore`: wins over the
+    control loop, persisted, an event on the control topic."""
+    state = _override(ctx, lambda by: Override.hold(limiter_id, rate=rate, by=by,
+                                                      reason=reason), limiter_id, timeout)
+    held = state.get("override") or {}
+    click.echo(f"{limiter_id}: held at {held.get('rate', rate)}/s by {held.get('by')} until "
+               f"`backpressure restore {limiter_id}`")
+
+
+@click.command(name="restore")
+@click.argument("limiter_id")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) -> None:
+    """Release an operator hold: the control loop decides the rate again."""
+    state = _override(ctx, lambda by: Override.release(limiter_id, by=by, reason=reason),
+                      limiter_id, timeout)
+    click.echo(f"{limiter_id}: released; the control loop decides again (from "
+               f"{state.get('rate')}/s)")
+
+
+OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore]

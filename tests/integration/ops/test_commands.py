@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from faust_backpressure.testing.kafka_io import commit_offsets, create_topics, produce
+from faust_backpressure.testing.kafka_io import commit_offsets, create_topics, produce, read_to_end
 from faust_backpressure.testing.workers import FaustWorker
 
 pytestmark = pytest.mark.kafka
@@ -100,3 +100,51 @@ async def test_status_set_rate_reset_and_lag_work_across_workers(
     assert lag["max_time_lag"] > 0
     done = _cli(env, "lag", unique_name("nobody"))
     assert done.returncode == 1 and "no committed offsets" in done.stderr
+
+
+async def test_emergency_stop_holds_over_the_control_loop_across_restarts_until_restore(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    down, down_group = unique_name("priced"), unique_name("billing")
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+           "FBP_SINK": unique_name("sink"), "FBP_DOWN_GROUP": down_group,
+           "FBP_DOWN_TOPIC": down, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    await create_topics(kafka_bootstrap, {down: 1})
+    await produce(kafka_bootstrap, down, ((None, b"x") for _ in range(300)))
+    first = [faust_workers(APP, name=f"a{i}", env=env) for i in range(2)]
+    for worker in first:
+        worker.wait_ready()
+    _until(lambda: (lambda x: x if x["decided_rate"] == 1.0 else None)(
+        _limiter(_status(env), "ops-api")))
+
+    done = _cli(env, "emergency-stop", "ops-api", "--rate", "7", "--reason", "drill")
+    assert done.returncode == 0 and "held at 7.0/s" in done.stdout, done.stderr
+    for _ in range(3):  # the loop (deciding 1/s every 0.5 s) does not win
+        api = _limiter(_status(env), "ops-api")
+        assert api["rate"] == 7.0 and api["severity"] == "OVERRIDE"
+        assert api["override"]["rate"] == 7.0 and api["override"]["reason"] == "drill"
+
+    for worker in first:  # every worker restarts, with a fresh state dir
+        worker.stop()
+    second = faust_workers(APP, name="b0", env=env)
+    second.wait_ready()
+    pid = f":{second.pid}"
+
+    def new_decider() -> dict[str, Any] | None:
+        api = _limiter(_status(env), "ops-api")
+        return api if any(w.endswith(pid) for w in api["sampling_workers"]) else None
+    _until(new_decider)
+    for _ in range(3):
+        api = _limiter(_status(env), "ops-api")
+        assert api["rate"] == 7.0 and api["override"] is not None
+
+    done = _cli(env, "restore", "ops-api")
+    assert done.returncode == 0 and "released" in done.stdout, done.stderr
+    released = _until(lambda: (lambda x: x if x["rate"] == 1.0 else None)(
+        _limiter(_status(env), "ops-api")))
+    assert released["override"] is None and released["severity"] != "OVERRIDE"
+    # the audit trail: both events on the control topic
+    events = [json.loads(r.value) for r in await read_to_end(
+        kafka_bootstrap, f"{env['FBP_APP_ID']}-fbp-pressure") if b'"override"' in r.value]
+    assert [(e["action"], e.get("rate")) for e in events] == [("hold", 7.0), ("release", None)]
+    assert all(e["by"] for e in events)
