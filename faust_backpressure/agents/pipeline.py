@@ -20,9 +20,11 @@ from typing import Any
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.dlq_log import DeadLetterLog
+from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.faust_seam import flow_stopped_event
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import raw_topic
 
@@ -112,6 +114,10 @@ class Pipeline:
                                    shed_topic_suffix=settings.shed_topic_suffix,
                                    agent_name=f"pipeline:{name}"))
         self.dlq_log = DeadLetterLog(name, log)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        #: who paused it (``by``, ``at``, ``reason``) while paused
+        self.paused_by: dict[str, Any] | None = None
 
         async def run(stream: StreamT[Any]) -> None:
             await self._run(stream)
@@ -147,8 +153,44 @@ class Pipeline:
     # -- the agent ---------------------------------------------------------------------------
 
     async def _run(self, stream: StreamT[Any]) -> None:
+        # A paused pipeline holds its event: the buffer must then never block the worker's
+        # conductor (as for a waiting rate limit, see .flow).
+        never_block_conductor(self.app, stream)
         async for event in stream.events():
+            if not self._resumed.is_set():
+                await self._wait_resumed()
             await self.handle(event)
+
+    # -- pause / resume (an operator's, on every worker; see app.pause) ----------------------
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self, info: dict[str, Any] | None = None) -> None:
+        """Hold the next event (unacked: nothing is committed past it) until :meth:`resume`."""
+        self.paused_by = info or {}
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self.paused_by = None
+        self._resumed.set()
+
+    async def _wait_resumed(self) -> None:
+        # Faust waits for events in flight before a rebalance or stop: a paused event must not
+        # hold those (as in RateLimitGate.acquire_until_flow_stops); it then goes on.
+        flow_stopped = flow_stopped_event(self.app)
+        waits = [asyncio.ensure_future(self._resumed.wait())]
+        if flow_stopped is not None:
+            waits.append(asyncio.ensure_future(flow_stopped.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if not self._resumed.is_set():
+            log.info("pipeline %s is paused but the flow stopped (rebalance or stop): one "
+                     "event goes on", self.name)
 
     async def handle(self, event: EventT[Any]) -> None:
         """Decode, process (with retries), send; a failure goes to the DLQ with its reason."""

@@ -16,6 +16,7 @@ from faust_backpressure.agents import (
     resolve_limiter,
 )
 from faust_backpressure.app.cli import register_commands
+from faust_backpressure.app.pause import install_pause_control
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
@@ -67,6 +68,7 @@ class Backpressure:
         app.task(self._declare_topics)
         register_commands()
         register_views(self)
+        install_pause_control(self)  # every worker follows `backpressure pause/resume`
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:

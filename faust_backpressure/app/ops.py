@@ -22,6 +22,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from faust_backpressure.app.pause import pause_states
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import CONTROL_TABLE
 from faust_backpressure.control.override import Override
@@ -230,7 +231,9 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "sampling_workers": sorted(seen),
         })
     pipelines = []
+    pauses = await pause_states(kafka, app_id) if bp.pipelines else {}
     for name, pipe in sorted(bp.pipelines.items()):
+        pause = pauses.get(name) or {}
         backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
         pipelines.append({
             "name": name, "source": pipe.source_topic_name,
@@ -238,6 +241,8 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "limiter": None if pipe.gate is None else pipe.gate.name,
             "source_lag": backlog.total,
             "dlq_records": await _topic_size(kafka, pipe.dlq_topic_name),
+            "paused": bool(pause.get("paused")),
+            "paused_by": pause.get("by") if pause.get("paused") else None,
         })
     return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines}
 

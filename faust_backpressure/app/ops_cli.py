@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from faust_backpressure.app.ops import cluster_status, group_lag, send_override
+from faust_backpressure.app.pause import send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
@@ -81,8 +82,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        "util", "down-lag", "workers", "reason"]))
     click.echo("\npipelines")
     click.echo(_table([[p["name"], p["source"], p["limiter"], p["source_lag"], p["dlq"],
-                        p["dlq_records"]] for p in report["pipelines"]],
-                      ["name", "source", "limiter", "source-lag", "dlq", "dlq-records"]))
+                        p["dlq_records"], p["paused_by"] or p["paused"]]
+                       for p in report["pipelines"]],
+                      ["name", "source", "limiter", "source-lag", "dlq", "dlq-records",
+                       "paused"]))
 
 
 def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,
@@ -188,4 +191,42 @@ def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) ->
                f"{state.get('rate')}/s)")
 
 
-OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore]
+def _pause(ctx: click.Context, pipeline: str, paused: bool, reason: str,
+           timeout: float) -> None:
+    bp = _installation(ctx)
+    if pipeline not in bp.pipelines:
+        known = ", ".join(sorted(bp.pipelines)) or "none"
+        raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
+    try:
+        acked, workers = asyncio.run(send_pause(
+            client_settings(bp.app, "ops"), str(bp.app.conf.id), pipeline, paused=paused,
+            by=operator(), reason=reason, secret=bp.settings.secret_key, timeout=timeout))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"pipeline {pipeline}: {'paused' if paused else 'resumed'} on {acked} of "
+               f"{workers} worker(s)")
+
+
+@click.command(name="pause")
+@click.argument("pipeline")
+@click.option("--reason", default="", help="Why (kept with the pause).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def pause(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
+    """Stop consuming a pipeline on every worker (nothing is lost) until `resume`."""
+    _pause(ctx, pipeline, True, reason, timeout)
+
+
+@click.command(name="resume")
+@click.argument("pipeline")
+@click.option("--reason", default="", help="Why.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
+    """Resume a paused pipeline on every worker."""
+    _pause(ctx, pipeline, False, reason, timeout)
+
+
+OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
+                                     pause, resume]

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from faust_backpressure.testing.kafka_io import commit_offsets, create_topics, produce, read_to_end
+from faust_backpressure.testing.kafka_io import (
+    commit_offsets,
+    consume,
+    create_topics,
+    produce,
+    read_to_end,
+)
 from faust_backpressure.testing.workers import FaustWorker
 
 pytestmark = pytest.mark.kafka
@@ -148,3 +154,31 @@ async def test_emergency_stop_holds_over_the_control_loop_across_restarts_until_
         kafka_bootstrap, f"{env['FBP_APP_ID']}-fbp-pressure") if b'"override"' in r.value]
     assert [(e["action"], e.get("rate")) for e in events] == [("hold", 7.0), ("release", None)]
     assert all(e["by"] for e in events)
+
+
+async def test_pause_stops_a_pipeline_on_every_worker_and_resume_loses_nothing(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    down = unique_name("priced")
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+           "FBP_SINK": unique_name("sink"), "FBP_DOWN_GROUP": unique_name("billing"),
+           "FBP_DOWN_TOPIC": down, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    await create_topics(kafka_bootstrap, {down: 1, env["FBP_SINK"]: 1})  # no lag: full rate
+    workers = [faust_workers(APP, name=f"p{i}", env=env) for i in range(2)]
+    for worker in workers:
+        worker.wait_ready()
+    done = _cli(env, "pause", "orders", "--reason", "deploying billing")
+    assert done.returncode == 0, done.stderr
+    assert "paused on 2 of 2 worker(s)" in done.stdout
+    ids = [b"v%d" % i for i in range(100)]
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], ((b"k%d" % i, v) for i, v in enumerate(ids)))
+    (orders,) = _status(env)["pipelines"]
+    assert orders["paused"] and orders["paused_by"] and orders["source_lag"] == 100
+    assert await read_to_end(kafka_bootstrap, env["FBP_SINK"]) == []
+
+    done = _cli(env, "resume", "orders")
+    assert done.returncode == 0 and "resumed on 2 of 2" in done.stdout, done.stderr
+    out = await consume(kafka_bootstrap, env["FBP_SINK"], until=100, timeout=30)
+    assert sorted(r.value for r in out) == sorted(ids)
+    done = _cli(env, "pause", "no-such-pipeline")
+    assert done.returncode == 2 and "no pipeline 'no-such-pipeline'" in done.stderr
