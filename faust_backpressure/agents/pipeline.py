@@ -147,7 +147,9 @@ class Pipeline:
     @property
     def topics(self) -> list[TopicT]:
         """Every topic the pipeline writes (to declare them up front): sinks, DLQ, shed."""
-        shed = [] if self.gate is None else [self.gate.shed_topic_for(self.source_topic_name)]
+        # (a waiting gate sheds only under a control loop's load shedding: declared then)
+        shed = ([] if self.gate is None or self.gate.on_limit != "shed"
+                else [self.gate.shed_topic_for(self.source_topic_name)])
         return [*self.sinks, self.dlq, *shed]
 
     # -- the agent ---------------------------------------------------------------------------

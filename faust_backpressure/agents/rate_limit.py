@@ -190,8 +190,12 @@ class RateLimitGate:
         topic = self.shed_topic_for(message.topic)
         if message.topic not in self._declared:
             # Declared with the app's partition count, not auto-created with the broker's 1.
-            await topic.maybe_declare()
             self._declared.add(message.topic)
+            try:
+                await topic.maybe_declare()
+            except Exception as exc:  # e.g. no Create ACL: the send below may still work
+                log.warning("%s: could not declare shed topic %s: %r", self.agent_name,
+                            topic.get_topic_name(), exc)
         await topic.send(
             key=message.key, value=message.value,
             key_serializer="raw", value_serializer="raw",
