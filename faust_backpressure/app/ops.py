@@ -186,7 +186,8 @@ def _severity(state: dict[str, Any] | None, lag: int | None, loop: Any) -> str:
 
 async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
                          ) -> dict[str, Any]:
-    """Every limiter, control loop and pipeline of the app, as seen in Kafka now."""
+    """Every limiter, control loop, pipeline and credit flow of the app, as seen in Kafka
+    now (a credit flow's credits: its window minus the downstream backlog measured now)."""
     app_id = str(bp.app.conf.id)
     secret = bp.settings.secret_key
     loops = bp.control_loops
@@ -244,7 +245,17 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "paused": bool(pause.get("paused")),
             "paused_by": pause.get("by") if pause.get("paused") else None,
         })
-    return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines}
+    credit_flows = []
+    for flow in getattr(bp, "credit_flows", []):
+        backlog = await group_lag(kafka, flow.probe.group, list(flow.probe.topics),
+                                  time_lag=False)
+        window = flow.controller.window
+        credit_flows.append({
+            "name": flow.name, "window": window,
+            "downstream_group": flow.probe.group, "downstream_topics": list(flow.probe.topics),
+            "downstream_lag": backlog.total, "credits": max(0, window - backlog.total)})
+    return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
+            "credit_flows": credit_flows}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

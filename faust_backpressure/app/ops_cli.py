@@ -86,6 +86,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        for p in report["pipelines"]],
                       ["name", "source", "limiter", "source-lag", "dlq", "dlq-records",
                        "paused"]))
+    if report["credit_flows"]:
+        click.echo("\ncredit flows")
+        click.echo(_table([[f["name"], f["window"], f["downstream_group"],
+                            f["downstream_lag"], f["credits"]] for f in report["credit_flows"]],
+                          ["name", "window", "downstream", "down-lag", "credits"]))
 
 
 def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,

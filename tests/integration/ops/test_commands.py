@@ -80,8 +80,12 @@ async def test_status_set_rate_reset_and_lag_work_across_workers(
     api = _until(drowning)
     assert api["severity"] == "EMERGENCY" and api["configured_rate"] == 200.0
     assert api["reason"] and api["control_loop"] and api["downstream_group"] == down_group
+    (credits,) = _status(env)["credit_flows"]
+    assert credits["name"] == "billing-credits" and credits["downstream_lag"] == 290
+    assert credits["credits"] == 500 - 290
     people = _cli(env, "status")
     assert people.returncode == 0 and "ops-api" in people.stdout and "EMERGENCY" in people.stdout
+    assert "billing-credits" in people.stdout
     assert "orders" in people.stdout
 
     # set-rate and reset go through the request topic and come back acknowledged

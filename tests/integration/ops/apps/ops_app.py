@@ -1,7 +1,8 @@
 """A worker for the operator-command tests: a pipeline behind a distributed limiter under a
 control loop, and a second distributed limiter no loop touches.
 
-Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DOWN_GROUP, FBP_DOWN_TOPIC.
+Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DOWN_GROUP, FBP_DOWN_TOPIC (also watched by a
+credit flow).
 """
 
 import os
@@ -22,3 +23,5 @@ bp.control_loop("ops-api", downstream_group=os.environ["FBP_DOWN_GROUP"],
                 thresholds=BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
                                                   max_consumer_lag=100, critical_lag=200,
                                                   cpu_threshold=1.0))
+bp.credit_flow(500, downstream_group=os.environ["FBP_DOWN_GROUP"],
+               downstream_topics=[os.environ["FBP_DOWN_TOPIC"]], name="billing-credits")
