@@ -212,7 +212,11 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
         limiters.append({
             "id": name,
             "distributed": name in states or name in declared,
-            "rate": state.get("rate", None if limiter is None else limiter.current_rate_limit),
+            # a distributed limiter's persisted rate; a per-worker limiter's is what its loop
+            # last applied (this process's copy only knows the configured one)
+            "rate": state.get("rate") if state else (
+                (decided.get("override") or {}).get("rate", decided.get("rate"))
+                if decided else None),
             "configured_rate": configured,
             "burst": state.get("burst"),
             "tokens": state.get("tokens"),
