@@ -22,11 +22,24 @@ class SettingsError(ValueError):
     """An invalid setting; the message starts with the setting's name."""
 
 
+def _settings_error(error: BaseException | None) -> SettingsError | None:
+    """The SettingsError in ``error``'s chain: Faust (mode) re-raises an import error of a
+    top-level app module as ``ValueError("Cannot import 'app': ...")`` caused by it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SettingsError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _one_line_hook(previous: object) -> object:
     def hook(kind: type[BaseException], value: BaseException,
              tb: TracebackType | None) -> None:
-        if isinstance(value, SettingsError):
-            print(f"faust-backpressure: invalid setting: {value}", file=sys.stderr, flush=True)
+        found = _settings_error(value)
+        if found is not None:
+            print(f"faust-backpressure: invalid setting: {found}", file=sys.stderr, flush=True)
             return
         previous(kind, value, tb)  # type: ignore[operator]
     hook._bp_settings_hook = True  # type: ignore[attr-defined]

@@ -85,7 +85,8 @@ class BackpressureSettings:
     max_lag_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        _validate(self, lambda name: name)
+        with settings_errors():
+            _validate(self, lambda name: name)
 
     @property
     def effective_restore_lag(self) -> int:

@@ -47,3 +47,27 @@ def test_worker_error_summary_is_the_workers_last_line_not_a_regex(tmp_path: Pat
     assert summary.startswith("bad exited (code 1) before it was ready: faust-backpressure: "
                               "invalid setting: FAUST_BP_ON_LIMIT must be one of wait, shed")
     assert "\\[" not in summary and "\n" not in summary
+
+
+@pytest.mark.parametrize(("code", "env", "line"), [
+    ("BackpressureSettings.from_env()", {"FAUST_BP_REPLAY_RATE": "0"},
+     "FAUST_BP_REPLAY_RATE must be a finite number > 0, got 0.0"),
+    ("BackpressureSettings(max_retries=-1)", {},
+     "max_retries must be an integer >= 0, got -1"),
+])
+def test_a_top_level_app_module_with_a_bad_setting_is_one_line_too(
+        tmp_path: Path, code: str, env: dict[str, str], line: str) -> None:
+    # Faust reports a top-level module's import error as ValueError("Cannot import ...")
+    (tmp_path / "badapp.py").write_text(
+        "import faust\n"
+        "from faust_backpressure.app import Backpressure\n"
+        "from faust_backpressure.config import BackpressureSettings\n"
+        "app = faust.App('badapp', broker='kafka://127.0.0.1:1')\n"
+        f"bp = Backpressure(app, settings={code})\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "badapp", "worker", "--without-web"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}", **env})
+    assert done.returncode != 0
+    assert [x for x in done.stderr.splitlines() if x.strip()] == [
+        f"faust-backpressure: invalid setting: {line}"], done.stderr
