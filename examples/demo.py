@@ -169,7 +169,7 @@ def main() -> int:
             print(f"Kafka ready at {bootstrap} in {time.monotonic() - began:.1f} s", flush=True)
             return asyncio.run(run(bootstrap, args.records, args.rate, args.timeout))
     except WorkerError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
+        print(f"demo failed: {exc.summary}", file=sys.stderr)
         return 1
 
 

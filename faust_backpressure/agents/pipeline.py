@@ -19,9 +19,12 @@ from typing import Any
 
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.dlq_log import DeadLetterLog
+from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
+from faust_backpressure.faust_seam import flow_stopped_event
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import raw_topic
 
@@ -93,7 +96,12 @@ class Pipeline:
         # The declared source carries the schema; the agent reads the same topic as raw bytes.
         self.schema_topic = self._topic(source)
         self.source_topic_name = self.schema_topic.get_topic_name()
-        self.raw_source = raw_topic(app, self.source_topic_name)
+        # internal: Faust declares it (the source's partitions, else the app's
+        # topic_partitions) before the consumer subscribes. Undeclared, the first producer
+        # auto-created it with the broker's 1 partition and a worker subscribed before it
+        # existed ignored it until the next rebalance (issue 14).
+        self.raw_source = raw_topic(app, self.source_topic_name, internal=True,
+                                    partitions=getattr(self.schema_topic, "partitions", None))
         sinks: Iterable[TopicSpec] = (
             () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
         self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
@@ -105,7 +113,19 @@ class Pipeline:
                      RateLimitGate(app, limiter, on_limit=on_limit,
                                    shed_topic_suffix=settings.shed_topic_suffix,
                                    agent_name=f"pipeline:{name}"))
-        fun = self._run if self.gate is None else self.gate(self._run)
+        self.dlq_log = DeadLetterLog(name, log)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        #: who paused it (``by``, ``at``, ``reason``) while paused
+        self.paused_by: dict[str, Any] | None = None
+
+        async def run(stream: StreamT[Any]) -> None:
+            await self._run(stream)
+
+        # Faust labels an agent (in every log line) by its function's module and qualname:
+        # a bound method made every pipeline "faust_backpressure.agents[.]_run".
+        run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
+        fun = run if self.gate is None else self.gate(run)
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 
@@ -126,14 +146,53 @@ class Pipeline:
 
     @property
     def topics(self) -> list[TopicT]:
-        """Every topic the pipeline writes (to declare them up front)."""
-        return [*self.sinks, self.dlq]
+        """Every topic the pipeline writes (to declare them up front): sinks, DLQ, shed."""
+        # (a waiting gate sheds only under a control loop's load shedding: declared then)
+        shed = ([] if self.gate is None or self.gate.on_limit != "shed"
+                else [self.gate.shed_topic_for(self.source_topic_name)])
+        return [*self.sinks, self.dlq, *shed]
 
     # -- the agent ---------------------------------------------------------------------------
 
     async def _run(self, stream: StreamT[Any]) -> None:
+        # A paused pipeline holds its event: the buffer must then never block the worker's
+        # conductor (as for a waiting rate limit, see .flow).
+        never_block_conductor(self.app, stream)
         async for event in stream.events():
+            if not self._resumed.is_set():
+                await self._wait_resumed()
             await self.handle(event)
+
+    # -- pause / resume (an operator's, on every worker; see app.pause) ----------------------
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self, info: dict[str, Any] | None = None) -> None:
+        """Hold the next event (unacked: nothing is committed past it) until :meth:`resume`."""
+        self.paused_by = info or {}
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self.paused_by = None
+        self._resumed.set()
+
+    async def _wait_resumed(self) -> None:
+        # Faust waits for events in flight before a rebalance or stop: a paused event must not
+        # hold those (as in RateLimitGate.acquire_until_flow_stops); it then goes on.
+        flow_stopped = flow_stopped_event(self.app)
+        waits = [asyncio.ensure_future(self._resumed.wait())]
+        if flow_stopped is not None:
+            waits.append(asyncio.ensure_future(flow_stopped.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if not self._resumed.is_set():
+            log.info("pipeline %s is paused but the flow stopped (rebalance or stop): one "
+                     "event goes on", self.name)
 
     async def handle(self, event: EventT[Any]) -> None:
         """Decode, process (with retries), send; a failure goes to the DLQ with its reason."""
@@ -179,9 +238,8 @@ class Pipeline:
 
     async def dead_letter(self, event: EventT[Any], failure: Failure) -> None:
         message = event.message
-        log.warning("pipeline %s: %s[%s]@%s -> DLQ after %d attempt(s): %s: %s", self.name,
-                    message.topic, message.partition, message.offset, failure.attempts,
-                    type(failure.error).__name__, failure.error)
+        self.dlq_log.record(f"{message.topic}[{message.partition}]@{message.offset}",
+                            failure.error, failure.attempts)
         await self.dlq.send(
             key=message.key, value=message.value,
             key_serializer="raw", value_serializer="raw",

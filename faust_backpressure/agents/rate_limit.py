@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import faust
 from faust.exceptions import Skip
-from faust.types import AppT, EventT, StreamT, TopicT
+from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
@@ -62,6 +62,7 @@ class RateLimitGate:
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
+        self._declared: set[str] = set()
         #: The gated agent, for logs and shed headers (the decorated function's name if None).
         self.agent_name = agent_name or ""
         self.waits = 0
@@ -173,7 +174,8 @@ class RateLimitGate:
             await self.limiter.acquire(chunk)
             permits -= chunk
 
-    def _shed_topic(self, source: str) -> TopicT:
+    def shed_topic_for(self, source: str) -> TopicT:
+        """The topic events of ``source`` are shed to."""
         topic = self._shed_topics.get(source)
         if topic is None:
             spec = self._shed_topic_spec
@@ -185,7 +187,15 @@ class RateLimitGate:
 
     async def _send_to_shed(self, event: Event, permits: int) -> None:
         message = event.message
-        topic = self._shed_topic(message.topic)
+        topic = self.shed_topic_for(message.topic)
+        if message.topic not in self._declared:
+            # Declared with the app's partition count, not auto-created with the broker's 1.
+            self._declared.add(message.topic)
+            try:
+                await topic.maybe_declare()
+            except Exception as exc:  # e.g. no Create ACL: the send below may still work
+                log.warning("%s: could not declare shed topic %s: %r", self.agent_name,
+                            topic.get_topic_name(), exc)
         await topic.send(
             key=message.key, value=message.value,
             key_serializer="raw", value_serializer="raw",
@@ -250,6 +260,12 @@ class RateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
+        if isinstance(fun, AgentT):
+            # Above @app.agent the agent has already captured the undecorated function: it
+            # would run unlimited without a word.
+            raise TypeError(
+                f"@rate_limit({self.name!r}) is above @app.agent on {fun.name!r}: put it "
+                "under @app.agent (the agent would run unlimited)")
         if not self.agent_name:
             self.agent_name = getattr(fun, "__qualname__", repr(fun))
 

@@ -4,12 +4,15 @@ Reads the DLQ from the replay group's committed position (the start, the first t
 end offsets taken when the replay starts, so records dead-lettered again during the replay wait
 for the next one. Each matching record is sent with its original key, value and own headers, plus
 ``bp.replay.count`` increased by one, at most ``rate`` records per second. Records of other
-pipelines, or of other error types when ``error_type`` is given, are passed over. Positions are
-committed only after the sends are acknowledged, so a crash replays again rather than losing.
+pipelines are passed over. With ``error_type``, records of other types are left for later
+replays: the committed position never passes one, and the records replayed behind it are
+named in the commit's metadata so a later replay skips them. Positions are committed only after
+the sends are acknowledged, so a crash replays again rather than losing.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +30,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+from faust_backpressure.tables.admin import group_offsets
+from faust_backpressure.tables.kafka import (
+    KafkaClientSettings,
+    kafka_consumer,
+    kafka_producer,
+)
 
 __all__ = ["ReplayReport", "replay_dlq"]
 
@@ -41,14 +49,48 @@ class ReplayReport:
     examined: int = 0
     replayed: int = 0
     passed_over: int = 0
+    #: records of this pipeline not replayed (other error types): offered to later replays
+    left_behind: int = 0
+    #: records an earlier filtered replay sent already (skipped, not sent twice)
+    already_replayed: int = 0
     by_error_type: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_error_type.items())) or "none"
-        return (f"replayed {self.replayed} of {self.examined} record(s) from {self.dlq_topic} "
+        text = (f"replayed {self.replayed} of {self.examined} record(s) from {self.dlq_topic} "
                 f"to {self.target_topic} in {self.seconds:.1f} s; passed over "
-                f"{self.passed_over}; by error type: {kinds}")
+                f"{self.passed_over} of other pipelines; by error type: {kinds}")
+        if self.already_replayed:
+            text += f"; skipped {self.already_replayed} replayed before"
+        if self.left_behind:
+            text += (f"; left {self.left_behind} record(s) of other error types for later "
+                     "replays")
+        return text
+
+
+def _markers(metadata: str) -> dict[str, int]:
+    """``{error type: offset}`` from a commit's metadata (see :func:`_metadata`)."""
+    try:
+        raw = json.loads(metadata) if metadata else {}
+    except ValueError:
+        return {}
+    done = raw.get("replayed_below", {}) if isinstance(raw, dict) else {}
+    return {str(k): int(v) for k, v in done.items() if isinstance(v, int)}
+
+
+def _metadata(markers: dict[str, int], position: int) -> str:
+    """Records of type T at offsets below ``markers[T]`` (and at or past the committed
+    ``position``) were replayed already: the next replay skips them instead of sending them
+    twice."""
+    kept = {k: v for k, v in sorted(markers.items()) if v > position}
+    return json.dumps({"replayed_below": kept}, separators=(",", ":")) if kept else ""
+
+
+async def _committed(kafka: KafkaClientSettings | str, group_id: str,
+                     tps: list[TopicPartition]) -> dict[TopicPartition, str]:
+    offsets = await group_offsets(kafka, group_id, tps)
+    return {tp: meta.metadata or "" for tp, meta in offsets.items()}
 
 
 async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_topic: str,
@@ -74,11 +116,18 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         if not tps:
             return report
         consumer.assign(tps)
+        markers: dict[TopicPartition, dict[str, int]] = {tp: {} for tp in tps}
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
+        # (position() waits for the group coordinator, which the admin call below needs)
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+        if not from_beginning:
+            for tp, metadata in (await _committed(kafka, group_id, tps)).items():
+                markers[tp] = _markers(metadata)
         done: dict[TopicPartition, int] = {}
+        #: per partition, the first record of this pipeline left behind: commits stop there
+        gap: dict[TopicPartition, int] = {}
         while todo and (limit is None or report.replayed < limit):
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=500)
             pending = []
@@ -91,9 +140,15 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
                     done[tp] = record.offset + 1
                     kind = (header(record.headers, ERROR_TYPE) or b"?").decode(errors="replace")
                     owner = header(record.headers, PIPELINE)
-                    if (owner is not None and owner.decode(errors="replace") != pipeline) or (
-                            error_type is not None and kind != error_type):
-                        report.passed_over += 1
+                    if owner is not None and owner.decode(errors="replace") != pipeline:
+                        report.passed_over += 1  # another pipeline's: never ours to replay
+                        continue
+                    if record.offset < markers[tp].get(kind, -1):
+                        report.already_replayed += 1
+                        continue
+                    if error_type is not None and kind != error_type:
+                        report.left_behind += 1
+                        gap.setdefault(tp, record.offset)
                         continue
                     await limiter.acquire()
                     headers = without_bp_headers(record.headers)
@@ -101,6 +156,7 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
                                     str(replay_count(record.headers) + 1).encode()))
                     pending.append(await producer.send(target_topic, key=record.key,
                                                        value=record.value, headers=headers))
+                    markers[tp][kind] = record.offset + 1
                     report.replayed += 1
                     report.by_error_type[kind] = report.by_error_type.get(kind, 0) + 1
                     if progress is not None:
@@ -112,7 +168,13 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
             if done:
-                await consumer.commit({tp: OffsetAndMetadata(off, "") for tp, off in done.items()})
+                # Never past a record of ours that was not replayed; the replayed ones behind
+                # it are remembered in the commit's metadata so they are not sent twice.
+                commits = {}
+                for tp, off in done.items():
+                    position = gap.get(tp, off)
+                    commits[tp] = OffsetAndMetadata(position, _metadata(markers[tp], position))
+                await consumer.commit(commits)
     finally:
         await producer.stop()
         await consumer.stop()

@@ -105,10 +105,16 @@ def app_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
 
 
 def operator_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
-                  dlqs: Iterable[str] = ()) -> list[Acl]:
+                  dlqs: Iterable[str] = (), steer: bool = False) -> list[Acl]:
     """What an operator needs to watch the app and replay its DLQs, and nothing that can
-    steer a limiter (no Write on ``<app_id>-*``)."""
+    steer a limiter (no Write on ``<app_id>-*``). ``steer=True`` adds what ``set-rate``,
+    ``reset``, ``emergency-stop``/``restore`` and ``pause``/``resume`` write (the request,
+    pressure and ops topics): give it to on-call engineers only (docs/operations.md)."""
     p = _user(principal)
+    steering = [Acl(p, "topic", f"{app_id}-{name}", ("Write", "Describe"), why=why)
+                for name, why in (("fbp-limiter-requests", "set-rate/reset commands"),
+                                  ("fbp-pressure", "emergency-stop/restore holds"),
+                                  ("fbp-ops", "pause/resume"))] if steer else []
     acls = [
         Acl(p, "topic", f"{app_id}-", ("Read", "Describe", "DescribeConfigs"), "prefixed",
             "read-only view of the internal topics"),
@@ -120,7 +126,7 @@ def operator_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
              for t in dict.fromkeys(dlqs)]
     acls += [Acl(p, "topic", t, ("Write", "Describe"), why="replay target (a source)")
              for t in dict.fromkeys(sources)]
-    return acls
+    return acls + steering
 
 
 def acls_for_app(app: AppT, principal: str) -> list[Acl]:

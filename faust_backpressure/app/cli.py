@@ -1,4 +1,5 @@
-"""``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``."""
+"""``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``;
+the operator commands (``status``, ``set-rate``, ``reset``, ``lag``) are in :mod:`.ops_cli`."""
 
 from __future__ import annotations
 
@@ -66,5 +67,9 @@ def register_commands() -> None:
         return
     from faust.cli.base import cli
 
+    from faust_backpressure.app.ops_cli import OPS_COMMANDS
+
+    for command in OPS_COMMANDS:
+        backpressure.add_command(command)
     cli.add_command(backpressure)
     _registered = True

@@ -16,6 +16,7 @@ from faust_backpressure.agents import (
     resolve_limiter,
 )
 from faust_backpressure.app.cli import register_commands
+from faust_backpressure.app.pause import install_pause_control
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
@@ -67,6 +68,7 @@ class Backpressure:
         app.task(self._declare_topics)
         register_commands()
         register_views(self)
+        install_pause_control(self)  # every worker follows `backpressure pause/resume`
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:
@@ -97,6 +99,10 @@ class Backpressure:
         """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``."""
         if name in self.pipelines:
             raise ValueError(f"pipeline {name!r} is already declared")
+        if limiter is None and (tokens_per_second is not None or burst_capacity is not None):
+            raise ValueError(f"pipeline {name!r}: tokens_per_second/burst_capacity without "
+                             "limiter= would not limit anything; pass limiter='<id>' (shared "
+                             "by every worker) or a limiter object")
         resolved = None if limiter is None else self.limiter(
             limiter, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
         pipeline = Pipeline(self.app, name, source=source, sink=sink, process=process, dlq=dlq,

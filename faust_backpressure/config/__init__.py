@@ -1,5 +1,7 @@
 """Typed settings, read by every layer."""
 
+from faust_backpressure.config.env_check import UnknownSettingWarning
+from faust_backpressure.config.errors import SettingsError
 from faust_backpressure.config.settings import (
     CONTROL_POLICIES,
     BackpressureSettings,
@@ -11,4 +13,5 @@ from faust_backpressure.config.settings import (
 )
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
-           "bind_settings", "internal_replicas", "settings_for"]
+           "SettingsError", "UnknownSettingWarning", "bind_settings", "internal_replicas",
+           "settings_for"]

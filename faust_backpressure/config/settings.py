@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from faust_backpressure.config.env_check import warn_unknown_variables
+from faust_backpressure.config.errors import settings_errors
 from faust_backpressure.config.validation import check_int, check_number
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
@@ -83,7 +85,8 @@ class BackpressureSettings:
     max_lag_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        _validate(self, lambda name: name)
+        with settings_errors():
+            _validate(self, lambda name: name)
 
     @property
     def effective_restore_lag(self) -> int:
@@ -107,6 +110,7 @@ class BackpressureSettings:
                  ) -> BackpressureSettings:
         """Defaults, overridden by ``{prefix}{FIELD}`` variables, overridden by ``overrides``."""
         env = os.environ if environ is None else environ
+        warn_unknown_variables(prefix, env, [f.name for f in fields(cls)])
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = prefix + f.name.upper()
@@ -118,7 +122,8 @@ class BackpressureSettings:
         defaults = cls()
         for f in fields(cls):
             object.__setattr__(settings, f.name, values.get(f.name, getattr(defaults, f.name)))
-        _validate(settings, lambda name: prefix + name.upper() if name in from_env else name)
+        with settings_errors():  # one line naming the setting if nothing catches it
+            _validate(settings, lambda name: prefix + name.upper() if name in from_env else name)
         return settings
 
 

@@ -39,6 +39,7 @@ class CreditFlow:
                  downstream_group: str,
                  downstream_topics: Sequence[str], interval: float, name: str) -> None:
         interval = check_rate("interval", interval)
+        self.name = name
         self.controller = CreditBasedFlowController(window, initial_credits=0)
         self.probe = LagProbe(kafka, downstream_group, downstream_topics)
         self.announcements = 0

@@ -36,6 +36,7 @@ from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import ControlPolicy, internal_replicas
+from faust_backpressure.control.override import MARKER, MAX_AGE, Override
 from faust_backpressure.control.policy import (
     BackpressureController,
     BackpressureSeverity,
@@ -95,6 +96,9 @@ class ControlLoop:
         self.last_decision: PressureDecision | None = None
         self.last_sample: WorkerSample | None = None  # this worker's latest
         self._decided_at = 0.0
+        #: An operator's hold (see :mod:`.override`), on the decider: wins over the policy.
+        self.override: dict[str, Any] | None = None
+        self.last_override: str | None = None  # id of the last hold/release applied
 
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
@@ -129,6 +133,11 @@ class ControlLoop:
             if received >= horizon and len(self._received) <= MAX_WORKERS:
                 break
             del self._received[worker], self.samples[worker]
+        if self.override is not None:  # held by an operator: no decision until released
+            rate = float(self.override["rate"])
+            if self.limiter.current_rate_limit != rate:
+                self.limiter.update_rate_limit(rate)
+            return None
         if now - self._decided_at < self.interval * 0.9:
             return None
         fresh = list(self.samples.values())
@@ -184,6 +193,7 @@ class ControlLoops:
         self.published = 0
         self.rejections = Rejections()  # pressure records, by reason
         self._replays: dict[str, ReplayGuard] = {}  # per loop: sample ids within its window
+        self._override_ids = ReplayGuard(MAX_AGE + max_clock_skew)
 
         async def fbp_pressure_control(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
@@ -237,21 +247,71 @@ class ControlLoops:
 
     def handle(self, raw: bytes | None, key: bytes | None = None) -> PressureDecision | None:
         """Apply one pressure record; a rejected one is counted and changes nothing."""
+        if raw is not None and MARKER in raw:
+            self.handle_override(raw, key)
+            return None
         try:
             loop, sample = self.check(raw, key)
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("pressure event rejected (%s): %s", exc.code, exc.reason)
             return None
+        self._restore(loop)
+        decision = loop.observe(sample, time.monotonic())
+        if decision is not None:
+            self._persist(loop, severity=decision.severity.name, reason=decision.reason)
+        return decision
+
+    def _restore(self, loop: ControlLoop) -> None:
         stored = self.table.get(loop.name)
         if stored is not None and stored != self._stored.get(loop.name):
             try:  # another worker decided before us (a fail-over, a rebalance)
-                loop.controller.restore(json.loads(stored))
+                state = json.loads(stored)
+                loop.controller.restore(state)
+                loop.override = state.get("override")
+                loop.last_override = state.get("last_override")
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("control state of %s not restored: %r", loop.name, exc)
-        decision = loop.observe(sample, time.monotonic())
-        if decision is not None:
-            state = self._stored[loop.name] = json.dumps(loop.controller.state())
-            self.table[loop.name] = state
-        return decision
+
+    def _persist(self, loop: ControlLoop, **extra: Any) -> None:
+        # severity, reason, time and the override ride along for `backpressure status`
+        # (the controller's restore ignores them)
+        state = self._stored[loop.name] = json.dumps({
+            **loop.controller.state(), "decided_at": time.time(),
+            "override": loop.override, "last_override": loop.last_override, **extra})
+        self.table[loop.name] = state
+
+    def handle_override(self, raw: bytes, key: bytes | None = None) -> None:
+        """An operator's hold or release (see :mod:`.override`): applied and persisted."""
+        try:
+            override = Override.decode(raw, key, self.secret)
+            loop = self.loops.get(override.limiter)
+            if loop is None:
+                raise RejectedRecord(f"no control loop for {override.limiter!r:.80}",
+                                     code=UNKNOWN)
+            now = time.time()
+            check_time(override.at, now, max_age=MAX_AGE, max_skew=self.max_clock_skew)
+            self._override_ids.check(override.override_id, now)
+        except RejectedRecord as exc:
+            self.rejections.count(exc)
+            log.warning("override rejected (%s): %s", exc.code, exc.reason)
+            return
+        self._restore(loop)
+        if override.action == "hold":
+            rate = (override.rate if override.rate is not None
+                    else loop.controller.thresholds.emergency_rate)
+            loop.override = override.to_state(rate)
+            log.warning("limiter %s: held at %g/s by %s (operator override %s)%s", loop.name,
+                        rate, override.by, override.override_id,
+                        f": {override.reason}" if override.reason else "")
+        else:
+            loop.override = None
+            rate = loop.controller.rate
+            log.warning("limiter %s: override released by %s; the control loop decides "
+                        "again (from %g/s)", loop.name, override.by, rate)
+        if loop.limiter.current_rate_limit != rate:
+            loop.limiter.update_rate_limit(rate)
+        loop.last_override = override.override_id
+        self._persist(loop, severity="OVERRIDE" if loop.override else "RELEASED",
+                      reason=f"operator {override.action} by {override.by}")
 

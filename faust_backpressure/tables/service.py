@@ -240,13 +240,14 @@ class LimiterChannel:
                      message.limiter_id, partition, self.worker_id)
         reply: Grant | Ack | None
         stats = ledger.stats
-        before = (stats.requests, stats.commands)
+        # the epoch too: a reset clears the counters, so they alone may look unchanged
+        before = (stats.requests, stats.commands, ledger.epoch)
         if isinstance(message, Command):
             reply = ledger.apply_command(message, now)
         else:
             reply = ledger.handle_lease(message, now, stretch=self.load.stretch,
                                         delay=self.load.delay)
-        if created or before != (ledger.stats.requests, ledger.stats.commands):
+        if created or before != (ledger.stats.requests, ledger.stats.commands, ledger.epoch):
             written = await self._write(partition, ledger)
         else:
             # A resent request (its recorded grant or ack again), or one not answered: no new

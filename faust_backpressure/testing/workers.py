@@ -40,7 +40,20 @@ GENERATION_PATTERN = re.compile(r"generation id (\d+) app consumers id")
 
 
 class WorkerError(RuntimeError):
-    """A worker exited or did not become ready in time; the message carries its log tail."""
+    """A worker exited or did not become ready in time; the message carries its log tail.
+
+    ``summary`` is one line for people (what happened and the log's last line), without the
+    log pattern that was awaited."""
+
+    def __init__(self, summary: str, log_tail: str = "") -> None:
+        super().__init__(f"{summary}:\n{log_tail}" if log_tail else summary)
+        self.summary = summary
+        self.log_tail = log_tail
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(empty log)"
 
 
 class FaustWorker:
@@ -85,8 +98,11 @@ class FaustWorker:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_for_log(self, pattern: str, timeout: float = 60.0, *, new_only: bool = True) -> str:
-        """Wait until ``pattern`` appears in the log (after the last match when ``new_only``)."""
+    def wait_for_log(self, pattern: str, timeout: float = 60.0, *, new_only: bool = True,
+                     what: str | None = None) -> str:
+        """Wait until ``pattern`` appears in the log (after the last match when ``new_only``);
+        ``what`` says in words what is awaited (errors name it, not the regex)."""
+        what = what or f"/{pattern}/"
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
@@ -96,21 +112,21 @@ class FaustWorker:
                 self._log_offset = match.end()
                 return match.group(0)
             if not self.alive:
-                raise WorkerError(f"{self.name} exited ({self._exit_code()}) before "
-                                  f"/{pattern}/:\n{text[-5000:]}")
+                raise WorkerError(f"{self.name} exited (code {self._exit_code()}) before "
+                                  f"{what}: {_last_line(text)}", text[-5000:])
             if time.monotonic() > deadline:
-                raise WorkerError(f"{self.name}: no /{pattern}/ within {timeout:.0f} s:\n"
-                                  f"{text[-5000:]}")
+                raise WorkerError(f"{self.name}: not {what} within {timeout:.0f} s (log: "
+                                  f"{self.log_path}): {_last_line(text)}", text[-5000:])
             time.sleep(0.1)
 
     def wait_ready(self, timeout: float = 60.0) -> FaustWorker:
         """Wait until the worker has started and joined its group."""
-        self.wait_for_log(READY_PATTERN, timeout)
+        self.wait_for_log(READY_PATTERN, timeout, what="it was ready")
         return self
 
     def wait_rebalanced(self, timeout: float = 60.0) -> FaustWorker:
         """Wait for the next completed partition assignment (after a worker joins or dies)."""
-        self.wait_for_log(REBALANCED_PATTERN, timeout)
+        self.wait_for_log(REBALANCED_PATTERN, timeout, what="rebalanced")
         return self
 
     def _exit_code(self) -> int | None:

@@ -1,0 +1,286 @@
+"""What ``faust -A app backpressure status`` and ``lag`` read: the cluster, from Kafka alone.
+
+No worker's web port is needed: every worker writes what matters to topics of the app:
+
+* the limiter table's changelog: each distributed limiter's persisted rate, burst, tokens,
+  epoch and counters (the owner writes it with every grant and command);
+* the control table's changelog: each control loop's decided rate, emergency flag, severity
+  and reason (the deciding worker writes it with every decision);
+* the pressure topic: every worker's recent samples (downstream lag, utilization, CPU);
+* consumer group offsets: each pipeline's source backlog, DLQ sizes.
+
+The app module itself (imported by ``faust -A``) says what is declared: limiters with their
+configured rates, control loops, pipelines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from faust_backpressure.app.pause import pause_states
+from faust_backpressure.app.registry import Installation
+from faust_backpressure.control.loop import CONTROL_TABLE
+from faust_backpressure.control.override import Override
+from faust_backpressure.control.samples import WorkerSample
+from faust_backpressure.tables.admin import (
+    CommandTimeout,
+    group_offsets,
+    read_compacted,
+    read_limiter_states,
+)
+from faust_backpressure.tables.admin import topic_partitions as _partitions
+from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+
+__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "send_override"]
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int
+    end: int
+    lag: int
+    #: seconds since the oldest unprocessed record was written (0 when caught up)
+    time_lag: float
+
+
+@dataclass
+class GroupLag:
+    group: str
+    partitions: list[PartitionLag] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def max_time_lag(self) -> float:
+        return max((p.time_lag for p in self.partitions), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "lag": self.total, "max_time_lag": self.max_time_lag,
+                "partitions": [asdict(p) for p in self.partitions]}
+
+
+async def _committed(kafka: KafkaClientSettings | str, group: str
+                     ) -> dict[TopicPartition, int]:
+    offsets = await group_offsets(kafka, group)
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def group_lag(kafka: KafkaClientSettings | str, group: str,
+                    topics: list[str] | None = None, *, time_lag: bool = True) -> GroupLag:
+    """Per-partition lag (end minus committed offset) of ``group`` on every topic it has
+    committed offsets for (or on ``topics``: their uncommitted partitions count from 0), and
+    how old the oldest unprocessed record of each partition is."""
+    committed = await _committed(kafka, group)
+    if not committed and not topics:
+        return GroupLag(group)
+    consumer = kafka_consumer(kafka, "ops-lag")
+    await consumer.start()
+    try:
+        tps = set(tp for tp in committed if topics is None or tp.topic in topics)
+        for topic in topics or []:
+            tps |= {TopicPartition(topic, p) for p in await _partitions(consumer, topic, 2.0)}
+        ordered = sorted(tps)
+        end = await consumer.end_offsets(ordered) if ordered else {}
+        result = GroupLag(group)
+        now = time.time()
+        lagging = []
+        for tp in ordered:
+            start = committed.get(tp, 0)
+            lag = max(0, end[tp] - start)
+            result.partitions.append(PartitionLag(tp.topic, tp.partition, start, end[tp],
+                                                  lag, 0.0))
+            if lag and time_lag:
+                lagging.append((tp, start, result.partitions[-1]))
+        if lagging:
+            consumer.assign([tp for tp, _, _ in lagging])
+            for tp, start, _ in lagging:
+                consumer.seek(tp, start)
+            waiting = {tp: row for tp, _, row in lagging}
+            deadline = time.monotonic() + 5.0
+            while waiting and time.monotonic() < deadline:
+                batch = await consumer.getmany(*waiting, timeout_ms=300, max_records=1)
+                for tp, records in batch.items():
+                    if records and tp in waiting:
+                        waiting.pop(tp).time_lag = max(0.0, now - records[0].timestamp / 1000)
+                        consumer.pause(tp)
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon: float,
+                          secret: bytes | None) -> dict[str, dict[str, WorkerSample]]:
+    """Latest sample per limiter and worker written in the last ``horizon`` seconds."""
+    consumer = kafka_consumer(kafka, "ops-status")
+    await consumer.start()
+    out: dict[str, dict[str, WorkerSample]] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        since = int((time.time() - horizon) * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+        end = await consumer.end_offsets(tps)
+        todo = set()
+        for tp in tps:
+            at = found.get(tp)
+            if at is None:
+                continue
+            consumer.seek(tp, at.offset)
+            todo.add(tp)
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        sample = WorkerSample.decode(record.value, record.key, secret)
+                    except RejectedRecord:
+                        continue
+                    out.setdefault(sample.limiter, {})[sample.worker] = sample
+            for tp in list(todo):
+                if await consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | None:
+    consumer = kafka_consumer(kafka, "ops-status")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+        if not tps:
+            return None
+        first = await consumer.beginning_offsets(tps)
+        last = await consumer.end_offsets(tps)
+        return int(sum(last[tp] - first[tp] for tp in tps))
+    finally:
+        await consumer.stop()
+
+
+def _severity(state: dict[str, Any] | None, lag: int | None, loop: Any) -> str:
+    if state and state.get("override"):
+        return "OVERRIDE"
+    if state and state.get("severity"):
+        return str(state["severity"])
+    if state and state.get("emergency"):
+        return "EMERGENCY"
+    if lag is None or loop is None:
+        return "-"
+    t = loop.controller.thresholds
+    return ("CRITICAL" if lag > t.max_consumer_lag else "WARNING" if lag > t.scaling_threshold
+            else "NORMAL")
+
+
+async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
+                         ) -> dict[str, Any]:
+    """Every limiter, control loop, pipeline and credit flow of the app, as seen in Kafka
+    now (a credit flow's credits: its window minus the downstream backlog measured now)."""
+    app_id = str(bp.app.conf.id)
+    secret = bp.settings.secret_key
+    loops = bp.control_loops
+    horizon = max([3 * loop.interval for loop in loops.values()] + [15.0])
+    states, control, samples = await asyncio.gather(
+        read_limiter_states(kafka, app_id),
+        read_compacted(kafka, f"{app_id}-{CONTROL_TABLE}-changelog"),
+        _recent_samples(kafka, f"{app_id}-fbp-pressure", horizon, secret))
+    declared = {limiter.name: limiter for limiter in bp.registered_limiters}
+    limiters = []
+    for name in sorted(set(states) | set(declared) | set(loops)):
+        state = states.get(name, {})
+        loop = loops.get(name)
+        decided = control.get(name) if isinstance(control.get(name), dict) else None
+        seen = samples.get(name, {})
+        lag = max((s.lag for s in seen.values()), default=None)
+        stats = state.get("stats", {}) if isinstance(state.get("stats"), dict) else {}
+        limiter = declared.get(name) or (loop.limiter if loop is not None else None)
+        configured = getattr(getattr(limiter, "config", None), "rate", None)
+        if configured is None and limiter is not None:
+            configured = limiter.current_rate_limit
+        limiters.append({
+            "id": name,
+            "distributed": name in states or name in declared,
+            # a distributed limiter's persisted rate; a per-worker limiter's is what its loop
+            # last applied (this process's copy only knows the configured one)
+            "rate": state.get("rate") if state else (
+                (decided.get("override") or {}).get("rate", decided.get("rate"))
+                if decided else None),
+            "configured_rate": configured,
+            "burst": state.get("burst"),
+            "tokens": state.get("tokens"),
+            "epoch": state.get("epoch"),
+            "workers": len(state.get("workers", {}) or {}),
+            "granted": stats.get("granted"), "denied": stats.get("denied"),
+            "control_loop": loop is not None,
+            "downstream_group": None if loop is None else loop.probe.group,
+            "decided_rate": None if decided is None else decided.get("rate"),
+            "emergency": None if decided is None else bool(decided.get("emergency")),
+            "reason": None if decided is None else decided.get("reason"),
+            "override": None if decided is None else decided.get("override"),
+            "decided_at": None if decided is None else decided.get("decided_at"),
+            "severity": _severity(decided, lag, loop),
+            "downstream_lag": lag,
+            "utilization": max((s.utilization for s in seen.values()), default=None),
+            "sampling_workers": sorted(seen),
+        })
+    pipelines = []
+    pauses = await pause_states(kafka, app_id) if bp.pipelines else {}
+    for name, pipe in sorted(bp.pipelines.items()):
+        pause = pauses.get(name) or {}
+        backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
+        pipelines.append({
+            "name": name, "source": pipe.source_topic_name,
+            "sinks": [s.get_topic_name() for s in pipe.sinks], "dlq": pipe.dlq_topic_name,
+            "limiter": None if pipe.gate is None else pipe.gate.name,
+            "source_lag": backlog.total,
+            "dlq_records": await _topic_size(kafka, pipe.dlq_topic_name),
+            "paused": bool(pause.get("paused")),
+            "paused_by": pause.get("by") if pause.get("paused") else None,
+        })
+    credit_flows = []
+    for flow in getattr(bp, "credit_flows", []):
+        backlog = await group_lag(kafka, flow.probe.group, list(flow.probe.topics),
+                                  time_lag=False)
+        window = flow.controller.window
+        credit_flows.append({
+            "name": flow.name, "window": window,
+            "downstream_group": flow.probe.group, "downstream_topics": list(flow.probe.topics),
+            "downstream_lag": backlog.total, "credits": max(0, window - backlog.total)})
+    return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
+            "credit_flows": credit_flows}
+
+
+async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,
+                        secret: bytes | None, timeout: float = 30.0) -> dict[str, Any]:
+    """Send an operator hold/release to the limiter's decider; return the control state once
+    the decider has persisted it (:class:`CommandTimeout` if it does not in time)."""
+    topic = f"{app_id}-fbp-pressure"
+    changelog = f"{app_id}-{CONTROL_TABLE}-changelog"
+    producer = kafka_producer(kafka, "ops-override")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, override.encode(secret),
+                                     key=override.limiter.encode())
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = (await read_compacted(kafka, changelog)).get(override.limiter)
+        if isinstance(state, dict) and state.get("last_override") == override.override_id:
+            return state
+        await asyncio.sleep(0.5)
+    raise CommandTimeout(f"the {override.action} of {override.limiter!r} was not applied "
+                         f"within {timeout:g} s: is a worker of {app_id!r} running, and does "
+                         "it run a control loop for that limiter?")

@@ -1,0 +1,237 @@
+"""Operator commands of the ``backpressure`` group: ``status``, ``set-rate``, ``reset``, ``lag``,
+``emergency-stop``, ``restore``.
+
+They work against the running cluster through Kafka alone (see :mod:`.ops` and
+:mod:`faust_backpressure.tables.admin`). Exit codes: 0 done, 1 the cluster did not do it (no
+acknowledgement, nothing found), 2 a usage error (click's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from faust_backpressure.app.ops import cluster_status, group_lag, send_override
+from faust_backpressure.app.pause import send_pause
+from faust_backpressure.app.registry import Installation, installed
+from faust_backpressure.control.override import Override, operator
+from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
+from faust_backpressure.tables.kafka import client_settings
+
+__all__ = ["OPS_COMMANDS"]
+
+
+def _installation(ctx: click.Context) -> Installation:
+    from faust.cli.base import find_app
+
+    state: Any = ctx.find_root().obj
+    if state is None or not getattr(state, "app", None):
+        raise click.UsageError("give the app: faust -A module backpressure ...")
+    try:
+        return installed(find_app(state.app))
+    except LookupError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(header)] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Every limiter, control loop and pipeline of the app across all workers."""
+    bp = _installation(ctx)
+    report = asyncio.run(cluster_status(bp, client_settings(bp.app, "ops")))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(f"app {report['app']}")
+    click.echo("\nlimiters")
+    click.echo(_table([[x["id"], x["rate"], x["configured_rate"], x["decided_rate"],
+                        x["severity"], x["emergency"], x["utilization"], x["downstream_lag"],
+                        x["workers"], x["reason"]] for x in report["limiters"]],
+                      ["id", "rate/s", "configured", "decided", "severity", "emergency",
+                       "util", "down-lag", "workers", "reason"]))
+    click.echo("\npipelines")
+    click.echo(_table([[p["name"], p["source"], p["limiter"], p["source_lag"], p["dlq"],
+                        p["dlq_records"], p["paused_by"] or p["paused"]]
+                       for p in report["pipelines"]],
+                      ["name", "source", "limiter", "source-lag", "dlq", "dlq-records",
+                       "paused"]))
+    if report["credit_flows"]:
+        click.echo("\ncredit flows")
+        click.echo(_table([[f["name"], f["window"], f["downstream_group"],
+                            f["downstream_lag"], f["credits"]] for f in report["credit_flows"]],
+                          ["name", "window", "downstream", "down-lag", "credits"]))
+
+
+def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,
+             timeout: float) -> None:
+    bp = _installation(ctx)
+    try:
+        ack = asyncio.run(send_limiter_command(
+            client_settings(bp.app, "ops"), str(bp.app.conf.id), limiter_id,
+            "update_rate" if kind == "update_rate" else "reset", rate=rate,
+            secret=bp.settings.secret_key, timeout=timeout))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{limiter_id}: {'rate set' if kind == 'update_rate' else 'reset'}, "
+               f"acknowledged by its owner (epoch {ack.epoch}, rate {ack.rate:g}/s)")
+
+
+@click.command(name="set-rate")
+@click.argument("limiter_id")
+@click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=1e12))
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the owner's acknowledgement.")
+@click.pass_context
+def set_rate(ctx: click.Context, limiter_id: str, rate: float, timeout: float) -> None:
+    """Set a distributed limiter's shared rate (persisted; a control loop may change it
+    again at its next decision)."""
+    _command(ctx, limiter_id, "update_rate", rate, timeout)
+
+
+@click.command(name="reset")
+@click.argument("limiter_id")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the owner's acknowledgement.")
+@click.pass_context
+def reset(ctx: click.Context, limiter_id: str, timeout: float) -> None:
+    """Refill a distributed limiter's bucket and clear its counters (the rate is kept)."""
+    _command(ctx, limiter_id, "reset", None, timeout)
+
+
+@click.command(name="lag")
+@click.argument("group")
+@click.option("--topic", "topics", multiple=True, help="Only these topics (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.pass_context
+def lag(ctx: click.Context, group: str, topics: tuple[str, ...], as_json: bool) -> None:
+    """Per-partition lag and time-lag (seconds behind) of any consumer group."""
+    bp = _installation(ctx)
+    result = asyncio.run(group_lag(client_settings(bp.app, "ops"), group,
+                                   list(topics) or None))
+    if not result.partitions:
+        _fail(f"group {group!r} has no committed offsets" + (
+            f" on {', '.join(topics)}" if topics else ""))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(_table([[p.topic, p.partition, p.committed, p.end, p.lag, p.time_lag]
+                       for p in result.partitions],
+                      ["topic", "partition", "committed", "end", "lag", "time-lag s"]))
+    click.echo(f"total lag {result.total:,}; oldest unprocessed record "
+               f"{result.max_time_lag:.1f} s old")
+
+
+def _override(ctx: click.Context, override_of: Callable[[str], Override],
+              limiter_id: str, timeout: float) -> dict[str, Any]:
+    bp = _installation(ctx)
+    try:
+        return asyncio.run(send_override(client_settings(bp.app, "ops"), str(bp.app.conf.id),
+                                         override_of(operator()),
+                                         secret=bp.settings.secret_key, timeout=timeout))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@click.command(name="emergency-stop")
+@click.argument("limiter_id")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e12), default=None,
+              help="Hold at this rate (default: the control loop's emergency rate).")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def emergency_stop(ctx: click.Context, limiter_id: str, rate: float | None, reason: str,
+                   timeout: float) -> None:
+    """Hold a limiter at its emergency rate (or --rate) until `restore`: wins over the
+    control loop, persisted, an event on the control topic."""
+    state = _override(ctx, lambda by: Override.hold(limiter_id, rate=rate, by=by,
+                                                      reason=reason), limiter_id, timeout)
+    held = state.get("override") or {}
+    click.echo(f"{limiter_id}: held at {held.get('rate', rate)}/s by {held.get('by')} until "
+               f"`backpressure restore {limiter_id}`")
+
+
+@click.command(name="restore")
+@click.argument("limiter_id")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) -> None:
+    """Release an operator hold: the control loop decides the rate again."""
+    state = _override(ctx, lambda by: Override.release(limiter_id, by=by, reason=reason),
+                      limiter_id, timeout)
+    click.echo(f"{limiter_id}: released; the control loop decides again (from "
+               f"{state.get('rate')}/s)")
+
+
+def _pause(ctx: click.Context, pipeline: str, paused: bool, reason: str,
+           timeout: float) -> None:
+    bp = _installation(ctx)
+    if pipeline not in bp.pipelines:
+        known = ", ".join(sorted(bp.pipelines)) or "none"
+        raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
+    try:
+        acked, workers = asyncio.run(send_pause(
+            client_settings(bp.app, "ops"), str(bp.app.conf.id), pipeline, paused=paused,
+            by=operator(), reason=reason, secret=bp.settings.secret_key, timeout=timeout))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"pipeline {pipeline}: {'paused' if paused else 'resumed'} on {acked} of "
+               f"{workers} worker(s)")
+
+
+@click.command(name="pause")
+@click.argument("pipeline")
+@click.option("--reason", default="", help="Why (kept with the pause).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def pause(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
+    """Stop consuming a pipeline on every worker (nothing is lost) until `resume`."""
+    _pause(ctx, pipeline, True, reason, timeout)
+
+
+@click.command(name="resume")
+@click.argument("pipeline")
+@click.option("--reason", default="", help="Why.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
+    """Resume a paused pipeline on every worker."""
+    _pause(ctx, pipeline, False, reason, timeout)
+
+
+OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
+                                     pause, resume]

@@ -1,0 +1,220 @@
+"""``pause PIPELINE`` / ``resume PIPELINE``: every worker stops (or resumes) consuming a pipeline.
+
+The state lives in a compacted one-partition topic of the app, ``<app id>-fbp-ops``, keyed
+``pause/<pipeline>``: the latest record says whether the pipeline is paused, by whom and why.
+Every worker follows that topic from its beginning with its own consumer (no group), so a
+pause holds on every worker, including ones started later, until ``resume``. A worker
+applies a record by holding its pipeline's next event (unacked, so nothing is committed past
+it; the buffer bound pauses the partitions' fetching) and acknowledges with a record keyed
+``ack/<pipeline>/<worker>``; the command waits until as many workers as the app's consumer
+group has members have acknowledged. Records are signed with the app's secret when it has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from mode import Service
+
+from faust_backpressure.app.registry import Installation
+from faust_backpressure.faust_seam import send_control
+from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
+from faust_backpressure.tables.integrity import (
+    RejectedRecord,
+    canonical,
+    load_json,
+    number,
+    sign,
+    text,
+    verify,
+)
+from faust_backpressure.tables.kafka import (
+    KafkaClientSettings,
+    kafka_admin,
+    kafka_consumer,
+    kafka_producer,
+    raw_topic,
+)
+
+__all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
+           "send_pause"]
+
+log = logging.getLogger(__name__)
+
+
+def ops_topic(app_id: str) -> str:
+    return f"{app_id}-fbp-ops"
+
+
+@dataclass(frozen=True, slots=True)
+class PauseCommand:
+    pipeline: str
+    paused: bool
+    command_id: str
+    by: str
+    at: float
+    reason: str = ""
+
+    @property
+    def key(self) -> bytes:
+        return f"pause/{self.pipeline}".encode()
+
+    def encode(self, secret: bytes | None = None) -> bytes:
+        body: dict[str, Any] = {"type": "pause", "pipeline": self.pipeline,
+                                "paused": self.paused, "id": self.command_id, "by": self.by,
+                                "at": self.at, "reason": self.reason}
+        if secret is not None:
+            body["sig"] = sign(secret, self.key, body)
+        return canonical(body)
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: bytes | None,
+               secret: bytes | None = None) -> PauseCommand:
+        data = load_json(raw)
+        if not isinstance(data, dict) or data.get("type") != "pause":
+            raise RejectedRecord("not a pause record")
+        pipeline = text(data, "pipeline")
+        if key != f"pause/{pipeline}".encode():
+            raise RejectedRecord("pipeline does not match the record key")
+        if secret is not None:
+            verify(secret, key, data)
+        if not isinstance(data.get("paused"), bool):
+            raise RejectedRecord("paused must be a boolean")
+        return cls(pipeline, data["paused"], text(data, "id"), text(data, "by"),
+                   number(data, "at", 0.0, 1e11), str(data.get("reason", ""))[:200])
+
+
+class _PauseFollower(Service):
+    """On a worker: follows the ops topic, pauses/resumes its pipelines, acknowledges."""
+
+    def __init__(self, bp: Installation, **kwargs: Any) -> None:
+        self.bp = bp
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._acked: set[str] = set()
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        app = self.bp.app
+        topic = raw_topic(app, ops_topic(app.conf.id), partitions=1, compacting=True,
+                          replicas=self.bp.settings.internal_replication_factor)
+        await topic.maybe_declare()
+        consumer = kafka_consumer(app, "ops")
+        await consumer.start()
+        tp = TopicPartition(ops_topic(app.conf.id), 0)
+        await topic_partitions(consumer, tp.topic)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        self.add_future(self._follow(consumer))
+
+    async def _follow(self, consumer: Any) -> None:
+        try:
+            while not self.should_stop:
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    for record in records:
+                        if record.key and record.key.startswith(b"pause/"):
+                            await self._apply(record.key, record.value)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _apply(self, key: bytes, value: bytes | None) -> None:
+        try:
+            command = PauseCommand.decode(value, key, self.bp.settings.secret_key)
+        except RejectedRecord as exc:
+            log.warning("pause record rejected: %s", exc.reason)
+            return
+        pipeline = self.bp.pipelines.get(command.pipeline)
+        if pipeline is None:
+            return
+        if command.paused:
+            pipeline.pause({"by": command.by, "at": command.at, "reason": command.reason})
+        else:
+            pipeline.resume()
+        if command.command_id not in self._acked:
+            self._acked.add(command.command_id)
+            log.warning("pipeline %s %s by %s%s", command.pipeline,
+                        "paused" if command.paused else "resumed", command.by,
+                        f": {command.reason}" if command.reason else "")
+            ack = json.dumps({"type": "pause-ack", "id": command.command_id,
+                              "worker": self.worker, "paused": command.paused}).encode()
+            await send_control(self.bp.app, ops_topic(self.bp.app.conf.id),
+                               f"ack/{command.pipeline}/{self.worker}".encode(), ack)
+
+
+def install_pause_control(bp: Installation) -> None:
+    """Follow pause/resume commands on every worker of an app that has pipelines."""
+    app = bp.app
+
+    async def fbp_pause_control() -> None:
+        if bp.pipelines:
+            await app.add_runtime_dependency(_PauseFollower(bp))
+
+    app.task(fbp_pause_control)
+
+
+async def _group_members(kafka: KafkaClientSettings | str, group: str) -> int:
+    admin = kafka_admin(kafka, "ops")
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return sum(len(g[5]) for r in responses for g in r.groups if g[1] == group)
+
+
+async def send_pause(kafka: KafkaClientSettings | str, app_id: str, pipeline: str, *,
+                     paused: bool, by: str, reason: str = "", secret: bytes | None,
+                     timeout: float = 30.0) -> tuple[int, int]:
+    """Write the pause state and wait for every worker's acknowledgement; ``(acked, workers)``.
+    :class:`CommandTimeout` if fewer acknowledge in time."""
+    command = PauseCommand(pipeline, paused, uuid.uuid4().hex, by, time.time(), reason)
+    topic = ops_topic(app_id)
+    consumer = kafka_consumer(kafka, "ops")
+    producer = kafka_producer(kafka, "ops")
+    await consumer.start()
+    await producer.start()
+    try:
+        if not await topic_partitions(consumer, topic, 5.0):
+            raise CommandTimeout(f"app {app_id!r} has no {topic} topic: no worker with a "
+                                 "pipeline has run")
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+        await producer.send_and_wait(topic, command.encode(secret), key=command.key,
+                                     partition=0)
+        acked: set[str] = set()
+        workers = await _group_members(kafka, app_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=300)
+            for record in batch.get(tp, []):
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    body = json.loads(record.value)
+                    if body.get("type") == "pause-ack" and body.get("id") == command.command_id:
+                        acked.add(str(body["worker"]))
+            if workers and len(acked) >= workers:
+                return len(acked), workers
+            workers = workers or await _group_members(kafka, app_id)
+        raise CommandTimeout(f"{'pause' if paused else 'resume'} of {pipeline!r} acknowledged "
+                             f"by {len(acked)} of {workers} worker(s) within {timeout:g} s")
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def pause_states(kafka: KafkaClientSettings | str, app_id: str) -> dict[str, Any]:
+    """Latest pause record per pipeline (for ``status``)."""
+    states = await read_compacted(kafka, ops_topic(app_id))
+    return {k.removeprefix("pause/"): v for k, v in states.items()
+            if k.startswith("pause/") and isinstance(v, dict)}

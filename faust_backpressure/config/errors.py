@@ -1,0 +1,65 @@
+"""A bad setting read at start-up is one clear line, not a traceback.
+
+Under ``faust -A app worker`` the app module is imported by Faust's ``find_app``, which turns
+any import error into a 50-line chain starting with ``AttributeError: module ... has no
+attribute ...``. :func:`settings_errors` re-raises a settings ``ValueError`` as
+:class:`SettingsError` and installs a ``sys.excepthook`` that prints an *uncaught*
+``SettingsError`` as one line naming the setting (exit code 1 as for any uncaught error).
+Caught errors and every other exception are untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+__all__ = ["SettingsError", "settings_errors"]
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message starts with the setting's name."""
+
+
+def _settings_error(error: BaseException | None) -> SettingsError | None:
+    """The SettingsError in ``error``'s chain: Faust (mode) re-raises an import error of a
+    top-level app module as ``ValueError("Cannot import 'app': ...")`` caused by it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SettingsError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line_hook(previous: object) -> object:
+    def hook(kind: type[BaseException], value: BaseException,
+             tb: TracebackType | None) -> None:
+        found = _settings_error(value)
+        if found is not None:
+            print(f"faust-backpressure: invalid setting: {found}", file=sys.stderr, flush=True)
+            return
+        previous(kind, value, tb)  # type: ignore[operator]
+    hook._bp_settings_hook = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _install_hook() -> None:
+    if not getattr(sys.excepthook, "_bp_settings_hook", False):
+        sys.excepthook = _one_line_hook(sys.excepthook)  # type: ignore[assignment]
+
+
+@contextmanager
+def settings_errors() -> Iterator[None]:
+    """Inside: a ``ValueError`` becomes a :class:`SettingsError` printed as one line if
+    nothing catches it."""
+    try:
+        yield
+    except SettingsError:
+        _install_hook()
+        raise
+    except ValueError as exc:
+        _install_hook()
+        raise SettingsError(str(exc)) from None
