@@ -319,6 +319,10 @@ class LimiterLedger:
         # with the delay: workers then ask less often, so the queue shrinks again instead
         # of filling with requests whose answers would come too late (the collapse).
         ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
+        if req.lease_id is None:
+            # A first lease is short: the first worker to ask gets the whole rate (nobody
+            # else is known yet), and the workers that ask next wait for it to expire.
+            ttl = min(ttl, 0.25 * self.lease_ttl + 4.0 * wait)
         # A worker that let its last lease expire (and has not asked since) wants no share
         # now: the others may have it at their next renewal.
         active = {wid: d for wid, d in self._active(now).items()

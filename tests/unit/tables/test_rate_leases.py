@@ -152,23 +152,25 @@ def test_a_renewal_that_lowers_the_share_keeps_the_old_one_reserved_until_it_exp
 
     a1 = ledger.handle_lease(request("a", 1, 0.0), 0.0)
     assert a1 is not None and a1.share == pytest.approx(100.0)  # alone: the whole rate
-    b1 = ledger.handle_lease(request("b", 1, 0.1), 0.1)
+    assert a1.ttl == pytest.approx(0.25)  # a first lease is short (others may come)
+    b1 = ledger.handle_lease(request("b", 1, 0.05), 0.05)
     assert b1 is not None and b1.share == 0.0  # a holds it all until it renews
     assert b1.retry_after <= 0.25 * b1.ttl  # short of its fair share: come back soon
-    a2 = ledger.handle_lease(request("a", 2, 0.5, a1.lease_id, 1.0), 0.5)
+    a2 = ledger.handle_lease(request("a", 2, 0.2, a1.lease_id, 1.0), 0.2)
     assert a2 is not None and a2.share == pytest.approx(50.0) and a2.renews == a1.lease_id
+    assert a2.ttl == pytest.approx(1.0)  # a renewal: the configured TTL
     # a may still spend at 100/s until it reads a2: the other 50/s stay reserved.
     assert ledger.reserved() == pytest.approx(100.0)
-    b2 = ledger.handle_lease(request("b", 2, 0.6), 0.6)
+    b2 = ledger.handle_lease(request("b", 2, 0.22), 0.22)
     assert b2 is not None and b2.share == 0.0
-    b3 = ledger.handle_lease(request("b", 3, 1.05), 1.05)  # a1 expired at 1.0
+    b3 = ledger.handle_lease(request("b", 3, 0.3), 0.3)  # a1 expired at 0.25
     assert b3 is not None and b3.share == pytest.approx(50.0)
     assert ledger.reserved() <= 100.0 + 1e-9
     assert ledger.tokens + ledger.outstanding() <= 100.0 + 1e-9
     # The record round-trips (and records without shares still load).
     again = LimiterLedger.from_record(json.loads(json.dumps(ledger.to_record())))
     assert again.reserved() == pytest.approx(ledger.reserved())
-    assert again.handle_lease(request("b", 3, 1.05), 1.1) == b3  # a resend: the same grant
+    assert again.handle_lease(request("b", 3, 0.3), 0.35) == b3  # a resend: the same grant
 
 
 def test_share_fields_round_trip_and_a_forged_share_is_cut_to_the_rate() -> None:

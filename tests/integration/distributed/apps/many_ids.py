@@ -79,6 +79,9 @@ async def flush() -> None:
 
 @app.task
 async def run() -> None:
+    if os.environ.get("FBP_PROFILE") and os.environ.get("FBP_GO_FILE") == "/nonexistent":
+        await profile(*os.environ["FBP_PROFILE"].split(":"))  # the owner alone, from start
+        return
     go = os.environ.get("FBP_GO_FILE")
     while go and not os.path.exists(go):
         await asyncio.sleep(0.05)
