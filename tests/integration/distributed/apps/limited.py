@@ -4,7 +4,7 @@ Env: FBP_APP_ID, FBP_REPORT (topic), FBP_LIMITERS ("id:rate:burst,..."), FBP_LEA
 FBP_GO_FILE (demand starts when this file exists), FBP_SECRET, FBP_UPDATE ("id:rate@seconds":
 this worker changes the rate that long after go), FBP_STORE, FBP_CONTROL
 ("id:group:topic:interval": a control loop on that limiter, thresholds scaled down 100x),
-FBP_GUARANTEE (at_least_once | exactly_once).
+FBP_GUARANTEE (at_least_once | exactly_once), FBP_RATE_LEASES ("1": rate leases, off by default).
 """
 
 import asyncio
@@ -27,11 +27,12 @@ report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
 worker = os.environ.get("FBP_WORKER_NAME", "worker")
 secret = os.environ.get("FBP_SECRET")
 ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
+rate_leases = os.environ.get("FBP_RATE_LEASES", "0") == "1"
 limiters = {}
 for spec in filter(None, os.environ.get("FBP_LIMITERS", "shared:200:200").split(",")):
     lid, rate, burst = spec.split(":")
     limiters[lid] = DistributedRateLimiterFactory.create_distributed(
-        app, lid, float(rate), float(burst), lease_ttl=ttl,
+        app, lid, float(rate), float(burst), lease_ttl=ttl, rate_leases=rate_leases,
         secret=secret.encode() if secret else None)
 if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:consumer_burst"
     lid, g_rate, g_burst, c_rate, c_burst = os.environ["FBP_MULTI"].split(":")
@@ -62,12 +63,16 @@ async def flush() -> None:
         await asyncio.sleep(0.25)
         for lid, times in admitted.items():
             limiter = limiters[lid]
+            counters = getattr(limiter, "lease_counters", None)
             body = {"worker": worker, "limiter": lid, "times": times,
                     "rate": limiter.current_rate_limit,
                     "epoch": getattr(limiter, "epoch", -1),
                     "decisions": len(control.decisions) if control is not None else 0,
                     # on the decider: how many workers' samples reached it
                     "sampled_workers": len(control.samples) if control is not None else 0,
+                    # lease messages sent so far (cumulative): new requests and resends
+                    "requests": counters.requests if counters is not None else 0,
+                    "retries": counters.retries if counters is not None else 0,
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())
