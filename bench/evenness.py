@@ -114,16 +114,26 @@ class Result:
         lo = self.t0 + SETTLE
         return [t for t in times if lo <= t < lo + STEADY]
 
+    def worst(self, since: float, until: float) -> int:
+        """Most admissions in a window [t, t + 1 s) inside [t0 + since, t0 + until)."""
+        lo, hi = self.t0 + since, self.t0 + until
+        times = [t for t in self.all_times if lo <= t < hi]
+        return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)
+                    if t + 1.0 <= hi), default=0)
+
+    def per_second(self, since: float, seconds: int) -> list[int]:
+        counts = [0] * seconds
+        lo = self.t0 + since
+        for t in self.all_times:
+            if lo <= t < lo + seconds:
+                counts[int(t - lo)] += 1
+        return counts
+
     def figures(self) -> dict[str, Any]:
         times = self.all_times
         steady = self.steady(times)
-        lo = self.t0 + SETTLE
-        per_second = [0] * int(STEADY)
-        for t in steady:
-            per_second[min(int(STEADY) - 1, int(t - lo))] += 1
-        # worst [t, t + 1 s] starting at an admission, the window inside the steady part
-        worst = max((bisect.bisect_left(steady, t + 1.0) - i for i, t in enumerate(steady)
-                     if t + 1.0 <= lo + STEADY), default=0)
+        per_second = self.per_second(SETTLE, int(STEADY))
+        worst = self.worst(SETTLE, SETTLE + STEADY)
         shares = {w: len(self.steady(sorted(ts))) for w, ts in sorted(self.times.items())}
         low = min(shares.values(), default=0)
         spread = (max(shares.values()) - low) / low if low else float("inf")
@@ -377,7 +387,9 @@ def render(results: list[Result], skipped: str | None, seconds: float) -> str:
     lines += ["", "Raw:", ""]
     for r in results:
         f = r.figures()
-        lines.append(f"- {r.system}: per second in the steady part {f['per_second']}; "
+        lines.append(f"- {r.system}: per second from t0 {r.per_second(0.0, int(seconds))}; "
+                     f"worst 1 s window from t0 + 6 s to t0 + {SETTLE + STEADY:g} s "
+                     f"{r.worst(6.0, SETTLE + STEADY):,}; "
                      f"admitted in the {seconds:g} s run {f['total']:,} (bound rate x t + burst "
                      f"= {RATE * seconds + BURST:,.0f} for faust-backpressure); round trips "
                      f"{r.round_trips:,} for {f['total_all']:,} permits.")
@@ -386,14 +398,10 @@ def render(results: list[Result], skipped: str | None, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def faust_runs(seconds: float) -> list[Result]:
-    with kafka_bootstrap() as bootstrap:
-        return [await faust_run(bootstrap, False, seconds),
-                await faust_run(bootstrap, True, seconds)]
-
-
 def main(seconds: float) -> str:
-    results = asyncio.run(faust_runs(seconds))
+    with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
+        results = [asyncio.run(faust_run(bootstrap, rate_leases, seconds))
+                   for rate_leases in (False, True)]
     peers, skipped = redis_peers(seconds)
     return render(results + peers, skipped, seconds)
 
