@@ -17,6 +17,7 @@ import faust
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables.service import find_channel
 from faust_backpressure.testing.settings import fast_faust_settings
 
 app = faust.App(os.environ["FBP_APP_ID"], store=os.environ.get("FBP_STORE", "rocksdict://"),
@@ -64,6 +65,7 @@ async def flush() -> None:
         for lid, times in admitted.items():
             limiter = limiters[lid]
             counters = getattr(limiter, "lease_counters", None)
+            channel = find_channel(app)
             body = {"worker": worker, "limiter": lid, "times": times,
                     "rate": limiter.current_rate_limit,
                     "epoch": getattr(limiter, "epoch", -1),
@@ -73,6 +75,8 @@ async def flush() -> None:
                     # lease messages sent so far (cumulative): new requests and resends
                     "requests": counters.requests if counters is not None else 0,
                     "retries": counters.retries if counters is not None else 0,
+                    # this worker's owner agent has answered for this limiter
+                    "owns": channel is not None and lid in channel.owned,
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())
