@@ -17,7 +17,7 @@ from tests.integration.distributed.conftest import (
 pytestmark = pytest.mark.kafka
 
 RATE, BURST, TTL = 300.0, 300.0, 1.0
-RUN = 14.0  # seconds of greedy demand from the first admission
+RUN = 12.0  # seconds of greedy demand from the first admission
 SETTLE = 3.0  # the initial burst is spent within BURST / RATE = 1 s; then 2 s of margin
 WORKERS = ("w0", "w1", "w2")
 
