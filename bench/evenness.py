@@ -346,8 +346,11 @@ def redis_peers(seconds: float) -> tuple[list[Result], str | None]:
         import redis  # noqa: F401
     except ImportError as exc:
         return [], f"Redis peers skipped: {exc} (`pip install -e '.[bench]'`)."
-    with redis_server() as port:
-        return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None
+    try:
+        with redis_server() as port:
+            return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        return [], f"Redis peers skipped: they failed ({exc!r})."
 
 
 # -- report ----------------------------------------------------------------------------------
