@@ -343,13 +343,14 @@ def redis_peers(seconds: float) -> tuple[list[Result], str | None]:
     try:
         import limits  # noqa: F401
         import pyrate_limiter  # noqa: F401
-        import redis  # noqa: F401
+        import redis
     except ImportError as exc:
         return [], f"Redis peers skipped: {exc} (`pip install -e '.[bench]'`)."
     try:
         with redis_server() as port:
             return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None
-    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError,
+            redis.RedisError) as exc:
         return [], f"Redis peers skipped: they failed ({exc!r})."
 
 
