@@ -4,7 +4,8 @@ Env: FBP_APP_ID, FBP_REPORT (topic), FBP_LIMITERS ("id:rate:burst,..."), FBP_LEA
 FBP_GO_FILE (demand starts when this file exists), FBP_SECRET, FBP_UPDATE ("id:rate@seconds":
 this worker changes the rate that long after go), FBP_STORE, FBP_CONTROL
 ("id:group:topic:interval": a control loop on that limiter, thresholds scaled down 100x),
-FBP_GUARANTEE (at_least_once | exactly_once).
+FBP_GUARANTEE (at_least_once | exactly_once), FBP_RATE_LEASES ("0": token leases; rate
+leases by default).
 """
 
 import asyncio
@@ -17,6 +18,7 @@ import faust
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables.service import find_channel
 from faust_backpressure.testing.settings import fast_faust_settings
 
 app = faust.App(os.environ["FBP_APP_ID"], store=os.environ.get("FBP_STORE", "rocksdict://"),
@@ -27,11 +29,12 @@ report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
 worker = os.environ.get("FBP_WORKER_NAME", "worker")
 secret = os.environ.get("FBP_SECRET")
 ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
+rate_leases = os.environ.get("FBP_RATE_LEASES", "1") == "1"
 limiters = {}
 for spec in filter(None, os.environ.get("FBP_LIMITERS", "shared:200:200").split(",")):
     lid, rate, burst = spec.split(":")
     limiters[lid] = DistributedRateLimiterFactory.create_distributed(
-        app, lid, float(rate), float(burst), lease_ttl=ttl,
+        app, lid, float(rate), float(burst), lease_ttl=ttl, rate_leases=rate_leases,
         secret=secret.encode() if secret else None)
 if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:consumer_burst"
     lid, g_rate, g_burst, c_rate, c_burst = os.environ["FBP_MULTI"].split(":")
@@ -62,12 +65,19 @@ async def flush() -> None:
         await asyncio.sleep(0.25)
         for lid, times in admitted.items():
             limiter = limiters[lid]
+            counters = getattr(limiter, "lease_counters", None)
+            channel = find_channel(app)
             body = {"worker": worker, "limiter": lid, "times": times,
                     "rate": limiter.current_rate_limit,
                     "epoch": getattr(limiter, "epoch", -1),
                     "decisions": len(control.decisions) if control is not None else 0,
                     # on the decider: how many workers' samples reached it
                     "sampled_workers": len(control.samples) if control is not None else 0,
+                    # lease messages sent so far (cumulative): new requests and resends
+                    "requests": counters.requests if counters is not None else 0,
+                    "retries": counters.retries if counters is not None else 0,
+                    # this worker's owner agent has answered for this limiter
+                    "owns": channel is not None and lid in channel.owned,
                     "at": time.time()}
             admitted[lid] = []
             await report.send(key=worker.encode(), value=json.dumps(body).encode())

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""Evenness and fairness of one shared limit (issue 13), side by side with Redis-backed peers.
+
+Run: ``PYTHONPATH=. python bench/evenness.py [--seconds 15]``. Starts its own Kafka broker (or
+uses ``$KAFKA_BOOTSTRAP_SERVERS``) and its own ``redis-server`` (on a free port, in a temporary
+directory; the Redis peers are skipped with a note when ``redis-server`` or the ``redis``,
+``limits``, ``pyrate-limiter`` packages are missing). Prints a markdown report and writes
+``bench/results/evenness.md``.
+
+In one run, 3 processes greedily share one limit of 1000/s for ``--seconds`` (15):
+
+(a) faust-backpressure, token leases (the default), and (b) rate leases (``rate_leases=True``):
+    3 real ``faust worker`` processes of ``tests/integration/distributed/apps/limited.py``
+    (``await acquire()`` in a loop), burst 2000, lease TTL 2 s.
+(c) ``limits`` MovingWindowRateLimiter with RedisStorage and ``pyrate-limiter`` RedisBucket,
+    1000 per 1 s: 3 plain Python processes against the local Redis. A ``limits`` process that
+    is refused sleeps until the window's reset time (``get_window_stats``); pyrate-limiter
+    waits on its own (``try_acquire(blocking=True)``).
+
+Per system: hot-path ops/s (one process, a limit that never binds: the lease-hit
+``try_acquire(1)``, or one Redis call per ``hit``/``try_acquire``), admitted over the 10 s
+steady part (from t0 + 4 s, once the initial 2000-permit burst has been spent, to t0 + 14 s)
+vs rate x 10 s, the worst sliding 1 s window inside the steady part, per-second min/max there,
+per-worker shares there (spread = (max - min) / min), round trips per 1000 permits (lease
+requests and resends; for the peers, Redis commands). Targets (issue 13): worst steady 1 s
+window <= 1.05 x rate, shares within 10 %, admitted within 1 % of rate x t, <= 10 lease
+requests per 1000 permits, hot path >= 1M ops/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faust_backpressure.tables import DistributedRateLimiter, Grant
+from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.kafka_io import consume, create_topics
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+
+REPO = Path(__file__).resolve().parents[1]
+APP = "tests.integration.distributed.apps.limited"
+RATE, BURST, TTL, WORKERS = 1000.0, 2000.0, 2.0, 3
+SETTLE, STEADY = 4.0, 10.0  # the steady part: [t0 + SETTLE, t0 + SETTLE + STEADY)
+
+
+# -- hot path ------------------------------------------------------------------------------
+
+def leased(tokens: int, rate_leases: bool) -> DistributedRateLimiter:
+    """A limiter holding a lease of ``tokens`` (and, for a rate lease, a share that never
+    binds), as a worker has it between two grants."""
+    limiter = DistributedRateLimiter("bench", 1e12, 1e12, worker_id="w", lease_ttl=3600,
+                                     rate_leases=rate_leases)
+    limiter.try_acquire()
+    request = limiter.poll()
+    assert request is not None
+    limiter.on_grant(Grant(request_id=request.request_id, limiter_id="bench", worker_id="w",
+                           lease_id="1", tokens=tokens, ttl=3600, renews=None,
+                           retry_after=3600, epoch=0, rate=1e12, burst=1e12,
+                           share=1e9 if rate_leases else 0.0,
+                           share_cap=float(tokens) if rate_leases else 0.0))
+    return limiter
+
+
+def lease_hit_ops(n: int, rate_leases: bool) -> float:
+    """Lease-hit ``try_acquire(1)`` ops/s, median of 5 rounds."""
+    rounds = []
+    for _ in range(5):
+        limiter = leased(n + 10, rate_leases)
+        take = limiter.try_acquire
+        began = time.perf_counter()
+        for _ in range(n):
+            take()
+        rounds.append(n / (time.perf_counter() - began))
+    return statistics.median(rounds)
+
+
+# -- analysis ------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    system: str
+    hot_ops: float
+    times: dict[str, list[float]]  # admissions per worker (wall clock)
+    round_trips: int  # lease requests + resends, or Redis commands, over the whole run
+    seconds: float
+    load: tuple[float, float]  # 1-minute load average before / after the run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def all_times(self) -> list[float]:
+        return sorted(t for ts in self.times.values() for t in ts)
+
+    @property
+    def t0(self) -> float:
+        return self.all_times[0]
+
+    def steady(self, times: list[float]) -> list[float]:
+        lo = self.t0 + SETTLE
+        return [t for t in times if lo <= t < lo + STEADY]
+
+    def worst(self, since: float, until: float) -> int:
+        """Most admissions in a window [t, t + 1 s) inside [t0 + since, t0 + until)."""
+        lo, hi = self.t0 + since, self.t0 + until
+        times = [t for t in self.all_times if lo <= t < hi]
+        return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)
+                    if t + 1.0 <= hi), default=0)
+
+    def per_second(self, since: float, seconds: int) -> list[int]:
+        counts = [0] * seconds
+        lo = self.t0 + since
+        for t in self.all_times:
+            if lo <= t < lo + seconds:
+                counts[int(t - lo)] += 1
+        return counts
+
+    def figures(self) -> dict[str, Any]:
+        times = self.all_times
+        steady = self.steady(times)
+        per_second = self.per_second(SETTLE, int(STEADY))
+        worst = self.worst(SETTLE, SETTLE + STEADY)
+        shares = {w: len(self.steady(sorted(ts))) for w, ts in sorted(self.times.items())}
+        low = min(shares.values(), default=0)
+        spread = (max(shares.values()) - low) / low if low else float("inf")
+        in_run = [t for t in times if t < self.t0 + self.seconds]
+        return {"admitted": len(steady), "allowed": RATE * STEADY, "worst": worst,
+                "sec_min": min(per_second), "sec_max": max(per_second),
+                "per_second": per_second, "shares": shares, "spread": spread,
+                "per_1000": self.round_trips / max(1, len(times)) * 1000,
+                "total": len(in_run), "total_all": len(times)}
+
+
+# -- (a), (b): faust-backpressure on real workers -------------------------------------------
+
+async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result:
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    report = f"bench-even-report-{tag}"
+    await create_topics(bootstrap, {report: 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        go = Path(tmp) / "go"
+        env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"bench-even-{tag}",
+               "FBP_REPORT": report, "FBP_GO_FILE": str(go), "FBP_LEASE_TTL": f"{TTL:g}",
+               "FBP_LIMITERS": f"even:{RATE:g}:{BURST:g}",
+               "FBP_RATE_LEASES": "1" if rate_leases else "0"}
+        procs = [FaustWorker(APP, name=f"w{i}", env=env, cwd=REPO).start()
+                 for i in range(WORKERS)]
+        try:
+            for proc in procs:
+                proc.wait_ready(120)
+            wait_until_settled(procs, 120)  # no rebalance pending when the load starts
+            before = os.getloadavg()[0]
+            go.touch()
+
+            def done(records: list[Any]) -> bool:
+                bodies = [json.loads(r.value) for r in records]
+                times = [t for b in bodies for t in b["times"]]
+                if not times:
+                    return False
+                end = min(times) + seconds + 0.5
+                # every worker has reported past the end of the run
+                last = {b["worker"]: b["at"] for b in bodies}
+                return len(last) == WORKERS and min(last.values()) > end
+
+            records = await consume(bootstrap, report, until=done, timeout=seconds + 90)
+            after = os.getloadavg()[0]
+        finally:
+            for proc in procs:
+                proc.cleanup()
+    bodies = [json.loads(r.value) for r in records]
+    times: dict[str, list[float]] = {}
+    trips: dict[str, int] = {}
+    for body in bodies:
+        times.setdefault(body["worker"], []).extend(body["times"])
+        # cumulative: the last report counts every lease message, for every permit reported
+        trips[body["worker"]] = body.get("requests", 0) + body.get("retries", 0)
+    name = "rate leases (`rate_leases=True`)" if rate_leases else "token leases (default)"
+    return Result(f"faust-backpressure, {name}", lease_hit_ops(1_000_000, rate_leases),
+                  times, sum(trips.values()), seconds, (before, after))
+
+
+# -- (c): Redis-backed peers ------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="fbp-redis-") as tmp:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            import redis
+
+            client = redis.Redis(port=port)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def count_redis_commands() -> Callable[[], int]:
+    """Count every command this process sends to Redis (each is one round trip)."""
+    import redis
+
+    calls = [0]
+    original = redis.Redis.execute_command
+
+    def counted(self: Any, *args: Any, **options: Any) -> Any:
+        calls[0] += 1
+        return original(self, *args, **options)
+
+    redis.Redis.execute_command = counted  # type: ignore[method-assign]
+    return lambda: calls[0]
+
+
+def make_peer(kind: str, port: int, key: str, limit: int) -> Callable[[], bool]:
+    """One call of the peer limiter: True when a permit was admitted (it waits when refused,
+    as a caller of that library would)."""
+    if kind == "limits":
+        from limits import RateLimitItemPerSecond
+        from limits.storage import RedisStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        limiter = MovingWindowRateLimiter(RedisStorage(f"redis://127.0.0.1:{port}"))
+        item = RateLimitItemPerSecond(limit, 1)
+
+        def call() -> bool:
+            if limiter.hit(item, key):
+                return True
+            reset = limiter.get_window_stats(item, key).reset_time
+            time.sleep(min(1.0, max(0.0, reset - time.time())))
+            return False
+
+        return call
+    import redis
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+    bucket = RedisBucket.init([Rate(limit, Duration.SECOND)], redis.Redis(port=port), key)
+    pyrate = Limiter(bucket)
+    return lambda: bool(pyrate.try_acquire(key, blocking=True))
+
+
+def peer_main(kind: str, port: int, seconds: float, go: str, out: str) -> None:
+    """A plain Python process calling the peer limiter greedily for ``seconds``."""
+    calls = count_redis_commands()
+    call = make_peer(kind, port, "even", int(RATE))
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    start = calls()
+    end = time.time() + seconds
+    times = []
+    while time.time() < end:
+        if call():
+            times.append(time.time())
+    Path(out).write_text(json.dumps({"times": times, "calls": calls() - start}))
+    os._exit(0)  # pyrate-limiter's leak thread would otherwise keep the process alive
+
+
+def peer_hot_ops(kind: str, port: int, seconds: float = 2.0) -> float:
+    """One process, a limit that never binds: calls per second (one Redis call each)."""
+    code = ("import sys, time; from bench.evenness import make_peer; "
+            f"call = make_peer({kind!r}, {port}, 'hot', 10**9); call(); n = 0; "
+            f"end = time.perf_counter() + {seconds}; began = time.perf_counter()\n"
+            "while time.perf_counter() < end:\n    call(); n += 1\n"
+            "print(n / (time.perf_counter() - began)); sys.stdout.flush(); "
+            "import os; os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def peer_run(kind: str, port: int, seconds: float) -> Result:
+    import redis
+
+    redis.Redis(port=port).flushall()
+    hot = peer_hot_ops(kind, port)
+    redis.Redis(port=port).flushall()
+    with tempfile.TemporaryDirectory() as tmp:
+        go = Path(tmp) / "go"
+        outs = [Path(tmp) / f"p{i}.json" for i in range(WORKERS)]
+        procs = [subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--peer", kind, "--port", str(port),
+             "--seconds", str(seconds), "--go", str(go), "--out", str(out)],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}) for out in outs]
+        time.sleep(3.0)  # imports and connections done before the start
+        before = os.getloadavg()[0]
+        go.touch()
+        for proc in procs:
+            proc.wait(seconds + 60)
+        after = os.getloadavg()[0]
+        bodies = [json.loads(out.read_text()) for out in outs]
+    times = {f"p{i}": body["times"] for i, body in enumerate(bodies)}
+    name = ("`limits` MovingWindow + RedisStorage" if kind == "limits"
+            else "`pyrate-limiter` RedisBucket")
+    return Result(f"{name} (Redis {redis_version()})", hot, times,
+                  sum(body["calls"] for body in bodies), seconds, (before, after))
+
+
+def redis_version() -> str:
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    words = [w for w in out.stdout.split() if w.startswith("v=")]
+    return words[0][2:] if words else "?"
+
+
+def redis_peers(seconds: float) -> tuple[list[Result], str | None]:
+    if shutil.which("redis-server") is None:
+        return [], ("Redis peers skipped: `redis-server` is not on PATH "
+                    "(e.g. `apt-get install -y redis-server`).")
+    try:
+        import limits  # noqa: F401
+        import pyrate_limiter  # noqa: F401
+        import redis
+    except ImportError as exc:
+        return [], f"Redis peers skipped: {exc} (`pip install -e '.[bench]'`)."
+    try:
+        with redis_server() as port:
+            return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError,
+            redis.RedisError) as exc:
+        return [], f"Redis peers skipped: they failed ({exc!r})."
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("faust-streaming", "limits", "pyrate-limiter", "redis"):
+        with contextlib.suppress(PackageNotFoundError):
+            parts.append(f"{dist} {version(dist)}")
+    return ", ".join(parts)
+
+
+def render(results: list[Result], skipped: str | None, seconds: float) -> str:
+    lines = [
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python "
+        f"{platform.python_version()}, {os.cpu_count()} cores; {versions()}; command "
+        f"`PYTHONPATH=. python bench/evenness.py --seconds {seconds:g}`.", "",
+        f"3 processes greedily share one limit of {RATE:.0f}/s for {seconds:g} s (faust-"
+        f"backpressure: burst {BURST:.0f}, lease TTL {TTL:g} s, real `faust worker` processes). "
+        f"Steady part: t0 + {SETTLE:g} s to t0 + {SETTLE + STEADY:g} s.", "",
+        "| system | hot-path ops/s | admitted / allowed (10 s) | worst 1 s window, steady "
+        "| per-second min-max | per-worker shares (spread) | round trips / 1000 permits "
+        "| load 1 min before / after |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for r in results:
+        f = r.figures()
+        hot = f"{r.hot_ops / 1e6:.2f}M" if r.hot_ops >= 1e6 else f"{r.hot_ops / 1e3:.1f}k"
+        shares = " / ".join(f"{n:,}" for n in f["shares"].values())
+        lines.append(
+            f"| {r.system} | {hot} | {f['admitted']:,} / {f['allowed']:,.0f} "
+            f"({f['admitted'] / f['allowed']:.1%}) | {f['worst']:,} ({f['worst'] / RATE:.3f} x) "
+            f"| {f['sec_min']:,}-{f['sec_max']:,} | {shares} ({f['spread']:.1%}) "
+            f"| {f['per_1000']:.1f} | {r.load[0]:.2f} / {r.load[1]:.2f} |")
+    lines += ["", "Raw:", ""]
+    for r in results:
+        f = r.figures()
+        lines.append(f"- {r.system}: per second from t0 {r.per_second(0.0, int(seconds))}; "
+                     f"worst 1 s window from t0 + 6 s to t0 + {SETTLE + STEADY:g} s "
+                     f"{r.worst(6.0, SETTLE + STEADY):,}; "
+                     f"admitted in the {seconds:g} s run {f['total']:,} (bound rate x t + burst "
+                     f"= {RATE * seconds + BURST:,.0f} for faust-backpressure); round trips "
+                     f"{r.round_trips:,} for {f['total_all']:,} permits.")
+    if skipped:
+        lines += ["", skipped]
+    return "\n".join(lines) + "\n"
+
+
+def main(seconds: float) -> str:
+    with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
+        results = [asyncio.run(faust_run(bootstrap, rate_leases, seconds))
+                   for rate_leases in (False, True)]
+    peers, skipped = redis_peers(seconds)
+    return render(results + peers, skipped, seconds)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--peer", choices=["limits", "pyrate"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--go", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        peer_main(args.peer, args.port, args.seconds, args.go, args.out)
+    text = main(args.seconds)
+    out = REPO / "bench" / "results" / "evenness.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Evenness and fairness (issue 13)\n\n" + text)
+    sys.stdout.write(text)
