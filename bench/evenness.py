@@ -188,7 +188,7 @@ async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result
         times.setdefault(body["worker"], []).extend(body["times"])
         # cumulative: the last report counts every lease message, for every permit reported
         trips[body["worker"]] = body.get("requests", 0) + body.get("retries", 0)
-    name = "rate leases (`rate_leases=True`)" if rate_leases else "token leases (default)"
+    name = "rate leases (default)" if rate_leases else "token leases (`rate_leases=False`)"
     return Result(f"faust-backpressure, {name}", lease_hit_ops(1_000_000, rate_leases),
                   times, sum(trips.values()), seconds, (before, after))
 
