@@ -164,14 +164,20 @@ class Backpressure:
 
     def credit_flow(self, window: int, *, downstream_group: str,
                     downstream_topics: Sequence[str], interval: float = 1.0,
-                    name: str | None = None) -> CreditBasedFlowController:
+                    name: str | None = None, shared: bool = False,
+                    control_loop: ControlLoop | None = None) -> CreditBasedFlowController:
         """A credit window for an upstream stage: at most ``window`` records more than
-        ``downstream_group`` has processed of ``downstream_topics`` (per worker); use it as
-        the limiter of the stage that writes them (see ``docs/control-loop.md``)."""
+        ``downstream_group`` has processed of ``downstream_topics`` (per worker; with
+        ``shared=True`` for the whole stage, split among its live workers); use it as
+        the limiter of the stage that writes them (see ``docs/control-loop.md``).
+        ``control_loop``: the window shrinks with its decisions (x decided rate / baseline).
+        """
         flow = CreditFlow(self.app, kafka=client_settings(self.app, "credit-probe"), window=window,
                           downstream_group=downstream_group,
                           downstream_topics=downstream_topics, interval=interval,
-                          name=name or f"{downstream_group}-{len(self.credit_flows)}")
+                          name=name or f"{downstream_group}-{len(self.credit_flows)}",
+                          shared=shared,
+                          scale=None if control_loop is None else control_loop.rate_share)
         self.credit_flows.append(flow)
         return flow.controller
 

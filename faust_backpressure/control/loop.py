@@ -107,6 +107,12 @@ class ControlLoop:
         self.override: dict[str, Any] | None = None
         self.last_override: str | None = None  # id of the last hold/release applied
 
+    def rate_share(self) -> float:
+        """The limiter's rate now over the controller's baseline, in (0, 1] (e.g. to scale a
+        credit window with the loop's decisions)."""
+        baseline = self.controller.baseline_rate
+        return min(1.0, max(float(self.limiter.current_rate_limit), 0.0) / baseline)
+
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
         lag, processed = await self.probe.measure()
