@@ -117,3 +117,38 @@ async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others
                                        b"(critical downstream lag)")
         assert meta[h.SOURCE_TOPIC] == source.encode()
         assert json.loads(record.value)["priority"] == 0  # the original bytes
+
+
+async def test_shedding_escalates_to_higher_priorities_while_the_lag_stays_critical(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    downstream, group = unique_name("priced"), unique_name("billing")
+    source, sink = unique_name("src"), unique_name("sink")
+    await create_topics(kafka_bootstrap, {downstream: 1, source: 1, sink: 1,
+                                          source + "-shed": 1})
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    limiter = TokenBucketRateLimiter(200, 50)
+    pipe = bp.pipeline("jobs", source=source, sink=sink, process=lambda v: v,
+                       limiter=limiter, priority=lambda value: int(value[:1]))
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=THRESHOLDS, shed_on_critical=True,
+                           shed_levels=ShedLevels(levels=(1, 2), escalate_intervals=3))
+    gate = pipe.gate
+    assert gate is not None
+    values = [b"%d-%03d" % (i % 3, i) for i in range(90)]
+    async with running_app(app):
+        await eventually(lambda: gate.shed_threshold == 1)
+        escalating = asyncio.get_running_loop().time()
+        await eventually(lambda: gate.shed_threshold == 2)  # after 3 critical intervals
+        escalated_after = asyncio.get_running_loop().time() - escalating
+        await produce(kafka_bootstrap, source, ((None, v) for v in values))
+        shed = await consume(kafka_bootstrap, source + "-shed", until=60, timeout=20)
+        out = await consume(kafka_bootstrap, sink, until=30, timeout=20, settle=0.5)
+    print(f"\nlevel 1 -> 2 after {escalated_after:.2f} s (3 intervals of 0.3 s)")
+    assert 0.6 <= escalated_after <= 2.0, escalated_after
+    assert loop.shedder.level == 2
+    assert sorted(r.value for r in shed) == sorted(v for v in values if v[:1] in b"01")
+    assert sorted(r.value for r in out) == sorted(v for v in values if v[:1] == b"2")
+    assert {dict(r.headers)[h.SHED_PRIORITY] for r in shed} == {b"0", b"1"}
