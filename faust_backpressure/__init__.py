@@ -27,6 +27,7 @@ from faust_backpressure.control import (
     ControlLoop,
     CreditBasedFlowController,
     PressureDecision,
+    ShedLevels,
 )
 from faust_backpressure.limiters import (
     AdaptiveRateLimiter,
@@ -74,6 +75,7 @@ __all__ = [
     "RateLimiterStats",
     "RateLimitingStrategy",
     "ReplayReport",
+    "ShedLevels",
     "SlidingWindowRateLimiter",
     "TierLimit",
     "TierSpec",

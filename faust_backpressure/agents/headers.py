@@ -23,6 +23,7 @@ __all__ = [
     "SHED_AGENT",
     "SHED_AT",
     "SHED_LIMITER",
+    "SHED_PRIORITY",
     "SHED_REASON",
     "SOURCE_OFFSET",
     "SOURCE_PARTITION",
@@ -60,6 +61,7 @@ SHED_REASON = "bp.shed.reason"
 SHED_LIMITER = "bp.shed.limiter"
 SHED_AGENT = "bp.shed.agent"
 SHED_AT = "bp.shed.at"
+SHED_PRIORITY = "bp.shed.priority"
 
 _MESSAGE_LIMIT = 1024
 
@@ -152,10 +154,16 @@ def dlq_headers(original: HeadersIn, *, pipeline: str, topic: str,
 
 def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
                  topic: str, partition: int, offset: int, permits: int,
-                 cause: str = "") -> Headers:
-    """Why an event was shed: the limiter refused ``permits`` and the agent does not wait."""
+                 cause: str = "", priority: int | None = None,
+                 threshold: int | None = None) -> Headers:
+    """Why an event was shed: the limiter refused ``permits`` and the agent does not wait;
+    or, with ``priority`` and ``threshold``, its priority was below the shed level."""
     out = without_bp_headers(original)
-    reason = f"rate limit: {permits} permit(s) refused" + (f" ({cause})" if cause else "")
+    if priority is not None and threshold is not None:
+        reason = (f"load shedding: priority {priority} < shed level {threshold}"
+                  + (f" ({cause})" if cause else ""))
+    else:
+        reason = f"rate limit: {permits} permit(s) refused" + (f" ({cause})" if cause else "")
     out += [
         (SHED_REASON, reason.encode()),
         (SHED_LIMITER, limiter.encode()),
@@ -165,4 +173,6 @@ def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
         (SOURCE_PARTITION, str(partition).encode()),
         (SOURCE_OFFSET, str(offset).encode()),
     ]
+    if priority is not None:
+        out.append((SHED_PRIORITY, str(priority).encode()))
     return out

@@ -77,8 +77,16 @@ class Pipeline:
                  dlq: TopicSpec | None = None, limiter: RateLimitingStrategy | None = None,
                  on_limit: OnLimit = "wait", max_retries: int | None = None,
                  retry_backoff: float | Backoff | None = None, concurrency: int = 1,
-                 settings: BackpressureSettings | None = None) -> None:
+                 settings: BackpressureSettings | None = None,
+                 priority: Callable[[Any], int] | None = None) -> None:
+        """``priority``: the decoded value's priority (higher is more important); under a
+        control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
+        first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's."""
         settings = settings or BackpressureSettings()
+        if priority is not None and limiter is None:
+            raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
+                             "shedding happens at the rate-limit gate)")
+        self.priority = priority
         self.app = app
         self.name = name
         self.settings = settings
@@ -112,7 +120,8 @@ class Pipeline:
         self.gate = (None if limiter is None else
                      RateLimitGate(app, limiter, on_limit=on_limit,
                                    shed_topic_suffix=settings.shed_topic_suffix,
-                                   agent_name=f"pipeline:{name}"))
+                                   agent_name=f"pipeline:{name}",
+                                   priority=None if priority is None else self._priority_of))
         self.dlq_log = DeadLetterLog(name, log)
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -148,9 +157,17 @@ class Pipeline:
     def topics(self) -> list[TopicT]:
         """Every topic the pipeline writes (to declare them up front): sinks, DLQ, shed."""
         # (a waiting gate sheds only under a control loop's load shedding: declared then)
-        shed = ([] if self.gate is None or self.gate.on_limit != "shed"
+        # (and one with a priority function: its low priorities may be shed then)
+        shed = ([] if self.gate is None or (self.gate.on_limit != "shed"
+                                            and self.gate.priority is None)
                 else [self.gate.shed_topic_for(self.source_topic_name)])
         return [*self.sinks, self.dlq, *shed]
+
+    def _priority_of(self, event: EventT[Any]) -> int:
+        """The priority of a raw source event: its value decoded with the source's schema
+        (raises if undecodable: the gate then does not shed it, it is dead-lettered)."""
+        assert self.priority is not None
+        return int(self.priority(self.schema_topic.schema.loads_value(self.app, event.message)))
 
     # -- the agent ---------------------------------------------------------------------------
 

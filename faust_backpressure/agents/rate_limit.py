@@ -35,12 +35,14 @@ from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import raw_topic
 
-__all__ = ["CostFunction", "RateLimitGate", "rate_limited"]
+__all__ = ["CostFunction", "PriorityFunction", "RateLimitGate", "rate_limited"]
 
 log = logging.getLogger(__name__)
 
 #: Permits one event costs (e.g. by size: ``lambda e: 1 + len(e.message.value or b"") // 1024``).
 CostFunction = Callable[[EventT[Any]], int]
+#: An event's priority, higher is more important (for priority-based load shedding).
+PriorityFunction = Callable[[EventT[Any]], int]
 Event = EventT[Any]
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
@@ -51,7 +53,8 @@ class RateLimitGate:
     def __init__(self, app: AppT, limiter: RateLimitingStrategy, *, on_limit: OnLimit = "wait",
                  cost: CostFunction | None = None, shed_topic: str | TopicT | None = None,
                  shed_topic_suffix: str = "-shed", name: str | None = None,
-                 agent_name: str | None = None) -> None:
+                 agent_name: str | None = None,
+                 priority: PriorityFunction | None = None) -> None:
         if on_limit not in ("wait", "shed"):
             raise ValueError(f"on_limit must be 'wait' or 'shed', got {on_limit!r}")
         self.app = app
@@ -71,6 +74,14 @@ class RateLimitGate:
         self.shed_now = False
         #: Events let through without permits because Faust stopped the flow while they waited.
         self.overdrafts = 0
+        #: The events' priority (higher is more important), or None: no priority shedding.
+        self.priority = priority
+        #: Set by a control loop under critical lag (see ``control.shedding``): events whose
+        #: priority is below it go to the shed topic before asking for permits; the others
+        #: wait as usual. ``None``: no priority shedding now.
+        self.shed_threshold: int | None = None
+        #: Of ``shed``: events shed because their priority was below the threshold.
+        self.shed_by_priority = 0
 
     @property
     def capacity(self) -> float:
@@ -109,6 +120,10 @@ class RateLimitGate:
 
         if self.cost is None:
             def admit(value: Any) -> Any:
+                if self.shed_threshold is not None and self.priority is not None:
+                    low = self._low_priority(stream.current_event)
+                    if low is not None:
+                        return self._shed_low(stream.current_event, low)
                 if try_acquire(1):
                     return value
                 if self.shedding:
@@ -118,6 +133,10 @@ class RateLimitGate:
 
         def admit_by_cost(value: Any) -> Any:
             event = stream.current_event
+            if self.shed_threshold is not None and self.priority is not None:
+                low = self._low_priority(event)
+                if low is not None:
+                    return self._shed_low(event, low)
             permits = self._permits(event)
             if permits < 1 or try_acquire(permits):
                 return value
@@ -130,6 +149,28 @@ class RateLimitGate:
     def shedding(self) -> bool:
         """Whether a refused event goes to the shed topic now (else it waits)."""
         return self.on_limit == "shed" or self.shed_now
+
+    # -- priority shedding ------------------------------------------------------------------
+
+    def _low_priority(self, event: Event | None) -> tuple[int, int] | None:
+        """The event's priority and the threshold, if it is below (it is shed), else None.
+
+        An event whose priority cannot be computed (e.g. undecodable) is not shed: it goes
+        on, to be processed or dead-lettered as usual."""
+        threshold, priority = self.shed_threshold, self.priority
+        if event is None or threshold is None or priority is None:
+            return None
+        try:
+            value = int(priority(event))
+        except Exception as exc:
+            log.debug("%s: no priority for an event (%r): not shed", self.agent_name, exc)
+            return None
+        return (value, threshold) if value < threshold else None
+
+    async def _shed_low(self, event: Event | None, low: tuple[int, int]) -> Any:
+        assert event is not None  # _low_priority returns None without an event
+        await self._send_to_shed(event, 0, low=low)
+        raise Skip()
 
     # -- slow paths --------------------------------------------------------------------------
 
@@ -185,7 +226,9 @@ class RateLimitGate:
             self._shed_topics[source] = topic
         return topic
 
-    async def _send_to_shed(self, event: Event, permits: int) -> None:
+    async def _send_to_shed(self, event: Event, permits: int,
+                            low: tuple[int, int] | None = None) -> None:
+        """``low``: shed for its priority (priority, threshold), not for refused permits."""
         message = event.message
         topic = self.shed_topic_for(message.topic)
         if message.topic not in self._declared:
@@ -202,9 +245,14 @@ class RateLimitGate:
             headers=shed_headers(message.headers, agent=self.agent_name, limiter=self.name,
                                  topic=message.topic, partition=message.partition,
                                  offset=message.offset, permits=permits,
-                                 cause="" if self.on_limit == "shed" else
-                                 "load shedding: critical downstream lag"))
+                                 cause="critical downstream lag" if low is not None else
+                                 "" if self.on_limit == "shed" else
+                                 "load shedding: critical downstream lag",
+                                 priority=None if low is None else low[0],
+                                 threshold=None if low is None else low[1]))
         self.shed += 1
+        if low is not None:
+            self.shed_by_priority += 1
 
     async def _shed(self, event: Event | None, permits: int) -> Any:
         if event is None:  # not from a topic (e.g. agent.send to a channel): nothing to shed to
@@ -225,6 +273,10 @@ class RateLimitGate:
                 processors.remove(processor)
             try:
                 async for events in take_events(max_, within):
+                    if self.shed_threshold is not None and self.priority is not None:
+                        events = await self._shed_low_of(events)
+                        if not events:
+                            continue
                     permits = (len(events) if self.cost is None
                                else sum(self._permits(e) for e in events))
                     granted = permits < 1 or (
@@ -244,6 +296,17 @@ class RateLimitGate:
                     processors.insert(0, processor)
 
         return batched
+
+    async def _shed_low_of(self, events: Sequence[Event]) -> Sequence[Event]:
+        """Priority shedding of a batch: the low-priority events shed, the others kept."""
+        kept: list[Event] = []
+        for event in events:
+            low = self._low_priority(event)
+            if low is None:
+                kept.append(event)
+            else:
+                await self._send_to_shed(event, 0, low=low)
+        return kept
 
     async def _shed_some(self, events: Sequence[Event]) -> list[Event]:
         """Shed mode, batch refused: admit events while tokens last, shed the others."""

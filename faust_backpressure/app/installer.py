@@ -27,6 +27,7 @@ from faust_backpressure.control import (
 )
 from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
+from faust_backpressure.control.shedding import ShedLevels
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.faust_seam import refresh_consumer_metadata
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -95,8 +96,12 @@ class Backpressure:
                  limiter: LimiterSpec | None = None, tokens_per_second: float | None = None,
                  burst_capacity: float | None = None, on_limit: OnLimit | None = None,
                  max_retries: int | None = None, retry_backoff: float | Backoff | None = None,
-                 concurrency: int = 1) -> Pipeline:
-        """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``."""
+                 concurrency: int = 1, priority: Callable[[Any], int] | None = None
+                 ) -> Pipeline:
+        """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``.
+
+        ``priority``: a value's priority (higher is more important): under a control loop's
+        load shedding the lowest priorities are shed first (``docs/control-loop.md``)."""
         if name in self.pipelines:
             raise ValueError(f"pipeline {name!r} is already declared")
         if limiter is None and (tokens_per_second is not None or burst_capacity is not None):
@@ -108,7 +113,8 @@ class Backpressure:
         pipeline = Pipeline(self.app, name, source=source, sink=sink, process=process, dlq=dlq,
                             limiter=resolved, on_limit=on_limit or self.settings.on_limit,
                             max_retries=max_retries, retry_backoff=retry_backoff,
-                            concurrency=concurrency, settings=self.settings)
+                            concurrency=concurrency, settings=self.settings,
+                            priority=priority)
         self.pipelines[name] = pipeline
         return pipeline
 
@@ -119,7 +125,8 @@ class Backpressure:
                      tokens_per_second: float | None = None,
                      burst_capacity: float | None = None,
                      name: str | None = None, shed_on_critical: bool = False,
-                     policy: ControlPolicy | None = None) -> ControlLoop:
+                     policy: ControlPolicy | None = None,
+                     shed_levels: ShedLevels | None = None) -> ControlLoop:
         """Put ``limiter`` under the backpressure control loop (see docs/control-loop.md).
 
         Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
@@ -127,7 +134,9 @@ class Backpressure:
         ``interval`` defaults to the ``monitoring_interval`` setting and ``thresholds`` to
         :meth:`BackpressureThresholds.from_settings` (``FAUST_BP_MAX_CONSUMER_LAG``, ...).
         ``shed_on_critical``: above the critical lag, this limiter's gates send refused events
-        to their shed topic instead of waiting (explicit load shedding; off by default).
+        to their shed topic instead of waiting (explicit load shedding; off by default);
+        gates with a priority function shed by priority instead, on the ``shed_levels``
+        ladder (default :class:`ShedLevels`: priority 0 first, then 1, then 2).
         ``policy``: ``"setpoint"`` or ``"step"``, default the ``control_policy`` setting
         (``FAUST_BP_CONTROL_POLICY``).
         """
@@ -144,6 +153,7 @@ class Backpressure:
             thresholds=(BackpressureThresholds.from_settings(self.settings)
                         if thresholds is None else thresholds),
             baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical,
+            shed_levels=shed_levels,
             gates=self.all_gates,
             policy=self.settings.control_policy if policy is None else policy))
         return loop
@@ -154,14 +164,20 @@ class Backpressure:
 
     def credit_flow(self, window: int, *, downstream_group: str,
                     downstream_topics: Sequence[str], interval: float = 1.0,
-                    name: str | None = None) -> CreditBasedFlowController:
+                    name: str | None = None, shared: bool = False,
+                    control_loop: ControlLoop | None = None) -> CreditBasedFlowController:
         """A credit window for an upstream stage: at most ``window`` records more than
-        ``downstream_group`` has processed of ``downstream_topics`` (per worker); use it as
-        the limiter of the stage that writes them (see ``docs/control-loop.md``)."""
+        ``downstream_group`` has processed of ``downstream_topics`` (per worker; with
+        ``shared=True`` for the whole stage, split among its live workers); use it as
+        the limiter of the stage that writes them (see ``docs/control-loop.md``).
+        ``control_loop``: the window shrinks with its decisions (x decided rate / baseline).
+        """
         flow = CreditFlow(self.app, kafka=client_settings(self.app, "credit-probe"), window=window,
                           downstream_group=downstream_group,
                           downstream_topics=downstream_topics, interval=interval,
-                          name=name or f"{downstream_group}-{len(self.credit_flows)}")
+                          name=name or f"{downstream_group}-{len(self.credit_flows)}",
+                          shared=shared,
+                          scale=None if control_loop is None else control_loop.rate_share)
         self.credit_flows.append(flow)
         return flow.controller
 

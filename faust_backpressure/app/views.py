@@ -69,6 +69,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                             or not math.isfinite(decision.lag_seconds)
                             else decision.lag_seconds),
             "recommended_workers": None if decision is None else decision.recommended_workers,
+            "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
             "last_sample": None if loop.last_sample is None else {
                 "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
                 "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
@@ -78,7 +79,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         "limiters": limiter_view,
         "gates": [{"agent": g.agent_name, "limiter": label_of.get(id(g.limiter), g.name),
                    "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed,
-                   "overdrafts": g.overdrafts}
+                   "overdrafts": g.overdrafts, "shed_by_priority": g.shed_by_priority,
+                   "shed_threshold": g.shed_threshold}
                   for g in bp.all_gates()],
         "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
                              "consumed": p.stats.consumed, "produced": p.stats.produced,
@@ -112,6 +114,10 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     yield ("gate_overdrafts_total", "counter",
            "Events let through without permits when a rebalance or stop stopped the flow.",
            [({"agent": g["agent"], "limiter": g["limiter"]}, g["overdrafts"]) for g in gates])
+    yield ("gate_shed_by_priority_total", "counter",
+           "Events shed because their priority was below the shed level.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed_by_priority"])
+            for g in gates])
     pipelines = state["pipelines"].items()
     for field in ("consumed", "produced", "filtered", "retries", "dead_lettered"):
         yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",

@@ -17,6 +17,7 @@ from faust_backpressure.control.policy import (
     PressureSample,
     SetPointTuning,
 )
+from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
 
 __all__ = [
     "BackpressureController",
@@ -28,5 +29,7 @@ __all__ = [
     "DownstreamRateEstimator",
     "PressureDecision",
     "PressureSample",
+    "PriorityShedder",
     "SetPointTuning",
+    "ShedLevels",
 ]

@@ -5,7 +5,10 @@
 stage's limiter (``bp.rate_limit(...)`` or ``bp.pipeline(limiter=...)``). A Faust timer on the
 worker probes the downstream group's lag every ``interval`` seconds and announces it: the
 upstream sends at most ``window`` records more than the downstream has processed. It starts
-with no credit: nothing is sent before the first measurement. The window is per worker.
+with no credit: nothing is sent before the first measurement. The window is per worker,
+unless ``shared=True``: then it is the stage's, split among the live members of the app's
+consumer group (the stage's workers, asked of the broker at each announcement); and with a
+``control_loop`` it shrinks with the loop's decisions (window x decided rate / baseline).
 
 Example::
 
@@ -18,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from faust.types import AppT
 
@@ -37,9 +40,16 @@ class CreditFlow:
 
     def __init__(self, app: AppT, *, kafka: KafkaClientSettings | str, window: int,
                  downstream_group: str,
-                 downstream_topics: Sequence[str], interval: float, name: str) -> None:
+                 downstream_topics: Sequence[str], interval: float, name: str,
+                 shared: bool = False, scale: Callable[[], float] | None = None) -> None:
+        """``shared``: split ``window`` among the live workers of the app's group;
+        ``scale``: a share of the window allowed now, in (0, 1] (the control loop's)."""
         interval = check_rate("interval", interval)
         self.name = name
+        self.group = str(app.conf.id)  # the stage's workers: the app's consumer group
+        self.shared = shared
+        self.scale = scale
+        self.members = 1  # the last count the broker gave (1 until then)
         self.controller = CreditBasedFlowController(window, initial_credits=0)
         self.probe = LagProbe(kafka, downstream_group, downstream_topics)
         self.announcements = 0
@@ -52,5 +62,14 @@ class CreditFlow:
         except Exception as exc:  # no measurement, no credit: the upstream waits
             log.warning("credit flow: downstream lag not measured: %r", exc)
             return
-        self.controller.announce(backlog)
+        if self.shared:
+            members = await self.probe.members(self.group)
+            if members:  # None (not said) or 0 (between generations): the last count
+                self.members = members
+        try:
+            scale = 1.0 if self.scale is None else max(float(self.scale()), 0.0)
+        except Exception as exc:  # a broken callable: the whole window
+            log.warning("credit flow: scale not read: %r", exc)
+            scale = 1.0
+        self.controller.announce(backlog, members=self.members, scale=scale)
         self.announcements += 1

@@ -11,6 +11,11 @@ Example::
     credits = CreditBasedFlowController(window=10_000)
     credits.announce(backlog=9_990)      # e.g. downstream consumer lag, once a second
     credits.try_acquire(10)              # True; the 11th waits for the next announcement
+
+Shared by a stage's workers: ``window`` is then the stage's, and each announcement says how
+many workers share it (``members``) and how much of it the control loop allows now
+(``scale``): this worker's credits are its share of ``window * scale - backlog`` (see
+:func:`shared_credits`).
 """
 
 from __future__ import annotations
@@ -27,16 +32,38 @@ from faust_backpressure.limiters.base import (
     check_timeout,
 )
 
-__all__ = ["CreditBasedFlowController"]
+__all__ = ["CreditBasedFlowController", "shared_credits"]
+
+
+def shared_credits(window: int, backlog: int, members: int = 1,
+                   scale: float = 1.0) -> tuple[int, int]:
+    """A stage's credit ``window`` shared by ``members`` workers and scaled by ``scale`` (in
+    (0, 1]: e.g. the control loop's decided rate over its baseline): ``(this worker's window,
+    its credits)``. The stage's window is ``max(1, int(window * scale))``; each worker gets
+    ``stage // members`` (at least 1) and ``(stage - backlog) // members`` credits (at least
+    0, at most its window), so all of them together have at most the stage's window
+    outstanding (give or take the measurement, see ``docs/control-loop.md``)."""
+    check_int("window", window, 1)
+    check_int("backlog", backlog, 0)
+    members = max(1, check_int("members", members, 0))
+    scale = min(check_number("scale", scale, 0), 1.0)
+    stage = max(1, int(window * scale))
+    share = max(1, stage // members)
+    return share, min(max((stage - backlog) // members, 0), share)
 
 
 class CreditBasedFlowController:
     """Admits records while credits last; :meth:`announce` returns credits; FIFO waiters."""
 
-    __slots__ = ("_credits", "_denied", "_granted", "_waiters", "_waits", "window")
+    __slots__ = ("_credits", "_denied", "_granted", "_members", "_scale", "_waiters", "_waits",
+                 "stage_window", "window")
 
     def __init__(self, window: int, *, initial_credits: int | None = None) -> None:
         self.window = check_int("window", window, 1)
+        #: The configured window; ``window`` is this worker's share of it (all of it unless
+        #: announcements say that several workers share it or the control loop scales it).
+        self.stage_window = self.window
+        self._members, self._scale = 1, 1.0
         if initial_credits is None:
             initial_credits = self.window
         if not is_int(initial_credits) or not 0 <= initial_credits <= self.window:
@@ -50,9 +77,11 @@ class CreditBasedFlowController:
     def credits(self) -> int:
         return self._credits
 
-    def announce(self, backlog: int) -> None:
-        """The downstream has ``backlog`` records still to process: ``window - backlog`` left."""
-        self._credits = max(self.window - check_int("backlog", backlog, 0), 0)
+    def announce(self, backlog: int, *, members: int = 1, scale: float = 1.0) -> None:
+        """The downstream has ``backlog`` records still to process: ``window - backlog`` left;
+        shared by ``members`` workers and scaled by ``scale``: see :func:`shared_credits`."""
+        self.window, self._credits = shared_credits(self.stage_window, backlog, members, scale)
+        self._members, self._scale = max(1, members), min(scale, 1.0)
         self._wake()
 
     def try_acquire(self, permits: int = 1) -> bool:
@@ -124,13 +153,15 @@ class CreditBasedFlowController:
         return (self.window - self._credits) / self.window
 
     def update_rate_limit(self, new_rate: float) -> None:
-        """A new window; the credits change by the same amount."""
-        window = int(check_number("new_rate (the window)", new_rate, 1))
-        self._credits = max(self._credits + window - self.window, 0)
-        self.window = window
+        """A new (stage) window; this worker's credits change as much as its share."""
+        self.stage_window = int(check_number("new_rate (the window)", new_rate, 1))
+        share = max(1, max(1, int(self.stage_window * self._scale)) // self._members)
+        self._credits = max(self._credits + share - self.window, 0)
+        self.window = share
         self._wake()
 
     def reset(self) -> None:
+        self.window, self._members, self._scale = self.stage_window, 1, 1.0
         self._credits = self.window
         self._granted = self._denied = self._waits = 0
         self._wake()

@@ -46,6 +46,7 @@ from faust_backpressure.control.policy import (
 )
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.control.samples import WorkerSample
+from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
 from faust_backpressure.faust_seam import install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
@@ -79,7 +80,8 @@ class ControlLoop:
                  baseline_rate: float | None = None, name: str | None = None,
                  shed_on_critical: bool = False,
                  gates: Callable[[], Iterable[RateLimitGate]] = tuple,
-                 policy: ControlPolicy = "setpoint") -> None:
+                 policy: ControlPolicy = "setpoint",
+                 shed_levels: ShedLevels | None = None) -> None:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
@@ -88,6 +90,11 @@ class ControlLoop:
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
             thresholds, policy=policy, interval=self.interval)
         self.shed_on_critical = shed_on_critical
+        #: Priority shedding (gates with a priority function), on this worker's samples.
+        thresholds = self.controller.thresholds
+        self.shedder = PriorityShedder(shed_levels, critical_lag=thresholds.critical_lag,
+                                       relax_lag=thresholds.max_consumer_lag,
+                                       interval=self.interval)
         #: This worker's gates (all of them; those on this limiter are picked at each sample).
         self.gates = gates
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
@@ -100,6 +107,12 @@ class ControlLoop:
         self.override: dict[str, Any] | None = None
         self.last_override: str | None = None  # id of the last hold/release applied
 
+    def rate_share(self) -> float:
+        """The limiter's rate now over the controller's baseline, in (0, 1] (e.g. to scale a
+        credit window with the loop's decisions)."""
+        baseline = self.controller.baseline_rate
+        return min(1.0, max(float(self.limiter.current_rate_limit), 0.0) / baseline)
+
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
         lag, processed = await self.probe.measure()
@@ -110,9 +123,18 @@ class ControlLoop:
             cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed,
             members=members)
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
-            shed = self.last_sample.lag > self.controller.thresholds.critical_lag
+            lag = self.last_sample.lag
+            shed = lag > self.controller.thresholds.critical_lag
+            before = self.shedder.threshold
+            threshold = self.shedder.update(lag, time.monotonic())
+            if threshold != before:
+                log.warning("limiter %s: priority shed level %s -> %s (lag %d)", self.name,
+                            before, threshold, lag)
             for gate in self.gates():
                 if gate.limiter is not self.limiter:
+                    continue
+                if gate.priority is not None:  # by priority: the lowest first, others wait
+                    gate.shed_threshold = threshold
                     continue
                 if gate.shed_now != shed:
                     log.warning("limiter %s: %s shedding (lag %d)", self.name,

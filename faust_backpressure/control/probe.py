@@ -69,15 +69,17 @@ class LagProbe:
             processed += start
         return total, processed
 
-    async def members(self) -> int | None:
-        """How many members the group has now (None if the broker does not say)."""
+    async def members(self, group: str | None = None) -> int | None:
+        """How many members the group (default: the probed one) has now (None if the
+        broker does not say)."""
         if self._admin is None:
             return None
+        group = self.group if group is None else group
         try:
-            described = await self._admin.describe_consumer_groups([self.group])
+            described = await self._admin.describe_consumer_groups([group])
         except Exception:  # an older broker, an ACL: no recommendation, still a sample
             return None
-        return _member_count(described, self.group)
+        return _member_count(described, group)
 
     def _partitions(self) -> list[TopicPartition]:
         assert self._consumer is not None

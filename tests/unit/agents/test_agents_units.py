@@ -215,3 +215,46 @@ def test_a_gated_buffer_is_never_full_but_faust_still_holds_back_its_partitions(
         queue.get_nowait()
     queue.get_nowait()  # at 40% of the high-water mark: released
     assert held == ["full", "drop"]
+
+
+async def test_gate_sheds_priorities_below_the_threshold_before_asking_for_permits() -> None:
+    limiter = TokenBucketRateLimiter(0.001, 5)  # 5 permits, no refill within the test
+    gate = RateLimitGate(fake_app(), limiter, priority=lambda e: int(e.value[:1]))
+    sent: list[Any] = []
+
+    async def send(event: Any, permits: int, low: Any = None) -> None:
+        sent.append((event.value, low))
+
+    gate._send_to_shed = send  # type: ignore[method-assign]
+    stream = FakeStream()
+    gate.install(stream)  # type: ignore[arg-type]
+    admit = stream._processors[0]
+
+    def event(value: bytes) -> Any:
+        stream.current_event = SimpleNamespace(message=None, value=value)
+        return value
+
+    assert admit(event(b"0")) == b"0"  # no threshold: no priority shedding
+    gate.shed_threshold = 2
+    for value in (b"0", b"1"):
+        with pytest.raises(Skip):
+            await admit(event(value))
+    assert admit(event(b"2")) == b"2" and admit(event(b"9")) == b"9"
+    assert admit(event(b"x")) == b"x"  # no priority (raises): not shed, processed or DLQ'd
+    assert sent == [(b"0", (0, 2)), (b"1", (1, 2))]
+    # 4 admitted of 5: the shed events took no permits
+    assert limiter.try_acquire(1) and not limiter.try_acquire(1)
+    pending = admit(event(b"2"))  # bucket empty: a priority above the level waits
+    assert asyncio.iscoroutine(pending)
+    pending.close()
+
+
+def test_shed_headers_carry_the_priority_and_the_level() -> None:
+    out = dict(h.shed_headers([("trace", b"t")], agent="a", limiter="l", topic="src",
+                              partition=1, offset=7, permits=0, cause="critical downstream lag",
+                              priority=0, threshold=2))
+    assert out[h.SHED_REASON] == (b"load shedding: priority 0 < shed level 2 "
+                                  b"(critical downstream lag)")
+    assert out[h.SHED_PRIORITY] == b"0" and out["trace"] == b"t"
+    assert h.SHED_PRIORITY not in dict(h.shed_headers(None, agent="a", limiter="l", topic="s",
+                                                      partition=0, offset=0, permits=1))

@@ -88,3 +88,22 @@ def test_the_scale_out_recommendation_is_a_metric() -> None:
     assert state["control"]["api"]["recommended_workers"] == 3
     assert ('faust_backpressure_control_recommended_workers{app="views-unit",limiter="api"} '
             '3.0') in render_prometheus(state).splitlines()
+
+
+def test_priority_shedding_shows_its_level_and_counts() -> None:
+    _, bp = _app()
+    limiter = TokenBucketRateLimiter(5, 5, clock=Clock())
+    pipe = bp.pipeline("jobs", source="jobs", sink="done", process=lambda v: v,
+                       limiter=limiter, priority=lambda v: 0)
+    loop = bp.control_loop(limiter, downstream_group="billing", downstream_topics=["done"],
+                           name="api", shed_on_critical=True)
+    assert pipe.gate is not None
+    loop.shedder.update(10**6, 0.0)  # far above the critical lag: the first level
+    pipe.gate.shed_threshold, pipe.gate.shed, pipe.gate.shed_by_priority = 1, 4, 4
+    state = snapshot(bp)
+    assert state["control"]["api"]["shed_threshold"] == 1
+    assert state["gates"][0]["shed_threshold"] == 1
+    assert ('faust_backpressure_gate_shed_by_priority_total{app="views-unit",agent='
+            '"pipeline:jobs",limiter="TokenBucketRateLimiter"} 4.0'
+            ) in render_prometheus(state).splitlines()
+    assert "jobs-shed" in [t.get_topic_name() for t in pipe.topics]  # declared up front

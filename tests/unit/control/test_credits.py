@@ -71,3 +71,35 @@ def test_window_updates_reset_and_bad_input() -> None:
         credits.announce(-1)
     with pytest.raises(ValueError, match="permits"):
         credits.try_acquire(21)
+
+
+def test_a_stage_window_is_split_among_its_workers_and_scaled() -> None:
+    from faust_backpressure.control.credits import shared_credits
+
+    assert shared_credits(100, 0) == (100, 100)  # one worker: the old per-worker window
+    assert shared_credits(100, 40) == (100, 60)
+    assert shared_credits(100, 40, members=3) == (33, 20)  # (100 - 40) // 3 each
+    assert shared_credits(100, 150, members=3) == (33, 0)  # over the window: none, not < 0
+    assert shared_credits(100, 0, members=0) == (100, 100)  # between generations: as one
+    assert shared_credits(100, 0, members=200) == (1, 0)  # more workers than the window
+    assert shared_credits(100, 10, members=2, scale=0.5) == (25, 20)  # the loop halved it
+    assert shared_credits(100, 0, scale=0.0) == (1, 1)  # never closed for good
+    assert shared_credits(100, 0, scale=3.0) == (100, 100)  # never above the window
+    for members in range(1, 8):  # together never more than the stage's window
+        for backlog in range(0, 120, 7):
+            share, credits = shared_credits(100, backlog, members)
+            assert members * credits + backlog <= max(100, backlog)
+            assert credits <= share
+
+
+def test_announcements_share_the_window_and_a_new_window_keeps_the_split() -> None:
+    credits = CreditBasedFlowController(window=90, initial_credits=0)
+    credits.announce(30, members=3)
+    assert (credits.window, credits.credits, credits.max_permits) == (30, 20, 30.0)
+    assert credits.try_acquire(20) and not credits.try_acquire(1)
+    credits.update_rate_limit(180)  # the stage's window doubles: each share doubles
+    assert (credits.stage_window, credits.window, credits.credits) == (180, 60, 30)
+    credits.announce(30, members=1, scale=0.5)  # one worker left, the loop halved it
+    assert (credits.window, credits.credits) == (90, 60)
+    credits.reset()
+    assert (credits.window, credits.credits) == (180, 180)

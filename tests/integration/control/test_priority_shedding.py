@@ -1,0 +1,154 @@
+"""Priority-based load shedding on the real broker, both processing modes: under critical
+downstream lag the lowest priorities go to the shed topic (reason and priority in headers),
+the others are processed; every input is in the sink, the shed topic or the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import faust
+import pytest
+
+from faust_backpressure.agents import headers as h
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.control import BackpressureThresholds, ShedLevels
+from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.testing.inprocess import running_app
+from faust_backpressure.testing.kafka_io import (
+    commit_offsets,
+    consume,
+    create_topics,
+    end_offsets,
+    produce,
+)
+from faust_backpressure.testing.settings import fast_faust_settings
+
+pytestmark = pytest.mark.kafka
+
+# Critical above a lag of 200 records; the emergency rate is kept high (100/s) so that the
+# priorities that are not shed are processed quickly in the test (near zero by default).
+THRESHOLDS = BackpressureThresholds(backlog_cleared_lag=10, scaling_threshold=50,
+                                    max_consumer_lag=100, critical_lag=200, cpu_threshold=1.0,
+                                    emergency_rate=100.0)
+
+
+class Job(faust.Record, serializer="json"):
+    id: str
+    priority: int
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
+    downstream, group = unique_name("priced"), unique_name("billing")
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    shed_topic = source + "-shed"
+    await create_topics(kafka_bootstrap, {downstream: 1, source: 2, sink: 2, dlq: 1,
+                                          shed_topic: 2})
+    # The downstream group has read none of 300 records: lag 300 > critical 200.
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    limiter = TokenBucketRateLimiter(200, 50)
+
+    def process(job: Job) -> bytes:
+        if job.id.endswith("7"):
+            raise ValueError("sevens are refused")
+        return job.id.encode()
+
+    pipe = bp.pipeline("jobs", source=app.topic(source, value_type=Job), sink=sink, dlq=dlq,
+                       process=process, limiter=limiter, max_retries=0,
+                       priority=lambda job: job.priority)
+    # Level 1 (priority 0 shed) at once; no escalation within the test; one interval to
+    # relax once the lag clears.
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=THRESHOLDS, shed_on_critical=True,
+                           shed_levels=ShedLevels(levels=(1, 2), escalate_intervals=1_000,
+                                                  relax_intervals=1))
+    gate = pipe.gate
+    assert gate is not None
+    jobs = [(f"j{i:03d}", i % 3) for i in range(150)]
+    records = [(name.encode(), json.dumps({"id": name, "priority": p}).encode())
+               for name, p in jobs] + [(b"broken", b"{not json")]
+    read = "read_committed"
+    async with running_app(app):
+        await eventually(lambda: gate.shed_threshold == 1)
+        await produce(kafka_bootstrap, source, records)
+        await eventually(lambda: pipe.stats.consumed + gate.shed >= len(records), timeout=30)
+        shed = await consume(kafka_bootstrap, shed_topic, until=gate.shed, timeout=20,
+                             isolation_level=read)
+        dead = await consume(kafka_bootstrap, dlq, until=pipe.stats.dead_lettered, timeout=20,
+                             isolation_level=read)
+        out = await consume(kafka_bootstrap, sink, until=pipe.stats.produced, timeout=20,
+                            settle=0.5, isolation_level=read)
+        # The lag clears: the shed level falls (one level per interval here) to none.
+        await commit_offsets(kafka_bootstrap, group, downstream,
+                             await end_offsets(kafka_bootstrap, downstream))
+        await eventually(lambda: gate.shed_threshold is None, timeout=10)
+        assert loop.shedder.level == 0
+    low = [name for name, p in jobs if p == 0]
+    kept = [name for name, p in jobs if p > 0]
+    # Priority 0 shed, all of it; 1 and 2 processed (sink, or the DLQ for the sevens).
+    assert Counter(r.key.decode() for r in shed) == Counter(low)
+    assert Counter(r.value.decode() for r in out) == Counter(n for n in kept if n[-1] != "7")
+    assert Counter(r.key for r in dead) == Counter(
+        [n.encode() for n in kept if n[-1] == "7"] + [b"broken"])  # undecodable: not shed
+    assert len(shed) + len(out) + len(dead) == len(records)  # every input accounted for
+    assert gate.shed == gate.shed_by_priority == len(low)
+    for record in shed:  # why, and at which priority, travels with the record
+        meta = dict(record.headers)
+        assert meta[h.SHED_PRIORITY] == b"0"
+        assert meta[h.SHED_REASON] == (b"load shedding: priority 0 < shed level 1 "
+                                       b"(critical downstream lag)")
+        assert meta[h.SOURCE_TOPIC] == source.encode()
+        assert json.loads(record.value)["priority"] == 0  # the original bytes
+
+
+async def test_shedding_escalates_to_higher_priorities_while_the_lag_stays_critical(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    downstream, group = unique_name("priced"), unique_name("billing")
+    source, sink = unique_name("src"), unique_name("sink")
+    await create_topics(kafka_bootstrap, {downstream: 1, source: 1, sink: 1,
+                                          source + "-shed": 1})
+    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    limiter = TokenBucketRateLimiter(200, 50)
+    pipe = bp.pipeline("jobs", source=source, sink=sink, process=lambda v: v,
+                       limiter=limiter, priority=lambda value: int(value[:1]))
+    loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
+                           interval=0.3, thresholds=THRESHOLDS, shed_on_critical=True,
+                           shed_levels=ShedLevels(levels=(1, 2), escalate_intervals=3))
+    gate = pipe.gate
+    assert gate is not None
+    values = [b"%d-%03d" % (i % 3, i) for i in range(90)]
+    async with running_app(app):
+        await eventually(lambda: gate.shed_threshold == 1)
+        escalating = asyncio.get_running_loop().time()
+        await eventually(lambda: gate.shed_threshold == 2)  # after 3 critical intervals
+        escalated_after = asyncio.get_running_loop().time() - escalating
+        await produce(kafka_bootstrap, source, ((None, v) for v in values))
+        shed = await consume(kafka_bootstrap, source + "-shed", until=60, timeout=20)
+        out = await consume(kafka_bootstrap, sink, until=30, timeout=20, settle=0.5)
+    print(f"\nlevel 1 -> 2 after {escalated_after:.2f} s (3 intervals of 0.3 s)")
+    assert 0.6 <= escalated_after <= 2.0, escalated_after
+    assert loop.shedder.level == 2
+    assert sorted(r.value for r in shed) == sorted(v for v in values if v[:1] in b"01")
+    assert sorted(r.value for r in out) == sorted(v for v in values if v[:1] == b"2")
+    assert {dict(r.headers)[h.SHED_PRIORITY] for r in shed} == {b"0", b"1"}
