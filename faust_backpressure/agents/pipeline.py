@@ -20,6 +20,7 @@ from typing import Any
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -74,7 +75,8 @@ class Pipeline:
                  dlq: TopicSpec | None = None, limiter: RateLimitingStrategy | None = None,
                  on_limit: OnLimit = "wait", max_retries: int | None = None,
                  retry_backoff: float | Backoff | None = None, concurrency: int = 1,
-                 settings: BackpressureSettings | None = None) -> None:
+                 settings: BackpressureSettings | None = None,
+                 keyed: KeyedRateLimitGate | None = None) -> None:
         settings = settings or BackpressureSettings()
         self.app = app
         self.name = name
@@ -106,6 +108,10 @@ class Pipeline:
                                    shed_topic_suffix=settings.shed_topic_suffix,
                                    agent_name=f"pipeline:{name}"))
         fun = self._run if self.gate is None else self.gate(self._run)
+        self.keyed = keyed
+        if keyed is not None:  # a keyed limit as the limiter: key = the record's key by default
+            keyed.agent_name = keyed.agent_name or f"pipeline:{name}"
+            fun = keyed(fun)
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 

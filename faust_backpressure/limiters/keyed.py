@@ -10,9 +10,9 @@ generic cell rate algorithm, equivalent to a token bucket). At time ``now`` a ke
 * over any interval of length ``t`` a key is admitted at most ``rate * t + burst`` permits,
   counting deferred events at their not-before time (:meth:`defer` reserves the token then).
 
-The mapping is any ``MutableMapping`` (a dict in tests, a Faust table in a worker); values are
-``(full_at, deferred)`` tuples. ``clock`` must be a wall clock (``time.time``) when the mapping
-moves between processes. Pure: no Faust, no I/O.
+The mapping is any ``MutableMapping`` (a dict in tests, a Faust table in a worker); values
+are ``(full_at, deferred, late)`` tuples. ``clock`` must be a wall clock (``time.time``) when
+the mapping moves between processes. Pure: no Faust, no I/O.
 
 Example::
 
@@ -33,8 +33,9 @@ from .base import EPSILON, Clock, check_capacity, check_rate
 
 __all__ = ["KeyLimits", "KeyState", "KeyedBucketStats", "KeyedTokenBuckets", "LimitsFor"]
 
-#: ``(full_at, deferred)``: when the key's bucket is full again, its events waiting in deferral.
-KeyState = tuple[float, int]
+#: ``(full_at, deferred, late)``: when the key's bucket is full again (counting reservations),
+#: its events waiting in deferral, and how late its deferred events came back (see readmit).
+KeyState = tuple[float, int, float]
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,16 @@ class KeyedTokenBuckets:
 
     def _state(self, key: Hashable) -> KeyState:
         state = self.store.get(key)
-        return (0.0, 0) if state is None else (float(state[0]), int(state[1]))
+        return (0.0, 0, 0.0) if state is None else (float(state[0]), int(state[1]),
+                                                     float(state[2]))
 
-    def _save(self, key: Hashable, full_at: float, deferred: int, now: float) -> None:
+    def _save(self, key: Hashable, full_at: float, deferred: int, now: float,
+              late: float = 0.0) -> None:
         if full_at <= now and deferred <= 0:
             if key in self.store:
                 del self.store[key]
             return
-        self.store[key] = (full_at, deferred)
+        self.store[key] = (full_at, deferred, late)
         if key not in self._queued:
             self._queued.add(key)
             self._seq += 1
@@ -107,7 +110,7 @@ class KeyedTokenBuckets:
     def tokens(self, key: Hashable) -> float:
         """Tokens ``key`` has now (negative while deferred events hold reservations)."""
         limits = self.limits(key)
-        full_at, _ = self._state(key)
+        full_at = self._state(key)[0]
         return limits.burst_capacity - max(0.0, full_at - self.clock()) * limits.tokens_per_second
 
     def deferred(self, key: Hashable) -> int:
@@ -124,7 +127,7 @@ class KeyedTokenBuckets:
         now = self.clock()
         limits = self.limits(key)
         permits = self._cap(permits, limits)
-        full_at, deferred = self._state(key)
+        full_at, deferred, _ = self._state(key)
         start = full_at if full_at > now else now
         # tokens after taking = burst - (start + permits/rate - now) * rate >= 0
         if deferred <= 0 and (start - now) * limits.tokens_per_second + permits \
@@ -146,12 +149,12 @@ class KeyedTokenBuckets:
         now = self.clock()
         limits = self.limits(key)
         permits = self._cap(permits, limits)
-        full_at, deferred = self._state(key)
+        full_at, deferred, late = self._state(key)
         start = full_at if full_at > now else now
         full_at = start + permits / limits.tokens_per_second
         not_before = full_at - limits.burst_capacity / limits.tokens_per_second
         not_before = now if not_before < now else not_before
-        self._save(key, full_at, deferred + (1 if defer else 0), now)
+        self._save(key, full_at, deferred + (1 if defer else 0), now, late)
         return not_before
 
     def defer(self, key: Hashable, permits: float = 1) -> float:
@@ -159,12 +162,27 @@ class KeyedTokenBuckets:
         self.stats.deferred += 1
         return self.reserve(key, permits, defer=True)
 
-    def readmit(self, key: Hashable) -> None:
-        """A deferred event of ``key`` is admitted (its tokens were reserved by :meth:`defer`)."""
+    def readmit(self, key: Hashable, not_before: float) -> float:
+        """A deferred event of ``key`` (reserved for ``not_before``) is back: return when it
+        may pass (at most ``now``: at once; later: wait until then).
+
+        Its tokens were spent at ``not_before``. One that comes back late shifts the key's
+        later deferred events by as much (``late``), so admissions keep the reservations'
+        spacing and the bound holds for real admission times; when the key has no deferred
+        events left, the shift moves into ``full_at``.
+        """
         now = self.clock()
-        full_at, deferred = self._state(key)
-        self._save(key, full_at, max(0, deferred - 1), now)
+        full_at, deferred, late = self._state(key)
+        due = not_before + late
+        if due < now:
+            late = now - not_before
+            due = now
+        deferred -= 1
+        if deferred <= 0:
+            full_at, deferred, late = full_at + late, 0, 0.0
+        self._save(key, full_at, deferred, now, late)
         self.stats.readmitted += 1
+        return due
 
     def expire(self, limit: int = 8) -> int:
         """Remove up to ``limit`` entries this object stored that are full again; return how
