@@ -152,9 +152,9 @@ class KeyedRateLimitGate:
         self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
                                     partitions=partitions, store=store,
                                     help=f"keyed limit {name}: bucket levels by key")
-        # Overrides: every worker needs every key's, so a global table (read from memory).
+        # Overrides: every worker needs every key's, so a global table.
         self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
-                                              value_type=bytes, partitions=1, store="memory://",
+                                              value_type=bytes, partitions=1,
                                               help=f"keyed limit {name}: per-key limits")
         # Bucket levels are limiter state, not event output: under exactly_once they are
         # written outside transactions, as every table of ours (a crash can only leave a
@@ -190,12 +190,10 @@ class KeyedRateLimitGate:
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
         """Stored override, else the ``limits`` function, else None (the default)."""
-        data = self.overrides.data
-        if len(data):
-            raw = data.get(encode_key(key))
-            if raw is not None:
-                rate, burst = json.loads(raw)
-                return KeyLimits(float(rate), float(burst))
+        raw = self.overrides.data.get(encode_key(key))
+        if raw is not None:
+            rate, burst = json.loads(raw)
+            return KeyLimits(float(rate), float(burst))
         return None if self.limits is None else self.limits(key)
 
     async def set_limits(self, key: Hashable, tokens_per_second: float | None,
@@ -212,12 +210,7 @@ class KeyedRateLimitGate:
         # override is control state (outside any transaction); every worker's copy reads it.
         future = await send_control(self.app, self.overrides.changelog_topic.get_topic_name(),
                                     encoded, value)
-        await future
-        data = self.overrides.data  # this worker sees it at once
-        if value is None:
-            data.pop(encoded, None)
-        else:
-            data[encoded] = value
+        await future  # every worker's global table reads it from the changelog
 
     def buckets(self, partition: int) -> KeyedTokenBuckets:
         """The buckets of one partition (its own expiry queue; the store routes by event)."""

@@ -12,7 +12,6 @@ from typing import Any
 import faust
 import pytest
 
-from faust_backpressure.agents import NotCopartitioned
 from faust_backpressure.agents.keyed import KEYED_LIMIT, NOT_BEFORE
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
@@ -134,59 +133,6 @@ async def test_many_keys_each_within_rate_t_plus_burst_and_idle_keys_get_a_full_
         assert _worst_excess(admitted[key], rate) <= burst + 1, key
     idle = sorted(admitted[b"idle"])  # an idle key gets its burst at once (4), then the pace
     assert len(idle) == 5 and idle[3] - idle[0] < idle[4] - idle[3] + 1.0
-
-
-async def test_not_copartitioned_refuses_at_start_with_what_to_do(
-        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
-    source = unique_name("src")
-    await create_topics(kafka_bootstrap, {source: 2})
-    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)
-    src = _raw(app, source)
-    # keyed by the order id, limited by the customer in the value: buckets would be split
-    limit = bp.rate_limit_per_key("per-customer", key=lambda e: e.value.split(b":")[0],
-                                  tokens_per_second=100, partitions=2)
-    passed: list[bytes] = []
-
-    @app.agent(src)
-    @limit
-    async def forward(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
-            passed.append(value)
-
-    await create_topics(kafka_bootstrap, {limit.deferral_topic_name: 2})
-    await produce(kafka_bootstrap, source,
-                  [(b"order-%d" % i, b"cust-%d:%d" % (i % 7, i)) for i in range(50)])
-    async with running_app(app):
-        deadline = time.monotonic() + 30
-        while limit.error is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-    assert isinstance(limit.error, NotCopartitioned)
-    assert "group_by" in str(limit.error) and "partitions=" in str(limit.error)
-    assert passed == []  # not one event went through a bucket on the wrong worker
-
-
-async def test_partition_counts_that_differ_are_refused(
-        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
-    source = unique_name("src")
-    await create_topics(kafka_bootstrap, {source: 2})
-    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)
-    src = _raw(app, source)
-    limit = bp.rate_limit_per_key("per-key", tokens_per_second=100, partitions=3)
-    passed: list[bytes] = []
-
-    @app.agent(src)
-    @limit
-    async def forward(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
-            passed.append(value)
-
-    await produce(kafka_bootstrap, source, [(b"k%d" % i, b"v") for i in range(10)])
-    async with running_app(app):
-        deadline = time.monotonic() + 30
-        while limit.error is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-    assert isinstance(limit.error, NotCopartitioned)
-    assert "has 2 partitions" in str(limit.error) and passed == []
 
 
 async def test_shed_and_wait_modes(

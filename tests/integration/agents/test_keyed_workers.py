@@ -1,0 +1,98 @@
+"""Keyed limits in real ``faust worker`` processes: refusal at start-up, overrides that survive a
+restart with fresh data dirs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from faust_backpressure.tables.kafka import partition_for_key
+from faust_backpressure.testing.kafka_io import consume, create_topics, produce, read_to_end
+from faust_backpressure.testing.workers import FaustWorker
+
+from .helpers import hdr
+
+pytestmark = pytest.mark.kafka
+
+APP = "tests.integration.apps.keyed"
+
+
+def _env(unique_name: Callable[[str], str], **extra: str) -> dict[str, str]:
+    return {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+            "FBP_SINK": unique_name("sink"), **extra}
+
+
+async def test_a_worker_whose_stream_is_not_keyed_by_the_limit_refuses_to_run(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_KEY="value", FBP_PARTITIONS="2")
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2,
+                                          env["FBP_APP_ID"] + "-per-key-deferred": 2})
+    # keyed by order id, limited by customer: a customer's events are on both partitions
+    await produce(kafka_bootstrap, env["FBP_SOURCE"],
+                  [(b"order-%d" % i, b"cust-%d:%d" % (i % 3, i)) for i in range(40)])
+    worker = faust_workers(APP, env=env)
+    # the app crashes (the worker stops): it never runs with split buckets
+    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
+    logs = worker.logs()
+    assert "is not the record's key" in logs and "group_by" in logs
+    # Only events already on their limit key's partition (by the partitioner) went through
+    # before the first misplaced one stopped the worker.
+    passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
+    for record in passed:
+        assert record.value is not None
+        customer = record.value.split(b":")[0]
+        assert int(hdr(record)["partition"]) == partition_for_key(customer, 2)
+    assert len(passed) < 40
+
+
+async def test_partition_counts_that_differ_are_refused_at_start(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_PARTITIONS="3")
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2,
+                                          env["FBP_APP_ID"] + "-per-key-deferred": 3})
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], [(b"k%d" % i, b"v") for i in range(10)])
+    worker = faust_workers(APP, env=env)
+    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
+    assert "has 2 partitions but" in worker.logs()
+    assert await read_to_end(kafka_bootstrap, env["FBP_SINK"]) == []
+
+
+def _load_app(env: dict[str, str]) -> Any:
+    """The app module in this process (not started), to call the Python API on it."""
+    os.environ.update(env)
+    sys.modules.pop(APP, None)
+    return importlib.import_module(APP)
+
+
+async def test_overrides_survive_a_restart_of_every_worker_with_fresh_data_dirs(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_PARTITIONS="2", FBP_RATE="10", FBP_BURST="5")
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2,
+                                          env["FBP_APP_ID"] + "-per-key-deferred": 2})
+    first = faust_workers(APP, env=env, name="first").wait_ready()
+    module = _load_app(env)
+    try:
+        await module.limit.set_limits(b"vip", 1000, 1000)
+    finally:
+        await module.app.producer.stop()
+    first.stop()
+    # every worker gone; the next one starts from a fresh data dir: only the changelog knows
+    faust_workers(APP, env=env, name="second").wait_ready()
+    await produce(kafka_bootstrap, env["FBP_SOURCE"],
+                  [(key, key + b":%d" % i) for i in range(30) for key in (b"vip", b"std")])
+    out = await consume(kafka_bootstrap, env["FBP_SINK"], until=60, timeout=40)
+    via: dict[bytes, list[bytes]] = {b"vip": [], b"std": []}
+    for record in out:
+        assert record.key is not None
+        via[record.key].append(hdr(record)["via"])
+    source = env["FBP_SOURCE"].encode()
+    assert via[b"vip"] == [source] * 30  # its own limit: never deferred
+    assert via[b"std"][:5] == [source] * 5 and via[b"std"].count(source) < 15
