@@ -70,3 +70,18 @@ def test_prometheus_text_is_well_formed_and_carries_the_counts() -> None:
             assert SAMPLE_LINE.match(line), line
     # Series with no rows (no pipelines, no control loops) are left out, not shown empty.
     assert "pipeline_" not in text and "control_" not in text
+
+
+def test_keyed_limits_are_shown_without_per_key_labels() -> None:
+    _, bp = _app()
+    limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
+                                  store="memory://")
+    limit.admitted, limit.deferred, limit.backlog = 7, 3, 2
+    state = snapshot(bp)["keyed"]["per-customer"]
+    assert (state["admitted"], state["deferred"], state["deferred_backlog"]) == (7, 3, 2)
+    assert state["keys_tracked"] == 0 and state["burst"] == 10
+    text = render_prometheus(snapshot(bp))
+    assert ('faust_backpressure_keyed_deferred_total{app="views-unit",limit="per-customer"} 3.0'
+            in text.splitlines())
+    assert "faust_backpressure_keyed_keys_limited{" in text
+    assert all(SAMPLE_LINE.match(line) for line in text.splitlines() if not line.startswith("#"))
