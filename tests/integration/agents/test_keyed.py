@@ -173,3 +173,22 @@ async def test_shed_and_wait_modes(
     assert [v for v, _ in wait_seen] == [b"w%02d" % i for i in range(30)]
     assert _worst_excess([t for _, t in wait_seen], 50) <= 2 + 1
     assert wait_limit.stats()["waits"] == 28
+
+
+async def test_a_keyed_limit_as_a_pipelines_limiter(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    source, sink = unique_name("src"), unique_name("sink")
+    await create_topics(kafka_bootstrap, {source: 1, sink: 1})
+    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)
+    limit = bp.rate_limit_per_key("per-key", tokens_per_second=20, burst_capacity=2,
+                                  partitions=1)
+    await create_topics(kafka_bootstrap, {limit.deferral_topic_name: 1})
+    bp.pipeline("upper", source=source, sink=sink, process=lambda v: v.upper(), limiter=limit)
+    records = [(b"hot", b"hot%02d" % i) for i in range(20)] + [(b"cold", b"cold0"),
+                                                                (b"cold", b"cold1")]
+    await produce(kafka_bootstrap, source, records)
+    async with running_app(app):
+        out = await consume(kafka_bootstrap, sink, until=22, timeout=30)
+    assert [r.value for r in out if r.key == b"hot"] == [b"HOT%02d" % i for i in range(20)]
+    assert [r.value for r in out if r.key == b"cold"] == [b"COLD0", b"COLD1"]
+    assert limit.stats()["deferred"] >= 15 and limit.agent_name == "pipeline:upper"
