@@ -1,4 +1,4 @@
-"""``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``."""
+"""``faust -A app backpressure dlq-replay PIPELINE ...`` and ``... set-rate LIMIT RATE --key K``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,44 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
             error_type=error_type, rate=rate or bp.settings.replay_rate,
             from_beginning=from_beginning, progress=bar.update))
     click.echo(report.summary())
+
+
+@backpressure.command(name="set-rate")
+@click.argument("limit")
+@click.argument("rate", type=click.FloatRange(min=0, min_open=True), required=False)
+@click.option("--key", required=True, help="The key whose limits to set.")
+@click.option("--key-type", type=click.Choice(["str", "bytes", "int"]), default="str",
+              help="How the limit's key function returns keys (default str).")
+@click.option("--burst", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Burst capacity (default: one second of RATE).")
+@click.option("--clear", is_flag=True, default=False, help="Remove the key's own limits.")
+@click.pass_context
+def set_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,
+             burst: float | None, clear: bool) -> None:
+    """Store one key's rate (and burst) for a keyed limit; every worker reads it."""
+    from faust.cli.base import find_app
+
+    state: Any = ctx.find_root().obj
+    if state is None or not getattr(state, "app", None):
+        raise click.UsageError("give the app: faust -A module backpressure set-rate ...")
+    if rate is None and not clear:
+        raise click.UsageError("give RATE, or --clear")
+    app: Any = find_app(state.app)
+    bp = installed(app)
+    if limit not in bp.keyed_limits:
+        known = ", ".join(sorted(bp.keyed_limits)) or "none"
+        raise click.UsageError(f"no keyed limit {limit!r} (declared: {known})")
+    typed: Any = key.encode() if key_type == "bytes" else int(key) if key_type == "int" else key
+
+    async def store() -> None:
+        try:
+            await bp.keyed_limits[limit].set_limits(typed, None if clear else rate, burst)
+        finally:
+            await app.producer.stop()
+
+    asyncio.run(store())
+    click.echo(f"{limit} {key}: " + ("cleared" if clear else f"{rate:g}/s, burst "
+                                     f"{burst if burst is not None else rate:g}"))
 
 
 _registered = False

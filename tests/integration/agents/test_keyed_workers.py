@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from .helpers import hdr
 pytestmark = pytest.mark.kafka
 
 APP = "tests.integration.apps.keyed"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _env(unique_name: Callable[[str], str], **extra: str) -> dict[str, str]:
@@ -83,18 +86,27 @@ async def test_overrides_survive_a_restart_of_every_worker_with_fresh_data_dirs(
         await module.limit.set_limits(b"vip", 1000, 1000)
     finally:
         await module.app.producer.stop()
+    # and one from the command line
+    cli = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", APP, "backpressure", "set-rate", "per-key", "1000",
+         "--key", "vip2", "--key-type", "bytes", "--burst", "1000"],
+        env={**os.environ, **env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+             "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "per-key vip2: 1000/s, burst 1000" in cli.stdout
     first.stop()
     # every worker gone; the next one starts from a fresh data dir: only the changelog knows
     faust_workers(APP, env=env, name="second").wait_ready()
     await produce(kafka_bootstrap, env["FBP_SOURCE"],
-                  [(key, key + b":%d" % i) for i in range(30) for key in (b"vip", b"std")])
-    out = await consume(kafka_bootstrap, env["FBP_SINK"], until=60, timeout=40)
-    via: dict[bytes, list[bytes]] = {b"vip": [], b"std": []}
+                  [(key, key + b":%d" % i) for i in range(30)
+                   for key in (b"vip", b"vip2", b"std")])
+    out = await consume(kafka_bootstrap, env["FBP_SINK"], until=90, timeout=40)
+    via: dict[bytes, list[bytes]] = {b"vip": [], b"vip2": [], b"std": []}
     for record in out:
         assert record.key is not None
         via[record.key].append(hdr(record)["via"])
     source = env["FBP_SOURCE"].encode()
-    assert via[b"vip"] == [source] * 30  # its own limit: never deferred
+    assert via[b"vip"] == via[b"vip2"] == [source] * 30  # their own limits: never deferred
     assert via[b"std"][:5] == [source] * 5 and via[b"std"].count(source) < 15
 
 
