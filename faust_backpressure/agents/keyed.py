@@ -92,6 +92,15 @@ def _partition_bytes(key: Hashable) -> bytes | None:
     return None
 
 
+def _store_url(url: str | None, name: str) -> str | None:
+    """Faust ignores a bare store URL (``rocksdict://`` is falsy as a yarl URL) and uses the
+    app's store instead: ``rocksdict:<table>`` names the same store (RocksDB takes the file
+    name from the URL's path, relative to the app's table dir)."""
+    if url is not None and url.endswith("://"):
+        return f"{url[:-3]}:{name}"
+    return url
+
+
 class _TableStore(MutableMapping[Hashable, KeyState]):
     """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets."""
 
@@ -150,11 +159,13 @@ class KeyedRateLimitGate:
         self.agent_name = ""
         prefix = f"bp-keyed-{name}"
         self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
-                                    partitions=partitions, store=store,
+                                    partitions=partitions, store=_store_url(store, prefix),
                                     help=f"keyed limit {name}: bucket levels by key")
-        # Overrides: every worker needs every key's, so a global table.
+        # Overrides: every worker needs every key's, so a global table; few, read per event,
+        # so in memory (restored from the changelog at each start).
         self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
                                               value_type=bytes, partitions=1,
+                                              store=_store_url("memory://", prefix),
                                               help=f"keyed limit {name}: per-key limits")
         # Bucket levels are limiter state, not event output: under exactly_once they are
         # written outside transactions, as every table of ours (a crash can only leave a
