@@ -455,7 +455,12 @@ class KeyedRateLimitGate:
                 self.backlog = len(heap)
                 message = event.message
                 if TP(message.topic, message.partition) in consumer.assignment():
-                    await redeliver(target, message)
+                    try:
+                        await redeliver(target, message)
+                    except Exception:  # never kill the releaser; un-acked: read again later
+                        log.exception("keyed limit %s: cannot hand back %s[%d]@%d", self.name,
+                                      message.topic, message.partition, message.offset)
+                        continue
                     event.ack()  # the stream's ack is the last one: then the offset is done
                 continue
             wake.clear()
