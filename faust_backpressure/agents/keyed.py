@@ -102,37 +102,64 @@ def _store_url(url: str | None, name: str) -> str | None:
 
 
 class _TableStore(MutableMapping[Hashable, KeyState]):
-    """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets."""
+    """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets.
 
-    def __init__(self, table: Any) -> None:
+    Write-behind for levels that are full again within ``hold`` seconds: kept in memory only
+    (a limit that rarely binds then writes no changelog at all: such an entry is removed before
+    it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
+    tokens. Everything else is written through Faust's table path at once.
+    """
+
+    def __init__(self, table: Any, hold: float, clock: Callable[[], float]) -> None:
         self.table = table
-
-    def __getitem__(self, key: Hashable) -> KeyState:
-        raw = self.table.get(encode_key(key))
-        if raw is None:
-            raise KeyError(key)
-        full_at, deferred, late = _STATE.unpack(raw)
-        return full_at, deferred, late
+        self.hold = hold
+        self.clock = clock
+        self._memory: dict[bytes, KeyState] = {}
 
     def get(self, key: Hashable, default: Any = None) -> Any:
-        raw = self.table.get(encode_key(key))
+        encoded = encode_key(key)
+        held = self._memory.get(encoded)
+        if held is not None:
+            if held[0] > self.clock():
+                return held
+            # refilled: the table may hold a newer level (the partition moved and came back)
+            del self._memory[encoded]
+        raw = self.table.get(encoded)
         return default if raw is None else _STATE.unpack(raw)
 
+    def __getitem__(self, key: Hashable) -> KeyState:
+        found: KeyState | None = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
     def __setitem__(self, key: Hashable, value: KeyState) -> None:
-        self.table[encode_key(key)] = _STATE.pack(float(value[0]), int(value[1]),
-                                                  float(value[2]))
+        encoded = encode_key(key)
+        full_at, deferred, late = float(value[0]), int(value[1]), float(value[2])
+        if deferred <= 0 and full_at - self.clock() <= self.hold:
+            self._memory[encoded] = (full_at, deferred, late)
+            if self.table.get(encoded) is not None:  # never leave an older level behind
+                del self.table[encoded]
+            return
+        self._memory.pop(encoded, None)
+        self.table[encoded] = _STATE.pack(full_at, deferred, late)
 
     def __delitem__(self, key: Hashable) -> None:
-        del self.table[encode_key(key)]
+        encoded = encode_key(key)
+        held = self._memory.pop(encoded, None)
+        if self.table.get(encoded) is not None:
+            del self.table[encoded]
+        elif held is None:
+            raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, Hashable) and self.table.get(encode_key(key)) is not None
+        return isinstance(key, Hashable) and self.get(key) is not None
 
     def __iter__(self) -> Iterator[Hashable]:
         raise TypeError("a keyed limit's table is not iterated (keys are encoded)")
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.table) + len(self._memory)
 
 
 class KeyedRateLimitGate:
@@ -144,7 +171,8 @@ class KeyedRateLimitGate:
                  limits: LimitsFor | None = None, partitions: int | None = None,
                  store: str | None = "rocksdict://", shed_topic: str | TopicT | None = None,
                  shed_topic_suffix: str = "-shed", deferral_topic_suffix: str = "-deferred",
-                 replicas: int | None = None, clock: Callable[[], float] = time.time) -> None:
+                 replicas: int | None = None, clock: Callable[[], float] = time.time,
+                 write_behind: float = 0.01) -> None:
         if on_limit not in ("defer", "wait", "shed"):
             raise ValueError(f"on_limit must be 'defer', 'wait' or 'shed', got {on_limit!r}")
         self.app = app
@@ -154,6 +182,7 @@ class KeyedRateLimitGate:
         self.cost = cost
         self.limits = limits
         self.clock = clock
+        self.write_behind = write_behind
         self.default = KeyLimits(float(tokens_per_second), float(
             tokens_per_second if burst_capacity is None else burst_capacity))
         self.agent_name = ""
@@ -183,6 +212,7 @@ class KeyedRateLimitGate:
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
+        self._store = _TableStore(self.table, write_behind, clock)
         self._streams: list[StreamT[Any]] = []
         self._checked = 0
         self._verified: set[str] = set()
@@ -228,7 +258,7 @@ class KeyedRateLimitGate:
         found = self._buckets.get(partition)
         if found is None:
             found = KeyedTokenBuckets(self.default.tokens_per_second,
-                                      self.default.burst_capacity, store=_TableStore(self.table),
+                                      self.default.burst_capacity, store=self._store,
                                       limits_for=self.limits_for, clock=self.clock)
             self._buckets[partition] = found
         return found
