@@ -115,6 +115,7 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
         self.hold = hold
         self.clock = clock
         self._memory: dict[bytes, KeyState] = {}
+        self._from_table: bytes | None = None  # the last key read from the table
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         encoded = encode_key(key)
@@ -122,10 +123,15 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
         if held is not None:
             if held[0] > self.clock():
                 return held
-            # refilled: the table may hold a newer level (the partition moved and came back)
+            # refilled; the table has no copy (removed when stored; the memory is dropped at
+            # every rebalance, so another worker's newer level cannot hide behind it)
             del self._memory[encoded]
-        raw = self.table.get(encoded)
-        return default if raw is None else _STATE.unpack(raw)
+            return default
+        raw = self.table.data.get(encoded)
+        if raw is None:
+            return default
+        self._from_table = encoded
+        return _STATE.unpack(raw)
 
     def __getitem__(self, key: Hashable) -> KeyState:
         found: KeyState | None = self.get(key)
@@ -138,7 +144,8 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
         full_at, deferred, late = float(value[0]), int(value[1]), float(value[2])
         if deferred <= 0 and full_at - self.clock() <= self.hold:
             self._memory[encoded] = (full_at, deferred, late)
-            if self.table.get(encoded) is not None:  # never leave an older level behind
+            # never leave an older level behind (the buckets read a key before they write it)
+            if self._from_table == encoded and self.table.data.get(encoded) is not None:
                 del self.table[encoded]
             return
         self._memory.pop(encoded, None)
@@ -146,14 +153,18 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
 
     def __delitem__(self, key: Hashable) -> None:
         encoded = encode_key(key)
-        held = self._memory.pop(encoded, None)
-        if self.table.get(encoded) is not None:
-            del self.table[encoded]
-        elif held is None:
+        if self._memory.pop(encoded, None) is not None:
+            return  # held in memory: its table copy was removed when it was stored
+        if self.table.data.get(encoded) is None:
             raise KeyError(key)
+        del self.table[encoded]
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, Hashable) and self.get(key) is not None
+
+    def drop_memory(self) -> None:
+        """A rebalance: levels held in memory count as full (at most ``hold * rate`` tokens)."""
+        self._memory.clear()
 
     def __iter__(self) -> Iterator[Hashable]:
         raise TypeError("a keyed limit's table is not iterated (keys are encoded)")
@@ -213,6 +224,7 @@ class KeyedRateLimitGate:
         self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
         self._store = _TableStore(self.table, write_behind, clock)
+        self._generation: int | None = None
         self._streams: list[StreamT[Any]] = []
         self._checked = 0
         self._verified: set[str] = set()
@@ -351,6 +363,8 @@ class KeyedRateLimitGate:
                 return value  # not from a topic (agent.send to a channel)
             if self.error is not None:
                 raise self.error
+            if self.app.consumer_generation_id != self._generation:
+                self._rebalanced()
             message = event.message
             key = event.key if key_of is None else key_of(event)
             buckets = self.buckets(message.partition)
@@ -377,6 +391,12 @@ class KeyedRateLimitGate:
             return self._wait(value, buckets, key, permits)
 
         return admit
+
+    def _rebalanced(self) -> None:
+        """Partitions may have moved: levels held in memory count as full from now on (the
+        expiry queues stay: an entry gone since is skipped when its turn comes)."""
+        self._generation = self.app.consumer_generation_id
+        self._store.drop_memory()
 
     async def _defer(self, event: EventT[Any], buckets: KeyedTokenBuckets, key: Hashable,
                      permits: int) -> Any:

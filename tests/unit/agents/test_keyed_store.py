@@ -6,6 +6,14 @@ from faust_backpressure.agents.keyed import _STATE, _TableStore, encode_key
 from faust_backpressure.limiters.keyed import KeyedTokenBuckets
 
 
+class Table(dict[bytes, bytes]):
+    """A Faust table's mapping and its ``data`` (the store) in one."""
+
+    @property
+    def data(self) -> Table:
+        return self
+
+
 class Clock:
     now = 1000.0
 
@@ -14,7 +22,7 @@ class Clock:
 
 
 def test_a_level_full_again_within_the_hold_is_never_written() -> None:
-    table: dict[bytes, bytes] = {}
+    table = Table()
     clock = Clock()
     buckets = KeyedTokenBuckets(1e9, 1e9, store=_TableStore(table, 0.01, clock), clock=clock)
     for key in range(1000):
@@ -25,7 +33,7 @@ def test_a_level_full_again_within_the_hold_is_never_written() -> None:
 
 
 def test_a_level_that_matters_is_written_through_and_removed_once_refilled() -> None:
-    table: dict[bytes, bytes] = {}
+    table = Table()
     clock = Clock()
     store = _TableStore(table, 0.01, clock)
     buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock)
