@@ -61,6 +61,7 @@ __all__ = [
     "force_metadata_update",
     "install",
     "mark_control_topic",
+    "redeliver",
     "refresh_consumer_metadata",
     "send_control",
     "stream_processors",
@@ -124,6 +125,20 @@ def unbounded_stream_buffer(stream: StreamT[Any], high_water: int, drop_ratio: f
     queue._maxsize = never_full
     queue.__dict__["pressure_high_size"] = high_water
     queue.__dict__["pressure_drop_size"] = math.floor(high_water * drop_ratio)
+
+
+async def redeliver(stream: StreamT[Any], message: Message) -> None:
+    """Deliver ``message`` (consumed by another agent) to ``stream`` as the conductor would.
+
+    A keyed limit's deferral agent hands a due record to the limited agent this way: the
+    stream decodes it with its own topic's schema, and the record's offset is acked only once
+    both the deferral agent and the stream have acked it (the message's refcount). The buffer
+    never counts as full (:func:`unbounded_stream_buffer`), so this never blocks.
+    """
+    channel: Any = stream.channel
+    event = await channel.decode(message, propagate=True)
+    message.incref()
+    channel.queue.put_nowait(event)
 
 
 def flow_stopped_event(app: AppT) -> asyncio.Event | None:

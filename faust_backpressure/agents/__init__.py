@@ -1,6 +1,7 @@
 """Rate-limited agents, pipelines with a dead-letter queue, DLQ replay."""
 
 from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
+from faust_backpressure.agents.keyed import KeyedRateLimitGate, NotCopartitioned
 from faust_backpressure.agents.pipeline import (
     Backoff,
     Pipeline,
@@ -18,7 +19,9 @@ __all__ = [
     "Backoff",
     "CostFunction",
     "Failure",
+    "KeyedRateLimitGate",
     "LimiterSpec",
+    "NotCopartitioned",
     "Pipeline",
     "PipelineStats",
     "RateLimitGate",

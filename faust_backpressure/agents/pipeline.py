@@ -22,6 +22,7 @@ from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event
@@ -78,10 +79,12 @@ class Pipeline:
                  on_limit: OnLimit = "wait", max_retries: int | None = None,
                  retry_backoff: float | Backoff | None = None, concurrency: int = 1,
                  settings: BackpressureSettings | None = None,
-                 priority: Callable[[Any], int] | None = None) -> None:
+                 priority: Callable[[Any], int] | None = None,
+                 keyed: KeyedRateLimitGate | None = None) -> None:
         """``priority``: the decoded value's priority (higher is more important); under a
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
-        first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's."""
+        first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
+        ``keyed``: a keyed limit as the limiter (key = the record's key by default)."""
         settings = settings or BackpressureSettings()
         if priority is not None and limiter is None:
             raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
@@ -135,6 +138,10 @@ class Pipeline:
         # a bound method made every pipeline "faust_backpressure.agents[.]_run".
         run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
         fun = run if self.gate is None else self.gate(run)
+        self.keyed = keyed
+        if keyed is not None:  # a keyed limit as the limiter: key = the record's key by default
+            keyed.agent_name = keyed.agent_name or f"pipeline:{name}"
+            fun = keyed(fun)
         self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
                                             concurrency=concurrency)(fun)
 

@@ -1,5 +1,6 @@
 """``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``;
-the operator commands (``status``, ``set-rate``, ``reset``, ``lag``) are in :mod:`.ops_cli`."""
+the operator commands (``status``, ``set-rate`` (with ``--key`` for keyed limits), ``reset``,
+``lag``, ...) are in :mod:`.ops_cli`."""
 
 from __future__ import annotations
 

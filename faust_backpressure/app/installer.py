@@ -10,11 +10,13 @@ from faust.types import AppT, TopicT
 from faust_backpressure.agents import (
     Backoff,
     CostFunction,
+    KeyedRateLimitGate,
     LimiterSpec,
     Pipeline,
     RateLimitGate,
     resolve_limiter,
 )
+from faust_backpressure.agents.keyed import KeyedOnLimit, KeyFunction
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.pause import install_pause_control
 from faust_backpressure.app.registry import register
@@ -31,6 +33,7 @@ from faust_backpressure.control.shedding import ShedLevels
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.faust_seam import refresh_consumer_metadata
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.keyed import LimitsFor
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings
 
@@ -59,6 +62,7 @@ class Backpressure:
         self.gates: list[RateLimitGate] = []
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
+        self.keyed_limits: dict[str, KeyedRateLimitGate] = {}
         register(app, self)
         # Distributed limiters declared before or after this sign with the same secret and
         # declare their topics with its replication factor.
@@ -90,10 +94,32 @@ class Backpressure:
         self.gates.append(gate)
         return gate
 
+    def rate_limit_per_key(self, name: str, *, key: KeyFunction | None = None,
+                           tokens_per_second: float, burst_capacity: float | None = None,
+                           on_limit: KeyedOnLimit = "defer", cost: CostFunction | None = None,
+                           limits: LimitsFor | None = None, partitions: int | None = None,
+                           store: str | None = "rocksdict://",
+                           shed_topic: str | TopicT | None = None) -> KeyedRateLimitGate:
+        """One bucket per key (``key(event)``, default the record's key), kept in a table
+        co-partitioned with the source: decorate an agent, under ``@app.agent(topic)``, or
+        pass as a pipeline's ``limiter=``. See ``docs/keyed.md``."""
+        if name in self.keyed_limits:
+            raise ValueError(f"keyed limit {name!r} is already declared")
+        gate = KeyedRateLimitGate(
+            self.app, name, key=key, tokens_per_second=tokens_per_second,
+            burst_capacity=burst_capacity, on_limit=on_limit, cost=cost, limits=limits,
+            partitions=partitions, store=store, shed_topic=shed_topic,
+            shed_topic_suffix=self.settings.shed_topic_suffix,
+            deferral_topic_suffix=self.settings.deferral_topic_suffix,
+            replicas=self.settings.internal_replication_factor)
+        self.keyed_limits[name] = gate
+        return gate
+
     def pipeline(self, name: str, *, source: str | TopicT,
                  sink: str | TopicT | Sequence[str | TopicT] | None,
                  process: Callable[[Any], Any], dlq: str | TopicT | None = None,
-                 limiter: LimiterSpec | None = None, tokens_per_second: float | None = None,
+                 limiter: LimiterSpec | KeyedRateLimitGate | None = None,
+                 tokens_per_second: float | None = None,
                  burst_capacity: float | None = None, on_limit: OnLimit | None = None,
                  max_retries: int | None = None, retry_backoff: float | Backoff | None = None,
                  concurrency: int = 1, priority: Callable[[Any], int] | None = None
@@ -108,13 +134,15 @@ class Backpressure:
             raise ValueError(f"pipeline {name!r}: tokens_per_second/burst_capacity without "
                              "limiter= would not limit anything; pass limiter='<id>' (shared "
                              "by every worker) or a limiter object")
-        resolved = None if limiter is None else self.limiter(
-            limiter, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
+        keyed = limiter if isinstance(limiter, KeyedRateLimitGate) else None
+        resolved = None if limiter is None or isinstance(limiter, KeyedRateLimitGate) else \
+            self.limiter(limiter, tokens_per_second=tokens_per_second,
+                         burst_capacity=burst_capacity)
         pipeline = Pipeline(self.app, name, source=source, sink=sink, process=process, dlq=dlq,
                             limiter=resolved, on_limit=on_limit or self.settings.on_limit,
                             max_retries=max_retries, retry_backoff=retry_backoff,
                             concurrency=concurrency, settings=self.settings,
-                            priority=priority)
+                            priority=priority, keyed=keyed)
         self.pipelines[name] = pipeline
         return pipeline
 
@@ -209,6 +237,8 @@ class Backpressure:
         for pipeline in self.pipelines.values():
             for topic in pipeline.topics:
                 await topic.maybe_declare()
+        for keyed in self.keyed_limits.values():  # else assigned only at the next rebalance
+            await keyed.deferral_topic.maybe_declare()
         if self._control is not None:  # consumed by the deciding agent: see below
             await self._control.pressure_topic.maybe_declare()
         # Topics consumed here that did not exist when the consumer subscribed would be

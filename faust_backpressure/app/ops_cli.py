@@ -110,13 +110,27 @@ def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,
 
 @click.command(name="set-rate")
 @click.argument("limiter_id")
-@click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=1e12))
+@click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=1e12), required=False)
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the owner's acknowledgement.")
+@click.option("--key", default=None,
+              help="A keyed limit: set this key's own rate (LIMITER_ID is the keyed limit).")
+@click.option("--key-type", type=click.Choice(["str", "bytes", "int"]), default="str",
+              help="With --key: how the limit's key function returns keys (default str).")
+@click.option("--burst", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --key: burst capacity (default: one second of RATE).")
+@click.option("--clear", is_flag=True, default=False,
+              help="With --key: remove the key's own limits.")
 @click.pass_context
-def set_rate(ctx: click.Context, limiter_id: str, rate: float, timeout: float) -> None:
+def set_rate(ctx: click.Context, limiter_id: str, rate: float | None, timeout: float,
+             key: str | None, key_type: str, burst: float | None, clear: bool) -> None:
     """Set a distributed limiter's shared rate (persisted; a control loop may change it
-    again at its next decision)."""
+    again at its next decision), or with --key one key's rate of a keyed limit."""
+    if key is not None:
+        set_keyed_rate(ctx, limiter_id, rate, key, key_type, burst, clear)
+        return
+    if rate is None:
+        raise click.UsageError("give RATE")
     _command(ctx, limiter_id, "update_rate", rate, timeout)
 
 
@@ -235,3 +249,31 @@ def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> No
 
 OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
                                      pause, resume]
+
+
+def set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,
+                   burst: float | None, clear: bool) -> None:
+    """Store one key's rate (and burst) for a keyed limit; every worker reads it."""
+    from faust.cli.base import find_app
+
+    state: Any = ctx.find_root().obj
+    if state is None or not getattr(state, "app", None):
+        raise click.UsageError("give the app: faust -A module backpressure set-rate ...")
+    if rate is None and not clear:
+        raise click.UsageError("give RATE, or --clear")
+    app: Any = find_app(state.app)
+    bp = installed(app)
+    if limit not in bp.keyed_limits:
+        known = ", ".join(sorted(bp.keyed_limits)) or "none"
+        raise click.UsageError(f"no keyed limit {limit!r} (declared: {known})")
+    typed: Any = key.encode() if key_type == "bytes" else int(key) if key_type == "int" else key
+
+    async def store() -> None:
+        try:
+            await bp.keyed_limits[limit].set_limits(typed, None if clear else rate, burst)
+        finally:
+            await app.producer.stop()
+
+    asyncio.run(store())
+    click.echo(f"{limit} {key}: " + ("cleared" if clear else f"{rate:g}/s, burst "
+                                     f"{burst if burst is not None else rate:g}"))

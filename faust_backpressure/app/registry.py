@@ -11,7 +11,7 @@ from typing import Protocol
 
 from faust.types import AppT
 
-from faust_backpressure.agents import Pipeline, RateLimitGate
+from faust_backpressure.agents import KeyedRateLimitGate, Pipeline, RateLimitGate
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import ControlLoop
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -25,6 +25,7 @@ class Installation(Protocol):
     app: AppT
     settings: BackpressureSettings
     pipelines: dict[str, Pipeline]
+    keyed_limits: dict[str, KeyedRateLimitGate]
 
     def all_gates(self) -> list[RateLimitGate]: ...
 

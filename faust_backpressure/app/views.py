@@ -89,6 +89,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                       for name, p in bp.pipelines.items()},
         "control": control,
         "rejected": bp.rejections,
+        "keyed": {name: gate.stats() for name, gate in bp.keyed_limits.items()},
     }
 
 
@@ -122,6 +123,17 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     for field in ("consumed", "produced", "filtered", "retries", "dead_lettered"):
         yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
                [({"pipeline": k}, v[field]) for k, v in pipelines])
+    keyed = state.get("keyed", {}).items()  # no per-key label: keys are unbounded
+    for field, kind, text in (
+            ("keys_tracked", "gauge", "Keys whose bucket is not full (stored)."),
+            ("keys_limited", "gauge", "Keys refused whose next token has not come yet."),
+            ("deferred_backlog", "gauge", "Deferred records held until due."),
+            ("admitted", "counter", "Events admitted at once."),
+            ("deferred", "counter", "Events sent to the deferral topic."),
+            ("readmitted", "counter", "Deferred events handed back when due."),
+            ("shed", "counter", "Events sent to the shed topic.")):
+        yield (f"keyed_{field}" + ("_total" if kind == "counter" else ""), kind, text,
+               [({"limit": k}, v[field]) for k, v in keyed])
     control = [(k, v) for k, v in state["control"].items() if v["severity"] is not None]
     severities = {"NORMAL": 0, "WARNING": 1, "CRITICAL": 2, "EMERGENCY": 3}
     yield ("control_severity", "gauge", "0 normal, 1 warning, 2 critical, 3 emergency.",

@@ -83,6 +83,8 @@ class BackpressureSettings:
     internal_replication_factor: int | None = None
     control_policy: ControlPolicy = "setpoint"
     max_lag_seconds: float | None = None
+    #: Keyed limits: the deferral topic of limit NAME is ``<app id>-NAME<suffix>``.
+    deferral_topic_suffix: str = "-deferred"
 
     def __post_init__(self) -> None:
         with settings_errors():
@@ -181,7 +183,7 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     if s.on_limit not in _ON_LIMIT:
         raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
                          f"got {s.on_limit!r}")
-    for field in ("dlq_topic_suffix", "shed_topic_suffix"):
+    for field in ("dlq_topic_suffix", "shed_topic_suffix", "deferral_topic_suffix"):
         value = getattr(s, field)
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name(field)} must be a non-empty string, got {value!r}")

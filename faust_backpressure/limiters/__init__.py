@@ -12,6 +12,7 @@ from .base import (
     RateLimitTimeout,
 )
 from .factory import RateLimiterFactory, TierLimit
+from .keyed import KeyedTokenBuckets, KeyLimits
 from .leaky_bucket import LeakyBucketRateLimiter
 from .multi_tier import MultiTierRateLimiter, TierSpec
 from .sliding_window import SlidingWindowRateLimiter
@@ -20,6 +21,8 @@ from .token_bucket import TokenBucketRateLimiter
 __all__ = [
     "AdaptiveRateLimiter",
     "Clock",
+    "KeyLimits",
+    "KeyedTokenBuckets",
     "LeakyBucketRateLimiter",
     "LimiterBase",
     "MultiTierRateLimiter",

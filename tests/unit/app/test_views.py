@@ -107,3 +107,18 @@ def test_priority_shedding_shows_its_level_and_counts() -> None:
             '"pipeline:jobs",limiter="TokenBucketRateLimiter"} 4.0'
             ) in render_prometheus(state).splitlines()
     assert "jobs-shed" in [t.get_topic_name() for t in pipe.topics]  # declared up front
+
+
+def test_keyed_limits_are_shown_without_per_key_labels() -> None:
+    _, bp = _app()
+    limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
+                                  store="memory://")
+    limit.admitted, limit.deferred, limit.backlog = 7, 3, 2
+    state = snapshot(bp)["keyed"]["per-customer"]
+    assert (state["admitted"], state["deferred"], state["deferred_backlog"]) == (7, 3, 2)
+    assert state["keys_tracked"] == 0 and state["burst"] == 10
+    text = render_prometheus(snapshot(bp))
+    assert ('faust_backpressure_keyed_deferred_total{app="views-unit",limit="per-customer"} 3.0'
+            in text.splitlines())
+    assert "faust_backpressure_keyed_keys_limited{" in text
+    assert all(SAMPLE_LINE.match(line) for line in text.splitlines() if not line.startswith("#"))

@@ -1,0 +1,519 @@
+"""``@bp.rate_limit_per_key``: one token bucket per key, kept in the worker's own table partition.
+
+The stream must be partitioned by the limit's key (co-partitioned): then the worker processing
+partition p of the source owns partition p of the bucket table, changes buckets in-process
+(:class:`~faust_backpressure.limiters.keyed.KeyedTokenBuckets`) and Faust's changelog makes them
+durable and moves them with the partition. No lease protocol, no network round trip per event.
+
+``on_limit``:
+
+* ``"defer"`` (default): the raw record goes to the deferral topic (same partition number)
+  with a not-before time, and the source event is acked (``Skip``). While a key has deferred
+  events its later events are deferred too, so each key keeps its order; other keys pass. The
+  deferral agent holds due records (un-acked) in a heap and hands each to the limited stream
+  when due (:func:`~faust_backpressure.faust_seam.redeliver`). Faust flushes the producer
+  before it commits (and under exactly_once the send joins the event's transaction), so the
+  deferred copy is in Kafka before the source offset is committed.
+* ``"wait"``: the gate sleeps until the key's reserved token is due: holds the whole partition.
+* ``"shed"``: to the shed topic with the reason, as ``@bp.rate_limit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import heapq
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from typing import Any, Literal, TypeVar
+
+from faust.exceptions import Skip
+from faust.types import TP, AppT, EventT, StreamT, TopicT
+
+from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.agents.headers import (
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    header,
+    shed_headers,
+    without_bp_headers,
+)
+from faust_backpressure.faust_seam import (
+    flow_stopped_event,
+    mark_control_topic,
+    redeliver,
+    send_control,
+)
+from faust_backpressure.limiters.keyed import KeyedTokenBuckets, KeyLimits, KeyState, LimitsFor
+from faust_backpressure.tables.kafka import partition_for_key, raw_topic
+
+__all__ = ["KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate", "NotCopartitioned",
+           "encode_key"]
+
+log = logging.getLogger(__name__)
+
+KeyedOnLimit = Literal["defer", "wait", "shed"]
+#: The limit's key of an event, e.g. ``lambda event: event.value.customer_id``.
+KeyFunction = Callable[[EventT[Any]], Hashable]
+AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
+
+NOT_BEFORE = "bp.keyed.not_before"
+KEYED_LIMIT = "bp.keyed.limit"
+_STATE = struct.Struct("<dqd")
+#: Events whose key is checked against their partition by the partitioner (the check costs a
+#: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
+CHECKED_EVENTS = 10_000
+
+
+class NotCopartitioned(RuntimeError):
+    """The stream is not partitioned by the keyed limit's key: buckets would be split."""
+
+
+def encode_key(key: Hashable) -> bytes:
+    """A key as table bytes, distinct across types (``"1"`` is not ``1``)."""
+    if isinstance(key, bytes):
+        return b"b" + key
+    if isinstance(key, str):
+        return b"s" + key.encode()
+    return b"j" + json.dumps(key, sort_keys=True, default=str).encode()
+
+
+def _partition_bytes(key: Hashable) -> bytes | None:
+    """The bytes a producer keyed by ``key`` would hash (None: no obvious form)."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    return None
+
+
+def _store_url(url: str | None, name: str) -> str | None:
+    """Faust ignores a bare store URL (``rocksdict://`` is falsy as a yarl URL) and uses the
+    app's store instead: ``rocksdict:<table>`` names the same store (RocksDB takes the file
+    name from the URL's path, relative to the app's table dir)."""
+    if url is not None and url.endswith("://"):
+        return f"{url[:-3]}:{name}"
+    return url
+
+
+class _TableStore(MutableMapping[Hashable, KeyState]):
+    """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets.
+
+    Write-behind for levels that are full again within ``hold`` seconds: kept in memory only
+    (a limit that rarely binds then writes no changelog at all: such an entry is removed before
+    it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
+    tokens. Everything else is written through Faust's table path at once.
+    """
+
+    def __init__(self, table: Any, hold: float, clock: Callable[[], float]) -> None:
+        self.table = table
+        self.hold = hold
+        self.clock = clock
+        self._memory: dict[bytes, KeyState] = {}
+        self._from_table: bytes | None = None  # the last key read from the table
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        encoded = encode_key(key)
+        held = self._memory.get(encoded)
+        if held is not None:
+            if held[0] > self.clock():
+                return held
+            # refilled; the table has no copy (removed when stored; the memory is dropped at
+            # every rebalance, so another worker's newer level cannot hide behind it)
+            del self._memory[encoded]
+            return default
+        raw = self.table.data.get(encoded)
+        if raw is None:
+            return default
+        self._from_table = encoded
+        return _STATE.unpack(raw)
+
+    def __getitem__(self, key: Hashable) -> KeyState:
+        found: KeyState | None = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __setitem__(self, key: Hashable, value: KeyState) -> None:
+        encoded = encode_key(key)
+        full_at, deferred, late = float(value[0]), int(value[1]), float(value[2])
+        if deferred <= 0 and full_at - self.clock() <= self.hold:
+            self._memory[encoded] = (full_at, deferred, late)
+            # never leave an older level behind (the buckets read a key before they write it)
+            if self._from_table == encoded and self.table.data.get(encoded) is not None:
+                del self.table[encoded]
+            return
+        self._memory.pop(encoded, None)
+        self.table[encoded] = _STATE.pack(full_at, deferred, late)
+
+    def __delitem__(self, key: Hashable) -> None:
+        encoded = encode_key(key)
+        if self._memory.pop(encoded, None) is not None:
+            return  # held in memory: its table copy was removed when it was stored
+        if self.table.data.get(encoded) is None:
+            raise KeyError(key)
+        del self.table[encoded]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, Hashable) and self.get(key) is not None
+
+    def drop_memory(self) -> None:
+        """A rebalance: levels held in memory count as full (at most ``hold * rate`` tokens)."""
+        self._memory.clear()
+
+    def __iter__(self) -> Iterator[Hashable]:
+        raise TypeError("a keyed limit's table is not iterated (keys are encoded)")
+
+    def __len__(self) -> int:
+        return len(self.table) + len(self._memory)
+
+
+class KeyedRateLimitGate:
+    """A keyed limit on an agent: buckets by key in a table, defer/wait/shed, stats."""
+
+    def __init__(self, app: AppT, name: str, *, key: KeyFunction | None = None,
+                 tokens_per_second: float, burst_capacity: float | None = None,
+                 on_limit: KeyedOnLimit = "defer", cost: Callable[[EventT[Any]], int] | None = None,
+                 limits: LimitsFor | None = None, partitions: int | None = None,
+                 store: str | None = "rocksdict://", shed_topic: str | TopicT | None = None,
+                 shed_topic_suffix: str = "-shed", deferral_topic_suffix: str = "-deferred",
+                 replicas: int | None = None, clock: Callable[[], float] = time.time,
+                 write_behind: float = 0.01) -> None:
+        if on_limit not in ("defer", "wait", "shed"):
+            raise ValueError(f"on_limit must be 'defer', 'wait' or 'shed', got {on_limit!r}")
+        self.app = app
+        self.name = name
+        self.key = key
+        self.on_limit: KeyedOnLimit = on_limit
+        self.cost = cost
+        self.limits = limits
+        self.clock = clock
+        self.write_behind = write_behind
+        self.default = KeyLimits(float(tokens_per_second), float(
+            tokens_per_second if burst_capacity is None else burst_capacity))
+        self.agent_name = ""
+        prefix = f"bp-keyed-{name}"
+        self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
+                                    partitions=partitions, store=_store_url(store, prefix),
+                                    help=f"keyed limit {name}: bucket levels by key")
+        # Overrides: every worker needs every key's, so a global table; few, read per event,
+        # so in memory (restored from the changelog at each start).
+        self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
+                                              value_type=bytes, partitions=1,
+                                              store=_store_url("memory://", prefix),
+                                              help=f"keyed limit {name}: per-key limits")
+        # Bucket levels are limiter state, not event output: under exactly_once they are
+        # written outside transactions, as every table of ours (a crash can only leave a
+        # bucket emptier than the committed offsets say, never fuller).
+        for table in (self.table, self.overrides):
+            mark_control_topic(app, table.changelog_topic.get_topic_name())
+        self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_topic_suffix}"
+        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name,
+                                                partitions=partitions, replicas=replicas)
+        self.deferral_agent: Any = None
+        if on_limit == "defer":
+            self.deferral_agent = app.agent(self.deferral_topic,
+                                            name=f"{prefix}-deferral")(self._deferral)
+        self._shed_topic_spec = shed_topic
+        self._shed_topic_suffix = shed_topic_suffix
+        self._shed_topics: dict[str, TopicT] = {}
+        self._buckets: dict[int, KeyedTokenBuckets] = {}
+        self._store = _TableStore(self.table, write_behind, clock)
+        self._generation: int | None = None
+        self._streams: list[StreamT[Any]] = []
+        self._checked = 0
+        self._verified: set[str] = set()
+        self.error: NotCopartitioned | None = None
+        self._crashing: asyncio.Future[Any] | None = None
+        # counters (this worker, since start)
+        self.admitted = 0
+        self.deferred = 0
+        self.readmitted = 0
+        self.shed = 0
+        self.waits = 0
+        self.overdrafts = 0
+        self.backlog = 0  # deferred records this worker holds until due
+
+    # -- limits --------------------------------------------------------------------------
+
+    def limits_for(self, key: Hashable) -> KeyLimits | None:
+        """Stored override, else the ``limits`` function, else None (the default)."""
+        raw = self.overrides.data.get(encode_key(key))
+        if raw is not None:
+            rate, burst = json.loads(raw)
+            return KeyLimits(float(rate), float(burst))
+        return None if self.limits is None else self.limits(key)
+
+    async def set_limits(self, key: Hashable, tokens_per_second: float | None,
+                         burst_capacity: float | None = None) -> None:
+        """Store ``key``'s own limits (every worker, across restarts); None clears them."""
+        encoded = encode_key(key)
+        if tokens_per_second is None:
+            value = None
+        else:
+            limits = KeyLimits(float(tokens_per_second), float(
+                tokens_per_second if burst_capacity is None else burst_capacity))
+            value = json.dumps([limits.tokens_per_second, limits.burst_capacity]).encode()
+        # Written to the changelog directly: a table is written only inside an event, and an
+        # override is control state (outside any transaction); every worker's copy reads it.
+        future = await send_control(self.app, self.overrides.changelog_topic.get_topic_name(),
+                                    encoded, value)
+        await future  # every worker's global table reads it from the changelog
+
+    def buckets(self, partition: int) -> KeyedTokenBuckets:
+        """The buckets of one partition (its own expiry queue; the store routes by event)."""
+        found = self._buckets.get(partition)
+        if found is None:
+            found = KeyedTokenBuckets(self.default.tokens_per_second,
+                                      self.default.burst_capacity, store=self._store,
+                                      limits_for=self.limits_for, clock=self.clock)
+            self._buckets[partition] = found
+        return found
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {"limit": self.name, "agent": self.agent_name, "on_limit": self.on_limit,
+                "rate": self.default.tokens_per_second, "burst": self.default.burst_capacity,
+                "keys_tracked": sum(b.queued for b in self._buckets.values()),
+                "keys_limited": sum(b.limited_now() for b in self._buckets.values()),
+                "deferred_backlog": self.backlog, "admitted": self.admitted,
+                "deferred": self.deferred, "readmitted": self.readmitted, "shed": self.shed,
+                "waits": self.waits, "overdrafts": self.overdrafts}
+
+    # -- installing ------------------------------------------------------------------------
+
+    def install(self, stream: StreamT[Any]) -> None:
+        if getattr(stream, "_bp_gate", None) is self:
+            return
+        never_block_conductor(self.app, stream)
+        stream.add_processor(self._processor(stream))
+        stream._bp_gate = self  # type: ignore[attr-defined]
+        self._streams.append(stream)
+
+    def __call__(self, fun: AgentFunT) -> AgentFunT:
+        """Decorate an agent function (put it *under* ``@app.agent``)."""
+        if not self.agent_name:
+            self.agent_name = getattr(fun, "__qualname__", repr(fun))
+
+        @functools.wraps(fun)
+        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
+            self.install(stream)
+            return fun(stream, *args, **kwargs)
+
+        agent._bp_gate = self  # type: ignore[attr-defined]
+        return agent  # type: ignore[return-value]
+
+    # -- co-partitioning -------------------------------------------------------------------
+
+    def _refuse(self, why: str) -> NotCopartitioned:
+        error = NotCopartitioned(
+            f"keyed limit {self.name!r} on agent {self.agent_name}: {why}. A keyed limit keeps "
+            f"each key's bucket in the table partition of the worker that processes the key, "
+            f"so every event of a key must arrive on the same partition number of a topic with "
+            f"as many partitions as the limit's table and deferral topic. Key the source topic "
+            f"by the limit's key (or repartition first: stream.group_by(<key>) into a topic), "
+            f"and pass partitions=<source partitions> to rate_limit_per_key.")
+        if self.error is None:
+            self.error = error
+            log.error("%s", error)
+            self._crashing = asyncio.ensure_future(self.app.crash(error))
+        return error
+
+    def _verify_topic(self, topic: str) -> None:
+        consumer = self.app.consumer
+        source_n = consumer.topic_partitions(topic)
+        if not source_n:
+            return  # no metadata yet: look again at the next event
+        for other in (self.table.changelog_topic.get_topic_name(), self.deferral_topic_name):
+            n = consumer.topic_partitions(other)
+            if n and n != source_n:  # 0/None: not known yet
+                raise self._refuse(f"source topic {topic!r} has {source_n} partitions but "
+                                   f"{other!r} has {n}")
+        self._verified.add(topic)
+
+    def _check_key(self, event: EventT[Any], key: Hashable) -> None:
+        self._checked += 1
+        if key == event.key:
+            return
+        data = _partition_bytes(key)
+        message = event.message
+        n = self.app.consumer.topic_partitions(message.topic)
+        if data is not None and n and partition_for_key(data, n) == message.partition:
+            return
+        raise self._refuse(f"key {key!r} of the record at {message.topic}[{message.partition}]"
+                           f"@{message.offset} is not the record's key {event.key!r} and the "
+                           f"partitioner does not put it on that partition")
+
+    # -- the processor -----------------------------------------------------------------------
+
+    def _processor(self, stream: StreamT[Any]) -> Callable[[Any], Any]:
+        key_of = self.key
+        deferral = self.deferral_topic_name
+        cost = self.cost
+
+        def admit(value: Any) -> Any:
+            event = stream.current_event
+            if event is None:
+                return value  # not from a topic (agent.send to a channel)
+            if self.error is not None:
+                raise self.error
+            if self.app.consumer_generation_id != self._generation:
+                self._rebalanced()
+            message = event.message
+            key = event.key if key_of is None else key_of(event)
+            buckets = self.buckets(message.partition)
+            if message.topic == deferral:  # a deferred event back: its tokens were reserved
+                raw = header(message.headers, NOT_BEFORE)
+                due = buckets.readmit(key, float(raw) if raw else 0.0)
+                self.readmitted += 1
+                if due > self.clock():  # came back late, so did one before: keep the spacing
+                    return self._wait_until(value, due)
+                return value
+            if message.topic not in self._verified:
+                self._verify_topic(message.topic)
+            if key_of is not None and self._checked < CHECKED_EVENTS:
+                self._check_key(event, key)
+            buckets.expire(2)
+            permits = 1 if cost is None else int(cost(event))
+            if permits < 1 or buckets.try_acquire(key, permits):
+                self.admitted += 1
+                return value
+            if self.on_limit == "defer":
+                return self._defer(event, buckets, key, permits)
+            if self.on_limit == "shed":
+                return self._shed(event, permits)
+            return self._wait(value, buckets, key, permits)
+
+        return admit
+
+    def _rebalanced(self) -> None:
+        """Partitions may have moved: levels held in memory count as full from now on (the
+        expiry queues stay: an entry gone since is skipped when its turn comes)."""
+        self._generation = self.app.consumer_generation_id
+        self._store.drop_memory()
+
+    async def _defer(self, event: EventT[Any], buckets: KeyedTokenBuckets, key: Hashable,
+                     permits: int) -> Any:
+        message = event.message
+        not_before = buckets.defer(key, permits)
+        headers = [*without_bp_headers(message.headers),
+                   (NOT_BEFORE, repr(not_before).encode()), (KEYED_LIMIT, self.name.encode()),
+                   (SOURCE_TOPIC, message.topic.encode()),
+                   (SOURCE_PARTITION, str(message.partition).encode()),
+                   (SOURCE_OFFSET, str(message.offset).encode())]
+        await self.deferral_topic.send(key=message.key, value=message.value,
+                                       partition=message.partition, key_serializer="raw",
+                                       value_serializer="raw", headers=headers)
+        self.deferred += 1
+        raise Skip()
+
+    async def _shed(self, event: EventT[Any], permits: int) -> Any:
+        message = event.message
+        topic = self._shed_topic(message.topic)
+        await topic.send(key=message.key, value=message.value, key_serializer="raw",
+                         value_serializer="raw",
+                         headers=shed_headers(message.headers, agent=self.agent_name,
+                                              limiter=self.name, topic=message.topic,
+                                              partition=message.partition,
+                                              offset=message.offset, permits=permits,
+                                              cause="keyed"))
+        self.shed += 1
+        raise Skip()
+
+    def _shed_topic(self, source: str) -> TopicT:
+        topic = self._shed_topics.get(source)
+        if topic is None:
+            spec = self._shed_topic_spec
+            if spec is None:
+                spec = source + self._shed_topic_suffix
+            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
+            self._shed_topics[source] = topic
+        return topic
+
+    async def _wait(self, value: Any, buckets: KeyedTokenBuckets, key: Hashable,
+                    permits: int) -> Any:
+        self.admitted += 1
+        return await self._wait_until(value, buckets.reserve(key, permits))
+
+    async def _wait_until(self, value: Any, due: float) -> Any:
+        self.waits += 1
+        delay = due - self.clock()
+        if delay > 0 and not await self._sleep_unless_flow_stops(delay):
+            self.overdrafts += 1  # a rebalance or stop: go on rather than hold it
+        return value
+
+    async def _sleep_unless_flow_stops(self, delay: float) -> bool:
+        """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
+        stopped = flow_stopped_event(self.app)
+        if stopped is None:
+            await asyncio.sleep(delay)
+            return True
+        if stopped.is_set():
+            return False
+        watching = asyncio.ensure_future(stopped.wait())
+        try:
+            done, _ = await asyncio.wait({watching}, timeout=delay)
+        finally:
+            watching.cancel()
+        return not done
+
+    # -- the deferral agent ------------------------------------------------------------------
+
+    async def _deferral(self, stream: StreamT[Any]) -> None:
+        """Hold deferred records (un-acked) until due, then hand them to the limited stream.
+
+        A heap by (not-before, arrival): a key's not-before times never decrease (each is a
+        reservation after the previous), so each key leaves in order, and a key due later does
+        not hold back one due sooner. When Faust stops the flow (rebalance, stop) the held
+        records are let go un-acked: Faust waits for every un-acked record it still sees, and
+        after the rebalance it re-reads from the committed offset, which never passes them.
+        """
+        heap: list[tuple[float, int, Any]] = []
+        wake = asyncio.Event()
+        seq = 0
+        releaser = asyncio.ensure_future(self._release(heap, wake))
+        try:
+            async for event in stream.noack().events():  # type: ignore[attr-defined]
+                raw = header(event.message.headers, NOT_BEFORE)
+                not_before = float(raw) if raw else 0.0
+                seq += 1
+                heapq.heappush(heap, (not_before, seq, event))
+                self.backlog = len(heap)
+                wake.set()
+        finally:
+            releaser.cancel()
+
+    async def _release(self, heap: list[tuple[float, int, Any]], wake: asyncio.Event) -> None:
+        consumer = self.app.consumer
+        while True:
+            stopped = flow_stopped_event(self.app)
+            if stopped is not None and stopped.is_set():
+                heap.clear()  # see _deferral: re-read after the rebalance
+                self.backlog = 0
+                await asyncio.sleep(0.05)
+                continue
+            target = self._streams[-1] if self._streams else None
+            now = self.clock()
+            if heap and heap[0][0] <= now and target is not None:
+                _, _, event = heapq.heappop(heap)
+                self.backlog = len(heap)
+                message = event.message
+                if TP(message.topic, message.partition) in consumer.assignment():
+                    try:
+                        await redeliver(target, message)
+                    except Exception:  # never kill the releaser; un-acked: read again later
+                        log.exception("keyed limit %s: cannot hand back %s[%d]@%d", self.name,
+                                      message.topic, message.partition, message.offset)
+                        continue
+                    event.ack()  # the stream's ack is the last one: then the offset is done
+                continue
+            wake.clear()
+            timeout = 0.25 if not heap else 0.05 if target is None else min(heap[0][0] - now, 0.25)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=max(timeout, 0.001))

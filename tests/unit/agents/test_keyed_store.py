@@ -1,0 +1,46 @@
+"""The keyed limit's table adapter: write-through, and write-behind for nearly full levels."""
+
+from __future__ import annotations
+
+from faust_backpressure.agents.keyed import _STATE, _TableStore, encode_key
+from faust_backpressure.limiters.keyed import KeyedTokenBuckets
+
+
+class Table(dict[bytes, bytes]):
+    """A Faust table's mapping and its ``data`` (the store) in one."""
+
+    @property
+    def data(self) -> Table:
+        return self
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_level_full_again_within_the_hold_is_never_written() -> None:
+    table = Table()
+    clock = Clock()
+    buckets = KeyedTokenBuckets(1e9, 1e9, store=_TableStore(table, 0.01, clock), clock=clock)
+    for key in range(1000):
+        assert buckets.try_acquire(key)
+    assert table == {}  # nothing for the changelog
+    clock.now += 0.001
+    assert buckets.expire(limit=2000) == 0 and buckets.queued == 0  # gone from memory too
+
+
+def test_a_level_that_matters_is_written_through_and_removed_once_refilled() -> None:
+    table = Table()
+    clock = Clock()
+    store = _TableStore(table, 0.01, clock)
+    buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock)
+    assert buckets.try_acquire("C42", 3)  # full again in 0.3 s: written
+    assert _STATE.unpack(table[encode_key("C42")])[0] == clock.now + 0.3
+    clock.now += 0.299  # nearly full: the next write goes to memory, the old level is removed
+    assert buckets.try_acquire("C42", 0.05)
+    assert table == {} and buckets.tokens("C42") < 5
+    clock.now += 1.0
+    assert buckets.tokens("C42") == 5 and "C42" not in store
