@@ -86,6 +86,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         control[name] = {
             "limiter": label_of.get(id(loop.limiter), name),
             "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
+            "max_consumer_lag": loop.controller.thresholds.max_consumer_lag,
             "decisions": len(loop.decisions),
             "severity": None if decision is None else decision.severity.name,
             "circuit": None if decision is None else decision.circuit.value,
@@ -170,6 +171,9 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            "Downstream workers that would hold the lag at the set point at the base rate.",
            [({"limiter": k}, v["recommended_workers"]) for k, v in control
             if v.get("recommended_workers") is not None])
+    yield ("control_max_consumer_lag", "gauge",
+           "The loop's max_consumer_lag threshold (downstream lag above it is critical).",
+           [({"limiter": k}, v["max_consumer_lag"]) for k, v in state["control"].items()])
     sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
     yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
            [({"limiter": k}, s["lag"]) for k, s in sampled])
