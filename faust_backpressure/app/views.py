@@ -16,6 +16,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.app.admin import register_admin
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import source_backlog
@@ -241,3 +242,4 @@ def register_views(bp: Installation) -> None:
         return web.text(render_prometheus(snapshot(bp)), content_type=CONTENT_TYPE)
 
     register_dashboard(bp, snapshot)  # /backpressure/ui
+    register_admin(bp)  # POST /backpressure/api/..., behind the admin_token setting
