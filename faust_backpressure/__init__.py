@@ -10,6 +10,7 @@ subpackages.
 
 from faust_backpressure.agents import (
     Backoff,
+    BackpressureSensor,
     CostFunction,
     LimiterSpec,
     Pipeline,
@@ -50,6 +51,7 @@ __all__ = [
     "AdaptiveRateLimiter",
     "Backoff",
     "Backpressure",
+    "BackpressureSensor",
     "BackpressureSettings",
     "BackpressureSeverity",
     "BackpressureThresholds",
