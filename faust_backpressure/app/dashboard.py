@@ -5,7 +5,9 @@ the machines may have no internet). The script polls ``/backpressure/?history=1`
 worker's snapshot (see :mod:`.views`) plus a ring buffer of its recent compact snapshots,
 recorded once a second by a timer on the worker, from which it draws the charts.
 
-Read-only: the page changes nothing (operators steer with ``faust -A app backpressure ...``).
+Loading it changes nothing. Its buttons (emergency stop / restore a control loop, pause /
+resume a pipeline) call the write endpoints of :mod:`.admin`, which need the ``admin_token``
+the person types into the page (kept in the browser tab's session storage).
 """
 
 from __future__ import annotations

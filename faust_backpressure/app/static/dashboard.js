@@ -64,6 +64,37 @@
     svg.appendChild(t);
     return svg;
   }
+  // Steering: POST /backpressure/api/<action> with the admin token (401 without it).
+  var API = new URL("./api/", location.href).toString();
+  var tokenInput = document.getElementById("token");
+  tokenInput.value = sessionStorage.getItem("fbp-admin-token") || "";
+  tokenInput.addEventListener("change", function () {
+    sessionStorage.setItem("fbp-admin-token", tokenInput.value);
+  });
+  function steer(action, body, label) {
+    var out = document.getElementById("steer-result");
+    out.hidden = false; out.className = "steer-result"; out.textContent = label + "…";
+    body.reason = "from the dashboard"; body.by = "dashboard";
+    fetch(API + action, {method: "POST", body: JSON.stringify(body), headers: {
+      "Content-Type": "application/json", "Authorization": "Bearer " + tokenInput.value}})
+      .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
+      .then(function (res) {
+        if (res[0] === 200) { out.textContent = label + ": done (acknowledged)"; return; }
+        out.className = "steer-result error";
+        out.textContent = label + ": HTTP " + res[0] + ": " + (res[1].error || "failed") +
+          (res[0] === 401 ? " (open 'steer' and enter the admin token)" : "");
+      }).catch(function (e) {
+        out.className = "steer-result error"; out.textContent = label + ": " + e.message;
+      });
+  }
+  function button(text, action, body, label) {
+    var b = h("button", {"class": "act", type: "button", text: text});
+    b.addEventListener("click", function () {
+      if (confirm(label + "?")) steer(action, body, label);
+    });
+    return b;
+  }
+
   function fill(id, rows) {
     var body = document.querySelector("#" + id + " tbody");
     body.replaceChildren.apply(body, rows);
@@ -88,7 +119,7 @@
       return h("tr", {"data-limiter": id}, [
         h("td", {"class": "id", text: id}),
         num(l.rate, undefined, "rate"), num(l.configured_rate, undefined, "configured"),
-        num(loop ? loop.decided_rate : null, undefined, "decided"),
+        num(loop ? (loop.override ? loop.override.rate : loop.decided_rate) : null, undefined, "decided"),
         h("td", {"class": "severity"}, [sev(severity)]),
         h("td", {"class": "utilization", "data-value": String(l.utilization)}, [
           h("span", {"class": "bar"}, [h("span", {style: "width:" + (util * 100).toFixed(0) + "%"})]),
@@ -107,13 +138,16 @@
       var decidedHist = history.map(function (p) { return p.control[name] ? p.control[name].decided_rate : null; });
       var head = h("div", {"class": "head"}, [
         h("strong", {text: name}), sev(c.override ? "OVERRIDE" : c.severity),
-        h("span", {text: "decided " + fmt(c.decided_rate) + "/s of baseline " + fmt(c.baseline_rate) + "/s"}),
+        h("span", {text: (c.override ? "held at " + fmt(c.override.rate) : "decided " + fmt(c.decided_rate)) +
+                          "/s of baseline " + fmt(c.baseline_rate) + "/s"}),
         h("span", {"class": "muted", text: "policy " + c.policy + ", every " + fmt(c.interval) + " s, " + c.decisions + " decisions"}),
         h("span", {text: "downstream lag " + fmt(c.last_sample ? c.last_sample.lag : null) +
                           (c.lag_seconds !== null && c.lag_seconds !== undefined ? " (" + fmt(c.lag_seconds) + " s behind)" : "")}),
         c.recommended_workers !== null && c.recommended_workers !== undefined ?
           h("span", {text: "recommended downstream workers " + c.recommended_workers}) : h("span"),
         spark([decidedHist, lagHist], ["#58a6ff", "#d29922"], name + ": decided rate (blue), downstream lag (amber)"),
+        c.override ? button("restore", "restore", {limiter: name}, "restore " + name) :
+          button("emergency stop", "emergency-stop", {limiter: name}, "hold " + name + " at its emergency rate"),
       ]);
       var parts = [head];
       if (c.override) {
@@ -121,7 +155,9 @@
           (c.override.by || "?") + (c.override.reason ? ": " + c.override.reason : "") +
           " (backpressure restore " + name + " releases it)"}));
       }
-      parts.push(h("div", {"class": "reason", text: c.reason ? "why: " + c.reason : "no decision yet on this worker (another worker may decide)"}));
+      parts.push(h("div", {"class": "reason", text: c.override ?
+        "why: an operator's hold wins over the control loop (its last decision: " + (c.reason || "none") + ")" :
+        c.reason ? "why: " + c.reason : "no decision yet on this worker (another worker may decide)"}));
       // latest first, repeats of the same decision folded into one line
       var folded = [];
       (c.recent_decisions || []).slice().reverse().forEach(function (d) {
@@ -146,11 +182,13 @@
       var state = p.paused ? h("span", {"class": "sev sev-PAUSED", text: "PAUSED" +
         (p.paused_by && p.paused_by.by ? " by " + p.paused_by.by : "")}) : h("span", {"class": "sev sev-NORMAL", text: "running"});
       return h("tr", {"data-pipeline": name}, [
-        h("td", {"class": "id", text: name}), h("td", {text: p.source}),
+        h("td", {"class": "id", text: name}), h("td", {"class": "src", title: p.source, text: p.source}),
         h("td", {text: p.limiter || "–"}), h("td", {"class": "state"}, [state]),
         num(p.consumed, 0, "consumed"), num(p.produced, 0, "produced"), num(p.retries, 0, "retries"),
         num(p.dead_lettered, 0, "dlq"), num(p.source_lag, 0, "lag"),
         h("td", {}, [spark([consumed], ["#3fb950"], name + ": consumed/s")]),
+        h("td", {}, [p.paused ? button("resume", "resume", {pipeline: name}, "resume " + name) :
+          button("pause", "pause", {pipeline: name}, "pause " + name + " on every worker")]),
       ]);
     }));
 

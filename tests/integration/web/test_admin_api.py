@@ -1,5 +1,6 @@
 """``POST /backpressure/api/...`` on a live worker: 401 and nothing changed without the
-``admin_token``; with it, pause/resume, emergency-stop/restore and set-rate take effect."""
+``admin_token``; with it, pause/resume, emergency-stop/restore and set-rate take effect, and
+the dashboard (in headless Chromium, when installed) shows the hold and the pause."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from faust_backpressure.testing.broker import free_port
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
+from tests.integration.web.browser import CHROMIUM, chromium
 
 pytestmark = pytest.mark.kafka
 
 TOKEN = "s3cret-admin-token"
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def test_write_endpoints_need_the_admin_token(
@@ -86,6 +89,10 @@ async def test_write_endpoints_need_the_admin_token(
         status, answer = await post("pause", {"pipeline": "price", "reason": "test"})
         assert status == 200 and answer["acked"] >= 1, answer
         assert (await state())["pipelines"]["price"]["paused"] is True
+        if CHROMIUM is not None:  # the dashboard shows who paused it
+            dom = await chromium(tmp_path, "--virtual-time-budget=2000", "--dump-dom",
+                                 base + "ui")
+            assert "PAUSED by http@" in dom, dom[:3000]
         status, answer = await post("resume", {"pipeline": "price"})
         assert status == 200, answer
         assert (await state())["pipelines"]["price"]["paused"] is False
@@ -95,6 +102,15 @@ async def test_write_endpoints_need_the_admin_token(
         assert status == 200, answer
         held = (await state())["control"]["orders"]["override"]
         assert held["rate"] == 2 and held["by"].startswith("tester@")
+        if CHROMIUM is not None:  # the dashboard shows the hold, who set it, and restore
+            dom = await chromium(tmp_path, "--virtual-time-budget=2000", "--dump-dom",
+                                 base + "ui")
+            assert "sev-OVERRIDE" in dom and "held at 2/s by tester@" in dom, dom[:3000]
+            assert ">restore</button>" in dom
+            shot = REPO / "test-artifacts" / "dashboard-override.png"
+            shot.parent.mkdir(exist_ok=True)
+            await chromium(tmp_path, "--virtual-time-budget=2000", f"--screenshot={shot}",
+                           base + "ui")
         status, answer = await post("restore", {"limiter": "orders"})
         assert status == 200, answer
         assert (await state())["control"]["orders"]["override"] is None

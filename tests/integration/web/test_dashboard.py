@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,24 +28,12 @@ from faust_backpressure.testing.broker import free_port
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
+from tests.integration.web.browser import chromium, needs_chromium
 
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-async def _chromium(home: Path, *args: str) -> str:
-    assert CHROMIUM is not None
-    proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--hide-scrollbars", "--window-size=1280,900", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HOME": str(home)})
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    return out.decode()
 
 
 async def _get_json(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
@@ -70,8 +56,7 @@ def _cell(dom: str, row_attr: str, key: str, cls: str) -> str:
     return cell.group(1)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                    "(Debian: apt-get install -y chromium)")
+@needs_chromium
 async def test_dashboard_shows_the_live_values_in_a_real_browser(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
     orders, source, sink, backlog = (unique_name(n) for n in ("orders", "src", "sink", "bl"))
@@ -123,8 +108,8 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
         async with http.get(base + "ui") as resp:
             assert resp.status == 200
             assert "text/html" in resp.headers["Content-Type"]
-        dom = await _chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom", base + "ui")
-        await _chromium(tmp_path, "--virtual-time-budget=3000", f"--screenshot={screenshot}",
+        dom = await chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom", base + "ui")
+        await chromium(tmp_path, "--virtual-time-budget=3000", f"--screenshot={screenshot}",
                         base + "ui")
         after = await _get_json(http, base)
 
