@@ -174,7 +174,8 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
             if v.get("recommended_workers") is not None])
     yield ("control_max_consumer_lag", "gauge",
            "The loop's max_consumer_lag threshold (downstream lag above it is critical).",
-           [({"limiter": k}, v["max_consumer_lag"]) for k, v in state["control"].items()])
+           [({"limiter": k}, v["max_consumer_lag"]) for k, v in state["control"].items()
+            if v.get("max_consumer_lag") is not None])
     sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
     yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
            [({"limiter": k}, s["lag"]) for k, s in sampled])
