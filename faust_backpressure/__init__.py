@@ -10,6 +10,7 @@ subpackages.
 
 from faust_backpressure.agents import (
     Backoff,
+    BackpressureSensor,
     CostFunction,
     KeyedRateLimitGate,
     LimiterSpec,
@@ -53,6 +54,7 @@ __all__ = [
     "AdaptiveRateLimiter",
     "Backoff",
     "Backpressure",
+    "BackpressureSensor",
     "BackpressureSettings",
     "BackpressureSeverity",
     "BackpressureThresholds",

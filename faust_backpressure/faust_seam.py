@@ -160,6 +160,39 @@ async def refresh_consumer_metadata(app: AppT) -> None:
     await thread.call_thread(client.force_metadata_update)
 
 
+def source_backlog(app: AppT, topics: Iterable[str]) -> dict[str, int] | None:
+    """This worker's backlog on its assigned partitions of ``topics``: records between the
+    last committed (else last read) offset and the high-water mark the consumer's own fetches
+    report (no extra Kafka client; 0 for a topic with no partition here). ``None`` before the
+    consumer runs."""
+    consumer: Any = getattr(app, "_consumer", None)
+    if consumer is None:
+        return None
+    wanted = set(topics)
+    out = dict.fromkeys(wanted, 0)
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started yet, or stopping
+        return None
+    committed_offsets = getattr(consumer, "_committed_offset", {})
+    read_offsets = getattr(consumer, "_read_offset", {})
+    for tp in assigned:
+        if tp.topic not in wanted:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        # Faust keeps the last processed (committed) and last read offsets, not the next ones
+        done = committed_offsets.get(tp)
+        if done is None:
+            done = read_offsets.get(tp)
+        if high is None or high < 0:
+            continue
+        out[tp.topic] += max(0, int(high) - (-1 if done is None else int(done)) - 1)
+    return out
+
+
 async def force_metadata_update(client: Any) -> None:
     """Ask an aiokafka consumer's client for fresh metadata (e.g. topics made since start)."""
     await client._client.force_metadata_update()

@@ -14,9 +14,11 @@ from faust_backpressure.agents.resolve import (
     LimiterSpec,
     resolve_limiter,
 )
+from faust_backpressure.agents.sensor import BackpressureSensor, notify_sensors
 
 __all__ = [
     "Backoff",
+    "BackpressureSensor",
     "CostFunction",
     "Failure",
     "KeyedRateLimitGate",
@@ -28,6 +30,7 @@ __all__ = [
     "ReplayReport",
     "dlq_headers",
     "exponential_backoff",
+    "notify_sensors",
     "rate_limited",
     "replay_dlq",
     "resolve_limiter",

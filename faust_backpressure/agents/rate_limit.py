@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
+from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -188,9 +190,12 @@ class RateLimitGate:
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
+        started = time.monotonic()
         flow_stopped = flow_stopped_event(self.app)
         if flow_stopped is None:
             await self.acquire(permits)
+            notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
+                           permits, time.monotonic() - started)
             return
         acquiring = asyncio.ensure_future(self.acquire(permits))
         watching = asyncio.ensure_future(flow_stopped.wait())
@@ -203,10 +208,14 @@ class RateLimitGate:
         await asyncio.wait({acquiring})  # done, or leaving the limiter's queue
         if acquiring.cancelled():
             self.overdrafts += 1
+            notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
+                           permits)
             log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
                      "on without them", self.agent_name, permits, self.name)
         else:
             acquiring.result()  # raises what acquiring raised
+            notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
+                           permits, time.monotonic() - started)
 
     async def acquire(self, permits: int) -> None:
         """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
@@ -253,6 +262,8 @@ class RateLimitGate:
         self.shed += 1
         if low is not None:
             self.shed_by_priority += 1
+        notify_sensors(self.app, "on_rate_limit_shed", self.agent_name, self.name,
+                       topic.get_topic_name(), permits)
 
     async def _shed(self, event: Event | None, permits: int) -> Any:
         if event is None:  # not from a topic (e.g. agent.send to a channel): nothing to shed to

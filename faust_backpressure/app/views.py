@@ -1,6 +1,8 @@
 """What a worker shows operators: a JSON overview and Prometheus metrics, on Faust's web server.
 
 ``GET /backpressure/``: limiters, gates, pipelines and control loops of this worker as JSON.
+``GET /backpressure/?history=1`` adds this worker's recent compact snapshots (the dashboard's).
+``GET /backpressure/ui``: the live dashboard (see :mod:`.dashboard`).
 ``GET /backpressure/metrics``: the same as Prometheus text (exposition format 0.0.4), every
 series labelled with the app id; scrape each worker (counts are per process).
 """
@@ -8,12 +10,16 @@ series labelled with the app id; scrape each worker (counts are per process).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.app.admin import register_admin
+from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.registry import Installation
+from faust_backpressure.faust_seam import source_backlog
 from faust_backpressure.limiters import RateLimitingStrategy
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
@@ -40,6 +46,29 @@ def _limiters(bp: Installation) -> dict[str, RateLimitingStrategy]:
     return labelled
 
 
+RECENT = 10  # control decisions shown per loop
+
+
+def _configured_rate(limiter: RateLimitingStrategy) -> float | None:
+    """The rate the limiter was declared with (a distributed limiter's config), if known."""
+    rate = getattr(getattr(limiter, "config", None), "rate", None)
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def _agent_topics(bp: Installation, agent_name: str) -> list[str]:
+    """Topics the agent named ``agent_name`` consumes (empty if it is not an app agent)."""
+    pipeline = bp.pipelines.get(agent_name.removeprefix("pipeline:"))
+    if agent_name.startswith("pipeline:") and pipeline is not None:
+        return [pipeline.source_topic_name]
+    # Faust names an agent module.function; the gate knows the function's qualified name
+    short = agent_name.rsplit(".", 1)[-1]
+    for agent in bp.app.agents.values():
+        if agent.name == agent_name or agent.name.rsplit(".", 1)[-1] == short:
+            topics = getattr(agent.channel, "topics", None)
+            return [t for t in topics or () if isinstance(t, str)]
+    return []
+
+
 def snapshot(bp: Installation) -> dict[str, Any]:
     """This worker's state, JSON-ready."""
     limiters = _limiters(bp)
@@ -50,13 +79,15 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         limiter_view[label] = {"rate": stats.rate, "utilization": stats.utilization,
                                "granted": stats.granted, "denied": stats.denied,
                                "waits": stats.waits, "sleeps": stats.sleeps,
-                               "tokens": stats.tokens}
+                               "tokens": stats.tokens,
+                               "configured_rate": _configured_rate(limiter)}
     control = {}
     for name, loop in bp.control_loops.items():
         decision = loop.last_decision
         control[name] = {
             "limiter": label_of.get(id(loop.limiter), name),
             "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
+            "max_consumer_lag": loop.controller.thresholds.max_consumer_lag,
             "decisions": len(loop.decisions),
             "severity": None if decision is None else decision.severity.name,
             "circuit": None if decision is None else decision.circuit.value,
@@ -70,22 +101,37 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                             else decision.lag_seconds),
             "recommended_workers": None if decision is None else decision.recommended_workers,
             "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
+            "override": loop.override,
+            "recent_decisions": [{"rate": d.rate, "severity": d.severity.name,
+                                  "reason": d.reason} for d in loop.decisions[-RECENT:]],
             "last_sample": None if loop.last_sample is None else {
                 "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
                 "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
         }
+    gates = bp.all_gates()
+    sources = {g.agent_name: _agent_topics(bp, g.agent_name) for g in gates}
+    backlog = source_backlog(bp.app, {
+        *(t for ts in sources.values() for t in ts),
+        *(p.source_topic_name for p in bp.pipelines.values())}) or {}
     return {
         "app": bp.app.conf.id,
+        "at": time.time(),
         "limiters": limiter_view,
         "gates": [{"agent": g.agent_name, "limiter": label_of.get(id(g.limiter), g.name),
                    "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed,
                    "overdrafts": g.overdrafts, "shed_by_priority": g.shed_by_priority,
-                   "shed_threshold": g.shed_threshold}
-                  for g in bp.all_gates()],
+                   "shed_threshold": g.shed_threshold,
+                   "source_lag": (sum(backlog[t] for t in sources[g.agent_name])
+                                  if backlog and sources[g.agent_name] else None)}
+                  for g in gates],
         "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
                              "consumed": p.stats.consumed, "produced": p.stats.produced,
                              "filtered": p.stats.filtered, "retries": p.stats.retries,
-                             "dead_lettered": p.stats.dead_lettered}
+                             "dead_lettered": p.stats.dead_lettered,
+                             "limiter": None if p.gate is None else label_of.get(
+                                 id(p.gate.limiter), p.gate.name),
+                             "paused": p.paused, "paused_by": p.paused_by,
+                             "source_lag": backlog.get(p.source_topic_name)}
                       for name, p in bp.pipelines.items()},
         "control": control,
         "rejected": bp.rejections,
@@ -144,9 +190,32 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            "Downstream workers that would hold the lag at the set point at the base rate.",
            [({"limiter": k}, v["recommended_workers"]) for k, v in control
             if v.get("recommended_workers") is not None])
+    yield ("control_max_consumer_lag", "gauge",
+           "The loop's max_consumer_lag threshold (downstream lag above it is critical).",
+           [({"limiter": k}, v["max_consumer_lag"]) for k, v in state["control"].items()
+            if v.get("max_consumer_lag") is not None])
     sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
     yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
            [({"limiter": k}, s["lag"]) for k, s in sampled])
+    yield ("control_downstream_lag_seconds", "gauge",
+           "How far behind the downstream is in time (lag over its measured pace).",
+           [({"limiter": k}, v["lag_seconds"]) for k, v in control
+            if v.get("lag_seconds") is not None])
+    yield ("control_override", "gauge", "1 while an operator holds the limiter (decider).",
+           [({"limiter": k}, 0.0 if v.get("override") is None else 1.0)
+            for k, v in state["control"].items()])
+    yield ("agent_source_lag", "gauge",
+           "Records not yet processed on this worker's partitions of a rate-limited agent's "
+           "source topics (sum over workers for the whole backlog).",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["source_lag"]) for g in gates
+            if g.get("source_lag") is not None])
+    yield ("pipeline_source_lag", "gauge",
+           "Records not yet processed on this worker's partitions of the pipeline's source "
+           "(sum over workers for the whole backlog).",
+           [({"pipeline": k, "topic": v["source"]}, v["source_lag"]) for k, v in pipelines
+            if v.get("source_lag") is not None])
+    yield ("pipeline_paused", "gauge", "1 while the pipeline is paused by an operator.",
+           [({"pipeline": k}, 1.0 if v.get("paused") else 0.0) for k, v in pipelines])
     yield ("rejected_records_total", "counter",
            "Internal records rejected (forged, replayed, malformed, out of range).",
            [({"topic": topic, "reason": reason}, n)
@@ -182,8 +251,14 @@ def register_views(bp: Installation) -> None:
 
     @bp.app.page("/backpressure/")
     async def overview(web: View, request: Request) -> Response:
-        return web.json(snapshot(bp))
+        state = snapshot(bp)
+        if request.query.get("history"):  # the dashboard's charts (see .dashboard)
+            state["history"] = history_of(bp.app).to_json()
+        return web.json(state)
 
     @bp.app.page("/backpressure/metrics")
     async def metrics(web: View, request: Request) -> Response:
         return web.text(render_prometheus(snapshot(bp)), content_type=CONTENT_TYPE)
+
+    register_dashboard(bp, snapshot)  # /backpressure/ui
+    register_admin(bp)  # POST /backpressure/api/..., behind the admin_token setting

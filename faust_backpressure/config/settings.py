@@ -85,6 +85,10 @@ class BackpressureSettings:
     max_lag_seconds: float | None = None
     #: Keyed limits: the deferral topic of limit NAME is ``<app id>-NAME<suffix>``.
     deferral_topic_suffix: str = "-deferred"
+    #: Token the worker's write endpoints (``POST /backpressure/api/...``: set-rate, reset,
+    #: emergency-stop, restore, pause, resume) require as ``Authorization: Bearer <token>``;
+    #: ``None`` (default): they answer 401 to everyone. Read-only pages never need it.
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         with settings_errors():
@@ -175,6 +179,8 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("max_clock_skew", 0, strict=True)
     if s.secret is not None and (not isinstance(s.secret, str) or not s.secret):
         raise ValueError(f"{name('secret')} must be a non-empty string or unset")
+    if s.admin_token is not None and (not isinstance(s.admin_token, str) or not s.admin_token):
+        raise ValueError(f"{name('admin_token')} must be a non-empty string or unset")
     if s.max_lag_seconds is not None:
         number("max_lag_seconds", 0, strict=True)
     if s.control_policy not in CONTROL_POLICIES:

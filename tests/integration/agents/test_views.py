@@ -56,9 +56,12 @@ async def test_overview_and_metrics_pages_show_the_pipeline_at_work(
                 metrics = await resp.text()
     assert overview["pipelines"]["check"] == {
         "source": source, "dlq": source + "-dlq", "consumed": 3, "produced": 2,
-        "filtered": 0, "retries": 0, "dead_lettered": 1}
+        "filtered": 0, "retries": 0, "dead_lettered": 1, "limiter": "TokenBucketRateLimiter",
+        "paused": False, "paused_by": None, "source_lag": 0}
     assert overview["limiters"]["TokenBucketRateLimiter"]["granted"] == 3
     assert content_type.startswith("text/plain; version=0.0.4")
     labels = f'app="{app.conf.id}",pipeline="check"'
     assert f"faust_backpressure_pipeline_dead_lettered_total{{{labels}}} 1.0" in metrics
     assert f"faust_backpressure_pipeline_produced_total{{{labels}}} 2.0" in metrics
+    assert (f'faust_backpressure_pipeline_source_lag{{{labels},topic="{source}"}} 0.0'
+            in metrics)

@@ -1,0 +1,145 @@
+"""Write endpoints on each worker's web server, guarded by the ``admin_token`` setting.
+
+``POST /backpressure/api/<action>`` with a JSON body and ``Authorization: Bearer <token>``:
+
+=================== ============================================= ==========================
+action              body                                          same as the CLI command
+=================== ============================================= ==========================
+``set-rate``        ``{"limiter": id, "rate": r}``                ``backpressure set-rate``
+``reset``           ``{"limiter": id}``                           ``backpressure reset``
+``emergency-stop``  ``{"limiter": id, "rate": r?, "reason": s?}`` ``backpressure emergency-stop``
+``restore``         ``{"limiter": id, "reason": s?}``             ``backpressure restore``
+``pause``           ``{"pipeline": name, "reason": s?}``          ``backpressure pause``
+``resume``          ``{"pipeline": name, "reason": s?}``          ``backpressure resume``
+=================== ============================================= ==========================
+
+They go through Kafka exactly as the commands do (persisted, ordered, acknowledged). Without
+the right token (or with no ``admin_token`` configured) the answer is 401 and nothing is sent.
+Answers: 200 with the acknowledgement, 400 a bad body, 401, 404 an unknown pipeline, 504 no
+acknowledgement in time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from faust_backpressure.app.ops import send_override
+from faust_backpressure.app.pause import send_pause
+from faust_backpressure.app.registry import Installation
+from faust_backpressure.control.override import Override
+from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
+from faust_backpressure.tables.kafka import client_settings
+
+__all__ = ["ACTIONS", "authorized", "register_admin"]
+
+ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume")
+TIMEOUT = 30.0
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def authorized(bp: Installation, request: Request) -> bool:
+    """The request carries the configured ``admin_token`` (never true when none is set)."""
+    token = getattr(bp.settings, "admin_token", None)
+    header = request.headers.get("Authorization", "")
+    if not token or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = body.get(key, None if required else "")
+    if not isinstance(value, str) or (required and not value) or len(value) > 1000:
+        raise BadRequest(f"{key!r} must be a {'non-empty ' if required else ''}string")
+    return value
+
+
+def _rate(body: dict[str, Any], *, required: bool) -> float | None:
+    value = body.get("rate")
+    if value is None and not required:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 < value <= 1e12):
+        raise BadRequest("'rate' must be a number in (0, 1e12]")
+    return float(value)
+
+
+def _operator(request: Request, body: dict[str, Any]) -> str:
+    by = body.get("by")
+    who = by if isinstance(by, str) and by else "http"
+    return f"{who[:100]}@{getattr(request, 'remote', None) or '?'}"
+
+
+async def _act(bp: Installation, action: str, body: dict[str, Any],
+               request: Request) -> dict[str, Any]:
+    kafka = client_settings(bp.app, "ops")
+    app_id = str(bp.app.conf.id)
+    secret = bp.settings.secret_key
+    if action in ("set-rate", "reset"):
+        limiter = _text(body, "limiter")
+        rate = _rate(body, required=True) if action == "set-rate" else None
+        ack = await send_limiter_command(
+            kafka, app_id, limiter, "update_rate" if action == "set-rate" else "reset",
+            rate=rate, secret=secret, timeout=TIMEOUT)
+        return {"limiter": limiter, "epoch": ack.epoch, "rate": ack.rate}
+    if action in ("emergency-stop", "restore"):
+        limiter = _text(body, "limiter")
+        reason = _text(body, "reason", required=False)
+        by = _operator(request, body)
+        override = (Override.hold(limiter, rate=_rate(body, required=False), by=by,
+                                  reason=reason)
+                    if action == "emergency-stop" else
+                    Override.release(limiter, by=by, reason=reason))
+        state = await send_override(kafka, app_id, override, secret=secret, timeout=TIMEOUT)
+        return {"limiter": limiter, "state": state}
+    pipeline = _text(body, "pipeline")
+    if pipeline not in bp.pipelines:
+        raise LookupError(f"no pipeline {pipeline!r} (declared: "
+                          f"{', '.join(sorted(bp.pipelines)) or 'none'})")
+    acked, workers = await send_pause(
+        kafka, app_id, pipeline, paused=action == "pause", by=_operator(request, body),
+        reason=_text(body, "reason", required=False), secret=secret, timeout=TIMEOUT)
+    return {"pipeline": pipeline, "paused": action == "pause", "acked": acked,
+            "workers": workers}
+
+
+async def _post(bp: Installation, action: str, web: View, request: Request) -> Response:
+    if not authorized(bp, request):
+        return web.json({"error": "unauthorized: send Authorization: Bearer <token> (the "
+                         "worker's FAUST_BP_ADMIN_TOKEN; none set disables writes)"},
+                        status=401)
+    try:
+        body = json.loads(await request.text() or "{}")
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        result = await _act(bp, action, body, request)
+    except CommandTimeout as exc:
+        return web.json({"error": str(exc)}, status=504)
+    except (BadRequest, json.JSONDecodeError) as exc:
+        return web.json({"error": str(exc)}, status=400)
+    except LookupError as exc:
+        return web.json({"error": str(exc)}, status=404)
+    return web.json({"ok": True, "action": action, **result})
+
+
+def _endpoint(bp: Installation, action: str) -> type[View]:
+    class Endpoint(View):
+        async def post(self, request: Request, **kwargs: Any) -> Response:
+            return await _post(bp, action, self, request)
+
+    Endpoint.__name__ = Endpoint.__qualname__ = f"fbp_api_{action.replace('-', '_')}"
+    return Endpoint
+
+
+def register_admin(bp: Installation) -> None:
+    """Add ``POST /backpressure/api/<action>`` for each of :data:`ACTIONS` to ``bp.app``."""
+    for action in ACTIONS:
+        endpoint = _endpoint(bp, action)
+        bp.app.page(f"/backpressure/api/{action}", name=endpoint.__name__)(endpoint)
