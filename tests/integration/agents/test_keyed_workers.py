@@ -68,10 +68,20 @@ async def test_partition_counts_that_differ_are_refused_at_start(
 
 
 def _load_app(env: dict[str, str]) -> Any:
-    """The app module in this process (not started), to call the Python API on it."""
+    """The app module in this process (not started), to call the Python API on it. The env
+    is set only while the module is imported: left in ``os.environ`` it leaked into every
+    later test's worker processes (e.g. FBP_RATE made another test's pipeline app slow)."""
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    sys.modules.pop(APP, None)
-    return importlib.import_module(APP)
+    try:
+        sys.modules.pop(APP, None)
+        return importlib.import_module(APP)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 async def test_overrides_survive_a_restart_of_every_worker_with_fresh_data_dirs(
