@@ -5,9 +5,9 @@
 :meth:`~DistributedRateLimiter.on_grant` / :meth:`~DistributedRateLimiter.on_ack`. The hot path,
 ``try_acquire(1)`` with tokens in the lease, touches nothing but a few attributes.
 
-Spending is paced: a lease's tokens are released by a local token bucket at the pace that makes
-them last until the next lease can arrive (see ``docs/distributed.md``, *Smooth spending*), so
-the shared limit is even second to second instead of front-loaded per lease.
+A lease is either a share of the rate (``rate_leases``: the slow path refills the level at the
+share, up to a small cap) or a number of tokens, optionally spent at the pace of the share
+(``paced``); see ``docs/distributed.md``, *Rate leases*.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from faust_backpressure.tables import DistributedRateLimiter, LimiterConfig, LimiterLedger
 from faust_backpressure.tables.messages import (
@@ -94,37 +92,6 @@ def test_the_burst_is_still_there_after_idle_time() -> None:
     assert sim.worst_window(1.0, since=resumed + 1.5) <= 1.05 * 1000 + 1  # then the rate
     for window in WINDOWS:
         assert sim.worst_excess(window) <= 1e-6
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    rate=st.sampled_from([20.0, 100.0, 500.0]),
-    burst=st.sampled_from([5.0, 50.0, 400.0]),
-    workers=st.integers(1, 4),
-    ttl=st.sampled_from([0.2, 0.5, 1.5]),
-    max_delay=st.sampled_from([0.002, 0.05, 0.3]),
-    drop=st.sampled_from([0.0, 0.1, 0.4]),
-    duplicate=st.sampled_from([0.0, 0.3]),
-    crash_at=st.sampled_from([None, 0.7, 1.9]),
-    demand=st.sampled_from([None, (5.0, 1e6, 50.0, 1e6)]),
-    seed=st.integers(0, 10_000),
-)
-def test_bound_holds_under_any_network(rate: float, burst: float, workers: int, ttl: float,
-                                       max_delay: float, drop: float, duplicate: float,
-                                       crash_at: float | None,
-                                       demand: tuple[float, ...] | None, seed: int) -> None:
-    sim = Sim(rate_leases=True, rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
-              delay=(0.0005, max_delay), drop=drop, duplicate=duplicate, seed=seed, dt=0.005,
-              demand=None if demand is None else list(demand[:workers]))
-    if crash_at is None:
-        sim.run(3.0)
-    else:
-        sim.run(crash_at)
-        sim.crash_owner(0.5)
-        sim.run(3.0 - crash_at)
-    for window in WINDOWS:
-        assert sim.worst_excess(window) <= 1e-6, (window, sim.worst_excess(window))
-    assert all(len(ids) == 1 for ids in sim.grants_by_request.values())
 
 
 def test_an_owner_that_answers_600_requests_a_second_serves_hundreds_of_ids() -> None:
