@@ -243,12 +243,15 @@ class LimiterLedger:
             self.stats.stale += 1
             return None
         self.stats.requests += 1
+        # New to this limiter (or back after its share was given up): nobody else may be
+        # known yet, so its first rate lease is short.
+        newcomer = worker is None or worker.last is None or not self._wants_share(worker, now)
         if worker is None:
             worker = self.workers[req.worker_id] = _Worker(req.demand, now)
         worker.demand, worker.seen = min(req.demand, SATURATED), now
 
         if req.rate_lease:
-            return self._rate_lease(req, worker, now, stretch, delay)
+            return self._rate_lease(req, worker, now, stretch, delay, newcomer=newcomer)
         active = self._active(now)
         rate, burst = self.effective_rate(now), self.effective_burst(now)
         stretch = min(max(1.0, stretch), MAX_STRETCH)
@@ -307,7 +310,7 @@ class LimiterLedger:
         return self._grant_from(req, worker.last)
 
     def _rate_lease(self, req: LeaseRequest, worker: _Worker, now: float, stretch: float,
-                    delay: float) -> Grant:
+                    delay: float, *, newcomer: bool) -> Grant:
         """A rate lease: ``share`` permits/s of the rate for the lease's life (the bucket
         refills at the rest), a local burst ``cap``, and tokens from the bucket if it has
         any (after idle time: the configured burst). Renewals are needed about once a lease
@@ -319,10 +322,18 @@ class LimiterLedger:
         # with the delay: workers then ask less often, so the queue shrinks again instead
         # of filling with requests whose answers would come too late (the collapse).
         ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
-        if req.lease_id is None:
+        if newcomer:
             # A first lease is short: the first worker to ask gets the whole rate (nobody
             # else is known yet), and the workers that ask next wait for it to expire.
+            # (Keyed on the worker, not on the request's lease id: a known worker that
+            # renews a little late would get short leases, and renew late, for ever.)
             ttl = min(ttl, 0.25 * self.lease_ttl + 4.0 * wait)
+        if req.lease_id is None:
+            # The worker holds no valid lease (it asks only once its own view of the last
+            # one, which ends before ours, has expired), so it spends none of its leases:
+            # their share goes back to the pool now, not at our later expiry (it would
+            # otherwise be taken from this very grant's share).
+            worker.leases = []
         # A worker that let its last lease expire (and has not asked since) wants no share
         # now: the others may have it at their next renewal.
         active = {wid: d for wid, d in self._active(now).items()

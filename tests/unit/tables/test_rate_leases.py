@@ -140,6 +140,34 @@ def test_a_renewal_that_lowers_the_share_keeps_the_old_one_reserved_until_it_exp
     assert again.handle_lease(request("b", 3, 0.3), 0.35) == b3  # a resend: the same grant
 
 
+def test_a_known_worker_that_renews_after_its_own_expiry_gets_a_full_lease_and_share() -> None:
+    """The many-ids shortfall (86-92 % on real workers): a worker's lease ends on its clock
+    (from its send) before it does on the owner's (from the owner's read). Renewing just after
+    its own expiry, it sends no lease id. Keyed on that, the owner treated it as a newcomer (a
+    short lease: renewed late again, for ever) and counted its old lease, still running on the
+    owner's clock, against its new share."""
+    config = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
+    ledger = LimiterLedger("lim", config, 0.0)
+
+    def request(worker: str, seq: int, sent_at: float) -> LeaseRequest:
+        return LeaseRequest(request_id=f"{worker}:lim:{seq}", limiter_id="lim",
+                            worker_id=worker, demand=1e6, requested=100, sent_at=sent_at,
+                            lease_id=None, unspent=0.0, config=config, seq=seq,
+                            rate_lease=True)
+
+    a1 = ledger.handle_lease(request("a", 1, 0.0), 0.04)  # read 40 ms after its send
+    assert a1 is not None and a1.ttl == pytest.approx(0.25)  # a newcomer: short
+    b1 = ledger.handle_lease(request("b", 1, 0.05), 0.05)
+    assert b1 is not None and b1.ttl == pytest.approx(0.25)
+    # a's lease ended at 0.25 on its clock; the owner's copy runs until 0.29.
+    a2 = ledger.handle_lease(request("a", 2, 0.27), 0.28)
+    assert a2 is not None
+    assert a2.ttl == pytest.approx(1.0)  # known: a full lease, not another short one
+    assert a2.share == pytest.approx(50.0)  # its fair half, not 100 minus its own old lease
+    assert ledger.reserved() <= 100.0 + 1e-9
+    assert ledger.tokens + ledger.outstanding() <= 100.0 + 1e-9
+
+
 def test_share_fields_round_trip_and_a_forged_share_is_cut_to_the_rate() -> None:
     config = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
     req = LeaseRequest(request_id="w:lim:1", limiter_id="lim", worker_id="w", demand=10.0,
