@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import heapq
 import json
 import logging
@@ -34,6 +33,7 @@ from typing import Any, Literal, TypeVar
 from faust.exceptions import Skip
 from faust.types import TP, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.decorate import decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import (
     SOURCE_OFFSET,
@@ -298,16 +298,7 @@ class KeyedRateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
-        if not self.agent_name:
-            self.agent_name = getattr(fun, "__qualname__", repr(fun))
-
-        @functools.wraps(fun)
-        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
-            self.install(stream)
-            return fun(stream, *args, **kwargs)
-
-        agent._bp_gate = self  # type: ignore[attr-defined]
-        return agent  # type: ignore[return-value]
+        return decorate_agent(self, fun, f"@rate_limit_per_key({self.name!r})")
 
     # -- co-partitioning -------------------------------------------------------------------
 
