@@ -43,7 +43,9 @@ from faust_backpressure.agents.headers import (
     shed_headers,
     without_bp_headers,
 )
+from faust_backpressure.config.errors import FatalError
 from faust_backpressure.faust_seam import (
+    crash_worker,
     flow_stopped_event,
     mark_control_topic,
     redeliver,
@@ -70,8 +72,10 @@ _STATE = struct.Struct("<dqd")
 CHECKED_EVENTS = 10_000
 
 
-class NotCopartitioned(RuntimeError):
+class NotCopartitioned(FatalError):
     """The stream is not partitioned by the keyed limit's key: buckets would be split."""
+
+    kind = "not co-partitioned"
 
 
 def encode_key(key: Hashable) -> bytes:
@@ -313,7 +317,8 @@ class KeyedRateLimitGate:
         if self.error is None:
             self.error = error
             log.error("%s", error)
-            self._crashing = asyncio.ensure_future(self.app.crash(error))
+            # the worker exits (code 1): an orchestrator restarts it or alerts
+            self._crashing = crash_worker(self.app, error)
         return error
 
     def _verify_topic(self, topic: str) -> None:

@@ -40,10 +40,12 @@ async def test_a_worker_whose_stream_is_not_keyed_by_the_limit_refuses_to_run(
     await produce(kafka_bootstrap, env["FBP_SOURCE"],
                   [(b"order-%d" % i, b"cust-%d:%d" % (i % 3, i)) for i in range(40)])
     worker = faust_workers(APP, env=env)
-    # the app crashes (the worker stops): it never runs with split buckets
-    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
-    logs = worker.logs()
-    assert "is not the record's key" in logs and "group_by" in logs
+    # the app crashes and the process exits (an orchestrator restarts it or alerts): it
+    # never runs with split buckets, and the error is one line, as a bad setting's
+    assert worker.wait_exit(timeout=60) == 1
+    lines = [line for line in worker.logs().splitlines()
+             if line.startswith("faust-backpressure: not co-partitioned: ")]
+    assert lines and "is not the record's key" in lines[0] and "group_by" in lines[0]
     # Only events already on their limit key's partition (by the partitioner) went through
     # before the first misplaced one stopped the worker.
     passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
@@ -62,7 +64,9 @@ async def test_partition_counts_that_differ_are_refused_at_start(
                                           env["FBP_APP_ID"] + "-per-key-deferred": 3})
     await produce(kafka_bootstrap, env["FBP_SOURCE"], [(b"k%d" % i, b"v") for i in range(10)])
     worker = faust_workers(APP, env=env)
-    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
+    assert worker.wait_exit(timeout=60) == 1
+    assert "faust-backpressure: not co-partitioned: keyed limit 'per-key' on agent forward: " \
+           "source topic" in worker.logs()
     assert "has 2 partitions but" in worker.logs()
     assert await read_to_end(kafka_bootstrap, env["FBP_SINK"]) == []
 
