@@ -70,6 +70,9 @@ _STATE = struct.Struct("<dqd")
 #: Events whose key is checked against their partition by the partitioner (the check costs a
 #: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
 CHECKED_EVENTS = 10_000
+#: After those, one event in this many is checked: a stream that goes wrong later (a producer
+#: keyed by something else) is still refused, at 1% of the cost.
+CHECK_EVERY = 100
 
 
 class NotCopartitioned(FatalError):
@@ -334,7 +337,6 @@ class KeyedRateLimitGate:
         self._verified.add(topic)
 
     def _check_key(self, event: EventT[Any], key: Hashable) -> None:
-        self._checked += 1
         if key == event.key:
             return
         data = _partition_bytes(key)
@@ -373,8 +375,10 @@ class KeyedRateLimitGate:
                 return value
             if message.topic not in self._verified:
                 self._verify_topic(message.topic)
-            if key_of is not None and self._checked < CHECKED_EVENTS:
-                self._check_key(event, key)
+            if key_of is not None:
+                self._checked += 1
+                if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
+                    self._check_key(event, key)
             buckets.expire(2)
             permits = 1 if cost is None else int(cost(event))
             if permits < 1 or buckets.try_acquire(key, permits):

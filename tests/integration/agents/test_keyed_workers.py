@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 
+from faust_backpressure.agents.keyed import CHECK_EVERY, CHECKED_EVENTS
 from faust_backpressure.tables.kafka import partition_for_key
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce, read_to_end
+from faust_backpressure.testing.kafka_io import (
+    consume,
+    create_topics,
+    produce,
+    read_to_end,
+)
 from faust_backpressure.testing.workers import FaustWorker
 
 from .helpers import hdr
@@ -69,6 +75,27 @@ async def test_partition_counts_that_differ_are_refused_at_start(
            "source topic" in worker.logs()
     assert "has 2 partitions but" in worker.logs()
     assert await read_to_end(kafka_bootstrap, env["FBP_SINK"]) == []
+
+
+async def test_a_stream_that_goes_wrong_after_the_first_checked_events_is_refused_too(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_KEY="value", FBP_PARTITIONS="2", FBP_RATE="1e9",
+               FBP_BURST="1e9")
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2})
+    # CHECKED_EVENTS records keyed by their limit key, then a producer keyed by order id:
+    # customers on both partitions (only a sample of these is checked)
+    good = [(b"c%d" % (i % 50), b"c%d:%d" % (i % 50, i)) for i in range(CHECKED_EVENTS)]
+    late = [(b"order-%d" % i, b"late-%d:%d" % (i % 7, i)) for i in range(6 * CHECK_EVERY)]
+    late = [(k, v) for k, v in late  # each one misplaced: any sampled one is refused
+            if partition_for_key(k, 2) != partition_for_key(v.split(b":")[0], 2)]
+    assert len(late) > 2 * CHECK_EVERY
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], good + late)
+    worker = faust_workers(APP, env=env)
+    assert worker.wait_exit(timeout=90) == 1
+    assert "faust-backpressure: not co-partitioned: " in worker.logs()
+    passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
+    assert len(passed) < len(good) + len(late)
 
 
 def _load_app(env: dict[str, str]) -> Any:
