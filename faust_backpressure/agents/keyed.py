@@ -220,7 +220,10 @@ class KeyedRateLimitGate:
         for table in (self.table, self.overrides):
             mark_control_topic(app, table.changelog_topic.get_topic_name())
         self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_topic_suffix}"
-        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name,
+        # internal: Faust declares it with the limit's partitions before the consumer
+        # subscribes (as a pipeline's source); else a broker that auto-creates topics made it
+        # with its default count when the deferral agent subscribed, and the check refused.
+        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
                                                 partitions=partitions, replicas=replicas)
         self.deferral_agent: Any = None
         if on_limit == "defer":

@@ -18,6 +18,7 @@ from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.kafka_io import (
     consume,
     create_topics,
+    end_offsets,
     produce,
     read_to_end,
 )
@@ -96,6 +97,25 @@ async def test_a_stream_that_goes_wrong_after_the_first_checked_events_is_refuse
     assert "faust-backpressure: not co-partitioned: " in worker.logs()
     passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
     assert len(passed) < len(good) + len(late)
+
+
+async def test_a_fresh_cluster_needs_no_deferral_topic_made_by_hand(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_PARTITIONS="2", FBP_RATE="10", FBP_BURST="5")
+    deferral = env["FBP_APP_ID"] + "-per-key-deferred"
+    # the app's own topics only: the deferral topic is the limit's to declare (the test
+    # broker auto-creates topics with 1 partition, as many brokers do)
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2})
+    faust_workers(APP, env=env).wait_ready()
+    values = [key + b":%02d" % i for i in range(20) for key in (b"hot", b"warm")]
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], [(v.split(b":")[0], v) for v in values])
+    out = await consume(kafka_bootstrap, env["FBP_SINK"], timeout=60,
+                        until=lambda rs: {r.value for r in rs} >= set(values))
+    assert {r.value for r in out} == set(values)
+    via = [hdr(r)["via"] for r in out]
+    assert via.count(deferral.encode()) >= 20  # 15 of each key's 20 over its burst of 5
+    assert set(await end_offsets(kafka_bootstrap, deferral)) == {0, 1}  # the limit's 2
 
 
 def _load_app(env: dict[str, str]) -> Any:
