@@ -221,8 +221,9 @@ class KeyedRateLimitGate:
             mark_control_topic(app, table.changelog_topic.get_topic_name())
         self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_topic_suffix}"
         # internal: Faust declares it with the limit's partitions before the consumer
-        # subscribes (as a pipeline's source); else a broker that auto-creates topics made it
-        # with its default count when the deferral agent subscribed, and the check refused.
+        # subscribes (as a pipeline's source). Undeclared, on a fresh cluster the broker
+        # auto-created it (default count: 1) and deferring stalled: the first deferred
+        # event was never acked.
         self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
                                                 partitions=partitions, replicas=replicas)
         self.deferral_agent: Any = None
