@@ -77,7 +77,6 @@ async def one_run(bootstrap: str, source: str, sink: str, records: int, keyed: b
             # write per event, and the removal of refilled entries).
             limit = bp.rate_limit_per_key("bench", tokens_per_second=1e9, burst_capacity=1e9,
                                           partitions=PARTITIONS)
-            await create_topics(bootstrap, {limit.deferral_topic_name: PARTITIONS})
             fun = limit(forward)
         app.agent(src, name="forward")(fun)
         async with running_app(app):

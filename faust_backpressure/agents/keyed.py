@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import heapq
 import json
 import logging
@@ -34,6 +33,7 @@ from typing import Any, Literal, TypeVar
 from faust.exceptions import Skip
 from faust.types import TP, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.decorate import decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import (
     SOURCE_OFFSET,
@@ -43,7 +43,9 @@ from faust_backpressure.agents.headers import (
     shed_headers,
     without_bp_headers,
 )
+from faust_backpressure.config.errors import FatalError
 from faust_backpressure.faust_seam import (
+    crash_worker,
     flow_stopped_event,
     mark_control_topic,
     redeliver,
@@ -68,10 +70,15 @@ _STATE = struct.Struct("<dqd")
 #: Events whose key is checked against their partition by the partitioner (the check costs a
 #: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
 CHECKED_EVENTS = 10_000
+#: After those, one event in this many is checked: a stream that goes wrong later (a producer
+#: keyed by something else) is still refused, at 1% of the cost.
+CHECK_EVERY = 100
 
 
-class NotCopartitioned(RuntimeError):
+class NotCopartitioned(FatalError):
     """The stream is not partitioned by the keyed limit's key: buckets would be split."""
+
+    kind = "not co-partitioned"
 
 
 def encode_key(key: Hashable) -> bytes:
@@ -213,7 +220,11 @@ class KeyedRateLimitGate:
         for table in (self.table, self.overrides):
             mark_control_topic(app, table.changelog_topic.get_topic_name())
         self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_topic_suffix}"
-        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name,
+        # internal: Faust declares it with the limit's partitions before the consumer
+        # subscribes (as a pipeline's source). Undeclared, on a fresh cluster the broker
+        # auto-created it (default count: 1) and deferring stalled: the first deferred
+        # event was never acked.
+        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
                                                 partitions=partitions, replicas=replicas)
         self.deferral_agent: Any = None
         if on_limit == "defer":
@@ -298,16 +309,7 @@ class KeyedRateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
-        if not self.agent_name:
-            self.agent_name = getattr(fun, "__qualname__", repr(fun))
-
-        @functools.wraps(fun)
-        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
-            self.install(stream)
-            return fun(stream, *args, **kwargs)
-
-        agent._bp_gate = self  # type: ignore[attr-defined]
-        return agent  # type: ignore[return-value]
+        return decorate_agent(self, fun, f"@rate_limit_per_key({self.name!r})")
 
     # -- co-partitioning -------------------------------------------------------------------
 
@@ -322,7 +324,8 @@ class KeyedRateLimitGate:
         if self.error is None:
             self.error = error
             log.error("%s", error)
-            self._crashing = asyncio.ensure_future(self.app.crash(error))
+            # the worker exits (code 1): an orchestrator restarts it or alerts
+            self._crashing = crash_worker(self.app, error)
         return error
 
     def _verify_topic(self, topic: str) -> None:
@@ -338,7 +341,6 @@ class KeyedRateLimitGate:
         self._verified.add(topic)
 
     def _check_key(self, event: EventT[Any], key: Hashable) -> None:
-        self._checked += 1
         if key == event.key:
             return
         data = _partition_bytes(key)
@@ -377,8 +379,10 @@ class KeyedRateLimitGate:
                 return value
             if message.topic not in self._verified:
                 self._verify_topic(message.topic)
-            if key_of is not None and self._checked < CHECKED_EVENTS:
-                self._check_key(event, key)
+            if key_of is not None:
+                self._checked += 1
+                if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
+                    self._check_key(event, key)
             buckets.expire(2)
             permits = 1 if cost is None else int(cost(event))
             if permits < 1 or buckets.try_acquire(key, permits):

@@ -19,7 +19,6 @@ at once, just before it is handed to the body.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,8 +26,9 @@ from typing import Any, TypeVar
 
 import faust
 from faust.exceptions import Skip
-from faust.types import AgentT, AppT, EventT, StreamT, TopicT
+from faust.types import AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.decorate import decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.agents.sensor import notify_sensors
@@ -334,22 +334,7 @@ class RateLimitGate:
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
         """Decorate an agent function (put it *under* ``@app.agent``)."""
-        if isinstance(fun, AgentT):
-            # Above @app.agent the agent has already captured the undecorated function: it
-            # would run unlimited without a word.
-            raise TypeError(
-                f"@rate_limit({self.name!r}) is above @app.agent on {fun.name!r}: put it "
-                "under @app.agent (the agent would run unlimited)")
-        if not self.agent_name:
-            self.agent_name = getattr(fun, "__qualname__", repr(fun))
-
-        @functools.wraps(fun)
-        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
-            self.install(stream)
-            return fun(stream, *args, **kwargs)
-
-        agent._bp_gate = self  # type: ignore[attr-defined]
-        return agent  # type: ignore[return-value]
+        return decorate_agent(self, fun, f"@rate_limit({self.name!r})")
 
 
 def rate_limited(app: faust.App, limiter: RateLimitingStrategy, **options: Any

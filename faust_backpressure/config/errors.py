@@ -6,6 +6,10 @@ attribute ...``. :func:`settings_errors` re-raises a settings ``ValueError`` as
 :class:`SettingsError` and installs a ``sys.excepthook`` that prints an *uncaught*
 ``SettingsError`` as one line naming the setting (exit code 1 as for any uncaught error).
 Caught errors and every other exception are untouched.
+
+A worker that finds at run time that it must not go on (:class:`FatalError`, e.g. a stream that
+is not co-partitioned with its keyed limit) shows the same kind of line (:func:`one_line`) and
+exits with code 1 too (``faust_seam.crash_worker``).
 """
 
 from __future__ import annotations
@@ -15,11 +19,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-__all__ = ["SettingsError", "settings_errors"]
+__all__ = ["FatalError", "SettingsError", "one_line", "settings_errors"]
 
 
 class SettingsError(ValueError):
     """An invalid setting; the message starts with the setting's name."""
+
+
+class FatalError(RuntimeError):
+    """Found by a running worker: it must not go on (it exits with code 1, one line)."""
+
+    #: What went wrong, in a few words: the start of the line.
+    kind = "cannot run"
+
+
+def one_line(error: BaseException) -> str:
+    """The line a start-up error is shown as (stderr, no traceback)."""
+    kind = "invalid setting" if isinstance(error, SettingsError) else getattr(
+        error, "kind", type(error).__name__)
+    return f"faust-backpressure: {kind}: {error}"
 
 
 def _settings_error(error: BaseException | None) -> SettingsError | None:
@@ -39,7 +57,7 @@ def _one_line_hook(previous: object) -> object:
              tb: TracebackType | None) -> None:
         found = _settings_error(value)
         if found is not None:
-            print(f"faust-backpressure: invalid setting: {found}", file=sys.stderr, flush=True)
+            print(one_line(found), file=sys.stderr, flush=True)
             return
         previous(kind, value, tb)  # type: ignore[operator]
     hook._bp_settings_hook = True  # type: ignore[attr-defined]

@@ -129,6 +129,16 @@ class FaustWorker:
         self.wait_for_log(REBALANCED_PATTERN, timeout, what="rebalanced")
         return self
 
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the process to exit by itself (e.g. after a crash); its exit code."""
+        assert self.proc is not None, "worker not started"
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            text = self.logs()
+            raise WorkerError(f"{self.name}: still running after {timeout:.0f} s (log: "
+                              f"{self.log_path}): {_last_line(text)}", text[-5000:]) from None
+
     def _exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 

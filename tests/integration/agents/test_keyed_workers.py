@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
+from faust_backpressure.agents.keyed import CHECK_EVERY, CHECKED_EVENTS
 from faust_backpressure.tables.kafka import partition_for_key
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce, read_to_end
+from faust_backpressure.testing.kafka_io import (
+    consume,
+    create_topics,
+    end_offsets,
+    produce,
+    read_to_end,
+)
 from faust_backpressure.testing.workers import FaustWorker
 
 from .helpers import hdr
@@ -40,10 +47,12 @@ async def test_a_worker_whose_stream_is_not_keyed_by_the_limit_refuses_to_run(
     await produce(kafka_bootstrap, env["FBP_SOURCE"],
                   [(b"order-%d" % i, b"cust-%d:%d" % (i % 3, i)) for i in range(40)])
     worker = faust_workers(APP, env=env)
-    # the app crashes (the worker stops): it never runs with split buckets
-    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
-    logs = worker.logs()
-    assert "is not the record's key" in logs and "group_by" in logs
+    # the app crashes and the process exits (an orchestrator restarts it or alerts): it
+    # never runs with split buckets, and the error is one line, as a bad setting's
+    assert worker.wait_exit(timeout=60) == 1
+    lines = [line for line in worker.logs().splitlines()
+             if line.startswith("faust-backpressure: not co-partitioned: ")]
+    assert lines and "is not the record's key" in lines[0] and "group_by" in lines[0]
     # Only events already on their limit key's partition (by the partitioner) went through
     # before the first misplaced one stopped the worker.
     passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
@@ -62,9 +71,55 @@ async def test_partition_counts_that_differ_are_refused_at_start(
                                           env["FBP_APP_ID"] + "-per-key-deferred": 3})
     await produce(kafka_bootstrap, env["FBP_SOURCE"], [(b"k%d" % i, b"v") for i in range(10)])
     worker = faust_workers(APP, env=env)
-    worker.wait_for_log(r"App\]: Crashed reason=NotCopartitioned", timeout=60)
+    assert worker.wait_exit(timeout=60) == 1
+    assert "faust-backpressure: not co-partitioned: keyed limit 'per-key' on agent forward: " \
+           "source topic" in worker.logs()
     assert "has 2 partitions but" in worker.logs()
     assert await read_to_end(kafka_bootstrap, env["FBP_SINK"]) == []
+
+
+async def test_a_stream_that_goes_wrong_after_the_first_checked_events_is_refused_too(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_KEY="value", FBP_PARTITIONS="2", FBP_RATE="1e9",
+               FBP_BURST="1e9")
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2})
+    # CHECKED_EVENTS records keyed by their limit key, then a producer keyed by order id:
+    # customers on both partitions (only a sample of these is checked)
+    good = [(b"c%d" % (i % 50), b"c%d:%d" % (i % 50, i)) for i in range(CHECKED_EVENTS)]
+    late = [(b"order-%d" % i, b"late-%d:%d" % (i % 7, i)) for i in range(6 * CHECK_EVERY)]
+    late = [(k, v) for k, v in late  # each one misplaced: any sampled one is refused
+            if partition_for_key(k, 2) != partition_for_key(v.split(b":")[0], 2)]
+    assert len(late) > 2 * CHECK_EVERY
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], good)
+    worker = faust_workers(APP, env=env)
+    # the late ones only once the first CHECKED_EVENTS have gone through (the two partitions
+    # are read side by side: produced together, some late ones came among the first checked)
+    await consume(kafka_bootstrap, env["FBP_SINK"], until=len(good), timeout=90)
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], late)
+    assert worker.wait_exit(timeout=90) == 1
+    assert "faust-backpressure: not co-partitioned: " in worker.logs()
+    passed = await read_to_end(kafka_bootstrap, env["FBP_SINK"])
+    assert len(passed) < len(good) + len(late)
+
+
+async def test_a_fresh_cluster_needs_no_deferral_topic_made_by_hand(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = _env(unique_name, FBP_PARTITIONS="2", FBP_RATE="10", FBP_BURST="5")
+    deferral = env["FBP_APP_ID"] + "-per-key-deferred"
+    # the app's own topics only: the deferral topic is the limit's to declare (the test
+    # broker auto-creates topics with 1 partition, as many brokers do)
+    await create_topics(kafka_bootstrap, {env["FBP_SOURCE"]: 2, env["FBP_SINK"]: 2})
+    faust_workers(APP, env=env).wait_ready()
+    values = [key + b":%02d" % i for i in range(20) for key in (b"hot", b"warm")]
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], [(v.split(b":")[0], v) for v in values])
+    out = await consume(kafka_bootstrap, env["FBP_SINK"], timeout=60,
+                        until=lambda rs: {r.value for r in rs} >= set(values))
+    assert {r.value for r in out} == set(values)
+    via = [hdr(r)["via"] for r in out]
+    assert via.count(deferral.encode()) >= 20  # 15 of each key's 20 over its burst of 5
+    assert set(await end_offsets(kafka_bootstrap, deferral)) == {0, 1}  # the limit's 2
 
 
 def _load_app(env: dict[str, str]) -> Any:

@@ -40,6 +40,31 @@ def test_rate_limit_under_app_agent_is_fine() -> None:
             pass
 
 
+def test_rate_limit_per_key_above_app_agent_is_an_error() -> None:
+    app, bp = _bp()
+    limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=1)
+    with pytest.raises(TypeError, match=r"@rate_limit_per_key\('per-customer'\) is above "
+                                        r"@app.agent on .*put it under @app.agent"):
+        @limit
+        @app.agent(app.topic("t"))
+        async def process(stream: Any) -> None:
+            async for _ in stream:
+                pass
+
+
+def test_rate_limit_per_key_under_app_agent_is_fine() -> None:
+    app, bp = _bp()
+    limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=1)
+
+    @app.agent(app.topic("t"))
+    @limit
+    async def process(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    assert limit.agent_name.endswith("process")
+
+
 @pytest.mark.parametrize("given", [{"tokens_per_second": 100},
                                    {"burst_capacity": 10}])
 def test_pipeline_rate_without_limiter_is_an_error(given: dict[str, float]) -> None:
