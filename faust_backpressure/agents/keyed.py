@@ -268,6 +268,7 @@ class KeyedRateLimitGate:
         self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
         self._store = _TableStore(self.table, write_behind, clock)
+        self._override_store: Any = None
         self.table.on_recover(self._on_recover)
         self._generation: int | None = None
         self._streams: list[StreamT[Any]] = []
@@ -288,7 +289,9 @@ class KeyedRateLimitGate:
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
         """Stored override, else the ``limits`` function, else None (the default)."""
-        data = self.overrides.data
+        data = self._override_store
+        if data is None:
+            data = self._override_store = self.overrides.data  # made once, on first use
         if len(data):  # usually none at all: no encoding, no lookup (an in-memory store)
             raw = data.get(encode_key(key))
             if raw is not None:
@@ -403,6 +406,7 @@ class KeyedRateLimitGate:
         key_of = self.key
         deferral = self.deferral_topic_name
         cost = self.cost
+        per_partition = self._buckets
 
         def admit(value: Any) -> Any:
             event = stream.current_event
@@ -414,7 +418,7 @@ class KeyedRateLimitGate:
                 self._rebalanced()
             message = event.message
             key = event.key if key_of is None else key_of(event)
-            buckets = self.buckets(message.partition)
+            buckets = per_partition.get(message.partition) or self.buckets(message.partition)
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 raw = header(message.headers, NOT_BEFORE)
                 due = buckets.readmit(key, float(raw) if raw else 0.0)

@@ -128,7 +128,8 @@ class KeyedTokenBuckets:
         deferred events, so they keep their order)."""
         now = self.clock()
         limits = self.limits(key)
-        permits = self._cap(permits, limits)
+        if permits > limits.burst_capacity:  # as _cap, inline: once per event
+            permits = limits.burst_capacity
         state = self.store.get(key)
         if state is None:  # absent = full (the common case: no float/int conversions)
             full_at, deferred = 0.0, 0
