@@ -197,6 +197,8 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
             building.add(encoded)
             if n % 10_000 == 0:
                 await asyncio.sleep(0)
+                if current() != generation:
+                    break  # a newer rebalance: its recovery lists the keys again
         if self._building is building:
             self._building = None
             if current() == generation:
