@@ -36,18 +36,17 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.redis_local import redis_missing, redis_server, redis_version
 from faust_backpressure.tables import DistributedRateLimiter, Grant
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.kafka_io import consume, create_topics
@@ -195,43 +194,6 @@ async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result
 
 # -- (c): Redis-backed peers ------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[int]:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="fbp-redis-") as tmp:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            import redis
-
-            client = redis.Redis(port=port)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def count_redis_commands() -> Callable[[], int]:
     """Count every command this process sends to Redis (each is one round trip)."""
     import redis
@@ -330,22 +292,12 @@ def peer_run(kind: str, port: int, seconds: float) -> Result:
                   sum(body["calls"] for body in bodies), seconds, (before, after))
 
 
-def redis_version() -> str:
-    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    words = [w for w in out.stdout.split() if w.startswith("v=")]
-    return words[0][2:] if words else "?"
-
-
 def redis_peers(seconds: float) -> tuple[list[Result], str | None]:
-    if shutil.which("redis-server") is None:
-        return [], ("Redis peers skipped: `redis-server` is not on PATH "
-                    "(e.g. `apt-get install -y redis-server`).")
-    try:
-        import limits  # noqa: F401
-        import pyrate_limiter  # noqa: F401
-        import redis
-    except ImportError as exc:
-        return [], f"Redis peers skipped: {exc} (`pip install -e '.[bench]'`)."
+    missing = redis_missing("limits", "pyrate_limiter", "redis")
+    if missing is not None:
+        return [], f"Redis peers skipped: {missing}."
+    import redis
+
     try:
         with redis_server() as port:
             return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None

@@ -115,6 +115,11 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
     (a limit that rarely binds then writes no changelog at all: such an entry is removed before
     it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
     tokens. Everything else is written through Faust's table path at once.
+
+    Most keys have no entry (absent = full), so the adapter keeps the set of keys the table
+    may hold (a superset: every key written since, and every key of the active partitions
+    when it was rebuilt after recovery); a key not in it is full without a store read. Until
+    the set is rebuilt after a rebalance (:meth:`rebuild_index`) every key is read.
     """
 
     def __init__(self, table: Any, hold: float, clock: Callable[[], float]) -> None:
@@ -123,6 +128,9 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
         self.clock = clock
         self._memory: dict[bytes, KeyState] = {}
         self._from_table: bytes | None = None  # the last key read from the table
+        self._present: set[bytes] | None = None  # None: not known, read the table
+        self._building: set[bytes] | None = None
+        self.index_generation: int | None = None  # the rebalance the set was built after
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         encoded = encode_key(key)
@@ -133,6 +141,9 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
             # refilled; the table has no copy (removed when stored; the memory is dropped at
             # every rebalance, so another worker's newer level cannot hide behind it)
             del self._memory[encoded]
+            return default
+        present = self._present
+        if present is not None and encoded not in present:
             return default
         raw = self.table.data.get(encoded)
         if raw is None:
@@ -154,17 +165,52 @@ class _TableStore(MutableMapping[Hashable, KeyState]):
             # never leave an older level behind (the buckets read a key before they write it)
             if self._from_table == encoded and self.table.data.get(encoded) is not None:
                 del self.table[encoded]
+                self._forget(encoded)
             return
         self._memory.pop(encoded, None)
+        if self._present is not None:
+            self._present.add(encoded)
+        if self._building is not None:
+            self._building.add(encoded)
         self.table[encoded] = _STATE.pack(full_at, deferred, late)
 
     def __delitem__(self, key: Hashable) -> None:
         encoded = encode_key(key)
         if self._memory.pop(encoded, None) is not None:
             return  # held in memory: its table copy was removed when it was stored
-        if self.table.data.get(encoded) is None:
+        if (self._present is not None and encoded not in self._present) \
+                or self.table.data.get(encoded) is None:
             raise KeyError(key)
         del self.table[encoded]
+        self._forget(encoded)
+
+    def _forget(self, encoded: bytes) -> None:
+        if self._present is not None:
+            self._present.discard(encoded)
+
+    def invalidate_index(self) -> None:
+        """Partitions moved: read every key until :meth:`rebuild_index` has run again."""
+        self._present = None
+        self.index_generation = None
+
+    async def rebuild_index(self, generation: int, current: Callable[[], int]) -> None:
+        """After recovery (the table's restored entries are in the store, the source
+        partitions not yet resumed): the set of keys of the active partitions. Yields to the
+        loop now and then; keys written meanwhile are added; installed only if no rebalance
+        came in between (``current()`` is still ``generation``)."""
+        self._present = None
+        building = self._building = set()
+        for n, encoded in enumerate(self.table.data.keys(), 1):
+            building.add(encoded)
+            if n % 10_000 == 0:
+                await asyncio.sleep(0)
+                if current() != generation:
+                    break  # a newer rebalance: its recovery lists the keys again
+        if self._building is building:
+            self._building = None
+            if current() == generation:
+                self._present = building
+                self.index_generation = generation
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, Hashable) and self.get(key) is not None
@@ -235,6 +281,8 @@ class KeyedRateLimitGate:
         self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
         self._store = _TableStore(self.table, write_behind, clock)
+        self._override_store: Any = None
+        self.table.on_recover(self._on_recover)
         self._generation: int | None = None
         self._streams: list[StreamT[Any]] = []
         self._checked = 0
@@ -254,10 +302,14 @@ class KeyedRateLimitGate:
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
         """Stored override, else the ``limits`` function, else None (the default)."""
-        raw = self.overrides.data.get(encode_key(key))
-        if raw is not None:
-            rate, burst = json.loads(raw)
-            return KeyLimits(float(rate), float(burst))
+        data = self._override_store
+        if data is None:
+            data = self._override_store = self.overrides.data  # made once, on first use
+        if len(data):  # usually none at all: no encoding, no lookup (an in-memory store)
+            raw = data.get(encode_key(key))
+            if raw is not None:
+                rate, burst = json.loads(raw)
+                return KeyLimits(float(rate), float(burst))
         return None if self.limits is None else self.limits(key)
 
     async def set_limits(self, key: Hashable, tokens_per_second: float | None,
@@ -358,6 +410,7 @@ class KeyedRateLimitGate:
         key_of = self.key
         deferral = self.deferral_topic_name
         cost = self.cost
+        per_partition = self._buckets
 
         def admit(value: Any) -> Any:
             event = stream.current_event
@@ -369,7 +422,7 @@ class KeyedRateLimitGate:
                 self._rebalanced()
             message = event.message
             key = event.key if key_of is None else key_of(event)
-            buckets = self.buckets(message.partition)
+            buckets = per_partition.get(message.partition) or self.buckets(message.partition)
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 raw = header(message.headers, NOT_BEFORE)
                 due = buckets.readmit(key, float(raw) if raw else 0.0)
@@ -398,9 +451,17 @@ class KeyedRateLimitGate:
 
     def _rebalanced(self) -> None:
         """Partitions may have moved: levels held in memory count as full from now on (the
-        expiry queues stay: an entry gone since is skipped when its turn comes)."""
+        expiry queues stay: an entry gone since is skipped when its turn comes), and the
+        index of stored keys holds only if it was rebuilt after this rebalance's recovery."""
         self._generation = self.app.consumer_generation_id
         self._store.drop_memory()
+        if self._store.index_generation != self._generation:
+            self._store.invalidate_index()
+
+    async def _on_recover(self) -> None:
+        """The table is restored (Faust resumes the source partitions after this)."""
+        await self._store.rebuild_index(self.app.consumer_generation_id,
+                                        lambda: self.app.consumer_generation_id)
 
     async def _defer(self, event: EventT[Any], buckets: KeyedTokenBuckets, key: Hashable,
                      permits: int) -> Any:

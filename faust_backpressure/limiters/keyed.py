@@ -96,9 +96,11 @@ class KeyedTokenBuckets:
                                                      float(state[2]))
 
     def _save(self, key: Hashable, full_at: float, deferred: int, now: float,
-              late: float = 0.0) -> None:
+              late: float = 0.0, stored: bool = True) -> None:
+        """``stored=False``: the caller just read the key and it had no entry (saves a
+        second store read when the level is full)."""
         if full_at <= now and deferred <= 0:
-            if key in self.store:
+            if stored and key in self.store:
                 del self.store[key]
             return
         self.store[key] = (full_at, deferred, late)
@@ -126,13 +128,19 @@ class KeyedTokenBuckets:
         deferred events, so they keep their order)."""
         now = self.clock()
         limits = self.limits(key)
-        permits = self._cap(permits, limits)
-        full_at, deferred, _ = self._state(key)
+        if permits > limits.burst_capacity:  # as _cap, inline: once per event
+            permits = limits.burst_capacity
+        state = self.store.get(key)
+        if state is None:  # absent = full (the common case: no float/int conversions)
+            full_at, deferred = 0.0, 0
+        else:
+            full_at, deferred = float(state[0]), int(state[1])
         start = full_at if full_at > now else now
         # tokens after taking = burst - (start + permits/rate - now) * rate >= 0
         if deferred <= 0 and (start - now) * limits.tokens_per_second + permits \
                 <= limits.burst_capacity + EPSILON:
-            self._save(key, start + permits / limits.tokens_per_second, 0, now)
+            self._save(key, start + permits / limits.tokens_per_second, 0, now,
+                       stored=state is not None)
             self.stats.admitted += 1
             return True
         self.stats.refused += 1
