@@ -149,7 +149,6 @@ async def recovery(bootstrap: str, source: str, records: int) -> tuple[float, in
 
     with tempfile.TemporaryDirectory() as datadir:
         app, limit, done = make(datadir)
-        await create_topics(bootstrap, {limit.deferral_topic_name: PARTITIONS})
         async with running_app(app):
             await asyncio.wait_for(done.wait(), timeout=1800)
             await asyncio.sleep(2.0)  # the table's last changelog writes
@@ -174,7 +173,8 @@ async def _set(event: asyncio.Event) -> None:
     event.set()
 
 
-async def measure(bootstrap: str, keys: int, rounds: int) -> str:
+async def measure(bootstrap: str, keys: int, rounds: int, peer_rounds: int,
+                  recovery_keys: int) -> str:
     run = uuid.uuid4().hex[:6]
     source, sink = f"bench-keyed-src-{run}", f"bench-keyed-sink-{run}"
     await create_topics(bootstrap, {source: PARTITIONS, sink: PARTITIONS})
@@ -189,7 +189,8 @@ async def measure(bootstrap: str, keys: int, rounds: int) -> str:
         port = stack.enter_context(redis_server()) if missing is None else None
         kinds = KINDS if port is not None else KINDS[:2]
         for r in range(rounds):
-            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            now = kinds if r < peer_rounds else tuple(k for k in kinds if k != "redis")
+            for kind in now if r % 2 == 0 else now[::-1]:
                 rate, cpu_us, mem, store = await one_run(bootstrap, source, sink, keys, kind,
                                                          port)
                 rates[kind].append(rate)
@@ -199,7 +200,7 @@ async def measure(bootstrap: str, keys: int, rounds: int) -> str:
                     stores.append(store)
                 print(f"round {r + 1}: {kind} {rate:,.0f} events/s, "
                       f"{cpu_us:.1f} us CPU/event", flush=True)
-    rec_s, restored, changelog_records, index_s = await recovery(bootstrap, source, keys)
+    rec_s, restored, changelog_records, index_s = await recovery(bootstrap, source, recovery_keys)
     print(f"recovery: {rec_s:.1f} s, {restored:,} entries, {changelog_records:,} changelog "
           f"records, listing {index_s:.2f} s", flush=True)
     plain, keyed_rate = statistics.median(rates["plain"]), statistics.median(rates["keyed"])
@@ -215,7 +216,8 @@ async def measure(bootstrap: str, keys: int, rounds: int) -> str:
         redis_row, redis_note = "", f"Redis peer skipped: {missing}."
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Command: `PYTHONPATH=. python bench/keyed.py --keys {keys} --rounds {rounds}`, "
+        f"Command: `PYTHONPATH=. python bench/keyed.py --keys {keys} --rounds {rounds} "
+        f"--peer-rounds {peer_rounds} --recovery-keys {recovery_keys}`, "
         f"{when}; Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; faust-streaming "
         f"{faust.__version__}, local Apache Kafka broker.",
@@ -253,10 +255,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peer-rounds", type=int, default=None,
+                        help="rounds that also run the Redis peer (default: all)")
+    parser.add_argument("--recovery-keys", type=int, default=None,
+                        help="entries for the recovery phase (default: --keys)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    peer_rounds = args.rounds if args.peer_rounds is None else args.peer_rounds
+    recovery_keys = args.keys if args.recovery_keys is None else args.recovery_keys
     with kafka_bootstrap() as bootstrap:
-        report = asyncio.run(measure(bootstrap, args.keys, args.rounds))
+        report = asyncio.run(measure(bootstrap, args.keys, args.rounds, peer_rounds,
+                                     min(recovery_keys, args.keys)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"keyed-{args.keys}.md").write_text(report)
     print()
