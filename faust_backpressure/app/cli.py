@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from faust_backpressure.agents import replay_dlq
+from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.registry import installed
 from faust_backpressure.tables.kafka import client_settings
 
@@ -37,14 +38,9 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
     """Re-publish a pipeline's dead-lettered records to its source, rate-limited."""
     from faust.cli.base import find_app
 
-    state: Any = ctx.find_root().obj
-    if state is None or not getattr(state, "app", None):
-        raise click.UsageError("give the app: faust -A module backpressure dlq-replay ...")
-    app: Any = find_app(state.app)
+    app: Any = find_app(given_app(ctx, "dlq-replay"))
     bp = installed(app)
-    if pipeline not in bp.pipelines:
-        known = ", ".join(sorted(bp.pipelines)) or "none"
-        raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
+    declared("pipeline", pipeline, bp.pipelines)
     pipe = bp.pipelines[pipeline]
     kafka = client_settings(app, "dlq-replay")
     target = to or pipe.source_topic_name

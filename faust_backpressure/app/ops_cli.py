@@ -12,11 +12,12 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, NoReturn, TypeVar
 
 import click
 
+from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.ops import cluster_status, group_lag, send_override
 from faust_backpressure.app.pause import send_pause
 from faust_backpressure.app.registry import Installation, installed
@@ -26,15 +27,16 @@ from faust_backpressure.tables.kafka import client_settings
 
 __all__ = ["OPS_COMMANDS"]
 
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_ACK_TIMEOUT = "Seconds to wait for the owner's acknowledgement."
+
 
 def _installation(ctx: click.Context) -> Installation:
     from faust.cli.base import find_app
 
-    state: Any = ctx.find_root().obj
-    if state is None or not getattr(state, "app", None):
-        raise click.UsageError("give the app: faust -A module backpressure ...")
     try:
-        return installed(find_app(state.app))
+        return installed(find_app(given_app(ctx)))
     except LookupError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -58,9 +60,38 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
                      for row in cells)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def _acknowledged(bp: Installation, send: Callable[..., Coroutine[Any, Any, _T]],
+                  *args: Any, **kwargs: Any) -> _T:
+    """Run ``send(kafka, app_id, *args, secret=..., **kwargs)`` with the app's Kafka settings,
+    id and secret; exit 1 when the cluster does not acknowledge it in time."""
+    try:
+        return asyncio.run(send(client_settings(bp.app, "ops"), str(bp.app.conf.id), *args,
+                                secret=bp.settings.secret_key, **kwargs))
+    except CommandTimeout as exc:
+        _fail(str(exc))
+
+
+def _timeout(help: str | None = None) -> Callable[[_F], _F]:
+    return click.option("--timeout", type=float, default=30.0, show_default=True, help=help)
+
+
+def _acked_command(name: str, argument: str, reason: str, *options: Callable[[Any], Any]
+                   ) -> Callable[[Callable[..., None]], click.Command]:
+    """``@click.command`` of an acknowledged change: ARGUMENT, ``options``, ``--reason`` (with
+    the help ``reason``) and ``--timeout``, in that order; the function gets the context."""
+    def command(function: Callable[..., None]) -> click.Command:
+        decorators: list[Callable[[Any], Any]] = [
+            click.pass_context, _timeout(), click.option("--reason", default="", help=reason),
+            *reversed(options), click.argument(argument)]  # innermost first, as when stacked
+        for decorate in decorators:
+            function = decorate(function)
+        return click.command(name=name)(function)
+    return command
 
 
 @click.command(name="status")
@@ -93,17 +124,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
                           ["name", "window", "downstream", "down-lag", "credits"]))
 
 
-def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,
-             timeout: float) -> None:
-    bp = _installation(ctx)
-    try:
-        ack = asyncio.run(send_limiter_command(
-            client_settings(bp.app, "ops"), str(bp.app.conf.id), limiter_id,
-            "update_rate" if kind == "update_rate" else "reset", rate=rate,
-            secret=bp.settings.secret_key, timeout=timeout))
-    except CommandTimeout as exc:
-        _fail(str(exc))
-        return
+def _command(ctx: click.Context, limiter_id: str, kind: Literal["update_rate", "reset"],
+             rate: float | None, timeout: float) -> None:
+    ack = _acknowledged(_installation(ctx), send_limiter_command, limiter_id, kind, rate=rate,
+                        timeout=timeout)
     click.echo(f"{limiter_id}: {'rate set' if kind == 'update_rate' else 'reset'}, "
                f"acknowledged by its owner (epoch {ack.epoch}, rate {ack.rate:g}/s)")
 
@@ -111,8 +135,7 @@ def _command(ctx: click.Context, limiter_id: str, kind: str, rate: float | None,
 @click.command(name="set-rate")
 @click.argument("limiter_id")
 @click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=1e12), required=False)
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for the owner's acknowledgement.")
+@_timeout(_ACK_TIMEOUT)
 @click.option("--key", default=None,
               help="A keyed limit: set this key's own rate (LIMITER_ID is the keyed limit).")
 @click.option("--key-type", type=click.Choice(["str", "bytes", "int"]), default="str",
@@ -136,8 +159,7 @@ def set_rate(ctx: click.Context, limiter_id: str, rate: float | None, timeout: f
 
 @click.command(name="reset")
 @click.argument("limiter_id")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for the owner's acknowledgement.")
+@_timeout(_ACK_TIMEOUT)
 @click.pass_context
 def reset(ctx: click.Context, limiter_id: str, timeout: float) -> None:
     """Refill a distributed limiter's bucket and clear its counters (the rate is kept)."""
@@ -167,45 +189,28 @@ def lag(ctx: click.Context, group: str, topics: tuple[str, ...], as_json: bool) 
                f"{result.max_time_lag:.1f} s old")
 
 
-def _override(ctx: click.Context, override_of: Callable[[str], Override],
-              limiter_id: str, timeout: float) -> dict[str, Any]:
-    bp = _installation(ctx)
-    try:
-        return asyncio.run(send_override(client_settings(bp.app, "ops"), str(bp.app.conf.id),
-                                         override_of(operator()),
-                                         secret=bp.settings.secret_key, timeout=timeout))
-    except CommandTimeout as exc:
-        _fail(str(exc))
-        raise AssertionError("unreachable") from exc
-
-
-@click.command(name="emergency-stop")
-@click.argument("limiter_id")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e12), default=None,
-              help="Hold at this rate (default: the control loop's emergency rate).")
-@click.option("--reason", default="", help="Why (kept in the audit trail).")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
-@click.pass_context
+@_acked_command("emergency-stop", "limiter_id", "Why (kept in the audit trail).",
+                click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e12),
+                             default=None, help="Hold at this rate (default: the control "
+                             "loop's emergency rate)."))
 def emergency_stop(ctx: click.Context, limiter_id: str, rate: float | None, reason: str,
                    timeout: float) -> None:
     """Hold a limiter at its emergency rate (or --rate) until `restore`: wins over the
     control loop, persisted, an event on the control topic."""
-    state = _override(ctx, lambda by: Override.hold(limiter_id, rate=rate, by=by,
-                                                      reason=reason), limiter_id, timeout)
+    state = _acknowledged(_installation(ctx), send_override,
+                          Override.hold(limiter_id, rate=rate, by=operator(), reason=reason),
+                          timeout=timeout)
     held = state.get("override") or {}
     click.echo(f"{limiter_id}: held at {held.get('rate', rate)}/s by {held.get('by')} until "
                f"`backpressure restore {limiter_id}`")
 
 
-@click.command(name="restore")
-@click.argument("limiter_id")
-@click.option("--reason", default="", help="Why (kept in the audit trail).")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
-@click.pass_context
+@_acked_command("restore", "limiter_id", "Why (kept in the audit trail).")
 def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) -> None:
     """Release an operator hold: the control loop decides the rate again."""
-    state = _override(ctx, lambda by: Override.release(limiter_id, by=by, reason=reason),
-                      limiter_id, timeout)
+    state = _acknowledged(_installation(ctx), send_override,
+                          Override.release(limiter_id, by=operator(), reason=reason),
+                          timeout=timeout)
     click.echo(f"{limiter_id}: released; the control loop decides again (from "
                f"{state.get('rate')}/s)")
 
@@ -213,35 +218,20 @@ def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) ->
 def _pause(ctx: click.Context, pipeline: str, paused: bool, reason: str,
            timeout: float) -> None:
     bp = _installation(ctx)
-    if pipeline not in bp.pipelines:
-        known = ", ".join(sorted(bp.pipelines)) or "none"
-        raise click.UsageError(f"no pipeline {pipeline!r} (declared: {known})")
-    try:
-        acked, workers = asyncio.run(send_pause(
-            client_settings(bp.app, "ops"), str(bp.app.conf.id), pipeline, paused=paused,
-            by=operator(), reason=reason, secret=bp.settings.secret_key, timeout=timeout))
-    except CommandTimeout as exc:
-        _fail(str(exc))
-        return
+    declared("pipeline", pipeline, bp.pipelines)
+    acked, workers = _acknowledged(bp, send_pause, pipeline, paused=paused, by=operator(),
+                                   reason=reason, timeout=timeout)
     click.echo(f"pipeline {pipeline}: {'paused' if paused else 'resumed'} on {acked} of "
                f"{workers} worker(s)")
 
 
-@click.command(name="pause")
-@click.argument("pipeline")
-@click.option("--reason", default="", help="Why (kept with the pause).")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
-@click.pass_context
+@_acked_command("pause", "pipeline", "Why (kept with the pause).")
 def pause(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
     """Stop consuming a pipeline on every worker (nothing is lost) until `resume`."""
     _pause(ctx, pipeline, True, reason, timeout)
 
 
-@click.command(name="resume")
-@click.argument("pipeline")
-@click.option("--reason", default="", help="Why.")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
-@click.pass_context
+@_acked_command("resume", "pipeline", "Why.")
 def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> None:
     """Resume a paused pipeline on every worker."""
     _pause(ctx, pipeline, False, reason, timeout)
@@ -256,16 +246,12 @@ def set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str,
     """Store one key's rate (and burst) for a keyed limit; every worker reads it."""
     from faust.cli.base import find_app
 
-    state: Any = ctx.find_root().obj
-    if state is None or not getattr(state, "app", None):
-        raise click.UsageError("give the app: faust -A module backpressure set-rate ...")
+    given = given_app(ctx, "set-rate")
     if rate is None and not clear:
         raise click.UsageError("give RATE, or --clear")
-    app: Any = find_app(state.app)
+    app: Any = find_app(given)
     bp = installed(app)
-    if limit not in bp.keyed_limits:
-        known = ", ".join(sorted(bp.keyed_limits)) or "none"
-        raise click.UsageError(f"no keyed limit {limit!r} (declared: {known})")
+    declared("keyed limit", limit, bp.keyed_limits)
     typed: Any = key.encode() if key_type == "bytes" else int(key) if key_type == "int" else key
 
     async def store() -> None:

@@ -30,12 +30,10 @@ from faust_backpressure.faust_seam import send_control
 from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
 from faust_backpressure.tables.integrity import (
     RejectedRecord,
-    canonical,
-    load_json,
+    decode_signed,
+    encode_signed,
     number,
-    sign,
     text,
-    verify,
 )
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
@@ -55,6 +53,10 @@ def ops_topic(app_id: str) -> str:
     return f"{app_id}-fbp-ops"
 
 
+def _key(pipeline: str) -> bytes:
+    return f"pause/{pipeline}".encode()
+
+
 @dataclass(frozen=True, slots=True)
 class PauseCommand:
     pipeline: str
@@ -66,27 +68,21 @@ class PauseCommand:
 
     @property
     def key(self) -> bytes:
-        return f"pause/{self.pipeline}".encode()
+        return _key(self.pipeline)
 
     def encode(self, secret: bytes | None = None) -> bytes:
         body: dict[str, Any] = {"type": "pause", "pipeline": self.pipeline,
                                 "paused": self.paused, "id": self.command_id, "by": self.by,
                                 "at": self.at, "reason": self.reason}
-        if secret is not None:
-            body["sig"] = sign(secret, self.key, body)
-        return canonical(body)
+        return encode_signed(body, self.key, secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None,
                secret: bytes | None = None) -> PauseCommand:
-        data = load_json(raw)
-        if not isinstance(data, dict) or data.get("type") != "pause":
-            raise RejectedRecord("not a pause record")
-        pipeline = text(data, "pipeline")
-        if key != f"pause/{pipeline}".encode():
-            raise RejectedRecord("pipeline does not match the record key")
-        if secret is not None:
-            verify(secret, key, data)
+        # the key is required: a record without one is no pipeline's
+        data, pipeline = decode_signed(raw, key or b"", secret, name="pipeline",
+                                       record_key=_key, kind="pause",
+                                       not_one="not a pause record")
         if not isinstance(data.get("paused"), bool):
             raise RejectedRecord("paused must be a boolean")
         return cls(pipeline, data["paused"], text(data, "id"), text(data, "by"),

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from faust_backpressure.tables.integrity import (
-    WRONG_KEY,
     RejectedRecord,
-    canonical,
-    load_json,
+    decode_signed,
+    encode_signed,
     number,
-    sign,
     text,
-    verify,
 )
 
 __all__ = ["MARKER", "MAX_AGE", "Override", "operator"]
@@ -73,21 +70,13 @@ class Override:
                                 "at": self.at, "reason": self.reason}
         if self.rate is not None:
             body["rate"] = self.rate
-        if secret is not None:
-            body["sig"] = sign(secret, self.limiter.encode(), body)
-        return canonical(body)
+        return encode_signed(body, self.limiter.encode(), secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None = None,
                secret: bytes | None = None) -> Override:
-        data = load_json(raw)
-        if not isinstance(data, dict) or data.get("type") != "override":
-            raise RejectedRecord("not an override record")
-        limiter = text(data, "limiter")
-        if key is not None and key != limiter.encode():
-            raise RejectedRecord("limiter does not match the record key", code=WRONG_KEY)
-        if secret is not None:
-            verify(secret, limiter.encode(), data)
+        data, limiter = decode_signed(raw, key, secret, name="limiter", kind="override",
+                                      not_one="not an override record")
         action = data.get("action")
         if action not in ("hold", "release"):
             raise RejectedRecord(f"unknown override action {action!r:.40}")

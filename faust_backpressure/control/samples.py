@@ -12,16 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.tables.integrity import (
-    WRONG_KEY,
-    RejectedRecord,
-    canonical,
-    load_json,
-    number,
-    sign,
-    text,
-    verify,
-)
+from faust_backpressure.tables.integrity import decode_signed, encode_signed, number, text
 
 __all__ = ["MAX_LAG", "WorkerSample"]
 
@@ -64,23 +55,15 @@ class WorkerSample:
             body["processed"] = self.processed
         if self.members is not None:
             body["members"] = self.members
-        if secret is not None:
-            body["sig"] = sign(secret, self.limiter.encode(), body)
-        return canonical(body)
+        return encode_signed(body, self.limiter.encode(), secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None = None,
                secret: bytes | None = None) -> WorkerSample:
         """Validate a pressure record; with a ``secret`` its signature over ``key`` too. A
         ``key`` that is given must be the sample's limiter (it is the record key)."""
-        data = load_json(raw)
-        if not isinstance(data, dict):
-            raise RejectedRecord("pressure sample is not a JSON object")
-        limiter = text(data, "limiter")
-        if key is not None and key != limiter.encode():
-            raise RejectedRecord("limiter does not match the record key", code=WRONG_KEY)
-        if secret is not None:
-            verify(secret, limiter.encode(), data)
+        data, limiter = decode_signed(raw, key, secret, name="limiter",
+                                      not_one="pressure sample is not a JSON object")
         return cls(limiter=limiter, worker=text(data, "worker"),
                    at=number(data, "at", 0.0, 1e11), lag=int(number(data, "lag", 0, MAX_LAG)),
                    utilization=number(data, "utilization", 0.0, _MAX_SHARE),

@@ -1,14 +1,18 @@
 """What every internal record shares: HMAC signatures, range checks, replay memory, rejections.
 
-Used by the limiter protocol (``messages``) and the control loop's pressure samples. A record
-is a JSON object; signed, it carries ``"sig"``: HMAC-SHA256 over the record key, a newline and
-the canonical JSON (sorted keys, no spaces) of the object without ``"sig"``.
+Used by the limiter protocol (``messages``), the control loop's pressure samples and operator
+overrides, and pause records. A record is a JSON object; signed, it carries ``"sig"``:
+HMAC-SHA256 over the record key, a newline and the canonical JSON (sorted keys, no spaces) of
+the object without ``"sig"``.
 
 Example::
 
     body = {"v": 1, "lag": 3}
     body["sig"] = sign(b"s3cret", b"orders-api", body)
     verify(b"s3cret", b"orders-api", body)   # pops "sig"; RejectedRecord if it is wrong
+
+    raw = encode_signed({"limiter": "orders-api", "lag": 3}, b"orders-api", b"s3cret")
+    body, limiter = decode_signed(raw, b"orders-api", b"s3cret", name="limiter")
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import hmac
 import json
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from faust_backpressure.config.validation import is_number
 
 __all__ = ["RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
-           "load_json", "number", "sign", "text", "verify"]
+           "decode_signed", "encode_signed", "load_json", "number", "sign", "text", "verify"]
 
 #: Rejection reasons (the ``reason`` label of the rejected-records counters).
 MALFORMED = "malformed"
@@ -117,6 +122,35 @@ def number(body: dict[str, Any], name: str, low: float, high: float,
         raise RejectedRecord(f"{name} must be a number in [{low:g}, {high:g}], got {value!r:.40}",
                              code=OUT_OF_RANGE)
     return float(value)
+
+
+def encode_signed(body: dict[str, Any], key: bytes, secret: bytes | None) -> bytes:
+    """A record's value: ``body`` as canonical JSON, signed over ``key`` when there is a
+    ``secret`` (``body`` gets its ``"sig"``)."""
+    if secret is not None:
+        body["sig"] = sign(secret, key, body)
+    return canonical(body)
+
+
+def decode_signed(raw: bytes | None, key: bytes | None, secret: bytes | None, *, name: str,
+                  record_key: Callable[[str], bytes] = str.encode, kind: str | None = None,
+                  not_one: str = "value is not a JSON object") -> tuple[dict[str, Any], str]:
+    """The JSON object of a record keyed by its field ``name`` (the record key is
+    ``record_key(body[name])``), and that field's value; the object has no ``"sig"`` left.
+
+    :class:`RejectedRecord` (reason ``not_one``) unless the value is an object, with
+    ``"type": kind`` when ``kind`` is given; when ``key`` is given, unless it is the record's
+    key; with a ``secret``, unless the object is signed over the record's key."""
+    body = load_json(raw)
+    if not isinstance(body, dict) or (kind is not None and body.get("type") != kind):
+        raise RejectedRecord(not_one)
+    value = text(body, name)
+    signed_key = record_key(value)
+    if key is not None and key != signed_key:
+        raise RejectedRecord(f"{name} does not match the record key", code=WRONG_KEY)
+    if secret is not None:
+        verify(secret, signed_key, body)
+    return body, value
 
 
 def check_time(at: float, now: float, *, max_age: float, max_skew: float) -> None:

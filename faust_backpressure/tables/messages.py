@@ -17,10 +17,9 @@ from faust_backpressure.tables.integrity import (
     UNKNOWN,
     WRONG_KEY,
     RejectedRecord,
-    canonical,
+    encode_signed,
     load_json,
     number,
-    sign,
     text,
     verify,
 )
@@ -138,10 +137,7 @@ def _fields(message: Any) -> dict[str, Any]:
 
 def encode(message: LeaseRequest | Command | Grant | Ack, *, key: bytes = b"",
            secret: bytes | None = None) -> bytes:
-    body = {"v": PROTOCOL_VERSION, **_fields(message)}
-    if secret is not None:
-        body["sig"] = sign(secret, key, body)
-    return canonical(body)
+    return encode_signed({"v": PROTOCOL_VERSION, **_fields(message)}, key, secret)
 
 
 # -- validation -------------------------------------------------------------------------------
