@@ -33,8 +33,8 @@ PARTITIONS = 4  # fast_faust_settings' topic_partitions: the request topic's too
 #: The docs' bound: from the SIGKILL to admissions at half the rate again. Measured 16.7 and
 #: 17.8 s on a shared 2-core machine (a new partition leader ~5 s after the kill with the 6 s
 #: broker session timeout, then the workers' clients find it and the leases are renewed);
-#: with rate leases (default) and the newcomer fix 23.8 s alone and 34.0 s in one CI run, which
-#: change slowed it not yet known (docs/deploy.md); the bound was 30 s.
+#: with rate leases (default) and the newcomer fix 23.8 s alone and 34.0 s in one CI run, 7.7 s
+#: alone with the ledger from before that fix: not yet explained (docs/deploy.md); was 30 s.
 RESUME_WITHIN = 40.0
 
 
