@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faust_backpressure.tables import DistributedRateLimiter, LimiterLedger
+from faust_backpressure.tables.load import OwnerLoad
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest
 
 
@@ -53,6 +54,9 @@ class Sim:
         self.admitted: list[list[float]] = [[] for _ in self.clients]
         self.grants_by_request: dict[str, set[str]] = {}
         self.owner_down_until = -1.0
+        self.requests_held_until = -1.0  # a broker outage: requests wait, none is lost
+        self.held: list[Any] = []
+        self.load = OwnerLoad()
         self._credit = [0.0] * self.workers
 
     def _send(self, target: str, message: Any) -> None:
@@ -67,10 +71,20 @@ class Sim:
         now = self.clock.now
         if now < self.owner_down_until:
             return  # lost with the dead owner
+        if now < self.requests_held_until:
+            self.held.append(message)
+            return
+        held, self.held = self.held, []
+        for earlier in [*held, message]:
+            self._answer(earlier, now)
+
+    def _answer(self, message: LeaseRequest | Command, now: float) -> None:
+        self.load.observe(now - message.sent_at, now)
         ledger = (LimiterLedger.from_record(self.record) if self.record is not None
                   else LimiterLedger("lim", self.clients[0].config, now))
         if isinstance(message, LeaseRequest):
-            reply: Grant | Ack | None = ledger.handle_lease(message, now)
+            reply: Grant | Ack | None = ledger.handle_lease(
+                message, now, stretch=self.load.stretch, delay=self.load.delay)
             if isinstance(reply, Grant):
                 self.grants_by_request.setdefault(reply.request_id, set()).add(reply.lease_id)
         else:
@@ -82,6 +96,11 @@ class Sim:
     def crash_owner(self, downtime: float) -> None:
         self.owner_down_until = self.clock.now + downtime
 
+    def broker_outage(self, downtime: float) -> None:
+        """The request partition has no leader: requests wait in the producers, then all
+        arrive at once (``sent_at`` as when they were sent)."""
+        self.requests_held_until = self.clock.now + downtime
+
     def kill_worker(self, index: int) -> None:
         self.alive[index] = False
 
@@ -89,6 +108,8 @@ class Sim:
         end = self.clock.now + seconds
         while self.clock.now < end:
             now = self.clock.now
+            if self.held and now >= self.requests_held_until:
+                self._owner(self.held.pop())
             while self.queue and self.queue[0][0] <= now:
                 _, _, target, message = heapq.heappop(self.queue)
                 if target == "owner":

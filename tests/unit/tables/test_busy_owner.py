@@ -84,6 +84,50 @@ def test_owner_load_stretches_above_the_target_delay_and_relaxes_below_it() -> N
     assert load.stretch == 1.0 and load.delay < 0.01
 
 
+def test_owner_load_relaxes_with_time_when_requests_are_rare() -> None:
+    load = OwnerLoad(target=0.05, interval=0.2)
+    now = 0.0
+    for _ in range(200):
+        now += 0.02
+        load.observe(0.3, now)
+    assert load.stretch == pytest.approx(8.0)
+    # Then one request every 2 s, none of them queued: 10 s is 50 intervals without a
+    # queue (8 x 0.95^50 < 1), not 5 (counting requests, 8 x 0.95^5 = 6.2).
+    for _ in range(5):
+        now += 2.0
+        load.observe(0.0, now)
+    assert load.stretch == 1.0 and load.delay < 0.01
+
+
+def test_the_backlog_of_a_broker_outage_is_not_load() -> None:
+    # Requests every 0.1 s; the request partition's leader dies for 6 s: the owner reads
+    # nothing, then the held-back requests (waits 6 s .. 0.1 s), then the queue is empty.
+    load = OwnerLoad(target=0.05, interval=0.2)
+    now = 0.0
+    for _ in range(50):
+        now += 0.1
+        load.observe(0.01, now)
+    now += 6.0
+    for held in range(60):
+        load.observe(6.0 - 0.1 * held, now)
+    for _ in range(20):
+        now += 0.1
+        load.observe(0.01, now)
+        assert load.stretch == 1.0 and load.delay < 0.05, (load.stretch, load.delay)
+
+
+def test_a_standing_queue_after_a_quiet_time_is_load() -> None:
+    # The same gap, then the owner is slow: every request waits 0.5 s.
+    load = OwnerLoad(target=0.05, interval=0.2)
+    now = 0.0
+    load.observe(0.01, now)
+    now += 6.0
+    for _ in range(100):
+        load.observe(0.5, now)
+        now += 0.01
+    assert load.stretch > 4.0 and load.delay > 0.4
+
+
 def test_a_busy_owner_grants_longer_and_larger_leases_within_the_bound() -> None:
     calm, busy = LimiterLedger("lim", CONFIG, 0.0), LimiterLedger("lim", CONFIG, 0.0)
     for i, worker in enumerate(("a", "b", "c")):  # three active workers

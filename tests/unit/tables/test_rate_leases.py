@@ -79,6 +79,23 @@ def test_a_worker_that_stops_gives_its_share_to_the_others_within_a_few_leases()
         assert sim.worst_excess(window) <= 1e-6
 
 
+def test_after_a_broker_outage_both_workers_are_back_at_their_share_within_two_seconds() -> None:
+    # The request partition's leader dies for 6 s: requests wait in the producers and then
+    # arrive together, having waited up to 6 s. That backlog is not a busy owner: it must
+    # not stretch the leases it grants then (one worker held the whole rate for ~11 s).
+    rate, outage = 40.0, 6.0
+    sim = Sim(rate=rate, burst=rate, workers=2, lease_ttl=2.0, rate_leases=True,
+              delay=(0.005, 0.03), dt=0.005)
+    sim.run(20.0)
+    sim.broker_outage(outage)
+    sim.run(outage + 2.0)
+    since = sim.clock.now
+    sim.run(4.0)
+    each = [sum(1 for t in times if t >= since) for times in sim.admitted]
+    assert sum(each) >= 0.9 * rate * 4.0, each
+    assert min(each) >= 0.9 * max(each), each
+
+
 def test_the_burst_is_still_there_after_idle_time() -> None:
     sim = Sim(rate_leases=True, rate=1000, burst=2000, workers=1, lease_ttl=2.0,
               delay=(0.005, 0.02))
