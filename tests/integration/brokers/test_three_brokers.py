@@ -30,12 +30,13 @@ RATE, BURST = 40.0, 40.0
 RECORDS = 1200
 FAIL_EVERY = 50  # ids divisible by it go to the DLQ
 PARTITIONS = 4  # fast_faust_settings' topic_partitions: the request topic's too
-#: The docs' bound: from the SIGKILL to admissions at half the rate again. Measured 16.7 and
-#: 17.8 s on a shared 2-core machine (a new partition leader ~5 s after the kill with the 6 s
-#: broker session timeout, then the workers' clients find it and the leases are renewed);
-#: with rate leases (default) and the newcomer fix 23.8 s alone and 34.0 s in one CI run, 7.7 s
-#: alone with the ledger from before that fix: not yet explained (docs/deploy.md); was 30 s.
-RESUME_WITHIN = 40.0
+#: The docs' bound: from the SIGKILL to admissions at half the rate again. Measured 6.8-8.9 s
+#: in five runs alone on a shared 2-core machine (a new partition leader ~5 s after the kill with
+#: the 6 s broker session timeout, then the workers' clients find it and renew their leases).
+RESUME_WITHIN = 30.0
+#: ... when the workers rebalanced as well (records reprocessed: what was not yet committed),
+#: or the killed broker was also their group's coordinator. Measured 18.5 s alone.
+RESUME_WITH_REBALANCE = 45.0
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,9 @@ async def test_sigkill_of_the_request_partition_leader(cluster: LocalKafkaCluste
         await produce(cluster.bootstrap_servers, source, ((i, i) for i in ids))
         await consume(cluster.bootstrap_servers, sink, until=int(RATE * 4), timeout=60)
         leader = await asyncio.to_thread(cluster.leader_of, requests, partition)
+        offsets = await _partitions(cluster.bootstrap_servers, "__consumer_offsets")
+        coordinator = await asyncio.to_thread(cluster.leader_of, "__consumer_offsets",
+                                              coordinator_partition(app_id, offsets))
         cluster.kill(leader)
         killed_at = time.time()
         survivors = cluster.live_bootstrap()
@@ -110,12 +114,20 @@ async def test_sigkill_of_the_request_partition_leader(cluster: LocalKafkaCluste
             assert worst_window(stamps, window) <= RATE * window + BURST, window
         resumed = resumed_after(stamps, killed_at)
         pauses = [b - a for a, b in itertools.pairwise(stamps) if b > killed_at]
-        print(f"\nkilled node {leader} (leader of {requests}[{partition}]); "
+        per_second = [sum(1 for t in stamps if killed_at + s <= t < killed_at + s + 1)
+                      for s in range(45)]
+        reprocessed = len(times) - RECORDS  # admitted again (a new timestamp)
+        rebalanced = coordinator == leader or reprocessed > 0
+        print(f"\nkilled node {leader} (leader of {requests}[{partition}]; the group's "
+              f"coordinator: {'yes' if coordinator == leader else 'no'}); "
+              f"reprocessed {reprocessed}; "
               f"longest pause after the kill {max(pauses, default=0):.1f} s; "
               f"admissions at >= half the rate again {resumed} s after it; "
               f"records lost 0; duplicates {len(out) + len(dead) - RECORDS}; "
-              f"cluster started in {cluster.startup_seconds:.1f} s")
-        assert resumed is not None and resumed <= RESUME_WITHIN, resumed
+              f"cluster started in {cluster.startup_seconds:.1f} s; "
+              f"admissions per second after the kill {per_second}")
+        bound = RESUME_WITH_REBALANCE if rebalanced else RESUME_WITHIN
+        assert resumed is not None and resumed <= bound, (resumed, rebalanced)
         described = await _replicas(survivors, requests)
         assert described == 3
     finally:
@@ -125,6 +137,27 @@ async def test_sigkill_of_the_request_partition_leader(cluster: LocalKafkaCluste
             if failed:
                 print(f"\n===== {worker.name} =====\n{worker.logs()[-6000:]}")
             worker.cleanup()
+
+
+def coordinator_partition(group_id: str, partitions: int) -> int:
+    """The ``__consumer_offsets`` partition whose leader coordinates ``group_id`` (Kafka:
+    ``Utils.abs(groupId.hashCode()) % offsets.topic.num.partitions``)."""
+    h = 0
+    for char in group_id:
+        h = (31 * h + ord(char)) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % partitions
+
+
+async def _partitions(bootstrap: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
 
 
 async def _replicas(bootstrap: str, topic: str) -> int:
