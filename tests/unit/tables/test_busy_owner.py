@@ -71,12 +71,18 @@ def test_records_of_the_previous_format_keep_each_workers_newest_request() -> No
     assert old.handle_lease(lease("host-1-ab", 6, 0.0, lid="mt:global"), 0.2) is None
 
 
-def test_owner_load_stretches_above_the_target_delay_and_relaxes_below_it() -> None:
-    load = OwnerLoad(target=0.05, interval=0.2)
+def stretched(load: OwnerLoad) -> float:
+    """4 s of requests that waited 0.3 s in the queue; returns the time after them."""
     now = 0.0
-    for _ in range(200):  # 4 s of requests that waited 0.3 s in the queue
+    for _ in range(200):
         now += 0.02
         load.observe(0.3, now)
+    return now
+
+
+def test_owner_load_stretches_above_the_target_delay_and_relaxes_below_it() -> None:
+    load = OwnerLoad(target=0.05, interval=0.2)
+    now = stretched(load)
     assert load.stretch == pytest.approx(8.0) and load.delay == pytest.approx(0.3, rel=0.01)
     for _ in range(2000):  # 40 s without a queue
         now += 0.02
@@ -86,10 +92,7 @@ def test_owner_load_stretches_above_the_target_delay_and_relaxes_below_it() -> N
 
 def test_owner_load_relaxes_with_time_when_requests_are_rare() -> None:
     load = OwnerLoad(target=0.05, interval=0.2)
-    now = 0.0
-    for _ in range(200):
-        now += 0.02
-        load.observe(0.3, now)
+    now = stretched(load)
     assert load.stretch == pytest.approx(8.0)
     # Then one request every 2 s, none of them queued: 10 s is 50 intervals without a
     # queue (8 x 0.95^50 < 1), not 5 (counting requests, 8 x 0.95^5 = 6.2).
