@@ -34,8 +34,8 @@ PARTITIONS = 4  # fast_faust_settings' topic_partitions: the request topic's too
 #: in five runs alone on a shared 2-core machine (a new partition leader ~5 s after the kill with
 #: the 6 s broker session timeout, then the workers' clients find it and renew their leases).
 RESUME_WITHIN = 30.0
-#: ... when the workers rebalanced as well (records reprocessed: what was not yet committed),
-#: or the killed broker was also their group's coordinator. Measured 18.5 s alone.
+#: ... when the workers rebalanced as well (records reprocessed: what was not yet committed).
+#: Measured 18.5 s alone. (Killing their group's coordinator too does not do it: 6.7 and 9.6 s.)
 RESUME_WITH_REBALANCE = 45.0
 
 
@@ -117,7 +117,7 @@ async def test_sigkill_of_the_request_partition_leader(cluster: LocalKafkaCluste
         per_second = [sum(1 for t in stamps if killed_at + s <= t < killed_at + s + 1)
                       for s in range(45)]
         reprocessed = len(times) - RECORDS  # admitted again (a new timestamp)
-        rebalanced = coordinator == leader or reprocessed > 0
+        rebalanced = reprocessed > 0
         print(f"\nkilled node {leader} (leader of {requests}[{partition}]; the group's "
               f"coordinator: {'yes' if coordinator == leader else 'no'}); "
               f"reprocessed {reprocessed}; "
