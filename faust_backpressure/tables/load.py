@@ -57,7 +57,7 @@ class OwnerLoad:
         elapsed = now - self._since
         if elapsed >= self.interval and self._n:
             mean = self._sum / self._n
-            self._update(min(self._least, sample, mean) if self._after_gap else mean)
+            self._update(min(self._least, sample) if self._after_gap else mean)
             quiet = int(elapsed / self.interval) - 1
             for _ in range(min(_MAX_QUIET, quiet)):
                 self._update(0.0)
@@ -72,7 +72,7 @@ class OwnerLoad:
     def _update(self, mean: float) -> None:
         self.delay = 0.5 * self.delay + 0.5 * mean
         if mean > self.target:
-            self.stretch = min(MAX_STRETCH, self.stretch
-                               * (1.0 + 0.5 * min(1.0, mean / self.target - 1.0)))
+            self.stretch = min(MAX_STRETCH,
+                               self.stretch * (1.0 + 0.5 * min(1.0, mean / self.target - 1.0)))
         elif mean < 0.5 * self.target:
             self.stretch = max(1.0, self.stretch * 0.95)

@@ -14,6 +14,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -149,24 +150,21 @@ def coordinator_partition(group_id: str, partitions: int) -> int:
 
 
 async def _partitions(bootstrap: str, topic: str) -> int:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-        return len(described["partitions"])
-    finally:
-        await admin.close()
+    return len(await _describe(bootstrap, topic))
 
 
 async def _replicas(bootstrap: str, topic: str) -> int:
+    return min(len(p["replicas"]) for p in await _describe(bootstrap, topic))
+
+
+async def _describe(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """The topic's partitions as the admin client describes them."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
-        return min(len(p["replicas"]) for p in described["partitions"])
+        return list(described["partitions"])
     finally:
         await admin.close()

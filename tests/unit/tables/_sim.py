@@ -73,10 +73,8 @@ class Sim:
             return  # lost with the dead owner
         if now < self.requests_held_until:
             self.held.append(message)
-            return
-        held, self.held = self.held, []
-        for earlier in [*held, message]:
-            self._answer(earlier, now)
+        else:
+            self._answer(message, now)
 
     def _answer(self, message: LeaseRequest | Command, now: float) -> None:
         self.load.observe(now - message.sent_at, now)
@@ -109,7 +107,9 @@ class Sim:
         while self.clock.now < end:
             now = self.clock.now
             if self.held and now >= self.requests_held_until:
-                self._owner(self.held.pop())
+                held, self.held = self.held, []  # all at once, oldest first
+                for message in held:
+                    self._answer(message, now)
             while self.queue and self.queue[0][0] <= now:
                 _, _, target, message = heapq.heappop(self.queue)
                 if target == "owner":
