@@ -35,31 +35,47 @@ from faust_backpressure.limiters.base import (
 __all__ = ["CreditBasedFlowController", "shared_credits"]
 
 
-def shared_credits(window: int, backlog: int, members: int = 1,
-                   scale: float = 1.0) -> tuple[int, int]:
-    """A stage's credit ``window`` shared by ``members`` workers and scaled by ``scale`` (in
-    (0, 1]: e.g. the control loop's decided rate over its baseline): ``(this worker's window,
-    its credits)``. The stage's window is ``max(1, int(window * scale))``; each worker gets
-    ``stage // members`` (at least 1) and ``(stage - backlog) // members`` credits (at least
-    0, at most its window), so all of them together have at most the stage's window
-    outstanding (give or take the measurement, see ``docs/control-loop.md``)."""
+def shared_credits(window: int, backlog: int, members: int = 1, scale: float = 1.0,
+                   in_flight: int = 0, *, per_worker: bool = False,
+                   sent: int | None = None) -> tuple[int, int]:
+    """A credit ``window`` scaled by ``scale`` (in (0, 1]: e.g. the control loop's decided
+    rate over its baseline), for one of ``members`` workers: ``(this worker's window, its
+    credits)``.
+
+    ``window`` is the stage's (``per_worker=False``: each worker gets ``stage // members``,
+    at least 1) or each worker's (``per_worker=True``: the stage's is ``window * members``).
+    Credits are the worker's share of what the stage may still send, ``(stage - backlog) //
+    members``, less ``in_flight`` (what this worker sent that the measured ``backlog`` may not
+    hold yet); and, when ``sent`` (this worker's own records not yet processed) is known, at
+    most ``window - sent``: at least 0, at most its window. With ``sent`` the workers together
+    never have more than the stage's window outstanding (give or take an event between the
+    gate and its send per worker), whenever each measured; see ``docs/control-loop.md``."""
     check_int("window", window, 1)
     check_int("backlog", backlog, 0)
+    check_int("in_flight", in_flight, 0)
     members = max(1, check_int("members", members, 0))
     scale = min(check_number("scale", scale, 0), 1.0)
-    stage = max(1, int(window * scale))
+    scaled = max(1, int(window * scale))
+    stage = scaled * members if per_worker else scaled
     share = max(1, stage // members)
-    return share, min(max((stage - backlog) // members, 0), share)
+    credits = min(max((stage - backlog) // members - in_flight, 0), share)
+    if sent is not None:
+        credits = min(credits, max(share - check_int("sent", sent, 0), 0))
+    return share, credits
 
 
 class CreditBasedFlowController:
     """Admits records while credits last; :meth:`announce` returns credits; FIFO waiters."""
 
     __slots__ = ("_credits", "_denied", "_granted", "_members", "_scale", "_waiters", "_waits",
-                 "stage_window", "window")
+                 "per_worker", "stage_window", "window")
 
-    def __init__(self, window: int, *, initial_credits: int | None = None) -> None:
+    def __init__(self, window: int, *, initial_credits: int | None = None,
+                 per_worker: bool = False) -> None:
+        """``per_worker``: ``window`` is each worker's, not the stage's (when announcements
+        say how many workers there are; see :func:`shared_credits`)."""
         self.window = check_int("window", window, 1)
+        self.per_worker = per_worker
         #: The configured window; ``window`` is this worker's share of it (all of it unless
         #: announcements say that several workers share it or the control loop scales it).
         self.stage_window = self.window
@@ -77,10 +93,14 @@ class CreditBasedFlowController:
     def credits(self) -> int:
         return self._credits
 
-    def announce(self, backlog: int, *, members: int = 1, scale: float = 1.0) -> None:
+    def announce(self, backlog: int, *, members: int = 1, scale: float = 1.0,
+                 in_flight: int = 0, sent: int | None = None) -> None:
         """The downstream has ``backlog`` records still to process: ``window - backlog`` left;
-        shared by ``members`` workers and scaled by ``scale``: see :func:`shared_credits`."""
-        self.window, self._credits = shared_credits(self.stage_window, backlog, members, scale)
+        shared by ``members`` workers, scaled by ``scale``, less what this worker has
+        ``in_flight`` and at most ``window - sent``: see :func:`shared_credits`."""
+        self.window, self._credits = shared_credits(
+            self.stage_window, backlog, members, scale, in_flight,
+            per_worker=self.per_worker, sent=sent)
         self._members, self._scale = max(1, members), min(scale, 1.0)
         self._wake()
 
@@ -155,7 +175,8 @@ class CreditBasedFlowController:
     def update_rate_limit(self, new_rate: float) -> None:
         """A new (stage) window; this worker's credits change as much as its share."""
         self.stage_window = int(check_number("new_rate (the window)", new_rate, 1))
-        share = max(1, max(1, int(self.stage_window * self._scale)) // self._members)
+        scaled = max(1, int(self.stage_window * self._scale))
+        share = scaled if self.per_worker else max(1, scaled // self._members)
         self._credits = max(self._credits + share - self.window, 0)
         self.window = share
         self._wake()

@@ -40,6 +40,9 @@ class LagProbe:
         self.kafka, self.group, self.topics = kafka, group, list(topics)
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        #: ``(topic, partition) -> the group's committed offset`` at the last measurement
+        #: (the partition's start where it committed nothing).
+        self.committed: dict[tuple[str, int], int] = {}
 
     async def lag(self) -> int:
         return (await self.measure())[0]
@@ -67,6 +70,7 @@ class LagProbe:
             start = meta.offset if meta is not None and meta.offset >= 0 else 0
             total += max(ends[tp] - start, 0)
             processed += start
+            self.committed[tp.topic, tp.partition] = start
         return total, processed
 
     async def members(self, group: str | None = None) -> int | None:

@@ -57,10 +57,11 @@ async def test_upstream_stays_within_a_window_of_what_the_downstream_processed(
             await asyncio.sleep(0.6)
         out = await consume(kafka_bootstrap, sink, until=len(ids), timeout=30, settle=0.5)
     print(f"\nstalled at {stalled} records; sink sizes as billing caught up: {sizes}")
-    # Records acquired but not yet in the sink when the backlog was measured can add a few.
-    assert WINDOW <= stalled <= WINDOW + 10, stalled
+    # The design's bound (docs/control-loop.md): the window, plus the one event that may be
+    # between the gate and its send when credits are announced.
+    assert WINDOW <= stalled <= WINDOW + 1, stalled
     steps = [later - earlier for earlier, later in itertools.pairwise(sizes)]
-    assert all(step <= WINDOW + 10 for step in steps), sizes
+    assert all(step <= WINDOW + 1 for step in steps), sizes
     assert sorted(r.value for r in out) == ids  # nothing lost, nothing twice
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from faust_backpressure.control.credits import CreditBasedFlowController
 from faust_backpressure.limiters import RateLimitingStrategy, RateLimitTimeout
@@ -103,3 +105,63 @@ def test_announcements_share_the_window_and_a_new_window_keeps_the_split() -> No
     assert (credits.window, credits.credits) == (90, 60)
     credits.reset()
     assert (credits.window, credits.credits) == (180, 180)
+
+
+def test_records_in_flight_and_a_workers_own_records_limit_its_credits() -> None:
+    from faust_backpressure.control.credits import shared_credits
+
+    # in flight: sent, maybe not in the measured backlog yet
+    assert shared_credits(100, 40, members=2, in_flight=10) == (50, 20)
+    assert shared_credits(100, 40, members=2, in_flight=99) == (50, 0)
+    # its own records not yet processed bound it, whatever the backlog said
+    assert shared_credits(100, 0, members=2, sent=45) == (50, 5)
+    assert shared_credits(100, 0, members=2, sent=80) == (50, 0)
+    # a window per worker: the stage's is window x members, each counts its share of it
+    assert shared_credits(60, 0, members=2, per_worker=True) == (60, 60)
+    assert shared_credits(60, 100, members=2, per_worker=True) == (60, 10)
+    assert shared_credits(60, 100, members=2, per_worker=True, sent=55) == (60, 5)
+    with pytest.raises(ValueError, match="sent"):
+        shared_credits(60, 0, sent=-1)
+
+
+@given(st.integers(1, 5), st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50),
+                                             st.booleans()), max_size=60))
+def test_a_stage_never_has_more_than_its_window_outstanding_however_stale(
+        members: int, steps: list[tuple[int, int, bool]]) -> None:
+    """Workers announce from backlogs measured at any moment (stale ones included) and spend
+    their credits; the downstream processes records now and then. With each worker's own
+    records known, the stage's outstanding records never exceed its window."""
+    from faust_backpressure.control.credits import shared_credits
+
+    window = 60
+    own = [0] * members  # each worker's records not yet processed
+    history = [0]  # backlogs a worker may have measured (any of them: stale)
+    for who, pick, downstream_works in steps:
+        worker = who % members
+        backlog = history[pick % len(history)]
+        _, credits = shared_credits(window, backlog, members, sent=own[worker])
+        own[worker] += credits  # spends it all
+        if downstream_works:  # the downstream processes one record of each worker
+            own = [max(0, n - 1) for n in own]
+        history.append(sum(own))
+        assert sum(own) <= window
+
+
+def test_sink_sends_count_a_workers_records_until_the_downstream_commits_past_them() -> None:
+    from types import SimpleNamespace
+
+    from faust_backpressure.control.credit_flow import SinkSends
+
+    sends = SinkSends(["priced"])
+    states = [sends.on_send_initiated(None, topic, None, 0, 0)
+              for topic in ("priced", "priced", "priced", "other")]
+    assert states[3] is None  # another topic: not counted
+    assert sends.outstanding({}) == 3  # all in flight
+    for state, offset in zip(states[:2], (7, 8), strict=True):
+        sends.on_send_completed(None, state, SimpleNamespace(topic="priced", partition=0,
+                                                             offset=offset))
+    sends.on_send_error(None, RuntimeError("gone"), states[2])  # never in the log
+    sends.on_send_completed(None, states[3], None)  # another topic's ack: ignored
+    assert sends.outstanding({}) == 2
+    assert sends.outstanding({("priced", 0): 8}) == 1  # offset 7 processed
+    assert sends.outstanding({("priced", 0): 9}) == 0
