@@ -11,6 +11,14 @@ from .base import (
     RateLimitingStrategy,
     RateLimitTimeout,
 )
+from .circuit_breaker import BreakerState, BreakerStats, CircuitBreaker, CircuitOpenTimeout
+from .concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit, GradientLimit
+from .concurrency_limiter import (
+    CallPermit,
+    ConcurrencyLimiter,
+    ConcurrencyLimitTimeout,
+    ConcurrencyStats,
+)
 from .factory import RateLimiterFactory, TierLimit
 from .keyed import KeyedTokenBuckets, KeyLimits
 from .leaky_bucket import LeakyBucketRateLimiter
@@ -19,8 +27,20 @@ from .sliding_window import SlidingWindowRateLimiter
 from .token_bucket import TokenBucketRateLimiter
 
 __all__ = [
+    "AIMDLimit",
     "AdaptiveRateLimiter",
+    "BreakerState",
+    "BreakerStats",
+    "CallPermit",
+    "CircuitBreaker",
+    "CircuitOpenTimeout",
     "Clock",
+    "ConcurrencyLimit",
+    "ConcurrencyLimitTimeout",
+    "ConcurrencyLimiter",
+    "ConcurrencyStats",
+    "FixedLimit",
+    "GradientLimit",
     "KeyLimits",
     "KeyedTokenBuckets",
     "LeakyBucketRateLimiter",

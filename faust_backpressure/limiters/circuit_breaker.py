@@ -1,0 +1,354 @@
+"""A circuit breaker with Resilience4j semantics on a time-based sliding window.
+
+Example::
+
+    breaker = CircuitBreaker(failure_rate_threshold=0.5, wait_in_open=5.0)
+    await breaker.wait_until_allowed(timeout=30.0)    # no polling
+    if breaker.allow():
+        t0 = time.monotonic()
+        try:
+            await call()
+        except Exception:
+            breaker.record(time.monotonic() - t0, failed=True)
+            raise
+        breaker.record(time.monotonic() - t0, failed=False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from faust_backpressure.config.validation import check_int, check_number
+
+from .base import Clock, RateLimitTimeout, check_timeout
+
+__all__ = [
+    "BreakerState",
+    "BreakerStats",
+    "CircuitBreaker",
+    "CircuitOpenTimeout",
+    "TransitionCallback",
+]
+
+
+class BreakerState(str, Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"  # operator override: nothing passes
+    FORCED_CLOSED = "forced_closed"  # operator override: everything passes
+
+
+#: Called as ``callback(old_state, new_state)`` on each transition.
+TransitionCallback = Callable[[BreakerState, BreakerState], None]
+
+
+class CircuitOpenTimeout(RateLimitTimeout):
+    """``wait_until_allowed()`` timed out (an ``asyncio.TimeoutError``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """A snapshot. Rates and ``calls`` are the window's, or the probes' in half-open.
+    ``opened`` counts transitions into ``open``; ``last_transition`` is clock time."""
+
+    state: BreakerState
+    failure_rate: float
+    slow_call_rate: float
+    calls: int
+    opened: int
+    last_transition: float
+
+
+#: Float rounding slack (s) when telling a call's start from a transition time.
+_SLACK = 1e-6
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _check_rate(name: str, value: object) -> float:
+    rate = check_number(name, value, 0, strict=True)
+    if rate > 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return rate
+
+
+class _Window:
+    """Outcomes of the last ``n`` buckets of ``width`` seconds: O(n) memory, O(1) per call."""
+
+    __slots__ = ("calls", "epoch", "failures", "n", "per_bucket", "slow", "width")
+
+    def __init__(self, seconds: float, n: int) -> None:
+        self.n = n
+        self.width = seconds / n
+        self.per_bucket = [[0, 0, 0] for _ in range(n)]  # calls, failures, slow
+        self.calls = self.failures = self.slow = 0
+        self.epoch = -(2**62)  # index of the newest bucket
+
+    def clear(self) -> None:
+        for bucket in self.per_bucket:
+            bucket[:] = (0, 0, 0)
+        self.calls = self.failures = self.slow = 0
+
+    def advance(self, now: float) -> list[int]:
+        """The current bucket, after dropping those that left the window."""
+        idx = math.floor(now / self.width)
+        if idx > self.epoch:
+            if idx - self.epoch >= self.n:
+                self.clear()
+            else:
+                for k in range(self.epoch + 1, idx + 1):
+                    old = self.per_bucket[k % self.n]
+                    self.calls -= old[0]
+                    self.failures -= old[1]
+                    self.slow -= old[2]
+                    old[:] = (0, 0, 0)
+            self.epoch = idx
+        return self.per_bucket[idx % self.n]
+
+    def add(self, now: float, failed: bool, slow: bool) -> None:
+        bucket = self.advance(now)
+        bucket[0] += 1
+        bucket[1] += failed
+        bucket[2] += slow
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
+
+
+class CircuitBreaker:
+    """Stops calls to a failing or slow system, then lets a few probes test it.
+
+    * ``closed``: every call passes. Outcomes go to a sliding window of ``window``
+      seconds (``buckets`` buckets). With at least ``minimum_calls`` in it, a failure
+      rate ``>= failure_rate_threshold`` or a slow-call rate (calls slower than
+      ``slow_call_duration``) ``>= slow_call_rate_threshold`` opens the breaker.
+      ``slow_call_rate_threshold=1.0`` (the default) turns the slow-call check off.
+    * ``open``: nothing passes for ``wait_in_open`` seconds, then ``half_open``.
+      Results of calls that started before are not counted.
+    * ``half_open``: ``half_open_calls`` probes pass in total. When all reported,
+      closed (empty window) if their failure and slow-call rates are under the
+      thresholds, else open again. Only results of calls that started in half-open
+      count as probes; :meth:`abandon` gives back a probe that will never report.
+    * ``forced_open`` / ``forced_closed``: operator overrides that ignore outcomes
+      until :meth:`release` (closed, empty window).
+
+    Transitions out of ``open`` happen lazily, when the breaker is asked (``state``,
+    ``allow``, ...) or when a :meth:`wait_until_allowed` timer fires.
+    """
+
+    __slots__ = (
+        "_callbacks", "_clock", "_open_until", "_opened", "_probe_fail", "_probe_slow",
+        "_probes_done", "_probes_out", "_since", "_state", "_waiters", "_window",
+        "failure_rate_threshold", "half_open_calls", "minimum_calls",
+        "slow_call_duration", "slow_call_rate_threshold", "wait_in_open",
+    )
+
+    def __init__(
+        self,
+        *,
+        failure_rate_threshold: float = 0.5,
+        slow_call_rate_threshold: float = 1.0,
+        slow_call_duration: float = 5.0,
+        window: float = 10.0,
+        buckets: int = 10,
+        minimum_calls: int = 10,
+        wait_in_open: float = 5.0,
+        half_open_calls: int = 3,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.failure_rate_threshold = _check_rate("failure_rate_threshold",
+                                                  failure_rate_threshold)
+        self.slow_call_rate_threshold = _check_rate("slow_call_rate_threshold",
+                                                    slow_call_rate_threshold)
+        self.slow_call_duration = check_number("slow_call_duration", slow_call_duration, 0)
+        self.minimum_calls = check_int("minimum_calls", minimum_calls, 1)
+        self.wait_in_open = check_number("wait_in_open", wait_in_open, 0)
+        self.half_open_calls = check_int("half_open_calls", half_open_calls, 1)
+        self._window = _Window(check_number("window", window, 0, strict=True),
+                               check_int("buckets", buckets, 1))
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._since = clock()
+        self._open_until = -math.inf
+        self._opened = 0
+        self._probes_out = self._probes_done = self._probe_fail = self._probe_slow = 0
+        self._callbacks: list[TransitionCallback] = []
+        self._waiters: dict[asyncio.Future[None], None] = {}  # ordered: FIFO wake-ups
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        self._tick(self._clock())
+        return self._state
+
+    def on_transition(self, callback: TransitionCallback) -> None:
+        """Call ``callback(old, new)`` on each state change."""
+        self._callbacks.append(callback)
+
+    def _tick(self, now: float) -> None:
+        if self._state is BreakerState.OPEN and now >= self._open_until:
+            self._to(BreakerState.HALF_OPEN, now)
+
+    def _to(self, state: BreakerState, now: float, open_for: float = 0.0) -> None:
+        old, self._state = self._state, state
+        if old is not state:
+            self._since = now
+        self._probes_out = self._probes_done = self._probe_fail = self._probe_slow = 0
+        if state is BreakerState.OPEN:
+            self._opened += 1
+            self._open_until = now + open_for
+        elif state is BreakerState.CLOSED:
+            self._window.clear()
+        for fut in self._waiters:
+            _wake(fut)
+        if old is not state:
+            for callback in tuple(self._callbacks):
+                callback(old, state)
+
+    def _trips(self, calls: int, failures: int, slow: int) -> bool:
+        if failures >= self.failure_rate_threshold * calls:
+            return True
+        return self.slow_call_rate_threshold < 1.0 and (
+            slow >= self.slow_call_rate_threshold * calls)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """May a call go now? In half-open, True takes one of the probes."""
+        state = self._state
+        if state is BreakerState.CLOSED or state is BreakerState.FORCED_CLOSED:
+            return True
+        self._tick(self._clock())
+        if self._state is BreakerState.HALF_OPEN and self._probes_out < self.half_open_calls:
+            self._probes_out += 1
+            return True
+        return False
+
+    def record(self, duration: float, failed: bool) -> None:
+        """Report a finished call: ``duration`` seconds, failed or not."""
+        duration = check_number("duration", duration, 0)
+        now = self._clock()
+        self._tick(now)
+        slow = duration > self.slow_call_duration
+        state = self._state
+        if state is BreakerState.CLOSED:
+            w = self._window
+            w.add(now, failed, slow)
+            if w.calls >= self.minimum_calls and self._trips(w.calls, w.failures, w.slow):
+                self._to(BreakerState.OPEN, now, self.wait_in_open)
+        elif state is BreakerState.HALF_OPEN:
+            started = now - duration + _SLACK
+            if started < self._since or self._probes_done >= self._probes_out:
+                return  # not a probe: it started before half-open
+            self._probes_done += 1
+            self._probe_fail += failed
+            self._probe_slow += slow
+            if self._probes_done >= self.half_open_calls:
+                if self._trips(self._probes_done, self._probe_fail, self._probe_slow):
+                    self._to(BreakerState.OPEN, now, self.wait_in_open)
+                else:
+                    self._to(BreakerState.CLOSED, now)
+
+    def abandon(self) -> None:
+        """A call let through by :meth:`allow` will not report: in half-open, free its probe."""
+        if self._state is BreakerState.HALF_OPEN and self._probes_out > self._probes_done:
+            self._probes_out -= 1
+            for fut in self._waiters:
+                _wake(fut)
+
+    def time_until_allowed(self) -> float:
+        """0.0 if a call may go now; seconds left in open; ``math.inf`` when only a
+        probe result (half-open, all probes out) or :meth:`release` can change it."""
+        now = self._clock()
+        self._tick(now)
+        state = self._state
+        if state is BreakerState.OPEN:
+            return max(0.0, self._open_until - now)
+        if state is BreakerState.HALF_OPEN:
+            return 0.0 if self._probes_out < self.half_open_calls else math.inf
+        return math.inf if state is BreakerState.FORCED_OPEN else 0.0
+
+    async def wait_until_allowed(self, timeout: float | None = None) -> None:
+        """Return once :meth:`time_until_allowed` is 0 (then call :meth:`allow`, which may
+        still lose a probe to another caller). Woken by a timer at the open deadline and
+        by transitions; raises :class:`CircuitOpenTimeout` after ``timeout`` seconds."""
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while (delay := self.time_until_allowed()) > 0:
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise CircuitOpenTimeout(f"circuit not allowing calls within {timeout} s")
+                delay = min(delay, remaining)
+            fut: asyncio.Future[None] = loop.create_future()
+            handle = None if delay == math.inf else loop.call_later(delay, _wake, fut)
+            self._waiters[fut] = None
+            try:
+                await fut
+            finally:
+                self._waiters.pop(fut, None)
+                if handle is not None:
+                    handle.cancel()
+
+    # -- operator --------------------------------------------------------------------------
+
+    def open_for(self, seconds: float) -> None:
+        """Open now for ``seconds`` (a "slow down" from outside), then half-open probes.
+
+        Extends but never shortens a current open; ignored under a forced state."""
+        seconds = check_number("seconds", seconds, 0)
+        now = self._clock()
+        self._tick(now)
+        state = self._state
+        if state is BreakerState.FORCED_OPEN or state is BreakerState.FORCED_CLOSED:
+            return
+        if state is BreakerState.OPEN:
+            if now + seconds > self._open_until:
+                self._open_until = now + seconds
+            return
+        self._to(BreakerState.OPEN, now, seconds)
+
+    def force_open(self) -> None:
+        """Refuse every call until :meth:`release`; outcomes are ignored."""
+        self._to(BreakerState.FORCED_OPEN, self._clock())
+
+    def force_close(self) -> None:
+        """Allow every call until :meth:`release`; outcomes are ignored."""
+        self._to(BreakerState.FORCED_CLOSED, self._clock())
+
+    def release(self) -> None:
+        """Back to automatic: closed with an empty window."""
+        self._to(BreakerState.CLOSED, self._clock())
+
+    def stats(self) -> BreakerStats:
+        now = self._clock()
+        self._tick(now)
+        if self._state is BreakerState.HALF_OPEN:
+            calls, failures, slow = self._probes_done, self._probe_fail, self._probe_slow
+        else:
+            w = self._window
+            w.advance(now)
+            calls, failures, slow = w.calls, w.failures, w.slow
+        return BreakerStats(
+            state=self._state,
+            failure_rate=failures / calls if calls else 0.0,
+            slow_call_rate=slow / calls if calls else 0.0,
+            calls=calls,
+            opened=self._opened,
+            last_transition=self._since,
+        )
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self._state.value}>"
