@@ -12,6 +12,8 @@ from faust_backpressure.agents import (
     Backoff,
     BackpressureSensor,
     CostFunction,
+    DependencyUnavailable,
+    Downstream,
     KeyedRateLimitGate,
     LimiterSpec,
     NotCopartitioned,
@@ -19,6 +21,7 @@ from faust_backpressure.agents import (
     PipelineStats,
     RateLimitGate,
     ReplayReport,
+    SlowDown,
     replay_dlq,
 )
 from faust_backpressure.app import Backpressure
@@ -34,7 +37,12 @@ from faust_backpressure.control import (
 )
 from faust_backpressure.limiters import (
     AdaptiveRateLimiter,
+    AIMDLimit,
+    CircuitBreaker,
     Clock,
+    ConcurrencyLimit,
+    ConcurrencyLimiter,
+    GradientLimit,
     LeakyBucketRateLimiter,
     MultiTierRateLimiter,
     RateLimiterFactory,
@@ -51,6 +59,7 @@ from faust_backpressure.tables import DistributedRateLimiter, DistributedRateLim
 __version__ = "0.1.0"
 
 __all__ = [
+    "AIMDLimit",
     "AdaptiveRateLimiter",
     "Backoff",
     "Backpressure",
@@ -58,14 +67,20 @@ __all__ = [
     "BackpressureSettings",
     "BackpressureSeverity",
     "BackpressureThresholds",
+    "CircuitBreaker",
     "CircuitState",
     "Clock",
+    "ConcurrencyLimit",
+    "ConcurrencyLimiter",
     "ControlLoop",
     "ControlPolicy",
     "CostFunction",
     "CreditBasedFlowController",
+    "DependencyUnavailable",
     "DistributedRateLimiter",
     "DistributedRateLimiterFactory",
+    "Downstream",
+    "GradientLimit",
     "KeyedRateLimitGate",
     "LeakyBucketRateLimiter",
     "LimiterSpec",
@@ -83,6 +98,7 @@ __all__ = [
     "ReplayReport",
     "ShedLevels",
     "SlidingWindowRateLimiter",
+    "SlowDown",
     "TierLimit",
     "TierSpec",
     "TokenBucketRateLimiter",

@@ -1,5 +1,6 @@
 """Rate-limited agents, pipelines with a dead-letter queue, DLQ replay."""
 
+from faust_backpressure.agents.downstream import Downstream, DownstreamStats, WaitAborted
 from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, NotCopartitioned
 from faust_backpressure.agents.pipeline import (
@@ -15,11 +16,15 @@ from faust_backpressure.agents.resolve import (
     resolve_limiter,
 )
 from faust_backpressure.agents.sensor import BackpressureSensor, notify_sensors
+from faust_backpressure.agents.slow_down import DependencyUnavailable, SlowDown
 
 __all__ = [
     "Backoff",
     "BackpressureSensor",
     "CostFunction",
+    "DependencyUnavailable",
+    "Downstream",
+    "DownstreamStats",
     "Failure",
     "KeyedRateLimitGate",
     "LimiterSpec",
@@ -28,6 +33,8 @@ __all__ = [
     "PipelineStats",
     "RateLimitGate",
     "ReplayReport",
+    "SlowDown",
+    "WaitAborted",
     "dlq_headers",
     "exponential_backoff",
     "notify_sensors",

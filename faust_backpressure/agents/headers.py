@@ -6,6 +6,7 @@ record's own headers are kept, in front of these.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -62,6 +63,7 @@ SHED_LIMITER = "bp.shed.limiter"
 SHED_AGENT = "bp.shed.agent"
 SHED_AT = "bp.shed.at"
 SHED_PRIORITY = "bp.shed.priority"
+REQUEUED = "bp.requeued"
 
 _MESSAGE_LIMIT = 1024
 
@@ -176,3 +178,16 @@ def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
     if priority is not None:
         out.append((SHED_PRIORITY, str(priority).encode()))
     return out
+
+
+def requeue_headers(original: HeadersIn) -> Headers:
+    """Original headers (ours stripped, replay count kept) and how often it was requeued."""
+    times = 0
+    for key, value in _pairs(original):
+        if key == REQUEUED:
+            with contextlib.suppress(ValueError, TypeError):
+                times = int(value)
+    out = without_bp_headers(original)
+    if replay_count(original):
+        out.append((REPLAY_COUNT, str(replay_count(original)).encode()))
+    return [*out, (REQUEUED, str(times + 1).encode())]

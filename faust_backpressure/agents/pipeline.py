@@ -20,8 +20,9 @@ from typing import Any
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.dlq_log import DeadLetterLog
+from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor
-from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
@@ -54,6 +55,9 @@ class PipelineStats:
     filtered: int = 0
     retries: int = 0
     dead_lettered: int = 0
+    #: Events put back at the end of their partition: the flow stopped while they waited
+    #: for their dependency (see ``docs/downstream.md``).
+    requeued: int = 0
 
 
 def _outputs(result: Any) -> Sequence[Any]:
@@ -77,15 +81,29 @@ class Pipeline:
                  sink: TopicSpec | Sequence[TopicSpec] | None, process: Callable[[Any], Any],
                  dlq: TopicSpec | None = None, limiter: RateLimitingStrategy | None = None,
                  on_limit: OnLimit = "wait", max_retries: int | None = None,
-                 retry_backoff: float | Backoff | None = None, concurrency: int = 1,
+                 retry_backoff: float | Backoff | None = None, concurrency: int | None = None,
                  settings: BackpressureSettings | None = None,
                  priority: Callable[[Any], int] | None = None,
-                 keyed: KeyedRateLimitGate | None = None) -> None:
+                 keyed: KeyedRateLimitGate | None = None,
+                 downstream: Downstream | None = None, ordered_by_key: bool = False) -> None:
         """``priority``: the decoded value's priority (higher is more important); under a
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
         first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
-        ``keyed``: a keyed limit as the limiter (key = the record's key by default)."""
+        ``keyed``: a keyed limit as the limiter (key = the record's key by default).
+        ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
+        with up to ``concurrency`` events in progress (default the guard's
+        ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
+        the same record key."""
         settings = settings or BackpressureSettings()
+        self.downstream = downstream
+        if concurrency is None:
+            concurrency = downstream.max_concurrency if downstream is not None else 1
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self.concurrency = concurrency
+        #: per record key, the last event in progress (only with ``ordered_by_key``)
+        self._key_tails: dict[Any, asyncio.Future[None]] | None = (
+            {} if ordered_by_key else None)
         if priority is not None and limiter is None:
             raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
                              "shedding happens at the rate-limit gate)")
@@ -220,6 +238,34 @@ class Pipeline:
 
     async def handle(self, event: EventT[Any]) -> None:
         """Decode, process (with retries), send; a failure goes to the DLQ with its reason."""
+        tails = self._key_tails
+        if tails is None:
+            await self._handle(event)
+            return
+        # Registered before any await: events of a key start in the order they arrived.
+        key = event.message.key
+        previous = tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tails[key] = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._handle(event)
+        finally:
+            mine.set_result(None)
+            if tails.get(key) is mine:
+                del tails[key]
+
+    async def _process(self, value: Any) -> Any:
+        guard = self.downstream
+        if guard is not None:
+            return await guard.run_unless(flow_stopped_event(self.app), self.process, value)
+        result = self.process(value)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _handle(self, event: EventT[Any]) -> None:
         stats = self.stats
         stats.consumed += 1
         message = event.message
@@ -235,10 +281,11 @@ class Pipeline:
         while True:
             attempt += 1
             try:
-                result = self.process(value)
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await self._process(value)
                 break
+            except WaitAborted:
+                await self.requeue(event)
+                return
             except Exception as exc:
                 failure = Failure.now(exc, "process", attempt,
                                       failure.first_failure if failure else None)
@@ -259,6 +306,18 @@ class Pipeline:
         except Exception as exc:
             # e.g. an output the sink's serializer refuses; retrying would not help.
             await self.dead_letter(event, Failure.now(exc, "sink", attempt))
+
+    async def requeue(self, event: EventT[Any]) -> None:
+        """Put the raw record back at the end of its source partition (then it is acked):
+        the flow stopped while it waited for its dependency, and must not wait for it."""
+        message = event.message
+        await self.raw_source.send(key=message.key, value=message.value,
+                                   partition=message.partition, key_serializer="raw",
+                                   value_serializer="raw",
+                                   headers=requeue_headers(message.headers))
+        self.stats.requeued += 1
+        log.info("pipeline %s: %s[%s]@%s requeued (the flow stopped while its dependency "
+                 "held it)", self.name, message.topic, message.partition, message.offset)
 
     async def dead_letter(self, event: EventT[Any], failure: Failure) -> None:
         message = event.message

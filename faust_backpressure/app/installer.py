@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from faust.types import AppT, TopicT
 
@@ -16,9 +17,11 @@ from faust_backpressure.agents import (
     RateLimitGate,
     resolve_limiter,
 )
+from faust_backpressure.agents.downstream import Downstream, build_downstream
 from faust_backpressure.agents.keyed import KeyedOnLimit, KeyFunction
 from faust_backpressure.app.cli import register_commands
-from faust_backpressure.app.pause import install_pause_control
+from faust_backpressure.app.downstream_ops import SlowDownRecord, slow_down_key
+from faust_backpressure.app.pause import install_pause_control, ops_topic, worker_name
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
@@ -31,8 +34,9 @@ from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.control.shedding import ShedLevels
 from faust_backpressure.faust_seam import install as install_faust_seam
-from faust_backpressure.faust_seam import refresh_consumer_metadata
+from faust_backpressure.faust_seam import refresh_consumer_metadata, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed import LimitsFor
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings
@@ -63,6 +67,9 @@ class Backpressure:
         self._control: ControlLoops | None = None
         self.credit_flows: list[CreditFlow] = []
         self.keyed_limits: dict[str, KeyedRateLimitGate] = {}
+        self.downstreams: dict[str, Downstream] = {}
+        #: The worker's follower of the ops topic, once started (see ``app.pause``).
+        self.ops_follower: Any = None
         register(app, self)
         # Distributed limiters declared before or after this sign with the same secret and
         # declare their topics with its replication factor.
@@ -122,12 +129,16 @@ class Backpressure:
                  tokens_per_second: float | None = None,
                  burst_capacity: float | None = None, on_limit: OnLimit | None = None,
                  max_retries: int | None = None, retry_backoff: float | Backoff | None = None,
-                 concurrency: int = 1, priority: Callable[[Any], int] | None = None
+                 concurrency: int | None = None, priority: Callable[[Any], int] | None = None,
+                 downstream: Downstream | None = None, ordered_by_key: bool = False
                  ) -> Pipeline:
         """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``.
 
         ``priority``: a value's priority (higher is more important): under a control loop's
-        load shedding the lowest priorities are shed first (``docs/control-loop.md``)."""
+        load shedding the lowest priorities are shed first (``docs/control-loop.md``).
+        ``downstream``: a guard from :meth:`downstream` that ``process`` calls through, with
+        up to ``concurrency`` events in progress (default: the guard's ``max_concurrency``,
+        else 1); ``ordered_by_key``: per record key, one event at a time, in order."""
         if name in self.pipelines:
             raise ValueError(f"pipeline {name!r} is already declared")
         if limiter is None and (tokens_per_second is not None or burst_capacity is not None):
@@ -142,9 +153,53 @@ class Backpressure:
                             limiter=resolved, on_limit=on_limit or self.settings.on_limit,
                             max_retries=max_retries, retry_backoff=retry_backoff,
                             concurrency=concurrency, settings=self.settings,
-                            priority=priority, keyed=keyed)
+                            priority=priority, keyed=keyed, downstream=downstream,
+                            ordered_by_key=ordered_by_key)
         self.pipelines[name] = pipeline
         return pipeline
+
+    def downstream(self, name: str, *, max_concurrency: int = 64, min_concurrency: int = 1,
+                   initial_concurrency: int | None = None,
+                   limit: Literal["gradient", "aimd", "fixed"] | ConcurrencyLimit = "gradient",
+                   rate_limit: LimiterSpec | None = None,
+                   tokens_per_second: float | None = None,
+                   burst_capacity: float | None = None,
+                   failure_rate_threshold: float = 0.5, slow_call_rate_threshold: float = 1.0,
+                   slow_call_duration: float = 5.0, window: float = 10.0,
+                   minimum_calls: int = 10, wait_in_open: float = 5.0,
+                   half_open_calls: int = 3, default_retry_after: float = 1.0,
+                   max_retry_after: float = 300.0,
+                   unavailable: Callable[[BaseException], bool] | None = None) -> Downstream:
+        """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
+        in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"aimd"``,
+        ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
+        honoured by every worker, a circuit breaker whose open state makes calls wait, and
+        optionally a rate limiter (``rate_limit``: an id shared by every worker, or an
+        object). ``unavailable(exc)``: whether an exception means the system is down
+        (retried once the breaker allows, never dead-lettered); default
+        :func:`~faust_backpressure.agents.downstream.is_unavailable`."""
+        if name in self.downstreams:
+            raise ValueError(f"downstream {name!r} is already declared")
+        guard = build_downstream(
+            name, max_concurrency=max_concurrency, min_concurrency=min_concurrency,
+            initial_concurrency=initial_concurrency, limit=limit,
+            rate=None if rate_limit is None else self.limiter(
+                rate_limit, tokens_per_second=tokens_per_second,
+                burst_capacity=burst_capacity),
+            breaker=dict(failure_rate_threshold=failure_rate_threshold,
+                         slow_call_rate_threshold=slow_call_rate_threshold,
+                         slow_call_duration=slow_call_duration, window=window,
+                         minimum_calls=minimum_calls, wait_in_open=wait_in_open,
+                         half_open_calls=half_open_calls),
+            default_retry_after=default_retry_after, max_retry_after=max_retry_after,
+            unavailable=unavailable, publish=self._publish_slow_down)
+        self.downstreams[name] = guard
+        return guard
+
+    async def _publish_slow_down(self, dependency: str, until: float) -> None:
+        record = SlowDownRecord(dependency, until, worker_name(), time.time())
+        await send_control(self.app, ops_topic(str(self.app.conf.id)), slow_down_key(dependency),
+                           record.encode(self.settings.secret_key))
 
     def control_loop(self, limiter: LimiterSpec, *, downstream_group: str,
                      downstream_topics: Sequence[str], interval: float | None = None,

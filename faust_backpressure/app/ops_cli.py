@@ -1,5 +1,5 @@
 """Operator commands of the ``backpressure`` group: ``status``, ``set-rate``, ``reset``, ``lag``,
-``emergency-stop``, ``restore``.
+``emergency-stop``, ``restore``, ``pause``, ``resume``, ``breaker``.
 
 They work against the running cluster through Kafka alone (see :mod:`.ops` and
 :mod:`faust_backpressure.tables.admin`). Exit codes: 0 done, 1 the cluster did not do it (no
@@ -18,11 +18,16 @@ from typing import Any, Literal, NoReturn, TypeVar
 import click
 
 from faust_backpressure.app.cli_common import declared, given_app
+from faust_backpressure.app.downstream_ops import BreakerCommand
 from faust_backpressure.app.ops import cluster_status, group_lag, send_override
-from faust_backpressure.app.pause import send_pause
+from faust_backpressure.app.pause import ops_topic, send_acknowledged, send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
-from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
+from faust_backpressure.tables.admin import (
+    CommandTimeout,
+    read_compacted,
+    send_limiter_command,
+)
 from faust_backpressure.tables.kafka import client_settings
 
 __all__ = ["OPS_COMMANDS"]
@@ -237,8 +242,45 @@ def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> No
     _pause(ctx, pipeline, False, reason, timeout)
 
 
+@click.command(name="breaker")
+@click.argument("action", type=click.Choice(["open", "close", "auto", "status"]))
+@click.argument("dependency")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@_timeout("Seconds to wait for every worker's acknowledgement.")
+@click.pass_context
+def breaker(ctx: click.Context, action: str, dependency: str, reason: str,
+            timeout: float) -> None:
+    """Force a downstream guard's circuit breaker open (calls wait) or closed (calls pass) on
+    every worker, give it back to automatic, or show the operator's state and the last
+    slow-down."""
+    bp = _installation(ctx)
+    declared("downstream", dependency, bp.downstreams)
+    if action == "status":
+        states = asyncio.run(read_compacted(client_settings(bp.app, "ops"),
+                                            ops_topic(str(bp.app.conf.id))))
+        forced = states.get(f"breaker/{dependency}") or {}
+        slowed = states.get(f"downstream/{dependency}") or {}
+        click.echo(json.dumps({"dependency": dependency,
+                               "operator": forced.get("state", "auto"),
+                               "by": forced.get("by"), "reason": forced.get("reason"),
+                               "last_slow_down_until": slowed.get("until"),
+                               "last_slow_down_by": slowed.get("by")}, indent=2))
+        return
+    command = BreakerCommand.new(dependency, action, operator(), reason)
+    acked, workers = _acknowledged(bp, _send_breaker, command, timeout=timeout)
+    click.echo(f"breaker {dependency}: {action} on {acked} of {workers} worker(s)")
+
+
+async def _send_breaker(kafka: Any, app_id: str, command: BreakerCommand, *,
+                        secret: bytes | None, timeout: float) -> tuple[int, int]:
+    return await send_acknowledged(kafka, app_id, command.key, command.encode(secret),
+                                   command.command_id,
+                                   what=f"breaker {command.state} of {command.dependency!r}",
+                                   timeout=timeout)
+
+
 OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
-                                     pause, resume]
+                                     pause, resume, breaker]
 
 
 def set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,

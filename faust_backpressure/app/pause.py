@@ -25,11 +25,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from mode import Service
 
+from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
 from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
 from faust_backpressure.tables.integrity import (
     RejectedRecord,
+    Rejections,
     decode_signed,
     encode_signed,
     number,
@@ -44,13 +46,18 @@ from faust_backpressure.tables.kafka import (
 )
 
 __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
-           "send_pause"]
+           "send_acknowledged", "send_pause", "worker_name"]
 
 log = logging.getLogger(__name__)
 
 
 def ops_topic(app_id: str) -> str:
     return f"{app_id}-fbp-ops"
+
+
+def worker_name() -> str:
+    """``host:pid``: how acknowledgements and slow-downs name this worker."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _key(pipeline: str) -> bytes:
@@ -89,13 +96,16 @@ class PauseCommand:
                    number(data, "at", 0.0, 1e11), str(data.get("reason", ""))[:200])
 
 
-class _PauseFollower(Service):
-    """On a worker: follows the ops topic, pauses/resumes its pipelines, acknowledges."""
+class _OpsFollower(Service):
+    """On a worker: follows the ops topic: pauses/resumes its pipelines, slows down and
+    forces the breakers of its downstream guards, acknowledges commands."""
 
     def __init__(self, bp: Installation, **kwargs: Any) -> None:
         self.bp = bp
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker_name()
         self._acked: set[str] = set()
+        #: Ops records this worker rejected, by reason.
+        self.rejections = Rejections()
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -117,18 +127,25 @@ class _PauseFollower(Service):
                 batch = await consumer.getmany(timeout_ms=300)
                 for records in batch.values():
                     for record in records:
-                        if record.key and record.key.startswith(b"pause/"):
-                            await self._apply(record.key, record.value)
+                        await self._dispatch(record.key or b"", record.value)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    async def _apply(self, key: bytes, value: bytes | None) -> None:
+    async def _dispatch(self, key: bytes, value: bytes | None) -> None:
         try:
-            command = PauseCommand.decode(value, key, self.bp.settings.secret_key)
+            if key.startswith(b"pause/"):
+                await self._apply(PauseCommand.decode(value, key, self.bp.settings.secret_key))
+            elif key.startswith(b"downstream/"):
+                self._slow_down(value, key)
+            elif key.startswith(b"breaker/"):
+                await self._force(BreakerCommand.decode(value, key,
+                                                        self.bp.settings.secret_key))
         except RejectedRecord as exc:
-            log.warning("pause record rejected: %s", exc.reason)
-            return
+            self.rejections.count(exc)
+            log.warning("ops record %r rejected: %s", key[:80], exc.reason)
+
+    async def _apply(self, command: PauseCommand) -> None:
         pipeline = self.bp.pipelines.get(command.pipeline)
         if pipeline is None:
             return
@@ -136,24 +153,52 @@ class _PauseFollower(Service):
             pipeline.pause({"by": command.by, "at": command.at, "reason": command.reason})
         else:
             pipeline.resume()
-        if command.command_id not in self._acked:
-            self._acked.add(command.command_id)
-            log.warning("pipeline %s %s by %s%s", command.pipeline,
-                        "paused" if command.paused else "resumed", command.by,
-                        f": {command.reason}" if command.reason else "")
-            ack = json.dumps({"type": "pause-ack", "id": command.command_id,
-                              "worker": self.worker, "paused": command.paused}).encode()
-            await send_control(self.bp.app, ops_topic(self.bp.app.conf.id),
-                               f"ack/{command.pipeline}/{self.worker}".encode(), ack)
+        await self._ack(command.command_id, f"{command.pipeline}", {"paused": command.paused},
+                        f"pipeline {command.pipeline} "
+                        f"{'paused' if command.paused else 'resumed'} by {command.by}"
+                        f"{f': {command.reason}' if command.reason else ''}")
+
+    def _slow_down(self, value: bytes | None, key: bytes) -> None:
+        name = key.decode(errors="replace").removeprefix("downstream/")
+        guard = self.bp.downstreams.get(name)
+        if guard is None:
+            return
+        record = SlowDownRecord.decode(value, key, self.bp.settings.secret_key,
+                                       now=time.time(), max_pause=guard.max_retry_after,
+                                       max_skew=self.bp.settings.max_clock_skew)
+        guard.pause_until(record.until, source=f"from {record.by}")
+
+    async def _force(self, command: BreakerCommand) -> None:
+        guard = self.bp.downstreams.get(command.dependency)
+        if guard is None:
+            return
+        guard.force(command.state)
+        await self._ack(command.command_id, f"breaker/{command.dependency}",
+                        {"state": command.state},
+                        f"breaker {command.dependency} set to {command.state} by "
+                        f"{command.by}{f': {command.reason}' if command.reason else ''}")
+
+    async def _ack(self, command_id: str, subject: str, extra: dict[str, Any],
+                   what: str) -> None:
+        if command_id in self._acked:  # read again from the start: applied, not announced
+            return
+        self._acked.add(command_id)
+        log.warning("%s", what)
+        ack = json.dumps({"type": "pause-ack", "id": command_id, "worker": self.worker,
+                          **extra}).encode()
+        await send_control(self.bp.app, ops_topic(self.bp.app.conf.id),
+                           f"ack/{subject}/{self.worker}".encode(), ack)
 
 
 def install_pause_control(bp: Installation) -> None:
-    """Follow pause/resume commands on every worker of an app that has pipelines."""
+    """Follow the ops topic on every worker of an app that has pipelines or downstream
+    guards (pause/resume, slow-downs, breaker commands)."""
     app = bp.app
 
     async def fbp_pause_control() -> None:
-        if bp.pipelines:
-            await app.add_runtime_dependency(_PauseFollower(bp))
+        if bp.pipelines or bp.downstreams:
+            bp.ops_follower = _OpsFollower(bp)
+            await app.add_runtime_dependency(bp.ops_follower)
 
     app.task(fbp_pause_control)
 
@@ -174,6 +219,16 @@ async def send_pause(kafka: KafkaClientSettings | str, app_id: str, pipeline: st
     """Write the pause state and wait for every worker's acknowledgement; ``(acked, workers)``.
     :class:`CommandTimeout` if fewer acknowledge in time."""
     command = PauseCommand(pipeline, paused, uuid.uuid4().hex, by, time.time(), reason)
+    return await send_acknowledged(
+        kafka, app_id, command.key, command.encode(secret), command.command_id,
+        what=f"{'pause' if paused else 'resume'} of {pipeline!r}", timeout=timeout)
+
+
+async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: bytes,
+                            value: bytes, command_id: str, *, what: str,
+                            timeout: float = 30.0) -> tuple[int, int]:
+    """Write a command to the ops topic and wait until every worker of the app's group has
+    acknowledged it; ``(acked, workers)``. :class:`CommandTimeout` if fewer do in time."""
     topic = ops_topic(app_id)
     consumer = kafka_consumer(kafka, "ops")
     producer = kafka_producer(kafka, "ops")
@@ -182,13 +237,12 @@ async def send_pause(kafka: KafkaClientSettings | str, app_id: str, pipeline: st
     try:
         if not await topic_partitions(consumer, topic, 5.0):
             raise CommandTimeout(f"app {app_id!r} has no {topic} topic: no worker with a "
-                                 "pipeline has run")
+                                 "pipeline or a downstream guard has run")
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_end(tp)
         await consumer.position(tp)
-        await producer.send_and_wait(topic, command.encode(secret), key=command.key,
-                                     partition=0)
+        await producer.send_and_wait(topic, value, key=key, partition=0)
         acked: set[str] = set()
         workers = await _group_members(kafka, app_id)
         deadline = time.monotonic() + timeout
@@ -197,13 +251,13 @@ async def send_pause(kafka: KafkaClientSettings | str, app_id: str, pipeline: st
             for record in batch.get(tp, []):
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     body = json.loads(record.value)
-                    if body.get("type") == "pause-ack" and body.get("id") == command.command_id:
+                    if body.get("type") == "pause-ack" and body.get("id") == command_id:
                         acked.add(str(body["worker"]))
             if workers and len(acked) >= workers:
                 return len(acked), workers
             workers = workers or await _group_members(kafka, app_id)
-        raise CommandTimeout(f"{'pause' if paused else 'resume'} of {pipeline!r} acknowledged "
-                             f"by {len(acked)} of {workers} worker(s) within {timeout:g} s")
+        raise CommandTimeout(f"{what} acknowledged by {len(acked)} of {workers} worker(s) "
+                             f"within {timeout:g} s")
     finally:
         await producer.stop()
         await consumer.stop()

@@ -7,11 +7,12 @@ The installer registers itself here; the CLI and the web views read what they ne
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 from faust.types import AppT
 
 from faust_backpressure.agents import KeyedRateLimitGate, Pipeline, RateLimitGate
+from faust_backpressure.agents.downstream import Downstream
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import ControlLoop
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -26,6 +27,8 @@ class Installation(Protocol):
     settings: BackpressureSettings
     pipelines: dict[str, Pipeline]
     keyed_limits: dict[str, KeyedRateLimitGate]
+    downstreams: dict[str, Downstream]
+    ops_follower: Any
 
     def all_gates(self) -> list[RateLimitGate]: ...
 

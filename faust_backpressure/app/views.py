@@ -9,6 +9,7 @@ series labelled with the app id; scrape each worker (counts are per process).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.agents.downstream import LATENCY_BUCKETS
 from faust_backpressure.app.admin import register_admin
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.registry import Installation
@@ -128,6 +130,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                              "consumed": p.stats.consumed, "produced": p.stats.produced,
                              "filtered": p.stats.filtered, "retries": p.stats.retries,
                              "dead_lettered": p.stats.dead_lettered,
+                             "requeued": p.stats.requeued,
                              "limiter": None if p.gate is None else label_of.get(
                                  id(p.gate.limiter), p.gate.name),
                              "paused": p.paused, "paused_by": p.paused_by,
@@ -136,11 +139,15 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         "control": control,
         "rejected": bp.rejections,
         "keyed": {name: gate.stats() for name, gate in bp.keyed_limits.items()},
+        "downstreams": {name: dataclasses.asdict(guard.stats())
+                        for name, guard in bp.downstreams.items()},
     }
 
 
-# name, type, help, rows of (labels, value) taken from the snapshot
+# name, type, help, rows of (labels, value) taken from the snapshot; a row's _SUFFIX label
+# (not printed) extends the name, as a histogram's _bucket, _sum and _count
 _Metric = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+_SUFFIX = "__suffix__"
 
 
 def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
@@ -166,7 +173,7 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed_by_priority"])
             for g in gates])
     pipelines = state["pipelines"].items()
-    for field in ("consumed", "produced", "filtered", "retries", "dead_lettered"):
+    for field in ("consumed", "produced", "filtered", "retries", "dead_lettered", "requeued"):
         yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
                [({"pipeline": k}, v[field]) for k, v in pipelines])
     keyed = state.get("keyed", {}).items()  # no per-key label: keys are unbounded
@@ -180,6 +187,7 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
             ("shed", "counter", "Events sent to the shed topic.")):
         yield (f"keyed_{field}" + ("_total" if kind == "counter" else ""), kind, text,
                [({"limit": k}, v[field]) for k, v in keyed])
+    yield from _downstream_metrics(state.get("downstreams", {}))
     control = [(k, v) for k, v in state["control"].items() if v["severity"] is not None]
     severities = {"NORMAL": 0, "WARNING": 1, "CRITICAL": 2, "EMERGENCY": 3}
     yield ("control_severity", "gauge", "0 normal, 1 warning, 2 critical, 3 emergency.",
@@ -222,6 +230,39 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
             for topic, reasons in state["rejected"].items() for reason, n in reasons.items()])
 
 
+_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3,
+                   "forced_closed": 4}
+
+
+def _downstream_metrics(guards: dict[str, Any]) -> Iterable[_Metric]:
+    rows = guards.items()
+    for field, text in (("limit", "Calls in flight the learnt limit allows."),
+                        ("in_flight", "Calls in flight now."),
+                        ("queued", "Calls waiting for a slot."),
+                        ("paused_for", "Seconds left of a slow-down in force."),
+                        ("failure_rate", "The breaker's failure rate over its window.")):
+        yield (f"downstream_{field}", "gauge", text, [({"dependency": k}, v[field])
+                                                      for k, v in rows])
+    yield ("downstream_breaker_state", "gauge",
+           "0 closed, 1 half-open, 2 open, 3 forced open, 4 forced closed.",
+           [({"dependency": k}, _BREAKER_STATES.get(v["breaker"], -1)) for k, v in rows])
+    yield ("downstream_calls_total", "counter", "Calls and waits by outcome.",
+           [({"dependency": k, "outcome": outcome}, n) for k, v in rows
+            for outcome, n in sorted(v["outcomes"].items())])
+    histogram: list[tuple[dict[str, str], float]] = []
+    for k, v in rows:
+        cumulative = 0
+        for bound, count in zip([*LATENCY_BUCKETS, math.inf], v["latency_buckets"],
+                                strict=True):
+            cumulative += count
+            histogram.append(({"dependency": k, "le": _number(bound), _SUFFIX: "_bucket"},
+                              cumulative))
+        histogram.append(({"dependency": k, _SUFFIX: "_sum"}, v["latency_sum"]))
+        histogram.append(({"dependency": k, _SUFFIX: "_count"}, cumulative))
+    yield ("downstream_latency_seconds", "histogram",
+           "Latency of successful calls.", histogram)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -241,8 +282,10 @@ def render_prometheus(state: dict[str, Any], prefix: str = "faust_backpressure_"
             continue
         lines += [f"# HELP {prefix}{name} {text}", f"# TYPE {prefix}{name} {kind}"]
         for labels, value in rows:
-            body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in {**app, **labels}.items())
-            lines.append(f"{prefix}{name}{{{body}}} {_number(value)}")
+            suffix = labels.get(_SUFFIX, "")
+            body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in {**app, **labels}.items()
+                            if k != _SUFFIX)
+            lines.append(f"{prefix}{name}{suffix}{{{body}}} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@ every metric the rules and the Grafana dashboard query is one the workers export
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from faust_backpressure.agents.downstream import build_downstream
 from faust_backpressure.app.views import render_prometheus
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -20,6 +22,8 @@ METRIC = re.compile(r"\bfaust_backpressure_[a-z_]+")
 
 def _exported() -> set[str]:
     """Every metric name the views can emit, from a snapshot with one of everything."""
+    guard = build_downstream("d", max_concurrency=4)
+    guard.outcomes["success"] = 1
     state = {
         "app": "a",
         "limiters": {"l": {"rate": 1.0, "utilization": 0.5, "granted": 1, "denied": 1,
@@ -28,7 +32,8 @@ def _exported() -> set[str]:
                    "overdrafts": 0, "source_lag": 3, "shed_by_priority": 0,
                    "shed_threshold": None}],
         "pipelines": {"p": {"source": "s", "dlq": "s-dlq", "consumed": 1, "produced": 1,
-                            "filtered": 0, "retries": 0, "dead_lettered": 1, "limiter": "l",
+                            "filtered": 0, "retries": 0, "dead_lettered": 1, "requeued": 0,
+                            "limiter": "l",
                             "paused": False, "paused_by": None, "source_lag": 2}},
         "control": {"l": {"limiter": "l", "severity": "EMERGENCY", "decided_rate": 1.0,
                           "recommended_workers": 2, "lag_seconds": 4.0, "override": None,
@@ -38,6 +43,7 @@ def _exported() -> set[str]:
         "keyed": {"k": {"limit": "k", "keys_tracked": 1, "keys_limited": 0,
                         "deferred_backlog": 0, "admitted": 1, "deferred": 1, "readmitted": 1,
                         "shed": 0}},
+        "downstreams": {"d": dataclasses.asdict(guard.stats())},
     }
     text = render_prometheus(state)
     return {line.split("{")[0] for line in text.splitlines() if not line.startswith("#")}

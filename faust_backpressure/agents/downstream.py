@@ -1,0 +1,326 @@
+"""A guard for one system the stream calls: pause, circuit breaker, rate, calls in flight.
+
+Declared once per dependency (``bp.downstream(...)``), used at the call site::
+
+    payments = bp.downstream("payments-api", max_concurrency=64)
+
+    async for order in stream:
+        await payments.run(post_charge, order)   # waits, retries slow-downs and outages
+
+    async with payments.call():                  # one attempt, outcome recorded
+        ...
+
+A call waits while a slow-down is in force or the breaker is open (it never fails for that),
+then for a rate permit (if the guard has a limiter) and a slot among the calls in flight (the
+learnt limit). See ``docs/downstream.md`` for the outcomes and what each does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from faust_backpressure.agents.slow_down import (
+    DependencyUnavailable,
+    SlowDown,
+    from_http,
+    parse_retry_after,
+)
+from faust_backpressure.config.validation import check_number
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.base import Clock
+from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
+from faust_backpressure.limiters.concurrency import (
+    AIMDLimit,
+    ConcurrencyLimit,
+    FixedLimit,
+    GradientLimit,
+)
+from faust_backpressure.limiters.concurrency_limiter import ConcurrencyLimiter
+
+__all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
+           "build_downstream", "is_unavailable"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_RECENT = 1024  # latencies kept for percentiles
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The default: the system is down or overloaded as a whole, not this event's fault."""
+    return isinstance(exc, (DependencyUnavailable, ConnectionError, TimeoutError,
+                            asyncio.TimeoutError))
+
+
+class WaitAborted(Exception):
+    """A call gave up waiting for its dependency (the caller asked it to: e.g. Faust stopped
+    the flow for a rebalance while the breaker was open). Nothing was called."""
+
+
+#: Publishes a slow-down to the other workers: ``(dependency, until)`` (wall-clock seconds).
+Publisher = Callable[[str, float], Awaitable[None]]
+
+
+@dataclass
+class DownstreamStats:
+    """One guard's view since this worker started (per process)."""
+
+    name: str
+    limit: int
+    in_flight: int
+    queued: int
+    breaker: str
+    failure_rate: float
+    slow_call_rate: float
+    paused_for: float
+    outcomes: dict[str, int] = field(default_factory=dict)
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+    latency_buckets: list[int] = field(default_factory=list)
+    latency_sum: float = 0.0
+
+
+class Downstream:
+    """The guard of one dependency on this worker; see the module's docstring."""
+
+    def __init__(self, name: str, *, limit: ConcurrencyLimit, breaker: CircuitBreaker,
+                 rate: RateLimitingStrategy | None = None, default_retry_after: float = 1.0,
+                 max_retry_after: float = 300.0,
+                 unavailable: Callable[[BaseException], bool] = is_unavailable,
+                 publish: Publisher | None = None, clock: Clock = time.monotonic,
+                 wall_clock: Clock = time.time, max_concurrency: int | None = None) -> None:
+        """``max_concurrency``: the most calls in flight the limit may allow (how many events
+        a pipeline keeps in progress); default the limit's ``max_limit``."""
+        self.name = name
+        self.max_concurrency = int(max_concurrency if max_concurrency is not None
+                                   else getattr(limit, "max_limit", limit.limit))
+        self.breaker = breaker
+        self.rate = rate
+        self.concurrency = ConcurrencyLimiter(limit, clock=clock)
+        self.default_retry_after = check_number("default_retry_after", default_retry_after, 0)
+        self.max_retry_after = check_number("max_retry_after", max_retry_after, 0)
+        self.unavailable = unavailable
+        #: Set by the installer: sends a slow-down to every worker (None: this worker only).
+        self.publish = publish
+        self._clock, self._wall = clock, wall_clock
+        self._paused_until = 0.0  # wall clock: records carry it between workers
+        self.outcomes: Counter[str] = Counter()
+        self._recent: deque[float] = deque(maxlen=_RECENT)
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        breaker.on_transition(self._transition)
+
+    def _transition(self, old: BreakerState, new: BreakerState) -> None:
+        log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
+
+    # -- what the call site raises ---------------------------------------------------------
+
+    def slow_down(self, retry_after: float | str | None = None) -> SlowDown:
+        """``raise payments.slow_down(retry_after=resp.headers.get("Retry-After"))``."""
+        return SlowDown(retry_after)
+
+    def slow_down_from_http(self, status: int, retry_after: str | float | None = None
+                            ) -> Exception:
+        """The exception for an HTTP answer (429/503 -> slow down or unavailable)."""
+        return from_http(status, retry_after)
+
+    def unavailable_error(self, reason: str = "unavailable") -> DependencyUnavailable:
+        return DependencyUnavailable(reason)
+
+    # -- pauses ----------------------------------------------------------------------------
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the slow-down in force (0: none)."""
+        return max(0.0, self._paused_until - self._wall())
+
+    def pause_until(self, until: float, *, source: str = "local") -> bool:
+        """Pause calls until ``until`` (wall clock), e.g. from another worker's slow-down;
+        False if a pause at least as long is already in force (nothing changes)."""
+        if until <= self._paused_until:
+            return False
+        seconds = min(until - self._wall(), self.max_retry_after)
+        if seconds <= 0:
+            return False
+        self._paused_until = self._wall() + seconds
+        self.breaker.open_for(seconds)
+        log.warning("downstream %s: slowed down for %.1f s (%s)", self.name, seconds, source)
+        return True
+
+    async def _slowed_down(self, exc: SlowDown) -> None:
+        seconds = parse_retry_after(exc.retry_after, default=self.default_retry_after,
+                                    maximum=self.max_retry_after, now=self._wall())
+        until = self._wall() + seconds
+        if self.pause_until(until, source=exc.reason) and self.publish is not None:
+            try:
+                await self.publish(self.name, until)
+            except Exception:  # the others then learn it from their own 429s
+                log.exception("downstream %s: slow-down not published", self.name)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _admitted(self, stopped: asyncio.Event | None) -> None:
+        """Wait until the breaker takes this call (a slow-down holds it open); raise
+        :class:`WaitAborted` if ``stopped`` is set first."""
+        while not self.breaker.allow():
+            if stopped is None:
+                await self.breaker.wait_until_allowed()
+                continue
+            if stopped.is_set():
+                raise WaitAborted(self.name)
+            waits = [asyncio.ensure_future(self.breaker.wait_until_allowed()),
+                     asyncio.ensure_future(stopped.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+            self.outcomes["waited"] += 1
+
+    @contextlib.asynccontextmanager
+    async def call(self, *, stopped: asyncio.Event | None = None) -> AsyncIterator[None]:
+        """One attempt: waits for the breaker, a rate permit and a slot; records the outcome
+        and re-raises what the body raised (a slow-down pauses every worker first).
+        ``stopped``: give up waiting for the breaker when it is set (:class:`WaitAborted`)."""
+        await self._admitted(stopped)
+        try:
+            if self.rate is not None:
+                await self.rate.acquire()
+            permit = await self.concurrency.acquire()
+        except BaseException:
+            self.breaker.abandon()  # a half-open probe that will never report
+            raise
+        start = self._clock()
+        try:
+            yield
+        except SlowDown as exc:
+            self._record("slow_down", start, failed=False, permit=permit, dropped=True)
+            await self._slowed_down(exc)
+            raise
+        except BaseException as exc:
+            down = isinstance(exc, Exception) and self.unavailable(exc)
+            self._record("unavailable" if down else "error", start, failed=True,
+                         permit=permit, dropped=down)
+            raise
+        else:
+            self._record("success", start, failed=False, permit=permit, dropped=False)
+
+    def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,
+                dropped: bool) -> None:
+        seconds = self._clock() - start
+        self.outcomes[outcome] += 1
+        self.breaker.record(seconds, failed)
+        if dropped:
+            permit.dropped()
+        elif outcome == "success":
+            permit.success()
+            self._observe(seconds)
+        else:
+            permit.ignore()
+
+    def _observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+        self._latency_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self._buckets[i] += 1
+                return
+        self._buckets[-1] += 1
+
+    async def run(self, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` through :meth:`call`, again after each slow-down and each
+        unavailability (waiting as the pause and breaker say); other errors are raised."""
+        return await self.run_unless(None, fn, *args, **kwargs)
+
+    async def run_unless(self, stopped: asyncio.Event | None,
+                         fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`run`, but waiting for the breaker ends with :class:`WaitAborted` once
+        ``stopped`` is set (Faust's flow stopping for a rebalance: the pipeline requeues)."""
+        while True:
+            try:
+                async with self.call(stopped=stopped):
+                    result = fn(*args, **kwargs)
+                    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                        result = await result
+                    return result  # type: ignore[return-value]
+            except SlowDown:
+                continue
+            except Exception as exc:
+                if not self.unavailable(exc):
+                    raise
+                self.outcomes["retried"] += 1
+
+    # -- operators -------------------------------------------------------------------------
+
+    def force(self, state: str) -> None:
+        """An operator's ``open`` (calls wait), ``close`` (calls pass) or ``auto``."""
+        if state == "open":
+            self.breaker.force_open()
+        elif state == "close":
+            self.breaker.force_close()
+        elif state == "auto":
+            self.breaker.release()
+        else:
+            raise ValueError(f"breaker state must be open, close or auto, got {state!r}")
+
+    @property
+    def state(self) -> BreakerState:
+        return self.breaker.state
+
+    def stats(self) -> DownstreamStats:
+        limiter = self.concurrency.stats()
+        breaker = self.breaker.stats()
+        recent = sorted(self._recent)
+        return DownstreamStats(
+            name=self.name, limit=limiter.limit, in_flight=limiter.in_flight,
+            queued=limiter.queued, breaker=str(breaker.state.value),
+            failure_rate=breaker.failure_rate, slow_call_rate=breaker.slow_call_rate,
+            paused_for=self.paused_for, outcomes=dict(self.outcomes),
+            latency_p50=_percentile(recent, 0.50), latency_p99=_percentile(recent, 0.99),
+            latency_buckets=list(self._buckets), latency_sum=self._latency_sum)
+
+    @property
+    def error_rate(self) -> float:
+        """The breaker's failure rate over its window (what a control loop's restore reads)."""
+        return float(self.breaker.stats().failure_rate)
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 1,
+                     initial_concurrency: int | None = None,
+                     limit: str | ConcurrencyLimit = "gradient",
+                     rate: RateLimitingStrategy | None = None,
+                     breaker: dict[str, Any] | None = None,
+                     unavailable: Callable[[BaseException], bool] | None = None,
+                     **options: Any) -> Downstream:
+    """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes)."""
+    if isinstance(limit, str):
+        initial = initial_concurrency if initial_concurrency is not None else min(
+            max_concurrency, max(min_concurrency, 8))
+        if limit == "gradient":
+            limit = GradientLimit(initial, min_concurrency, max_concurrency)
+        elif limit == "aimd":
+            limit = AIMDLimit(initial, min_concurrency, max_concurrency)
+        elif limit == "fixed":
+            limit = FixedLimit(max_concurrency)
+        else:
+            raise ValueError(f"limit must be 'gradient', 'aimd', 'fixed' or a "
+                             f"ConcurrencyLimit, got {limit!r}")
+    return Downstream(name, limit=limit, breaker=CircuitBreaker(**(breaker or {})),
+                      rate=rate, unavailable=unavailable or is_unavailable,
+                      max_concurrency=max_concurrency, **options)

@@ -1,0 +1,75 @@
+"""What a called system says about itself: "slow down" (429) and "unavailable" (503, down).
+
+Raised from the call site and understood by :class:`~faust_backpressure.agents.downstream.
+Downstream`: a :class:`SlowDown` pauses the dependency on every worker and retries the same
+event after the pause; a :class:`DependencyUnavailable` counts as a failure for the circuit
+breaker and is retried once the breaker lets calls through. Neither is dead-lettered.
+
+Example::
+
+    if resp.status in (429, 503):
+        raise from_http(resp.status, resp.headers.get("Retry-After"))
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+
+from faust_backpressure.config.validation import is_number
+
+__all__ = ["DependencyUnavailable", "SlowDown", "from_http", "parse_retry_after"]
+
+
+class SlowDown(Exception):
+    """The called system asks for a pause: ``retry_after`` in seconds or as an HTTP date, as
+    the system said it (None: the guard's default), e.g. HTTP 429 with ``Retry-After``. The
+    guard reads it with :func:`parse_retry_after` and its own default and cap."""
+
+    def __init__(self, retry_after: float | str | None = None,
+                 reason: str = "slow down") -> None:
+        super().__init__(f"{reason} (retry after {retry_after} s)" if retry_after is not None
+                         else reason)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class DependencyUnavailable(Exception):
+    """The called system is down or failing as a whole (HTTP 503 without ``Retry-After``,
+    refused connections): a failure for the breaker, not a fault of the event."""
+
+
+def parse_retry_after(value: str | float | None, *, default: float, maximum: float,
+                      now: float | None = None) -> float:
+    """Seconds to wait from a ``Retry-After`` value: a number of seconds, or an HTTP date
+    (RFC 9110). Missing or unreadable: ``default``; never below 0 nor above ``maximum``
+    (a hostile or buggy header cannot stop the stream for a day)."""
+    seconds: float | None = None
+    if is_number(value) and not isinstance(value, bool):
+        seconds = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and when.tzinfo is not None:
+                seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds is None or not math.isfinite(seconds):
+        seconds = default
+    return min(max(seconds, 0.0), maximum)
+
+
+def from_http(status: int, retry_after: str | float | None = None) -> Exception:
+    """The exception for an HTTP status: 429 -> :class:`SlowDown`; 503 with ``Retry-After``
+    -> :class:`SlowDown`, without -> :class:`DependencyUnavailable`; other 5xx ->
+    :class:`DependencyUnavailable`; anything else -> ``ValueError`` (the event's fault)."""
+    if status == 429 or (status == 503 and retry_after is not None):
+        return SlowDown(retry_after, f"HTTP {status}")
+    if 500 <= status < 600:
+        return DependencyUnavailable(f"HTTP {status}")
+    return ValueError(f"HTTP {status}")

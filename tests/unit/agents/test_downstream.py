@@ -1,0 +1,215 @@
+"""The downstream guard on its own (no Kafka): outcomes, pauses, the breaker, slow-down records.
+
+Waits here are short real ones (tens of milliseconds); the assertions are about order and
+outcomes (a call never starts before a pause ends, a failure is never raised from ``run``),
+never about how long something took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import pytest
+
+from faust_backpressure.agents.downstream import (
+    Downstream,
+    WaitAborted,
+    build_downstream,
+    is_unavailable,
+)
+from faust_backpressure.agents.slow_down import (
+    DependencyUnavailable,
+    SlowDown,
+    from_http,
+    parse_retry_after,
+)
+from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
+from faust_backpressure.limiters import CircuitBreaker, FixedLimit
+from faust_backpressure.tables.integrity import RejectedRecord
+
+
+def guard(**breaker: object) -> Downstream:
+    options = {"minimum_calls": 4, "wait_in_open": 0.05, "half_open_calls": 1, **breaker}
+    return Downstream("api", limit=FixedLimit(4), breaker=CircuitBreaker(**options),
+                      default_retry_after=0.05)
+
+
+def test_retry_after_reads_seconds_and_dates_and_is_capped() -> None:
+    assert parse_retry_after("3", default=1, maximum=300) == 3
+    assert parse_retry_after(2.5, default=1, maximum=300) == 2.5
+    assert parse_retry_after(None, default=1, maximum=300) == 1
+    assert parse_retry_after("soon", default=1, maximum=300) == 1
+    assert parse_retry_after("86400", default=1, maximum=300) == 300  # capped
+    assert parse_retry_after("-5", default=1, maximum=300) == 0
+    assert parse_retry_after("nan", default=1, maximum=300) == 1
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 7, usegmt=True)
+    assert parse_retry_after(date, default=1, maximum=300, now=now) == pytest.approx(7)
+
+
+def test_http_statuses_map_to_slow_down_unavailable_or_the_events_fault() -> None:
+    assert isinstance(from_http(429, "2"), SlowDown)
+    assert isinstance(from_http(429), SlowDown)
+    assert isinstance(from_http(503, "1"), SlowDown)
+    assert isinstance(from_http(503), DependencyUnavailable)
+    assert isinstance(from_http(500), DependencyUnavailable)
+    assert isinstance(from_http(400), ValueError)
+    assert is_unavailable(ConnectionRefusedError()) and is_unavailable(asyncio.TimeoutError())
+    assert not is_unavailable(ValueError())
+
+
+async def test_a_slow_down_pauses_the_guard_and_run_retries_the_same_call_after_it() -> None:
+    api = guard()
+    published: list[tuple[str, float]] = []
+
+    async def publish(name: str, until: float) -> None:
+        published.append((name, until))
+
+    api.publish = publish
+    calls: list[float] = []
+
+    async def charge(order: str) -> str:
+        calls.append(time.time())
+        if len(calls) == 1:
+            raise api.slow_down(retry_after=0.05)
+        return f"charged {order}"
+
+    assert await api.run(charge, "o-1") == "charged o-1"
+    assert len(calls) == 2 and len(published) == 1
+    name, until = published[0]
+    assert name == "api" and calls[1] >= until  # not before the pause ended
+    assert api.outcomes["slow_down"] == 1 and api.outcomes["success"] == 1
+    assert api.breaker.stats().failure_rate == 0  # a slow-down is not a failure
+
+
+async def test_a_pause_from_another_worker_holds_calls_and_a_shorter_one_changes_nothing() -> None:
+    api = guard()
+    until = time.time() + 0.05
+    assert api.pause_until(until, source="from w2")
+    assert not api.pause_until(until - 0.01, source="from w3")  # coalesced
+    assert api.paused_for > 0
+    started: list[float] = []
+
+    async def call() -> None:
+        started.append(time.time())
+
+    await api.run(call)
+    assert started[0] >= until
+
+
+async def test_an_outage_opens_the_breaker_and_run_waits_instead_of_failing() -> None:
+    api = guard()
+    attempts = 0
+
+    async def flaky() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 4:
+            raise DependencyUnavailable("503")
+        return "ok"
+
+    assert await api.run(flaky) == "ok"  # never raised: waited for the breaker
+    assert api.breaker.stats().opened >= 1
+    assert api.outcomes["unavailable"] == 4 and api.outcomes["retried"] == 4
+
+
+async def test_other_errors_are_the_events_fault_and_are_raised() -> None:
+    api = guard()
+
+    async def bad() -> None:
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError, match="bad request"):
+        await api.run(bad)
+    assert api.outcomes["error"] == 1
+
+
+async def test_a_wait_for_the_breaker_ends_when_the_flow_stops_and_nothing_is_called() -> None:
+    api = guard()
+    api.force("open")
+    stopped = asyncio.Event()
+    called = False
+
+    async def call() -> None:
+        nonlocal called
+        called = True
+
+    waiting = asyncio.ensure_future(api.run_unless(stopped, call))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stopped.set()
+    with pytest.raises(WaitAborted):
+        await waiting
+    assert not called
+    api.force("auto")
+    await api.run(call)
+    assert called
+
+
+async def test_the_guard_never_has_more_calls_in_flight_than_its_limit() -> None:
+    api = build_downstream("db", max_concurrency=3, limit="fixed")
+    in_flight = peak = 0
+
+    async def query() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+
+    await asyncio.gather(*(api.run(query) for _ in range(30)))
+    assert peak == 3
+    stats = api.stats()
+    assert stats.outcomes["success"] == 30 and stats.in_flight == 0
+    assert sum(stats.latency_buckets) == 30 and stats.latency_p99 is not None
+
+
+def test_operators_force_the_breaker_and_bad_states_are_refused() -> None:
+    api = guard()
+    api.force("open")
+    assert api.state.value == "forced_open"
+    api.force("close")
+    assert api.state.value == "forced_closed"
+    api.force("auto")
+    assert api.state.value == "closed"
+    with pytest.raises(ValueError, match="open, close or auto"):
+        api.force("half")
+    with pytest.raises(ValueError, match="limit must be"):
+        build_downstream("x", max_concurrency=4, limit="magic")
+
+
+def test_slow_down_records_are_signed_range_checked_and_rejected_when_hostile() -> None:
+    secret, now = b"s3cret", 1_700_000_000.0
+    record = SlowDownRecord("api", now + 2, "w1", now)
+    raw, key = record.encode(secret), b"downstream/api"
+    assert SlowDownRecord.decode(raw, key, secret, now=now, max_pause=300,
+                                 max_skew=10) == record
+    with pytest.raises(RejectedRecord) as forged:
+        SlowDownRecord.decode(raw, key, b"other", now=now, max_pause=300, max_skew=10)
+    assert forged.value.code == "bad_signature"
+    long = SlowDownRecord("api", now + 3000, "w1", now).encode(secret)
+    with pytest.raises(RejectedRecord) as too_long:
+        SlowDownRecord.decode(long, key, secret, now=now, max_pause=300, max_skew=10)
+    assert too_long.value.code == "out_of_range"
+    future = SlowDownRecord("api", now + 102, "w1", now + 100).encode(secret)
+    with pytest.raises(RejectedRecord) as ahead:
+        SlowDownRecord.decode(future, key, secret, now=now, max_pause=300, max_skew=10)
+    assert ahead.value.code == "future"
+    with pytest.raises(RejectedRecord):
+        SlowDownRecord.decode(raw, b"downstream/other", secret, now=now, max_pause=300,
+                              max_skew=10)
+    with pytest.raises(RejectedRecord):
+        SlowDownRecord.decode(b"\xff not json", key, None, now=now, max_pause=300,
+                              max_skew=10)
+
+
+def test_breaker_commands_round_trip_and_unknown_states_are_rejected() -> None:
+    command = BreakerCommand.new("api", "open", "ops@host", "maintenance")
+    assert BreakerCommand.decode(command.encode(b"k"), command.key, b"k") == command
+    with pytest.raises(ValueError, match="breaker state"):
+        BreakerCommand.new("api", "half", "ops")
+    bad = command.encode(None).replace(b'"open"', b'"halfway"')
+    with pytest.raises(RejectedRecord, match="state"):
+        BreakerCommand.decode(bad, command.key, None)
