@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,7 @@ from faust_backpressure.agents.slow_down import (
     parse_retry_after,
 )
 from faust_backpressure.config.validation import check_number
-from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters import RateLimitingStrategy, TokenBucketRateLimiter
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
 from faust_backpressure.limiters.concurrency import (
@@ -43,6 +44,7 @@ from faust_backpressure.limiters.concurrency import (
     GradientLimit,
 )
 from faust_backpressure.limiters.concurrency_limiter import ConcurrencyLimiter
+from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
            "build_downstream", "is_unavailable"]
@@ -88,6 +90,8 @@ class DownstreamStats:
     latency_p99: float | None = None
     latency_buckets: list[int] = field(default_factory=list)
     latency_sum: float = 0.0
+    #: The rate learnt from slow-downs (None: no limit learnt yet, or not learning).
+    learnt_rate: float | None = None
 
 
 class Downstream:
@@ -98,9 +102,11 @@ class Downstream:
                  max_retry_after: float = 300.0,
                  unavailable: Callable[[BaseException], bool] = is_unavailable,
                  publish: Publisher | None = None, clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time, max_concurrency: int | None = None) -> None:
+                 wall_clock: Clock = time.time, max_concurrency: int | None = None,
+                 quota: QuotaLearner | None = None, coalesce: float = 1.0) -> None:
         """``max_concurrency``: the most calls in flight the limit may allow (how many events
-        a pipeline keeps in progress); default the limit's ``max_limit``."""
+        a pipeline keeps in progress); default the limit's ``max_limit``. ``quota``: learns
+        the rate the system allows from its slow-downs (None: pauses only)."""
         self.name = name
         self.max_concurrency = int(max_concurrency if max_concurrency is not None
                                    else getattr(limit, "max_limit", limit.limit))
@@ -114,6 +120,9 @@ class Downstream:
         self.publish = publish
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
+        self.coalesce = check_number("coalesce", coalesce, 0)
+        self.quota = quota
+        self._quota_bucket: TokenBucketRateLimiter | None = None
         self.outcomes: Counter[str] = Counter()
         self._recent: deque[float] = deque(maxlen=_RECENT)
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -145,17 +154,32 @@ class Downstream:
         return max(0.0, self._paused_until - self._wall())
 
     def pause_until(self, until: float, *, source: str = "local") -> bool:
-        """Pause calls until ``until`` (wall clock), e.g. from another worker's slow-down;
-        False if a pause at least as long is already in force (nothing changes)."""
-        if until <= self._paused_until:
+        """Pause calls until ``until`` (wall clock), e.g. from another worker's slow-down.
+        A slow-down that ends within ``coalesce`` seconds of the pause in force is the same
+        episode (calls sent before the pause answering late): False, nothing changes."""
+        now = self._wall()
+        seconds = min(until - now, self.max_retry_after)
+        if seconds <= 0 or (self._paused_until > now
+                            and until <= self._paused_until + self.coalesce):
             return False
-        seconds = min(until - self._wall(), self.max_retry_after)
-        if seconds <= 0:
-            return False
-        self._paused_until = self._wall() + seconds
+        self._paused_until = now + seconds
         self.breaker.open_for(seconds)
-        log.warning("downstream %s: slowed down for %.1f s (%s)", self.name, seconds, source)
+        self.outcomes["pauses"] += 1
+        rate = ""
+        if self.quota is not None:  # every worker backs off once per episode
+            self._apply_rate(self.quota.slowed_down(seconds))
+            rate = f", then {self.quota.rate:.1f}/s"
+        log.warning("downstream %s: slowed down for %.1f s%s (%s)", self.name, seconds, rate,
+                    source)
         return True
+
+    def _apply_rate(self, rate: float) -> None:
+        burst = max(1.0, rate * 0.05)  # 50 ms of calls: no rush after a pause
+        if self._quota_bucket is None:
+            self._quota_bucket = TokenBucketRateLimiter(rate, burst, initial_tokens=0,
+                                                        clock=self._clock)
+        else:
+            self._quota_bucket.update_rate_limit(rate)
 
     async def _slowed_down(self, exc: SlowDown) -> None:
         seconds = parse_retry_after(exc.retry_after, default=self.default_retry_after,
@@ -194,6 +218,8 @@ class Downstream:
         ``stopped``: give up waiting for the breaker when it is set (:class:`WaitAborted`)."""
         await self._admitted(stopped)
         try:
+            if self._quota_bucket is not None:
+                await self._quota_bucket.acquire()
             if self.rate is not None:
                 await self.rate.acquire()
             permit = await self.concurrency.acquire()
@@ -225,6 +251,8 @@ class Downstream:
         elif outcome == "success":
             permit.success()
             self._observe(seconds)
+            if self.quota is not None and (rate := self.quota.succeeded()) is not None:
+                self._apply_rate(rate)
         else:
             permit.ignore()
 
@@ -287,7 +315,9 @@ class Downstream:
             failure_rate=breaker.failure_rate, slow_call_rate=breaker.slow_call_rate,
             paused_for=self.paused_for, outcomes=dict(self.outcomes),
             latency_p50=_percentile(recent, 0.50), latency_p99=_percentile(recent, 0.99),
-            latency_buckets=list(self._buckets), latency_sum=self._latency_sum)
+            latency_buckets=list(self._buckets), latency_sum=self._latency_sum,
+            learnt_rate=None if self._quota_bucket is None else self.quota.rate
+            if self.quota is not None else None)
 
     @property
     def error_rate(self) -> float:
@@ -307,6 +337,7 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                      rate: RateLimitingStrategy | None = None,
                      breaker: dict[str, Any] | None = None,
                      unavailable: Callable[[BaseException], bool] | None = None,
+                     learn_quota: bool = True, max_rate: float = math.inf,
                      **options: Any) -> Downstream:
     """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes)."""
     if isinstance(limit, str):
@@ -323,4 +354,6 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                              f"ConcurrencyLimit, got {limit!r}")
     return Downstream(name, limit=limit, breaker=CircuitBreaker(**(breaker or {})),
                       rate=rate, unavailable=unavailable or is_unavailable,
-                      max_concurrency=max_concurrency, **options)
+                      max_concurrency=max_concurrency,
+                      quota=QuotaLearner(max_rate=max_rate) if learn_quota else None,
+                      **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
@@ -169,7 +170,8 @@ class Backpressure:
                    minimum_calls: int = 10, wait_in_open: float = 5.0,
                    half_open_calls: int = 3, default_retry_after: float = 1.0,
                    max_retry_after: float = 300.0,
-                   unavailable: Callable[[BaseException], bool] | None = None) -> Downstream:
+                   unavailable: Callable[[BaseException], bool] | None = None,
+                   learn_quota: bool = True, max_rate: float = math.inf) -> Downstream:
         """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
         in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"aimd"``,
         ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
@@ -177,7 +179,10 @@ class Backpressure:
         optionally a rate limiter (``rate_limit``: an id shared by every worker, or an
         object). ``unavailable(exc)``: whether an exception means the system is down
         (retried once the breaker allows, never dead-lettered); default
-        :func:`~faust_backpressure.agents.downstream.is_unavailable`."""
+        :func:`~faust_backpressure.agents.downstream.is_unavailable`. ``learn_quota``: after
+        a slow-down, keep to the rate the system served, probing above it now and then
+        (at most ``max_rate``; see :class:`~faust_backpressure.limiters.quota.QuotaLearner`).
+        """
         if name in self.downstreams:
             raise ValueError(f"downstream {name!r} is already declared")
         guard = build_downstream(
@@ -192,7 +197,8 @@ class Backpressure:
                          minimum_calls=minimum_calls, wait_in_open=wait_in_open,
                          half_open_calls=half_open_calls),
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
-            unavailable=unavailable, publish=self._publish_slow_down)
+            unavailable=unavailable, publish=self._publish_slow_down,
+            learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
 

@@ -1,0 +1,116 @@
+"""Learning a quota that a called system enforces but does not announce, from its "slow down"s.
+
+A system with a quota answers 429 once callers exceed it; it rarely says the quota. This is
+AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
+
+* no slow-down yet: no limit (``rate`` is ``math.inf``);
+* a slow-down: the ceiling becomes what was actually served just before (successes per second
+  in the last whole interval, or the rate itself when nothing was seen), and the rate backs
+  off to
+  ``backoff`` x the ceiling (``fast_backoff`` if the previous slow-down was under
+  ``recent`` seconds ago: the quota fell, find it in a few steps);
+* every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
+  and after ``probe_after`` seconds near it probes above it, a little more each interval,
+  so that a raised quota is found.
+
+Pure: the caller reports outcomes and applies ``rate`` to its limiter. Example::
+
+    learner = QuotaLearner(max_rate=5000)
+    learner.slowed_down()          # on a 429
+    learner.succeeded()            # per successful call; returns the new rate when it moved
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from faust_backpressure.config.validation import check_number
+
+from .base import Clock
+
+__all__ = ["QuotaLearner"]
+
+
+class QuotaLearner:
+    """The rate one caller should keep to, learnt from successes and slow-downs."""
+
+    __slots__ = ("_clock", "_next_step", "_ok", "_probes", "_served", "_since", "_slowed_at",
+                 "backoff", "ceiling", "fast_backoff", "interval", "max_rate", "min_rate",
+                 "near_since", "probe_after", "rate", "recent")
+
+    def __init__(self, *, max_rate: float = math.inf, min_rate: float = 1.0,
+                 backoff: float = 0.9, fast_backoff: float = 0.7, recent: float = 5.0,
+                 interval: float = 1.0, probe_after: float = 30.0,
+                 clock: Clock = time.monotonic) -> None:
+        self.max_rate = (math.inf if max_rate == math.inf
+                         else check_number("max_rate", max_rate, 0, strict=True))
+        self.min_rate = check_number("min_rate", min_rate, 0, strict=True)
+        self.backoff = _fraction("backoff", backoff)
+        self.fast_backoff = _fraction("fast_backoff", fast_backoff)
+        self.recent = check_number("recent", recent, 0)
+        self.interval = check_number("interval", interval, 0, strict=True)
+        self.probe_after = check_number("probe_after", probe_after, 0)
+        self._clock = clock
+        self.rate = self.max_rate
+        #: What was served when the last slow-down came (None: none yet).
+        self.ceiling: float | None = None
+        now = clock()
+        self._since, self._ok, self._next_step = now, 0, now + self.interval
+        self._served = 0.0  # successes per second in the last whole interval
+        self._slowed_at = -math.inf
+        self.near_since: float | None = None
+        self._probes = 0
+
+    def slowed_down(self, pause: float = 0.0) -> float:
+        """A slow-down (one per pause: the caller coalesces) that stops calls for ``pause``
+        seconds; returns the new rate."""
+        now = self._clock()
+        elapsed = now - self._since
+        # what was served: the last whole interval, or this one if it went on long enough
+        served = max(self._served, self._ok / elapsed if elapsed >= self.interval / 2 else 0)
+        ceiling = min(served, self.rate) if served > 0 else self.rate
+        if not math.isfinite(ceiling):  # no limit yet and nothing measured: guess low
+            ceiling = max(self.min_rate, self._ok / max(elapsed, self.interval))
+        factor = self.fast_backoff if now - self._slowed_at < self.recent else self.backoff
+        self.ceiling = ceiling
+        self.rate = max(self.min_rate, ceiling * factor)
+        self._slowed_at = now
+        self._served = 0.0
+        self._restart(now + pause)  # what is served counts once the pause is over
+        self.near_since, self._probes = None, 0
+        return self.rate
+
+    def _restart(self, now: float) -> None:
+        self._since, self._ok, self._next_step = now, 0, now + self.interval
+
+    def succeeded(self) -> float | None:
+        """One successful call; the new rate when it changed (at most once an interval)."""
+        self._ok += 1
+        now = self._clock()
+        if now < self._next_step or now < self._since:
+            return None
+        self._served = self._ok / (now - self._since)
+        self._restart(now)
+        if self.ceiling is None:
+            return None
+        old = self.rate
+        ceiling = self.ceiling
+        if self.rate < 0.99 * ceiling:
+            self.rate += (ceiling - self.rate) / 4
+            self.near_since = None
+        else:
+            if self.near_since is None:
+                self.near_since = now
+            if now - self.near_since >= self.probe_after:
+                self._probes += 1  # above the ceiling, more each interval
+                self.rate = max(self.rate, ceiling) * (1 + 0.01 * self._probes)
+        self.rate = min(self.rate, self.max_rate)
+        return self.rate if self.rate != old else None
+
+
+def _fraction(name: str, value: float) -> float:
+    value = check_number(name, value, 0, strict=True)
+    if value >= 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return value

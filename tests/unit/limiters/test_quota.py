@@ -1,0 +1,80 @@
+"""Learning an unannounced quota from slow-downs, on a virtual clock: a simulated service that
+serves at most ``quota`` calls per second and slows callers down above it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from faust_backpressure.limiters.quota import QuotaLearner
+
+from .conftest import FakeClock
+
+
+def serve(learner: QuotaLearner, clock: FakeClock, quota: float, seconds: float,
+          pause: float = 1.0) -> list[float]:
+    """Call at the learner's rate (unlimited: 10 x quota) for ``seconds``; a second that
+    exceeds ``quota`` is a slow-down and a ``pause`` with nothing served. Served per second."""
+    served: list[float] = []
+    end = clock.now + seconds
+    while clock.now < end:
+        rate = min(learner.rate, 10 * quota)
+        if rate > quota * 1.0001:  # over the quota: some calls slowed down
+            for _ in range(int(quota)):
+                learner.succeeded()
+                clock.advance(1 / rate)
+            learner.slowed_down(pause)
+            served.append(quota)
+            clock.advance(pause)
+            served.extend([0.0] * int(pause))
+            continue
+        for _ in range(max(1, int(rate))):
+            learner.succeeded()
+            clock.advance(1 / rate)
+        served.append(rate)
+    return served
+
+
+def test_no_limit_until_the_first_slow_down_then_the_served_rate_less_a_margin(
+        clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    assert learner.rate == math.inf and learner.succeeded() is None
+    for _ in range(300):  # 300 served in 1 s
+        learner.succeeded()
+        clock.advance(1 / 300)
+    assert learner.slowed_down() == pytest.approx(0.9 * 300, rel=0.01)
+    assert learner.ceiling == pytest.approx(300, rel=0.01)
+
+
+def test_a_steady_quota_is_held_with_rare_slow_downs(clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    served = serve(learner, clock, quota=300, seconds=300)
+    steady = served[30:]
+    mean = sum(steady) / len(steady)
+    pauses = sum(1 for s in steady if s == 0)
+    # The sawtooth (back off to 0.9, climb back) and a pause per probe cost ~5% (the
+    # simulation gives 95.0%); probing above the ceiling is rare (every ~40 s).
+    assert mean >= 0.93 * 300, mean
+    assert pauses <= len(steady) / 30, pauses
+
+
+def test_a_halved_quota_is_found_in_a_few_steps_and_a_doubled_one_in_time(
+        clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    serve(learner, clock, quota=300, seconds=60)
+    halved = serve(learner, clock, quota=150, seconds=30)
+    first_fit = next(i for i, s in enumerate(halved) if 0 < s <= 150 * 1.0001
+                     and all(0 <= x <= 150.02 for x in halved[i:i + 3]))
+    assert first_fit <= 8, halved[:12]  # fast backoff: 0.9, then 0.7 per recent slow-down
+    doubled = serve(learner, clock, quota=600, seconds=120)
+    # probing starts after probe_after (30 s) near the ceiling, a bit more each second
+    assert next(i for i, s in enumerate(doubled) if s >= 0.9 * 600) <= 60
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="backoff"):
+        QuotaLearner(backoff=1.5)
+    with pytest.raises(ValueError, match="interval"):
+        QuotaLearner(interval=0)
+    assert QuotaLearner(max_rate=50).rate == 50
