@@ -161,6 +161,8 @@ class Downstream:
         seconds = min(until - now, self.max_retry_after)
         if seconds <= 0 or (self._paused_until > now
                             and until <= self._paused_until + self.coalesce):
+            if source != "local":
+                log.info("downstream %s: slow-down %s, the same pause", self.name, source)
             return False
         self._paused_until = now + seconds
         self.breaker.open_for(seconds)
@@ -227,6 +229,8 @@ class Downstream:
             self.breaker.abandon()  # a half-open probe that will never report
             raise
         start = self._clock()
+        if self.quota is not None:
+            self.quota.started()
         try:
             yield
         except SlowDown as exc:

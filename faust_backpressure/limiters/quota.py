@@ -35,7 +35,8 @@ __all__ = ["QuotaLearner"]
 class QuotaLearner:
     """The rate one caller should keep to, learnt from successes and slow-downs."""
 
-    __slots__ = ("_clock", "_next_step", "_ok", "_probes", "_served", "_since", "_slowed_at",
+    __slots__ = ("_attempted", "_attempts", "_clock", "_next_step", "_ok", "_probes", "_served",
+                 "_since", "_slowed_at",
                  "backoff", "ceiling", "fast_backoff", "interval", "max_rate", "min_rate",
                  "near_since", "probe_after", "rate", "recent")
 
@@ -56,33 +57,41 @@ class QuotaLearner:
         #: What was served when the last slow-down came (None: none yet).
         self.ceiling: float | None = None
         now = clock()
-        self._since, self._ok, self._next_step = now, 0, now + self.interval
-        self._served = 0.0  # successes per second in the last whole interval
+        self._restart(now)
+        #: successes and calls per second in the last whole interval
+        self._served = self._attempted = 0.0
         self._slowed_at = -math.inf
         self.near_since: float | None = None
         self._probes = 0
 
+    def started(self) -> None:
+        """A call went out (what was attempted bounds the quota when little was served)."""
+        self._attempts += 1
+
     def slowed_down(self, pause: float = 0.0) -> float:
         """A slow-down (one per pause: the caller coalesces) that stops calls for ``pause``
-        seconds; returns the new rate."""
+        seconds; returns the new rate (``math.inf`` while nothing was attempted here)."""
         now = self._clock()
         elapsed = now - self._since
-        # what was served: the last whole interval, or this one if it went on long enough
-        served = max(self._served, self._ok / elapsed if elapsed >= self.interval / 2 else 0)
-        ceiling = min(served, self.rate) if served > 0 else self.rate
-        if not math.isfinite(ceiling):  # no limit yet and nothing measured: guess low
-            ceiling = max(self.min_rate, self._ok / max(elapsed, self.interval))
+        # What was served: the last whole interval, or this one if it went on long enough;
+        # when nothing was, what was attempted (a burst refused at once: an upper bound).
+        served = max(self._served,
+                     self._ok / elapsed if elapsed >= self.interval / 2 else 0.0)
+        attempted = max(self._attempted, self._attempts / elapsed if elapsed > 0 else 0.0)
+        ceiling = min(served if served > 0 else attempted, self.rate)
         factor = self.fast_backoff if now - self._slowed_at < self.recent else self.backoff
-        self.ceiling = ceiling
-        self.rate = max(self.min_rate, ceiling * factor)
         self._slowed_at = now
-        self._served = 0.0
+        self._served = self._attempted = 0.0
         self._restart(now + pause)  # what is served counts once the pause is over
         self.near_since, self._probes = None, 0
+        if ceiling > 0 and math.isfinite(ceiling):
+            self.ceiling = ceiling
+            self.rate = max(self.min_rate, ceiling * factor)
         return self.rate
 
     def _restart(self, now: float) -> None:
-        self._since, self._ok, self._next_step = now, 0, now + self.interval
+        self._since, self._ok, self._attempts = now, 0, 0
+        self._next_step = now + self.interval
 
     def succeeded(self) -> float | None:
         """One successful call; the new rate when it changed (at most once an interval)."""
@@ -91,6 +100,7 @@ class QuotaLearner:
         if now < self._next_step or now < self._since:
             return None
         self._served = self._ok / (now - self._since)
+        self._attempted = self._attempts / (now - self._since)
         self._restart(now)
         if self.ceiling is None:
             return None

@@ -22,6 +22,7 @@ def serve(learner: QuotaLearner, clock: FakeClock, quota: float, seconds: float,
         rate = min(learner.rate, 10 * quota)
         if rate > quota * 1.0001:  # over the quota: some calls slowed down
             for _ in range(int(quota)):
+                learner.started()
                 learner.succeeded()
                 clock.advance(1 / rate)
             learner.slowed_down(pause)
@@ -30,6 +31,7 @@ def serve(learner: QuotaLearner, clock: FakeClock, quota: float, seconds: float,
             served.extend([0.0] * int(pause))
             continue
         for _ in range(max(1, int(rate))):
+            learner.started()
             learner.succeeded()
             clock.advance(1 / rate)
         served.append(rate)
@@ -70,6 +72,17 @@ def test_a_halved_quota_is_found_in_a_few_steps_and_a_doubled_one_in_time(
     doubled = serve(learner, clock, quota=600, seconds=120)
     # probing starts after probe_after (30 s) near the ceiling, a bit more each second
     assert next(i for i, s in enumerate(doubled) if s >= 0.9 * 600) <= 60
+
+
+def test_a_burst_refused_at_once_bounds_the_first_ceiling_by_what_was_attempted(
+        clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    for _ in range(20):  # 20 calls in 50 ms, none served yet
+        learner.started()
+    clock.advance(0.05)
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 400)
+    fresh = QuotaLearner(clock=clock)
+    assert fresh.slowed_down() == math.inf  # nothing attempted here: no limit to learn
 
 
 def test_arguments_are_checked() -> None:

@@ -1,0 +1,132 @@
+"""A dependency with a quota and outages, called by two real ``faust worker`` processes
+through a downstream guard: a 429 pauses every worker, an outage makes events wait, and in
+both modes every event reaches the sink once the service answers, none in the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
+from faust_backpressure.testing.quota_client import QuotaServiceProcess
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from tests.integration.agents.helpers import read_committed
+
+pytestmark = pytest.mark.kafka
+
+APP = "tests.integration.downstream.guarded_app"
+MODES = ["at_least_once", "exactly_once"]
+MAX_CONCURRENCY, MINIMUM_CALLS, WAIT = 8, 5, 0.5  # as guarded_app declares them
+OUTAGE = 3.0  # seconds the service keeps failing once every breaker is open
+
+
+@pytest.fixture
+def quota_service() -> Iterator[QuotaServiceProcess]:
+    with QuotaServiceProcess(quota=40, burst=4, servers=4, service_time=0.005) as service:
+        yield service
+
+
+async def start_workers(kafka_bootstrap: str, unique_name: Callable[[str], str],
+                        faust_workers: Callable[..., FaustWorker], guarantee: str,
+                        url: str) -> tuple[dict[str, str], list[FaustWorker]]:
+    topics = {"source": unique_name("src"), "sink": unique_name("sink"),
+              "dlq": unique_name("dlq")}
+    await create_topics(kafka_bootstrap, {topics["source"]: 4, topics["sink"]: 4,
+                                          topics["dlq"]: 1})
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": topics["source"],
+           "FBP_SINK": topics["sink"], "FBP_DLQ": topics["dlq"], "FBP_GUARANTEE": guarantee,
+           "FBP_QUOTA_URL": url}
+    workers = [faust_workers(APP, name=name, env=env).wait_ready() for name in ("a", "b")]
+    await asyncio.to_thread(wait_until_settled, workers)
+    return topics, workers
+
+
+async def all_out_none_dead(bootstrap: str, topics: dict[str, str], ids: list[bytes],
+                            guarantee: str) -> None:
+    out = await read_committed(bootstrap, topics["sink"],
+                               until=lambda rs: set(ids) <= {r.value for r in rs},
+                               timeout=90, settle=0.5)
+    counts = Counter(r.value for r in out)
+    assert set(counts) == set(ids)
+    assert sum((await end_offsets(bootstrap, topics["dlq"])).values()) == 0
+    if guarantee == "exactly_once":  # at_least_once may repeat by design
+        assert max(counts.values()) == 1, counts.most_common(3)
+
+
+async def outage_begins(service: QuotaServiceProcess, workers: list[FaustWorker],
+                        bootstrap: str, topics: dict[str, str], ids: list[bytes]) -> None:
+    """The service fails; every worker's breaker opens on it (a positive sign), then no
+    event is in the sink: they wait, none is dropped."""
+    service.admin(quota=1000, burst=100, fail=True, fail_retry_after=0)
+    await produce(bootstrap, topics["source"], ((i, i) for i in ids))
+    for worker in workers:
+        await asyncio.to_thread(worker.wait_for_log, r"breaker quota-api: open",
+                                new_only=False, what="the breaker opening")
+    assert sum((await end_offsets(bootstrap, topics["sink"])).values()) == 0
+
+
+@pytest.mark.parametrize("guarantee", MODES)
+async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker],
+        quota_service: QuotaServiceProcess) -> None:
+    topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
+                                          guarantee, quota_service.url)
+    ids = [b"id-%04d" % i for i in range(200)]
+    await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
+    await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
+    stats = quota_service.stats()
+    print(f"\n{guarantee}: {stats['ok']} ok, {stats['rejected_429']} x 429 "
+          f"for {len(ids)} events")
+    assert stats["rejected_429"] > 0  # the quota bound: the guard had something to do
+    # Each worker got the other's slow-downs through the ops topic (applied, or the same
+    # pause as its own).
+    for worker in workers:
+        await asyncio.to_thread(worker.wait_for_log, r"slow(ed)?[ -]down .*from \S+:\d+",
+                                new_only=False, what="a slow-down from the other worker")
+
+
+@pytest.mark.parametrize("guarantee", MODES)
+async def test_an_outage_holds_events_until_the_service_is_back_and_none_is_dead_lettered(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker],
+        quota_service: QuotaServiceProcess) -> None:
+    topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
+                                          guarantee, quota_service.url)
+    ids = [b"id-%04d" % i for i in range(200)]
+    began = time.monotonic()
+    await outage_begins(quota_service, workers, kafka_bootstrap, topics, ids)
+    await asyncio.sleep(OUTAGE)  # the outage goes on: events keep waiting
+    quota_service.admin(fail=False)
+    outage = time.monotonic() - began
+    failed = quota_service.stats()["failed_503"]
+    await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
+    # The design's bound per worker: the calls in flight when the failures began, the
+    # breaker's minimum calls before a verdict, then one probe per wait in open.
+    bound = len(workers) * (MAX_CONCURRENCY + MINIMUM_CALLS + math.ceil(outage / WAIT) + 2)
+    print(f"\n{guarantee}: {failed} x 503 in a {outage:.1f} s outage for {len(ids)} events "
+          f"(bound {bound})")
+    assert failed <= bound
+
+
+@pytest.mark.parametrize("guarantee", MODES)
+async def test_a_worker_killed_while_events_wait_for_the_service_loses_nothing(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker],
+        quota_service: QuotaServiceProcess) -> None:
+    topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
+                                          guarantee, quota_service.url)
+    ids = [b"id-%04d" % i for i in range(200)]
+    await outage_begins(quota_service, workers, kafka_bootstrap, topics, ids)
+    killed, survivor = workers
+    killed.kill()  # SIGKILL with events in flight, waiting for the breaker
+    # The survivor takes the killed worker's partitions; its own waiting events are put back
+    # at the end of their partitions when the rebalance stops the flow.
+    await asyncio.to_thread(survivor.wait_rebalanced)
+    quota_service.admin(fail=False)
+    await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
