@@ -22,8 +22,12 @@ kafka: $(STAMP)
 demo: kafka
 	$(PY) -m examples.demo
 
+# 4 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
+# (slowest collected first): the suite is mostly waiting
+# for real workers to join, rebalance and settle, so 4 keep 2 cores busy
+PYTEST_WORKERS ?= 4
 test: kafka
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -66,8 +66,9 @@ if STAGE == "1":
     @app.timer(0.1)
     async def report_decisions() -> None:
         seen = getattr(report_decisions, "seen", 0)
-        decisions = loop.decisions
-        for d in decisions[seen:]:
+        # the last decisions only (a bounded history): those decided since the last report
+        decisions = list(loop.decisions)[max(0, len(loop.decisions) - (loop.decided - seen)):]
+        for d in decisions:
             limiter = loop.limiter
             await send("decision", {
                 "at": time.time(), "rate": d.rate, "severity": d.severity.name,
@@ -80,7 +81,7 @@ if STAGE == "1":
                 "utilization": float(limiter.current_utilization),
                 "consumed": pipeline.stats.consumed, "produced": pipeline.stats.produced,
                 "samples": len(loop.samples)})
-        report_decisions.seen = len(decisions)  # type: ignore[attr-defined]
+        report_decisions.seen = loop.decided  # type: ignore[attr-defined]
 
 else:
     capacity = float(os.environ.get("FBP_CAPACITY", "100"))

@@ -6,6 +6,7 @@ for it. Set ``KAFKA_BOOTSTRAP_SERVERS`` to use an existing broker instead.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -25,6 +26,56 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+_SHARED_BROKER: contextlib.ExitStack | None = None
+
+#: Modules whose tests take longest (tens of seconds each: real workers, SIGKILLs, soaks),
+#: slowest first. Collected first, so that with ``-n N`` they start first and the short ones
+#: fill the gaps, instead of one long test left running alone at the end.
+SLOW_FIRST = (
+    "integration/chaos/test_chaos.py",
+    "integration/brokers/",
+    "integration/distributed/test_failover.py",
+    "integration/distributed/test_shared_bucket.py",
+    "integration/downstream/",
+    "integration/ops/test_commands.py",
+    "integration/distributed/",
+    "integration/agents/test_workers.py",
+    "integration/security/",
+    "integration/ops/",
+    "integration/agents/test_keyed_workers.py",
+    "integration/control/",
+    "integration/",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.removeprefix("tests/")
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if path.startswith(prefix)),
+                    len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a rank is kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``-n N`` (pytest-xdist), the controller starts one broker for all N workers
+    before they start (they inherit ``KAFKA_BOOTSTRAP_SERVERS``): one broker per test
+    session, not one per worker."""
+    global _SHARED_BROKER
+    is_worker = hasattr(config, "workerinput")
+    numprocesses = getattr(config.option, "numprocesses", None)
+    if is_worker or not numprocesses or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return
+    _SHARED_BROKER = contextlib.ExitStack()
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = _SHARED_BROKER.enter_context(_kafka_bootstrap())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SHARED_BROKER is not None:
+        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        _SHARED_BROKER.close()
 
 
 @pytest.fixture(scope="session")

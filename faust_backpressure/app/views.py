@@ -90,7 +90,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
             "limiter": label_of.get(id(loop.limiter), name),
             "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
             "max_consumer_lag": loop.controller.thresholds.max_consumer_lag,
-            "decisions": len(loop.decisions),
+            "decisions": loop.decided,
             "severity": None if decision is None else decision.severity.name,
             "circuit": None if decision is None else decision.circuit.value,
             "decided_rate": None if decision is None else decision.rate,
@@ -105,7 +105,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
             "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
             "override": loop.override,
             "recent_decisions": [{"rate": d.rate, "severity": d.severity.name,
-                                  "reason": d.reason} for d in loop.decisions[-RECENT:]],
+                                  "reason": d.reason}
+                                 for d in list(loop.decisions)[-RECENT:]],
             "last_sample": None if loop.last_sample is None else {
                 "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
                 "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},

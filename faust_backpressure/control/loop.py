@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -65,6 +66,9 @@ CONTROL_TABLE = "fbp-control"
 
 log = logging.getLogger(__name__)
 
+#: Decisions a loop keeps (the dashboard shows the last few; counts are in ``decided``).
+DECISION_HISTORY = 1000
+
 
 #: Most workers whose latest sample a decider keeps (a flood of made-up worker ids is dropped
 #: oldest first, so memory stays bounded).
@@ -99,7 +103,10 @@ class ControlLoop:
         self.gates = gates
         self.samples: dict[str, WorkerSample] = {}  # latest per worker (on the decider)
         self._received: dict[str, float] = {}  # when each arrived (decider's monotonic clock)
-        self.decisions: list[PressureDecision] = []
+        #: The latest decisions (at most DECISION_HISTORY: a long-running worker keeps no more)
+        self.decisions: collections.deque[PressureDecision] = collections.deque(
+            maxlen=DECISION_HISTORY)
+        self.decided = 0  # all decisions so far
         self.last_decision: PressureDecision | None = None
         self.last_sample: WorkerSample | None = None  # this worker's latest
         self._decided_at = 0.0
@@ -176,6 +183,7 @@ class ControlLoop:
         self._decided_at = now
         previous, self.last_decision = self.last_decision, decision
         self.decisions.append(decision)
+        self.decided += 1
         if decision.rate != self.limiter.current_rate_limit:
             self.limiter.update_rate_limit(decision.rate)
         if previous is None or previous.severity != decision.severity:

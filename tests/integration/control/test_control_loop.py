@@ -76,7 +76,7 @@ async def test_downstream_lag_forces_the_emergency_rate_until_cleared_then_resto
     else:  # at least as fast, never down while the backlog stays cleared
         last_emergency = max(i for i, d in enumerate(loop.decisions)
                              if d.severity is BackpressureSeverity.EMERGENCY)
-        restore = [d.rate for d in loop.decisions[last_emergency + 1:]]
+        restore = [d.rate for d in list(loop.decisions)[last_emergency + 1:]]
         assert restore == sorted(restore) and restore[-1] == 100, restore
         assert len([r for r in restore if r < 100]) <= 9, restore
     assert severities[-1] is BackpressureSeverity.NORMAL

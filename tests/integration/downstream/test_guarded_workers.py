@@ -27,7 +27,7 @@ OUTAGE = 3.0  # seconds the service keeps failing once every breaker is open
 
 @pytest.fixture
 def quota_service() -> Iterator[QuotaServiceProcess]:
-    with QuotaServiceProcess(quota=40, burst=4, servers=4, service_time=0.005) as service:
+    with QuotaServiceProcess(quota=60, burst=6, servers=4, service_time=0.005) as service:
         yield service
 
 
@@ -77,7 +77,7 @@ async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
         quota_service: QuotaServiceProcess) -> None:
     topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
                                           guarantee, quota_service.url)
-    ids = [b"id-%04d" % i for i in range(200)]
+    ids = [b"id-%04d" % i for i in range(150)]
     await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
     await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
     stats = quota_service.stats()
