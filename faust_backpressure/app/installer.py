@@ -202,6 +202,10 @@ class Backpressure:
         self.downstreams[name] = guard
         return guard
 
+    def _downstream_error_rate(self) -> float | None:
+        """The highest failure rate of the guarded systems (None: none guarded)."""
+        return max((guard.error_rate for guard in self.downstreams.values()), default=None)
+
     async def _publish_slow_down(self, dependency: str, until: float) -> None:
         record = SlowDownRecord(dependency, until, worker_name(), time.time())
         await send_control(self.app, ops_topic(str(self.app.conf.id)), slow_down_key(dependency),
@@ -233,6 +237,7 @@ class Backpressure:
             self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"),
                                          secret=self.settings.secret_key,
                                          max_clock_skew=self.settings.max_clock_skew)
+            self._control.error_rate = self._downstream_error_rate
         resolved = self.limiter(limiter, tokens_per_second=tokens_per_second,
                                 burst_capacity=burst_capacity)
         loop = self._control.add(ControlLoop(

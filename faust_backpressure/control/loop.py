@@ -90,6 +90,7 @@ class ControlLoop:
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
         self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
+        self._loops = loops  # its error_rate is read at each sample (set after this)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
             thresholds, policy=policy, interval=self.interval)
@@ -128,7 +129,7 @@ class ControlLoop:
             limiter=self.name, worker=worker, at=time.time(), lag=lag,
             utilization=float(self.limiter.current_utilization),
             cpu=psutil.cpu_percent(interval=None) / 100.0, processed=processed,
-            members=members)
+            members=members, error_rate=self._loops.error_rate())
         if self.shed_on_critical:  # every worker sees the same lag: each decides for itself
             lag = self.last_sample.lag
             shed = lag > self.controller.thresholds.critical_lag
@@ -174,12 +175,14 @@ class ControlLoop:
         # decider's clock (``now``), so that workers' clocks need not agree.
         counts = [s.processed for s in fresh if s.processed is not None]
         members = [s.members for s in fresh if s.members is not None]
+        errors = [s.error_rate for s in fresh if s.error_rate is not None]
         decision = self.controller.decide(PressureSample(
             lag=max(s.lag for s in fresh),
             utilization=max(s.utilization for s in fresh),
             cpu=max(s.cpu for s in fresh),
             processed=max(counts) if counts else None, at=now if counts else None,
-            members=members[-1] if members else None))  # the latest arrival's count
+            members=members[-1] if members else None,  # the latest arrival's count
+            error_rate=max(errors) if errors else None))
         self._decided_at = now
         previous, self.last_decision = self.last_decision, decision
         self.decisions.append(decision)
@@ -204,6 +207,9 @@ class ControlLoops:
         self.secret = secret
         self.max_clock_skew = max_clock_skew
         self.loops: dict[str, ControlLoop] = {}
+        #: The failure rate of what this worker's stream calls (None: nothing guarded); the
+        #: installer points it at the app's downstream guards.
+        self.error_rate: Callable[[], float | None] = lambda: None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
         partitions = int(app.conf.topic_partitions)

@@ -86,9 +86,15 @@ class PressureSample:
     #: How many members (workers) the downstream group has, if known: for the scale-out
     #: recommendation (``PressureDecision.recommended_workers``).
     members: int | None = None
+    #: The failure rate of the systems the stream calls (0..1), if it calls any through
+    #: guards: a restore waits while it is at or above ``max_error_rate``.
+    error_rate: float | None = None
 
     def __post_init__(self) -> None:
         check_int("lag", self.lag, 0)
+        if self.error_rate is not None and not 0 <= check_number(
+                "error_rate", self.error_rate, 0) <= 1:
+            raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate!r}")
         if self.members is not None:
             check_int("members", self.members, 0)
         for name in ("utilization", "cpu"):
@@ -115,6 +121,9 @@ class BackpressureThresholds:
     lag_decrease_factor: float = 0.8
     decrease_factor: float = 0.9
     restore_step: float = 0.1
+    #: A restore (any rise of the rate) waits while the called systems fail this often or
+    #: more (the guide's ``ErrorRate < 0.01``).
+    max_error_rate: float = 0.01
     emergency_rate: float = 1.0
     #: Restore only below this lag; between it and ``scaling_threshold`` the rate holds
     #: (hysteresis). ``None``: ``min(max_consumer_lag // 2, scaling_threshold)``, as in the
@@ -408,7 +417,13 @@ class BackpressureController:
         if downstream is not None:
             lag_seconds = (sample.lag / downstream if downstream > 0
                            else (math.inf if sample.lag > 0 else 0.0))
+        before = self.rate
         decision = self._decide(sample, downstream, lag_seconds)
+        if (decision.rate > before and sample.error_rate is not None
+                and sample.error_rate >= self.thresholds.max_error_rate):
+            self.rate = before  # what it calls still fails: no rise until that calms down
+            decision = self._hold(f"holding: downstream error rate {sample.error_rate:.3f} "
+                                  f">= {self.thresholds.max_error_rate}")
         return PressureDecision(decision.rate, decision.severity, decision.circuit,
                                 decision.shed, decision.reason, downstream, lag_seconds,
                                 self._recommend(sample, downstream))

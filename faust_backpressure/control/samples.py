@@ -41,6 +41,9 @@ class WorkerSample:
     processed: int | None = None
     #: How many members the downstream group has (its workers' consumers), if known.
     members: int | None = None
+    #: The highest failure rate of the systems this worker's stream calls (its downstream
+    #: guards' breaker windows), in [0, 1]; None without guards.
+    error_rate: float | None = None
 
     @property
     def sample_id(self) -> str:
@@ -55,6 +58,8 @@ class WorkerSample:
             body["processed"] = self.processed
         if self.members is not None:
             body["members"] = self.members
+        if self.error_rate is not None:
+            body["error_rate"] = self.error_rate
         return encode_signed(body, self.limiter.encode(), secret)
 
     @classmethod
@@ -71,4 +76,5 @@ class WorkerSample:
                    processed=None if data.get("processed") is None
                    else int(number(data, "processed", 0, MAX_PROCESSED)),
                    members=None if data.get("members") is None
-                   else int(number(data, "members", 0, MAX_MEMBERS)))
+                   else int(number(data, "members", 0, MAX_MEMBERS)),
+                   error_rate=number(data, "error_rate", 0.0, 1.0, optional=True))

@@ -150,3 +150,18 @@ def test_the_member_count_is_carried_signed_and_range_checked() -> None:
                               cpu=0.1, members=members).encode()
         with pytest.raises(RejectedRecord):
             WorkerSample.decode(absurd)
+
+
+def test_the_error_rate_is_carried_signed_and_range_checked() -> None:
+    from faust_backpressure.control.samples import WorkerSample
+    from faust_backpressure.tables.integrity import RejectedRecord
+
+    sample = WorkerSample("api", "w1", 1_700_000_000.0, 0, 0.5, 0.1, error_rate=0.25)
+    raw = sample.encode(b"k")
+    assert WorkerSample.decode(raw, b"api", b"k").error_rate == 0.25
+    assert WorkerSample.decode(WorkerSample("api", "w1", 1.0, 0, 0.5, 0.1).encode(),
+                               b"api").error_rate is None
+    for bad in (1.5, -0.1, float("nan")):
+        forged = raw.replace(b'"error_rate":0.25', b'"error_rate":' + repr(bad).encode())
+        with pytest.raises(RejectedRecord):
+            WorkerSample.decode(forged, b"api", None)

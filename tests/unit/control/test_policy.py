@@ -161,3 +161,19 @@ def test_thresholds_and_settings_share_one_restore_lag_rule() -> None:
                                max_consumer_lag=6_000, critical_lag=12_000)
     s = BackpressureSettings(max_consumer_lag=6_000, scaling_threshold=4_000)
     assert t.effective_restore_lag == s.effective_restore_lag == 3_000
+
+
+@pytest.mark.parametrize("policy", ["step", "setpoint"])
+def test_a_restore_waits_while_the_called_systems_fail_and_resumes_once_they_calm(
+        policy: str) -> None:
+    controller = BackpressureController(1000, policy=policy)  # type: ignore[arg-type]
+    controller.decide(PressureSample(lag=25_000, utilization=0.5))  # emergency: 1/s
+    failing = [controller.decide(PressureSample(lag=0, utilization=0.1, error_rate=0.2))
+               for _ in range(5)]
+    assert all(d.rate == 1.0 for d in failing)  # the guide's ErrorRate < 0.01, or no restore
+    assert "error rate 0.200" in failing[-1].reason
+    calm = [controller.decide(PressureSample(lag=0, utilization=0.1, error_rate=0.001))
+            for _ in range(3)]
+    assert calm[-1].rate > calm[0].rate > 1.0
+    with pytest.raises(ValueError, match="error_rate"):
+        PressureSample(lag=0, utilization=0.1, error_rate=1.5)
