@@ -11,6 +11,8 @@ action              body                                          same as the CL
 ``restore``         ``{"limiter": id, "reason": s?}``             ``backpressure restore``
 ``pause``           ``{"pipeline": name, "reason": s?}``          ``backpressure pause``
 ``resume``          ``{"pipeline": name, "reason": s?}``          ``backpressure resume``
+``breaker``         ``{"dependency": name, "state": "open" |       ``backpressure breaker``
+                    "close" | "auto", "reason": s?}``
 =================== ============================================= ==========================
 
 They go through Kafka exactly as the commands do (persisted, ordered, acknowledged). Without
@@ -28,8 +30,9 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.app.downstream_ops import BREAKER_STATES
 from faust_backpressure.app.ops import send_override
-from faust_backpressure.app.pause import send_pause
+from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.override import Override
 from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
@@ -37,7 +40,7 @@ from faust_backpressure.tables.kafka import client_settings
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 
-ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume")
+ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume", "breaker")
 TIMEOUT = 30.0
 
 
@@ -99,6 +102,8 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
                     Override.release(limiter, by=by, reason=reason))
         state = await send_override(kafka, app_id, override, secret=secret, timeout=TIMEOUT)
         return {"limiter": limiter, "state": state}
+    if action == "breaker":
+        return await _breaker(bp, body, request)
     pipeline = _text(body, "pipeline")
     if pipeline not in bp.pipelines:
         raise LookupError(f"no pipeline {pipeline!r} (declared: "
@@ -108,6 +113,21 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
         reason=_text(body, "reason", required=False), secret=secret, timeout=TIMEOUT)
     return {"pipeline": pipeline, "paused": action == "pause", "acked": acked,
             "workers": workers}
+
+
+async def _breaker(bp: Installation, body: dict[str, Any], request: Request
+                   ) -> dict[str, Any]:
+    dependency, state = _text(body, "dependency"), _text(body, "state")
+    if state not in BREAKER_STATES:
+        raise BadRequest(f"'state' must be one of {', '.join(BREAKER_STATES)}")
+    if dependency not in bp.downstreams:
+        raise LookupError(f"no downstream {dependency!r} (declared: "
+                          f"{', '.join(sorted(bp.downstreams)) or 'none'})")
+    acked, workers = await send_breaker(
+        client_settings(bp.app, "ops"), str(bp.app.conf.id), dependency, state=state,
+        by=_operator(request, body), reason=_text(body, "reason", required=False),
+        secret=bp.settings.secret_key, timeout=TIMEOUT)
+    return {"dependency": dependency, "state": state, "acked": acked, "workers": workers}
 
 
 async def _post(bp: Installation, action: str, web: View, request: Request) -> Response:

@@ -18,9 +18,8 @@ from typing import Any, Literal, NoReturn, TypeVar
 import click
 
 from faust_backpressure.app.cli_common import declared, given_app
-from faust_backpressure.app.downstream_ops import BreakerCommand
 from faust_backpressure.app.ops import cluster_status, group_lag, send_override
-from faust_backpressure.app.pause import ops_topic, send_acknowledged, send_pause
+from faust_backpressure.app.pause import ops_topic, send_breaker, send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.admin import (
@@ -266,17 +265,9 @@ def breaker(ctx: click.Context, action: str, dependency: str, reason: str,
                                "last_slow_down_until": slowed.get("until"),
                                "last_slow_down_by": slowed.get("by")}, indent=2))
         return
-    command = BreakerCommand.new(dependency, action, operator(), reason)
-    acked, workers = _acknowledged(bp, _send_breaker, command, timeout=timeout)
+    acked, workers = _acknowledged(bp, send_breaker, dependency, state=action, by=operator(),
+                                   reason=reason, timeout=timeout)
     click.echo(f"breaker {dependency}: {action} on {acked} of {workers} worker(s)")
-
-
-async def _send_breaker(kafka: Any, app_id: str, command: BreakerCommand, *,
-                        secret: bytes | None, timeout: float) -> tuple[int, int]:
-    return await send_acknowledged(kafka, app_id, command.key, command.encode(secret),
-                                   command.command_id,
-                                   what=f"breaker {command.state} of {command.dependency!r}",
-                                   timeout=timeout)
 
 
 OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,

@@ -46,7 +46,7 @@ from faust_backpressure.tables.kafka import (
 )
 
 __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
-           "send_acknowledged", "send_pause", "worker_name"]
+           "send_acknowledged", "send_breaker", "send_pause", "worker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,17 @@ async def send_pause(kafka: KafkaClientSettings | str, app_id: str, pipeline: st
     return await send_acknowledged(
         kafka, app_id, command.key, command.encode(secret), command.command_id,
         what=f"{'pause' if paused else 'resume'} of {pipeline!r}", timeout=timeout)
+
+
+async def send_breaker(kafka: KafkaClientSettings | str, app_id: str, dependency: str, *,
+                       state: str, by: str, reason: str = "", secret: bytes | None,
+                       timeout: float = 30.0) -> tuple[int, int]:
+    """Force a downstream guard's breaker (``open``, ``close``, ``auto``) on every worker;
+    ``(acked, workers)``. :class:`CommandTimeout` if fewer acknowledge in time."""
+    command = BreakerCommand.new(dependency, state, by, reason)
+    return await send_acknowledged(kafka, app_id, command.key, command.encode(secret),
+                                   command.command_id,
+                                   what=f"breaker {state} of {dependency!r}", timeout=timeout)
 
 
 async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: bytes,

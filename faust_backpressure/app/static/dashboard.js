@@ -192,6 +192,32 @@
       ]);
     }));
 
+    fill("downstreams", Object.keys(s.downstreams || {}).sort().map(function (name) {
+      var d = s.downstreams[name];
+      var sev = {closed: "NORMAL", half_open: "WARNING", open: "CRITICAL",
+                 forced_open: "EMERGENCY", forced_closed: "WARNING"}[d.breaker] || "WARNING";
+      var ms = function (v) { return v == null ? "–" : (v * 1000).toFixed(1); };
+      var outcomes = Object.keys(d.outcomes || {}).sort().map(function (k) {
+        return k + " " + d.outcomes[k];
+      }).join(", ");
+      var forced = d.breaker === "forced_open" || d.breaker === "forced_closed";
+      return h("tr", {"data-dependency": name}, [
+        h("td", {"class": "id", text: name}),
+        h("td", {"class": "state"}, [h("span", {"class": "sev sev-" + sev, text: d.breaker})]),
+        num(d.limit, 0, "limit"), num(d.in_flight, 0, "in flight"), num(d.queued, 0, "queued"),
+        num(d.paused_for, 1, "paused s"), num(d.learnt_rate, 1, "learnt rate"),
+        num(d.failure_rate, 3, "failure rate"),
+        h("td", {text: ms(d.latency_p50) + " / " + ms(d.latency_p99)}),
+        h("td", {"class": "muted", text: outcomes || "–"}),
+        h("td", {}, forced ? [button("auto", "breaker", {dependency: name, state: "auto"},
+                                     "give " + name + "'s breaker back to automatic")] :
+          [button("open", "breaker", {dependency: name, state: "open"},
+                  "force " + name + "'s breaker open on every worker (calls wait)"),
+           button("close", "breaker", {dependency: name, state: "close"},
+                  "force " + name + "'s breaker closed on every worker")]),
+      ]);
+    }));
+
     fill("gates", s.gates.map(function (g) {
       return h("tr", {"data-agent": g.agent}, [
         h("td", {"class": "id", text: g.agent}), h("td", {text: g.limiter}), h("td", {text: g.on_limit}),

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -15,6 +18,7 @@ import pytest
 from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
 from faust_backpressure.testing.quota_client import QuotaServiceProcess
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from tests.conftest import REPO
 from tests.integration.agents.helpers import read_committed
 
 pytestmark = pytest.mark.kafka
@@ -89,6 +93,27 @@ async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
     for worker in workers:
         await asyncio.to_thread(worker.wait_for_log, r"slow(ed)?[ -]down .*from \S+:\d+",
                                 new_only=False, what="a slow-down from the other worker")
+    # An operator forces the breaker open on every worker, then gives it back.
+    env = {"FBP_APP_ID": workers[0].env["FBP_APP_ID"], **{
+        k: workers[0].env[k] for k in ("FBP_SOURCE", "FBP_SINK", "FBP_DLQ", "FBP_QUOTA_URL")}}
+    for action, shown in (("open", "open on 2 of 2 worker(s)"),
+                          ("auto", "auto on 2 of 2 worker(s)")):
+        done = await asyncio.to_thread(cli, kafka_bootstrap, env, "breaker", action,
+                                       "quota-api", "--reason", "test")
+        assert shown in done.stdout, done.stdout + done.stderr
+    for worker in workers:
+        await asyncio.to_thread(worker.wait_for_log, r"breaker quota-api: forced_open",
+                                new_only=False, what="the operator's forced open")
+    status = await asyncio.to_thread(cli, kafka_bootstrap, env, "breaker", "status",
+                                     "quota-api")
+    assert '"operator": "auto"' in status.stdout, status.stdout + status.stderr
+
+
+def cli(bootstrap: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", APP, "backpressure", *args],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO), "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("guarantee", MODES)

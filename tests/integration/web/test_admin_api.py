@@ -44,6 +44,7 @@ async def test_write_endpoints_need_the_admin_token(
                 limiter="price-api", tokens_per_second=100, burst_capacity=100)
     bp.control_loop(TokenBucketRateLimiter(50, 50), name="orders", downstream_group="nobody",
                     downstream_topics=[down], interval=0.5)
+    bp.downstream("pricing-api", max_concurrency=4)
     await produce(kafka_bootstrap, source, [(None, b"x")] * 3)
     base = f"http://127.0.0.1:{port}/backpressure/"
 
@@ -117,3 +118,16 @@ async def test_write_endpoints_need_the_admin_token(
 
         status, answer = await post("set-rate", {"limiter": "price-api", "rate": 7})
         assert status == 200 and answer["rate"] == 7, answer
+
+        # a downstream guard's breaker, forced open on every worker and given back
+        assert (await post("breaker", {"dependency": "pricing-api", "state": "x"}))[0] == 400
+        assert (await post("breaker", {"dependency": "nope", "state": "open"}))[0] == 404
+        assert (await post("breaker", {"dependency": "pricing-api", "state": "open"},
+                           "wrong"))[0] == 401
+        status, answer = await post("breaker", {"dependency": "pricing-api", "state": "open",
+                                                "reason": "maintenance"})
+        assert status == 200 and answer["acked"] >= 1, answer
+        assert (await state())["downstreams"]["pricing-api"]["breaker"] == "forced_open"
+        status, answer = await post("breaker", {"dependency": "pricing-api", "state": "auto"})
+        assert status == 200, answer
+        assert (await state())["downstreams"]["pricing-api"]["breaker"] == "closed"

@@ -89,6 +89,8 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
 
     bp.pipeline("price", source=source, sink=sink, process=check, max_retries=0,
                 limiter=TokenBucketRateLimiter(500, 500))
+    pricing = bp.downstream("pricing-api", max_concurrency=8, limit="fixed")
+    pricing.force("open")  # as an operator would: the page shows it, with "auto" to undo
     await produce(kafka_bootstrap, source,
                   [(None, b"bad" if i % 10 == 0 else b"ok") for i in range(50)])
     await produce(kafka_bootstrap, orders, [(None, b"order")] * 60)
@@ -134,4 +136,9 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     shown = agent["agent"].replace("<", "&lt;").replace(">", "&gt;")
     assert f'data-agent="{shown}"' in dom
     assert agent["source_lag"] is not None
+    # the downstream guard: its breaker state and limit as the worker has them
+    assert after["downstreams"]["pricing-api"]["breaker"] == "forced_open"
+    assert re.search(r'<tr data-dependency="pricing-api">.*?sev-EMERGENCY[^>]*>forced_open',
+                     dom, re.S)
+    assert _cell(dom, "data-dependency", "pricing-api", "limit") == "8"
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
