@@ -22,7 +22,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from faust_backpressure.app.pause import pause_states
+from faust_backpressure.app.pause import ops_topic
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import CONTROL_TABLE
 from faust_backpressure.control.override import Override
@@ -236,7 +236,10 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "sampling_workers": sorted(seen),
         })
     pipelines = []
-    pauses = await pause_states(kafka, app_id) if bp.pipelines else {}
+    ops = (await read_compacted(kafka, ops_topic(app_id))
+           if bp.pipelines or bp.downstreams else {})
+    pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
+              if k.startswith("pause/") and isinstance(v, dict)}
     for name, pipe in sorted(bp.pipelines.items()):
         pause = pauses.get(name) or {}
         backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
@@ -258,8 +261,22 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "name": flow.name, "window": window,
             "downstream_group": flow.probe.group, "downstream_topics": list(flow.probe.topics),
             "downstream_lag": backlog.total, "credits": max(0, window - backlog.total)})
+    # what the workers' pressure samples say of the called systems (None: no loop sampled)
+    errors = [s.error_rate for seen in samples.values() for s in seen.values()
+              if s.error_rate is not None]
+    downstreams = []
+    for name in sorted(bp.downstreams):
+        forced = ops.get(f"breaker/{name}")
+        slowed = ops.get(f"downstream/{name}")
+        forced = forced if isinstance(forced, dict) else {}
+        slowed = slowed if isinstance(slowed, dict) else {}
+        downstreams.append({
+            "name": name, "operator": forced.get("state", "auto"), "by": forced.get("by"),
+            "last_slow_down_until": slowed.get("until"), "last_slow_down_by": slowed.get("by"),
+            "slowed_down_now": float(slowed.get("until") or 0) > time.time(),
+            "error_rate": max(errors, default=None)})
     return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
-            "credit_flows": credit_flows}
+            "credit_flows": credit_flows, "downstreams": downstreams}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

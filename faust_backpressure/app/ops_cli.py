@@ -121,6 +121,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        for p in report["pipelines"]],
                       ["name", "source", "limiter", "source-lag", "dlq", "dlq-records",
                        "paused"]))
+    if report["downstreams"]:
+        click.echo("\ndownstream guards (each worker's page has its live breaker and limits)")
+        click.echo(_table([[d["name"], d["operator"], d["by"], d["slowed_down_now"],
+                            d["last_slow_down_by"], d["error_rate"]]
+                           for d in report["downstreams"]],
+                          ["name", "breaker (operator)", "by", "slowed down now",
+                           "last slow-down by", "error rate"]))
     if report["credit_flows"]:
         click.echo("\ncredit flows")
         click.echo(_table([[f["name"], f["window"], f["downstream_group"],

@@ -5,8 +5,10 @@ both modes every event reaches the sink once the service answers, none in the DL
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -107,6 +109,10 @@ async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
     status = await asyncio.to_thread(cli, kafka_bootstrap, env, "breaker", "status",
                                      "quota-api")
     assert '"operator": "auto"' in status.stdout, status.stdout + status.stderr
+    cluster = await asyncio.to_thread(cli, kafka_bootstrap, env, "status", "--json")
+    (guard,) = json.loads(cluster.stdout)["downstreams"]
+    assert guard["name"] == "quota-api" and guard["operator"] == "auto"
+    assert re.fullmatch(r".+:\d+", guard["last_slow_down_by"] or ""), guard  # host:pid
 
 
 def cli(bootstrap: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
