@@ -62,9 +62,12 @@ async def test_wait_admits_at_the_limiter_rate_and_loses_nothing(
     worst = max(j - i + 1 - 200 * (seen[j] - seen[i])
                 for i in range(len(seen)) for j in range(i, len(seen)))
     assert worst <= 20 + 2, worst
-    # And the limiter set the pace: the 580 events after the burst took at least 580 / 200 s
-    # (how much longer a slow machine takes is the benchmarks' business, not a test's).
-    assert seen[-1] - seen[20] >= 2.9 - 0.05, seen[-1] - seen[20]
+    # And the limiter set the pace: a bucket of 20 at 200/s admits 600 events over no less
+    # than (600 - 20) / 200 = 2.9 s from the first to the last (the stamps lag the gate by a
+    # little: 0.05 s for the first one's). Measured from the 21st event the bound would be
+    # only 2.8 s (the bucket may have refilled while the first events trickled in): a CI run
+    # under load read 2.84 s there. How much longer a slow machine takes is the benchmarks'.
+    assert seen[-1] - seen[0] >= 2.9 - 0.05, seen[-1] - seen[0]
     assert bp.gates[0].waits > 0
 
 
