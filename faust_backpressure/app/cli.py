@@ -64,9 +64,11 @@ def register_commands() -> None:
         return
     from faust.cli.base import cli
 
+    from faust_backpressure.app.dlq_inspect import dlq_inspect
     from faust_backpressure.app.ops_cli import OPS_COMMANDS
 
     for command in OPS_COMMANDS:
         backpressure.add_command(command)
+    backpressure.add_command(dlq_inspect)
     cli.add_command(backpressure)
     _registered = True
