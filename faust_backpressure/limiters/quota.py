@@ -35,7 +35,8 @@ __all__ = ["QuotaLearner"]
 class QuotaLearner:
     """The rate one caller should keep to, learnt from successes and slow-downs."""
 
-    __slots__ = ("_attempted", "_attempts", "_clock", "_next_step", "_ok", "_probes", "_served",
+    __slots__ = ("_attempted", "_attempts", "_clock", "_last_call", "_next_step", "_ok",
+                 "_probes", "_served",
                  "_since", "_slowed_at",
                  "backoff", "ceiling", "fast_backoff", "interval", "max_rate", "min_rate",
                  "near_since", "probe_after", "rate", "recent")
@@ -58,6 +59,7 @@ class QuotaLearner:
         self.ceiling: float | None = None
         now = clock()
         self._restart(now)
+        self._last_call = -math.inf
         #: successes and calls per second in the last whole interval
         self._served = self._attempted = 0.0
         self._slowed_at = -math.inf
@@ -66,6 +68,13 @@ class QuotaLearner:
 
     def started(self) -> None:
         """A call went out (what was attempted bounds the quota when little was served)."""
+        now = self._clock()
+        if now - self._last_call > self.interval and now >= self._since:
+            # calls resume after a quiet spell: measure from here, or the quiet time would
+            # dilute what was served (a first slow-down after an idle start read ~0/s)
+            self._served = self._attempted = 0.0
+            self._restart(now)
+        self._last_call = now
         self._attempts += 1
 
     def slowed_down(self, pause: float = 0.0) -> float:

@@ -85,6 +85,16 @@ def test_a_burst_refused_at_once_bounds_the_first_ceiling_by_what_was_attempted(
     assert fresh.slowed_down() == math.inf  # nothing attempted here: no limit to learn
 
 
+def test_a_quiet_start_does_not_dilute_the_first_ceiling(clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    clock.advance(30)  # a worker started, nothing to call for 30 s
+    for _ in range(150):  # then 300/s for half a second, and a slow-down
+        learner.started()
+        learner.succeeded()
+        clock.advance(1 / 300)
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 300, rel=0.02)
+
+
 def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="backoff"):
         QuotaLearner(backoff=1.5)
