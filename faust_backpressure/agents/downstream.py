@@ -43,7 +43,7 @@ from faust_backpressure.limiters.concurrency import (
     FixedLimit,
     GradientLimit,
 )
-from faust_backpressure.limiters.concurrency_limiter import ConcurrencyLimiter
+from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
@@ -218,16 +218,7 @@ class Downstream:
         """One attempt: waits for the breaker, a rate permit and a slot; records the outcome
         and re-raises what the body raised (a slow-down pauses every worker first).
         ``stopped``: give up waiting for the breaker when it is set (:class:`WaitAborted`)."""
-        await self._admitted(stopped)
-        try:
-            if self._quota_bucket is not None:
-                await self._quota_bucket.acquire()
-            if self.rate is not None:
-                await self.rate.acquire()
-            permit = await self.concurrency.acquire()
-        except BaseException:
-            self.breaker.abandon()  # a half-open probe that will never report
-            raise
+        permit = await self._ready(stopped)
         start = self._clock()
         if self.quota is not None:
             self.quota.started()
@@ -244,6 +235,27 @@ class Downstream:
             raise
         else:
             self._record("success", start, failed=False, permit=permit, dropped=False)
+
+    async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
+        """Admitted by the breaker, then a rate permit and a slot; if a slow-down began while
+        it waited for those, back to waiting for its end (else calls paced before the pause
+        go out during it, and the system's quota is spent when the pause ends)."""
+        while True:
+            await self._admitted(stopped)
+            try:
+                if self._quota_bucket is not None:
+                    await self._quota_bucket.acquire()
+                if self.rate is not None:
+                    await self.rate.acquire()
+                permit = await self.concurrency.acquire()
+            except BaseException:
+                self.breaker.abandon()  # a half-open probe that will never report
+                raise
+            if self._paused_until <= self._wall():
+                return permit
+            permit.ignore()
+            self.breaker.abandon()
+            self.outcomes["held_by_pause"] += 1
 
     def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,
                 dropped: bool) -> None:

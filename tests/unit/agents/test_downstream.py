@@ -213,3 +213,22 @@ def test_breaker_commands_round_trip_and_unknown_states_are_rejected() -> None:
     bad = command.encode(None).replace(b'"open"', b'"halfway"')
     with pytest.raises(RejectedRecord, match="state"):
         BreakerCommand.decode(bad, command.key, None)
+
+
+async def test_a_call_paced_before_a_pause_waits_for_its_end_instead_of_going_out() -> None:
+    api = guard()
+    api.quota = None
+    from faust_backpressure.limiters import TokenBucketRateLimiter
+
+    api._quota_bucket = TokenBucketRateLimiter(20, 1, initial_tokens=0)  # paced: 50 ms
+    started: list[float] = []
+
+    async def call() -> None:
+        started.append(time.time())
+
+    waiting = asyncio.ensure_future(api.run(call))
+    await asyncio.sleep(0)  # admitted, now waiting for its token
+    until = time.time() + 0.1
+    assert api.pause_until(until, source="from w2")  # a pause begins meanwhile
+    await waiting
+    assert started[0] >= until and api.outcomes["held_by_pause"] == 1
