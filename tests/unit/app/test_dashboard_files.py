@@ -6,8 +6,6 @@ import re
 from importlib import resources
 from pathlib import Path
 
-import tomllib
-
 from faust_backpressure.app.dashboard import History, compact
 
 REPO = Path(__file__).resolve().parents[3]
