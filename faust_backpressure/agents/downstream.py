@@ -176,9 +176,11 @@ class Downstream:
         return True
 
     def _apply_rate(self, rate: float) -> None:
-        burst = max(1.0, rate * 0.05)  # 50 ms of calls: no rush after a pause
+        # No burst: after a pause every worker's bucket is full at once, and their bursts
+        # together (50 ms of calls each, in the benchmark) overran the system's own burst
+        # and drew a 429 right after each pause.
         if self._quota_bucket is None:
-            self._quota_bucket = TokenBucketRateLimiter(rate, burst, initial_tokens=0,
+            self._quota_bucket = TokenBucketRateLimiter(rate, 1.0, initial_tokens=0,
                                                         clock=self._clock)
         else:
             self._quota_bucket.update_rate_limit(rate)
