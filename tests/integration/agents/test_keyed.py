@@ -91,7 +91,9 @@ async def test_a_hot_key_is_deferred_in_order_while_quiet_keys_pass(
     assert max(at for k in quiet for _, at, _ in by_key[k]) < last_hot
     hot_topics = [t for _, _, t in by_key[b"hot"]]
     first = hot_topics.index(limit.deferral_topic_name)  # once deferred, deferred until drained
-    assert 5 <= first < 15 and set(hot_topics[first:]) == {limit.deferral_topic_name}
+    # at least the burst passes first; how many more depends on how fast the hot key's events
+    # come (its bucket refills at 20/s meanwhile: a loaded CI run deferred from the 18th)
+    assert first >= 5 and set(hot_topics[first:]) == {limit.deferral_topic_name}
     # the per-key bound, from admission timestamps (+1: gate to body)
     assert _worst_excess([at for _, at, _ in by_key[b"hot"]], rate) <= burst + 1
     assert stats["deferred"] == stats["readmitted"] == 60 - first
@@ -172,7 +174,9 @@ async def test_shed_and_wait_modes(
     assert shed_seen == [b"a0", b"a1", b"a2", b"b0"]
     assert [v for v, _ in wait_seen] == [b"w%02d" % i for i in range(30)]
     assert _worst_excess([t for _, t in wait_seen], 50) <= 2 + 1
-    assert wait_limit.stats()["waits"] == 28
+    # 28 when the 30 arrive faster than the 50/s refill (2 pass on the burst); fewer when the
+    # stream hands them over slower (a loaded CI run: 26); the rate bound above holds anyway
+    assert 0 < wait_limit.stats()["waits"] <= 28
 
 
 async def test_a_keyed_limit_as_a_pipelines_limiter(
