@@ -169,8 +169,10 @@ class Downstream:
         self.outcomes["pauses"] += 1
         rate = ""
         if self.quota is not None:  # every worker backs off once per episode
-            self._apply_rate(self.quota.slowed_down(seconds))
-            rate = f", then {self.quota.rate:.1f}/s"
+            learnt = self.quota.slowed_down(seconds)
+            if math.isfinite(learnt):  # inf: nothing called here yet, nothing to learn
+                self._apply_rate(learnt)
+                rate = f", then {learnt:.1f}/s"
         log.warning("downstream %s: slowed down for %.1f s%s (%s)", self.name, seconds, rate,
                     source)
         return True

@@ -144,6 +144,9 @@ class _OpsFollower(Service):
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
+        except Exception:  # a record we fail to apply must not stop the worker (a follower
+            # that crashed took its worker down: exit code 1 in the downstream benchmark)
+            log.exception("ops record %r not applied", key[:80])
 
     async def _apply(self, command: PauseCommand) -> None:
         pipeline = self.bp.pipelines.get(command.pipeline)

@@ -232,3 +232,14 @@ async def test_a_call_paced_before_a_pause_waits_for_its_end_instead_of_going_ou
     assert api.pause_until(until, source="from w2")  # a pause begins meanwhile
     await waiting
     assert started[0] >= until and api.outcomes["held_by_pause"] == 1
+
+
+async def test_a_pause_from_another_worker_before_any_call_here_sets_no_rate() -> None:
+    api = build_downstream("api", max_concurrency=4)
+    assert api.pause_until(time.time() + 0.05, source="from w2")  # no call made here yet
+    assert api.stats().learnt_rate is None  # nothing learnt: still no limit
+
+    async def call() -> str:
+        return "ok"
+
+    assert await api.run(call) == "ok"
