@@ -44,13 +44,16 @@ async def test_overview_and_metrics_pages_show_the_pipeline_at_work(
     async with running_app(app):
         await consume(kafka_bootstrap, sink, until=2, timeout=30)
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # the web server starts after table recovery
+            for _ in range(200):  # the web server starts after table recovery, and the
+                # source lag counts from the last commit (every 0.5 s): wait for it to be 0
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/backpressure/") as resp:
                         overview = json.loads(await resp.text())
-                    break
+                    if overview["pipelines"]["check"]["source_lag"] == 0:
+                        break
                 except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
+                    pass
+                await asyncio.sleep(0.1)
             async with http.get(f"http://127.0.0.1:{port}/backpressure/metrics") as resp:
                 content_type = resp.headers["Content-Type"]
                 metrics = await resp.text()
