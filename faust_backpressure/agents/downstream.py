@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Breaker states in which a call that already waited for its slot must not go out.
+_HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
+
 #: Upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _RECENT = 1024  # latencies kept for percentiles
@@ -241,9 +244,10 @@ class Downstream:
             self._record("success", start, failed=False, permit=permit, dropped=False)
 
     async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
-        """Admitted by the breaker, then a rate permit and a slot; if a slow-down began while
-        it waited for those, back to waiting for its end (else calls paced before the pause
-        go out during it, and the system's quota is spent when the pause ends)."""
+        """Admitted by the breaker, then a rate permit and a slot; if a slow-down began or the
+        breaker opened while it waited for those, back to waiting (else calls paced before
+        go out during the pause or the outage: the quota is spent when a pause ends, and an
+        outage took hundreds of calls before the waiting ones saw the breaker open)."""
         while True:
             await self._admitted(stopped)
             try:
@@ -255,9 +259,9 @@ class Downstream:
             except BaseException:
                 self.breaker.abandon()  # a half-open probe that will never report
                 raise
-            if self._paused_until <= self._wall():
+            if self._paused_until <= self._wall() and self.breaker.state not in _HOLDING:
                 return permit
-            permit.ignore()
+            permit.ignore()  # a pause began, or the breaker opened, while it waited
             self.breaker.abandon()
             self.outcomes["held_by_pause"] += 1
 

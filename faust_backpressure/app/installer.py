@@ -166,7 +166,7 @@ class Backpressure:
                    tokens_per_second: float | None = None,
                    burst_capacity: float | None = None,
                    failure_rate_threshold: float = 0.5, slow_call_rate_threshold: float = 1.0,
-                   slow_call_duration: float = 5.0, window: float = 10.0,
+                   slow_call_duration: float = 5.0, window: float = 2.0,
                    minimum_calls: int = 10, wait_in_open: float = 5.0,
                    half_open_calls: int = 3, default_retry_after: float = 1.0,
                    max_retry_after: float = 300.0,

@@ -243,3 +243,26 @@ async def test_a_pause_from_another_worker_before_any_call_here_sets_no_rate() -
         return "ok"
 
     assert await api.run(call) == "ok"
+
+
+async def test_a_call_waiting_for_its_slot_when_the_breaker_opens_does_not_go_out() -> None:
+    api = Downstream("api", limit=FixedLimit(1), breaker=CircuitBreaker(wait_in_open=0.05))
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def hold() -> None:
+        calls.append("first")
+        await release.wait()
+
+    async def second() -> None:
+        calls.append("second")
+
+    first = asyncio.ensure_future(api.run(hold))
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(api.run(second))  # admitted, waits for the only slot
+    await asyncio.sleep(0)
+    api.breaker.open_for(0.05)  # the breaker opens meanwhile
+    release.set()
+    await first
+    await waiting
+    assert calls == ["first", "second"] and api.outcomes["held_by_pause"] >= 1
