@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate
 from faust_backpressure.agents.slow_down import (
     DependencyUnavailable,
     SlowDown,
@@ -34,7 +35,7 @@ from faust_backpressure.agents.slow_down import (
     parse_retry_after,
 )
 from faust_backpressure.config.validation import check_number
-from faust_backpressure.limiters import RateLimitingStrategy, TokenBucketRateLimiter
+from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
 from faust_backpressure.limiters.concurrency import (
@@ -106,10 +107,12 @@ class Downstream:
                  unavailable: Callable[[BaseException], bool] = is_unavailable,
                  publish: Publisher | None = None, clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time, max_concurrency: int | None = None,
-                 quota: QuotaLearner | None = None, coalesce: float = 1.0) -> None:
+                 quota: QuotaGate | QuotaLearner | None = None,
+                 coalesce: float = 1.0) -> None:
         """``max_concurrency``: the most calls in flight the limit may allow (how many events
         a pipeline keeps in progress); default the limit's ``max_limit``. ``quota``: learns
-        the rate the system allows from its slow-downs (None: pauses only)."""
+        the rate the system allows from its slow-downs (a learner alone: this worker's own
+        rate, see :mod:`.quota_gate`; None: pauses only)."""
         self.name = name
         self.max_concurrency = int(max_concurrency if max_concurrency is not None
                                    else getattr(limit, "max_limit", limit.limit))
@@ -124,8 +127,8 @@ class Downstream:
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
         self.coalesce = check_number("coalesce", coalesce, 0)
-        self.quota = quota
-        self._quota_bucket: TokenBucketRateLimiter | None = None
+        self.quota: QuotaGate | None = (LocalQuota(quota, clock=clock)
+                                        if isinstance(quota, QuotaLearner) else quota)
         self.outcomes: Counter[str] = Counter()
         self._recent: deque[float] = deque(maxlen=_RECENT)
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -170,25 +173,11 @@ class Downstream:
         self._paused_until = now + seconds
         self.breaker.open_for(seconds)
         self.outcomes["pauses"] += 1
-        rate = ""
-        if self.quota is not None:  # every worker backs off once per episode
-            learnt = self.quota.slowed_down(seconds)
-            if math.isfinite(learnt):  # inf: nothing called here yet, nothing to learn
-                self._apply_rate(learnt)
-                rate = f", then {learnt:.1f}/s"
+        # every worker learns from every episode, once
+        rate = "" if self.quota is None else self.quota.episode(self._paused_until, seconds)
         log.warning("downstream %s: slowed down for %.1f s%s (%s)", self.name, seconds, rate,
                     source)
         return True
-
-    def _apply_rate(self, rate: float) -> None:
-        # No burst: after a pause every worker's bucket is full at once, and their bursts
-        # together (50 ms of calls each, in the benchmark) overran the system's own burst
-        # and drew a 429 right after each pause.
-        if self._quota_bucket is None:
-            self._quota_bucket = TokenBucketRateLimiter(rate, 1.0, initial_tokens=0,
-                                                        clock=self._clock)
-        else:
-            self._quota_bucket.update_rate_limit(rate)
 
     async def _slowed_down(self, exc: SlowDown) -> None:
         seconds = parse_retry_after(exc.retry_after, default=self.default_retry_after,
@@ -251,8 +240,8 @@ class Downstream:
         while True:
             await self._admitted(stopped)
             try:
-                if self._quota_bucket is not None:
-                    await self._quota_bucket.acquire()
+                if self.quota is not None:
+                    await self.quota.acquire()
                 if self.rate is not None:
                     await self.rate.acquire()
                 permit = await self.concurrency.acquire()
@@ -275,8 +264,8 @@ class Downstream:
         elif outcome == "success":
             permit.success()
             self._observe(seconds)
-            if self.quota is not None and (rate := self.quota.succeeded()) is not None:
-                self._apply_rate(rate)
+            if self.quota is not None:
+                self.quota.succeeded()
         else:
             permit.ignore()
 
@@ -340,8 +329,7 @@ class Downstream:
             paused_for=self.paused_for, outcomes=dict(self.outcomes),
             latency_p50=_percentile(recent, 0.50), latency_p99=_percentile(recent, 0.99),
             latency_buckets=list(self._buckets), latency_sum=self._latency_sum,
-            learnt_rate=None if self._quota_bucket is None else self.quota.rate
-            if self.quota is not None else None)
+            learnt_rate=None if self.quota is None else self.quota.rate)
 
     @property
     def error_rate(self) -> float:
@@ -362,8 +350,9 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                      breaker: dict[str, Any] | None = None,
                      unavailable: Callable[[BaseException], bool] | None = None,
                      learn_quota: bool = True, max_rate: float = math.inf,
-                     **options: Any) -> Downstream:
-    """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes)."""
+                     quota: QuotaGate | None = None, **options: Any) -> Downstream:
+    """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes);
+    ``quota``: a quota gate to use (default: this worker's own learnt rate)."""
     if isinstance(limit, str):
         initial = initial_concurrency if initial_concurrency is not None else min(
             max_concurrency, max(min_concurrency, 8))
@@ -379,5 +368,6 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
     return Downstream(name, limit=limit, breaker=CircuitBreaker(**(breaker or {})),
                       rate=rate, unavailable=unavailable or is_unavailable,
                       max_concurrency=max_concurrency,
-                      quota=QuotaLearner(max_rate=max_rate) if learn_quota else None,
+                      quota=quota if quota is not None else
+                      QuotaLearner(max_rate=max_rate) if learn_quota else None,
                       **options)

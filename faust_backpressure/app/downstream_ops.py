@@ -6,6 +6,8 @@ worker follows from its beginning:
 * ``downstream/<name>``: a slow-down one worker got (e.g. HTTP 429): the pause's end (wall
   clock), who and when. Every worker pauses that dependency until then; a worker started later
   reads the latest record and ignores it once its end has passed.
+* ``quota/<name>/<worker>``: what a worker was served just before a slow-down episode (the
+  episode is named by its pause's end), so that every worker learns the quota from the sum.
 * ``breaker/<name>``: an operator's ``open`` / ``close`` / ``auto``, acknowledged by every
   worker (``ack/breaker/<name>/<worker>``) like pause commands.
 
@@ -29,15 +31,21 @@ from faust_backpressure.tables.integrity import (
     text,
 )
 
-__all__ = ["BREAKER_STATES", "BreakerCommand", "SlowDownRecord", "breaker_key",
-           "slow_down_key"]
+__all__ = ["BREAKER_STATES", "BreakerCommand", "QuotaReport", "SlowDownRecord", "breaker_key",
+           "quota_key", "slow_down_key"]
 
 BREAKER_STATES = ("open", "close", "auto")
 _LONGEST = 3600.0  # no guard's max_retry_after may exceed it
+_MOST_SERVED = 1e7  # calls per second: no worker's report may exceed it
 
 
 def slow_down_key(name: str) -> bytes:
     return f"downstream/{name}".encode()
+
+
+def quota_key(report: str) -> bytes:
+    """``report``: ``<dependency>/<worker>``."""
+    return f"quota/{report}".encode()
 
 
 def breaker_key(name: str) -> bytes:
@@ -68,6 +76,38 @@ class SlowDownRecord:
         check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones are merely over
         until = number(data, "until", at, at + min(max_pause, _LONGEST))
         return cls(name, until, text(data, "by"), at)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaReport:
+    """``by`` was served ``served`` calls/s of ``dependency`` before the episode whose pause
+    ends at ``episode`` (wall clock); sent at ``at``."""
+
+    dependency: str
+    episode: float
+    served: float
+    by: str
+    at: float
+
+    def encode(self, secret: bytes | None = None) -> bytes:
+        body = {"type": "quota-report", "report": f"{self.dependency}/{self.by}",
+                "dependency": self.dependency, "episode": self.episode,
+                "served": self.served, "by": self.by, "at": self.at}
+        return encode_signed(body, quota_key(f"{self.dependency}/{self.by}"), secret)
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *,
+               now: float, max_skew: float) -> QuotaReport:
+        data, report = decode_signed(raw, key or b"", secret, name="report",
+                                     record_key=quota_key, kind="quota-report",
+                                     not_one="not a quota report")
+        dependency, by = text(data, "dependency"), text(data, "by")
+        if report != f"{dependency}/{by}":
+            raise RejectedRecord("report does not name its dependency and worker")
+        at = number(data, "at", 0.0, 1e11)
+        check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones match no episode
+        episode = number(data, "episode", at - _LONGEST, at + _LONGEST)
+        return cls(dependency, episode, number(data, "served", 0.0, _MOST_SERVED), by, at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,14 @@ from faust_backpressure.agents import (
 )
 from faust_backpressure.agents.downstream import Downstream, build_downstream
 from faust_backpressure.agents.keyed import KeyedOnLimit, KeyFunction
+from faust_backpressure.agents.quota_gate import SharedQuota
 from faust_backpressure.app.cli import register_commands
-from faust_backpressure.app.downstream_ops import SlowDownRecord, slow_down_key
+from faust_backpressure.app.downstream_ops import (
+    QuotaReport,
+    SlowDownRecord,
+    quota_key,
+    slow_down_key,
+)
 from faust_backpressure.app.pause import install_pause_control, ops_topic, worker_name
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
@@ -39,12 +45,19 @@ from faust_backpressure.faust_seam import refresh_consumer_metadata, send_contro
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed import LimitsFor
+from faust_backpressure.limiters.quota import QuotaLearner
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings
 
 __all__ = ["Backpressure"]
 
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
+
+#: A learnt quota's own shared limiter: its rate until the first slow-down sets one (unused
+#: until then) and its burst (the rate changes, the burst does not: small enough that tokens
+#: saved while idle are no 429 storm, large enough for the workers' local levels).
+LEARNT_QUOTA_START = 1000.0
+LEARNT_QUOTA_BURST = 20.0
 
 
 class Backpressure:
@@ -171,7 +184,8 @@ class Backpressure:
                    half_open_calls: int = 3, default_retry_after: float = 1.0,
                    max_retry_after: float = 300.0,
                    unavailable: Callable[[BaseException], bool] | None = None,
-                   learn_quota: bool = True, max_rate: float = math.inf) -> Downstream:
+                   learn_quota: bool = True, share_quota: bool = True,
+                   max_rate: float = math.inf) -> Downstream:
         """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
         in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"aimd"``,
         ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
@@ -181,16 +195,30 @@ class Backpressure:
         (retried once the breaker allows, never dead-lettered); default
         :func:`~faust_backpressure.agents.downstream.is_unavailable`. ``learn_quota``: after
         a slow-down, keep to the rate the system served, probing above it now and then
-        (at most ``max_rate``; see :class:`~faust_backpressure.limiters.quota.QuotaLearner`).
+        (at most ``max_rate``; see :class:`~faust_backpressure.limiters.quota.QuotaLearner`);
+        ``share_quota``: learn it as one rate for every worker, kept by the shared limiter
+        ``rate_limit`` (its rate: the quota to start from), or by one of its own,
+        ``downstream-<name>`` (see :mod:`~faust_backpressure.agents.quota_gate`).
         """
         if name in self.downstreams:
             raise ValueError(f"downstream {name!r} is already declared")
+        rate = None if rate_limit is None else self.limiter(
+            rate_limit, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
+        quota: SharedQuota | None = None
+        if learn_quota and share_quota:
+            shared = rate if rate is not None else self.limiter(
+                f"downstream-{name}", tokens_per_second=max_rate if math.isfinite(max_rate)
+                else LEARNT_QUOTA_START, burst_capacity=burst_capacity or LEARNT_QUOTA_BURST)
+            # backing off from what all were served finds a fallen quota in one episode: a
+            # steep second step (0.7) only undershoots
+            learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8)
+            quota = SharedQuota(name, learner, shared,
+                                worker=worker_name(), reporter=self._publish_quota_report,
+                                wall_clock=time.time, given=rate is not None)
+            rate = None  # the quota's permits are the limiter's
         guard = build_downstream(
             name, max_concurrency=max_concurrency, min_concurrency=min_concurrency,
-            initial_concurrency=initial_concurrency, limit=limit,
-            rate=None if rate_limit is None else self.limiter(
-                rate_limit, tokens_per_second=tokens_per_second,
-                burst_capacity=burst_capacity),
+            initial_concurrency=initial_concurrency, limit=limit, rate=rate, quota=quota,
             breaker=dict(failure_rate_threshold=failure_rate_threshold,
                          slow_call_rate_threshold=slow_call_rate_threshold,
                          slow_call_duration=slow_call_duration, window=window,
@@ -210,6 +238,13 @@ class Backpressure:
         record = SlowDownRecord(dependency, until, worker_name(), time.time())
         await send_control(self.app, ops_topic(str(self.app.conf.id)), slow_down_key(dependency),
                            record.encode(self.settings.secret_key))
+
+    async def _publish_quota_report(self, dependency: str, episode: float,
+                                    served: float) -> None:
+        report = QuotaReport(dependency, episode, served, worker_name(), time.time())
+        await send_control(self.app, ops_topic(str(self.app.conf.id)),
+                           quota_key(f"{dependency}/{report.by}"),
+                           report.encode(self.settings.secret_key))
 
     def control_loop(self, limiter: LimiterSpec, *, downstream_group: str,
                      downstream_topics: Sequence[str], interval: float | None = None,

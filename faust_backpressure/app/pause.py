@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from mode import Service
 
-from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
+from faust_backpressure.app.downstream_ops import BreakerCommand, QuotaReport, SlowDownRecord
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
 from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
@@ -138,6 +138,8 @@ class _OpsFollower(Service):
                 await self._apply(PauseCommand.decode(value, key, self.bp.settings.secret_key))
             elif key.startswith(b"downstream/"):
                 self._slow_down(value, key)
+            elif key.startswith(b"quota/"):
+                self._quota_report(value, key)
             elif key.startswith(b"breaker/"):
                 await self._force(BreakerCommand.decode(value, key,
                                                         self.bp.settings.secret_key))
@@ -170,6 +172,13 @@ class _OpsFollower(Service):
                                        now=time.time(), max_pause=guard.max_retry_after,
                                        max_skew=self.bp.settings.max_clock_skew)
         guard.pause_until(record.until, source=f"from {record.by}")
+
+    def _quota_report(self, value: bytes | None, key: bytes) -> None:
+        report = QuotaReport.decode(value, key, self.bp.settings.secret_key, now=time.time(),
+                                    max_skew=self.bp.settings.max_clock_skew)
+        guard = self.bp.downstreams.get(report.dependency)
+        if guard is not None and guard.quota is not None:
+            guard.quota.report(report.by, report.episode, report.served)
 
     async def _force(self, command: BreakerCommand) -> None:
         guard = self.bp.downstreams.get(command.dependency)

@@ -44,7 +44,9 @@ class QuotaLearner:
     def __init__(self, *, max_rate: float = math.inf, min_rate: float = 1.0,
                  backoff: float = 0.9, fast_backoff: float = 0.7, recent: float = 5.0,
                  interval: float = 1.0, probe_after: float = 30.0,
-                 clock: Clock = time.monotonic) -> None:
+                 initial_rate: float = math.inf, clock: Clock = time.monotonic) -> None:
+        """``initial_rate``: the rate before any slow-down (a limit the caller was given;
+        default none), at most ``max_rate``."""
         self.max_rate = (math.inf if max_rate == math.inf
                          else check_number("max_rate", max_rate, 0, strict=True))
         self.min_rate = check_number("min_rate", min_rate, 0, strict=True)
@@ -54,7 +56,8 @@ class QuotaLearner:
         self.interval = check_number("interval", interval, 0, strict=True)
         self.probe_after = check_number("probe_after", probe_after, 0)
         self._clock = clock
-        self.rate = self.max_rate
+        self.rate = min(self.max_rate, math.inf if initial_rate == math.inf else
+                        check_number("initial_rate", initial_rate, 0, strict=True))
         #: What was served when the last slow-down came (None: none yet).
         self.ceiling: float | None = None
         now = clock()
@@ -75,19 +78,28 @@ class QuotaLearner:
             self._served = self._attempted = 0.0
             self._restart(now)
         self._last_call = now
-        self._attempts += 1
+        if now >= self._since:
+            self._attempts += 1
 
-    def slowed_down(self, pause: float = 0.0) -> float:
+    def observed(self) -> float:
+        """What this caller was served just now (successes per second in the last whole
+        interval, or in this one if there was none and it went on long enough); when nothing
+        was, what it
+        attempted (a burst refused at once: an upper bound); 0 if it made no calls."""
+        elapsed = self._clock() - self._since
+        # the last whole interval when there is one: a part of one overstates (the system's
+        # own burst in a few hundred ms read 191/s of a 300/s quota shared by three)
+        served = self._served or (self._ok / elapsed if elapsed >= self.interval / 2 else 0.0)
+        attempted = self._attempted or (self._attempts / elapsed if elapsed > 0 else 0.0)
+        return served if served > 0 else attempted
+
+    def slowed_down(self, pause: float = 0.0, *, ceiling: float | None = None) -> float:
         """A slow-down (one per pause: the caller coalesces) that stops calls for ``pause``
-        seconds; returns the new rate (``math.inf`` while nothing was attempted here)."""
+        seconds; returns the new rate (``math.inf`` while nothing was attempted here).
+        ``ceiling``: what the system served, when the caller knows better than
+        :meth:`observed` (e.g. the sum over every worker sharing the quota)."""
         now = self._clock()
-        elapsed = now - self._since
-        # What was served: the last whole interval, or this one if it went on long enough;
-        # when nothing was, what was attempted (a burst refused at once: an upper bound).
-        served = max(self._served,
-                     self._ok / elapsed if elapsed >= self.interval / 2 else 0.0)
-        attempted = max(self._attempted, self._attempts / elapsed if elapsed > 0 else 0.0)
-        ceiling = min(served if served > 0 else attempted, self.rate)
+        ceiling = min(self.observed() if ceiling is None else ceiling, self.rate)
         factor = self.fast_backoff if now - self._slowed_at < self.recent else self.backoff
         self._slowed_at = now
         self._served = self._attempted = 0.0
@@ -104,9 +116,11 @@ class QuotaLearner:
 
     def succeeded(self) -> float | None:
         """One successful call; the new rate when it changed (at most once an interval)."""
-        self._ok += 1
         now = self._clock()
-        if now < self._next_step or now < self._since:
+        if now < self._since:  # sent before a pause, answered during it: not what the
+            return None         # next interval serves (counted, it read 491/s of a 300 quota)
+        self._ok += 1
+        if now < self._next_step:
             return None
         self._served = self._ok / (now - self._since)
         self._attempted = self._attempts / (now - self._since)

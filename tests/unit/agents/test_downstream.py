@@ -216,11 +216,10 @@ def test_breaker_commands_round_trip_and_unknown_states_are_rejected() -> None:
 
 
 async def test_a_call_paced_before_a_pause_waits_for_its_end_instead_of_going_out() -> None:
-    api = guard()
-    api.quota = None
     from faust_backpressure.limiters import TokenBucketRateLimiter
 
-    api._quota_bucket = TokenBucketRateLimiter(20, 1, initial_tokens=0)  # paced: 50 ms
+    api = guard()
+    api.rate = TokenBucketRateLimiter(20, 1, initial_tokens=0)  # paced: 50 ms
     started: list[float] = []
 
     async def call() -> None:

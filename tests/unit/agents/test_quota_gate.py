@@ -1,0 +1,108 @@
+"""Quota gates: a worker's own learnt rate, and one learnt by every worker together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from faust_backpressure.agents.quota_gate import LocalQuota, SharedQuota
+from faust_backpressure.app.downstream_ops import QuotaReport, quota_key
+from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.limiters.quota import QuotaLearner
+from faust_backpressure.tables.integrity import RejectedRecord
+from tests.unit.limiters.conftest import FakeClock
+
+
+def served(learner: QuotaLearner, clock: FakeClock, per_second: int, seconds: int) -> None:
+    for _ in range(seconds):
+        for _ in range(per_second):
+            learner.started()
+            clock.advance(1 / per_second)
+            learner.succeeded()
+
+
+async def test_a_shared_quota_backs_off_from_what_every_worker_was_served() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    sent: list[tuple[str, float, float]] = []
+
+    async def reporter(name: str, episode: float, rate: float) -> None:
+        sent.append((name, episode, rate))
+
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=reporter,
+                        wall_clock=time.time, settle=0.01)
+    assert quota.rate is None  # nothing learnt: the limiter is not used
+    served(learner, clock, 100, 3)  # this worker: 100/s
+    until = time.time() + 1.0
+    quota.episode(until, 1.0)
+    quota.report("w2", until + 1e-7, 120.0)  # the same episode (rounding)
+    quota.report("w3", until, 80.0)
+    quota.report("w4", until - 30.0, 500.0)  # an earlier episode: not counted
+    await asyncio.sleep(0.05)
+    assert sent == [("api", until, pytest.approx(100.0))]
+    assert quota.total(until) == pytest.approx(300.0)
+    assert quota.rate == pytest.approx(270.0)  # 0.9 x what all were served
+    assert limiter.current_rate_limit == pytest.approx(270.0)
+
+
+async def test_a_given_rate_is_the_ceiling_and_its_permits_are_taken_from_the_start() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(200, 1, initial_tokens=1, clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=time.time, given=True, settle=0.01)
+    assert quota.rate == 200.0
+    await quota.acquire()
+    assert limiter.current_tokens < 1  # the permit came from the limiter
+    served(learner, clock, 100, 2)
+    until = time.time() + 0.5
+    quota.episode(until, 0.5)
+    quota.report("w2", until, 400.0)  # 500 in all, above the given 200
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(180.0)
+
+
+async def test_a_local_quota_keeps_to_this_workers_share_only() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    quota = LocalQuota(learner, clock=clock)
+    served(learner, clock, 100, 3)
+    assert quota.episode(time.time() + 1, 1.0) == ", then 90.0/s"
+    quota.report("w2", time.time() + 1, 500.0)  # ignored: local
+    assert quota.rate == pytest.approx(90.0)
+
+
+def test_quota_reports_are_signed_and_range_checked() -> None:
+    now = time.time()
+    report = QuotaReport("api", now + 1, 120.5, "w2", now)
+    key = quota_key("api/w2")
+    assert QuotaReport.decode(report.encode(b"k"), key, b"k", now=now, max_skew=10) == report
+    with pytest.raises(RejectedRecord):  # unsigned, with a secret set
+        QuotaReport.decode(report.encode(None), key, b"k", now=now, max_skew=10)
+    with pytest.raises(RejectedRecord):  # under another worker's key
+        QuotaReport.decode(report.encode(None), quota_key("api/w3"), None, now=now,
+                           max_skew=10)
+    for bad in (QuotaReport("api", now + 1, 1e9, "w2", now),      # served out of range
+                QuotaReport("api", now + 1e5, 10.0, "w2", now),   # episode far away
+                QuotaReport("api", now + 1, 10.0, "w2", now + 60)):  # from the future
+        with pytest.raises(RejectedRecord):
+            QuotaReport.decode(bad.encode(None), key, None, now=now, max_skew=10)
+
+
+async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=time.time, settle=0.01, hold=60.0)
+    served(learner, clock, 300, 3)
+    quota.episode(time.time() + 0.02, 0.02)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(270.0)
+    served(learner, clock, 280, 1)  # calls sent before the new rate spread answer 429
+    assert "still spreading" in quota.episode(time.time() + 1.5, 1.5)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(270.0)  # not backed off again
