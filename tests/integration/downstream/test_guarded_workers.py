@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from faust_backpressure.app.downstream_ops import QuotaReport, quota_key
 from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
 from faust_backpressure.testing.quota_client import QuotaServiceProcess
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
@@ -91,10 +92,19 @@ async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
           f"for {len(ids)} events")
     assert stats["rejected_429"] > 0  # the quota bound: the guard had something to do
     # Each worker got the other's slow-downs through the ops topic (applied, or the same
-    # pause as its own).
+    # pause as its own), and learnt one rate for both from both workers' reports.
     for worker in workers:
         await asyncio.to_thread(worker.wait_for_log, r"slow(ed)?[ -]down .*from \S+:\d+",
                                 new_only=False, what="a slow-down from the other worker")
+        await asyncio.to_thread(worker.wait_for_log, r"2 worker\(s\) were served",
+                                new_only=False, what="a shared rate from both reports")
+    # A report out of range (or unsigned, or under another worker's key) changes nothing.
+    forged = QuotaReport("quota-api", time.time() + 1, 1e9, "x:1", time.time())
+    await produce(kafka_bootstrap, f"{workers[0].env['FBP_APP_ID']}-fbp-ops",
+                  [(quota_key("quota-api/x:1"), forged.encode())])
+    for worker in workers:
+        await asyncio.to_thread(worker.wait_for_log, r"ops record b'quota/quota-api/x:1' "
+                                r"rejected: served must be", what="the forged report refused")
     # An operator forces the breaker open on every worker, then gives it back.
     env = {"FBP_APP_ID": workers[0].env["FBP_APP_ID"], **{
         k: workers[0].env[k] for k in ("FBP_SOURCE", "FBP_SINK", "FBP_DLQ", "FBP_QUOTA_URL")}}
