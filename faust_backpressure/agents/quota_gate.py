@@ -167,6 +167,7 @@ class SharedQuota:
             # calls made before the last rate reached every worker (a lease period or two)
             # answer 429 for a while: not news. Counted, they drove 344/s to 118/s in four
             # episodes 1.5 s apart, with a quota of 300.
+            self.learner.paused(seconds)
             return ", the rate just set is still spreading"
         served = self.learner.observed()
         self.reports[self.worker] = (until, served)

@@ -110,6 +110,12 @@ class QuotaLearner:
             self.rate = max(self.min_rate, ceiling * factor)
         return self.rate
 
+    def paused(self, pause: float) -> None:
+        """Calls stop for ``pause`` seconds, the rate unchanged: measure afresh after it (an
+        interval with a pause in it understates what is served: 110/s of a 150/s quota)."""
+        self._served = self._attempted = 0.0
+        self._restart(self._clock() + pause)
+
     def _restart(self, now: float) -> None:
         self._since, self._ok, self._attempts = now, 0, 0
         self._next_step = now + self.interval

@@ -101,3 +101,21 @@ def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="interval"):
         QuotaLearner(interval=0)
     assert QuotaLearner(max_rate=50).rate == 50
+
+
+def test_a_pause_that_changes_no_rate_restarts_what_is_measured(clock: FakeClock) -> None:
+    learner = QuotaLearner(clock=clock)
+    for _ in range(300):  # one whole second at 300/s
+        learner.started()
+        clock.advance(1 / 300)
+        learner.succeeded()
+    assert learner.observed() == pytest.approx(300, rel=0.01)
+    learner.paused(1.0)
+    assert learner.observed() == 0  # nothing measured since: no stale figure
+    assert learner.rate == math.inf
+    clock.advance(1.0)
+    for _ in range(100):  # half a second at 200/s after the pause
+        learner.started()
+        clock.advance(1 / 200)
+        learner.succeeded()
+    assert learner.observed() == pytest.approx(200, rel=0.01)
