@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""A soak (issue 25, not in CI): two workers of ``bench/soak_app.py`` for 30 minutes at a steady
+rate that binds now and then; does anything grow?
+
+Run (starts its own Kafka broker, or uses ``$KAFKA_BOOTSTRAP_SERVERS``)::
+
+    PYTHONPATH=. .venv/bin/python bench/soak.py [--minutes 30] [--rate 150] [--limit 200]
+        [--output soak]
+
+The feeder sends ``--rate`` orders/s for 50 s of each minute and 3x that for the other 10 s
+(the shared limit ``--limit`` binds then; the backlog drains in the next seconds); 1 order in
+500 is not JSON (the DLQ); 60 customers, so the per-customer limit (20/s) defers a few. Each
+worker logs a ``soak-sample`` every 10 s (RSS, open fds, asyncio tasks, items held in the
+library's components). After the run the feed stops, the backlog drains, and every order
+must be in the billed topic or the DLQ.
+
+Verdict, after a ``--warmup`` (5 min): per worker, RSS within +10 MiB of its first sample
+after the warm-up, fds and tasks within +5 (the medians of the first and the last 5
+samples), and no component holding more items at the end than 2x its peak in the first half
+after the warm-up (+100). Writes
+``bench/results/<output>.md``; worker logs are kept under ``$TMPDIR/fbp-soak/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.kafka_io import create_topics
+from faust_backpressure.testing.workers import FaustWorker
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SAMPLE = re.compile(r"^\[(?P<at>[^\]]+)\].*soak-sample (?P<json>\{.*\})\s*$")
+
+
+def order(i: int) -> bytes:
+    if i % 500 == 499:
+        return b"{not json %d" % i
+    return json.dumps({"id": i, "customer": f"c{i % 60}", "quantity": 1 + i % 4}).encode()
+
+
+async def feed(bootstrap: str, topic: str, rate: float, seconds: float,
+               sent: list[int]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    began = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - began) < seconds:
+            burst = elapsed % 60 >= 50  # the last 10 s of each minute: 3x
+            for _ in range(int(rate * (3 if burst else 1) / 10)):
+                i = sent[0]
+                await producer.send(topic, key=f"c{i % 60}".encode(), value=order(i))
+                sent[0] += 1
+            await asyncio.sleep(max(0.0, began + (int(elapsed * 10) + 1) / 10
+                                    - time.monotonic()))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def accounted(bootstrap: str, topics: list[str], count: int, timeout: float) -> set[int]:
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    ids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ids) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    value = record.value or b""
+                    try:
+                        ids.add(int(json.loads(value)["id"]))
+                    except (ValueError, KeyError, TypeError):
+                        ids.add(int(value.rsplit(b" ", 1)[-1]))
+    finally:
+        await consumer.stop()
+    return ids
+
+
+def samples(log: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if m := SAMPLE.match(line):
+            found.append((m["at"], json.loads(m["json"])))
+    return found
+
+
+def verdict(rows: list[tuple[str, dict[str, Any]]], warmup_samples: int) -> list[str]:
+    """What grew after the warm-up (empty: nothing)."""
+    after = [s for _, s in rows[warmup_samples:]]
+    if len(after) < 4:
+        return [f"only {len(after)} samples after the warm-up"]
+    first, last = after[0], after[-1]
+    problems = []
+    if last["rss_kib"] - first["rss_kib"] > 10 * 1024:
+        problems.append(f"RSS grew {(last['rss_kib'] - first['rss_kib']) / 1024:.1f} MiB")
+    for what in ("fds", "tasks"):  # medians of 5: a sample may catch a few sends in flight
+        early = statistics.median(s[what] for s in after[:5])
+        late = statistics.median(s[what] for s in after[-5:])
+        if late - early > 5:
+            problems.append(f"{what} grew from {early:g} to {late:g} (medians of 5 samples)")
+    half = after[: len(after) // 2]
+    for name in last["held"]:
+        peak = max(s["held"].get(name, 0) for s in half)
+        if last["held"][name] > 2 * peak + 100:
+            problems.append(f"{name} holds {last['held'][name]} items (peak {peak} before)")
+    return problems
+
+
+def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: int,
+           commit: str, loads: tuple[float, float]) -> tuple[str, bool]:
+    warmup = int(args.warmup * 60 / 10)
+    lines = [f"# Soak: {args.minutes:g} minutes, 2 workers, every feature at once", "",
+             f"Date: {datetime.now().strftime('%Y-%m-%d %H:%M')} UTC; commit {commit}; "
+             f"{os.cpu_count()} cores; load average (1 min) {loads[0]:.2f} before, "
+             f"{loads[1]:.2f} after; command `PYTHONPATH=. .venv/bin/python bench/soak.py "
+             f"--minutes {args.minutes:g} --rate {args.rate:g} --limit {args.limit:g}`.", "",
+             f"Orders: {count:,} sent, {lost} lost (in neither the billed topic nor the DLQ).",
+             ""]
+    ok = lost == 0
+    for name, log in logs.items():
+        rows = samples(log)
+        problems = verdict(rows, warmup)
+        ok = ok and not problems
+        lines += [f"## {name}: {'nothing grew' if not problems else '; '.join(problems)}", "",
+                  "| at | RSS, MiB | fds | tasks | items held (largest three) |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for at, s in rows[::6]:  # one a minute
+            top = sorted(s["held"].items(), key=lambda kv: -kv[1])[:3]
+            lines.append(f"| {at} | {s['rss_kib'] / 1024:.1f} | {s['fds']} | {s['tasks']} | "
+                         + ", ".join(f"{k} {v}" for k, v in top) + " |")
+        lines.append("")
+    lines.append(f"Verdict: {'PASS' if ok else 'FAIL'} (after a {args.warmup:g}-minute warm-up: "
+                 "RSS within +10 MiB, fds and tasks within +5 (medians of 5), no component "
+                 "holding more than 2x its earlier peak + 100 items; nothing lost).")
+    return "\n".join(lines) + "\n", ok
+
+
+async def run(args: argparse.Namespace, bootstrap: str) -> int:
+    run_id = uuid.uuid4().hex[:8]
+    topics = {k: f"soak-{k}-{run_id}" for k in ("orders", "priced", "billed", "dlq")}
+    await create_topics(bootstrap, {t: 4 if k != "dlq" else 1 for k, t in topics.items()})
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"soak-{run_id}",
+           "FBP_SOURCE": topics["orders"], "FBP_SINK": topics["priced"],
+           "FBP_BILLED": topics["billed"], "FBP_DLQ": topics["dlq"],
+           "FBP_RATE": f"{args.limit:g}", "FBP_GUARANTEE": args.guarantee}
+    keep = Path(tempfile.gettempdir()) / "fbp-soak"
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    workers = [FaustWorker("bench.soak_app", name=f"w{i}", env=env, cwd=REPO) for i in (1, 2)]
+    loads = os.getloadavg()[0]
+    sent = [0]
+    try:
+        for worker in workers:
+            worker.start().wait_ready()
+        print(f"soak: 2 workers ready; feeding {args.rate:g}/s for {args.minutes:g} min",
+              flush=True)
+        await feed(bootstrap, topics["orders"], args.rate, args.minutes * 60, sent)
+        ids = await accounted(bootstrap, [topics["billed"], topics["dlq"]], sent[0], 300)
+    finally:
+        for worker in workers:
+            worker.stop()
+            shutil.copy(worker.log_path, keep / f"{worker.name}.log")
+            worker.cleanup()
+    lost = sent[0] - len(ids & set(range(sent[0])))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=REPO).stdout.strip()
+    text, ok = report(args, {w.name: keep / f"{w.name}.log" for w in workers}, sent[0], lost,
+                      commit, (loads, os.getloadavg()[0]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.output}.md").write_text(text)
+    print(text)
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=5.0, help="minutes")
+    parser.add_argument("--rate", type=float, default=150.0, help="orders/s fed (3x for "
+                        "10 s of each minute)")
+    parser.add_argument("--limit", type=float, default=200.0, help="the shared limit, /s")
+    parser.add_argument("--guarantee", default="at_least_once",
+                        choices=["at_least_once", "exactly_once"])
+    parser.add_argument("--output", default="soak")
+    args = parser.parse_args()
+    with kafka_bootstrap() as bootstrap:
+        return asyncio.run(run(args, bootstrap))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
