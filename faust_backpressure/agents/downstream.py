@@ -43,6 +43,7 @@ from faust_backpressure.limiters.concurrency import (
     ConcurrencyLimit,
     FixedLimit,
     GradientLimit,
+    VegasLimit,
 )
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
@@ -360,10 +361,12 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
             limit = GradientLimit(initial, min_concurrency, max_concurrency)
         elif limit == "aimd":
             limit = AIMDLimit(initial, min_concurrency, max_concurrency)
+        elif limit == "vegas":
+            limit = VegasLimit(initial, min_concurrency, max_concurrency)
         elif limit == "fixed":
             limit = FixedLimit(max_concurrency)
         else:
-            raise ValueError(f"limit must be 'gradient', 'aimd', 'fixed' or a "
+            raise ValueError(f"limit must be 'gradient', 'vegas', 'aimd', 'fixed' or a "
                              f"ConcurrencyLimit, got {limit!r}")
     return Downstream(name, limit=limit, breaker=CircuitBreaker(**(breaker or {})),
                       rate=rate, unavailable=unavailable or is_unavailable,

@@ -52,6 +52,7 @@ from faust_backpressure.tables.service import find_channel, use_settings
 __all__ = ["Backpressure"]
 
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
+ConcurrencyLimitName = Literal["gradient", "vegas", "aimd", "fixed"]
 
 #: A learnt quota's own shared limiter: its rate until the first slow-down sets one (unused
 #: until then) and its burst (the rate changes, the burst does not: small enough that tokens
@@ -174,7 +175,7 @@ class Backpressure:
 
     def downstream(self, name: str, *, max_concurrency: int = 64, min_concurrency: int = 1,
                    initial_concurrency: int | None = None,
-                   limit: Literal["gradient", "aimd", "fixed"] | ConcurrencyLimit = "gradient",
+                   limit: ConcurrencyLimitName | ConcurrencyLimit = "gradient",
                    rate_limit: LimiterSpec | None = None,
                    tokens_per_second: float | None = None,
                    burst_capacity: float | None = None,
@@ -187,8 +188,8 @@ class Backpressure:
                    learn_quota: bool = True, share_quota: bool = True,
                    max_rate: float = math.inf) -> Downstream:
         """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
-        in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"aimd"``,
-        ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
+        in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"vegas"``,
+        ``"aimd"``, ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
         honoured by every worker, a circuit breaker whose open state makes calls wait, and
         optionally a rate limiter (``rate_limit``: an id shared by every worker, or an
         object). ``unavailable(exc)``: whether an exception means the system is down

@@ -12,7 +12,7 @@ from .base import (
     RateLimitTimeout,
 )
 from .circuit_breaker import BreakerState, BreakerStats, CircuitBreaker, CircuitOpenTimeout
-from .concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit, GradientLimit
+from .concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit, GradientLimit, VegasLimit
 from .concurrency_limiter import (
     CallPermit,
     ConcurrencyLimiter,
@@ -54,4 +54,5 @@ __all__ = [
     "TierLimit",
     "TierSpec",
     "TokenBucketRateLimiter",
+    "VegasLimit",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "FixedLimit",
     "GradientLimit",
     "LimitCallback",
+    "VegasLimit",
 ]
 
 #: Called with the new integer limit, only when it changed.
@@ -346,4 +347,95 @@ class GradientLimit(_Limit):
         self._rounds = 0
         self._round_end = end
         self._estimate = self._saved
+        self._publish(self._estimate)
+
+
+class VegasLimit(_Limit):
+    """TCP Vegas (Netflix's ``VegasLimit``): the queue a limit builds, from the RTT.
+
+    With ``no_load`` the lowest RTT seen (the baseline), a round's average ``rtt`` puts
+    ``queue = limit * (1 - no_load / rtt)`` calls waiting at the backend. Once per round
+    (as :class:`GradientLimit`: a round ends with the first call started after the last
+    update), with ``log = log10(limit)``::
+
+        queue <= log          ->  limit + 6 log   (far from any queue: grow fast)
+        queue <  3 log        ->  limit + log
+        queue >  6 log        ->  limit - max(log, (queue - 6 log) / 2)
+        a drop in the round   ->  limit * backoff_ratio
+
+    then smoothed (``limit * (1 - smoothing) + new * smoothing``). A round using less than
+    half the limit does not grow it. Every ``probe_interval`` rounds the baseline is
+    measured afresh (the next round's RTT), so a backend that got slower for good is not
+    read as queueing forever.
+
+    Example::
+
+        limit = VegasLimit(initial=20, max_limit=500)
+        limiter = ConcurrencyLimiter(limit)
+    """
+
+    __slots__ = ("_estimate", "_max_in", "_n", "_no_load", "_reprobe", "_round_drop",
+                 "_round_end", "_rounds", "_sum", "backoff_ratio", "probe_interval",
+                 "smoothing")
+
+    def __init__(self, initial: int = 20, min_limit: int = 1, max_limit: int = 200, *,
+                 smoothing: float = 1.0, backoff_ratio: float = 0.9,
+                 probe_interval: int | None = 1000) -> None:
+        super().__init__(initial, min_limit, max_limit)
+        self.smoothing = check_number("smoothing", smoothing, 0, strict=True)
+        if self.smoothing > 1:
+            raise ValueError(f"smoothing must be <= 1, got {smoothing!r}")
+        self.backoff_ratio = _check_ratio("backoff_ratio", backoff_ratio)
+        self.probe_interval = None if probe_interval is None else check_int(
+            "probe_interval", probe_interval, 1)
+        self._estimate = float(initial)
+        self._no_load = math.inf
+        self._reprobe = False
+        self._rounds = 0
+        self._round_end = -math.inf
+        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
+
+    @property
+    def no_load_rtt(self) -> float:
+        """The baseline: the lowest round RTT since the last probe (inf: none yet)."""
+        return self._no_load
+
+    def on_sample(self, start_time: float, rtt: float, in_flight: int, dropped: bool) -> None:
+        self._sum += rtt
+        self._n += 1
+        self._max_in = max(self._max_in, in_flight)
+        self._round_drop = self._round_drop or dropped
+        if start_time < self._round_end:
+            return  # started before the last update: the round is not over
+        avg, max_in, drop = self._sum / self._n, self._max_in, self._round_drop
+        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
+        self._round_end = start_time + rtt
+        self._rounds += 1
+        if self._reprobe:
+            self._no_load, self._reprobe = avg, False
+        if self.probe_interval is not None and self._rounds % self.probe_interval == 0:
+            self._reprobe = True  # the next round's RTT is the new baseline
+        self._update(avg, max_in, drop)
+
+    def _update(self, rtt: float, in_flight: int, dropped: bool) -> None:
+        if not dropped and rtt > 0.0:
+            self._no_load = min(self._no_load, rtt)
+        limit = self._estimate
+        if dropped:
+            new = limit * self.backoff_ratio
+        elif in_flight * 2 < limit or rtt <= 0.0:
+            return  # app limited (or no latency to read): no evidence either way
+        else:
+            log = max(1.0, math.log10(limit))
+            queue = limit * (1.0 - self._no_load / rtt)
+            if queue <= log:
+                new = limit + 6 * log
+            elif queue < 3 * log:
+                new = limit + log
+            elif queue > 6 * log:  # half the excess queue: Netflix's -log took 66 rounds
+                new = limit - max(log, (queue - 6 * log) / 2)  # to bring 500 to 305
+            else:
+                return
+            new = limit * (1.0 - self.smoothing) + new * self.smoothing
+        self._estimate = min(float(self.max_limit), max(float(self.min_limit), new))
         self._publish(self._estimate)

@@ -25,6 +25,7 @@ from faust_backpressure.limiters import (
     FixedLimit,
     GradientLimit,
     RateLimitTimeout,
+    VegasLimit,
 )
 from faust_backpressure.limiters.concurrency_limiter import Outcome
 
@@ -113,6 +114,9 @@ def rounds(limit: ConcurrencyLimit, rtt: float, n: int, t: float, *, in_flight: 
     (lambda: GradientLimit(long_window=0), "long_window"),
     (lambda: GradientLimit(queue_size=-1), "queue_size"),
     (lambda: GradientLimit(probe_interval=0), "probe_interval"),
+    (lambda: VegasLimit(smoothing=0), "smoothing"),
+    (lambda: VegasLimit(backoff_ratio=0), "backoff_ratio"),
+    (lambda: VegasLimit(probe_interval=0), "probe_interval"),
     (lambda: ConcurrencyLimiter(object()), "limit"),  # type: ignore[arg-type]
 ])
 def test_bad_arguments_name_the_argument(factory: Callable[[], object], arg: str) -> None:
@@ -121,7 +125,7 @@ def test_bad_arguments_name_the_argument(factory: Callable[[], object], arg: str
 
 
 def test_implementations_satisfy_the_protocol() -> None:
-    for limit in (FixedLimit(3), AIMDLimit(), GradientLimit(), ManualLimit(2)):
+    for limit in (FixedLimit(3), AIMDLimit(), GradientLimit(), VegasLimit(), ManualLimit(2)):
         assert isinstance(limit, ConcurrencyLimit)
 
 
@@ -522,3 +526,45 @@ def test_waiters_get_slots_in_order_within_the_limit(ops: list[tuple[str, int]],
         await asyncio.gather(*waiting, return_exceptions=True)
 
     run_virtual(main)
+
+
+# -- VegasLimit ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("initial", [4, 20, 100])
+def test_vegas_settles_a_few_calls_above_the_servers_count(clock: FakeClock,
+                                                           initial: int) -> None:
+    # 16 servers: the limit settles where the queue it builds is 3-6 log10(limit) calls
+    limiter = ConcurrencyLimiter(VegasLimit(initial=initial), clock=clock)
+    trace = Saturated(limiter, clock).run(queue_rtt(16), 20_000)
+    steady = [lim for lim, _ in trace[8_000:]]
+    assert min(steady) >= 16 and max(steady) <= 30, (min(steady), max(steady))
+
+
+def test_vegas_follows_a_backend_that_gets_busier(clock: FakeClock) -> None:
+    limit = VegasLimit(initial=20, max_limit=500)
+    sim = Saturated(ConcurrencyLimiter(limit, clock=clock), clock)
+    sim.run(lambda _k: SERVICE, 5_000)  # unloaded: grows
+    assert limit.limit >= 100
+    trace = sim.run(queue_rtt(16), 20_000)  # now a 16-server queue
+    assert max(lim for lim, _ in trace[-5_000:]) <= 30
+
+
+def test_vegas_backs_off_on_a_drop_and_does_not_grow_when_unused() -> None:
+    limit = VegasLimit(initial=50, max_limit=500)
+    t = rounds(limit, SERVICE, 5, 0.0, in_flight=60)
+    grown = limit.limit
+    assert grown > 50
+    rounds(limit, SERVICE, 1, t, in_flight=60, dropped=True)
+    assert limit.limit == int(grown * 0.9) or limit.limit == int(grown * 0.9) + 1
+    before = limit.limit
+    rounds(limit, SERVICE, 10, t + 1, in_flight=2)  # app limited: no evidence
+    assert limit.limit == before
+
+
+def test_vegas_relearns_its_baseline_when_the_backend_slows_for_good() -> None:
+    limit = VegasLimit(initial=20, max_limit=200, probe_interval=50)
+    t = rounds(limit, SERVICE, 100, 0.0, in_flight=200)
+    assert limit.no_load_rtt == pytest.approx(SERVICE)
+    rounds(limit, 4 * SERVICE, 120, t, in_flight=200)  # 4x slower, whatever the load
+    assert limit.no_load_rtt == pytest.approx(4 * SERVICE)  # not read as queueing forever
