@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from faust_backpressure.tables import DistributedRateLimiter, LimiterLedger
 from faust_backpressure.tables.fallback import SafeCapacity
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR
@@ -137,7 +135,6 @@ def test_an_outage_with_fallback_keeps_its_documented_bound() -> None:
     sim.run(4.0)
     assert sum(c.lease_counters.fallback_admitted for c in sim.clients) == 0  # owner is up
     before = len(sim.all_admissions())
-    down = sim.clock.now
     sim.crash_owner(outage)
     sim.run(outage)
     during = len(sim.all_admissions()) - before
