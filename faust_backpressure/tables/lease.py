@@ -1,4 +1,4 @@
-"""The worker side of a distributed limiter: spend leased tokens in memory, ask for more ahead.
+"""The worker side of a distributed limiter: spend a leased share in memory, renew it ahead.
 
 :class:`DistributedRateLimiter` is pure (injectable clocks, no I/O): the Faust layer calls
 :meth:`~DistributedRateLimiter.poll` to learn what to send and feeds answers back through
@@ -67,37 +67,15 @@ class DistributedRateLimiter(LimiterBase):
     """One shared token bucket per ``rate_limiter_id``; this object is one worker's view of it.
 
     Implements :class:`~faust_backpressure.limiters.RateLimitingStrategy`. Permits come from a
-    local lease of tokens granted by the bucket's owner; see ``docs/distributed.md``.
+    local rate lease granted by the bucket's owner; see ``docs/distributed.md``.
     ``clock`` is monotonic (leases), ``wall_clock`` is only used for ``sent_at`` stamps.
     """
 
-    __slots__ = (
-        "_asking_since",
-        "_attempted",
-        "_burst",
-        "_config",
-        "_counters",
-        "_demand_since",
-        "_epoch",
-        "_fallback",
-        "_inflight",
-        "_lease",
-        "_lease_expiry",
-        "_lease_id",
-        "_low_water",
-        "_next_request_at",
-        "_pending",
-        "_rate",
-        "_rtt",
-        "_seq",
-        "_wakeup",
-        "_wall",
-        "_wanted",
-        "rate_limiter_id",
-        "request_timeout",
-        "storage_backend",
-        "worker_id",
-    )
+    __slots__ = ("_asking_since", "_attempted", "_burst", "_config", "_counters", "_demand_since",
+                 "_epoch", "_fallback", "_inflight", "_lease", "_lease_expiry", "_lease_id",
+                 "_low_water", "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wakeup",
+                 "_wall", "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
+                 "worker_id")
 
     def __init__(
         self,
@@ -279,7 +257,7 @@ class DistributedRateLimiter(LimiterBase):
                 return entry.command
         inflight = self._inflight
         if inflight is not None:
-            # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): an answer may be
+            # A busy owner grants longer leases (up to RATE_TTL_FACTOR x ttl): an answer may be
             # worth having that long, so the request stays in flight (one per limiter: a slow
             # owner is not sent new requests on top of the ones it has not read yet).
             if now < inflight.first_sent + self._max_ttl:
