@@ -9,10 +9,10 @@ directory; the Redis peers are skipped with a note when ``redis-server`` or the 
 
 In one run, 3 processes greedily share one limit of 1000/s for ``--seconds`` (15):
 
-(a) faust-backpressure, token leases (the default), and (b) rate leases (``rate_leases=True``):
+(a) faust-backpressure (rate leases, the only kind since the token leases were removed):
     3 real ``faust worker`` processes of ``tests/integration/distributed/apps/limited.py``
     (``await acquire()`` in a loop), burst 2000, lease TTL 2 s.
-(c) ``limits`` MovingWindowRateLimiter with RedisStorage and ``pyrate-limiter`` RedisBucket,
+(b) ``limits`` MovingWindowRateLimiter with RedisStorage and ``pyrate-limiter`` RedisBucket,
     1000 per 1 s: 3 plain Python processes against the local Redis. A ``limits`` process that
     is refused sleeps until the window's reset time (``get_window_stats``); pyrate-limiter
     waits on its own (``try_acquire(blocking=True)``).
@@ -60,27 +60,25 @@ SETTLE, STEADY = 4.0, 10.0  # the steady part: [t0 + SETTLE, t0 + SETTLE + STEAD
 
 # -- hot path ------------------------------------------------------------------------------
 
-def leased(tokens: int, rate_leases: bool) -> DistributedRateLimiter:
-    """A limiter holding a lease of ``tokens`` (and, for a rate lease, a share that never
-    binds), as a worker has it between two grants."""
-    limiter = DistributedRateLimiter("bench", 1e12, 1e12, worker_id="w", lease_ttl=3600,
-                                     rate_leases=rate_leases)
+def leased(tokens: int) -> DistributedRateLimiter:
+    """A limiter holding a lease of ``tokens`` and a share that never binds, as a worker has
+    it between two grants."""
+    limiter = DistributedRateLimiter("bench", 1e12, 1e12, worker_id="w", lease_ttl=3600)
     limiter.try_acquire()
     request = limiter.poll()
     assert request is not None
     limiter.on_grant(Grant(request_id=request.request_id, limiter_id="bench", worker_id="w",
                            lease_id="1", tokens=tokens, ttl=3600, renews=None,
                            retry_after=3600, epoch=0, rate=1e12, burst=1e12,
-                           share=1e9 if rate_leases else 0.0,
-                           share_cap=float(tokens) if rate_leases else 0.0))
+                           share=1e9, share_cap=float(tokens)))
     return limiter
 
 
-def lease_hit_ops(n: int, rate_leases: bool) -> float:
+def lease_hit_ops(n: int) -> float:
     """Lease-hit ``try_acquire(1)`` ops/s, median of 5 rounds."""
     rounds = []
     for _ in range(5):
-        limiter = leased(n + 10, rate_leases)
+        limiter = leased(n + 10)
         take = limiter.try_acquire
         began = time.perf_counter()
         for _ in range(n):
@@ -144,9 +142,9 @@ class Result:
                 "total": len(in_run), "total_all": len(times)}
 
 
-# -- (a), (b): faust-backpressure on real workers -------------------------------------------
+# -- (a): faust-backpressure on real workers -------------------------------------------
 
-async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result:
+async def faust_run(bootstrap: str, seconds: float) -> Result:
     tag = f"{os.getpid()}-{time.time_ns()}"
     report = f"bench-even-report-{tag}"
     await create_topics(bootstrap, {report: 1})
@@ -154,8 +152,7 @@ async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result
         go = Path(tmp) / "go"
         env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"bench-even-{tag}",
                "FBP_REPORT": report, "FBP_GO_FILE": str(go), "FBP_LEASE_TTL": f"{TTL:g}",
-               "FBP_LIMITERS": f"even:{RATE:g}:{BURST:g}",
-               "FBP_RATE_LEASES": "1" if rate_leases else "0"}
+               "FBP_LIMITERS": f"even:{RATE:g}:{BURST:g}"}
         procs = [FaustWorker(APP, name=f"w{i}", env=env, cwd=REPO).start()
                  for i in range(WORKERS)]
         try:
@@ -187,12 +184,11 @@ async def faust_run(bootstrap: str, rate_leases: bool, seconds: float) -> Result
         times.setdefault(body["worker"], []).extend(body["times"])
         # cumulative: the last report counts every lease message, for every permit reported
         trips[body["worker"]] = body.get("requests", 0) + body.get("retries", 0)
-    name = "rate leases (default)" if rate_leases else "token leases (`rate_leases=False`)"
-    return Result(f"faust-backpressure, {name}", lease_hit_ops(1_000_000, rate_leases),
+    return Result("faust-backpressure, rate leases", lease_hit_ops(1_000_000),
                   times, sum(trips.values()), seconds, (before, after))
 
 
-# -- (c): Redis-backed peers ------------------------------------------------------------------
+# -- (b): Redis-backed peers ------------------------------------------------------------------
 
 def count_redis_commands() -> Callable[[], int]:
     """Count every command this process sends to Redis (each is one round trip)."""
@@ -356,8 +352,7 @@ def render(results: list[Result], skipped: str | None, seconds: float) -> str:
 
 def main(seconds: float) -> str:
     with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
-        results = [asyncio.run(faust_run(bootstrap, rate_leases, seconds))
-                   for rate_leases in (False, True)]
+        results = [asyncio.run(faust_run(bootstrap, seconds))]
     peers, skipped = redis_peers(seconds)
     return render(results + peers, skipped, seconds)
 

@@ -35,8 +35,8 @@ APP = "tests.integration.distributed.apps.many_ids"
 RATE, BURST, TTL = 50.0, 50.0, 1.0
 
 
-async def run_once(bootstrap: str, ids: int, seconds: float, window: float,
-                   rate_leases: bool = True) -> dict[str, Any]:
+async def run_once(bootstrap: str, ids: int, seconds: float, window: float
+                   ) -> dict[str, Any]:
     tag = f"{os.getpid()}-{time.time_ns()}"
     report, app_id = f"bench-many-report-{tag}", f"bench-many-{tag}"
     await create_topics(bootstrap, {report: 1})
@@ -44,8 +44,7 @@ async def run_once(bootstrap: str, ids: int, seconds: float, window: float,
         go = Path(tmp) / "go"
         env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": app_id, "FBP_REPORT": report,
                "FBP_GO_FILE": str(go), "FBP_IDS": str(ids), "FBP_RATE": f"{RATE:g}",
-               "FBP_BURST": f"{BURST:g}", "FBP_LEASE_TTL": f"{TTL:g}",
-               "FBP_RATE_LEASES": "1" if rate_leases else "0"}
+               "FBP_BURST": f"{BURST:g}", "FBP_LEASE_TTL": f"{TTL:g}"}
         procs = [FaustWorker(APP, name=f"w{i}", env=env, cwd=REPO).start() for i in range(3)]
         try:
             for proc in procs:
@@ -95,19 +94,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=55.0)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--label", default="latest")
-    parser.add_argument("--leases", choices=("rate", "token"), default="rate",
-                        help="rate leases (default) or token leases")
     args = parser.parse_args()
     results = []
     with kafka_bootstrap() as bootstrap:
         for n in (int(x) for x in args.ids.split(",")):
-            result = asyncio.run(run_once(bootstrap, n, args.seconds, args.window,
-                                          rate_leases=args.leases == "rate"))
+            result = asyncio.run(run_once(bootstrap, n, args.seconds, args.window))
             results.append(result)
             sys.stderr.write(f"{json.dumps(result)}\n")
     lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
              f"{os.cpu_count()} cores; `PYTHONPATH=. python bench/many_ids.py --ids {args.ids} "
-             f"--seconds {args.seconds:g} --window {args.window:g} --leases {args.leases}` "
+             f"--seconds {args.seconds:g} --window {args.window:g}` "
              f"({args.label}). 3 workers, "
              f"each id {RATE:g}/s burst {BURST:g}, TTL {TTL:g} s, try_acquire on every id "
              f"every 10 ms; last {args.window:g} s of a {args.seconds:g} s run.", "",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How many lease requests one owner answers per second, on its own core.
 
-Run: ``PYTHONPATH=. python bench/owner_throughput.py [--ids 1000] [--rounds 7] [--leases rate]``.
+Run: ``PYTHONPATH=. python bench/owner_throughput.py [--ids 1000] [--rounds 7]``.
 Starts its own Kafka broker (or uses ``$KAFKA_BOOTSTRAP_SERVERS``), writes ``ids x 3 workers x
 rounds`` lease requests (3 made-up worker ids, each renewing every id ``rounds`` times, seq 1..
 rounds; ``--per-record`` of them per record, as a worker's keeper batches them per partition)
@@ -41,7 +41,7 @@ APP = "tests.integration.distributed.apps.many_ids"
 PARTITIONS = 4  # the app's topic_partitions (fast_faust_settings)
 
 
-def requests(ids: int, rounds: int, rate_lease: bool, per_record: int
+def requests(ids: int, rounds: int, per_record: int
              ) -> list[tuple[bytes, bytes]]:
     # TTL 10 s: the backlog waits while the worker starts; the owner must not find it stale.
     config = LimiterConfig(rate=50.0, burst=50.0, lease_ttl=10.0)
@@ -56,8 +56,7 @@ def requests(ids: int, rounds: int, rate_lease: bool, per_record: int
                 lid, wid = f"id-{i}", f"bench-w{w}"
                 req = LeaseRequest(request_id=f"{wid}:{lid}:{seq}", limiter_id=lid,
                                    worker_id=wid, demand=100.0, requested=50, sent_at=now,
-                                   lease_id=None, unspent=0.0, config=config, seq=seq,
-                                   rate_lease=rate_lease)
+                                   lease_id=None, unspent=0.0, config=config, seq=seq)
                 by_partition.setdefault(partition_for_key(lid.encode(), PARTITIONS),
                                         []).append(req)
             for batch in by_partition.values():
@@ -66,12 +65,12 @@ def requests(ids: int, rounds: int, rate_lease: bool, per_record: int
     return out
 
 
-async def run(bootstrap: str, ids: int, rounds: int, rate_lease: bool, per_record: int
+async def run(bootstrap: str, ids: int, rounds: int, per_record: int
               ) -> dict[str, float]:
     tag = f"{os.getpid()}-{time.time_ns()}"
     app_id, report = f"bench-owner-{tag}", f"bench-owner-report-{tag}"
     await create_topics(bootstrap, {f"{app_id}-fbp-limiter-requests": PARTITIONS, report: 1})
-    backlog = requests(ids, rounds, rate_lease, per_record)
+    backlog = requests(ids, rounds, per_record)
     await produce(bootstrap, f"{app_id}-fbp-limiter-requests", backlog)
     expected = ids * 3 * rounds
     with tempfile.TemporaryDirectory():
@@ -109,17 +108,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ids", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--leases", choices=("rate", "token"), default="rate")
     parser.add_argument("--per-record", type=int, default=50,
                         help="requests per request-topic record (a worker's keeper batches)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with kafka_bootstrap() as bootstrap:
-        result = asyncio.run(run(bootstrap, args.ids, args.rounds, args.leases == "rate",
-                                 args.per_record))
+        result = asyncio.run(run(bootstrap, args.ids, args.rounds, args.per_record))
     text = (f"Date: {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
             f"{os.cpu_count()} cores; `PYTHONPATH=. python bench/owner_throughput.py --ids "
-            f"{args.ids} --rounds {args.rounds} --leases {args.leases} --per-record "
+            f"{args.ids} --rounds {args.rounds} --per-record "
             f"{args.per_record}`; load 1 min before "
             f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}.\n\n"
             f"One owner answered {result['replies']:,} of {result['requests']:,} lease requests "

@@ -16,6 +16,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from faust_backpressure.config.validation import check_int, check_number, is_number
 
+from .bucket import EPSILON
+
 __all__ = [
     "EPSILON",
     "Clock",
@@ -34,10 +36,6 @@ Clock = Callable[[], float]
 
 _NEG_INF = -math.inf
 
-#: Float rounding slack, in permits: a request is granted when it is short by less than
-#: this (e.g. refill computed as 0.9999999999999 at the exact due time). It never
-#: accumulates: after a grant the balance is at least ``-EPSILON``.
-EPSILON = 1e-9
 
 
 class RateLimitTimeout(asyncio.TimeoutError):

@@ -9,7 +9,8 @@ from types import MappingProxyType
 
 from faust_backpressure.config.validation import check_int
 
-from .base import EPSILON, Clock, LimiterBase, RateLimitingStrategy, check_permits, check_rate
+from .base import Clock, LimiterBase, RateLimitingStrategy, check_permits, check_rate
+from .bucket import EPSILON, ONE_PERMIT, Bucket
 from .token_bucket import TokenBucketRateLimiter
 
 __all__ = ["MultiTierRateLimiter", "TierSpec"]
@@ -87,10 +88,10 @@ class MultiTierRateLimiter(LimiterBase):
         self._configured = {name: t.current_rate_limit for name, t in built.items()}
         # The tiers handled inline (see try_acquire), or () to use their public methods.
         # Exact type: a subclass may override try_acquire and must be asked.
-        buckets = tuple(t for t in built.values() if t.__class__ is TokenBucketRateLimiter)
-        self._buckets: tuple[TokenBucketRateLimiter, ...] = (
-            buckets
-            if len(buckets) == len(built) and all(b._clock is clock for b in buckets)
+        tiers_ = tuple(t for t in built.values() if t.__class__ is TokenBucketRateLimiter)
+        self._buckets: tuple[tuple[TokenBucketRateLimiter, Bucket], ...] = (
+            tuple((t, t.bucket) for t in tiers_)
+            if len(tiers_) == len(built) and all(t._clock is clock for t in tiers_)
             else ()
         )
         super().__init__(clock, utilization_window)
@@ -108,8 +109,8 @@ class MultiTierRateLimiter(LimiterBase):
         if self._buckets:
             # What each tier's time_until_available would check, without the refill at
             # a later clock reading than the caller's ``now`` (time must not go back).
-            for b in self._buckets:
-                check_permits(permits, b._capacity)
+            for _, b in self._buckets:
+                check_permits(permits, b.capacity)
             return permits
         for tier in self._tiers.values():
             tier.time_until_available(permits)  # raises if over that tier's capacity
@@ -129,7 +130,7 @@ class MultiTierRateLimiter(LimiterBase):
         return out
 
     # The hot path, for token-bucket tiers: one clock read, no method calls. It mirrors
-    # LimiterBase.try_acquire -> _take -> _admit and each tier's own try_acquire(1); a
+    # LimiterBase.try_acquire -> _take -> _admit with each tier's Bucket.refill inlined; a
     # window to roll (here or in a tier) or a queue falls back to _try_slow, which ends
     # in _admit with the same ``now``.
     def try_acquire(self, permits: int = 1) -> bool:
@@ -138,21 +139,21 @@ class MultiTierRateLimiter(LimiterBase):
         if permits == 1 and permits.__class__ is int and now < self._fast_until:
             buckets = self._buckets
             if buckets:
-                for b in buckets:
-                    if now >= b._fast_until:
+                for tier, b in buckets:
+                    if now >= tier._fast_until:
                         break
-                    tokens = b._tokens_now + (now - b._last) * b._rate
-                    if tokens > b._capacity:
-                        tokens = b._capacity
-                    b._tokens_now = tokens
-                    b._last = now
-                    if tokens < 0.999999999:  # 1 - EPSILON, inlined
+                    tokens = b.level + (now - b.at) * b.rate
+                    if tokens > b.capacity:
+                        tokens = b.capacity
+                    b.level = tokens
+                    b.at = now
+                    if tokens < ONE_PERMIT:
                         self._denied += 1
                         return False
                 else:
-                    for b in buckets:
-                        b._tokens_now -= 1.0
-                        b._granted += 1
+                    for tier, b in buckets:
+                        b.level -= 1.0
+                        tier._granted += 1
                     self._granted += 1
                     return True
         return self._try_slow(permits, now)
@@ -161,16 +162,16 @@ class MultiTierRateLimiter(LimiterBase):
         buckets = self._buckets
         if buckets:
             need = permits - EPSILON
-            for b in buckets:
-                if now >= b._fast_until:
-                    if b._queue:  # misuse: the tier has waiters of its own, ask it
+            for tier, b in buckets:
+                if now >= tier._fast_until:
+                    if tier._queue:  # misuse: the tier has waiters of its own, ask it
                         return self._admit_generic(permits)
-                    b._roll(now)  # as the tier's own try_acquire would
-                if b._refill(now) < need:
+                    tier._roll(now)  # as the tier's own try_acquire would
+                if b.refill(now) < need:
                     return False
-            for b in buckets:
-                b._tokens_now -= permits
-                b._granted += permits
+            for tier, b in buckets:
+                b.level -= permits
+                tier._granted += permits
             return True
         return self._admit_generic(permits)
 
@@ -193,8 +194,7 @@ class MultiTierRateLimiter(LimiterBase):
     def _delay(self, permits: float, now: float) -> float:
         buckets = self._buckets
         if buckets:
-            need = permits - EPSILON
-            return max(0.0, max((need - b._refill(now)) / b._rate for b in buckets))
+            return max(0.0, max(b.delay(permits, now) for _, b in buckets))
         return max(tier.time_until_available(int(permits)) for tier in self._tiers.values())
 
     def _full_delay(self, now: float) -> float:

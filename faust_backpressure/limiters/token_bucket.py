@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .base import EPSILON, Clock, LimiterBase, check_capacity, check_rate
+from .base import Clock, LimiterBase, check_capacity, check_rate
+from .bucket import ONE_PERMIT, Bucket
 
 __all__ = ["TokenBucketRateLimiter"]
 
@@ -29,7 +30,7 @@ class TokenBucketRateLimiter(LimiterBase):
         await limiter.acquire(10, timeout=5.0)   # waits, FIFO, no polling
     """
 
-    __slots__ = ("_capacity", "_initial", "_last", "_rate", "_tokens_now", "rate_limiter_id")
+    __slots__ = ("_initial", "bucket", "rate_limiter_id")
 
     def __init__(
         self,
@@ -41,61 +42,52 @@ class TokenBucketRateLimiter(LimiterBase):
         clock: Clock = time.monotonic,
         utilization_window: float = 1.0,
     ) -> None:
-        self._rate = check_rate("tokens_per_second", tokens_per_second)
-        self._capacity = check_capacity("burst_capacity", burst_capacity)
+        rate = check_rate("tokens_per_second", tokens_per_second)
+        capacity = check_capacity("burst_capacity", burst_capacity)
         if initial_tokens is None:
-            self._initial = self._capacity
+            self._initial = capacity
         else:
             initial = float(initial_tokens)
-            if not 0.0 <= initial <= self._capacity:
+            if not 0.0 <= initial <= capacity:
                 raise ValueError(
                     f"initial_tokens must be None or between 0 and burst_capacity "
-                    f"({self._capacity:g}), got {initial_tokens!r}"
+                    f"({capacity:g}), got {initial_tokens!r}"
                 )
             self._initial = initial
         self.rate_limiter_id = rate_limiter_id
         super().__init__(clock, utilization_window)
-        self._tokens_now = self._initial
-        self._last = clock()
+        #: The tokens (read by a :class:`MultiTierRateLimiter` that holds this one as a tier).
+        self.bucket = Bucket(rate, capacity, self._initial, clock())
 
     # The hot path: no validation for permits == 1, no method calls beyond the clock.
+    # ``Bucket.take(1, now)`` inlined (a call would cost about a quarter of the time);
+    # the level never exceeds the capacity here, so refill may cut to it.
     def try_acquire(self, permits: int = 1) -> bool:
         """Take ``permits`` tokens now or refuse now (never blocks)."""
         now = self._clock()
         if permits == 1 and now < self._fast_until:
-            tokens = self._tokens_now + (now - self._last) * self._rate
-            if tokens > self._capacity:
-                tokens = self._capacity
-            self._last = now
-            if tokens >= 0.999999999:  # 1 - EPSILON, inlined
-                self._tokens_now = tokens - 1.0
+            b = self.bucket
+            tokens = b.level + (now - b.at) * b.rate
+            if tokens > b.capacity:
+                tokens = b.capacity
+            b.at = now
+            if tokens >= ONE_PERMIT:
+                b.level = tokens - 1.0
                 self._granted += 1
                 return True
-            self._tokens_now = tokens
+            b.level = tokens
             self._denied += 1
             return False
         return self._try_slow(permits, now)
 
-    def _refill(self, now: float) -> float:
-        tokens = self._tokens_now + (now - self._last) * self._rate
-        if tokens > self._capacity:
-            tokens = self._capacity
-        self._tokens_now = tokens
-        self._last = now
-        return tokens
-
     def _admit(self, permits: int, now: float) -> bool:
-        tokens = self._refill(now)
-        if tokens >= permits - EPSILON:
-            self._tokens_now = tokens - permits
-            return True
-        return False
+        return self.bucket.take(permits, now)
 
     def _delay(self, permits: float, now: float) -> float:
-        return (permits - EPSILON - self._refill(now)) / self._rate
+        return self.bucket.delay(permits, now)
 
     def _max_permits(self) -> float:
-        return self._capacity
+        return self.bucket.capacity
 
     def _tokens(self) -> float:
         return self.current_tokens
@@ -103,12 +95,11 @@ class TokenBucketRateLimiter(LimiterBase):
     @property
     def current_tokens(self) -> float:
         """Tokens available right now (fractional)."""
-        tokens = self._tokens_now + (self._clock() - self._last) * self._rate
-        return min(tokens, self._capacity)
+        return self.bucket.level_at(self._clock())
 
     @property
     def max_tokens(self) -> float:
-        return self._capacity
+        return self.bucket.capacity
 
     @property
     def name(self) -> str:
@@ -117,7 +108,7 @@ class TokenBucketRateLimiter(LimiterBase):
 
     @property
     def current_rate_limit(self) -> float:
-        return self._rate
+        return self.bucket.rate
 
     @property
     def is_distributed(self) -> bool:
@@ -137,15 +128,12 @@ class TokenBucketRateLimiter(LimiterBase):
 
     def update_rate_limit(self, new_rate: float) -> None:
         """Change the refill rate at once; tokens accrued so far are kept."""
-        new_rate = check_rate("new_rate", new_rate)
-        self._refill(self._clock())
-        self._rate = new_rate
+        self.bucket.set_rate(check_rate("new_rate", new_rate), self._clock())
         self._notify()
 
     def reset(self) -> None:
         """Back to ``initial_tokens`` with cleared counters; the current rate is kept."""
         now = self._clock()
-        self._tokens_now = self._initial
-        self._last = now
+        self.bucket.fill(self._initial, now)
         self._reset_counters(now)
         self._notify()

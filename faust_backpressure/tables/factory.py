@@ -41,14 +41,11 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         initial_tokens: float | None = None,
         request_timeout: float | None = None,
         fallback_rate: float | None = None,
-        paced: bool = False,
-        rate_leases: bool = True,
         **channel_options: Any,
     ) -> DistributedRateLimiter:
         """A distributed token bucket. ``per_consumer=True``: rate and burst are per live
-        worker using the limiter (the total scales with them). ``rate_leases`` (default):
-        the owner leases each worker a share of the rate; ``False``: leases of tokens (see
-        docs/distributed.md). ``channel_options``
+        worker using the limiter (the total scales with them). The owner leases each worker a
+        share of the rate (see docs/distributed.md). ``channel_options``
         (``partitions``, ``secret``, ``max_clock_skew``) are taken from the app's first call."""
         unknown = set(channel_options) - set(_CHANNEL_OPTIONS)
         if unknown:
@@ -57,8 +54,7 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         limiter = DistributedRateLimiter(
             rate_limiter_id, tokens_per_second, burst_capacity, worker_id=channel.worker_id,
             lease_ttl=lease_ttl, request_timeout=request_timeout, per_consumer=per_consumer,
-            initial_tokens=initial_tokens, fallback_rate=fallback_rate, paced=paced,
-            rate_leases=rate_leases,
+            initial_tokens=initial_tokens, fallback_rate=fallback_rate,
             storage_backend=f"kafka-table:{channel.changelog_topic_name}",
             wakeup=channel.wakeup(rate_limiter_id))
         return channel.add(limiter)

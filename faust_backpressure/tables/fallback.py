@@ -15,40 +15,40 @@ from __future__ import annotations
 import math
 
 from faust_backpressure.limiters.base import check_rate
+from faust_backpressure.limiters.bucket import Bucket, small_burst
 
-__all__ = ["FALLBACK_BURST_SECONDS", "SafeCapacity"]
-
-#: The fallback bucket holds this many seconds of its rate (at least one permit).
-FALLBACK_BURST_SECONDS = 0.05
+__all__ = ["SafeCapacity"]
 
 
 class SafeCapacity:
-    """A token bucket at ``rate`` (capacity ``max(1, rate * FALLBACK_BURST_SECONDS)``) that is
-    emptied whenever a new outage starts (``since`` changes)."""
+    """A token bucket at ``rate`` (capacity :func:`~faust_backpressure.limiters.bucket.small_burst`
+    of it) that is emptied whenever a new outage starts (``since`` changes)."""
 
-    __slots__ = ("_at", "_level", "_since", "burst", "rate")
+    __slots__ = ("_bucket", "_since")
 
     def __init__(self, rate: float) -> None:
-        self.rate = check_rate("fallback_rate", rate)
-        self.burst = max(1.0, self.rate * FALLBACK_BURST_SECONDS)
+        rate = check_rate("fallback_rate", rate)
+        self._bucket = Bucket(rate, small_burst(rate), 0.0, -math.inf)
         self._since = -math.inf
-        self._level = 0.0
-        self._at = -math.inf
 
-    def _refill(self, since: float, now: float) -> float:
+    @property
+    def rate(self) -> float:
+        return self._bucket.rate
+
+    @property
+    def burst(self) -> float:
+        return self._bucket.capacity
+
+    def _start(self, since: float) -> None:
         if since != self._since:  # a new outage: start empty at its beginning
-            self._since, self._level, self._at = since, 0.0, since
-        level = min(self.burst, self._level + max(0.0, now - self._at) * self.rate)
-        self._level, self._at = level, max(self._at, now)
-        return level
+            self._since = since
+            self._bucket.fill(0.0, since)
 
     def take(self, permits: float, since: float, now: float) -> bool:
-        """Take ``permits`` for the outage that began (fallback-wise) at ``since``, or refuse."""
-        level = self._refill(since, now)
-        if level >= permits:
-            self._level = level - permits
-            return True
-        return False
+        """Take ``permits`` for the outage that began (fallback-wise) at ``since``, or refuse;
+        ``now >= since``."""
+        self._start(since)
+        return self._bucket.take(permits, now)
 
     def delay(self, permits: float, since: float, now: float) -> float:
         """Seconds until ``permits`` could be taken (``inf`` if more than the bucket holds)."""
@@ -56,5 +56,5 @@ class SafeCapacity:
             return math.inf
         if now < since:
             return since - now + permits / self.rate
-        level = self._refill(since, now)
-        return 0.0 if level >= permits else (permits - level) / self.rate
+        self._start(since)
+        return max(0.0, self._bucket.delay(permits, now))

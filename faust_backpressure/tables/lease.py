@@ -1,13 +1,13 @@
-"""The worker side of a distributed limiter: spend leased tokens in memory, ask for more ahead.
+"""The worker side of a distributed limiter: spend a leased share in memory, renew it ahead.
 
 :class:`DistributedRateLimiter` is pure (injectable clocks, no I/O): the Faust layer calls
 :meth:`~DistributedRateLimiter.poll` to learn what to send and feeds answers back through
 :meth:`~DistributedRateLimiter.on_grant` / :meth:`~DistributedRateLimiter.on_ack`. The hot path,
 ``try_acquire(1)`` with tokens in the lease, touches nothing but a few attributes.
 
-A lease is either a share of the rate (``rate_leases``: the slow path refills the level at the
-share, up to a small cap) or a number of tokens, optionally spent at the pace of the share
-(``paced``); see ``docs/distributed.md``, *Rate leases*.
+A lease is a share of the rate for the lease's life: the lease's level (tokens granted from the
+shared bucket, if any) refills at the share up to a small cap; only the slow path refills it,
+the hot path just spends. See ``docs/distributed.md``, *Rate leases*.
 """
 
 from __future__ import annotations
@@ -20,17 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
+from faust_backpressure.limiters.bucket import Bucket
 from faust_backpressure.tables.fallback import SafeCapacity
-from faust_backpressure.tables.ledger import MAX_TTL_FACTOR, RATE_TTL_FACTOR, SATURATED
+from faust_backpressure.tables.ledger import RATE_TTL_FACTOR, SATURATED
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 
 _INF = math.inf
-#: In steady demand, a grant raises the pace by at most this factor.
-PACE_GROWTH = 1.25
-#: In steady demand a worker may spend this many seconds of its pace at once (>= 1 permit).
-LOCAL_BURST_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -44,8 +41,6 @@ class LeaseCounters:
     granted_tokens: int = 0
     expired_tokens: float = 0.0
     ignored_replies: int = 0
-    #: Calls refused only by the pace (the lease had the tokens, just not yet).
-    paced: int = 0
     #: Permits admitted from the safe-capacity fallback while the owner was unreachable.
     fallback_admitted: int = 0
     #: Grants cut to the limiter's burst or the longest lease TTL (forged, or a confused owner).
@@ -72,48 +67,15 @@ class DistributedRateLimiter(LimiterBase):
     """One shared token bucket per ``rate_limiter_id``; this object is one worker's view of it.
 
     Implements :class:`~faust_backpressure.limiters.RateLimitingStrategy`. Permits come from a
-    local lease of tokens granted by the bucket's owner; see ``docs/distributed.md``.
+    local rate lease granted by the bucket's owner; see ``docs/distributed.md``.
     ``clock`` is monotonic (leases), ``wall_clock`` is only used for ``sent_at`` stamps.
     """
 
-    __slots__ = (
-        "_asking_since",
-        "_attempted",
-        "_burst",
-        "_burst_until",
-        "_cap",
-        "_config",
-        "_counters",
-        "_demand_since",
-        "_epoch",
-        "_fallback",
-        "_inflight",
-        "_lease_expiry",
-        "_lease_id",
-        "_lease_tokens",
-        "_low_water",
-        "_next_request_at",
-        "_pace",
-        "_paced",
-        "_paced_at",
-        "_paced_spending",
-        "_pending",
-        "_rate",
-        "_rate_leases",
-        "_rtt",
-        "_seq",
-        "_share",
-        "_share_at",
-        "_share_cap",
-        "_starved",
-        "_wakeup",
-        "_wall",
-        "_wanted",
-        "rate_limiter_id",
-        "request_timeout",
-        "storage_backend",
-        "worker_id",
-    )
+    __slots__ = ("_asking_since", "_attempted", "_burst", "_config", "_counters", "_demand_since",
+                 "_epoch", "_fallback", "_inflight", "_lease", "_lease_expiry", "_lease_id",
+                 "_low_water", "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wakeup",
+                 "_wall", "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
+                 "worker_id")
 
     def __init__(
         self,
@@ -132,18 +94,10 @@ class DistributedRateLimiter(LimiterBase):
         utilization_window: float = 1.0,
         wakeup: Callable[[], None] | None = None,
         fallback_rate: float | None = None,
-        paced: bool = False,
-        rate_leases: bool = False,
     ) -> None:
         """``wakeup`` is called when the limiter has something to send (its channel's
         keeper wakes); ``poll`` returns it. ``fallback_rate`` (off by default): permits/s this
-        worker may admit on its own while the owner cannot be reached (see ``fallback.py``).
-        ``paced`` (off by default): spend each lease at the pace of the share rather than as
-        it comes (smoother second to second; in the demo it cost about a third of the
-        throughput, see docs/distributed.md). ``rate_leases``: ask for rate leases (a share
-        of the rate for the lease's life, refilling a small local bucket), which need about
-        one request per lease life however short the burst, and are even second to second;
-        ``paced`` is then not used."""
+        worker may admit on its own while the owner cannot be reached (see ``fallback.py``)."""
         self._config = LimiterConfig(
             rate=check_rate("tokens_per_second", tokens_per_second),
             burst=float(burst_capacity), lease_ttl=check_rate("lease_ttl", lease_ttl),
@@ -159,7 +113,9 @@ class DistributedRateLimiter(LimiterBase):
         self._rate = self._config.rate
         self._burst = self._config.burst
         self._epoch = -1
-        self._lease_tokens = 0.0
+        # The lease: its level refills at the share (``rate``) up to the local burst
+        # (``capacity``, never cutting a larger grant) until ``_lease_expiry``.
+        self._lease = Bucket(0.0, 0.0, 0.0, 0.0)
         self._lease_expiry = -_INF
         self._lease_id: str | None = None
         self._low_water = 1.0
@@ -171,25 +127,6 @@ class DistributedRateLimiter(LimiterBase):
         self._wanted = False
         self._rtt = 0.01
         self._counters = LeaseCounters()
-        # Pacing: a local token bucket (level ``_paced`` at ``_paced_at``, refilled at
-        # ``_pace``, capacity ``_cap``) gates spending from the lease. In steady demand its
-        # capacity is small (LOCAL_BURST_SECONDS of the pace); when demand starts after a
-        # lease TTL of idle time (and at start) it is full and holds the whole burst for one
-        # TTL, so the grants of a full shared bucket may be spent at once, as before.
-        self._paced_spending = paced and not rate_leases  # off: no pacing bucket at all
-        # Rate leases: the lease's level (``_lease_tokens``) refills at ``_share`` up to
-        # ``_share_cap`` (never above what it holds) from ``_share_at`` until expiry; only
-        # the slow path refills, the hot path just spends (see ``_accrue``).
-        self._rate_leases = rate_leases
-        self._share = 0.0
-        self._share_cap = 0.0
-        self._share_at = 0.0
-        self._pace = self._rate
-        self._paced = 0.0
-        self._paced_at = -_INF  # no demand yet: the first call finds the limiter idle
-        self._cap = self._burst
-        self._burst_until = -_INF
-        self._starved = False
         self._fallback = None if fallback_rate is None else SafeCapacity(fallback_rate)
         self._asking_since: float | None = None  # first send of the oldest unanswered request
         super().__init__(clock, utilization_window)
@@ -201,11 +138,11 @@ class DistributedRateLimiter(LimiterBase):
         """Spend ``permits`` of the local lease now or refuse now (never blocks, no I/O)."""
         now = self._clock()
         if permits == 1 and now < self._fast_until:
-            tokens = self._lease_tokens
-            if tokens >= 1.0 and now < self._lease_expiry and (
-                    not self._paced_spending or self._take_paced(now)):
+            lease = self._lease
+            tokens = lease.level
+            if tokens >= 1.0 and now < self._lease_expiry:
                 self._attempted += 1
-                self._lease_tokens = tokens = tokens - 1.0
+                lease.level = tokens = tokens - 1.0
                 self._granted += 1
                 if tokens < self._low_water and not self._wanted:
                     self._want()
@@ -217,73 +154,31 @@ class DistributedRateLimiter(LimiterBase):
             return False
         return self._try_slow(permits, now)
 
-    def _take_paced(self, now: float) -> bool:
-        """One permit from the pacing bucket (paced spending only), if it has one."""
-        level = self._paced + (now - self._paced_at) * self._pace
-        if level < 1.0:
-            return False
-        cap = self._cap
-        self._paced = (level if level < cap else cap) - 1.0
-        self._paced_at = now
-        return True
-
     def _want(self) -> None:
         self._wanted = True
         if self._wakeup is not None:
             self._wakeup()
 
-    def _level(self, now: float, permits: float = 1.0) -> float:
-        """The pacing bucket's level now (its capacity is never below ``permits``)."""
-        level = self._paced + max(0.0, now - self._paced_at) * self._pace
-        return min(level, max(self._cap, permits))
-
     def _accrue(self, now: float) -> None:
-        """Refill the level of a rate lease up to its cap. Lazy but exact as a bound: the
-        hot path only spends, so what it spent between two refills was there at the first,
-        and a level over the cap never refills."""
-        until = now if now < self._lease_expiry else self._lease_expiry
-        if until > self._share_at:
-            level, cap = self._lease_tokens, self._share_cap
-            if level < cap:
-                level += self._share * (until - self._share_at)
-                self._lease_tokens = level if level < cap else cap
-            self._share_at = until
+        """Refill the lease's level at its share up to its cap, until the lease expires. Lazy
+        but exact as a bound: the hot path only spends, so what it spent between two refills
+        was there at the first, and a level over the cap never refills."""
+        lease = self._lease
+        if lease.rate > 0.0:
+            until = now if now < self._lease_expiry else self._lease_expiry
+            if until > lease.at:
+                lease.refill(until)
 
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
-        if self._share > 0.0:
-            self._accrue(now)
-        paced = self._paced_spending
-        if paced and now - self._paced_at >= self._config.lease_ttl:
-            # Demand after idle time: the bucket filled meanwhile, up to the whole burst.
-            self._paced = min(self._burst, self._paced + (now - self._paced_at) * self._pace)
-            self._cap = self._burst
-            self._burst_until = now + self._config.lease_ttl
-            self._paced_at = now
-            self._starved = False
-        tokens = self._lease_tokens
+        self._accrue(now)
+        lease = self._lease
+        tokens = lease.level
         if tokens >= permits and now < self._lease_expiry:
-            admitted = True
-            if paced:
-                level = self._level(now, permits)
-                self._paced_at = now
-                self._starved = False
-                admitted = level >= permits
-                self._paced = level - permits if admitted else level
-                if not admitted:
-                    self._counters.paced += 1
-            if admitted:
-                self._lease_tokens = tokens = tokens - permits
+            lease.level = tokens = tokens - permits
             if tokens < self._low_water and not self._wanted:
                 self._want()
-            return admitted
-        if paced:
-            # Short of lease tokens: the pacing bucket keeps what it gathered while idle, but
-            # not while demand waits for a lease (or a new lease would be spent at once).
-            if not self._starved:
-                self._paced = self._level(now, permits)
-                self._starved = True
-            self._paced_at = now
+            return True
         if not self._wanted:
             self._want()
         fallback = self._fallback
@@ -310,30 +205,25 @@ class DistributedRateLimiter(LimiterBase):
         delay = super().time_until_available(permits)
         if delay > 0.0:
             self._attempted += permits
-            # Waiting for the pace is not a reason to ask the owner; a short lease is.
-            if not self._wanted and (self._lease_tokens < max(permits, self._low_water)
+            # Waiting for the share to refill the level is not a reason to ask the owner; a
+            # short lease is.
+            if not self._wanted and (self._lease.level < max(permits, self._low_water)
                                      or self._clock() >= self._lease_expiry):
                 self._want()
         return delay
 
     def _delay(self, permits: float, now: float) -> float:
-        share = self._share
+        lease = self._lease
+        share = lease.rate
         if share > 0.0 and now < self._lease_expiry:
             self._accrue(now)
-            level = self._lease_tokens
-            if level < permits <= self._share_cap:
+            level = lease.level
+            if level < permits <= lease.capacity:
                 wait = (permits - level) / share
                 if now + wait < self._lease_expiry:
                     return wait  # the share refills it then (one timer, no polling)
-        if self._lease_tokens >= permits and now < self._lease_expiry:
-            if not self._paced_spending:
-                return 0.0
-            level = self._level(now, permits)
-            if level >= permits:
-                return 0.0
-            wait = (permits - level) / self._pace
-            if now + wait < self._lease_expiry:
-                return wait  # the pace allows it then (no polling: one timer)
+        if lease.level >= permits and now < self._lease_expiry:
+            return 0.0
         # A grant wakes waiters (on_grant -> _notify): the timer is only a fallback, set to
         # when a retry or the next request would be sent, not a polling interval.
         inflight = self._inflight
@@ -353,14 +243,9 @@ class DistributedRateLimiter(LimiterBase):
 
     # -- what to send ---------------------------------------------------------------------
 
-    def _needs_lease(self, now: float) -> bool:
-        if not (self._attempted or self._queue):
-            return False
-        if self._rate_leases:
-            return True  # with demand, renew when the owner said (``retry_after``)
-        if now >= self._lease_expiry or self._lease_tokens < self._low_water:
-            return True
-        return now >= self._lease_expiry - self._config.lease_ttl / 2.0
+    def _needs_lease(self) -> bool:
+        """With demand, renew when the owner said (``retry_after``, checked by ``poll``)."""
+        return bool(self._attempted or self._queue)
 
     def poll(self, now: float | None = None) -> LeaseRequest | Command | None:
         """The message to send now, if any: a command, a retry or a new lease request."""
@@ -372,7 +257,7 @@ class DistributedRateLimiter(LimiterBase):
                 return entry.command
         inflight = self._inflight
         if inflight is not None:
-            # A busy owner grants longer leases (up to MAX_TTL_FACTOR x ttl): an answer may be
+            # A busy owner grants longer leases (up to RATE_TTL_FACTOR x ttl): an answer may be
             # worth having that long, so the request stays in flight (one per limiter: a slow
             # owner is not sent new requests on top of the ones it has not read yet).
             if now < inflight.first_sent + self._max_ttl:
@@ -386,7 +271,7 @@ class DistributedRateLimiter(LimiterBase):
             self._counters.abandoned += 1
         if now < self._next_request_at:
             return None
-        if not self._needs_lease(now):
+        if not self._needs_lease():
             self._wanted = False
             return None
         return self._new_request(now)
@@ -394,26 +279,23 @@ class DistributedRateLimiter(LimiterBase):
     @property
     def _max_ttl(self) -> float:
         """The longest lease an owner grants (and so how long an answer is worth waiting)."""
-        factor = RATE_TTL_FACTOR if self._rate_leases else MAX_TTL_FACTOR
-        return factor * self._config.lease_ttl
+        return RATE_TTL_FACTOR * self._config.lease_ttl
 
     def _retry_timeout(self, inflight: _Inflight) -> float:
-        """Wait before resending: at least the timeout and twice the usual answer time,
-        doubled with each resend, so an owner with a queue is not sent more copies of it."""
-        base = max(self.request_timeout, 3.0 * self._rtt)
-        if self._rate_leases:
-            # Kafka does not lose an acknowledged request: a resend only helps after an
-            # owner crash, and under overload every copy is more queue (the collapse).
-            return float(max(base, self._config.lease_ttl) * 4.0 ** min(inflight.sends - 1, 3))
-        return float(base * 2.0 ** min(inflight.sends - 1, 4))
+        """Wait before resending: at least the timeout, a lease TTL and three usual answer
+        times, x4 with each resend. Kafka does not lose an acknowledged request: a resend only
+        helps after an owner crash, and under overload every copy is more queue (the
+        collapse)."""
+        base = max(self.request_timeout, 3.0 * self._rtt, self._config.lease_ttl)
+        return float(base * 4.0 ** min(inflight.sends - 1, 3))
 
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
         demand = SATURATED if self._queue else min(SATURATED, self._attempted / elapsed)
         valid = now < self._lease_expiry
-        if valid and self._share > 0.0:
+        if valid:
             self._accrue(now)
-        unspent = self._lease_tokens if valid else 0.0
+        unspent = self._lease.level if valid else 0.0
         requested = max(1, math.ceil(min(self._burst, demand * self._config.lease_ttl)))
         seq = next(self._seq)
         request = LeaseRequest(
@@ -421,7 +303,7 @@ class DistributedRateLimiter(LimiterBase):
             limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
             requested=requested, sent_at=self._wall(),
             lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config,
-            rtt=round(self._rtt, 4), rate_lease=self._rate_leases)
+            rtt=round(self._rtt, 4))
         self._attempted = 0
         self._demand_since = now
         self._wanted = False
@@ -439,11 +321,8 @@ class DistributedRateLimiter(LimiterBase):
         if inflight is not None:
             due.append(min(inflight.last_sent + self._retry_timeout(inflight),
                            inflight.first_sent + self._max_ttl))
-        elif self._wanted or self._queue:
+        elif self._wanted or self._queue or (self._attempted and now < self._lease_expiry):
             due.append(self._next_request_at)
-        elif self._attempted and now < self._lease_expiry:
-            due.append(self._next_request_at if self._rate_leases else max(
-                self._next_request_at, self._lease_expiry - self._config.lease_ttl / 2.0))
         return max(0.0, min(due, default=now + 1.0) - now)
 
     # -- answers --------------------------------------------------------------------------
@@ -456,79 +335,48 @@ class DistributedRateLimiter(LimiterBase):
             self._counters.ignored_replies += 1
             return False
         self._inflight = None
+        lease = self._lease
         carry = 0.0
         if now < self._lease_expiry:
-            if self._share > 0.0:
-                self._accrue(now)
+            self._accrue(now)
             if grant.renews is not None and grant.renews == self._lease_id:
-                # No more than the request said it had: the owner counted that much.
-                # (a rate lease's share may have refilled it since, up to its cap)
-                carry = min(self._lease_tokens,
-                            max(inflight.request.unspent, self._share_cap))
+                # No more than the request said it had (the owner counted that much), or
+                # what the share may have refilled since, up to its cap.
+                carry = min(lease.level, max(inflight.request.unspent, lease.capacity))
             else:
-                self._counters.expired_tokens += self._lease_tokens
-        elif self._lease_tokens > 0:
-            self._counters.expired_tokens += self._lease_tokens
+                self._counters.expired_tokens += lease.level
+        elif lease.level > 0:
+            self._counters.expired_tokens += lease.level
         # Checked against what this worker knows of the limiter: without a secret a forged
-        # grant could otherwise hand it more than a bucket, or a lease that never ends.
-        granted = min(grant.tokens, math.floor(max(self._burst, self._config.burst)))
+        # grant could otherwise hand it more than a bucket, a lease that never ends, or more
+        # than the rate (per consumer: what any worker may have).
+        burst = max(self._burst, self._config.burst)
+        granted = min(grant.tokens, math.floor(burst))
         ttl = min(grant.ttl, self._max_ttl)
+        share = min(grant.share, max(self._rate, self._config.rate)
+                    * (1e6 if self._config.per_consumer else 1.0))
         if granted < grant.tokens or ttl < grant.ttl:
             self._counters.capped_grants += 1
         # The lease runs from our first send: never later than the owner's view of it.
         expires = inflight.first_sent + ttl
-        tokens = carry + granted if now < expires else 0.0
-        self._lease_tokens = tokens
+        live = now < expires
+        lease.fill(carry + granted if live else 0.0, now)
+        lease.rate = share if live else 0.0
+        lease.capacity = min(grant.share_cap, burst)
         self._lease_id = grant.lease_id
         self._lease_expiry = expires
-        self._low_water = max(1.0, 0.5 * tokens)
-        if self._rate_leases:
-            # A forged share is cut to the rate (per consumer: what any worker may have).
-            limit = max(self._rate, self._config.rate) * (1e6 if self._config.per_consumer
-                                                          else 1.0)
-            share = min(grant.share, limit)
-            self._share = share if now < expires else 0.0
-            self._share_cap = min(grant.share_cap, max(self._burst, self._config.burst))
-            self._share_at = now
-            self._low_water = 0.0 if share > 0.0 else 1.0  # the share refills it, no asking
+        self._low_water = 0.0 if share > 0.0 else 1.0  # the share refills it, no asking
         self._next_request_at = now + grant.retry_after
         self._asking_since = None  # the owner answered: no fallback
         # The owner answers the first copy it reads (resends queue behind it): the answer
         # time is measured from the first send.
         self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
-        self._set_pace(tokens, expires, grant, now)
         self._counters.grants += 1
         self._counters.granted_tokens += granted
         if grant.epoch >= self._epoch and not self._pending:
             self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
         self._notify()
         return True
-
-    def _set_pace(self, tokens: float, expires: float, grant: Grant, now: float) -> None:
-        """Spread the lease over the time until the next one can be here: its renewal is sent
-        ``retry_after`` from now and answered about ``rtt`` later (never past its expiry)."""
-        if not self._paced_spending:
-            return
-        if not self._starved:  # bring the level up to now at the old pace
-            self._paced = self._level(now)
-        self._paced_at = now
-        self._starved = False
-        life = expires - now
-        if tokens <= 0.0 or life <= 0.0:
-            return
-        pace = tokens / min(life, grant.retry_after + self._rtt)
-        # In steady demand the pace grows by at most PACE_GROWTH per grant (a bonus grant
-        # from a rich bucket is spread over several renewals: what is left is carried into
-        # the next lease); never faster than the shared rate, nor too slow to spend the lease
-        # before it expires.
-        if now >= self._burst_until:
-            pace = min(pace, PACE_GROWTH * self._pace)  # a bonus grant is spread too
-        if not self._config.per_consumer:
-            pace = min(pace, self._rate)
-        self._pace = pace = max(pace, tokens / life, 1e-9)
-        if now >= self._burst_until:  # steady demand: only a small local burst
-            self._cap = max(1.0, LOCAL_BURST_SECONDS * pace)
-            self._paced = min(self._paced, self._cap)
 
     def on_ack(self, ack: Ack) -> bool:
         if self._pending.pop(ack.command_id, None) is None:
@@ -568,9 +416,8 @@ class DistributedRateLimiter(LimiterBase):
     def current_tokens(self) -> float:
         """Tokens left in this worker's lease (0 when expired)."""
         now = self._clock()
-        if self._share > 0.0:
-            self._accrue(now)
-        return self._lease_tokens if now < self._lease_expiry else 0.0
+        self._accrue(now)
+        return self._lease.level if now < self._lease_expiry else 0.0
 
     @property
     def max_tokens(self) -> float:

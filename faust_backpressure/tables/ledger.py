@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from faust_backpressure.limiters.bucket import refill, small_burst
 from faust_backpressure.tables.fairshare import max_min_fair
 from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
@@ -24,19 +25,16 @@ __all__ = ["LedgerStats", "LimiterLedger"]
 
 #: Demand reported by a worker whose ``acquire()`` callers queue: "as much as you can give".
 SATURATED = 1e12
-#: A busy owner grants leases up to this many configured TTLs long (see ``handle_lease``).
-MAX_TTL_FACTOR = 4.0
-#: ... and rate leases up to this many (their length does not enter the bound: an
-#: overloaded owner makes them long so that it is asked less often, see ``_rate_lease``).
+#: A busy owner grants leases up to this many configured TTLs long (their length does not
+#: enter the bound: an overloaded owner makes them long so that it is asked less often).
 RATE_TTL_FACTOR = 16.0
-#: ... and stretches renewal periods (and ``retry_after``) up to this factor.
+#: ... and stretches the lease TTL up to this factor.
 MAX_STRETCH = 8.0
-#: Rate leases: a worker's share is computed from its declared demand times this.
+#: A worker's share is computed from its declared demand times this.
 RATE_HEADROOM = 1.25
-#: Rate leases: a worker may hold this many seconds of its share unspent (>= 1 permit).
-LOCAL_BURST_SECONDS = 0.05
-#: ... and at least this many, so a caller that polls less often than the share refills one
-#: permit still gets the whole share (a 2-permit cap tolerates ticks up to 2 permits apart).
+#: A worker may hold ``BURST_SECONDS`` of its share unspent, and at least this many permits,
+#: so a caller that polls less often than the share refills one permit still gets the whole
+#: share (a 2-permit cap tolerates ticks up to 2 permits apart).
 MIN_CAP = 2.0
 #: Suffix of the id of a rate lease's tail (what it still reserves until its holder has
 #: read the grant that replaced it).
@@ -144,11 +142,6 @@ class LimiterLedger:
         return 3.0 * self.lease_ttl
 
     @property
-    def max_ttl(self) -> float:
-        """The longest lease a busy owner grants (``MAX_TTL_FACTOR`` configured TTLs)."""
-        return MAX_TTL_FACTOR * self.lease_ttl
-
-    @property
     def max_rate_ttl(self) -> float:
         """The longest rate lease a busy owner grants (``RATE_TTL_FACTOR`` configured TTLs)."""
         return RATE_TTL_FACTOR * self.lease_ttl
@@ -192,13 +185,13 @@ class LimiterLedger:
         tokens = self.tokens
         for expires, _, lease, worker in expiring:
             if expires > t:
-                tokens = min(tokens + max(0.0, rate - reserved) * (expires - t), burst - held)
+                tokens = refill(tokens, max(0.0, rate - reserved), expires - t, burst - held)
                 t = expires
             held -= lease.held
             reserved -= lease.share
             worker.leases.remove(lease)
         if now > t:  # a new owner whose clock is behind does not refill backwards
-            tokens = min(tokens + max(0.0, rate - reserved) * (now - t), burst - held)
+            tokens = refill(tokens, max(0.0, rate - reserved), now - t, burst - held)
             t = now
         self.tokens = min(tokens, burst - held)
         self.refilled_at = t
@@ -216,20 +209,18 @@ class LimiterLedger:
 
     # -- requests -------------------------------------------------------------------------
 
-    def is_stale(self, sent_at: float, now: float, *, rate_lease: bool = False) -> bool:
+    def is_stale(self, sent_at: float, now: float) -> bool:
         skew = self.max_clock_skew
-        life = self.max_rate_ttl if rate_lease else self.max_ttl
-        return now - sent_at > life + skew or sent_at - now > skew
+        return now - sent_at > self.max_rate_ttl + skew or sent_at - now > skew
 
     def handle_lease(self, req: LeaseRequest, now: float, *, stretch: float = 1.0,
                      delay: float = 0.0) -> Grant | None:
-        """Grant (possibly 0 tokens) or ``None`` for a stale or superseded request; a retry of
-        the worker's last request returns its recorded grant, never a new one.
+        """Grant a rate lease (possibly no share and 0 tokens) or ``None`` for a stale or
+        superseded request; a retry of the worker's last request returns its recorded grant,
+        never a new one.
 
         ``stretch`` (>= 1) and ``delay`` (s) come from a busy owner (see ``OwnerLoad`` in
-        ``service.py``): renewal periods and ``retry_after`` are stretched, so each worker asks
-        less often and gets more per lease; the lease TTL grows by twice the queue delay, so an
-        answer that waited in the queue is still worth having."""
+        ``service.py``): the lease grows with them, so each worker asks less often."""
         self.advance(now)
         worker = self.workers.get(req.worker_id)
         if worker is not None and req.seq <= worker.last_seq:
@@ -239,95 +230,29 @@ class LimiterLedger:
                 return self._grant_from(req, worker.last)
             self.stats.superseded += 1  # the worker has moved on: nobody waits for it
             return None
-        if self.is_stale(req.sent_at, now, rate_lease=req.rate_lease):
+        if self.is_stale(req.sent_at, now):
             self.stats.stale += 1
             return None
         self.stats.requests += 1
         # New to this limiter (or back after its share was given up): nobody else may be
-        # known yet, so its first rate lease is short.
+        # known yet, so its first lease is short.
         newcomer = worker is None or worker.last is None or not self._wants_share(worker, now)
         if worker is None:
             worker = self.workers[req.worker_id] = _Worker(req.demand, now)
         worker.demand, worker.seen = min(req.demand, SATURATED), now
-
-        if req.rate_lease:
-            return self._rate_lease(req, worker, now, stretch, delay, newcomer=newcomer)
-        active = self._active(now)
-        rate, burst = self.effective_rate(now), self.effective_burst(now)
-        stretch = min(max(1.0, stretch), MAX_STRETCH)
-        # How long an answer takes: the owner's queue delay, or what the worker measured
-        # (request topic, queue, the batch's acknowledgement, grant topic), if longer.
-        wait = max(0.0, delay, min(req.rtt, self.max_ttl))
-        base = min(self.lease_ttl / 2.0, burst / (4.0 * rate))
-        # Stretched, the leases of all the workers (about rate * period in all: a lease is
-        # counted until its holder renews it) still fit in the burst with a margin, and the
-        # lease lives two periods plus twice the queue delay the answer may wait.
-        # A worker asks again a period after the answer, which waited ``delay``: the period
-        # leaves room for it, so leases renew within 0.8 burst/rate of each other.
-        period = max(base, min(base * stretch, 0.8 * burst / rate - wait, self.max_ttl / 2.0))
-        ttl = min(self.max_ttl, max(self.lease_ttl, 2.0 * period) + 2.0 * max(0.0, delay))
-        shares = max_min_fair(rate, active)
-        share = shares[req.worker_id]
-        # A worker renews one period after the answer arrives, which a busy owner delays: a
-        # lease covers both (within the burst), or the queue would cost admissions.
-        horizon = max(period, min(period + wait, 0.8 * burst / rate))
-        others = sum(s for wid, s in shares.items() if wid != req.worker_id) * horizon
-
-        carried, renews = 0.0, None
-        for lease in worker.leases:
-            if lease.lease_id == req.lease_id:
-                carried, renews = min(req.unspent, lease.outstanding), lease.lease_id
-                worker.leases.remove(lease)
-                break
-        want = min(max(0.0, req.requested - carried), burst - carried)
-        grant = min(want, self.tokens, max(share * horizon, self.tokens - others))
-        tokens = max(0, math.floor(grant + 1e-9))
-        self.tokens -= tokens
-
-        self.seq += 1
-        lease_id = f"{self.seq}"
-        if carried + tokens > 0:
-            worker.leases.append(_Lease(lease_id, carried + tokens, now + ttl))
-        else:
-            renews = None
-        if tokens > share * horizon + 1:
-            # A bonus from a rich bucket: come back soon to report it spent, or its
-            # outstanding count would hold the refill back for a whole period.
-            self.stats.grants += 1
-            self.stats.granted += tokens
-            retry_after = period / 8.0
-        elif tokens > 0:
-            self.stats.grants += 1
-            self.stats.granted += tokens
-            retry_after = tokens / share if share > 0 else period
-        else:
-            self.stats.denied += 1
-            retry_after = period / 4.0
-        retry_after = min(max(retry_after, period / 8.0), period)
-        worker.last_seq, worker.last_id = req.seq, req.request_id
-        worker.last = _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
-                                   self.rate, self.burst, ttl)
-        return self._grant_from(req, worker.last)
+        record = self._rate_lease(req, worker, now, stretch, delay, newcomer=newcomer)
+        worker.last_seq, worker.last_id, worker.last = req.seq, req.request_id, record
+        return self._grant_from(req, record)
 
     def _rate_lease(self, req: LeaseRequest, worker: _Worker, now: float, stretch: float,
-                    delay: float, *, newcomer: bool) -> Grant:
+                    delay: float, *, newcomer: bool) -> _GrantRecord:
         """A rate lease: ``share`` permits/s of the rate for the lease's life (the bucket
         refills at the rest), a local burst ``cap``, and tokens from the bucket if it has
         any (after idle time: the configured burst). Renewals are needed about once a lease
         life, however short the burst is, which is what lets one owner serve many ids."""
-        rate, burst = self.effective_rate(now), self.effective_burst(now)
-        stretch = min(max(1.0, stretch), MAX_STRETCH)
+        rate = self.effective_rate(now)
         wait = max(0.0, delay, min(req.rtt, self.max_rate_ttl))
-        # Overloaded (the queue delay past what even the stretch absorbs), the lease grows
-        # with the delay: workers then ask less often, so the queue shrinks again instead
-        # of filling with requests whose answers would come too late (the collapse).
-        ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
-        if newcomer:
-            # A first lease is short: the first worker to ask gets the whole rate (nobody
-            # else is known yet), and the workers that ask next wait for it to expire.
-            # (Keyed on the worker, not on the request's lease id: a known worker that
-            # renews a little late would get short leases, and renew late, for ever.)
-            ttl = min(ttl, 0.25 * self.lease_ttl + 4.0 * wait)
+        ttl = self._ttl(stretch, wait, newcomer=newcomer)
         if req.lease_id is None:
             # The worker holds no valid lease (it asks only once its own view of the last
             # one, which ends before ours, has expired), so it spends none of its leases:
@@ -346,11 +271,55 @@ class LimiterLedger:
             if lease.lease_id == req.lease_id:
                 old = lease
         # The worker has had the answer to its previous request: what a superseded lease
-        # still reserved for the time until then (its tail, below) is no longer needed.
+        # still reserved for the time until then (its tail, see _new_lease) is no longer
+        # needed.
         worker.leases = [lease for lease in worker.leases
                          if lease is not old and not lease.lease_id.endswith(_TAIL)]
-        others = self.reserved()
-        share = max(0.0, min(fair[req.worker_id], rate - others))
+        lease_id, tokens, renews, share, cap = self._new_lease(
+            req, worker, old, fair[req.worker_id], len(active), now, ttl)
+        if tokens > 0 or share > 0:
+            self.stats.grants += 1
+            self.stats.granted += tokens
+        else:
+            self.stats.denied += 1
+        # Renew early enough that the answer (``wait`` each way) is back before expiry; a
+        # worker short of its fair share asks sooner (others' old leases are expiring).
+        retry_after = max(0.5 * ttl, ttl - max(0.25 * ttl, 3.0 * wait))
+        mine = fair[req.worker_id]
+        if share < 0.95 * mine:
+            retry_after = min(retry_after, 0.25 * ttl)
+        elif (mine >= 0.999 * RATE_HEADROOM * active[req.worker_id]
+              and (old is None or req.demand >= old.share)
+              and (self.tokens >= 1.0 or sum(fair.values()) < rate - 1e-9)):
+            # Its share is what it asked for, its demand is new or outgrew the last share,
+            # and there is rate or burst to spare: come back soon with the demand measured
+            # over a short time (so the share grows x1.25 a time, and a burst after idle
+            # time gets the bucket's tokens at once).
+            retry_after = min(retry_after, max(0.1 * ttl, 2.0 * wait))
+        return _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
+                            self.rate, self.burst, ttl, round(share, 6), cap)
+
+    def _ttl(self, stretch: float, wait: float, *, newcomer: bool) -> float:
+        """Overloaded (the queue delay past what even the stretch absorbs), the lease grows
+        with the delay: workers then ask less often, so the queue shrinks again instead of
+        filling with requests whose answers would come too late (the collapse)."""
+        stretch = min(max(1.0, stretch), MAX_STRETCH)
+        ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
+        if newcomer:
+            # A first lease is short: the first worker to ask gets the whole rate (nobody
+            # else is known yet), and the workers that ask next wait for it to expire.
+            # (Keyed on the worker, not on the request's lease id: a known worker that
+            # renews a little late would get short leases, and renew late, for ever.)
+            ttl = min(ttl, 0.25 * self.lease_ttl + 4.0 * wait)
+        return ttl
+
+    def _new_lease(self, req: LeaseRequest, worker: _Worker, old: _Lease | None,
+                   fair: float, active: int, now: float, ttl: float
+                   ) -> tuple[str, int, str | None, float, float]:
+        """Record the new lease (and the old one's tail): ``(lease_id, tokens, renews, share,
+        cap)``, the share cut to what the other leases leave of the rate."""
+        rate, burst = self.effective_rate(now), self.effective_burst(now)
+        share = max(0.0, min(fair, rate - self.reserved()))
         held_before = self.outstanding()
         carried, renews = 0.0, None
         if old is not None:
@@ -358,8 +327,8 @@ class LimiterLedger:
             # the old cap): its level when it reads this grant, carried into the new lease.
             carried, renews = min(max(req.unspent, old.cap), old.held), old.lease_id
         want = min(max(0.0, req.requested - carried), burst - carried)
-        tokens = max(0, math.floor(min(want, self.tokens / max(1, len(active))) + 1e-9))
-        cap = max(MIN_CAP, LOCAL_BURST_SECONDS * share) if share > 0 else 0.0
+        tokens = max(0, math.floor(min(want, self.tokens / max(1, active)) + 1e-9))
+        cap = small_burst(share, MIN_CAP) if share > 0 else 0.0
         # The new lease may hold max(carried + tokens, cap): what it adds to L comes from
         # the bucket (B + L <= burst); the cap shrinks first if the bucket is short.
         room = burst - held_before - (self.tokens - tokens)
@@ -383,28 +352,7 @@ class LimiterLedger:
                 worker.leases.append(_Lease(old.lease_id + _TAIL, 0.0, old.expires,
                                             tail_share, tail_cap))
         self.tokens = min(self.tokens, burst - self.outstanding())
-        if tokens > 0 or share > 0:
-            self.stats.grants += 1
-            self.stats.granted += tokens
-        else:
-            self.stats.denied += 1
-        # Renew early enough that the answer (``wait`` each way) is back before expiry; a
-        # worker short of its fair share asks sooner (others' old leases are expiring).
-        retry_after = max(0.5 * ttl, ttl - max(0.25 * ttl, 3.0 * wait))
-        if share < 0.95 * fair[req.worker_id]:
-            retry_after = min(retry_after, 0.25 * ttl)
-        elif (fair[req.worker_id] >= 0.999 * RATE_HEADROOM * active[req.worker_id]
-              and (old is None or req.demand >= old.share)
-              and (self.tokens >= 1.0 or sum(fair.values()) < rate - 1e-9)):
-            # Its share is what it asked for, its demand is new or outgrew the last share,
-            # and there is rate or burst to spare: come back soon with the demand measured
-            # over a short time (so the share grows x1.25 a time, and a burst after idle
-            # time gets the bucket's tokens at once).
-            retry_after = min(retry_after, max(0.1 * ttl, 2.0 * wait))
-        worker.last_seq, worker.last_id = req.seq, req.request_id
-        worker.last = _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
-                                   self.rate, self.burst, ttl, round(share, 6), cap)
-        return self._grant_from(req, worker.last)
+        return lease_id, tokens, renews, share, cap
 
     def _wants_share(self, worker: _Worker, now: float) -> bool:
         if worker.leases:

@@ -76,9 +76,6 @@ class LeaseRequest:
     #: The worker's recent answer time (first send to grant, seconds): a busy owner sizes the
     #: lease to last until the next answer can arrive.
     rtt: float = 0.0
-    #: Ask for a rate lease: a share of the rate (permits/s) for the lease's life, spent
-    #: through a small local bucket, besides any tokens (see docs/distributed.md).
-    rate_lease: bool = False
     type: str = "lease"
 
 
@@ -152,13 +149,6 @@ def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
     return number(body, name, low, high, optional=optional)
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
-    raw = body.get(name, False)
-    if not isinstance(raw, bool):
-        raise RejectedRecord(f"{name} must be a boolean")
-    return raw
-
-
 def _seq(body: dict[str, Any], request_id: str) -> int:
     """``seq``, or for older workers the counter their request ids end with."""
     raw = body.get("seq")
@@ -218,8 +208,7 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
             lease_id=_str(body, "lease_id", optional=True),
             unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")),
-            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0,
-            rate_lease=_flag(body, "rate_lease"))
+            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0)
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,

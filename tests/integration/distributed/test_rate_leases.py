@@ -24,8 +24,7 @@ WORKERS = ("w0", "w1", "w2")
 
 async def test_three_workers_get_equal_even_shares_including_the_owner(
         cluster: Cluster) -> None:
-    cluster.env.update(FBP_LIMITERS=f"even:{RATE:g}:{BURST:g}", FBP_LEASE_TTL=f"{TTL:g}",
-                       FBP_RATE_LEASES="1")
+    cluster.env.update(FBP_LIMITERS=f"even:{RATE:g}:{BURST:g}", FBP_LEASE_TTL=f"{TTL:g}")
     cluster.start_settled(*WORKERS)
     cluster.go()
     reports = await cluster.reports(

@@ -35,8 +35,6 @@ class Sim:
     seed: int = 0
     dt: float = 0.002
     fallback_rate: float | None = None
-    paced: bool = False
-    rate_leases: bool = False
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
@@ -44,8 +42,7 @@ class Sim:
         self.clients = [
             DistributedRateLimiter("lim", self.rate, self.burst, worker_id=f"w{i}",
                                    lease_ttl=self.lease_ttl, clock=self.clock,
-                                   wall_clock=self.clock, fallback_rate=self.fallback_rate,
-                                   paced=self.paced, rate_leases=self.rate_leases)
+                                   wall_clock=self.clock, fallback_rate=self.fallback_rate)
             for i in range(self.workers)]
         self.alive = [True] * self.workers
         self.record: dict[str, Any] | None = None  # what the changelog holds

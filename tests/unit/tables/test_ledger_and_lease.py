@@ -15,7 +15,7 @@ from faust_backpressure.tables import (
     RejectedRecord,
     max_min_fair,
 )
-from faust_backpressure.tables.ledger import MAX_TTL_FACTOR
+from faust_backpressure.tables.ledger import RATE_TTL_FACTOR
 from faust_backpressure.tables.messages import Command, LeaseRequest, decode_request, encode
 
 CONFIG = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
@@ -65,7 +65,8 @@ def test_retry_returns_the_recorded_grant_never_a_second_one() -> None:
 
 def test_stale_and_future_requests_are_rejected() -> None:
     ledger = LimiterLedger("lim", CONFIG, now=100.0, max_clock_skew=5.0)
-    assert ledger.handle_lease(request("old", sent_at=90.0), 100.0) is None
+    # Older than the longest lease plus the clock skew (16 + 5 s), or from the future.
+    assert ledger.handle_lease(request("old", sent_at=78.9), 100.0) is None
     assert ledger.handle_lease(request("future", sent_at=110.0), 100.0) is None
     assert ledger.stats.stale == 2 and ledger.stats.granted == 0
 
@@ -83,26 +84,30 @@ def test_renewal_carries_unspent_tokens_without_double_counting() -> None:
 
 def test_leases_expire_and_refill_never_exceeds_burst_minus_outstanding() -> None:
     ledger = LimiterLedger("lim", CONFIG, now=0.0)
-    ledger.handle_lease(request("r1", requested=100), 0.0)
+    grant = ledger.handle_lease(request("r1", requested=100), 0.0)
+    assert grant is not None and grant.tokens == 100 and grant.share == pytest.approx(100.0)
     assert ledger.tokens == 0
-    ledger.advance(0.5)  # lease (100 outstanding) still live: no room to refill
+    ledger.advance(0.2)  # the lease (100 held, the whole rate reserved) is live: no refill
     assert ledger.tokens == 0
-    ledger.advance(1.5)  # lease expired at 1.0, refill from then
-    assert ledger.outstanding() == 0
-    assert ledger.tokens == pytest.approx(50.0)
+    ledger.advance(1.0)  # it expired at its TTL (a first lease: 0.25 s), refill from then
+    assert ledger.outstanding() == 0 and ledger.reserved() == 0
+    assert ledger.tokens == pytest.approx(100.0 * (1.0 - grant.ttl))
 
 
-def test_fair_share_splits_a_short_bucket_by_declared_demand() -> None:
+def test_fair_share_splits_the_rate_by_declared_demand_and_the_bucket_evenly() -> None:
     ledger = LimiterLedger("lim", LimiterConfig(rate=100, burst=100, lease_ttl=1.0,
                                                 initial_tokens=0), now=0.0)
-    ledger.handle_lease(request("a0", worker="a", demand=10, requested=10), 0.0)
-    ledger.handle_lease(request("b0", worker="b", demand=1000, requested=500), 0.0)
-    ledger.advance(0.5)  # 50 tokens
+    grant_a = ledger.handle_lease(request("a0", worker="a", demand=10, requested=10), 0.0)
+    grant_b = ledger.handle_lease(request("b0", worker="b", demand=1000, requested=500), 0.0)
+    assert grant_a is not None and grant_b is not None
+    # Max-min over the declared demand (x 1.25 headroom): a 12.5/s, b the rest.
+    assert (grant_a.share, grant_b.share) == (pytest.approx(12.5), pytest.approx(87.5))
+    ledger.advance(0.5)  # both first leases ended at 0.25: 25 tokens refilled since
+    assert ledger.tokens == pytest.approx(25.0)
     grant_b = ledger.handle_lease(request("b1", worker="b", demand=1000, requested=500,
                                           sent_at=0.5), 0.5)
-    assert grant_b is not None
-    # a (10/s) keeps its next lease (10/s * period 0.25 s) in the bucket; b may take the rest.
-    assert grant_b.tokens == 47
+    assert grant_b is not None and grant_b.share == pytest.approx(87.5)
+    assert grant_b.tokens == 12  # the bucket's tokens are split among the 2 active workers
 
 
 def test_commands_are_applied_once_and_bump_the_epoch() -> None:
@@ -175,17 +180,21 @@ def test_client_retries_with_the_same_id_backing_off_then_gives_up_after_the_lon
     first = limiter.poll()
     assert first is not None
     assert limiter.poll() is None
-    clock.now += limiter.request_timeout
+    # The first copy is resent after a lease TTL (at least the timeout), then x4 each time.
+    wait = max(limiter.request_timeout, limiter.config.lease_ttl)
+    clock.now += wait - 0.01
+    assert limiter.poll() is None
+    clock.now += 0.01
     assert limiter.poll() == first  # identical retry (same id, same sent_at)
-    clock.now += limiter.request_timeout
-    assert limiter.poll() is None  # backing off: twice the timeout before the next copy
-    clock.now += limiter.request_timeout
+    clock.now += 4 * wait - 0.01
+    assert limiter.poll() is None  # backing off
+    clock.now += 0.01
     assert limiter.poll() == first
-    # A busy owner's grants live up to MAX_TTL_FACTOR x ttl: until then the request stays.
-    clock.now = start + MAX_TTL_FACTOR * limiter.config.lease_ttl - 0.01
+    # A busy owner's grants live up to RATE_TTL_FACTOR x ttl: until then the request stays.
+    clock.now = start + RATE_TTL_FACTOR * limiter.config.lease_ttl - 0.01
     limiter.try_acquire()  # still wanted
     assert limiter.poll() in (first, None)
-    clock.now = start + MAX_TTL_FACTOR * limiter.config.lease_ttl
+    clock.now = start + RATE_TTL_FACTOR * limiter.config.lease_ttl
     fresh = limiter.poll()
     assert isinstance(fresh, LeaseRequest) and isinstance(first, LeaseRequest)
     assert fresh.request_id != first.request_id and fresh.seq > first.seq
@@ -295,5 +304,5 @@ def test_a_grant_beyond_the_bucket_or_the_longest_lease_is_cut() -> None:
     assert limiter.on_grant(forged)
     assert limiter.lease_counters.capped_grants == 1
     assert limiter.current_tokens <= 100  # the burst, not 10**12
-    clock.now += MAX_TTL_FACTOR * 1.0 + 0.1  # past the longest lease: nothing left to spend
+    clock.now += RATE_TTL_FACTOR * 1.0 + 0.1  # past the longest lease: nothing left to spend
     assert not limiter.try_acquire()

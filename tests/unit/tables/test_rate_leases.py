@@ -36,12 +36,12 @@ def steady(sim: Sim, warm: float, seconds: float) -> tuple[float, list[int]]:
 @pytest.mark.parametrize("workers, rate, burst, ttl", [
     (1, 1000.0, 2000.0, 2.0),
     (3, 1000.0, 2000.0, 2.0),   # the evenness run of issue 13
-    (3, 200.0, 200.0, 1.0),     # where paced token leases reach only 1.075 x rate
+    (3, 200.0, 200.0, 1.0),     # where the removed paced token leases reached 1.075 x rate
     (3, 50.0, 50.0, 1.0),       # one id of the many-ids run
 ])
 def test_steady_greedy_demand_is_even_fair_and_exact(workers: int, rate: float, burst: float,
                                                       ttl: float) -> None:
-    sim = Sim(rate_leases=True, rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
+    sim = Sim(rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
               delay=(0.005, 0.02))
     start, per_worker = steady(sim, 4.0, 30.0)
     print(sim.worst_window(1.0, since=start) / rate, per_worker)
@@ -55,7 +55,7 @@ def test_steady_greedy_demand_is_even_fair_and_exact(workers: int, rate: float, 
 
 
 def test_unequal_demand_gets_max_min_shares() -> None:
-    sim = Sim(rate_leases=True, rate=200, burst=100, workers=3, lease_ttl=1.0,
+    sim = Sim(rate=200, burst=100, workers=3, lease_ttl=1.0,
               demand=[30, 1e6, 1e6], delay=(0.005, 0.02))
     _, per_worker = steady(sim, 4.0, 20.0)
     rates = [n / 20.0 for n in per_worker]
@@ -67,7 +67,7 @@ def test_unequal_demand_gets_max_min_shares() -> None:
 
 
 def test_a_worker_that_stops_gives_its_share_to_the_others_within_a_few_leases() -> None:
-    sim = Sim(rate_leases=True, rate=300, burst=300, workers=3, lease_ttl=1.0,
+    sim = Sim(rate=300, burst=300, workers=3, lease_ttl=1.0,
               delay=(0.005, 0.02))
     sim.run(4.0)
     sim.kill_worker(0)
@@ -84,7 +84,7 @@ def test_after_a_broker_outage_both_workers_are_back_at_their_share_within_two_s
     # arrive together, having waited up to 6 s. That backlog is not a busy owner: it must
     # not stretch the leases it grants then (one worker held the whole rate for ~11 s).
     rate, outage = 40.0, 6.0
-    sim = Sim(rate=rate, burst=rate, workers=2, lease_ttl=2.0, rate_leases=True,
+    sim = Sim(rate=rate, burst=rate, workers=2, lease_ttl=2.0,
               delay=(0.005, 0.03), dt=0.005)
     sim.run(20.0)
     sim.broker_outage(outage)
@@ -97,7 +97,7 @@ def test_after_a_broker_outage_both_workers_are_back_at_their_share_within_two_s
 
 
 def test_the_burst_is_still_there_after_idle_time() -> None:
-    sim = Sim(rate_leases=True, rate=1000, burst=2000, workers=1, lease_ttl=2.0,
+    sim = Sim(rate=1000, burst=2000, workers=1, lease_ttl=2.0,
               delay=(0.005, 0.02))
     sim.run(6.0)
     sim.demand = [0.0]
@@ -116,7 +116,7 @@ def test_an_owner_that_answers_600_requests_a_second_serves_hundreds_of_ids() ->
     # each (worker, id) to renew about every 0.8 s: 320 ids = 1,200 requests/s, twice what the
     # owner answers; they collapse there (0 % in this simulation). Rate leases grow with the
     # owner's queue delay, so the workers ask less often instead.
-    results = {ids: run_overloaded(ids, capacity=600.0, seconds=30.0, rate_leases=True)
+    results = {ids: run_overloaded(ids, capacity=600.0, seconds=30.0)
                for ids in (40, 320, 640)}
     print({ids: f"{a:.0f}/{allowed:.0f}" for ids, (a, allowed) in results.items()})
     for admitted, allowed in results.values():
@@ -131,8 +131,7 @@ def test_a_renewal_that_lowers_the_share_keeps_the_old_one_reserved_until_it_exp
                 unspent: float = 0.0) -> LeaseRequest:
         return LeaseRequest(request_id=f"{worker}:lim:{seq}", limiter_id="lim",
                             worker_id=worker, demand=1e6, requested=100, sent_at=now,
-                            lease_id=lease_id, unspent=unspent, config=config, seq=seq,
-                            rate_lease=True)
+                            lease_id=lease_id, unspent=unspent, config=config, seq=seq)
 
     a1 = ledger.handle_lease(request("a", 1, 0.0), 0.0)
     assert a1 is not None and a1.share == pytest.approx(100.0)  # alone: the whole rate
@@ -169,8 +168,7 @@ def test_a_known_worker_that_renews_after_its_own_expiry_gets_a_full_lease_and_s
     def request(worker: str, seq: int, sent_at: float) -> LeaseRequest:
         return LeaseRequest(request_id=f"{worker}:lim:{seq}", limiter_id="lim",
                             worker_id=worker, demand=1e6, requested=100, sent_at=sent_at,
-                            lease_id=None, unspent=0.0, config=config, seq=seq,
-                            rate_lease=True)
+                            lease_id=None, unspent=0.0, config=config, seq=seq)
 
     a1 = ledger.handle_lease(request("a", 1, 0.0), 0.04)  # read 40 ms after its send
     assert a1 is not None and a1.ttl == pytest.approx(0.25)  # a newcomer: short
@@ -189,18 +187,15 @@ def test_share_fields_round_trip_and_a_forged_share_is_cut_to_the_rate() -> None
     config = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
     req = LeaseRequest(request_id="w:lim:1", limiter_id="lim", worker_id="w", demand=10.0,
                        requested=10, sent_at=5.0, lease_id=None, unspent=0.0, config=config,
-                       seq=1, rate_lease=True)
+                       seq=1)
     assert decode_requests(b"lim", encode(req, key=b"lim", secret=b"s"), b"s") == [req]
-    bad = encode(req, key=b"lim").replace(b'"rate_lease":true', b'"rate_lease":"yes"')
-    assert len(decode_requests(b"lim", bad)) == 1
-    assert not isinstance(decode_requests(b"lim", bad)[0], LeaseRequest)
     clock = [10.0]
     limiter = DistributedRateLimiter("lim", 100, 100, worker_id="w", lease_ttl=1.0,
-                                     rate_leases=True, clock=lambda: clock[0],
+                                     clock=lambda: clock[0],
                                      wall_clock=lambda: clock[0])
     assert not limiter.try_acquire()
     sent = limiter.poll()
-    assert isinstance(sent, LeaseRequest) and sent.rate_lease
+    assert isinstance(sent, LeaseRequest)
     forged = Grant(request_id=sent.request_id, limiter_id="lim", worker_id="w", lease_id="9",
                    tokens=0, ttl=1.0, renews=None, retry_after=0.5, epoch=0, rate=100.0,
                    burst=100.0, share=1e9, share_cap=1e9)

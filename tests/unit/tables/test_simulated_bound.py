@@ -74,18 +74,16 @@ def test_lost_and_duplicated_messages_and_a_dead_owner_keep_the_bound() -> None:
     drop=st.sampled_from([0.0, 0.1, 0.4]),
     duplicate=st.sampled_from([0.0, 0.3]),
     crash_at=st.sampled_from([None, 0.7, 1.9]),
-    rate_leases=st.booleans(),
     demand=st.sampled_from([None, (5.0, 1e6, 50.0, 1e6)]),
     seed=st.integers(0, 10_000),
 )
 def test_bound_holds_under_any_network(rate: float, burst: float, workers: int, ttl: float,
                                        max_delay: float, drop: float, duplicate: float,
-                                       crash_at: float | None, rate_leases: bool,
+                                       crash_at: float | None,
                                        demand: tuple[float, ...] | None, seed: int) -> None:
-    """Token leases and rate leases alike (``test_rate_leases.py`` has the rest of them)."""
+    """(``test_rate_leases.py`` has the rest of the rate-lease properties.)"""
     sim = Sim(rate=rate, burst=burst, workers=workers, lease_ttl=ttl,
               delay=(0.0005, max_delay), drop=drop, duplicate=duplicate, seed=seed, dt=0.005,
-              rate_leases=rate_leases,
               demand=None if demand is None else list(demand[:workers]))
     if crash_at is None:
         sim.run(3.0)

@@ -29,12 +29,11 @@ report = app.topic(os.environ["FBP_REPORT"], key_type=bytes, value_type=bytes,
 worker = os.environ.get("FBP_WORKER_NAME", "worker")
 secret = os.environ.get("FBP_SECRET")
 ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
-rate_leases = os.environ.get("FBP_RATE_LEASES", "1") == "1"
 limiters = {}
 for spec in filter(None, os.environ.get("FBP_LIMITERS", "shared:200:200").split(",")):
     lid, rate, burst = spec.split(":")
     limiters[lid] = DistributedRateLimiterFactory.create_distributed(
-        app, lid, float(rate), float(burst), lease_ttl=ttl, rate_leases=rate_leases,
+        app, lid, float(rate), float(burst), lease_ttl=ttl,
         secret=secret.encode() if secret else None)
 if os.environ.get("FBP_MULTI"):  # "id:global_rate:global_burst:consumer_rate:consumer_burst"
     lid, g_rate, g_burst, c_rate, c_burst = os.environ["FBP_MULTI"].split(":")

@@ -30,10 +30,8 @@ ttl = float(os.environ.get("FBP_LEASE_TTL", "1.0"))
 rate = float(os.environ.get("FBP_RATE", "50"))
 burst = float(os.environ.get("FBP_BURST", "50"))
 tick = float(os.environ.get("FBP_TICK", "0.01"))
-rate_leases = os.environ.get("FBP_RATE_LEASES", "1") == "1"
 limiters = [DistributedRateLimiterFactory.create_distributed(app, f"id-{i}", rate, burst,
-                                                             lease_ttl=ttl,
-                                                             rate_leases=rate_leases)
+                                                             lease_ttl=ttl)
             for i in range(int(os.environ.get("FBP_IDS", "300")))]
 channel = limiter_channel(app)
 counts: Counter[int] = Counter()
