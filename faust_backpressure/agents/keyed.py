@@ -93,6 +93,11 @@ def encode_key(key: Hashable) -> bytes:
     return b"j" + json.dumps(key, sort_keys=True, default=str).encode()
 
 
+def _key_type(key: Hashable) -> str:
+    """As ``--key-type`` names it (``str``, ``bytes``, ``int``; else the type's name)."""
+    return type(key).__name__
+
+
 def _partition_bytes(key: Hashable) -> bytes | None:
     """The bytes a producer keyed by ``key`` would hash (None: no obvious form)."""
     if isinstance(key, bytes):
@@ -365,11 +370,12 @@ class KeyedRateLimitGate:
                 "top_limited": self.top_limited()}
 
     def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
-        """The keys refused most lately: key (as text), refusals, the key's own limits."""
+        """The keys refused most lately: key (as text), its type, refusals, its own limits."""
         out = []
         for key, refused in self.refused_keys.top(n, self.clock()):
             own = self.limits_for(key)
-            out.append({"key": describe_key(encode_key(key)), "refused": refused,
+            out.append({"key": describe_key(encode_key(key)), "type": _key_type(key),
+                        "refused": refused,
                         "limits": None if own is None else {
                             "rate": own.tokens_per_second, "burst": own.burst_capacity}})
         return out

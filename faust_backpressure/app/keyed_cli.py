@@ -29,7 +29,7 @@ from faust_backpressure.app.keyed_ops import (
     KeyOverrideCommand,
     parse_key,
 )
-from faust_backpressure.app.ops import keyed_overrides, signed_records
+from faust_backpressure.app.ops import keyed_overrides, keyed_status, signed_records
 from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, _table, _timeout
 from faust_backpressure.app.pause import ops_topic, send_key_override
 from faust_backpressure.control.override import operator
@@ -122,7 +122,8 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
     workers = sorted(r.worker for r in signed_records(ops, f"keyed-status/{gate.name}/",
                                                       KeyedStatusRecord.decode, secret)
                      if now - r.at <= 3 * STATUS_INTERVAL
-                     and any(t["key"] == shown for t in r.body["top_limited"]))
+                     and any(t["key"] == shown and t["type"] == type(key).__name__
+                             for t in r.body["top_limited"]))
     return {"limit": gate.name, "key": shown, "key_type": type(key).__name__,
             "rate": rate, "burst": burst, "from": source,
             "operator_override": None if operator_set is None else {
@@ -163,6 +164,18 @@ def key_status(ctx: click.Context, limit: str, key: str, key_type: str, as_json:
                f"{report['table_partition'] if report['table_partition'] is not None else '?'})")
     click.echo("  among the most refused keys lately on: "
                + (", ".join(report["top_limited_on"]) or "no worker"))
+
+
+def _warn_key_type(bp: Any, limit: str, key_type: str) -> None:
+    """A key of another type than the workers' keys matches nothing ("C1" is not b"C1"):
+    say so, from the types of the keys the workers refused lately."""
+    ops = asyncio.run(read_compacted(client_settings(bp.app, "ops"),
+                                     ops_topic(str(bp.app.conf.id))))
+    (row,) = [r for r in keyed_status(bp, ops, time.time()) if r["name"] == limit]
+    if row["key_types"] and key_type not in row["key_types"]:
+        click.echo(f"warning: the workers' most refused keys of {limit} are "
+                   f"{', '.join(row['key_types'])}, not {key_type}: this override matches no "
+                   f"such key (--key-type {row['key_types'][0]}?)", err=True)
 
 
 def _list(bp: Any, limit: str) -> None:
@@ -210,6 +223,8 @@ def key_override(ctx: click.Context, limit: str, key: str | None, rate: float | 
                                          operator(), reason)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not clear:
+        _warn_key_type(bp, limit, key_type)
     acked, workers = _acknowledged(bp, send_key_override, command, timeout=timeout)
     done = "cleared" if clear else f"{command.rate:g}/s, burst {command.burst:g}"
     click.echo(f"{limit} key {command.shown_key!r}: {done} on {acked} of {workers} worker(s)")

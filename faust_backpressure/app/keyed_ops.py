@@ -139,7 +139,7 @@ def status_key(limit: str, worker: str) -> bytes:
 
 _COUNTS = ("keys_tracked", "keys_limited", "deferred_backlog", "admitted", "deferred",
            "readmitted", "shed", "overrides")
-_RATES = ("admitted", "deferred", "shed")
+_RATES = ("admitted", "deferred", "readmitted", "shed")
 
 
 def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] | None,
@@ -192,7 +192,8 @@ class KeyedStatusRecord:
                                          number(data, f"{field}_per_s", 0.0, 1e12))
         top = data.get("top_limited")
         checked["top_limited"] = [
-            {"key": str(t.get("key", ""))[:200], "refused": int(number(t, "refused", 0, 1e15)),
+            {"key": str(t.get("key", ""))[:200], "type": str(t.get("type", ""))[:20],
+             "refused": int(number(t, "refused", 0, 1e15)),
              "limits": t.get("limits") if isinstance(t.get("limits"), dict) else None}
             for t in (top if isinstance(top, list) else [])[:TOP_KEYS] if isinstance(t, dict)]
         return cls(limit, worker, number(data, "at", 0.0, 1e11), checked)

@@ -234,15 +234,17 @@ def keyed_status(bp: Installation, ops: dict[str, Any], now: float) -> list[dict
         for count in ("keys_tracked", "keys_limited", "deferred_backlog", "admitted",
                       "deferred", "readmitted", "shed"):
             row[count] = sum(b[count] for b in mine) if mine else None
-        for rate in ("admitted_per_s", "deferred_per_s", "shed_per_s"):
+        for rate in ("admitted_per_s", "deferred_per_s", "readmitted_per_s", "shed_per_s"):
             rates = [b[rate] for b in mine if b[rate] is not None]
             row[rate] = sum(rates) if rates else None
         top: dict[str, dict[str, Any]] = {}
         for body in mine:
             for entry in body["top_limited"]:
-                seen = top.setdefault(entry["key"], {**entry, "refused": 0})
+                seen = top.setdefault(f"{entry['type']}:{entry['key']}",
+                                      {**entry, "refused": 0})
                 seen["refused"] += entry["refused"]
         row["top_limited"] = sorted(top.values(), key=lambda t: -t["refused"])[:10]
+        row["key_types"] = sorted({t["type"] for t in row["top_limited"]})
         out.append(row)
     return out
 

@@ -91,6 +91,12 @@ async def test_keyed_limit_in_status_and_key_overrides_on_every_worker(
     assert text.returncode == 0, text.stderr
     assert "keyed limits" in text.stdout and "per-key most refused keys lately: " in text.stdout
 
+    # a key typed as str where the workers' keys are bytes would match nothing: said
+    done = _cli(env, "key-override", "per-key", "typo", "--rate", "5")
+    assert done.returncode == 0 and "are bytes, not str" in done.stderr, done
+    done = _cli(env, "key-override", "per-key", "typo", "--clear")
+    assert done.returncode == 0, done.stderr
+
     # an override for a fresh key on each partition, so on each worker
     fresh = [_key_on(p, "vip") for p in (0, 1)]
     for key in fresh:

@@ -115,10 +115,10 @@ def test_status_records_are_signed_summed_over_fresh_workers_and_list_the_top_ke
     gate.admitted += 50
     second = status_body(gate, "w1:1", first, clock.now + 5)
     assert second["admitted_per_s"] == 10.0 and second["deferred_per_s"] == 0.0
-    assert second["top_limited"][0] == {"key": "C9", "refused": 3,
+    assert second["top_limited"][0] == {"key": "C9", "type": "str", "refused": 3,
                                          "limits": {"rate": 50.0, "burst": 50.0}}
     other = {**second, "target": "per-customer/w2:2", "worker": "w2:2", "admitted": 7,
-             "top_limited": [{"key": "C1", "refused": 9, "limits": None}]}
+             "top_limited": [{"key": "C1", "type": "str", "refused": 9, "limits": None}]}
     stale = {**second, "target": "per-customer/w3:3", "worker": "w3:3", "at": 0.0}
     forged = {**second, "target": "per-customer/thief:1", "worker": "thief:1"}
     override = KeyOverrideCommand.new("per-customer", "C9", 50.0, None, "me")
@@ -131,7 +131,7 @@ def test_status_records_are_signed_summed_over_fresh_workers_and_list_the_top_ke
     (row,) = keyed_status(bp, ops, now)
     assert row["workers"] == 2  # the stale and the unsigned ones do not count
     assert row["admitted"] == 157 and row["rate"] == 10.0 and row["burst"] == 20.0
-    assert row["key_overrides"] == 1
+    assert row["key_overrides"] == 1 and row["key_types"] == ["str"]
     assert [(t["key"], t["refused"]) for t in row["top_limited"]] == [("C1", 10), ("C9", 3)]
     assert [c.shown_key for c in keyed_overrides(ops, "per-customer", SECRET)] == ["C9"]
     assert canonical(ops["keyed-status/per-customer/w1:1"]) == KeyedStatusRecord.encode(
@@ -148,7 +148,7 @@ def test_the_page_and_the_metrics_show_each_keyed_limit_without_key_labels() -> 
     keyed = state["keyed"]["per-customer"]
     assert keyed["overrides"] == 1 and keyed["top_limited"][0]["key"] == "C9"
     assert compact(state)["keyed"]["per-customer"] == {"admitted": 0, "deferred": 0,
-                                                       "shed": 0}
+                                                       "readmitted": 0, "shed": 0}
     text = render_prometheus(state)
     assert 'faust_backpressure_keyed_rate{app="keyed-ops-unit",limit="per-customer"} 10.0' \
         in text.splitlines()
