@@ -136,8 +136,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
                           ["name", "window", "downstream", "down-lag", "credits"]))
     if report["keyed"]:
         _keyed_table(report["keyed"])
+    if report["warnings"]:
+        click.echo("")
     for warning in report["warnings"]:
-        click.echo(f"\nWARNING {warning}")
+        click.echo(f"WARNING {warning}")
 
 
 def _keyed_table(keyed: list[dict[str, Any]]) -> None:
