@@ -33,6 +33,7 @@ from faust_backpressure.app.ops import keyed_overrides, keyed_status, signed_rec
 from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, _table, _timeout
 from faust_backpressure.app.pause import ops_topic, send_key_override
 from faust_backpressure.control.override import operator
+from faust_backpressure.limiters.keyed import KeyLimits
 from faust_backpressure.tables.admin import read_compacted, topic_partitions
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
@@ -86,6 +87,20 @@ def _partition_of(key: Hashable, partitions: int | None) -> int | None:
     return None if raw is None or not partitions else partition_for_key(raw, partitions)
 
 
+def _effective(gate: KeyedRateLimitGate, operator_set: KeyOverrideCommand | None,
+               stored: list[float] | None, function: KeyLimits | None
+               ) -> tuple[str, float | None, float | None]:
+    """Where the key's limits come from, and they (the gate's own precedence)."""
+    if operator_set is not None:
+        return "operator override (key-override)", operator_set.rate, operator_set.burst
+    if stored is not None:
+        return "stored override (set_limits / set-rate --key)", stored[0], stored[1]
+    if function is not None:
+        return "the limits function", function.tokens_per_second, function.burst_capacity
+    return ("the limit's default", gate.default.tokens_per_second,
+            gate.default.burst_capacity)
+
+
 async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
                       kafka: KafkaClientSettings | str) -> dict[str, Any]:
     encoded = encode_key(key)
@@ -97,17 +112,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
                                      encoded, 0)
     stored = json.loads(stored_raw) if stored_raw else None
     function = None if gate.limits is None else gate.limits(key)
-    if operator_set is not None:
-        source, rate, burst = "operator override (key-override)", operator_set.rate, \
-            operator_set.burst
-    elif stored is not None:
-        source, (rate, burst) = "stored override (set_limits / set-rate --key)", stored
-    elif function is not None:
-        source, rate, burst = "the limits function", function.tokens_per_second, \
-            function.burst_capacity
-    else:
-        source, rate, burst = "the limit's default", gate.default.tokens_per_second, \
-            gate.default.burst_capacity
+    source, rate, burst = _effective(gate, operator_set, stored, function)
     changelog = gate.table.changelog_topic.get_topic_name()
     parts = gate.table.partitions or int(bp.app.conf.topic_partitions)
     partition = _partition_of(key, parts)

@@ -138,15 +138,16 @@ class _OpsFollower(Service):
         last: dict[str, dict[str, Any]] = {}
         try:
             while not self.should_stop:
-                for name, gate in self.bp.keyed_limits.items():
-                    body = status_body(gate, self.worker, last.get(name), time.time())
-                    last[name] = body
-                    await send_control(self.bp.app, topic, status_key(name, self.worker),
-                                       KeyedStatusRecord.encode(body,
-                                                                self.bp.settings.secret_key))
+                try:
+                    for name, gate in self.bp.keyed_limits.items():
+                        body = status_body(gate, self.worker, last.get(name), time.time())
+                        last[name] = body
+                        await send_control(self.bp.app, topic, status_key(name, self.worker),
+                                           KeyedStatusRecord.encode(
+                                               body, self.bp.settings.secret_key))
+                except Exception:  # a broker hiccup: never the worker's end, try again later
+                    log.warning("keyed status not published", exc_info=True)
                 await self.sleep(STATUS_INTERVAL)
-        except Exception:  # never take the worker down for a status record
-            log.exception("keyed status not published")
         finally:  # gone: a tombstone, so that the compacted topic forgets this worker
             with contextlib.suppress(Exception):
                 for name in self.bp.keyed_limits:
