@@ -21,6 +21,7 @@ import faust
 import pytest
 
 from faust_backpressure.app import Backpressure
+from faust_backpressure.app.keyed_ops import KeyOverrideCommand
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.limiters import TokenBucketRateLimiter
@@ -120,10 +121,15 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     base = f"http://127.0.0.1:{port}/backpressure/"
     async with running_app(app), aiohttp.ClientSession() as http:
         await consume(kafka_bootstrap, sink, until=45, timeout=30)
+        # a hostile key override (a negative rate) on the ops topic: counted, changes nothing
+        hostile = KeyOverrideCommand.new("per-customer", b"C42", 1.0, None, "thief")
+        await produce(kafka_bootstrap, f"{app.conf.id}-fbp-ops",
+                      [(hostile.key_record, hostile.encode(None).replace(b'"rate":1.0',
+                                                                          b'"rate":-1.0'))])
         state = await _get_json(http, base)
         for _ in range(100):  # a few history points and a decision
             state = await _get_json(http, base + "?history=1")
-            if len(state["history"]) >= 4 and seen and all(
+            if len(state["history"]) >= 4 and seen and state["rejected"].get("ops") and all(
                     c["decided_rate"] is not None for c in state["control"].values()) \
                     and state["keyed"]["per-customer"]["deferred"] >= 10:
                 break
@@ -172,4 +178,7 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     assert re.search(r'data-loop="typo-loop".*?class="input-warning">input: group '
                      r"'[^']+' has no committed offsets", dom, re.S)
     assert after["control"]["typo-loop"]["severity"] == "NORMAL"
+    # the hostile override: counted on the page, and the key kept its default limits
+    assert sum(after["rejected"]["ops"].values()) == 1
+    assert "ops / " in dom and per_customer.limits_for(b"C42") is None
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
