@@ -43,6 +43,7 @@ from faust_backpressure.agents.headers import (
     shed_headers,
     without_bp_headers,
 )
+from faust_backpressure.agents.keyed_top import RefusedKeys, describe_key
 from faust_backpressure.config.errors import FatalError
 from faust_backpressure.faust_seam import (
     crash_worker,
@@ -64,6 +65,8 @@ KeyedOnLimit = Literal["defer", "wait", "shed"]
 KeyFunction = Callable[[EventT[Any]], Hashable]
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
+#: Keys listed as the most refused (on the dashboard, in ``status``; never metric labels).
+TOP_KEYS = 10
 NOT_BEFORE = "bp.keyed.not_before"
 KEYED_LIMIT = "bp.keyed.limit"
 _STATE = struct.Struct("<dqd")
@@ -88,6 +91,11 @@ def encode_key(key: Hashable) -> bytes:
     if isinstance(key, str):
         return b"s" + key.encode()
     return b"j" + json.dumps(key, sort_keys=True, default=str).encode()
+
+
+def _key_type(key: Hashable) -> str:
+    """As ``--key-type`` names it (``str``, ``bytes``, ``int``; else the type's name)."""
+    return type(key).__name__
 
 
 def _partition_bytes(key: Hashable) -> bytes | None:
@@ -282,6 +290,10 @@ class KeyedRateLimitGate:
         self._buckets: dict[int, KeyedTokenBuckets] = {}
         self._store = _TableStore(self.table, write_behind, clock)
         self._override_store: Any = None
+        #: Operators' overrides by encoded key (``backpressure key-override``, applied by the
+        #: ops follower on every worker): they win over the stored ones and ``limits``.
+        self.operator_limits: dict[bytes, KeyLimits] = {}
+        self.refused_keys = RefusedKeys()
         self.table.on_recover(self._on_recover)
         self._generation: int | None = None
         self._streams: list[StreamT[Any]] = []
@@ -301,7 +313,12 @@ class KeyedRateLimitGate:
     # -- limits --------------------------------------------------------------------------
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
-        """Stored override, else the ``limits`` function, else None (the default)."""
+        """Operator's override, else the stored one, else the ``limits`` function, else None
+        (the default)."""
+        if self.operator_limits:  # usually empty: no encoding on the event path
+            found = self.operator_limits.get(encode_key(key))
+            if found is not None:
+                return found
         data = self._override_store
         if data is None:
             data = self._override_store = self.overrides.data  # made once, on first use
@@ -347,7 +364,21 @@ class KeyedRateLimitGate:
                 "keys_limited": sum(b.limited_now() for b in self._buckets.values()),
                 "deferred_backlog": self.backlog, "admitted": self.admitted,
                 "deferred": self.deferred, "readmitted": self.readmitted, "shed": self.shed,
-                "waits": self.waits, "overdrafts": self.overdrafts}
+                "waits": self.waits, "overdrafts": self.overdrafts,
+                "overrides": len(self.operator_limits) + (
+                    0 if self._override_store is None else len(self._override_store)),
+                "top_limited": self.top_limited()}
+
+    def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
+        """The keys refused most lately: key (as text), its type, refusals, its own limits."""
+        out = []
+        for key, refused in self.refused_keys.top(n, self.clock()):
+            own = self.limits_for(key)
+            out.append({"key": describe_key(encode_key(key)), "type": _key_type(key),
+                        "refused": refused,
+                        "limits": None if own is None else {
+                            "rate": own.tokens_per_second, "burst": own.burst_capacity}})
+        return out
 
     # -- installing ------------------------------------------------------------------------
 
@@ -441,6 +472,7 @@ class KeyedRateLimitGate:
             if permits < 1 or buckets.try_acquire(key, permits):
                 self.admitted += 1
                 return value
+            self.refused_keys.count(key, self.clock())
             if self.on_limit == "defer":
                 return self._defer(event, buckets, key, permits)
             if self.on_limit == "shed":

@@ -65,9 +65,10 @@ def register_commands() -> None:
     from faust.cli.base import cli
 
     from faust_backpressure.app.dlq_inspect import dlq_inspect
+    from faust_backpressure.app.keyed_cli import KEYED_COMMANDS
     from faust_backpressure.app.ops_cli import OPS_COMMANDS
 
-    for command in OPS_COMMANDS:
+    for command in [*OPS_COMMANDS, *KEYED_COMMANDS]:
         backpressure.add_command(command)
     backpressure.add_command(dlq_inspect)
     cli.add_command(backpressure)

@@ -59,6 +59,9 @@ def compact(state: dict[str, Any]) -> dict[str, Any]:
         "control": {k: {"decided_rate": v["decided_rate"], "severity": v["severity"],
                         "lag": (v["last_sample"] or {}).get("lag")}
                     for k, v in state["control"].items()},
+        "keyed": {k: {"admitted": v["admitted"], "deferred": v["deferred"],
+                      "readmitted": v["readmitted"], "shed": v["shed"]}
+                  for k, v in state.get("keyed", {}).items()},
     }
 
 

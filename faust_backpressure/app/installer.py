@@ -255,7 +255,8 @@ class Backpressure:
                      burst_capacity: float | None = None,
                      name: str | None = None, shed_on_critical: bool = False,
                      policy: ControlPolicy | None = None,
-                     shed_levels: ShedLevels | None = None) -> ControlLoop:
+                     shed_levels: ShedLevels | None = None,
+                     count_uncommitted: bool = False) -> ControlLoop:
         """Put ``limiter`` under the backpressure control loop (see docs/control-loop.md).
 
         Every ``interval`` seconds each worker samples ``downstream_group``'s lag on
@@ -267,7 +268,9 @@ class Backpressure:
         gates with a priority function shed by priority instead, on the ``shed_levels``
         ladder (default :class:`ShedLevels`: priority 0 first, then 1, then 2).
         ``policy``: ``"setpoint"`` or ``"step"``, default the ``control_policy`` setting
-        (``FAUST_BP_CONTROL_POLICY``).
+        (``FAUST_BP_CONTROL_POLICY``). ``count_uncommitted``: a downstream group that has
+        committed nothing on the topics (a typo, a consumer not started) is a warning and is
+        not throttled on until it commits; True counts its whole backlog as lag instead.
         """
         if self._control is None:
             self._control = ControlLoops(self.app, kafka=client_settings(self.app, "lag-probe"),
@@ -283,7 +286,7 @@ class Backpressure:
             thresholds=(BackpressureThresholds.from_settings(self.settings)
                         if thresholds is None else thresholds),
             baseline_rate=baseline_rate, name=name, shed_on_critical=shed_on_critical,
-            shed_levels=shed_levels,
+            shed_levels=shed_levels, count_uncommitted=count_uncommitted,
             gates=self.all_gates,
             policy=self.settings.control_policy if policy is None else policy))
         return loop
@@ -319,7 +322,7 @@ class Backpressure:
 
     @property
     def rejections(self) -> dict[str, dict[str, int]]:
-        """Internal records this worker rejected, by topic (``requests``, ``grants``,
+        """Internal records this worker rejected, by topic (``requests``, ``grants``, ``ops``,
         ``pressure``) and reason (see ``docs/security.md``)."""
         out: dict[str, dict[str, int]] = {}
         channel = find_channel(self.app)
@@ -328,6 +331,8 @@ class Backpressure:
             out["grants"] = dict(channel.reply_rejections.by_reason)
         if self._control is not None:
             out["pressure"] = dict(self._control.rejections.by_reason)
+        if self.ops_follower is not None:
+            out["ops"] = dict(self.ops_follower.rejections.by_reason)
         return out
 
     @property

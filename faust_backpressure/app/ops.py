@@ -7,7 +7,10 @@ No worker's web port is needed: every worker writes what matters to topics of th
 * the control table's changelog: each control loop's decided rate, emergency flag, severity
   and reason (the deciding worker writes it with every decision);
 * the pressure topic: every worker's recent samples (downstream lag, utilization, CPU);
-* consumer group offsets: each pipeline's source backlog, DLQ sizes.
+* consumer group offsets: each pipeline's source backlog, DLQ sizes; whether each control
+  loop's and credit flow's downstream group has committed on its topics (and they exist);
+* the ops topic: operators' pauses, breakers and key overrides, and each worker's keyed-limit
+  status (see :mod:`.keyed_ops`).
 
 The app module itself (imported by ``faust -A``) says what is declared: limiters with their
 configured rates, control loops, pipelines.
@@ -22,10 +25,16 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from faust_backpressure.app.keyed_ops import (
+    STATUS_INTERVAL,
+    KeyedStatusRecord,
+    KeyOverrideCommand,
+)
 from faust_backpressure.app.pause import ops_topic
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import CONTROL_TABLE
 from faust_backpressure.control.override import Override
+from faust_backpressure.control.probe import no_commits_warning
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.tables.admin import (
     CommandTimeout,
@@ -34,10 +43,11 @@ from faust_backpressure.tables.admin import (
     read_limiter_states,
 )
 from faust_backpressure.tables.admin import topic_partitions as _partitions
-from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.tables.integrity import RejectedRecord, canonical
 from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
 
-__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "send_override"]
+__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
+           "keyed_overrides", "keyed_status", "send_override", "signed_records"]
 
 
 @dataclass
@@ -170,6 +180,75 @@ async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | Non
         await consumer.stop()
 
 
+async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: list[str], *,
+                        counted: bool) -> str | None:
+    """What is wrong with a loop's or credit flow's input now: topics that do not exist, or a
+    group that has committed nothing on them (None: nothing)."""
+    consumer = kafka_consumer(kafka, "ops-status")
+    await consumer.start()
+    try:
+        missing = [t for t in topics if not await _partitions(consumer, t, 2.0)]
+    finally:
+        await consumer.stop()
+    if missing:
+        return f"topics {sorted(missing)} do not exist"
+    if any(tp.topic in topics for tp in await _committed(kafka, group)):
+        return None
+    backlog = (await group_lag(kafka, group, topics, time_lag=False)).total
+    return no_commits_warning(group, topics, backlog, counted=counted)
+
+
+def signed_records(ops: dict[str, Any], prefix: str, decode: Any,
+                   secret: bytes | None) -> list[Any]:
+    """The ops records under ``prefix`` that pass ``decode`` (the compacted topic's values
+    were written as canonical JSON, so they are re-encoded byte for byte)."""
+    out = []
+    for key, value in ops.items():
+        if key.startswith(prefix) and isinstance(value, dict):
+            try:
+                out.append(decode(canonical(value), key.encode(), secret))
+            except (RejectedRecord, ValueError, TypeError):
+                continue
+    return out
+
+
+def keyed_overrides(ops: dict[str, Any], limit: str,
+                    secret: bytes | None) -> list[KeyOverrideCommand]:
+    """The keys of ``limit`` an operator has set limits for (signed records only)."""
+    found = signed_records(ops, f"keyed/{limit}/", KeyOverrideCommand.decode, secret)
+    return sorted((c for c in found if c.rate is not None), key=lambda c: c.shown_key)
+
+
+def keyed_status(bp: Installation, ops: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """Each keyed limit summed over the workers whose status is fresh (3 intervals)."""
+    secret = bp.settings.secret_key
+    records = [r for r in signed_records(ops, "keyed-status/", KeyedStatusRecord.decode, secret)
+               if now - r.at <= 3 * STATUS_INTERVAL]
+    out = []
+    for name, gate in sorted(bp.keyed_limits.items()):
+        mine = [r.body for r in records if r.limit == name]
+        row: dict[str, Any] = {
+            "name": name, "agent": gate.agent_name, "on_limit": gate.on_limit,
+            "rate": gate.default.tokens_per_second, "burst": gate.default.burst_capacity,
+            "workers": len(mine), "key_overrides": len(keyed_overrides(ops, name, secret))}
+        for count in ("keys_tracked", "keys_limited", "deferred_backlog", "admitted",
+                      "deferred", "readmitted", "shed"):
+            row[count] = sum(b[count] for b in mine) if mine else None
+        for rate in ("admitted_per_s", "deferred_per_s", "readmitted_per_s", "shed_per_s"):
+            rates = [b[rate] for b in mine if b[rate] is not None]
+            row[rate] = sum(rates) if rates else None
+        top: dict[str, dict[str, Any]] = {}
+        for body in mine:
+            for entry in body["top_limited"]:
+                seen = top.setdefault(f"{entry['type']}:{entry['key']}",
+                                      {**entry, "refused": 0})
+                seen["refused"] += entry["refused"]
+        row["top_limited"] = sorted(top.values(), key=lambda t: -t["refused"])[:10]
+        row["key_types"] = sorted({t["type"] for t in row["top_limited"]})
+        out.append(row)
+    return out
+
+
 def _severity(state: dict[str, Any] | None, lag: int | None, loop: Any) -> str:
     if state and state.get("override"):
         return "OVERRIDE"
@@ -234,10 +313,13 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "downstream_lag": lag,
             "utilization": max((s.utilization for s in seen.values()), default=None),
             "sampling_workers": sorted(seen),
+            "input_warning": None if loop is None else await input_warning(
+                kafka, loop.probe.group, loop.probe.topics,
+                counted=loop.probe.count_uncommitted),
         })
     pipelines = []
     ops = (await read_compacted(kafka, ops_topic(app_id))
-           if bp.pipelines or bp.downstreams else {})
+           if bp.pipelines or bp.downstreams or bp.keyed_limits else {})
     pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
               if k.startswith("pause/") and isinstance(v, dict)}
     for name, pipe in sorted(bp.pipelines.items()):
@@ -260,7 +342,9 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
         credit_flows.append({
             "name": flow.name, "window": window,
             "downstream_group": flow.probe.group, "downstream_topics": list(flow.probe.topics),
-            "downstream_lag": backlog.total, "credits": max(0, window - backlog.total)})
+            "downstream_lag": backlog.total, "credits": max(0, window - backlog.total),
+            "input_warning": await input_warning(kafka, flow.probe.group,
+                                                 list(flow.probe.topics), counted=True)})
     # what the workers' pressure samples say of the called systems (None: no loop sampled)
     errors = [s.error_rate for seen in samples.values() for s in seen.values()
               if s.error_rate is not None]
@@ -275,8 +359,13 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "last_slow_down_until": slowed.get("until"), "last_slow_down_by": slowed.get("by"),
             "slowed_down_now": float(slowed.get("until") or 0) > time.time(),
             "error_rate": max(errors, default=None)})
+    warnings = [f"control loop {x['id']}: {x['input_warning']}" for x in limiters
+                if x["input_warning"]]
+    warnings += [f"credit flow {f['name']}: {f['input_warning']}" for f in credit_flows
+                 if f["input_warning"]]
     return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
-            "credit_flows": credit_flows, "downstreams": downstreams}
+            "credit_flows": credit_flows, "downstreams": downstreams,
+            "keyed": keyed_status(bp, ops, time.time()), "warnings": warnings}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

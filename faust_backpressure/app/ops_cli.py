@@ -1,5 +1,6 @@
 """Operator commands of the ``backpressure`` group: ``status``, ``set-rate``, ``reset``, ``lag``,
-``emergency-stop``, ``restore``, ``pause``, ``resume``, ``breaker``.
+``emergency-stop``, ``restore``, ``pause``, ``resume``, ``breaker`` (``key-status`` and
+``key-override`` are in :mod:`.keyed_cli`).
 
 They work against the running cluster through Kafka alone (see :mod:`.ops` and
 :mod:`faust_backpressure.tables.admin`). Exit codes: 0 done, 1 the cluster did not do it (no
@@ -133,6 +134,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(_table([[f["name"], f["window"], f["downstream_group"],
                             f["downstream_lag"], f["credits"]] for f in report["credit_flows"]],
                           ["name", "window", "downstream", "down-lag", "credits"]))
+    if report["keyed"]:
+        _keyed_table(report["keyed"])
+    if report["warnings"]:
+        click.echo("")
+    for warning in report["warnings"]:
+        click.echo(f"WARNING {warning}")
+
+
+def _keyed_table(keyed: list[dict[str, Any]]) -> None:
+    click.echo("\nkeyed limits (rate and burst per key; counts summed over the workers)")
+    click.echo(_table([[k["name"], k["agent"], k["on_limit"], k["rate"], k["burst"],
+                        k["workers"], k["keys_tracked"], k["keys_limited"],
+                        k["deferred_backlog"], k["admitted_per_s"], k["deferred_per_s"],
+                        k["readmitted_per_s"], k["shed_per_s"], k["key_overrides"]]
+                       for k in keyed],
+                      ["limit", "agent", "on limit", "rate/s", "burst", "workers", "tracked",
+                       "limited", "backlog", "admitted/s", "deferred/s", "readmitted/s",
+                       "shed/s", "overrides"]))
+    for k in keyed:
+        if k["top_limited"]:
+            click.echo(f"  {k['name']} most refused keys lately: " + ", ".join(
+                f"{t['key']} ({t['refused']:,})" for t in k["top_limited"])
+                + f"  [{', '.join(k['key_types'])} keys]")
 
 
 def _command(ctx: click.Context, limiter_id: str, kind: Literal["update_rate", "reset"],

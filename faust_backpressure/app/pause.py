@@ -26,6 +26,13 @@ from aiokafka import TopicPartition
 from mode import Service
 
 from faust_backpressure.app.downstream_ops import BreakerCommand, QuotaReport, SlowDownRecord
+from faust_backpressure.app.keyed_ops import (
+    STATUS_INTERVAL,
+    KeyedStatusRecord,
+    KeyOverrideCommand,
+    status_body,
+    status_key,
+)
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
 from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
@@ -46,7 +53,8 @@ from faust_backpressure.tables.kafka import (
 )
 
 __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
-           "send_acknowledged", "send_breaker", "send_pause", "worker_name"]
+           "send_acknowledged", "send_breaker", "send_key_override", "send_pause",
+           "worker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,8 @@ class PauseCommand:
 
 class _OpsFollower(Service):
     """On a worker: follows the ops topic: pauses/resumes its pipelines, slows down and
-    forces the breakers of its downstream guards, acknowledges commands."""
+    forces the breakers of its downstream guards, overrides keys of its keyed limits,
+    acknowledges commands; publishes its keyed limits' status."""
 
     def __init__(self, bp: Installation, **kwargs: Any) -> None:
         self.bp = bp
@@ -120,6 +129,29 @@ class _OpsFollower(Service):
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         self.add_future(self._follow(consumer))
+        if self.bp.keyed_limits:
+            self.add_future(self._publish_keyed())
+
+    async def _publish_keyed(self) -> None:
+        """Each keyed limit's stats on the ops topic, every STATUS_INTERVAL s (for status)."""
+        topic = ops_topic(self.bp.app.conf.id)
+        last: dict[str, dict[str, Any]] = {}
+        try:
+            while not self.should_stop:
+                try:
+                    for name, gate in self.bp.keyed_limits.items():
+                        body = status_body(gate, self.worker, last.get(name), time.time())
+                        last[name] = body
+                        await send_control(self.bp.app, topic, status_key(name, self.worker),
+                                           KeyedStatusRecord.encode(
+                                               body, self.bp.settings.secret_key))
+                except Exception:  # a broker hiccup: never the worker's end, try again later
+                    log.warning("keyed status not published", exc_info=True)
+                await self.sleep(STATUS_INTERVAL)
+        finally:  # gone: a tombstone, so that the compacted topic forgets this worker
+            with contextlib.suppress(Exception):
+                for name in self.bp.keyed_limits:
+                    await send_control(self.bp.app, topic, status_key(name, self.worker), None)
 
     async def _follow(self, consumer: Any) -> None:
         try:
@@ -143,6 +175,9 @@ class _OpsFollower(Service):
             elif key.startswith(b"breaker/"):
                 await self._force(BreakerCommand.decode(value, key,
                                                         self.bp.settings.secret_key))
+            elif key.startswith(b"keyed/"):
+                await self._override_key(KeyOverrideCommand.decode(
+                    value, key, self.bp.settings.secret_key))
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
@@ -190,6 +225,22 @@ class _OpsFollower(Service):
                         f"breaker {command.dependency} set to {command.state} by "
                         f"{command.by}{f': {command.reason}' if command.reason else ''}")
 
+    async def _override_key(self, command: KeyOverrideCommand) -> None:
+        gate = self.bp.keyed_limits.get(command.limit)
+        if gate is None:
+            return
+        limits = command.limits
+        if limits is None:
+            gate.operator_limits.pop(command.key, None)
+        else:
+            gate.operator_limits[command.key] = limits
+        done = ("cleared" if limits is None else
+                f"set to {limits.tokens_per_second:g}/s, burst {limits.burst_capacity:g}")
+        await self._ack(command.command_id, f"keyed/{command.limit}/{command.key.hex()}",
+                        {"rate": command.rate, "burst": command.burst},
+                        f"keyed limit {command.limit}: key {command.shown_key!r} {done} by "
+                        f"{command.by}{f': {command.reason}' if command.reason else ''}")
+
     async def _ack(self, command_id: str, subject: str, extra: dict[str, Any],
                    what: str) -> None:
         if command_id in self._acked:  # read again from the start: applied, not announced
@@ -203,12 +254,12 @@ class _OpsFollower(Service):
 
 
 def install_pause_control(bp: Installation) -> None:
-    """Follow the ops topic on every worker of an app that has pipelines or downstream
-    guards (pause/resume, slow-downs, breaker commands)."""
+    """Follow the ops topic on every worker of an app that has pipelines, downstream guards
+    or keyed limits (pause/resume, slow-downs, breaker commands, key overrides)."""
     app = bp.app
 
     async def fbp_pause_control() -> None:
-        if bp.pipelines or bp.downstreams:
+        if bp.pipelines or bp.downstreams or bp.keyed_limits:
             bp.ops_follower = _OpsFollower(bp)
             await app.add_runtime_dependency(bp.ops_follower)
 
@@ -247,6 +298,16 @@ async def send_breaker(kafka: KafkaClientSettings | str, app_id: str, dependency
                                    what=f"breaker {state} of {dependency!r}", timeout=timeout)
 
 
+async def send_key_override(kafka: KafkaClientSettings | str, app_id: str,
+                            command: KeyOverrideCommand, *, secret: bytes | None,
+                            timeout: float = 30.0) -> tuple[int, int]:
+    """Set or clear one key's limits of a keyed limit on every worker; ``(acked, workers)``.
+    :class:`CommandTimeout` if fewer acknowledge in time."""
+    return await send_acknowledged(
+        kafka, app_id, command.key_record, command.encode(secret), command.command_id,
+        what=f"key override of {command.limit!r} {command.shown_key!r}", timeout=timeout)
+
+
 async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: bytes,
                             value: bytes, command_id: str, *, what: str,
                             timeout: float = 30.0) -> tuple[int, int]:
@@ -260,7 +321,7 @@ async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: 
     try:
         if not await topic_partitions(consumer, topic, 5.0):
             raise CommandTimeout(f"app {app_id!r} has no {topic} topic: no worker with a "
-                                 "pipeline or a downstream guard has run")
+                                 "pipeline, a downstream guard or a keyed limit has run")
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_end(tp)

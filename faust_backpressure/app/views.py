@@ -104,6 +104,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
             "recommended_workers": None if decision is None else decision.recommended_workers,
             "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
             "override": loop.override,
+            # a missing topic or a group with no commits (not throttled on until it commits)
+            "input_warning": loop.input_warning,
             "recent_decisions": [{"rate": d.rate, "severity": d.severity.name,
                                   "reason": d.reason}
                                  for d in list(loop.decisions)[-RECENT:]],
@@ -179,6 +181,9 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
                [({"pipeline": k}, v[field]) for k, v in pipelines])
     keyed = state.get("keyed", {}).items()  # no per-key label: keys are unbounded
     for field, kind, text in (
+            ("rate", "gauge", "Default tokens per second of each key."),
+            ("burst", "gauge", "Default burst capacity of each key."),
+            ("overrides", "gauge", "Keys with their own limits (operator or stored)."),
             ("keys_tracked", "gauge", "Keys whose bucket is not full (stored)."),
             ("keys_limited", "gauge", "Keys refused whose next token has not come yet."),
             ("deferred_backlog", "gauge", "Deferred records held until due."),

@@ -85,11 +85,16 @@ class ControlLoop:
                  shed_on_critical: bool = False,
                  gates: Callable[[], Iterable[RateLimitGate]] = tuple,
                  policy: ControlPolicy = "setpoint",
-                 shed_levels: ShedLevels | None = None) -> None:
+                 shed_levels: ShedLevels | None = None,
+                 count_uncommitted: bool = False) -> None:
         self.limiter = limiter
         self.name = name or limiter.name
         self.interval = check_rate("interval", interval)
-        self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics)
+        # A group with no commits is a typo or a consumer not started: no throttling on its
+        # backlog until it commits, unless asked (count_uncommitted=True)
+        self.probe = LagProbe(loops.kafka, downstream_group, downstream_topics,
+                              count_uncommitted=count_uncommitted)
+        self._warned: str | None = None  # the input warning last logged
         self._loops = loops  # its error_rate is read at each sample (set after this)
         self.controller = BackpressureController(
             baseline_rate if baseline_rate is not None else limiter.current_rate_limit,
@@ -121,9 +126,29 @@ class ControlLoop:
         baseline = self.controller.baseline_rate
         return min(1.0, max(float(self.limiter.current_rate_limit), 0.0) / baseline)
 
+    @property
+    def input_warning(self) -> str | None:
+        """What is wrong with the loop's input (missing topics, a group with no commits)."""
+        return self.probe.warning
+
+    def note_input(self) -> None:
+        """Log the input warning when it appears or changes, and when it is gone."""
+        warning = self.probe.warning
+        if warning == self._warned:
+            return
+        if warning is not None:
+            log.warning("control loop %s: %s", self.name, warning)
+        else:
+            log.info("control loop %s: its input is fine again (group %r has committed)",
+                     self.name, self.probe.group)
+        self._warned = warning
+
     async def sample(self, worker: str) -> WorkerSample:
         """This worker's view, now."""
-        lag, processed = await self.probe.measure()
+        try:
+            lag, processed = await self.probe.measure()
+        finally:
+            self.note_input()
         members = await self.probe.members()
         self.last_sample = WorkerSample(
             limiter=self.name, worker=worker, at=time.time(), lag=lag,
@@ -253,7 +278,8 @@ class ControlLoops:
             try:
                 worker_sample = await loop.sample(self.worker)
             except Exception as exc:  # a broker hiccup must not kill the timer
-                log.warning("pressure sample of %s failed: %r", loop.name, exc)
+                if loop.input_warning is None:  # else said once by note_input
+                    log.warning("pressure sample of %s failed: %r", loop.name, exc)
                 return
             await send_control(self.app, self.pressure_topic.get_topic_name(),
                                loop.name.encode(), worker_sample.encode(self.secret))

@@ -2,8 +2,12 @@
 
 The control loop and credit flow sample it once per interval: the sum over the partitions of
 ``downstream_topics`` of the end offset minus the group's committed offset (the start of the
-partition when the group has committed nothing). A topic the broker does not know yet is an
-error, not a lag of zero. :func:`close_probes_on_stop` closes the clients when the worker stops.
+partition where the group has committed nothing). A topic the broker does not know yet is an
+error, not a lag of zero. A group with no committed offset on any of the topics (a typo, a
+consumer not started) is :attr:`LagProbe.warning`; with ``count_uncommitted=False`` (the control
+loop's default) its backlog is not counted as lag until it commits, while a credit flow counts
+it (a stage whose consumer has not started must still bound its output).
+:func:`close_probes_on_stop` closes the clients when the worker stops.
 
 Example::
 
@@ -25,16 +29,18 @@ from mode import Service
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_admin, kafka_consumer
 
-__all__ = ["LagProbe", "close_probes_on_stop"]
+__all__ = ["LagProbe", "close_probes_on_stop", "no_commits_warning"]
 
 
 class LagProbe:
     """Consumer lag of a group on some topics: sum over partitions of end - committed."""
 
     def __init__(self, kafka: KafkaClientSettings | str, group: str,
-                 topics: Sequence[str]) -> None:
+                 topics: Sequence[str], *, count_uncommitted: bool = True) -> None:
         """``kafka``: the clients' settings (``tables.kafka.client_settings(app, ...)``) or a
-        bootstrap string for an open cluster."""
+        bootstrap string for an open cluster. ``count_uncommitted``: whether a group that has
+        committed nothing on the topics has their whole backlog as lag (else 0 until it
+        commits)."""
         if not topics:
             raise ValueError("downstream_topics must name at least one topic")
         self.kafka, self.group, self.topics = kafka, group, list(topics)
@@ -43,6 +49,12 @@ class LagProbe:
         #: ``(topic, partition) -> the group's committed offset`` at the last measurement
         #: (the partition's start where it committed nothing).
         self.committed: dict[tuple[str, int], int] = {}
+        self.count_uncommitted = count_uncommitted
+        #: What is wrong with the input at the last measurement (None: nothing): the topics
+        #: do not exist, or the group has committed nothing on them.
+        self.warning: str | None = None
+        #: The backlog a group with no commits has (counted or not), at the last measurement.
+        self.uncommitted_backlog = 0
 
     async def lag(self) -> int:
         return (await self.measure())[0]
@@ -61,16 +73,25 @@ class LagProbe:
             partitions = self._partitions()
             missing = set(self.topics) - {tp.topic for tp in partitions}
             if missing:  # an unknown lag is not a zero lag: no sample
+                self.warning = f"topics {sorted(missing)} do not exist"
                 raise LookupError(f"no partitions known for {sorted(missing)}")
         ends = await self._consumer.end_offsets(partitions)
         committed = await self._admin.list_consumer_group_offsets(self.group)
         total = processed = 0
+        any_commit = False
         for tp in partitions:
             meta = committed.get(tp)
-            start = meta.offset if meta is not None and meta.offset >= 0 else 0
+            has = meta is not None and meta.offset >= 0
+            any_commit = any_commit or has
+            start = meta.offset if has else 0
             total += max(ends[tp] - start, 0)
             processed += start
             self.committed[tp.topic, tp.partition] = start
+        self.uncommitted_backlog = 0 if any_commit else total
+        self.warning = None if any_commit else no_commits_warning(
+            self.group, self.topics, total, counted=self.count_uncommitted)
+        if not any_commit and not self.count_uncommitted:
+            return 0, processed
         return total, processed
 
     async def members(self, group: str | None = None) -> int | None:
@@ -97,6 +118,14 @@ class LagProbe:
             await self._consumer.stop()
         self._admin = self._consumer = None
 
+
+
+def no_commits_warning(group: str, topics: Sequence[str], backlog: int, *,
+                       counted: bool) -> str:
+    """What operators read when ``group`` has committed nothing on ``topics``."""
+    return (f"group {group!r} has no committed offsets on {', '.join(topics)} (a typo, or "
+            f"its consumer has not started): its backlog of {backlog:,} records "
+            + ("counts as lag" if counted else "is not counted as lag until it commits"))
 
 
 def _member_count(described: Any, group: str) -> int | None:

@@ -150,6 +150,9 @@
           button("emergency stop", "emergency-stop", {limiter: name}, "hold " + name + " at its emergency rate"),
       ]);
       var parts = [head];
+      if (c.input_warning) {
+        parts.push(h("div", {"class": "input-warning", text: "input: " + c.input_warning}));
+      }
       if (c.override) {
         parts.push(h("div", {"class": "override", text: "held at " + fmt(c.override.rate) + "/s by " +
           (c.override.by || "?") + (c.override.reason ? ": " + c.override.reason : "") +
@@ -215,6 +218,25 @@
                   "force " + name + "'s breaker open on every worker (calls wait)"),
            button("close", "breaker", {dependency: name, state: "close"},
                   "force " + name + "'s breaker closed on every worker")]),
+      ]);
+    }));
+
+    fill("keyed", Object.keys(s.keyed || {}).sort().map(function (name) {
+      var k = s.keyed[name];
+      var per = function (field) {
+        var r = rates(history, function (p) { return p.keyed && p.keyed[name] && p.keyed[name][field]; });
+        return num(r.length ? r[r.length - 1] : null, 1, field + "-rate");
+      };
+      var top = (k.top_limited || []).map(function (t) {
+        return t.key + " (" + t.refused + (t.limits ? ", own " + fmt(t.limits.rate) + "/s" : "") + ")";
+      }).join(", ");
+      return h("tr", {"data-keyed": name}, [
+        h("td", {"class": "id", text: name}), h("td", {text: k.agent || "–"}), h("td", {text: k.on_limit}),
+        num(k.rate, undefined, "rate"), num(k.burst, undefined, "burst"),
+        num(k.keys_tracked, 0, "tracked"), num(k.keys_limited, 0, "limited"),
+        num(k.deferred_backlog, 0, "backlog"), per("admitted"), per("deferred"), per("readmitted"), per("shed"),
+        num(k.overrides, 0, "overrides"),
+        h("td", {"class": "top muted", "data-field": "top", text: top || "–"}),
       ]);
     }));
 

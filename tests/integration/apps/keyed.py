@@ -17,7 +17,7 @@ from faust_backpressure.testing.settings import fast_faust_settings
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
                 **fast_faust_settings())
-bp = Backpressure(app, settings=BackpressureSettings())
+bp = Backpressure(app, settings=BackpressureSettings.from_env())  # FAUST_BP_SECRET
 source = app.topic(os.environ["FBP_SOURCE"], key_type=bytes, value_type=bytes,
                    key_serializer="raw", value_serializer="raw")
 sink = app.topic(os.environ["FBP_SINK"], key_type=bytes, value_type=bytes,

@@ -73,13 +73,15 @@ async def test_a_credit_window_follows_the_control_loops_decisions(
     source, sink, billing = unique_name("src"), unique_name("priced"), unique_name("billing")
     watched, watchers = unique_name("watched"), unique_name("watchers")
     await create_topics(kafka_bootstrap, {source: 1, sink: 1, watched: 1})
-    # The loop's downstream has read none of 300 records: emergency, 1/s of a 100/s base.
+    # The loop's downstream has read none of 300 records (no commits, counted as lag with
+    # count_uncommitted=True): emergency, 1/s of a 100/s base.
     await produce(kafka_bootstrap, watched, ((None, b"x") for _ in range(300)))
     app = faust.App(unique_name("app"), datadir=str(tmp_path),
                     **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
     bp = Backpressure(app, settings=BackpressureSettings())
     loop = bp.control_loop(TokenBucketRateLimiter(100, 100), downstream_group=watchers,
                            downstream_topics=[watched], interval=0.2,
+                           count_uncommitted=True,  # watchers never committed: count it
                            thresholds=BackpressureThresholds(
                                backlog_cleared_lag=10, scaling_threshold=50,
                                max_consumer_lag=100, critical_lag=200, cpu_threshold=1.0))

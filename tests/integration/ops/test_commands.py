@@ -112,6 +112,46 @@ async def test_status_set_rate_reset_and_lag_work_across_workers(
     assert done.returncode == 1 and "no committed offsets" in done.stderr
 
 
+async def test_a_downstream_group_with_no_commits_is_a_warning_and_not_throttled_on(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    down, down_group = unique_name("priced"), unique_name("billing")
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+           "FBP_SINK": unique_name("sink"), "FBP_DOWN_GROUP": down_group,
+           "FBP_DOWN_TOPIC": down, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    await create_topics(kafka_bootstrap, {down: 1})
+    await produce(kafka_bootstrap, down, ((None, b"x") for _ in range(300)))
+    worker = faust_workers(APP, name="nc", env=env)
+    worker.wait_ready()
+    # the group has committed nothing (a typo, a consumer not started): said once, in the
+    # log, in status (loop and credit flow), and the loop does not throttle on the backlog
+    worker.wait_for_log(rf"control loop ops-api: group '{down_group}' has no committed "
+                        rf"offsets on {down} .*backlog of 300 records is not counted")
+
+    def warned() -> dict[str, Any] | None:
+        report = _status(env)
+        api = _limiter(report, "ops-api")
+        return report if api["decided_rate"] is not None and api["input_warning"] else None
+    report = _until(warned)
+    api = _limiter(report, "ops-api")
+    assert "has no committed offsets" in api["input_warning"]
+    assert api["severity"] == "NORMAL" and api["decided_rate"] == 200.0 and api["rate"] == 200.0
+    assert api["downstream_lag"] == 0
+    (credits,) = report["credit_flows"]  # a credit flow still counts the backlog
+    assert credits["downstream_lag"] == 300 and "counts as lag" in credits["input_warning"]
+    assert [w.split(":")[0] for w in report["warnings"]] == [
+        "control loop ops-api", "credit flow billing-credits"]
+    people = _cli(env, "status")
+    assert f"WARNING control loop ops-api: group '{down_group}' has no committed" in people.stdout
+
+    # once the group commits (290 behind), the loop throttles and the warning is gone
+    await commit_offsets(kafka_bootstrap, down_group, down, {0: 10})
+    api = _until(lambda: (lambda x: x if x["decided_rate"] == 1.0 else None)(
+        _limiter(_status(env), "ops-api")))
+    assert api["input_warning"] is None and api["severity"] == "EMERGENCY"
+    worker.wait_for_log(r"control loop ops-api: its input is fine again")
+
+
 async def test_emergency_stop_holds_over_the_control_loop_across_restarts_until_restore(
         kafka_bootstrap: str, unique_name: Callable[[str], str],
         faust_workers: Callable[..., FaustWorker]) -> None:
@@ -121,6 +161,8 @@ async def test_emergency_stop_holds_over_the_control_loop_across_restarts_until_
            "FBP_DOWN_TOPIC": down, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     await create_topics(kafka_bootstrap, {down: 1})
     await produce(kafka_bootstrap, down, ((None, b"x") for _ in range(300)))
+    # billing has started and read nothing: a group with no commits is not throttled on
+    await commit_offsets(kafka_bootstrap, down_group, down, {0: 0})
     first = [faust_workers(APP, name=f"a{i}", env=env) for i in range(2)]
     for worker in first:
         worker.wait_ready()

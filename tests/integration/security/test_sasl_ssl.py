@@ -50,8 +50,9 @@ async def test_pipeline_limiter_control_loop_credits_and_replay_over_sasl_ssl(
     source_topic = app.topic(source, value_serializer="json")
     bp.pipeline("sec", source=source_topic, sink=sink, dlq=dlq, process=lambda v: v,
                 limiter="sec-api", tokens_per_second=500, burst_capacity=500)
+    # billing never commits: counted (count_uncommitted), the sample shows the probe's reading
     loop = bp.control_loop("sec-api", downstream_group=unique_name("billing"),
-                           downstream_topics=[sink], interval=0.3)
+                           downstream_topics=[sink], interval=0.3, count_uncommitted=True)
     bp.credit_flow(1000, downstream_group=unique_name("billing"), downstream_topics=[sink],
                    interval=0.3)
     flow = bp.credit_flows[-1]

@@ -21,12 +21,13 @@ import faust
 import pytest
 
 from faust_backpressure.app import Backpressure
+from faust_backpressure.app.keyed_ops import KeyOverrideCommand
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.broker import free_port
 from faust_backpressure.testing.inprocess import running_app
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.kafka_io import commit_offsets, consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
 from tests.integration.web.browser import chromium, needs_chromium
 
@@ -77,7 +78,9 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
         async for order in stream:
             seen.append(order)
 
-    bp.control_loop("orders-api", downstream_group=unique_name("billing"),
+    billing = unique_name("billing")  # started, read nothing: committed 0
+    await commit_offsets(kafka_bootstrap, billing, backlog, {0: 0})
+    bp.control_loop("orders-api", downstream_group=billing,
                     downstream_topics=[backlog], interval=0.5, policy="step",
                     thresholds=BackpressureThresholds(scaling_threshold=20, max_consumer_lag=50,
                                                       critical_lag=100, backlog_cleared_lag=5))
@@ -89,6 +92,24 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
 
     bp.pipeline("price", source=source, sink=sink, process=check, max_retries=0,
                 limiter=TokenBucketRateLimiter(500, 500))
+    # a loop whose downstream group never committed (a typo): a warning, not throttled on
+    bp.control_loop(TokenBucketRateLimiter(30, 30), name="typo-loop",
+                    downstream_group=unique_name("typo"), downstream_topics=[backlog],
+                    interval=0.5)
+    # a keyed limit: one hot customer over its 2/s, deferred
+    customers = unique_name("customers")
+    await create_topics(kafka_bootstrap, {customers: 1})
+    per_customer = bp.rate_limit_per_key("per-customer", tokens_per_second=2,
+                                         burst_capacity=2, partitions=1, store="memory://")
+
+    @app.agent(app.topic(customers, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw"))
+    @per_customer
+    async def pay(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    await produce(kafka_bootstrap, customers, [(b"C42", b"x")] * 20)
     pricing = bp.downstream("pricing-api", max_concurrency=8, limit="fixed")
     pricing.force("open")  # as an operator would: the page shows it, with "auto" to undo
     await produce(kafka_bootstrap, source,
@@ -100,11 +121,17 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     base = f"http://127.0.0.1:{port}/backpressure/"
     async with running_app(app), aiohttp.ClientSession() as http:
         await consume(kafka_bootstrap, sink, until=45, timeout=30)
+        # a hostile key override (a negative rate) on the ops topic: counted, changes nothing
+        hostile = KeyOverrideCommand.new("per-customer", b"C42", 1.0, None, "thief")
+        await produce(kafka_bootstrap, f"{app.conf.id}-fbp-ops",
+                      [(hostile.key_record, hostile.encode(None).replace(b'"rate":1.0',
+                                                                          b'"rate":-1.0'))])
         state = await _get_json(http, base)
         for _ in range(100):  # a few history points and a decision
             state = await _get_json(http, base + "?history=1")
-            if len(state["history"]) >= 4 and seen and any(
-                    c["decided_rate"] is not None for c in state["control"].values()):
+            if len(state["history"]) >= 4 and seen and state["rejected"].get("ops") and all(
+                    c["decided_rate"] is not None for c in state["control"].values()) \
+                    and state["keyed"]["per-customer"]["deferred"] >= 10:
                 break
             await asyncio.sleep(0.2)
         async with http.get(base + "ui") as resp:
@@ -141,4 +168,17 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     assert re.search(r'<tr data-dependency="pricing-api">.*?sev-EMERGENCY[^>]*>forced_open',
                      dom, re.S)
     assert _cell(dom, "data-dependency", "pricing-api", "limit") == "8"
+    # the keyed limit: its rate and burst per key, its counts, the hot key on top
+    assert float(_cell(dom, "data-keyed", "per-customer", "rate")) == 2.0
+    assert float(_cell(dom, "data-keyed", "per-customer", "burst")) == 2.0
+    assert int(_cell(dom, "data-keyed", "per-customer", "tracked")) >= 1
+    assert re.search(r'<tr data-keyed="per-customer">.*?data-field="top">C42 \(\d+\)</td>',
+                     dom, re.S), dom[:3000]
+    # the loop on a group with no commits says so, and is not throttled
+    assert re.search(r'data-loop="typo-loop".*?class="input-warning">input: group '
+                     r"'[^']+' has no committed offsets", dom, re.S)
+    assert after["control"]["typo-loop"]["severity"] == "NORMAL"
+    # the hostile override: counted on the page, and the key kept its default limits
+    assert sum(after["rejected"]["ops"].values()) == 1
+    assert "ops / " in dom and per_customer.limits_for(b"C42") is None
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
