@@ -20,6 +20,13 @@ pytestmark = pytest.mark.kafka
 RATE = 200.0
 
 
+async def started_reading_nothing(bootstrap: str, group: str, topic: str) -> None:
+    """The downstream group has started and read nothing (committed 0 everywhere): a group
+    with no commits at all is a warning, not throttled on (docs/control-loop.md)."""
+    await commit_offsets(bootstrap, group, topic, dict.fromkeys(
+        await end_offsets(bootstrap, topic), 0))
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
         cluster: Cluster, guarantee: str) -> None:
@@ -28,6 +35,7 @@ async def test_downstream_lag_slows_every_worker_and_calm_restores_them(
     downstream, group = cluster.env["FBP_APP_ID"] + "-priced", cluster.env["FBP_APP_ID"] + "-b"
     await create_topics(cluster.bootstrap, {downstream: 2})
     await produce(cluster.bootstrap, downstream, ((None, b"x") for _ in range(300)))
+    await started_reading_nothing(cluster.bootstrap, group, downstream)
     cluster.env["FBP_LIMITERS"] = f"api:{RATE:g}:{RATE:g}"
     cluster.env["FBP_CONTROL"] = f"api:{group}:{downstream}:0.3"
     cluster.start_settled("w0", "w1")
@@ -71,6 +79,7 @@ async def test_a_successor_keeps_the_emergency_when_the_deciding_worker_is_sigki
         cluster: Cluster) -> None:
     downstream, group = cluster.env["FBP_APP_ID"] + "-priced", cluster.env["FBP_APP_ID"] + "-b"
     await create_topics(cluster.bootstrap, {downstream: 2})
+    await started_reading_nothing(cluster.bootstrap, group, downstream)
     cluster.env["FBP_LIMITERS"] = f"api:{RATE:g}:{RATE:g}"
     cluster.env["FBP_CONTROL"] = f"api:{group}:{downstream}:0.3"
     workers = dict(zip(("w0", "w1"), cluster.start_settled("w0", "w1"), strict=True))
