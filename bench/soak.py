@@ -149,11 +149,12 @@ def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: in
         problems = verdict(rows, warmup)
         ok = ok and not problems
         lines += [f"## {name}: {'nothing grew' if not problems else '; '.join(problems)}", "",
-                  "| at | RSS, MiB | fds | tasks | items held (largest three) |",
-                  "| --- | ---: | ---: | ---: | --- |"]
+                  "| at | RSS, MiB | Python objects | fds | tasks | items held (largest three) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
         for at, s in rows[::6]:  # one a minute
             top = sorted(s["held"].items(), key=lambda kv: -kv[1])[:3]
-            lines.append(f"| {at} | {s['rss_kib'] / 1024:.1f} | {s['fds']} | {s['tasks']} | "
+            lines.append(f"| {at} | {s['rss_kib'] / 1024:.1f} | {s.get('objects', '')} | "
+                         f"{s['fds']} | {s['tasks']} | "
                          + ", ".join(f"{k} {v}" for k, v in top) + " |")
         lines.append("")
     lines.append(f"Verdict: {'PASS' if ok else 'FAIL'} (after a {args.warmup:g}-minute warm-up: "

@@ -3,7 +3,8 @@
 ``orders -> price -> priced`` (a pipeline with a DLQ, behind the distributed limiter
 ``soak-api``), a per-customer keyed limit on a second stage (``priced -> billing``, deferring),
 and a control loop on ``soak-api`` that watches the billing stage's lag. Every 10 s the worker
-logs one ``soak-sample`` line (JSON): RSS, open file descriptors, asyncio tasks, and the total
+logs one ``soak-sample`` line (JSON): RSS, open file descriptors, asyncio tasks, Python objects
+tracked by the garbage collector, and the total
 length of every list, dict, set and deque held by each of the library's components (one level
 deep: the in-memory histories an unbounded growth would show in).
 
@@ -14,6 +15,7 @@ Env: ``FBP_APP_ID``, ``FBP_SOURCE``, ``FBP_SINK``, ``FBP_BILLED``, ``FBP_DLQ``, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -93,7 +95,10 @@ def components() -> dict[str, Any]:
 async def sample() -> None:
     with open("/proc/self/statm") as statm:
         rss_kib = int(statm.read().split()[1]) * resource.getpagesize() // 1024
+    # Python objects: flat while RSS grows points below Python (RocksDB's memtables fill up
+    # to their write buffer size before a flush)
     line = {"rss_kib": rss_kib, "fds": len(os.listdir("/proc/self/fd")),
+            "objects": len(gc.get_objects()),
             "tasks": len(asyncio.all_tasks()),
             "held": {name: held(obj) for name, obj in components().items()}}
     log.warning("soak-sample %s", json.dumps(line, sort_keys=True))
