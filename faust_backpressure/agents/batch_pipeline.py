@@ -17,7 +17,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.types import TP
 
@@ -33,9 +33,6 @@ from faust_backpressure.faust_seam import (
     raw_producer,
     release_partition,
 )
-
-if TYPE_CHECKING:
-    from faust_backpressure.agents.pipeline import Pipeline
 
 __all__ = ["BatchRunner"]
 
@@ -54,9 +51,9 @@ class _Abandoned(Exception):
 class BatchRunner:
     """Runs one pipeline's batches (see the module's docstring)."""
 
-    def __init__(self, pipeline: Pipeline, process_batch: Callable[[list[Any]], Any],
+    def __init__(self, pipeline: Any, process_batch: Callable[[list[Any]], Any],
                  batch_size: int, batch_timeout: float, exactly_once: bool) -> None:
-        self.pipeline = pipeline
+        self.pipeline = pipeline  # a Pipeline (not imported: it imports this module)
         self.app = pipeline.app
         self.process_batch = process_batch
         self.queues = BatchQueues(batch_size, batch_timeout)

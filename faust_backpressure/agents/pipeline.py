@@ -69,8 +69,10 @@ def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
     """What batch mode does not do yet is refused, not ignored."""
     if process_batch is None:
         return
+    defaults: dict[str, Any] = {"on_limit": "wait", "concurrency": 1}
     unsupported = [f"{option}=" for option, value in options.items()
-                   if value not in (None, False, "wait", 1)]
+                   if value is not None and value is not False  # (True == 1)
+                   and not (option in defaults and value == defaults[option])]
     if unsupported:
         raise ValueError(f"pipeline {name!r}: process_batch= does not support "
                          f"{', '.join(unsupported)} yet (docs/batching.md)")
