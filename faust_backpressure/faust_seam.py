@@ -336,6 +336,7 @@ class _GuardedConsumer:
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
+        self._partition_released = asyncio.Event()
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)
@@ -522,6 +523,18 @@ class _GuardedConsumer:
         generation = message.generation_id
         return generation is not None and generation <= self.revoked_generation
 
+    async def _wait_next_records(self, timeout: float) -> Any:
+        """Faust's; but when batch queues hold back every partition, the fetcher waits for
+        the first one released instead of Faust's 1 s sleep (a batch pipeline fills its
+        queues faster than it empties them: every partition was held at once, often)."""
+        if (self.flow_active and _BATCH_TAPS.get(self.app) and self._buffered_partitions
+                and not self._get_active_partitions()):  # type: ignore[attr-defined]
+            released = self._partition_released
+            released.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(released.wait(), 1.0)
+        return await super()._wait_next_records(timeout)  # type: ignore[misc]
+
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
             return
@@ -532,6 +545,7 @@ class _GuardedConsumer:
             self._buffered_partitions.discard(tp)
             return
         super().on_buffer_drop(tp)  # type: ignore[misc]
+        self._partition_released.set()
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's rule, except that the commit stops at the first offset not acked (Faust
