@@ -19,8 +19,9 @@ install: $(STAMP)
 kafka: $(STAMP)
 	$(PY) -m faust_backpressure.testing.broker fetch
 
+# DEMO_ARGS="--batch 500": the demo's pipeline in batch mode (docs/batching.md)
 demo: kafka
-	$(PY) -m examples.demo
+	$(PY) -m examples.demo $(DEMO_ARGS)
 
 # 3 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
 # (slowest collected first): the suite is mostly waiting
