@@ -27,6 +27,7 @@ from faust_backpressure.faust_seam import (
     ack_offsets,
     batch_writer,
     commit_through,
+    crash_worker,
     flow_stopped_event,
     hold_partition,
     is_stale_generation,
@@ -111,6 +112,9 @@ class BatchRunner:
             self._started()
             try:
                 await self._run_batch(batch)
+            except Exception as exc:
+                self._crash(batch, exc)
+                return
             finally:
                 self._finished()
 
@@ -162,9 +166,17 @@ class BatchRunner:
         self._pending.get(tp, set()).discard(task)
         self._finished()
         self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("pipeline %s: a batch of %s failed: %r (it is read again)",
-                      self.pipeline.name, tp, task.exception())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, Exception):
+            self._crash(None, error)
+
+    def _crash(self, batch: Batch | None, error: Exception) -> None:
+        """A batch failed in a way no retry here fixes (Kafka refused a send after its own
+        retries, a fenced producer): the worker stops, as Faust's does on a send error; the
+        batch was not acked, so it is read again, by this worker restarted or another."""
+        where = "" if batch is None else f" ({batch.tp}@{batch.first}..{batch.last})"
+        log.error("pipeline %s: a batch failed%s: %r", self.pipeline.name, where, error)
+        crash_worker(self.app, error)
 
     async def _complete(self, batch: Batch, completion: asyncio.Future[None]) -> None:
         try:
