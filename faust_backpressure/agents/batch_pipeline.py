@@ -22,6 +22,7 @@ from typing import Any
 from faust.types import TP
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, outputs_of
+from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.faust_seam import (
     ack_offsets,
@@ -258,17 +259,20 @@ class BatchRunner:
         values: list[Any] = []
         records: list[Any] = []
         futures: list[Any] = []
+        undecodable: list[tuple[Any, Exception]] = []
         for record in batch.records:
             try:
                 key, value = self._decode(record)
             except Exception as exc:
-                futures.append(await self._dead_letter(producer, record,
-                                                       Failure.now(exc, "decode", 0)))
+                undecodable.append((record, exc))
                 continue
             keys.append(key)
             values.append(value)
             records.append(record)
-        results = await self._call(values)
+        results = await self._call(values)  # before any send: an abandoned batch sent nothing
+        for record, error in undecodable:
+            futures.append(await self._dead_letter(producer, record,
+                                                   Failure.now(error, "decode", 0)))
         failed: list[tuple[Any, Any, Any, BaseException]] = []
         # the common case inline (one sink, one raw output per event): ~2 µs an event less
         sinks = pipeline.sinks
@@ -311,10 +315,20 @@ class BatchRunner:
         if not values:
             return []
         try:
-            results = self.process_batch(list(values))
-            if inspect.isawaitable(results):
-                results = await results
+            guard = self.pipeline.downstream
+            if guard is not None:  # the batch is one call: pause, breaker, rate, slot
+                try:
+                    results = await guard.run_unless(flow_stopped_event(self.app),
+                                                     self.process_batch, list(values))
+                except WaitAborted:
+                    raise _Abandoned() from None
+            else:
+                results = self.process_batch(list(values))
+                if inspect.isawaitable(results):
+                    results = await results
             return check_results(values, results)
+        except _Abandoned:
+            raise
         except Exception as exc:
             if len(values) == 1:
                 return [exc]

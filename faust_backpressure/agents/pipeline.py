@@ -121,12 +121,13 @@ class Pipeline:
         settings = settings or BackpressureSettings()
         if (process is None) == (process_batch is None):
             raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
-        _check_batch_options(name, process_batch, keyed=keyed, downstream=downstream,
+        _check_batch_options(name, process_batch, keyed=keyed,
                              priority=priority, concurrency=concurrency,
                              ordered_by_key=ordered_by_key, on_limit=on_limit)
         self.downstream = downstream
-        if concurrency is None:
-            concurrency = downstream.max_concurrency if downstream is not None else 1
+        if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
+            concurrency = (downstream.max_concurrency if downstream is not None
+                           and process_batch is None else 1)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.concurrency = concurrency

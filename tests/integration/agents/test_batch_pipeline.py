@@ -116,3 +116,30 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     assert stats.consumed >= total + 2 and stats.dead_lettered >= 2
     assert stats.filtered >= len(filtered) and stats.retries >= 20 + 2
     assert pipe.batch is not None and pipe.batch.batches > 0
+
+
+async def test_a_downstream_guard_sees_each_batch_as_one_call(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    await create_topics(kafka_bootstrap, {source: 2, sink: 2, dlq: 1})
+    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)
+    guard = bp.downstream("bulk-api", max_concurrency=4)
+    calls: list[int] = []
+
+    def bulk(values: list[bytes]) -> list[bytes]:
+        calls.append(len(values))
+        if len(calls) == 2:  # the service says 429: the whole batch waits and goes again
+            raise guard.slow_down_from_http(429, "0.3")
+        return values
+
+    pipe = bp.pipeline("bulk", source=source, sink=sink, dlq=dlq, process_batch=bulk,
+                       batch_size=100, downstream=guard)
+    ids = [b"id-%04d" % i for i in range(1000)]
+    await produce(kafka_bootstrap, source, ((i, i) for i in ids))
+    async with running_app(app):
+        out = await consume(kafka_bootstrap, sink, until=1000, timeout=60)
+    assert sorted(r.value for r in out) == ids
+    assert pipe.stats.dead_lettered == 0 and pipe.stats.retries == 0
+    assert pipe.concurrency == 1  # one task takes the batches, one call at a time
+    # one call per batch (plus the one refused): not one per event
+    assert pipe.batch is not None and len(calls) == pipe.batch.batches + 1

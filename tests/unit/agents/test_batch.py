@@ -110,6 +110,8 @@ def test_batch_options_are_checked() -> None:
         _pipeline()
     with pytest.raises(ValueError, match="ordered_by_key="):
         _pipeline(process_batch=list, ordered_by_key=True)
+    with pytest.raises(ValueError, match="priority="):
+        _pipeline(process_batch=list, priority=len, limiter=TokenBucketRateLimiter(1e3, 1e3))
     with pytest.raises(ValueError, match="above the limiter's burst"):
         _pipeline(process_batch=list, batch_size=500,
                   limiter=TokenBucketRateLimiter(100, 100))
