@@ -55,8 +55,9 @@ bench: kafka
 	$(PY) bench/agent_overhead.py
 
 # The full chaos run (not in CI): 100,000 records, 3 SIGKILLs, a 20 s broker outage, both modes.
+# CHAOS_ARGS="--batch 100": the pipeline in batch mode
 chaos: kafka
-	$(PY) bench/chaos.py
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 broker-start: kafka
 	$(PY) -m faust_backpressure.testing.broker start
