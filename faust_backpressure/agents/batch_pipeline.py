@@ -24,6 +24,7 @@ from faust.types import TP
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, outputs_of
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.faust_seam import (
     ack_offsets,
     batch_writer,
@@ -76,6 +77,7 @@ class BatchRunner:
         self.abandoned = 0
         self.revoke_timeout = BATCH_REVOKE_TIMEOUT
         topic = pipeline.schema_topic
+        self._sink_names = frozenset(sink.get_topic_name() for sink in pipeline.sinks)
         self._raw_key = _is_raw(topic.key_serializer, getattr(topic, "key_type", None))  # type: ignore[attr-defined]
         self._raw_value = _is_raw(topic.value_serializer,  # type: ignore[attr-defined]
                                   getattr(topic, "value_type", None))
@@ -287,11 +289,24 @@ class BatchRunner:
             elif isinstance(result, BaseException):
                 failed.append((record, key, value, result))
             else:
-                await self._send_outputs(producer, record, key, result, 1, futures)
+                produced += await self._send_outputs(producer, record, key, result, 1, futures)
         stats.produced += produced
+        self._sent_to_sensors(produced)
         if failed:
             futures.append(asyncio.ensure_future(self._retry_all(producer, failed)))
-        return asyncio.ensure_future(_all_acked(futures))
+        return asyncio.ensure_future(self._all_acked_seen(futures))
+
+    def _sent_to_sensors(self, sends: int) -> None:
+        """Sensors with batch hooks (credit flow's ``SinkSends``) count a batch's sends once:
+        Faust's per-send sensor calls do not happen on this path. ``sends``: to the sinks
+        (every output goes to each sink)."""
+        if sends:
+            per_sink = sends // len(self._sink_names)
+            notify_sensors(self.app, "on_batch_sent", dict.fromkeys(self._sink_names, per_sink))
+
+    async def _all_acked_seen(self, futures: list[Any]) -> None:
+        acked = [await future for future in futures]
+        notify_sensors(self.app, "on_batch_acked", [m for m in acked if m is not None])
 
     @staticmethod
     def _raw_sink_name(sinks: Sequence[Any]) -> str | None:
@@ -336,22 +351,25 @@ class BatchRunner:
             return [*await self._call(values[:middle]), *await self._call(values[middle:])]
 
     async def _send_outputs(self, producer: Any, record: Any, key: Any, result: Any,
-                            attempts: int, futures: list[Any]) -> None:
+                            attempts: int, futures: list[Any]) -> int:
+        """Sends ``result``'s outputs to the sinks (or the record to the DLQ if a sink's
+        serializer refuses one); returns how many sink sends it made."""
         stats = self.pipeline.stats
         outputs = outputs_of(result)
         if not outputs:
             stats.filtered += 1
-            return
+            return 0
         try:
             prepared = [(sink.get_topic_name(), *_prepare(sink, key, output))
                         for output in outputs for sink in self.pipeline.sinks]
         except Exception as exc:  # an output the sink's serializer refuses: no retry helps
             futures.append(await self._dead_letter(producer, record,
                                                    Failure.now(exc, "sink", attempts)))
-            return
+            return 0
         for topic, raw_key, raw_value in prepared:
             futures.append(await producer.send(topic, raw_value, key=raw_key))
         stats.produced += len(prepared)
+        return len(prepared)
 
     async def _retry_all(self, producer: Any, failed: Sequence[tuple[Any, Any, Any,
                                                                       BaseException]]) -> None:
@@ -372,7 +390,8 @@ class BatchRunner:
             attempt += 1
             (result,) = await self._call([value])
             if not isinstance(result, BaseException):
-                await self._send_outputs(producer, record, key, result, attempt, futures)
+                self._sent_to_sensors(await self._send_outputs(producer, record, key, result,
+                                                               attempt, futures))
                 return
             failure = Failure.now(result, "process", attempt, failure.first_failure)
         futures.append(await self._dead_letter(producer, record, failure))

@@ -31,6 +31,20 @@ class Order(faust.Record, serializer="json"):
     amount: int
 
 
+class BatchSends(faust.Sensor):
+    """Counts what the batch hooks report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = self.acked = 0
+
+    def on_batch_sent(self, counts: dict[str, int]) -> None:
+        self.sent += sum(counts.values())
+
+    def on_batch_acked(self, metadata: list[Any]) -> None:
+        self.acked += len(metadata)
+
+
 def _app(name: str, bootstrap: str, tmp_path: Path, **conf: Any) -> tuple[faust.App, Backpressure]:
     app = faust.App(name, datadir=str(tmp_path),
                     **fast_faust_settings(broker=f"kafka://{bootstrap}", **conf))
@@ -132,6 +146,8 @@ async def test_a_downstream_guard_sees_each_batch_as_one_call(
             raise guard.slow_down_from_http(429, "0.3")
         return values
 
+    seen = BatchSends()
+    app.sensors.add(seen)
     pipe = bp.pipeline("bulk", source=source, sink=sink, dlq=dlq, process_batch=bulk,
                        batch_size=100, downstream=guard)
     ids = [b"id-%04d" % i for i in range(1000)]
@@ -143,3 +159,5 @@ async def test_a_downstream_guard_sees_each_batch_as_one_call(
     assert pipe.concurrency == 1  # one task takes the batches, one call at a time
     # one call per batch (plus the one refused): not one per event
     assert pipe.batch is not None and len(calls) == pipe.batch.batches + 1
+    # sensors with batch hooks (credit flow's SinkSends) see every send and its ack
+    assert seen.sent == 1000 and seen.acked == 1000
