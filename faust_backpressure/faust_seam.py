@@ -785,6 +785,9 @@ def ack_offsets(app: AppT, tp: TP, first: int, last: int, generation: int) -> bo
     consumer: Any = app.consumer
     if is_stale_generation(app, generation):
         return False
+    # aiokafka's TopicPartition, as Faust's messages carry (equal to Faust's TP, but
+    # send_offsets_to_transaction refuses any other type among the offsets' keys)
+    tp = TopicPartition(tp.topic, tp.partition)  # type: ignore[assignment]
     with ack_lock:
         committed = consumer._committed_offset[tp]
         start = first if committed is None else max(first, committed)

@@ -57,12 +57,12 @@ class BatchRunner:
     """Runs one pipeline's batches (see the module's docstring)."""
 
     def __init__(self, pipeline: Any, process_batch: Callable[[list[Any]], Any],
-                 batch_size: int, batch_timeout: float, exactly_once: bool) -> None:
+                 batch_size: int, batch_timeout: float) -> None:
         self.pipeline = pipeline  # a Pipeline (not imported: it imports this module)
         self.app = pipeline.app
         self.process_batch = process_batch
         self.queues = BatchQueues(batch_size, batch_timeout)
-        self.exactly_once = exactly_once
+        self.exactly_once = False  # set when it runs (see run)
         # Not 2 batches (the design's first guess): a partition released after a hold came
         # back ~1 s later (aiokafka does not fetch it while held ones keep unread data),
         # 4,200/s instead of 11,500/s in bench/throughput.py.
@@ -106,6 +106,10 @@ class BatchRunner:
 
     async def run(self) -> None:
         """Take ready batches for ever (the pipeline's agent runs this)."""
+        # Known only now: Faust's in_transaction needs in_worker, set after the app module
+        # (and its pipelines) were imported. Decided at declaration, every exactly_once
+        # batch pipeline ran the at_least_once path (non-transactional sends).
+        self.exactly_once = bool(self.app.in_transaction)
         while True:
             batch = self.queues.next_ready(time.monotonic(), skip=self._busy())
             if batch is None:

@@ -187,8 +187,7 @@ class Pipeline:
         run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
         self.batch: BatchRunner | None = None
         if process_batch is not None:
-            self.batch = BatchRunner(self, process_batch, batch_size, batch_timeout,
-                                     exactly_once=bool(app.in_transaction))
+            self.batch = BatchRunner(self, process_batch, batch_size, batch_timeout)
             if self.gate is not None and batch_size > self.gate.capacity:
                 raise ValueError(f"pipeline {name!r}: batch_size {batch_size} is above the "
                                  f"limiter's burst ({self.gate.capacity:g}): a batch could "

@@ -130,6 +130,8 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     assert stats.consumed >= total + 2 and stats.dead_lettered >= 2
     assert stats.filtered >= len(filtered) and stats.retries >= 20 + 2
     assert pipe.batch is not None and pipe.batch.batches > 0
+    # the mode's own path ran (exactly_once: one transaction per batch)
+    assert pipe.batch.exactly_once == (guarantee == "exactly_once")
 
 
 async def test_a_downstream_guard_sees_each_batch_as_one_call(
