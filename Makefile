@@ -19,8 +19,9 @@ install: $(STAMP)
 kafka: $(STAMP)
 	$(PY) -m faust_backpressure.testing.broker fetch
 
+# DEMO_ARGS="--batch 500": the demo's pipeline in batch mode (docs/batching.md)
 demo: kafka
-	$(PY) -m examples.demo
+	$(PY) -m examples.demo $(DEMO_ARGS)
 
 # 3 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
 # (slowest collected first): the suite is mostly waiting
@@ -54,8 +55,9 @@ bench: kafka
 	$(PY) bench/agent_overhead.py
 
 # The full chaos run (not in CI): 100,000 records, 3 SIGKILLs, a 20 s broker outage, both modes.
+# CHAOS_ARGS="--batch 100": the pipeline in batch mode
 chaos: kafka
-	$(PY) bench/chaos.py
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 broker-start: kafka
 	$(PY) -m faust_backpressure.testing.broker start

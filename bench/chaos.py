@@ -67,6 +67,8 @@ def main() -> int:
                         "(default 1500)")
     parser.add_argument("--mode", choices=GUARANTEES, action="append",
                         help="one processing mode (default: both)")
+    parser.add_argument("--batch", type=int, default=0, metavar="SIZE",
+                        help="the pipeline in batch mode (process_batch=), batches of SIZE")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     modes: list[Guarantee] = args.mode or list(GUARANTEES)
@@ -77,6 +79,8 @@ def main() -> int:
             plan = dataclasses.replace(plan, records=args.records)
         if args.rate is not None:
             plan = dataclasses.replace(plan, rate=args.rate, burst=args.rate)
+        if args.batch:
+            plan = dataclasses.replace(plan, batch=args.batch)
         faults = ", ".join(f.describe() + f" @{f.at:.0%}" for f in plan.faults)
         print(f"== {mode}: {plan.records} records, seed {seed}: {faults}", flush=True)
         results.append(asyncio.run(one(plan)))
@@ -91,6 +95,7 @@ def main() -> int:
               + "".join(f" --mode {m}" for m in args.mode or [])
               + (f" --records {args.records}" if args.records is not None else "")
               + (f" --rate {args.rate:g}" if args.rate is not None else "")
+              + (f" --batch {args.batch}" if args.batch else "")
               + f"`\n\n{table}\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)

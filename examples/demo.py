@@ -103,14 +103,16 @@ def steady_rate(records: list[ConsumerRecord[bytes, bytes]], skip: float) -> flo
     return (len(later) - 1) / (later[-1] - later[0]) if len(later) > 1 else 0.0
 
 
-async def run(bootstrap: str, count: int, rate: float, timeout: float) -> int:
+async def run(bootstrap: str, count: int, rate: float, timeout: float,
+              batch: int = 0) -> int:
     run_id = uuid.uuid4().hex[:8]
     topics = {"in": f"demo-orders-{run_id}", "out": f"demo-priced-{run_id}",
               "dlq": f"demo-dlq-{run_id}"}
     await create_topics(bootstrap, dict.fromkeys(topics.values(), 4))
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DEMO_APP_ID": f"fbp-demo-{run_id}",
            "DEMO_SOURCE": topics["in"], "DEMO_SINK": topics["out"], "DEMO_DLQ": topics["dlq"],
-           "DEMO_LIMITER": "demo-orders", "DEMO_RATE": f"{rate:g}", "DEMO_BURST": f"{rate:g}"}
+           "DEMO_LIMITER": "demo-orders", "DEMO_RATE": f"{rate:g}", "DEMO_BURST": f"{rate:g}",
+           "DEMO_BATCH": str(batch)}
     workers = [FaustWorker("examples.demo_app", name=name, env=env, cwd=REPO)
                for name in WORKERS]
     try:
@@ -162,12 +164,17 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=2000.0, help="shared limit, orders/s")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=0, metavar="SIZE",
+                        help="run the pipeline in batch mode (process_batch=), batches of SIZE")
     args = parser.parse_args()
+    if args.batch > args.rate:
+        parser.error("--batch must not exceed --rate (the shared bucket's burst)")
     began = time.monotonic()
     try:
         with kafka_bootstrap() as bootstrap:
             print(f"Kafka ready at {bootstrap} in {time.monotonic() - began:.1f} s", flush=True)
-            return asyncio.run(run(bootstrap, args.records, args.rate, args.timeout))
+            return asyncio.run(run(bootstrap, args.records, args.rate, args.timeout,
+                                   args.batch))
     except WorkerError as exc:
         print(f"demo failed: {exc.summary}", file=sys.stderr)
         return 1

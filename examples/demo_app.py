@@ -6,10 +6,12 @@ not JSON, or that have a non-positive quantity, land in the DLQ with the reason 
 
     faust -A examples.demo_app worker --without-web      # broker: $KAFKA_BOOTSTRAP_SERVERS
 
-Topics, app id and the rate come from the environment so each demo run is independent.
+Topics, app id and the rate come from the environment so each demo run is independent;
+``DEMO_BATCH=500`` runs the pipeline in batch mode (``process_batch=``, docs/batching.md).
 """
 
 import os
+from typing import Any
 
 import faust
 
@@ -45,8 +47,22 @@ def price(order: Order) -> PricedOrder:
                        total=round(order.quantity * order.unit_price, 2))
 
 
+def price_all(batch: list[Order]) -> list[PricedOrder | Exception]:
+    """Batch mode (``DEMO_BATCH``): one result per order, an exception for a bad one."""
+    out: list[PricedOrder | Exception] = []
+    for order in batch:
+        try:
+            out.append(price(order))
+        except ValueError as exc:
+            out.append(exc)
+    return out
+
+
+batch_size = int(os.environ.get("DEMO_BATCH", "0"))
+mode: dict[str, Any] = ({"process_batch": price_all, "batch_size": batch_size} if batch_size
+                        else {"process": price})
 bp.pipeline(
-    "price-orders", source=orders, sink=priced, process=price,
+    "price-orders", source=orders, sink=priced, **mode,
     dlq=os.environ.get("DEMO_DLQ", "demo-dlq"),
     limiter=os.environ.get("DEMO_LIMITER", "demo-orders"),
     tokens_per_second=float(os.environ.get("DEMO_RATE", "2000")),

@@ -42,7 +42,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.structs import RecordMetadata
@@ -51,13 +51,16 @@ from faust.streams import current_event
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED, TransactionManager
 from faust.types import TP, AppT, Message, StreamT
 from faust.types.enums import ProcessingGuarantee
+from faust.types.tuples import ack_lock
 from faust.utils.functional import consecutive_numbers
 from mode import Service, Worker
+from mode.utils.futures import notify
 
 from faust_backpressure.config.errors import one_line
 
 __all__ = [
     "TESTED_FAUST",
+    "BatchTap",
     "FaustVersionWarning",
     "InputTransactionManager",
     "OffsetGuard",
@@ -333,6 +336,7 @@ class _GuardedConsumer:
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
+        self._partition_released = asyncio.Event()
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)
@@ -418,6 +422,8 @@ class _GuardedConsumer:
         compare with). Under exactly_once those outputs then stayed in the open transaction,
         the events ran again after the rebalance, and both copies were committed together."""
         self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
+        for tap in _BATCH_TAPS.get(self.app, {}).values():
+            tap.revoke(revoked)
         self._guarded_topics.clear()  # subscriptions may change with the assignment
         self._resume_after_seek.difference_update(revoked)
         self.offset_guard.forget(revoked)
@@ -439,13 +445,61 @@ class _GuardedConsumer:
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         """Where each partition's reading starts is where the broker's first fetch starts
         (Faust drops fetched records of a paused partition, and the rest of a fetch when the
-        generation changes: records the guard would otherwise never see)."""
+        generation changes: records the guard would otherwise never see).
+
+        Records of a batch source leave the map here, before Faust makes messages of them
+        (``docs/batching.md``): they go to the source's :class:`BatchTap`."""
+        generation = self.app.consumer_generation_id
         records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        taps = _BATCH_TAPS.get(self.app)
+        if taps:
+            await self._divert(records, taps, active_partitions, generation)
         guard = self.offset_guard
         for tp, batch in records.items():
             if batch and tp not in guard.expected and self._guarded(tp.topic):
                 guard.start(tp, batch[0].offset)
         return records
+
+    async def _divert(self, records: dict[TP, list[Any]], taps: dict[str, BatchTap],
+                      active: set[TP] | None, generation: int) -> None:
+        """Hand each batch source's fetched chunk to its tap, with the first offset it covers
+        (markers before it included), unless Faust would have dropped it: the flow stopped,
+        the generation changed or the partition is not active."""
+        deliver = (self.flow_active and generation == self.app.consumer_generation_id
+                   and not self.app.rebalancing)
+        guard = self.offset_guard
+        for tp in [tp for tp in records if tp.topic in taps]:
+            chunk = records.pop(tp)
+            if not (chunk and deliver and (active is None or tp in active
+                                           or tp in self._buffered_partitions)):
+                continue
+            expected = guard.expected.get(tp)
+            if expected is None:
+                guard.start(tp, chunk[0].offset)
+                expected = chunk[0].offset
+            chunk = [r for r in chunk if r.offset >= expected]  # re-read: already queued
+            if not chunk:
+                continue
+            first = chunk[0].offset
+            if first > expected:  # a jump: re-read once, then it is a gap (markers)
+                verdict, offset = guard.check(tp, first, self._fetch_batch)
+                if verdict == OffsetGuard.REREAD:
+                    log.info("offset guard: %s jumped from %d to %d; re-reading", tp, offset,
+                             first)
+                    await self.seek(tp, offset)
+                    continue
+            guard.verifying.pop(tp, None)
+            guard.expected[tp] = chunk[-1].offset + 1
+            self._read_offset[tp] = chunk[-1].offset
+            # Faust's TP: equal to aiokafka's TopicPartition, but Faust asserts its type
+            taps[tp.topic].divert(TP(tp.topic, tp.partition), chunk, expected, generation)
+
+    async def wait_empty(self) -> None:
+        """Faust's, after the batches in progress have finished (or given up: then their
+        offsets stay unacked and they are read again)."""
+        for tap in list(_BATCH_TAPS.get(self.app, {}).values()):
+            await tap.wait_idle()
+        await super().wait_empty()  # type: ignore[misc]
 
     async def highwaters(self, *partitions: TP) -> dict[TP, int]:
         """Each partition's end as the broker says it (the last stable offset under
@@ -469,6 +523,18 @@ class _GuardedConsumer:
         generation = message.generation_id
         return generation is not None and generation <= self.revoked_generation
 
+    async def _wait_next_records(self, timeout: float) -> Any:
+        """Faust's; but when batch queues hold back every partition, the fetcher waits for
+        the first one released instead of Faust's 1 s sleep (a batch pipeline fills its
+        queues faster than it empties them: every partition was held at once, often)."""
+        if (self.flow_active and _BATCH_TAPS.get(self.app) and self._buffered_partitions
+                and not self._get_active_partitions()):  # type: ignore[attr-defined]
+            released = self._partition_released
+            released.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(released.wait(), 1.0)
+        return await super()._wait_next_records(timeout)  # type: ignore[misc]
+
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
             return
@@ -479,6 +545,7 @@ class _GuardedConsumer:
             self._buffered_partitions.discard(tp)
             return
         super().on_buffer_drop(tp)  # type: ignore[misc]
+        self._partition_released.set()
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's rule, except that the commit stops at the first offset not acked (Faust
@@ -530,6 +597,7 @@ class InputTransactionManager(TransactionManager):
         self._writer_acked = asyncio.Event()
         self._commit_done: asyncio.Event | None = None  # set while a commit runs
         self.dropped_outputs = 0
+        self.batch_writers = 0  # batches (docs/batching.md) that have sent and not acked
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None, timestamp: float | None, headers: Any, *,
@@ -579,6 +647,19 @@ class InputTransactionManager(TransactionManager):
         done.set_result(RecordMetadata(topic, tp.partition, tp, -1, -1, -1, -1))
         return done
 
+    @contextlib.asynccontextmanager
+    async def batch_writer(self) -> AsyncIterator[None]:
+        """A batch writes into its partition's transaction: no commit meanwhile, and none
+        running when it starts (its outputs would join a transaction committed without them)."""
+        while self._commit_done is not None:
+            await self._commit_done.wait()
+        self.batch_writers += 1
+        try:
+            yield
+        finally:
+            self.batch_writers -= 1
+            self._writer_acked.set()
+
     def on_ack(self, message: Message) -> None:
         """Every stream is done with ``message``: it has finished writing."""
         if message in self._writers:
@@ -610,7 +691,7 @@ class InputTransactionManager(TransactionManager):
             generation = self.app.consumer_generation_id
             self._writers = {m for m in self._writers
                              if not m.acked and m.generation_id in (None, generation)}
-            if not self._writers - own:
+            if not self._writers - own and not self.batch_writers:
                 return
             self._writer_acked.clear()
             try:
@@ -648,6 +729,113 @@ class _WriterAcks(Sensor):
         manager = self._app.consumer.transactions
         if isinstance(manager, InputTransactionManager):
             manager.on_ack(message)
+
+
+# -- batch sources (docs/batching.md) -----------------------------------------------------------
+
+
+class BatchTap(Protocol):
+    """Where a batch source's fetched records go instead of Faust's per-message path."""
+
+    def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
+        """``records`` of ``tp`` (aiokafka ``ConsumerRecord``s) cover offsets from ``first``
+        (records before the first one are markers or compacted away) to the last one's."""
+
+    def revoke(self, tps: set[TP]) -> None:
+        """``tps`` are being revoked: drop what was not started."""
+
+    async def wait_idle(self) -> None:
+        """Return once no batch is in progress (or after a bounded wait)."""
+
+
+_BATCH_TAPS: weakref.WeakKeyDictionary[AppT, dict[str, BatchTap]] = weakref.WeakKeyDictionary()
+
+
+def register_batch_tap(app: AppT, topic: str, tap: BatchTap) -> None:
+    """Divert ``topic``'s records to ``tap`` from now on (before the worker starts)."""
+    taps = _BATCH_TAPS.setdefault(app, {})
+    if topic in taps and taps[topic] is not tap:
+        raise ValueError(f"topic {topic!r} already feeds a batch pipeline")
+    taps[topic] = tap
+
+
+def hold_partition(app: AppT, tp: TP) -> None:
+    """Stop fetching ``tp`` (its tap is full), with Faust's own buffer-full callback."""
+    app.consumer.on_buffer_full(tp)
+
+
+def release_partition(app: AppT, tp: TP) -> None:
+    app.consumer.on_buffer_drop(tp)
+
+
+def consumer_generation(app: AppT) -> int:
+    return int(app.consumer_generation_id)
+
+
+def is_stale_generation(app: AppT, generation: int) -> bool:
+    """Records fetched in ``generation`` were fetched before the last revocation."""
+    consumer: Any = getattr(app, "_consumer", None)
+    return consumer is not None and generation <= getattr(consumer, "revoked_generation", -1)
+
+
+def ack_offsets(app: AppT, tp: TP, first: int, last: int, generation: int) -> bool:
+    """Mark ``first..last`` of ``tp`` processed in Faust's bookkeeping, as ``Consumer.ack``
+    does per message; the guarded commit then commits them once nothing before is missing.
+    False (nothing acked) if they were fetched before the last revocation."""
+    consumer: Any = app.consumer
+    if is_stale_generation(app, generation):
+        return False
+    # aiokafka's TopicPartition, as Faust's messages carry (equal to Faust's TP, but
+    # send_offsets_to_transaction refuses any other type among the offsets' keys)
+    tp = TopicPartition(tp.topic, tp.partition)  # type: ignore[assignment]
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        start = first if committed is None else max(first, committed)
+        index = consumer._acked_index[tp]
+        new = [offset for offset in range(start, last + 1) if offset not in index]
+        index.update(new)
+        consumer._acked[tp].extend(new)
+        consumer._n_acked += len(new)
+        notify(consumer._waiting_for_ack)
+    return True
+
+
+def raw_producer(app: AppT, tp: TP | None = None) -> Any:
+    """The aiokafka producer a batch sends with: the app's, or (exactly_once) the
+    transactional producer of ``tp``'s transaction; None if there is none (fenced, stopped)."""
+    producer: Any = app.producer
+    if tp is None:
+        return producer._producer
+    return producer._transaction_producers.get(transactional_id(app, tp))
+
+
+def transactional_id(app: AppT, tp: TP) -> str:
+    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+
+
+def batch_writer(app: AppT) -> contextlib.AbstractAsyncContextManager[None]:
+    """exactly_once: hold commits while a batch writes (:meth:`InputTransactionManager
+    .batch_writer`)."""
+    manager = app.consumer.transactions
+    if not isinstance(manager, InputTransactionManager):
+        return contextlib.nullcontext()
+    return manager.batch_writer()
+
+
+async def commit_through(app: AppT, tp: TP, offset: int, timeout: float) -> bool:
+    """Commit ``tp`` up to ``offset`` (acked before) through Faust's commit path; under
+    exactly_once that commits ``tp``'s transaction. Another commit in flight (Faust's single
+    flight) may take ours or not: retried until done, ``timeout`` at most."""
+    consumer: Any = app.consumer
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        committed = consumer._committed_offset[tp]
+        if committed is not None and committed >= offset:
+            return True
+        if loop.time() > deadline or tp not in consumer.assignment():
+            return False
+        await consumer.commit({tp})
 
 
 # -- crashing --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor
@@ -26,7 +27,7 @@ from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_head
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
-from faust_backpressure.faust_seam import flow_stopped_event
+from faust_backpressure.faust_seam import flow_stopped_event, register_batch_tap
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.kafka import raw_topic
 
@@ -60,6 +61,23 @@ class PipelineStats:
     requeued: int = 0
 
 
+def _batch_only(value: Any) -> Any:
+    raise TypeError("a batch pipeline processes batches (process_batch=)")
+
+
+def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
+    """What batch mode does not do yet is refused, not ignored."""
+    if process_batch is None:
+        return
+    defaults: dict[str, Any] = {"on_limit": "wait", "concurrency": 1}
+    unsupported = [f"{option}=" for option, value in options.items()
+                   if value is not None and value is not False  # (True == 1)
+                   and not (option in defaults and value == defaults[option])]
+    if unsupported:
+        raise ValueError(f"pipeline {name!r}: process_batch= does not support "
+                         f"{', '.join(unsupported)} yet (docs/batching.md)")
+
+
 def _outputs(result: Any) -> Sequence[Any]:
     """``None`` filters; a list, tuple or generator is several values; anything else is one."""
     if result is None:
@@ -78,14 +96,17 @@ class Pipeline:
     """
 
     def __init__(self, app: AppT, name: str, *, source: TopicSpec,
-                 sink: TopicSpec | Sequence[TopicSpec] | None, process: Callable[[Any], Any],
+                 sink: TopicSpec | Sequence[TopicSpec] | None,
+                 process: Callable[[Any], Any] | None = None,
                  dlq: TopicSpec | None = None, limiter: RateLimitingStrategy | None = None,
                  on_limit: OnLimit = "wait", max_retries: int | None = None,
                  retry_backoff: float | Backoff | None = None, concurrency: int | None = None,
                  settings: BackpressureSettings | None = None,
                  priority: Callable[[Any], int] | None = None,
                  keyed: KeyedRateLimitGate | None = None,
-                 downstream: Downstream | None = None, ordered_by_key: bool = False) -> None:
+                 downstream: Downstream | None = None, ordered_by_key: bool = False,
+                 process_batch: Callable[[list[Any]], Any] | None = None,
+                 batch_size: int = 500, batch_timeout: float = 0.05) -> None:
         """``priority``: the decoded value's priority (higher is more important); under a
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
         first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
@@ -93,11 +114,20 @@ class Pipeline:
         ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
         with up to ``concurrency`` events in progress (default the guard's
         ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
-        the same record key."""
+        the same record key.
+        ``process_batch``: instead of ``process``, called with the decoded values of a batch
+        (at most ``batch_size`` records of one partition, ``batch_timeout`` s at most) and
+        returning one result per value (see ``docs/batching.md``)."""
         settings = settings or BackpressureSettings()
+        if (process is None) == (process_batch is None):
+            raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
+        _check_batch_options(name, process_batch, keyed=keyed,
+                             priority=priority, concurrency=concurrency,
+                             ordered_by_key=ordered_by_key, on_limit=on_limit)
         self.downstream = downstream
-        if concurrency is None:
-            concurrency = downstream.max_concurrency if downstream is not None else 1
+        if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
+            concurrency = (downstream.max_concurrency if downstream is not None
+                           and process_batch is None else 1)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.concurrency = concurrency
@@ -120,7 +150,7 @@ class Pipeline:
                                  exponential_backoff(retry_backoff,
                                                      max(retry_backoff,
                                                          settings.retry_backoff_max)))
-        self.process = process
+        self.process: Callable[[Any], Any] = process or _batch_only
         self.stats = PipelineStats()
         # The declared source carries the schema; the agent reads the same topic as raw bytes.
         self.schema_topic = self._topic(source)
@@ -155,7 +185,15 @@ class Pipeline:
         # Faust labels an agent (in every log line) by its function's module and qualname:
         # a bound method made every pipeline "faust_backpressure.agents[.]_run".
         run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
-        fun = run if self.gate is None else self.gate(run)
+        self.batch: BatchRunner | None = None
+        if process_batch is not None:
+            self.batch = BatchRunner(self, process_batch, batch_size, batch_timeout)
+            if self.gate is not None and batch_size > self.gate.capacity:
+                raise ValueError(f"pipeline {name!r}: batch_size {batch_size} is above the "
+                                 f"limiter's burst ({self.gate.capacity:g}): a batch could "
+                                 "never be admitted at once")
+            register_batch_tap(app, self.source_topic_name, self.batch)
+        fun = run if self.gate is None or self.batch is not None else self.gate(run)
         self.keyed = keyed
         if keyed is not None:  # a keyed limit as the limiter: key = the record's key by default
             keyed.agent_name = keyed.agent_name or f"pipeline:{name}"
@@ -197,6 +235,9 @@ class Pipeline:
     # -- the agent ---------------------------------------------------------------------------
 
     async def _run(self, stream: StreamT[Any]) -> None:
+        if self.batch is not None:  # the seam diverts the source's records to it
+            await self.batch.run()
+            return
         # A paused pipeline holds its event: the buffer must then never block the worker's
         # conductor (as for a waiting rate limit, see .flow).
         never_block_conductor(self.app, stream)
@@ -215,6 +256,10 @@ class Pipeline:
         """Hold the next event (unacked: nothing is committed past it) until :meth:`resume`."""
         self.paused_by = info or {}
         self._resumed.clear()
+
+    async def wait_resumed(self) -> None:
+        """Until an operator's :meth:`resume` (returns at once if not paused)."""
+        await self._resumed.wait()
 
     def resume(self) -> None:
         self.paused_by = None

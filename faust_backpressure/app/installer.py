@@ -139,21 +139,25 @@ class Backpressure:
 
     def pipeline(self, name: str, *, source: str | TopicT,
                  sink: str | TopicT | Sequence[str | TopicT] | None,
-                 process: Callable[[Any], Any], dlq: str | TopicT | None = None,
+                 process: Callable[[Any], Any] | None = None,
+                 dlq: str | TopicT | None = None,
                  limiter: LimiterSpec | KeyedRateLimitGate | None = None,
                  tokens_per_second: float | None = None,
                  burst_capacity: float | None = None, on_limit: OnLimit | None = None,
                  max_retries: int | None = None, retry_backoff: float | Backoff | None = None,
                  concurrency: int | None = None, priority: Callable[[Any], int] | None = None,
-                 downstream: Downstream | None = None, ordered_by_key: bool = False
-                 ) -> Pipeline:
+                 downstream: Downstream | None = None, ordered_by_key: bool = False,
+                 process_batch: Callable[[list[Any]], Any] | None = None,
+                 batch_size: int = 500, batch_timeout: float = 0.05) -> Pipeline:
         """Declare a pipeline agent ``source -> process -> sink(s)``, failures to ``dlq``.
 
         ``priority``: a value's priority (higher is more important): under a control loop's
         load shedding the lowest priorities are shed first (``docs/control-loop.md``).
         ``downstream``: a guard from :meth:`downstream` that ``process`` calls through, with
         up to ``concurrency`` events in progress (default: the guard's ``max_concurrency``,
-        else 1); ``ordered_by_key``: per record key, one event at a time, in order."""
+        else 1); ``ordered_by_key``: per record key, one event at a time, in order.
+        ``process_batch`` (instead of ``process``): a list of values in, one result per value
+        out, ``batch_size`` records or ``batch_timeout`` s at most (``docs/batching.md``)."""
         if name in self.pipelines:
             raise ValueError(f"pipeline {name!r} is already declared")
         if limiter is None and (tokens_per_second is not None or burst_capacity is not None):
@@ -169,7 +173,8 @@ class Backpressure:
                             max_retries=max_retries, retry_backoff=retry_backoff,
                             concurrency=concurrency, settings=self.settings,
                             priority=priority, keyed=keyed, downstream=downstream,
-                            ordered_by_key=ordered_by_key)
+                            ordered_by_key=ordered_by_key, process_batch=process_batch,
+                            batch_size=batch_size, batch_timeout=batch_timeout)
         self.pipelines[name] = pipeline
         return pipeline
 

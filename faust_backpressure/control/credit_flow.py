@@ -68,6 +68,16 @@ class SinkSends(faust.Sensor):
             tp = (metadata.topic, metadata.partition)
             self.acked.setdefault(tp, collections.deque()).append(metadata.offset)
 
+    def on_batch_sent(self, counts: Mapping[str, int]) -> None:
+        """A batch pipeline's sends (``counts`` per topic): they skip Faust's send hooks."""
+        self.initiated += sum(n for topic, n in counts.items() if topic in self.topics)
+
+    def on_batch_acked(self, metadata: Sequence[Any]) -> None:
+        """A batch's acks (every send of it, DLQ included: other topics are not counted)."""
+        for meta in metadata:
+            if meta.topic in self.topics:
+                self.on_send_completed(None, True, meta)
+
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         if state is True:  # never in the log: not outstanding either
             self.finished += 1

@@ -105,6 +105,8 @@ class ChaosPlan:
     #: when ``process`` runs, a little after the gate admitted the event.
     bound_slack: float = 0.02
     seed: int = 0
+    #: > 0: the pipeline runs in batch mode (``process_batch=``) with batches of this size
+    batch: int = 0
 
     @classmethod
     def ci(cls, guarantee: Guarantee) -> ChaosPlan:
@@ -330,7 +332,8 @@ class _Run:
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "FBP_APP_ID": self.app_id,
                "FBP_SOURCE": self.source, "FBP_SINK": self.sink, "FBP_DLQ": self.dlq,
                "FBP_GUARANTEE": plan.guarantee, "FBP_MAX_RETRIES": str(plan.max_retries),
-               "FBP_LIMITER": f"chaos:{plan.rate:g}:{plan.burst:g}"}
+               "FBP_LIMITER": f"chaos:{plan.rate:g}:{plan.burst:g}",
+               "FBP_BATCH": str(plan.batch)}
         self.workers = [FaustWorker(APP, name=f"w{i}", env=env, data_dir=workdir / f"w{i}",
                                     cwd=cwd) for i in range(plan.workers)]
         self.tracker = _Tracker(self.bootstrap, [self.sink, self.dlq])

@@ -5,7 +5,8 @@ worker``; configured by the environment:
 
 ``FBP_APP_ID``, ``FBP_SOURCE``, ``FBP_SINK``, ``FBP_DLQ``, ``FBP_GUARANTEE``
 (``at_least_once`` | ``exactly_once``), ``FBP_LIMITER`` (``id:rate:burst``, a distributed limiter
-shared by every worker), ``FBP_MAX_RETRIES`` (default 2), ``FBP_WORKER_NAME`` (set by
+shared by every worker), ``FBP_MAX_RETRIES`` (default 2), ``FBP_BATCH`` (> 0: batch mode,
+batches of that size), ``FBP_WORKER_NAME`` (set by
 :class:`~faust_backpressure.testing.workers.FaustWorker`).
 
 Input values are JSON objects ``{"id": ..., "fail": bool}`` (a few are not JSON: the DLQ gets them
@@ -26,7 +27,7 @@ import faust
 from faust_backpressure.app import Backpressure
 from faust_backpressure.testing.settings import fast_faust_settings
 
-__all__ = ["app", "bp", "check"]
+__all__ = ["app", "bp", "check", "check_all"]
 
 WORKER = os.environ.get("FBP_WORKER_NAME", "worker")
 
@@ -47,9 +48,23 @@ def check(value: Any) -> dict[str, Any]:
     return {"id": value["id"], "worker": WORKER, "at": time.time()}
 
 
+def check_all(values: list[Any]) -> list[Any]:
+    """Batch mode (``FBP_BATCH``): :func:`check` per value, a refusal as that value's result."""
+    results: list[Any] = []
+    for value in values:
+        try:
+            results.append(check(value))
+        except ValueError as exc:
+            results.append(exc)
+    return results
+
+
+_batch = int(os.environ.get("FBP_BATCH", "0"))
+_mode: dict[str, Any] = ({"process_batch": check_all, "batch_size": _batch} if _batch
+                         else {"process": check})
 _limiter_id, _rate, _burst = os.environ.get("FBP_LIMITER", "chaos:1500:1500").split(":")
 pipeline = bp.pipeline("chaos", source=source, sink=os.environ["FBP_SINK"],
-                       dlq=os.environ["FBP_DLQ"], process=check, limiter=_limiter_id,
+                       dlq=os.environ["FBP_DLQ"], **_mode, limiter=_limiter_id,
                        tokens_per_second=float(_rate), burst_capacity=float(_burst),
                        max_retries=int(os.environ.get("FBP_MAX_RETRIES", "2")),
                        retry_backoff=0.01)

@@ -8,6 +8,7 @@ over every window, processing resumed after the outage.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -29,4 +30,18 @@ async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
         print(f"\n{table}\n(worker logs: {result.workdir})")
     injected = [f.fault.kind for f in result.faults]
     assert injected == ["kill", "outage"], table
+    assert not result.problems(), table + "\n" + "\n".join(result.problems())
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_batch_pipeline_loses_nothing_through_a_worker_kill_and_a_broker_outage(
+        own_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same scenario and pass criteria, the pipeline in batch mode (docs/batching.md)."""
+    plan = dataclasses.replace(ChaosPlan.ci(guarantee), batch=100)
+    result = await run_chaos(plan, own_broker, tmp_path)
+    table = format_table([result])
+    with capsys.disabled():
+        print(f"\nbatch mode:\n{table}\n(worker logs: {result.workdir})")
+    assert [f.fault.kind for f in result.faults] == ["kill", "outage"], table
     assert not result.problems(), table + "\n" + "\n".join(result.problems())

@@ -165,3 +165,17 @@ def test_sink_sends_count_a_workers_records_until_the_downstream_commits_past_th
     assert sends.outstanding({}) == 2
     assert sends.outstanding({("priced", 0): 8}) == 1  # offset 7 processed
     assert sends.outstanding({("priced", 0): 9}) == 0
+
+
+def test_sink_sends_count_a_batch_pipelines_sends_and_acks() -> None:
+    from types import SimpleNamespace
+
+    from faust_backpressure.control.credit_flow import SinkSends
+
+    sends = SinkSends(["priced"])
+    sends.on_batch_sent({"priced": 3, "other": 5})
+    assert sends.outstanding({}) == 3
+    sends.on_batch_acked([SimpleNamespace(topic=t, partition=0, offset=o)
+                          for t, o in (("priced", 4), ("priced", 5), ("dlq", 0))])
+    assert sends.outstanding({}) == 3  # two acked (still unprocessed downstream), one in flight
+    assert sends.outstanding({("priced", 0): 6}) == 1

@@ -3,11 +3,13 @@
 Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
 FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds),
 FBP_RATE (a per-worker token bucket of that rate, burst = rate), FBP_LIMITER_ID ("id:rate:burst":
-a distributed limiter instead), FBP_REPLICATION (Faust's topic_replication_factor, default 1;
+a distributed limiter instead), FBP_BATCH (a batch size: the pipeline runs in batch mode,
+``process_batch=``, 50 ms timeout), FBP_REPLICATION (Faust's topic_replication_factor, default 1;
 the internal topics follow FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
 """
 
 import os
+from typing import Any
 
 import faust
 
@@ -41,6 +43,21 @@ elif os.environ.get("FBP_LIMITER_ID"):
     limiter = DistributedRateLimiterFactory.create_distributed(
         app, lid, float(rate_text), float(burst_text))
 
+
+
+def check_all(values: list[bytes]) -> list[bytes | Exception]:
+    out: list[bytes | Exception] = []
+    for value in values:
+        try:
+            out.append(check(value))
+        except ValueError as exc:
+            out.append(exc)
+    return out
+
+
+batch_size = int(os.environ.get("FBP_BATCH", "0"))
+modes: dict[str, Any] = ({"process_batch": check_all, "batch_size": batch_size}
+                         if batch_size else {"process": check})
 pipeline = bp.pipeline("ids", source=os.environ["FBP_SOURCE"], sink=os.environ["FBP_SINK"],
-                       dlq=os.environ["FBP_DLQ"], process=check, max_retries=1,
-                       retry_backoff=0.01, limiter=limiter)
+                       dlq=os.environ["FBP_DLQ"], max_retries=1, retry_backoff=0.01,
+                       limiter=limiter, **modes)

@@ -1,0 +1,165 @@
+"""Batch pipelines (``process_batch=``, docs/batching.md) against the real broker, in-process."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+
+from faust_backpressure.agents import headers as h
+from faust_backpressure.app import Backpressure
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.testing.inprocess import running_app
+from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.settings import fast_faust_settings
+
+from .helpers import hdr, read_committed
+
+pytestmark = pytest.mark.kafka
+
+GUARANTEES = ["at_least_once", "exactly_once"]
+
+
+class Order(faust.Record, serializer="json"):
+    id: str
+    amount: int
+
+
+class BatchSends(faust.Sensor):
+    """Counts what the batch hooks report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = self.acked = 0
+
+    def on_batch_sent(self, counts: dict[str, int]) -> None:
+        self.sent += sum(counts.values())
+
+    def on_batch_acked(self, metadata: list[Any]) -> None:
+        self.acked += len(metadata)
+
+
+def _app(name: str, bootstrap: str, tmp_path: Path, **conf: Any) -> tuple[faust.App, Backpressure]:
+    app = faust.App(name, datadir=str(tmp_path),
+                    **fast_faust_settings(broker=f"kafka://{bootstrap}", **conf))
+    return app, Backpressure(app, settings=BackpressureSettings())
+
+
+def _order(i: int, amount: int = 10) -> tuple[bytes, bytes]:
+    return b"k%d" % (i % 7), json.dumps({"id": f"o{i}", "amount": amount}).encode()
+
+
+async def _read(bootstrap: str, topic: str, guarantee: str, n: int) -> list[Any]:
+    if guarantee == "exactly_once":
+        return await read_committed(bootstrap, topic, until=lambda rs: len(rs) >= n,
+                                    timeout=60, settle=1.0)
+    return await consume(bootstrap, topic, until=n, timeout=60)
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        tmp_path: Path) -> None:
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    await create_topics(kafka_bootstrap, {source: 3, sink: 3, dlq: 1})
+    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path,
+                   processing_guarantee=guarantee)
+    sizes: list[int] = []
+    calls: Counter[str] = Counter()
+
+    def price(orders: list[Order]) -> list[Any]:
+        sizes.append(len(orders))
+        out: list[Any] = []
+        for order in orders:
+            calls[order.id] += 1
+            number = int(order.id[1:])
+            if order.amount < 0:
+                out.append(ValueError(f"negative amount {order.amount}"))
+            elif number % 100 == 3 and calls[order.id] < 2:
+                out.append(ConnectionError("flaky"))  # succeeds on its retry
+            elif number % 50 == 1:
+                out.append(None)  # filtered
+            elif number % 50 == 2:
+                out.append([order, order])  # two outputs
+            else:
+                out.append(order)
+        return out
+
+    total = 2000
+    bad = [(b"bad-json", b"{not json"), _order(99_999, amount=-5)]
+    records = [_order(i) for i in range(total)]
+    await produce(kafka_bootstrap, source, records[:1000] + bad + records[1000:],
+                  headers=[("trace", b"abc")])
+    pipe = bp.pipeline("orders", source=app.topic(source, value_type=Order), sink=sink,
+                       dlq=dlq, process_batch=price, batch_size=200, batch_timeout=0.05,
+                       max_retries=2, retry_backoff=0.01,
+                       limiter=TokenBucketRateLimiter(100_000, 1000))
+    filtered = {i for i in range(total) if i % 50 == 1}
+    doubled = {i for i in range(total) if i % 50 == 2}
+    expected = total - len(filtered) + len(doubled)
+    async with running_app(app):
+        out = await _read(kafka_bootstrap, sink, guarantee, expected)
+        dead = await _read(kafka_bootstrap, dlq, guarantee, 2)
+    ids = Counter(json.loads(r.value)["id"] for r in out)
+    assert ids == Counter({f"o{i}": 2 if i in doubled else 1
+                           for i in range(total) if i not in filtered})
+    # per source key (one source partition each), outputs keep their input order, except
+    # the retried ones (they come after the batch's others)
+    by_key: dict[bytes, list[int]] = defaultdict(list)
+    for r in out:
+        number = int(json.loads(r.value)["id"][1:])
+        if number % 100 != 3:
+            by_key[r.key].append(number)
+    assert all(numbers == sorted(numbers) for numbers in by_key.values())
+    assert max(sizes) > 1  # batched, not one by one
+    by_dlq_key = {r.key: hdr(r) for r in dead}
+    assert set(by_dlq_key) == {b"bad-json", b"k%d" % (99_999 % 7)}
+    assert by_dlq_key[b"bad-json"][h.STAGE] == b"decode"
+    assert by_dlq_key[b"bad-json"][h.ATTEMPTS] == b"0"
+    assert by_dlq_key[b"bad-json"]["trace"] == b"abc"
+    failed = by_dlq_key[b"k%d" % (99_999 % 7)]
+    assert failed[h.STAGE] == b"process" and failed[h.ERROR_TYPE] == b"ValueError"
+    assert failed[h.ATTEMPTS] == b"3" and b"negative amount -5" in failed[h.ERROR_MESSAGE]
+    stats = pipe.stats
+    assert stats.consumed >= total + 2 and stats.dead_lettered >= 2
+    assert stats.filtered >= len(filtered) and stats.retries >= 20 + 2
+    assert pipe.batch is not None and pipe.batch.batches > 0
+    # the mode's own path ran (exactly_once: one transaction per batch)
+    assert pipe.batch.exactly_once == (guarantee == "exactly_once")
+
+
+async def test_a_downstream_guard_sees_each_batch_as_one_call(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    await create_topics(kafka_bootstrap, {source: 2, sink: 2, dlq: 1})
+    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path)
+    guard = bp.downstream("bulk-api", max_concurrency=4)
+    calls: list[int] = []
+
+    def bulk(values: list[bytes]) -> list[bytes]:
+        calls.append(len(values))
+        if len(calls) == 2:  # the service says 429: the whole batch waits and goes again
+            raise guard.slow_down_from_http(429, "0.3")
+        return values
+
+    seen = BatchSends()
+    app.sensors.add(seen)
+    pipe = bp.pipeline("bulk", source=source, sink=sink, dlq=dlq, process_batch=bulk,
+                       batch_size=100, downstream=guard)
+    ids = [b"id-%04d" % i for i in range(1000)]
+    await produce(kafka_bootstrap, source, ((i, i) for i in ids))
+    async with running_app(app):
+        out = await consume(kafka_bootstrap, sink, until=1000, timeout=60)
+    assert sorted(r.value for r in out) == ids
+    assert pipe.stats.dead_lettered == 0 and pipe.stats.retries == 0
+    assert pipe.concurrency == 1  # one task takes the batches, one call at a time
+    # one call per batch (plus the one refused): not one per event
+    assert pipe.batch is not None and len(calls) == pipe.batch.batches + 1
+    # sensors with batch hooks (credit flow's SinkSends) see every send and its ack
+    assert seen.sent == 1000 and seen.acked == 1000
