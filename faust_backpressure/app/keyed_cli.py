@@ -33,7 +33,7 @@ from faust_backpressure.app.ops import keyed_overrides, keyed_status, signed_rec
 from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, _table, _timeout
 from faust_backpressure.app.pause import ops_topic, send_key_override
 from faust_backpressure.control.override import operator
-from faust_backpressure.limiters.keyed import KeyLimits
+from faust_backpressure.limiters.keyed_buckets import KeyLimits
 from faust_backpressure.tables.admin import read_compacted, topic_partitions
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
