@@ -8,7 +8,8 @@ import contextlib
 import heapq
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
@@ -18,18 +19,33 @@ from faust_backpressure.tables.kafka import kafka_consumer
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.messages import Command, LeaseRequest
 
-if TYPE_CHECKING:
-    from faust_backpressure.tables.service import LimiterChannel
-
 __all__ = ["ChannelService"]
 
 log = logging.getLogger(__name__)
 
 
+class Channel(Protocol):
+    """What the service needs of its :class:`~faust_backpressure.tables.service.LimiterChannel`
+    (a protocol: the channel module imports this one)."""
+
+    app: Any
+    grant_topic: Any
+    request_topic: Any
+
+    @property
+    def limiters(self) -> Mapping[str, DistributedRateLimiter]: ...
+
+    async def run_sender(self, should_stop: Callable[[], bool]) -> None: ...
+
+    def deliver(self, value: bytes | None, key: bytes | None = None) -> None: ...
+
+    async def send_many(self, messages: list[LeaseRequest | Command]) -> None: ...
+
+
 class ChannelService(Service):
     """Grant consumer plus one keeper for all the limiters, started with the worker."""
 
-    def __init__(self, channel: LimiterChannel, **kwargs: Any) -> None:
+    def __init__(self, channel: Channel, **kwargs: Any) -> None:
         self.channel = channel
         self._consumer: AIOKafkaConsumer | None = None
         self._wake = asyncio.Event()
