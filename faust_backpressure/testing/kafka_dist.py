@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from faust_backpressure.errors import BackpressureError
+
 __all__ = ["DEFAULT_KAFKA_VERSION", "BrokerError", "ensure_kafka_jars", "java", "kafka_home",
            "kafka_version", "run_kafka_tool"]
 
@@ -24,7 +26,7 @@ HOME_ENV = "FAUST_BP_KAFKA_HOME"
 _SLF4J_FOR_MAJOR = {"3": "1.7.36", "4": "2.0.17"}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BackpressureError, RuntimeError):
     """The local broker could not be fetched, started or reached."""
 
 
