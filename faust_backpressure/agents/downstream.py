@@ -298,7 +298,7 @@ class Downstream:
                     return result  # type: ignore[return-value]
             except SlowDown:
                 continue
-            except Exception as exc:
+            except Exception as exc:  # broad: the user's ``unavailable`` predicate decides
                 if not self.unavailable(exc):
                     raise
                 self.outcomes["retried"] += 1

@@ -149,7 +149,7 @@ class _OpsFollower(Service):
                     log.warning("keyed status not published", exc_info=True)
                 await self.sleep(STATUS_INTERVAL)
         finally:  # gone: a tombstone, so that the compacted topic forgets this worker
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: readers skip stale entries anyway
                 for name in self.bp.keyed_limits:
                     await send_control(self.bp.app, topic, status_key(name, self.worker), None)
 
@@ -161,7 +161,7 @@ class _OpsFollower(Service):
                     for record in records:
                         await self._dispatch(record.key or b"", record.value)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: the follower is stopping
                 await consumer.stop()
 
     async def _dispatch(self, key: bytes, value: bytes | None) -> None:

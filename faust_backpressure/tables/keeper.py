@@ -75,7 +75,7 @@ class ChannelService(Service):
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: the worker is stopping
                 await self._consumer.stop()
 
     def keep(self, limiter: DistributedRateLimiter) -> None:

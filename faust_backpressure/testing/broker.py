@@ -129,7 +129,7 @@ async def _metadata_ok(bootstrap: str) -> bool:
         await admin.start()
         await admin.describe_cluster()
         return True
-    except Exception:
+    except Exception:  # broad: any failure while it starts means "not ready yet"
         return False
     finally:
         with contextlib.suppress(Exception):
