@@ -181,8 +181,8 @@ class _OpsFollower(Service):
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
-        except Exception:  # a record we fail to apply must not stop the worker (a follower
-            # that crashed took its worker down: exit code 1 in the downstream benchmark)
+        except Exception:  # broad: a record we fail to apply must not stop the worker (a
+            # crashed follower takes its worker down with it)
             log.exception("ops record %r not applied", key[:80])
 
     async def _apply(self, command: PauseCommand) -> None:

@@ -101,8 +101,8 @@ class BackpressureController:
         #: latest commit (between commits the measured lag also counts what it processed).
         self._recent_lags: deque[int] = deque(maxlen=3)
         #: The last few utilizations: the limiter binds (what flows is its rate) when the
-        #: highest is high. One reading is noisy on a distributed limiter (issue 12: a third
-        #: of the readings of a saturated one dipped to 0.59-0.87); three in a row are not.
+        #: highest is high. One reading is noisy on a distributed limiter; three in a row are
+        #: not (docs/control-loop.md).
         self._recent_utilization: deque[float] = deque(maxlen=3)
 
     @property

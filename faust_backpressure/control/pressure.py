@@ -202,14 +202,12 @@ class SetPointTuning:
     #: the estimate's error: the queue surely grows).
     ahead_margin: float = 0.1
     #: The law goes at most this share below the downstream's rate: a downstream that is
-    #: behind is kept busy while its queue drains (issue 12 on the real broker: unbounded,
-    #: a lag of 1,400 asked for 2/s against a downstream of 100/s, then overshot).
+    #: behind is kept busy while its queue drains (see docs/control-loop.md for the values).
     max_cut: float = 0.15
     #: A limiter whose utilization stayed under this share for the last 3 intervals is
     #: offered far less than its rate: the pressure is over, and with the lag at or under the
-    #: set point it restores at once instead of waiting for the downstream's queue to clear.
-    #: (On the real broker a saturated distributed limiter read 0.41-0.87 at times, once 5
-    #: intervals running at 0.41-0.47; once its input was drained, 0.00-0.11.)
+    #: set point it restores at once instead of waiting for the downstream's queue to clear
+    #: (well under what a saturated distributed limiter reads: docs/control-loop.md).
     idle_utilization: float = 0.25
 
     def __post_init__(self) -> None:

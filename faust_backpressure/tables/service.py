@@ -114,8 +114,7 @@ class LimiterChannel:
                                        partitions=self.partitions, replicas=replicas)
         self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
                                      partitions=1, replicas=replicas)
-        # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
-        # Faust's json serializer wrote before, so older changelogs still load).
+        # Values are the ledger record as JSON bytes, encoded once by us.
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
                                key_type=str, value_type=bytes)  # bytes: "raw"
         self.table.changelog_topic.replicas = replicas
