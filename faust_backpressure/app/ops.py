@@ -37,15 +37,15 @@ from faust_backpressure.control.override import Override
 from faust_backpressure.control.probe import no_commits_warning
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.admin import (
+from faust_backpressure.tables.integrity import RejectedRecord, canonical
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+from faust_backpressure.tables.limiter_commands import (
     CommandTimeout,
     group_offsets,
     read_compacted,
     read_limiter_states,
 )
-from faust_backpressure.tables.admin import topic_partitions as _partitions
-from faust_backpressure.tables.integrity import RejectedRecord, canonical
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
 
 __all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
            "keyed_overrides", "keyed_status", "send_override", "signed_records"]

@@ -35,7 +35,6 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
 from faust_backpressure.tables.integrity import (
     RejectedRecord,
     Rejections,
@@ -50,6 +49,11 @@ from faust_backpressure.tables.kafka import (
     kafka_consumer,
     kafka_producer,
     raw_topic,
+)
+from faust_backpressure.tables.limiter_commands import (
+    CommandTimeout,
+    read_compacted,
+    topic_partitions,
 )
 
 __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",

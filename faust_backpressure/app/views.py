@@ -18,7 +18,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
-from faust_backpressure.app.admin import register_admin
+from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import ControlLoop

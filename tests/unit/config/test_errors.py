@@ -11,14 +11,14 @@ import faust_backpressure
 from faust_backpressure import BackpressureError, BackpressureSettings
 from faust_backpressure.agents import DependencyUnavailable, NotCopartitioned, SlowDown
 from faust_backpressure.agents.downstream import WaitAborted
-from faust_backpressure.app.admin import BadRequest
+from faust_backpressure.app.admin_api import BadRequest
 from faust_backpressure.config import SettingsError
 from faust_backpressure.config.errors import FatalError
 from faust_backpressure.limiters import RateLimitTimeout
 from faust_backpressure.limiters.circuit_breaker import CircuitOpenTimeout
 from faust_backpressure.limiters.concurrency_limiter import ConcurrencyLimitTimeout
-from faust_backpressure.tables.admin import CommandTimeout
 from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.tables.limiter_commands import CommandTimeout
 from faust_backpressure.testing.broker import BrokerError
 from faust_backpressure.testing.workers import WorkerError
 

@@ -36,8 +36,8 @@ from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.override import Override
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
 from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limiter_command
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 
