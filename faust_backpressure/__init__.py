@@ -35,6 +35,7 @@ from faust_backpressure.control import (
     PressureDecision,
     ShedLevels,
 )
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.limiters import (
     AdaptiveRateLimiter,
     AIMDLimit,
@@ -63,6 +64,7 @@ __all__ = [
     "AdaptiveRateLimiter",
     "Backoff",
     "Backpressure",
+    "BackpressureError",
     "BackpressureSensor",
     "BackpressureSettings",
     "BackpressureSeverity",

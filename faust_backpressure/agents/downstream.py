@@ -35,6 +35,7 @@ from faust_backpressure.agents.slow_down import (
     parse_retry_after,
 )
 from faust_backpressure.config.validation import check_number
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
@@ -69,7 +70,7 @@ def is_unavailable(exc: BaseException) -> bool:
                             asyncio.TimeoutError))
 
 
-class WaitAborted(Exception):
+class WaitAborted(BackpressureError):
     """A call gave up waiting for its dependency (the caller asked it to: e.g. Faust stopped
     the flow for a rebalance while the breaker was open). Nothing was called."""
 
@@ -297,7 +298,7 @@ class Downstream:
                     return result  # type: ignore[return-value]
             except SlowDown:
                 continue
-            except Exception as exc:
+            except Exception as exc:  # broad: the user's ``unavailable`` predicate decides
                 if not self.unavailable(exc):
                     raise
                 self.outcomes["retried"] += 1

@@ -2,8 +2,9 @@
 
 The stream must be partitioned by the limit's key (co-partitioned): then the worker processing
 partition p of the source owns partition p of the bucket table, changes buckets in-process
-(:class:`~faust_backpressure.limiters.keyed.KeyedTokenBuckets`) and Faust's changelog makes them
-durable and moves them with the partition. No lease protocol, no network round trip per event.
+(:class:`~faust_backpressure.limiters.keyed_buckets.KeyedTokenBuckets`) and Faust's changelog
+makes them durable and moves them with the partition. No lease protocol, no network round
+trip per event.
 
 ``on_limit``:
 
@@ -21,17 +22,14 @@ durable and moves them with the partition. No lease protocol, no network round t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import json
 import logging
-import struct
 import time
-from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable
 from typing import Any, Literal, TypeVar
 
 from faust.exceptions import Skip
-from faust.types import TP, AppT, EventT, StreamT, TopicT
+from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.decorate import decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
@@ -43,20 +41,27 @@ from faust_backpressure.agents.headers import (
     shed_headers,
     without_bp_headers,
 )
+from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
+from faust_backpressure.agents.keyed_store import (
+    TableStore,
+    encode_key,
+    key_type,
+    partition_bytes,
+    store_url,
+)
 from faust_backpressure.agents.keyed_top import RefusedKeys, describe_key
 from faust_backpressure.config.errors import FatalError
 from faust_backpressure.faust_seam import (
     crash_worker,
     flow_stopped_event,
     mark_control_topic,
-    redeliver,
     send_control,
 )
-from faust_backpressure.limiters.keyed import KeyedTokenBuckets, KeyLimits, KeyState, LimitsFor
+from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets, KeyLimits, LimitsFor
 from faust_backpressure.tables.kafka import partition_for_key, raw_topic
 
-__all__ = ["KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate", "NotCopartitioned",
-           "encode_key"]
+__all__ = ["KEYED_LIMIT", "NOT_BEFORE", "KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate",
+           "NotCopartitioned", "encode_key"]
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +72,7 @@ AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 #: Keys listed as the most refused (on the dashboard, in ``status``; never metric labels).
 TOP_KEYS = 10
-NOT_BEFORE = "bp.keyed.not_before"
 KEYED_LIMIT = "bp.keyed.limit"
-_STATE = struct.Struct("<dqd")
 #: Events whose key is checked against their partition by the partitioner (the check costs a
 #: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
 CHECKED_EVENTS = 10_000
@@ -82,156 +85,6 @@ class NotCopartitioned(FatalError):
     """The stream is not partitioned by the keyed limit's key: buckets would be split."""
 
     kind = "not co-partitioned"
-
-
-def encode_key(key: Hashable) -> bytes:
-    """A key as table bytes, distinct across types (``"1"`` is not ``1``)."""
-    if isinstance(key, bytes):
-        return b"b" + key
-    if isinstance(key, str):
-        return b"s" + key.encode()
-    return b"j" + json.dumps(key, sort_keys=True, default=str).encode()
-
-
-def _key_type(key: Hashable) -> str:
-    """As ``--key-type`` names it (``str``, ``bytes``, ``int``; else the type's name)."""
-    return type(key).__name__
-
-
-def _partition_bytes(key: Hashable) -> bytes | None:
-    """The bytes a producer keyed by ``key`` would hash (None: no obvious form)."""
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    return None
-
-
-def _store_url(url: str | None, name: str) -> str | None:
-    """Faust ignores a bare store URL (``rocksdict://`` is falsy as a yarl URL) and uses the
-    app's store instead: ``rocksdict:<table>`` names the same store (RocksDB takes the file
-    name from the URL's path, relative to the app's table dir)."""
-    if url is not None and url.endswith("://"):
-        return f"{url[:-3]}:{name}"
-    return url
-
-
-class _TableStore(MutableMapping[Hashable, KeyState]):
-    """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets.
-
-    Write-behind for levels that are full again within ``hold`` seconds: kept in memory only
-    (a limit that rarely binds then writes no changelog at all: such an entry is removed before
-    it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
-    tokens. Everything else is written through Faust's table path at once.
-
-    Most keys have no entry (absent = full), so the adapter keeps the set of keys the table
-    may hold (a superset: every key written since, and every key of the active partitions
-    when it was rebuilt after recovery); a key not in it is full without a store read. Until
-    the set is rebuilt after a rebalance (:meth:`rebuild_index`) every key is read.
-    """
-
-    def __init__(self, table: Any, hold: float, clock: Callable[[], float]) -> None:
-        self.table = table
-        self.hold = hold
-        self.clock = clock
-        self._memory: dict[bytes, KeyState] = {}
-        self._from_table: bytes | None = None  # the last key read from the table
-        self._present: set[bytes] | None = None  # None: not known, read the table
-        self._building: set[bytes] | None = None
-        self.index_generation: int | None = None  # the rebalance the set was built after
-
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        encoded = encode_key(key)
-        held = self._memory.get(encoded)
-        if held is not None:
-            if held[0] > self.clock():
-                return held
-            # refilled; the table has no copy (removed when stored; the memory is dropped at
-            # every rebalance, so another worker's newer level cannot hide behind it)
-            del self._memory[encoded]
-            return default
-        present = self._present
-        if present is not None and encoded not in present:
-            return default
-        raw = self.table.data.get(encoded)
-        if raw is None:
-            return default
-        self._from_table = encoded
-        return _STATE.unpack(raw)
-
-    def __getitem__(self, key: Hashable) -> KeyState:
-        found: KeyState | None = self.get(key)
-        if found is None:
-            raise KeyError(key)
-        return found
-
-    def __setitem__(self, key: Hashable, value: KeyState) -> None:
-        encoded = encode_key(key)
-        full_at, deferred, late = float(value[0]), int(value[1]), float(value[2])
-        if deferred <= 0 and full_at - self.clock() <= self.hold:
-            self._memory[encoded] = (full_at, deferred, late)
-            # never leave an older level behind (the buckets read a key before they write it)
-            if self._from_table == encoded and self.table.data.get(encoded) is not None:
-                del self.table[encoded]
-                self._forget(encoded)
-            return
-        self._memory.pop(encoded, None)
-        if self._present is not None:
-            self._present.add(encoded)
-        if self._building is not None:
-            self._building.add(encoded)
-        self.table[encoded] = _STATE.pack(full_at, deferred, late)
-
-    def __delitem__(self, key: Hashable) -> None:
-        encoded = encode_key(key)
-        if self._memory.pop(encoded, None) is not None:
-            return  # held in memory: its table copy was removed when it was stored
-        if (self._present is not None and encoded not in self._present) \
-                or self.table.data.get(encoded) is None:
-            raise KeyError(key)
-        del self.table[encoded]
-        self._forget(encoded)
-
-    def _forget(self, encoded: bytes) -> None:
-        if self._present is not None:
-            self._present.discard(encoded)
-
-    def invalidate_index(self) -> None:
-        """Partitions moved: read every key until :meth:`rebuild_index` has run again."""
-        self._present = None
-        self.index_generation = None
-
-    async def rebuild_index(self, generation: int, current: Callable[[], int]) -> None:
-        """After recovery (the table's restored entries are in the store, the source
-        partitions not yet resumed): the set of keys of the active partitions. Yields to the
-        loop now and then; keys written meanwhile are added; installed only if no rebalance
-        came in between (``current()`` is still ``generation``)."""
-        self._present = None
-        building = self._building = set()
-        for n, encoded in enumerate(self.table.data.keys(), 1):
-            building.add(encoded)
-            if n % 10_000 == 0:
-                await asyncio.sleep(0)
-                if current() != generation:
-                    break  # a newer rebalance: its recovery lists the keys again
-        if self._building is building:
-            self._building = None
-            if current() == generation:
-                self._present = building
-                self.index_generation = generation
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, Hashable) and self.get(key) is not None
-
-    def drop_memory(self) -> None:
-        """A rebalance: levels held in memory count as full (at most ``hold * rate`` tokens)."""
-        self._memory.clear()
-
-    def __iter__(self) -> Iterator[Hashable]:
-        raise TypeError("a keyed limit's table is not iterated (keys are encoded)")
-
-    def __len__(self) -> int:
-        return len(self.table) + len(self._memory)
 
 
 class KeyedRateLimitGate:
@@ -258,37 +111,18 @@ class KeyedRateLimitGate:
         self.default = KeyLimits(float(tokens_per_second), float(
             tokens_per_second if burst_capacity is None else burst_capacity))
         self.agent_name = ""
-        prefix = f"bp-keyed-{name}"
-        self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
-                                    partitions=partitions, store=_store_url(store, prefix),
-                                    help=f"keyed limit {name}: bucket levels by key")
-        # Overrides: every worker needs every key's, so a global table; few, read per event,
-        # so in memory (restored from the changelog at each start).
-        self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
-                                              value_type=bytes, partitions=1,
-                                              store=_store_url("memory://", prefix),
-                                              help=f"keyed limit {name}: per-key limits")
-        # Bucket levels are limiter state, not event output: under exactly_once they are
-        # written outside transactions, as every table of ours (a crash can only leave a
-        # bucket emptier than the committed offsets say, never fuller).
-        for table in (self.table, self.overrides):
-            mark_control_topic(app, table.changelog_topic.get_topic_name())
-        self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_topic_suffix}"
-        # internal: Faust declares it with the limit's partitions before the consumer
-        # subscribes (as a pipeline's source). Undeclared, on a fresh cluster the broker
-        # auto-created it (default count: 1) and deferring stalled: the first deferred
-        # event was never acked.
-        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
-                                                partitions=partitions, replicas=replicas)
+        self._declare(partitions, store, deferral_topic_suffix, replicas)
+        self.deferrals = Deferrals(app, name, clock,
+                                   lambda: self._streams[-1] if self._streams else None)
         self.deferral_agent: Any = None
         if on_limit == "defer":
-            self.deferral_agent = app.agent(self.deferral_topic,
-                                            name=f"{prefix}-deferral")(self._deferral)
+            self.deferral_agent = app.agent(
+                self.deferral_topic, name=f"bp-keyed-{name}-deferral")(self.deferrals.run)
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
-        self._store = _TableStore(self.table, write_behind, clock)
+        self._store = TableStore(self.table, write_behind, clock)
         self._override_store: Any = None
         #: Operators' overrides by encoded key (``backpressure key-override``, applied by the
         #: ops follower on every worker): they win over the stored ones and ``limits``.
@@ -308,7 +142,40 @@ class KeyedRateLimitGate:
         self.shed = 0
         self.waits = 0
         self.overdrafts = 0
-        self.backlog = 0  # deferred records this worker holds until due
+
+    def _declare(self, partitions: int | None, store: str | None, deferral_suffix: str,
+                 replicas: int | None) -> None:
+        """The bucket table, the overrides' global table and the deferral topic."""
+        app, name = self.app, self.name
+        prefix = f"bp-keyed-{name}"
+        self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
+                                    partitions=partitions, store=store_url(store, prefix),
+                                    help=f"keyed limit {name}: bucket levels by key")
+        # Overrides: every worker needs every key's, so a global table; few, read per event,
+        # so in memory (restored from the changelog at each start).
+        self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
+                                              value_type=bytes, partitions=1,
+                                              store=store_url("memory://", prefix),
+                                              help=f"keyed limit {name}: per-key limits")
+        # Bucket levels are limiter state, not event output: under exactly_once they are
+        # written outside transactions, as every table of ours (a crash can only leave a
+        # bucket emptier than the committed offsets say, never fuller).
+        for table in (self.table, self.overrides):
+            mark_control_topic(app, table.changelog_topic.get_topic_name())
+        self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_suffix}"
+        # internal: Faust declares it with the limit's partitions before the consumer
+        # subscribes (undeclared, the broker auto-creates it with one partition).
+        self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
+                                                partitions=partitions, replicas=replicas)
+
+    @property
+    def backlog(self) -> int:
+        """Deferred records this worker holds until due."""
+        return self.deferrals.backlog
+
+    @backlog.setter
+    def backlog(self, value: int) -> None:
+        self.deferrals.backlog = value
 
     # -- limits --------------------------------------------------------------------------
 
@@ -374,7 +241,7 @@ class KeyedRateLimitGate:
         out = []
         for key, refused in self.refused_keys.top(n, self.clock()):
             own = self.limits_for(key)
-            out.append({"key": describe_key(encode_key(key)), "type": _key_type(key),
+            out.append({"key": describe_key(encode_key(key)), "type": key_type(key),
                         "refused": refused,
                         "limits": None if own is None else {
                             "rate": own.tokens_per_second, "burst": own.burst_capacity}})
@@ -426,7 +293,7 @@ class KeyedRateLimitGate:
     def _check_key(self, event: EventT[Any], key: Hashable) -> None:
         if key == event.key:
             return
-        data = _partition_bytes(key)
+        data = partition_bytes(key)
         message = event.message
         n = self.app.consumer.topic_partitions(message.topic)
         if data is not None and n and partition_for_key(data, n) == message.partition:
@@ -559,58 +426,3 @@ class KeyedRateLimitGate:
         finally:
             watching.cancel()
         return not done
-
-    # -- the deferral agent ------------------------------------------------------------------
-
-    async def _deferral(self, stream: StreamT[Any]) -> None:
-        """Hold deferred records (un-acked) until due, then hand them to the limited stream.
-
-        A heap by (not-before, arrival): a key's not-before times never decrease (each is a
-        reservation after the previous), so each key leaves in order, and a key due later does
-        not hold back one due sooner. When Faust stops the flow (rebalance, stop) the held
-        records are let go un-acked: Faust waits for every un-acked record it still sees, and
-        after the rebalance it re-reads from the committed offset, which never passes them.
-        """
-        heap: list[tuple[float, int, Any]] = []
-        wake = asyncio.Event()
-        seq = 0
-        releaser = asyncio.ensure_future(self._release(heap, wake))
-        try:
-            async for event in stream.noack().events():  # type: ignore[attr-defined]
-                raw = header(event.message.headers, NOT_BEFORE)
-                not_before = float(raw) if raw else 0.0
-                seq += 1
-                heapq.heappush(heap, (not_before, seq, event))
-                self.backlog = len(heap)
-                wake.set()
-        finally:
-            releaser.cancel()
-
-    async def _release(self, heap: list[tuple[float, int, Any]], wake: asyncio.Event) -> None:
-        consumer = self.app.consumer
-        while True:
-            stopped = flow_stopped_event(self.app)
-            if stopped is not None and stopped.is_set():
-                heap.clear()  # see _deferral: re-read after the rebalance
-                self.backlog = 0
-                await asyncio.sleep(0.05)
-                continue
-            target = self._streams[-1] if self._streams else None
-            now = self.clock()
-            if heap and heap[0][0] <= now and target is not None:
-                _, _, event = heapq.heappop(heap)
-                self.backlog = len(heap)
-                message = event.message
-                if TP(message.topic, message.partition) in consumer.assignment():
-                    try:
-                        await redeliver(target, message)
-                    except Exception:  # never kill the releaser; un-acked: read again later
-                        log.exception("keyed limit %s: cannot hand back %s[%d]@%d", self.name,
-                                      message.topic, message.partition, message.offset)
-                        continue
-                    event.ack()  # the stream's ack is the last one: then the offset is done
-                continue
-            wake.clear()
-            timeout = 0.25 if not heap else 0.05 if target is None else min(heap[0][0] - now, 0.25)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=max(timeout, 0.001))

@@ -66,8 +66,8 @@ class QuotaGate(Protocol):
 
 class LocalQuota:
     """This worker's own learnt rate, a bucket with no burst and no initial tokens: after a
-    pause every worker's bucket would be full at once, and their bursts together (50 ms of
-    calls each, in the benchmark) overran the system's own burst right after each pause."""
+    pause every worker's bucket would be full at once, and their bursts together overran the
+    system's own burst right after each pause (docs/downstream.md)."""
 
     def __init__(self, learner: QuotaLearner, *, clock: Clock) -> None:
         self.learner = learner

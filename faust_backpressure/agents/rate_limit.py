@@ -164,7 +164,7 @@ class RateLimitGate:
             return None
         try:
             value = int(priority(event))
-        except Exception as exc:
+        except Exception as exc:  # broad: the user's priority function failed on this event
             log.debug("%s: no priority for an event (%r): not shed", self.agent_name, exc)
             return None
         return (value, threshold) if value < threshold else None

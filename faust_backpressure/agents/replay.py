@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -30,12 +31,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.admin import group_offsets
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
     kafka_consumer,
     kafka_producer,
 )
+from faust_backpressure.tables.limiter_commands import group_offsets
 
 __all__ = ["ReplayReport", "replay_dlq"]
 
@@ -93,6 +94,60 @@ async def _committed(kafka: KafkaClientSettings | str, group_id: str,
     return {tp: meta.metadata or "" for tp, meta in offsets.items()}
 
 
+@dataclass
+class _Replay:
+    """One replay's per-record decisions and the positions it may commit."""
+
+    report: ReplayReport
+    pipeline: str
+    error_type: str | None
+    limiter: TokenBucketRateLimiter
+    producer: Any
+    progress: Callable[[int], None] | None
+    markers: dict[TopicPartition, dict[str, int]] = field(default_factory=dict)
+    done: dict[TopicPartition, int] = field(default_factory=dict)
+    #: per partition, the first record of this pipeline left behind: commits stop there
+    gap: dict[TopicPartition, int] = field(default_factory=dict)
+
+    async def one(self, tp: TopicPartition, record: Any) -> Any:
+        """Replay ``record`` if it is due; the send's future, or None if passed over."""
+        report = self.report
+        report.examined += 1
+        self.done[tp] = record.offset + 1
+        kind = (header(record.headers, ERROR_TYPE) or b"?").decode(errors="replace")
+        owner = header(record.headers, PIPELINE)
+        if owner is not None and owner.decode(errors="replace") != self.pipeline:
+            report.passed_over += 1  # another pipeline's: never ours to replay
+            return None
+        if record.offset < self.markers[tp].get(kind, -1):
+            report.already_replayed += 1
+            return None
+        if self.error_type is not None and kind != self.error_type:
+            report.left_behind += 1
+            self.gap.setdefault(tp, record.offset)
+            return None
+        await self.limiter.acquire()
+        headers = without_bp_headers(record.headers)
+        headers.append((REPLAY_COUNT, str(replay_count(record.headers) + 1).encode()))
+        sent = await self.producer.send(report.target_topic, key=record.key,
+                                        value=record.value, headers=headers)
+        self.markers[tp][kind] = record.offset + 1
+        report.replayed += 1
+        report.by_error_type[kind] = report.by_error_type.get(kind, 0) + 1
+        if self.progress is not None:
+            self.progress(1)
+        return sent
+
+    def commits(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Never past a record of ours that was not replayed; the replayed ones behind it are
+        remembered in the commit's metadata so they are not sent twice."""
+        commits = {}
+        for tp, off in self.done.items():
+            position = self.gap.get(tp, off)
+            commits[tp] = OffsetAndMetadata(position, _metadata(self.markers[tp], position))
+        return commits
+
+
 async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_topic: str,
                      target_topic: str,
                      group_id: str, limit: int | None = None, error_type: str | None = None,
@@ -101,10 +156,11 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
     """Move DLQ records of ``pipeline`` back to ``target_topic``; see the module docstring."""
     report = ReplayReport(dlq_topic, target_topic)
     began = time.monotonic()
-    limiter = TokenBucketRateLimiter(rate, max(1.0, rate))
     consumer = kafka_consumer(kafka, "dlq-replay", group_id=group_id,
                               auto_offset_reset="earliest", isolation_level="read_committed")
     producer = kafka_producer(kafka, "dlq-replay", linger_ms=5)
+    replay = _Replay(report, pipeline, error_type, TokenBucketRateLimiter(rate, max(1.0, rate)),
+                     producer, progress)
     await consumer.start()
     await producer.start()
     try:
@@ -116,7 +172,7 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         if not tps:
             return report
         consumer.assign(tps)
-        markers: dict[TopicPartition, dict[str, int]] = {tp: {} for tp in tps}
+        replay.markers = {tp: {} for tp in tps}
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -124,10 +180,7 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
         if not from_beginning:
             for tp, metadata in (await _committed(kafka, group_id, tps)).items():
-                markers[tp] = _markers(metadata)
-        done: dict[TopicPartition, int] = {}
-        #: per partition, the first record of this pipeline left behind: commits stop there
-        gap: dict[TopicPartition, int] = {}
+                replay.markers[tp] = _markers(metadata)
         while todo and (limit is None or report.replayed < limit):
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=500)
             pending = []
@@ -136,45 +189,17 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
                     if record.offset >= end[tp] or (limit is not None
                                                     and report.replayed >= limit):
                         break
-                    report.examined += 1
-                    done[tp] = record.offset + 1
-                    kind = (header(record.headers, ERROR_TYPE) or b"?").decode(errors="replace")
-                    owner = header(record.headers, PIPELINE)
-                    if owner is not None and owner.decode(errors="replace") != pipeline:
-                        report.passed_over += 1  # another pipeline's: never ours to replay
-                        continue
-                    if record.offset < markers[tp].get(kind, -1):
-                        report.already_replayed += 1
-                        continue
-                    if error_type is not None and kind != error_type:
-                        report.left_behind += 1
-                        gap.setdefault(tp, record.offset)
-                        continue
-                    await limiter.acquire()
-                    headers = without_bp_headers(record.headers)
-                    headers.append((REPLAY_COUNT,
-                                    str(replay_count(record.headers) + 1).encode()))
-                    pending.append(await producer.send(target_topic, key=record.key,
-                                                       value=record.value, headers=headers))
-                    markers[tp][kind] = record.offset + 1
-                    report.replayed += 1
-                    report.by_error_type[kind] = report.by_error_type.get(kind, 0) + 1
-                    if progress is not None:
-                        progress(1)
+                    sent = await replay.one(tp, record)
+                    if sent is not None:
+                        pending.append(sent)
             for fut in pending:
                 await fut
             # Transaction markers take offsets too: compare positions, not record offsets.
             for tp in list(todo):
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
-            if done:
-                # Never past a record of ours that was not replayed; the replayed ones behind
-                # it are remembered in the commit's metadata so they are not sent twice.
-                commits = {}
-                for tp, off in done.items():
-                    position = gap.get(tp, off)
-                    commits[tp] = OffsetAndMetadata(position, _metadata(markers[tp], position))
-                await consumer.commit(commits)
+            if replay.done:
+                await consumer.commit(replay.commits())
     finally:
         await producer.stop()
         await consumer.stop()

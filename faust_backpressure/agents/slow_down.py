@@ -18,11 +18,12 @@ import math
 import time
 
 from faust_backpressure.config.validation import is_number
+from faust_backpressure.errors import BackpressureError
 
 __all__ = ["DependencyUnavailable", "SlowDown", "from_http", "parse_retry_after"]
 
 
-class SlowDown(Exception):
+class SlowDown(BackpressureError):
     """The called system asks for a pause: ``retry_after`` in seconds or as an HTTP date, as
     the system said it (None: the guard's default), e.g. HTTP 429 with ``Retry-After``. The
     guard reads it with :func:`parse_retry_after` and its own default and cap."""
@@ -35,7 +36,7 @@ class SlowDown(Exception):
         self.reason = reason
 
 
-class DependencyUnavailable(Exception):
+class DependencyUnavailable(BackpressureError):
     """The called system is down or failing as a whole (HTTP 503 without ``Retry-After``,
     refused connections): a failure for the breaker, not a fault of the event."""
 

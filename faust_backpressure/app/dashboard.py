@@ -6,7 +6,7 @@ worker's snapshot (see :mod:`.views`) plus a ring buffer of its recent compact s
 recorded once a second by a timer on the worker, from which it draws the charts.
 
 Loading it changes nothing. Its buttons (emergency stop / restore a control loop, pause /
-resume a pipeline) call the write endpoints of :mod:`.admin`, which need the ``admin_token``
+resume a pipeline) call the write endpoints of :mod:`.admin_api`, which need the ``admin_token``
 the person types into the page (kept in the browser tab's session storage).
 """
 

@@ -44,7 +44,7 @@ from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.faust_seam import refresh_consumer_metadata, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
-from faust_backpressure.limiters.keyed import LimitsFor
+from faust_backpressure.limiters.keyed_buckets import LimitsFor
 from faust_backpressure.limiters.quota import QuotaLearner
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings

@@ -32,19 +32,20 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.pause import ops_topic
 from faust_backpressure.app.registry import Installation
-from faust_backpressure.control.loop import CONTROL_TABLE
+from faust_backpressure.control.loop import CONTROL_TABLE, ControlLoop
 from faust_backpressure.control.override import Override
 from faust_backpressure.control.probe import no_commits_warning
 from faust_backpressure.control.samples import WorkerSample
-from faust_backpressure.tables.admin import (
+from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.integrity import RejectedRecord, canonical
+from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+from faust_backpressure.tables.limiter_commands import (
     CommandTimeout,
     group_offsets,
     read_compacted,
     read_limiter_states,
 )
-from faust_backpressure.tables.admin import topic_partitions as _partitions
-from faust_backpressure.tables.integrity import RejectedRecord, canonical
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
+from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
 
 __all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
            "keyed_overrides", "keyed_status", "send_override", "signed_records"]
@@ -276,52 +277,77 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
         read_compacted(kafka, f"{app_id}-{CONTROL_TABLE}-changelog"),
         _recent_samples(kafka, f"{app_id}-fbp-pressure", horizon, secret))
     declared = {limiter.name: limiter for limiter in bp.registered_limiters}
-    limiters = []
-    for name in sorted(set(states) | set(declared) | set(loops)):
-        state = states.get(name, {})
-        loop = loops.get(name)
-        decided = control.get(name) if isinstance(control.get(name), dict) else None
-        seen = samples.get(name, {})
-        lag = max((s.lag for s in seen.values()), default=None)
-        stats = state.get("stats", {}) if isinstance(state.get("stats"), dict) else {}
-        limiter = declared.get(name) or (loop.limiter if loop is not None else None)
-        configured = getattr(getattr(limiter, "config", None), "rate", None)
-        if configured is None and limiter is not None:
-            configured = limiter.current_rate_limit
-        limiters.append({
-            "id": name,
-            "distributed": name in states or name in declared,
-            # a distributed limiter's persisted rate; a per-worker limiter's is what its loop
-            # last applied (this process's copy only knows the configured one)
-            "rate": state.get("rate") if state else (
-                (decided.get("override") or {}).get("rate", decided.get("rate"))
-                if decided else None),
-            "configured_rate": configured,
-            "burst": state.get("burst"),
-            "tokens": state.get("tokens"),
-            "epoch": state.get("epoch"),
-            "workers": len(state.get("workers", {}) or {}),
-            "granted": stats.get("granted"), "denied": stats.get("denied"),
-            "control_loop": loop is not None,
-            "downstream_group": None if loop is None else loop.probe.group,
-            "decided_rate": None if decided is None else decided.get("rate"),
-            "emergency": None if decided is None else bool(decided.get("emergency")),
-            "reason": None if decided is None else decided.get("reason"),
-            "override": None if decided is None else decided.get("override"),
-            "decided_at": None if decided is None else decided.get("decided_at"),
-            "severity": _severity(decided, lag, loop),
-            "downstream_lag": lag,
-            "utilization": max((s.utilization for s in seen.values()), default=None),
-            "sampling_workers": sorted(seen),
-            "input_warning": None if loop is None else await input_warning(
-                kafka, loop.probe.group, loop.probe.topics,
-                counted=loop.probe.count_uncommitted),
-        })
-    pipelines = []
+    limiters = [await _limiter_status(kafka, name, states.get(name, {}), loops.get(name),
+                                      control.get(name), samples.get(name, {}),
+                                      name in states or name in declared, declared.get(name))
+                for name in sorted(set(states) | set(declared) | set(loops))]
     ops = (await read_compacted(kafka, ops_topic(app_id))
            if bp.pipelines or bp.downstreams or bp.keyed_limits else {})
+    pipelines = await _pipelines_status(bp, kafka, app_id, ops)
+    credit_flows = await _credit_flows_status(bp, kafka)
+    # what the workers' pressure samples say of the called systems (None: no loop sampled)
+    errors = [s.error_rate for seen in samples.values() for s in seen.values()
+              if s.error_rate is not None]
+    downstreams = [_downstream_status(name, ops, max(errors, default=None))
+                   for name in sorted(bp.downstreams)]
+    warnings = [f"control loop {x['id']}: {x['input_warning']}" for x in limiters
+                if x["input_warning"]]
+    warnings += [f"credit flow {f['name']}: {f['input_warning']}" for f in credit_flows
+                 if f["input_warning"]]
+    return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
+            "credit_flows": credit_flows, "downstreams": downstreams,
+            "keyed": keyed_status(bp, ops, time.time()), "warnings": warnings}
+
+
+async def _limiter_status(kafka: KafkaClientSettings | str, name: str, state: dict[str, Any],
+                          loop: ControlLoop | None, decided: object,
+                          seen: dict[str, WorkerSample], distributed: bool,
+                          limiter: RateLimitingStrategy | None) -> dict[str, Any]:
+    """One limiter's row: its persisted state, its control loop's last decision, the lag and
+    utilization the workers' latest samples report."""
+    decided = decided if isinstance(decided, dict) else None
+    lag = max((s.lag for s in seen.values()), default=None)
+    stats = state.get("stats", {}) if isinstance(state.get("stats"), dict) else {}
+    limiter = limiter or (loop.limiter if loop is not None else None)
+    configured = getattr(getattr(limiter, "config", None), "rate", None)
+    if configured is None and limiter is not None:
+        configured = limiter.current_rate_limit
+    return {
+        "id": name,
+        "distributed": distributed,
+        # a distributed limiter's persisted rate; a per-worker limiter's is what its loop
+        # last applied (this process's copy only knows the configured one)
+        "rate": state.get("rate") if state else (
+            (decided.get("override") or {}).get("rate", decided.get("rate"))
+            if decided else None),
+        "configured_rate": configured,
+        "burst": state.get("burst"),
+        "tokens": state.get("tokens"),
+        "epoch": state.get("epoch"),
+        "workers": len(state.get("workers", {}) or {}),
+        "granted": stats.get("granted"), "denied": stats.get("denied"),
+        "control_loop": loop is not None,
+        "downstream_group": None if loop is None else loop.probe.group,
+        "decided_rate": None if decided is None else decided.get("rate"),
+        "emergency": None if decided is None else bool(decided.get("emergency")),
+        "reason": None if decided is None else decided.get("reason"),
+        "override": None if decided is None else decided.get("override"),
+        "decided_at": None if decided is None else decided.get("decided_at"),
+        "severity": _severity(decided, lag, loop),
+        "downstream_lag": lag,
+        "utilization": max((s.utilization for s in seen.values()), default=None),
+        "sampling_workers": sorted(seen),
+        "input_warning": None if loop is None else await input_warning(
+            kafka, loop.probe.group, loop.probe.topics,
+            counted=loop.probe.count_uncommitted),
+    }
+
+
+async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, app_id: str,
+                            ops: dict[str, Any]) -> list[dict[str, Any]]:
     pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
               if k.startswith("pause/") and isinstance(v, dict)}
+    pipelines = []
     for name, pipe in sorted(bp.pipelines.items()):
         pause = pauses.get(name) or {}
         backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
@@ -334,6 +360,11 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "paused": bool(pause.get("paused")),
             "paused_by": pause.get("by") if pause.get("paused") else None,
         })
+    return pipelines
+
+
+async def _credit_flows_status(bp: Installation, kafka: KafkaClientSettings | str
+                               ) -> list[dict[str, Any]]:
     credit_flows = []
     for flow in getattr(bp, "credit_flows", []):
         backlog = await group_lag(kafka, flow.probe.group, list(flow.probe.topics),
@@ -345,27 +376,19 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
             "downstream_lag": backlog.total, "credits": max(0, window - backlog.total),
             "input_warning": await input_warning(kafka, flow.probe.group,
                                                  list(flow.probe.topics), counted=True)})
-    # what the workers' pressure samples say of the called systems (None: no loop sampled)
-    errors = [s.error_rate for seen in samples.values() for s in seen.values()
-              if s.error_rate is not None]
-    downstreams = []
-    for name in sorted(bp.downstreams):
-        forced = ops.get(f"breaker/{name}")
-        slowed = ops.get(f"downstream/{name}")
-        forced = forced if isinstance(forced, dict) else {}
-        slowed = slowed if isinstance(slowed, dict) else {}
-        downstreams.append({
-            "name": name, "operator": forced.get("state", "auto"), "by": forced.get("by"),
+    return credit_flows
+
+
+def _downstream_status(name: str, ops: dict[str, Any], error_rate: float | None
+                       ) -> dict[str, Any]:
+    forced = ops.get(f"breaker/{name}")
+    slowed = ops.get(f"downstream/{name}")
+    forced = forced if isinstance(forced, dict) else {}
+    slowed = slowed if isinstance(slowed, dict) else {}
+    return {"name": name, "operator": forced.get("state", "auto"), "by": forced.get("by"),
             "last_slow_down_until": slowed.get("until"), "last_slow_down_by": slowed.get("by"),
             "slowed_down_now": float(slowed.get("until") or 0) > time.time(),
-            "error_rate": max(errors, default=None)})
-    warnings = [f"control loop {x['id']}: {x['input_warning']}" for x in limiters
-                if x["input_warning"]]
-    warnings += [f"credit flow {f['name']}: {f['input_warning']}" for f in credit_flows
-                 if f["input_warning"]]
-    return {"app": app_id, "at": time.time(), "limiters": limiters, "pipelines": pipelines,
-            "credit_flows": credit_flows, "downstreams": downstreams,
-            "keyed": keyed_status(bp, ops, time.time()), "warnings": warnings}
+            "error_rate": error_rate}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

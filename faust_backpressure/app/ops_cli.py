@@ -3,8 +3,8 @@
 ``key-override`` are in :mod:`.keyed_cli`).
 
 They work against the running cluster through Kafka alone (see :mod:`.ops` and
-:mod:`faust_backpressure.tables.admin`). Exit codes: 0 done, 1 the cluster did not do it (no
-acknowledgement, nothing found), 2 a usage error (click's).
+:mod:`faust_backpressure.tables.limiter_commands`). Exit codes: 0 done, 1 the cluster did not
+do it (no acknowledgement, nothing found), 2 a usage error (click's).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from faust_backpressure.app.ops import cluster_status, group_lag, send_override
 from faust_backpressure.app.pause import ops_topic, send_breaker, send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
-from faust_backpressure.tables.admin import (
+from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.tables.limiter_commands import (
     CommandTimeout,
     read_compacted,
     send_limiter_command,
 )
-from faust_backpressure.tables.kafka import client_settings
 
 __all__ = ["OPS_COMMANDS"]
 

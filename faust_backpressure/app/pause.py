@@ -35,7 +35,6 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.admin import CommandTimeout, read_compacted, topic_partitions
 from faust_backpressure.tables.integrity import (
     RejectedRecord,
     Rejections,
@@ -50,6 +49,11 @@ from faust_backpressure.tables.kafka import (
     kafka_consumer,
     kafka_producer,
     raw_topic,
+)
+from faust_backpressure.tables.limiter_commands import (
+    CommandTimeout,
+    read_compacted,
+    topic_partitions,
 )
 
 __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
@@ -149,7 +153,7 @@ class _OpsFollower(Service):
                     log.warning("keyed status not published", exc_info=True)
                 await self.sleep(STATUS_INTERVAL)
         finally:  # gone: a tombstone, so that the compacted topic forgets this worker
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: readers skip stale entries anyway
                 for name in self.bp.keyed_limits:
                     await send_control(self.bp.app, topic, status_key(name, self.worker), None)
 
@@ -161,7 +165,7 @@ class _OpsFollower(Service):
                     for record in records:
                         await self._dispatch(record.key or b"", record.value)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: the follower is stopping
                 await consumer.stop()
 
     async def _dispatch(self, key: bytes, value: bytes | None) -> None:
@@ -181,8 +185,8 @@ class _OpsFollower(Service):
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
-        except Exception:  # a record we fail to apply must not stop the worker (a follower
-            # that crashed took its worker down: exit code 1 in the downstream benchmark)
+        except Exception:  # broad: a record we fail to apply must not stop the worker (a
+            # crashed follower takes its worker down with it)
             log.exception("ops record %r not applied", key[:80])
 
     async def _apply(self, command: PauseCommand) -> None:

@@ -18,9 +18,10 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
-from faust_backpressure.app.admin import register_admin
+from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.registry import Installation
+from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.faust_seam import source_backlog
 from faust_backpressure.limiters import RateLimitingStrategy
 
@@ -71,6 +72,38 @@ def _agent_topics(bp: Installation, agent_name: str) -> list[str]:
     return []
 
 
+def _control_view(loop: ControlLoop, label: str) -> dict[str, Any]:
+    """One control loop: its settings, last decision and sample, recent decisions."""
+    decision = loop.last_decision
+    return {
+        "limiter": label,
+        "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
+        "max_consumer_lag": loop.controller.thresholds.max_consumer_lag,
+        "decisions": loop.decided,
+        "severity": None if decision is None else decision.severity.name,
+        "circuit": None if decision is None else decision.circuit.value,
+        "decided_rate": None if decision is None else decision.rate,
+        "shed": None if decision is None else decision.shed,
+        "reason": None if decision is None else decision.reason,
+        "policy": loop.controller.policy,
+        "downstream_rate": None if decision is None else decision.downstream_rate,
+        "lag_seconds": (None if decision is None or decision.lag_seconds is None
+                        or not math.isfinite(decision.lag_seconds)
+                        else decision.lag_seconds),
+        "recommended_workers": None if decision is None else decision.recommended_workers,
+        "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
+        "override": loop.override,
+        # a missing topic or a group with no commits (not throttled on until it commits)
+        "input_warning": loop.input_warning,
+        "recent_decisions": [{"rate": d.rate, "severity": d.severity.name,
+                              "reason": d.reason}
+                             for d in list(loop.decisions)[-RECENT:]],
+        "last_sample": None if loop.last_sample is None else {
+            "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
+            "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
+    }
+
+
 def snapshot(bp: Installation) -> dict[str, Any]:
     """This worker's state, JSON-ready."""
     limiters = _limiters(bp)
@@ -83,36 +116,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                                "waits": stats.waits, "sleeps": stats.sleeps,
                                "tokens": stats.tokens,
                                "configured_rate": _configured_rate(limiter)}
-    control = {}
-    for name, loop in bp.control_loops.items():
-        decision = loop.last_decision
-        control[name] = {
-            "limiter": label_of.get(id(loop.limiter), name),
-            "baseline_rate": loop.controller.baseline_rate, "interval": loop.interval,
-            "max_consumer_lag": loop.controller.thresholds.max_consumer_lag,
-            "decisions": loop.decided,
-            "severity": None if decision is None else decision.severity.name,
-            "circuit": None if decision is None else decision.circuit.value,
-            "decided_rate": None if decision is None else decision.rate,
-            "shed": None if decision is None else decision.shed,
-            "reason": None if decision is None else decision.reason,
-            "policy": loop.controller.policy,
-            "downstream_rate": None if decision is None else decision.downstream_rate,
-            "lag_seconds": (None if decision is None or decision.lag_seconds is None
-                            or not math.isfinite(decision.lag_seconds)
-                            else decision.lag_seconds),
-            "recommended_workers": None if decision is None else decision.recommended_workers,
-            "shed_threshold": loop.shedder.threshold if loop.shed_on_critical else None,
-            "override": loop.override,
-            # a missing topic or a group with no commits (not throttled on until it commits)
-            "input_warning": loop.input_warning,
-            "recent_decisions": [{"rate": d.rate, "severity": d.severity.name,
-                                  "reason": d.reason}
-                                 for d in list(loop.decisions)[-RECENT:]],
-            "last_sample": None if loop.last_sample is None else {
-                "lag": loop.last_sample.lag, "utilization": loop.last_sample.utilization,
-                "cpu": loop.last_sample.cpu, "at": loop.last_sample.at},
-        }
+    control = {name: _control_view(loop, label_of.get(id(loop.limiter), name))
+               for name, loop in bp.control_loops.items()}
     gates = bp.all_gates()
     sources = {g.agent_name: _agent_topics(bp, g.agent_name) for g in gates}
     backlog = source_backlog(bp.app, {
@@ -154,70 +159,16 @@ _SUFFIX = "__suffix__"
 
 
 def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
-    limiters = state["limiters"].items()
-    yield ("limiter_rate", "gauge", "Permits per second the limiter allows now.",
-           [({"limiter": k}, v["rate"]) for k, v in limiters])
-    yield ("limiter_utilization", "gauge", "Share of the allowed permits taken recently.",
-           [({"limiter": k}, v["utilization"]) for k, v in limiters])
-    for field, text in (("granted", "Permits granted."), ("denied", "try_acquire refusals."),
-                        ("waits", "acquire calls that had to wait.")):
-        yield (f"limiter_{field}_total", "counter", text,
-               [({"limiter": k}, v[field]) for k, v in limiters])
+    yield from _limiter_metrics(state["limiters"].items())
     gates = state["gates"]
-    yield ("gate_waits_total", "counter", "Events that waited for permits.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["waits"]) for g in gates])
-    yield ("gate_shed_total", "counter", "Events sent to the shed topic.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed"]) for g in gates])
-    yield ("gate_overdrafts_total", "counter",
-           "Events let through without permits when a rebalance or stop stopped the flow.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["overdrafts"]) for g in gates])
-    yield ("gate_shed_by_priority_total", "counter",
-           "Events shed because their priority was below the shed level.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed_by_priority"])
-            for g in gates])
+    yield from _gate_metrics(gates)
     pipelines = state["pipelines"].items()
     for field in ("consumed", "produced", "filtered", "retries", "dead_lettered", "requeued"):
         yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
                [({"pipeline": k}, v[field]) for k, v in pipelines])
-    keyed = state.get("keyed", {}).items()  # no per-key label: keys are unbounded
-    for field, kind, text in (
-            ("rate", "gauge", "Default tokens per second of each key."),
-            ("burst", "gauge", "Default burst capacity of each key."),
-            ("overrides", "gauge", "Keys with their own limits (operator or stored)."),
-            ("keys_tracked", "gauge", "Keys whose bucket is not full (stored)."),
-            ("keys_limited", "gauge", "Keys refused whose next token has not come yet."),
-            ("deferred_backlog", "gauge", "Deferred records held until due."),
-            ("admitted", "counter", "Events admitted at once."),
-            ("deferred", "counter", "Events sent to the deferral topic."),
-            ("readmitted", "counter", "Deferred events handed back when due."),
-            ("shed", "counter", "Events sent to the shed topic.")):
-        yield (f"keyed_{field}" + ("_total" if kind == "counter" else ""), kind, text,
-               [({"limit": k}, v[field]) for k, v in keyed])
+    yield from _keyed_metrics(state.get("keyed", {}).items())
     yield from _downstream_metrics(state.get("downstreams", {}))
-    control = [(k, v) for k, v in state["control"].items() if v["severity"] is not None]
-    severities = {"NORMAL": 0, "WARNING": 1, "CRITICAL": 2, "EMERGENCY": 3}
-    yield ("control_severity", "gauge", "0 normal, 1 warning, 2 critical, 3 emergency.",
-           [({"limiter": k}, severities[v["severity"]]) for k, v in control])
-    yield ("control_decided_rate", "gauge", "Rate the control loop last decided.",
-           [({"limiter": k}, v["decided_rate"]) for k, v in control])
-    yield ("control_recommended_workers", "gauge",
-           "Downstream workers that would hold the lag at the set point at the base rate.",
-           [({"limiter": k}, v["recommended_workers"]) for k, v in control
-            if v.get("recommended_workers") is not None])
-    yield ("control_max_consumer_lag", "gauge",
-           "The loop's max_consumer_lag threshold (downstream lag above it is critical).",
-           [({"limiter": k}, v["max_consumer_lag"]) for k, v in state["control"].items()
-            if v.get("max_consumer_lag") is not None])
-    sampled = [(k, v["last_sample"]) for k, v in state["control"].items() if v["last_sample"]]
-    yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
-           [({"limiter": k}, s["lag"]) for k, s in sampled])
-    yield ("control_downstream_lag_seconds", "gauge",
-           "How far behind the downstream is in time (lag over its measured pace).",
-           [({"limiter": k}, v["lag_seconds"]) for k, v in control
-            if v.get("lag_seconds") is not None])
-    yield ("control_override", "gauge", "1 while an operator holds the limiter (decider).",
-           [({"limiter": k}, 0.0 if v.get("override") is None else 1.0)
-            for k, v in state["control"].items()])
+    yield from _control_metrics(state["control"])
     yield ("agent_source_lag", "gauge",
            "Records not yet processed on this worker's partitions of a rate-limited agent's "
            "source topics (sum over workers for the whole backlog).",
@@ -234,6 +185,76 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
            "Internal records rejected (forged, replayed, malformed, out of range).",
            [({"topic": topic, "reason": reason}, n)
             for topic, reasons in state["rejected"].items() for reason, n in reasons.items()])
+
+
+def _limiter_metrics(limiters: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
+    limiters = list(limiters)
+    yield ("limiter_rate", "gauge", "Permits per second the limiter allows now.",
+           [({"limiter": k}, v["rate"]) for k, v in limiters])
+    yield ("limiter_utilization", "gauge", "Share of the allowed permits taken recently.",
+           [({"limiter": k}, v["utilization"]) for k, v in limiters])
+    for field, text in (("granted", "Permits granted."), ("denied", "try_acquire refusals."),
+                        ("waits", "acquire calls that had to wait.")):
+        yield (f"limiter_{field}_total", "counter", text,
+               [({"limiter": k}, v[field]) for k, v in limiters])
+
+
+def _gate_metrics(gates: list[dict[str, Any]]) -> Iterable[_Metric]:
+    yield ("gate_waits_total", "counter", "Events that waited for permits.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["waits"]) for g in gates])
+    yield ("gate_shed_total", "counter", "Events sent to the shed topic.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed"]) for g in gates])
+    yield ("gate_overdrafts_total", "counter",
+           "Events let through without permits when a rebalance or stop stopped the flow.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["overdrafts"]) for g in gates])
+    yield ("gate_shed_by_priority_total", "counter",
+           "Events shed because their priority was below the shed level.",
+           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed_by_priority"])
+            for g in gates])
+
+
+def _keyed_metrics(keyed: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
+    keyed = list(keyed)  # no per-key label: keys are unbounded
+    for field, kind, text in (
+            ("rate", "gauge", "Default tokens per second of each key."),
+            ("burst", "gauge", "Default burst capacity of each key."),
+            ("overrides", "gauge", "Keys with their own limits (operator or stored)."),
+            ("keys_tracked", "gauge", "Keys whose bucket is not full (stored)."),
+            ("keys_limited", "gauge", "Keys refused whose next token has not come yet."),
+            ("deferred_backlog", "gauge", "Deferred records held until due."),
+            ("admitted", "counter", "Events admitted at once."),
+            ("deferred", "counter", "Events sent to the deferral topic."),
+            ("readmitted", "counter", "Deferred events handed back when due."),
+            ("shed", "counter", "Events sent to the shed topic.")):
+        yield (f"keyed_{field}" + ("_total" if kind == "counter" else ""), kind, text,
+               [({"limit": k}, v[field]) for k, v in keyed])
+
+
+def _control_metrics(loops: dict[str, dict[str, Any]]) -> Iterable[_Metric]:
+    control = [(k, v) for k, v in loops.items() if v["severity"] is not None]
+    severities = {"NORMAL": 0, "WARNING": 1, "CRITICAL": 2, "EMERGENCY": 3}
+    yield ("control_severity", "gauge", "0 normal, 1 warning, 2 critical, 3 emergency.",
+           [({"limiter": k}, severities[v["severity"]]) for k, v in control])
+    yield ("control_decided_rate", "gauge", "Rate the control loop last decided.",
+           [({"limiter": k}, v["decided_rate"]) for k, v in control])
+    yield ("control_recommended_workers", "gauge",
+           "Downstream workers that would hold the lag at the set point at the base rate.",
+           [({"limiter": k}, v["recommended_workers"]) for k, v in control
+            if v.get("recommended_workers") is not None])
+    yield ("control_max_consumer_lag", "gauge",
+           "The loop's max_consumer_lag threshold (downstream lag above it is critical).",
+           [({"limiter": k}, v["max_consumer_lag"]) for k, v in loops.items()
+            if v.get("max_consumer_lag") is not None])
+    sampled = [(k, v["last_sample"]) for k, v in loops.items() if v["last_sample"]]
+    yield ("control_downstream_lag", "gauge", "Downstream consumer lag last sampled here.",
+           [({"limiter": k}, s["lag"]) for k, s in sampled])
+    yield ("control_downstream_lag_seconds", "gauge",
+           "How far behind the downstream is in time (lag over its measured pace).",
+           [({"limiter": k}, v["lag_seconds"]) for k, v in control
+            if v.get("lag_seconds") is not None])
+    yield ("control_override", "gauge", "1 while an operator holds the limiter (decider).",
+           [({"limiter": k}, 0.0 if v.get("override") is None else 1.0)
+            for k, v in loops.items()])
 
 
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3,

@@ -3,7 +3,8 @@
 Under ``faust -A app worker`` the app module is imported by Faust's ``find_app``, which turns
 any import error into a 50-line chain starting with ``AttributeError: module ... has no
 attribute ...``. :func:`settings_errors` re-raises a settings ``ValueError`` as
-:class:`SettingsError` and installs a ``sys.excepthook`` that prints an *uncaught*
+:class:`SettingsError`; under Faust's command line (only there: a library must not change a
+process-wide hook of its host) it also installs a ``sys.excepthook`` that prints an *uncaught*
 ``SettingsError`` as one line naming the setting (exit code 1 as for any uncaught error).
 Caught errors and every other exception are untouched.
 
@@ -19,14 +20,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
+from faust_backpressure.errors import BackpressureError
+
 __all__ = ["FatalError", "SettingsError", "one_line", "settings_errors"]
 
 
-class SettingsError(ValueError):
+class SettingsError(BackpressureError, ValueError):
     """An invalid setting; the message starts with the setting's name."""
 
 
-class FatalError(RuntimeError):
+class FatalError(BackpressureError, RuntimeError):
     """Found by a running worker: it must not go on (it exits with code 1, one line)."""
 
     #: What went wrong, in a few words: the start of the line.
@@ -64,8 +67,14 @@ def _one_line_hook(previous: object) -> object:
     return hook
 
 
+def _in_faust_cli() -> bool:
+    """Whether this process runs Faust's command line (``faust -A app worker``, ``app.main()``,
+    our ``backpressure`` commands): it imports the app through ``faust.cli.base``."""
+    return "faust.cli.base" in sys.modules
+
+
 def _install_hook() -> None:
-    if not getattr(sys.excepthook, "_bp_settings_hook", False):
+    if _in_faust_cli() and not getattr(sys.excepthook, "_bp_settings_hook", False):
         sys.excepthook = _one_line_hook(sys.excepthook)  # type: ignore[assignment]
 
 

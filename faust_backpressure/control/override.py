@@ -40,7 +40,7 @@ def operator() -> str:
     """``user@host`` of whoever runs the command (for the audit trail)."""
     try:
         user = getpass.getuser()
-    except Exception:  # no user name in a container: the host still says something
+    except (KeyError, OSError, ImportError):  # no user name in a container: the host says
         user = "?"
     return f"{user}@{socket.gethostname()}"
 

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_admin, kafka_consumer
 
 __all__ = ["LagProbe", "close_probes_on_stop", "no_commits_warning"]
+
+log = logging.getLogger(__name__)
 
 
 class LagProbe:
@@ -102,7 +105,9 @@ class LagProbe:
         group = self.group if group is None else group
         try:
             described = await self._admin.describe_consumer_groups([group])
-        except Exception:  # an older broker, an ACL: no recommendation, still a sample
+        except Exception as exc:  # broad: an older broker, an ACL, a connection error: no
+            # recommendation, still a sample
+            log.debug("members of group %s not described: %r", group, exc)
             return None
         return _member_count(described, group)
 
@@ -147,7 +152,7 @@ class _ProbeCloser(Service):
 
     async def on_stop(self) -> None:
         for probe in self.probes():
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # best effort: the worker is stopping
                 await probe.close()
 
 

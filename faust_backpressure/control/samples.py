@@ -36,8 +36,7 @@ class WorkerSample:
     lag: int
     utilization: float
     cpu: float
-    #: The downstream group's committed offsets summed (its processed count); absent from
-    #: events of older versions.
+    #: The downstream group's committed offsets summed (its processed count), if known.
     processed: int | None = None
     #: How many members the downstream group has (its workers' consumers), if known.
     members: int | None = None

@@ -20,7 +20,7 @@ from .concurrency_limiter import (
     ConcurrencyStats,
 )
 from .factory import RateLimiterFactory, TierLimit
-from .keyed import KeyedTokenBuckets, KeyLimits
+from .keyed_buckets import KeyedTokenBuckets, KeyLimits
 from .leaky_bucket import LeakyBucketRateLimiter
 from .multi_tier import MultiTierRateLimiter, TierSpec
 from .sliding_window import SlidingWindowRateLimiter

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 from faust_backpressure.config.validation import check_int, check_number, is_number
+from faust_backpressure.errors import BackpressureError
 
 from .bucket import EPSILON
 
@@ -38,7 +39,7 @@ _NEG_INF = -math.inf
 
 
 
-class RateLimitTimeout(asyncio.TimeoutError):
+class RateLimitTimeout(BackpressureError, asyncio.TimeoutError):
     """``acquire()`` could not get its permits before ``timeout`` elapsed.
 
     A subclass of :class:`asyncio.TimeoutError` (the builtin :class:`TimeoutError`

@@ -432,8 +432,8 @@ class VegasLimit(_Limit):
                 new = limit + 6 * log
             elif queue < 3 * log:
                 new = limit + log
-            elif queue > 6 * log:  # half the excess queue: Netflix's -log took 66 rounds
-                new = limit - max(log, (queue - 6 * log) / 2)  # to bring 500 to 305
+            elif queue > 6 * log:  # half the excess queue a round: Netflix's -log is far
+                new = limit - max(log, (queue - 6 * log) / 2)  # slower (docs/downstream.md)
             else:
                 return
             new = limit * (1.0 - self.smoothing) + new * self.smoothing

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faust_backpressure.config.validation import is_number
+from faust_backpressure.errors import BackpressureError
 
 __all__ = ["RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
            "decode_signed", "encode_signed", "load_json", "number", "sign", "text", "verify"]
@@ -43,7 +44,7 @@ UNKNOWN = "unknown"
 _MAX_TEXT = 200
 
 
-class RejectedRecord(ValueError):
+class RejectedRecord(BackpressureError, ValueError):
     """An internal record is malformed, forged, replayed or out of range: counted, never used.
 
     ``code`` is one of the reasons above; ``reason`` says what exactly, for the log."""

@@ -102,11 +102,10 @@ class _Worker:
 
     @classmethod
     def from_list(cls, raw: list[Any]) -> _Worker:
-        demand, seen, leases, *rest = raw
+        demand, seen, leases, last_seq, last_id, last = raw
         worker = cls(demand, seen, [_Lease(*lease) for lease in leases])
-        if rest:
-            worker.last_seq, worker.last_id = rest[0], rest[1]
-            worker.last = None if rest[2] is None else _GrantRecord(*rest[2])
+        worker.last_seq, worker.last_id = last_seq, last_id
+        worker.last = None if last is None else _GrantRecord(*last)
         return worker
 
 
@@ -415,14 +414,6 @@ class LimiterLedger:
         ledger.tokens = record["tokens"]
         ledger.seq = record["seq"]
         ledger.workers = {wid: _Worker.from_list(raw) for wid, raw in record["workers"].items()}
-        # Records written before per-worker dedup: each worker's newest recorded request.
-        for request_id, grant in record.get("requests", {}).items():
-            head, _, seq = request_id.rpartition(":")  # "<worker_id>:<limiter_id>:<seq>"
-            wid = head.removesuffix(f":{ledger.limiter_id}")
-            worker = ledger.workers.get(wid)
-            if worker is not None and seq.isdigit() and int(seq) > worker.last_seq:
-                worker.last_seq, worker.last_id = int(seq), request_id
-                worker.last = _GrantRecord(*grant)
         ledger.commands = dict(record["commands"])
         ledger.stats = LedgerStats(**record["stats"])
         return ledger

@@ -149,14 +149,7 @@ def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
     return number(body, name, low, high, optional=optional)
 
 
-def _seq(body: dict[str, Any], request_id: str) -> int:
-    """``seq``, or for older workers the counter their request ids end with."""
-    raw = body.get("seq")
-    if raw is None:
-        suffix = request_id.rpartition(":")[2]
-        if not (suffix.isascii() and suffix.isdigit()) or len(suffix) > 15:
-            raise RejectedRecord("request has no seq and its id does not end with one")
-        return int(suffix)
+def _seq(body: dict[str, Any]) -> int:
     return int(_num(body, "seq", 0.0, _MAX_INT))
 
 
@@ -203,7 +196,7 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
         requested = _num(body, "requested", 0.0)
         request_id = _str(body, "request_id")
         return LeaseRequest(
-            request_id=request_id, limiter_id=limiter_id, seq=_seq(body, request_id),
+            request_id=request_id, limiter_id=limiter_id, seq=_seq(body),
             worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
             lease_id=_str(body, "lease_id", optional=True),

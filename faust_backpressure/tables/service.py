@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -24,8 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from mode import Service
 
 from faust_backpressure.config import (
     BackpressureSettings,
@@ -36,11 +32,11 @@ from faust_backpressure.config import (
 from faust_backpressure.faust_seam import (
     install,
     mark_control_topic,
-    refresh_consumer_metadata,
     send_control,
 )
 from faust_backpressure.tables.integrity import WRONG_KEY, Rejections
-from faust_backpressure.tables.kafka import kafka_consumer, partition_for_key, raw_topic
+from faust_backpressure.tables.kafka import partition_for_key, raw_topic
+from faust_backpressure.tables.keeper import ChannelService
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
@@ -69,6 +65,7 @@ RECORD_BATCH = 500
 
 _channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
 
+
 class LimiterChannel:
     """Per app: the state table, request and grant topics, the owner agent and the limiters."""
 
@@ -85,28 +82,12 @@ class LimiterChannel:
         self.partitions = partitions or app.conf.topic_partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
-        prefix = app.conf.id
-        # None: the app's topic_replication_factor (see BackpressureSettings)
-        replicas = internal_replicas(app)
-        # internal: Faust creates them with these partition counts before subscribing.
-        self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
-                                       partitions=self.partitions, replicas=replicas)
-        self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
-                                     partitions=1, replicas=replicas)
-        # Values are the ledger record as JSON bytes, encoded once by us (the same bytes
-        # Faust's json serializer wrote before, so older changelogs still load).
-        self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
-                               key_type=str, value_type=bytes)  # bytes: "raw"
-        self.table.changelog_topic.replicas = replicas
-        # Requests, grants and the owner's state are control traffic, never part of an input
-        # partition's transaction (see docs/distributed.md, "exactly_once").
-        install(app)
-        mark_control_topic(app, self.changelog_topic_name)
+        self._declare()
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.owned: set[str] = set()
         self.rejections = Rejections()  # request-topic records, by reason
         self.reply_rejections = Rejections()  # grant-topic records addressed to this worker
-        self.service: _ChannelService | None = None
+        self.service: ChannelService | None = None
         self.load = OwnerLoad()
         self.answered = 0  # replies sent by this worker's owner agent
         self.batches = 0  # flushes that released them
@@ -120,6 +101,31 @@ class LimiterChannel:
         self._written: dict[str, asyncio.Future[Any]] = {}  # each one's last write
         app.on_partitions_revoked.connect(self._forget_ledgers)
         app.on_partitions_assigned.connect(self._forget_ledgers)
+        self._register_agents()
+
+    def _declare(self) -> None:
+        """The request and grant topics and the ledgers' table."""
+        app = self.app
+        prefix = app.conf.id
+        # None: the app's topic_replication_factor (see BackpressureSettings)
+        replicas = internal_replicas(app)
+        # internal: Faust creates them with these partition counts before subscribing.
+        self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
+                                       partitions=self.partitions, replicas=replicas)
+        self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
+                                     partitions=1, replicas=replicas)
+        # Values are the ledger record as JSON bytes, encoded once by us.
+        self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
+                               key_type=str, value_type=bytes)  # bytes: "raw"
+        self.table.changelog_topic.replicas = replicas
+        # Requests, grants and the owner's state are control traffic, never part of an input
+        # partition's transaction (see docs/distributed.md, "exactly_once").
+        install(app)
+        mark_control_topic(app, self.changelog_topic_name)
+
+    def _register_agents(self) -> None:
+        """The owner agent, and the task that starts the keeper with the worker."""
+        app = self.app
 
         async def fbp_limiter_owner(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
@@ -134,7 +140,7 @@ class LimiterChannel:
         app.agent(self.request_topic, name=OWNER_AGENT)(fbp_limiter_owner)
 
         async def fbp_limiters_start() -> None:
-            self.service = _ChannelService(self)
+            self.service = ChannelService(self)
             await app.add_runtime_dependency(self.service)
 
         app.task(fbp_limiters_start)
@@ -371,92 +377,6 @@ class LimiterChannel:
                 limiter.on_grant(reply)
             else:
                 limiter.on_ack(reply)
-
-
-class _ChannelService(Service):
-    """Grant consumer plus one keeper for all the limiters, started with the worker."""
-
-    def __init__(self, channel: LimiterChannel, **kwargs: Any) -> None:
-        self.channel = channel
-        self._consumer: AIOKafkaConsumer | None = None
-        self._wake = asyncio.Event()
-        self._dirty: set[DistributedRateLimiter] = set()  # woken by demand or an answer
-        self._due: dict[DistributedRateLimiter, float] = {}  # next timed poll (loop time)
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        channel = self.channel
-        await channel.grant_topic.maybe_declare()
-        await channel.request_topic.maybe_declare()
-        # The owner agent subscribed before the request topic may have existed: let the
-        # group see its partitions now rather than at the next rebalance.
-        await refresh_consumer_metadata(channel.app)
-        consumer = kafka_consumer(channel.app, "grants", auto_offset_reset="latest")
-        await consumer.start()
-        tp = TopicPartition(channel.grant_topic.get_topic_name(), 0)
-        consumer.assign([tp])
-        await consumer.seek_to_end(tp)
-        await consumer.position(tp)  # resolve "end" before the first request goes out
-        self._consumer = consumer
-        self.add_future(self._read_grants(consumer))
-        self.add_future(channel.run_sender(lambda: self.should_stop))
-        for limiter in channel.limiters.values():
-            self.keep(limiter)
-        self.add_future(self._keeper())
-
-    async def on_stop(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-
-    def keep(self, limiter: DistributedRateLimiter) -> None:
-        """``limiter`` may have something to send: poll it on the keeper's next pass."""
-        self._dirty.add(limiter)
-        self._wake.set()
-
-    async def _read_grants(self, consumer: AIOKafkaConsumer) -> None:
-        while not self.should_stop:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self.channel.deliver(record.value, record.key)
-
-    async def _keeper(self) -> None:
-        """Poll the limiters that were woken or are due, send what they have to send as one
-        record per partition, sleep until the next one is due. One task and one timer for
-        all limiters: thousands of limiters each wake a few times a second."""
-        loop = asyncio.get_running_loop()
-        heap: list[tuple[float, int, DistributedRateLimiter]] = []
-        order = itertools.count()
-        due = self._due
-        while not self.should_stop:
-            self._wake.clear()
-            now = loop.time()
-            ready, self._dirty = self._dirty, set()
-            while heap and heap[0][0] <= now:
-                at, _, limiter = heapq.heappop(heap)
-                if due.get(limiter) == at:  # else superseded by a later schedule
-                    ready.add(limiter)
-            messages: list[LeaseRequest | Command] = []
-            for limiter in ready:
-                while (message := limiter.poll()) is not None:
-                    messages.append(message)
-                at = now + min(limiter.next_poll_in(), 1.0)
-                due[limiter] = at
-                heapq.heappush(heap, (at, next(order), limiter))
-            if messages:
-                try:
-                    await self.channel.send_many(messages)
-                except Exception:  # the retry timers resend them
-                    log.exception("fbp-limiter: sending %d requests failed", len(messages))
-            if self._dirty:
-                continue
-            delay = heap[0][0] - loop.time() if heap else 1.0
-            timer = loop.call_later(max(0.0, delay), self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                timer.cancel()
 
 
 def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:

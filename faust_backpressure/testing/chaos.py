@@ -1,6 +1,6 @@
 """A chaos scenario: a rate-limited pipeline on real workers through crashes and a broker outage.
 
-One module for both sizes: the CI test (``tests/integration/chaos/``, :meth:`ChaosPlan.ci`) and
+One scenario for both sizes: the CI test (``tests/integration/chaos/``, :meth:`ChaosPlan.ci`) and
 ``make chaos`` (``bench/chaos.py``, :meth:`ChaosPlan.full`).
 
 What runs: ``plan.workers`` real ``faust worker`` processes of
@@ -23,7 +23,9 @@ A worker that exits by itself is restarted (as a supervisor would) and counted.
 The run ends when the group's committed offsets on IN reach its end offsets (everything is
 processed as far as Kafka knows; nothing more can come out) or nothing has come out for
 ``stall_timeout``. Then OUT and the DLQ are read from the start (``read_committed`` in
-exactly_once) and every id is accounted for: see :class:`ChaosResult`.
+exactly_once) and every id is accounted for: see :class:`ChaosResult`. The plan and result
+types are in :mod:`~faust_backpressure.testing.chaos_plan`, the report in
+:mod:`~faust_backpressure.testing.chaos_report`.
 """
 
 from __future__ import annotations
@@ -32,22 +34,29 @@ import asyncio
 import bisect
 import contextlib
 import json
-import random
 import re
 import shutil
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.testing.broker import LocalKafkaBroker
+from faust_backpressure.testing.chaos_plan import (
+    BOUND_SPANS,
+    GUARANTEES,
+    ChaosPlan,
+    ChaosResult,
+    Fault,
+    FaultReport,
+    Guarantee,
+    LostId,
+)
+from faust_backpressure.testing.chaos_report import format_table, git_commit
 from faust_backpressure.testing.kafka_io import (
     Record,
     committed_offsets,
@@ -59,185 +68,11 @@ from faust_backpressure.testing.kafka_io import (
 )
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
-__all__ = ["APP", "GUARANTEES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport", "LostId",
-           "format_table", "run_chaos", "worst_window"]
+# The plan, result and report types are re-exported: tests and bench/chaos.py import them here.
+__all__ = ["APP", "GUARANTEES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport", "Guarantee",
+           "LostId", "format_table", "git_commit", "run_chaos", "worst_window"]
 
 APP = "faust_backpressure.testing.chaos_app"
-GUARANTEES = ("at_least_once", "exactly_once")
-Guarantee = Literal["at_least_once", "exactly_once"]
-#: Spans (seconds) over which the limiter's bound ``rate*span + burst`` is checked.
-BOUND_SPANS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected fault (see the module docstring)."""
-
-    kind: Literal["kill", "outage"]
-    at: float
-    worker: int = 0
-    wipe: bool = False
-    seconds: float = 10.0
-
-    def describe(self) -> str:
-        if self.kind == "kill":
-            return f"SIGKILL w{self.worker}" + (" + wipe" if self.wipe else "")
-        return f"broker down {self.seconds:g} s"
-
-
-@dataclass(frozen=True)
-class ChaosPlan:
-    guarantee: Guarantee
-    records: int = 10_000
-    partitions: int = 6
-    workers: int = 3
-    rate: float = 1500.0
-    burst: float = 1500.0
-    fail_every: int = 100
-    not_json: int = 50
-    max_retries: int = 2
-    faults: tuple[Fault, ...] = ()
-    broker_kill: bool = False
-    lead_seconds: float = 2.0
-    stall_timeout: float = 60.0
-    recover_timeout: float = 60.0
-    #: Allowed excess over ``rate*span + burst``, as a fraction of it: the timestamps are taken
-    #: when ``process`` runs, a little after the gate admitted the event.
-    bound_slack: float = 0.02
-    seed: int = 0
-    #: > 0: the pipeline runs in batch mode (``process_batch=``) with batches of this size
-    batch: int = 0
-
-    @classmethod
-    def ci(cls, guarantee: Guarantee) -> ChaosPlan:
-        """10,000 records, 3 workers, 500/s (the limit, not the CPU, paces a CI machine);
-        SIGKILL + restart at 25 %, broker down 10 s at 60 %."""
-        return cls(guarantee, rate=500.0, burst=500.0, faults=(Fault("kill", 0.25, worker=1),
-                                      Fault("outage", 0.60, seconds=10.0)))
-
-    @classmethod
-    def full(cls, guarantee: Guarantee, seed: int) -> ChaosPlan:
-        """100,000 records; 3 SIGKILLs at random moments (one wipes the worker's RocksDB dir
-        before its restart), the broker down 20 s at a random moment."""
-        rng = random.Random(seed)
-        kills = [Fault("kill", round(rng.uniform(0.08, 0.92), 3), worker=rng.randrange(3))
-                 for _ in range(3)]
-        wiped = rng.randrange(3)
-        kills[wiped] = Fault("kill", kills[wiped].at, worker=kills[wiped].worker, wipe=True)
-        outage = Fault("outage", round(rng.uniform(0.2, 0.8), 3), seconds=20.0)
-        faults = tuple(sorted([*kills, outage], key=lambda f: f.at))
-        return cls(guarantee, records=100_000, faults=faults, seed=seed, stall_timeout=90.0,
-                   recover_timeout=90.0)
-
-    def record(self, n: int) -> tuple[bytes, bytes]:
-        """Key (the id) and value of record ``n``."""
-        rid = f"r{n:06d}"
-        if self.is_not_json(n):
-            return rid.encode(), f"<not json> {rid}".encode()
-        return rid.encode(), json.dumps({"id": rid, "fail": self.is_failing(n)}).encode()
-
-    def is_not_json(self, n: int) -> bool:
-        return self.not_json > 0 and n % max(1, self.records // self.not_json) == 3
-
-    def is_failing(self, n: int) -> bool:
-        return self.fail_every > 0 and n % self.fail_every == 7 and not self.is_not_json(n)
-
-
-@dataclass
-class FaultReport:
-    fault: Fault
-    progress: float  # fraction of ids out when injected
-    injected_at: float  # wall clock
-    restarted_at: float  # worker restarted / broker answering again
-    worker: str = ""
-    recovery: float | None = None  # restart -> first admission (kill); back -> progress (outage)
-
-    def describe(self, started: float = 0.0) -> str:
-        text = f"{self.fault.describe()} @{self.progress:.0%}"
-        if started:
-            text += (f" (t={self.injected_at - started:.1f} s, back "
-                     f"t={self.restarted_at - started:.1f} s)")
-        return text
-
-
-@dataclass(frozen=True)
-class LostId:
-    id: str
-    partition: int
-    offset: int
-    committed: int | None  # the group's committed offset of that partition at the end
-
-
-@dataclass
-class ChaosResult:
-    plan: ChaosPlan
-    commit: str
-    records_in: int = 0
-    out_records: int = 0
-    dlq_records: int = 0
-    lost: list[LostId] = field(default_factory=list)
-    #: id -> copies beyond the first, over OUT and the DLQ together.
-    duplicates: dict[str, int] = field(default_factory=dict)
-    #: ids of records that had to fail and are in the DLQ without their reason (or wrong stage).
-    bad_without_reason: list[str] = field(default_factory=list)
-    #: good records that went to the DLQ (not lost, but not in OUT either).
-    misrouted: dict[str, str] = field(default_factory=dict)
-    #: span -> (most admissions in any window of that span, the bound rate*span + burst).
-    bound: dict[float, tuple[int, float]] = field(default_factory=dict)
-    faults: list[FaultReport] = field(default_factory=list)
-    worker_exits: list[str] = field(default_factory=list)
-    #: worker -> its most frequent ERROR/CRITICAL log lines (normalized) with their counts.
-    log_errors: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    #: How often the seam's guards acted, over all workers' logs (see ``_SEAM_ACTIONS``).
-    seam_actions: Counter[str] = field(default_factory=Counter)
-    #: Where the duplicates come from: per input partition, offsets, writers, times.
-    duplicate_origins: list[str] = field(default_factory=list)
-    stalled: bool = False
-    started: float = 0.0  # wall clock when feeding began; times in the report count from it
-    seconds: float = 0.0
-    workdir: str = ""
-
-    @property
-    def duplicated(self) -> int:
-        return sum(self.duplicates.values())
-
-    @property
-    def bound_violations(self) -> list[str]:
-        slack = 1.0 + self.plan.bound_slack
-        return [f"{n} admitted in {span:g} s > {limit:.0f}" for span, (n, limit)
-                in sorted(self.bound.items()) if n > limit * slack]
-
-    @property
-    def bound_peak(self) -> float:
-        """The largest share of the bound used over any window (1.0 = exactly at it)."""
-        return max((n / limit for n, limit in self.bound.values()), default=0.0)
-
-    def problems(self) -> list[str]:
-        """Why the run does not pass (empty: it passes)."""
-        out = []
-        if self.lost:
-            # Skipped: the group committed past them; never processed: the commit is stuck below.
-            skipped = [x for x in self.lost if x.committed is not None and x.committed > x.offset]
-            shown = ", ".join(f"{x.id}@p{x.partition}:{x.offset} (committed {x.committed})"
-                              for x in (skipped or self.lost)[:20])
-            out.append(f"{len(self.lost)} ids lost (in neither OUT nor the DLQ; "
-                       f"{len(skipped)} behind the group's committed offset, "
-                       f"{len(self.lost) - len(skipped)} at or after it): {shown}")
-        if self.plan.guarantee == "exactly_once" and self.duplicates:
-            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
-                       "committed): " + "; ".join(self.duplicate_origins))
-        if self.bad_without_reason:
-            out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
-                       f"{self.bad_without_reason[:20]}")
-        if self.bound_violations:
-            out.append("limiter bound exceeded: " + "; ".join(self.bound_violations))
-        for report in self.faults:
-            if report.fault.kind == "outage" and report.recovery is None:
-                out.append(f"processing did not resume after {report.describe()}")
-        if self.stalled:
-            out.append(f"stalled: nothing came out for {self.plan.stall_timeout:g} s and the "
-                       "group's commits never reached the end of IN")
-        return out
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -303,20 +138,6 @@ def worst_window(times: Sequence[float], span: float) -> int:
                default=0)
 
 
-def git_commit(repo: Path | None = None) -> str:
-    """``<short sha>`` of the checkout (``-dirty`` with uncommitted changes), or ``unknown``."""
-    where = repo or Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
-                                "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
-
-
 class _Run:
     def __init__(self, plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path,
                  log: Callable[[str], None], cwd: Path | None) -> None:
@@ -344,7 +165,7 @@ class _Run:
         try:
             ends = await end_offsets(self.bootstrap, self.source)
             commits = await committed_offsets(self.bootstrap, self.app_id, self.source)
-        except Exception:
+        except Exception:  # broad: the broker may be down on purpose; asked again later
             return False
         return all(commits.get(p, -1) >= end for p, end in ends.items())
 
@@ -459,7 +280,7 @@ class _Run:
         try:
             commits: dict[int, int] = await committed_offsets(self.bootstrap, self.app_id,
                                                               self.source)
-        except Exception:
+        except Exception:  # broad: only the lost ids' report uses them
             commits = {}
         result.records_in, result.out_records, result.dlq_records = (
             len(inputs), len(out), len(dlq))
@@ -556,59 +377,3 @@ async def run_chaos(plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path, *,
         return await run.run()
     finally:
         await asyncio.to_thread(run.stop)
-
-
-# ---- reporting --------------------------------------------------------------------------------
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _rows(results: Sequence[ChaosResult]) -> Iterator[list[str]]:
-    for r in results:
-        kills = [f for f in r.faults if f.fault.kind == "kill"]
-        outages = [f for f in r.faults if f.fault.kind == "outage"]
-        yield [r.plan.guarantee, str(r.plan.records), str(r.records_in), str(r.out_records),
-               str(r.dlq_records), str(len(r.lost)), str(r.duplicated),
-               str(len(r.misrouted)), f"{len(r.bound_violations)} (peak {r.bound_peak:.0%})",
-               " / ".join(_seconds(f.recovery) for f in kills) or "-",
-               " / ".join(_seconds(f.recovery) for f in outages) or "-",
-               str(len(r.worker_exits)), f"{r.seconds:.0f}",
-               "pass" if not r.problems() else "FAIL"]
-
-
-HEADER = ["mode", "records", "in", "out", "dlq", "lost", "dup", "good in dlq",
-          "bound violations", "restart -> 1st admission (s)", "broker back -> progress (s)",
-          "worker exits", "run (s)", "result"]
-
-
-def format_table(results: Sequence[ChaosResult]) -> str:
-    """A markdown table, one row per run, and per run its faults and problems."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
-    for r in results:
-        faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
-        began = time.strftime("%H:%M:%S", time.localtime(r.started)) if r.started else "-"
-        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}, t=0 at "
-                     f"{began}): faults {faults}")
-        lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
-                     "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
-                                                in sorted(r.bound.items())))
-        if r.worker_exits:
-            shown = r.worker_exits if len(r.worker_exits) <= 4 else [
-                *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
-                r.worker_exits[-1]]
-            lines.append(f"- {len(r.worker_exits)} worker exit(s) (each restarted): "
-                         + "; ".join(shown))
-        if r.seam_actions:
-            lines.append("- seam guards acted: " + ", ".join(
-                f"{action} {n}" for action, n in sorted(r.seam_actions.items())))
-        for name, errors in sorted(r.log_errors.items()):
-            lines.append(f"- {name} log errors: " + "; ".join(f"{n} x `{text}`"
-                                                              for text, n in errors))
-        for problem in r.problems():
-            lines.append(f"- {problem}")
-        if r.plan.guarantee != "exactly_once" and r.duplicates:
-            lines.append(f"- {len(r.duplicates)} ids duplicated (at_least_once, allowed): "
-                         + "; ".join(r.duplicate_origins))
-    return "\n".join(lines)

@@ -6,10 +6,10 @@ downstream consumes B at up to ``capacity(t)`` per second and commits its offset
 ``commit_interval`` seconds (Faust's default ``broker_commit_interval`` is 2.8 s; 0 commits
 continuously). Every ``interval`` the loop samples lag = produced - committed, the
 processed count (= committed), the limiter's utilization (admitted / allowed over the
-interval; a share ``utilization_dips`` of saturated samples read 0.59-0.87 instead, as seen
-on a distributed limiter, issue 12) and asks the controller for the next rate, which reaches
-the limiter ``delay`` seconds later (a distributed limiter's leases and the pressure event's
-trip through Kafka: about an interval on the real broker).
+interval; a share ``utilization_dips`` of saturated samples read 0.59-0.87 instead, as a
+distributed limiter's do: docs/control-loop.md) and asks the controller for the next rate,
+which reaches the limiter ``delay`` seconds later (a distributed limiter's leases and the
+pressure event's trip through Kafka: about an interval).
 
 Example::
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.testing.broker import _die_with_parent
 
 __all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError",
@@ -39,7 +40,7 @@ REBALANCED_PATTERN = r"\[\^-*Recovery\]: Worker ready"
 GENERATION_PATTERN = re.compile(r"generation id (\d+) app consumers id")
 
 
-class WorkerError(RuntimeError):
+class WorkerError(BackpressureError, RuntimeError):
     """A worker exited or did not become ready in time; the message carries its log tail.
 
     ``summary`` is one line for people (what happened and the log's last line), without the

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from faust_backpressure.agents.keyed import _STATE, _TableStore, encode_key
-from faust_backpressure.limiters.keyed import KeyedTokenBuckets
+from faust_backpressure.agents.keyed_store import STATE, TableStore, encode_key
+from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
 
 class Table(dict[bytes, bytes]):
@@ -24,7 +24,7 @@ class Clock:
 def test_a_level_full_again_within_the_hold_is_never_written() -> None:
     table = Table()
     clock = Clock()
-    buckets = KeyedTokenBuckets(1e9, 1e9, store=_TableStore(table, 0.01, clock), clock=clock)
+    buckets = KeyedTokenBuckets(1e9, 1e9, store=TableStore(table, 0.01, clock), clock=clock)
     for key in range(1000):
         assert buckets.try_acquire(key)
     assert table == {}  # nothing for the changelog
@@ -35,10 +35,10 @@ def test_a_level_full_again_within_the_hold_is_never_written() -> None:
 def test_a_level_that_matters_is_written_through_and_removed_once_refilled() -> None:
     table = Table()
     clock = Clock()
-    store = _TableStore(table, 0.01, clock)
+    store = TableStore(table, 0.01, clock)
     buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock)
     assert buckets.try_acquire("C42", 3)  # full again in 0.3 s: written
-    assert _STATE.unpack(table[encode_key("C42")])[0] == clock.now + 0.3
+    assert STATE.unpack(table[encode_key("C42")])[0] == clock.now + 0.3
     clock.now += 0.299  # nearly full: the next write goes to memory, the old level is removed
     assert buckets.try_acquire("C42", 0.05)
     assert table == {} and buckets.tokens("C42") < 5
@@ -56,9 +56,9 @@ async def test_an_absent_key_is_full_without_a_read_once_the_index_is_built() ->
 
     table = Counting()
     restored = encode_key("restored")
-    table[restored] = _STATE.pack(2000.0, 0, 0.0)  # from the changelog, before the index
+    table[restored] = STATE.pack(2000.0, 0, 0.0)  # from the changelog, before the index
     clock = Clock()
-    store = _TableStore(table, 0.01, clock)
+    store = TableStore(table, 0.01, clock)
     buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock)
     assert buckets.try_acquire("new") and table.reads == 1  # no index yet: read
     await store.rebuild_index(1, lambda: 1)
@@ -75,6 +75,6 @@ async def test_an_absent_key_is_full_without_a_read_once_the_index_is_built() ->
 
 async def test_a_rebuild_overtaken_by_a_rebalance_is_not_installed() -> None:
     table = Table()
-    store = _TableStore(table, 0.01, Clock())
+    store = TableStore(table, 0.01, Clock())
     await store.rebuild_index(1, lambda: 2)
     assert store._present is None and store.index_generation is None

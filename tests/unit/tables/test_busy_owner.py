@@ -58,19 +58,6 @@ def test_a_superseded_request_is_never_answered_the_last_one_gets_its_grant_agai
     assert recovered.handle_lease(lease("w", 2, 0.3), 0.6) == second
 
 
-def test_records_of_the_previous_format_keep_each_workers_newest_request() -> None:
-    ledger = LimiterLedger("mt:global", CONFIG, 0.0)
-    grant = ledger.handle_lease(lease("host-1-ab", 7, 0.0, lid="mt:global"), 0.0)
-    assert grant is not None
-    record = ledger.to_record()
-    last = record["workers"]["host-1-ab"][5]
-    record["workers"] = {wid: raw[:3] for wid, raw in record["workers"].items()}
-    record["requests"] = {"host-1-ab:mt:global:7": last, "host-1-ab:mt:global:6": last}
-    old = LimiterLedger.from_record(record)
-    assert old.handle_lease(lease("host-1-ab", 7, 0.0, lid="mt:global"), 0.2) == grant
-    assert old.handle_lease(lease("host-1-ab", 6, 0.0, lid="mt:global"), 0.2) is None
-
-
 def stretched(load: OwnerLoad) -> float:
     """4 s of requests that waited 0.3 s in the queue; returns the time after them."""
     now = 0.0

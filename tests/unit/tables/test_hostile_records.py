@@ -106,6 +106,13 @@ def test_numbers_out_of_range_or_not_finite_are_rejected() -> None:
         assert isinstance(rejected, RejectedRecord) and rejected.code == OUT_OF_RANGE, name
 
 
+def test_a_request_without_its_seq_is_rejected() -> None:
+    body = json.loads(encode(forged_lease(), key=b"lim"))
+    del body["seq"]
+    [rejected] = decode_requests(b"lim", json.dumps(body).encode())
+    assert isinstance(rejected, RejectedRecord) and "seq" in rejected.reason
+
+
 def test_an_old_signed_request_or_command_replayed_changes_nothing() -> None:
     ledger = LimiterLedger("lim", CONFIG, now=100.0, max_clock_skew=5.0)
     real = forged_lease(worker="w", requested=100, demand=100, sent_at=100.0)

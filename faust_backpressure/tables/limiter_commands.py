@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.tables.kafka import (
     KafkaClientSettings,
@@ -42,7 +43,7 @@ __all__ = ["CommandTimeout", "grant_topic", "group_offsets", "limiter_changelog"
            "read_limiter_states", "request_topic", "send_limiter_command", "topic_partitions"]
 
 
-class CommandTimeout(TimeoutError):
+class CommandTimeout(BackpressureError, TimeoutError):
     """No owner acknowledged the command in time (no worker running, or an unknown id)."""
 
 

@@ -35,8 +35,9 @@ from faust_backpressure.app.ops import send_override
 from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.override import Override
-from faust_backpressure.tables.admin import CommandTimeout, send_limiter_command
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limiter_command
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 
@@ -44,7 +45,7 @@ ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume", 
 TIMEOUT = 30.0
 
 
-class BadRequest(ValueError):
+class BadRequest(BackpressureError, ValueError):
     pass
 
 

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from faust_backpressure.limiters.keyed import KeyedTokenBuckets, KeyLimits, KeyState
+from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets, KeyLimits, KeyState
 
 from .conftest import FakeClock
 

@@ -1,0 +1,81 @@
+"""A chaos run's report: a markdown table, one row per run, then each run's faults and
+problems (``make chaos`` writes it to ``bench/results/chaos.md``)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from faust_backpressure.testing.chaos_plan import ChaosResult
+
+__all__ = ["HEADER", "format_table", "git_commit"]
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """``<short sha>`` of the checkout (``-dirty`` with uncommitted changes), or ``unknown``."""
+    where = repo or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _rows(results: Sequence[ChaosResult]) -> Iterator[list[str]]:
+    for r in results:
+        kills = [f for f in r.faults if f.fault.kind == "kill"]
+        outages = [f for f in r.faults if f.fault.kind == "outage"]
+        yield [r.plan.guarantee, str(r.plan.records), str(r.records_in), str(r.out_records),
+               str(r.dlq_records), str(len(r.lost)), str(r.duplicated),
+               str(len(r.misrouted)), f"{len(r.bound_violations)} (peak {r.bound_peak:.0%})",
+               " / ".join(_seconds(f.recovery) for f in kills) or "-",
+               " / ".join(_seconds(f.recovery) for f in outages) or "-",
+               str(len(r.worker_exits)), f"{r.seconds:.0f}",
+               "pass" if not r.problems() else "FAIL"]
+
+
+HEADER = ["mode", "records", "in", "out", "dlq", "lost", "dup", "good in dlq",
+          "bound violations", "restart -> 1st admission (s)", "broker back -> progress (s)",
+          "worker exits", "run (s)", "result"]
+
+
+def format_table(results: Sequence[ChaosResult]) -> str:
+    """A markdown table, one row per run, and per run its faults and problems."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    for r in results:
+        faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
+        began = time.strftime("%H:%M:%S", time.localtime(r.started)) if r.started else "-"
+        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}, t=0 at "
+                     f"{began}): faults {faults}")
+        lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
+                     "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
+                                                in sorted(r.bound.items())))
+        if r.worker_exits:
+            shown = r.worker_exits if len(r.worker_exits) <= 4 else [
+                *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
+                r.worker_exits[-1]]
+            lines.append(f"- {len(r.worker_exits)} worker exit(s) (each restarted): "
+                         + "; ".join(shown))
+        if r.seam_actions:
+            lines.append("- seam guards acted: " + ", ".join(
+                f"{action} {n}" for action, n in sorted(r.seam_actions.items())))
+        for name, errors in sorted(r.log_errors.items()):
+            lines.append(f"- {name} log errors: " + "; ".join(f"{n} x `{text}`"
+                                                              for text, n in errors))
+        for problem in r.problems():
+            lines.append(f"- {problem}")
+        if r.plan.guarantee != "exactly_once" and r.duplicates:
+            lines.append(f"- {len(r.duplicates)} ids duplicated (at_least_once, allowed): "
+                         + "; ".join(r.duplicate_origins))
+    return "\n".join(lines)
