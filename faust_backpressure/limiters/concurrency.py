@@ -177,6 +177,34 @@ class _Ema:
         return self.count >= self.warmup
 
 
+class _Round:
+    """Samples of one round trip: a round ends with the first call that started after the
+    previous round ended (calls that did not yet see the last update do not count twice)."""
+
+    __slots__ = ("drop", "end", "max_in", "n", "sum")
+
+    def __init__(self) -> None:
+        self.end = -math.inf
+        self.clear()
+
+    def clear(self) -> None:
+        self.sum, self.n, self.max_in, self.drop = 0.0, 0, 0, False
+
+    def add(self, start_time: float, rtt: float, in_flight: int, dropped: bool
+            ) -> tuple[float, int, bool] | None:
+        """The round's (mean RTT, most in flight, any drop) when this sample ends it."""
+        self.sum += rtt
+        self.n += 1
+        self.max_in = max(self.max_in, in_flight)
+        self.drop = self.drop or dropped
+        if start_time < self.end:
+            return None
+        done = (self.sum / self.n, self.max_in, self.drop)
+        self.clear()
+        self.end = start_time + rtt
+        return done
+
+
 def _sqrt_queue(limit: int) -> float:
     return math.sqrt(limit)
 
@@ -221,8 +249,8 @@ class GradientLimit(_Limit):
     """
 
     __slots__ = (
-        "_estimate", "_long", "_max_in", "_n", "_probe_done", "_probe_from", "_probe_n",
-        "_probe_sum", "_round_drop", "_round_end", "_rounds", "_saved", "_short", "_sum",
+        "_estimate", "_long", "_probe_done", "_probe_from", "_probe_n",
+        "_probe_sum", "_round", "_rounds", "_saved", "_short",
         "backoff_ratio", "probe_interval", "queue_size", "smoothing", "tolerance",
     )
 
@@ -261,8 +289,7 @@ class GradientLimit(_Limit):
         self._probe_sum, self._probe_n = 0.0, 0
         self._probe_done = False
         self._rounds = 0  # until the next probe
-        self._round_end = -math.inf
-        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
+        self._round = _Round()
 
     @property
     def probing(self) -> bool:
@@ -284,16 +311,9 @@ class GradientLimit(_Limit):
         if self.probing:
             self._probe_sample(start_time, rtt, in_flight, dropped, end)
             return
-        self._sum += rtt
-        self._n += 1
-        self._max_in = max(self._max_in, in_flight)
-        self._round_drop = self._round_drop or dropped
-        if start_time < self._round_end:
-            return  # started before the last update: the round is not over
-        avg, max_in, drop = self._sum / self._n, self._max_in, self._round_drop
-        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
-        self._round_end = end
-        self._update(avg, max_in, drop)
+        if (done := self._round.add(start_time, rtt, in_flight, dropped)) is None:
+            return
+        self._update(*done)
         self._rounds += 1
         if self.probe_interval is not None and self._rounds >= (
                 self.probe_interval if self._probe_done else self._long.warmup):
@@ -327,7 +347,7 @@ class GradientLimit(_Limit):
         self._saved = self._estimate
         self._probe_from = now
         self._probe_sum, self._probe_n = 0.0, 0
-        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
+        self._round.clear()
         self._publish(self._probe_limit())
 
     def _probe_sample(self, start_time: float, rtt: float, in_flight: int, dropped: bool,
@@ -345,7 +365,7 @@ class GradientLimit(_Limit):
         self._probe_from = math.inf
         self._probe_done = True
         self._rounds = 0
-        self._round_end = end
+        self._round.end = end
         self._estimate = self._saved
         self._publish(self._estimate)
 
@@ -374,9 +394,8 @@ class VegasLimit(_Limit):
         limiter = ConcurrencyLimiter(limit)
     """
 
-    __slots__ = ("_estimate", "_max_in", "_n", "_no_load", "_reprobe", "_round_drop",
-                 "_round_end", "_rounds", "_sum", "backoff_ratio", "probe_interval",
-                 "smoothing")
+    __slots__ = ("_estimate", "_no_load", "_reprobe", "_round", "_rounds", "backoff_ratio",
+                 "probe_interval", "smoothing")
 
     def __init__(self, initial: int = 20, min_limit: int = 1, max_limit: int = 200, *,
                  smoothing: float = 1.0, backoff_ratio: float = 0.9,
@@ -392,8 +411,7 @@ class VegasLimit(_Limit):
         self._no_load = math.inf
         self._reprobe = False
         self._rounds = 0
-        self._round_end = -math.inf
-        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
+        self._round = _Round()
 
     @property
     def no_load_rtt(self) -> float:
@@ -401,15 +419,9 @@ class VegasLimit(_Limit):
         return self._no_load
 
     def on_sample(self, start_time: float, rtt: float, in_flight: int, dropped: bool) -> None:
-        self._sum += rtt
-        self._n += 1
-        self._max_in = max(self._max_in, in_flight)
-        self._round_drop = self._round_drop or dropped
-        if start_time < self._round_end:
-            return  # started before the last update: the round is not over
-        avg, max_in, drop = self._sum / self._n, self._max_in, self._round_drop
-        self._sum, self._n, self._max_in, self._round_drop = 0.0, 0, 0, False
-        self._round_end = start_time + rtt
+        if (done := self._round.add(start_time, rtt, in_flight, dropped)) is None:
+            return
+        avg, max_in, drop = done
         self._rounds += 1
         if self._reprobe:
             self._no_load, self._reprobe = avg, False
