@@ -45,6 +45,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
+from aiokafka.errors import IllegalOperation
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import RecordMetadata
 from faust.sensors import Sensor
 from faust.streams import current_event
@@ -57,6 +59,7 @@ from mode import Service, Worker
 from mode.utils.futures import notify
 
 from faust_backpressure.config.errors import one_line
+from faust_backpressure.errors import BackpressureError
 
 __all__ = [
     "TESTED_FAUST",
@@ -64,6 +67,7 @@ __all__ = [
     "FaustVersionWarning",
     "InputTransactionManager",
     "OffsetGuard",
+    "TransactionLost",
     "check_faust_version",
     "crash_worker",
     "flow_stopped_event",
@@ -78,6 +82,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class TransactionLost(BackpressureError, RuntimeError):
+    """exactly_once: a partition's transaction broke; its worker stops to read it again."""
+
 
 #: faust-streaming versions the patches here were tested with: [low, high).
 TESTED_FAUST = ((0, 15, 3), (0, 16, 0))
@@ -598,6 +607,8 @@ class InputTransactionManager(TransactionManager):
         self._commit_done: asyncio.Event | None = None  # set while a commit runs
         self.dropped_outputs = 0
         self.batch_writers = 0  # batches (docs/batching.md) that have sent and not acked
+        self.transaction_lost: TransactionLost | None = None  # set once: the worker stops
+        self.transactions_begun_again = 0
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None, timestamp: float | None, headers: Any, *,
@@ -614,16 +625,72 @@ class InputTransactionManager(TransactionManager):
             else:
                 if self._is_stale(message):
                     return self._dropped(topic, partition, message)
+                tid = f"{self.app.conf.id}-{group}-{message.tp.partition}"
                 if message not in self._writers:
                     while self._commit_done is not None:  # into the next transaction
                         await self._commit_done.wait()
                     if not message.acked:
                         self._writers.add(message)
+                if await self.open_transaction(tid) is None:
+                    await asyncio.get_running_loop().create_future()  # the worker stops
                 return await self.producer.send(
-                    topic, key, value, partition, timestamp, headers,
-                    transactional_id=f"{self.app.conf.id}-{group}-{message.tp.partition}")
+                    topic, key, value, partition, timestamp, headers, transactional_id=tid)
         return await super().send(topic, key, value, partition, timestamp, headers,
                                   transactional_id=transactional_id)
+
+    # A transaction can break under Faust without anyone noticing: aiokafka's sender dies on an
+    # error it does not expect (aiokafka #1004, seen after a broker outage), leaving the
+    # producer's transaction in an error state; Faust's commit then fails between its commit
+    # and its begin, and its begin (at a rebalance) logs and swallows a failure to start a
+    # producer. Events kept failing "Can't send messages while not in transaction", their
+    # partitions stalled. A transaction that only was not begun is begun; one that broke lost
+    # the outputs of events whose offsets Faust has acked, so they must be read again from
+    # the committed offsets: the worker stops (Kafka Streams closes such tasks and rejoins).
+
+    async def open_transaction(self, tid: str) -> Any:
+        """The aiokafka producer of ``tid``, in a transaction; None if it broke (the worker
+        is then stopping: see above)."""
+        faust_producer: Any = self.producer
+        producers = faust_producer._transaction_producers
+        if self.transaction_lost is not None:
+            return None
+        if tid not in producers:  # Faust's begin at the last rebalance failed: start it again
+            await self.producer.begin_transaction(tid)
+            if tid not in producers:
+                self.lose_transactions(f"the transactional producer {tid} could not start")
+                return None
+        producer = producers[tid]
+        txn = producer._txn_manager
+        if txn.is_in_transaction():
+            return producer
+        async with faust_producer._trn_locks[tid]:  # a commit holds it from commit to begin
+            sender = producer._sender.sender_task
+            if txn.is_in_transaction():
+                return producer
+            if txn.state is not TransactionState.READY or sender is None or sender.done():
+                self.lose_transactions(f"the transaction {tid} broke (state {txn.state.name})")
+                return None
+            producer.begin_transaction()
+            self.transactions_begun_again += 1
+        return producer
+
+    def lose_transactions(self, why: str) -> None:
+        """Stop the worker, committing nothing more: see :meth:`open_transaction`."""
+        if self.transaction_lost is None:
+            self.transaction_lost = TransactionLost(
+                f"{why}: its events' outputs are aborted with it, so the worker stops and "
+                "their partitions are read again from the last committed offsets")
+            crash_worker(self.app, self.transaction_lost)
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        if self.transaction_lost is not None:
+            return False
+        try:
+            return bool(await super().commit(offsets,
+                                             start_new_transaction=start_new_transaction))
+        except (OSError, RuntimeError, IllegalOperation) as error:  # KafkaError: RuntimeError
+            self.lose_transactions(f"a transaction's commit failed ({one_line(error)})")
+            return False
 
     def _is_stale(self, message: Message) -> bool:
         is_stale = getattr(self.consumer, "is_stale", None)
@@ -691,7 +758,8 @@ class InputTransactionManager(TransactionManager):
             generation = self.app.consumer_generation_id
             self._writers = {m for m in self._writers
                              if not m.acked and m.generation_id in (None, generation)}
-            if not self._writers - own and not self.batch_writers:
+            if ((not self._writers - own and not self.batch_writers)
+                    or self.transaction_lost is not None):
                 return
             self._writer_acked.clear()
             try:
@@ -800,13 +868,19 @@ def ack_offsets(app: AppT, tp: TP, first: int, last: int, generation: int) -> bo
     return True
 
 
-def raw_producer(app: AppT, tp: TP | None = None) -> Any:
-    """The aiokafka producer a batch sends with: the app's, or (exactly_once) the
-    transactional producer of ``tp``'s transaction; None if there is none (fenced, stopped)."""
+def raw_producer(app: AppT) -> Any:
+    """The aiokafka producer a batch sends with (at_least_once)."""
     producer: Any = app.producer
-    if tp is None:
-        return producer._producer
-    return producer._transaction_producers.get(transactional_id(app, tp))
+    return producer._producer
+
+
+async def transaction_producer(app: AppT, tp: TP) -> Any:
+    """exactly_once: the aiokafka producer of ``tp``'s transaction, in a transaction; None if
+    there is none (fenced, stopped, broken: :meth:`InputTransactionManager.open_transaction`)."""
+    manager = app.consumer.transactions
+    if not isinstance(manager, InputTransactionManager):
+        return None
+    return await manager.open_transaction(transactional_id(app, tp))
 
 
 def transactional_id(app: AppT, tp: TP) -> str:

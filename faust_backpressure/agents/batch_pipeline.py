@@ -35,6 +35,7 @@ from faust_backpressure.faust_seam import (
     is_stale_generation,
     raw_producer,
     release_partition,
+    transaction_producer,
 )
 
 __all__ = ["BatchRunner"]
@@ -197,7 +198,7 @@ class BatchRunner:
             self.abandoned += 1
 
     async def _exactly_once(self, batch: Batch) -> None:
-        producer = raw_producer(self.app, batch.tp)
+        producer = await transaction_producer(self.app, batch.tp)
         if producer is None:
             raise _Abandoned()
         async with batch_writer(self.app):

@@ -60,3 +60,66 @@ async def test_a_commit_never_includes_outputs_of_an_event_it_does_not_commit(
         committed = (await committed_offsets(kafka_bootstrap, app.conf.id, source)).get(0, 0)
     assert committed >= 3  # the commit waited for the held event to finish
     assert [r.value for r in visible] == values[:committed]
+
+
+async def test_a_broken_transaction_stops_the_worker_and_its_events_are_read_again(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    # aiokafka's sender died on an error it did not expect (after a broker outage) and left the
+    # transaction in an error state: Faust's commit failed between commit and begin, and every
+    # event after failed "Can't send messages while not in transaction", its partition stalled.
+    from aiokafka.errors import KafkaError
+
+    from faust_backpressure.faust_seam import TransactionLost
+
+    source, sink, app_id = unique_name("src"), unique_name("sink"), unique_name("app")
+    await create_topics(kafka_bootstrap, {source: 1, sink: 1})
+
+    def make_app(datadir: Path) -> faust.App:
+        app = faust.App(app_id, datadir=str(datadir), processing_guarantee="exactly_once",
+                        **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}",
+                                              broker_commit_interval=600))  # commits: ours
+        Backpressure(app, settings=BackpressureSettings())
+        inputs = app.topic(source, value_type=bytes, value_serializer="raw")
+        outputs = app.topic(sink, value_type=bytes, value_serializer="raw")
+
+        @app.agent(inputs)
+        async def forward(stream: faust.StreamT[bytes]) -> None:
+            async for value in stream:
+                await outputs.send(value=value)
+
+        return app
+
+    values = [f"v{i}".encode() for i in range(6)]
+    await produce(kafka_bootstrap, source, ((None, v) for v in values[:3]))
+    first = make_app(tmp_path / "first")
+    async with running_app(first):
+        await consume(kafka_bootstrap, sink, until=3, timeout=30)
+        assert await first.consumer.commit()
+        await produce(kafka_bootstrap, source, ((None, v) for v in values[3:5]))
+        await consume(kafka_bootstrap, sink, until=5, timeout=30)  # sent, not committed
+        producers = first.producer._transaction_producers  # type: ignore[attr-defined]
+        (broken,) = producers.values()
+        broken._txn_manager.fatal_error(KafkaError("injected: the sender routine died"))
+        await produce(kafka_bootstrap, source, [(None, values[5])])
+        manager = first.consumer.transactions
+        for _ in range(300):
+            if manager.transaction_lost is not None:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.1)
+        assert isinstance(manager.transaction_lost, TransactionLost)  # type: ignore[attr-defined]
+        assert not await first.consumer.commit()  # nothing more is committed
+        assert isinstance(first.crash_reason, TransactionLost)
+    committed = (await committed_offsets(kafka_bootstrap, app_id, source)).get(0, 0)
+    assert committed == 3
+
+    second = make_app(tmp_path / "second")  # the worker restarted: v3..v5 are read again
+    async with running_app(second):
+        await consume(kafka_bootstrap, sink, until=8, timeout=30)  # 3 + 2 aborted + 3
+        for _ in range(100):
+            await second.consumer.commit()
+            if (await committed_offsets(kafka_bootstrap, app_id, source)).get(0) == 6:
+                break
+            await asyncio.sleep(0.2)
+        visible = await read_committed(kafka_bootstrap, sink, until=lambda rs: len(rs) >= 6,
+                                       settle=2.0)
+    assert [r.value for r in visible] == values  # once each: the broken outputs were aborted

@@ -14,6 +14,7 @@ import os
 import time
 
 import faust
+from faust.exceptions import NotReady
 
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
@@ -79,7 +80,10 @@ async def flush() -> None:
                     "owns": channel is not None and lid in channel.owned,
                     "at": time.time()}
             admitted[lid] = []
-            await report.send(key=worker.encode(), value=json.dumps(body).encode())
+            try:
+                await report.send(key=worker.encode(), value=json.dumps(body).encode())
+            except NotReady:  # the worker is stopping: its producer stopped before this task
+                return
 
 
 async def update_later(spec: str) -> None:
