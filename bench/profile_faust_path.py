@@ -108,7 +108,7 @@ _FAUST_STREAM = ("faust/streams.py", "faust/events.py", "faust/agents/",
 _FAUST_CONSUMER = ("faust/transport/consumer.py", "faust/transport/conductor.py",
                    "faust/transport/_cython", "faust/transport/utils.py", "mode/threads.py",
                    "mode/utils/queues.py", "faust/assignor/", "faust/tables/",
-                   "faust_backpressure/faust_seam.py")
+                   "faust_backpressure/faust_seam/")
 _FAUST_PRODUCER = ("faust/transport/producer.py",)
 _SERIAL = ("faust/serializers/", "faust/models/", "faust/utils/json.py")
 #: mode's ``Service.wait_first``: ``Consumer._drain_messages`` races each message's delivery

@@ -1,7 +1,7 @@
 """faust-backpressure: rate limiting and backpressure for Faust apps, shared across workers.
 
 Layers (dependencies point downward): ``app`` -> ``control`` -> ``agents`` -> ``tables`` ->
-``limiters``; ``config`` is read by all; ``faust_seam`` is the one module that touches Faust
+``limiters``; ``config`` is read by all; ``faust_seam`` is the one package that touches Faust
 internals. Importing the package registers the ``rocksdict://`` table store.
 
 Exported here: what an app uses and the types in those signatures; the rest lives in the

@@ -351,7 +351,7 @@ class _Run:
                 self.result.seam_actions[action] += len(pattern.findall(worker.logs()))
 
 
-#: The seam's log lines when one of its guards acts (faust_seam.py).
+#: The seam's log lines when one of its guards acts (faust_seam/consumer.py, transactions.py).
 _SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-reading"),
                  "stale outputs dropped": re.compile(r"dropped an output of ")}
 

@@ -1,0 +1,114 @@
+"""The one place that touches faust-streaming's (and mode's, aiokafka's) private internals.
+
+Everything else in the package uses Faust's public API and calls the functions here when it
+needs more, importing them from this package (which re-exports every name below). Each patch
+names the upstream behaviour it works around; :func:`install` (``installing``) puts them on an
+app before it starts and checks that the installed faust-streaming is a version they were
+tested with (:data:`TESTED_FAUST`).
+
+The patches:
+
+* **Offsets are never committed past a record that was not processed** (``consumer``). Faust
+  treats a jump in a partition's offsets as a gap to commit past (transaction markers and
+  compaction make such jumps), and a partition that resumes from the wrong position during a
+  rebalance makes the same jump (faust-streaming #216). Here a jump is re-read: the partition is
+  sought back to the first missing offset, and only if the fresh fetch again starts past it is
+  the range a real gap (:class:`OffsetGuard`). Faust's commit rule also lets the commit pass one
+  unacked offset after the committed one (``min(acked) - committed > 1``; #312 fixed it with
+  ``> 0``, later releases went back, #606 is open); :meth:`_GuardedConsumer._new_offset` stops
+  at the first unacked one.
+* **A rebalance does not re-activate a partition early** (``consumer``). Faust clears stream
+  buffers at a rebalance but leaves their pending pressure-drop callbacks; the next read of the
+  (empty) buffer re-activated the partition while Faust was restoring tables with the flow
+  resumed and before it sought the partition to its committed offset. A rate-limited stream
+  fills its buffer, so a distributed limiter (whose table needs that restore) made this happen
+  at most rebalances.
+* **Table recovery asks the broker where a changelog ends** (``consumer``; robinhood/faust#658):
+  Faust's exactly_once recovery took the last stable offset of aiokafka's last fetch, -1 before
+  one, and a worker restarting on its own state dir crash-looped
+  (:meth:`_GuardedConsumer.highwaters`).
+* **exactly_once** (``transactions``, ``control_topics``): outputs join their input's
+  transaction; commits happen between events (:class:`InputTransactionManager`); internal
+  (control) records and the writes of our own tables are sent outside every transaction
+  (:func:`send_control`, :func:`mark_control_topic`).
+
+The other modules: ``batches`` (batch sources, docs/batching.md: the :class:`BatchTap` registry
+the consumer diverts records to, and Faust's bookkeeping, producers and commits for a batch),
+``streams`` (small accessors used by the other layers) and ``crash`` (:func:`crash_worker`).
+Imports between them go one way: installing -> consumer -> batches -> transactions ->
+control_topics, crash.
+"""
+
+from __future__ import annotations
+
+from faust_backpressure.faust_seam.batches import (
+    BatchTap,
+    ack_offsets,
+    batch_writer,
+    commit_through,
+    consumer_generation,
+    hold_partition,
+    is_stale_generation,
+    raw_producer,
+    register_batch_tap,
+    release_partition,
+    transaction_producer,
+    transactional_id,
+)
+from faust_backpressure.faust_seam.consumer import OffsetGuard
+from faust_backpressure.faust_seam.control_topics import (
+    is_control_topic,
+    mark_control_topic,
+    send_control,
+)
+from faust_backpressure.faust_seam.crash import CRASH_GRACE, crash_worker
+from faust_backpressure.faust_seam.installing import (
+    TESTED_FAUST,
+    FaustVersionWarning,
+    check_faust_version,
+    install,
+)
+from faust_backpressure.faust_seam.streams import (
+    flow_stopped_event,
+    force_metadata_update,
+    redeliver,
+    refresh_consumer_metadata,
+    source_backlog,
+    stream_processors,
+    unbounded_stream_buffer,
+)
+from faust_backpressure.faust_seam.transactions import InputTransactionManager, TransactionLost
+
+__all__ = [
+    "CRASH_GRACE",
+    "TESTED_FAUST",
+    "BatchTap",
+    "FaustVersionWarning",
+    "InputTransactionManager",
+    "OffsetGuard",
+    "TransactionLost",
+    "ack_offsets",
+    "batch_writer",
+    "check_faust_version",
+    "commit_through",
+    "consumer_generation",
+    "crash_worker",
+    "flow_stopped_event",
+    "force_metadata_update",
+    "hold_partition",
+    "install",
+    "is_control_topic",
+    "is_stale_generation",
+    "mark_control_topic",
+    "raw_producer",
+    "redeliver",
+    "refresh_consumer_metadata",
+    "register_batch_tap",
+    "release_partition",
+    "send_control",
+    "source_backlog",
+    "stream_processors",
+    "transaction_producer",
+    "transactional_id",
+    "unbounded_stream_buffer",
+]

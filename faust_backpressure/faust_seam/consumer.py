@@ -1,0 +1,359 @@
+"""The guarded consumer: offsets are never committed past a record that was not processed, a
+rebalance does not re-activate a partition early, table recovery asks the broker where a
+changelog ends, and batch sources' records are diverted to their taps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
+from faust.types import TP, Message
+from faust.utils.functional import consecutive_numbers
+from mode import Service
+
+from faust_backpressure.faust_seam.batches import _BATCH_TAPS, BatchTap
+
+#: The seam's one logger, named as when the seam was one module.
+log = logging.getLogger("faust_backpressure.faust_seam")
+
+
+@dataclass
+class OffsetGuard:
+    """Per partition, the next offset the consumer expects; a record past it is a *jump*.
+
+    A jump is re-read once (``check`` returns the offset to seek back to); a record from a
+    fetch made after that seek, past the expected offset, confirms the range as empty (markers,
+    compaction, aborted records) and ``check`` returns it as a gap. Pure: no Kafka here.
+
+    Example::
+
+        guard = OffsetGuard()
+        guard.reset(tp, 100)
+        guard.check(tp, 100, batch=1)      # ACCEPT
+        guard.check(tp, 105, batch=1)      # REREAD from 101
+        guard.check(tp, 105, batch=2)      # GAP 101..104 confirmed
+    """
+
+    expected: dict[TP, int] = field(default_factory=dict)
+    #: tp -> the first offset read while nothing of tp was committed: where to re-read from
+    origin: dict[TP, int] = field(default_factory=dict)
+    #: tp -> (offset sought back to, batch number of the fetch that saw the jump)
+    verifying: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    rereads: int = 0
+    confirmed_gaps: int = 0
+
+    ACCEPT = "accept"
+    REREAD = "reread"
+    GAP = "gap"
+
+    def reset(self, tp: TP, offset: int | None) -> None:
+        """The consumer was sought to ``offset`` (None: unknown, accept what comes)."""
+        if offset is None:
+            self.expected.pop(tp, None)
+        else:
+            self.expected[tp] = offset
+        pending = self.verifying.get(tp)
+        if pending is not None and pending[0] != offset:
+            del self.verifying[tp]
+
+    def start(self, tp: TP, offset: int) -> None:
+        """The first fetch of ``tp`` since its position was unknown starts at ``offset``."""
+        self.expected[tp] = offset
+        self.origin.setdefault(tp, offset)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """``tps`` were revoked. Their origin stays: Faust revokes every partition at each
+        rebalance (eager protocol) and a retained one with nothing committed must still be
+        re-read from it (an origin of a partition that moved is only used if nothing of it
+        was committed in between, and re-reading from it is safe)."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.verifying.pop(tp, None)
+
+    def check(self, tp: TP, offset: int, batch: int) -> tuple[str, int]:
+        """``(ACCEPT, offset)``, ``(REREAD, from_offset)`` or ``(GAP, first_missing)``."""
+        expected = self.expected.get(tp)
+        if expected is None:
+            self.origin.setdefault(tp, offset)
+        if expected is None or offset == expected:
+            self.expected[tp] = offset + 1
+            self.verifying.pop(tp, None)
+            return self.ACCEPT, offset
+        if offset < expected:  # a re-read of what came before: Faust drops or redelivers it
+            return self.ACCEPT, offset
+        pending = self.verifying.get(tp)
+        if pending is not None and pending[0] == expected and batch > pending[1]:
+            del self.verifying[tp]
+            self.expected[tp] = offset + 1
+            self.confirmed_gaps += 1
+            return self.GAP, expected
+        self.verifying[tp] = (expected, batch)
+        self.rereads += 1
+        return self.REREAD, expected
+
+
+class _GuardedConsumer:
+    """Consumer mixin (first in the MRO) with the offset and rebalance guards above."""
+
+    app: Any
+    flow_active: bool
+    _acked: Any
+    _acked_index: Any
+    _gap: Any
+    _committed_offset: Any
+    _read_offset: Any
+    _buffered_partitions: set[TP]
+    _active_partitions: set[TP] | None
+    _paused_partitions: set[TP]
+    _on_partitions_revoked: Callable[[set[TP]], Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.offset_guard = OffsetGuard()
+        self._fetch_batch = 0
+        self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
+        self._resume_after_seek: set[TP] = set()
+        self.revoked_generation = -1  # events fetched in this generation or before are stale
+        self._partition_released = asyncio.Event()
+
+    def _guarded(self, topic: str) -> bool:
+        guarded = self._guarded_topics.get(topic)
+        if guarded is None:
+            app = self.app
+            guarded = self._guarded_topics[topic] = topic not in app.tables.changelog_topics \
+                and bool(app.topics.acks_enabled_for(topic))
+        return guarded
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        self._fetch_batch += 1
+        batch = self._fetch_batch
+        guard = self.offset_guard
+        refused: set[TP] = set()
+        async for tp, message in super().getmany(timeout):  # type: ignore[misc]
+            if tp in refused:
+                continue
+            if not self._guarded(tp.topic):
+                yield tp, message
+                continue
+            verdict, offset = guard.check(tp, message.offset, batch)
+            if verdict == OffsetGuard.REREAD:
+                # Nothing after the jump is delivered: fetch again from the first missing.
+                refused.add(tp)
+                log.info("offset guard: %s jumped from %d to %d; re-reading", tp, offset,
+                         message.offset)
+                await self.seek(tp, offset)  # type: ignore[attr-defined]
+                continue
+            if verdict == OffsetGuard.GAP:
+                log.info("offset guard: %s has no records in %d..%d (markers or compaction)",
+                         tp, offset, message.offset - 1)
+                # Exactly the confirmed range (Faust's _add_gap clips it at the committed offset,
+                # which would leave that one offset unacked for ever).
+                self._gap[tp].addi(offset, message.offset)
+                self._gap[tp].merge_overlaps()
+            yield tp, message
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)  # type: ignore[misc]
+        self.offset_guard.reset(partition, offset)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's, except that during a rebalance a stream partition is resumed only once it
+        has been sought to its committed offset. Faust resumes stream partitions, then seeks
+        them (faust-streaming #216); records fetched in between come from where the last
+        generation stopped reading. Under exactly_once an event read there and read again
+        after the seek had both outputs committed in one transaction."""
+        resumed = set(tps)
+        if self.app.rebalancing:
+            held = {tp for tp in resumed if self._guarded(tp.topic)}
+            self._resume_after_seek |= held
+            resumed -= held
+        super().resume_partitions(resumed)  # type: ignore[misc]
+
+    async def perform_seek(self) -> None:
+        await self._seek_assigned()
+        held, self._resume_after_seek = self._resume_after_seek, set()
+        super().resume_partitions(held)  # type: ignore[misc]
+
+    async def _seek_assigned(self) -> None:
+        await super().perform_seek()  # type: ignore[misc]
+        guard = self.offset_guard
+        for tp in self.assignment():  # type: ignore[attr-defined]
+            position = self._read_offset.get(tp)  # the committed offset (0 included) or None
+            if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
+                # aiokafka seeks only to committed offsets > 0: a partition with nothing (or
+                # 0) committed kept reading where the dropped buffer ended, past records
+                # never processed. Re-read from the first record this worker read.
+                if position is None:
+                    position = guard.origin.get(tp)
+                if position is not None:
+                    guard.origin[tp] = position
+                    await self.seek(tp, position)
+                    continue
+            guard.reset(tp, position)
+
+    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's, except that the revoked partitions' acks and committed offsets are dropped
+        *after* the app's revoke handler, not before it: that handler lets the events in
+        progress finish and commits, and without them it could not commit what was acked
+        before the rebalance (at most it committed past it, without a committed offset to
+        compare with). Under exactly_once those outputs then stayed in the open transaction,
+        the events ran again after the rebalance, and both copies were committed together."""
+        self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
+        for tap in _BATCH_TAPS.get(self.app, {}).values():
+            tap.revoke(revoked)
+        self._guarded_topics.clear()  # subscriptions may change with the assignment
+        self._resume_after_seek.difference_update(revoked)
+        self.offset_guard.forget(revoked)
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        try:
+            await self._on_partitions_revoked(revoked)
+        finally:
+            self.revoked_generation = max(self.revoked_generation,
+                                          self.app.consumer_generation_id)
+            for tp in revoked:
+                self._gap.pop(tp, None)
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._committed_offset.pop(tp, None)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Where each partition's reading starts is where the broker's first fetch starts
+        (Faust drops fetched records of a paused partition, and the rest of a fetch when the
+        generation changes: records the guard would otherwise never see).
+
+        Records of a batch source leave the map here, before Faust makes messages of them
+        (``docs/batching.md``): they go to the source's :class:`BatchTap`."""
+        generation = self.app.consumer_generation_id
+        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        taps = _BATCH_TAPS.get(self.app)
+        if taps:
+            await self._divert(records, taps, active_partitions, generation)
+        guard = self.offset_guard
+        for tp, batch in records.items():
+            if batch and tp not in guard.expected and self._guarded(tp.topic):
+                guard.start(tp, batch[0].offset)
+        return records
+
+    async def _divert(self, records: dict[TP, list[Any]], taps: dict[str, BatchTap],
+                      active: set[TP] | None, generation: int) -> None:
+        """Hand each batch source's fetched chunk to its tap, with the first offset it covers
+        (markers before it included), unless Faust would have dropped it: the flow stopped,
+        the generation changed or the partition is not active."""
+        deliver = (self.flow_active and generation == self.app.consumer_generation_id
+                   and not self.app.rebalancing)
+        guard = self.offset_guard
+        for tp in [tp for tp in records if tp.topic in taps]:
+            chunk = records.pop(tp)
+            if not (chunk and deliver and (active is None or tp in active
+                                           or tp in self._buffered_partitions)):
+                continue
+            expected = guard.expected.get(tp)
+            if expected is None:
+                guard.start(tp, chunk[0].offset)
+                expected = chunk[0].offset
+            chunk = [r for r in chunk if r.offset >= expected]  # re-read: already queued
+            if not chunk:
+                continue
+            first = chunk[0].offset
+            if first > expected:  # a jump: re-read once, then it is a gap (markers)
+                verdict, offset = guard.check(tp, first, self._fetch_batch)
+                if verdict == OffsetGuard.REREAD:
+                    log.info("offset guard: %s jumped from %d to %d; re-reading", tp, offset,
+                             first)
+                    await self.seek(tp, offset)
+                    continue
+            guard.verifying.pop(tp, None)
+            guard.expected[tp] = chunk[-1].offset + 1
+            self._read_offset[tp] = chunk[-1].offset
+            # Faust's TP: equal to aiokafka's TopicPartition, but Faust asserts its type
+            taps[tp.topic].divert(TP(tp.topic, tp.partition), chunk, expected, generation)
+
+    async def wait_empty(self) -> None:
+        """Faust's, after the batches in progress have finished (or given up: then their
+        offsets stay unacked and they are read again)."""
+        for tap in list(_BATCH_TAPS.get(self.app, {}).values()):
+            await tap.wait_idle()
+        await super().wait_empty()  # type: ignore[misc]
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        """Each partition's end as the broker says it (the last stable offset under
+        read_committed). Faust's exactly_once answer is the last stable offset of aiokafka's
+        last fetch of the partition: none (-1) before one, stale after. Table recovery
+        compares it with the offset persisted in RocksDB, so a worker restarting on its own
+        state dir raised ``ConsistencyError`` and crash-looped (robinhood/faust#658)."""
+        thread: Any = self._thread  # type: ignore[attr-defined]
+
+        async def ask_broker() -> dict[TP, int]:
+            ends = await thread._ensure_consumer().end_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+            return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+        return await thread.call_thread(ask_broker)  # type: ignore[no-any-return]
+
+    def is_stale(self, message: Message) -> bool:
+        """Fetched before the last revocation, whose handler committed what had finished:
+        under exactly_once its outputs are dropped (:class:`InputTransactionManager`) and it is
+        read again from its partition's committed offset."""
+        generation = message.generation_id
+        return generation is not None and generation <= self.revoked_generation
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        """Faust's; but when batch queues hold back every partition, the fetcher waits for
+        the first one released instead of Faust's 1 s sleep (a batch pipeline fills its
+        queues faster than it empties them: every partition was held at once, often)."""
+        if (self.flow_active and _BATCH_TAPS.get(self.app) and self._buffered_partitions
+                and not self._get_active_partitions()):  # type: ignore[attr-defined]
+            released = self._partition_released
+            released.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(released.wait(), 1.0)
+        return await super()._wait_next_records(timeout)  # type: ignore[misc]
+
+    def on_buffer_full(self, tp: TP) -> None:
+        if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
+            return
+        super().on_buffer_full(tp)  # type: ignore[misc]
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if self.app.rebalancing:  # a stale callback of a buffer Faust cleared: not now
+            self._buffered_partitions.discard(tp)
+            return
+        super().on_buffer_drop(tp)  # type: ignore[misc]
+        self._partition_released.set()
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's rule, except that the commit stops at the first offset not acked (Faust
+        lets it pass one unacked offset after the committed one)."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        max_offset = max(acked)
+        gaps = self._gap[tp]
+        if gaps:
+            candidates = sorted(gaps.overlap(0, max_offset), key=lambda x: x.begin)
+            if candidates:
+                filled: list[int] = []
+                for entry in candidates:
+                    filled.extend(range(entry.begin, entry.end))
+                acked.extend(filled)
+                gaps.chop(0, max(filled[-1], max_offset + 1))
+        acked.sort()
+        committed = self._committed_offset[tp]
+        if committed is None:  # nothing committed yet: the first offset read must come first
+            committed = self.offset_guard.origin.get(tp)
+        if committed is not None and acked[0] > committed:
+            return None
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return int(batch[-1]) + 1

@@ -1,0 +1,101 @@
+"""Small accessors of an app's streams and consumer, used by the other layers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from faust.types import AppT, Message, StreamT
+
+
+def stream_processors(stream: StreamT[Any]) -> list[Callable[[Any], Any]]:
+    """The stream's processor list (Faust has ``add_processor`` but no way to remove one)."""
+    processors: list[Callable[[Any], Any]] = stream._processors  # type: ignore[attr-defined]
+    return processors
+
+
+def unbounded_stream_buffer(stream: StreamT[Any], high_water: int, drop_ratio: float) -> None:
+    """Make the stream's buffer never *full* (the conductor never awaits room in it) while
+    Faust's pressure callbacks still pause its partitions at ``high_water`` and resume them
+    at ``drop_ratio`` of it (mode caches both sizes from ``maxsize``)."""
+    never_full = 1 << 30
+    channel: Any = stream.channel
+    if getattr(channel, "_queue", None) is None:
+        channel.maxsize = never_full
+    queue = channel.queue
+    queue._maxsize = never_full
+    queue.__dict__["pressure_high_size"] = high_water
+    queue.__dict__["pressure_drop_size"] = math.floor(high_water * drop_ratio)
+
+
+async def redeliver(stream: StreamT[Any], message: Message) -> None:
+    """Deliver ``message`` (consumed by another agent) to ``stream`` as the conductor would.
+
+    A keyed limit's deferral agent hands a due record to the limited agent this way: the
+    stream decodes it with its own topic's schema, and the record's offset is acked only once
+    both the deferral agent and the stream have acked it (the message's refcount). The buffer
+    never counts as full (:func:`unbounded_stream_buffer`), so this never blocks.
+    """
+    channel: Any = stream.channel
+    event = await channel.decode(message, propagate=True)
+    message.incref()
+    channel.queue.put_nowait(event)
+
+
+def flow_stopped_event(app: AppT) -> asyncio.Event | None:
+    """The consumer's "flow stopped" event (set during rebalances and shutdown), if started."""
+    consumer = getattr(app, "_consumer", None)
+    event: asyncio.Event | None = getattr(consumer, "suspend_flow", None)
+    return event
+
+
+async def refresh_consumer_metadata(app: AppT) -> None:
+    """Make the app's own consumer fetch metadata now. A topic the consumer subscribed to
+    before it existed is otherwise ignored until the next rebalance or metadata refresh (5 min
+    by default); fresh metadata showing its partitions makes the group rejoin and assign it."""
+    consumer = getattr(app, "_consumer", None)
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        return
+    client = thread._ensure_consumer()._client
+    await thread.call_thread(client.force_metadata_update)
+
+
+def source_backlog(app: AppT, topics: Iterable[str]) -> dict[str, int] | None:
+    """This worker's backlog on its assigned partitions of ``topics``: records between the
+    last committed (else last read) offset and the high-water mark the consumer's own fetches
+    report (no extra Kafka client; 0 for a topic with no partition here). ``None`` before the
+    consumer runs."""
+    consumer: Any = getattr(app, "_consumer", None)
+    if consumer is None:
+        return None
+    wanted = set(topics)
+    out = dict.fromkeys(wanted, 0)
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started yet, or stopping
+        return None
+    committed_offsets = getattr(consumer, "_committed_offset", {})
+    read_offsets = getattr(consumer, "_read_offset", {})
+    for tp in assigned:
+        if tp.topic not in wanted:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        # Faust keeps the last processed (committed) and last read offsets, not the next ones
+        done = committed_offsets.get(tp)
+        if done is None:
+            done = read_offsets.get(tp)
+        if high is None or high < 0:
+            continue
+        out[tp.topic] += max(0, int(high) - (-1 if done is None else int(done)) - 1)
+    return out
+
+
+async def force_metadata_update(client: Any) -> None:
+    """Ask an aiokafka consumer's client for fresh metadata (e.g. topics made since start)."""
+    await client._client.force_metadata_update()

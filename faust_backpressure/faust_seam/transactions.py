@@ -1,0 +1,243 @@
+"""exactly_once: each event's outputs join its input partition's transaction, and commits
+happen between events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import IllegalOperation
+from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.structs import RecordMetadata
+from faust.sensors import Sensor
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
+from faust.types import TP, AppT, Message
+
+from faust_backpressure.config.errors import one_line
+from faust_backpressure.errors import BackpressureError
+from faust_backpressure.faust_seam.control_topics import is_control_topic
+from faust_backpressure.faust_seam.crash import crash_worker
+
+#: The seam's one logger, named as when the seam was one module.
+log = logging.getLogger("faust_backpressure.faust_seam")
+
+
+class TransactionLost(BackpressureError, RuntimeError):
+    """exactly_once: a partition's transaction broke; its worker stops to read it again."""
+
+
+class InputTransactionManager(TransactionManager):
+    """A Faust transaction manager that keeps each event's outputs with its offset.
+
+    Faust names an output's transaction after the partition the *output* lands on, known only
+    for subscribed topics, so outputs to a sink the app does not consume were sent outside any
+    transaction. Here every output made while processing an event goes into the transaction of
+    that event's partition, where its offset commits. Faust also takes the offsets to commit
+    while agents keep running: an event that has sent an output but is not finished had its
+    output committed without its offset. A commit here first lets events that already wrote
+    finish and holds back the first output of any other event (Kafka Streams' rule: commit
+    between records). Writes to control topics go outside every transaction.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writers: set[Message] = set()  # sent outputs, not acked yet
+        self._writer_acked = asyncio.Event()
+        self._commit_done: asyncio.Event | None = None  # set while a commit runs
+        self.dropped_outputs = 0
+        self.batch_writers = 0  # batches (docs/batching.md) that have sent and not acked
+        self.transaction_lost: TransactionLost | None = None  # set once: the worker stops
+        self.transactions_begun_again = 0
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any, *,
+                   transactional_id: str | None = None) -> Any:
+        if is_control_topic(self.app, topic):
+            return await self.producer.send(topic, key, value, partition, timestamp, headers)
+        event = current_event()
+        if event is not None:
+            message = event.message
+            try:
+                group = self.app.assignor.group_for_topic(message.tp.topic)
+            except KeyError:  # not from a subscribed topic (e.g. a channel): Faust's rule
+                pass
+            else:
+                if self._is_stale(message):
+                    return self._dropped(topic, partition, message)
+                tid = f"{self.app.conf.id}-{group}-{message.tp.partition}"
+                if message not in self._writers:
+                    while self._commit_done is not None:  # into the next transaction
+                        await self._commit_done.wait()
+                    if not message.acked:
+                        self._writers.add(message)
+                if await self.open_transaction(tid) is None:
+                    await asyncio.get_running_loop().create_future()  # the worker stops
+                return await self.producer.send(
+                    topic, key, value, partition, timestamp, headers, transactional_id=tid)
+        return await super().send(topic, key, value, partition, timestamp, headers,
+                                  transactional_id=transactional_id)
+
+    # A transaction can break under Faust without anyone noticing: aiokafka's sender dies on an
+    # error it does not expect (aiokafka #1004, seen after a broker outage), leaving the
+    # producer's transaction in an error state; Faust's commit then fails between its commit
+    # and its begin, and its begin (at a rebalance) logs and swallows a failure to start a
+    # producer. Events kept failing "Can't send messages while not in transaction", their
+    # partitions stalled. A transaction that only was not begun is begun; one that broke lost
+    # the outputs of events whose offsets Faust has acked, so they must be read again from
+    # the committed offsets: the worker stops (Kafka Streams closes such tasks and rejoins).
+
+    async def open_transaction(self, tid: str) -> Any:
+        """The aiokafka producer of ``tid``, in a transaction; None if it broke (the worker
+        is then stopping: see above)."""
+        faust_producer: Any = self.producer
+        producers = faust_producer._transaction_producers
+        if self.transaction_lost is not None:
+            return None
+        if tid not in producers:  # Faust's begin at the last rebalance failed: start it again
+            await self.producer.begin_transaction(tid)
+            if tid not in producers:
+                self.lose_transactions(f"the transactional producer {tid} could not start")
+                return None
+        producer = producers[tid]
+        txn = producer._txn_manager
+        if txn.is_in_transaction():
+            return producer
+        async with faust_producer._trn_locks[tid]:  # a commit holds it from commit to begin
+            sender = producer._sender.sender_task
+            if txn.is_in_transaction():
+                return producer
+            if txn.state is not TransactionState.READY or sender is None or sender.done():
+                self.lose_transactions(f"the transaction {tid} broke (state {txn.state.name})")
+                return None
+            producer.begin_transaction()
+            self.transactions_begun_again += 1
+        return producer
+
+    def lose_transactions(self, why: str) -> None:
+        """Stop the worker, committing nothing more: see :meth:`open_transaction`."""
+        if self.transaction_lost is None:
+            self.transaction_lost = TransactionLost(
+                f"{why}: its events' outputs are aborted with it, so the worker stops and "
+                "their partitions are read again from the last committed offsets")
+            crash_worker(self.app, self.transaction_lost)
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        if self.transaction_lost is not None:
+            return False
+        try:
+            return bool(await super().commit(offsets,
+                                             start_new_transaction=start_new_transaction))
+        except (OSError, RuntimeError, IllegalOperation) as error:  # KafkaError: RuntimeError
+            self.lose_transactions(f"a transaction's commit failed ({one_line(error)})")
+            return False
+
+    def _is_stale(self, message: Message) -> bool:
+        is_stale = getattr(self.consumer, "is_stale", None)
+        return is_stale is not None and bool(is_stale(message))
+
+    def _dropped(self, topic: str, partition: int | None, message: Message) -> asyncio.Future[Any]:
+        """An output of an event fetched before the last revocation goes nowhere: the event
+        is read again (its ack does not count) and writes it then. Sent, it joined the next
+        generation's transaction and was committed twice (Kafka fences such a zombie's
+        producer; Faust keeps one producer per partition across a rebalance)."""
+        self.dropped_outputs += 1
+        # Acked now, so that its ack (Faust's compiled stream inlines it, past Consumer.ack)
+        # does not record the offset: the commit stops before it.
+        message.acked = True
+        consumer: Any = self.consumer
+        consumer._unacked_messages.discard(message)
+        log.info("dropped an output of %s@%d, fetched before the rebalance: it is read again",
+                 message.tp, message.offset)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        tp = TopicPartition(topic, -1 if partition is None else partition)
+        done.set_result(RecordMetadata(topic, tp.partition, tp, -1, -1, -1, -1))
+        return done
+
+    @contextlib.asynccontextmanager
+    async def batch_writer(self) -> AsyncIterator[None]:
+        """A batch writes into its partition's transaction: no commit meanwhile, and none
+        running when it starts (its outputs would join a transaction committed without them)."""
+        while self._commit_done is not None:
+            await self._commit_done.wait()
+        self.batch_writers += 1
+        try:
+            yield
+        finally:
+            self.batch_writers -= 1
+            self._writer_acked.set()
+
+    def on_ack(self, message: Message) -> None:
+        """Every stream is done with ``message``: it has finished writing."""
+        if message in self._writers:
+            self._writers.discard(message)
+            self._writer_acked.set()
+
+    @contextlib.asynccontextmanager
+    async def commit_point(self, timeout: float) -> AsyncIterator[None]:
+        """Wait (at most ``timeout`` s) until no event is half-written, and keep it so."""
+        if self._commit_done is not None:  # nested: the outer commit holds the point
+            yield
+            return
+        done = self._commit_done = asyncio.Event()
+        try:
+            await self._wait_writers_acked(timeout)
+            yield
+        finally:
+            self._commit_done = None
+            done.set()
+
+    async def _wait_writers_acked(self, timeout: float) -> None:
+        event = current_event()  # a commit from inside an agent cannot wait for its own event
+        own = {event.message} if event is not None else set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Acked without a notice, or fetched before a rebalance (Faust drops those events;
+            # their outputs were in a transaction that is aborted): nothing to wait for.
+            generation = self.app.consumer_generation_id
+            self._writers = {m for m in self._writers
+                             if not m.acked and m.generation_id in (None, generation)}
+            if ((not self._writers - own and not self.batch_writers)
+                    or self.transaction_lost is not None):
+                return
+            self._writer_acked.clear()
+            try:
+                await asyncio.wait_for(self._writer_acked.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                log.warning("committing while %d event(s) that sent outputs are still "
+                            "running (> %.1f s): their outputs may repeat after a crash",
+                            len(self._writers - own), timeout)
+                return
+
+
+class _CommitBetweenEvents:
+    """Consumer mixin (exactly_once): a commit takes its offsets at a commit point."""
+
+    transactions: Any
+    commit_interval: float
+
+    async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
+        manager = self.transactions
+        if not isinstance(manager, InputTransactionManager):
+            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
+        async with manager.commit_point(timeout=max(self.commit_interval, 1.0)):
+            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class _WriterAcks(Sensor):
+    """Tells the manager when an event has finished (Faust's compiled stream acks inline, so
+    ``Consumer.ack`` is not always called; the sensor hook is)."""
+
+    def __init__(self, app: AppT) -> None:
+        super().__init__()
+        self._app = app
+
+    def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
+        manager = self._app.consumer.transactions
+        if isinstance(manager, InputTransactionManager):
+            manager.on_ack(message)
