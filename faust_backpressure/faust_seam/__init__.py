@@ -65,6 +65,7 @@ from faust_backpressure.faust_seam.crash import CRASH_GRACE, crash_worker
 from faust_backpressure.faust_seam.installing import (
     TESTED_FAUST,
     FaustVersionWarning,
+    UnsupportedTransport,
     check_faust_version,
     install,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "InputTransactionManager",
     "OffsetGuard",
     "TransactionLost",
+    "UnsupportedTransport",
     "ack_offsets",
     "batch_writer",
     "check_faust_version",

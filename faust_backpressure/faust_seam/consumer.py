@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.types import TP, Message
 from faust.utils.functional import consecutive_numbers
+from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
 from faust_backpressure.faust_seam.batches import _BATCH_TAPS, BatchTap
@@ -214,8 +215,12 @@ class _GuardedConsumer:
         if self._active_partitions is not None:
             self._active_partitions.difference_update(revoked)
         self._paused_partitions.difference_update(revoked)
+        # Faust's rebalancing trace span, as its own revoke handler opens it
+        span = self.app._start_span_from_rebalancing("on_partitions_revoked")  # type: ignore[attr-defined]
         try:
-            await self._on_partitions_revoked(revoked)
+            with span:
+                await traced_from_parent_span(span)(
+                    self._on_partitions_revoked, partitions=revoked)(revoked)
         finally:
             self.revoked_generation = max(self.revoked_generation,
                                           self.app.consumer_generation_id)

@@ -8,9 +8,12 @@ import weakref
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from faust.exceptions import ImproperlyConfigured
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import AppT
 from faust.types.enums import ProcessingGuarantee
 
+from faust_backpressure.errors import BackpressureError
 from faust_backpressure.faust_seam.consumer import _GuardedConsumer
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
@@ -20,6 +23,10 @@ from faust_backpressure.faust_seam.transactions import (
 
 #: faust-streaming versions the patches here were tested with: [low, high).
 TESTED_FAUST = ((0, 15, 3), (0, 16, 0))
+
+
+class UnsupportedTransport(BackpressureError, ImproperlyConfigured):
+    """The app's broker transport is not aiokafka (``confluent://``): the seam cannot guard it."""
 
 
 class FaustVersionWarning(UserWarning):
@@ -63,6 +70,11 @@ def install(app: AppT) -> None:
     if getattr(app, "_consumer", None) is not None:
         warnings.warn(f"faust-backpressure installed on app {app.conf.id!r} after its consumer "
                       "was made: offsets and rebalances are not guarded", stacklevel=2)
+    if not isinstance(app.transport, AIOKafkaTransport):
+        raise UnsupportedTransport(
+            f"faust-backpressure needs Faust's aiokafka transport (broker 'kafka://...'); "
+            f"app {app.conf.id!r} uses {type(app.transport).__module__}: its consumer's "
+            "offsets, rebalances and transactions are patched for aiokafka only")
     transport: Any = app.transport
     mixins: list[type] = [_GuardedConsumer]
     guarantee: Any = app.conf.processing_guarantee  # typed as the enum class by Faust
