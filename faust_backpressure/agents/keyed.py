@@ -59,6 +59,7 @@ from faust_backpressure.faust_seam import (
 )
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets, KeyLimits, LimitsFor
 from faust_backpressure.tables.kafka import partition_for_key, raw_topic
+from faust_backpressure.tables.store import table_options
 
 __all__ = ["KEYED_LIMIT", "NOT_BEFORE", "KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate",
            "NotCopartitioned", "encode_key"]
@@ -150,6 +151,7 @@ class KeyedRateLimitGate:
         prefix = f"bp-keyed-{name}"
         self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
                                     partitions=partitions, store=store_url(store, prefix),
+                                    options=table_options(),
                                     help=f"keyed limit {name}: bucket levels by key")
         # Overrides: every worker needs every key's, so a global table; few, read per event,
         # so in memory (restored from the changelog at each start).

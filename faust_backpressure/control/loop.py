@@ -59,6 +59,7 @@ from faust_backpressure.tables.integrity import (
     check_time,
 )
 from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
+from faust_backpressure.tables.store import table_options
 
 __all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
 
@@ -245,7 +246,7 @@ class ControlLoops:
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
         # by the agent of the partition that the limiter's samples land on.
         self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
-                               partitions=partitions)
+                               partitions=partitions, options=table_options())
         self.table.changelog_topic.replicas = replicas
         # Samples and the decider's state are control traffic: outside every transaction.
         install(app)

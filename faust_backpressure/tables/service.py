@@ -52,6 +52,7 @@ from faust_backpressure.tables.messages import (
     encode_batch,
     encode_replies,
 )
+from faust_backpressure.tables.store import table_options
 
 __all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel", "use_settings"]
 
@@ -116,7 +117,8 @@ class LimiterChannel:
                                      partitions=1, replicas=replicas)
         # Values are the ledger record as JSON bytes, encoded once by us.
         self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
-                               key_type=str, value_type=bytes)  # bytes: "raw"
+                               key_type=str, value_type=bytes,  # bytes: "raw"
+                               options=table_options())
         self.table.changelog_topic.replicas = replicas
         # Requests, grants and the owner's state are control traffic, never part of an input
         # partition's transaction (see docs/distributed.md, "exactly_once").
