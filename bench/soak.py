@@ -139,7 +139,9 @@ def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: in
              f"Date: {datetime.now().strftime('%Y-%m-%d %H:%M')} UTC; commit {commit}; "
              f"{os.cpu_count()} cores; load average (1 min) {loads[0]:.2f} before, "
              f"{loads[1]:.2f} after; command `PYTHONPATH=. .venv/bin/python bench/soak.py "
-             f"--minutes {args.minutes:g} --rate {args.rate:g} --limit {args.limit:g}`.", "",
+             f"--minutes {args.minutes:g} --rate {args.rate:g} --limit {args.limit:g}"
+             f"{' --faust-table-defaults' if args.faust_table_defaults else ''}"
+             f" --output {args.output}`.", "",
              f"Orders: {count:,} sent, {lost} unaccounted for (in neither the billed topic "
              "nor the DLQ once nothing new arrived for 60 s).",
              ""]
@@ -149,12 +151,15 @@ def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: in
         problems = verdict(rows, warmup)
         ok = ok and not problems
         lines += [f"## {name}: {'nothing grew' if not problems else '; '.join(problems)}", "",
-                  "| at | RSS, MiB | Python objects | fds | tasks | items held (largest three) |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+                  "| at | RSS, MiB | RocksDB memtables, MiB | block caches, MiB "
+                  "| Python objects | Python blocks | fds | tasks | items held (largest three) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for at, s in rows[::6]:  # one a minute
             top = sorted(s["held"].items(), key=lambda kv: -kv[1])[:3]
-            lines.append(f"| {at} | {s['rss_kib'] / 1024:.1f} | {s.get('objects', '')} | "
-                         f"{s['fds']} | {s['tasks']} | "
+            lines.append(f"| {at} | {s['rss_kib'] / 1024:.1f} | "
+                         f"{s.get('memtable_kib', 0) / 1024:.1f} | "
+                         f"{s.get('block_cache_kib', 0) / 1024:.1f} | {s.get('objects', '')} | "
+                         f"{s.get('py_blocks', '')} | {s['fds']} | {s['tasks']} | "
                          + ", ".join(f"{k} {v}" for k, v in top) + " |")
         lines.append("")
     lines.append(f"Verdict: {'PASS' if ok else 'FAIL'} (after a {args.warmup:g}-minute warm-up: "
@@ -170,8 +175,9 @@ async def run(args: argparse.Namespace, bootstrap: str) -> int:
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"soak-{run_id}",
            "FBP_SOURCE": topics["orders"], "FBP_SINK": topics["priced"],
            "FBP_BILLED": topics["billed"], "FBP_DLQ": topics["dlq"],
-           "FBP_RATE": f"{args.limit:g}", "FBP_GUARANTEE": args.guarantee}
-    keep = Path(tempfile.gettempdir()) / "fbp-soak"
+           "FBP_RATE": f"{args.limit:g}", "FBP_GUARANTEE": args.guarantee,
+           "FBP_SOAK_FAUST_TABLE_DEFAULTS": "1" if args.faust_table_defaults else ""}
+    keep = Path(tempfile.gettempdir()) / f"fbp-{args.output}"
     shutil.rmtree(keep, ignore_errors=True)
     keep.mkdir(parents=True)
     workers = [FaustWorker("bench.soak_app", name=f"w{i}", env=env, cwd=REPO) for i in (1, 2)]
@@ -210,6 +216,9 @@ def main() -> int:
     parser.add_argument("--guarantee", default="at_least_once",
                         choices=["at_least_once", "exactly_once"])
     parser.add_argument("--output", default="soak")
+    parser.add_argument("--faust-table-defaults", action="store_true",
+                        help="open the library's tables with Faust's RocksDB sizes (64 MiB "
+                        "write buffers, 2 GiB cache), as before ba80a94: the A/B of the RSS")
     args = parser.parse_args()
     with kafka_bootstrap() as bootstrap:
         return asyncio.run(run(args, bootstrap))

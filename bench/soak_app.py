@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import resource
+import sys
 from collections import deque
 from typing import Any
 
@@ -27,9 +28,13 @@ import faust
 
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
+from faust_backpressure.tables.store import TABLE_OPTIONS
 from faust_backpressure.testing.settings import fast_faust_settings
 
 log = logging.getLogger("soak")
+
+if os.environ.get("FBP_SOAK_FAUST_TABLE_DEFAULTS"):  # the A/B of the RSS (bench/soak.py)
+    TABLE_OPTIONS.clear()
 
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
@@ -91,6 +96,17 @@ def components() -> dict[str, Any]:
     return found
 
 
+def rocksdb_usage() -> dict[str, int]:
+    """Bytes in the memtables and block caches of every RocksDB database the app's tables
+    have open (one per table partition); a bench app may look into Faust's store."""
+    memtables = cache = 0
+    for table in app.tables.values():
+        for db in getattr(table.data, "_dbs", {}).values():
+            memtables += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            cache += db.property_int_value("rocksdb.block-cache-usage") or 0
+    return {"memtable_kib": memtables // 1024, "block_cache_kib": cache // 1024}
+
+
 @app.timer(10.0)
 async def sample() -> None:
     with open("/proc/self/statm") as statm:
@@ -99,6 +115,8 @@ async def sample() -> None:
     # to their write buffer size before a flush)
     line = {"rss_kib": rss_kib, "fds": len(os.listdir("/proc/self/fd")),
             "objects": len(gc.get_objects()),
+            "py_blocks": sys.getallocatedblocks(),  # every Python allocation, tracked or not
+            **rocksdb_usage(),
             "tasks": len(asyncio.all_tasks()),
             "held": {name: held(obj) for name, obj in components().items()}}
     log.warning("soak-sample %s", json.dumps(line, sort_keys=True))
