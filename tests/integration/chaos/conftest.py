@@ -1,7 +1,11 @@
-"""Fixtures of the chaos tests: a broker of their own, which they may stop and restart.
+"""Fixtures of the chaos tests: brokers of their own, which they may stop and restart.
 
-The session's broker (``kafka_bootstrap``) is shared by every test and must never go down; a
-chaos test gets a second :class:`LocalKafkaBroker` and halts it as it likes.
+The session's broker (``kafka_bootstrap``) is shared by every test and must never go down.
+``own_broker`` is a fresh :class:`LocalKafkaBroker` for one test. ``chaos_broker`` is one broker
+shared by a module's chaos runs (each uses topics and a group of its own), restarted if a run
+before left it down; that module's tests run on one xdist worker (``xdist_group``, with
+``--dist loadgroup``): one broker start for all of them, and never two chaos runs at once
+fighting for the machine's 2 cores.
 """
 
 from __future__ import annotations
@@ -22,3 +26,21 @@ def own_broker() -> Iterator[LocalKafkaBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def _module_broker() -> Iterator[LocalKafkaBroker]:
+    broker = LocalKafkaBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def chaos_broker(_module_broker: LocalKafkaBroker) -> LocalKafkaBroker:
+    """The module's broker, up (restarted if a test before left it down)."""
+    if not _module_broker.running:
+        _module_broker.restart()
+    return _module_broker

@@ -16,15 +16,15 @@ import pytest
 from faust_backpressure.testing.broker import LocalKafkaBroker
 from faust_backpressure.testing.chaos import ChaosPlan, Guarantee, format_table, run_chaos
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(280)]
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(280), pytest.mark.xdist_group("chaos")]
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
-        own_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
+        chaos_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
         capsys: pytest.CaptureFixture[str]) -> None:
     plan = ChaosPlan.ci(guarantee)
-    result = await run_chaos(plan, own_broker, tmp_path)
+    result = await run_chaos(plan, chaos_broker, tmp_path)
     table = format_table([result])
     with capsys.disabled():
         print(f"\n{table}\n(worker logs: {result.workdir})")
@@ -35,11 +35,11 @@ async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_batch_pipeline_loses_nothing_through_a_worker_kill_and_a_broker_outage(
-        own_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
+        chaos_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
         capsys: pytest.CaptureFixture[str]) -> None:
     """The same scenario and pass criteria, the pipeline in batch mode (docs/batching.md)."""
     plan = dataclasses.replace(ChaosPlan.ci(guarantee), batch=100)
-    result = await run_chaos(plan, own_broker, tmp_path)
+    result = await run_chaos(plan, chaos_broker, tmp_path)
     table = format_table([result])
     with capsys.disabled():
         print(f"\nbatch mode:\n{table}\n(worker logs: {result.workdir})")

@@ -23,7 +23,8 @@ from faust_backpressure.testing.kafka_io import consume, create_topics, produce,
 from faust_backpressure.testing.secure import SecureKafkaBroker
 from faust_backpressure.testing.settings import fast_faust_settings
 
-pytestmark = pytest.mark.kafka
+# one worker runs the module: its broker (module-scoped) starts once
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("acls")]
 
 USERS = {"app": "app-secret", "operator": "op-secret"}
 
