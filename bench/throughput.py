@@ -222,6 +222,11 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f} (IQR {q[2] - q[0]:,.0f})"
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+
+
 def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int,
            ways: list[str]) -> str:
     med = {w: statistics.median(r["rate"] for r in results[w]) for w in ways}
@@ -230,8 +235,8 @@ def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Command: `PYTHONPATH=. python bench/throughput.py --records {records} --rounds "
-        f"{rounds}`, {when}; Python {platform.python_version()}, {os.cpu_count()} CPUs, load "
-        f"{os.getloadavg()[0]:.2f} at the end (a shared machine); faust-streaming "
+        f"{rounds}`, {when}; commit {_commit()}; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end; faust-streaming "
         f"{faust.__version__}, local broker.",
         "",
         f"{records:,} records (4 partitions, 200-byte values) forwarded topic to topic by one "
