@@ -103,7 +103,10 @@ def _cluster_id(raw: bytes | None = None) -> str:
 
 
 def _die_with_parent() -> None:
-    """Runs in the broker's child process: SIGKILL it when the test process dies, however."""
+    """Runs in the broker's child process: SIGKILL it when the test process dies, however.
+
+    Linux sends the signal when the *thread* that launched the broker exits: a broker
+    (re)started from ``asyncio.to_thread`` dies when the event loop shuts its executor down."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)

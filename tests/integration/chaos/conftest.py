@@ -1,11 +1,12 @@
-"""Fixtures of the chaos tests: brokers of their own, which they may stop and restart.
+"""Fixtures of the chaos tests: a broker of their own, which they may stop and restart.
 
-The session's broker (``kafka_bootstrap``) is shared by every test and must never go down.
-``own_broker`` is a fresh :class:`LocalKafkaBroker` for one test. ``chaos_broker`` is one broker
-shared by a module's chaos runs (each uses topics and a group of its own), restarted if a run
-before left it down; that module's tests run on one xdist worker (``xdist_group``, with
-``--dist loadgroup``): one broker start for all of them, and never two chaos runs at once
-fighting for the machine's 2 cores.
+The session's broker (``kafka_bootstrap``) is shared by every test and must never go down; a
+chaos test gets a fresh :class:`LocalKafkaBroker` and halts it as it likes.
+
+Not one broker per module: the chaos harness restarts the broker from a thread
+(``asyncio.to_thread``), and a broker dies with the thread that launched it (the launcher's
+parent-death signal is per thread), so it went down when the test's event loop closed its
+executor, and the next test found no broker.
 """
 
 from __future__ import annotations
@@ -26,21 +27,3 @@ def own_broker() -> Iterator[LocalKafkaBroker]:
         yield broker
     finally:
         broker.stop()
-
-
-@pytest.fixture(scope="module")
-def _module_broker() -> Iterator[LocalKafkaBroker]:
-    broker = LocalKafkaBroker()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def chaos_broker(_module_broker: LocalKafkaBroker) -> LocalKafkaBroker:
-    """The module's broker, up (restarted if a test before left it down)."""
-    if not _module_broker.running:
-        _module_broker.restart()
-    return _module_broker

@@ -17,14 +17,16 @@ from faust_backpressure.testing.broker import LocalKafkaBroker
 from faust_backpressure.testing.chaos import ChaosPlan, Guarantee, format_table, run_chaos
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(280), pytest.mark.xdist_group("chaos")]
+# xdist_group: the chaos runs go one after another on one xdist worker, never two at once
+# fighting for the 2 cores (each has a broker and 3 workers of its own)
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
-        chaos_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
+        own_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
         capsys: pytest.CaptureFixture[str]) -> None:
     plan = ChaosPlan.ci(guarantee)
-    result = await run_chaos(plan, chaos_broker, tmp_path)
+    result = await run_chaos(plan, own_broker, tmp_path)
     table = format_table([result])
     with capsys.disabled():
         print(f"\n{table}\n(worker logs: {result.workdir})")
@@ -35,11 +37,11 @@ async def test_nothing_lost_through_a_worker_kill_and_a_broker_outage(
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_batch_pipeline_loses_nothing_through_a_worker_kill_and_a_broker_outage(
-        chaos_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
+        own_broker: LocalKafkaBroker, tmp_path: Path, guarantee: Guarantee,
         capsys: pytest.CaptureFixture[str]) -> None:
     """The same scenario and pass criteria, the pipeline in batch mode (docs/batching.md)."""
     plan = dataclasses.replace(ChaosPlan.ci(guarantee), batch=100)
-    result = await run_chaos(plan, chaos_broker, tmp_path)
+    result = await run_chaos(plan, own_broker, tmp_path)
     table = format_table([result])
     with capsys.disabled():
         print(f"\nbatch mode:\n{table}\n(worker logs: {result.workdir})")
