@@ -24,13 +24,13 @@ demo: kafka
 	$(PY) -m examples.demo $(DEMO_ARGS)
 
 # 3 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
-# (slowest collected first; a module marked xdist_group, e.g. the chaos runs sharing their own
-# broker, runs on one worker): the suite is mostly waiting
+# (slowest collected first). Not --dist loadgroup: after a worker crash (a hung test ended by
+# pytest-timeout) its scheduler gave the replacement worker nothing and the run never ended.: the suite is mostly waiting
 # for real workers to join, rebalance and settle, so 3 keep 2 cores busy (4 made timing-bound
 # tests flaky when the machine had other load)
 PYTEST_WORKERS ?= 3
 test: kafka
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ group has members have acknowledged. Records are signed with the app's secret wh
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -61,6 +62,9 @@ __all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
            "worker_name"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a stopping worker gives each keyed-status tombstone (see _publish_keyed).
+TOMBSTONE_TIMEOUT = 2.0
 
 
 def ops_topic(app_id: str) -> str:
@@ -153,9 +157,13 @@ class _OpsFollower(Service):
                     log.warning("keyed status not published", exc_info=True)
                 await self.sleep(STATUS_INTERVAL)
         finally:  # gone: a tombstone, so that the compacted topic forgets this worker
-            with contextlib.suppress(Exception):  # best effort: readers skip stale entries anyway
+            # Best effort, bounded: readers skip stale entries anyway, and while the worker
+            # stops the producer may never deliver (an unbounded send here hung app.stop()).
+            with contextlib.suppress(Exception):
                 for name in self.bp.keyed_limits:
-                    await send_control(self.bp.app, topic, status_key(name, self.worker), None)
+                    await asyncio.wait_for(send_control(
+                        self.bp.app, topic, status_key(name, self.worker), None),
+                        TOMBSTONE_TIMEOUT)
 
     async def _follow(self, consumer: Any) -> None:
         try:

@@ -16,9 +16,7 @@ import pytest
 from faust_backpressure.testing.broker import LocalKafkaBroker
 from faust_backpressure.testing.chaos import ChaosPlan, Guarantee, format_table, run_chaos
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(280), pytest.mark.xdist_group("chaos")]
-# xdist_group: the chaos runs go one after another on one xdist worker, never two at once
-# fighting for the 2 cores (each has a broker and 3 workers of its own)
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(280)]
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])

@@ -19,8 +19,7 @@ from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.secure import SecureKafkaBroker
 from faust_backpressure.testing.settings import fast_faust_settings
 
-# one worker runs the module: its broker (module-scoped) starts once
-pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("sasl-ssl")]
+pytestmark = pytest.mark.kafka
 
 USERS = {"app": "app-secret"}
 
