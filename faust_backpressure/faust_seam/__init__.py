@@ -46,14 +46,12 @@ from faust_backpressure.faust_seam.batches import (
     ack_offsets,
     batch_writer,
     commit_through,
-    consumer_generation,
     hold_partition,
     is_stale_generation,
     raw_producer,
     register_batch_tap,
     release_partition,
     transaction_producer,
-    transactional_id,
 )
 from faust_backpressure.faust_seam.consumer import OffsetGuard
 from faust_backpressure.faust_seam.control_topics import (
@@ -78,7 +76,11 @@ from faust_backpressure.faust_seam.streams import (
     stream_processors,
     unbounded_stream_buffer,
 )
-from faust_backpressure.faust_seam.transactions import InputTransactionManager, TransactionLost
+from faust_backpressure.faust_seam.transactions import (
+    InputTransactionManager,
+    TransactionLost,
+    transactional_id_of,
+)
 
 __all__ = [
     "CRASH_GRACE",
@@ -93,7 +95,6 @@ __all__ = [
     "batch_writer",
     "check_faust_version",
     "commit_through",
-    "consumer_generation",
     "crash_worker",
     "flow_stopped_event",
     "force_metadata_update",
@@ -111,6 +112,6 @@ __all__ = [
     "source_backlog",
     "stream_processors",
     "transaction_producer",
-    "transactional_id",
+    "transactional_id_of",
     "unbounded_stream_buffer",
 ]

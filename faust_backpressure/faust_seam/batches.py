@@ -13,7 +13,7 @@ from faust.types import TP, AppT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from faust_backpressure.faust_seam.transactions import InputTransactionManager
+from faust_backpressure.faust_seam.transactions import InputTransactionManager, transactional_id_of
 
 
 class BatchTap(Protocol):
@@ -48,10 +48,6 @@ def hold_partition(app: AppT, tp: TP) -> None:
 
 def release_partition(app: AppT, tp: TP) -> None:
     app.consumer.on_buffer_drop(tp)
-
-
-def consumer_generation(app: AppT) -> int:
-    return int(app.consumer_generation_id)
 
 
 def is_stale_generation(app: AppT, generation: int) -> bool:
@@ -94,11 +90,7 @@ async def transaction_producer(app: AppT, tp: TP) -> Any:
     manager = app.consumer.transactions
     if not isinstance(manager, InputTransactionManager):
         return None
-    return await manager.open_transaction(transactional_id(app, tp))
-
-
-def transactional_id(app: AppT, tp: TP) -> str:
-    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+    return await manager.open_transaction(transactional_id_of(app, tp))
 
 
 def batch_writer(app: AppT) -> contextlib.AbstractAsyncContextManager[None]:

@@ -31,6 +31,13 @@ class TransactionLost(BackpressureError, RuntimeError):
     """exactly_once: a partition's transaction broke; its worker stops to read it again."""
 
 
+def transactional_id_of(app: AppT, tp: TP, group: int | None = None) -> str:
+    """Faust's transactional id of input partition ``tp`` (``group``: its topic's group)."""
+    if group is None:
+        group = app.assignor.group_for_topic(tp.topic)
+    return f"{app.conf.id}-{group}-{tp.partition}"
+
+
 class InputTransactionManager(TransactionManager):
     """A Faust transaction manager that keeps each event's outputs with its offset.
 
@@ -69,7 +76,7 @@ class InputTransactionManager(TransactionManager):
             else:
                 if self._is_stale(message):
                     return self._dropped(topic, partition, message)
-                tid = f"{self.app.conf.id}-{group}-{message.tp.partition}"
+                tid = transactional_id_of(self.app, message.tp, group)
                 if message not in self._writers:
                     while self._commit_done is not None:  # into the next transaction
                         await self._commit_done.wait()
