@@ -4,8 +4,8 @@ each back to the limited stream (:func:`~faust_backpressure.faust_seam.redeliver
 A heap by (not-before, arrival): a key's not-before times never decrease (each is a
 reservation after the previous), so each key leaves in order, and a key due later does not
 hold back one due sooner. When Faust stops the flow (rebalance, stop) the held records are let
-go un-acked: Faust waits for every un-acked record it still sees, and after the rebalance it
-re-reads from the committed offset, which never passes them.
+go un-acked (:func:`~faust_backpressure.faust_seam.let_go`: Faust no longer waits for them), and
+after the rebalance it re-reads from the committed offset, which never passes them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from faust.types import TP, AppT, StreamT
 
 from faust_backpressure.agents.headers import header
-from faust_backpressure.faust_seam import flow_stopped_event, redeliver
+from faust_backpressure.faust_seam import flow_stopped_event, let_go, redeliver
 
 __all__ = ["NOT_BEFORE", "Deferrals"]
 
@@ -64,7 +64,9 @@ class Deferrals:
         while True:
             stopped = flow_stopped_event(self.app)
             if stopped is not None and stopped.is_set():
-                heap.clear()  # see the module's doc: re-read after the rebalance
+                for _, _, held in heap:  # see the module's doc: re-read after the rebalance
+                    let_go(self.app, held.message)
+                heap.clear()
                 self.backlog = 0
                 await asyncio.sleep(0.05)
                 continue

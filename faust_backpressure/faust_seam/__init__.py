@@ -27,6 +27,10 @@ The patches:
   Faust's exactly_once recovery took the last stable offset of aiokafka's last fetch, -1 before
   one, and a worker restarting on its own state dir crash-looped
   (:meth:`_GuardedConsumer.highwaters`).
+* **A producer keeps every topic it sends to in its metadata** (``producers``): aiokafka
+  dropped a topic first seen in an all-topics refresh once it tracked another, and a record
+  sent to it then waited for ever, so did Faust's flush before each commit
+  (:class:`TopicKeepingProducer`).
 * **exactly_once** (``transactions``, ``control_topics``): outputs join their input's
   transaction; commits happen between events (:class:`InputTransactionManager`); internal
   (control) records and the writes of our own tables are sent outside every transaction
@@ -67,9 +71,11 @@ from faust_backpressure.faust_seam.installing import (
     check_faust_version,
     install,
 )
+from faust_backpressure.faust_seam.producers import TopicKeepingProducer
 from faust_backpressure.faust_seam.streams import (
     flow_stopped_event,
     force_metadata_update,
+    let_go,
     redeliver,
     refresh_consumer_metadata,
     source_backlog,
@@ -89,6 +95,7 @@ __all__ = [
     "FaustVersionWarning",
     "InputTransactionManager",
     "OffsetGuard",
+    "TopicKeepingProducer",
     "TransactionLost",
     "UnsupportedTransport",
     "ack_offsets",
@@ -102,6 +109,7 @@ __all__ = [
     "install",
     "is_control_topic",
     "is_stale_generation",
+    "let_go",
     "mark_control_topic",
     "raw_producer",
     "redeliver",

@@ -15,6 +15,7 @@ from faust.types.enums import ProcessingGuarantee
 
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.faust_seam.consumer import _GuardedConsumer
+from faust_backpressure.faust_seam.producers import keep_producer_topics
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
     _CommitBetweenEvents,
@@ -86,6 +87,7 @@ def install(app: AppT) -> None:
     missing = tuple(m for m in mixins if not issubclass(base, m))
     if missing:
         transport.Consumer = type(f"Guarded{base.__name__}", (*missing, base), {})
+    keep_producer_topics(transport)
     if exactly_once:
         app.sensors.add(_WriterAcks(app))
     _INSTALLED.add(app)

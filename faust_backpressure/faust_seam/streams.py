@@ -44,6 +44,17 @@ async def redeliver(stream: StreamT[Any], message: Message) -> None:
     channel.queue.put_nowait(event)
 
 
+def let_go(app: AppT, message: Message) -> None:
+    """Stop Faust waiting for ``message``, held un-acked and given up (a rebalance or stop).
+
+    Faust's ``wait_empty`` (at every rebalance and stop) waits until each message it handed
+    out is acked or garbage: one still referenced (the last record a loop read) held it for
+    ever. Not acked, its offset is never committed, so it is read again.
+    """
+    consumer: Any = app.consumer
+    consumer._unacked_messages.discard(message)
+
+
 def flow_stopped_event(app: AppT) -> asyncio.Event | None:
     """The consumer's "flow stopped" event (set during rebalances and shutdown), if started."""
     consumer = getattr(app, "_consumer", None)

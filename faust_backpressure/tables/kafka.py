@@ -23,6 +23,8 @@ from aiokafka.partitioner import murmur2
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import AppT, TopicT
 
+from faust_backpressure.faust_seam import TopicKeepingProducer
+
 __all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
            "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic"]
 
@@ -82,7 +84,7 @@ def kafka_consumer(source: AppT | KafkaClientSettings | str, role: str = "consum
 def kafka_producer(source: AppT | KafkaClientSettings | str, role: str = "producer",
                    **options: Any) -> AIOKafkaProducer:
     options.setdefault("acks", "all")
-    return AIOKafkaProducer(**{**_settings(source, role), **options})
+    return TopicKeepingProducer(**{**_settings(source, role), **options})
 
 
 def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",

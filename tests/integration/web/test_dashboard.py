@@ -57,10 +57,6 @@ def _cell(dom: str, row_attr: str, key: str, cls: str) -> str:
     return cell.group(1)
 
 
-@pytest.mark.skip(reason="KNOWN DEFECT, open: since 2026-12-05 10:00 this test hangs after its "
-                  "last check, while its app and HTTP session close (6 of 6 runs, also at da1f33d, "
-                  "which passed it that morning); it ended a CI run. Cause not found yet "
-                  "(that day's closing note)")
 @needs_chromium
 async def test_dashboard_shows_the_live_values_in_a_real_browser(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:

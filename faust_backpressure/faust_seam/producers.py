@@ -1,0 +1,55 @@
+"""Producers that do not forget a topic's partitions (an aiokafka metadata defect).
+
+aiokafka refreshes metadata for the topics its client tracks, and all topics while it tracks
+none. A topic is tracked only when a send finds no partitions for it, so a topic first seen in an
+all-topics refresh (every topic that existed when the producer started) is not tracked: once
+any other topic is, the next refresh drops the first one, and a record sent to it waits for a
+leader no refresh will bring. ``producer.flush()`` then never returns, and Faust flushes
+before every commit: the worker stops committing and cannot stop. :class:`TopicKeepingProducer`
+tracks every topic it sends to; :func:`keep_producer_topics` makes an app's Faust producers of
+that type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
+
+
+def keep_topic(producer: AIOKafkaProducer, topic: str) -> None:
+    """Track ``topic`` in ``producer``'s metadata (a refresh is only forced for a new one)."""
+    client: Any = producer.client
+    if topic not in client._topics:
+        client.add_topic(topic)
+
+
+class TopicKeepingProducer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is untyped
+    """An :class:`aiokafka.AIOKafkaProducer` that keeps the metadata of every topic it sent to."""
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> Any:
+        keep_topic(self, topic)
+        return await super().send(topic, *args, **kwargs)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        keep_topic(self, topic)
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+class _TopicKeepingFaustProducer:
+    """Faust producer mixin: its aiokafka producers (transactional ones included) keep topics."""
+
+    @property
+    def _producer_type(self) -> type[AIOKafkaProducer]:
+        return TopicKeepingProducer
+
+
+def keep_producer_topics(transport: Any) -> None:
+    """Make ``transport``'s Faust producers :class:`TopicKeepingProducer` s (before
+    ``app.producer`` is first used; Faust's ``producer_threaded`` producer is not covered)."""
+    base = transport.Producer
+    if issubclass(base, FaustAIOKafkaProducer) and not issubclass(
+            base, _TopicKeepingFaustProducer):
+        transport.Producer = type(f"TopicKeeping{base.__name__}",
+                                  (_TopicKeepingFaustProducer, base), {})
