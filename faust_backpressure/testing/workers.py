@@ -73,6 +73,8 @@ class FaustWorker:
         self.env = {**os.environ, "FBP_WORKER_NAME": name, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._log_text = ""  # the complete lines read so far
+        self._log_bytes = 0  # their size in the file
 
     def start(self) -> FaustWorker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,19 @@ class FaustWorker:
         return self.proc is not None and self.proc.poll() is None
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The log's complete lines. Read incrementally: waits poll it every 0.1 s, and
+        re-reading a log of megabytes each time cost the test process a good part of a core."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_bytes)
+                new = log.read()
+        except FileNotFoundError:
+            return self._log_text
+        complete = new.rfind(b"\n") + 1  # a line still being written is read next time
+        if complete:
+            self._log_text += new[:complete].decode(errors="replace")
+            self._log_bytes += complete
+        return self._log_text
 
     def wait_for_log(self, pattern: str, timeout: float = 60.0, *, new_only: bool = True,
                      what: str | None = None) -> str:
