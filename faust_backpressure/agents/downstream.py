@@ -39,14 +39,9 @@ from faust_backpressure.errors import BackpressureError
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
-from faust_backpressure.limiters.concurrency import (
-    AIMDLimit,
-    ConcurrencyLimit,
-    FixedLimit,
-    GradientLimit,
-    VegasLimit,
-)
+from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
+from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",

@@ -78,6 +78,39 @@ def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
                          f"{', '.join(unsupported)} yet (docs/batching.md)")
 
 
+def _checked_options(name: str, settings: BackpressureSettings, *,
+                     process: Callable[[Any], Any] | None,
+                     process_batch: Callable[[list[Any]], Any] | None,
+                     concurrency: int | None, max_retries: int | None,
+                     limiter: RateLimitingStrategy | None, downstream: Downstream | None,
+                     **batch_checked: Any) -> tuple[int, int]:
+    """A pipeline's options checked (a clear error naming the option); its concurrency and
+    max_retries with their defaults."""
+    if (process is None) == (process_batch is None):
+        raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
+    _check_batch_options(name, process_batch, concurrency=concurrency, **batch_checked)
+    if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
+        concurrency = (downstream.max_concurrency if downstream is not None
+                       and process_batch is None else 1)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if batch_checked.get("priority") is not None and limiter is None:
+        raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
+                         "shedding happens at the rate-limit gate)")
+    retries = settings.max_retries if max_retries is None else max_retries
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {retries!r}")
+    return concurrency, retries
+
+
+def _backoff(settings: BackpressureSettings, retry_backoff: float | Backoff | None) -> Backoff:
+    if retry_backoff is None:
+        retry_backoff = settings.retry_backoff
+    if callable(retry_backoff):
+        return retry_backoff
+    return exponential_backoff(retry_backoff, max(retry_backoff, settings.retry_backoff_max))
+
+
 def _outputs(result: Any) -> Sequence[Any]:
     """``None`` filters; a list, tuple or generator is several values; anything else is one."""
     if result is None:
@@ -119,55 +152,24 @@ class Pipeline:
         (at most ``batch_size`` records of one partition, ``batch_timeout`` s at most) and
         returning one result per value (see ``docs/batching.md``)."""
         settings = settings or BackpressureSettings()
-        if (process is None) == (process_batch is None):
-            raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
-        _check_batch_options(name, process_batch, keyed=keyed,
-                             priority=priority, concurrency=concurrency,
-                             ordered_by_key=ordered_by_key, on_limit=on_limit)
-        self.downstream = downstream
-        if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
-            concurrency = (downstream.max_concurrency if downstream is not None
-                           and process_batch is None else 1)
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        self.concurrency = concurrency
-        #: per record key, the last event in progress (only with ``ordered_by_key``)
-        self._key_tails: dict[Any, asyncio.Future[None]] | None = (
-            {} if ordered_by_key else None)
-        if priority is not None and limiter is None:
-            raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
-                             "shedding happens at the rate-limit gate)")
-        self.priority = priority
+        self.concurrency, self.max_retries = _checked_options(
+            name, settings, process=process, process_batch=process_batch,
+            concurrency=concurrency, max_retries=max_retries, limiter=limiter,
+            downstream=downstream, keyed=keyed, priority=priority,
+            ordered_by_key=ordered_by_key, on_limit=on_limit)
         self.app = app
         self.name = name
         self.settings = settings
-        self.max_retries = settings.max_retries if max_retries is None else max_retries
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if retry_backoff is None:
-            retry_backoff = settings.retry_backoff
-        self.backoff: Backoff = (retry_backoff if callable(retry_backoff) else
-                                 exponential_backoff(retry_backoff,
-                                                     max(retry_backoff,
-                                                         settings.retry_backoff_max)))
+        self.downstream = downstream
+        self.priority = priority
+        self.keyed = keyed
+        #: per record key, the last event in progress (only with ``ordered_by_key``)
+        self._key_tails: dict[Any, asyncio.Future[None]] | None = (
+            {} if ordered_by_key else None)
+        self.backoff = _backoff(settings, retry_backoff)
         self.process: Callable[[Any], Any] = process or _batch_only
         self.stats = PipelineStats()
-        # The declared source carries the schema; the agent reads the same topic as raw bytes.
-        self.schema_topic = self._topic(source)
-        self.source_topic_name = self.schema_topic.get_topic_name()
-        # internal: Faust declares it (the source's partitions, else the app's
-        # topic_partitions) before the consumer subscribes. Undeclared, the first producer
-        # auto-created it with the broker's 1 partition and a worker subscribed before it
-        # existed ignored it until the next rebalance (issue 14).
-        self.raw_source = raw_topic(app, self.source_topic_name, internal=True,
-                                    partitions=getattr(self.schema_topic, "partitions", None))
-        sinks: Iterable[TopicSpec] = (
-            () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
-        self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
-        dlq_name = dlq if dlq is not None else self.source_topic_name + settings.dlq_topic_suffix
-        # a DLQ declared by name is ours: internal_replication_factor (None: Faust's default)
-        self.dlq = (raw_topic(app, dlq_name, replicas=settings.internal_replication_factor)
-                    if isinstance(dlq_name, str) else dlq_name)
+        self._declare_topics(source, sink, dlq)
         self.gate = (None if limiter is None else
                      RateLimitGate(app, limiter, on_limit=on_limit,
                                    shed_topic_suffix=settings.shed_topic_suffix,
@@ -178,28 +180,55 @@ class Pipeline:
         self._resumed.set()
         #: who paused it (``by``, ``at``, ``reason``) while paused
         self.paused_by: dict[str, Any] | None = None
+        self.batch = (None if process_batch is None
+                      else self._batch_runner(process_batch, batch_size, batch_timeout))
+        self.agent: AgentT[Any] = self._agent()
 
+    def _batch_runner(self, process_batch: Callable[[list[Any]], Any], batch_size: int,
+                      batch_timeout: float) -> BatchRunner:
+        if self.gate is not None and batch_size > self.gate.capacity:
+            raise ValueError(f"pipeline {self.name!r}: batch_size {batch_size} is above the "
+                             f"limiter's burst ({self.gate.capacity:g}): a batch could "
+                             "never be admitted at once")
+        runner = BatchRunner(self, process_batch, batch_size, batch_timeout)
+        register_batch_tap(self.app, self.source_topic_name, runner)
+        return runner
+
+    def _declare_topics(self, source: TopicSpec,
+                        sink: TopicSpec | Sequence[TopicSpec] | None,
+                        dlq: TopicSpec | None) -> None:
+        # The declared source carries the schema; the agent reads the same topic as raw bytes.
+        self.schema_topic = self._topic(source)
+        self.source_topic_name = self.schema_topic.get_topic_name()
+        # internal: Faust declares it (the source's partitions, else the app's
+        # topic_partitions) before the consumer subscribes. Undeclared, the first producer
+        # auto-created it with the broker's 1 partition and a worker subscribed before it
+        # existed ignored it until the next rebalance (issue 14).
+        self.raw_source = raw_topic(self.app, self.source_topic_name, internal=True,
+                                    partitions=getattr(self.schema_topic, "partitions", None))
+        sinks: Iterable[TopicSpec] = (
+            () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
+        self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
+        dlq_name = (dlq if dlq is not None
+                    else self.source_topic_name + self.settings.dlq_topic_suffix)
+        # a DLQ declared by name is ours: internal_replication_factor (None: Faust's default)
+        self.dlq = (raw_topic(self.app, dlq_name,
+                              replicas=self.settings.internal_replication_factor)
+                    if isinstance(dlq_name, str) else dlq_name)
+
+    def _agent(self) -> AgentT[Any]:
         async def run(stream: StreamT[Any]) -> None:
             await self._run(stream)
 
         # Faust labels an agent (in every log line) by its function's module and qualname:
         # a bound method made every pipeline "faust_backpressure.agents[.]_run".
-        run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", name, name
-        self.batch: BatchRunner | None = None
-        if process_batch is not None:
-            self.batch = BatchRunner(self, process_batch, batch_size, batch_timeout)
-            if self.gate is not None and batch_size > self.gate.capacity:
-                raise ValueError(f"pipeline {name!r}: batch_size {batch_size} is above the "
-                                 f"limiter's burst ({self.gate.capacity:g}): a batch could "
-                                 "never be admitted at once")
-            register_batch_tap(app, self.source_topic_name, self.batch)
+        run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", self.name, self.name
         fun = run if self.gate is None or self.batch is not None else self.gate(run)
-        self.keyed = keyed
-        if keyed is not None:  # a keyed limit as the limiter: key = the record's key by default
-            keyed.agent_name = keyed.agent_name or f"pipeline:{name}"
-            fun = keyed(fun)
-        self.agent: AgentT[Any] = app.agent(self.raw_source, name=f"bp-pipeline-{name}",
-                                            concurrency=concurrency)(fun)
+        if self.keyed is not None:  # a keyed limit as the limiter: key = the record's key
+            self.keyed.agent_name = self.keyed.agent_name or f"pipeline:{self.name}"
+            fun = self.keyed(fun)
+        return self.app.agent(self.raw_source, name=f"bp-pipeline-{self.name}",
+                              concurrency=self.concurrency)(fun)
 
     def _topic(self, spec: TopicSpec, *, like: TopicT | None = None) -> TopicT:
         """A declared topic as is; a topic named by string with ``like``'s serializers, or

@@ -12,7 +12,7 @@ from .base import (
     RateLimitTimeout,
 )
 from .circuit_breaker import BreakerState, BreakerStats, CircuitBreaker, CircuitOpenTimeout
-from .concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit, GradientLimit, VegasLimit
+from .concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from .concurrency_limiter import (
     CallPermit,
     ConcurrencyLimiter,
@@ -21,6 +21,7 @@ from .concurrency_limiter import (
 )
 from .factory import RateLimiterFactory, TierLimit
 from .keyed_buckets import KeyedTokenBuckets, KeyLimits
+from .latency_limits import GradientLimit, VegasLimit
 from .leaky_bucket import LeakyBucketRateLimiter
 from .multi_tier import MultiTierRateLimiter, TierSpec
 from .sliding_window import SlidingWindowRateLimiter
