@@ -10,9 +10,11 @@ do it (no acknowledgement, nothing found), 2 a usage error (click's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -101,14 +103,37 @@ def _acked_command(name: str, argument: str, reason: str, *options: Callable[[An
 
 @click.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--watch", type=float, default=None, metavar="SECONDS",
+              help="Report again every SECONDS until interrupted (with --json: one JSON "
+                   "object per line).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, watch: float | None) -> None:
     """Every limiter, control loop and pipeline of the app across all workers."""
     bp = _installation(ctx)
-    report = asyncio.run(cluster_status(bp, client_settings(bp.app, "ops")))
-    if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    kafka = client_settings(bp.app, "ops")
+    if watch is None:
+        _show_status(asyncio.run(cluster_status(bp, kafka)), as_json, indent=2)
         return
+    if not math.isfinite(watch) or watch <= 0:
+        raise click.BadParameter(f"must be a number of seconds > 0, got {watch}",
+                                 param_hint="--watch")
+
+    async def every(interval: float) -> None:
+        while True:
+            _show_status(await cluster_status(bp, kafka), as_json, indent=None)
+            sys.stdout.flush()  # a pipe (a script, watch's reader) sees each report at once
+            await asyncio.sleep(interval)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+        asyncio.run(every(watch))
+
+
+def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=indent, sort_keys=True))
+        return
+    if indent is None:  # watching: one report after the other
+        click.echo(f"--- {time.strftime('%H:%M:%S', time.localtime(report['at']))}")
     click.echo(f"app {report['app']}")
     click.echo("\nlimiters")
     click.echo(_table([[x["id"], x["rate"], x["configured_rate"], x["decided_rate"],

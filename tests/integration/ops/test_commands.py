@@ -1,4 +1,5 @@
-"""``faust -A app backpressure status | set-rate | reset | lag`` against two real workers."""
+"""``faust -A app backpressure status | set-rate | reset | lag`` against two real workers
+(``status --json --watch`` for the repeated looks, ``status`` as a table too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from faust_backpressure.testing.kafka_io import (
 )
 from faust_backpressure.testing.workers import FaustWorker
 
+from .status_watch import StatusWatch
+
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[3]
@@ -34,11 +37,23 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
+_WATCHES: dict[str, StatusWatch] = {}  # this test's `status --watch`, by app id
+
+
+@pytest.fixture(autouse=True)
+def _close_watches() -> Iterator[None]:
+    yield
+    for watch in _WATCHES.values():
+        watch.close()
+    _WATCHES.clear()
+
+
 def _status(env: dict[str, str]) -> dict[str, Any]:
-    done = _cli(env, "status", "--json")
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
+    """``status --json`` as of now (from one ``--watch`` process per test)."""
+    app_id, asked = env["FBP_APP_ID"], time.time()
+    if app_id not in _WATCHES:
+        _WATCHES[app_id] = StatusWatch(APP, env)
+    return _WATCHES[app_id].fresh(since=asked)
 
 
 def _limiter(report: dict[str, Any], lid: str) -> dict[str, Any]:

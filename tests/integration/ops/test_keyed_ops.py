@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from faust_backpressure.app.keyed_ops import KeyOverrideCommand
 from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.workers import FaustWorker
+
+from .status_watch import StatusWatch
 
 pytestmark = pytest.mark.kafka
 
@@ -41,10 +43,23 @@ def _key_on(partition: int, stem: str) -> bytes:
                 if partition_for_key(k, 2) == partition)
 
 
+_WATCHES: dict[str, StatusWatch] = {}  # this test's `status --watch`, by app id
+
+
+@pytest.fixture(autouse=True)
+def _close_watches() -> Iterator[None]:
+    yield
+    for watch in _WATCHES.values():
+        watch.close()
+    _WATCHES.clear()
+
+
 def _keyed_row(env: dict[str, str]) -> dict[str, Any]:
-    done = _cli(env, "status", "--json")
-    assert done.returncode == 0, done.stderr
-    (row,) = json.loads(done.stdout)["keyed"]
+    """The keyed limit's row of ``status --json`` as of now (one ``--watch`` per test)."""
+    app_id, asked = env["FBP_APP_ID"], time.time()
+    if app_id not in _WATCHES:
+        _WATCHES[app_id] = StatusWatch(APP, env)
+    (row,) = _WATCHES[app_id].fresh(since=asked)["keyed"]
     assert isinstance(row, dict)
     return row
 
