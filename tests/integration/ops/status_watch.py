@@ -69,3 +69,23 @@ class StatusWatch:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
+
+
+class StatusWatches:
+    """A test's watches, one per app id (``env["FBP_APP_ID"]``); :meth:`close` ends them."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self._by_app_id: dict[str, StatusWatch] = {}
+
+    def report(self, env: dict[str, str]) -> dict[str, Any]:
+        """``status --json`` as of this call."""
+        app_id, asked = env["FBP_APP_ID"], time.time()
+        if app_id not in self._by_app_id:
+            self._by_app_id[app_id] = StatusWatch(self.app, env)
+        return self._by_app_id[app_id].fresh(since=asked)
+
+    def close(self) -> None:
+        for watch in self._by_app_id.values():
+            watch.close()
+        self._by_app_id.clear()

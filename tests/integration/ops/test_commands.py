@@ -23,7 +23,7 @@ from faust_backpressure.testing.kafka_io import (
 )
 from faust_backpressure.testing.workers import FaustWorker
 
-from .status_watch import StatusWatch
+from .status_watch import StatusWatches
 
 pytestmark = pytest.mark.kafka
 
@@ -37,23 +37,18 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
-_WATCHES: dict[str, StatusWatch] = {}  # this test's `status --watch`, by app id
+_WATCHES = StatusWatches(APP)  # this test's `status --watch` processes
 
 
 @pytest.fixture(autouse=True)
 def _close_watches() -> Iterator[None]:
     yield
-    for watch in _WATCHES.values():
-        watch.close()
-    _WATCHES.clear()
+    _WATCHES.close()
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
     """``status --json`` as of now (from one ``--watch`` process per test)."""
-    app_id, asked = env["FBP_APP_ID"], time.time()
-    if app_id not in _WATCHES:
-        _WATCHES[app_id] = StatusWatch(APP, env)
-    return _WATCHES[app_id].fresh(since=asked)
+    return _WATCHES.report(env)
 
 
 def _limiter(report: dict[str, Any], lid: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.workers import FaustWorker
 
-from .status_watch import StatusWatch
+from .status_watch import StatusWatches
 
 pytestmark = pytest.mark.kafka
 
@@ -43,23 +43,18 @@ def _key_on(partition: int, stem: str) -> bytes:
                 if partition_for_key(k, 2) == partition)
 
 
-_WATCHES: dict[str, StatusWatch] = {}  # this test's `status --watch`, by app id
+_WATCHES = StatusWatches(APP)  # this test's `status --watch` processes
 
 
 @pytest.fixture(autouse=True)
 def _close_watches() -> Iterator[None]:
     yield
-    for watch in _WATCHES.values():
-        watch.close()
-    _WATCHES.clear()
+    _WATCHES.close()
 
 
 def _keyed_row(env: dict[str, str]) -> dict[str, Any]:
     """The keyed limit's row of ``status --json`` as of now (one ``--watch`` per test)."""
-    app_id, asked = env["FBP_APP_ID"], time.time()
-    if app_id not in _WATCHES:
-        _WATCHES[app_id] = StatusWatch(APP, env)
-    (row,) = _WATCHES[app_id].fresh(since=asked)["keyed"]
+    (row,) = _WATCHES.report(env)["keyed"]
     assert isinstance(row, dict)
     return row
 
