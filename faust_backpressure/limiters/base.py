@@ -169,6 +169,7 @@ class LimiterBase(ABC):
         "_denied",
         "_fast_until",
         "_granted",
+        "_on_timing_change",
         "_queue",
         "_sleeps",
         "_uw",
@@ -182,6 +183,9 @@ class LimiterBase(ABC):
         self._clock = clock
         self._uw = check_rate("utilization_window", utilization_window)
         self._queue: deque[_Waiter] = deque()
+        # Set by a limiter this one is a part of (a tier of a MultiTierRateLimiter), whose
+        # waiters sleep in its own queue and must wake when this part's timing changes.
+        self._on_timing_change: Callable[[], None] | None = None
         self._reset_counters(clock())
 
     def _reset_counters(self, now: float) -> None:
@@ -316,11 +320,14 @@ class LimiterBase(ABC):
     # -- waiting ---------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        """Timing changed (rate update, reset): let the head waiter recompute now."""
+        """Timing changed (rate update, reset, a lease granted): let the head waiter, and
+        the waiters of a limiter this one is a part of, recompute now."""
         if self._queue:
             wake = self._queue[0].wake
             if wake is not None:
                 _wake(wake)
+        if self._on_timing_change is not None:
+            self._on_timing_change()
 
     async def acquire(self, permits: int = 1, *, timeout: float | None = None) -> None:
         """Wait until ``permits`` are granted, first come first served.

@@ -95,6 +95,11 @@ class MultiTierRateLimiter(LimiterBase):
             else ()
         )
         super().__init__(clock, utilization_window)
+        for tier in built.values():
+            if isinstance(tier, LimiterBase):
+                # Our waiters sleep in our queue: a tier whose timing changes (a distributed
+                # tier's lease granted, a rate update) wakes them, as it would its own.
+                tier._on_timing_change = self._notify
 
     def _tier(self, name: str) -> RateLimitingStrategy:
         try:

@@ -291,6 +291,36 @@ def test_a_multi_tier_of_distributed_tiers_asks_every_short_tier_for_a_lease() -
     assert all(r is not None and r.demand > 0 for r in requests.values())
 
 
+async def test_a_grant_to_a_tier_wakes_a_multi_tier_waiter_at_once() -> None:
+    # Regression (CI: per-consumer shares 710 / 385 where 600 each was due): a multi-tier
+    # waiter sleeps in the multi-tier's queue, so a tier's grant woke nobody and the waiter
+    # slept until the tier's request timeout; a worker that asks that rarely looks, to the
+    # owner, like one with little demand, and gets a small share.
+    import asyncio
+
+    from faust_backpressure.limiters import MultiTierRateLimiter
+    from faust_backpressure.tables.lease import DistributedRateLimiter
+
+    clock = FakeClock()
+    tiers = {name: DistributedRateLimiter(name, 100, 100, clock=clock, wall_clock=clock,
+                                          request_timeout=60.0)
+             for name in ("global", "consumer")}
+    limiter = MultiTierRateLimiter(tiers, clock=clock)
+    waiter = asyncio.create_task(limiter.acquire())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiter.done() and limiter.queued_waiters == 1
+    for name, tier in tiers.items():
+        req = tier.poll()
+        assert isinstance(req, LeaseRequest), name
+        grant = LimiterLedger(name, tier.config, clock.now).handle_lease(req, clock.now)
+        assert grant is not None and grant.tokens >= 1
+        assert tier.on_grant(grant, clock.now)
+    for _ in range(10):  # a few loop turns, no time: the 60 s timer is not what wakes it
+        await asyncio.sleep(0)
+    assert waiter.done() and limiter.stats().granted == 1
+
+
 def test_a_grant_beyond_the_bucket_or_the_longest_lease_is_cut() -> None:
     # Without a secret anyone who can write the grant topic may answer a pending request.
     clock = FakeClock()
