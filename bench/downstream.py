@@ -83,6 +83,7 @@ class Config:
     service_time: float
     ways: tuple[str, ...]
     phases: tuple[str, ...]
+    announce: bool = False  # the service says its quota in every answer (RateLimit-Policy)
 
     @property
     def nominal(self) -> float:
@@ -245,7 +246,7 @@ async def one_run(cfg: Config, bootstrap: str, way: str, phase: str, round_: int
     await create_topics(bootstrap, {topics["source"]: cfg.partitions,
                                     topics["sink"]: cfg.partitions, topics["dlq"]: 1})
     with QuotaServiceProcess(quota=cfg.quota, servers=cfg.servers,
-                             service_time=cfg.service_time) as service:
+                             service_time=cfg.service_time, announce=cfg.announce) as service:
         env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"bench-ds-{tag}",
                "FBP_SOURCE": topics["source"], "FBP_SINK": topics["sink"],
                "FBP_DLQ": topics["dlq"], "FBP_QUOTA_URL": service.url, "FBP_WAY": way,
@@ -523,13 +524,15 @@ def parse(argv: list[str]) -> Config:
     add("--service-time", type=float, default=0.02, help="seconds per call (unloaded)")
     add("--ways", type=lambda s: names(s, WAYS), default=WAYS)
     add("--phases", type=lambda s: names(s, PHASES), default=PHASES)
+    add("--announce", action="store_true",
+        help="the service says its quota in every answer (RateLimit-Policy); the guard reads it")
     add("--output", default="downstream",
         help="results as bench/results/OUTPUT.md and OUTPUT-<phase>.png")
     args = parser.parse_args(argv)
     global OUTPUT
     OUTPUT = args.output
     return Config(args.events, args.rounds, args.workers, args.quota, args.servers,
-                  args.service_time, args.ways, args.phases)
+                  args.service_time, args.ways, args.phases, args.announce)
 
 
 def main(argv: list[str]) -> str:

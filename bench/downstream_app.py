@@ -97,6 +97,7 @@ def guarded(guard: Downstream) -> Callable[[bytes], Awaitable[bytes]]:
     """The call for a guard: 429 and 503 become its slow-down / unavailable errors."""
     async def call_through(value: bytes) -> bytes:
         result = await client().call(value.decode())
+        guard.read_quota_headers(result.quota_headers)  # nothing unless the service announces
         if not result.ok:
             raise guard.slow_down_from_http(result.status, result.retry_after)
         return value

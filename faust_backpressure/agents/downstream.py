@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from faust_backpressure.agents.slow_down import (
     SlowDown,
     from_http,
     parse_retry_after,
+    quota_from_headers,
 )
 from faust_backpressure.config.validation import check_number
 from faust_backpressure.errors import BackpressureError
@@ -148,6 +149,17 @@ class Downstream:
 
     def unavailable_error(self, reason: str = "unavailable") -> DependencyUnavailable:
         return DependencyUnavailable(reason)
+
+    def read_quota_headers(self, headers: Mapping[str, str] | Iterable[tuple[str, str]], *,
+                           window: float | None = None) -> float | None:
+        """Pass every answer's headers: a quota the system announces (``RateLimit-Policy``,
+        or ``X-RateLimit-Limit`` per ``window`` seconds, see :func:`quota_from_headers`) is
+        kept to at once, a raised one too (without it only probing finds that). Returns the
+        announced quota (calls/s) or None."""
+        quota = quota_from_headers(headers, window=window)
+        if quota is not None and self.quota is not None:
+            self.quota.announced(quota)
+        return quota
 
     # -- pauses ----------------------------------------------------------------------------
 

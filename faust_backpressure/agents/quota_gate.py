@@ -63,6 +63,9 @@ class QuotaGate(Protocol):
     def report(self, worker: str, episode: float, served: float) -> None:
         """Another worker's report of what it was served before an episode."""
 
+    def announced(self, quota: float) -> None:
+        """The system announced its quota (calls/s, every caller together)."""
+
 
 class LocalQuota:
     """This worker's own learnt rate, a bucket with no burst and no initial tokens: after a
@@ -98,6 +101,13 @@ class LocalQuota:
 
     def report(self, worker: str, episode: float, served: float) -> None:
         """Reports are for shared quotas."""
+
+    def announced(self, quota: float) -> None:
+        """The quota is for every caller, and this worker's part of it is unknown: it only
+        caps the rate here (a shared quota uses it whole)."""
+        if self._bucket is not None and self.learner.rate > quota:
+            self.learner.rate = quota
+            self._apply(quota)
 
     def _apply(self, rate: float) -> None:
         if self._bucket is None:
@@ -179,6 +189,15 @@ class SharedQuota:
     def report(self, worker: str, episode: float, served: float) -> None:
         if worker != self.worker:
             self.reports[worker] = (episode, served)
+
+    def announced(self, quota: float) -> None:
+        # every worker reads the same answers: each sends the same new rate, once per change
+        rate = self.learner.announced(quota)
+        if rate is not None:
+            self._learnt = True
+            self._send(rate)
+            log.warning("downstream %s: the system announced %.1f/s; shared rate %.1f/s",
+                        self.name, quota, rate)
 
     def total(self, episode: float) -> float:
         """What every worker that reported ``episode`` was served before it."""

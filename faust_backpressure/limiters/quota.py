@@ -11,7 +11,10 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
   ``recent`` seconds ago: the quota fell, find it in a few steps);
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
-  so that a raised quota is found.
+  so that a raised quota is found;
+* a system that does announce its quota (``RateLimit-Policy``, ``X-RateLimit-Limit``): a new
+  announced value becomes the ceiling and the rate at once, up or down (a raised quota is
+  then found at the next answer instead of by probing), and no probe goes above it.
 
 Pure: the caller reports outcomes and applies ``rate`` to its limiter. Example::
 
@@ -36,8 +39,7 @@ class QuotaLearner:
     """The rate one caller should keep to, learnt from successes and slow-downs."""
 
     __slots__ = ("_attempted", "_attempts", "_clock", "_last_call", "_next_step", "_ok",
-                 "_probes", "_served",
-                 "_since", "_slowed_at",
+                 "_probes", "_served", "_since", "_slowed_at", "announced_quota",
                  "backoff", "ceiling", "fast_backoff", "interval", "max_rate", "min_rate",
                  "near_since", "probe_after", "rate", "recent")
 
@@ -68,6 +70,8 @@ class QuotaLearner:
         self._slowed_at = -math.inf
         self.near_since: float | None = None
         self._probes = 0
+        #: The quota the system last announced (None: it announces none).
+        self.announced_quota: float | None = None
 
     def started(self) -> None:
         """A call went out (what was attempted bounds the quota when little was served)."""
@@ -110,6 +114,21 @@ class QuotaLearner:
             self.rate = max(self.min_rate, ceiling * factor)
         return self.rate
 
+    def announced(self, quota: float) -> float | None:
+        """The system announced its quota (calls/s). A new value (1% or more from the last)
+        becomes the ceiling and the rate, up or down; the same value again changes nothing
+        (after a slow-down the rate climbs back as usual, up to it). Returns the new rate
+        when it changed."""
+        quota = check_number("quota", quota, 0, strict=True)
+        last = self.announced_quota
+        if last is not None and abs(quota - last) < 0.01 * last:
+            return None
+        self.announced_quota = self.ceiling = quota
+        self.near_since, self._probes = None, 0
+        old = self.rate
+        self.rate = max(self.min_rate, min(self.max_rate, quota))
+        return self.rate if self.rate != old else None
+
     def paused(self, pause: float) -> None:
         """Calls stop for ``pause`` seconds, the rate unchanged: measure afresh after it (an
         interval with a pause in it understates what is served: 110/s of a 150/s quota)."""
@@ -144,7 +163,8 @@ class QuotaLearner:
             if now - self.near_since >= self.probe_after:
                 self._probes += 1  # above the ceiling, more each interval
                 self.rate = max(self.rate, ceiling) * (1 + 0.01 * self._probes)
-        self.rate = min(self.rate, self.max_rate)
+        # an announced quota is the most there is: no probe above it
+        self.rate = min(self.rate, self.max_rate, self.announced_quota or math.inf)
         return self.rate if self.rate != old else None
 
 

@@ -38,11 +38,13 @@ _SERVICE_MODULE = "faust_backpressure.testing.quota_service"
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
-    """One answer: the HTTP status, the raw ``Retry-After`` header (or None), latency in s."""
+    """One answer: the HTTP status, the raw ``Retry-After`` header (or None), latency in s,
+    and the headers that announce a quota (``RateLimit-*``, ``X-RateLimit-*``)."""
 
     status: int
     retry_after: str | None
     latency: float
+    quota_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -77,8 +79,10 @@ class QuotaClient:
         started = time.monotonic()
         async with self._http().post(f"{self.url}/call", json={"id": id}) as response:
             await response.read()  # the whole answer, so the connection goes back to the pool
+        quota = tuple((k, v) for k, v in response.headers.items()
+                      if k.lower().startswith(("ratelimit", "x-ratelimit")))
         return CallResult(response.status, response.headers.get("Retry-After"),
-                          time.monotonic() - started)
+                          time.monotonic() - started, quota)
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -106,11 +110,13 @@ class QuotaServiceProcess:
     def __init__(self, quota: float = 300.0, *, burst: float | None = None, servers: int = 16,
                  service_time: float = 0.02, max_queue: int | None = None,
                  retry_after_format: RetryAfterFormat = "seconds",
-                 hang_limit: float | None = None, start_timeout: float = 30.0) -> None:
+                 hang_limit: float | None = None, announce: bool = False,
+                 start_timeout: float = 30.0) -> None:
         options = {"--quota": quota, "--burst": burst, "--servers": servers,
                    "--service-time": service_time, "--max-queue": max_queue,
                    "--retry-after-format": retry_after_format, "--hang-limit": hang_limit}
         self._args = [f"{k}={v}" for k, v in options.items() if v is not None]
+        self._args += ["--announce"] if announce else []
         self.start_timeout = start_timeout
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None

@@ -3,9 +3,9 @@
 ``POST /call`` is one call (optional JSON body ``{"id": ...}``, echoed back). A token bucket
 shared by all callers caps the rate: over it, ``429`` with ``Retry-After`` at once. Admitted
 calls wait FIFO for one of ``servers`` servers and hold it ``service_time`` s, so latency grows
-beyond ``servers`` calls in flight. Fault switches (``fail``: quick 503s; ``hang``: calls held)
-and the quota change live (:meth:`QuotaService.set`, ``POST /admin`` with a JSON object).
-``GET /stats``, ``POST /reset-stats``. It listens on 127.0.0.1 only.
+beyond ``servers`` calls in flight. Switches (``fail``: quick 503s; ``hang``: calls held;
+``announce``: answers say the quota) and the quota change live (:meth:`QuotaService.set`,
+``POST /admin``). ``GET /stats``, ``POST /reset-stats``. It listens on 127.0.0.1 only.
 
 As its own process, e.g. for Faust workers (``quota_client.QuotaServiceProcess`` does it)::
 
@@ -36,7 +36,8 @@ RetryAfterFormat = Literal["seconds", "date"]
 HOST = "127.0.0.1"  # loopback only: a test double must never be reachable from elsewhere
 TIMELINE_SECONDS = 3600  # per-second history kept by /stats
 LATENCY_SAMPLES = 100_000  # the overall percentiles are over the last this many ok calls
-SETTINGS = ("quota", "burst", "servers", "service_time", "fail", "fail_retry_after", "hang")
+SETTINGS = ("quota", "burst", "servers", "service_time", "fail", "fail_retry_after", "hang",
+            "announce")
 _QUIET = {"ok": 0, "429": 0, "503": 0, "p50_ms": None, "p99_ms": None}
 
 
@@ -52,9 +53,7 @@ def _number(name: str, value: object, low: float, *, above: bool = False,
 
 def _percentile(ordered: list[float], pct: float) -> float | None:
     """Nearest-rank percentile of an ascending list; None when it is empty."""
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)] if ordered else None
 
 
 class _Bucket:
@@ -87,8 +86,7 @@ class _Servers:
     """``capacity`` servers handed out strictly FIFO; the capacity may change at any time."""
 
     def __init__(self, capacity: int, on_change: Callable[[], None]) -> None:
-        self.capacity, self.busy = capacity, 0
-        self._on_change = on_change
+        self.capacity, self.busy, self._on_change = capacity, 0, on_change
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     def free_now(self) -> bool:
@@ -184,7 +182,7 @@ class QuotaService:
                  service_time: float = 0.02, max_queue: int | None = None,
                  retry_after_format: RetryAfterFormat = "seconds", fail: bool = False,
                  fail_retry_after: float | None = None, hang: bool = False,
-                 hang_limit: float | None = None, port: int = 0,
+                 hang_limit: float | None = None, port: int = 0, announce: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if retry_after_format not in ("seconds", "date"):
             raise ValueError(f"retry_after_format: 'seconds' or 'date', not {retry_after_format!r}")
@@ -193,7 +191,8 @@ class QuotaService:
         self.max_queue = None if queue is None else int(queue)
         self.hang_limit = None if hang_limit is None else _number("hang_limit", hang_limit, 0)
         self.port, self.url, self._burst_given = port, "", False
-        self.service_time, self.fail, self.fail_retry_after, self.hang = 0.0, False, 0.0, False
+        self.service_time, self.fail, self.fail_retry_after = 0.0, False, 0.0
+        self.hang = self.announce = False
         self._unhung, self._changed = asyncio.Event(), asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._closing, self._in_flight, self._hanging = False, 0, 0
@@ -201,16 +200,17 @@ class QuotaService:
         self._bucket, self._servers = _Bucket(1.0, math.inf, clock), _Servers(0, self._notify)
         self.reset_stats()
         self.set(quota=quota, burst=burst, servers=servers, service_time=service_time, fail=fail,
-                 fail_retry_after=fail_retry_after or 0.0, hang=hang)
+                 fail_retry_after=fail_retry_after or 0.0, hang=hang, announce=announce)
 
     def set(self, *, quota: float | None = None, burst: float | None = None,
             servers: int | None = None, service_time: float | None = None,
             fail: bool | None = None, fail_retry_after: float | None = None,
-            hang: bool | None = None) -> dict[str, Any]:
+            hang: bool | None = None, announce: bool | None = None) -> dict[str, Any]:
         """Change settings live (``None``: unchanged), e.g. ``svc.set(quota=100, hang=True)``.
 
         A new ``quota`` without ``burst`` gets the default burst unless a burst was ever given;
-        ``fail_retry_after=0``: no ``Retry-After`` on fail answers. All is checked, then applied.
+        ``fail_retry_after=0``: no ``Retry-After`` on fail answers; ``announce``: every answer
+        says the quota (``RateLimit-Policy: "quota";q=300;w=1``). All is checked, then applied.
         """
         rate = self._bucket.rate if quota is None else _number("quota", quota, 0.0, above=True)
         new_burst = self._bucket.burst if self._burst_given else max(1.0, rate / 10)
@@ -219,7 +219,7 @@ class QuotaService:
         service = None if service_time is None else _number("service_time", service_time, 0)
         retry = None if fail_retry_after is None else _number("fail_retry_after",
                                                               fail_retry_after, 0)
-        for name, flag in (("fail", fail), ("hang", hang)):
+        for name, flag in (("fail", fail), ("hang", hang), ("announce", announce)):
             if flag is not None and not isinstance(flag, bool):  # JSON from /admin
                 raise ValueError(f"{name} must be true or false, got {flag!r}")
         self._burst_given = self._burst_given or burst is not None
@@ -230,6 +230,7 @@ class QuotaService:
         self.fail_retry_after = self.fail_retry_after if retry is None else retry
         self.fail = self.fail if fail is None else fail
         self.hang = self.hang if hang is None else hang
+        self.announce = self.announce if announce is None else announce
         self._apply_hang()
         self._notify()
         return self.settings()
@@ -242,8 +243,8 @@ class QuotaService:
         return {"quota": self._bucket.rate, "burst": self._bucket.burst,
                 "servers": self._servers.capacity, "service_time": self.service_time,
                 "fail": self.fail, "fail_retry_after": self.fail_retry_after,
-                "hang": self.hang, "max_queue": self.max_queue, "hang_limit": self.hang_limit,
-                "retry_after_format": self.retry_after_format}
+                "hang": self.hang, "announce": self.announce, "max_queue": self.max_queue,
+                "hang_limit": self.hang_limit, "retry_after_format": self.retry_after_format}
 
     def counters(self) -> dict[str, Any]:
         """The live counters (cheap: no timeline, no percentiles)."""
@@ -307,6 +308,8 @@ class QuotaService:
             self._latencies.append(latency_ms)
         self._timeline.record(kind, latency_ms)
         self._notify()
+        if self.announce:  # the IETF draft's field: q calls per w seconds
+            headers["RateLimit-Policy"] = f'"quota";q={round(self._bucket.rate)};w=1'
         return web.json_response({"id": payload.get("id"), "status": status},
                                  status=status, headers=headers)
 
@@ -413,6 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--fail-retry-after", type=float, default=None, help="Retry-After on fail answers")
     add("--hang", action="store_true", help="start with every call held")
     add("--hang-limit", type=float, default=None, help="seconds a call is held, then 503")
+    add("--announce", action="store_true", help="every answer says the quota (RateLimit-Policy)")
     add("--port", type=int, default=0, help="0: a free port")
     add("--url-file", type=Path, default=None, help="write the URL here once listening")
     return parser

@@ -19,14 +19,17 @@ from faust_backpressure.agents.downstream import (
     build_downstream,
     is_unavailable,
 )
+from faust_backpressure.agents.quota_gate import SharedQuota
 from faust_backpressure.agents.slow_down import (
     DependencyUnavailable,
     SlowDown,
     from_http,
     parse_retry_after,
+    quota_from_headers,
 )
 from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
-from faust_backpressure.limiters import CircuitBreaker, FixedLimit
+from faust_backpressure.limiters import CircuitBreaker, FixedLimit, TokenBucketRateLimiter
+from faust_backpressure.limiters.quota import QuotaLearner
 from faust_backpressure.tables.integrity import RejectedRecord
 
 
@@ -47,6 +50,34 @@ def test_retry_after_reads_seconds_and_dates_and_is_capped() -> None:
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 7, usegmt=True)
     assert parse_retry_after(date, default=1, maximum=300, now=now) == pytest.approx(7)
+
+
+def test_announced_quotas_are_read_from_ratelimit_headers_and_nonsense_is_ignored() -> None:
+    # IETF RateLimit-Policy (current drafts: named items with q and w; the strictest counts)
+    policy = '"burst";q=100;w=1, "day";q=864000;w=86400'
+    assert quota_from_headers({"RateLimit-Policy": policy}) == 10.0
+    assert quota_from_headers({"ratelimit-policy": "300;w=1"}) == 300.0  # earlier drafts
+    assert quota_from_headers({"RateLimit-Policy": '"a,b";q=50;w=2'}) == 25.0  # quoted comma
+    # X-RateLimit-Limit has no window in it: only with the one the API documents
+    assert quota_from_headers([("X-RateLimit-Limit", "5000")], window=3600) == \
+        pytest.approx(5000 / 3600)
+    assert quota_from_headers({"X-RateLimit-Limit": "5000"}) is None
+    for bad in ("q=abc;w=1", "100", "-5;w=1", "0;w=1", "100;w=0", "1e30;w=1", "inf;w=1", ""):
+        assert quota_from_headers({"RateLimit-Policy": bad}) is None, bad
+    assert quota_from_headers({"Content-Type": "text/plain"}, window=1) is None
+
+
+async def test_a_guard_passes_an_announced_quota_to_its_shared_rate() -> None:
+    limiter = TokenBucketRateLimiter(1000, 10)
+    shared = SharedQuota("api", QuotaLearner(), limiter, worker="w1", reporter=None,
+                         wall_clock=time.time)
+    downstream = build_downstream("api", max_concurrency=4, quota=shared)
+    assert downstream.read_quota_headers({"RateLimit-Policy": "200;w=1"}) == 200.0
+    assert shared.rate == 200.0 and limiter.current_rate_limit == 200.0
+    downstream.read_quota_headers({"RateLimit-Policy": "400;w=1"})  # doubled
+    assert limiter.current_rate_limit == 400.0
+    assert build_downstream("api", max_concurrency=4, learn_quota=False).read_quota_headers(
+        {"RateLimit-Policy": "200;w=1"}) == 200.0  # read, with no quota to keep it
 
 
 def test_http_statuses_map_to_slow_down_unavailable_or_the_events_fault() -> None:

@@ -106,3 +106,23 @@ async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
     assert "still spreading" in quota.episode(time.time() + 1.5, 1.5)
     await asyncio.sleep(0.05)
     assert quota.rate == pytest.approx(270.0)  # not backed off again
+
+
+async def test_an_announced_quota_becomes_the_shared_rate_and_only_caps_a_local_one() -> None:
+    clock = FakeClock()
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    shared = SharedQuota("api", QuotaLearner(clock=clock), limiter, worker="w1",
+                         reporter=None, wall_clock=time.time)
+    assert shared.rate is None
+    shared.announced(300.0)
+    assert shared.rate == 300.0 and limiter.current_rate_limit == 300.0
+    shared.announced(600.0)  # the quota doubled: the shared rate follows at once
+    assert limiter.current_rate_limit == 600.0
+    local = LocalQuota(QuotaLearner(clock=clock), clock=clock)
+    local.announced(300.0)
+    assert local.rate is None  # nothing learnt here: the whole quota is not this worker's
+    served(local.learner, clock, 100, 3)
+    local.episode(time.time() + 1.0, 1.0)
+    assert local.rate == pytest.approx(90.0)
+    local.announced(50.0)  # below what it keeps to: a cap
+    assert local.rate == 50.0

@@ -119,3 +119,19 @@ def test_a_pause_that_changes_no_rate_restarts_what_is_measured(clock: FakeClock
         clock.advance(1 / 200)
         learner.succeeded()
     assert learner.observed() == pytest.approx(200, rel=0.01)
+
+
+def test_an_announced_quota_is_kept_to_at_once_up_and_down_and_never_probed_above() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock, probe_after=5.0)
+    assert learner.announced(300.0) == 300.0
+    assert learner.announced(301.0) is None  # the same quota again (within 1%): nothing
+    assert learner.announced(150.0) == 150.0  # halved: at once
+    assert learner.announced(600.0) == 600.0  # doubled: at once, no probing needed
+    served = serve(learner, clock, 600.0, 60.0)
+    assert learner.rate <= 600.0 and max(served) <= 600.0  # 60 s near it: no probe above
+    learner.slowed_down(1.0, ceiling=400.0)  # a 429 all the same: the usual back-off
+    assert learner.rate == pytest.approx(360.0)
+    assert learner.announced(600.0) is None  # unchanged: the learner climbs back itself
+    with pytest.raises(ValueError, match="quota"):
+        learner.announced(0.0)

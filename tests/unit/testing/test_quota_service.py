@@ -226,3 +226,15 @@ def test_bad_settings_are_refused_up_front() -> None:
     with pytest.raises(ValueError):
         svc.set(quota=200, servers=0.5)  # type: ignore[arg-type]
     assert svc.settings()["quota"] == 100  # nothing applied when one value is bad
+
+
+async def test_announce_says_the_quota_in_every_answer_and_follows_a_change(start: Start) -> None:
+    svc, client = await start(quota=50, burst=2, service_time=0, announce=True)
+    results = [await client.call(str(i)) for i in range(4)]
+    assert {r.status for r in results} == {200, 429}  # on refusals too
+    assert all(dict(r.quota_headers) == {"RateLimit-Policy": '"quota";q=50;w=1'}
+               for r in results)
+    svc.set(quota=100)
+    assert dict((await client.call("x")).quota_headers)["RateLimit-Policy"].endswith("q=100;w=1")
+    svc.set(announce=False)
+    assert (await client.call("y")).quota_headers == ()
