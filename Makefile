@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install kafka demo test lint dist bench chaos broker-start broker-stop clean
+.PHONY: install kafka demo test lint dist docs bench chaos broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,6 +50,12 @@ dist: $(STAMP)
 	    || { echo "the wheel lacks faust_backpressure/$$f" >&2; exit 1; }; \
 	done; echo "wheel has the package data: $(WHEEL_DATA)"
 
+# The docs site with the API reference from the docstrings (mkdocs.yml), into site/: open
+# site/index.html. --strict: a broken link, anchor or API reference fails the build. Offline.
+# NO_MKDOCS_2_WARNING: mkdocs-material's notice of its end of life (May 2027), printed on each build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: kafka
 	$(PY) bench/limiters.py
 	$(PY) bench/distributed.py
@@ -67,4 +73,4 @@ broker-stop: $(STAMP)
 	$(PY) -m faust_backpressure.testing.broker stop
 
 clean:
-	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache site

@@ -27,6 +27,7 @@ _ON_LIMIT = ("wait", "shed")
 #: The control loop's policy: hold the downstream lag at a set point, or the reference
 #: guide's multiplicative steps (see docs/control-loop.md).
 ControlPolicy = Literal["setpoint", "step"]
+#: Every ``ControlPolicy`` (what ``FAUST_BP_CONTROL_POLICY`` may be).
 CONTROL_POLICIES: tuple[ControlPolicy, ...] = ("setpoint", "step")
 
 

@@ -30,6 +30,8 @@ class BackpressureSeverity(enum.IntEnum):
 
 
 class CircuitState(enum.Enum):
+    """The control loop's circuit: closed (normal), open (emergency rate), half-open (restoring)."""
+
     CLOSED = "closed"
     HALF_OPEN = "half_open"
     OPEN = "open"
@@ -156,6 +158,8 @@ class BackpressureThresholds:
 
 @dataclass(frozen=True, slots=True)
 class PressureDecision:
+    """The policy's decision on one sample: the rate, severity, circuit, shed or not, why."""
+
     rate: float
     severity: BackpressureSeverity
     circuit: CircuitState

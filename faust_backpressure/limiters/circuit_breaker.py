@@ -37,6 +37,8 @@ __all__ = [
 
 
 class BreakerState(str, Enum):
+    """A circuit breaker's state: its own three, or one an operator forced."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

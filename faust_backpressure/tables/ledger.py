@@ -43,6 +43,8 @@ _TAIL = "~"
 
 @dataclass(slots=True)
 class LedgerStats:
+    """Counters of a limiter's ledger on its owner: requests, grants, denials, rejected records."""
+
     requests: int = 0
     grants: int = 0
     granted: int = 0

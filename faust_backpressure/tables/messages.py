@@ -61,6 +61,8 @@ class LimiterConfig:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
+    """A worker's request to a limiter's owner for a rate lease (its demand and what is unspent)."""
+
     request_id: str
     limiter_id: str
     worker_id: str
@@ -93,6 +95,9 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """The owner's answer to a ``LeaseRequest``: a lease (tokens, a rate share; maybe none) and
+    when to ask again (``retry_after``)."""
+
     request_id: str
     limiter_id: str
     worker_id: str
@@ -113,6 +118,8 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
+    """The owner's acknowledgement that it applied a ``Command`` (the limiter's rate after it)."""
+
     command_id: str
     limiter_id: str
     worker_id: str

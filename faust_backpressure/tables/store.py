@@ -34,4 +34,5 @@ def table_options() -> dict[str, int]:
 
 
 def register_rocksdict_alias() -> None:
+    """Register ``rocksdict://`` as Faust's RocksDB store (done on importing the package)."""
     STORES.aliases.setdefault("rocksdict", ROCKSDICT_STORE)
