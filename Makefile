@@ -25,9 +25,9 @@ demo: kafka
 
 # 3 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
 # (slowest collected first). Not --dist loadgroup: after a worker crash (a hung test ended by
-# pytest-timeout) its scheduler gave the replacement worker nothing and the run never ended.: the suite is mostly waiting
-# for real workers to join, rebalance and settle, so 3 keep 2 cores busy (4 made timing-bound
-# tests flaky when the machine had other load)
+# pytest-timeout) its scheduler gave the replacement worker nothing and the run never ended.
+# The suite is mostly waiting for real workers to join, rebalance and settle, so 3 keep 2
+# cores busy (4 made timing-bound tests flaky when the machine had other load).
 PYTEST_WORKERS ?= 3
 test: kafka
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
