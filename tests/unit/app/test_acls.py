@@ -43,3 +43,16 @@ def test_commands() -> None:
     assert kafka_acls_arguments([cluster]) == [
         ["--add", "--force", "--allow-principal", "User:a", "--operation", "IdempotentWrite",
          "--cluster"]]
+
+
+def test_the_test_broker_sends_every_operation_and_resource_the_roles_use() -> None:
+    # SecureKafkaBroker.add_acls sends Kafka's codes in one CreateAcls request: a name the
+    # roles use and the code table lacks would fail only on the real broker.
+    from faust_backpressure.testing.secure import _OPERATION, _PATTERN, _RESOURCE
+
+    acls = [*app_acls("orders", "app", sources=["in"], sinks=["out"], dlqs=["d"],
+                      downstream_groups=["g"], downstream_topics=["t"], exactly_once=True),
+            *operator_acls("orders", "ops", sources=["in"], dlqs=["d"])]
+    assert {op for a in acls for op in a.operations} <= set(_OPERATION)
+    assert {a.resource_type for a in acls} <= set(_RESOURCE)
+    assert {a.pattern for a in acls} <= set(_PATTERN)
