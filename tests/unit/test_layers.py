@@ -116,11 +116,6 @@ ALLOWED_REGISTRIES = {
     "app/dashboard.py": {"_HISTORIES"},
     "app/registry.py": {"_INSTALLED"},
     "config/settings.py": {"_BOUND"},
-    # _BATCH_TAPS: batch pipelines (issue 23) landed beside this check, keyed by app like
-    # _CONTROL_TOPICS and _INSTALLED
-    "faust_seam/batches.py": {"_BATCH_TAPS"},
-    "faust_seam/control_topics.py": {"_CONTROL_TOPICS"},
-    "faust_seam/installing.py": {"_INSTALLED"},
     "tables/service.py": {"_channels"},
 }
 _CONTAINERS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
