@@ -115,8 +115,6 @@ ALLOWED_REGISTRIES = {
     "app/cli.py": {"global _registered"},
     "app/dashboard.py": {"_HISTORIES"},
     "app/registry.py": {"_INSTALLED"},
-    "config/settings.py": {"_BOUND"},
-    "tables/service.py": {"_channels"},
 }
 _CONTAINERS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
 _CONTAINER_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque",
