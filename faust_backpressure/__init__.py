@@ -35,7 +35,7 @@ from faust_backpressure.control import (
     PressureDecision,
     ShedLevels,
 )
-from faust_backpressure.errors import BackpressureError
+from faust_backpressure.errors import BackpressureError, ConflictingOption
 from faust_backpressure.limiters import (
     AdaptiveRateLimiter,
     AIMDLimit,
@@ -74,6 +74,7 @@ __all__ = [
     "Clock",
     "ConcurrencyLimit",
     "ConcurrencyLimiter",
+    "ConflictingOption",
     "ControlLoop",
     "ControlPolicy",
     "CostFunction",

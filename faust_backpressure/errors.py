@@ -8,8 +8,18 @@ layer may use this module.
 
 from __future__ import annotations
 
-__all__ = ["BackpressureError"]
+__all__ = ["BackpressureError", "ConflictingOption"]
 
 
 class BackpressureError(Exception):
     """Raised by faust-backpressure (never a Faust, Kafka or user error passed through)."""
+
+
+class ConflictingOption(BackpressureError, ValueError):
+    """An option given for a per-app part (settings, the limiter channel, a shared limiter)
+    that exists already disagrees with the value it was made with."""
+
+    def __init__(self, options: str | list[str] | tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        #: The options that differ, as the caller named them.
+        self.options: tuple[str, ...] = (options,) if isinstance(options, str) else tuple(options)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from faust_backpressure.errors import ConflictingOption
 from faust_backpressure.limiters import (
     MultiTierRateLimiter,
     RateLimitingStrategy,
     TierSpec,
 )
-from faust_backpressure.tables import DistributedRateLimiterFactory
+from faust_backpressure.tables import DistributedRateLimiter, DistributedRateLimiterFactory
 from faust_backpressure.tables.service import find_channel
 
 __all__ = ["LimiterSpec", "resolve_limiter"]
@@ -36,6 +37,7 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
         channel = find_channel(app)
         known = None if channel is None else channel.limiters.get(spec)
         if known is not None:
+            _check_known(known, tokens_per_second, burst_capacity)
             return known
         if tokens_per_second is None:
             raise ValueError(f"limiter id {spec!r} needs tokens_per_second")
@@ -47,3 +49,15 @@ def resolve_limiter(app: Any, spec: LimiterSpec, *, tokens_per_second: float | N
     raise TypeError(f"limiter must be a RateLimitingStrategy, an id string or tier specs, "
                     f"got {spec!r}")
 
+
+
+def _check_known(known: DistributedRateLimiter, tokens_per_second: float | None,
+                 burst_capacity: float | None) -> None:
+    """A limiter id declared before: the rate and burst given again must be its own."""
+    given = {"tokens_per_second": (tokens_per_second, known.config.rate),
+             "burst_capacity": (burst_capacity, known.config.burst)}
+    differ = [option for option, (value, declared) in given.items()
+              if value is not None and value != declared]
+    if differ:
+        raise ConflictingOption(differ, f"limiter {known.rate_limiter_id!r} was declared with "
+                                f"other {', '.join(differ)}: declare it once, or the same")

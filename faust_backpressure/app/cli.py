@@ -54,16 +54,13 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
     click.echo(report.summary())
 
 
-_registered = False
-
-
 def register_commands() -> None:
-    """Add the ``backpressure`` group to the ``faust`` command line (once per process)."""
-    global _registered
-    if _registered:
-        return
+    """Add the ``backpressure`` group to the ``faust`` command line (once per process: the
+    command line is Faust's, one per process, and remembers it)."""
     from faust.cli.base import cli
 
+    if cli.commands.get(backpressure.name or "") is backpressure:
+        return
     from faust_backpressure.app.dlq_inspect import dlq_inspect
     from faust_backpressure.app.keyed_cli import KEYED_COMMANDS
     from faust_backpressure.app.ops_cli import OPS_COMMANDS
@@ -72,4 +69,3 @@ def register_commands() -> None:
         backpressure.add_command(command)
     backpressure.add_command(dlq_inspect)
     cli.add_command(backpressure)
-    _registered = True

@@ -13,7 +13,6 @@ the person types into the page (kept in the browser tab's session storage).
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from importlib import resources
 from typing import Any
@@ -22,6 +21,7 @@ from faust.types import AppT
 from faust.web import Request, Response, View
 
 from faust_backpressure.app.registry import Installation
+from faust_backpressure.faust_seam import Slot, context_of
 
 __all__ = ["HISTORY_INTERVAL", "HISTORY_SIZE", "History", "history_of", "register_dashboard"]
 
@@ -65,14 +65,13 @@ def compact(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_HISTORIES: weakref.WeakKeyDictionary[AppT, History] = weakref.WeakKeyDictionary()
+#: The app's ring buffer in its context.
+HISTORY: Slot[History] = Slot("dashboard history")
 
 
 def history_of(app: AppT) -> History:
     """The app's ring buffer (made on first use)."""
-    if app not in _HISTORIES:
-        _HISTORIES[app] = History()
-    return _HISTORIES[app]
+    return context_of(app).get_or_make(HISTORY, History)
 
 
 def _static(name: str) -> str:

@@ -40,8 +40,8 @@ from faust_backpressure.control import (
 from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.control.shedding import ShedLevels
+from faust_backpressure.faust_seam import context_of, refresh_consumer_metadata, send_control
 from faust_backpressure.faust_seam import install as install_faust_seam
-from faust_backpressure.faust_seam import refresh_consumer_metadata, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed_buckets import LimitsFor
@@ -85,10 +85,13 @@ class Backpressure:
         self.downstreams: dict[str, Downstream] = {}
         #: The worker's follower of the ops topic, once started (see ``app.pause``).
         self.ops_follower: Any = None
-        register(app, self)
-        # Distributed limiters declared before or after this sign with the same secret and
-        # declare their topics with its replication factor.
+        #: The app's one context (see faust_seam/context.py): its settings are bound here
+        #: (other settings bound before raise), so distributed limiters declared before or
+        #: after this sign with the same secret and declare their topics with its
+        #: replication factor.
+        self.context = context_of(app)
         use_settings(app, self.settings)
+        register(app, self)
         # Offsets never pass an unprocessed record; exactly_once outputs commit with their
         # input's offsets (see faust_seam).
         install_faust_seam(app)

@@ -1,12 +1,12 @@
 """Which :class:`~faust_backpressure.app.installer.Backpressure` is installed on which app.
 
-The installer registers itself here; the CLI and the web views read what they need through
+The installer registers itself here (the app layer's part of the app's context, under
+:data:`INSTALLATION`); the CLI and the web views read what they need through
 :class:`Installation`, so none of them imports another (the import graph has no cycle).
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Protocol
 
 from faust.types import AppT
@@ -15,9 +15,10 @@ from faust_backpressure.agents import KeyedRateLimitGate, Pipeline, RateLimitGat
 from faust_backpressure.agents.downstream import Downstream
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import ControlLoop
+from faust_backpressure.faust_seam import Slot, context_of, find_context
 from faust_backpressure.limiters import RateLimitingStrategy
 
-__all__ = ["Installation", "installed", "register"]
+__all__ = ["INSTALLATION", "Installation", "installed", "register"]
 
 
 class Installation(Protocol):
@@ -42,17 +43,19 @@ class Installation(Protocol):
     def rejections(self) -> dict[str, dict[str, int]]: ...
 
 
-_INSTALLED: weakref.WeakKeyDictionary[AppT, Installation] = weakref.WeakKeyDictionary()
+#: The app's installed ``Backpressure`` in its context.
+INSTALLATION: Slot[Installation] = Slot("installation")
 
 
 def register(app: AppT, installation: Installation) -> None:
     """Record ``installation`` as the one on ``app`` (the latest wins)."""
-    _INSTALLED[app] = installation
+    context_of(app).put(INSTALLATION, installation)
 
 
 def installed(app: AppT) -> Installation:
     """The installation on ``app``; ``LookupError`` if ``Backpressure(app)`` was never made."""
-    try:
-        return _INSTALLED[app]
-    except KeyError:
-        raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}") from None
+    context = find_context(app)
+    found = None if context is None else context.get(INSTALLATION)
+    if found is None:
+        raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}")
+    return found

@@ -7,11 +7,7 @@ from faust_backpressure.config.settings import (
     BackpressureSettings,
     ControlPolicy,
     OnLimit,
-    bind_settings,
-    internal_replicas,
-    settings_for,
 )
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
-           "SettingsError", "UnknownSettingWarning", "bind_settings", "internal_replicas",
-           "settings_for"]
+           "SettingsError", "UnknownSettingWarning"]

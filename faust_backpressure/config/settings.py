@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from faust_backpressure.config.errors import settings_errors
 from faust_backpressure.config.validation import check_int, check_number
 
 __all__ = ["CONTROL_POLICIES", "BackpressureSettings", "ControlPolicy", "OnLimit",
-           "bind_settings", "effective_restore_lag", "internal_replicas", "settings_for"]
+           "effective_restore_lag"]
 
 #: What a rate-limited agent does with an event the limiter refuses.
 OnLimit = Literal["wait", "shed"]
@@ -206,26 +205,3 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
         raise ValueError(f"{name('retry_backoff_max')} must be >= {name('retry_backoff')} "
                          f"({s.retry_backoff:g}), got {s.retry_backoff_max!r}")
 
-
-# The settings an app's Backpressure was made with, for the parts declared without it (a
-# distributed limiter made by ``DistributedRateLimiterFactory`` directly).
-_BOUND: weakref.WeakKeyDictionary[Any, BackpressureSettings] = weakref.WeakKeyDictionary()
-
-
-def bind_settings(app: Any, settings: BackpressureSettings) -> None:
-    """Record ``settings`` as those of ``app`` (``Backpressure(app)`` does it)."""
-    _BOUND[app] = settings
-
-
-def settings_for(app: Any) -> BackpressureSettings:
-    """The settings bound to ``app``, else ``BackpressureSettings.from_env()``."""
-    try:
-        return _BOUND[app]
-    except (KeyError, TypeError):
-        return BackpressureSettings.from_env()
-
-
-def internal_replicas(app: Any) -> int | None:
-    """``replicas=`` for a topic of ours on ``app``: ``internal_replication_factor``, or None
-    (Faust then uses the app's ``topic_replication_factor``)."""
-    return settings_for(app).internal_replication_factor

@@ -36,7 +36,7 @@ import psutil
 from faust.types import AppT
 
 from faust_backpressure.agents.rate_limit import RateLimitGate
-from faust_backpressure.config import ControlPolicy, internal_replicas
+from faust_backpressure.config import ControlPolicy
 from faust_backpressure.control.override import MARKER, MAX_AGE, Override
 from faust_backpressure.control.policy import (
     BackpressureController,
@@ -48,7 +48,7 @@ from faust_backpressure.control.policy import (
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
-from faust_backpressure.faust_seam import install, mark_control_topic, send_control
+from faust_backpressure.faust_seam import context_of, install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
 from faust_backpressure.tables.integrity import (
@@ -239,7 +239,8 @@ class ControlLoops:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # internal: Faust creates it before subscribing.
         partitions = int(app.conf.topic_partitions)
-        replicas = internal_replicas(app)  # None: the app's topic_replication_factor
+        # None: the app's topic_replication_factor
+        replicas = context_of(app).settings.internal_replication_factor
         self.pressure_topic = raw_topic(app, f"{app.conf.id}-fbp-pressure", internal=True,
                                         partitions=partitions, replicas=replicas)
         # The deciding worker's controller state, so that a successor carries on (an

@@ -36,11 +36,13 @@ The patches:
   (control) records and the writes of our own tables are sent outside every transaction
   (:func:`send_control`, :func:`mark_control_topic`).
 
-The other modules: ``batches`` (batch sources, docs/batching.md: the :class:`BatchTap` registry
-the consumer diverts records to, and Faust's bookkeeping, producers and commits for a batch),
-``streams`` (small accessors used by the other layers) and ``crash`` (:func:`crash_worker`).
+The other modules: ``context`` (:class:`AppContext`, the app's one context object, kept on
+the app and reached through :func:`context_of`), ``batches`` (batch sources, docs/batching.md:
+the :class:`BatchTap` each source topic's records are diverted to, and Faust's bookkeeping,
+producers and commits for a batch), ``streams`` (small accessors used by the other layers) and
+``crash`` (:func:`crash_worker`).
 Imports between them go one way: installing -> consumer -> batches -> transactions ->
-control_topics, crash.
+control_topics, crash; all of them -> context.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from faust_backpressure.faust_seam.batches import (
     transaction_producer,
 )
 from faust_backpressure.faust_seam.consumer import OffsetGuard
+from faust_backpressure.faust_seam.context import AppContext, Slot, context_of, find_context
 from faust_backpressure.faust_seam.control_topics import (
     is_control_topic,
     mark_control_topic,
@@ -91,10 +94,12 @@ from faust_backpressure.faust_seam.transactions import (
 __all__ = [
     "CRASH_GRACE",
     "TESTED_FAUST",
+    "AppContext",
     "BatchTap",
     "FaustVersionWarning",
     "InputTransactionManager",
     "OffsetGuard",
+    "Slot",
     "TopicKeepingProducer",
     "TransactionLost",
     "UnsupportedTransport",
@@ -102,7 +107,9 @@ __all__ = [
     "batch_writer",
     "check_faust_version",
     "commit_through",
+    "context_of",
     "crash_worker",
+    "find_context",
     "flow_stopped_event",
     "force_metadata_update",
     "hold_partition",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -13,6 +12,7 @@ from faust.types import TP, AppT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 from faust_backpressure.faust_seam.transactions import InputTransactionManager, transactional_id_of
 
 
@@ -30,12 +30,20 @@ class BatchTap(Protocol):
         """Return once no batch is in progress (or after a bounded wait)."""
 
 
-_BATCH_TAPS: weakref.WeakKeyDictionary[AppT, dict[str, BatchTap]] = weakref.WeakKeyDictionary()
+#: The app's batch taps by source topic (its part of the app's context).
+BATCH_TAPS: Slot[dict[str, BatchTap]] = Slot("batch taps")
+
+
+def batch_taps(app: AppT) -> dict[str, BatchTap]:
+    """The app's batch taps by source topic (empty if none was registered)."""
+    context = find_context(app)
+    taps = None if context is None else context.get(BATCH_TAPS)
+    return {} if taps is None else taps
 
 
 def register_batch_tap(app: AppT, topic: str, tap: BatchTap) -> None:
     """Divert ``topic``'s records to ``tap`` from now on (before the worker starts)."""
-    taps = _BATCH_TAPS.setdefault(app, {})
+    taps = context_of(app).get_or_make(BATCH_TAPS, dict)
     if topic in taps and taps[topic] is not tap:
         raise ValueError(f"topic {topic!r} already feeds a batch pipeline")
     taps[topic] = tap

@@ -18,7 +18,7 @@ from faust.utils.functional import consecutive_numbers
 from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
-from faust_backpressure.faust_seam.batches import _BATCH_TAPS, BatchTap
+from faust_backpressure.faust_seam.batches import BatchTap, batch_taps
 
 #: The seam's one logger, named as when the seam was one module.
 log = logging.getLogger("faust_backpressure.faust_seam")
@@ -207,7 +207,7 @@ class _GuardedConsumer:
         compare with). Under exactly_once those outputs then stayed in the open transaction,
         the events ran again after the rebalance, and both copies were committed together."""
         self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
-        for tap in _BATCH_TAPS.get(self.app, {}).values():
+        for tap in batch_taps(self.app).values():
             tap.revoke(revoked)
         self._guarded_topics.clear()  # subscriptions may change with the assignment
         self._resume_after_seek.difference_update(revoked)
@@ -240,7 +240,7 @@ class _GuardedConsumer:
         (``docs/batching.md``): they go to the source's :class:`BatchTap`."""
         generation = self.app.consumer_generation_id
         records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
-        taps = _BATCH_TAPS.get(self.app)
+        taps = batch_taps(self.app)
         if taps:
             await self._divert(records, taps, active_partitions, generation)
         guard = self.offset_guard
@@ -286,7 +286,7 @@ class _GuardedConsumer:
     async def wait_empty(self) -> None:
         """Faust's, after the batches in progress have finished (or given up: then their
         offsets stay unacked and they are read again)."""
-        for tap in list(_BATCH_TAPS.get(self.app, {}).values()):
+        for tap in list(batch_taps(self.app).values()):
             await tap.wait_idle()
         await super().wait_empty()  # type: ignore[misc]
 
@@ -316,7 +316,7 @@ class _GuardedConsumer:
         """Faust's; but when batch queues hold back every partition, the fetcher waits for
         the first one released instead of Faust's 1 s sleep (a batch pipeline fills its
         queues faster than it empties them: every partition was held at once, often)."""
-        if (self.flow_active and _BATCH_TAPS.get(self.app) and self._buffered_partitions
+        if (self.flow_active and batch_taps(self.app) and self._buffered_partitions
                 and not self._get_active_partitions()):  # type: ignore[attr-defined]
             released = self._partition_released
             released.clear()

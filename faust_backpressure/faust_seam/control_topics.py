@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Any
 
 from faust.types import AppT
 
-_CONTROL_TOPICS: weakref.WeakKeyDictionary[AppT, set[str]] = weakref.WeakKeyDictionary()
+from faust_backpressure.faust_seam.context import context_of, find_context
 
 
 def mark_control_topic(app: AppT, topic: str) -> None:
     """Writes to ``topic`` (e.g. our tables' changelogs) are control state, not event output:
     under exactly_once they are sent outside every transaction (see docs/reliability.md)."""
-    _CONTROL_TOPICS.setdefault(app, set()).add(topic)
+    context_of(app).control_topics.add(topic)
 
 
 def is_control_topic(app: AppT, topic: str) -> bool:
-    return topic in _CONTROL_TOPICS.get(app, ())
+    context = find_context(app)
+    return context is not None and topic in context.control_topics
 
 
 async def send_control(app: AppT, topic: str, key: bytes | None, value: bytes | None, *,

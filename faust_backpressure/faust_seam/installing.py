@@ -4,7 +4,6 @@ tested with (:data:`TESTED_FAUST`, :func:`check_faust_version`)."""
 from __future__ import annotations
 
 import warnings
-import weakref
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -15,6 +14,7 @@ from faust.types.enums import ProcessingGuarantee
 
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.faust_seam.consumer import _GuardedConsumer
+from faust_backpressure.faust_seam.context import context_of
 from faust_backpressure.faust_seam.producers import keep_producer_topics
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
@@ -60,12 +60,10 @@ def check_faust_version(installed: str | None = None) -> tuple[int, ...]:
     return found
 
 
-_INSTALLED: weakref.WeakSet[AppT] = weakref.WeakSet()
-
-
 def install(app: AppT) -> None:
     """Put the patches on ``app`` (idempotent; before the app starts its consumer)."""
-    if app in _INSTALLED:
+    context = context_of(app)
+    if context.seam_installed:
         return
     check_faust_version()
     if getattr(app, "_consumer", None) is not None:
@@ -90,4 +88,4 @@ def install(app: AppT) -> None:
     keep_producer_topics(transport)
     if exactly_once:
         app.sensors.add(_WriterAcks(app))
-    _INSTALLED.add(app)
+    context.seam_installed = True

@@ -46,7 +46,9 @@ class DistributedRateLimiterFactory(RateLimiterFactory):
         """A distributed token bucket. ``per_consumer=True``: rate and burst are per live
         worker using the limiter (the total scales with them). The owner leases each worker a
         share of the rate (see docs/distributed.md). ``channel_options``
-        (``partitions``, ``secret``, ``max_clock_skew``) are taken from the app's first call."""
+        (``partitions``, ``secret``, ``max_clock_skew``) declare the app's channel on its first
+        call; given again they must be the same, and the same id must be declared with the same
+        options: else :class:`~faust_backpressure.errors.ConflictingOption` names them."""
         unknown = set(channel_options) - set(_CHANNEL_OPTIONS)
         if unknown:
             raise TypeError(f"unexpected options {sorted(unknown)}")

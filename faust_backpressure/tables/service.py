@@ -17,19 +17,17 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import faust
 
-from faust_backpressure.config import (
-    BackpressureSettings,
-    bind_settings,
-    internal_replicas,
-    settings_for,
-)
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.errors import ConflictingOption
 from faust_backpressure.faust_seam import (
+    Slot,
+    context_of,
+    find_context,
     install,
     mark_control_topic,
     send_control,
@@ -63,8 +61,13 @@ OWNER_AGENT = "fbp-limiter-owner"
 #: Most requests (or replies) per record: ~0.5 KB each, so a record stays far below Kafka's
 #: default 1 MB message limit.
 RECORD_BATCH = 500
+#: A shared limiter's options (as ``create_distributed`` names them) and their config fields.
+_CONFIG_OPTIONS = {"tokens_per_second": "rate", "burst_capacity": "burst",
+                   "lease_ttl": "lease_ttl", "per_consumer": "per_consumer",
+                   "initial_tokens": "initial_tokens"}
 
-_channels: weakref.WeakKeyDictionary[faust.App, LimiterChannel] = weakref.WeakKeyDictionary()
+#: The app's channel: the tables layer's part of the app's context.
+CHANNEL: Slot[LimiterChannel] = Slot("limiter channel")
 
 
 class LimiterChannel:
@@ -79,7 +82,7 @@ class LimiterChannel:
                           "max_clock_skew": max_clock_skew is not None}
         self.secret = secret
         self.max_clock_skew = 10.0 if max_clock_skew is None else max_clock_skew
-        self.configure(settings_for(app))
+        self.configure(context_of(app).settings)
         self.partitions = partitions or app.conf.topic_partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
@@ -109,7 +112,7 @@ class LimiterChannel:
         app = self.app
         prefix = app.conf.id
         # None: the app's topic_replication_factor (see BackpressureSettings)
-        replicas = internal_replicas(app)
+        replicas = context_of(app).settings.internal_replication_factor
         # internal: Faust creates them with these partition counts before subscribing.
         self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
                                        partitions=self.partitions, replicas=replicas)
@@ -147,6 +150,25 @@ class LimiterChannel:
 
         app.task(fbp_limiters_start)
 
+    def check_options(self, *, partitions: int | None = None, secret: bytes | None = None,
+                      max_clock_skew: float | None = None) -> None:
+        """Options given again for this (existing) channel must be the ones it has:
+        :class:`ConflictingOption` naming the first that differs. A secret or clock skew
+        given here counts as given from now on (settings bound later do not replace it)."""
+        given = {"partitions": (partitions, self.partitions), "secret": (secret, self.secret),
+                 "max_clock_skew": (max_clock_skew, self.max_clock_skew)}
+        for option, (value, current) in given.items():
+            if value is None:
+                continue
+            if value != current:
+                shown = "" if option == "secret" else f" ({current!r}, not {value!r})"
+                raise ConflictingOption(option, (
+                    f"the limiter channel of app {self.app.conf.id!r} was declared with "
+                    f"another {option}{shown}: give the same {option} to every distributed "
+                    "limiter of the app, or give it once"))
+            if option in self._explicit:
+                self._explicit[option] = True
+
     def configure(self, settings: BackpressureSettings) -> None:
         """Take the secret and clock skew from ``settings`` unless they were given."""
         if not self._explicit["secret"]:
@@ -178,8 +200,14 @@ class LimiterChannel:
 
     def add(self, limiter: DistributedRateLimiter) -> DistributedRateLimiter:
         known = self.limiters.get(limiter.rate_limiter_id)
-        if known is not None:
-            return known  # same id in one process: one view of the shared bucket
+        if known is not None:  # same id in one process: one view of the shared bucket
+            differ = [option for option, field in _CONFIG_OPTIONS.items()
+                      if getattr(known.config, field) != getattr(limiter.config, field)]
+            if differ:
+                raise ConflictingOption(differ, (
+                    f"limiter {limiter.rate_limiter_id!r} of app {self.app.conf.id!r} was "
+                    f"declared with other {', '.join(differ)}: declare it once, or the same"))
+            return known
         self.limiters[limiter.rate_limiter_id] = limiter
         if self.service is not None:
             self.service.keep(limiter)
@@ -381,25 +409,31 @@ class LimiterChannel:
                 limiter.on_ack(reply)
 
 
-def limiter_channel(app: faust.App, **options: Any) -> LimiterChannel:
-    """The app's channel, declared on first use (options only count then)."""
-    channel = _channels.get(app)
+def limiter_channel(app: faust.App, *, partitions: int | None = None,
+                    secret: bytes | None = None, max_clock_skew: float | None = None
+                    ) -> LimiterChannel:
+    """The app's channel, declared on first use; options given later must agree with it
+    (:meth:`LimiterChannel.check_options`)."""
+    context = context_of(app)
+    channel = context.get(CHANNEL)
     if channel is None:
-        channel = _channels[app] = LimiterChannel(app, **options)
+        return context.put(CHANNEL, LimiterChannel(app, partitions=partitions, secret=secret,
+                                                   max_clock_skew=max_clock_skew))
+    channel.check_options(partitions=partitions, secret=secret, max_clock_skew=max_clock_skew)
     return channel
 
 
 def use_settings(app: Any, settings: BackpressureSettings) -> None:
-    """The app's settings for its channel, whether it is declared already or later."""
-    bind_settings(app, settings)
-    channel = _channels.get(app)
+    """Bind the app's settings (:meth:`AppContext.bind_settings`: different settings bound
+    before raise) and give them to its channel, whether it is declared already or later."""
+    context = context_of(app)
+    context.bind_settings(settings)
+    channel = context.get(CHANNEL)
     if channel is not None:
         channel.configure(settings)
 
 
 def find_channel(app: Any) -> LimiterChannel | None:
     """The app's channel if a distributed limiter declared it; declares nothing."""
-    try:
-        return _channels.get(app)
-    except TypeError:  # not an app (cannot be weakly referenced)
-        return None
+    context = find_context(app)
+    return None if context is None else context.get(CHANNEL)

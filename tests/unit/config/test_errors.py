@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import faust_backpressure
-from faust_backpressure import BackpressureError, BackpressureSettings
+from faust_backpressure import BackpressureError, BackpressureSettings, ConflictingOption
 from faust_backpressure.agents import DependencyUnavailable, NotCopartitioned, SlowDown
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.app.admin_api import BadRequest
@@ -27,7 +27,8 @@ from faust_backpressure.testing.workers import WorkerError
     (SettingsError, ValueError), (FatalError, RuntimeError), (NotCopartitioned, RuntimeError),
     (RateLimitTimeout, asyncio.TimeoutError), (CircuitOpenTimeout, TimeoutError),
     (ConcurrencyLimitTimeout, TimeoutError), (CommandTimeout, TimeoutError),
-    (RejectedRecord, ValueError), (BadRequest, ValueError), (SlowDown, Exception),
+    (RejectedRecord, ValueError), (BadRequest, ValueError), (ConflictingOption, ValueError),
+    (SlowDown, Exception),
     (DependencyUnavailable, Exception), (WaitAborted, Exception),
     (BrokerError, RuntimeError), (WorkerError, RuntimeError)])
 def test_every_library_error_is_a_backpressure_error_and_keeps_its_other_base(

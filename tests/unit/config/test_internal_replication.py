@@ -8,7 +8,8 @@ import faust
 import pytest
 
 from faust_backpressure.app import Backpressure
-from faust_backpressure.config import BackpressureSettings, internal_replicas, settings_for
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.faust_seam import context_of
 from faust_backpressure.tables import DistributedRateLimiterFactory
 from faust_backpressure.tables.service import find_channel
 
@@ -46,7 +47,8 @@ def _app(name: str, tmp_path: Path) -> faust.App:
 def test_every_internal_topic_gets_the_factor(tmp_path: Path) -> None:
     app = _app("irf-set", tmp_path)
     bp = Backpressure(app, BackpressureSettings(internal_replication_factor=3))
-    assert settings_for(app) is bp.settings and internal_replicas(app) == 3
+    assert context_of(app).settings is bp.settings
+    assert context_of(app).settings.internal_replication_factor == 3
     limiter = DistributedRateLimiterFactory.create_distributed(app, "api", 10, 10)
     bp.pipeline("p", source="src", sink="out", process=lambda v: v, limiter=limiter)
     bp.control_loop(limiter, downstream_group="g", downstream_topics=["out"])
