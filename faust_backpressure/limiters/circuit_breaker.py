@@ -2,7 +2,7 @@
 
 Example::
 
-    breaker = CircuitBreaker(failure_rate_threshold=0.5, wait_in_open=5.0)
+    breaker = CircuitBreaker(failure_rate_threshold=0.5, wait_in_open=2.5)
     await breaker.wait_until_allowed(timeout=30.0)    # no polling
     if breaker.allow():
         t0 = time.monotonic()
@@ -135,7 +135,10 @@ class CircuitBreaker:
       ``slow_call_duration``) ``>= slow_call_rate_threshold`` opens the breaker.
       ``slow_call_rate_threshold=1.0`` (the default) turns the slow-call check off.
     * ``open``: nothing passes for ``wait_in_open`` seconds, then ``half_open``.
-      Results of calls that started before are not counted.
+      Results of calls that started before are not counted. The defaults (2.5 s, 2
+      probes) keep an outage's calls under 1/s per caller and find the system back
+      within 2.5 s (Resilience4j's 60 s and 10 probes suit request paths, not a stream
+      that waits for the system with its whole backlog).
     * ``half_open``: ``half_open_calls`` probes pass in total. When all reported,
       closed (empty window) if their failure and slow-call rates are under the
       thresholds, else open again. Only results of calls that started in half-open
@@ -163,8 +166,8 @@ class CircuitBreaker:
         window: float = 10.0,
         buckets: int = 10,
         minimum_calls: int = 10,
-        wait_in_open: float = 5.0,
-        half_open_calls: int = 3,
+        wait_in_open: float = 2.5,
+        half_open_calls: int = 2,
         clock: Clock = time.monotonic,
     ) -> None:
         self.failure_rate_threshold = _check_rate("failure_rate_threshold",

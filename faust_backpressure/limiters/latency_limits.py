@@ -61,14 +61,18 @@ class _Round:
 
     def add(self, start_time: float, rtt: float, in_flight: int, dropped: bool
             ) -> tuple[float, int, bool] | None:
-        """The round's (mean RTT, most in flight, any drop) when this sample ends it."""
-        self.sum += rtt
-        self.n += 1
+        """The round's (mean RTT of its calls that were not dropped, 0.0 if none; most in
+        flight; any drop) when this sample ends it. A dropped call's time is its timeout or
+        a fast refusal, not the system's latency: an outage's quick 503s (1 ms) once pulled
+        the baseline so low that the limit stayed at its floor for 15 s after it."""
+        if not dropped:
+            self.sum += rtt
+            self.n += 1
         self.max_in = max(self.max_in, in_flight)
         self.drop = self.drop or dropped
         if start_time < self.end:
             return None
-        done = (self.sum / self.n, self.max_in, self.drop)
+        done = (self.sum / self.n if self.n else 0.0, self.max_in, self.drop)
         self.clear()
         self.end = start_time + rtt
         return done
@@ -189,12 +193,13 @@ class GradientLimit(_Limit):
             self._start_probe(end)
 
     def _update(self, rtt: float, in_flight: int, dropped: bool) -> None:
-        short = self._short.add(rtt)
-        long = self._long.value
-        if not self._long.warm or short <= self.tolerance * long:
-            long = self._long.add(rtt)  # else queueing: keep the baseline
-        if long > 2.0 * short:
-            self._long.value = long = long * 0.95
+        short, long = self._short.value, self._long.value
+        if rtt > 0.0:  # 0.0: every call of the round was dropped, no latency to read
+            short = self._short.add(rtt)
+            if not self._long.warm or short <= self.tolerance * long:
+                long = self._long.add(rtt)  # else queueing: keep the baseline
+            if long > 2.0 * short:
+                self._long.value = long = long * 0.95
         limit = self._estimate
         if dropped:
             new = limit * self.backoff_ratio

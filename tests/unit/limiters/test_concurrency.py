@@ -249,6 +249,25 @@ def test_gradient_drop_backs_off() -> None:
     assert limit.limit in (int(before * 0.9), int(before * 0.9) + 1)  # float estimate
 
 
+@pytest.mark.parametrize("make", [lambda: GradientLimit(initial=8, probe_interval=None),
+                                  lambda: VegasLimit(initial=8, probe_interval=None)])
+def test_an_outage_of_fast_refusals_leaves_the_latency_baseline_alone(
+        make: Callable[[], GradientLimit | VegasLimit]) -> None:
+    # Regression (bench/downstream.py, outage phase): 503s answered in 1 ms, counted as
+    # latency, pulled the baseline to ~1 ms; back to 20 ms calls, every round then read as
+    # queueing and the limit sat at its floor for 15 s after the outage.
+    limit = make()
+    t = rounds(limit, 0.02, 50, 0.0, in_flight=8)  # steady: 20 ms calls
+    t = rounds(limit, 0.001, 40, t, in_flight=8, dropped=True)  # the outage: fast refusals
+    low = limit.limit
+    rounds(limit, 0.02, 30, t, in_flight=100)  # back: 20 ms again, a backlog waiting
+    if isinstance(limit, GradientLimit):
+        assert limit.long_rtt == pytest.approx(0.02, rel=0.05)
+    else:
+        assert limit.no_load_rtt == pytest.approx(0.02, rel=0.05)
+    assert limit.limit >= max(8, 4 * low), (low, limit.limit)
+
+
 def test_gradient_one_update_per_round() -> None:
     limit = GradientLimit(initial=100, probe_interval=None)
     changes: list[int] = []
