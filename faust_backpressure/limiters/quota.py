@@ -103,8 +103,16 @@ class QuotaLearner:
         ``ceiling``: what the system served, when the caller knows better than
         :meth:`observed` (e.g. the sum over every worker sharing the quota)."""
         now = self._clock()
-        ceiling = min(self.observed() if ceiling is None else ceiling, self.rate)
-        factor = self.fast_backoff if now - self._slowed_at < self.recent else self.backoff
+        recent = now - self._slowed_at < self.recent
+        if self.announced_quota is not None and not recent:
+            # Under an announced quota a lone slow-down is a burst, not a lower quota (that
+            # would be announced); what was served just before can be far below it (170/s
+            # of 300 right after an outage, then 54 s to climb back). A second one soon
+            # after (the quota is shared with callers we do not see): what was served.
+            ceiling = self.announced_quota
+        else:
+            ceiling = min(self.observed() if ceiling is None else ceiling, self.rate)
+        factor = self.fast_backoff if recent else self.backoff
         self._slowed_at = now
         self._served = self._attempted = 0.0
         self._restart(now + pause)  # what is served counts once the pause is over

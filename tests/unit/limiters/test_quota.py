@@ -130,8 +130,11 @@ def test_an_announced_quota_is_kept_to_at_once_up_and_down_and_never_probed_abov
     assert learner.announced(600.0) == 600.0  # doubled: at once, no probing needed
     served = serve(learner, clock, 600.0, 60.0)
     assert learner.rate <= 600.0 and max(served) <= 600.0  # 60 s near it: no probe above
-    learner.slowed_down(1.0, ceiling=400.0)  # a 429 all the same: the usual back-off
-    assert learner.rate == pytest.approx(360.0)
+    learner.slowed_down(1.0, ceiling=170.0)  # a lone 429 under it: a burst, not a new quota
+    assert learner.ceiling == 600.0 and learner.rate == pytest.approx(540.0)
+    clock.advance(1.0)
+    learner.slowed_down(1.0, ceiling=400.0)  # another soon after: others share it, back off
+    assert learner.ceiling == 400.0 and learner.rate == pytest.approx(400.0 * 0.7)
     assert learner.announced(600.0) is None  # unchanged: the learner climbs back itself
     with pytest.raises(ValueError, match="quota"):
         learner.announced(0.0)
