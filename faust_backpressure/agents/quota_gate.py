@@ -221,7 +221,12 @@ class SharedQuota:
             return
         self._learnt = True
         self._hold_until = self._wall() + self.hold
-        self._send(rate)
+        at, served = self.reports.get(self.worker, (None, 0.0))
+        if at == until and served > 0:
+            self._send(rate)
+        # else this worker called nothing before the episode: it knows least (it may not
+        # have seen the quota the system just announced), and the last rate sent wins at
+        # the owner (an idle worker's stale 270/s once overrode 135/s for the rest of a run)
         log.warning("downstream %s: %d worker(s) were served %.1f/s in all; shared rate "
                     "%.1f/s", self.name, workers, total, rate)
 

@@ -126,3 +126,19 @@ async def test_an_announced_quota_becomes_the_shared_rate_and_only_caps_a_local_
     assert local.rate == pytest.approx(90.0)
     local.announced(50.0)  # below what it keeps to: a cap
     assert local.rate == 50.0
+
+
+async def test_a_worker_that_called_nothing_before_an_episode_sends_no_rate() -> None:
+    # It may not have seen the quota just announced; the owner keeps the last rate sent, and an
+    # idle worker's stale 270/s once overrode the others' 135/s for the rest of a run.
+    clock = FakeClock()
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    idle = SharedQuota("api", QuotaLearner(clock=clock), limiter, worker="w3", reporter=None,
+                       wall_clock=time.time, settle=0.01)
+    idle.announced(300.0)
+    until = time.time() + 1.0
+    idle.episode(until, 1.0)  # served nothing here
+    idle.report("w1", until, 150.0)
+    await asyncio.sleep(0.05)
+    assert idle.rate is not None  # it learnt from the episode...
+    assert limiter.current_rate_limit == 300.0  # ...but sent nothing to the owner
