@@ -142,7 +142,11 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                              "limiter": None if p.gate is None else label_of.get(
                                  id(p.gate.limiter), p.gate.name),
                              "paused": p.paused, "paused_by": p.paused_by,
-                             "source_lag": backlog.get(p.source_topic_name)}
+                             "source_lag": backlog.get(p.source_topic_name),
+                             "batch": None if p.batch is None else {
+                                 "size": p.batch.queues.batch_size,
+                                 "batches": p.batch.batches,
+                                 "abandoned": p.batch.abandoned}}
                       for name, p in bp.pipelines.items()},
         "control": control,
         "rejected": bp.rejections,
@@ -181,6 +185,13 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
             if v.get("source_lag") is not None])
     yield ("pipeline_paused", "gauge", "1 while the pipeline is paused by an operator.",
            [({"pipeline": k}, 1.0 if v.get("paused") else 0.0) for k, v in pipelines])
+    batched = [(k, v["batch"]) for k, v in pipelines if v.get("batch")]
+    yield ("pipeline_batches_total", "counter",
+           "Batches of a batch pipeline done (outputs acked, offsets committed).",
+           [({"pipeline": k}, b["batches"]) for k, b in batched])
+    yield ("pipeline_batches_abandoned_total", "counter",
+           "Batches given up at a revoke or stop (their records are read again).",
+           [({"pipeline": k}, b["abandoned"]) for k, b in batched])
     yield ("rejected_records_total", "counter",
            "Internal records rejected (forged, replayed, malformed, out of range).",
            [({"topic": topic, "reason": reason}, n)

@@ -185,7 +185,10 @@
       var state = p.paused ? h("span", {"class": "sev sev-PAUSED", text: "PAUSED" +
         (p.paused_by && p.paused_by.by ? " by " + p.paused_by.by : "")}) : h("span", {"class": "sev sev-NORMAL", text: "running"});
       return h("tr", {"data-pipeline": name}, [
-        h("td", {"class": "id", text: name}), h("td", {"class": "src", title: p.source, text: p.source}),
+        h("td", {"class": "id", text: name, title: p.batch ? "batches of up to " + p.batch.size +
+          ": " + p.batch.batches + " done, " + p.batch.abandoned + " abandoned (read again)" : "one event at a time"},
+          p.batch ? [h("span", {"class": "batch", text: " batches of " + p.batch.size + ": " + p.batch.batches})] : []),
+        h("td", {"class": "src", title: p.source, text: p.source}),
         h("td", {text: p.limiter || "–"}), h("td", {"class": "state"}, [state]),
         num(p.consumed, 0, "consumed"), num(p.produced, 0, "produced"), num(p.retries, 0, "retries"),
         num(p.dead_lettered, 0, "dlq"), num(p.source_lag, 0, "lag"),

@@ -13,6 +13,7 @@ import pytest
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
+from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.inprocess import running_app
@@ -132,6 +133,14 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     assert pipe.batch is not None and pipe.batch.batches > 0
     # the mode's own path ran (exactly_once: one transaction per batch)
     assert pipe.batch.exactly_once == (guarantee == "exactly_once")
+    # operators see the batches: the JSON view, the dashboard's data and Prometheus
+    view = snapshot(bp)["pipelines"]["orders"]["batch"]
+    assert view == {"size": pipe.batch.queues.batch_size, "batches": pipe.batch.batches,
+                    "abandoned": pipe.batch.abandoned}
+    metrics = render_prometheus(snapshot(bp))
+    (line,) = [m for m in metrics.splitlines()
+               if m.startswith("faust_backpressure_pipeline_batches_total{")]
+    assert 'pipeline="orders"' in line and line.endswith(f" {float(pipe.batch.batches)!r}")
 
 
 async def test_a_downstream_guard_sees_each_batch_as_one_call(

@@ -61,7 +61,7 @@ async def test_overview_and_metrics_pages_show_the_pipeline_at_work(
         "source": source, "dlq": source + "-dlq", "consumed": 3, "produced": 2,
         "filtered": 0, "retries": 0, "dead_lettered": 1, "requeued": 0,
         "limiter": "TokenBucketRateLimiter",
-        "paused": False, "paused_by": None, "source_lag": 0}
+        "paused": False, "paused_by": None, "source_lag": 0, "batch": None}
     assert overview["limiters"]["TokenBucketRateLimiter"]["granted"] == 3
     assert content_type.startswith("text/plain; version=0.0.4")
     labels = f'app="{app.conf.id}",pipeline="check"'
