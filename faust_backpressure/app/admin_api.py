@@ -13,6 +13,9 @@ action              body                                          same as the CL
 ``resume``          ``{"pipeline": name, "reason": s?}``          ``backpressure resume``
 ``breaker``         ``{"dependency": name, "state": "open" |       ``backpressure breaker``
                     "close" | "auto", "reason": s?}``
+``key-override``    ``{"limit": name, "key": k, "rate": r?,        ``backpressure key-override``
+                    "burst": b?, "clear": bool?, "key_type":
+                    "str" | "int" | "bytes", "reason": s?}``
 =================== ============================================= ==========================
 
 They go through Kafka exactly as the commands do (persisted, ordered, acknowledged). Without
@@ -31,8 +34,9 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from faust_backpressure.app.downstream_ops import BREAKER_STATES
+from faust_backpressure.app.keyed_ops import KeyOverrideCommand, parse_key
 from faust_backpressure.app.ops import send_override
-from faust_backpressure.app.pause import send_breaker, send_pause
+from faust_backpressure.app.pause import send_breaker, send_key_override, send_pause
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.override import Override
 from faust_backpressure.errors import BackpressureError
@@ -41,7 +45,8 @@ from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limi
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 
-ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume", "breaker")
+ACTIONS = ("set-rate", "reset", "emergency-stop", "restore", "pause", "resume", "breaker",
+           "key-override")
 TIMEOUT = 30.0
 
 
@@ -65,13 +70,13 @@ def _text(body: dict[str, Any], key: str, *, required: bool = True) -> str:
     return value
 
 
-def _rate(body: dict[str, Any], *, required: bool) -> float | None:
-    value = body.get("rate")
+def _rate(body: dict[str, Any], key: str = "rate", *, required: bool) -> float | None:
+    value = body.get(key)
     if value is None and not required:
         return None
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or not 0 < value <= 1e12):
-        raise BadRequest("'rate' must be a number in (0, 1e12]")
+        raise BadRequest(f"{key!r} must be a number in (0, 1e12]")
     return float(value)
 
 
@@ -105,6 +110,8 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
         return {"limiter": limiter, "state": state}
     if action == "breaker":
         return await _breaker(bp, body, request)
+    if action == "key-override":
+        return await _key_override(bp, body, request)
     pipeline = _text(body, "pipeline")
     if pipeline not in bp.pipelines:
         raise LookupError(f"no pipeline {pipeline!r} (declared: "
@@ -129,6 +136,32 @@ async def _breaker(bp: Installation, body: dict[str, Any], request: Request
         by=_operator(request, body), reason=_text(body, "reason", required=False),
         secret=bp.settings.secret_key, timeout=TIMEOUT)
     return {"dependency": dependency, "state": state, "acked": acked, "workers": workers}
+
+
+async def _key_override(bp: Installation, body: dict[str, Any], request: Request
+                        ) -> dict[str, Any]:
+    limit, key, key_type = _text(body, "limit"), _text(body, "key"), body.get("key_type", "str")
+    clear = body.get("clear", False)
+    if key_type not in ("str", "int", "bytes") or not isinstance(clear, bool):
+        raise BadRequest("'key_type' must be str, int or bytes; 'clear' true or false")
+    if limit not in bp.keyed_limits:
+        raise LookupError(f"no keyed limit {limit!r} (declared: "
+                          f"{', '.join(sorted(bp.keyed_limits)) or 'none'})")
+    rate = _rate(body, required=not clear)
+    burst = None if clear else _rate(body, "burst", required=False)
+    if clear and (rate is not None or body.get("burst") is not None):
+        raise BadRequest("'clear' goes without 'rate' and 'burst'")
+    try:
+        command = KeyOverrideCommand.new(limit, parse_key(key, key_type), rate, burst,
+                                         _operator(request, body),
+                                         _text(body, "reason", required=False))
+    except ValueError as exc:  # a key too long, an int key that is not one, a rate too high
+        raise BadRequest(str(exc)) from None
+    acked, workers = await send_key_override(
+        client_settings(bp.app, "ops"), str(bp.app.conf.id), command,
+        secret=bp.settings.secret_key, timeout=TIMEOUT)
+    return {"limit": limit, "key": command.shown_key, "rate": command.rate,
+            "burst": command.burst, "acked": acked, "workers": workers}
 
 
 async def _post(bp: Installation, action: str, web: View, request: Request) -> Response:

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[3]
 async def test_write_endpoints_need_the_admin_token(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
     source, sink, down = unique_name("src"), unique_name("sink"), unique_name("down")
-    await create_topics(kafka_bootstrap, {source: 1, sink: 1, down: 1})
+    orders = unique_name("orders")
+    await create_topics(kafka_bootstrap, {source: 1, sink: 1, down: 1, orders: 1})
     port = free_port()
     app = faust.App(unique_name("app"), datadir=str(tmp_path),
                     **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}", web_enabled=True,
@@ -45,6 +46,14 @@ async def test_write_endpoints_need_the_admin_token(
     bp.control_loop(TokenBucketRateLimiter(50, 50), name="orders", downstream_group="nobody",
                     downstream_topics=[down], interval=0.5)
     bp.downstream("pricing-api", max_concurrency=4)
+    per_customer = bp.rate_limit_per_key("per-customer", tokens_per_second=100)
+
+    @app.agent(app.topic(orders), name=unique_name("charge"))
+    @per_customer
+    async def charge(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
     await produce(kafka_bootstrap, source, [(None, b"x")] * 3)
     base = f"http://127.0.0.1:{port}/backpressure/"
 
@@ -131,3 +140,20 @@ async def test_write_endpoints_need_the_admin_token(
         status, answer = await post("breaker", {"dependency": "pricing-api", "state": "auto"})
         assert status == 200, answer
         assert (await state())["downstreams"]["pricing-api"]["breaker"] == "closed"
+
+        # one key's limits of a keyed limit, on every worker, then cleared
+        override = {"limit": "per-customer", "key": "c1", "rate": 5, "reason": "abuse"}
+        assert (await post("key-override", override, "wrong"))[0] == 401
+        assert (await post("key-override", {**override, "limit": "nope"}))[0] == 404
+        for bad in ({"key_type": "float"}, {"rate": -5}, {"burst": "big"},
+                    {"clear": True}, {"key_type": "int"}):  # "c1" is no int
+            assert (await post("key-override", {**override, **bad}))[0] == 400, bad
+        assert (await state())["keyed"]["per-customer"]["overrides"] == 0
+        status, answer = await post("key-override", override)
+        assert status == 200 and answer["acked"] >= 1, answer
+        assert (answer["key"], answer["rate"], answer["burst"]) == ("c1", 5, 5)
+        assert (await state())["keyed"]["per-customer"]["overrides"] == 1
+        status, answer = await post("key-override", {"limit": "per-customer", "key": "c1",
+                                                     "clear": True})
+        assert status == 200 and answer["rate"] is None, answer
+        assert (await state())["keyed"]["per-customer"]["overrides"] == 0
