@@ -142,10 +142,11 @@ def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> N
                       ["id", "rate/s", "configured", "decided", "severity", "emergency",
                        "util", "down-lag", "workers", "reason"]))
     click.echo("\npipelines")
-    click.echo(_table([[p["name"], p["source"], p["limiter"], p["source_lag"], p["dlq"],
-                        p["dlq_records"], p["paused_by"] or p["paused"]]
+    click.echo(_table([[p["name"], p["source"], p["limiter"],
+                        f"batches of {p['batch_size']}" if p.get("batch_size") else "per event",
+                        p["source_lag"], p["dlq"], p["dlq_records"], p["paused_by"] or p["paused"]]
                        for p in report["pipelines"]],
-                      ["name", "source", "limiter", "source-lag", "dlq", "dlq-records",
+                      ["name", "source", "limiter", "mode", "source-lag", "dlq", "dlq-records",
                        "paused"]))
     if report["downstreams"]:
         click.echo("\ndownstream guards (each worker's page has its live breaker and limits)")

@@ -13,6 +13,7 @@ import pytest
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.app import Backpressure
+from faust_backpressure.app.ops import cluster_status
 from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
@@ -141,6 +142,8 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     (line,) = [m for m in metrics.splitlines()
                if m.startswith("faust_backpressure_pipeline_batches_total{")]
     assert 'pipeline="orders"' in line and line.endswith(f" {float(pipe.batch.batches)!r}")
+    (status,) = (await cluster_status(bp, kafka_bootstrap))["pipelines"]  # `status`'s report
+    assert status["name"] == "orders" and status["batch_size"] == pipe.batch.queues.batch_size
 
 
 async def test_a_downstream_guard_sees_each_batch_as_one_call(
