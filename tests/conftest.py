@@ -112,10 +112,10 @@ def faust_workers(request: pytest.FixtureRequest, kafka_bootstrap: str
     started: list[FaustWorker] = []
 
     def start(app: str, *, name: str | None = None, env: dict[str, str] | None = None,
-              data_dir: Path | None = None) -> FaustWorker:
+              data_dir: Path | None = None, web: bool = False) -> FaustWorker:
         worker = FaustWorker(app, name=name or f"worker{len(started)}", data_dir=data_dir,
                              env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, **(env or {})},
-                             cwd=REPO)
+                             cwd=REPO, web=web)
         started.append(worker)
         return worker.start()
 

@@ -26,6 +26,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from mode import Service
 
+from faust_backpressure.app.cluster import ClusterView, WorkerStatusRecord
 from faust_backpressure.app.downstream_ops import BreakerCommand, QuotaReport, SlowDownRecord
 from faust_backpressure.app.keyed_ops import (
     STATUS_INTERVAL,
@@ -115,11 +116,13 @@ class PauseCommand:
 class _OpsFollower(Service):
     """On a worker: follows the ops topic: pauses/resumes its pipelines, slows down and
     forces the breakers of its downstream guards, overrides keys of its keyed limits,
-    acknowledges commands; publishes its keyed limits' status."""
+    acknowledges commands; publishes its keyed limits' status; keeps every worker's summary
+    (the cluster view, :mod:`.cluster`)."""
 
     def __init__(self, bp: Installation, **kwargs: Any) -> None:
         self.bp = bp
         self.worker = worker_name()
+        self.cluster = ClusterView()
         self._acked: set[str] = set()
         #: Ops records this worker rejected, by reason.
         self.rejections = Rejections()
@@ -190,6 +193,12 @@ class _OpsFollower(Service):
             elif key.startswith(b"keyed/"):
                 await self._override_key(KeyOverrideCommand.decode(
                     value, key, self.bp.settings.secret_key))
+            elif key.startswith(b"worker-status/"):
+                if value is None:
+                    self.cluster.forget(key.decode(errors="replace").partition("/")[2])
+                else:
+                    self.cluster.update(WorkerStatusRecord.decode(
+                        value, key, self.bp.settings.secret_key))
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)

@@ -10,6 +10,7 @@ series labelled with the app id; scrape each worker (counts are per process).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -19,13 +20,19 @@ from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
 from faust_backpressure.app.admin_api import register_admin
+from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
+from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
+from faust_backpressure.app.pause import ops_topic
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import ControlLoop
-from faust_backpressure.faust_seam import source_backlog
+from faust_backpressure.faust_seam import send_control, source_backlog
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables.service import find_channel
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
@@ -153,6 +160,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         "keyed": {name: gate.stats() for name, gate in bp.keyed_limits.items()},
         "downstreams": {name: dataclasses.asdict(guard.stats())
                         for name, guard in bp.downstreams.items()},
+        "cluster": ([] if bp.ops_follower is None
+                    else bp.ops_follower.cluster.rows(time.time())),
     }
 
 
@@ -343,3 +352,21 @@ def register_views(bp: Installation) -> None:
 
     register_dashboard(bp, snapshot)  # /backpressure/ui
     register_admin(bp)  # POST /backpressure/api/..., behind the admin_token setting
+
+    @bp.app.timer(STATUS_INTERVAL, name="fbp_worker_status")
+    async def fbp_worker_status() -> None:
+        """This worker's summary for every worker's cluster view (see .cluster)."""
+        follower = bp.ops_follower
+        if follower is None:  # no ops topic: an app with no pipeline, guard or keyed limit
+            return
+        channel = find_channel(bp.app)
+        conf = bp.app.conf
+        web = f"{conf.canonical_url}".rstrip("/") + "/backpressure/ui" if conf.web_enabled \
+            else None
+        body = worker_body(snapshot(bp), follower.worker,
+                           set() if channel is None else set(channel.owned), web, time.time())
+        try:
+            await send_control(bp.app, ops_topic(conf.id), worker_key(follower.worker),
+                               WorkerStatusRecord.encode(body, bp.settings.secret_key))
+        except Exception:  # a broker hiccup: never the worker's end; stale, then fresh again
+            log.warning("worker status not published", exc_info=True)

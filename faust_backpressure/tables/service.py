@@ -185,6 +185,7 @@ class LimiterChannel:
                         **kwargs: Any) -> None:
         self._ledgers.clear()
         self._written.clear()
+        self.owned.clear()  # an owner again once it answers (and logs) again
 
     @property
     def changelog_topic_name(self) -> str:

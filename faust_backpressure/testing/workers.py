@@ -62,8 +62,11 @@ class FaustWorker:
 
     def __init__(self, app: str, *, env: Mapping[str, str] | None = None, name: str = "worker",
                  data_dir: Path | None = None, loglevel: str = "info",
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, web: bool = False) -> None:
+        """``web``: run the app's web server as its settings say (give each worker its own
+        port); by default none."""
         self.app = app
+        self.web = web
         self.name = name
         self._own_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"fbp-{name}-"))
@@ -82,7 +85,8 @@ class FaustWorker:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "faust", "-A", self.app, "--datadir",
-                 str(self.data_dir / "state"), "-l", self.loglevel, "worker", "--without-web"],
+                 str(self.data_dir / "state"), "-l", self.loglevel, "worker",
+                 *([] if self.web else ["--without-web"])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**self.env, "PYTHONPATH": pythonpath}, cwd=self.cwd,
                 preexec_fn=_die_with_parent, start_new_session=True,

@@ -243,6 +243,26 @@
       ]);
     }));
 
+    fill("cluster", (s.cluster || []).map(function (w) {
+      function total(key) {
+        return Object.keys(w.pipelines).reduce(function (sum, p) {
+          var v = w.pipelines[p][key];
+          return v === null || v === undefined || sum === null ? null : sum + v;
+        }, 0);
+      }
+      var owned = Object.keys(w.limiters).filter(function (l) { return w.limiters[l].owned; });
+      var open = Object.keys(w.downstreams).filter(function (d) { return w.downstreams[d] !== "closed"; })
+        .map(function (d) { return d + ": " + w.downstreams[d]; });
+      var name = w.web ? h("a", {href: w.web, text: w.worker}) : w.worker;
+      return h("tr", {"data-worker": w.worker, "class": w.stale ? "stale" : ""}, [
+        h("td", {"class": "id"}, [name]),
+        h("td", {text: (w.stale ? "stale, " : "") + fmt(w.age, 0) + " s ago"}),
+        num(total("consumed"), 0, "consumed"), num(total("source_lag"), 0, "lag"),
+        num(total("dead_lettered"), 0, "dlq"),
+        h("td", {text: owned.join(", ") || "–"}), h("td", {text: open.join(", ") || "–"}),
+      ]);
+    }));
+
     fill("gates", s.gates.map(function (g) {
       return h("tr", {"data-agent": g.agent}, [
         h("td", {"class": "id", text: g.agent}), h("td", {text: g.limiter}), h("td", {text: g.on_limit}),

@@ -1,0 +1,69 @@
+"""The cluster on one worker's page: two real ``faust worker`` processes of an app with a
+pipeline behind a distributed limiter; each publishes its summary on the ops topic, and either
+worker's ``/backpressure/`` lists both, with which of them owns the limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from faust_backpressure.testing.broker import free_port
+from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.workers import FaustWorker
+
+pytestmark = pytest.mark.kafka
+
+APP = "tests.integration.ops.apps.ops_app"
+
+
+async def _cluster(http: aiohttp.ClientSession, port: int) -> list[dict[str, Any]]:
+    async with http.get(f"http://127.0.0.1:{port}/backpressure/") as resp:
+        rows: list[dict[str, Any]] = json.loads(await resp.text())["cluster"]
+        return rows
+
+
+async def test_any_workers_page_shows_every_worker_and_the_limiters_owner(
+        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+           "FBP_SINK": unique_name("sink"), "FBP_DOWN_GROUP": unique_name("billing"),
+           "FBP_DOWN_TOPIC": unique_name("priced")}
+    await create_topics(kafka_bootstrap, {env["FBP_DOWN_TOPIC"]: 1, env["FBP_SINK"]: 2,
+                                          env["FBP_SOURCE"]: 2})
+    ports = [free_port(), free_port()]
+    workers = [faust_workers(APP, name=f"c{i}", env={**env, "FBP_WEB_PORT": str(port)},
+                             web=True) for i, port in enumerate(ports)]
+    for worker in workers:
+        worker.wait_ready()
+    await produce(kafka_bootstrap, env["FBP_SOURCE"], ((b"k%d" % i, b"v") for i in range(40)))
+    await consume(kafka_bootstrap, env["FBP_SINK"], until=40, timeout=60)
+
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:  # the first summaries come within a status interval (5 s)
+            try:
+                views = [await _cluster(http, port) for port in ports]
+            except aiohttp.ClientConnectionError:
+                views = []
+            fresh = [[r for r in rows if not r["stale"]] for rows in views]
+            owners = [r["worker"] for r in (fresh[0] if fresh else [])
+                      if r["limiters"].get("ops-api", {}).get("owned")]
+            if len(fresh) == 2 and all(len(rows) == 2 for rows in fresh) and owners:
+                break
+            assert time.monotonic() < deadline, views
+            await asyncio.sleep(0.5)
+    # both pages list both workers, each with the pipeline, its own page's address, the limiter
+    assert [r["worker"] for r in views[0]] == [r["worker"] for r in views[1]]
+    assert len({r["worker"] for r in views[0]}) == 2
+    for row in views[0]:
+        assert "orders" in row["pipelines"] and row["age"] < 15
+        assert row["web"].startswith("http://127.0.0.1:") and row["web"].endswith("/ui")
+        assert set(row["limiters"]) >= {"ops-api", "ops-free"}
+    assert sum(r["pipelines"]["orders"]["consumed"] for r in views[0]) >= 40
+    assert len(owners) == 1  # one owner of the limiter's partition
