@@ -9,6 +9,7 @@ series labelled with the app id; scrape each worker (counts are per process).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -23,7 +24,7 @@ from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
-from faust_backpressure.app.pause import ops_topic
+from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT, ops_topic
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.faust_seam import send_control, source_backlog
@@ -357,8 +358,8 @@ def register_views(bp: Installation) -> None:
     async def fbp_worker_status() -> None:
         """This worker's summary for every worker's cluster view (see .cluster)."""
         follower = bp.ops_follower
-        if follower is None:  # no ops topic: an app with no pipeline, guard or keyed limit
-            return
+        if follower is None or follower.should_stop or bp.app.should_stop:
+            return  # no ops topic (no pipeline, guard or keyed limit), or stopping
         channel = find_channel(bp.app)
         conf = bp.app.conf
         web = f"{conf.canonical_url}".rstrip("/") + "/backpressure/ui" if conf.web_enabled \
@@ -366,7 +367,10 @@ def register_views(bp: Installation) -> None:
         body = worker_body(snapshot(bp), follower.worker,
                            set() if channel is None else set(channel.owned), web, time.time())
         try:
-            await send_control(bp.app, ops_topic(conf.id), worker_key(follower.worker),
-                               WorkerStatusRecord.encode(body, bp.settings.secret_key))
+            # bounded: while the worker stops, a send may never complete, and an unbounded
+            # one here held the app's stop for good (as it once did for the keyed status)
+            await asyncio.wait_for(send_control(
+                bp.app, ops_topic(conf.id), worker_key(follower.worker),
+                WorkerStatusRecord.encode(body, bp.settings.secret_key)), TOMBSTONE_TIMEOUT)
         except Exception:  # a broker hiccup: never the worker's end; stale, then fresh again
             log.warning("worker status not published", exc_info=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import faust
 
-__all__ = ["running_app"]
+from faust_backpressure.errors import BackpressureError
+
+__all__ = ["STOP_TIMEOUT", "AppStopHang", "running_app"]
 
 
 @contextlib.asynccontextmanager
@@ -23,4 +27,36 @@ async def running_app(app: faust.App) -> AsyncIterator[faust.App]:
     try:
         yield app
     finally:
-        await app.stop()
+        stopping = asyncio.ensure_future(app.stop())
+        done, _ = await asyncio.wait([stopping], timeout=STOP_TIMEOUT)
+        if not done:  # say where it hangs, instead of a test timeout killing the process
+            raise AppStopHang(f"app {app.conf.id!r} did not stop within {STOP_TIMEOUT:g} s; "
+                              f"waiting tasks:\n{_waiting_tasks()}")
+        stopping.result()
+
+
+#: Seconds an app's stop may take in a test (a clean stop takes a few).
+STOP_TIMEOUT = 90.0
+
+
+class AppStopHang(BackpressureError):
+    """``app.stop()`` did not return: a defect (something waits for ever at stop)."""
+
+
+def _waiting_tasks() -> str:
+    """Each pending task and the chain of awaits it is suspended in (asyncio's own stack
+    print stops at the first async generator or awaited future)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        if task.done():
+            continue
+        chain: list[str] = []
+        frame_of: Any = task.get_coro()
+        while frame_of is not None:
+            frame = getattr(frame_of, "cr_frame", None) or getattr(frame_of, "ag_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:"
+                             f"{frame.f_lineno})")
+            frame_of = getattr(frame_of, "cr_await", None) or getattr(frame_of, "ag_await", None)
+        lines.append(f"- {task.get_name()}: {' -> '.join(chain) if chain else repr(task)}")
+    return "\n".join(lines)
