@@ -45,7 +45,14 @@ async def test_batch_pipeline_loses_nothing_when_a_worker_is_sigkilled(
     def complete(records: list) -> bool:  # type: ignore[type-arg]
         return expected_out <= {r.value for r in records}
 
-    out = await read_committed(kafka_bootstrap, sink, until=complete, timeout=90, settle=1.0)
+    try:
+        out = await read_committed(kafka_bootstrap, sink, until=complete, timeout=90,
+                                   settle=1.0)
+    except TimeoutError:  # say which ids are missing, and whether beta is still at it
+        got = {r.value for r in await read_committed(kafka_bootstrap, sink, until=0)}
+        missing = sorted(expected_out - got)
+        print(f"missing from the sink: {len(missing)}: {missing[:40]}")
+        raise
     dead = await read_committed(kafka_bootstrap, dlq,
                                 until=lambda rs: failing <= {r.value for r in rs}, settle=0.5)
     elapsed = time.monotonic() - began
