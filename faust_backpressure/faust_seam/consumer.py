@@ -28,24 +28,31 @@ log = logging.getLogger("faust_backpressure.faust_seam")
 class OffsetGuard:
     """Per partition, the next offset the consumer expects; a record past it is a *jump*.
 
-    A jump is re-read once (``check`` returns the offset to seek back to); a record from a
-    fetch made after that seek, past the expected offset, confirms the range as empty (markers,
-    compaction, aborted records) and ``check`` returns it as a gap. Pure: no Kafka here.
+    A jump is re-read once (``check`` returns the offset to seek back to). Only the broker's
+    answer to that seek can confirm the range as empty (markers, compaction, aborted records):
+    the first fetch of the partition after the seek, seen whole before Faust or a batch tap
+    drops anything (``fetched``), starts past the sought offset. A delivered record is then a
+    gap only if it is exactly where that fetch started; records the broker returned and that
+    were dropped on the way (the flow stopped, a new generation) make a new jump, re-read
+    again, never a gap. Pure: no Kafka here.
 
     Example::
 
         guard = OffsetGuard()
         guard.reset(tp, 100)
-        guard.check(tp, 100, batch=1)      # ACCEPT
-        guard.check(tp, 105, batch=1)      # REREAD from 101
-        guard.check(tp, 105, batch=2)      # GAP 101..104 confirmed
+        guard.check(tp, 100)      # ACCEPT
+        guard.check(tp, 105)      # REREAD from 101 (the consumer seeks there)
+        guard.fetched(tp, 105)    # the broker's first record after the seek
+        guard.check(tp, 105)      # GAP 101..104 confirmed
     """
 
     expected: dict[TP, int] = field(default_factory=dict)
     #: tp -> the first offset read while nothing of tp was committed: where to re-read from
     origin: dict[TP, int] = field(default_factory=dict)
-    #: tp -> (offset sought back to, batch number of the fetch that saw the jump)
-    verifying: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    #: tp -> the offset sought back to, until the broker's first fetch from it
+    verifying: dict[TP, int] = field(default_factory=dict)
+    #: tp -> [begin, end): the broker's fetch from ``begin`` started at ``end``
+    empty: dict[TP, tuple[int, int]] = field(default_factory=dict)
     rereads: int = 0
     confirmed_gaps: int = 0
 
@@ -59,9 +66,9 @@ class OffsetGuard:
             self.expected.pop(tp, None)
         else:
             self.expected[tp] = offset
-        pending = self.verifying.get(tp)
-        if pending is not None and pending[0] != offset:
-            del self.verifying[tp]
+        if self.verifying.get(tp) != offset:
+            self.verifying.pop(tp, None)
+        self.empty.pop(tp, None)
 
     def start(self, tp: TP, offset: int) -> None:
         """The first fetch of ``tp`` since its position was unknown starts at ``offset``."""
@@ -76,8 +83,15 @@ class OffsetGuard:
         for tp in tps:
             self.expected.pop(tp, None)
             self.verifying.pop(tp, None)
+            self.empty.pop(tp, None)
 
-    def check(self, tp: TP, offset: int, batch: int) -> tuple[str, int]:
+    def fetched(self, tp: TP, first: int) -> None:
+        """The broker returned records of ``tp`` from ``first`` on (before any is dropped)."""
+        sought = self.verifying.pop(tp, None)
+        if sought is not None and first > sought:
+            self.empty[tp] = (sought, first)
+
+    def check(self, tp: TP, offset: int) -> tuple[str, int]:
         """``(ACCEPT, offset)``, ``(REREAD, from_offset)`` or ``(GAP, first_missing)``."""
         expected = self.expected.get(tp)
         if expected is None:
@@ -85,16 +99,17 @@ class OffsetGuard:
         if expected is None or offset == expected:
             self.expected[tp] = offset + 1
             self.verifying.pop(tp, None)
+            self.empty.pop(tp, None)
             return self.ACCEPT, offset
         if offset < expected:  # a re-read of what came before: Faust drops or redelivers it
             return self.ACCEPT, offset
-        pending = self.verifying.get(tp)
-        if pending is not None and pending[0] == expected and batch > pending[1]:
-            del self.verifying[tp]
+        if self.empty.get(tp) == (expected, offset):
+            del self.empty[tp]
             self.expected[tp] = offset + 1
             self.confirmed_gaps += 1
             return self.GAP, expected
-        self.verifying[tp] = (expected, batch)
+        self.empty.pop(tp, None)
+        self.verifying[tp] = expected
         self.rereads += 1
         return self.REREAD, expected
 
@@ -117,7 +132,6 @@ class _GuardedConsumer:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.offset_guard = OffsetGuard()
-        self._fetch_batch = 0
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
@@ -132,8 +146,6 @@ class _GuardedConsumer:
         return guarded
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        self._fetch_batch += 1
-        batch = self._fetch_batch
         guard = self.offset_guard
         refused: set[TP] = set()
         async for tp, message in super().getmany(timeout):  # type: ignore[misc]
@@ -142,7 +154,7 @@ class _GuardedConsumer:
             if not self._guarded(tp.topic):
                 yield tp, message
                 continue
-            verdict, offset = guard.check(tp, message.offset, batch)
+            verdict, offset = guard.check(tp, message.offset)
             if verdict == OffsetGuard.REREAD:
                 # Nothing after the jump is delivered: fetch again from the first missing.
                 refused.add(tp)
@@ -240,10 +252,14 @@ class _GuardedConsumer:
         (``docs/batching.md``): they go to the source's :class:`BatchTap`."""
         generation = self.app.consumer_generation_id
         records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        guard = self.offset_guard
+        if guard.verifying:  # what the broker answered a re-read, before anything is dropped
+            for tp, batch in records.items():
+                if batch and tp in guard.verifying:
+                    guard.fetched(tp, batch[0].offset)
         taps = batch_taps(self.app)
         if taps:
             await self._divert(records, taps, active_partitions, generation)
-        guard = self.offset_guard
         for tp, batch in records.items():
             if batch and tp not in guard.expected and self._guarded(tp.topic):
                 guard.start(tp, batch[0].offset)
@@ -271,7 +287,7 @@ class _GuardedConsumer:
                 continue
             first = chunk[0].offset
             if first > expected:  # a jump: re-read once, then it is a gap (markers)
-                verdict, offset = guard.check(tp, first, self._fetch_batch)
+                verdict, offset = guard.check(tp, first)
                 if verdict == OffsetGuard.REREAD:
                     log.info("offset guard: %s jumped from %d to %d; re-reading", tp, offset,
                              first)
