@@ -60,6 +60,7 @@ from faust_backpressure.faust_seam import (
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets, KeyLimits, LimitsFor
 from faust_backpressure.tables.kafka import partition_for_key, raw_topic
 from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.topics import keyed_deferral_topic, keyed_overrides_table, keyed_table
 
 __all__ = ["KEYED_LIMIT", "NOT_BEFORE", "KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate",
            "NotCopartitioned", "encode_key"]
@@ -148,14 +149,14 @@ class KeyedRateLimitGate:
                  replicas: int | None) -> None:
         """The bucket table, the overrides' global table and the deferral topic."""
         app, name = self.app, self.name
-        prefix = f"bp-keyed-{name}"
+        prefix = keyed_table(name)
         self.table: Any = app.Table(prefix, key_type=bytes, value_type=bytes,
                                     partitions=partitions, store=store_url(store, prefix),
                                     options=table_options(),
                                     help=f"keyed limit {name}: bucket levels by key")
         # Overrides: every worker needs every key's, so a global table; few, read per event,
         # so in memory (restored from the changelog at each start).
-        self.overrides: Any = app.GlobalTable(f"{prefix}-overrides", key_type=bytes,
+        self.overrides: Any = app.GlobalTable(keyed_overrides_table(name), key_type=bytes,
                                               value_type=bytes, partitions=1,
                                               store=store_url("memory://", prefix),
                                               help=f"keyed limit {name}: per-key limits")
@@ -164,7 +165,7 @@ class KeyedRateLimitGate:
         # bucket emptier than the committed offsets say, never fuller).
         for table in (self.table, self.overrides):
             mark_control_topic(app, table.changelog_topic.get_topic_name())
-        self.deferral_topic_name = f"{app.conf.id}-{name}{deferral_suffix}"
+        self.deferral_topic_name = keyed_deferral_topic(app.conf.id, name, deferral_suffix)
         # internal: Faust declares it with the limit's partitions before the consumer
         # subscribes (undeclared, the broker auto-creates it with one partition).
         self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,

@@ -31,6 +31,13 @@ from typing import Literal
 from faust.types import AppT
 
 from faust_backpressure.app.registry import installed
+from faust_backpressure.wire.topics import (
+    app_prefix,
+    dlq_replay_group_prefix,
+    limiter_requests,
+    ops_topic,
+    pressure_topic,
+)
 
 __all__ = ["Acl", "acls_for_app", "app_acls", "kafka_acls_arguments", "operator_acls"]
 
@@ -77,10 +84,11 @@ def app_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
     """What the app's workers need (``principal``: ``User:name`` or a bare user name)."""
     p = _user(principal)
     acls = [
-        Acl(p, "topic", f"{app_id}-", ("Read", "Write", "Create", "Describe", "DescribeConfigs"),
+        Acl(p, "topic", app_prefix(app_id),
+            ("Read", "Write", "Create", "Describe", "DescribeConfigs"),
             "prefixed", "changelogs, assignor topic, fbp request/grant/pressure topics"),
         Acl(p, "group", app_id, ("Read", "Describe"), why="the app's consumer group"),
-        Acl(p, "group", f"{app_id}-bp-dlq-replay-", ("Read", "Describe"), "prefixed",
+        Acl(p, "group", dlq_replay_group_prefix(app_id), ("Read", "Describe"), "prefixed",
             "dlq-replay's groups (when the app's principal runs it)"),
     ]
     acls += [Acl(p, "topic", t, ("Read", "Describe", "Create"), why="source")
@@ -111,15 +119,15 @@ def operator_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
     ``reset``, ``emergency-stop``/``restore`` and ``pause``/``resume`` write (the request,
     pressure and ops topics): give it to on-call engineers only (docs/operations.md)."""
     p = _user(principal)
-    steering = [Acl(p, "topic", f"{app_id}-{name}", ("Write", "Describe"), why=why)
-                for name, why in (("fbp-limiter-requests", "set-rate/reset commands"),
-                                  ("fbp-pressure", "emergency-stop/restore holds"),
-                                  ("fbp-ops", "pause/resume"))] if steer else []
+    steering = [Acl(p, "topic", topic, ("Write", "Describe"), why=why)
+                for topic, why in ((limiter_requests(app_id), "set-rate/reset commands"),
+                                   (pressure_topic(app_id), "emergency-stop/restore holds"),
+                                   (ops_topic(app_id), "pause/resume"))] if steer else []
     acls = [
-        Acl(p, "topic", f"{app_id}-", ("Read", "Describe", "DescribeConfigs"), "prefixed",
-            "read-only view of the internal topics"),
+        Acl(p, "topic", app_prefix(app_id), ("Read", "Describe", "DescribeConfigs"),
+            "prefixed", "read-only view of the internal topics"),
         Acl(p, "group", app_id, ("Describe",), why="the app's lag (kafka-consumer-groups)"),
-        Acl(p, "group", f"{app_id}-bp-dlq-replay-", ("Read", "Describe"), "prefixed",
+        Acl(p, "group", dlq_replay_group_prefix(app_id), ("Read", "Describe"), "prefixed",
             "dlq-replay's groups"),
     ]
     acls += [Acl(p, "topic", t, ("Read", "Describe"), why="DLQ to replay")

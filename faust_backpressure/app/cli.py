@@ -13,6 +13,7 @@ from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.registry import installed
 from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.wire.topics import dlq_replay_group
 
 __all__ = ["backpressure", "register_commands"]
 
@@ -48,7 +49,7 @@ def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type:
                            show_pos=True) as bar:
         report = asyncio.run(replay_dlq(
             kafka, pipeline=pipeline, dlq_topic=pipe.dlq_topic_name, target_topic=target,
-            group_id=f"{app.conf.id}-bp-dlq-replay-{pipeline}", limit=limit,
+            group_id=dlq_replay_group(app.conf.id, pipeline), limit=limit,
             error_type=error_type, rate=rate or bp.settings.replay_rate,
             from_beginning=from_beginning, progress=bar.update))
     click.echo(report.summary())

@@ -28,7 +28,7 @@ from faust_backpressure.app.downstream_ops import (
     quota_key,
     slow_down_key,
 )
-from faust_backpressure.app.pause import install_pause_control, ops_topic, worker_name
+from faust_backpressure.app.pause import install_pause_control, worker_name
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
@@ -48,6 +48,7 @@ from faust_backpressure.limiters.keyed_buckets import LimitsFor
 from faust_backpressure.limiters.quota import QuotaLearner
 from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings
+from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["Backpressure"]
 

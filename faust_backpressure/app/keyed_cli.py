@@ -31,7 +31,7 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.ops import keyed_overrides, keyed_status, signed_records
 from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, _table, _timeout
-from faust_backpressure.app.pause import ops_topic, send_key_override
+from faust_backpressure.app.pause import send_key_override
 from faust_backpressure.control.override import operator
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
 from faust_backpressure.tables.kafka import (
@@ -41,6 +41,7 @@ from faust_backpressure.tables.kafka import (
     partition_for_key,
 )
 from faust_backpressure.tables.limiter_commands import read_compacted, topic_partitions
+from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["KEYED_COMMANDS", "key_override", "key_status"]
 

@@ -30,9 +30,8 @@ from faust_backpressure.app.keyed_ops import (
     KeyedStatusRecord,
     KeyOverrideCommand,
 )
-from faust_backpressure.app.pause import ops_topic
 from faust_backpressure.app.registry import Installation
-from faust_backpressure.control.loop import CONTROL_TABLE, ControlLoop
+from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.control.override import Override
 from faust_backpressure.control.probe import no_commits_warning
 from faust_backpressure.control.samples import WorkerSample
@@ -46,6 +45,7 @@ from faust_backpressure.tables.limiter_commands import (
     read_limiter_states,
 )
 from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
+from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
 
 __all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
            "keyed_overrides", "keyed_status", "send_override", "signed_records"]
@@ -274,8 +274,8 @@ async def cluster_status(bp: Installation, kafka: KafkaClientSettings | str
     horizon = max([3 * loop.interval for loop in loops.values()] + [15.0])
     states, control, samples = await asyncio.gather(
         read_limiter_states(kafka, app_id),
-        read_compacted(kafka, f"{app_id}-{CONTROL_TABLE}-changelog"),
-        _recent_samples(kafka, f"{app_id}-fbp-pressure", horizon, secret))
+        read_compacted(kafka, control_changelog(app_id)),
+        _recent_samples(kafka, pressure_topic(app_id), horizon, secret))
     declared = {limiter.name: limiter for limiter in bp.registered_limiters}
     limiters = [await _limiter_status(kafka, name, states.get(name, {}), loops.get(name),
                                       control.get(name), samples.get(name, {}),
@@ -396,8 +396,8 @@ async def send_override(kafka: KafkaClientSettings | str, app_id: str, override:
                         secret: bytes | None, timeout: float = 30.0) -> dict[str, Any]:
     """Send an operator hold/release to the limiter's decider; return the control state once
     the decider has persisted it (:class:`CommandTimeout` if it does not in time)."""
-    topic = f"{app_id}-fbp-pressure"
-    changelog = f"{app_id}-{CONTROL_TABLE}-changelog"
+    topic = pressure_topic(app_id)
+    changelog = control_changelog(app_id)
     producer = kafka_producer(kafka, "ops-override")
     await producer.start()
     try:

@@ -22,7 +22,7 @@ import click
 
 from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.ops import cluster_status, group_lag, send_override
-from faust_backpressure.app.pause import ops_topic, send_breaker, send_pause
+from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.kafka import client_settings
@@ -31,6 +31,7 @@ from faust_backpressure.tables.limiter_commands import (
     read_compacted,
     send_limiter_command,
 )
+from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["OPS_COMMANDS"]
 

@@ -57,8 +57,9 @@ from faust_backpressure.tables.limiter_commands import (
     read_compacted,
     topic_partitions,
 )
+from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["PauseCommand", "install_pause_control", "ops_topic", "pause_states",
+__all__ = ["PauseCommand", "install_pause_control", "pause_states",
            "send_acknowledged", "send_breaker", "send_key_override", "send_pause",
            "worker_name"]
 
@@ -66,10 +67,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds a stopping worker gives each keyed-status tombstone (see _publish_keyed).
 TOMBSTONE_TIMEOUT = 2.0
-
-
-def ops_topic(app_id: str) -> str:
-    return f"{app_id}-fbp-ops"
 
 
 def worker_name() -> str:

@@ -24,12 +24,13 @@ from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
-from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT, ops_topic
+from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.faust_seam import send_control, source_backlog
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables.service import find_channel
+from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
 

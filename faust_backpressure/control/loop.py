@@ -60,10 +60,10 @@ from faust_backpressure.tables.integrity import (
 )
 from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
 from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.topics import CONTROL_TABLE, pressure_topic
 
-__all__ = ["CONTROL_TABLE", "ControlLoop", "ControlLoops", "WorkerSample"]
+__all__ = ["ControlLoop", "ControlLoops", "WorkerSample"]
 
-CONTROL_TABLE = "fbp-control"
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class ControlLoops:
         partitions = int(app.conf.topic_partitions)
         # None: the app's topic_replication_factor
         replicas = context_of(app).settings.internal_replication_factor
-        self.pressure_topic = raw_topic(app, f"{app.conf.id}-fbp-pressure", internal=True,
+        self.pressure_topic = raw_topic(app, pressure_topic(app.conf.id), internal=True,
                                         partitions=partitions, replicas=replicas)
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written

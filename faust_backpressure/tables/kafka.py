@@ -24,6 +24,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import AppT, TopicT
 
 from faust_backpressure.faust_seam import TopicKeepingProducer
+from faust_backpressure.wire.topics import client_id
 
 __all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
            "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic"]
@@ -59,7 +60,7 @@ def client_settings(app: AppT, role: str) -> dict[str, Any]:
         auth.update(security_protocol="SSL", ssl_context=ssl.create_default_context())
     return {
         "bootstrap_servers": broker_bootstrap(app),
-        "client_id": f"{conf.broker_client_id}-fbp-{role}",
+        "client_id": client_id(conf.broker_client_id, role),
         "request_timeout_ms": int(float(conf.broker_request_timeout) * 1000),
         **auth,
     }

@@ -37,26 +37,14 @@ from faust_backpressure.tables.kafka import (
     partition_for_key,
 )
 from faust_backpressure.tables.messages import Ack, Command, decode_reply_record, encode
-from faust_backpressure.tables.service import TABLE_NAME
+from faust_backpressure.wire.topics import limiter_changelog, limiter_grants, limiter_requests
 
-__all__ = ["CommandTimeout", "grant_topic", "group_offsets", "limiter_changelog", "read_compacted",
-           "read_limiter_states", "request_topic", "send_limiter_command", "topic_partitions"]
+__all__ = ["CommandTimeout", "group_offsets", "read_compacted", "read_limiter_states",
+           "send_limiter_command", "topic_partitions"]
 
 
 class CommandTimeout(BackpressureError, TimeoutError):
     """No owner acknowledged the command in time (no worker running, or an unknown id)."""
-
-
-def request_topic(app_id: str) -> str:
-    return f"{app_id}-fbp-limiter-requests"
-
-
-def grant_topic(app_id: str) -> str:
-    return f"{app_id}-fbp-limiter-grants"
-
-
-def limiter_changelog(app_id: str) -> str:
-    return f"{app_id}-{TABLE_NAME}-changelog"
 
 
 async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set[int]:
@@ -108,8 +96,8 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
     await consumer.start()
     await producer.start()
     try:
-        requests = await topic_partitions(consumer, request_topic(app_id))
-        grants = TopicPartition(grant_topic(app_id), 0)
+        requests = await topic_partitions(consumer, limiter_requests(app_id))
+        grants = TopicPartition(limiter_grants(app_id), 0)
         if not requests or not await topic_partitions(consumer, grants.topic):
             raise CommandTimeout(f"app {app_id!r} has no limiter topics: no worker with a "
                                  "distributed limiter has run")
@@ -117,7 +105,7 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
         await consumer.seek_to_end(grants)
         await consumer.position(grants)  # the ack comes after this point
         await producer.send_and_wait(
-            request_topic(app_id), encode(command, key=key, secret=secret), key=key,
+            limiter_requests(app_id), encode(command, key=key, secret=secret), key=key,
             partition=partition_for_key(key, len(requests)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

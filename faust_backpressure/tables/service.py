@@ -51,12 +51,17 @@ from faust_backpressure.tables.messages import (
     encode_replies,
 )
 from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.topics import (
+    LIMITER_TABLE,
+    limiter_changelog,
+    limiter_grants,
+    limiter_requests,
+)
 
-__all__ = ["TABLE_NAME", "LimiterChannel", "find_channel", "limiter_channel", "use_settings"]
+__all__ = ["LimiterChannel", "find_channel", "limiter_channel", "use_settings"]
 
 log = logging.getLogger(__name__)
 
-TABLE_NAME = "fbp-limiters"
 OWNER_AGENT = "fbp-limiter-owner"
 #: Most requests (or replies) per record: ~0.5 KB each, so a record stays far below Kafka's
 #: default 1 MB message limit.
@@ -110,16 +115,15 @@ class LimiterChannel:
     def _declare(self) -> None:
         """The request and grant topics and the ledgers' table."""
         app = self.app
-        prefix = app.conf.id
         # None: the app's topic_replication_factor (see BackpressureSettings)
         replicas = context_of(app).settings.internal_replication_factor
         # internal: Faust creates them with these partition counts before subscribing.
-        self.request_topic = raw_topic(app, f"{prefix}-fbp-limiter-requests", internal=True,
+        self.request_topic = raw_topic(app, limiter_requests(app.conf.id), internal=True,
                                        partitions=self.partitions, replicas=replicas)
-        self.grant_topic = raw_topic(app, f"{prefix}-fbp-limiter-grants", internal=True,
+        self.grant_topic = raw_topic(app, limiter_grants(app.conf.id), internal=True,
                                      partitions=1, replicas=replicas)
         # Values are the ledger record as JSON bytes, encoded once by us.
-        self.table = app.Table(TABLE_NAME, default=None, partitions=self.partitions,
+        self.table = app.Table(LIMITER_TABLE, default=None, partitions=self.partitions,
                                key_type=str, value_type=bytes,  # bytes: "raw"
                                options=table_options())
         self.table.changelog_topic.replicas = replicas
@@ -189,7 +193,7 @@ class LimiterChannel:
 
     @property
     def changelog_topic_name(self) -> str:
-        return f"{self.app.conf.id}-{TABLE_NAME}-changelog"
+        return limiter_changelog(self.app.conf.id)
 
     def wakeup(self, limiter_id: str) -> Callable[[], None]:
         """For a limiter's constructor: tells the keeper (once started) it has to send."""

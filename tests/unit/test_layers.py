@@ -1,5 +1,6 @@
-"""Dependencies point downward: app -> control -> agents -> tables -> limiters; config is read
-by all; ``faust_seam`` (the one package touching Faust internals) by every layer but limiters."""
+"""Dependencies point downward: app -> control -> agents -> tables -> wire | limiters (side by
+side: neither imports the other); config is read by all; ``faust_seam`` (the one package
+touching Faust internals) by every layer but limiters."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "faust_backpressure"
 # What each layer may import from the package (besides itself).
 # ``errors`` (the root exception, no imports) is below every layer.
+# ``wire`` (Kafka clients, signing, record codecs, topic names) and ``limiters`` (the pure
+# buckets) are both below ``tables`` and independent of each other.
 ALLOWED = {
     "limiters": {"config", "errors"},
     "config": {"errors"},
-    "tables": {"limiters", "config", "errors", "faust_seam"},
-    "agents": {"tables", "limiters", "config", "errors", "faust_seam"},
-    "control": {"agents", "tables", "limiters", "config", "errors", "faust_seam"},
-    "app": {"control", "agents", "tables", "limiters", "config", "errors", "faust_seam"},
+    "wire": {"config", "errors", "faust_seam"},
+    "tables": {"wire", "limiters", "config", "errors", "faust_seam"},
+    "agents": {"tables", "wire", "limiters", "config", "errors", "faust_seam"},
+    "control": {"agents", "tables", "wire", "limiters", "config", "errors", "faust_seam"},
+    "app": {"control", "agents", "tables", "wire", "limiters", "config", "errors", "faust_seam"},
 }
 FAUST = {"faust", "mode", "aiokafka", "psutil"}
 # Third-party imports a layer must not make (the pure core stays pure).
@@ -75,7 +79,7 @@ def test_pure_modules_import_no_faust(module: str) -> None:
                 assert f"control/{parts[2]}.py" in PURE_MODULES, f"{module} imports {name}"
 
 
-@pytest.mark.parametrize("layer", ["tables", "agents", "control", "app"])
+@pytest.mark.parametrize("layer", ["wire", "tables", "agents", "control", "app"])
 def test_only_the_seam_touches_private_attributes(layer: str) -> None:
     for path in sorted((PACKAGE / layer).rglob("*.py")):
         assert not _foreign_private_attributes(path), \
