@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faust_backpressure.tables.messages import decode_replies
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from faust_backpressure.wire.limiter_records import decode_replies
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "tests.integration.distributed.apps.many_ids"

@@ -24,17 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from faust_backpressure.tables.kafka import partition_for_key
-from faust_backpressure.tables.messages import (
+from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.wire.kafka_clients import partition_for_key
+from faust_backpressure.wire.limiter_records import (
     Command,
     LeaseRequest,
     LimiterConfig,
     decode_replies,
     encode_batch,
 )
-from faust_backpressure.testing.broker import kafka_bootstrap
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce
-from faust_backpressure.testing.workers import FaustWorker
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "tests.integration.distributed.apps.many_ids"

@@ -58,8 +58,8 @@ from faust_backpressure.faust_seam import (
     send_control,
 )
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets, KeyLimits, LimitsFor
-from faust_backpressure.tables.kafka import partition_for_key, raw_topic
 from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.kafka_clients import partition_for_key, raw_topic
 from faust_backpressure.wire.topics import keyed_deferral_topic, keyed_overrides_table, keyed_table
 
 __all__ = ["KEYED_LIMIT", "NOT_BEFORE", "KeyFunction", "KeyedOnLimit", "KeyedRateLimitGate",

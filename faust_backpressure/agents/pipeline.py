@@ -29,7 +29,7 @@ from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, register_batch_tap
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.kafka import raw_topic
+from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["Backoff", "Pipeline", "PipelineStats", "exponential_backoff"]
 

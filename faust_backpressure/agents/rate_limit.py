@@ -35,7 +35,7 @@ from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.kafka import raw_topic
+from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["CostFunction", "PriorityFunction", "RateLimitGate", "rate_limited"]
 

@@ -31,12 +31,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.kafka import (
+from faust_backpressure.tables.limiter_commands import group_offsets
+from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_consumer,
     kafka_producer,
 )
-from faust_backpressure.tables.limiter_commands import group_offsets
 
 __all__ = ["ReplayReport", "replay_dlq"]
 

@@ -40,8 +40,8 @@ from faust_backpressure.app.pause import send_breaker, send_key_override, send_p
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.control.override import Override
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limiter_command
+from faust_backpressure.wire.kafka_clients import client_settings
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 

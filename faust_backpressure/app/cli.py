@@ -12,7 +12,7 @@ import click
 from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.registry import installed
-from faust_backpressure.tables.kafka import client_settings
+from faust_backpressure.wire.kafka_clients import client_settings
 from faust_backpressure.wire.topics import dlq_replay_group
 
 __all__ = ["backpressure", "register_commands"]

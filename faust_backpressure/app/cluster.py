@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     RejectedRecord,
     decode_signed,
     encode_signed,

@@ -49,8 +49,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.app.cli_common import declared
 from faust_backpressure.app.ops_cli import _fail, _installation, _table
-from faust_backpressure.tables.kafka import KafkaClientSettings, client_settings, kafka_consumer
 from faust_backpressure.tables.limiter_commands import topic_partitions
+from faust_backpressure.wire.kafka_clients import (
+    KafkaClientSettings,
+    client_settings,
+    kafka_consumer,
+)
 
 __all__ = ["DlqSummary", "budgets", "dlq_inspect", "inspect_dlq"]
 

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     RejectedRecord,
     check_time,
     decode_signed,

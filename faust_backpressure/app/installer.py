@@ -46,8 +46,8 @@ from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed_buckets import LimitsFor
 from faust_backpressure.limiters.quota import QuotaLearner
-from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel, use_settings
+from faust_backpressure.wire.kafka_clients import client_settings
 from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["Backpressure"]

@@ -34,13 +34,13 @@ from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, 
 from faust_backpressure.app.pause import send_key_override
 from faust_backpressure.control.override import operator
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
-from faust_backpressure.tables.kafka import (
+from faust_backpressure.tables.limiter_commands import read_compacted, topic_partitions
+from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     client_settings,
     kafka_consumer,
     partition_for_key,
 )
-from faust_backpressure.tables.limiter_commands import read_compacted, topic_partitions
 from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["KEYED_COMMANDS", "key_override", "key_status"]

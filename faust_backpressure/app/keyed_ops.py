@@ -28,7 +28,7 @@ from typing import Any
 from faust_backpressure.agents.keyed import TOP_KEYS, KeyedRateLimitGate, encode_key
 from faust_backpressure.agents.keyed_top import describe_key
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     RejectedRecord,
     decode_signed,
     encode_signed,

@@ -36,8 +36,6 @@ from faust_backpressure.control.override import Override
 from faust_backpressure.control.probe import no_commits_warning
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.tables.integrity import RejectedRecord, canonical
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_consumer, kafka_producer
 from faust_backpressure.tables.limiter_commands import (
     CommandTimeout,
     group_offsets,
@@ -45,6 +43,12 @@ from faust_backpressure.tables.limiter_commands import (
     read_limiter_states,
 )
 from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
+from faust_backpressure.wire.kafka_clients import (
+    KafkaClientSettings,
+    kafka_consumer,
+    kafka_producer,
+)
+from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
 
 __all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",

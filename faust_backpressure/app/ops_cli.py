@@ -25,12 +25,12 @@ from faust_backpressure.app.ops import cluster_status, group_lag, send_override
 from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.app.registry import Installation, installed
 from faust_backpressure.control.override import Override, operator
-from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.limiter_commands import (
     CommandTimeout,
     read_compacted,
     send_limiter_command,
 )
+from faust_backpressure.wire.kafka_clients import client_settings
 from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["OPS_COMMANDS"]

@@ -37,25 +37,25 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.integrity import (
-    RejectedRecord,
-    Rejections,
-    decode_signed,
-    encode_signed,
-    number,
-    text,
+from faust_backpressure.tables.limiter_commands import (
+    CommandTimeout,
+    read_compacted,
+    topic_partitions,
 )
-from faust_backpressure.tables.kafka import (
+from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     raw_topic,
 )
-from faust_backpressure.tables.limiter_commands import (
-    CommandTimeout,
-    read_compacted,
-    topic_partitions,
+from faust_backpressure.wire.signing import (
+    RejectedRecord,
+    Rejections,
+    decode_signed,
+    encode_signed,
+    number,
+    text,
 )
 from faust_backpressure.wire.topics import ops_topic
 

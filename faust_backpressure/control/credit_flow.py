@@ -34,7 +34,7 @@ from faust.types import AppT
 from faust_backpressure.control.credits import CreditBasedFlowController
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.limiters.base import check_rate
-from faust_backpressure.tables.kafka import KafkaClientSettings
+from faust_backpressure.wire.kafka_clients import KafkaClientSettings
 
 __all__ = ["CreditFlow", "SinkSends"]
 

@@ -51,15 +51,15 @@ from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
 from faust_backpressure.faust_seam import context_of, install, mark_control_topic, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.kafka_clients import KafkaClientSettings, raw_topic
+from faust_backpressure.wire.signing import (
     UNKNOWN,
     RejectedRecord,
     Rejections,
     ReplayGuard,
     check_time,
 )
-from faust_backpressure.tables.kafka import KafkaClientSettings, raw_topic
-from faust_backpressure.tables.store import table_options
 from faust_backpressure.wire.topics import CONTROL_TABLE, pressure_topic
 
 __all__ = ["ControlLoop", "ControlLoops", "WorkerSample"]

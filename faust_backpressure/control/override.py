@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     RejectedRecord,
     decode_signed,
     encode_signed,

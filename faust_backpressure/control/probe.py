@@ -28,7 +28,7 @@ from faust.types import AppT
 from mode import Service
 
 from faust_backpressure.faust_seam import force_metadata_update
-from faust_backpressure.tables.kafka import KafkaClientSettings, kafka_admin, kafka_consumer
+from faust_backpressure.wire.kafka_clients import KafkaClientSettings, kafka_admin, kafka_consumer
 
 __all__ = ["LagProbe", "close_probes_on_stop", "no_commits_warning"]
 
@@ -40,7 +40,7 @@ class LagProbe:
 
     def __init__(self, kafka: KafkaClientSettings | str, group: str,
                  topics: Sequence[str], *, count_uncommitted: bool = True) -> None:
-        """``kafka``: the clients' settings (``tables.kafka.client_settings(app, ...)``) or a
+        """``kafka``: the clients' settings (``wire.kafka_clients.client_settings(app, ...)``) or a
         bootstrap string for an open cluster. ``count_uncommitted``: whether a group that has
         committed nothing on the topics has their whole backlog as lag (else 0 until it
         commits)."""

@@ -1,7 +1,7 @@
 """The pressure sample: what one worker saw of one limiter, as a record of the pressure topic.
 
 A JSON object keyed by the limiter's name; with a secret it is signed like every internal record
-(``tables.integrity``: HMAC-SHA256 over the key and the canonical JSON). :meth:`WorkerSample.
+(``wire.signing``: HMAC-SHA256 over the key and the canonical JSON). :meth:`WorkerSample.
 decode` validates every field (type, range, finiteness) and raises nothing but
 :class:`RejectedRecord`; when a sample is too old or from the future, and whether it is a replay,
 is decided by the receiver, which knows the loop's interval (see ``loop.ControlLoops.handle``).
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.tables.integrity import decode_signed, encode_signed, number, text
+from faust_backpressure.wire.signing import decode_signed, encode_signed, number, text
 
 __all__ = ["MAX_LAG", "WorkerSample"]
 

@@ -11,7 +11,8 @@ from faust_backpressure.tables.factory import DistributedRateLimiterFactory  # n
 from faust_backpressure.tables.fairshare import max_min_fair  # noqa: E402
 from faust_backpressure.tables.lease import DistributedRateLimiter, LeaseCounters  # noqa: E402
 from faust_backpressure.tables.ledger import LedgerStats, LimiterLedger  # noqa: E402
-from faust_backpressure.tables.messages import (  # noqa: E402
+from faust_backpressure.tables.service import LimiterChannel, limiter_channel  # noqa: E402
+from faust_backpressure.wire.limiter_records import (  # noqa: E402
     Ack,
     Command,
     Grant,
@@ -19,7 +20,6 @@ from faust_backpressure.tables.messages import (  # noqa: E402
     LimiterConfig,
     RejectedRecord,
 )
-from faust_backpressure.tables.service import LimiterChannel, limiter_channel  # noqa: E402
 
 __all__ = [
     "Ack",

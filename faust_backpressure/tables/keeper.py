@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
 from faust_backpressure.faust_seam import refresh_consumer_metadata
-from faust_backpressure.tables.kafka import kafka_consumer
 from faust_backpressure.tables.lease import DistributedRateLimiter
-from faust_backpressure.tables.messages import Command, LeaseRequest
+from faust_backpressure.wire.kafka_clients import kafka_consumer
+from faust_backpressure.wire.limiter_records import Command, LeaseRequest
 
 __all__ = ["ChannelService"]
 

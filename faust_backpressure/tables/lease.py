@@ -23,7 +23,7 @@ from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
 from faust_backpressure.limiters.bucket import Bucket
 from faust_backpressure.tables.fallback import SafeCapacity
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR, SATURATED
-from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
+from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 

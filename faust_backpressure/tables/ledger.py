@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from faust_backpressure.limiters.bucket import refill, small_burst
 from faust_backpressure.tables.fairshare import max_min_fair
-from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest, LimiterConfig
+from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["LedgerStats", "LimiterLedger"]
 

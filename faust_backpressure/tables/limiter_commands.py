@@ -29,14 +29,14 @@ from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.faust_seam import force_metadata_update
-from faust_backpressure.tables.kafka import (
+from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     partition_for_key,
 )
-from faust_backpressure.tables.messages import Ack, Command, decode_reply_record, encode
+from faust_backpressure.wire.limiter_records import Ack, Command, decode_reply_record, encode
 from faust_backpressure.wire.topics import limiter_changelog, limiter_grants, limiter_requests
 
 __all__ = ["CommandTimeout", "group_offsets", "read_compacted", "read_limiter_states",

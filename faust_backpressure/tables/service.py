@@ -32,13 +32,13 @@ from faust_backpressure.faust_seam import (
     mark_control_topic,
     send_control,
 )
-from faust_backpressure.tables.integrity import WRONG_KEY, Rejections
-from faust_backpressure.tables.kafka import partition_for_key, raw_topic
 from faust_backpressure.tables.keeper import ChannelService
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
-from faust_backpressure.tables.messages import (
+from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.kafka_clients import partition_for_key, raw_topic
+from faust_backpressure.wire.limiter_records import (
     Ack,
     Command,
     Grant,
@@ -50,7 +50,7 @@ from faust_backpressure.tables.messages import (
     encode_batch,
     encode_replies,
 )
-from faust_backpressure.tables.store import table_options
+from faust_backpressure.wire.signing import WRONG_KEY, Rejections
 from faust_backpressure.wire.topics import (
     LIMITER_TABLE,
     limiter_changelog,

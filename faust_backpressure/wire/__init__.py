@@ -1,6 +1,15 @@
 """The wire: what the Faust-facing layers put on Kafka and read back, below ``tables``.
 
-``topics`` names every internal topic, table and consumer group of an app, in one place.
+- ``topics``: every internal topic, table and consumer group name of an app, in one place
+  (exported here);
+- ``kafka_clients``: raw-bytes topics, the key -> partition rule and our own aiokafka clients,
+  built from the app's broker settings;
+- ``signing``: what every internal record shares: HMAC signatures, range checks, replay memory,
+  rejections;
+- ``limiter_records``: the distributed limiter protocol's records (lease requests, commands,
+  grants, acks) and their codecs.
+
+It imports only ``config``, ``errors`` and ``faust_seam``; ``limiters`` sits beside it.
 """
 
 from faust_backpressure.wire.topics import (

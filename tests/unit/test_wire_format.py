@@ -10,8 +10,8 @@ import pytest
 from faust_backpressure.app.pause import PauseCommand
 from faust_backpressure.control.override import Override
 from faust_backpressure.control.samples import WorkerSample
-from faust_backpressure.tables import messages
-from faust_backpressure.tables.integrity import BAD_SIGNATURE, RejectedRecord
+from faust_backpressure.wire import limiter_records as messages
+from faust_backpressure.wire.signing import BAD_SIGNATURE, RejectedRecord
 
 SECRET = b"s3cret"
 AT = 1_700_000_000.0

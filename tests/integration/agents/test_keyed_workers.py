@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from faust_backpressure.agents.keyed import CHECK_EVERY, CHECKED_EVENTS
-from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.kafka_io import (
     consume,
     create_topics,
@@ -23,6 +22,7 @@ from faust_backpressure.testing.kafka_io import (
     read_to_end,
 )
 from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.wire.kafka_clients import partition_for_key
 
 from .helpers import hdr
 

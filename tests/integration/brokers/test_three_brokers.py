@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.cluster import LocalKafkaCluster
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce, read_to_end
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from faust_backpressure.wire.kafka_clients import partition_for_key
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.kafka

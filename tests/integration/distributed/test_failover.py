@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from faust_backpressure.tables.messages import (
+from faust_backpressure.testing.kafka_io import consume, produce, read_to_end
+from faust_backpressure.testing.workers import wait_until_settled
+from faust_backpressure.wire.limiter_records import (
     Grant,
     LeaseRequest,
     LimiterConfig,
     decode_replies,
     encode,
 )
-from faust_backpressure.testing.kafka_io import consume, produce, read_to_end
-from faust_backpressure.testing.workers import wait_until_settled
 from tests.integration.distributed.conftest import (
     Cluster,
     admissions,

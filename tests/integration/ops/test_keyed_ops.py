@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from faust_backpressure.app.keyed_ops import KeyOverrideCommand
-from faust_backpressure.tables.kafka import partition_for_key
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.wire.kafka_clients import partition_for_key
 
 from .status_watch import StatusWatches
 

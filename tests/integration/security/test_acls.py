@@ -16,12 +16,17 @@ from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app import Backpressure
 from faust_backpressure.app.acls import acls_for_app, app_acls, operator_acls
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.tables.kafka import client_settings, kafka_producer
-from faust_backpressure.tables.messages import LeaseRequest, LimiterConfig, decode_replies, encode
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce, read_to_end
 from faust_backpressure.testing.secure import SecureKafkaBroker
 from faust_backpressure.testing.settings import fast_faust_settings
+from faust_backpressure.wire.kafka_clients import client_settings, kafka_producer
+from faust_backpressure.wire.limiter_records import (
+    LeaseRequest,
+    LimiterConfig,
+    decode_replies,
+    encode,
+)
 
 pytestmark = pytest.mark.kafka
 

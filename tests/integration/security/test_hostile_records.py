@@ -17,10 +17,10 @@ from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import BackpressureSeverity, BackpressureThresholds
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.integrity import BAD_SIGNATURE, MALFORMED
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
+from faust_backpressure.wire.signing import BAD_SIGNATURE, MALFORMED
 
 pytestmark = pytest.mark.kafka
 

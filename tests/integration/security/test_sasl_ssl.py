@@ -13,11 +13,11 @@ import pytest
 from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.secure import SecureKafkaBroker
 from faust_backpressure.testing.settings import fast_faust_settings
+from faust_backpressure.wire.kafka_clients import client_settings
 
 pytestmark = pytest.mark.kafka
 

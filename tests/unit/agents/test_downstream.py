@@ -30,7 +30,7 @@ from faust_backpressure.agents.slow_down import (
 from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
 from faust_backpressure.limiters import CircuitBreaker, FixedLimit, TokenBucketRateLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
-from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.wire.signing import RejectedRecord
 
 
 def guard(**breaker: object) -> Downstream:

@@ -11,7 +11,7 @@ from faust_backpressure.agents.quota_gate import LocalQuota, SharedQuota
 from faust_backpressure.app.downstream_ops import QuotaReport, quota_key
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
-from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.wire.signing import RejectedRecord
 from tests.unit.limiters.conftest import FakeClock
 
 

@@ -14,7 +14,7 @@ from faust_backpressure.app.cluster import (
     worker_body,
     worker_key,
 )
-from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.wire.signing import RejectedRecord
 
 STATE = {"pipelines": {"orders": {"consumed": 10, "produced": 9, "dead_lettered": 1,
                                   "source_lag": 3, "paused": False}},

@@ -23,7 +23,7 @@ from faust_backpressure.app.ops import keyed_overrides, keyed_status
 from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
-from faust_backpressure.tables.integrity import RejectedRecord, canonical, encode_signed
+from faust_backpressure.wire.signing import RejectedRecord, canonical, encode_signed
 
 SECRET = b"s" * 32
 

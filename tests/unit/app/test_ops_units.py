@@ -6,7 +6,7 @@ import pytest
 
 from faust_backpressure.app.acls import operator_acls
 from faust_backpressure.app.pause import PauseCommand
-from faust_backpressure.tables.integrity import RejectedRecord
+from faust_backpressure.wire.signing import RejectedRecord
 
 
 def test_pause_records_round_trip_signed_and_reject_forgeries() -> None:

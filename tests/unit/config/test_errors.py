@@ -17,10 +17,10 @@ from faust_backpressure.config.errors import FatalError
 from faust_backpressure.limiters import RateLimitTimeout
 from faust_backpressure.limiters.circuit_breaker import CircuitOpenTimeout
 from faust_backpressure.limiters.concurrency_limiter import ConcurrencyLimitTimeout
-from faust_backpressure.tables.integrity import RejectedRecord
 from faust_backpressure.tables.limiter_commands import CommandTimeout
 from faust_backpressure.testing.broker import BrokerError
 from faust_backpressure.testing.workers import WorkerError
+from faust_backpressure.wire.signing import RejectedRecord
 
 
 @pytest.mark.parametrize(("error", "other"), [

@@ -18,7 +18,7 @@ from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control.loop import ControlLoop, ControlLoops
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     BAD_SIGNATURE,
     FUTURE,
     OUT_OF_RANGE,
@@ -154,7 +154,7 @@ def test_the_member_count_is_carried_signed_and_range_checked() -> None:
 
 def test_the_error_rate_is_carried_signed_and_range_checked() -> None:
     from faust_backpressure.control.samples import WorkerSample
-    from faust_backpressure.tables.integrity import RejectedRecord
+    from faust_backpressure.wire.signing import RejectedRecord
 
     sample = WorkerSample("api", "w1", 1_700_000_000.0, 0, 0.5, 0.1, error_rate=0.25)
     raw = sample.encode(b"k")

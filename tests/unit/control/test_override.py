@@ -14,7 +14,7 @@ from faust_backpressure.control.loop import ControlLoop, ControlLoops
 from faust_backpressure.control.override import Override
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.limiters import TokenBucketRateLimiter
-from faust_backpressure.tables.integrity import BAD_SIGNATURE, REPLAYED, STALE, UNKNOWN
+from faust_backpressure.wire.signing import BAD_SIGNATURE, REPLAYED, STALE, UNKNOWN
 
 SECRET = "s3cret"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from faust_backpressure.tables import DistributedRateLimiter, LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
-from faust_backpressure.tables.messages import Ack, Command, Grant, LeaseRequest
+from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest
 
 
 class Clock:

@@ -12,7 +12,7 @@ import pytest
 from faust_backpressure.tables import DistributedRateLimiter, LimiterConfig, LimiterLedger
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR
 from faust_backpressure.tables.load import OwnerLoad
-from faust_backpressure.tables.messages import (
+from faust_backpressure.wire.limiter_records import (
     Grant,
     LeaseRequest,
     RejectedRecord,

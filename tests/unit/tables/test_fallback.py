@@ -7,7 +7,7 @@ import asyncio
 from faust_backpressure.tables import DistributedRateLimiter, LimiterLedger
 from faust_backpressure.tables.fallback import SafeCapacity
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR
-from faust_backpressure.tables.messages import LeaseRequest
+from faust_backpressure.wire.limiter_records import LeaseRequest
 from tests.unit.tables._sim import Sim
 
 

@@ -21,16 +21,7 @@ from faust_backpressure.tables import (
     LimiterLedger,
     limiter_channel,
 )
-from faust_backpressure.tables.integrity import (
-    BAD_SIGNATURE,
-    OUT_OF_RANGE,
-    REPLAYED,
-    STALE,
-    RejectedRecord,
-    Rejections,
-    ReplayGuard,
-)
-from faust_backpressure.tables.messages import (
+from faust_backpressure.wire.limiter_records import (
     Ack,
     Command,
     Grant,
@@ -40,6 +31,15 @@ from faust_backpressure.tables.messages import (
     encode,
     encode_batch,
     encode_replies,
+)
+from faust_backpressure.wire.signing import (
+    BAD_SIGNATURE,
+    OUT_OF_RANGE,
+    REPLAYED,
+    STALE,
+    RejectedRecord,
+    Rejections,
+    ReplayGuard,
 )
 from tests.unit._strategies import json_values
 

@@ -16,7 +16,7 @@ from faust_backpressure.tables import (
     max_min_fair,
 )
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR
-from faust_backpressure.tables.messages import Command, LeaseRequest, decode_request, encode
+from faust_backpressure.wire.limiter_records import Command, LeaseRequest, decode_request, encode
 
 CONFIG = LimiterConfig(rate=100.0, burst=100.0, lease_ttl=1.0)
 _SEQS: dict[str, int] = {}  # request id -> its seq (a worker numbers its requests)
@@ -274,7 +274,7 @@ def test_a_multi_tier_of_distributed_tiers_asks_every_short_tier_for_a_lease() -
     # try_acquire() on a tier that is short, so no tier ever asked its owner for tokens.
     from faust_backpressure.limiters import MultiTierRateLimiter
     from faust_backpressure.tables.lease import DistributedRateLimiter
-    from faust_backpressure.tables.messages import LeaseRequest
+    from faust_backpressure.wire.limiter_records import LeaseRequest
 
     now = [0.0]
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from faust_backpressure.tables import DistributedRateLimiter, LimiterConfig, LimiterLedger
-from faust_backpressure.tables.messages import (
+from faust_backpressure.wire.limiter_records import (
     Grant,
     LeaseRequest,
     decode_replies,

@@ -19,9 +19,9 @@ from faust_backpressure.app import Backpressure, acls, cli, ops, pause
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control.override import Override
 from faust_backpressure.tables import DistributedRateLimiterFactory, limiter_commands
-from faust_backpressure.tables.kafka import client_settings
 from faust_backpressure.tables.service import find_channel
 from faust_backpressure.wire import topics
+from faust_backpressure.wire.kafka_clients import client_settings
 
 APP = "orders"
 PINNED = {

@@ -1,6 +1,6 @@
 """What every internal record shares: HMAC signatures, range checks, replay memory, rejections.
 
-Used by the limiter protocol (``messages``), the control loop's pressure samples and operator
+Used by the limiter protocol (``limiter_records``), the control loop's pressure samples and operator
 overrides, and pause records. A record is a JSON object; signed, it carries ``"sig"``:
 HMAC-SHA256 over the record key, a newline and the canonical JSON (sorted keys, no spaces) of
 the object without ``"sig"``.

@@ -2,7 +2,7 @@
 
 Everything is a JSON object with ``"v": 1``. With a secret, every record (requests, commands,
 grants, acks) is signed with an HMAC-SHA256 over the record key and the canonical JSON of the body
-(see ``integrity``): a request's key is its limiter id, a reply's the worker id it answers.
+(see ``signing``): a request's key is its limiter id, a reply's the worker id it answers.
 Decoding validates every field (type, range, finiteness): a record that fails raises (or is
 returned as) :class:`RejectedRecord` and is never granted or applied.
 """
@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.tables.integrity import (
+from faust_backpressure.wire.signing import (
     UNKNOWN,
     WRONG_KEY,
     RejectedRecord,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 
-from faust_backpressure.tables.kafka import broker_bootstrap, partition_for_key, raw_topic
+from faust_backpressure.wire.kafka_clients import broker_bootstrap, partition_for_key, raw_topic
 
 
 def test_partition_for_key_is_the_default_partitioners() -> None:
