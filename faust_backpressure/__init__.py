@@ -1,8 +1,9 @@
 """faust-backpressure: rate limiting and backpressure for Faust apps, shared across workers.
 
 Layers (dependencies point downward): ``app`` -> ``control`` -> ``agents`` -> ``tables`` ->
-``limiters``; ``config`` is read by all; ``faust_seam`` is the one package that touches Faust
-internals. Importing the package registers the ``rocksdict://`` table store.
+``wire`` | ``limiters`` (side by side); ``config`` is read by all; ``faust_seam`` is the one
+package that touches Faust internals. Importing the package registers the ``rocksdict://``
+table store.
 
 Exported here: what an app uses and the types in those signatures; the rest lives in the
 subpackages.

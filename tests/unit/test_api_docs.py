@@ -12,7 +12,7 @@ import faust_backpressure
 
 REPO = Path(__file__).resolve().parents[2]
 API = REPO / "docs" / "api"
-SUBPACKAGES = ("limiters", "tables", "agents", "control", "app", "config", "errors")
+SUBPACKAGES = ("limiters", "tables", "wire", "agents", "control", "app", "config", "errors")
 
 
 def test_each_public_subpackage_has_an_api_page_in_the_nav() -> None:
