@@ -83,6 +83,33 @@ def test_only_the_seam_touches_private_attributes(layer: str) -> None:
             "move it to faust_backpressure/faust_seam/"
 
 
+# In limiters/, one limiter uses another's insides only through LimiterBase's protected
+# interface for a limiter made of others (see its docstring: a MultiTierRateLimiter's tiers),
+# and a concurrency permit hands itself back to the limiter that issued it (one module).
+PART_INTERFACE = {"_delay", "_max_permits", "_join", "_catch_up", "_fast_until", "_granted"}
+LIMITER_FRIENDS = {"concurrency_limiter.py": {"_release"}}
+
+
+def _limiter_base_members() -> set[str]:
+    tree = ast.parse((PACKAGE / "limiters" / "base.py").read_text())
+    (base,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LimiterBase"]
+    names = {n.name for n in base.body if isinstance(n, ast.FunctionDef)}
+    for node in base.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "__slots__" and isinstance(node.value, ast.Tuple)):
+            names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return names
+
+
+def test_limiters_use_each_other_only_through_the_part_interface() -> None:
+    assert not PART_INTERFACE - _limiter_base_members(), "the interface is LimiterBase's"
+    for path in sorted((PACKAGE / "limiters").rglob("*.py")):
+        found = _foreign_private_attributes(path) - PART_INTERFACE
+        found -= LIMITER_FRIENDS.get(path.name, set())
+        assert not found, f"{path.name} reaches into {sorted(found)}: add to LimiterBase's " \
+            "interface for parts (documented there) or make it public"
+
+
 def _module(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
