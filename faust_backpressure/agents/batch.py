@@ -22,6 +22,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from faust_backpressure.errors import BackpressureError
+
 __all__ = ["Batch", "BatchQueues", "BatchResultError", "check_results", "outputs_of"]
 
 
@@ -127,7 +129,7 @@ class BatchQueues:
         return Batch(tp, records, first, last, head.generation, head.at)
 
 
-class BatchResultError(ValueError):
+class BatchResultError(BackpressureError, ValueError):
     """``process_batch`` returned something other than one result per value."""
 
 

@@ -64,9 +64,9 @@ class BatchRunner:
         self.process_batch = process_batch
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
-        # Not 2 batches (the design's first guess): a partition released after a hold came
-        # back ~1 s later (aiokafka does not fetch it while held ones keep unread data),
-        # 4,200/s instead of 11,500/s in bench/throughput.py.
+        # Room for several batches, not 2: a partition released after a hold is fetched
+        # again only ~1 s later while held ones keep unread data, so with little room every
+        # partition ends up waiting (docs/batching.md, "Holding a partition back")
         self.high_water = HIGH_WATER_BATCHES * batch_size
         self._held: set[Any] = set()
         self._wake = asyncio.Event()

@@ -175,8 +175,8 @@ class SharedQuota:
     def episode(self, until: float, seconds: float) -> str:
         if self._wall() < self._hold_until:
             # calls made before the last rate reached every worker (a lease period or two)
-            # answer 429 for a while: not news. Counted, they drove 344/s to 118/s in four
-            # episodes 1.5 s apart, with a quota of 300.
+            # still answer 429: not news, and counted each would cut the rate again
+            # (docs/downstream.md, step 4)
             self.learner.paused(seconds)
             return ", the rate just set is still spreading"
         served = self.learner.observed()
@@ -226,7 +226,7 @@ class SharedQuota:
             self._send(rate)
         # else this worker called nothing before the episode: it knows least (it may not
         # have seen the quota the system just announced), and the last rate sent wins at
-        # the owner (an idle worker's stale 270/s once overrode 135/s for the rest of a run)
+        # the owner (docs/downstream.md, step 2)
         log.warning("downstream %s: %d worker(s) were served %.1f/s in all; shared rate "
                     "%.1f/s", self.name, workers, total, rate)
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from faust.types import AppT
+from faust.types.enums import ProcessingGuarantee
 
 from faust_backpressure.app.registry import installed
 from faust_backpressure.wire.topics import (
@@ -143,8 +144,9 @@ def acls_for_app(app: AppT, principal: str) -> list[Acl]:
     bp = installed(app)
     pipelines = list(bp.pipelines.values())
     probes = [loop.probe for loop in bp.control_loops.values()]
-    probes += [flow.probe for flow in getattr(bp, "credit_flows", [])]
-    guarantee = app.conf.processing_guarantee
+    probes += [flow.probe for flow in bp.credit_flows]
+    # a ProcessingGuarantee member: Faust's setting decorator types it as the enum's class
+    guarantee = cast(ProcessingGuarantee, app.conf.processing_guarantee)
     return app_acls(
         str(app.conf.id), principal,
         sources=[p.source_topic_name for p in pipelines],
@@ -152,7 +154,7 @@ def acls_for_app(app: AppT, principal: str) -> list[Acl]:
         dlqs=[p.dlq_topic_name for p in pipelines],
         downstream_groups=[probe.group for probe in probes],
         downstream_topics=[t for probe in probes for t in probe.topics],
-        exactly_once=getattr(guarantee, "value", guarantee) == "exactly_once")
+        exactly_once=guarantee is ProcessingGuarantee.EXACTLY_ONCE)
 
 
 def kafka_acls_arguments(acls: Sequence[Acl]) -> list[list[str]]:

@@ -56,7 +56,7 @@ class BadRequest(BackpressureError, ValueError):
 
 def authorized(bp: Installation, request: Request) -> bool:
     """The request carries the configured ``admin_token`` (never true when none is set)."""
-    token = getattr(bp.settings, "admin_token", None)
+    token = bp.settings.admin_token
     header = request.headers.get("Authorization", "")
     if not token or not header.startswith("Bearer "):
         return False
@@ -83,7 +83,8 @@ def _rate(body: dict[str, Any], key: str = "rate", *, required: bool) -> float |
 def _operator(request: Request, body: dict[str, Any]) -> str:
     by = body.get("by")
     who = by if isinstance(by, str) and by else "http"
-    return f"{who[:100]}@{getattr(request, 'remote', None) or '?'}"
+    remote = getattr(request, "remote", None)  # faust: the web driver's request (aiohttp's)
+    return f"{who[:100]}@{remote or '?'}"
 
 
 async def _act(bp: Installation, action: str, body: dict[str, Any],

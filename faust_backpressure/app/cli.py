@@ -1,10 +1,17 @@
 """``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``;
 the operator commands (``status``, ``set-rate`` (with ``--key`` for keyed limits), ``reset``,
-``lag``, ...) are in :mod:`.ops_cli`."""
+``lag``, ...) are in :mod:`.ops_cli`.
+
+Under Faust's command line only, an uncaught :class:`SettingsError` is printed as one line
+naming the setting (:func:`install_settings_hook`, see ``config/errors.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import click
@@ -12,10 +19,14 @@ import click
 from faust_backpressure.agents import replay_dlq
 from faust_backpressure.app.cli_common import declared, given_app
 from faust_backpressure.app.registry import installed
+from faust_backpressure.config import SettingsError
+from faust_backpressure.config.errors import one_line
 from faust_backpressure.wire.kafka_clients import client_settings
 from faust_backpressure.wire.topics import dlq_replay_group
 
-__all__ = ["backpressure", "register_commands"]
+__all__ = ["backpressure", "install_settings_hook", "register_commands"]
+
+_ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], Any]
 
 
 @click.group(name="backpressure")
@@ -70,3 +81,54 @@ def register_commands() -> None:
         backpressure.add_command(command)
     backpressure.add_command(dlq_inspect)
     cli.add_command(backpressure)
+
+
+def _settings_error(error: BaseException | None) -> SettingsError | None:
+    """The SettingsError in ``error``'s chain: Faust (mode) re-raises an import error of a
+    top-level app module as ``ValueError("Cannot import 'app': ...")`` caused by it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SettingsError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _OneLineSettingsErrors:
+    """A ``sys.excepthook``: an uncaught error caused by a SettingsError is one line on stderr;
+    anything else goes to the hook it replaced."""
+
+    def __init__(self, previous: _ExceptHook) -> None:
+        self.previous = previous
+
+    def __call__(self, kind: type[BaseException], value: BaseException,
+                 tb: TracebackType | None) -> None:
+        found = _settings_error(value)
+        if found is None:
+            self.previous(kind, value, tb)
+        else:
+            print(one_line(found), file=sys.stderr, flush=True)
+
+
+def install_settings_hook() -> bool:
+    """Print an uncaught SettingsError as one line from now on (once per process); whether it
+    was installed now."""
+    if isinstance(sys.excepthook, _OneLineSettingsErrors):
+        return False
+    sys.excepthook = _OneLineSettingsErrors(sys.excepthook)
+    return True
+
+
+def _imported_by_faust_cli() -> bool:
+    """Whether Faust's command line (``faust -A app worker``, our ``backpressure`` commands) is
+    importing the library: it loads ``faust.cli.base`` before it imports the app. In any other
+    process it is loaded later, if at all (``register_commands`` loads it)."""
+    return "faust.cli.base" in sys.modules
+
+
+# Here, at import, not in the settings' validator: under ``faust -A app ...`` the app module,
+# importing the library, runs before any bad setting can be read, and a host process that only
+# imports the library keeps its own hook.
+if _imported_by_faust_cli():
+    install_settings_hook()

@@ -30,7 +30,7 @@ from faust_backpressure.app.keyed_ops import (
     KeyedStatusRecord,
     KeyOverrideCommand,
 )
-from faust_backpressure.app.registry import Installation
+from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.control.override import Override
 from faust_backpressure.control.probe import no_commits_warning
@@ -313,7 +313,7 @@ async def _limiter_status(kafka: KafkaClientSettings | str, name: str, state: di
     lag = max((s.lag for s in seen.values()), default=None)
     stats = state.get("stats", {}) if isinstance(state.get("stats"), dict) else {}
     limiter = limiter or (loop.limiter if loop is not None else None)
-    configured = getattr(getattr(limiter, "config", None), "rate", None)
+    configured = configured_rate(limiter)
     if configured is None and limiter is not None:
         configured = limiter.current_rate_limit
     return {
@@ -371,7 +371,7 @@ async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, 
 async def _credit_flows_status(bp: Installation, kafka: KafkaClientSettings | str
                                ) -> list[dict[str, Any]]:
     credit_flows = []
-    for flow in getattr(bp, "credit_flows", []):
+    for flow in bp.credit_flows:
         backlog = await group_lag(kafka, flow.probe.group, list(flow.probe.topics),
                                   time_lag=False)
         window = flow.controller.window

@@ -15,10 +15,12 @@ from faust_backpressure.agents import KeyedRateLimitGate, Pipeline, RateLimitGat
 from faust_backpressure.agents.downstream import Downstream
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control import ControlLoop
+from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.faust_seam import Slot, context_of, find_context
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.tables import DistributedRateLimiter
 
-__all__ = ["INSTALLATION", "Installation", "installed", "register"]
+__all__ = ["INSTALLATION", "Installation", "configured_rate", "installed", "register"]
 
 
 class Installation(Protocol):
@@ -29,6 +31,7 @@ class Installation(Protocol):
     pipelines: dict[str, Pipeline]
     keyed_limits: dict[str, KeyedRateLimitGate]
     downstreams: dict[str, Downstream]
+    credit_flows: list[CreditFlow]
     ops_follower: Any
 
     def all_gates(self) -> list[RateLimitGate]: ...
@@ -59,3 +62,11 @@ def installed(app: AppT) -> Installation:
     if found is None:
         raise LookupError(f"no Backpressure(app) was created for app {app.conf.id!r}")
     return found
+
+
+def configured_rate(limiter: RateLimitingStrategy | None) -> float | None:
+    """The rate a distributed limiter was declared with (its config; the shared rate may have
+    been changed since); ``None`` for any other limiter."""
+    if isinstance(limiter, DistributedRateLimiter):
+        return float(limiter.config.rate)
+    return None

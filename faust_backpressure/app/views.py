@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from faust.types import TopicT
 from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
@@ -25,7 +26,7 @@ from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, work
 from faust_backpressure.app.dashboard import history_of, register_dashboard
 from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
 from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT
-from faust_backpressure.app.registry import Installation
+from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.faust_seam import send_control, source_backlog
 from faust_backpressure.limiters import RateLimitingStrategy
@@ -61,12 +62,6 @@ def _limiters(bp: Installation) -> dict[str, RateLimitingStrategy]:
 RECENT = 10  # control decisions shown per loop
 
 
-def _configured_rate(limiter: RateLimitingStrategy) -> float | None:
-    """The rate the limiter was declared with (a distributed limiter's config), if known."""
-    rate = getattr(getattr(limiter, "config", None), "rate", None)
-    return float(rate) if isinstance(rate, (int, float)) else None
-
-
 def _agent_topics(bp: Installation, agent_name: str) -> list[str]:
     """Topics the agent named ``agent_name`` consumes (empty if it is not an app agent)."""
     pipeline = bp.pipelines.get(agent_name.removeprefix("pipeline:"))
@@ -76,8 +71,9 @@ def _agent_topics(bp: Installation, agent_name: str) -> list[str]:
     short = agent_name.rsplit(".", 1)[-1]
     for agent in bp.app.agents.values():
         if agent.name == agent_name or agent.name.rsplit(".", 1)[-1] == short:
-            topics = getattr(agent.channel, "topics", None)
-            return [t for t in topics or () if isinstance(t, str)]
+            channel = agent.channel
+            topics = channel.topics if isinstance(channel, TopicT) else ()
+            return [t for t in topics if isinstance(t, str)]
     return []
 
 
@@ -124,7 +120,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                                "granted": stats.granted, "denied": stats.denied,
                                "waits": stats.waits, "sleeps": stats.sleeps,
                                "tokens": stats.tokens,
-                               "configured_rate": _configured_rate(limiter)}
+                               "configured_rate": configured_rate(limiter)}
     control = {name: _control_view(loop, label_of.get(id(loop.limiter), name))
                for name, loop in bp.control_loops.items()}
     gates = bp.all_gates()

@@ -159,6 +159,14 @@ class LimiterBase(ABC):
     (seconds until ``_admit`` could succeed, from the injected clock) and
     ``_max_permits``.
 
+    A limiter made of others (a :class:`MultiTierRateLimiter`'s tiers) queues their callers
+    itself and uses this protected interface of its parts, nothing else of their insides:
+    the hooks ``_delay`` and ``_max_permits``, :meth:`_join` and :meth:`_catch_up`; and, in
+    its inline path over token-bucket parts (a method call per part there would cost about a
+    third of its ``try_acquire``), ``_fast_until`` (before it, nothing waits in the part and
+    its utilization window is not due) and ``_granted`` (permits granted: the owner adds
+    what it takes from the part's bucket).
+
     Utilization is the share of the current rate granted over roughly the last
     ``utilization_window`` seconds, estimated from two fixed windows (previous one
     weighted by how much of it still overlaps), so it needs O(1) memory.
@@ -217,6 +225,25 @@ class LimiterBase(ABC):
 
     def _tokens(self) -> float | None:
         return None
+
+    # -- as a part of another limiter (see the class docstring) ----------------------------
+
+    def _join(self, on_timing_change: Callable[[], None]) -> None:
+        """Become a part of a limiter whose waiters sleep in its own queue: they must wake
+        (``on_timing_change``) when this part's timing changes, as its own would (a rate
+        update, a reset, a distributed part's lease granted)."""
+        self._on_timing_change = on_timing_change
+
+    def _catch_up(self, now: float) -> bool:
+        """Before the owner takes from this part's state at ``now`` >= ``_fast_until``: roll
+        the utilization window as this part's own ``_take`` would. ``False`` (nothing done)
+        if callers wait in this part's own queue: it was used directly, ask it through its
+        public methods."""
+        if self._queue:
+            return False
+        if now >= self._uw_end:
+            self._roll(now)
+        return True
 
     #: Shortest wait, in seconds. The OS timer rounds sub-millisecond sleeps up to 1 ms
     #: anyway; coalescing to 4 ms cuts wake-ups ~4x at high rates (each costs ~50-70 us
@@ -300,6 +327,11 @@ class LimiterBase(ABC):
     def max_permits(self) -> float:
         """The most permits one request may ask for (the capacity)."""
         return self._max_permits()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this limiter reads (``time.monotonic`` unless one was given)."""
+        return self._clock
 
     @property
     def queued_waiters(self) -> int:

@@ -91,7 +91,7 @@ class MultiTierRateLimiter(LimiterBase):
         tiers_ = tuple(t for t in built.values() if t.__class__ is TokenBucketRateLimiter)
         self._buckets: tuple[tuple[TokenBucketRateLimiter, Bucket], ...] = (
             tuple((t, t.bucket) for t in tiers_)
-            if len(tiers_) == len(built) and all(t._clock is clock for t in tiers_)
+            if len(tiers_) == len(built) and all(t.clock is clock for t in tiers_)
             else ()
         )
         super().__init__(clock, utilization_window)
@@ -99,7 +99,7 @@ class MultiTierRateLimiter(LimiterBase):
             if isinstance(tier, LimiterBase):
                 # Our waiters sleep in our queue: a tier whose timing changes (a distributed
                 # tier's lease granted, a rate update) wakes them, as it would its own.
-                tier._on_timing_change = self._notify
+                tier._join(self._notify)
 
     def _tier(self, name: str) -> RateLimitingStrategy:
         try:
@@ -168,10 +168,9 @@ class MultiTierRateLimiter(LimiterBase):
         if buckets:
             need = permits - EPSILON
             for tier, b in buckets:
-                if now >= tier._fast_until:
-                    if tier._queue:  # misuse: the tier has waiters of its own, ask it
-                        return self._admit_generic(permits)
-                    tier._roll(now)  # as the tier's own try_acquire would
+                # misuse if it cannot catch up: the tier has waiters of its own, ask it
+                if now >= tier._fast_until and not tier._catch_up(now):
+                    return self._admit_generic(permits)
                 if b.refill(now) < need:
                     return False
             for tier, b in buckets:
@@ -218,7 +217,7 @@ class MultiTierRateLimiter(LimiterBase):
         out = 0.0
         for tier in self._tiers.values():
             assert isinstance(tier, LimiterBase)  # else _max_permits raised
-            out = max(out, tier._delay(full, tier._clock()))
+            out = max(out, tier._delay(full, tier.clock()))
         return out
 
     @property

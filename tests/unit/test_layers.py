@@ -87,6 +87,33 @@ def test_only_the_seam_touches_private_attributes(layer: str) -> None:
             "move it to faust_backpressure/faust_seam/"
 
 
+# In limiters/, one limiter uses another's insides only through LimiterBase's protected
+# interface for a limiter made of others (see its docstring: a MultiTierRateLimiter's tiers),
+# and a concurrency permit hands itself back to the limiter that issued it (one module).
+PART_INTERFACE = {"_delay", "_max_permits", "_join", "_catch_up", "_fast_until", "_granted"}
+LIMITER_FRIENDS = {"concurrency_limiter.py": {"_release"}}
+
+
+def _limiter_base_members() -> set[str]:
+    tree = ast.parse((PACKAGE / "limiters" / "base.py").read_text())
+    (base,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LimiterBase"]
+    names = {n.name for n in base.body if isinstance(n, ast.FunctionDef)}
+    for node in base.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "__slots__" and isinstance(node.value, ast.Tuple)):
+            names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return names
+
+
+def test_limiters_use_each_other_only_through_the_part_interface() -> None:
+    assert not PART_INTERFACE - _limiter_base_members(), "the interface is LimiterBase's"
+    for path in sorted((PACKAGE / "limiters").rglob("*.py")):
+        found = _foreign_private_attributes(path) - PART_INTERFACE
+        found -= LIMITER_FRIENDS.get(path.name, set())
+        assert not found, f"{path.name} reaches into {sorted(found)}: add to LimiterBase's " \
+            "interface for parts (documented there) or make it public"
+
+
 def _module(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -181,3 +208,35 @@ def test_the_registry_check_still_sees_the_shape_registries_had() -> None:
               "def channel(app):\n    global _DONE\n    _DONE = True\n"
               "    _TAPS.setdefault(app, {})\n    return _CHANNELS.setdefault(app, 1)\n")
     assert _module_registries(source) == {"_CHANNELS", "_TAPS", "global _DONE"}
+
+
+# Views of the library's state read our own objects through their types, never by guessing an
+# attribute's name (a renamed counter must fail mypy, not show as blank). The one exception: an
+# object that is not ours and whose type does not declare the attribute (a Faust, aiohttp or
+# aiokafka object), on a line that says so with a ``# faust:`` comment.
+VIEW_MODULES = ["app/views.py", "app/ops.py", "app/acls.py", "app/admin_api.py",
+                "app/dashboard.py"]
+_GUESSES = {"getattr", "hasattr"}
+EXEMPT = "# faust:"
+
+
+def _attribute_guesses(source: str) -> list[int]:
+    """Lines of ``source`` calling ``getattr``/``hasattr`` without the ``# faust:`` mark."""
+    lines = source.splitlines()
+    return sorted(node.lineno for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in _GUESSES and EXEMPT not in lines[node.lineno - 1])
+
+
+def test_the_getattr_check_sees_unmarked_guesses_only() -> None:
+    source = ("a = getattr(bp, 'credit_flows', [])\n"
+              "b = getattr(request, 'remote', None)  # faust: aiohttp's request\n"
+              "c = hasattr(limiter, 'config')\nd = bp.getattr('x')\n")
+    assert _attribute_guesses(source) == [1, 3]
+
+
+@pytest.mark.parametrize("module", VIEW_MODULES)
+def test_views_read_our_objects_through_their_types(module: str) -> None:
+    found = _attribute_guesses((PACKAGE / module).read_text())
+    assert not found, f"{module} lines {found} call getattr/hasattr: use a typed attribute " \
+        f"(or, for a Faust object that has none, mark the line {EXEMPT!r} and say why)"
