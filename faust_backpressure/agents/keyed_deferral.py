@@ -5,7 +5,9 @@ A heap by (not-before, arrival): a key's not-before times never decrease (each i
 reservation after the previous), so each key leaves in order, and a key due later does not
 hold back one due sooner. When Faust stops the flow (rebalance, stop) the held records are let
 go un-acked (:func:`~faust_backpressure.faust_seam.let_go`: Faust no longer waits for them), and
-after the rebalance it re-reads from the committed offset, which never passes them.
+after the rebalance it re-reads from the committed offset, which never passes them. So are
+records handed back that the limited stream has not acked yet: Faust clears the streams' queues
+when it stops the flow, and one dropped there held Faust's stop (or rebalance) for ever.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +44,8 @@ class Deferrals:
         self.clock = clock
         self.target = target
         self.backlog = 0  # deferred records this worker holds until due
+        #: records handed back to the limited stream, until it acks them
+        self._handed_back: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def run(self, stream: StreamT[Any]) -> None:
         """The agent: read the deferral topic without acking, keep the records in the heap."""
@@ -67,6 +72,10 @@ class Deferrals:
                 for _, _, held in heap:  # see the module's doc: re-read after the rebalance
                     let_go(self.app, held.message)
                 heap.clear()
+                for message in list(self._handed_back):
+                    if not message.acked:  # maybe dropped with the stream's queue
+                        let_go(self.app, message)
+                self._handed_back.clear()
                 self.backlog = 0
                 await asyncio.sleep(0.05)
                 continue
@@ -85,6 +94,8 @@ class Deferrals:
                                       message.topic, message.partition, message.offset)
                         continue
                     event.ack()  # the stream's ack is the last one: then the offset is done
+                    if not message.acked:
+                        self._handed_back.add(message)
                 continue
             wake.clear()
             timeout = 0.25 if not heap else 0.05 if target is None else min(heap[0][0] - now, 0.25)

@@ -23,24 +23,32 @@ async def running_app(app: faust.App) -> AsyncIterator[faust.App]:
     transactions (``processing_guarantee="exactly_once"``) in one.
     """
     app.in_worker = True
-    await app.start()
+    await _within(app.start(), STOP_TIMEOUT, f"app {app.conf.id!r} did not start")
     try:
         yield app
     finally:
-        stopping = asyncio.ensure_future(app.stop())
-        done, _ = await asyncio.wait([stopping], timeout=STOP_TIMEOUT)
-        if not done:  # say where it hangs, instead of a test timeout killing the process
-            raise AppStopHang(f"app {app.conf.id!r} did not stop within {STOP_TIMEOUT:g} s; "
-                              f"waiting tasks:\n{_waiting_tasks()}")
-        stopping.result()
+        await _within(app.stop(), STOP_TIMEOUT, f"app {app.conf.id!r} did not stop")
 
 
-#: Seconds an app's stop may take in a test (a clean stop takes a few).
+async def _within(step: Any, timeout: float, what: str) -> None:
+    """Await ``step``; if it has not returned after ``timeout`` s, raise :class:`AppStopHang`
+    with every waiting task's await chain, instead of a test timeout killing the process
+    without a trace (``asyncio.wait_for`` would wait for ever on a step that ignores its
+    cancellation)."""
+    running = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait([running], timeout=timeout)
+    if not done:
+        raise AppStopHang(f"{what} within {timeout:g} s; waiting tasks:\n{_waiting_tasks()}")
+    running.result()
+
+
+#: Seconds an app's start or stop may take in a test (a clean one takes a few).
 STOP_TIMEOUT = 90.0
 
 
 class AppStopHang(BackpressureError):
-    """``app.stop()`` did not return: a defect (something waits for ever at stop)."""
+    """``app.start()`` or ``app.stop()`` did not return: a defect (something waits for
+    ever)."""
 
 
 def _waiting_tasks() -> str:
