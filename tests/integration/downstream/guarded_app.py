@@ -27,6 +27,7 @@ async def call(value: bytes) -> bytes:
     if client is None:  # made on the worker's loop
         client = QuotaClient(os.environ["FBP_QUOTA_URL"])
     result = await client.call(value.decode())
+    service.read_quota_headers(result.quota_headers)  # a quota the service announces, if any
     if not result.ok:
         raise service.slow_down_from_http(result.status, result.retry_after)
     return value

@@ -125,6 +125,30 @@ async def test_a_429_pauses_every_worker_and_nothing_is_dead_lettered(
     assert re.fullmatch(r".+:\d+", guard["last_slow_down_by"] or ""), guard  # host:pid
 
 
+@pytest.mark.parametrize("guarantee", MODES)
+async def test_an_announced_quota_is_kept_by_every_worker(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    """The service announces its quota in every answer (``RateLimit-Policy``): each worker
+    adopts it as the shared rate from its first answers, so 429s come only from the calls
+    sent before them; nothing is dead-lettered."""
+    with QuotaServiceProcess(quota=60, burst=6, servers=4, service_time=0.005,
+                             announce=True) as service:
+        topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
+                                              guarantee, service.url)
+        ids = [b"id-%04d" % i for i in range(240)]  # 4 s at the quota
+        await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
+        await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
+        for worker in workers:
+            await asyncio.to_thread(worker.wait_for_log, r"the system announced 60\.0/s",
+                                    new_only=False, what="the announced quota adopted")
+        stats = service.stats()
+    print(f"\n{guarantee}: {stats['ok']} ok, {stats['rejected_429']} x 429 for {len(ids)} "
+          "events, quota announced")
+    # before a worker's first answer: its calls in flight, over the service's burst
+    assert stats["rejected_429"] <= len(workers) * MAX_CONCURRENCY
+
+
 def cli(bootstrap: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "faust", "-A", APP, "backpressure", *args],
