@@ -32,7 +32,7 @@ from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
-from faust_backpressure.agents.gate_base import GateBase
+from faust_backpressure.agents.gate_base import GateBase, KeyedGateStats
 from faust_backpressure.agents.headers import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
@@ -220,17 +220,19 @@ class KeyedRateLimitGate(GateBase):
 
     # -- stats ---------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        return {"limit": self.name, "agent": self.agent_name, "on_limit": self.on_limit,
-                "rate": self.default.tokens_per_second, "burst": self.default.burst_capacity,
-                "keys_tracked": sum(b.queued for b in self._buckets.values()),
-                "keys_limited": sum(b.limited_now() for b in self._buckets.values()),
-                "deferred_backlog": self.backlog, "admitted": self.admitted,
-                "deferred": self.deferred, "readmitted": self.readmitted, "shed": self.shed,
-                "waits": self.waits, "overdrafts": self.overdrafts,
-                "overrides": len(self.operator_limits) + (
-                    0 if self._override_store is None else len(self._override_store)),
-                "top_limited": self.top_limited()}
+    def stats(self) -> KeyedGateStats:
+        # overrides before top_limited: its limits_for opens the stored overrides
+        return KeyedGateStats(
+            limit=self.name, agent=self.agent_name, on_limit=self.on_limit,
+            rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
+            keys_tracked=sum(b.queued for b in self._buckets.values()),
+            keys_limited=sum(b.limited_now() for b in self._buckets.values()),
+            deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
+            readmitted=self.readmitted, shed=self.shed, waits=self.waits,
+            overdrafts=self.overdrafts,
+            overrides=len(self.operator_limits) + (
+                0 if self._override_store is None else len(self._override_store)),
+            top_limited=self.top_limited())
 
     def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
         """The keys refused most lately: key (as text), its type, refusals, its own limits."""
