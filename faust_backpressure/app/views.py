@@ -22,6 +22,7 @@ from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
 from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
+from faust_backpressure.agents.pipeline import PipelineStats
 from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
@@ -139,10 +140,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                                   if backlog and sources[g.agent_name] else None)}
                   for g in gates],
         "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
-                             "consumed": p.stats.consumed, "produced": p.stats.produced,
-                             "filtered": p.stats.filtered, "retries": p.stats.retries,
-                             "dead_lettered": p.stats.dead_lettered,
-                             "requeued": p.stats.requeued,
+                             **dataclasses.asdict(p.stats),
                              "limiter": None if p.gate is None else label_of.get(
                                  id(p.gate.limiter), p.gate.name),
                              "paused": p.paused, "paused_by": p.paused_by,
@@ -174,9 +172,9 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     gates = state["gates"]
     yield from _gate_metrics(gates)
     pipelines = state["pipelines"].items()
-    for field in ("consumed", "produced", "filtered", "retries", "dead_lettered", "requeued"):
-        yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
-               [({"pipeline": k}, v[field]) for k, v in pipelines])
+    for field in dataclasses.fields(PipelineStats):  # every one a counter
+        yield (f"pipeline_{field.name}_total", "counter", f"Pipeline records {field.name}.",
+               [({"pipeline": k}, v[field.name]) for k, v in pipelines])
     yield from _keyed_metrics(state.get("keyed", {}).items())
     yield from _downstream_metrics(state.get("downstreams", {}))
     yield from _control_metrics(state["control"])
