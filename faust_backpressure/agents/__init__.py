@@ -1,6 +1,7 @@
 """Rate-limited agents, pipelines with a dead-letter queue, DLQ replay."""
 
 from faust_backpressure.agents.downstream import Downstream, DownstreamStats, WaitAborted
+from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
 from faust_backpressure.agents.headers import Failure, dlq_headers, shed_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, NotCopartitioned
 from faust_backpressure.agents.pipeline import (
@@ -26,6 +27,8 @@ __all__ = [
     "Downstream",
     "DownstreamStats",
     "Failure",
+    "GateStats",
+    "KeyedGateStats",
     "KeyedRateLimitGate",
     "LimiterSpec",
     "NotCopartitioned",

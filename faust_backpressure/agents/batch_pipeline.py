@@ -23,6 +23,7 @@ from faust.types import TP
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, outputs_of
 from faust_backpressure.agents.downstream import WaitAborted
+from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.faust_seam import (
@@ -218,14 +219,15 @@ class BatchRunner:
         """Operator pause, then the limiter for the batch's cost; the flow stopping meanwhile
         abandons the batch (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
-        if pipeline.paused:
-            await self._unless_flow_stops(pipeline.wait_resumed())
+        if pipeline.paused and not await unless_flow_stops(self.app, pipeline.wait_resumed()):
+            raise _Abandoned()
         gate = pipeline.gate
         if gate is not None:
             cost = len(batch.records)
             if not (cost <= gate.capacity and gate.limiter.try_acquire(cost)):
                 gate.waits += 1
-                await self._unless_flow_stops(self._acquire_by_one(gate, cost))
+                if not await unless_flow_stops(self.app, self._acquire_by_one(gate, cost)):
+                    raise _Abandoned()
         if is_stale_generation(self.app, batch.generation):
             raise _Abandoned()
 
@@ -237,24 +239,6 @@ class BatchRunner:
         acquire = gate.limiter.acquire
         for _ in range(cost):
             await acquire(1)
-
-    async def _unless_flow_stops(self, awaitable: Any) -> None:
-        flow_stopped = flow_stopped_event(self.app)
-        work = asyncio.ensure_future(awaitable)
-        if flow_stopped is None:
-            await work
-            return
-        watching = asyncio.ensure_future(flow_stopped.wait())
-        try:
-            await asyncio.wait({work, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watching.cancel()
-            if not work.done():
-                work.cancel()  # a cancelled limiter waiter takes nothing
-        await asyncio.wait({work})
-        if work.cancelled():
-            raise _Abandoned()
-        work.result()
 
     async def _send_batch(self, batch: Batch, producer: Any) -> asyncio.Future[None]:
         """Decode, process, send; returns what completes once every output (retries and

@@ -26,13 +26,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
-from faust_backpressure.agents.decorate import decorate_agent
-from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.agents.flow import unless_flow_stops
+from faust_backpressure.agents.gate_base import GateBase, KeyedGateStats
 from faust_backpressure.agents.headers import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 KeyedOnLimit = Literal["defer", "wait", "shed"]
 #: The limit's key of an event, e.g. ``lambda event: event.value.customer_id``.
 KeyFunction = Callable[[EventT[Any]], Hashable]
-AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 #: Keys listed as the most refused (on the dashboard, in ``status``; never metric labels).
 TOP_KEYS = 10
@@ -89,8 +88,10 @@ class NotCopartitioned(FatalError):
     kind = "not co-partitioned"
 
 
-class KeyedRateLimitGate:
+class KeyedRateLimitGate(GateBase):
     """A keyed limit on an agent: buckets by key in a table, defer/wait/shed, stats."""
+
+    decorator = "@rate_limit_per_key"
 
     def __init__(self, app: AppT, name: str, *, key: KeyFunction | None = None,
                  tokens_per_second: float, burst_capacity: float | None = None,
@@ -102,8 +103,7 @@ class KeyedRateLimitGate:
                  write_behind: float = 0.01) -> None:
         if on_limit not in ("defer", "wait", "shed"):
             raise ValueError(f"on_limit must be 'defer', 'wait' or 'shed', got {on_limit!r}")
-        self.app = app
-        self.name = name
+        super().__init__(app, name, shed_topic=shed_topic, shed_topic_suffix=shed_topic_suffix)
         self.key = key
         self.on_limit: KeyedOnLimit = on_limit
         self.cost = cost
@@ -112,7 +112,6 @@ class KeyedRateLimitGate:
         self.write_behind = write_behind
         self.default = KeyLimits(float(tokens_per_second), float(
             tokens_per_second if burst_capacity is None else burst_capacity))
-        self.agent_name = ""
         self._declare(partitions, store, deferral_topic_suffix, replicas)
         self.deferrals = Deferrals(app, name, clock,
                                    lambda: self._streams[-1] if self._streams else None)
@@ -120,9 +119,6 @@ class KeyedRateLimitGate:
         if on_limit == "defer":
             self.deferral_agent = app.agent(
                 self.deferral_topic, name=f"bp-keyed-{name}-deferral")(self.deferrals.run)
-        self._shed_topic_spec = shed_topic
-        self._shed_topic_suffix = shed_topic_suffix
-        self._shed_topics: dict[str, TopicT] = {}
         self._buckets: dict[int, KeyedTokenBuckets] = {}
         self._store = TableStore(self.table, write_behind, clock)
         self._override_store: Any = None
@@ -137,13 +133,10 @@ class KeyedRateLimitGate:
         self._verified: set[str] = set()
         self.error: NotCopartitioned | None = None
         self._crashing: asyncio.Future[Any] | None = None
-        # counters (this worker, since start)
+        # counters (this worker, since start; waits, shed and overdrafts: GateBase)
         self.admitted = 0
         self.deferred = 0
         self.readmitted = 0
-        self.shed = 0
-        self.waits = 0
-        self.overdrafts = 0
 
     def _declare(self, partitions: int | None, store: str | None, deferral_suffix: str,
                  replicas: int | None) -> None:
@@ -227,17 +220,19 @@ class KeyedRateLimitGate:
 
     # -- stats ---------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        return {"limit": self.name, "agent": self.agent_name, "on_limit": self.on_limit,
-                "rate": self.default.tokens_per_second, "burst": self.default.burst_capacity,
-                "keys_tracked": sum(b.queued for b in self._buckets.values()),
-                "keys_limited": sum(b.limited_now() for b in self._buckets.values()),
-                "deferred_backlog": self.backlog, "admitted": self.admitted,
-                "deferred": self.deferred, "readmitted": self.readmitted, "shed": self.shed,
-                "waits": self.waits, "overdrafts": self.overdrafts,
-                "overrides": len(self.operator_limits) + (
-                    0 if self._override_store is None else len(self._override_store)),
-                "top_limited": self.top_limited()}
+    def stats(self) -> KeyedGateStats:
+        # overrides before top_limited: its limits_for opens the stored overrides
+        return KeyedGateStats(
+            limit=self.name, agent=self.agent_name, on_limit=self.on_limit,
+            rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
+            keys_tracked=sum(b.queued for b in self._buckets.values()),
+            keys_limited=sum(b.limited_now() for b in self._buckets.values()),
+            deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
+            readmitted=self.readmitted, shed=self.shed, waits=self.waits,
+            overdrafts=self.overdrafts,
+            overrides=len(self.operator_limits) + (
+                0 if self._override_store is None else len(self._override_store)),
+            top_limited=self.top_limited())
 
     def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
         """The keys refused most lately: key (as text), its type, refusals, its own limits."""
@@ -252,17 +247,9 @@ class KeyedRateLimitGate:
 
     # -- installing ------------------------------------------------------------------------
 
-    def install(self, stream: StreamT[Any]) -> None:
-        if getattr(stream, "_bp_gate", None) is self:
-            return
-        never_block_conductor(self.app, stream)
+    def _install(self, stream: StreamT[Any]) -> None:
         stream.add_processor(self._processor(stream))
-        stream._bp_gate = self  # type: ignore[attr-defined]
         self._streams.append(stream)
-
-    def __call__(self, fun: AgentFunT) -> AgentFunT:
-        """Decorate an agent function (put it *under* ``@app.agent``)."""
-        return decorate_agent(self, fun, f"@rate_limit_per_key({self.name!r})")
 
     # -- co-partitioning -------------------------------------------------------------------
 
@@ -382,7 +369,7 @@ class KeyedRateLimitGate:
 
     async def _shed(self, event: EventT[Any], permits: int) -> Any:
         message = event.message
-        topic = self._shed_topic(message.topic)
+        topic = self.shed_topic_for(message.topic)
         await topic.send(key=message.key, value=message.value, key_serializer="raw",
                          value_serializer="raw",
                          headers=shed_headers(message.headers, agent=self.agent_name,
@@ -392,16 +379,6 @@ class KeyedRateLimitGate:
                                               cause="keyed"))
         self.shed += 1
         raise Skip()
-
-    def _shed_topic(self, source: str) -> TopicT:
-        topic = self._shed_topics.get(source)
-        if topic is None:
-            spec = self._shed_topic_spec
-            if spec is None:
-                spec = source + self._shed_topic_suffix
-            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
-            self._shed_topics[source] = topic
-        return topic
 
     async def _wait(self, value: Any, buckets: KeyedTokenBuckets, key: Hashable,
                     permits: int) -> Any:
@@ -418,14 +395,6 @@ class KeyedRateLimitGate:
     async def _sleep_unless_flow_stops(self, delay: float) -> bool:
         """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
         stopped = flow_stopped_event(self.app)
-        if stopped is None:
-            await asyncio.sleep(delay)
-            return True
-        if stopped.is_set():
-            return False
-        watching = asyncio.ensure_future(stopped.wait())
-        try:
-            done, _ = await asyncio.wait({watching}, timeout=delay)
-        finally:
-            watching.cancel()
-        return not done
+        if stopped is not None and stopped.is_set():
+            return False  # at once: no sleeper to start and cancel (a stop drains many)
+        return await unless_flow_stops(self.app, asyncio.sleep(delay))

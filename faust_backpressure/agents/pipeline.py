@@ -22,7 +22,7 @@ from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
-from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.agents.flow import never_block_conductor, unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.rate_limit import RateLimitGate
@@ -296,16 +296,8 @@ class Pipeline:
 
     async def _wait_resumed(self) -> None:
         # Faust waits for events in flight before a rebalance or stop: a paused event must not
-        # hold those (as in RateLimitGate.acquire_until_flow_stops); it then goes on.
-        flow_stopped = flow_stopped_event(self.app)
-        waits = [asyncio.ensure_future(self._resumed.wait())]
-        if flow_stopped is not None:
-            waits.append(asyncio.ensure_future(flow_stopped.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
+        # hold those (see .flow.unless_flow_stops); it then goes on.
+        await unless_flow_stops(self.app, self._resumed.wait())
         if not self._resumed.is_set():
             log.info("pipeline %s is paused but the flow stopped (rebalance or stop): one "
                      "event goes on", self.name)

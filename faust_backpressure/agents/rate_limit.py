@@ -18,7 +18,6 @@ at once, just before it is handed to the body.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,14 +27,13 @@ import faust
 from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
-from faust_backpressure.agents.decorate import decorate_agent
-from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.agents.flow import unless_flow_stops
+from faust_backpressure.agents.gate_base import GateBase, GateStats
 from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
-from faust_backpressure.faust_seam import flow_stopped_event, stream_processors
+from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
 from faust_backpressure.limiters import RateLimitingStrategy
-from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["CostFunction", "PriorityFunction", "RateLimitGate", "rate_limited"]
 
@@ -49,8 +47,10 @@ Event = EventT[Any]
 AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 
-class RateLimitGate:
+class RateLimitGate(GateBase):
     """Admits events of an agent's streams through one limiter; counts waits and sheds."""
+
+    decorator = "@rate_limit"
 
     def __init__(self, app: AppT, limiter: RateLimitingStrategy, *, on_limit: OnLimit = "wait",
                  cost: CostFunction | None = None, shed_topic: str | TopicT | None = None,
@@ -59,23 +59,14 @@ class RateLimitGate:
                  priority: PriorityFunction | None = None) -> None:
         if on_limit not in ("wait", "shed"):
             raise ValueError(f"on_limit must be 'wait' or 'shed', got {on_limit!r}")
-        self.app = app
+        super().__init__(app, name or limiter.name, shed_topic=shed_topic,
+                         shed_topic_suffix=shed_topic_suffix, agent_name=agent_name or "")
         self.limiter = limiter
         self.on_limit = on_limit
         self.cost = cost
-        self.name = name or limiter.name
-        self._shed_topic_spec = shed_topic
-        self._shed_topic_suffix = shed_topic_suffix
-        self._shed_topics: dict[str, TopicT] = {}
         self._declared: set[str] = set()
-        #: The gated agent, for logs and shed headers (the decorated function's name if None).
-        self.agent_name = agent_name or ""
-        self.waits = 0
-        self.shed = 0
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
         self.shed_now = False
-        #: Events let through without permits because Faust stopped the flow while they waited.
-        self.overdrafts = 0
         #: The events' priority (higher is more important), or None: no priority shedding.
         self.priority = priority
         #: Set by a control loop under critical lag (see ``control.shedding``): events whose
@@ -85,6 +76,12 @@ class RateLimitGate:
         #: Of ``shed``: events shed because their priority was below the threshold.
         self.shed_by_priority = 0
 
+    def stats(self) -> GateStats:
+        return GateStats(agent=self.agent_name, limiter=self.name, on_limit=self.on_limit,
+                         waits=self.waits, shed=self.shed, overdrafts=self.overdrafts,
+                         shed_by_priority=self.shed_by_priority,
+                         shed_threshold=self.shed_threshold)
+
     @property
     def capacity(self) -> float:
         """The most permits one request to the limiter may ask for (larger ones are split)."""
@@ -92,23 +89,11 @@ class RateLimitGate:
 
     # -- installing on a stream --------------------------------------------------------------
 
-    def install(self, stream: StreamT[Any]) -> None:
-        """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""
-        if getattr(stream, "_bp_gate", None) is self:
-            return
-        never_block_conductor(self.app, stream)
+    def _install(self, stream: StreamT[Any]) -> None:
         processor = self._processor(stream)
         stream.add_processor(processor)
-        stream._bp_gate = self  # type: ignore[attr-defined]
-        take_events = stream.take_events  # type: ignore[attr-defined]
-        batched = self._batched(stream, processor, take_events)
-        setattr(stream, "take_events", batched)  # noqa: B010
-
-        async def take(max_: int, within: Any) -> AsyncIterator[Sequence[Any]]:
-            async for events in batched(max_, within):
-                yield [event.value for event in events]
-
-        setattr(stream, "take", take)  # noqa: B010
+        wrap_stream_batches(stream, lambda take_events: self._batched(stream, processor,
+                                                                      take_events))
 
     def _permits(self, event: Event | None) -> int:
         if self.cost is None or event is None:
@@ -191,31 +176,15 @@ class RateLimitGate:
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
         started = time.monotonic()
-        flow_stopped = flow_stopped_event(self.app)
-        if flow_stopped is None:
-            await self.acquire(permits)
+        if await unless_flow_stops(self.app, self.acquire(permits)):
             notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
                            permits, time.monotonic() - started)
             return
-        acquiring = asyncio.ensure_future(self.acquire(permits))
-        watching = asyncio.ensure_future(flow_stopped.wait())
-        try:
-            await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watching.cancel()
-            if not acquiring.done():
-                acquiring.cancel()  # a cancelled waiter takes nothing
-        await asyncio.wait({acquiring})  # done, or leaving the limiter's queue
-        if acquiring.cancelled():
-            self.overdrafts += 1
-            notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
-                           permits)
-            log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
-                     "on without them", self.agent_name, permits, self.name)
-        else:
-            acquiring.result()  # raises what acquiring raised
-            notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
-                           permits, time.monotonic() - started)
+        self.overdrafts += 1
+        notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
+                       permits)
+        log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
+                 "on without them", self.agent_name, permits, self.name)
 
     async def acquire(self, permits: int) -> None:
         """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
@@ -223,17 +192,6 @@ class RateLimitGate:
             chunk = permits if permits <= self.capacity else int(self.capacity)
             await self.limiter.acquire(chunk)
             permits -= chunk
-
-    def shed_topic_for(self, source: str) -> TopicT:
-        """The topic events of ``source`` are shed to."""
-        topic = self._shed_topics.get(source)
-        if topic is None:
-            spec = self._shed_topic_spec
-            if spec is None:
-                spec = source + self._shed_topic_suffix
-            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
-            self._shed_topics[source] = topic
-        return topic
 
     async def _send_to_shed(self, event: Event, permits: int,
                             low: tuple[int, int] | None = None) -> None:
@@ -273,8 +231,7 @@ class RateLimitGate:
         raise Skip()
 
     def _batched(self, stream: StreamT[Any], processor: Callable[[Any], Any],
-                 take_events: Callable[[int, Any], AsyncIterator[Sequence[Event]]]
-                 ) -> Callable[[int, Any], AsyncIterator[Sequence[Event]]]:
+                 take_events: TakeEvents) -> TakeEvents:
         """``take_events`` that acquires for each whole batch instead of per event."""
 
         async def batched(max_: int, within: Any) -> AsyncIterator[Sequence[Event]]:
@@ -329,12 +286,6 @@ class RateLimitGate:
             else:
                 await self._send_to_shed(event, permits)
         return admitted
-
-    # -- decorator ---------------------------------------------------------------------------
-
-    def __call__(self, fun: AgentFunT) -> AgentFunT:
-        """Decorate an agent function (put it *under* ``@app.agent``)."""
-        return decorate_agent(self, fun, f"@rate_limit({self.name!r})")
 
 
 def rate_limited(app: faust.App, limiter: RateLimitingStrategy, **options: Any

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from faust_backpressure.agents.keyed import TOP_KEYS, KeyedRateLimitGate, encode_key
@@ -146,7 +146,7 @@ def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] 
                 now: float) -> dict[str, Any]:
     """What a worker publishes of one keyed limit: its stats, per-second rates since
     ``previous`` (its last published body), the top limited keys."""
-    stats = gate.stats()
+    stats = asdict(gate.stats())
     body: dict[str, Any] = {"type": "keyed-status", "target": f"{gate.name}/{worker}",
                             "worker": worker, "at": now, "agent": gate.agent_name,
                             "on_limit": gate.on_limit, "rate": stats["rate"],

@@ -21,6 +21,8 @@ from faust.types import TopicT
 from faust.web import Request, Response, View
 
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
+from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
+from faust_backpressure.agents.pipeline import PipelineStats
 from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
@@ -132,18 +134,13 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         "app": bp.app.conf.id,
         "at": time.time(),
         "limiters": limiter_view,
-        "gates": [{"agent": g.agent_name, "limiter": label_of.get(id(g.limiter), g.name),
-                   "on_limit": g.on_limit, "waits": g.waits, "shed": g.shed,
-                   "overdrafts": g.overdrafts, "shed_by_priority": g.shed_by_priority,
-                   "shed_threshold": g.shed_threshold,
+        "gates": [{**dataclasses.asdict(g.stats()),
+                   "limiter": label_of.get(id(g.limiter), g.name),
                    "source_lag": (sum(backlog[t] for t in sources[g.agent_name])
                                   if backlog and sources[g.agent_name] else None)}
                   for g in gates],
         "pipelines": {name: {"source": p.source_topic_name, "dlq": p.dlq_topic_name,
-                             "consumed": p.stats.consumed, "produced": p.stats.produced,
-                             "filtered": p.stats.filtered, "retries": p.stats.retries,
-                             "dead_lettered": p.stats.dead_lettered,
-                             "requeued": p.stats.requeued,
+                             **dataclasses.asdict(p.stats),
                              "limiter": None if p.gate is None else label_of.get(
                                  id(p.gate.limiter), p.gate.name),
                              "paused": p.paused, "paused_by": p.paused_by,
@@ -155,7 +152,8 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                       for name, p in bp.pipelines.items()},
         "control": control,
         "rejected": bp.rejections,
-        "keyed": {name: gate.stats() for name, gate in bp.keyed_limits.items()},
+        "keyed": {name: dataclasses.asdict(gate.stats())
+                  for name, gate in bp.keyed_limits.items()},
         "downstreams": {name: dataclasses.asdict(guard.stats())
                         for name, guard in bp.downstreams.items()},
         "cluster": ([] if bp.ops_follower is None
@@ -174,9 +172,9 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     gates = state["gates"]
     yield from _gate_metrics(gates)
     pipelines = state["pipelines"].items()
-    for field in ("consumed", "produced", "filtered", "retries", "dead_lettered", "requeued"):
-        yield (f"pipeline_{field}_total", "counter", f"Pipeline records {field}.",
-               [({"pipeline": k}, v[field]) for k, v in pipelines])
+    for field in dataclasses.fields(PipelineStats):  # every one a counter
+        yield (f"pipeline_{field.name}_total", "counter", f"Pipeline records {field.name}.",
+               [({"pipeline": k}, v[field.name]) for k, v in pipelines])
     yield from _keyed_metrics(state.get("keyed", {}).items())
     yield from _downstream_metrics(state.get("downstreams", {}))
     yield from _control_metrics(state["control"])
@@ -217,35 +215,25 @@ def _limiter_metrics(limiters: Iterable[tuple[str, dict[str, Any]]]) -> Iterable
                [({"limiter": k}, v[field]) for k, v in limiters])
 
 
+def _stats_metrics(prefix: str, stats: type[Any],
+                   rows: list[tuple[dict[str, str], dict[str, Any]]]) -> Iterable[_Metric]:
+    """A metric for each field of the ``stats`` dataclass that declares one (its metadata,
+    see ``agents.gate_base.counter``), from ``rows`` of (labels, that dataclass as a dict)."""
+    for field in dataclasses.fields(stats):
+        kind = field.metadata.get("metric")
+        if kind is not None:
+            yield (f"{prefix}_{field.name}" + ("_total" if kind == "counter" else ""), kind,
+                   field.metadata["help"], [(labels, row[field.name]) for labels, row in rows])
+
+
 def _gate_metrics(gates: list[dict[str, Any]]) -> Iterable[_Metric]:
-    yield ("gate_waits_total", "counter", "Events that waited for permits.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["waits"]) for g in gates])
-    yield ("gate_shed_total", "counter", "Events sent to the shed topic.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed"]) for g in gates])
-    yield ("gate_overdrafts_total", "counter",
-           "Events let through without permits when a rebalance or stop stopped the flow.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["overdrafts"]) for g in gates])
-    yield ("gate_shed_by_priority_total", "counter",
-           "Events shed because their priority was below the shed level.",
-           [({"agent": g["agent"], "limiter": g["limiter"]}, g["shed_by_priority"])
-            for g in gates])
+    yield from _stats_metrics("gate", GateStats, [
+        ({"agent": g["agent"], "limiter": g["limiter"]}, g) for g in gates])
 
 
 def _keyed_metrics(keyed: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
-    keyed = list(keyed)  # no per-key label: keys are unbounded
-    for field, kind, text in (
-            ("rate", "gauge", "Default tokens per second of each key."),
-            ("burst", "gauge", "Default burst capacity of each key."),
-            ("overrides", "gauge", "Keys with their own limits (operator or stored)."),
-            ("keys_tracked", "gauge", "Keys whose bucket is not full (stored)."),
-            ("keys_limited", "gauge", "Keys refused whose next token has not come yet."),
-            ("deferred_backlog", "gauge", "Deferred records held until due."),
-            ("admitted", "counter", "Events admitted at once."),
-            ("deferred", "counter", "Events sent to the deferral topic."),
-            ("readmitted", "counter", "Deferred events handed back when due."),
-            ("shed", "counter", "Events sent to the shed topic.")):
-        yield (f"keyed_{field}" + ("_total" if kind == "counter" else ""), kind, text,
-               [({"limit": k}, v[field]) for k, v in keyed])
+    # no per-key label: keys are unbounded
+    yield from _stats_metrics("keyed", KeyedGateStats, [({"limit": k}, v) for k, v in keyed])
 
 
 def _control_metrics(loops: dict[str, dict[str, Any]]) -> Iterable[_Metric]:

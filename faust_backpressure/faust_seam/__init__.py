@@ -39,8 +39,8 @@ The patches:
 The other modules: ``context`` (:class:`AppContext`, the app's one context object, kept on
 the app and reached through :func:`context_of`), ``batches`` (batch sources, docs/batching.md:
 the :class:`BatchTap` each source topic's records are diverted to, and Faust's bookkeeping,
-producers and commits for a batch), ``streams`` (small accessors used by the other layers) and
-``crash`` (:func:`crash_worker`).
+producers and commits for a batch), ``streams`` (small accessors used by the other layers, and
+a rate-limit gate's marks and batch wrappers on its streams) and ``crash`` (:func:`crash_worker`).
 Imports between them go one way: installing -> consumer -> batches -> transactions ->
 control_topics, crash; all of them -> context.
 """
@@ -76,14 +76,18 @@ from faust_backpressure.faust_seam.installing import (
 )
 from faust_backpressure.faust_seam.producers import TopicKeepingProducer
 from faust_backpressure.faust_seam.streams import (
+    TakeEvents,
     flow_stopped_event,
     force_metadata_update,
     let_go,
     redeliver,
     refresh_consumer_metadata,
+    set_stream_gate,
     source_backlog,
+    stream_gate,
     stream_processors,
     unbounded_stream_buffer,
+    wrap_stream_batches,
 )
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
@@ -100,6 +104,7 @@ __all__ = [
     "InputTransactionManager",
     "OffsetGuard",
     "Slot",
+    "TakeEvents",
     "TopicKeepingProducer",
     "TransactionLost",
     "UnsupportedTransport",
@@ -124,9 +129,12 @@ __all__ = [
     "register_batch_tap",
     "release_partition",
     "send_control",
+    "set_stream_gate",
     "source_backlog",
+    "stream_gate",
     "stream_processors",
     "transaction_producer",
     "transactional_id_of",
     "unbounded_stream_buffer",
+    "wrap_stream_batches",
 ]

@@ -1,24 +1,56 @@
-"""Small accessors of an app's streams and consumer, used by the other layers."""
+"""Small accessors of an app's streams and consumer, used by the other layers, and the patches a
+rate-limit gate puts on the streams it is installed on (:func:`set_stream_gate`,
+:func:`wrap_stream_batches`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from faust.exceptions import NotReady
-from faust.types import AppT, Message, StreamT
+from faust.types import AppT, EventT, Message, StreamT
 
 #: The seam's one logger, named as when the seam was one module.
 log = logging.getLogger("faust_backpressure.faust_seam")
+
+#: ``Stream.take_events``: ``(max_, within)`` -> batches of events.
+TakeEvents = Callable[[int, Any], AsyncIterator[Sequence[EventT[Any]]]]
 
 
 def stream_processors(stream: StreamT[Any]) -> list[Callable[[Any], Any]]:
     """The stream's processor list (Faust has ``add_processor`` but no way to remove one)."""
     processors: list[Callable[[Any], Any]] = stream._processors  # type: ignore[attr-defined]
     return processors
+
+
+def stream_gate(stream: StreamT[Any]) -> object | None:
+    """The gate :func:`set_stream_gate` put on ``stream``, or None (a restarted actor reuses
+    its stream, so a gate asks before it installs itself again)."""
+    gate: object | None = getattr(stream, "_bp_gate", None)
+    return gate
+
+
+def set_stream_gate(stream: StreamT[Any], gate: object) -> None:
+    """Remember that ``gate`` is installed on ``stream`` (see :func:`stream_gate`)."""
+    stream._bp_gate = gate  # type: ignore[attr-defined]
+
+
+def wrap_stream_batches(stream: StreamT[Any], wrap: Callable[[TakeEvents], TakeEvents]
+                        ) -> None:
+    """Make ``stream.take_events`` ``wrap(<Faust's take_events>)`` and ``stream.take`` the
+    values of its batches (Faust's ``take`` does not go through ``take_events``): a gate then
+    acquires for each whole batch, just before it is handed to the agent's body."""
+    batched = wrap(stream.take_events)  # type: ignore[attr-defined]
+
+    async def take(max_: int, within: Any) -> AsyncIterator[Sequence[Any]]:
+        async for events in batched(max_, within):
+            yield [event.value for event in events]
+
+    setattr(stream, "take_events", batched)  # noqa: B010
+    setattr(stream, "take", take)  # noqa: B010
 
 
 def unbounded_stream_buffer(stream: StreamT[Any], high_water: int, drop_ratio: float) -> None:

@@ -96,8 +96,8 @@ async def test_a_hot_key_is_deferred_in_order_while_quiet_keys_pass(
     assert first >= 5 and set(hot_topics[first:]) == {limit.deferral_topic_name}
     # the per-key bound, from admission timestamps (+1: gate to body)
     assert _worst_excess([at for _, at, _ in by_key[b"hot"]], rate) <= burst + 1
-    assert stats["deferred"] == stats["readmitted"] == 60 - first
-    assert stats["admitted"] == first + quiet_events
+    assert stats.deferred == stats.readmitted == 60 - first
+    assert stats.admitted == first + quiet_events
     deferred = await consume(kafka_bootstrap, limit.deferral_topic_name, until=60 - first)
     assert all(hdr(r)[KEYED_LIMIT] == b"per-customer" and NOT_BEFORE in hdr(r)
                for r in deferred)
@@ -176,7 +176,7 @@ async def test_shed_and_wait_modes(
     assert _worst_excess([t for _, t in wait_seen], 50) <= 2 + 1
     # 28 when the 30 arrive faster than the 50/s refill (2 pass on the burst); fewer when the
     # stream hands them over slower (a loaded CI run: 26); the rate bound above holds anyway
-    assert 0 < wait_limit.stats()["waits"] <= 28
+    assert 0 < wait_limit.stats().waits <= 28
 
 
 async def test_a_keyed_limit_as_a_pipelines_limiter(
@@ -195,7 +195,7 @@ async def test_a_keyed_limit_as_a_pipelines_limiter(
         out = await consume(kafka_bootstrap, sink, until=22, timeout=30)
     assert [r.value for r in out if r.key == b"hot"] == [b"HOT%02d" % i for i in range(20)]
     assert [r.value for r in out if r.key == b"cold"] == [b"COLD0", b"COLD1"]
-    assert limit.stats()["deferred"] >= 15 and limit.agent_name == "pipeline:upper"
+    assert limit.stats().deferred >= 15 and limit.agent_name == "pipeline:upper"
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -226,11 +226,11 @@ async def test_an_app_holding_deferred_records_stops_and_they_are_read_again(
             await create_topics(kafka_bootstrap, {limit.deferral_topic_name: 1})
         async with running_app(app):  # a start or stop that hangs fails with the stacks
             for _ in range(600):  # 60 s: under a loaded machine's rebalances too
-                if (run == 0 and limit.stats()["deferred_backlog"] >= 5) or (
+                if (run == 0 and limit.stats().deferred_backlog >= 5) or (
                         run == 1 and set(seen) == set(values)):
                     break
                 await asyncio.sleep(0.1)
-            backlogs.append(limit.stats()["deferred_backlog"])
+            backlogs.append(limit.stats().deferred_backlog)
             passed_first = passed_first if run else len(seen)
     # the first run stopped while holding deferred records, the second passed them
     assert backlogs[0] >= 5 and passed_first < len(values)

@@ -6,6 +6,7 @@ import re
 
 import faust
 
+from faust_backpressure.agents import GateStats, KeyedGateStats
 from faust_backpressure.app import Backpressure
 from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
@@ -122,3 +123,38 @@ def test_keyed_limits_are_shown_without_per_key_labels() -> None:
             in text.splitlines())
     assert "faust_backpressure_keyed_keys_limited{" in text
     assert all(SAMPLE_LINE.match(line) for line in text.splitlines() if not line.startswith("#"))
+
+
+def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
+    """The views show the gates' stats dataclasses field by field (and make a metric of each
+    field that declares one): renaming a field would rename what users read. Pinned here."""
+    _, bp = _app()
+    gate = bp.rate_limit(TokenBucketRateLimiter(5, 5, clock=Clock()))
+
+    async def agent(stream: faust.StreamT[bytes]) -> None: ...
+
+    gate(agent)
+    gate.waits, gate.overdrafts = 2, 1
+    assert gate.stats() == GateStats(agent=gate.agent_name, limiter="TokenBucketRateLimiter",
+                                      on_limit="wait", waits=2, shed=0, overdrafts=1,
+                                      shed_by_priority=0, shed_threshold=None)
+    limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
+                                  store="memory://")
+    limit.waits = 3
+    assert isinstance(limit.stats(), KeyedGateStats) and limit.stats().waits == 3
+    state = snapshot(bp)
+    assert list(state["gates"][0]) == ["agent", "limiter", "on_limit", "waits", "shed",
+                                       "overdrafts", "shed_by_priority", "shed_threshold",
+                                       "source_lag"]
+    assert set(state["keyed"]["per-customer"]) == {
+        "limit", "agent", "on_limit", "rate", "burst", "keys_tracked", "keys_limited",
+        "deferred_backlog", "admitted", "deferred", "readmitted", "shed", "waits",
+        "overdrafts", "overrides", "top_limited"}
+    names = {line.split("{")[0].removeprefix("faust_backpressure_")
+             for line in render_prometheus(state).splitlines() if not line.startswith("#")}
+    assert {n for n in names if n.startswith(("gate_", "keyed_"))} == {
+        "gate_waits_total", "gate_shed_total", "gate_overdrafts_total",
+        "gate_shed_by_priority_total", "keyed_rate", "keyed_burst", "keyed_overrides",
+        "keyed_keys_tracked", "keyed_keys_limited", "keyed_deferred_backlog",
+        "keyed_admitted_total", "keyed_deferred_total", "keyed_readmitted_total",
+        "keyed_shed_total"}

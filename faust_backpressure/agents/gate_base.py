@@ -1,0 +1,129 @@
+"""What ``@bp.rate_limit`` and ``@bp.rate_limit_per_key`` share.
+
+A gate is installed on each stream of its agent (once: a restarted actor reuses its stream),
+makes the stream's buffer never block the worker's conductor (see :mod:`.flow`), resolves the
+topic its refused events are shed to, and counts waits, sheds and overdrafts (events let
+through without permits because Faust stopped the flow while they waited, see
+:func:`.flow.unless_flow_stops`). Each gate adds its own processor and counters.
+
+Their ``stats()`` are :class:`GateStats` and :class:`KeyedGateStats`: the JSON view shows their
+fields as they are, and a field made with :func:`counter` or :func:`gauge` is a Prometheus
+metric too (``<gate|keyed>_<field>[_total]``), so a new counter is one field here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import AppT, StreamT, TopicT
+
+from faust_backpressure.agents.decorate import AgentFunT, decorate_agent
+from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.faust_seam import set_stream_gate, stream_gate
+from faust_backpressure.wire.kafka_clients import raw_topic
+
+__all__ = ["GateBase", "GateStats", "KeyedGateStats", "counter", "gauge"]
+
+
+def counter(help_text: str) -> dict[str, str]:
+    """``field(metadata=counter(...))``: the field is also a Prometheus counter
+    (``<prefix>_<field>_total``)."""
+    return {"metric": "counter", "help": help_text}
+
+
+def gauge(help_text: str) -> dict[str, str]:
+    """``field(metadata=gauge(...))``: the field is also a Prometheus gauge
+    (``<prefix>_<field>``)."""
+    return {"metric": "gauge", "help": help_text}
+
+
+@dataclass(frozen=True, slots=True)
+class GateStats:
+    """A snapshot of a :class:`~faust_backpressure.agents.RateLimitGate` (this worker, since
+    start). ``limiter`` is the gate's name; metrics are labelled by agent and limiter."""
+
+    agent: str
+    limiter: str
+    on_limit: str
+    waits: int = field(metadata=counter("Events that waited for permits."))
+    shed: int = field(metadata=counter("Events sent to the shed topic."))
+    overdrafts: int = field(metadata=counter(
+        "Events let through without permits when a rebalance or stop stopped the flow."))
+    shed_by_priority: int = field(metadata=counter(
+        "Events shed because their priority was below the shed level."))
+    #: The priority below which events are shed now (a control loop's), or None.
+    shed_threshold: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedGateStats:
+    """A snapshot of a :class:`~faust_backpressure.agents.KeyedRateLimitGate` (this worker,
+    since start). Metrics are labelled by limit, never by key (keys are unbounded)."""
+
+    limit: str
+    agent: str
+    on_limit: str
+    rate: float = field(metadata=gauge("Default tokens per second of each key."))
+    burst: float = field(metadata=gauge("Default burst capacity of each key."))
+    overrides: int = field(metadata=gauge("Keys with their own limits (operator or stored)."))
+    keys_tracked: int = field(metadata=gauge("Keys whose bucket is not full (stored)."))
+    keys_limited: int = field(metadata=gauge("Keys refused whose next token has not come yet."))
+    deferred_backlog: int = field(metadata=gauge("Deferred records held until due."))
+    admitted: int = field(metadata=counter("Events admitted at once."))
+    deferred: int = field(metadata=counter("Events sent to the deferral topic."))
+    readmitted: int = field(metadata=counter("Deferred events handed back when due."))
+    shed: int = field(metadata=counter("Events sent to the shed topic."))
+    waits: int
+    overdrafts: int
+    #: The keys refused most lately: key (as text), type, refusals, own limits (or None).
+    top_limited: list[dict[str, Any]]
+
+
+class GateBase:
+    """The part of a gate on an agent's streams that does not depend on how it limits."""
+
+    #: The decorator, as errors name it.
+    decorator = "@gate"
+
+    def __init__(self, app: AppT, name: str, *, shed_topic: str | TopicT | None,
+                 shed_topic_suffix: str, agent_name: str = "") -> None:
+        self.app = app
+        self.name = name
+        #: The gated agent, for logs and shed headers (the decorated function's name if "").
+        self.agent_name = agent_name
+        self._shed_topic_spec = shed_topic
+        self._shed_topic_suffix = shed_topic_suffix
+        self._shed_topics: dict[str, TopicT] = {}
+        # counters (this worker, since start)
+        self.waits = 0
+        self.shed = 0
+        #: Events let through without permits because Faust stopped the flow while they waited.
+        self.overdrafts = 0
+
+    def install(self, stream: StreamT[Any]) -> None:
+        """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""
+        if stream_gate(stream) is self:
+            return
+        never_block_conductor(self.app, stream)
+        self._install(stream)
+        set_stream_gate(stream, self)
+
+    def _install(self, stream: StreamT[Any]) -> None:
+        """The gate's own part of :meth:`install` (its processor)."""
+        raise NotImplementedError
+
+    def shed_topic_for(self, source: str) -> TopicT:
+        """The topic events of ``source`` are shed to."""
+        topic = self._shed_topics.get(source)
+        if topic is None:
+            spec = self._shed_topic_spec
+            if spec is None:
+                spec = source + self._shed_topic_suffix
+            topic = spec if not isinstance(spec, str) else raw_topic(self.app, spec)
+            self._shed_topics[source] = topic
+        return topic
+
+    def __call__(self, fun: AgentFunT) -> AgentFunT:
+        """Decorate an agent function (put it *under* ``@app.agent``)."""
+        return decorate_agent(self, fun, f"{self.decorator}({self.name!r})")
