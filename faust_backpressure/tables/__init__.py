@@ -18,6 +18,7 @@ from faust_backpressure.wire.limiter_records import (  # noqa: E402
     Grant,
     LeaseRequest,
     LimiterConfig,
+    Rejected,
     RejectedRecord,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "LimiterChannel",
     "LimiterConfig",
     "LimiterLedger",
+    "Rejected",
     "RejectedRecord",
     "limiter_channel",
     "max_min_fair",

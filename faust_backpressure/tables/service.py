@@ -43,7 +43,7 @@ from faust_backpressure.wire.limiter_records import (
     Command,
     Grant,
     LeaseRequest,
-    RejectedRecord,
+    Rejected,
     decode_reply_record,
     decode_requests,
     encode,
@@ -234,12 +234,12 @@ class LimiterChannel:
             self.load.observe(now - timestamp, now)
         queued = False
         for message in decode_requests(key, value, self.secret):
-            if isinstance(message, RejectedRecord):
+            if isinstance(message, Rejected):
                 await self._reject(message, partition)
                 continue
             if self._partition(message.limiter_id) != partition:
-                await self._reject(RejectedRecord("record is on the wrong partition for its key",
-                                                  message.limiter_id, code=WRONG_KEY), partition)
+                await self._reject(Rejected("record is on the wrong partition for its key",
+                                            message.limiter_id, code=WRONG_KEY), partition)
                 continue
             applied = await self.apply(message, partition, now)
             if applied is not None:
@@ -363,11 +363,11 @@ class LimiterChannel:
             except Exception:  # workers retry the same request ids; the state is kept
                 log.exception("fbp-limiter owner: sending replies failed")
 
-    async def _reject(self, exc: RejectedRecord, partition: int) -> None:
-        self.rejections.count(exc)
+    async def _reject(self, rejected: Rejected, partition: int) -> None:
+        self.rejections.count(rejected)
         log.warning("fbp-limiter: rejected record on partition %d (limiter %r, %s): %s",
-                    partition, exc.limiter_id, exc.code, exc.reason)
-        lid = exc.limiter_id
+                    partition, rejected.limiter_id, rejected.code, rejected.reason)
+        lid = rejected.limiter_id
         if lid and self._partition(lid) == partition:
             ledger = self._ledger(lid)
             if ledger is not None:
@@ -399,7 +399,7 @@ class LimiterChannel:
         if key is not None and key != self._worker_key:
             return  # another worker's answer (grants are keyed by worker id): skip the JSON
         for reply in decode_reply_record(value, self.secret):
-            if isinstance(reply, RejectedRecord):  # forged or broken: never applied
+            if isinstance(reply, Rejected):  # forged or broken: never applied
                 self.reply_rejections.count(reply)
                 log.warning("fbp-limiter: rejected reply (%s): %s", reply.code, reply.reason)
                 continue

@@ -3,8 +3,10 @@
 Everything is a JSON object with ``"v": 1``. With a secret, every record (requests, commands,
 grants, acks) is signed with an HMAC-SHA256 over the record key and the canonical JSON of the body
 (see ``signing``): a request's key is its limiter id, a reply's the worker id it answers.
-Decoding validates every field (type, range, finiteness): a record that fails raises (or is
-returned as) :class:`RejectedRecord` and is never granted or applied.
+Decoding validates every field (type, range, finiteness): a record that fails is never granted
+or applied. :func:`decode_request` raises :class:`RejectedRecord` for it; the decoders of a whole
+record (:func:`decode_requests`, :func:`decode_reply_record`) return a :class:`Rejected` in its
+place, so the valid requests of a batch still count.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from faust_backpressure.wire.signing import (
     UNKNOWN,
     WRONG_KEY,
+    Rejected,
     RejectedRecord,
     encode_signed,
     load_json,
@@ -31,6 +34,7 @@ __all__ = [
     "Grant",
     "LeaseRequest",
     "LimiterConfig",
+    "Rejected",
     "RejectedRecord",
     "decode_replies",
     "decode_reply",
@@ -217,12 +221,17 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
     raise RejectedRecord(f"unknown record type {kind!r:.40}", code=UNKNOWN)
 
 
+def _key_text(key: bytes | None) -> str | None:
+    """The limiter id a record key names (None: no key, or not UTF-8)."""
+    with contextlib.suppress(UnicodeDecodeError):
+        return key.decode() if isinstance(key, bytes) else None
+    return None
+
+
 def decode_request(key: bytes | None, value: bytes | None,
                    secret: bytes | None = None) -> LeaseRequest | Command:
     """Parse and validate one record of the request topic or raise :class:`RejectedRecord`."""
-    limiter_key: str | None = None
-    with contextlib.suppress(UnicodeDecodeError):
-        limiter_key = key.decode() if isinstance(key, bytes) else None
+    limiter_key = _key_text(key)
     try:
         body = _load(key, value)
         assert key is not None
@@ -243,24 +252,22 @@ def encode_batch(messages: list[LeaseRequest | Command],
 
 
 def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None = None
-                    ) -> list[LeaseRequest | Command | RejectedRecord]:
+                    ) -> list[LeaseRequest | Command | Rejected]:
     """Parse a record of the request topic: one request (an object) or a batch (an array,
-    see :func:`encode_batch`). A bad record is one :class:`RejectedRecord`; in a batch, each
-    bad element is one, and the others are still valid."""
+    see :func:`encode_batch`). Never raises: a bad record is one :class:`Rejected`; in a
+    batch, each bad element is one, and the others are still valid."""
     if not (value or b"").lstrip().startswith(b"["):
         try:
             return [decode_request(key, value, secret)]
-        except RejectedRecord as exc:
-            return [exc]
+        except RejectedRecord as exc:  # it names the record key's limiter
+            return [exc.rejected()]
     try:
         bodies = _load(key, value)
         if not isinstance(bodies, list) or not 0 < len(bodies) <= MAX_BATCH:
             raise RejectedRecord(f"a batch is an array of 1 to {MAX_BATCH} requests")
     except RejectedRecord as exc:
-        with contextlib.suppress(UnicodeDecodeError, AttributeError):
-            exc.limiter_id = key.decode() if isinstance(key, bytes) else None
-        return [exc]
-    out: list[LeaseRequest | Command | RejectedRecord] = []
+        return [exc.rejected(_key_text(key))]
+    out: list[LeaseRequest | Command | Rejected] = []
     for body in bodies:
         lid = body.get("limiter_id") if isinstance(body, dict) else None
         lid = lid if isinstance(lid, str) and 0 < len(lid) <= 200 else None
@@ -269,8 +276,7 @@ def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None
                 raise RejectedRecord("batch element has no limiter_id")
             out.append(_parse(_check(lid.encode(), body, secret), lid))
         except RejectedRecord as exc:
-            exc.limiter_id = lid
-            out.append(exc)
+            out.append(exc.rejected(lid))
     return out
 
 
@@ -302,22 +308,23 @@ def _reply(body: Any, secret: bytes | None) -> Grant | Ack:
 
 
 def decode_reply_record(value: bytes | None, secret: bytes | None = None
-                        ) -> list[Grant | Ack | RejectedRecord]:
+                        ) -> list[Grant | Ack | Rejected]:
     """A record of the grant topic: one reply (an object) or a batch (an array), each reply
-    validated (and its signature checked when there is a ``secret``) on its own."""
+    validated (and its signature checked when there is a ``secret``) on its own. Never
+    raises: a bad record, or each bad reply of a batch, is one :class:`Rejected`."""
     try:
         body = load_json(value)
         bodies = body if isinstance(body, list) else [body]
         if not 0 < len(bodies) <= MAX_BATCH:
             raise RejectedRecord(f"a batch is an array of 1 to {MAX_BATCH} replies")
     except RejectedRecord as exc:
-        return [exc]
-    out: list[Grant | Ack | RejectedRecord] = []
+        return [exc.rejected()]
+    out: list[Grant | Ack | Rejected] = []
     for one in bodies:
         try:
             out.append(_reply(one, secret))
         except RejectedRecord as exc:
-            out.append(exc)
+            out.append(exc.rejected())
     return out
 
 
@@ -329,7 +336,7 @@ def decode_reply(value: bytes | None, secret: bytes | None = None) -> Grant | Ac
 
 def decode_replies(value: bytes | None, secret: bytes | None = None) -> list[Grant | Ack]:
     """The valid replies in a grant-topic record (see :func:`decode_reply_record`)."""
-    return [r for r in decode_reply_record(value, secret) if not isinstance(r, RejectedRecord)]
+    return [r for r in decode_reply_record(value, secret) if not isinstance(r, Rejected)]
 
 
 def encode_replies(replies: list[Grant | Ack], secret: bytes | None = None) -> bytes:

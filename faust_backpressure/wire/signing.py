@@ -23,12 +23,13 @@ import json
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from faust_backpressure.config.validation import is_number
 from faust_backpressure.errors import BackpressureError
 
-__all__ = ["RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
+__all__ = ["Rejected", "RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
            "decode_signed", "encode_signed", "load_json", "number", "sign", "text", "verify"]
 
 #: Rejection reasons (the ``reason`` label of the rejected-records counters).
@@ -47,6 +48,7 @@ _MAX_TEXT = 200
 class RejectedRecord(BackpressureError, ValueError):
     """An internal record is malformed, forged, replayed or out of range: counted, never used.
 
+    Raised by the decoders of one record; the batch decoders return :class:`Rejected` instead.
     ``code`` is one of the reasons above; ``reason`` says what exactly, for the log."""
 
     def __init__(self, reason: str, limiter_id: str | None = None, *,
@@ -55,6 +57,22 @@ class RejectedRecord(BackpressureError, ValueError):
         self.reason = reason
         self.limiter_id = limiter_id
         self.code = code
+
+    def rejected(self, limiter_id: str | None = None) -> Rejected:
+        """This rejection as a value, naming ``limiter_id`` (default: the one it has)."""
+        return Rejected(self.reason, self.limiter_id if limiter_id is None else limiter_id,
+                        code=self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """What a decoder returns in place of a record it refuses (a value, not an exception):
+    ``reason`` for the log, ``code`` (one of the reasons above) for the counters, and the
+    limiter the record named, when it named one."""
+
+    reason: str
+    limiter_id: str | None = None
+    code: str = MALFORMED
 
 
 class Rejections:
@@ -65,8 +83,8 @@ class Rejections:
     def __init__(self) -> None:
         self.by_reason: Counter[str] = Counter()
 
-    def count(self, exc: RejectedRecord) -> None:
-        self.by_reason[exc.code] += 1
+    def count(self, rejection: Rejected | RejectedRecord) -> None:
+        self.by_reason[rejection.code] += 1
 
     @property
     def total(self) -> int:

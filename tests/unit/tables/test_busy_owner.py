@@ -15,7 +15,7 @@ from faust_backpressure.tables.load import OwnerLoad
 from faust_backpressure.wire.limiter_records import (
     Grant,
     LeaseRequest,
-    RejectedRecord,
+    Rejected,
     decode_replies,
     decode_requests,
     encode,
@@ -141,7 +141,7 @@ def test_batches_round_trip_and_a_forged_element_is_rejected_alone() -> None:
     assert decode_requests(key, value, b"s") == good
     forged = value.replace(b'"requested":50', b'"requested":500', 1)
     out = decode_requests(key, forged, b"s")
-    assert isinstance(out[0], RejectedRecord) and out[0].limiter_id == "a"
+    assert isinstance(out[0], Rejected) and out[0].limiter_id == "a"
     assert out[1] == good[1]
     assert decode_requests(b"a", encode(good[0], key=b"a")) == [good[0]]  # one, not a batch
     grants = [Grant(request_id=f"w:{lid}:1", limiter_id=lid, worker_id="w", lease_id="1",

@@ -5,10 +5,12 @@ anything but a rejection, grants nothing and changes no rate."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
 import faust
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +39,8 @@ from faust_backpressure.wire.signing import (
     OUT_OF_RANGE,
     REPLAYED,
     STALE,
+    WRONG_KEY,
+    Rejected,
     RejectedRecord,
     Rejections,
     ReplayGuard,
@@ -63,8 +67,7 @@ def grant(**changes: Any) -> Grant:
 
 
 def only_rejections(decoded: list[Any], code: str | None = None) -> bool:
-    return bool(decoded) and all(isinstance(d, RejectedRecord) and (code is None or
-                                                                  d.code == code)
+    return bool(decoded) and all(isinstance(d, Rejected) and (code is None or d.code == code)
                                  for d in decoded)
 
 
@@ -85,7 +88,7 @@ def test_requested_tokens_are_capped_by_the_burst_and_demand_by_the_decoder() ->
     too_much = json.loads(encode(forged_lease(), key=b"lim"))
     too_much["demand"] = 1e13
     [rejected] = decode_requests(b"lim", json.dumps(too_much).encode())
-    assert isinstance(rejected, RejectedRecord) and rejected.code == OUT_OF_RANGE
+    assert isinstance(rejected, Rejected) and rejected.code == OUT_OF_RANGE
 
 
 def test_a_forged_update_rate_without_the_secret_is_rejected_and_never_applied() -> None:
@@ -103,14 +106,14 @@ def test_numbers_out_of_range_or_not_finite_are_rejected() -> None:
                         ("sent_at", 1e300), ("rtt", -0.5), ("seq", 2.0**60)]:
         raw = json.dumps({**body, name: value}).encode()
         [rejected] = decode_requests(b"lim", raw)
-        assert isinstance(rejected, RejectedRecord) and rejected.code == OUT_OF_RANGE, name
+        assert isinstance(rejected, Rejected) and rejected.code == OUT_OF_RANGE, name
 
 
 def test_a_request_without_its_seq_is_rejected() -> None:
     body = json.loads(encode(forged_lease(), key=b"lim"))
     del body["seq"]
     [rejected] = decode_requests(b"lim", json.dumps(body).encode())
-    assert isinstance(rejected, RejectedRecord) and "seq" in rejected.reason
+    assert isinstance(rejected, Rejected) and "seq" in rejected.reason
 
 
 def test_an_old_signed_request_or_command_replayed_changes_nothing() -> None:
@@ -208,7 +211,7 @@ def _check_request(message: LeaseRequest | Command) -> None:
 def test_fuzzed_request_records_are_rejected_or_valid_never_raise(key: bytes | None,
                                                                    value: bytes) -> None:
     for message in decode_requests(key, value):  # no secret: well-formed ones pass
-        if not isinstance(message, RejectedRecord):
+        if not isinstance(message, Rejected):
             _check_request(message)
     # With a secret nothing unsigned gets through: no grant, no rate change.
     assert only_rejections(decode_requests(key, value, SECRET))
@@ -234,7 +237,7 @@ def test_fuzzed_grant_records_are_rejected_or_ignored_never_raise(value: bytes) 
     signed.try_acquire()
     signed.poll()
     for reply in decode_reply_record(value, SECRET):
-        assert isinstance(reply, RejectedRecord)
+        assert isinstance(reply, Rejected)
     assert signed.current_tokens == 0 and signed.current_rate_limit == 100
 
 
@@ -248,3 +251,39 @@ def test_the_channel_takes_the_secret_of_the_settings_unless_given_its_own() -> 
     DistributedRateLimiterFactory.create_distributed(own, "x", 10, 10, secret=b"mine")
     Backpressure(own, settings=BackpressureSettings(secret="s3cret"))
     assert limiter_channel(own).secret == b"mine"
+
+
+async def test_the_channel_counts_and_logs_each_rejection_as_a_value(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The decoders' ``Rejected`` values reach the same counters and log lines as before;
+    nothing is applied (here on partitions the limiters are not on: no table is read)."""
+    app = faust.App("rejected-values-unit", broker="kafka://127.0.0.1:1")
+    channel = limiter_channel(app, partitions=4, secret=SECRET)
+    elsewhere = (channel._partition("lim") + 1) % 4
+    caplog.set_level(logging.WARNING, "faust_backpressure.tables.service")
+    signed = encode(forged_lease(), key=b"lim", secret=SECRET)
+    assert not await channel.apply_record(b"lim", signed, elsewhere, None)
+    assert not await channel.apply_record(b"\xff", b"not json", 0, None)
+    assert channel.rejections.by_reason == {WRONG_KEY: 1, "malformed": 1}
+    worker = channel.worker_id.encode()
+    channel.deliver(encode_replies([grant(worker_id=channel.worker_id)]), worker)  # unsigned
+    assert channel.reply_rejections.by_reason == {BAD_SIGNATURE: 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"fbp-limiter: rejected record on partition {elsewhere} (limiter 'lim', wrong_key): "
+        "record is on the wrong partition for its key",
+        "fbp-limiter: rejected record on partition 0 (limiter None, malformed): "
+        "value is not JSON",
+        "fbp-limiter: rejected reply (bad_signature): bad or missing signature"]
+
+
+def test_a_rejection_is_a_plain_value_that_names_its_limiter() -> None:
+    [one] = decode_requests(b"lim", b"{}")
+    assert one == Rejected("unsupported protocol version None", "lim", code="unknown")
+    assert not isinstance(one, BaseException)
+    [whole] = decode_requests(b"lim", b"[]")
+    assert whole == Rejected("a batch is an array of 1 to 10000 requests", "lim")
+    [element] = decode_requests(b"lim", b'[{"limiter_id": "x"}]')
+    assert element.limiter_id == "x"
+    counts = Rejections()
+    counts.count(whole)
+    assert counts.by_reason == {"malformed": 1}
