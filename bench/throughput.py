@@ -227,6 +227,10 @@ def _commit() -> str:
                           text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
 
 
+def _ways_option(ways: list[str]) -> str:
+    return "" if ways == list(WAYS) else " --ways " + ",".join(ways)
+
+
 def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int,
            ways: list[str]) -> str:
     med = {w: statistics.median(r["rate"] for r in results[w]) for w in ways}
@@ -235,8 +239,9 @@ def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Command: `PYTHONPATH=. python bench/throughput.py --records {records} --rounds "
-        f"{rounds}`, {when}; commit {_commit()}; Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end; faust-streaming "
+        f"{rounds}{_ways_option(ways)}`, {when}; commit {_commit()}; "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.2f} at the end; faust-streaming "
         f"{faust.__version__}, local broker.",
         "",
         f"{records:,} records (4 partitions, 200-byte values) forwarded topic to topic by one "
