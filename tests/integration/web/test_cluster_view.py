@@ -28,10 +28,12 @@ async def _cluster(http: aiohttp.ClientSession, port: int) -> list[dict[str, Any
         return rows
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_any_workers_page_shows_every_worker_and_the_limiters_owner(
-        kafka_bootstrap: str, unique_name: Callable[[str], str],
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
         faust_workers: Callable[..., FaustWorker]) -> None:
-    env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": unique_name("src"),
+    env = {"FBP_APP_ID": unique_name("app"), "FBP_GUARANTEE": guarantee,
+           "FBP_SOURCE": unique_name("src"),
            "FBP_SINK": unique_name("sink"), "FBP_DOWN_GROUP": unique_name("billing"),
            "FBP_DOWN_TOPIC": unique_name("priced")}
     await create_topics(kafka_bootstrap, {env["FBP_DOWN_TOPIC"]: 1, env["FBP_SINK"]: 2,
