@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark of the distributed limiters (faust_backpressure.tables).
 
-Run: ``PYTHONPATH=. python bench/distributed.py [--quick]``. Starts its own Kafka broker (or uses
-``$KAFKA_BOOTSTRAP_SERVERS``), prints a markdown report and writes ``bench/results/distributed.md``.
+Run: ``PYTHONPATH=. python bench/distributed.py [--rounds N] [--quick] [--seconds S]``. Starts
+its own Kafka broker (or uses ``$KAFKA_BOOTSTRAP_SERVERS``), prints a markdown report and writes
+``bench/results/distributed.md`` (with the commit, the load average and the command).
 
-1. Lease-hit ``try_acquire(1)`` ops/s (tokens in the local lease), median of 5 rounds.
+1. Lease-hit ``try_acquire(1)`` ops/s (tokens in the local lease), median (min-max) of 5 timings.
 2. ``acquire()`` latency p50/p99: with tokens in the lease; and when the lease is empty and a
    refill must come from the owner through Kafka (in-process app, real broker).
 3. Real ``faust worker`` processes (1, 2, 3) sharing one limiter at 1000/s, burst 2000, TTL 2 s,
-   greedy demand for 12 s: admitted rate after the first 2 s vs 1000/s, and lease requests
-   (grant-topic records) per 1000 admitted permits.
+   greedy demand for 12 s: admitted rate from 4 s after the first admission (the burst spent)
+   vs 1000/s, and lease requests (grant-topic records) per 1000 admitted permits. ``--rounds N``
+   (default 5) repeats the three runs N times, the worker counts rotated within each round
+   (1,2,3; 2,3,1; 3,1,2; ...); each figure is the median over rounds (min-max).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +53,8 @@ def leased(tokens: int) -> DistributedRateLimiter:
     return limiter
 
 
-def lease_hit_ops(n: int) -> float:
+def lease_hit_ops(n: int) -> list[float]:
+    """ops/s of 5 timings of ``n`` lease-hit ``try_acquire(1)`` calls."""
     rounds = []
     for _ in range(5):
         limiter = leased(n + 10)
@@ -58,7 +63,7 @@ def lease_hit_ops(n: int) -> float:
         for _ in range(n):
             take()
         rounds.append(n / (time.perf_counter() - began))
-    return statistics.median(rounds)
+    return rounds
 
 
 def pct(values: list[float], q: float) -> float:
@@ -132,42 +137,119 @@ async def accuracy(bootstrap: str, workers: int, seconds: float) -> dict[str, fl
             "per_1000": len(grants) / max(1, len(times)) * 1000}
 
 
-async def measure(bootstrap: str, quick: bool
-                  ) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+def rotation(workers: tuple[int, ...], rounds: int) -> list[list[int]]:
+    """Round r runs the worker counts rotated by r: 1,2,3 then 2,3,1 then 3,1,2, ..."""
+    k = len(workers)
+    return [[workers[(r + i) % k] for i in range(k)] for r in range(rounds)]
+
+
+async def measure(bootstrap: str, seconds: float, rounds: int
+                  ) -> tuple[dict[str, float], list[dict[str, object]]]:
     lat = await acquire_latencies(bootstrap, 2000)
-    runs = {n: await accuracy(bootstrap, n, 8.0 if quick else 12.0) for n in (1, 2, 3)}
+    runs: list[dict[str, object]] = []
+    for r, order in enumerate(rotation((1, 2, 3), rounds), start=1):
+        for n in order:
+            before = os.getloadavg()[0]
+            began = time.monotonic()
+            try:
+                result: dict[str, object] = dict(await accuracy(bootstrap, n, seconds))
+            except Exception as exc:  # one failed run must not lose the others
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            result.update(round=r, workers=n, load=(before, os.getloadavg()[0]),
+                          took=time.monotonic() - began)
+            runs.append(result)
+            sys.stderr.write(f"round {r}, {n} worker(s): "
+                             f"{ {k: v for k, v in result.items() if k != 'load'} }\n")
     return lat, runs
 
 
-def main(quick: bool) -> str:
-    ops = lease_hit_ops(200_000 if quick else 1_000_000)
+def spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:{fmt}} ({low:{fmt}}-{high:{fmt}})"
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def worker_rows(runs: list[dict[str, object]], seconds: float) -> list[str]:
+    lines = []
+    for n in (1, 2, 3):
+        ok = [r for r in runs if r["workers"] == n and "error" not in r]
+        rates = [float(r["rate"]) for r in ok]  # type: ignore[arg-type]
+        admitted = [float(r["admitted"]) for r in ok]  # type: ignore[arg-type]
+        per_1000 = [float(r["per_1000"]) for r in ok]  # type: ignore[arg-type]
+        bound = 1000 * seconds + 2000
+        lines.append(
+            f"| {n} worker(s) at 1000/s (burst 2000, TTL 2 s): steady admitted rate | "
+            f"{spread(rates, '.0f')}/s ({spread([x / 10 for x in rates], '.1f')}% of rate); "
+            f"{spread(admitted, '.0f')} admitted of bound {bound:.0f}; "
+            f"{len(ok)} of {len([r for r in runs if r['workers'] == n])} runs | within 5% |")
+        lines.append(f"| {n} worker(s): lease requests per 1000 admitted permits | "
+                     f"{spread(per_1000, '.1f')} | <= 10 |")
+    return lines
+
+
+def run_lines(runs: list[dict[str, object]]) -> list[str]:
+    lines = ["", "## Runs (in the order run)", "",
+             "| round | workers | steady rate/s | admitted | lease requests / 1000 | "
+             "load before / after | took |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        load = r["load"]
+        assert isinstance(load, tuple)
+        if "error" in r:
+            cells = f"FAILED: {r['error']} | | | "
+        else:
+            cells = f"{r['rate']:.1f} | {r['admitted']} | {r['per_1000']:.2f} | "
+        lines.append(f"| {r['round']} | {r['workers']} | {cells}"
+                     f"{load[0]:.2f} / {load[1]:.2f} | {r['took']:.0f} s |")
+    return lines
+
+
+def main(args: argparse.Namespace, command: str) -> str:
+    seconds = args.seconds or (8.0 if args.quick else 12.0)
+    began, load_before = time.time(), os.getloadavg()
+    ops = lease_hit_ops(200_000 if args.quick else 1_000_000)
     with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
-        lat, runs = asyncio.run(measure(bootstrap, quick))
+        lat, runs = asyncio.run(measure(bootstrap, seconds, args.rounds))
+    load_after, took = os.getloadavg(), time.time() - began
     lines = [
-        f"Date: {time.strftime('%Y-%m-%d')}; Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores; command `PYTHONPATH=. python bench/distributed.py"
-        f"{' --quick' if quick else ''}`.", "",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M', time.gmtime(began))}-"
+        f"{time.strftime('%H:%M UTC', time.gmtime())} ({took / 60:.1f} min); commit "
+        f"{git_commit()}; Python {platform.python_version()}, {os.cpu_count()} cores; load "
+        f"average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
+        f"{'/'.join(f'{x:.2f}' for x in load_after)}; command `{command}`.", "",
+        f"{args.rounds} round(s) of 1, 2 and 3 real `faust worker` processes, {seconds:g} s "
+        "of greedy demand each, the worker counts rotated within a round (1,2,3; 2,3,1; "
+        "3,1,2; ...). Worker figures: median over rounds (min-max). Lease-hit ops/s: median "
+        "of 5 timings (min-max); `acquire()` latencies: one run (2000 samples with tokens in "
+        "the lease, 40 refills), before the worker runs.", "",
         "| measure | value | target |", "| --- | --- | --- |",
-        f"| lease-hit `try_acquire(1)` | {ops / 1e6:.2f}M ops/s | >= 1M ops/s |",
+        f"| lease-hit `try_acquire(1)` | {spread([x / 1e6 for x in ops], '.2f')}M ops/s "
+        "| >= 1M ops/s |",
         f"| `acquire()` with tokens in the lease, p50 / p99 | {lat['hit_p50'] * 1e6:.1f} / "
         f"{lat['hit_p99'] * 1e6:.1f} us | |",
         f"| `acquire()` needing a refill from the owner, p50 / p99 | "
         f"{lat['refill_p50'] * 1e3:.1f} / {lat['refill_p99'] * 1e3:.1f} ms | |",
-    ]
-    for n, run in runs.items():
-        lines.append(f"| {n} worker(s) at 1000/s (burst 2000, TTL 2 s): steady admitted rate | "
-                     f"{run['rate']:.0f}/s ({run['rate'] / 10:.1f}% of rate); "
-                     f"{run['admitted']} admitted of bound {run['bound']:.0f} | within 5% |")
-        lines.append(f"| {n} worker(s): lease requests per 1000 admitted permits | "
-                     f"{run['per_1000']:.1f} | <= 10 |")
+        *worker_rows(runs, seconds), *run_lines(runs)]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="200,000 lease-hit timings instead of 1,000,000; 8 s runs")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of 1/2/3-worker runs, interleaved (default 5)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds of demand per worker run (default 12, 8 with --quick)")
     args = parser.parse_args()
-    text = main(args.quick)
+    command = " ".join(["PYTHONPATH=. python bench/distributed.py", *sys.argv[1:]])
+    text = main(args, command)
     out = REPO / "bench" / "results" / "distributed.md"
     out.write_text("# Distributed limiters\n\n" + text)
     sys.stdout.write(text)
