@@ -233,7 +233,7 @@ def main(args: argparse.Namespace, command: str) -> str:
         "| >= 1M ops/s |",
         f"| `acquire()` with tokens in the lease, p50 / p99 | {lat['hit_p50'] * 1e6:.1f} / "
         f"{lat['hit_p99'] * 1e6:.1f} us | |",
-        f"| `acquire()` needing a refill from the owner, p50 / p99 | "
+        f"| `acquire()` after emptying the lease (refilled locally at the share), p50 / p99 | "
         f"{lat['refill_p50'] * 1e3:.1f} / {lat['refill_p99'] * 1e3:.1f} ms | |",
         *worker_rows(runs, seconds), *run_lines(runs)]
     return "\n".join(lines) + "\n"
