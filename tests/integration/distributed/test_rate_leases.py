@@ -51,6 +51,8 @@ async def test_three_workers_get_equal_even_shares_including_the_owner(
     assert worst <= 1.10 * RATE, worst
     # Exact over time: within 5 % of the rate (a late grant can only lose time, not add it).
     assert 0.95 * RATE * span <= len(steady) <= RATE * span * 1.02 + 1, len(steady)
-    # Fair: equal demand, equal shares within 15 % of the mean, the owner's included.
+    # Fair: equal demand, equal shares within 15 % of the mean, the owner's included (the
+    # target is 10 %: bench/evenness.py measures it, 0.3 % there; the test runs beside two
+    # others on a 2-core CI box, whose late grants show as uneven seconds).
     mean = sum(shares.values()) / len(shares)
     assert max(shares.values()) - min(shares.values()) <= 0.15 * mean, shares

@@ -51,6 +51,9 @@ async def test_two_ids_on_the_same_workers_stay_independent(cluster: Cluster) ->
     start = admissions(reports)[0]
     for lid, rate, burst in (("fast", 150, 150), ("slow", 30, 30)):
         times = [t for t in admissions(reports, lid) if start + 1 <= t <= start + 11]
+        # Independent: each id near its own rate, never over its bound. Within 15 %, not the
+        # 5 % target (bench/distributed.py: 1000-1006/s in 5 rounds): two ids on workers that
+        # share a loaded CI box with other tests.
         assert 0.85 * rate * 10 <= len(times) <= rate * 10 + burst, (lid, len(times))
 
 
