@@ -110,10 +110,22 @@ def batch_writer(app: AppT) -> contextlib.AbstractAsyncContextManager[None]:
     return manager.batch_writer()
 
 
+def same_transaction(app: AppT, tp: TP, assigned: set[TP]) -> set[TP]:
+    """The partitions of ``assigned`` whose outputs share ``tp``'s transaction (Faust's id is
+    the topic group and the partition number: every source with as many partitions)."""
+    assignor = app.assignor
+    tid = transactional_id_of(app, tp)
+    return {other for other in assigned
+            if other.partition == tp.partition and not assignor.is_standby(other)
+            and transactional_id_of(app, other) == tid}
+
+
 async def commit_through(app: AppT, tp: TP, offset: int, timeout: float) -> bool:
     """Commit ``tp`` up to ``offset`` (acked before) through Faust's commit path; under
-    exactly_once that commits ``tp``'s transaction. Another commit in flight (Faust's single
-    flight) may take ours or not: retried until done, ``timeout`` at most."""
+    exactly_once that commits ``tp``'s transaction, with the offsets of every other partition
+    whose outputs are in it (committing ``tp``'s alone committed their outputs without their
+    offsets: repeated after a crash). Another commit in flight (Faust's single flight) may
+    take ours or not: retried until done, ``timeout`` at most."""
     consumer: Any = app.consumer
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -121,6 +133,7 @@ async def commit_through(app: AppT, tp: TP, offset: int, timeout: float) -> bool
         committed = consumer._committed_offset[tp]
         if committed is not None and committed >= offset:
             return True
-        if loop.time() > deadline or tp not in consumer.assignment():
+        assigned = consumer.assignment()
+        if loop.time() > deadline or tp not in assigned:
             return False
-        await consumer.commit({tp})
+        await consumer.commit(same_transaction(app, tp, assigned))

@@ -60,6 +60,9 @@ class InputTransactionManager(TransactionManager):
         self.batch_writers = 0  # batches (docs/batching.md) that have sent and not acked
         self.transaction_lost: TransactionLost | None = None  # set once: the worker stops
         self.transactions_begun_again = 0
+        self._rebalance_over = asyncio.Event()  # clear while Faust swaps the producers
+        self._rebalance_over.set()
+        self._starting = asyncio.Lock()
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None, timestamp: float | None, headers: Any, *,
@@ -83,6 +86,8 @@ class InputTransactionManager(TransactionManager):
                     if not message.acked:
                         self._writers.add(message)
                 if await self.open_transaction(tid) is None:
+                    if self.transaction_lost is None:  # revoked meanwhile: read again there
+                        return self._dropped(topic, partition, message)
                     await asyncio.get_running_loop().create_future()  # the worker stops
                 return await self.producer.send(
                     topic, key, value, partition, timestamp, headers, transactional_id=tid)
@@ -98,15 +103,31 @@ class InputTransactionManager(TransactionManager):
     # the outputs of events whose offsets Faust has acked, so they must be read again from
     # the committed offsets: the worker stops (Kafka Streams closes such tasks and rejoins).
 
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
+                           newly_assigned: set[TP]) -> None:
+        # Faust stops the revoked partitions' producers, then starts the assigned ones'. A
+        # producer started meanwhile for the same id (a batch's open_transaction) fenced
+        # Faust's, or Faust began a transaction it had begun: IN_TRANSACTION -> IN_TRANSACTION.
+        self._rebalance_over.clear()
+        try:
+            await super().on_rebalance(assigned, revoked, newly_assigned)
+        finally:
+            self._rebalance_over.set()
+
     async def open_transaction(self, tid: str) -> Any:
         """The aiokafka producer of ``tid``, in a transaction; None if it broke (the worker
-        is then stopping: see above)."""
+        is then stopping: see above) or its partitions are no longer assigned here."""
         faust_producer: Any = self.producer
         producers = faust_producer._transaction_producers
+        await self._rebalance_over.wait()
         if self.transaction_lost is not None:
             return None
         if tid not in producers:  # Faust's begin at the last rebalance failed: start it again
-            await self.producer.begin_transaction(tid)
+            if tid not in self._tps_to_transactional_ids(self.consumer.assignment()):
+                return None  # revoked: a producer started now would fence the new owner's
+            async with self._starting:  # one producer per id
+                if tid not in producers:
+                    await self.producer.begin_transaction(tid)
             if tid not in producers:
                 self.lose_transactions(f"the transactional producer {tid} could not start")
                 return None
@@ -121,7 +142,7 @@ class InputTransactionManager(TransactionManager):
             if txn.state is not TransactionState.READY or sender is None or sender.done():
                 self.lose_transactions(f"the transaction {tid} broke (state {txn.state.name})")
                 return None
-            producer.begin_transaction()
+            await producer.begin_transaction()
             self.transactions_begun_again += 1
         return producer
 

@@ -18,7 +18,7 @@ from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.inprocess import running_app
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.kafka_io import committed_offsets, consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
 
 from .helpers import hdr, read_committed
@@ -175,3 +175,41 @@ async def test_a_downstream_guard_sees_each_batch_as_one_call(
     assert pipe.batch is not None and len(calls) == pipe.batch.batches + 1
     # sensors with batch hooks (credit flow's SinkSends) see every send and its ack
     assert seen.sent == 1000 and seen.acked == 1000
+
+
+async def test_a_batch_commits_the_offsets_of_the_per_event_records_in_its_transaction(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    """exactly_once: a batch source and a per-event source with as many partitions share
+    Faust's transaction per partition number, so a batch's commit commits the per-event
+    outputs too, and must commit their offsets with them (else they repeat after a crash)."""
+    events, batches = unique_name("events"), unique_name("batches")
+    events_out, batches_out = unique_name("events-out"), unique_name("batches-out")
+    await create_topics(kafka_bootstrap, {events: 2, batches: 2, events_out: 2,
+                                          batches_out: 2, unique_name("dlq"): 1})
+    # no periodic commit while the test runs: only the batches commit
+    app, bp = _app(unique_name("app"), kafka_bootstrap, tmp_path,
+                   processing_guarantee="exactly_once", broker_commit_interval=600.0)
+    sink = app.topic(events_out, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(app.topic(events, key_serializer="raw", value_serializer="raw"))
+    async def forward(stream: Any) -> None:
+        async for key, value in stream.items():
+            await sink.send(key=key, value=value)
+
+    bp.pipeline("bulk", source=batches, sink=batches_out, dlq=unique_name("dlq"),
+                process_batch=lambda values: values, batch_size=50)
+    keys = [b"k%d" % i for i in range(20)]  # both partitions of each source
+    async with running_app(app):
+        await produce(kafka_bootstrap, events, ((k, k) for k in keys))
+        # processed: sent into the open transactions, not committed yet
+        await consume(kafka_bootstrap, events_out, until=len(keys), timeout=60)
+        await produce(kafka_bootstrap, batches, ((k, k) for k in keys))
+        await read_committed(kafka_bootstrap, batches_out, until=lambda rs: len(rs) >= 20,
+                             timeout=60)
+        committed_outputs = await read_committed(
+            kafka_bootstrap, events_out, until=lambda rs: len(rs) >= len(keys),
+            timeout=30, settle=1.0)
+        offsets = await committed_offsets(kafka_bootstrap, app.conf.id, events)
+    # the batches' transactions committed the per-event outputs: their offsets went with them
+    assert len(committed_outputs) == len(keys)
+    assert sum(offsets.values()) == len(keys), offsets
