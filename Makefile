@@ -61,8 +61,8 @@ bench: kafka
 	$(PY) bench/distributed.py
 	$(PY) bench/agent_overhead.py
 
-# The full chaos run (not in CI): 100,000 records, 3 SIGKILLs, a 20 s broker outage, both modes.
-# CHAOS_ARGS="--batch 100": the pipeline in batch mode
+# The full chaos run (not in CI): 100,000 records, 3 SIGKILLs, a 20 s broker outage, both modes,
+# the per-event and the batch pipeline at once. CHAOS_ARGS="--pipeline batch": that one alone
 chaos: kafka
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
 

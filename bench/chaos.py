@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """The full chaos run (``make chaos``; not in CI): nothing lost through crashes and an outage.
 
-Run: ``PYTHONPATH=. python bench/chaos.py [--seed N] [--records N] [--mode at_least_once]``.
-For each processing mode, on a broker of its own: 100,000 records through ``bp.pipeline`` IN ->
-OUT with a DLQ and a distributed limiter (1500/s, burst 1500) on 3 real ``faust worker``
-processes; 3 SIGKILLs at random moments (one worker's RocksDB dir deleted before its restart) and
-the broker down 20 s. The scenario is :mod:`faust_backpressure.testing.chaos`, shared with the CI
-test ``tests/integration/chaos/test_chaos.py``.
+Run: ``PYTHONPATH=. python bench/chaos.py [--seed N] [--records N] [--mode at_least_once]
+[--pipeline event|batch] [--batch SIZE]``.
+For each processing mode, on a broker of its own: 100,000 records, split between two pipelines
+driven at once on 3 real ``faust worker`` processes under one distributed limiter (1500/s,
+burst 1500): ``event`` (``process=``) IN A -> OUT A + DLQ A and ``batch`` (``process_batch=``,
+batches of 100) IN B -> OUT B + DLQ B (``--pipeline`` picks one); 3 SIGKILLs at random moments
+(one worker's RocksDB dir deleted before its restart) and the broker down 20 s. The scenario is
+:mod:`faust_backpressure.testing.chaos`, shared with the CI test
+``tests/integration/chaos/test_chaos.py``.
 
-Prints a markdown table and writes it to ``bench/results/chaos.md``; exits 1 if a run fails
+Prints a markdown table (a row per mode and pipeline) and writes it to
+``bench/results/chaos.md``; exits 1 if a run fails
 (lost ids, exactly_once duplicates, bad records without their reason, the limiter's bound
 exceeded, no progress after the outage). Worker logs of a failed run are kept (path printed).
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 from faust_backpressure.testing.broker import LocalKafkaBroker
 from faust_backpressure.testing.chaos import (
     GUARANTEES,
+    PIPELINES,
     ChaosPlan,
     ChaosResult,
     Guarantee,
@@ -67,8 +72,11 @@ def main() -> int:
                         "(default 1500)")
     parser.add_argument("--mode", choices=GUARANTEES, action="append",
                         help="one processing mode (default: both)")
+    parser.add_argument("--pipeline", choices=PIPELINES, action="append",
+                        help="one pipeline: event (process=) or batch (process_batch=) "
+                        "(default: both at once, the records split between them)")
     parser.add_argument("--batch", type=int, default=0, metavar="SIZE",
-                        help="the pipeline in batch mode (process_batch=), batches of SIZE")
+                        help="the batch pipeline's batch size (default 100)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     modes: list[Guarantee] = args.mode or list(GUARANTEES)
@@ -79,10 +87,13 @@ def main() -> int:
             plan = dataclasses.replace(plan, records=args.records)
         if args.rate is not None:
             plan = dataclasses.replace(plan, rate=args.rate, burst=args.rate)
+        if args.pipeline:
+            plan = dataclasses.replace(plan, pipelines=tuple(dict.fromkeys(args.pipeline)))
         if args.batch:
-            plan = dataclasses.replace(plan, batch=args.batch)
+            plan = dataclasses.replace(plan, batch_size=args.batch)
         faults = ", ".join(f.describe() + f" @{f.at:.0%}" for f in plan.faults)
-        print(f"== {mode}: {plan.records} records, seed {seed}: {faults}", flush=True)
+        print(f"== {mode}: {plan.per_pipeline} records to each of "
+              f"{' + '.join(plan.pipelines)}, seed {seed}: {faults}", flush=True)
         results.append(asyncio.run(one(plan)))
         print(format_table(results[-1:]), flush=True)
         if results[-1].problems():
@@ -93,6 +104,7 @@ def main() -> int:
               f"{platform.python_version()})\n\n"
               f"Command: `PYTHONPATH=. python bench/chaos.py --seed {seed}"
               + "".join(f" --mode {m}" for m in args.mode or [])
+              + "".join(f" --pipeline {p}" for p in args.pipeline or [])
               + (f" --records {args.records}" if args.records is not None else "")
               + (f" --rate {args.rate:g}" if args.rate is not None else "")
               + (f" --batch {args.batch}" if args.batch else "")

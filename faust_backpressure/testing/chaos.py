@@ -1,17 +1,20 @@
-"""A chaos scenario: a rate-limited pipeline on real workers through crashes and a broker outage.
+"""A chaos scenario: rate-limited pipelines on real workers through crashes and a broker outage.
 
 One scenario for both sizes: the CI test (``tests/integration/chaos/``, :meth:`ChaosPlan.ci`) and
 ``make chaos`` (``bench/chaos.py``, :meth:`ChaosPlan.full`).
 
 What runs: ``plan.workers`` real ``faust worker`` processes of
-:mod:`faust_backpressure.testing.chaos_app` (``bp.pipeline`` IN -> OUT, DLQ, a distributed limiter
-at ``plan.rate``/s, burst ``plan.burst``, ``max_retries``), IN with ``plan.partitions`` partitions,
-``plan.records`` records with unique ids (every ``fail_every``-th marked to fail in ``process``,
-``not_json`` not JSON). Records are fed so that about ``lead_seconds`` of the limit is always
-waiting: the limiter is saturated the whole run and every fault meets a backlog.
+:mod:`faust_backpressure.testing.chaos_app`, each with one ``bp.pipeline`` IN -> OUT, DLQ per
+entry of ``plan.pipelines`` (``event``: ``process=``; ``batch``: ``process_batch=``, batches of
+``plan.batch_size``), every pipeline under the same distributed limiter at ``plan.rate``/s, burst
+``plan.burst``, ``max_retries``. Each IN has ``plan.partitions`` partitions and
+``plan.per_pipeline`` records with unique ids (every ``fail_every``-th marked to fail in
+``process``, ``not_json`` not JSON). Records are fed to every IN alike so that about
+``lead_seconds`` of the limit is always waiting: the limiter is saturated the whole run and
+every fault meets a backlog.
 
-Faults, each when its fraction of the ids has come out (OUT or DLQ), one after the other (a fault
-waits until the previous one has recovered, or ``recover_timeout``):
+Faults, each when its fraction of all the ids has come out (an OUT or a DLQ), one after the
+other (a fault waits until the previous one has recovered, or ``recover_timeout``):
 
 * ``kill``: SIGKILL of a worker, restarted at once with the same data dir (``wipe``: its RocksDB
   dir deleted first);
@@ -20,11 +23,12 @@ waits until the previous one has recovered, or ``recover_timeout``):
 
 A worker that exits by itself is restarted (as a supervisor would) and counted.
 
-The run ends when the group's committed offsets on IN reach its end offsets (everything is
-processed as far as Kafka knows; nothing more can come out) or nothing has come out for
-``stall_timeout``. Then OUT and the DLQ are read from the start (``read_committed`` in
-exactly_once) and every id is accounted for: see :class:`ChaosResult`. The plan and result
-types are in :mod:`~faust_backpressure.testing.chaos_plan`, the report in
+The run ends when the group's committed offsets on every IN reach its end offsets (everything
+is processed as far as Kafka knows; nothing more can come out) or nothing has come out for
+``stall_timeout``. Then each pipeline's OUT and DLQ are read from the start (``read_committed``
+in exactly_once) and every id of its IN is accounted for there (:class:`PipelineResult`); the
+limiter's bound is checked over every pipeline's admissions together (:class:`ChaosResult`).
+The plan and result types are in :mod:`~faust_backpressure.testing.chaos_plan`, the report in
 :mod:`~faust_backpressure.testing.chaos_report`.
 """
 
@@ -49,12 +53,15 @@ from faust_backpressure.testing.broker import LocalKafkaBroker
 from faust_backpressure.testing.chaos_plan import (
     BOUND_SPANS,
     GUARANTEES,
+    PIPELINES,
     ChaosPlan,
     ChaosResult,
     Fault,
     FaultReport,
     Guarantee,
     LostId,
+    PipelineResult,
+    topic_names,
 )
 from faust_backpressure.testing.chaos_report import format_table, git_commit
 from faust_backpressure.testing.kafka_io import (
@@ -69,8 +76,9 @@ from faust_backpressure.testing.kafka_io import (
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 # The plan, result and report types are re-exported: tests and bench/chaos.py import them here.
-__all__ = ["APP", "GUARANTEES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport", "Guarantee",
-           "LostId", "format_table", "git_commit", "run_chaos", "worst_window"]
+__all__ = ["APP", "GUARANTEES", "PIPELINES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport",
+           "Guarantee", "LostId", "PipelineResult", "format_table", "git_commit", "run_chaos",
+           "worst_window"]
 
 APP = "faust_backpressure.testing.chaos_app"
 
@@ -148,37 +156,45 @@ class _Run:
         self.log = log
         tag = f"{plan.guarantee.replace('_', '-')}-{time.time_ns() % 10**10}"
         self.app_id = f"chaos-{tag}"
-        self.source, self.sink, self.dlq = (f"chaos-in-{tag}", f"chaos-out-{tag}",
-                                            f"chaos-dlq-{tag}")
+        #: pipeline -> its (source, sink, DLQ) topics
+        self.topics = {name: topic_names(tag, name) for name in plan.pipelines}
+        self.total = plan.per_pipeline * len(plan.pipelines)
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "FBP_APP_ID": self.app_id,
-               "FBP_SOURCE": self.source, "FBP_SINK": self.sink, "FBP_DLQ": self.dlq,
+               "FBP_TAG": tag, "FBP_PIPELINES": ",".join(plan.pipelines),
                "FBP_GUARANTEE": plan.guarantee, "FBP_MAX_RETRIES": str(plan.max_retries),
                "FBP_LIMITER": f"chaos:{plan.rate:g}:{plan.burst:g}",
-               "FBP_BATCH": str(plan.batch)}
+               "FBP_BATCH": str(plan.batch_size)}
         self.workers = [FaustWorker(APP, name=f"w{i}", env=env, data_dir=workdir / f"w{i}",
                                     cwd=cwd) for i in range(plan.workers)]
-        self.tracker = _Tracker(self.bootstrap, [self.sink, self.dlq])
+        self.tracker = _Tracker(self.bootstrap, [t for _, sink, dlq in self.topics.values()
+                                                 for t in (sink, dlq)])
         self.result = ChaosResult(plan, git_commit(), workdir=str(workdir))
-        self.produced = 0
+        self.produced = 0  # per pipeline
 
     async def commits_at_end(self) -> bool:
-        try:
-            ends = await end_offsets(self.bootstrap, self.source)
-            commits = await committed_offsets(self.bootstrap, self.app_id, self.source)
-        except Exception:  # broad: the broker may be down on purpose; asked again later
-            return False
-        return all(commits.get(p, -1) >= end for p, end in ends.items())
+        for source, _, _ in self.topics.values():
+            try:
+                ends = await end_offsets(self.bootstrap, source)
+                commits = await committed_offsets(self.bootstrap, self.app_id, source)
+            except Exception:  # broad: the broker may be down on purpose; asked again later
+                return False
+            if any(commits.get(p, -1) < end for p, end in ends.items()):
+                return False
+        return True
 
     async def feed(self, count: int) -> None:
-        batch = [self.plan.record(n) for n in range(self.produced, self.produced + count)]
-        await produce(self.bootstrap, self.source, batch)
+        """The next ``count`` records of every pipeline, to its source."""
+        for name, (source, _, _) in self.topics.items():
+            batch = [self.plan.record(n, name)
+                     for n in range(self.produced, self.produced + count)]
+            await produce(self.bootstrap, source, batch)
         self.produced += count
 
     def supervise(self) -> None:
         for worker in self.workers:
             if worker.proc is not None and not worker.alive:
                 code = worker.proc.poll()
-                progress = len(self.tracker.seen) / self.plan.records
+                progress = len(self.tracker.seen) / self.total
                 self.result.worker_exits.append(
                     f"{worker.name} exit {code} at {progress:.0%} "
                     f"(t={time.time() - self.result.started:.1f} s)")
@@ -190,7 +206,7 @@ class _Run:
         return self.tracker.first_admission(worker, report.restarted_at) is not None
 
     async def inject(self, fault: Fault) -> FaultReport:
-        progress = len(self.tracker.seen) / self.plan.records
+        progress = len(self.tracker.seen) / self.total
         injected = time.time()
         if fault.kind == "kill":
             worker = self.workers[fault.worker]
@@ -210,14 +226,17 @@ class _Run:
 
     async def run(self) -> ChaosResult:
         plan = self.plan
-        await create_topics(self.bootstrap, {self.source: plan.partitions,
-                                             self.sink: plan.partitions, self.dlq: 1})
+        sizes = {}
+        for source, sink, dlq in self.topics.values():
+            sizes.update({source: plan.partitions, sink: plan.partitions, dlq: 1})
+        await create_topics(self.bootstrap, sizes)
         for worker in self.workers:
             worker.start()
         for worker in self.workers:
             await asyncio.to_thread(worker.wait_ready, 120)
         await asyncio.to_thread(wait_until_settled, self.workers, 120)
-        self.log(f"chaos: {len(self.workers)} workers settled; feeding {plan.records} records")
+        self.log(f"chaos: {len(self.workers)} workers settled; feeding {plan.per_pipeline} "
+                 f"records to each of {', '.join(plan.pipelines)}")
         tracker = asyncio.ensure_future(self.tracker.run())
         began = time.monotonic()
         self.result.started = time.time()
@@ -235,9 +254,10 @@ class _Run:
         return self.result
 
     async def _loop(self) -> None:
-        plan = self.plan
+        plan, total, width = self.plan, self.total, len(self.plan.pipelines)
+        records = plan.per_pipeline
         lead = max(200, int(plan.rate * plan.lead_seconds))
-        chunk = max(100, lead // 4)
+        chunk = max(100, lead // 4) // width
         pending = list(plan.faults)
         last_seen, last_change = 0, time.monotonic()
         next_commit_check = 0.0
@@ -247,17 +267,17 @@ class _Run:
             now = time.monotonic()
             if seen != last_seen:
                 last_seen, last_change = seen, now
-            if self.produced < plan.records and self.produced - seen < lead:
-                await self.feed(min(chunk, plan.records - self.produced))
+            if self.produced < records and self.produced * width - seen < lead:
+                await self.feed(min(chunk, records - self.produced))
                 continue
-            if pending and seen >= pending[0].at * plan.records:
+            if pending and seen >= pending[0].at * total:
                 previous = self.result.faults[-1] if self.result.faults else None
                 if (previous is None or self.recovered(previous)
                         or time.time() - previous.restarted_at > plan.recover_timeout):
                     self.result.faults.append(await self.inject(pending.pop(0)))
                     last_change = time.monotonic()
                     continue
-            if self.produced == plan.records and now >= next_commit_check:
+            if self.produced == records and now >= next_commit_check:
                 next_commit_check = now + 1.0
                 if await self.commits_at_end():
                     if pending:
@@ -265,25 +285,33 @@ class _Run:
                     return
             if now - last_change > plan.stall_timeout:
                 self.result.stalled = True
-                self.log(f"chaos: stalled at {seen}/{plan.records}")
+                self.log(f"chaos: stalled at {seen}/{total}")
                 return
             self.tracker.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.tracker.changed.wait(), 0.5)
 
     async def _account(self) -> None:
-        plan, result = self.plan, self.result
+        plan = self.plan
+        for name in plan.pipelines:
+            self.result.pipelines[name] = await self._account_pipeline(name)
+        times = sorted(t for t, _ in self.tracker.admissions)
+        self.result.bound = {span: (worst_window(times, span), plan.rate * span + plan.burst)
+                             for span in BOUND_SPANS}
+
+    async def _account_pipeline(self, name: str) -> PipelineResult:
+        """Every id of ``name``'s source in its sink or its DLQ, bad ones with their reason."""
+        plan, (source, sink, dlq_topic) = self.plan, self.topics[name]
         isolation = "read_committed" if plan.guarantee == "exactly_once" else "read_uncommitted"
-        inputs = await read_to_end(self.bootstrap, self.source, timeout=120)
-        out = await read_to_end(self.bootstrap, self.sink, isolation_level=isolation, timeout=120)
-        dlq = await read_to_end(self.bootstrap, self.dlq, isolation_level=isolation, timeout=120)
+        inputs = await read_to_end(self.bootstrap, source, timeout=120)
+        out = await read_to_end(self.bootstrap, sink, isolation_level=isolation, timeout=120)
+        dlq = await read_to_end(self.bootstrap, dlq_topic, isolation_level=isolation,
+                                timeout=120)
         try:
-            commits: dict[int, int] = await committed_offsets(self.bootstrap, self.app_id,
-                                                              self.source)
+            commits: dict[int, int] = await committed_offsets(self.bootstrap, self.app_id, source)
         except Exception:  # broad: only the lost ids' report uses them
             commits = {}
-        result.records_in, result.out_records, result.dlq_records = (
-            len(inputs), len(out), len(dlq))
+        result = PipelineResult(len(inputs), len(out), len(dlq))
         copies = Counter(r.key for r in [*out, *dlq])
         result.duplicates = {k.decode(): c - 1 for k, c in copies.items()
                              if k is not None and c > 1}
@@ -293,8 +321,8 @@ class _Run:
             key=lambda x: (x.partition, x.offset))
         attempts = str(1 + plan.max_retries).encode()
         dead = {r.key: dict(r.headers) for r in dlq if r.key is not None}
-        for n in range(plan.records):
-            key = plan.record(n)[0]
+        for n in range(plan.per_pipeline):
+            key = plan.record(n, name)[0]
             if plan.is_not_json(n) or plan.is_failing(n):
                 meta = dead.get(key)
                 stage = b"decode" if plan.is_not_json(n) else b"process"
@@ -310,18 +338,17 @@ class _Run:
             elif key in dead:
                 result.misrouted[key.decode()] = (dead[key].get(h.STAGE, b"?").decode() + ": "
                                                   + dead[key].get(h.ERROR_MESSAGE, b"").decode())
-        result.duplicate_origins = self._origins(inputs, out, dlq)
-        times = sorted(t for t, _ in self.tracker.admissions)
-        result.bound = {span: (worst_window(times, span), plan.rate * span + plan.burst)
-                        for span in BOUND_SPANS}
+        result.duplicate_origins = self._origins(inputs, out, dlq, result.duplicates)
+        return result
 
-    def _origins(self, inputs: list[Record], out: list[Record], dlq: list[Record]) -> list[str]:
+    def _origins(self, inputs: list[Record], out: list[Record], dlq: list[Record],
+                 duplicates: dict[str, int]) -> list[str]:
         """Per input partition: the duplicated ids' offsets, who wrote the copies, and when
         (seconds since the run began), to set against the faults' times."""
         where = {r.key: (r.partition, r.offset) for r in inputs if r.key is not None}
         copies: dict[bytes, list[tuple[float, str]]] = {}
         for record in sorted([*out, *dlq], key=lambda r: _admission(r) or (0.0, "")):
-            if record.key is not None and record.key.decode() in self.result.duplicates:
+            if record.key is not None and record.key.decode() in duplicates:
                 copies.setdefault(record.key, []).append(_admission(record) or (0.0, "?"))
         by_partition: dict[int, list[tuple[int, list[tuple[float, str]]]]] = {}
         for key, seen in copies.items():

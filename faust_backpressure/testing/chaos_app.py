@@ -1,13 +1,14 @@
-"""The chaos scenario's worker: ``bp.pipeline`` IN -> OUT with a DLQ and a distributed limiter.
+"""The chaos scenario's worker: pipelines IN -> OUT with a DLQ under one distributed limiter.
 
 Run by :mod:`faust_backpressure.testing.chaos` as ``faust -A faust_backpressure.testing.chaos_app
 worker``; configured by the environment:
 
-``FBP_APP_ID``, ``FBP_SOURCE``, ``FBP_SINK``, ``FBP_DLQ``, ``FBP_GUARANTEE``
+``FBP_APP_ID``, ``FBP_TAG`` (the run's topics: :func:`~.chaos_plan.topic_names`),
+``FBP_PIPELINES`` (comma-separated: ``event``, a per-event pipeline, ``process=``; ``batch``,
+``process_batch=`` with batches of ``FBP_BATCH`` (default 100)), ``FBP_GUARANTEE``
 (``at_least_once`` | ``exactly_once``), ``FBP_LIMITER`` (``id:rate:burst``, a distributed limiter
-shared by every worker), ``FBP_MAX_RETRIES`` (default 2), ``FBP_BATCH`` (> 0: batch mode,
-batches of that size), ``FBP_WORKER_NAME`` (set by
-:class:`~faust_backpressure.testing.workers.FaustWorker`).
+shared by every worker and every pipeline), ``FBP_MAX_RETRIES`` (default 2), ``FBP_WORKER_NAME``
+(set by :class:`~faust_backpressure.testing.workers.FaustWorker`).
 
 Input values are JSON objects ``{"id": ..., "fail": bool}`` (a few are not JSON: the DLQ gets them
 with stage ``decode``); ``fail`` makes ``process`` raise every time (the DLQ gets them with stage
@@ -25,9 +26,10 @@ from typing import Any
 import faust
 
 from faust_backpressure.app import Backpressure
+from faust_backpressure.testing.chaos_plan import topic_names
 from faust_backpressure.testing.settings import fast_faust_settings
 
-__all__ = ["app", "bp", "check", "check_all"]
+__all__ = ["app", "bp", "check", "check_all", "pipelines"]
 
 WORKER = os.environ.get("FBP_WORKER_NAME", "worker")
 
@@ -35,8 +37,6 @@ app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
                 **fast_faust_settings())
 bp = Backpressure(app)
-source = app.topic(os.environ["FBP_SOURCE"], key_type=bytes, key_serializer="raw",
-                   value_serializer="json")
 
 
 def check(value: Any) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def check(value: Any) -> dict[str, Any]:
 
 
 def check_all(values: list[Any]) -> list[Any]:
-    """Batch mode (``FBP_BATCH``): :func:`check` per value, a refusal as that value's result."""
+    """The ``batch`` pipeline: :func:`check` per value, a refusal as that value's result."""
     results: list[Any] = []
     for value in values:
         try:
@@ -59,12 +59,16 @@ def check_all(values: list[Any]) -> list[Any]:
     return results
 
 
-_batch = int(os.environ.get("FBP_BATCH", "0"))
-_mode: dict[str, Any] = ({"process_batch": check_all, "batch_size": _batch} if _batch
-                         else {"process": check})
 _limiter_id, _rate, _burst = os.environ.get("FBP_LIMITER", "chaos:1500:1500").split(":")
-pipeline = bp.pipeline("chaos", source=source, sink=os.environ["FBP_SINK"],
-                       dlq=os.environ["FBP_DLQ"], **_mode, limiter=_limiter_id,
-                       tokens_per_second=float(_rate), burst_capacity=float(_burst),
-                       max_retries=int(os.environ.get("FBP_MAX_RETRIES", "2")),
-                       retry_backoff=0.01)
+_modes: dict[str, dict[str, Any]] = {
+    "event": {"process": check},
+    "batch": {"process_batch": check_all, "batch_size": int(os.environ.get("FBP_BATCH", "100"))}}
+pipelines = {}
+for _name in os.environ.get("FBP_PIPELINES", "event").split(","):
+    _source, _sink, _dlq = topic_names(os.environ["FBP_TAG"], _name)
+    pipelines[_name] = bp.pipeline(
+        f"chaos-{_name}", source=app.topic(_source, key_type=bytes, key_serializer="raw",
+                                           value_serializer="json"),
+        sink=_sink, dlq=_dlq, **_modes[_name], limiter=_limiter_id,
+        tokens_per_second=float(_rate), burst_capacity=float(_burst),
+        max_retries=int(os.environ.get("FBP_MAX_RETRIES", "2")), retry_backoff=0.01)

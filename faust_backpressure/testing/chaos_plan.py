@@ -1,5 +1,9 @@
 """A chaos run's plan (records, workers, faults) and its result (every id accounted for).
 
+A run drives its pipelines at once on the same workers and limiter: ``event`` (``process=``) on
+source A -> sink A (+ DLQ A) and ``batch`` (``process_batch=``) on source B -> sink B (+ DLQ B);
+each pipeline's ids are accounted for in its own sink and DLQ.
+
 See :mod:`faust_backpressure.testing.chaos` for what a run does with them.
 """
 
@@ -11,11 +15,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["BOUND_SPANS", "GUARANTEES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport",
-           "Guarantee", "LostId"]
+__all__ = ["BOUND_SPANS", "GUARANTEES", "PIPELINES", "ChaosPlan", "ChaosResult", "Fault",
+           "FaultReport", "Guarantee", "LostId", "PipelineResult", "topic_names"]
 
 GUARANTEES = ("at_least_once", "exactly_once")
 Guarantee = Literal["at_least_once", "exactly_once"]
+#: The pipelines a run can drive: ``event`` (``process=``) and ``batch`` (``process_batch=``).
+PIPELINES = ("event", "batch")
+
+
+def topic_names(tag: str, pipeline: str) -> tuple[str, str, str]:
+    """Source, sink and DLQ topics of ``pipeline`` in the run tagged ``tag``."""
+    return (f"chaos-in-{pipeline}-{tag}", f"chaos-out-{pipeline}-{tag}",
+            f"chaos-dlq-{pipeline}-{tag}")
 #: Spans (seconds) over which the limiter's bound ``rate*span + burst`` is checked.
 BOUND_SPANS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -56,8 +68,15 @@ class ChaosPlan:
     #: when ``process`` runs, a little after the gate admitted the event.
     bound_slack: float = 0.02
     seed: int = 0
-    #: > 0: the pipeline runs in batch mode (``process_batch=``) with batches of this size
-    batch: int = 0
+    #: The pipelines driven at once (``records`` is split evenly between them).
+    pipelines: tuple[str, ...] = PIPELINES
+    #: The ``batch`` pipeline's batch size.
+    batch_size: int = 100
+
+    @property
+    def per_pipeline(self) -> int:
+        """Records fed to each pipeline's source."""
+        return self.records // len(self.pipelines)
 
     @classmethod
     def ci(cls, guarantee: Guarantee) -> ChaosPlan:
@@ -81,15 +100,15 @@ class ChaosPlan:
         return cls(guarantee, records=100_000, faults=faults, seed=seed, stall_timeout=90.0,
                    recover_timeout=90.0)
 
-    def record(self, n: int) -> tuple[bytes, bytes]:
-        """Key (the id) and value of record ``n``."""
-        rid = f"r{n:06d}"
+    def record(self, n: int, pipeline: str = "event") -> tuple[bytes, bytes]:
+        """Key (the id: ``pipeline``'s initial and ``n``) and value of its record ``n``."""
+        rid = f"{pipeline[0]}{n:06d}"
         if self.is_not_json(n):
             return rid.encode(), f"<not json> {rid}".encode()
         return rid.encode(), json.dumps({"id": rid, "fail": self.is_failing(n)}).encode()
 
     def is_not_json(self, n: int) -> bool:
-        return self.not_json > 0 and n % max(1, self.records // self.not_json) == 3
+        return self.not_json > 0 and n % max(1, self.per_pipeline // self.not_json) == 3
 
     def is_failing(self, n: int) -> bool:
         return self.fail_every > 0 and n % self.fail_every == 7 and not self.is_not_json(n)
@@ -121,9 +140,9 @@ class LostId:
 
 
 @dataclass
-class ChaosResult:
-    plan: ChaosPlan
-    commit: str
+class PipelineResult:
+    """One pipeline's accounting: its source's ids in its sink or DLQ."""
+
     records_in: int = 0
     out_records: int = 0
     dlq_records: int = 0
@@ -134,7 +153,41 @@ class ChaosResult:
     bad_without_reason: list[str] = field(default_factory=list)
     #: good records that went to the DLQ (not lost, but not in OUT either).
     misrouted: dict[str, str] = field(default_factory=dict)
-    #: span -> (most admissions in any window of that span, the bound rate*span + burst).
+    #: Where the duplicates come from: per input partition, offsets, writers, times.
+    duplicate_origins: list[str] = field(default_factory=list)
+
+    @property
+    def duplicated(self) -> int:
+        return sum(self.duplicates.values())
+
+    def problems(self, guarantee: Guarantee) -> list[str]:
+        """Why this pipeline does not pass (empty: it passes)."""
+        out = []
+        if self.lost:
+            # Skipped: the group committed past them; never processed: the commit is stuck below.
+            skipped = [x for x in self.lost if x.committed is not None and x.committed > x.offset]
+            shown = ", ".join(f"{x.id}@p{x.partition}:{x.offset} (committed {x.committed})"
+                              for x in (skipped or self.lost)[:20])
+            out.append(f"{len(self.lost)} ids lost (in neither OUT nor the DLQ; "
+                       f"{len(skipped)} behind the group's committed offset, "
+                       f"{len(self.lost) - len(skipped)} at or after it): {shown}")
+        if guarantee == "exactly_once" and self.duplicates:
+            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
+                       "committed): " + "; ".join(self.duplicate_origins))
+        if self.bad_without_reason:
+            out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
+                       f"{self.bad_without_reason[:20]}")
+        return out
+
+
+@dataclass
+class ChaosResult:
+    plan: ChaosPlan
+    commit: str
+    #: pipeline -> its accounting (see :class:`PipelineResult`).
+    pipelines: dict[str, PipelineResult] = field(default_factory=dict)
+    #: span -> (most admissions in any window of that span, the bound rate*span + burst), over
+    #: every pipeline's outputs and dead letters (they share the limiter).
     bound: dict[float, tuple[int, float]] = field(default_factory=dict)
     faults: list[FaultReport] = field(default_factory=list)
     worker_exits: list[str] = field(default_factory=list)
@@ -142,16 +195,10 @@ class ChaosResult:
     log_errors: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     #: How often the seam's guards acted, over all workers' logs (see ``_SEAM_ACTIONS``).
     seam_actions: Counter[str] = field(default_factory=Counter)
-    #: Where the duplicates come from: per input partition, offsets, writers, times.
-    duplicate_origins: list[str] = field(default_factory=list)
     stalled: bool = False
     started: float = 0.0  # wall clock when feeding began; times in the report count from it
     seconds: float = 0.0
     workdir: str = ""
-
-    @property
-    def duplicated(self) -> int:
-        return sum(self.duplicates.values())
 
     @property
     def bound_violations(self) -> list[str]:
@@ -164,23 +211,9 @@ class ChaosResult:
         """The largest share of the bound used over any window (1.0 = exactly at it)."""
         return max((n / limit for n, limit in self.bound.values()), default=0.0)
 
-    def problems(self) -> list[str]:
-        """Why the run does not pass (empty: it passes)."""
+    def run_problems(self) -> list[str]:
+        """The run's own problems, shared by its pipelines (limiter, outage, stall)."""
         out = []
-        if self.lost:
-            # Skipped: the group committed past them; never processed: the commit is stuck below.
-            skipped = [x for x in self.lost if x.committed is not None and x.committed > x.offset]
-            shown = ", ".join(f"{x.id}@p{x.partition}:{x.offset} (committed {x.committed})"
-                              for x in (skipped or self.lost)[:20])
-            out.append(f"{len(self.lost)} ids lost (in neither OUT nor the DLQ; "
-                       f"{len(skipped)} behind the group's committed offset, "
-                       f"{len(self.lost) - len(skipped)} at or after it): {shown}")
-        if self.plan.guarantee == "exactly_once" and self.duplicates:
-            out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
-                       "committed): " + "; ".join(self.duplicate_origins))
-        if self.bad_without_reason:
-            out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
-                       f"{self.bad_without_reason[:20]}")
         if self.bound_violations:
             out.append("limiter bound exceeded: " + "; ".join(self.bound_violations))
         for report in self.faults:
@@ -190,3 +223,8 @@ class ChaosResult:
             out.append(f"stalled: nothing came out for {self.plan.stall_timeout:g} s and the "
                        "group's commits never reached the end of IN")
         return out
+
+    def problems(self) -> list[str]:
+        """Why the run does not pass (empty: it passes); a pipeline's are prefixed with it."""
+        return [*(f"{name}: {p}" for name, r in self.pipelines.items()
+                  for p in r.problems(self.plan.guarantee)), *self.run_problems()]

@@ -1,5 +1,6 @@
-"""A chaos run's report: a markdown table, one row per run, then each run's faults and
-problems (``make chaos`` writes it to ``bench/results/chaos.md``)."""
+"""A chaos run's report: a markdown table, one row per run and pipeline (the run's limiter, fault
+and time columns repeated on each of its rows), then each run's faults and problems
+(``make chaos`` writes it to ``bench/results/chaos.md``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from faust_backpressure.testing.chaos_plan import ChaosResult
+from faust_backpressure.testing.chaos_plan import ChaosResult, PipelineResult
 
 __all__ = ["HEADER", "format_table", "git_commit"]
 
@@ -35,32 +36,37 @@ def _rows(results: Sequence[ChaosResult]) -> Iterator[list[str]]:
     for r in results:
         kills = [f for f in r.faults if f.fault.kind == "kill"]
         outages = [f for f in r.faults if f.fault.kind == "outage"]
-        yield [r.plan.guarantee, str(r.plan.records), str(r.records_in), str(r.out_records),
-               str(r.dlq_records), str(len(r.lost)), str(r.duplicated),
-               str(len(r.misrouted)), f"{len(r.bound_violations)} (peak {r.bound_peak:.0%})",
-               " / ".join(_seconds(f.recovery) for f in kills) or "-",
-               " / ".join(_seconds(f.recovery) for f in outages) or "-",
-               str(len(r.worker_exits)), f"{r.seconds:.0f}",
-               "pass" if not r.problems() else "FAIL"]
+        shared = [f"{len(r.bound_violations)} (peak {r.bound_peak:.0%})",
+                  " / ".join(_seconds(f.recovery) for f in kills) or "-",
+                  " / ".join(_seconds(f.recovery) for f in outages) or "-",
+                  str(len(r.worker_exits)), f"{r.seconds:.0f}"]
+        for name in r.plan.pipelines:
+            p = r.pipelines.get(name, PipelineResult())
+            passed = not p.problems(r.plan.guarantee) and not r.run_problems()
+            label = name + (f" ({r.plan.batch_size})" if name == "batch" else "")
+            yield [r.plan.guarantee, label, str(r.plan.per_pipeline), str(p.records_in),
+                   str(p.out_records), str(p.dlq_records), str(len(p.lost)), str(p.duplicated),
+                   str(len(p.misrouted)), *shared, "pass" if passed else "FAIL"]
 
 
-HEADER = ["mode", "records", "in", "out", "dlq", "lost", "dup", "good in dlq",
-          "bound violations", "restart -> 1st admission (s)", "broker back -> progress (s)",
-          "worker exits", "run (s)", "result"]
+HEADER = ["mode", "pipeline (batch size)", "records", "in", "out", "dlq", "lost", "dup",
+          "good in dlq", "bound violations", "restart -> 1st admission (s)",
+          "broker back -> progress (s)", "worker exits", "run (s)", "result"]
 
 
 def format_table(results: Sequence[ChaosResult]) -> str:
-    """A markdown table, one row per run, and per run its faults and problems."""
+    """A markdown table, one row per run and pipeline, and per run its faults and problems."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
     for r in results:
         faults = ", ".join(f.describe(r.started) for f in r.faults) or "none"
         began = time.strftime("%H:%M:%S", time.localtime(r.started)) if r.started else "-"
-        lines.append(f"\n{r.plan.guarantee} (commit {r.commit}, seed {r.plan.seed}, t=0 at "
-                     f"{began}): faults {faults}")
-        lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}; most admitted in "
-                     "any window: " + ", ".join(f"{span:g} s {n}/{limit:.0f}" for span, (n, limit)
-                                                in sorted(r.bound.items())))
+        lines.append(f"\n{r.plan.guarantee}, {' + '.join(r.plan.pipelines)} (commit {r.commit}, "
+                     f"seed {r.plan.seed}, t=0 at {began}): faults {faults}")
+        windows = ", ".join(f"{span:g} s {n}/{limit:.0f}"
+                            for span, (n, limit) in sorted(r.bound.items()))
+        lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}, shared by the "
+                     f"pipelines; most admitted in any window: {windows}")
         if r.worker_exits:
             shown = r.worker_exits if len(r.worker_exits) <= 4 else [
                 *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
@@ -75,7 +81,9 @@ def format_table(results: Sequence[ChaosResult]) -> str:
                                                               for text, n in errors))
         for problem in r.problems():
             lines.append(f"- {problem}")
-        if r.plan.guarantee != "exactly_once" and r.duplicates:
-            lines.append(f"- {len(r.duplicates)} ids duplicated (at_least_once, allowed): "
-                         + "; ".join(r.duplicate_origins))
+        if r.plan.guarantee != "exactly_once":
+            for name, p in r.pipelines.items():
+                if p.duplicates:
+                    lines.append(f"- {name}: {len(p.duplicates)} ids duplicated (at_least_once, "
+                                 "allowed): " + "; ".join(p.duplicate_origins))
     return "\n".join(lines)
