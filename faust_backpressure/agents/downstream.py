@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from faust_backpressure.agents.latency import LATENCY_BUCKETS
 from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate
 from faust_backpressure.agents.slow_down import (
     DependencyUnavailable,
@@ -55,8 +56,6 @@ T = TypeVar("T")
 #: Breaker states in which a call that already waited for its slot must not go out.
 _HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
-#: Upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``).
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _RECENT = 1024  # latencies kept for percentiles
 
 
