@@ -44,7 +44,8 @@ class Batch:
     first: int
     last: int
     generation: int
-    opened_at: float
+    opened_at: float  # when its first record was handed over (the runner's clock)
+    processing: float = 0.0  # seconds in process_batch calls, split calls included
 
     def __len__(self) -> int:
         return len(self.records)

@@ -25,6 +25,7 @@ from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, o
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.latency import LatencyWindow
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.faust_seam import (
     ack_offsets,
@@ -38,6 +39,7 @@ from faust_backpressure.faust_seam import (
     release_partition,
     transaction_producer,
 )
+from faust_backpressure.limiters.base import Clock
 
 __all__ = ["BatchRunner"]
 
@@ -59,12 +61,13 @@ class BatchRunner:
     """Runs one pipeline's batches (see the module's docstring)."""
 
     def __init__(self, pipeline: Any, process_batch: Callable[[list[Any]], Any],
-                 batch_size: int, batch_timeout: float) -> None:
+                 batch_size: int, batch_timeout: float, clock: Clock = time.monotonic) -> None:
         self.pipeline = pipeline  # a Pipeline (not imported: it imports this module)
         self.app = pipeline.app
         self.process_batch = process_batch
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
+        self._clock = clock
         # Room for several batches, not 2: a partition released after a hold is fetched
         # again only ~1 s later while held ones keep unread data, so with little room every
         # partition ends up waiting (docs/batching.md, "Holding a partition back")
@@ -77,6 +80,10 @@ class BatchRunner:
         self._idle.set()
         self.batches = 0
         self.abandoned = 0
+        #: Done batches: first record handed over -> acked (at_least_once) or committed
+        #: (exactly_once), i.e. what a batch adds to the lag; and their process_batch time.
+        self.latency = LatencyWindow()
+        self.processing = LatencyWindow()
         self.revoke_timeout = BATCH_REVOKE_TIMEOUT
         topic = pipeline.schema_topic
         self._sink_names = frozenset(sink.get_topic_name() for sink in pipeline.sinks)
@@ -87,7 +94,7 @@ class BatchRunner:
     # -- the seam's side (BatchTap) ---------------------------------------------------------
 
     def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
-        self.queues.add(tp, records, first, generation, time.monotonic())
+        self.queues.add(tp, records, first, generation, self._clock())
         if self.queues.size(tp) >= self.high_water and tp not in self._held:
             self._held.add(tp)
             hold_partition(self.app, tp)
@@ -113,7 +120,7 @@ class BatchRunner:
         # batch pipeline ran the at_least_once path (non-transactional sends).
         self.exactly_once = bool(self.app.in_transaction)
         while True:
-            batch = self.queues.next_ready(time.monotonic(), skip=self._busy())
+            batch = self.queues.next_ready(self._clock(), skip=self._busy())
             if batch is None:
                 await self._sleep_until_ready()
                 continue
@@ -134,7 +141,7 @@ class BatchRunner:
     async def _sleep_until_ready(self) -> None:
         self._wake.clear()
         deadline = self.queues.deadline()
-        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+        timeout = None if deadline is None else max(0.001, deadline - self._clock())
         if self._pending and (timeout is None or timeout > 0.05):
             timeout = 0.05  # a partition at its pending limit frees up when acks arrive
         with contextlib.suppress(asyncio.TimeoutError):
@@ -194,9 +201,14 @@ class BatchRunner:
             self.abandoned += 1
             return
         if ack_offsets(self.app, batch.tp, batch.first, batch.last, batch.generation):
-            self.batches += 1
+            self._done(batch)
         else:
             self.abandoned += 1
+
+    def _done(self, batch: Batch) -> None:
+        self.batches += 1
+        self.latency.observe(self._clock() - batch.opened_at)
+        self.processing.observe(batch.processing)
 
     async def _exactly_once(self, batch: Batch) -> None:
         producer = await transaction_producer(self.app, batch.tp)
@@ -208,7 +220,7 @@ class BatchRunner:
             if not ack_offsets(self.app, batch.tp, batch.first, batch.last, batch.generation):
                 raise _Abandoned()
         if await commit_through(self.app, batch.tp, batch.last + 1, timeout=30.0):
-            self.batches += 1
+            self._done(batch)
         else:
             log.warning("pipeline %s: the batch %s@%d..%d was not committed (revoked?)",
                         self.pipeline.name, batch.tp, batch.first, batch.last)
@@ -260,7 +272,7 @@ class BatchRunner:
             keys.append(key)
             values.append(value)
             records.append(record)
-        results = await self._call(values)  # before any send: an abandoned batch sent nothing
+        results = await self._call(values, batch)  # before any send: abandoned, none sent
         for record, error in undecodable:
             futures.append(await self._dead_letter(producer, record,
                                                    Failure.now(error, "decode", 0)))
@@ -313,9 +325,9 @@ class BatchRunner:
         value = record.value if self._raw_value else schema.loads_value(app, record)
         return key, value
 
-    async def _call(self, values: list[Any]) -> list[Any]:
+    async def _call(self, values: list[Any], batch: Batch | None = None) -> list[Any]:
         """One result per value; a call that raises or miscounts is split in halves, down to
-        single values, whose error is then their result."""
+        single values, whose error is then their result. The calls' time is ``batch``'s."""
         if not values:
             return []
         try:
@@ -323,13 +335,11 @@ class BatchRunner:
             if guard is not None:  # the batch is one call: pause, breaker, rate, slot
                 try:
                     results = await guard.run_unless(flow_stopped_event(self.app),
-                                                     self.process_batch, list(values))
+                                                     self._timed, list(values), batch)
                 except WaitAborted:
                     raise _Abandoned() from None
             else:
-                results = self.process_batch(list(values))
-                if inspect.isawaitable(results):
-                    results = await results
+                results = await self._timed(list(values), batch)
             return check_results(values, results)
         except _Abandoned:
             raise
@@ -337,7 +347,21 @@ class BatchRunner:
             if len(values) == 1:
                 return [exc]
             middle = len(values) // 2
-            return [*await self._call(values[:middle]), *await self._call(values[middle:])]
+            return [*await self._call(values[:middle], batch),
+                    *await self._call(values[middle:], batch)]
+
+    async def _timed(self, values: list[Any], batch: Batch | None) -> Any:
+        """``process_batch(values)``; its time (the user's code alone, not the guard's waits
+        around it: those show in the guard's figures) is added to ``batch.processing``."""
+        started = self._clock()
+        try:
+            results = self.process_batch(values)
+            if inspect.isawaitable(results):
+                results = await results
+            return results
+        finally:
+            if batch is not None:
+                batch.processing += self._clock() - started
 
     async def _send_outputs(self, producer: Any, record: Any, key: Any, result: Any,
                             attempts: int, futures: list[Any]) -> int:

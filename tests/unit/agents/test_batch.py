@@ -10,6 +10,8 @@ import faust
 import pytest
 
 from faust_backpressure.agents.batch import BatchQueues, BatchResultError, check_results, outputs_of
+from faust_backpressure.agents.batch_pipeline import BatchRunner
+from faust_backpressure.agents.downstream import build_downstream
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
@@ -103,6 +105,46 @@ def test_a_failing_call_is_split_down_to_the_poison_value() -> None:
     assert results[:13] == [v * 2 for v in range(13)] and results[14:] == [28, 30]
     assert isinstance(results[13], ValueError)
     assert len(calls) == 9  # 16, then halves down to the one value: 1 + 2 * log2(16)
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_batch_is_timed_from_its_first_record_to_done_and_in_its_calls(guarded: bool) -> None:
+    clock = VirtualClock()
+
+    def process(values: list[int]) -> list[int]:
+        clock.advance(0.01 * len(values))  # 10 ms a value
+        if 13 in values:
+            raise ValueError("13 is poison")
+        return values
+
+    options: dict[str, Any] = {"downstream": build_downstream(
+        "api", max_concurrency=4, limit="fixed", learn_quota=False)} if guarded else {}
+    pipe = _pipeline(process_batch=process, batch_size=16, **options)
+    runner = BatchRunner(pipe, process, 16, 0.05, clock=clock)
+    runner.divert("p0", recs(*range(16)), 0, 1)
+    batch = runner.queues.next_ready(clock())
+    assert batch is not None and batch.opened_at == clock()
+    clock.advance(0.05)  # waited for the limiter
+    asyncio.run(runner._call([r.offset for r in batch.records], batch))
+    # every call counts, the split ones too: 16 + 8 + 8 + 4 + 4 + 2 + 1 + 1 + 2 values
+    assert batch.processing == pytest.approx(0.46)
+    clock.advance(0.1)  # its sends acked
+    runner._done(batch)
+    latency, processing = runner.latency.summary(), runner.processing.summary()
+    assert runner.batches == latency.count == processing.count == 1
+    assert latency.p50 == latency.p99 == pytest.approx(0.05 + 0.46 + 0.1)
+    assert processing.p95 == pytest.approx(0.46) and sum(processing.buckets) == 1
 
 
 def test_batch_options_are_checked() -> None:
