@@ -20,6 +20,7 @@ from typing import Any
 from faust.types import TopicT
 from faust.web import Request, Response, View
 
+from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS
 from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
 from faust_backpressure.agents.pipeline import PipelineStats
@@ -145,10 +146,7 @@ def snapshot(bp: Installation) -> dict[str, Any]:
                                  id(p.gate.limiter), p.gate.name),
                              "paused": p.paused, "paused_by": p.paused_by,
                              "source_lag": backlog.get(p.source_topic_name),
-                             "batch": None if p.batch is None else {
-                                 "size": p.batch.queues.batch_size,
-                                 "batches": p.batch.batches,
-                                 "abandoned": p.batch.abandoned}}
+                             "batch": None if p.batch is None else _batch_view(p.batch)}
                       for name, p in bp.pipelines.items()},
         "control": control,
         "rejected": bp.rejections,
@@ -159,6 +157,14 @@ def snapshot(bp: Installation) -> dict[str, Any]:
         "cluster": ([] if bp.ops_follower is None
                     else bp.ops_follower.cluster.rows(time.time())),
     }
+
+
+def _batch_view(runner: BatchRunner) -> dict[str, Any]:
+    return {"size": runner.queues.batch_size, "batches": runner.batches,
+            "abandoned": runner.abandoned,
+            # seconds, over the last batches done (see LatencySummary)
+            "latency": dataclasses.asdict(runner.latency.summary()),
+            "processing": dataclasses.asdict(runner.processing.summary())}
 
 
 # name, type, help, rows of (labels, value) taken from the snapshot; a row's _SUFFIX label
@@ -197,6 +203,13 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     yield ("pipeline_batches_abandoned_total", "counter",
            "Batches given up at a revoke or stop (their records are read again).",
            [({"pipeline": k}, b["abandoned"]) for k, b in batched])
+    yield ("pipeline_batch_latency_seconds", "histogram",
+           "Batches done: from their first record handed over to their offsets acked "
+           "(at_least_once) or committed (exactly_once).",
+           [row for k, b in batched for row in _histogram({"pipeline": k}, b["latency"])])
+    yield ("pipeline_batch_processing_seconds", "histogram",
+           "Batches done: time in their process_batch calls.",
+           [row for k, b in batched for row in _histogram({"pipeline": k}, b["processing"])])
     yield ("rejected_records_total", "counter",
            "Internal records rejected (forged, replayed, malformed, out of range).",
            [({"topic": topic, "reason": reason}, n)
@@ -282,18 +295,23 @@ def _downstream_metrics(guards: dict[str, Any]) -> Iterable[_Metric]:
     yield ("downstream_calls_total", "counter", "Calls and waits by outcome.",
            [({"dependency": k, "outcome": outcome}, n) for k, v in rows
             for outcome, n in sorted(v["outcomes"].items())])
-    histogram: list[tuple[dict[str, str], float]] = []
-    for k, v in rows:
-        cumulative = 0
-        for bound, count in zip([*LATENCY_BUCKETS, math.inf], v["latency_buckets"],
-                                strict=True):
-            cumulative += count
-            histogram.append(({"dependency": k, "le": _number(bound), _SUFFIX: "_bucket"},
-                              cumulative))
-        histogram.append(({"dependency": k, _SUFFIX: "_sum"}, v["latency_sum"]))
-        histogram.append(({"dependency": k, _SUFFIX: "_count"}, cumulative))
-    yield ("downstream_latency_seconds", "histogram",
-           "Latency of successful calls.", histogram)
+    yield ("downstream_latency_seconds", "histogram", "Latency of successful calls.",
+           [row for k, v in rows for row in _histogram(
+               {"dependency": k}, {"buckets": v["latency_buckets"], "sum": v["latency_sum"]})])
+
+
+def _histogram(labels: dict[str, str], figures: dict[str, Any]
+               ) -> list[tuple[dict[str, str], float]]:
+    """A histogram's rows from per-bucket counts over ``LATENCY_BUCKETS`` then +Inf (not
+    cumulative) and their ``sum``: cumulative ``_bucket``s, ``_sum``, ``_count``."""
+    rows: list[tuple[dict[str, str], float]] = []
+    cumulative = 0
+    for bound, count in zip([*LATENCY_BUCKETS, math.inf], figures["buckets"], strict=True):
+        cumulative += count
+        rows.append(({**labels, "le": _number(bound), _SUFFIX: "_bucket"}, cumulative))
+    rows.append(({**labels, _SUFFIX: "_sum"}, figures["sum"]))
+    rows.append(({**labels, _SUFFIX: "_count"}, cumulative))
+    return rows
 
 
 def _escape(value: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -136,14 +137,38 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     assert pipe.batch.exactly_once == (guarantee == "exactly_once")
     # operators see the batches: the JSON view, the dashboard's data and Prometheus
     view = snapshot(bp)["pipelines"]["orders"]["batch"]
-    assert view == {"size": pipe.batch.queues.batch_size, "batches": pipe.batch.batches,
-                    "abandoned": pipe.batch.abandoned}
+    assert {k: view[k] for k in ("size", "batches", "abandoned")} == {
+        "size": pipe.batch.queues.batch_size, "batches": pipe.batch.batches,
+        "abandoned": pipe.batch.abandoned}
     metrics = render_prometheus(snapshot(bp))
     (line,) = [m for m in metrics.splitlines()
                if m.startswith("faust_backpressure_pipeline_batches_total{")]
     assert 'pipeline="orders"' in line and line.endswith(f" {float(pipe.batch.batches)!r}")
+    _assert_batch_latencies(view, metrics, pipe.batch.batches)
     (status,) = (await cluster_status(bp, kafka_bootstrap))["pipelines"]  # `status`'s report
     assert status["name"] == "orders" and status["batch_size"] == pipe.batch.queues.batch_size
+
+
+def _assert_batch_latencies(view: dict[str, Any], metrics: str, batches: int) -> None:
+    """Every batch done is timed, in the view (percentiles) and in Prometheus (histograms)."""
+    latency, processing = view["latency"], view["processing"]
+    for figures in (latency, processing):
+        assert figures["count"] == sum(figures["buckets"]) == batches  # < the window's 1,024
+        assert 0 < figures["p50"] <= figures["p95"] <= figures["p99"]
+    # a batch's process_batch calls are part of its way from first record to done
+    assert processing["p99"] <= latency["p99"] < 30.0
+    assert latency["sum"] > processing["sum"]
+    lines = metrics.splitlines()
+    for name, figures in (("latency", latency), ("processing", processing)):
+        metric = f"faust_backpressure_pipeline_batch_{name}_seconds"
+        assert f"# TYPE {metric} histogram" in lines
+        counts = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                  for line in lines if line.startswith(f"{metric}_bucket{{")
+                  and 'pipeline="orders"' in line}
+        assert counts["+Inf"] == batches  # cumulative, as the view's buckets add up
+        assert list(counts.values()) == list(itertools.accumulate(figures["buckets"]))
+        (count,) = [line for line in lines if line.startswith(f"{metric}_count{{")]
+        assert count.endswith(f" {float(batches)!r}")
 
 
 async def test_a_downstream_guard_sees_each_batch_as_one_call(

@@ -158,3 +158,34 @@ def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
         "keyed_keys_tracked", "keyed_keys_limited", "keyed_deferred_backlog",
         "keyed_admitted_total", "keyed_deferred_total", "keyed_readmitted_total",
         "keyed_shed_total"}
+
+
+def test_batch_latencies_are_percentiles_in_json_and_histograms_in_prometheus() -> None:
+    _, bp = _app()
+    pipe = bp.pipeline("bulk", source="orders", sink="priced", process_batch=list,
+                       batch_size=10)
+    assert pipe.batch is not None
+    for seconds in (0.004, 0.02, 0.02, 0.3, 12.0):
+        pipe.batch.latency.observe(seconds)
+        pipe.batch.processing.observe(seconds / 4)
+    pipe.batch.batches = 5
+    batch = snapshot(bp)["pipelines"]["bulk"]["batch"]
+    assert batch["latency"]["count"] == batch["processing"]["count"] == 5
+    assert (batch["latency"]["p50"], batch["latency"]["p95"], batch["latency"]["p99"]) == (
+        0.02, 12.0, 12.0)
+    assert batch["processing"]["p50"] == 0.005
+    lines = render_prometheus(snapshot(bp)).splitlines()
+    name = "faust_backpressure_pipeline_batch_latency_seconds"
+    assert f"# TYPE {name} histogram" in lines
+    labels = 'app="views-unit",pipeline="bulk"'
+    assert f'{name}_bucket{{{labels},le="0.005"}} 1.0' in lines
+    assert f'{name}_bucket{{{labels},le="0.025"}} 3.0' in lines
+    assert f'{name}_bucket{{{labels},le="10.0"}} 4.0' in lines
+    assert f'{name}_bucket{{{labels},le="+Inf"}} 5.0' in lines
+    assert f"{name}_count{{{labels}}} 5.0" in lines
+    assert any(line.startswith(f"{name}_sum{{{labels}}} 12.34") for line in lines)
+    processing = "faust_backpressure_pipeline_batch_processing_seconds"
+    assert f"{processing}_count{{{labels}}} 5.0" in lines
+    for line in lines:
+        if not line.startswith("# "):
+            assert SAMPLE_LINE.match(line), line
