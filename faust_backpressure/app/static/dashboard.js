@@ -27,6 +27,15 @@
     return h("td", {"class": "num" + (key ? " " + key : ""), "data-value": v === null || v === undefined ? "" : String(v),
                     text: fmt(v, digits)});
   }
+  function ms(seconds) { return seconds == null ? "–" : fmt(seconds * 1000); }
+  // a batch pipeline's latencies, over its last batches done (the view's LatencySummary)
+  function batchLatency(b) {
+    var line = function (what, l) {
+      return l && l.count ? "\n" + what + " p50/p95/p99: " + ms(l.p50) + " / " + ms(l.p95) + " / " +
+        ms(l.p99) + " ms (last " + l.count + ")" : "";
+    };
+    return line("first record to done", b.latency) + line("process_batch", b.processing);
+  }
   function sev(name) {
     return h("span", {"class": "sev sev-" + (name || "none"), text: name || "–"});
   }
@@ -186,8 +195,10 @@
         (p.paused_by && p.paused_by.by ? " by " + p.paused_by.by : "")}) : h("span", {"class": "sev sev-NORMAL", text: "running"});
       return h("tr", {"data-pipeline": name}, [
         h("td", {"class": "id", text: name, title: p.batch ? "batches of up to " + p.batch.size +
-          ": " + p.batch.batches + " done, " + p.batch.abandoned + " abandoned (read again)" : "one event at a time"},
-          p.batch ? [h("span", {"class": "batch", text: " batches of " + p.batch.size + ": " + p.batch.batches})] : []),
+          ": " + p.batch.batches + " done, " + p.batch.abandoned + " abandoned (read again)" +
+          batchLatency(p.batch) : "one event at a time"},
+          p.batch ? [h("span", {"class": "batch", text: " batches of " + p.batch.size + ": " + p.batch.batches +
+            (p.batch.latency && p.batch.latency.count ? ", p99 " + ms(p.batch.latency.p99) + " ms" : "")})] : []),
         h("td", {"class": "src", title: p.source, text: p.source}),
         h("td", {text: p.limiter || "–"}), h("td", {"class": "state"}, [state]),
         num(p.consumed, 0, "consumed"), num(p.produced, 0, "produced"), num(p.retries, 0, "retries"),
