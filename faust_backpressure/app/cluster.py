@@ -2,12 +2,13 @@
 
 Every ``STATUS_INTERVAL`` seconds each worker publishes a signed ``worker-status/<worker>``
 record on the ops topic (compacted; a timer of ``views.py``): its pipelines
-(consumed, produced, dead-lettered, source lag, paused), its limiters (rate; which it owns,
-i.e. answers lease requests for), its downstream guards' breakers and its page's address. Every
-worker's ops follower reads them all, so ``/backpressure/`` and the dashboard of any worker show
-every worker: one not heard from in ``3 x STATUS_INTERVAL`` marked stale, and after 5 minutes
-no longer shown. Records are range-checked like all control traffic: a hostile or malformed
-one is counted and changes nothing.
+(consumed, produced, dead-lettered, source lag, paused, a batch pipeline's p99 batch latency),
+its limiters (rate; which it owns, i.e. answers lease requests for), its downstream guards'
+breakers and its page's address. Every worker's ops follower reads them all, so
+``/backpressure/`` and the dashboard of any worker show every worker: one not heard from in
+``3 x STATUS_INTERVAL`` marked stale, and after 5 minutes no longer shown (``backpressure
+status`` reads them too, for the batch latency). Records are range-checked like all control
+traffic: a hostile or malformed one is counted and changes nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def worker_body(state: dict[str, Any], worker: str, owned: set[str], web: str | 
     """What a worker publishes of its own page's ``state`` (see ``views.snapshot``)."""
     return {"type": "worker-status", "target": worker, "worker": worker, "at": now, "web": web,
             "pipelines": {name: {**{k: p[k] for k in _COUNTS}, "source_lag": p["source_lag"],
-                                 "paused": bool(p["paused"])}
+                                 "paused": bool(p["paused"]),
+                                 # what `backpressure status` shows of a batch pipeline
+                                 "batch_p99": (p["batch"]["latency"]["p99"] if p.get("batch")
+                                               else None)}
                           for name, p in state["pipelines"].items()},
             "limiters": {name: {"rate": _finite(lim["rate"]), "owned": name in owned}
                          for name, lim in state["limiters"].items()},
@@ -73,7 +77,10 @@ class WorkerStatusRecord:
             "web": web[:300] if isinstance(web, str) and web.startswith("http") else None,
             "pipelines": {name[:200]: {**{k: int(number(p, k, 0, 1e15)) for k in _COUNTS},
                                        "source_lag": _optional_count(p, "source_lag"),
-                                       "paused": p.get("paused") is True}
+                                       "paused": p.get("paused") is True,
+                                       # absent from an older worker's record: None
+                                       "batch_p99": number(p, "batch_p99", 0.0, 1e6,
+                                                           optional=True)}
                           for name, p in _entries(data, "pipelines")},
             "limiters": {name[:200]: {"rate": _rate(lim), "owned": lim.get("owned") is True}
                          for name, lim in _entries(data, "limiters")},

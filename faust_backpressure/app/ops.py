@@ -9,8 +9,8 @@ No worker's web port is needed: every worker writes what matters to topics of th
 * the pressure topic: every worker's recent samples (downstream lag, utilization, CPU);
 * consumer group offsets: each pipeline's source backlog, DLQ sizes; whether each control
   loop's and credit flow's downstream group has committed on its topics (and they exist);
-* the ops topic: operators' pauses, breakers and key overrides, and each worker's keyed-limit
-  status (see :mod:`.keyed_ops`).
+* the ops topic: operators' pauses, breakers and key overrides, each worker's keyed-limit
+  status (see :mod:`.keyed_ops`) and summary (a batch pipeline's p99, see :mod:`.cluster`).
 
 The app module itself (imported by ``faust -A``) says what is declared: limiters with their
 configured rates, control loops, pipelines.
@@ -25,6 +25,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from faust_backpressure.app.cluster import STALE_AFTER, WorkerStatusRecord
 from faust_backpressure.app.keyed_ops import (
     STATUS_INTERVAL,
     KeyedStatusRecord,
@@ -351,6 +352,10 @@ async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, 
                             ops: dict[str, Any]) -> list[dict[str, Any]]:
     pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
               if k.startswith("pause/") and isinstance(v, dict)}
+    now = time.time()
+    workers = [r.body["pipelines"] for r in signed_records(
+        ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key)
+        if now - r.at <= STALE_AFTER]
     pipelines = []
     for name, pipe in sorted(bp.pipelines.items()):
         pause = pauses.get(name) or {}
@@ -360,6 +365,9 @@ async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, 
             "sinks": [s.get_topic_name() for s in pipe.sinks], "dlq": pipe.dlq_topic_name,
             "limiter": None if pipe.gate is None else pipe.gate.name,
             "batch_size": None if pipe.batch is None else pipe.batch.queues.batch_size,
+            # percentiles of workers do not add up: the worst worker's, who is heard from
+            "batch_p99": max((w[name]["batch_p99"] for w in workers
+                              if w.get(name, {}).get("batch_p99") is not None), default=None),
             "source_lag": backlog.total,
             "dlq_records": await _topic_size(kafka, pipe.dlq_topic_name),
             "paused": bool(pause.get("paused")),

@@ -145,10 +145,11 @@ def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> N
     click.echo("\npipelines")
     click.echo(_table([[p["name"], p["source"], p["limiter"],
                         f"batches of {p['batch_size']}" if p.get("batch_size") else "per event",
-                        p["source_lag"], p["dlq"], p["dlq_records"], p["paused_by"] or p["paused"]]
+                        _ms(p.get("batch_p99")), p["source_lag"], p["dlq"], p["dlq_records"],
+                        p["paused_by"] or p["paused"]]
                        for p in report["pipelines"]],
-                      ["name", "source", "limiter", "mode", "source-lag", "dlq", "dlq-records",
-                       "paused"]))
+                      ["name", "source", "limiter", "mode", "batch-p99", "source-lag", "dlq",
+                       "dlq-records", "paused"]))
     if report["downstreams"]:
         click.echo("\ndownstream guards (each worker's page has its live breaker and limits)")
         click.echo(_table([[d["name"], d["operator"], d["by"], d["slowed_down_now"],
@@ -167,6 +168,10 @@ def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> N
         click.echo("")
     for warning in report["warnings"]:
         click.echo(f"WARNING {warning}")
+
+
+def _ms(seconds: float | None) -> str | None:
+    return None if seconds is None else f"{seconds * 1000:,.0f} ms"
 
 
 def _keyed_table(keyed: list[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter, defaultdict
@@ -109,6 +110,7 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
     async with running_app(app):
         out = await _read(kafka_bootstrap, sink, guarantee, expected)
         dead = await _read(kafka_bootstrap, dlq, guarantee, 2)
+        status = await _status_once_published(bp, kafka_bootstrap)  # `status`'s report
     ids = Counter(json.loads(r.value)["id"] for r in out)
     assert ids == Counter({f"o{i}": 2 if i in doubled else 1
                            for i in range(total) if i not in filtered})
@@ -145,8 +147,20 @@ async def test_every_record_reaches_the_sink_in_order_and_failures_the_dlq(
                if m.startswith("faust_backpressure_pipeline_batches_total{")]
     assert 'pipeline="orders"' in line and line.endswith(f" {float(pipe.batch.batches)!r}")
     _assert_batch_latencies(view, metrics, pipe.batch.batches)
-    (status,) = (await cluster_status(bp, kafka_bootstrap))["pipelines"]  # `status`'s report
     assert status["name"] == "orders" and status["batch_size"] == pipe.batch.queues.batch_size
+    # the p99 the worker published in its summary (the worst worker's: there is one)
+    assert status["batch_p99"] is not None and 0 < status["batch_p99"] < 30.0
+
+
+async def _status_once_published(bp: Backpressure, bootstrap: str) -> dict[str, Any]:
+    """The pipeline's row of ``backpressure status`` once the worker has published a summary
+    with a batch done (every ``STATUS_INTERVAL`` = 5 s)."""
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while True:
+        (status,) = (await cluster_status(bp, bootstrap))["pipelines"]
+        if status["batch_p99"] is not None or asyncio.get_running_loop().time() > deadline:
+            return dict(status)
+        await asyncio.sleep(1.0)
 
 
 def _assert_batch_latencies(view: dict[str, Any], metrics: str, batches: int) -> None:

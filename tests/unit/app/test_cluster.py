@@ -17,7 +17,10 @@ from faust_backpressure.app.cluster import (
 from faust_backpressure.wire.signing import RejectedRecord
 
 STATE = {"pipelines": {"orders": {"consumed": 10, "produced": 9, "dead_lettered": 1,
-                                  "source_lag": 3, "paused": False}},
+                                  "source_lag": 3, "paused": False},
+                       "bulk": {"consumed": 5, "produced": 5, "dead_lettered": 0,
+                                "source_lag": None, "paused": False,
+                                "batch": {"latency": {"count": 2, "p99": 0.25}}}},
          "limiters": {"api": {"rate": 200.0}, "free": {"rate": float("inf")}},
          "downstreams": {"pay": {"breaker": "closed"}}}
 
@@ -35,7 +38,13 @@ def test_a_summary_round_trips_signed_and_unlimited_rates_become_none() -> None:
                                     "free": {"rate": None, "owned": False}}
     assert got.body["pipelines"]["orders"] == {"consumed": 10, "produced": 9,
                                                "dead_lettered": 1, "source_lag": 3,
-                                               "paused": False}
+                                               "paused": False, "batch_p99": None}
+    # a batch pipeline's p99 batch latency (what `backpressure status` shows)
+    assert got.body["pipelines"]["bulk"]["batch_p99"] == 0.25
+    older = worker_body(STATE, "w0", set(), None, 100.0)
+    del older["pipelines"]["bulk"]["batch_p99"]  # a worker from before the field
+    decoded = WorkerStatusRecord.decode(WorkerStatusRecord.encode(older, None), worker_key("w0"))
+    assert decoded.body["pipelines"]["bulk"]["batch_p99"] is None
     assert got.body["downstreams"] == {"pay": "closed"}
 
 
@@ -47,7 +56,9 @@ def test_forged_malformed_and_out_of_range_summaries_are_rejected() -> None:
     with pytest.raises(RejectedRecord):
         WorkerStatusRecord.decode(raw, worker_key("w2"), b"k")  # another worker's key
     for bad in ({"pipelines": {"o": {"consumed": -1, "produced": 0, "dead_lettered": 0}}},
-                {"pipelines": []}, {"at": float("nan")}, {"limiters": {"a": {"rate": 1e20}}}):
+                {"pipelines": []}, {"at": float("nan")}, {"limiters": {"a": {"rate": 1e20}}},
+                {"pipelines": {"o": {"consumed": 0, "produced": 0, "dead_lettered": 0,
+                                     "batch_p99": -1.0}}}):
         forged = {**json.loads(WorkerStatusRecord.encode(body, None)), **bad}
         with pytest.raises(RejectedRecord):
             WorkerStatusRecord.decode(json.dumps(forged).encode(), worker_key("w1"))
