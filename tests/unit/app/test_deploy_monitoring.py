@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faust_backpressure.agents.downstream import build_downstream
+from faust_backpressure.agents.latency import LatencyWindow
 from faust_backpressure.app.views import render_prometheus
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -24,6 +25,8 @@ def _exported() -> set[str]:
     """Every metric name the views can emit, from a snapshot with one of everything."""
     guard = build_downstream("d", max_concurrency=4)
     guard.outcomes["success"] = 1
+    latency = LatencyWindow()
+    latency.observe(0.1)
     state = {
         "app": "a",
         "limiters": {"l": {"rate": 1.0, "utilization": 0.5, "granted": 1, "denied": 1,
@@ -34,7 +37,10 @@ def _exported() -> set[str]:
         "pipelines": {"p": {"source": "s", "dlq": "s-dlq", "consumed": 1, "produced": 1,
                             "filtered": 0, "retries": 0, "dead_lettered": 1, "requeued": 0,
                             "limiter": "l",
-                            "paused": False, "paused_by": None, "source_lag": 2}},
+                            "paused": False, "paused_by": None, "source_lag": 2,
+                            "batch": {"size": 10, "batches": 1, "abandoned": 0,
+                                      "latency": dataclasses.asdict(latency.summary()),
+                                      "processing": dataclasses.asdict(latency.summary())}}},
         "control": {"l": {"limiter": "l", "severity": "EMERGENCY", "decided_rate": 1.0,
                           "recommended_workers": 2, "lag_seconds": 4.0, "override": None,
                           "max_consumer_lag": 10,
