@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 
+from faust_backpressure.agents import Pipeline
 from faust_backpressure.app import Backpressure
 from faust_backpressure.testing.chaos_plan import topic_names
 from faust_backpressure.testing.settings import fast_faust_settings
@@ -63,12 +64,18 @@ _limiter_id, _rate, _burst = os.environ.get("FBP_LIMITER", "chaos:1500:1500").sp
 _modes: dict[str, dict[str, Any]] = {
     "event": {"process": check},
     "batch": {"process_batch": check_all, "batch_size": int(os.environ.get("FBP_BATCH", "100"))}}
-pipelines = {}
-for _name in os.environ.get("FBP_PIPELINES", "event").split(","):
-    _source, _sink, _dlq = topic_names(os.environ["FBP_TAG"], _name)
-    pipelines[_name] = bp.pipeline(
-        f"chaos-{_name}", source=app.topic(_source, key_type=bytes, key_serializer="raw",
-                                           value_serializer="json"),
-        sink=_sink, dlq=_dlq, **_modes[_name], limiter=_limiter_id,
+
+
+def _pipeline(name: str) -> Pipeline:
+    source, sink, dlq = topic_names(os.environ["FBP_TAG"], name)
+    return bp.pipeline(
+        f"chaos-{name}", source=app.topic(source, key_type=bytes, key_serializer="raw",
+                                          value_serializer="json"),
+        sink=sink, dlq=dlq, **_modes[name], limiter=_limiter_id,
         tokens_per_second=float(_rate), burst_capacity=float(_burst),
         max_retries=int(os.environ.get("FBP_MAX_RETRIES", "2")), retry_backoff=0.01)
+
+
+# built in one expression, not filled in a loop: no module-level container is mutated
+# (tests/unit/test_layers.py keeps per-app state out of modules)
+pipelines = {name: _pipeline(name) for name in os.environ.get("FBP_PIPELINES", "event").split(",")}
