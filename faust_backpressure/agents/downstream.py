@@ -70,8 +70,13 @@ class WaitAborted(BackpressureError):
     the flow for a rebalance while the breaker was open). Nothing was called."""
 
 
-#: Publishes a slow-down to the other workers: ``(dependency, until)`` (wall-clock seconds).
+#: Publishes a slow-down to the other workers: ``(dependency, until)`` (wall-clock seconds);
+#: or, for ``publish_recovery``, that this worker's probes passed: ``(dependency, at)``.
 Publisher = Callable[[str, float], Awaitable[None]]
+
+#: Probes after another worker's recovery news come at most this often (seconds after an
+#: opening): a flood of such records (unsigned, from anyone) costs a probe round per period.
+RECOVERY_MIN_OPEN = 0.5
 
 
 @dataclass
@@ -105,7 +110,7 @@ class Downstream:
                  publish: Publisher | None = None, clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time, max_concurrency: int | None = None,
                  quota: QuotaGate | QuotaLearner | None = None,
-                 coalesce: float = 1.0) -> None:
+                 coalesce: float = 1.0, publish_recovery: Publisher | None = None) -> None:
         """``max_concurrency``: the most calls in flight the limit may allow (how many events
         a pipeline keeps in progress); default the limit's ``max_limit``. ``quota``: learns
         the rate the system allows from its slow-downs (a learner alone: this worker's own
@@ -121,6 +126,12 @@ class Downstream:
         self.unavailable = unavailable
         #: Set by the installer: sends a slow-down to every worker (None: this worker only).
         self.publish = publish
+        #: Set by the installer: tells every worker this one's probes passed. Each worker's
+        #: breaker otherwise found the system back at the end of its own wait, up to
+        #: ``wait_in_open`` apart: goodput came back one worker at a time.
+        self.publish_recovery = publish_recovery
+        self._opened_at = -math.inf  # wall clock: older recovery news is stale
+        self._publishing: set[asyncio.Task[None]] = set()
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
         self.coalesce = check_number("coalesce", coalesce, 0)
@@ -134,6 +145,34 @@ class Downstream:
 
     def _transition(self, old: BreakerState, new: BreakerState) -> None:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
+        if new is BreakerState.OPEN:
+            self._opened_at = self._wall()
+        elif (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
+              and self.publish_recovery is not None):
+            self._spawn(self.publish_recovery(self.name, self._wall()))
+
+    def _spawn(self, publishing: Awaitable[None]) -> None:
+        async def publish() -> None:
+            try:
+                await publishing
+            except Exception:  # the others then find it back at the end of their wait
+                log.exception("downstream %s: recovery not published", self.name)
+
+        task = asyncio.ensure_future(publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    def recovered_at(self, at: float, *, source: str = "local") -> bool:
+        """Another worker's probes found the system back at ``at`` (wall clock): if the
+        breaker opened before then and no slow-down holds it, it probes now (at most
+        :data:`RECOVERY_MIN_OPEN` s after it opened) instead of at the end of its wait."""
+        if at < self._opened_at or self.paused_for > 0:
+            return False
+        if not self.breaker.probe_soon(RECOVERY_MIN_OPEN):
+            return False
+        self.outcomes["probed_on_news"] += 1
+        log.info("downstream %s: back %s, probing now", self.name, source)
+        return True
 
     # -- what the call site raises ---------------------------------------------------------
 

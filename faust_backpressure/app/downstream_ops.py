@@ -8,6 +8,9 @@ worker follows from its beginning:
   reads the latest record and ignores it once its end has passed.
 * ``quota/<name>/<worker>``: what a worker was served just before a slow-down episode (the
   episode is named by its pause's end), so that every worker learns the quota from the sum.
+* ``recovered/<name>``: a worker's half-open probes passed (the system answers again): every
+  worker whose breaker opened before then probes at once instead of at the end of its own wait
+  (one probe round per ``RECOVERY_MIN_OPEN`` s at most, however many such records arrive).
 * ``breaker/<name>``: an operator's ``open`` / ``close`` / ``auto``, acknowledged by every
   worker (``ack/breaker/<name>/<worker>``) like pause commands.
 
@@ -31,8 +34,8 @@ from faust_backpressure.wire.signing import (
     text,
 )
 
-__all__ = ["BREAKER_STATES", "BreakerCommand", "QuotaReport", "SlowDownRecord", "breaker_key",
-           "quota_key", "slow_down_key"]
+__all__ = ["BREAKER_STATES", "BreakerCommand", "QuotaReport", "RecoveredRecord",
+           "SlowDownRecord", "breaker_key", "quota_key", "recovered_key", "slow_down_key"]
 
 BREAKER_STATES = ("open", "close", "auto")
 _LONGEST = 3600.0  # no guard's max_retry_after may exceed it
@@ -46,6 +49,10 @@ def slow_down_key(name: str) -> bytes:
 def quota_key(report: str) -> bytes:
     """``report``: ``<dependency>/<worker>``."""
     return f"quota/{report}".encode()
+
+
+def recovered_key(name: str) -> bytes:
+    return f"recovered/{name}".encode()
 
 
 def breaker_key(name: str) -> bytes:
@@ -76,6 +83,30 @@ class SlowDownRecord:
         check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones are merely over
         until = number(data, "until", at, at + min(max_pause, _LONGEST))
         return cls(name, until, text(data, "by"), at)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredRecord:
+    """``by``'s probes found ``dependency`` answering again at ``at`` (wall clock)."""
+
+    dependency: str
+    by: str
+    at: float
+
+    def encode(self, secret: bytes | None = None) -> bytes:
+        body = {"type": "recovered", "dependency": self.dependency, "by": self.by,
+                "at": self.at}
+        return encode_signed(body, recovered_key(self.dependency), secret)
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *,
+               now: float, max_skew: float) -> RecoveredRecord:
+        data, name = decode_signed(raw, key or b"", secret, name="dependency",
+                                   record_key=recovered_key, kind="recovered",
+                                   not_one="not a recovery record")
+        at = number(data, "at", 0.0, 1e11)
+        check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones predate any opening
+        return cls(name, text(data, "by"), at)
 
 
 @dataclass(frozen=True, slots=True)

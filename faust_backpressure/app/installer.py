@@ -24,8 +24,10 @@ from faust_backpressure.agents.quota_gate import SharedQuota
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.downstream_ops import (
     QuotaReport,
+    RecoveredRecord,
     SlowDownRecord,
     quota_key,
+    recovered_key,
     slow_down_key,
 )
 from faust_backpressure.app.pause import install_pause_control, worker_name
@@ -236,6 +238,7 @@ class Backpressure:
                          half_open_calls=half_open_calls),
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
             unavailable=unavailable, publish=self._publish_slow_down,
+            publish_recovery=self._publish_recovery,
             learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
@@ -247,6 +250,11 @@ class Backpressure:
     async def _publish_slow_down(self, dependency: str, until: float) -> None:
         record = SlowDownRecord(dependency, until, worker_name(), time.time())
         await send_control(self.app, ops_topic(str(self.app.conf.id)), slow_down_key(dependency),
+                           record.encode(self.settings.secret_key))
+
+    async def _publish_recovery(self, dependency: str, at: float) -> None:
+        record = RecoveredRecord(dependency, worker_name(), at)
+        await send_control(self.app, ops_topic(str(self.app.conf.id)), recovered_key(dependency),
                            record.encode(self.settings.secret_key))
 
     async def _publish_quota_report(self, dependency: str, episode: float,

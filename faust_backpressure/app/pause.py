@@ -27,7 +27,12 @@ from aiokafka import TopicPartition
 from mode import Service
 
 from faust_backpressure.app.cluster import ClusterView, WorkerStatusRecord
-from faust_backpressure.app.downstream_ops import BreakerCommand, QuotaReport, SlowDownRecord
+from faust_backpressure.app.downstream_ops import (
+    BreakerCommand,
+    QuotaReport,
+    RecoveredRecord,
+    SlowDownRecord,
+)
 from faust_backpressure.app.keyed_ops import (
     STATUS_INTERVAL,
     KeyedStatusRecord,
@@ -184,6 +189,8 @@ class _OpsFollower(Service):
                 self._slow_down(value, key)
             elif key.startswith(b"quota/"):
                 self._quota_report(value, key)
+            elif key.startswith(b"recovered/"):
+                self._recovered(value, key)
             elif key.startswith(b"breaker/"):
                 await self._force(BreakerCommand.decode(value, key,
                                                         self.bp.settings.secret_key))
@@ -225,6 +232,14 @@ class _OpsFollower(Service):
                                        now=time.time(), max_pause=guard.max_retry_after,
                                        max_skew=self.bp.settings.max_clock_skew)
         guard.pause_until(record.until, source=f"from {record.by}")
+
+    def _recovered(self, value: bytes | None, key: bytes) -> None:
+        record = RecoveredRecord.decode(value, key, self.bp.settings.secret_key,
+                                        now=time.time(),
+                                        max_skew=self.bp.settings.max_clock_skew)
+        guard = self.bp.downstreams.get(record.dependency)
+        if guard is not None:
+            guard.recovered_at(record.at, source=f"from {record.by}")
 
     def _quota_report(self, value: bytes | None, key: bytes) -> None:
         report = QuotaReport.decode(value, key, self.bp.settings.secret_key, now=time.time(),

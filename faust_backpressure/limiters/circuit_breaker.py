@@ -325,6 +325,24 @@ class CircuitBreaker:
             return
         self._to(BreakerState.OPEN, now, seconds)
 
+    def probe_soon(self, min_open: float = 0.0) -> bool:
+        """The system was seen working elsewhere (another caller's probes passed): an open
+        breaker goes half-open now, or ``min_open`` seconds after it opened if that is later
+        (bounding the probes a stream of such news can cause); never later than it would
+        have. False in any other state (forced states ignore it)."""
+        min_open = check_number("min_open", min_open, 0)
+        now = self._clock()
+        self._tick(now)
+        if self._state is not BreakerState.OPEN:
+            return False
+        until = max(now, self._since + min_open)
+        if until < self._open_until:
+            self._open_until = until
+            self._tick(now)
+            for fut in self._waiters:  # their timers were set for the old deadline
+                _wake(fut)
+        return True
+
     def force_open(self) -> None:
         """Refuse every call until :meth:`release`; outcomes are ignored."""
         self._to(BreakerState.FORCED_OPEN, self._clock())

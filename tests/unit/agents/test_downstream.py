@@ -14,6 +14,7 @@ import time
 import pytest
 
 from faust_backpressure.agents.downstream import (
+    RECOVERY_MIN_OPEN,
     Downstream,
     WaitAborted,
     build_downstream,
@@ -27,7 +28,7 @@ from faust_backpressure.agents.slow_down import (
     parse_retry_after,
     quota_from_headers,
 )
-from faust_backpressure.app.downstream_ops import BreakerCommand, SlowDownRecord
+from faust_backpressure.app.downstream_ops import BreakerCommand, RecoveredRecord, SlowDownRecord
 from faust_backpressure.limiters import CircuitBreaker, FixedLimit, TokenBucketRateLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
 from faust_backpressure.wire.signing import RejectedRecord
@@ -296,3 +297,91 @@ async def test_a_call_waiting_for_its_slot_when_the_breaker_opens_does_not_go_ou
     await first
     await waiting
     assert calls == ["first", "second"] and api.outcomes["held_by_pause"] >= 1
+
+
+class _Clocks:
+    """One virtual time for the breaker (monotonic) and the guard's wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_worker_whose_probes_pass_tells_the_others_and_they_probe_at_once() -> None:
+    clock = _Clocks()
+    published: list[tuple[str, float]] = []
+
+    async def publish_recovery(name: str, at: float) -> None:
+        published.append((name, at))
+
+    def make() -> Downstream:
+        breaker = CircuitBreaker(minimum_calls=2, wait_in_open=5.0, half_open_calls=1,
+                                 clock=clock)
+        return Downstream("api", limit=FixedLimit(4), breaker=breaker, clock=clock,
+                          wall_clock=clock, publish_recovery=publish_recovery)
+
+    here, there = make(), make()
+    for api in (here, there):  # the outage: both open
+        for _ in range(2):
+            api.breaker.record(0.01, failed=True)
+        assert api.state.value == "open"
+    clock.now += 5.0  # here: half-open, its probe passes
+    assert here.breaker.allow()
+    clock.now += 0.01
+    here.breaker.record(0.01, failed=False)
+    await asyncio.sleep(0)
+    assert here.state.value == "closed" and published == [("api", clock.now)]
+    # there opened at the same moment: a probe now, not at the end of its own wait
+    there.breaker.open_for(5.0)  # (its wait restarts: a failed probe of its own)
+    assert there.breaker.time_until_allowed() == 5.0
+    clock.now += 1.0
+    assert there.recovered_at(published[0][1] + 1.0, source="from here")
+    assert there.state.value == "half_open" and there.outcomes["probed_on_news"] == 1
+    assert not here.recovered_at(clock.now)  # closed: nothing to do
+
+
+def test_recovery_news_older_than_the_opening_or_during_a_slow_down_changes_nothing() -> None:
+    clock = _Clocks()
+    api = Downstream("api", limit=FixedLimit(4), clock=clock, wall_clock=clock,
+                     breaker=CircuitBreaker(minimum_calls=1, wait_in_open=5.0, clock=clock))
+    api.breaker.record(0.01, failed=True)
+    clock.now += 1.0
+    assert not api.recovered_at(clock.now - 2.0)  # seen back before this opening: stale
+    assert api.state.value == "open"
+    api.pause_until(clock.now + 30.0)  # a slow-down in force: it holds the breaker
+    assert not api.recovered_at(clock.now)
+    assert api.state.value == "open" and api.paused_for == 30.0
+
+
+def test_recovery_news_probes_at_most_once_per_min_open_period() -> None:
+    clock = _Clocks()
+    api = Downstream("api", limit=FixedLimit(4), clock=clock, wall_clock=clock,
+                     breaker=CircuitBreaker(minimum_calls=1, wait_in_open=5.0,
+                                            half_open_calls=1, clock=clock))
+    api.breaker.record(0.01, failed=True)
+    assert api.recovered_at(clock.now)  # just opened: probes RECOVERY_MIN_OPEN s later
+    assert api.state.value == "open"
+    assert api.breaker.time_until_allowed() == pytest.approx(RECOVERY_MIN_OPEN)
+    clock.now += RECOVERY_MIN_OPEN
+    assert api.breaker.allow() and api.state.value == "half_open"
+
+
+def test_recovery_records_are_signed_range_checked_and_rejected_when_hostile() -> None:
+    secret, now = b"s3cret", 1_700_000_000.0
+    record = RecoveredRecord("api", "w1", now)
+    raw, key = record.encode(secret), b"recovered/api"
+    assert RecoveredRecord.decode(raw, key, secret, now=now, max_skew=10) == record
+    with pytest.raises(RejectedRecord) as forged:
+        RecoveredRecord.decode(raw, key, b"other", now=now, max_skew=10)
+    assert forged.value.code == "bad_signature"
+    ahead = RecoveredRecord("api", "w1", now + 100).encode(secret)
+    with pytest.raises(RejectedRecord) as future:
+        RecoveredRecord.decode(ahead, key, secret, now=now, max_skew=10)
+    assert future.value.code == "future"
+    with pytest.raises(RejectedRecord):  # a record for another dependency under this key
+        RecoveredRecord.decode(raw, b"recovered/other", secret, now=now, max_skew=10)
+    slow_down = SlowDownRecord("api", now + 2, "w1", now).encode(secret)
+    with pytest.raises(RejectedRecord):  # another kind of record
+        RecoveredRecord.decode(slow_down, key, secret, now=now, max_skew=10)

@@ -360,6 +360,49 @@ def test_open_for_from_half_open_voids_outstanding_probes(clock: FakeClock) -> N
     assert cb.allow()
 
 
+# -- probe_soon (the system seen back by another caller) -------------------------------------
+
+
+def test_probe_soon_half_opens_an_open_breaker_at_once(clock: FakeClock) -> None:
+    cb = make(clock, wait_in_open=5.0, half_open_calls=1)
+    open_breaker(cb, clock)
+    clock.advance(1.0)
+    assert cb.probe_soon()
+    assert cb.state is S.HALF_OPEN and cb.allow()
+
+
+def test_probe_soon_waits_min_open_after_the_opening_never_longer(clock: FakeClock) -> None:
+    cb = make(clock, wait_in_open=5.0)
+    open_breaker(cb, clock)
+    clock.advance(0.2)
+    assert cb.probe_soon(min_open=0.5)
+    assert cb.time_until_allowed() == pytest.approx(0.3)
+    assert cb.probe_soon(min_open=10.0)  # never later than the breaker's own wait
+    assert cb.time_until_allowed() == pytest.approx(0.3)
+
+
+def test_probe_soon_leaves_other_states_alone(clock: FakeClock) -> None:
+    cb = make(clock)
+    assert not cb.probe_soon() and cb.state is S.CLOSED
+    to_half_open(cb, clock)
+    assert not cb.probe_soon() and cb.state is S.HALF_OPEN
+    cb.force_open()
+    assert not cb.probe_soon() and cb.state is S.FORCED_OPEN
+
+
+def test_probe_soon_wakes_the_waiters_for_the_earlier_deadline() -> None:
+    async def main(loop: VirtualTimeLoop) -> float:
+        cb = CircuitBreaker(minimum_calls=1, wait_in_open=60.0, clock=loop.time)
+        cb.record(0.0, failed=True)
+        waiter = asyncio.create_task(cb.wait_until_allowed())
+        await asyncio.sleep(2.0)
+        cb.probe_soon(min_open=3.0)
+        await asyncio.wait_for(waiter, 120)
+        return loop.time()
+
+    assert run_virtual(main) == pytest.approx(3.0)
+
+
 # -- waiting -------------------------------------------------------------------------------------
 
 

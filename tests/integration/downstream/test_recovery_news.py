@@ -1,0 +1,69 @@
+"""A worker's breaker hears from another worker that the system answers again (a signed
+``recovered/<name>`` record on the ops topic) and probes at once, in an in-process app on
+the real broker; a forged record is counted and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faust
+import pytest
+
+from faust_backpressure.agents.slow_down import DependencyUnavailable
+from faust_backpressure.app import Backpressure
+from faust_backpressure.app.downstream_ops import RecoveredRecord, recovered_key
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.testing.inprocess import running_app
+from faust_backpressure.testing.kafka_io import create_topics, produce
+from faust_backpressure.testing.settings import fast_faust_settings
+from faust_backpressure.wire.signing import BAD_SIGNATURE
+from faust_backpressure.wire.topics import ops_topic
+
+pytestmark = pytest.mark.kafka
+
+SECRET = "s3cret"
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_news_of_a_recovery_elsewhere_makes_an_open_breaker_probe_at_once(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        tmp_path: Path) -> None:
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    await create_topics(kafka_bootstrap, {source: 1, sink: 1, dlq: 1})
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings(secret=SECRET))
+    # open for 10 minutes unless told: only the news can make it probe within the test
+    api = bp.downstream("api", minimum_calls=1, wait_in_open=600.0)
+    bp.pipeline("calls", source=source, sink=sink, dlq=dlq, process=lambda v: v,
+                downstream=api)
+    topic = ops_topic(str(app.conf.id))
+    async with running_app(app):
+        await eventually(lambda: bp.ops_follower is not None)
+        with pytest.raises(DependencyUnavailable):
+            async with api.call():
+                raise DependencyUnavailable("HTTP 503")
+        assert api.state.value == "open"
+        forged = {"type": "recovered", "dependency": "api", "by": "thief", "at": time.time()}
+        await produce(kafka_bootstrap, topic, [(recovered_key("api"),
+                                                json.dumps(forged).encode())])
+        await eventually(lambda: bp.rejections.get("ops", {}).get(BAD_SIGNATURE, 0) >= 1)
+        assert api.state.value == "open" and api.outcomes["probed_on_news"] == 0
+        news = RecoveredRecord("api", "worker-b", time.time())
+        await produce(kafka_bootstrap, topic, [(recovered_key("api"),
+                                                news.encode(SECRET.encode()))])
+        await eventually(lambda: api.state.value == "half_open")
+    assert api.outcomes["probed_on_news"] == 1
+    assert bp.rejections["ops"] == {BAD_SIGNATURE: 1}
