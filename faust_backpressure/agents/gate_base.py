@@ -21,21 +21,10 @@ from faust.types import AppT, StreamT, TopicT
 from faust_backpressure.agents.decorate import AgentFunT, decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.faust_seam import set_stream_gate, stream_gate
+from faust_backpressure.limiters.metrics import counter, gauge
 from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["GateBase", "GateStats", "KeyedGateStats", "counter", "gauge"]
-
-
-def counter(help_text: str) -> dict[str, str]:
-    """``field(metadata=counter(...))``: the field is also a Prometheus counter
-    (``<prefix>_<field>_total``)."""
-    return {"metric": "counter", "help": help_text}
-
-
-def gauge(help_text: str) -> dict[str, str]:
-    """``field(metadata=gauge(...))``: the field is also a Prometheus gauge
-    (``<prefix>_<field>``)."""
-    return {"metric": "gauge", "help": help_text}
 
 
 @dataclass(frozen=True, slots=True)

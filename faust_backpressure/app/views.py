@@ -32,7 +32,7 @@ from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT
 from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.faust_seam import send_control, source_backlog
-from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters import RateLimiterStats, RateLimitingStrategy
 from faust_backpressure.tables.service import find_channel
 from faust_backpressure.wire.topics import ops_topic
 
@@ -116,14 +116,9 @@ def snapshot(bp: Installation) -> dict[str, Any]:
     """This worker's state, JSON-ready."""
     limiters = _limiters(bp)
     label_of = {id(limiter): label for label, limiter in limiters.items()}
-    limiter_view = {}
-    for label, limiter in limiters.items():
-        stats = limiter.stats()
-        limiter_view[label] = {"rate": stats.rate, "utilization": stats.utilization,
-                               "granted": stats.granted, "denied": stats.denied,
-                               "waits": stats.waits, "sleeps": stats.sleeps,
-                               "tokens": stats.tokens,
-                               "configured_rate": configured_rate(limiter)}
+    limiter_view = {label: {**dataclasses.asdict(limiter.stats()),
+                            "configured_rate": configured_rate(limiter)}
+                    for label, limiter in limiters.items()}
     control = {name: _control_view(loop, label_of.get(id(loop.limiter), name))
                for name, loop in bp.control_loops.items()}
     gates = bp.all_gates()
@@ -217,15 +212,8 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
 
 
 def _limiter_metrics(limiters: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
-    limiters = list(limiters)
-    yield ("limiter_rate", "gauge", "Permits per second the limiter allows now.",
-           [({"limiter": k}, v["rate"]) for k, v in limiters])
-    yield ("limiter_utilization", "gauge", "Share of the allowed permits taken recently.",
-           [({"limiter": k}, v["utilization"]) for k, v in limiters])
-    for field, text in (("granted", "Permits granted."), ("denied", "try_acquire refusals."),
-                        ("waits", "acquire calls that had to wait.")):
-        yield (f"limiter_{field}_total", "counter", text,
-               [({"limiter": k}, v[field]) for k, v in limiters])
+    yield from _stats_metrics("limiter", RateLimiterStats,
+                              [({"limiter": k}, v) for k, v in limiters])
 
 
 def _stats_metrics(prefix: str, stats: type[Any],

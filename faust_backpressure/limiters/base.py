@@ -11,13 +11,14 @@ import math
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 from faust_backpressure.config.validation import check_int, check_number, is_number
 from faust_backpressure.errors import BackpressureError
 
 from .bucket import EPSILON
+from .metrics import counter, gauge
 
 __all__ = [
     "EPSILON",
@@ -54,15 +55,17 @@ class RateLimiterStats:
     ``granted`` counts permits, ``denied`` counts refused ``try_acquire`` calls,
     ``waits`` counts ``acquire`` calls that had to queue and ``sleeps`` how many
     times queued waiters parked (O(1) per wait: there is no polling).
-    ``tokens`` is what could be taken now, or ``None`` if not meaningful.
+    ``tokens`` is what could be taken now, or ``None`` if not meaningful. Fields made
+    with :func:`~.metrics.counter` or :func:`~.metrics.gauge` are Prometheus metrics too
+    (``limiter_<field>[_total]``).
     """
 
-    granted: int
-    denied: int
-    waits: int
+    granted: int = field(metadata=counter("Permits granted."))
+    denied: int = field(metadata=counter("try_acquire refusals."))
+    waits: int = field(metadata=counter("acquire calls that had to wait."))
     sleeps: int
-    rate: float
-    utilization: float
+    rate: float = field(metadata=gauge("Permits per second the limiter allows now."))
+    utilization: float = field(metadata=gauge("Share of the allowed permits taken recently."))
     tokens: float | None = None
 
 
