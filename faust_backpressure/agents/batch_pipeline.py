@@ -279,16 +279,16 @@ class BatchRunner:
                 failed.append((record, key, value, result))
             else:
                 produced += await self._send_outputs(producer, record, key, result, 1, futures)
-        stats.produced += produced
         self._sent_to_sensors(produced)
         if failed:
             futures.append(asyncio.ensure_future(self._retry_all(producer, failed)))
         return asyncio.ensure_future(self._all_acked_seen(futures))
 
     def _sent_to_sensors(self, sends: int) -> None:
-        """Sensors with batch hooks (credit flow's ``SinkSends``) count a batch's sends once:
-        Faust's per-send sensor calls do not happen on this path. ``sends``: to the sinks
-        (every output goes to each sink)."""
+        """Counts ``sends`` (to the sinks: every output goes to each sink) in the stats once;
+        sensors with batch hooks (credit flow's ``SinkSends``) count them too: Faust's
+        per-send sensor calls do not happen on this path."""
+        self.pipeline.stats.produced += sends
         if sends:
             per_sink = sends // len(self._sink_names)
             notify_sensors(self.app, "on_batch_sent", dict.fromkeys(self._sink_names, per_sink))
@@ -357,7 +357,6 @@ class BatchRunner:
             return 0
         for topic, raw_key, raw_value in prepared:
             futures.append(await producer.send(topic, raw_value, key=raw_key))
-        stats.produced += len(prepared)
         return len(prepared)
 
     async def _retry_all(self, producer: Any, failed: Sequence[tuple[Any, Any, Any,
