@@ -294,7 +294,11 @@ class BatchRunner:
             notify_sensors(self.app, "on_batch_sent", dict.fromkeys(self._sink_names, per_sink))
 
     async def _all_acked_seen(self, futures: list[Any]) -> None:
-        acked = [await future for future in futures]
+        """Every future's ack (a retry task's: a list of them) reported once, when all came."""
+        acked: list[Any] = []
+        for future in futures:
+            metadata = await future
+            acked.extend(metadata if isinstance(metadata, list) else [metadata])
         notify_sensors(self.app, "on_batch_acked", [m for m in acked if m is not None])
 
     @staticmethod
@@ -359,12 +363,12 @@ class BatchRunner:
             futures.append(await producer.send(topic, raw_value, key=raw_key))
         return len(prepared)
 
-    async def _retry_all(self, producer: Any, failed: Sequence[tuple[Any, Any, Any,
-                                                                      BaseException]]) -> None:
+    async def _retry_all(self, producer: Any,
+                         failed: Sequence[tuple[Any, Any, Any, BaseException]]) -> list[Any]:
         futures: list[Any] = []
         for record, key, value, error in failed:
             await self._retry(producer, record, key, value, error, futures)
-        await _all_acked(futures)
+        return await _all_acked(futures)
 
     async def _retry(self, producer: Any, record: Any, key: Any, value: Any,
                      error: BaseException, futures: list[Any]) -> None:
@@ -409,7 +413,7 @@ def _prepare(sink: Any, key: Any, value: Any) -> tuple[Any, Any]:
     return raw_key, raw_value
 
 
-async def _all_acked(futures: list[Any]) -> None:
-    """Every send future acked by Kafka; the first failure raises (the batch is not acked)."""
-    for future in futures:
-        await future
+async def _all_acked(futures: list[Any]) -> list[Any]:
+    """Every send future acked by Kafka (their metadata); the first failure raises (the
+    batch is not acked)."""
+    return [await future for future in futures]
