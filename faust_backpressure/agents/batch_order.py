@@ -54,20 +54,28 @@ class KeyChains:
         self._broken = broken
         self._tails: dict[Hashable, dict[Hashable, asyncio.Future[Any]]] = {}
 
-    def hold_back(self, tp: Hashable, items: list[Item],
-                  resolve: Callable[[list[Item]], Awaitable[list[Any]]],
-                  ) -> tuple[list[Item], list[asyncio.Future[list[Any]]]]:
-        """A batch's events of ``tp`` to send now, in order (:func:`hold_back`, keyed by the
-        raw record's key), and per held key a task: ``resolve(its held events)`` in the key's
-        chain (it returns their send futures), then their acks (their metadata)."""
+    def hold_back(self, tp: Hashable,
+                  items: list[Item]) -> tuple[list[Item], dict[Hashable, list[Item]]]:
+        """A batch's events of ``tp`` to send now, in order, and per held key its held
+        events, in order (:func:`hold_back`, keyed by the raw record's key)."""
         now, held = hold_back([item[0].key for item in items],
                               [isinstance(item[3], BaseException) for item in items],
                               self.held(tp))
+        return ([items[i] for i in now],
+                {key: [items[i] for i in indexes] for key, indexes in held.items()})
+
+    def start(self, tp: Hashable, held: dict[Hashable, list[Item]],
+              resolve: Callable[[list[Item]], Awaitable[list[Any]]],
+              ) -> list[asyncio.Future[list[Any]]]:
+        """Per held key a task: ``resolve(its held events)`` in the key's chain (it returns
+        their send futures), then their acks (their metadata). Called once the batch's
+        other events were sent: aiokafka's ``send`` may wait before it queues its record
+        (for a topic's metadata), and a chain's send must not overtake them."""
         acks: list[asyncio.Future[list[Any]]] = []
-        for key, indexes in held.items():
-            run = functools.partial(resolve, [items[i] for i in indexes])
-            acks.append(asyncio.ensure_future(_acked_after(self.chain(tp, key, run))))
-        return [items[i] for i in now], acks
+        for key, events in held.items():
+            chain = self.chain(tp, key, functools.partial(resolve, events))
+            acks.append(asyncio.ensure_future(_acked_after(chain)))
+        return acks
 
     def held(self, tp: Hashable) -> Container[Hashable]:
         """The keys of ``tp`` with a chain still running."""

@@ -270,10 +270,9 @@ class BatchRunner:
                                                    Failure.now(error, "decode", 0)))
         items: Iterable[tuple[Any, Any, Any, Any]] = zip(records, keys, values, results,
                                                           strict=True)
+        held: dict[Any, list[tuple[Any, Any, Any, Any]]] = {}
         if self.chains is not None:  # ordered_by_key: a failing key's later events wait
-            items, held = self.chains.hold_back(
-                batch.tp, list(items), functools.partial(self._in_key_order, producer))
-            futures.extend(held)
+            items, held = self.chains.hold_back(batch.tp, list(items))
         failed: list[tuple[Any, Any, Any, BaseException]] = []
         # the common case inline (one sink, one raw output per event): ~2 µs an event less
         fast = self._raw_sink_name(self.pipeline.sinks)
@@ -289,6 +288,9 @@ class BatchRunner:
             else:
                 produced += await self._send_outputs(producer, record, key, result, 1, futures)
         self._sent_to_sensors(produced)
+        if held and self.chains is not None:  # after the sends above: none is overtaken
+            futures.extend(self.chains.start(
+                batch.tp, held, functools.partial(self._in_key_order, producer)))
         if failed:
             futures.append(asyncio.ensure_future(self._retry_all(producer, failed)))
         return asyncio.ensure_future(self._all_acked_seen(futures))
