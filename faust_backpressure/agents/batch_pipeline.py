@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from faust.types import TP
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, outputs_of
+from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers
@@ -61,10 +63,13 @@ class BatchRunner:
     """Runs one pipeline's batches (see the module's docstring)."""
 
     def __init__(self, pipeline: Any, process_batch: Callable[[list[Any]], Any],
-                 batch_size: int, batch_timeout: float, clock: Clock = time.monotonic) -> None:
+                 batch_size: int, batch_timeout: float, ordered_by_key: bool = False,
+                 clock: Clock = time.monotonic) -> None:
         self.pipeline = pipeline  # a Pipeline (not imported: it imports this module)
         self.app = pipeline.app
         self.process_batch = process_batch
+        #: per partition and key, the held events' chains (only with ``ordered_by_key``)
+        self.chains = KeyChains(broken=_Abandoned) if ordered_by_key else None
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
         self._clock = clock
@@ -103,6 +108,8 @@ class BatchRunner:
     def revoke(self, tps: set[TP]) -> None:
         self.queues.clear(tps)
         self._held.difference_update(tps)
+        if self.chains is not None:
+            self.chains.forget(tps)
 
     async def wait_idle(self) -> None:
         try:
@@ -255,9 +262,7 @@ class BatchRunner:
     async def _send_batch(self, batch: Batch, producer: Any) -> asyncio.Future[None]:
         """Decode, process, send; returns what completes once every output (retries and
         dead letters included) is acked by Kafka."""
-        pipeline = self.pipeline
-        stats = pipeline.stats
-        stats.consumed += len(batch.records)
+        self.pipeline.stats.consumed += len(batch.records)
         keys: list[Any] = []
         values: list[Any] = []
         records: list[Any] = []
@@ -276,13 +281,17 @@ class BatchRunner:
         for record, error in undecodable:
             futures.append(await self._dead_letter(producer, record,
                                                    Failure.now(error, "decode", 0)))
+        items: Iterable[tuple[Any, Any, Any, Any]] = zip(records, keys, values, results,
+                                                          strict=True)
+        held: dict[Any, list[tuple[Any, Any, Any, Any]]] = {}
+        if self.chains is not None:  # ordered_by_key: a failing key's later events wait
+            items, held = self.chains.hold_back(batch.tp, list(items))
         failed: list[tuple[Any, Any, Any, BaseException]] = []
         # the common case inline (one sink, one raw output per event): ~2 µs an event less
-        sinks = pipeline.sinks
-        fast = self._raw_sink_name(sinks)
+        fast = self._raw_sink_name(self.pipeline.sinks)
         send = producer.send
         produced = 0
-        for record, key, value, result in zip(records, keys, values, results, strict=True):
+        for record, key, value, result in items:
             if fast is not None and type(result) is bytes and (key is None
                                                                or type(key) is bytes):
                 futures.append(await send(fast, result, key=key))
@@ -291,22 +300,42 @@ class BatchRunner:
                 failed.append((record, key, value, result))
             else:
                 produced += await self._send_outputs(producer, record, key, result, 1, futures)
-        stats.produced += produced
         self._sent_to_sensors(produced)
+        if held and self.chains is not None:  # after the sends above: none is overtaken
+            futures.extend(self.chains.start(
+                batch.tp, held, functools.partial(self._in_key_order, producer)))
         if failed:
             futures.append(asyncio.ensure_future(self._retry_all(producer, failed)))
         return asyncio.ensure_future(self._all_acked_seen(futures))
 
+    async def _in_key_order(self, producer: Any,
+                            held: list[tuple[Any, Any, Any, Any]]) -> list[Any]:
+        """One key's held events in order: a failed one is retried (or dead-lettered) before
+        the next one's outputs go out. Returns their send futures."""
+        futures: list[Any] = []
+        for record, key, value, result in held:
+            if isinstance(result, BaseException):
+                await self._retry(producer, record, key, value, result, futures)
+            else:
+                self._sent_to_sensors(await self._send_outputs(producer, record, key, result,
+                                                               1, futures))
+        return futures
+
     def _sent_to_sensors(self, sends: int) -> None:
-        """Sensors with batch hooks (credit flow's ``SinkSends``) count a batch's sends once:
-        Faust's per-send sensor calls do not happen on this path. ``sends``: to the sinks
-        (every output goes to each sink)."""
+        """Counts ``sends`` (to the sinks: every output goes to each sink) in the stats once;
+        sensors with batch hooks (credit flow's ``SinkSends``) count them too: Faust's
+        per-send sensor calls do not happen on this path."""
+        self.pipeline.stats.produced += sends
         if sends:
             per_sink = sends // len(self._sink_names)
             notify_sensors(self.app, "on_batch_sent", dict.fromkeys(self._sink_names, per_sink))
 
     async def _all_acked_seen(self, futures: list[Any]) -> None:
-        acked = [await future for future in futures]
+        """Every future's ack (a retry task's: a list of them) reported once, when all came."""
+        acked: list[Any] = []
+        for future in futures:
+            metadata = await future
+            acked.extend(metadata if isinstance(metadata, list) else [metadata])
         notify_sensors(self.app, "on_batch_acked", [m for m in acked if m is not None])
 
     @staticmethod
@@ -381,15 +410,14 @@ class BatchRunner:
             return 0
         for topic, raw_key, raw_value in prepared:
             futures.append(await producer.send(topic, raw_value, key=raw_key))
-        stats.produced += len(prepared)
         return len(prepared)
 
-    async def _retry_all(self, producer: Any, failed: Sequence[tuple[Any, Any, Any,
-                                                                      BaseException]]) -> None:
+    async def _retry_all(self, producer: Any,
+                         failed: Sequence[tuple[Any, Any, Any, BaseException]]) -> list[Any]:
         futures: list[Any] = []
         for record, key, value, error in failed:
             await self._retry(producer, record, key, value, error, futures)
-        await _all_acked(futures)
+        return await all_acked(futures)
 
     async def _retry(self, producer: Any, record: Any, key: Any, value: Any,
                      error: BaseException, futures: list[Any]) -> None:
@@ -432,9 +460,3 @@ def _prepare(sink: Any, key: Any, value: Any) -> tuple[Any, Any]:
     raw_value = value if isinstance(value, bytes) and sink.value_serializer == "raw" \
         else sink.prepare_value(value, None)[0]
     return raw_key, raw_value
-
-
-async def _all_acked(futures: list[Any]) -> None:
-    """Every send future acked by Kafka; the first failure raises (the batch is not acked)."""
-    for future in futures:
-        await future

@@ -147,7 +147,8 @@ class Pipeline:
         ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
         with up to ``concurrency`` events in progress (default the guard's
         ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
-        the same record key.
+        the same record key (a batch pipeline's outputs keep each key's input order, retried
+        events included: docs/batching.md, "Order per key").
         ``process_batch``: instead of ``process``, called with the decoded values of a batch
         (at most ``batch_size`` records of one partition, ``batch_timeout`` s at most) and
         returning one result per value (see ``docs/batching.md``)."""
@@ -155,8 +156,7 @@ class Pipeline:
         self.concurrency, self.max_retries = _checked_options(
             name, settings, process=process, process_batch=process_batch,
             concurrency=concurrency, max_retries=max_retries, limiter=limiter,
-            downstream=downstream, keyed=keyed, priority=priority,
-            ordered_by_key=ordered_by_key, on_limit=on_limit)
+            downstream=downstream, keyed=keyed, priority=priority, on_limit=on_limit)
         self.app = app
         self.name = name
         self.settings = settings
@@ -180,17 +180,17 @@ class Pipeline:
         self._resumed.set()
         #: who paused it (``by``, ``at``, ``reason``) while paused
         self.paused_by: dict[str, Any] | None = None
-        self.batch = (None if process_batch is None
-                      else self._batch_runner(process_batch, batch_size, batch_timeout))
+        self.batch = (None if process_batch is None else self._batch_runner(
+            process_batch, batch_size, batch_timeout, ordered_by_key))
         self.agent: AgentT[Any] = self._agent()
 
     def _batch_runner(self, process_batch: Callable[[list[Any]], Any], batch_size: int,
-                      batch_timeout: float) -> BatchRunner:
+                      batch_timeout: float, ordered_by_key: bool) -> BatchRunner:
         if self.gate is not None and batch_size > self.gate.capacity:
             raise ValueError(f"pipeline {self.name!r}: batch_size {batch_size} is above the "
                              f"limiter's burst ({self.gate.capacity:g}): a batch could "
                              "never be admitted at once")
-        runner = BatchRunner(self, process_batch, batch_size, batch_timeout)
+        runner = BatchRunner(self, process_batch, batch_size, batch_timeout, ordered_by_key)
         register_batch_tap(self.app, self.source_topic_name, runner)
         return runner
 

@@ -161,7 +161,8 @@ class Backpressure:
         load shedding the lowest priorities are shed first (``docs/control-loop.md``).
         ``downstream``: a guard from :meth:`downstream` that ``process`` calls through, with
         up to ``concurrency`` events in progress (default: the guard's ``max_concurrency``,
-        else 1); ``ordered_by_key``: per record key, one event at a time, in order.
+        else 1); ``ordered_by_key``: per record key, one event at a time, in order (batch
+        pipelines: each key's outputs in input order, retried events included).
         ``process_batch`` (instead of ``process``): a list of values in, one result per value
         out, ``batch_size`` records or ``batch_timeout`` s at most (``docs/batching.md``)."""
         if name in self.pipelines:

@@ -150,8 +150,9 @@ def test_a_batch_is_timed_from_its_first_record_to_done_and_in_its_calls(guarded
 def test_batch_options_are_checked() -> None:
     with pytest.raises(ValueError, match="process= or process_batch="):
         _pipeline()
-    with pytest.raises(ValueError, match="ordered_by_key="):
-        _pipeline(process_batch=list, ordered_by_key=True)
+    # ordered_by_key is built (tests/unit/agents/test_batch_order.py)
+    assert _pipeline(process_batch=list, ordered_by_key=True).batch.chains is not None
+    assert _pipeline(process_batch=list).batch.chains is None
     with pytest.raises(ValueError, match="priority="):
         _pipeline(process_batch=list, priority=len, limiter=TokenBucketRateLimiter(1e3, 1e3))
     with pytest.raises(ValueError, match="above the limiter's burst"):
