@@ -24,7 +24,8 @@ from typing import Any
 
 from faust_backpressure.errors import BackpressureError
 
-__all__ = ["Batch", "BatchQueues", "BatchResultError", "check_results", "outputs_of"]
+__all__ = ["Batch", "BatchQueues", "BatchResultError", "check_results", "is_raw", "outputs_of",
+           "prepare", "raw_sink_name"]
 
 
 @dataclass
@@ -155,3 +156,26 @@ def outputs_of(result: Any) -> Sequence[Any]:
     if isinstance(result, types.GeneratorType):
         return list(result)
     return (result,)
+
+
+def is_raw(serializer: Any, type_: Any) -> bool:
+    """A topic side whose bytes are used as they are (no decoding)."""
+    return serializer == "raw" and type_ in (None, bytes)
+
+
+def prepare(sink: Any, key: Any, value: Any) -> tuple[Any, Any]:
+    """``key`` and ``value`` as ``sink`` sends them (bytes for a raw sink pass as they are)."""
+    raw_key = key if key is None or (isinstance(key, bytes) and sink.key_serializer == "raw") \
+        else sink.prepare_key(key, None)[0]
+    raw_value = value if isinstance(value, bytes) and sink.value_serializer == "raw" \
+        else sink.prepare_value(value, None)[0]
+    return raw_key, raw_value
+
+
+def raw_sink_name(sinks: Sequence[Any]) -> str | None:
+    """The sink's name if there is one sink and it takes bytes as they are."""
+    if len(sinks) != 1:
+        return None
+    sink = sinks[0]
+    raw = sink.key_serializer == "raw" and sink.value_serializer == "raw"
+    return str(sink.get_topic_name()) if raw else None

@@ -22,7 +22,15 @@ from typing import Any
 
 from faust.types import TP
 
-from faust_backpressure.agents.batch import Batch, BatchQueues, check_results, outputs_of
+from faust_backpressure.agents.batch import (
+    Batch,
+    BatchQueues,
+    check_results,
+    is_raw,
+    outputs_of,
+    prepare,
+    raw_sink_name,
+)
 from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import unless_flow_stops
@@ -92,8 +100,8 @@ class BatchRunner:
         self.revoke_timeout = BATCH_REVOKE_TIMEOUT
         topic = pipeline.schema_topic
         self._sink_names = frozenset(sink.get_topic_name() for sink in pipeline.sinks)
-        self._raw_key = _is_raw(topic.key_serializer, getattr(topic, "key_type", None))  # type: ignore[attr-defined]
-        self._raw_value = _is_raw(topic.value_serializer,  # type: ignore[attr-defined]
+        self._raw_key = is_raw(topic.key_serializer, getattr(topic, "key_type", None))  # type: ignore[attr-defined]
+        self._raw_value = is_raw(topic.value_serializer,  # type: ignore[attr-defined]
                                   getattr(topic, "value_type", None))
 
     # -- the seam's side (BatchTap) ---------------------------------------------------------
@@ -288,7 +296,7 @@ class BatchRunner:
             items, held = self.chains.hold_back(batch.tp, list(items))
         failed: list[tuple[Any, Any, Any, BaseException]] = []
         # the common case inline (one sink, one raw output per event): ~2 µs an event less
-        fast = self._raw_sink_name(self.pipeline.sinks)
+        fast = raw_sink_name(self.pipeline.sinks)
         send = producer.send
         produced = 0
         for record, key, value, result in items:
@@ -337,15 +345,6 @@ class BatchRunner:
             metadata = await future
             acked.extend(metadata if isinstance(metadata, list) else [metadata])
         notify_sensors(self.app, "on_batch_acked", [m for m in acked if m is not None])
-
-    @staticmethod
-    def _raw_sink_name(sinks: Sequence[Any]) -> str | None:
-        """The sink's name if there is one sink and it takes bytes as they are."""
-        if len(sinks) != 1:
-            return None
-        sink = sinks[0]
-        raw = sink.key_serializer == "raw" and sink.value_serializer == "raw"
-        return str(sink.get_topic_name()) if raw else None
 
     def _decode(self, record: Any) -> tuple[Any, Any]:
         schema = self.pipeline.schema_topic.schema
@@ -402,7 +401,7 @@ class BatchRunner:
             stats.filtered += 1
             return 0
         try:
-            prepared = [(sink.get_topic_name(), *_prepare(sink, key, output))
+            prepared = [(sink.get_topic_name(), *prepare(sink, key, output))
                         for output in outputs for sink in self.pipeline.sinks]
         except Exception as exc:  # an output the sink's serializer refuses: no retry helps
             futures.append(await self._dead_letter(producer, record,
@@ -449,14 +448,3 @@ class BatchRunner:
         pipeline.stats.dead_lettered += 1
         return future
 
-
-def _is_raw(serializer: Any, type_: Any) -> bool:
-    return serializer == "raw" and type_ in (None, bytes)
-
-
-def _prepare(sink: Any, key: Any, value: Any) -> tuple[Any, Any]:
-    raw_key = key if key is None or (isinstance(key, bytes) and sink.key_serializer == "raw") \
-        else sink.prepare_key(key, None)[0]
-    raw_value = value if isinstance(value, bytes) and sink.value_serializer == "raw" \
-        else sink.prepare_value(value, None)[0]
-    return raw_key, raw_value
