@@ -59,6 +59,13 @@ def breaker_key(name: str) -> bytes:
     return f"breaker/{name}".encode()
 
 
+def _sent_at(data: dict[str, Any], now: float, max_skew: float) -> float:
+    """The record's ``at``: a finite time, not ahead of ``now`` by more than ``max_skew``."""
+    at = number(data, "at", 0.0, 1e11)
+    check_time(at, now, max_age=1e11, max_skew=max_skew)
+    return float(at)
+
+
 @dataclass(frozen=True, slots=True)
 class SlowDownRecord:
     """A dependency paused until ``until`` (wall clock), sent by ``by`` at ``at``."""
@@ -79,8 +86,7 @@ class SlowDownRecord:
         data, name = decode_signed(raw, key or b"", secret, name="dependency",
                                    record_key=lambda n: slow_down_key(n), kind="slow-down",
                                    not_one="not a slow-down record")
-        at = number(data, "at", 0.0, 1e11)
-        check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones are merely over
+        at = _sent_at(data, now, max_skew)  # any age: old ones are merely over
         until = number(data, "until", at, at + min(max_pause, _LONGEST))
         return cls(name, until, text(data, "by"), at)
 
@@ -104,8 +110,7 @@ class RecoveredRecord:
         data, name = decode_signed(raw, key or b"", secret, name="dependency",
                                    record_key=recovered_key, kind="recovered",
                                    not_one="not a recovery record")
-        at = number(data, "at", 0.0, 1e11)
-        check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones predate any opening
+        at = _sent_at(data, now, max_skew)  # any age: old ones predate any opening
         return cls(name, text(data, "by"), at)
 
 
@@ -135,8 +140,7 @@ class QuotaReport:
         dependency, by = text(data, "dependency"), text(data, "by")
         if report != f"{dependency}/{by}":
             raise RejectedRecord("report does not name its dependency and worker")
-        at = number(data, "at", 0.0, 1e11)
-        check_time(at, now, max_age=1e11, max_skew=max_skew)  # old ones match no episode
+        at = _sent_at(data, now, max_skew)  # any age: old ones match no episode
         episode = number(data, "episode", at - _LONGEST, at + _LONGEST)
         return cls(dependency, episode, number(data, "served", 0.0, _MOST_SERVED), by, at)
 
