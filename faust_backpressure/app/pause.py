@@ -287,12 +287,14 @@ class _OpsFollower(Service):
 
 
 def install_pause_control(bp: Installation) -> None:
-    """Follow the ops topic on every worker of an app that has pipelines, downstream guards
-    or keyed limits (pause/resume, slow-downs, breaker commands, key overrides)."""
+    """Follow the ops topic on every worker of an app that uses the library (pipelines,
+    gates, limiters, control loops, downstream guards or keyed limits): pause/resume,
+    slow-downs, breaker commands, key overrides, and the cluster view's summaries."""
     app = bp.app
 
     async def fbp_pause_control() -> None:
-        if bp.pipelines or bp.downstreams or bp.keyed_limits:
+        if (bp.pipelines or bp.downstreams or bp.keyed_limits or bp.all_gates()
+                or bp.registered_limiters or bp.control_loops):
             bp.ops_follower = _OpsFollower(bp)
             await app.add_runtime_dependency(bp.ops_follower)
 

@@ -350,7 +350,7 @@ def register_views(bp: Installation) -> None:
         """This worker's summary for every worker's cluster view (see .cluster)."""
         follower = bp.ops_follower
         if follower is None or follower.should_stop or bp.app.should_stop:
-            return  # no ops topic (no pipeline, guard or keyed limit), or stopping
+            return  # no ops topic (the app uses nothing of the library), or stopping
         channel = find_channel(bp.app)
         conf = bp.app.conf
         web = f"{conf.canonical_url}".rstrip("/") + "/backpressure/ui" if conf.web_enabled \

@@ -8,13 +8,21 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import faust
 import pytest
 
+from faust_backpressure.app import Backpressure
+from faust_backpressure.app.views import snapshot
+from faust_backpressure.config import BackpressureSettings
+from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.testing.broker import free_port
+from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.settings import fast_faust_settings
 from faust_backpressure.testing.workers import FaustWorker
 
 pytestmark = pytest.mark.kafka
@@ -74,3 +82,33 @@ async def test_any_workers_page_shows_every_worker_and_the_limiters_owner(
         assert set(row["limiters"]) >= {"ops-api", "ops-free"}
     assert sum(r["pipelines"]["orders"]["consumed"] for r in views[0]) >= 40
     assert len(owners) == 1  # one owner of the limiter's partition
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_an_app_with_only_a_rate_limited_agent_has_the_cluster_view(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        tmp_path: Path) -> None:
+    """No pipeline, guard or keyed limit: the ops topic (and so the cluster view) is there
+    for any app that uses the library (issue 26)."""
+    source = unique_name("src")
+    await create_topics(kafka_bootstrap, {source: 2})
+    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings())
+    seen: list[bytes] = []
+
+    @app.agent(app.topic(source, value_serializer="raw"))
+    @bp.rate_limit(TokenBucketRateLimiter(1000, 100))
+    async def count(stream: Any) -> None:
+        async for value in stream:
+            seen.append(value)
+
+    await produce(kafka_bootstrap, source, [(None, b"%d" % i) for i in range(20)])
+    async with running_app(app):
+        deadline = time.monotonic() + 60
+        while not (seen and len(seen) >= 20 and snapshot(bp)["cluster"]):
+            assert time.monotonic() < deadline, (len(seen), snapshot(bp)["cluster"])
+            await asyncio.sleep(0.2)
+        (row,) = snapshot(bp)["cluster"]
+    assert row["worker"] == bp.ops_follower.worker and not row["stale"]
+    assert bp.rejections.get("ops", {}) == {}
