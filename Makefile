@@ -26,9 +26,11 @@ demo: kafka
 # 3 pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
 # (slowest collected first). Not --dist loadgroup: after a worker crash (a hung test ended by
 # pytest-timeout) its scheduler gave the replacement worker nothing and the run never ended.
-# The suite is mostly waiting for real workers to join, rebalance and settle, so 3 keep 2
-# cores busy (4 made timing-bound tests flaky when the machine had other load).
-PYTEST_WORKERS ?= 3
+# The suite is mostly waiting for real workers to join, rebalance and settle: with 3 the
+# 2 cores were half idle (pytest and its children used 101% CPU). 4: a clean-clone CI run
+# at b9d5c64 took 782 s, 1020 passed (3: 870 s). (4 once made timing-bound tests flaky
+# when the machine had other load; they have since been rewritten to wait for signs.)
+PYTEST_WORKERS ?= 4
 test: kafka
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
