@@ -22,12 +22,12 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from faust_backpressure.agents.latency import LATENCY_BUCKETS
+from faust_backpressure.agents.latency import LATENCY_BUCKETS, LatencyWindow
 from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate
 from faust_backpressure.agents.slow_down import (
     DependencyUnavailable,
@@ -56,7 +56,6 @@ T = TypeVar("T")
 #: Breaker states in which a call that already waited for its slot must not go out.
 _HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
-_RECENT = 1024  # latencies kept for percentiles
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -138,9 +137,7 @@ class Downstream:
         self.quota: QuotaGate | None = (LocalQuota(quota, clock=clock)
                                         if isinstance(quota, QuotaLearner) else quota)
         self.outcomes: Counter[str] = Counter()
-        self._recent: deque[float] = deque(maxlen=_RECENT)
-        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
+        self._latency = LatencyWindow()  # successful calls only
         breaker.on_transition(self._transition)
 
     def _transition(self, old: BreakerState, new: BreakerState) -> None:
@@ -310,20 +307,11 @@ class Downstream:
             permit.dropped()
         elif outcome == "success":
             permit.success()
-            self._observe(seconds)
+            self._latency.observe(seconds)
             if self.quota is not None:
                 self.quota.succeeded()
         else:
             permit.ignore()
-
-    def _observe(self, seconds: float) -> None:
-        self._recent.append(seconds)
-        self._latency_sum += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self._buckets[i] += 1
-                return
-        self._buckets[-1] += 1
 
     async def run(self, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` through :meth:`call`, again after each slow-down and each
@@ -368,26 +356,20 @@ class Downstream:
     def stats(self) -> DownstreamStats:
         limiter = self.concurrency.stats()
         breaker = self.breaker.stats()
-        recent = sorted(self._recent)
+        latency = self._latency.summary()
         return DownstreamStats(
             name=self.name, limit=limiter.limit, in_flight=limiter.in_flight,
             queued=limiter.queued, breaker=str(breaker.state.value),
             failure_rate=breaker.failure_rate, slow_call_rate=breaker.slow_call_rate,
             paused_for=self.paused_for, outcomes=dict(self.outcomes),
-            latency_p50=_percentile(recent, 0.50), latency_p99=_percentile(recent, 0.99),
-            latency_buckets=list(self._buckets), latency_sum=self._latency_sum,
+            latency_p50=latency.p50, latency_p99=latency.p99,
+            latency_buckets=latency.buckets, latency_sum=latency.sum,
             learnt_rate=None if self.quota is None else self.quota.rate)
 
     @property
     def error_rate(self) -> float:
         """The breaker's failure rate over its window (what a control loop's restore reads)."""
         return float(self.breaker.stats().failure_rate)
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 1,
