@@ -20,12 +20,19 @@ default ``on_limit="defer"``:
   sent to the deferral topic with its not-before time (1/rate s apart), the key's level
   counts it, and it comes back through the deferral agent a second or so later. The burst
   comes in the first pass, so the deferrals drain while the other passes run (as long as a
-  pass takes more than a few seconds: at the default sizes it takes tens).
+  pass takes longer than a deferral's round trip: at the default sizes, tens of seconds).
 
-With more than one deferred event per key (``--hot-extra`` above E), a key's deferred events
-that come back later than reserved shift its next ones, and the gate sleeps for the shift in
-the agent's stream, holding every key's events (the ``waits`` counter in the report): that
-case measures those sleeps, not the per-event cost.
+A deferred event comes back through Kafka: the gate's send waits in Faust's producer buffer
+(busy with the table's changelog writes), and the consumer hands out what it has already
+fetched from the source before the deferral topic's records. With Faust's default
+``consumer_max_fetch_size`` (1 MiB per partition, tens of thousands of these small records)
+the deferred events came back only once the source was drained; so the default here is
+64 KiB (``--fetch-bytes``, the same in both ways). A key whose events keep coming while one
+is deferred has them deferred too, and deferred events that come back later than reserved
+shift the key's next ones: the gate then sleeps for the shift in the agent's stream, holding
+every key's events (the ``waits`` counter in the report). ``--hot-extra`` above E, or a pass
+shorter than the deferrals' round trip (few keys), measures those sleeps more than the
+per-event cost.
 
 Then, round-robin in one process (plain, keyed; keyed, plain; ...), a fresh in-process app (new
 consumer group, fresh data dir) forwards every record to a sink topic. The body of both agents
@@ -98,6 +105,7 @@ class Workload:
     hot_share: float
     hot_extra: int
     key_rate: float
+    fetch_bytes: int
 
     @property
     def hot(self) -> int:
@@ -175,7 +183,8 @@ async def one_run(bootstrap: str, source: str, sink: str, work: Workload, kind: 
     sink_before = await _total(bootstrap, sink)
     with tempfile.TemporaryDirectory() as datadir:
         app = faust.App(app_id, datadir=datadir, store="rocksdict://",
-                        **fast_faust_settings(broker=f"kafka://{bootstrap}"))
+                        **fast_faust_settings(broker=f"kafka://{bootstrap}",
+                                              consumer_max_fetch_size=work.fetch_bytes))
         src = app.topic(source, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
         dst = app.topic(sink, key_type=bytes, value_type=bytes,
@@ -415,7 +424,8 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
         f"{work.hot_extra} more events right after their first: {n:,} records, {PARTITIONS} "
         f"partitions, forwarded topic to topic by one agent. Keyed: "
         f"`@bp.rate_limit_per_key(..., tokens_per_second={work.key_rate:g}, "
-        f"burst_capacity={work.per_key})`, `on_limit=\"defer\"`, rocksdict table. Rounds "
+        f"burst_capacity={work.per_key})`, `on_limit=\"defer\"`, rocksdict table. Faust's "
+        f"`consumer_max_fetch_size` {work.fetch_bytes:,} bytes in both ways. Rounds "
         f"interleaved: " + "; ".join(", ".join(o) for o in order) + ".",
         "",
         f"Rate: (inputs - 1) / (last output - first output), outputs as seen by the agent's "
@@ -467,7 +477,7 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=50_000,
+    parser.add_argument("--keys", type=int, default=20_000,
                         help="distinct keys (K); the defaults take about 12 minutes here")
     parser.add_argument("--events-per-key", type=int, default=3,
                         help="events of each key (E), also the keyed limit's burst")
@@ -478,6 +488,8 @@ def main() -> None:
                              "(default E: one deferred per hot key)")
     parser.add_argument("--key-rate", type=float, default=1.0,
                         help="the keyed limit's tokens per second per key")
+    parser.add_argument("--fetch-bytes", type=int, default=64 * 1024,
+                        help="Faust's consumer_max_fetch_size in both ways (Faust: 1 MiB)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-rounds", type=int, default=0,
                         help="rounds that also run the Redis peer (default 0)")
@@ -490,10 +502,12 @@ def main() -> None:
         parser.error("--hot-share is a share: 0 to 1")
     recovery_keys = args.keys if args.recovery_keys is None else args.recovery_keys
     hot_extra = args.events_per_key if args.hot_extra is None else args.hot_extra
-    work = Workload(args.keys, args.events_per_key, args.hot_share, hot_extra, args.key_rate)
+    work = Workload(args.keys, args.events_per_key, args.hot_share, hot_extra, args.key_rate,
+                    args.fetch_bytes)
     command = (f"PYTHONPATH=. python bench/keyed.py --keys {args.keys} --events-per-key "
                f"{args.events_per_key} --hot-share {args.hot_share:g} --hot-extra {hot_extra} "
-               f"--key-rate {args.key_rate:g} --rounds {args.rounds} --peer-rounds "
+               f"--key-rate {args.key_rate:g} --fetch-bytes {args.fetch_bytes} --rounds "
+               f"{args.rounds} --peer-rounds "
                f"{args.peer_rounds} --recovery-keys {recovery_keys}")
     logging.basicConfig(level=logging.WARNING)
     with kafka_bootstrap() as bootstrap:
