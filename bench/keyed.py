@@ -7,10 +7,10 @@ Run: ``PYTHONPATH=. python bench/keyed.py [--keys K] [--events-per-key E] [--hot
 
 The workload (one topic, 4 partitions, filled once): K distinct keys, E events each, in E
 passes over all keys, each pass in its own shuffled order, so a key's events are spread
-through the topic (about K records apart). A share H of the keys (the hot ones) get
-``--hot-extra`` (default E) more events right after their first one: a burst. The keyed agent
-runs ``@bp.rate_limit_per_key(..., tokens_per_second=--key-rate, burst_capacity=E)`` with the
-default ``on_limit="defer"``:
+through the topic (on average K records apart; some closer). A share H of the keys (the hot
+ones) get ``--hot-extra`` (default E) more events right after their first one: a burst. The
+keyed agent runs ``@bp.rate_limit_per_key(..., tokens_per_second=--key-rate,
+burst_capacity=E)`` with the default ``on_limit="defer"``:
 
 * an ordinary key's E events all fit its burst: never refused, but each one leaves a level
   that is full again only ``1/rate`` s later (1 s by default, far above the 10 ms write-behind),
@@ -478,7 +478,7 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=20_000,
-                        help="distinct keys (K); the defaults take about 12 minutes here")
+                        help="distinct keys (K); the defaults take about 10 minutes here")
     parser.add_argument("--events-per-key", type=int, default=3,
                         help="events of each key (E), also the keyed limit's burst")
     parser.add_argument("--hot-share", type=float, default=0.1,
