@@ -5,13 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The extras installed; CI leaves out bench (matplotlib, numpy, redis...: the benchmarks' peers
+# and plots, which no test imports).
+EXTRAS ?= dev,bench,docs
 
 .PHONY: install kafka demo test lint dist docs bench chaos broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench,docs]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
