@@ -119,7 +119,8 @@ class InputTransactionManager(TransactionManager):
         is then stopping: see above) or its partitions are no longer assigned here."""
         faust_producer: Any = self.producer
         producers = faust_producer._transaction_producers
-        await self._rebalance_over.wait()
+        if not self._rebalance_over.is_set():  # (per output: no await when not needed)
+            await self._rebalance_over.wait()
         if self.transaction_lost is not None:
             return None
         if tid not in producers:  # Faust's begin at the last rebalance failed: start it again
