@@ -13,7 +13,7 @@ import pytest
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
-from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 from .helpers import hdr, read_committed
 
@@ -33,9 +33,12 @@ async def test_nothing_lost_when_a_worker_is_sigkilled(
     env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": source, "FBP_SINK": sink,
            "FBP_DLQ": dlq, "FBP_GUARANTEE": guarantee, "FBP_FAIL_EVERY": str(FAIL_EVERY)}
     await create_topics(kafka_bootstrap, {source: 4, sink: 4, dlq: 1})
-    alpha = faust_workers(APP, name="alpha", env=env).wait_ready()
+    # alpha joins beta and takes half of its partitions; beta keeps them as standbys. alpha
+    # is killed and beta takes them back: in exactly_once Faust reused beta's producers of
+    # those partitions, fenced by alpha's meanwhile, and beta stopped on ProducerFenced.
     beta = faust_workers(APP, name="beta", env=env).wait_ready()
-    alpha.wait_rebalanced()
+    alpha = faust_workers(APP, name="alpha", env=env).wait_ready()
+    wait_until_settled([alpha, beta])  # the partitions split between the two
     ids = [b"id-%05d" % i for i in range(TOTAL)]
     began = time.monotonic()
     await produce(kafka_bootstrap, source, ((i, i) for i in ids), linger_ms=20)
