@@ -110,22 +110,22 @@ class InputTransactionManager(TransactionManager):
         # Faust's, or Faust began a transaction it had begun: IN_TRANSACTION -> IN_TRANSACTION.
         self._rebalance_over.clear()
         try:
-            await self._stop_standby_producers(assigned, revoked)
+            await self._stop_standby_producers(assigned)
             await super().on_rebalance(assigned, revoked, newly_assigned)
         finally:
             self._rebalance_over.set()
 
-    async def _stop_standby_producers(self, assigned: set[TP], revoked: set[TP]) -> None:
+    async def _stop_standby_producers(self, assigned: set[TP]) -> None:
         # Faust stops the producers of revoked partitions that are not standbys here. One
         # revoked and kept as a standby kept its producer, which the new owner's then fenced;
         # given back later (the owner SIGKILLed), Faust reused that fenced producer and the
         # first transaction failed: ProducerFenced, TransactionLost, this worker stopped too.
+        # (An id is a partition number of a topic group: a standby partition of another topic
+        # of the group may share it, so only the active partitions keep a producer.)
         producers = self.producer._transaction_producers  # type: ignore[attr-defined]
-        stale = ({transactional_id_of(self.app, tp) for tp in revoked}
-                 - {transactional_id_of(self.app, tp) for tp in assigned})
-        stale &= set(producers)
+        stale = set(producers) - self._tps_to_transactional_ids(assigned)
         if stale:
-            log.info("stopping %d transactional producer(s) of partitions now on standby "
+            log.info("stopping %d transactional producer(s) of partitions no longer active "
                      "here: %s", len(stale), sorted(stale))
             await self._stop_transactions(sorted(stale))
 
