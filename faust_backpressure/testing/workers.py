@@ -182,7 +182,7 @@ class FaustWorker:
 
     def cleanup(self) -> None:
         self.stop()
-        if self._own_data_dir:
+        if self._own_data_dir and not os.environ.get("FBP_KEEP_WORKER_DIRS"):  # for debugging
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> FaustWorker:

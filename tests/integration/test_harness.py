@@ -11,7 +11,7 @@ import pytest
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
-from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 pytestmark = pytest.mark.kafka
 
@@ -93,9 +93,11 @@ async def test_two_workers_split_partitions_and_one_takes_over_after_sigkill(
     source, sink = unique_name("src"), unique_name("sink")
     env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": source, "FBP_SINK": sink}
     await create_topics(kafka_bootstrap, {source: 4, sink: 4})
-    alpha = faust_workers("tests.integration.apps.forward", name="alpha", env=env).wait_ready()
-    beta = faust_workers("tests.integration.apps.forward", name="beta", env=env).wait_ready()
-    alpha.wait_rebalanced()  # alpha gave up half of its partitions to beta
+    alpha = faust_workers("tests.integration.apps.forward", name="alpha", env=env)
+    beta = faust_workers("tests.integration.apps.forward", name="beta", env=env)
+    alpha.wait_ready()  # started together: they join in parallel
+    beta.wait_ready()
+    wait_until_settled([alpha, beta])  # the partitions split between the two
 
     def ids(start: int, stop: int) -> list[bytes]:
         return [b"id-%05d" % i for i in range(start, stop)]

@@ -11,7 +11,7 @@ import pytest
 
 from faust_backpressure.agents import headers as h
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
-from faust_backpressure.testing.workers import FaustWorker
+from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 from .helpers import hdr, read_committed
 
@@ -31,9 +31,11 @@ async def test_batch_pipeline_loses_nothing_when_a_worker_is_sigkilled(
            "FBP_DLQ": dlq, "FBP_GUARANTEE": guarantee, "FBP_FAIL_EVERY": str(FAIL_EVERY),
            "FBP_BATCH": "200", "FBP_RATE": "1000"}  # ~10 s per worker: killed mid-run
     await create_topics(kafka_bootstrap, {source: 4, sink: 4, dlq: 1})
-    alpha = faust_workers(APP, name="alpha", env=env).wait_ready()
-    beta = faust_workers(APP, name="beta", env=env).wait_ready()
-    alpha.wait_rebalanced()
+    alpha = faust_workers(APP, name="alpha", env=env)
+    beta = faust_workers(APP, name="beta", env=env)
+    alpha.wait_ready()  # started together: they join in parallel
+    beta.wait_ready()
+    wait_until_settled([alpha, beta])  # the partitions split between the two
     ids = [b"id-%05d" % i for i in range(TOTAL)]
     began = time.monotonic()
     await produce(kafka_bootstrap, source, ((i, i) for i in ids), linger_ms=20)

@@ -34,7 +34,9 @@ class Cluster:
     def start_settled(self, *names: str) -> list[FaustWorker]:
         """Start workers, wait until each is ready and the group has settled (no rebalance
         pending: one during the run would pause the owner)."""
-        started = [self.start(name).wait_ready() for name in names]
+        started = [self.start(name) for name in names]  # together: one join each, in parallel
+        for worker in started:
+            worker.wait_ready()
         wait_until_settled(self.workers)
         return started
 

@@ -48,7 +48,9 @@ async def start_workers(kafka_bootstrap: str, unique_name: Callable[[str], str],
     env = {"FBP_APP_ID": unique_name("app"), "FBP_SOURCE": topics["source"],
            "FBP_SINK": topics["sink"], "FBP_DLQ": topics["dlq"], "FBP_GUARANTEE": guarantee,
            "FBP_QUOTA_URL": url}
-    workers = [faust_workers(APP, name=name, env=env).wait_ready() for name in ("a", "b")]
+    workers = [faust_workers(APP, name=name, env=env) for name in ("a", "b")]  # started together
+    for worker in workers:
+        worker.wait_ready()
     await asyncio.to_thread(wait_until_settled, workers)
     return topics, workers
 
