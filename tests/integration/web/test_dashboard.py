@@ -131,7 +131,9 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
             state = await _get_json(http, base + "?history=1")
             if len(state["history"]) >= 4 and seen and state["rejected"].get("ops") and all(
                     c["decided_rate"] is not None for c in state["control"].values()) \
-                    and state["keyed"]["per-customer"]["deferred"] >= 10:
+                    and state["keyed"]["per-customer"]["deferred"] >= 10 \
+                    and any(w["pipelines"].get("price", {}).get("consumed") == 50
+                            for w in state["cluster"]):  # a summary (every 5 s) of it all
                 break
             await asyncio.sleep(0.2)
         async with http.get(base + "ui") as resp:
@@ -181,4 +183,11 @@ async def test_dashboard_shows_the_live_values_in_a_real_browser(
     # the hostile override: counted on the page, and the key kept its default limits
     assert sum(after["rejected"]["ops"].values()) == 1
     assert "ops / " in dom and per_customer.limits_for(b"C42") is None
+    # the cluster view: this worker's row, from its own signed summary on the ops topic
+    (me,) = [w for w in state["cluster"] if w["pipelines"].get("price", {}).get("consumed")]
+    row = re.search(rf'<tr data-worker="{re.escape(me["worker"])}"[^>]*>(.*?)</tr>', dom, re.S)
+    assert row, dom[:3000]
+    assert re.search(r'class="[^"]*\bconsumed\b[^"]*" data-value="50"', row.group(1))
+    assert re.search(r'class="[^"]*\bdlq\b[^"]*" data-value="5"', row.group(1))
+    assert "pricing-api: forced_open" in row.group(1)
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
