@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import re
@@ -213,10 +214,19 @@ def breaker_opened(workers: Sequence[FaustWorker], outage_at: float) -> float:
     return max(delays, default=math.inf)
 
 
-def keep_logs(workers: Sequence[FaustWorker], run: Run) -> None:
-    """Copy the worker logs out of their data dirs; note crashes and tracebacks."""
-    folder = LOGS / f"r{run.round}-{run.phase}-{run.way.replace('+', '-')}"
+def run_folder(run: Run) -> Path:
+    """Where a run's logs go: the workers' logs, their per-call logs, ``run.json``."""
+    return LOGS / f"r{run.round}-{run.phase}-{run.way.replace('+', '-')}"
+
+
+def keep_logs(workers: Sequence[FaustWorker], run: Run, wall: float) -> None:
+    """Copy the worker logs out of their data dirs; note crashes and tracebacks; the run's
+    start (wall clock), changes and the service's timeline as ``run.json``."""
+    folder = run_folder(run)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(
+        {"began": wall, "applied": run.applied, "end": run.end, "way": run.way,
+         "timeline": [run.timeline[s] for s in sorted(run.timeline)]}))
     for worker in workers:
         text = worker.logs()
         (folder / f"{worker.name}.log").write_text(text)
@@ -250,7 +260,8 @@ async def one_run(cfg: Config, bootstrap: str, way: str, phase: str, round_: int
         env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"bench-ds-{tag}",
                "FBP_SOURCE": topics["source"], "FBP_SINK": topics["sink"],
                "FBP_DLQ": topics["dlq"], "FBP_QUOTA_URL": service.url, "FBP_WAY": way,
-               "FBP_QUOTA": f"{cfg.quota:g}", "FBP_PARTITIONS": str(cfg.partitions)}
+               "FBP_QUOTA": f"{cfg.quota:g}", "FBP_PARTITIONS": str(cfg.partitions),
+               "FBP_CALL_LOG": str(run_folder(run))}
         workers = await start_workers(cfg, env)
         try:
             before = os.getloadavg()[0]
@@ -259,7 +270,7 @@ async def one_run(cfg: Config, bootstrap: str, way: str, phase: str, round_: int
             outage = [at for at, change in run.applied if change.get("fail") is True]
             if phase == "outage" and way in GUARDS and outage:
                 run.breaker_open = breaker_opened(workers, wall + outage[0])
-            keep_logs(workers, run)
+            keep_logs(workers, run, wall)
         finally:
             await asyncio.gather(*(asyncio.to_thread(w.cleanup) for w in workers))
     return run
