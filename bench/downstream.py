@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -502,7 +502,9 @@ def plot(cfg: Config, runs: list[Run], phase: str) -> Path | None:
 
 # -- main --------------------------------------------------------------------------------------
 
-def run_all(cfg: Config) -> list[Run]:
+def run_all(cfg: Config, done: Callable[[list[Run]], object] = lambda runs: None) -> list[Run]:
+    """Every run; ``done(runs so far)`` after each round (the report of the rounds done is
+    written then: a long run stopped early still leaves its whole rounds)."""
     runs: list[Run] = []
     with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
         for round_ in range(1, cfg.rounds + 1):
@@ -514,6 +516,7 @@ def run_all(cfg: Config) -> list[Run]:
                           f"DLQ {run.dead}, {run.totals}"
                           + (f", PROBLEMS {run.problems}" if run.problems else ""),
                           file=sys.stderr, flush=True)
+            done(runs)
     return runs
 
 
@@ -552,14 +555,19 @@ def main(argv: list[str]) -> str:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(LOGS)
     before = os.getloadavg()[0]
-    runs = run_all(cfg)
-    load = (before, os.getloadavg()[0])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for phase in cfg.phases:
-        plot(cfg, runs, phase)
-    text = render(cfg, runs, command, load)
-    (RESULTS / f"{OUTPUT}.md").write_text("# Protecting a called system (issue 22)\n\n" + text)
-    return text
+
+    def report(runs: list[Run]) -> str:
+        rounds = max(r.round for r in runs)
+        for phase in cfg.phases:
+            plot(cfg, runs, phase)
+        text = render(replace(cfg, rounds=rounds), runs, command,
+                      (before, os.getloadavg()[0]))
+        (RESULTS / f"{OUTPUT}.md").write_text("# Protecting a called system (issue 22)\n\n"
+                                              + text)
+        return text
+
+    return report(run_all(cfg, report))
 
 
 if __name__ == "__main__":
