@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import re
@@ -47,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -213,10 +214,19 @@ def breaker_opened(workers: Sequence[FaustWorker], outage_at: float) -> float:
     return max(delays, default=math.inf)
 
 
-def keep_logs(workers: Sequence[FaustWorker], run: Run) -> None:
-    """Copy the worker logs out of their data dirs; note crashes and tracebacks."""
-    folder = LOGS / f"r{run.round}-{run.phase}-{run.way.replace('+', '-')}"
+def run_folder(run: Run) -> Path:
+    """Where a run's logs go: the workers' logs, their per-call logs, ``run.json``."""
+    return LOGS / f"r{run.round}-{run.phase}-{run.way.replace('+', '-')}"
+
+
+def keep_logs(workers: Sequence[FaustWorker], run: Run, wall: float) -> None:
+    """Copy the worker logs out of their data dirs; note crashes and tracebacks; the run's
+    start (wall clock), changes and the service's timeline as ``run.json``."""
+    folder = run_folder(run)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(
+        {"began": wall, "applied": run.applied, "end": run.end, "way": run.way,
+         "timeline": [run.timeline[s] for s in sorted(run.timeline)]}))
     for worker in workers:
         text = worker.logs()
         (folder / f"{worker.name}.log").write_text(text)
@@ -250,7 +260,8 @@ async def one_run(cfg: Config, bootstrap: str, way: str, phase: str, round_: int
         env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FBP_APP_ID": f"bench-ds-{tag}",
                "FBP_SOURCE": topics["source"], "FBP_SINK": topics["sink"],
                "FBP_DLQ": topics["dlq"], "FBP_QUOTA_URL": service.url, "FBP_WAY": way,
-               "FBP_QUOTA": f"{cfg.quota:g}", "FBP_PARTITIONS": str(cfg.partitions)}
+               "FBP_QUOTA": f"{cfg.quota:g}", "FBP_PARTITIONS": str(cfg.partitions),
+               "FBP_CALL_LOG": str(run_folder(run))}
         workers = await start_workers(cfg, env)
         try:
             before = os.getloadavg()[0]
@@ -259,7 +270,7 @@ async def one_run(cfg: Config, bootstrap: str, way: str, phase: str, round_: int
             outage = [at for at, change in run.applied if change.get("fail") is True]
             if phase == "outage" and way in GUARDS and outage:
                 run.breaker_open = breaker_opened(workers, wall + outage[0])
-            keep_logs(workers, run)
+            keep_logs(workers, run, wall)
         finally:
             await asyncio.gather(*(asyncio.to_thread(w.cleanup) for w in workers))
     return run
@@ -491,7 +502,9 @@ def plot(cfg: Config, runs: list[Run], phase: str) -> Path | None:
 
 # -- main --------------------------------------------------------------------------------------
 
-def run_all(cfg: Config) -> list[Run]:
+def run_all(cfg: Config, done: Callable[[list[Run]], object] = lambda runs: None) -> list[Run]:
+    """Every run; ``done(runs so far)`` after each round (the report of the rounds done is
+    written then: a long run stopped early still leaves its whole rounds)."""
     runs: list[Run] = []
     with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
         for round_ in range(1, cfg.rounds + 1):
@@ -503,6 +516,7 @@ def run_all(cfg: Config) -> list[Run]:
                           f"DLQ {run.dead}, {run.totals}"
                           + (f", PROBLEMS {run.problems}" if run.problems else ""),
                           file=sys.stderr, flush=True)
+            done(runs)
     return runs
 
 
@@ -541,14 +555,19 @@ def main(argv: list[str]) -> str:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(LOGS)
     before = os.getloadavg()[0]
-    runs = run_all(cfg)
-    load = (before, os.getloadavg()[0])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for phase in cfg.phases:
-        plot(cfg, runs, phase)
-    text = render(cfg, runs, command, load)
-    (RESULTS / f"{OUTPUT}.md").write_text("# Protecting a called system (issue 22)\n\n" + text)
-    return text
+
+    def report(runs: list[Run]) -> str:
+        rounds = max(r.round for r in runs)
+        for phase in cfg.phases:
+            plot(cfg, runs, phase)
+        text = render(replace(cfg, rounds=rounds), runs, command,
+                      (before, os.getloadavg()[0]))
+        (RESULTS / f"{OUTPUT}.md").write_text("# Protecting a called system (issue 22)\n\n"
+                                              + text)
+        return text
+
+    return report(run_all(cfg, report))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ event, protected in one of five ways (``FBP_WAY``):
 
 Every way keeps up to ``FBP_CONCURRENCY`` (64) events in progress per worker, as the guard's
 pipeline does. Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_QUOTA_URL, FBP_WAY,
-FBP_QUOTA, FBP_PARTITIONS (the source's), FBP_CONCURRENCY, KAFKA_BOOTSTRAP_SERVERS.
+FBP_QUOTA, FBP_PARTITIONS (the source's), FBP_CONCURRENCY, KAFKA_BOOTSTRAP_SERVERS;
+FBP_CALL_LOG (a folder): each worker writes ``calls-<pid>.csv`` there, one line per call
+(``c,<sent>,<answered>,<status>``, wall clock) and, for a guard, its state every 50 ms
+(``s,<time>,<breaker>,<limit>,<in flight>,<queued>,<learnt rate>,<lease share>,<lease level>,
+<lease left>``): the timelines ``bench/downstream_timeline.py`` reads.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
+from typing import IO, Any
 
 import faust
 
@@ -51,6 +57,55 @@ class CallFailed(Exception):
     """A call answered with something other than 200 (the ways without a guard)."""
 
 
+class CallLog:
+    """The per-call log (FBP_CALL_LOG), buffered in memory, flushed every second."""
+
+    def __init__(self, folder: str | None) -> None:
+        self._file: IO[str] | None = None
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"calls-{os.getpid()}.csv")
+            self._file = open(path, "a")  # noqa: SIM115 (open for the worker's life)
+        self._lines: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ticks = 0
+
+    def call(self, sent: float, status: int) -> None:
+        if self._file is not None:
+            self._lines.append(f"c,{sent:.4f},{time.time():.4f},{status}\n")
+            self._start()
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._sample_and_flush())
+
+    async def _sample_and_flush(self) -> None:
+        assert self._file is not None
+        while True:
+            await asyncio.sleep(0.05)
+            self._sample()
+            self._ticks += 1
+            if self._ticks % 20 == 0:
+                self._file.write("".join(self._lines))
+                self._file.flush()
+                self._lines.clear()
+
+    def _sample(self) -> None:
+        if WAY not in ("guard", "guard+rate"):
+            return
+        s = guard.stats()
+        lease: Any = getattr(guard.quota, "limiter", None)
+        share = level = left = float("nan")
+        if lease is not None and hasattr(lease, "_lease"):
+            share, level = lease._lease.rate, lease._lease.level
+            left = lease._lease_expiry - time.monotonic()
+        self._lines.append(f"s,{time.time():.4f},{s.breaker},{s.limit},{s.in_flight},"
+                           f"{s.queued},{s.learnt_rate},{share:.1f},{level:.2f},{left:.2f}\n")
+
+
+calls_log = CallLog(os.environ.get("FBP_CALL_LOG"))
+
+
 def client() -> QuotaClient:
     global _client
     if _client is None:  # made on the worker's loop
@@ -60,7 +115,9 @@ def client() -> QuotaClient:
 
 async def call(value: bytes) -> bytes:
     """One call; a non-200 answer raises (the pipeline retries, then dead-letters)."""
+    sent = time.time()
     result = await client().call(value.decode())
+    calls_log.call(sent, result.status)
     if not result.ok:
         raise CallFailed(f"HTTP {result.status}")
     return value
@@ -81,7 +138,9 @@ async def call_with_backoff(value: bytes) -> bytes:
     for attempt in range(1, ATTEMPTS + 1):
         result: CallResult | None = None
         try:
+            sent = time.time()
             result = await client().call(value.decode())
+            calls_log.call(sent, result.status)
             if result.ok:
                 return value
             error: Exception = CallFailed(f"HTTP {result.status}")
@@ -96,7 +155,9 @@ async def call_with_backoff(value: bytes) -> bytes:
 def guarded(guard: Downstream) -> Callable[[bytes], Awaitable[bytes]]:
     """The call for a guard: 429 and 503 become its slow-down / unavailable errors."""
     async def call_through(value: bytes) -> bytes:
+        sent = time.time()
         result = await client().call(value.decode())
+        calls_log.call(sent, result.status)
         guard.read_quota_headers(result.quota_headers)  # nothing unless the service announces
         if not result.ok:
             raise guard.slow_down_from_http(result.status, result.retry_after)

@@ -270,8 +270,14 @@ class Downstream:
             raise
         except BaseException as exc:
             down = isinstance(exc, Exception) and self.unavailable(exc)
+            # only a timeout says the calls in flight were too many; a quick 503 or a refused
+            # connection says the system is down, which is the breaker's business: counted
+            # as drops, an outage's first failures (hundreds of rounds of a few ms) took the
+            # limit to its floor, and after the outage the rate permits queued behind it went
+            # out in a burst as it grew back, answered 429 (docs/downstream.md)
             self._record("unavailable" if down else "error", start, failed=True,
-                         permit=permit, dropped=down)
+                         permit=permit,
+                         dropped=down and isinstance(exc, (TimeoutError, asyncio.TimeoutError)))
             raise
         else:
             self._record("success", start, failed=False, permit=permit, dropped=False)

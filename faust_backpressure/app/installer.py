@@ -62,6 +62,11 @@ ConcurrencyLimitName = Literal["gradient", "vegas", "aimd", "fixed"]
 #: saved while idle are no 429 storm, large enough for the workers' local levels).
 LEARNT_QUOTA_START = 1000.0
 LEARNT_QUOTA_BURST = 20.0
+#: A guard's breaker stays open ``wait_in_open`` x [0.8, 1.2]: the workers' breakers open
+#: together at an outage's start, and probing in step they all found its end up to a whole
+#: wait late (docs/downstream.md); with one probe at a time a failed round costs one call, so
+#: 1.25 s keeps an outage's calls at 0.8/s per worker on average, 1/s at most.
+BREAKER_JITTER = 0.2
 
 
 class Backpressure:
@@ -193,7 +198,7 @@ class Backpressure:
                    burst_capacity: float | None = None,
                    failure_rate_threshold: float = 0.5, slow_call_rate_threshold: float = 1.0,
                    slow_call_duration: float = 5.0, window: float = 2.0,
-                   minimum_calls: int = 10, wait_in_open: float = 2.5,
+                   minimum_calls: int = 10, wait_in_open: float = 1.25,
                    half_open_calls: int = 2, default_retry_after: float = 1.0,
                    max_retry_after: float = 300.0,
                    unavailable: Callable[[BaseException], bool] | None = None,
@@ -236,7 +241,8 @@ class Backpressure:
                          slow_call_rate_threshold=slow_call_rate_threshold,
                          slow_call_duration=slow_call_duration, window=window,
                          minimum_calls=minimum_calls, wait_in_open=wait_in_open,
-                         half_open_calls=half_open_calls),
+                         half_open_calls=half_open_calls, sequential_probes=True,
+                         open_jitter=BREAKER_JITTER),
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
             unavailable=unavailable, publish=self._publish_slow_down,
             publish_recovery=self._publish_recovery,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,12 +140,20 @@ class CircuitBreaker:
       probes) keep an outage's calls under 1/s per caller and find the system back
       within 2.5 s (Resilience4j's 60 s and 10 probes suit request paths, not a stream
       that waits for the system with its whole backlog).
-    * ``half_open``: ``half_open_calls`` probes pass in total. When all reported,
-      closed (empty window) if their failure and slow-call rates are under the
-      thresholds, else open again. Only results of calls that started in half-open
-      count as probes; :meth:`abandon` gives back a probe that will never report.
+    * ``half_open``: ``half_open_calls`` probes pass in total (with
+      ``sequential_probes``, one at a time: the next once the last reported, so a round
+      that fails costs one call). When all reported, closed (empty window) if their
+      failure and slow-call rates are under the thresholds; open again as soon as enough
+      of them failed (or were slow) that the rest cannot bring the rates under. Only
+      results of calls that started in half-open count as probes; :meth:`abandon` gives
+      back a probe that will never report.
     * ``forced_open`` / ``forced_closed``: operator overrides that ignore outcomes
       until :meth:`release` (closed, empty window).
+
+    ``open_jitter``: each opening on the breaker's own verdict lasts ``wait_in_open`` x a
+    random factor in ``[1 - open_jitter, 1 + open_jitter]`` (its mean unchanged), so that
+    callers whose breakers opened together (every worker, at the start of an outage) do
+    not probe together for its whole length. ``rng``: the source of that factor.
 
     Transitions out of ``open`` happen lazily, when the breaker is asked (``state``,
     ``allow``, ...) or when a :meth:`wait_until_allowed` timer fires.
@@ -152,9 +161,10 @@ class CircuitBreaker:
 
     __slots__ = (
         "_callbacks", "_clock", "_open_until", "_opened", "_probe_fail", "_probe_slow",
-        "_probes_done", "_probes_out", "_since", "_state", "_waiters", "_window",
-        "failure_rate_threshold", "half_open_calls", "minimum_calls",
-        "slow_call_duration", "slow_call_rate_threshold", "wait_in_open",
+        "_probes_done", "_probes_out", "_rng", "_since", "_state", "_waiters", "_window",
+        "failure_rate_threshold", "half_open_calls", "minimum_calls", "open_jitter",
+        "sequential_probes", "slow_call_duration", "slow_call_rate_threshold",
+        "wait_in_open",
     )
 
     def __init__(
@@ -168,7 +178,10 @@ class CircuitBreaker:
         minimum_calls: int = 10,
         wait_in_open: float = 2.5,
         half_open_calls: int = 2,
+        sequential_probes: bool = False,
+        open_jitter: float = 0.0,
         clock: Clock = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.failure_rate_threshold = _check_rate("failure_rate_threshold",
                                                   failure_rate_threshold)
@@ -178,6 +191,11 @@ class CircuitBreaker:
         self.minimum_calls = check_int("minimum_calls", minimum_calls, 1)
         self.wait_in_open = check_number("wait_in_open", wait_in_open, 0)
         self.half_open_calls = check_int("half_open_calls", half_open_calls, 1)
+        self.sequential_probes = bool(sequential_probes)
+        self.open_jitter = check_number("open_jitter", open_jitter, 0)
+        if self.open_jitter >= 1.0:
+            raise ValueError(f"open_jitter must be a number in [0, 1), got {open_jitter!r}")
+        self._rng = rng
         self._window = _Window(check_number("window", window, 0, strict=True),
                                check_int("buckets", buckets, 1))
         self._clock = clock
@@ -220,6 +238,24 @@ class CircuitBreaker:
             for callback in tuple(self._callbacks):
                 callback(old, state)
 
+    def _wait(self) -> float:
+        """How long an opening on the breaker's own verdict lasts (jittered)."""
+        if not self.open_jitter:
+            return self.wait_in_open
+        return self.wait_in_open * (1.0 + self.open_jitter * (2.0 * self._rng() - 1.0))
+
+    def _decided(self) -> bool | None:
+        """The probes' verdict so far: True (they trip it, whatever the rest say), False
+        (all reported, under the thresholds), None (not yet known)."""
+        most = self.half_open_calls
+        if self._probe_fail >= self.failure_rate_threshold * most or (
+                self.slow_call_rate_threshold < 1.0
+                and self._probe_slow >= self.slow_call_rate_threshold * most):
+            return True
+        if self._probes_done >= most:
+            return self._trips(self._probes_done, self._probe_fail, self._probe_slow)
+        return None
+
     def _trips(self, calls: int, failures: int, slow: int) -> bool:
         if failures >= self.failure_rate_threshold * calls:
             return True
@@ -234,10 +270,15 @@ class CircuitBreaker:
         if state is BreakerState.CLOSED or state is BreakerState.FORCED_CLOSED:
             return True
         self._tick(self._clock())
-        if self._state is BreakerState.HALF_OPEN and self._probes_out < self.half_open_calls:
+        if self._state is BreakerState.HALF_OPEN and self._probe_free():
             self._probes_out += 1
             return True
         return False
+
+    def _probe_free(self) -> bool:
+        if self._probes_out >= self.half_open_calls:
+            return False
+        return not self.sequential_probes or self._probes_out == self._probes_done
 
     def record(self, duration: float, failed: bool) -> None:
         """Report a finished call: ``duration`` seconds, failed or not."""
@@ -250,7 +291,7 @@ class CircuitBreaker:
             w = self._window
             w.add(now, failed, slow)
             if w.calls >= self.minimum_calls and self._trips(w.calls, w.failures, w.slow):
-                self._to(BreakerState.OPEN, now, self.wait_in_open)
+                self._to(BreakerState.OPEN, now, self._wait())
         elif state is BreakerState.HALF_OPEN:
             started = now - duration + _SLACK
             if started < self._since or self._probes_done >= self._probes_out:
@@ -258,11 +299,14 @@ class CircuitBreaker:
             self._probes_done += 1
             self._probe_fail += failed
             self._probe_slow += slow
-            if self._probes_done >= self.half_open_calls:
-                if self._trips(self._probes_done, self._probe_fail, self._probe_slow):
-                    self._to(BreakerState.OPEN, now, self.wait_in_open)
-                else:
-                    self._to(BreakerState.CLOSED, now)
+            verdict = self._decided()
+            if verdict is True:
+                self._to(BreakerState.OPEN, now, self._wait())
+            elif verdict is False:
+                self._to(BreakerState.CLOSED, now)
+            elif self.sequential_probes:
+                for fut in self._waiters:  # the next probe may go
+                    _wake(fut)
 
     def abandon(self) -> None:
         """A call let through by :meth:`allow` will not report: in half-open, free its probe."""
@@ -280,7 +324,7 @@ class CircuitBreaker:
         if state is BreakerState.OPEN:
             return max(0.0, self._open_until - now)
         if state is BreakerState.HALF_OPEN:
-            return 0.0 if self._probes_out < self.half_open_calls else math.inf
+            return 0.0 if self._probe_free() else math.inf
         return math.inf if state is BreakerState.FORCED_OPEN else 0.0
 
     async def wait_until_allowed(self, timeout: float | None = None) -> None:

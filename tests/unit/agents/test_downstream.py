@@ -147,6 +147,34 @@ async def test_an_outage_opens_the_breaker_and_run_waits_instead_of_failing() ->
     assert api.outcomes["unavailable"] == 4 and api.outcomes["retried"] == 4
 
 
+async def test_an_outage_does_not_shrink_the_calls_in_flight_but_timeouts_do() -> None:
+    # an outage's quick 503s are the breaker's business: counted as overload they took the
+    # limit to its floor, and the restart was held by it (then burst out: a 429)
+    api = build_downstream("api", max_concurrency=64, initial_concurrency=20,
+                           limit="aimd", breaker={"minimum_calls": 1000})
+
+    async def down() -> None:
+        raise DependencyUnavailable("503")
+
+    async def refused() -> None:
+        raise ConnectionRefusedError("refused")
+
+    for fn in (down, refused) * 20:
+        with pytest.raises((DependencyUnavailable, ConnectionRefusedError)):
+            async with api.call():
+                await fn()
+    assert api.stats().limit == 20
+
+    async def slow() -> None:
+        raise asyncio.TimeoutError
+
+    with pytest.raises(asyncio.TimeoutError):
+        async with api.call():
+            await slow()
+    assert api.stats().limit < 20  # a timeout: too many calls in flight
+    assert api.outcomes["unavailable"] == 41
+
+
 async def test_other_errors_are_the_events_fault_and_are_raised() -> None:
     api = guard()
 

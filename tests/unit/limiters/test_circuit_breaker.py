@@ -272,6 +272,76 @@ def test_abandon_gives_a_probe_back(clock: FakeClock) -> None:
     assert cb.allow()
 
 
+def test_probes_reopen_as_soon_as_the_failures_decide_it(clock: FakeClock) -> None:
+    cb = make(clock, half_open_calls=4, wait_in_open=5.0)
+    to_half_open(cb, clock)
+    assert all(cb.allow() for _ in range(4))
+    clock.advance(0.1)
+    cb.record(0.05, failed=True)
+    assert cb.state is S.HALF_OPEN  # 1 of 4: the rest may still bring it under 0.5
+    cb.record(0.05, failed=True)  # 2 of 4 failed: >= 0.5 whatever the other two say
+    assert cb.state is S.OPEN and cb.time_until_allowed() == 5.0
+    cb.record(0.05, failed=False)  # the late probes are not counted
+    assert cb.state is S.OPEN and cb.stats().opened == 2
+
+
+def test_sequential_probes_go_one_at_a_time_and_a_failed_round_costs_one_call(
+        clock: FakeClock) -> None:
+    cb = make(clock, half_open_calls=2, wait_in_open=1.25, sequential_probes=True)
+    to_half_open(cb, clock)
+    assert cb.allow() and not cb.allow()  # the second waits for the first's result
+    assert cb.time_until_allowed() == math.inf
+    clock.advance(0.02)
+    cb.record(0.02, failed=False)
+    assert cb.state is S.HALF_OPEN and cb.time_until_allowed() == 0.0
+    assert cb.allow() and not cb.allow()
+    clock.advance(0.02)
+    cb.record(0.02, failed=False)
+    assert cb.state is S.CLOSED
+    # an outage: every round's first probe fails and reopens it; one call per wait_in_open
+    open_breaker(cb, clock)
+    calls = 0
+    for _ in range(16):  # 20 s of outage
+        clock.advance(cb.time_until_allowed())
+        while cb.allow():
+            calls += 1
+            clock.advance(0.001)
+            cb.record(0.001, failed=True)
+    assert calls == 16 and cb.state is S.OPEN
+
+
+def test_sequential_probes_wake_a_waiter_when_a_probe_reports() -> None:
+    async def main(loop: VirtualTimeLoop) -> float:
+        cb = CircuitBreaker(minimum_calls=1, wait_in_open=1.0, half_open_calls=2,
+                            sequential_probes=True, clock=loop.time)
+        cb.record(0.01, failed=True)
+        await cb.wait_until_allowed()
+        assert cb.allow()
+        waiter = asyncio.ensure_future(cb.wait_until_allowed(timeout=10.0))
+        await asyncio.sleep(0.02)
+        assert not waiter.done()
+        cb.record(0.02, failed=False)  # the first probe passed: the second may go
+        await waiter
+        return loop.time()
+
+    assert run_virtual(main) == pytest.approx(1.02)
+
+
+def test_open_jitter_spreads_the_openings_around_wait_in_open(clock: FakeClock) -> None:
+    draws = iter([0.0, 1.0, 0.5])
+    cb = make(clock, wait_in_open=1.25, open_jitter=0.2, rng=lambda: next(draws))
+    waits = []
+    for _ in range(3):
+        open_breaker(cb, clock)
+        waits.append(cb.time_until_allowed())
+        cb.release()
+    assert waits == pytest.approx([1.0, 1.5, 1.25])
+    cb.open_for(3.0)  # a slow-down's time is the system's, not jittered
+    assert cb.time_until_allowed() == 3.0
+    with pytest.raises(ValueError, match="open_jitter"):
+        CircuitBreaker(open_jitter=1.0)
+
+
 # -- operator overrides ------------------------------------------------------------------------
 
 
