@@ -1,15 +1,26 @@
 """The deferral agent's releaser on fakes of Faust's consumer, stream and messages: what it
 hands back and the stream never acks (Faust clears the streams' queues when the flow stops)
-is let go, so Faust's stop and rebalances do not wait for it for ever."""
+is let go, so Faust's stop and rebalances do not wait for it for ever. And, on a virtual
+clock, records back before their key's shifted time go back to the heap instead of making the
+stream sleep: each key in order, within its bound, every record acked once."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import random
+from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-from faust_backpressure.agents.keyed_deferral import Deferrals
+import pytest
+from faust.exceptions import Skip
+
+from faust_backpressure.agents.keyed import KeyedRateLimitGate
+from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
+from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
+from tests.unit.limiters.conftest import FakeClock
 
 
 @dataclass(eq=False)
@@ -19,6 +30,9 @@ class _Message:
     offset: int = 11
     refcount: int = 1
     acked: bool = False
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    key: Any = None
+    seq: int = 0
 
     def incref(self) -> None:
         self.refcount += 1
@@ -86,3 +100,75 @@ async def test_a_record_handed_back_and_never_acked_is_let_go_when_the_flow_stop
         assert not message.acked  # not acked: its offset is not committed, it is read again
     finally:
         releaser.cancel()
+
+
+def _worst_excess(times: list[float], rate: float) -> float:
+    return max(j - i + 1 - rate * (times[j] - times[i])
+               for i in range(len(times)) for j in range(i, len(times)))
+
+
+def _run_stream(seed: int) -> tuple[Deferrals, dict[Any, list[tuple[int, float]]],
+                                    list[_Message], int]:
+    """One partition on a virtual clock: source events of a few hot keys and many quiet ones
+    through the keyed gate's readmission (the real ``_readmit``), a deferral agent that is
+    sometimes away and then releases everything due at once (so a key's records reach the
+    stream out of their shifted order), and a stream that never sleeps (a wait fails)."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    rate, burst = 20.0, 2.0
+    buckets = KeyedTokenBuckets(rate, burst, clock=clock)
+    deferrals = Deferrals(_App(), "per-key", clock, lambda: None)  # type: ignore[arg-type]
+    heap = deferrals._open()
+
+    def no_wait(value: Any, due: float) -> Any:
+        raise AssertionError(f"the stream slept until {due}")
+
+    gate = SimpleNamespace(deferrals=deferrals, clock=clock, readmitted=0, _wait_until=no_wait)
+    admitted: dict[Any, list[tuple[int, float]]] = {}
+    messages: list[_Message] = []
+    queue: deque[_Event] = deque()  # the limited stream's queue
+    away_until = 0.0
+    for seq in range(1, 4_001):
+        clock.advance(rng.expovariate(400))
+        if rng.random() < 0.003:
+            away_until = clock() + rng.uniform(0.2, 2.0)
+        if clock() >= away_until:  # the releaser: everything due, in heap order
+            while heap and heap[0][0] <= clock():
+                _, _, held = heapq.heappop(heap)
+                held.message.incref()  # redeliver
+                queue.append(_Event(held.message))
+                held.ack()  # the agent's (or the held event's) reference
+        key = rng.choice(["h1", "h2", "h3"]) if rng.random() < 0.5 else f"q{seq}"
+        if buckets.try_acquire(key):
+            admitted.setdefault(key, []).append((seq, clock()))
+        else:
+            message = _Message(offset=seq, key=key, seq=seq,
+                               headers=[(NOT_BEFORE, repr(buckets.defer(key)).encode())])
+            messages.append(message)
+            deferrals._push(float(message.headers[0][1]), _Event(message))
+        while queue:  # the stream, at once: nothing in it sleeps
+            event = queue.popleft()
+            try:
+                KeyedRateLimitGate._readmit(gate, event, None, buckets,  # type: ignore[arg-type]
+                                            event.message.key)
+                admitted.setdefault(event.message.key, []).append((event.message.seq, clock()))
+            except Skip:
+                pass
+            event.ack()  # the stream's ack
+    return deferrals, admitted, messages, len(heap)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_records_back_before_their_time_wait_in_the_heap_in_order_within_the_bound(
+        seed: int) -> None:
+    deferrals, admitted, messages, left = _run_stream(seed)
+    assert deferrals.held_back > 50  # the agent came back late: records were held again
+    for key, passed in admitted.items():
+        assert [s for s, _ in passed] == sorted(s for s, _ in passed), key  # in order
+        assert _worst_excess([t for _, t in passed], 20.0) <= 2.0 + 1e-6, key
+    done = {(m.key, m.seq) for m in messages if m.refcount == 0}
+    passed_deferred = {(k, s) for k, p in admitted.items() for s, _ in p
+                       if not k.startswith("q")} & {(m.key, m.seq) for m in messages}
+    assert done == passed_deferred  # acked exactly when passed
+    assert all(m.refcount == 1 for m in messages if (m.key, m.seq) not in done)  # still held
+    assert len(messages) - len(done) == left  # the rest waits in the heap, nothing lost
