@@ -13,9 +13,9 @@ A record handed back that is not due yet (its key's earlier deferred events came
 the key's later ones are shifted by as much) is not slept on in the limited stream, which would
 hold every key of the partition: the gate gives it back (:meth:`Deferrals.hold`) and it waits
 in the heap again, until its shifted time. The gate keeps a reference to its message, so its
-offset is not committed while it waits. While a key has records held so, its other records back
-from the deferral topic are held behind them (:meth:`Deferrals.due`): each key still passes in
-order, whatever order the heap released them in.
+offset is not committed while it waits. While a key has records held so, its later ones (by
+deferral offset) back from the deferral topic are held behind them (:meth:`Deferrals.due`):
+each key still passes in order, whatever order the heap released them in.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class Deferrals:
         self._heap: list[tuple[float, int, Any]] | None = None
         self._wake = asyncio.Event()
         self._seq = 0
-        #: records the gate gave back (by message), with their key; per key, how many and
-        #: the latest time one of them is held until
+        #: records the gate gave back (by message) with their key; per key, their deferral
+        #: offsets (the key's order) and the times they are held until
         self._held: dict[Any, Hashable] = {}
-        self._held_keys: dict[Hashable, tuple[int, float]] = {}
+        self._held_keys: dict[Hashable, dict[Any, tuple[int, float]]] = {}
 
     def _open(self) -> list[tuple[float, int, Any]]:
         self._heap = []
@@ -92,18 +92,22 @@ class Deferrals:
 
     def due(self, key: Hashable, message: Any, due: float) -> float | None:
         """A record of ``key`` back in the limited stream, whose key allows it at ``due``:
-        None if it may pass now, else the time to hold it until (:meth:`hold`). While ``key``
-        has records held, it is held behind them (so the key keeps its order)."""
+        None if it may pass now, else the time to hold it until (:meth:`hold`). While records
+        of ``key`` before it (lower deferral offsets) are held, it is held behind them, so the
+        key keeps its order even when the heap released them in another."""
         held_key = self._held.pop(message, None)
         if held_key is not None:  # one we held, back: no longer ahead of the key's others
-            count, until = self._held_keys[held_key]
-            if count > 1:
-                self._held_keys[held_key] = (count - 1, until)
-            else:
+            of_key = self._held_keys[held_key]
+            del of_key[message]
+            if not of_key:
                 del self._held_keys[held_key]
-        ahead = self._held_keys.get(key)
-        if ahead is not None:
-            return due if due > ahead[1] else ahead[1]
+        of_key = self._held_keys.get(key)
+        if of_key:
+            offset = message.offset
+            ahead = max((until for before, until in of_key.values() if before < offset),
+                        default=None)
+            if ahead is not None:
+                return due if due > ahead else ahead
         return due if due > self.clock() else None
 
     def hold(self, key: Hashable, event: Any, due: float) -> bool:
@@ -113,10 +117,10 @@ class Deferrals:
         so its offset is not committed while it is held."""
         if self._heap is None:
             return False
-        event.message.incref()
-        self._held[event.message] = key
-        count = self._held_keys.get(key, (0, due))[0]
-        self._held_keys[key] = (count + 1, due)
+        message = event.message
+        message.incref()
+        self._held[message] = key
+        self._held_keys.setdefault(key, {})[message] = (message.offset, due)
         self.held_back += 1
         self._push(due, event)
         return True
