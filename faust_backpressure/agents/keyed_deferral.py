@@ -97,9 +97,9 @@ class Deferrals:
         key keeps its order even when the heap released them in another."""
         held_key = self._held.pop(message, None)
         if held_key is not None:  # one we held, back: no longer ahead of the key's others
-            of_key = self._held_keys[held_key]
-            del of_key[message]
-            if not of_key:
+            was = self._held_keys[held_key]
+            del was[message]
+            if not was:
                 del self._held_keys[held_key]
         of_key = self._held_keys.get(key)
         if of_key:
