@@ -22,17 +22,18 @@ burst_capacity=E)`` with the default ``on_limit="defer"``:
   comes in the first pass, so the deferrals drain while the other passes run (as long as a
   pass takes longer than a deferral's round trip: at the default sizes, tens of seconds).
 
-A deferred event comes back through Kafka: the gate's send waits in Faust's producer buffer
-(busy with the table's changelog writes), and the consumer hands out what it has already
-fetched from the source before the deferral topic's records. With Faust's default
-``consumer_max_fetch_size`` (1 MiB per partition, tens of thousands of these small records)
-the deferred events came back only once the source was drained; so the default here is
-64 KiB (``--fetch-bytes``, the same in both ways). A key whose events keep coming while one
-is deferred has them deferred too, and deferred events that come back later than reserved
-shift the key's next ones: the gate then sleeps for the shift in the agent's stream, holding
-every key's events (the ``waits`` counter in the report). ``--hot-extra`` above E, or a pass
-shorter than the deferrals' round trip (few keys), measures those sleeps more than the
-per-event cost.
+A deferred event comes back through Kafka: the gate's send waited in Faust's producer buffer
+(busy with the table's changelog writes, before they were batched), and the consumer hands out
+what it has already fetched from the source before the deferral topic's records. With Faust's
+default ``consumer_max_fetch_size`` (1 MiB per partition, tens of thousands of these small
+records) the deferred events came back only once the source was drained; so the default here is
+64 KiB (``--fetch-bytes``, the same in both ways). A key whose events keep coming while one is
+deferred has them deferred too, and deferred events that come back later than reserved shift
+the key's next ones: such a record, back before its shifted time, goes back to the deferral
+agent's heap until then (``held_back`` in the report; the gate used to sleep for the shift in
+the agent's stream, holding every key's events: ``waits``). ``--hot-extra`` above E, or a pass
+shorter than the deferrals' round trip (few keys), measures the deferral round trips more than
+the per-event cost.
 
 Then, round-robin in one process (plain, keyed; keyed, plain; ...), a fresh in-process app (new
 consumer group, fresh data dir) forwards every record to a sink topic. The body of both agents
@@ -239,6 +240,7 @@ async def one_run(bootstrap: str, source: str, sink: str, work: Workload, kind: 
                 counters = {"admitted": stats.admitted, "deferred": stats.deferred,
                             "readmitted": stats.readmitted, "shed": stats.shed,
                             "waits": stats.waits, "overdrafts": stats.overdrafts,
+                            "held_back": limit.deferrals.held_back,
                             "expired": sum(b.stats.expired for b in limit._buckets.values())}
         store = _du(Path(datadir)) if keyed else 0
     sink_delta = await _total(bootstrap, sink) - sink_before
@@ -447,7 +449,8 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
         f"What the keyed runs did (median (min-max) per run): admitted {counter('admitted')}, "
         f"deferred {counter('deferred')} (the workload's bursts defer at least "
         f"{work.deferred_at_least:,}), readmitted {counter('readmitted')}, shed "
-        f"{counter('shed')}, waits in the stream {counter('waits')}, levels removed once "
+        f"{counter('shed')}, waits in the stream {counter('waits')}, deferred records given "
+        f"back to the heap (not due yet) {counter('held_back')}, levels removed once "
         f"full {counter('expired')}; "
         f"{spread_of(lambda r: r.changelog, ',.0f')} records in the keyed table's changelog "
         f"(level writes and tombstones), {spread_of(lambda r: r.deferral_records, ',.0f')} in "

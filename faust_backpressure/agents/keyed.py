@@ -299,6 +299,7 @@ class KeyedRateLimitGate(GateBase):
         deferral = self.deferral_topic_name
         cost = self.cost
         per_partition = self._buckets
+        store = self._store
 
         def admit(value: Any) -> Any:
             event = stream.current_event
@@ -311,13 +312,9 @@ class KeyedRateLimitGate(GateBase):
             message = event.message
             key = event.key if key_of is None else key_of(event)
             buckets = per_partition.get(message.partition) or self.buckets(message.partition)
+            store.partition = message.partition  # the partition its writes go to
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
-                raw = header(message.headers, NOT_BEFORE)
-                due = buckets.readmit(key, float(raw) if raw else 0.0)
-                self.readmitted += 1
-                if due > self.clock():  # came back late, so did one before: keep the spacing
-                    return self._wait_until(value, due)
-                return value
+                return self._readmit(event, value, buckets, key)
             if message.topic not in self._verified:
                 self._verify_topic(message.topic)
             if key_of is not None:
@@ -351,6 +348,23 @@ class KeyedRateLimitGate(GateBase):
         """The table is restored (Faust resumes the source partitions after this)."""
         await self._store.rebuild_index(self.app.consumer_generation_id,
                                         lambda: self.app.consumer_generation_id)
+
+    def _readmit(self, event: EventT[Any], value: Any, buckets: KeyedTokenBuckets,
+                 key: Hashable) -> Any:
+        """A deferred event back from the deferral agent. One not due yet (its key's earlier
+        ones came back late: the key's spacing is kept) goes back to the agent's heap until
+        due, rather than sleeping here and holding every key of the partition."""
+        message = event.message
+        raw = header(message.headers, NOT_BEFORE)
+        not_before = float(raw) if raw else 0.0
+        hold_until = self.deferrals.due(key, message, buckets.due(key, not_before))
+        if hold_until is not None and self.deferrals.hold(key, event, hold_until):
+            raise Skip()  # its message keeps a reference: not committed while held
+        due = buckets.readmit(key, not_before)
+        self.readmitted += 1
+        if due > self.clock():  # no deferral agent here to hold it: keep the spacing
+            return self._wait_until(value, due)
+        return value
 
     async def _defer(self, event: EventT[Any], buckets: KeyedTokenBuckets, key: Hashable,
                      permits: int) -> Any:

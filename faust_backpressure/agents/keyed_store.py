@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any
 
+from faust_backpressure.faust_seam import ChangelogWriter, changelog_writer
 from faust_backpressure.limiters.keyed_buckets import KeyState
 
 __all__ = ["STATE", "TableStore", "encode_key", "key_type", "partition_bytes", "store_url"]
@@ -59,7 +60,10 @@ class TableStore(MutableMapping[Hashable, KeyState]):
     Write-behind for levels that are full again within ``hold`` seconds: kept in memory only
     (a limit that rarely binds then writes no changelog at all: such an entry is removed before
     it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
-    tokens. Everything else is written through Faust's table path at once.
+    tokens. Everything else is written to the store at once and to the changelog in batches,
+    once per event-loop turn (:class:`~faust_backpressure.faust_seam.ChangelogWriter`; Faust's
+    table path for a store it does not know). ``partition``: the current event's, set by the
+    gate before each event's reads and writes.
 
     Most keys have no entry (absent = full), so the adapter keeps the set of keys the table
     may hold (a superset: every key written since, and every key of the active partitions
@@ -76,6 +80,23 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         self._present: set[bytes] | None = None  # None: not known, read the table
         self._building: set[bytes] | None = None
         self.index_generation: int | None = None  # the rebalance the set was built after
+        self.partition = 0
+        self._writer: ChangelogWriter | bool | None = False  # False: not made yet
+
+    def _write(self, encoded: bytes, packed: bytes | None) -> None:
+        """The table's ``[encoded] = packed`` (None: ``del``), through the batched writer."""
+        writer = self._writer
+        if writer is False:
+            writer = self._writer = changelog_writer(self.table)
+        if isinstance(writer, ChangelogWriter):
+            if packed is None:
+                writer.delete(self.partition, encoded)
+            else:
+                writer.set(self.partition, encoded, packed)
+        elif packed is None:
+            del self.table[encoded]
+        else:
+            self.table[encoded] = packed
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         encoded = encode_key(key)
@@ -109,7 +130,7 @@ class TableStore(MutableMapping[Hashable, KeyState]):
             self._memory[encoded] = (full_at, deferred, late)
             # never leave an older level behind (the buckets read a key before they write it)
             if self._from_table == encoded and self.table.data.get(encoded) is not None:
-                del self.table[encoded]
+                self._write(encoded, None)
                 self._forget(encoded)
             return
         self._memory.pop(encoded, None)
@@ -117,7 +138,7 @@ class TableStore(MutableMapping[Hashable, KeyState]):
             self._present.add(encoded)
         if self._building is not None:
             self._building.add(encoded)
-        self.table[encoded] = STATE.pack(full_at, deferred, late)
+        self._write(encoded, STATE.pack(full_at, deferred, late))
 
     def __delitem__(self, key: Hashable) -> None:
         encoded = encode_key(key)
@@ -126,7 +147,7 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         if (self._present is not None and encoded not in self._present) \
                 or self.table.data.get(encoded) is None:
             raise KeyError(key)
-        del self.table[encoded]
+        self._write(encoded, None)
         self._forget(encoded)
 
     def _forget(self, encoded: bytes) -> None:

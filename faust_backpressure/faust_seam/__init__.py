@@ -39,10 +39,11 @@ The patches:
 The other modules: ``context`` (:class:`AppContext`, the app's one context object, kept on
 the app and reached through :func:`context_of`), ``batches`` (batch sources, docs/batching.md:
 the :class:`BatchTap` each source topic's records are diverted to, and Faust's bookkeeping,
-producers and commits for a batch), ``streams`` (small accessors used by the other layers, and
-a rate-limit gate's marks and batch wrappers on its streams) and ``crash`` (:func:`crash_worker`).
-Imports between them go one way: installing -> consumer -> batches -> transactions ->
-control_topics, crash; all of them -> context.
+producers and commits for a batch), ``table_writes`` (a keyed limit's table writes, batched to
+its changelog: :class:`ChangelogWriter`), ``streams`` (small accessors used by the other
+layers, and a rate-limit gate's marks and batch wrappers on its streams) and ``crash``
+(:func:`crash_worker`). Imports between them go one way: installing -> consumer -> batches ->
+table_writes, transactions -> control_topics, crash; all of them -> context.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from faust_backpressure.faust_seam.streams import (
     unbounded_stream_buffer,
     wrap_stream_batches,
 )
+from faust_backpressure.faust_seam.table_writes import ChangelogWriter, changelog_writer
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
     TransactionLost,
@@ -100,6 +102,7 @@ __all__ = [
     "TESTED_FAUST",
     "AppContext",
     "BatchTap",
+    "ChangelogWriter",
     "FaustVersionWarning",
     "InputTransactionManager",
     "OffsetGuard",
@@ -110,6 +113,7 @@ __all__ = [
     "UnsupportedTransport",
     "ack_offsets",
     "batch_writer",
+    "changelog_writer",
     "check_faust_version",
     "commit_through",
     "context_of",

@@ -170,6 +170,13 @@ class KeyedTokenBuckets:
         self.stats.deferred += 1
         return self.reserve(key, permits, defer=True)
 
+    def due(self, key: Hashable, not_before: float) -> float:
+        """When a deferred event of ``key`` reserved for ``not_before`` may pass: its
+        not-before time plus the key's shift (see :meth:`readmit`). Changes nothing, so an
+        event not due yet can be held elsewhere (not sleeping in the stream) and come back."""
+        state = self.store.get(key)
+        return not_before if state is None else not_before + float(state[2])
+
     def readmit(self, key: Hashable, not_before: float) -> float:
         """A deferred event of ``key`` (reserved for ``not_before``) is back: return when it
         may pass (at most ``now``: at once; later: wait until then).

@@ -1,15 +1,26 @@
 """The deferral agent's releaser on fakes of Faust's consumer, stream and messages: what it
 hands back and the stream never acks (Faust clears the streams' queues when the flow stops)
-is let go, so Faust's stop and rebalances do not wait for it for ever."""
+is let go, so Faust's stop and rebalances do not wait for it for ever. And, on a virtual
+clock, records back before their key's shifted time go back to the heap instead of making the
+stream sleep: each key in order, within its bound, every record acked once."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import random
+from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-from faust_backpressure.agents.keyed_deferral import Deferrals
+import pytest
+from faust.exceptions import Skip
+
+from faust_backpressure.agents.keyed import KeyedRateLimitGate
+from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
+from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
+from tests.unit.limiters.conftest import FakeClock
 
 
 @dataclass(eq=False)
@@ -19,6 +30,9 @@ class _Message:
     offset: int = 11
     refcount: int = 1
     acked: bool = False
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    key: Any = None
+    seq: int = 0
 
     def incref(self) -> None:
         self.refcount += 1
@@ -86,3 +100,87 @@ async def test_a_record_handed_back_and_never_acked_is_let_go_when_the_flow_stop
         assert not message.acked  # not acked: its offset is not committed, it is read again
     finally:
         releaser.cancel()
+
+
+def _worst_excess(times: list[float], rate: float) -> float:
+    return max(j - i + 1 - rate * (times[j] - times[i])
+               for i in range(len(times)) for j in range(i, len(times)))
+
+
+class _Partition:
+    """One partition on a virtual clock: source events of a few hot keys and many quiet ones
+    through the keyed gate's readmission (the real ``_readmit``), a deferral agent that is
+    sometimes away and then releases everything due at once (so a key's records reach the
+    stream out of their shifted order), and a stream that never sleeps (a wait fails)."""
+
+    def __init__(self, seed: int, rate: float, burst: float) -> None:
+        self.rng = random.Random(seed)
+        self.clock = FakeClock()
+        self.buckets = KeyedTokenBuckets(rate, burst, clock=self.clock)
+        self.deferrals = Deferrals(_App(), "per-key", self.clock,  # type: ignore[arg-type]
+                                   lambda: None)
+        self.heap = self.deferrals._open()
+        self.gate = SimpleNamespace(deferrals=self.deferrals, clock=self.clock, readmitted=0,
+                                    _wait_until=self._no_wait)
+        self.admitted: dict[Any, list[tuple[int, float]]] = {}
+        self.messages: list[_Message] = []
+        self.away_until = 0.0
+
+    def _no_wait(self, value: Any, due: float) -> Any:
+        raise AssertionError(f"the stream slept until {due}")
+
+    def source(self, seq: int, key: str) -> None:
+        if self.buckets.try_acquire(key):
+            self.admitted.setdefault(key, []).append((seq, self.clock()))
+            return
+        not_before = self.buckets.defer(key)
+        message = _Message(offset=seq, key=key, seq=seq,
+                           headers=[(NOT_BEFORE, repr(not_before).encode())])
+        self.messages.append(message)
+        self.deferrals._push(not_before, _Event(message))  # the agent reads it
+
+    def release_and_stream(self) -> None:
+        if self.rng.random() < 0.003:
+            self.away_until = self.clock() + self.rng.uniform(0.2, 2.0)
+        queue: deque[_Event] = deque()  # the limited stream's queue
+        while self.clock() >= self.away_until and self.heap and self.heap[0][0] <= self.clock():
+            _, _, held = heapq.heappop(self.heap)  # the releaser: everything due, in order
+            held.message.incref()  # redeliver
+            queue.append(_Event(held.message))
+            held.ack()  # the agent's (or the held event's) reference
+        while queue:  # the stream, at once: nothing in it sleeps
+            event = queue.popleft()
+            try:
+                KeyedRateLimitGate._readmit(self.gate, event, None,  # type: ignore[arg-type]
+                                            self.buckets, event.message.key)
+                self.admitted.setdefault(event.message.key, []).append(
+                    (event.message.seq, self.clock()))
+            except Skip:
+                pass
+            event.ack()  # the stream's ack
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_records_back_before_their_time_wait_in_the_heap_in_order_within_the_bound(
+        seed: int) -> None:
+    run = _Partition(seed, rate=20.0, burst=2.0)
+    for seq in range(1, 4_001):
+        run.clock.advance(run.rng.expovariate(400))
+        run.release_and_stream()
+        run.source(seq, run.rng.choice(["h1", "h2", "h3"]) if run.rng.random() < 0.5
+                   else f"q{seq}")
+    for _ in range(100_000):  # no more source events: the held ones drain
+        if not run.heap:
+            break
+        run.clock.advance(max(0.001, run.heap[0][0] - run.clock()))
+        run.release_and_stream()
+    deferrals, messages = run.deferrals, run.messages
+    assert deferrals.held_back > 50  # the agent came back late: records were held again
+    for key, passed in run.admitted.items():
+        assert [s for s, _ in passed] == sorted(s for s, _ in passed), key  # in order
+        assert _worst_excess([t for _, t in passed], 20.0) <= 2.0 + 1e-6, key
+    assert not run.heap and all(m.refcount == 0 for m in messages)  # every record acked
+    passed = sorted((k, s) for k, p in run.admitted.items() for s, _ in p)
+    assert len(passed) == len(set(passed))  # once each
+    assert {(m.key, m.seq) for m in messages} <= set(passed)  # nothing lost
+    assert deferrals._held == {} and deferrals._held_keys == {}

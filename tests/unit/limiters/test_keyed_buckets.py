@@ -154,3 +154,18 @@ def test_limits_are_checked() -> None:
         KeyLimits(0, 1)
     with pytest.raises(ValueError):
         KeyedTokenBuckets(1, -1)
+
+
+def test_due_reads_the_keys_shift_without_changing_it(clock: FakeClock) -> None:
+    store: dict[Hashable, KeyState] = {}
+    buckets = KeyedTokenBuckets(10, 1, store=store, clock=clock)
+    slots = [buckets.defer("k") for _ in range(3)]  # 1000.0, .1, .2
+    assert buckets.due("k", slots[0]) == slots[0] and buckets.due("other", 5.0) == 5.0
+    clock.advance(1.0)  # the first comes back a second late: the others are shifted by 1 s
+    assert buckets.readmit("k", slots[0]) == clock()
+    before = dict(store)
+    assert buckets.due("k", slots[1]) > clock()
+    assert buckets.due("k", slots[1]) == pytest.approx(slots[1] + 1.0)  # asked twice: same
+    assert store == before and buckets.deferred("k") == 2  # nothing changed
+    clock.advance(0.1)
+    assert buckets.readmit("k", slots[1]) == pytest.approx(clock())

@@ -1,0 +1,119 @@
+"""A table's writes, batched to its changelog: the store at once, the changelog once per turn.
+
+Faust's table path (``table[key] = value``) hands each write to its producer buffer as a
+:class:`~faust.types.FutureMessage`; a task sends them one by one, the conductor waits for
+the buffer to ebb when it holds more than 100 (Faust logs "producer buffer full"), and each
+acknowledgement writes the changelog offset to RocksDB. A keyed limit writes about two levels
+per event, so that path was a large part of its cost (docs/benchmarks.md, keyed limits).
+
+:class:`ChangelogWriter` writes the store (the table's own :meth:`_set`/:meth:`_del`, as
+Faust's path does) and keeps the changelog records by partition, the last write of a key
+winning; one task per event-loop turn appends them to aiokafka batches of the app's default
+producer (never transactional: our tables are control state, :func:`mark_control_topic`), one
+:meth:`send_batch` per partition, and records the last offset of each batch as the
+partition's persisted offset when it is acknowledged (what Faust's path does per record).
+
+Ordering: a write is made in the gate, before the agent's body; the drain is scheduled then
+and runs at the loop's next turn, before any commit scheduled later, and Faust flushes the
+producer (aiokafka's batches included) before it commits: the changelog record is sent
+before the source offset is committed, as on Faust's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.stores.base import SerializedStore
+from faust.types import TP, AppT
+
+from faust_backpressure.faust_seam.batches import raw_producer
+
+__all__ = ["ChangelogWriter", "changelog_writer"]
+
+log = logging.getLogger(__name__)
+
+
+class ChangelogWriter:
+    """Writes of one table (raw bytes): the store now, the changelog in batches."""
+
+    def __init__(self, app: AppT, table: Any) -> None:
+        self.app = app
+        self.table = table
+        self.topic: str = table.changelog_topic.get_topic_name()
+        self._pending: dict[int, dict[bytes, bytes | None]] = {}
+        self._task: asyncio.Future[None] | None = None
+        self.records = 0  # changelog records sent (this worker, since start)
+        self.batches = 0
+
+    def set(self, partition: int, key: bytes, value: bytes) -> None:
+        """``table[key] = value`` in the event of ``partition`` (the current event's)."""
+        data = self.table.data
+        raw_key, raw_value = data._encode_key(key), data._encode_value(value)
+        data._set(raw_key, raw_value)
+        self._queue(partition, raw_key, raw_value)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        """``del table[key]``: a tombstone in the changelog."""
+        data = self.table.data
+        raw_key = data._encode_key(key)
+        data._del(raw_key)
+        self._queue(partition, raw_key, None)
+
+    def _queue(self, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
+        records = self._pending.get(partition)
+        if records is None:
+            records = self._pending[partition] = {}
+        records[raw_key] = raw_value
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.app.maybe_start_producer()
+            producer = raw_producer(self.app)
+            while self._pending:
+                pending, self._pending = self._pending, {}
+                for partition, records in pending.items():
+                    await self._send(producer, partition, records)
+        except Exception:  # broad: a failure must not stop later writes; Faust's path logs too
+            log.exception("cannot write the changelog %s", self.topic)
+        finally:
+            self._task = None  # records queued after a failure go with the next write's drain
+
+    async def _send(self, producer: Any, partition: int,
+                    records: dict[bytes, bytes | None]) -> None:
+        batch, count = producer.create_batch(), 0
+        for raw_key, raw_value in records.items():
+            if batch.append(key=raw_key, value=raw_value, timestamp=None) is None:
+                await self._send_batch(producer, batch, partition, count)  # full
+                batch, count = producer.create_batch(), 0
+                batch.append(key=raw_key, value=raw_value, timestamp=None)
+            count += 1
+        if count:
+            await self._send_batch(producer, batch, partition, count)
+
+    async def _send_batch(self, producer: Any, batch: Any, partition: int, count: int) -> None:
+        future = await producer.send_batch(batch, self.topic, partition=partition)
+        self.records += count
+        self.batches += 1
+        tp = TP(self.topic, partition)
+
+        def persisted(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                log.warning("changelog %s[%d]: %d records not acknowledged: %r", self.topic,
+                            partition, count, None if done.cancelled() else done.exception())
+                return
+            # what Faust's path does per record: restore starts after it
+            self.table.data.set_persisted_offset(tp, done.result().offset + count - 1)
+
+        future.add_done_callback(persisted)
+
+
+def changelog_writer(table: Any) -> ChangelogWriter | None:
+    """A :class:`ChangelogWriter` for ``table``, or None if its store is not one whose raw
+    writes it knows (RocksDB's are; the in-memory store keeps Faust's path)."""
+    if not isinstance(table.data, SerializedStore):
+        return None
+    return ChangelogWriter(table.app, table)
