@@ -19,6 +19,7 @@ from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
 from faust_backpressure.faust_seam.batches import BatchTap, batch_taps
+from faust_backpressure.faust_seam.table_writes import flush_changelog_writers
 
 #: The seam's one logger, named as when the seam was one module.
 log = logging.getLogger("faust_backpressure.faust_seam")
@@ -136,6 +137,11 @@ class _GuardedConsumer:
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
         self._partition_released = asyncio.Event()
+
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        await flush_changelog_writers(self.app)  # the levels behind these offsets: sent first
+        return await super()._commit_offsets(  # type: ignore[misc, no-any-return]
+            offsets, start_new_transaction=start_new_transaction)
 
     def _guarded(self, topic: str) -> bool:
         guarded = self._guarded_topics.get(topic)

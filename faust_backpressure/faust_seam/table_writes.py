@@ -13,10 +13,11 @@ producer (never transactional: our tables are control state, :func:`mark_control
 :meth:`send_batch` per partition, and records the last offset of each batch as the
 partition's persisted offset when it is acknowledged (what Faust's path does per record).
 
-Ordering: a write is made in the gate, before the agent's body; the drain is scheduled then
-and runs at the loop's next turn, before any commit scheduled later, and Faust flushes the
-producer (aiokafka's batches included) before it commits: the changelog record is sent
-before the source offset is committed, as on Faust's path.
+Ordering: a write is made in the gate, before the agent's body; every commit first waits for
+the writers' drains (:func:`flush_changelog_writers`, from the seam's consumer), and Faust
+flushes the producer (aiokafka's batches included) before it commits in at_least_once: the
+changelog record is sent before the source offset is committed, as on Faust's path (a
+graceful stop commits, so it sends them too).
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from faust.stores.base import SerializedStore
 from faust.types import TP, AppT
 
 from faust_backpressure.faust_seam.batches import raw_producer
+from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 
-__all__ = ["ChangelogWriter", "changelog_writer"]
+__all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers"]
+
+#: The app's writers, flushed before each commit (:func:`flush_changelog_writers`).
+WRITERS: Slot[list[ChangelogWriter]] = Slot("changelog writers")
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,12 @@ class ChangelogWriter:
         records[raw_key] = raw_value
         if self._task is None:
             self._task = asyncio.ensure_future(self._drain())
+
+    async def flush(self) -> None:
+        """Until every write made so far is in the producer's batches (which Faust's commit
+        flushes in at_least_once): a commit must not pass a level not sent yet."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
         try:
@@ -116,4 +127,13 @@ def changelog_writer(table: Any) -> ChangelogWriter | None:
     writes it knows (RocksDB's are; the in-memory store keeps Faust's path)."""
     if not isinstance(table.data, SerializedStore):
         return None
-    return ChangelogWriter(table.app, table)
+    writer = ChangelogWriter(table.app, table)
+    context_of(table.app).get_or_make(WRITERS, list).append(writer)
+    return writer
+
+
+async def flush_changelog_writers(app: Any) -> None:
+    """Before a commit (the seam's consumer): every table write made so far is sent."""
+    context = find_context(app)
+    for writer in (context.get(WRITERS) if context is not None else None) or ():
+        await writer.flush()

@@ -6,7 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust_backpressure.faust_seam.table_writes import ChangelogWriter
+from faust_backpressure.faust_seam.context import context_of
+from faust_backpressure.faust_seam.table_writes import (
+    WRITERS,
+    ChangelogWriter,
+    flush_changelog_writers,
+)
 
 
 @dataclass
@@ -109,3 +114,30 @@ async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() 
     for _ in range(3):
         await asyncio.sleep(0)
     assert app._producer.sent[-1][1:] == (1, [(b"Kk9", b"Vv")])
+
+
+class _SlowProducer(_Producer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
+        await self.go.wait()  # aiokafka waits like this when its accumulator is full
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_a_commit_waits_until_every_write_made_before_it_is_sent() -> None:
+    app, table = _App(_producer=_SlowProducer()), _Table()
+    writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    context_of(app).get_or_make(WRITERS, list).append(writer)  # as changelog_writer() does
+    for i in range(4):
+        writer.set(0, b"k%d" % i, b"v")
+    commit = asyncio.ensure_future(flush_changelog_writers(app))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not commit.done() and app._producer.sent == []  # the drain is stuck in a send
+    writer.set(0, b"late", b"v")  # written while the drain waits: sent before the commit too
+    app._producer.go.set()  # type: ignore[attr-defined]
+    await asyncio.wait_for(commit, 1.0)
+    assert sorted(k for _, _, records in app._producer.sent for k, _ in records) == [
+        b"Kk0", b"Kk1", b"Kk2", b"Kk3", b"Klate"]
