@@ -267,9 +267,9 @@ class _Run:
             now = time.monotonic()
             if seen != last_seen:
                 last_seen, last_change = seen, now
-            if self.produced < records and self.produced * width - seen < lead:
-                await self.feed(min(chunk, records - self.produced))
-                continue
+            # Faults first: on a loaded machine one feed can take as long as the workers need
+            # to process it, and a loop that fed first never got here until all was fed (a
+            # CI run's SIGKILL planned at 25% came at 95%, its outage after the last record).
             if pending and seen >= pending[0].at * total:
                 previous = self.result.faults[-1] if self.result.faults else None
                 if (previous is None or self.recovered(previous)
@@ -277,6 +277,9 @@ class _Run:
                     self.result.faults.append(await self.inject(pending.pop(0)))
                     last_change = time.monotonic()
                     continue
+            if self.produced < records and self.produced * width - seen < lead:
+                await self.feed(min(chunk, records - self.produced))
+                continue
             if self.produced == records and now >= next_commit_check:
                 next_commit_check = now + 1.0
                 if await self.commits_at_end():
