@@ -109,7 +109,6 @@ async def test_records_back_late_wait_in_the_heap_and_hold_no_other_key(
     # h1's tail runs 4 s after the agent came back (5 events at 1/s); the stream did not wait
     # for it: the quiet keys, produced then, and the faster hot keys passed long before
     quiet_at = [by_key[k][0][1] for k, _ in quiet]
-    assert max(quiet_at) - produced_at < 2.5
     assert max(quiet_at) < last[b"h1"] - 1.5 and last[b"h3"] < last[b"h1"] - 1.5
     assert all(by_key[k][0][2] == source for k, _ in quiet)
 
