@@ -81,9 +81,8 @@ class BatchRunner:
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
         self._clock = clock
-        # Room for several batches, not 2: a partition released after a hold is fetched
-        # again only ~1 s later while held ones keep unread data, so with little room every
-        # partition ends up waiting (docs/batching.md, "Holding a partition back")
+        # Room for several batches, not 2: a released partition is fetched again ~1 s later;
+        # with little room every partition ends up waiting (docs/batching.md, "Holding...")
         self.high_water = HIGH_WATER_BATCHES * batch_size
         self._held: set[Any] = set()
         self._wake = asyncio.Event()
@@ -104,12 +103,11 @@ class BatchRunner:
         self._raw_value = is_raw(topic.value_serializer,  # type: ignore[attr-defined]
                                   getattr(topic, "value_type", None))
 
-    # -- the seam's side (BatchTap) ---------------------------------------------------------
-
     def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
         self.queues.add(tp, records, first, generation, self._clock())
         if self.queues.size(tp) >= self.high_water and tp not in self._held:
             self._held.add(tp)
+            log.debug("pipeline %s: %s held", self.pipeline.name, tp)
             hold_partition(self.app, tp)
         self._wake.set()
 
@@ -125,8 +123,6 @@ class BatchRunner:
         except asyncio.TimeoutError:
             log.warning("pipeline %s: %d batch(es) still in progress after %.1f s; they are "
                         "read again", self.pipeline.name, self._in_progress, self.revoke_timeout)
-
-    # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Take ready batches for ever (the pipeline's agent runs this)."""
@@ -165,6 +161,7 @@ class BatchRunner:
     def _maybe_release(self, tp: Any) -> None:
         if tp in self._held and self.queues.size(tp) <= self.high_water * 0.4:
             self._held.discard(tp)
+            log.debug("pipeline %s: %s released", self.pipeline.name, tp)
             release_partition(self.app, tp)
 
     def _started(self) -> None:
@@ -184,7 +181,7 @@ class BatchRunner:
                 return
             completion = await self._send_batch(batch, raw_producer(self.app))
         except _Abandoned:
-            self.abandoned += 1
+            self._abandon(batch, "before its sends")
             return
         # at_least_once: the next batch goes on while this one's acks arrive
         self._started()
@@ -213,12 +210,17 @@ class BatchRunner:
         try:
             await completion
         except _Abandoned:
-            self.abandoned += 1
+            self._abandon(batch, "a key's chain broke")
             return
         if ack_offsets(self.app, batch.tp, batch.first, batch.last, batch.generation):
             self._done(batch)
         else:
-            self.abandoned += 1
+            self._abandon(batch, "its partition was revoked before its acks came")
+
+    def _abandon(self, batch: Batch, why: str) -> None:
+        self.abandoned += 1  # not acked: read again after the rebalance that stopped it
+        log.info("pipeline %s: batch %s@%d..%d abandoned (%s)", self.pipeline.name, batch.tp,
+                 batch.first, batch.last, why)
 
     def _done(self, batch: Batch) -> None:
         self.batches += 1
@@ -239,8 +241,6 @@ class BatchRunner:
         else:
             log.warning("pipeline %s: the batch %s@%d..%d was not committed (revoked?)",
                         self.pipeline.name, batch.tp, batch.first, batch.last)
-
-    # -- one batch ---------------------------------------------------------------------------
 
     async def _gates(self, batch: Batch) -> None:
         """Operator pause, then the limiter for the batch's cost; the flow stopping meanwhile

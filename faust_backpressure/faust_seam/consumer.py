@@ -283,6 +283,8 @@ class _GuardedConsumer:
             chunk = records.pop(tp)
             if not (chunk and deliver and (active is None or tp in active
                                            or tp in self._buffered_partitions)):
+                if chunk:
+                    await self._read_again(tp, chunk[0].offset)
                 continue
             expected = guard.expected.get(tp)
             if expected is None:
@@ -290,6 +292,7 @@ class _GuardedConsumer:
                 expected = chunk[0].offset
             chunk = [r for r in chunk if r.offset >= expected]  # re-read: already queued
             if not chunk:
+                log.debug("batch source %s: a fetch below %d, already queued", tp, expected)
                 continue
             first = chunk[0].offset
             if first > expected:  # a jump: re-read once, then it is a gap (markers)
@@ -299,11 +302,27 @@ class _GuardedConsumer:
                              first)
                     await self.seek(tp, offset)
                     continue
+            if first > expected:
+                log.info("offset guard: %s has no records in %d..%d (markers or compaction)",
+                         tp, expected, first - 1)
             guard.verifying.pop(tp, None)
             guard.expected[tp] = chunk[-1].offset + 1
             self._read_offset[tp] = chunk[-1].offset
             # Faust's TP: equal to aiokafka's TopicPartition, but Faust asserts its type
             taps[tp.topic].divert(TP(tp.topic, tp.partition), chunk, expected, generation)
+
+    async def _read_again(self, tp: TP, first: int) -> None:
+        """A batch source's chunk from ``first`` was dropped: seek back now. Waiting for the
+        guard to see the next record as a jump left a partition's tail unread until more
+        records came (a fetch that spanned a rebalance returned a partition's last records
+        from its committed offset: dropped, and nothing came after them)."""
+        expected = self.offset_guard.expected.get(tp)
+        offset = first if expected is None else min(expected, first)
+        if tp not in self.assignment():  # type: ignore[attr-defined]
+            return  # revoked: its new owner reads it from the committed offset
+        log.debug("batch source %s: a fetch from %d dropped; reading again from %d", tp, first,
+                  offset)
+        await self.seek(tp, offset)
 
     async def wait_empty(self) -> None:
         """Faust's, after the batches in progress have finished (or given up: then their

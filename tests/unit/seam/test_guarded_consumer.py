@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
+import pytest
 from faust.types import TP
 
 from faust_backpressure.faust_seam import install
+from faust_backpressure.faust_seam.batches import batch_taps, register_batch_tap
 
 tp = TP("orders", 0)
 
@@ -81,3 +85,47 @@ async def test_the_revoke_handler_still_sees_what_was_acked_before_the_rebalance
     await consumer.on_partitions_revoked({tp})
     assert seen == [103]
     assert tp not in consumer._acked and consumer._committed_offset.get(tp) is None
+
+
+@dataclass
+class _Record:
+    offset: int
+
+
+class _Tap:
+    def __init__(self) -> None:
+        self.chunks: list[tuple[TP, list[int], int]] = []
+
+    def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
+        self.chunks.append((tp, [r.offset for r in records], first))
+
+    def revoke(self, tps: set[TP]) -> None:
+        pass
+
+    async def wait_idle(self) -> None:
+        pass
+
+
+async def test_a_batch_source_chunk_dropped_at_a_rebalance_is_read_again_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fetch that spanned a rebalance returned a partition's last records, from its committed
+    # offset: dropped (fetched in the old generation). The guard would see the drop only at
+    # the next record, and the tail had none: it stayed unread (the batch SIGKILL test).
+    consumer = _consumer(tmp_path, "guard-tail")
+    tap = _Tap()
+    register_batch_tap(consumer.app, tp.topic, tap)
+    sought: list[tuple[TP, int]] = []
+
+    async def transport_seek(partition: TP, offset: int) -> None:  # the broker's side
+        sought.append((partition, offset))
+
+    monkeypatch.setattr(consumer, "_seek", transport_seek)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    consumer.flow_active = True
+    consumer.offset_guard.reset(tp, 4749)  # the rebalance sought to the committed offset
+    consumer.app.consumer_generation_id = 3
+    tail = [_Record(offset) for offset in range(4749, 5032)]
+    await consumer._divert({tp: list(tail)}, batch_taps(consumer.app), None, 2)
+    assert tap.chunks == [] and sought == [(tp, 4749)]
+    await consumer._divert({tp: list(tail)}, batch_taps(consumer.app), None, 3)
+    assert tap.chunks == [(tp, list(range(4749, 5032)), 4749)]

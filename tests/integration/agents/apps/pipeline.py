@@ -8,6 +8,7 @@ a distributed limiter instead), FBP_BATCH (a batch size: the pipeline runs in ba
 the internal topics follow FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
 """
 
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,12 @@ app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                     os.environ.get("FBP_COMMIT_INTERVAL", "0.5")),
                     topic_replication_factor=int(os.environ.get("FBP_REPLICATION", "1"))))
 bp = Backpressure(app)
+if os.environ.get("FBP_DEBUG_LOG"):  # the batch path's decisions, for digging into a failure
+    @app.task
+    async def debug_log() -> None:  # once the worker has set up logging
+        logging.getLogger("faust_backpressure").setLevel(logging.DEBUG)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.DEBUG)
 fail_every = int(os.environ.get("FBP_FAIL_EVERY", "0"))
 
 
