@@ -299,7 +299,6 @@ class KeyedRateLimitGate(GateBase):
         deferral = self.deferral_topic_name
         cost = self.cost
         per_partition = self._buckets
-        store = self._store
 
         def admit(value: Any) -> Any:
             event = stream.current_event
@@ -312,7 +311,6 @@ class KeyedRateLimitGate(GateBase):
             message = event.message
             key = event.key if key_of is None else key_of(event)
             buckets = per_partition.get(message.partition) or self.buckets(message.partition)
-            store.partition = message.partition  # the partition its writes go to
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 return self._readmit(event, value, buckets, key)
             if message.topic not in self._verified:
