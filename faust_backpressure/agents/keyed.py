@@ -228,8 +228,8 @@ class KeyedRateLimitGate(GateBase):
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
             deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
-            readmitted=self.readmitted, shed=self.shed, waits=self.waits,
-            overdrafts=self.overdrafts,
+            readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
+            waits=self.waits, overdrafts=self.overdrafts,
             overrides=len(self.operator_limits) + (
                 0 if self._override_store is None else len(self._override_store)),
             top_limited=self.top_limited())
