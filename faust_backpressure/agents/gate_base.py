@@ -8,12 +8,13 @@ through without permits because Faust stopped the flow while they waited, see
 
 Their ``stats()`` are :class:`GateStats` and :class:`KeyedGateStats`: the JSON view shows their
 fields as they are, and a field made with :func:`counter` or :func:`gauge` is a Prometheus
-metric too (``<gate|keyed>_<field>[_total]``), so a new counter is one field here.
+metric too (``<gate|keyed>_<field>[_total]``), so a new counter is one field here (a keyed
+one is also in each worker's published status, with its rate: :data:`KEYED_COUNTERS`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from faust.types import AppT, StreamT, TopicT
@@ -24,7 +25,8 @@ from faust_backpressure.faust_seam import set_stream_gate, stream_gate
 from faust_backpressure.limiters.metrics import counter, gauge
 from faust_backpressure.wire.kafka_clients import raw_topic
 
-__all__ = ["GateBase", "GateStats", "KeyedGateStats", "counter", "gauge"]
+__all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGateStats", "counter",
+           "gauge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,23 @@ class KeyedGateStats:
     admitted: int = field(metadata=counter("Events admitted at once."))
     deferred: int = field(metadata=counter("Events sent to the deferral topic."))
     readmitted: int = field(metadata=counter("Deferred events handed back when due."))
+    held_back: int = field(metadata=counter(
+        "Deferred events back before they were due (their key's earlier ones came back late), "
+        "held in the deferral agent again."))
     shed: int = field(metadata=counter("Events sent to the shed topic."))
     waits: int
     overdrafts: int
     #: The keys refused most lately: key (as text), type, refusals, own limits (or None).
     top_limited: list[dict[str, Any]]
+
+
+#: A keyed limit's counters: each worker publishes them and their rates (``status``).
+KEYED_COUNTERS = tuple(f.name for f in fields(KeyedGateStats)
+                       if f.metadata.get("metric") == "counter")
+#: Its metrics that are counts (the counters and the state's gauges; not rate and burst, its
+#: settings), summed over the workers.
+KEYED_COUNTS = tuple(f.name for f in fields(KeyedGateStats)
+                     if "metric" in f.metadata and f.name not in ("rate", "burst"))
 
 
 class GateBase:

@@ -228,8 +228,8 @@ class KeyedRateLimitGate(GateBase):
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
             deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
-            readmitted=self.readmitted, shed=self.shed, waits=self.waits,
-            overdrafts=self.overdrafts,
+            readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
+            waits=self.waits, overdrafts=self.overdrafts,
             overrides=len(self.operator_limits) + (
                 0 if self._override_store is None else len(self._override_store)),
             top_limited=self.top_limited())
@@ -299,7 +299,6 @@ class KeyedRateLimitGate(GateBase):
         deferral = self.deferral_topic_name
         cost = self.cost
         per_partition = self._buckets
-        store = self._store
 
         def admit(value: Any) -> Any:
             event = stream.current_event
@@ -312,7 +311,6 @@ class KeyedRateLimitGate(GateBase):
             message = event.message
             key = event.key if key_of is None else key_of(event)
             buckets = per_partition.get(message.partition) or self.buckets(message.partition)
-            store.partition = message.partition  # the partition its writes go to
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 return self._readmit(event, value, buckets, key)
             if message.topic not in self._verified:

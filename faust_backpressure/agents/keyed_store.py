@@ -62,8 +62,8 @@ class TableStore(MutableMapping[Hashable, KeyState]):
     it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
     tokens. Everything else is written to the store at once and to the changelog in batches,
     once per event-loop turn (:class:`~faust_backpressure.faust_seam.ChangelogWriter`; Faust's
-    table path for a store it does not know). ``partition``: the current event's, set by the
-    gate before each event's reads and writes.
+    table path for a store it does not know), both in the partition of the event being
+    processed, as Faust's table path does.
 
     Most keys have no entry (absent = full), so the adapter keeps the set of keys the table
     may hold (a superset: every key written since, and every key of the active partitions
@@ -80,7 +80,6 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         self._present: set[bytes] | None = None  # None: not known, read the table
         self._building: set[bytes] | None = None
         self.index_generation: int | None = None  # the rebalance the set was built after
-        self.partition = 0
         self._writer: ChangelogWriter | bool | None = False  # False: not made yet
 
     def _write(self, encoded: bytes, packed: bytes | None) -> None:
@@ -90,9 +89,9 @@ class TableStore(MutableMapping[Hashable, KeyState]):
             writer = self._writer = changelog_writer(self.table)
         if isinstance(writer, ChangelogWriter):
             if packed is None:
-                writer.delete(self.partition, encoded)
+                writer.delete(encoded)
             else:
-                writer.set(self.partition, encoded, packed)
+                writer.set(encoded, packed)
         elif packed is None:
             del self.table[encoded]
         else:

@@ -20,6 +20,7 @@ from typing import Any
 from faust.types import AppT
 from faust.web import Request, Response, View
 
+from faust_backpressure.agents.gate_base import KEYED_COUNTERS
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import Slot, context_of
 
@@ -59,9 +60,7 @@ def compact(state: dict[str, Any]) -> dict[str, Any]:
         "control": {k: {"decided_rate": v["decided_rate"], "severity": v["severity"],
                         "lag": (v["last_sample"] or {}).get("lag")}
                     for k, v in state["control"].items()},
-        "keyed": {k: {"admitted": v["admitted"], "deferred": v["deferred"],
-                      "readmitted": v["readmitted"], "shed": v["shed"]}
-                  for k, v in state.get("keyed", {}).items()},
+        "keyed": {k: {c: v[c] for c in KEYED_COUNTERS} for k, v in state.get("keyed", {}).items()},
     }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.agents.keyed import TOP_KEYS, KeyedRateLimitGate, encode_key
 from faust_backpressure.agents.keyed_top import describe_key
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
@@ -137,9 +138,8 @@ def status_key(limit: str, worker: str) -> bytes:
     return f"keyed-status/{limit}/{worker}".encode()
 
 
-_COUNTS = ("keys_tracked", "keys_limited", "deferred_backlog", "admitted", "deferred",
-           "readmitted", "shed", "overrides")
-_RATES = ("admitted", "deferred", "readmitted", "shed")
+#: Counts an older worker's status has not: 0 (their rates None) rather than the record refused.
+_NEWER = frozenset({"held_back"})
 
 
 def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] | None,
@@ -151,8 +151,8 @@ def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] 
                             "worker": worker, "at": now, "agent": gate.agent_name,
                             "on_limit": gate.on_limit, "rate": stats["rate"],
                             "burst": stats["burst"], "top_limited": stats["top_limited"],
-                            **{k: stats[k] for k in _COUNTS}}
-    for field in _RATES:
+                            **{k: stats[k] for k in KEYED_COUNTS}}
+    for field in KEYED_COUNTERS:
         body[f"{field}_per_s"] = None
         if previous is not None and now > float(previous["at"]):
             body[f"{field}_per_s"] = max(0.0, (stats[field] - previous[field])
@@ -184,9 +184,9 @@ class KeyedStatusRecord:
                                    "on_limit": str(data.get("on_limit", ""))[:20],
                                    "rate": number(data, "rate", 0.0, MAX_RATE),
                                    "burst": number(data, "burst", 0.0, MAX_RATE)}
-        for field in _COUNTS:
-            checked[field] = int(number(data, field, 0, 1e15))
-        for field in _RATES:
+        for field in KEYED_COUNTS:
+            checked[field] = int(number(data, field, 0, 1e15, optional=field in _NEWER) or 0)
+        for field in KEYED_COUNTERS:
             got = data.get(f"{field}_per_s")
             checked[f"{field}_per_s"] = (None if got is None else
                                          number(data, f"{field}_per_s", 0.0, 1e12))

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.app.cluster import STALE_AFTER, WorkerStatusRecord
 from faust_backpressure.app.keyed_ops import (
     STATUS_INTERVAL,
@@ -237,12 +238,12 @@ def keyed_status(bp: Installation, ops: dict[str, Any], now: float) -> list[dict
             "name": name, "agent": gate.agent_name, "on_limit": gate.on_limit,
             "rate": gate.default.tokens_per_second, "burst": gate.default.burst_capacity,
             "workers": len(mine), "key_overrides": len(keyed_overrides(ops, name, secret))}
-        for count in ("keys_tracked", "keys_limited", "deferred_backlog", "admitted",
-                      "deferred", "readmitted", "shed"):
-            row[count] = sum(b[count] for b in mine) if mine else None
-        for rate in ("admitted_per_s", "deferred_per_s", "readmitted_per_s", "shed_per_s"):
-            rates = [b[rate] for b in mine if b[rate] is not None]
-            row[rate] = sum(rates) if rates else None
+        for count in KEYED_COUNTS:
+            if count != "overrides":  # key_overrides: the operators', from the ops records
+                row[count] = sum(b[count] for b in mine) if mine else None
+        for counter in KEYED_COUNTERS:
+            rates = [b[f"{counter}_per_s"] for b in mine if b[f"{counter}_per_s"] is not None]
+            row[f"{counter}_per_s"] = sum(rates) if rates else None
         top: dict[str, dict[str, Any]] = {}
         for body in mine:
             for entry in body["top_limited"]:

@@ -179,11 +179,12 @@ def _keyed_table(keyed: list[dict[str, Any]]) -> None:
     click.echo(_table([[k["name"], k["agent"], k["on_limit"], k["rate"], k["burst"],
                         k["workers"], k["keys_tracked"], k["keys_limited"],
                         k["deferred_backlog"], k["admitted_per_s"], k["deferred_per_s"],
-                        k["readmitted_per_s"], k["shed_per_s"], k["key_overrides"]]
+                        k["readmitted_per_s"], k["held_back_per_s"], k["shed_per_s"],
+                        k["key_overrides"]]
                        for k in keyed],
                       ["limit", "agent", "on limit", "rate/s", "burst", "workers", "tracked",
                        "limited", "backlog", "admitted/s", "deferred/s", "readmitted/s",
-                       "shed/s", "overrides"]))
+                       "held back/s", "shed/s", "overrides"]))
     for k in keyed:
         if k["top_limited"]:
             click.echo(f"  {k['name']} most refused keys lately: " + ", ".join(

@@ -18,6 +18,11 @@ the writers' drains (:func:`flush_changelog_writers`, from the seam's consumer),
 flushes the producer (aiokafka's batches included) before it commits in at_least_once: the
 changelog record is sent before the source offset is committed, as on Faust's path (a
 graceful stop commits, so it sends them too).
+
+Partition: a write goes to the partition of the event being processed, read from Faust's
+``current_event()`` as the RocksDB store's own ``_set`` reads it for its partition db (the
+same event, so the two always agree). It is per task: with agent ``concurrency > 1``, or a
+deferred event handed back later, another event in progress cannot lend its partition.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 from typing import Any
 
 from faust.stores.base import SerializedStore
+from faust.streams import current_event
 from faust.types import TP, AppT
 
 from faust_backpressure.faust_seam.batches import raw_producer
@@ -52,15 +58,17 @@ class ChangelogWriter:
         self.records = 0  # changelog records sent (this worker, since start)
         self.batches = 0
 
-    def set(self, partition: int, key: bytes, value: bytes) -> None:
-        """``table[key] = value`` in the event of ``partition`` (the current event's)."""
+    def set(self, key: bytes, value: bytes) -> None:
+        """``table[key] = value``, from inside an event (its partition)."""
+        partition = _event_partition()
         data = self.table.data
         raw_key, raw_value = data._encode_key(key), data._encode_value(value)
         data._set(raw_key, raw_value)
         self._queue(partition, raw_key, raw_value)
 
-    def delete(self, partition: int, key: bytes) -> None:
+    def delete(self, key: bytes) -> None:
         """``del table[key]``: a tombstone in the changelog."""
+        partition = _event_partition()
         data = self.table.data
         raw_key = data._encode_key(key)
         data._del(raw_key)
@@ -120,6 +128,16 @@ class ChangelogWriter:
             self.table.data.set_persisted_offset(tp, done.result().offset + count - 1)
 
         future.add_done_callback(persisted)
+
+
+def _event_partition() -> int:
+    """The partition of the event this task is processing (a table is written only in one,
+    as on Faust's own path)."""
+    event = current_event()
+    if event is None:
+        raise RuntimeError("a table write outside an event: no partition to write it to")
+    partition: int = event.message.partition
+    return partition
 
 
 def changelog_writer(table: Any) -> ChangelogWriter | None:

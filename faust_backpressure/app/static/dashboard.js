@@ -248,7 +248,7 @@
         h("td", {"class": "id", text: name}), h("td", {text: k.agent || "–"}), h("td", {text: k.on_limit}),
         num(k.rate, undefined, "rate"), num(k.burst, undefined, "burst"),
         num(k.keys_tracked, 0, "tracked"), num(k.keys_limited, 0, "limited"),
-        num(k.deferred_backlog, 0, "backlog"), per("admitted"), per("deferred"), per("readmitted"), per("shed"),
+        num(k.deferred_backlog, 0, "backlog"), per("admitted"), per("deferred"), per("readmitted"), per("held_back"), per("shed"),
         num(k.overrides, 0, "overrides"),
         h("td", {"class": "top muted", "data-field": "top", text: top || "–"}),
       ]);

@@ -49,7 +49,7 @@ def _exported() -> set[str]:
         "keyed": {"k": {"limit": "k", "rate": 10.0, "burst": 10.0, "overrides": 1,
                         "keys_tracked": 1, "keys_limited": 0,
                         "deferred_backlog": 0, "admitted": 1, "deferred": 1, "readmitted": 1,
-                        "shed": 0}},
+                        "held_back": 0, "shed": 0}},
         "downstreams": {"d": dataclasses.asdict(guard.stats())},
     }
     text = render_prometheus(state)

@@ -148,7 +148,8 @@ def test_the_page_and_the_metrics_show_each_keyed_limit_without_key_labels() -> 
     keyed = state["keyed"]["per-customer"]
     assert keyed["overrides"] == 1 and keyed["top_limited"][0]["key"] == "C9"
     assert compact(state)["keyed"]["per-customer"] == {"admitted": 0, "deferred": 0,
-                                                       "readmitted": 0, "shed": 0}
+                                                       "readmitted": 0, "held_back": 0,
+                                                       "shed": 0}
     text = render_prometheus(state)
     assert 'faust_backpressure_keyed_rate{app="keyed-ops-unit",limit="per-customer"} 10.0' \
         in text.splitlines()
@@ -156,3 +157,38 @@ def test_the_page_and_the_metrics_show_each_keyed_limit_without_key_labels() -> 
         in text.splitlines()
     assert "C9" not in text  # keys are never labels
     assert gate.limits_for("C9") == KeyLimits(50, 50)  # the operator's wins
+
+
+class _Message:
+    offset = 7
+
+    def incref(self) -> None:
+        pass
+
+
+def test_deferred_events_held_back_show_in_stats_metrics_status_and_the_page() -> None:
+    bp = _bp()
+    clock = Clock()
+    gate = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
+                                 store="memory://")
+    gate.clock = gate.deferrals.clock = clock
+    gate.deferrals._open()  # the deferral agent runs
+    first = status_body(gate, "w1:1", None, clock.now)
+    for _ in range(3):  # back before their time: held in the deferral agent again
+        assert gate.deferrals.hold("C1", type("Event", (), {"message": _Message()})(),
+                                   clock.now + 1)
+    assert gate.stats().held_back == 3
+    state = snapshot(bp)
+    assert state["keyed"]["per-customer"]["held_back"] == 3
+    assert compact(state)["keyed"]["per-customer"]["held_back"] == 3
+    assert ('faust_backpressure_keyed_held_back_total{app="keyed-ops-unit",'
+            'limit="per-customer"} 3.0') in render_prometheus(state).splitlines()
+    second = status_body(gate, "w1:1", first, clock.now + 5)
+    assert second["held_back"] == 3 and second["held_back_per_s"] == 0.6
+    older = {k: v for k, v in second.items() if not k.startswith("held_back")}
+    older.update(target="per-customer/w0:1", worker="w0:1")  # a worker before the counter
+    ops = {"keyed-status/" + body["target"]: json.loads(KeyedStatusRecord.encode(body, SECRET))
+           for body in (second, older)}
+    (row,) = keyed_status(bp, ops, clock.now + 6)
+    assert row["workers"] == 2  # the older one's status is not refused for lacking it
+    assert row["held_back"] == 3 and row["held_back_per_s"] == 0.6

@@ -148,7 +148,7 @@ def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
                                        "source_lag"]
     assert set(state["keyed"]["per-customer"]) == {
         "limit", "agent", "on_limit", "rate", "burst", "keys_tracked", "keys_limited",
-        "deferred_backlog", "admitted", "deferred", "readmitted", "shed", "waits",
+        "deferred_backlog", "admitted", "deferred", "readmitted", "held_back", "shed", "waits",
         "overdrafts", "overrides", "top_limited"}
     names = {line.split("{")[0].removeprefix("faust_backpressure_")
              for line in render_prometheus(state).splitlines() if not line.startswith("#")}
@@ -157,7 +157,7 @@ def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
         "gate_shed_by_priority_total", "keyed_rate", "keyed_burst", "keyed_overrides",
         "keyed_keys_tracked", "keyed_keys_limited", "keyed_deferred_backlog",
         "keyed_admitted_total", "keyed_deferred_total", "keyed_readmitted_total",
-        "keyed_shed_total"}
+        "keyed_held_back_total", "keyed_shed_total"}
 
 
 def test_batch_latencies_are_percentiles_in_json_and_histograms_in_prometheus() -> None:

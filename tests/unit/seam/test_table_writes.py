@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from faust.streams import _current_event, current_event
+
+from faust_backpressure.agents.keyed_store import STATE, TableStore, encode_key
 from faust_backpressure.faust_seam.context import context_of
 from faust_backpressure.faust_seam.table_writes import (
     WRITERS,
@@ -14,10 +21,37 @@ from faust_backpressure.faust_seam.table_writes import (
 )
 
 
+class _Event:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+#: the events of _in_event, kept alive (Faust holds the current one by a weak reference)
+_EVENTS: list[_Event] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_event_after_the_test() -> Iterator[None]:
+    yield
+    _EVENTS.clear()  # the weak references die: no later test sees an event in progress
+
+
+def _in_event(partition: int) -> None:
+    """Be processing an event of ``partition`` (in this task), as a Faust stream sets it."""
+    event = _Event(partition)
+    _EVENTS.append(event)
+    _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+
+
 @dataclass
 class _Store:
     rows: dict[bytes, bytes] = field(default_factory=dict)
     persisted: dict[Any, int] = field(default_factory=dict)
+    #: the partition db of each row, as RocksDB's ``_set`` picks it (the current event's)
+    dbs: dict[bytes, int] = field(default_factory=dict)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.rows.get(b"K" + key)
 
     def _encode_key(self, key: bytes) -> bytes:
         return b"K" + key
@@ -26,7 +60,10 @@ class _Store:
         return b"V" + value
 
     def _set(self, key: bytes, value: bytes) -> None:
+        event = current_event()
+        assert event is not None
         self.rows[key] = value
+        self.dbs[key] = event.message.partition
 
     def _del(self, key: bytes) -> None:
         self.rows.pop(key, None)
@@ -94,11 +131,13 @@ class _Table:
 async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() -> None:
     app, table = _App(), _Table()
     writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    _in_event(1)
     for i in range(5):
-        writer.set(1, b"k%d" % i, b"v%d" % i)
-    writer.set(1, b"k0", b"again")  # the last write of a key wins
-    writer.delete(1, b"k4")
-    writer.set(2, b"x", b"y")
+        writer.set(b"k%d" % i, b"v%d" % i)
+    writer.set(b"k0", b"again")  # the last write of a key wins
+    writer.delete(b"k4")
+    _in_event(2)
+    writer.set(b"x", b"y")
     assert table.data.rows[b"Kk0"] == b"Vagain" and b"Kk4" not in table.data.rows  # at once
     assert app._producer.sent == []  # nothing sent yet: once per loop turn
     await asyncio.sleep(0)
@@ -110,7 +149,8 @@ async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() 
     await asyncio.sleep(0)
     persisted = {tp.partition: offset for tp, offset in table.data.persisted.items()}
     assert persisted == {1: 4, 2: 0}  # the last offset of each partition's last batch
-    writer.set(1, b"k9", b"v")  # a later turn: another drain
+    _in_event(1)
+    writer.set(b"k9", b"v")  # a later turn: another drain
     for _ in range(3):
         await asyncio.sleep(0)
     assert app._producer.sent[-1][1:] == (1, [(b"Kk9", b"Vv")])
@@ -130,14 +170,57 @@ async def test_a_commit_waits_until_every_write_made_before_it_is_sent() -> None
     app, table = _App(_producer=_SlowProducer()), _Table()
     writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
     context_of(app).get_or_make(WRITERS, list).append(writer)  # as changelog_writer() does
+    _in_event(0)
     for i in range(4):
-        writer.set(0, b"k%d" % i, b"v")
+        writer.set(b"k%d" % i, b"v")
     commit = asyncio.ensure_future(flush_changelog_writers(app))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not commit.done() and app._producer.sent == []  # the drain is stuck in a send
-    writer.set(0, b"late", b"v")  # written while the drain waits: sent before the commit too
+    writer.set(b"late", b"v")  # written while the drain waits: sent before the commit too
     app._producer.go.set()  # type: ignore[attr-defined]
     await asyncio.wait_for(commit, 1.0)
     assert sorted(k for _, _, records in app._producer.sent for k, _ in records) == [
         b"Kk0", b"Kk1", b"Kk2", b"Kk3", b"Klate"]
+
+
+async def test_each_write_goes_to_the_partition_of_its_own_event_when_events_interleave() -> None:
+    """Agent concurrency 2 (or a deferred event handed back while another is in progress):
+    two events of different partitions are processed side by side on one keyed store; each
+    level goes to the changelog partition and store db of its own event, also one written
+    after the other event's writes."""
+    app, table = _App(), _Table()
+    store = TableStore(table, 0.0, lambda: 1000.0)
+    store._writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    turns = [asyncio.Event() for _ in range(3)]
+
+    async def process(partition: int, key: str, wait: asyncio.Event | None,
+                      then: asyncio.Event) -> None:
+        _in_event(partition)  # this task's event (Faust: per stream, per task)
+        if wait is not None:
+            await wait.wait()
+        store[key] = (2000.0, 0, 0.0)  # a level that matters: written
+        then.set()
+        await turns[2].wait()  # the other event runs meanwhile (an await in the gate)
+        store[key] = (3000.0, 1, 0.0)
+
+    first = asyncio.ensure_future(process(0, "on-0", None, turns[0]))
+    second = asyncio.ensure_future(process(1, "on-1", turns[0], turns[1]))
+    await turns[1].wait()
+    turns[2].set()
+    await asyncio.gather(first, second)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    where = {key: partition for _, partition, records in app._producer.sent
+             for key, _ in records}
+    keys = {name: b"K" + encode_key(name) for name in ("on-0", "on-1")}
+    assert where == {keys["on-0"]: 0, keys["on-1"]: 1}
+    assert table.data.dbs == where
+    assert STATE.unpack(table.data.rows[keys["on-1"]][1:]) == (3000.0, 1, 0.0)
+
+
+def test_a_write_outside_an_event_is_refused_not_sent_to_some_partition() -> None:
+    writer = ChangelogWriter(_App(), _Table())  # type: ignore[arg-type]
+    _current_event.set(None)
+    with pytest.raises(RuntimeError, match="outside an event"):
+        writer.set(b"k", b"v")
