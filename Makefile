@@ -31,11 +31,10 @@ demo: kafka
 # pytest-timeout) its scheduler gave the replacement worker nothing and the run never ended.
 # The suite is mostly waiting for real workers to join, rebalance and settle, so more test
 # workers than cores pay. Clean-clone CI runs at 31c5d73 (suite / whole CI): 4 workers
-# 577 s / 642 s, 5: 549 s / 615 s, 6: 521 s / 593 s (its chaos test then failed: the harness
-# fed before it injected faults, fixed since). At b7e08df with 6: 477 s / 537 s green, then
-# 493 s / 555 s with the batch pipeline's SIGKILL test stuck after an offset-guard re-read
-# (not understood yet): 4 until that is, the count with the longest green record.
-PYTEST_WORKERS ?= 4
+# 577 s / 642 s, 5: 549 s / 615 s, 6: 521 s / 593 s; at b7e08df with 6: 477 s / 537 s. A
+# failure seen at 6 (the batch SIGKILL test stuck at a partition's tail) was a real defect
+# that load made likelier, fixed in 5facc61 (under load, 3 of 57 runs failed before it, 0 of 80 after).
+PYTEST_WORKERS ?= 6
 test: kafka
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
