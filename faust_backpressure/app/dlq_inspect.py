@@ -54,6 +54,7 @@ from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     client_settings,
     kafka_consumer,
+    read_to_end,
 )
 
 __all__ = ["DlqSummary", "budgets", "dlq_inspect", "inspect_dlq"]
@@ -266,17 +267,12 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
         for tp in todo:
             consumer.seek(tp, end[tp] - plan[tp.partition])
         deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                summary.complete = False
-                break
-            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=1000)
+        async for batch in read_to_end(consumer, end, todo, max_records=1000):
             for tp, records in batch.items():
                 summary.add_all(r for r in records if r.offset < end[tp])
-            # Transaction markers take offsets too: compare positions, not record offsets.
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
+            if todo and time.monotonic() > deadline:
+                summary.complete = False
+                break
     finally:
         await consumer.stop()
     return summary

@@ -40,6 +40,7 @@ from faust_backpressure.wire.kafka_clients import (
     client_settings,
     kafka_consumer,
     partition_for_key,
+    read_to_end,
 )
 from faust_backpressure.wire.topics import ops_topic
 
@@ -68,15 +69,11 @@ async def _latest(kafka: KafkaClientSettings | str, topic: str, key: bytes,
         end = await consumer.end_offsets(tps)
         found, value = False, None
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
+        async for batch in read_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     if record.key == key:
                         found, value = True, record.value
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
         return found, value, len(parts)
     finally:
         await consumer.stop()

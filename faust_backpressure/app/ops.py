@@ -48,6 +48,7 @@ from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_consumer,
     kafka_producer,
+    read_to_end,
 )
 from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
@@ -155,8 +156,7 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                 continue
             consumer.seek(tp, at.offset)
             todo.add(tp)
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
+        async for batch in read_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     try:
@@ -164,9 +164,6 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                     except RejectedRecord:
                         continue
                     out.setdefault(sample.limiter, {})[sample.worker] = sample
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
         return out
     finally:
         await consumer.stop()

@@ -35,6 +35,7 @@ from faust_backpressure.wire.kafka_clients import (
     kafka_consumer,
     kafka_producer,
     partition_for_key,
+    read_to_end,
 )
 from faust_backpressure.wire.limiter_records import Ack, Command, decode_reply_record, encode
 from faust_backpressure.wire.topics import limiter_changelog, limiter_grants, limiter_requests
@@ -152,8 +153,7 @@ async def read_compacted(kafka: KafkaClientSettings | str, topic: str) -> dict[s
         end = await consumer.end_offsets(tps)
         latest: dict[str, Any] = {}
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
+        async for batch in read_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     key = _text(record.key)
@@ -161,9 +161,6 @@ async def read_compacted(kafka: KafkaClientSettings | str, topic: str) -> dict[s
                         latest.pop(str(key), None)
                     else:
                         latest[str(key)] = _text(record.value)
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
         return latest
     finally:
         await consumer.stop()

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,7 +27,7 @@ from faust_backpressure.faust_seam import TopicKeepingProducer
 from faust_backpressure.wire.topics import client_id
 
 __all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
-           "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic"]
+           "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic", "read_to_end"]
 
 #: aiokafka keyword arguments every client of ours takes (``bootstrap_servers``, security, ...)
 KafkaClientSettings = Mapping[str, Any]
@@ -91,3 +91,17 @@ def kafka_producer(source: AppT | KafkaClientSettings | str, role: str = "produc
 def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",
                 **options: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{**_settings(source, role), **options})
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: set[Any],
+                      **getmany: Any) -> AsyncIterator[dict[Any, list[Any]]]:
+    """Batches (partition -> records) of the assigned partitions ``todo`` until each one's
+    position reaches its ``end`` offset; ``todo`` shrinks as they do (before the batch that
+    ends them is yielded). Positions, not record offsets, are compared: transaction markers
+    take offsets too."""
+    while todo:
+        batch = await consumer.getmany(*todo, timeout_ms=500, **getmany)
+        for tp in list(todo):
+            if await consumer.position(tp) >= end[tp]:
+                todo.discard(tp)
+        yield batch
