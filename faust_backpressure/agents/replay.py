@@ -34,9 +34,9 @@ from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.tables.limiter_commands import group_offsets
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     kafka_consumer,
     kafka_producer,
-    read_to_end,
 )
 
 __all__ = ["ReplayReport", "replay_dlq"]
@@ -182,7 +182,7 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         if not from_beginning:
             for tp, metadata in (await _committed(kafka, group_id, tps)).items():
                 replay.markers[tp] = _markers(metadata)
-        async for batch in read_to_end(consumer, end, todo, max_records=500):
+        async for batch in batches_to_end(consumer, end, todo, max_records=500):
             pending = []
             for tp, records in batch.items():
                 for record in records:

@@ -49,12 +49,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.app.cli_common import declared
 from faust_backpressure.app.ops_cli import _fail, _installation, _table
-from faust_backpressure.tables.limiter_commands import topic_partitions
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     client_settings,
     kafka_consumer,
-    read_to_end,
+    topic_partitions,
 )
 
 __all__ = ["DlqSummary", "budgets", "dlq_inspect", "inspect_dlq"]
@@ -267,7 +267,7 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
         for tp in todo:
             consumer.seek(tp, end[tp] - plan[tp.partition])
         deadline = time.monotonic() + timeout
-        async for batch in read_to_end(consumer, end, todo, max_records=1000):
+        async for batch in batches_to_end(consumer, end, todo, max_records=1000):
             for tp, records in batch.items():
                 summary.add_all(r for r in records if r.offset < end[tp])
             if todo and time.monotonic() > deadline:

@@ -34,13 +34,14 @@ from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, 
 from faust_backpressure.app.pause import send_key_override
 from faust_backpressure.control.override import operator
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
-from faust_backpressure.tables.limiter_commands import read_compacted, topic_partitions
+from faust_backpressure.tables.limiter_commands import read_compacted
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     client_settings,
     kafka_consumer,
     partition_for_key,
-    read_to_end,
+    topic_partitions,
 )
 from faust_backpressure.wire.topics import ops_topic
 
@@ -69,7 +70,7 @@ async def _latest(kafka: KafkaClientSettings | str, topic: str, key: bytes,
         end = await consumer.end_offsets(tps)
         found, value = False, None
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        async for batch in read_to_end(consumer, end, todo):
+        async for batch in batches_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     if record.key == key:

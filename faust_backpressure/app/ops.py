@@ -43,12 +43,12 @@ from faust_backpressure.tables.limiter_commands import (
     read_compacted,
     read_limiter_states,
 )
-from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     kafka_consumer,
     kafka_producer,
-    read_to_end,
+    topic_partitions,
 )
 from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
@@ -105,7 +105,7 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
     try:
         tps = set(tp for tp in committed if topics is None or tp.topic in topics)
         for topic in topics or []:
-            tps |= {TopicPartition(topic, p) for p in await _partitions(consumer, topic, 2.0)}
+            tps |= {TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0)}
         ordered = sorted(tps)
         end = await consumer.end_offsets(ordered) if ordered else {}
         result = GroupLag(group)
@@ -142,7 +142,7 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
     await consumer.start()
     out: dict[str, dict[str, WorkerSample]] = {}
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+        tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return out
         consumer.assign(tps)
@@ -156,7 +156,7 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                 continue
             consumer.seek(tp, at.offset)
             todo.add(tp)
-        async for batch in read_to_end(consumer, end, todo):
+        async for batch in batches_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     try:
@@ -173,7 +173,7 @@ async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | Non
     consumer = kafka_consumer(kafka, "ops-status")
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+        tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return None
         first = await consumer.beginning_offsets(tps)
@@ -190,7 +190,7 @@ async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: li
     consumer = kafka_consumer(kafka, "ops-status")
     await consumer.start()
     try:
-        missing = [t for t in topics if not await _partitions(consumer, t, 2.0)]
+        missing = [t for t in topics if not await topic_partitions(consumer, t, 2.0)]
     finally:
         await consumer.stop()
     if missing:

@@ -42,17 +42,14 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.limiter_commands import (
-    CommandTimeout,
-    read_compacted,
-    topic_partitions,
-)
+from faust_backpressure.tables.limiter_commands import CommandTimeout, read_compacted
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     raw_topic,
+    topic_partitions,
 )
 from faust_backpressure.wire.signing import (
     RejectedRecord,

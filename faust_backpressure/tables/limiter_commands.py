@@ -28,37 +28,24 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     partition_for_key,
-    read_to_end,
+    topic_partitions,
 )
 from faust_backpressure.wire.limiter_records import Ack, Command, decode_reply_record, encode
 from faust_backpressure.wire.topics import limiter_changelog, limiter_grants, limiter_requests
 
 __all__ = ["CommandTimeout", "group_offsets", "read_compacted", "read_limiter_states",
-           "send_limiter_command", "topic_partitions"]
+           "send_limiter_command"]
 
 
 class CommandTimeout(BackpressureError, TimeoutError):
     """No owner acknowledged the command in time (no worker running, or an unknown id)."""
-
-
-async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set[int]:
-    """The partitions of ``topic`` once metadata shows them (empty after ``wait`` s)."""
-    deadline = time.monotonic() + wait
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        if time.monotonic() > deadline:
-            return set()
-        await force_metadata_update(consumer)
-        await asyncio.sleep(0.2)
 
 
 async def group_offsets(kafka: KafkaClientSettings | str, group: str,
@@ -153,7 +140,7 @@ async def read_compacted(kafka: KafkaClientSettings | str, topic: str) -> dict[s
         end = await consumer.end_offsets(tps)
         latest: dict[str, Any] = {}
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        async for batch in read_to_end(consumer, end, todo):
+        async for batch in batches_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     key = _text(record.key)

@@ -13,7 +13,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -23,11 +25,12 @@ from aiokafka.partitioner import murmur2
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import AppT, TopicT
 
-from faust_backpressure.faust_seam import TopicKeepingProducer
+from faust_backpressure.faust_seam import TopicKeepingProducer, force_metadata_update
 from faust_backpressure.wire.topics import client_id
 
-__all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
-           "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic", "read_to_end"]
+__all__ = ["KafkaClientSettings", "batches_to_end", "broker_bootstrap", "client_settings",
+           "kafka_admin", "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic",
+           "topic_partitions"]
 
 #: aiokafka keyword arguments every client of ours takes (``bootstrap_servers``, security, ...)
 KafkaClientSettings = Mapping[str, Any]
@@ -93,7 +96,7 @@ def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",
     return AIOKafkaAdminClient(**{**_settings(source, role), **options})
 
 
-async def read_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: set[Any],
+async def batches_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: set[Any],
                       **getmany: Any) -> AsyncIterator[dict[Any, list[Any]]]:
     """Batches (partition -> records) of the assigned partitions ``todo`` until each one's
     position reaches its ``end`` offset; ``todo`` shrinks as they do (before the batch that
@@ -105,3 +108,16 @@ async def read_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: 
             if await consumer.position(tp) >= end[tp]:
                 todo.discard(tp)
         yield batch
+
+
+async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set[int]:
+    """The partitions of ``topic`` once metadata shows them (empty after ``wait`` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            return set()
+        await force_metadata_update(consumer)
+        await asyncio.sleep(0.2)
