@@ -45,6 +45,7 @@ from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBre
 from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
+from faust_backpressure.limiters.metrics import gauge
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
@@ -84,13 +85,13 @@ class DownstreamStats:
     """One guard's view since this worker started (per process)."""
 
     name: str
-    limit: int
-    in_flight: int
-    queued: int
+    limit: int = field(metadata=gauge("Calls in flight the learnt limit allows."))
+    in_flight: int = field(metadata=gauge("Calls in flight now."))
+    queued: int = field(metadata=gauge("Calls waiting for a slot."))
     breaker: str
-    failure_rate: float
+    failure_rate: float = field(metadata=gauge("The breaker's failure rate over its window."))
     slow_call_rate: float
-    paused_for: float
+    paused_for: float = field(metadata=gauge("Seconds left of a slow-down in force."))
     outcomes: dict[str, int] = field(default_factory=dict)
     latency_p50: float | None = None
     latency_p99: float | None = None
