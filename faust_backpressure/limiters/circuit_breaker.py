@@ -28,13 +28,8 @@ from faust_backpressure.config.validation import check_int, check_number
 
 from .base import Clock, RateLimitTimeout, _wake, check_timeout
 
-__all__ = [
-    "BreakerState",
-    "BreakerStats",
-    "CircuitBreaker",
-    "CircuitOpenTimeout",
-    "TransitionCallback",
-]
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "CircuitOpenTimeout",
+           "TransitionCallback"]
 
 
 class BreakerState(str, Enum):
