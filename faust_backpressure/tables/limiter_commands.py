@@ -30,11 +30,11 @@ from aiokafka.structs import OffsetAndMetadata
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
-    batches_to_end,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     partition_for_key,
+    records_to_end,
     topic_partitions,
 )
 from faust_backpressure.wire.limiter_records import Ack, Command, decode_reply_record, encode
@@ -128,29 +128,14 @@ def _text(raw: bytes | None) -> Any:
 
 async def read_compacted(kafka: KafkaClientSettings | str, topic: str) -> dict[str, Any]:
     """Latest value per key of ``topic`` (a table changelog), read to its current end."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
-        parts = await topic_partitions(consumer, topic, wait=2.0)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return {}
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        latest: dict[str, Any] = {}
-        todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        async for batch in batches_to_end(consumer, end, todo):
-            for records in batch.values():
-                for record in records:
-                    key = _text(record.key)
-                    if record.value is None:
-                        latest.pop(str(key), None)
-                    else:
-                        latest[str(key)] = _text(record.value)
-        return latest
-    finally:
-        await consumer.stop()
+    latest: dict[str, Any] = {}
+    async for record in records_to_end(kafka, topic):
+        key = str(_text(record.key))
+        if record.value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = _text(record.value)
+    return latest
 
 
 async def read_limiter_states(kafka: KafkaClientSettings | str, app_id: str

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
@@ -30,7 +30,7 @@ from faust_backpressure.wire.topics import client_id
 
 __all__ = ["KafkaClientSettings", "batches_to_end", "broker_bootstrap", "client_settings",
            "kafka_admin", "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic",
-           "topic_partitions"]
+           "records_to_end", "topic_partitions"]
 
 #: aiokafka keyword arguments every client of ours takes (``bootstrap_servers``, security, ...)
 KafkaClientSettings = Mapping[str, Any]
@@ -121,3 +121,26 @@ async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set
             return set()
         await force_metadata_update(consumer)
         await asyncio.sleep(0.2)
+
+
+async def records_to_end(kafka: AppT | KafkaClientSettings | str, topic: str, *,
+                         partition: int | None = None) -> AsyncIterator[Any]:
+    """Every record of ``topic`` (of its partition ``partition`` modulo their count, or of
+    all) from the beginning to the end offsets as of the call."""
+    consumer = kafka_consumer(kafka, "ops-status")
+    await consumer.start()
+    try:
+        parts = sorted(await topic_partitions(consumer, topic, 2.0))
+        tps = [TopicPartition(topic, p) for p in parts
+               if partition is None or p == partition % len(parts)]
+        if tps:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+            async for batch in batches_to_end(consumer, end, todo):
+                for records in batch.values():
+                    for record in records:
+                        yield record
+    finally:
+        await consumer.stop()
