@@ -231,22 +231,19 @@ class LimiterChannel:
         record's event: the store and changelog partition are that event's."""
         ledger = self._ledger(message.limiter_id)
         created = ledger is None
-        if ledger is not None:
-            pass
-        elif isinstance(message, LeaseRequest):
+        if ledger is None:
             # The owner's own declaration of the limiter wins over the one in the request:
             # a forged request cannot create a bucket with a rate of its choosing.
             local = self.limiters.get(message.limiter_id)
-            ledger = LimiterLedger(message.limiter_id,
-                                   message.config if local is None else local.config, now,
-                                   max_clock_skew=self.options.max_clock_skew)
-        else:
-            local = self.limiters.get(message.limiter_id)
-            if local is None:
+            if local is not None:
+                config = local.config
+            elif isinstance(message, LeaseRequest):
+                config = message.config
+            else:
                 log.warning("fbp-limiter: command for unknown limiter %r dropped",
                             message.limiter_id)
                 return None
-            ledger = LimiterLedger(message.limiter_id, local.config, now,
+            ledger = LimiterLedger(message.limiter_id, config, now,
                                    max_clock_skew=self.options.max_clock_skew)
         if message.limiter_id not in self.owned:
             self.owned.add(message.limiter_id)

@@ -288,3 +288,15 @@ def test_a_rejection_is_a_plain_value_that_names_its_limiter() -> None:
     counts = Rejections()
     counts.count(whole)
     assert counts.by_reason == {"malformed": 1}
+
+
+async def test_a_command_for_a_limiter_the_owner_does_not_know_is_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = faust.App("unknown-command-unit", broker="kafka://127.0.0.1:1", store="memory://")
+    channel = limiter_channel(app, partitions=1)
+    command = Command(type="reset", command_id="c1", limiter_id="nobody", worker_id="cli",
+                      sent_at=0.0)
+    caplog.set_level(logging.WARNING, "faust_backpressure.tables.service")
+    assert await channel.apply(command, 0, 1.0) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "fbp-limiter: command for unknown limiter 'nobody' dropped"]
