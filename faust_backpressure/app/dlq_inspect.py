@@ -248,10 +248,8 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
     summary = DlqSummary(pipeline, dlq_topic, sample_size=sample, max_records=max_records)
     # (earliest: a seek below the log start, retention having deleted records since, reads on
     # from the start instead of skipping to the end)
-    consumer = kafka_consumer(kafka, "dlq-inspect", isolation_level="read_committed",
-                              auto_offset_reset="earliest")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "dlq-inspect", isolation_level="read_committed",
+                              auto_offset_reset="earliest") as consumer:
         parts = sorted(await topic_partitions(consumer, dlq_topic, 2.0))
         summary.exists, summary.partitions = bool(parts), len(parts)
         tps = [TopicPartition(dlq_topic, p) for p in parts]
@@ -273,8 +271,6 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
             if todo and time.monotonic() > deadline:
                 summary.complete = False
                 break
-    finally:
-        await consumer.stop()
     return summary
 
 

@@ -100,9 +100,7 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
     committed = await _committed(kafka, group)
     if not committed and not topics:
         return GroupLag(group)
-    consumer = kafka_consumer(kafka, "ops-lag")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-lag") as consumer:
         tps = set(tp for tp in committed if topics is None or tp.topic in topics)
         for topic in topics or []:
             tps |= {TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0)}
@@ -131,17 +129,13 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
                         waiting.pop(tp).time_lag = max(0.0, now - records[0].timestamp / 1000)
                         consumer.pause(tp)
         return result
-    finally:
-        await consumer.stop()
 
 
 async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon: float,
                           secret: bytes | None) -> dict[str, dict[str, WorkerSample]]:
     """Latest sample per limiter and worker written in the last ``horizon`` seconds."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
     out: dict[str, dict[str, WorkerSample]] = {}
-    try:
+    async with kafka_consumer(kafka, "ops-status") as consumer:
         tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return out
@@ -165,34 +159,24 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                         continue
                     out.setdefault(sample.limiter, {})[sample.worker] = sample
         return out
-    finally:
-        await consumer.stop()
 
 
 async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | None:
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-status") as consumer:
         tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return None
         first = await consumer.beginning_offsets(tps)
         last = await consumer.end_offsets(tps)
         return int(sum(last[tp] - first[tp] for tp in tps))
-    finally:
-        await consumer.stop()
 
 
 async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: list[str], *,
                         counted: bool) -> str | None:
     """What is wrong with a loop's or credit flow's input now: topics that do not exist, or a
     group that has committed nothing on them (None: nothing)."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-status") as consumer:
         missing = [t for t in topics if not await topic_partitions(consumer, t, 2.0)]
-    finally:
-        await consumer.stop()
     if missing:
         return f"topics {sorted(missing)} do not exist"
     if any(tp.topic in topics for tp in await _committed(kafka, group)):
@@ -407,13 +391,9 @@ async def send_override(kafka: KafkaClientSettings | str, app_id: str, override:
     the decider has persisted it (:class:`CommandTimeout` if it does not in time)."""
     topic = pressure_topic(app_id)
     changelog = control_changelog(app_id)
-    producer = kafka_producer(kafka, "ops-override")
-    await producer.start()
-    try:
+    async with kafka_producer(kafka, "ops-override") as producer:
         await producer.send_and_wait(topic, override.encode(secret),
                                      key=override.limiter.encode())
-    finally:
-        await producer.stop()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = (await read_compacted(kafka, changelog)).get(override.limiter)

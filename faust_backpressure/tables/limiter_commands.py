@@ -79,11 +79,8 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
     command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=limiter_id,
                       worker_id=worker_id, sent_at=time.time(), rate=rate)
     key = limiter_id.encode()
-    consumer = kafka_consumer(kafka, "ops-acks", auto_offset_reset="latest")
-    producer = kafka_producer(kafka, "ops-commands")
-    await consumer.start()
-    await producer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-acks", auto_offset_reset="latest") as consumer, \
+            kafka_producer(kafka, "ops-commands") as producer:
         requests = await topic_partitions(consumer, limiter_requests(app_id))
         grants = TopicPartition(limiter_grants(app_id), 0)
         if not requests or not await topic_partitions(consumer, grants.topic):
@@ -107,9 +104,6 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
         raise CommandTimeout(f"no acknowledgement for {kind} of limiter {limiter_id!r} "
                              f"within {timeout:g} s: is a worker of {app_id!r} running and "
                              "does it declare that limiter?")
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 def _text(raw: bytes | None) -> Any:

@@ -127,9 +127,7 @@ async def records_to_end(kafka: AppT | KafkaClientSettings | str, topic: str, *,
                          partition: int | None = None) -> AsyncIterator[Any]:
     """Every record of ``topic`` (of its partition ``partition`` modulo their count, or of
     all) from the beginning to the end offsets as of the call."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-status") as consumer:
         parts = sorted(await topic_partitions(consumer, topic, 2.0))
         tps = [TopicPartition(topic, p) for p in parts
                if partition is None or p == partition % len(parts)]
@@ -142,5 +140,3 @@ async def records_to_end(kafka: AppT | KafkaClientSettings | str, topic: str, *,
                 for records in batch.values():
                     for record in records:
                         yield record
-    finally:
-        await consumer.stop()
