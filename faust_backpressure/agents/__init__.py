@@ -19,30 +19,8 @@ from faust_backpressure.agents.resolve import (
 from faust_backpressure.agents.sensor import BackpressureSensor, notify_sensors
 from faust_backpressure.agents.slow_down import DependencyUnavailable, SlowDown
 
-__all__ = [
-    "Backoff",
-    "BackpressureSensor",
-    "CostFunction",
-    "DependencyUnavailable",
-    "Downstream",
-    "DownstreamStats",
-    "Failure",
-    "GateStats",
-    "KeyedGateStats",
-    "KeyedRateLimitGate",
-    "LimiterSpec",
-    "NotCopartitioned",
-    "Pipeline",
-    "PipelineStats",
-    "RateLimitGate",
-    "ReplayReport",
-    "SlowDown",
-    "WaitAborted",
-    "dlq_headers",
-    "exponential_backoff",
-    "notify_sensors",
-    "rate_limited",
-    "replay_dlq",
-    "resolve_limiter",
-    "shed_headers",
-]
+__all__ = ["Backoff", "BackpressureSensor", "CostFunction", "DependencyUnavailable", "Downstream",
+           "DownstreamStats", "Failure", "GateStats", "KeyedGateStats", "KeyedRateLimitGate",
+           "LimiterSpec", "NotCopartitioned", "Pipeline", "PipelineStats", "RateLimitGate",
+           "ReplayReport", "SlowDown", "WaitAborted", "dlq_headers", "exponential_backoff",
+           "notify_sensors", "rate_limited", "replay_dlq", "resolve_limiter", "shed_headers"]

@@ -27,8 +27,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from faust_backpressure.agents.background import BackgroundTasks
 from faust_backpressure.agents.latency import LATENCY_BUCKETS, LatencyWindow
-from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate
+from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate, SharedQuota
 from faust_backpressure.agents.slow_down import (
     DependencyUnavailable,
     SlowDown,
@@ -44,6 +45,7 @@ from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBre
 from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
+from faust_backpressure.limiters.metrics import gauge
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
@@ -83,13 +85,13 @@ class DownstreamStats:
     """One guard's view since this worker started (per process)."""
 
     name: str
-    limit: int
-    in_flight: int
-    queued: int
+    limit: int = field(metadata=gauge("Calls in flight the learnt limit allows."))
+    in_flight: int = field(metadata=gauge("Calls in flight now."))
+    queued: int = field(metadata=gauge("Calls waiting for a slot."))
     breaker: str
-    failure_rate: float
+    failure_rate: float = field(metadata=gauge("The breaker's failure rate over its window."))
     slow_call_rate: float
-    paused_for: float
+    paused_for: float = field(metadata=gauge("Seconds left of a slow-down in force."))
     outcomes: dict[str, int] = field(default_factory=dict)
     latency_p50: float | None = None
     latency_p99: float | None = None
@@ -130,7 +132,7 @@ class Downstream:
         #: ``wait_in_open`` apart: goodput came back one worker at a time.
         self.publish_recovery = publish_recovery
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(f"downstream {name}")
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
         self.coalesce = check_number("coalesce", coalesce, 0)
@@ -146,18 +148,15 @@ class Downstream:
             self._opened_at = self._wall()
         elif (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
               and self.publish_recovery is not None):
-            self._spawn(self.publish_recovery(self.name, self._wall()))
+            # on failure the others find it back at the end of their own wait
+            self._background.spawn(self.publish_recovery(self.name, self._wall()),
+                                   "publishing the recovery")
 
-    def _spawn(self, publishing: Awaitable[None]) -> None:
-        async def publish() -> None:
-            try:
-                await publishing
-            except Exception:  # the others then find it back at the end of their wait
-                log.exception("downstream %s: recovery not published", self.name)
-
-        task = asyncio.ensure_future(publish())
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+    async def stop(self) -> None:
+        """The worker stops: cancel the records still being published."""
+        await self._background.stop()
+        if isinstance(self.quota, SharedQuota):
+            await self.quota.stop()
 
     def recovered_at(self, at: float, *, source: str = "local") -> bool:
         """Another worker's probes found the system back at ``at`` (wall clock): if the

@@ -13,33 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-__all__ = [
-    "ATTEMPTS",
-    "ERROR_MESSAGE",
-    "ERROR_TYPE",
-    "FIRST_FAILURE",
-    "LAST_FAILURE",
-    "PIPELINE",
-    "REPLAY_COUNT",
-    "SHED_AGENT",
-    "SHED_AT",
-    "SHED_LIMITER",
-    "SHED_PRIORITY",
-    "SHED_REASON",
-    "SOURCE_OFFSET",
-    "SOURCE_PARTITION",
-    "SOURCE_TOPIC",
-    "STAGE",
-    "TRACEBACK",
-    "Failure",
-    "Headers",
-    "HeadersIn",
-    "dlq_headers",
-    "header",
-    "replay_count",
-    "shed_headers",
-    "without_bp_headers",
-]
+__all__ = ["ATTEMPTS", "ERROR_MESSAGE", "ERROR_TYPE", "FIRST_FAILURE", "LAST_FAILURE", "PIPELINE",
+           "REPLAY_COUNT", "SHED_AGENT", "SHED_AT", "SHED_LIMITER", "SHED_PRIORITY", "SHED_REASON",
+           "SOURCE_OFFSET", "SOURCE_PARTITION", "SOURCE_TOPIC", "STAGE", "TRACEBACK", "Failure",
+           "Headers", "HeadersIn", "dlq_headers", "header", "replay_count", "shed_headers",
+           "without_bp_headers"]
 
 Headers = list[tuple[str, bytes]]
 #: Headers as Faust/aiokafka hand them over: pairs, or a mapping.

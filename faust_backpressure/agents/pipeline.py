@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
+from faust_backpressure.agents.batch import outputs_of
 from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
@@ -109,17 +109,6 @@ def _backoff(settings: BackpressureSettings, retry_backoff: float | Backoff | No
     if callable(retry_backoff):
         return retry_backoff
     return exponential_backoff(retry_backoff, max(retry_backoff, settings.retry_backoff_max))
-
-
-def _outputs(result: Any) -> Sequence[Any]:
-    """``None`` filters; a list, tuple or generator is several values; anything else is one."""
-    if result is None:
-        return ()
-    if isinstance(result, (list, tuple)):
-        return result
-    if isinstance(result, types.GeneratorType):
-        return list(result)
-    return (result,)
 
 
 class Pipeline:
@@ -360,7 +349,7 @@ class Pipeline:
                     return
                 stats.retries += 1
                 await asyncio.sleep(self.backoff(attempt))
-        outputs = _outputs(result)
+        outputs = outputs_of(result)
         if not outputs:
             stats.filtered += 1
             return

@@ -23,6 +23,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from faust_backpressure.agents.background import BackgroundTasks
 from faust_backpressure.limiters import RateLimitingStrategy, TokenBucketRateLimiter
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.quota import QuotaLearner
@@ -142,7 +143,7 @@ class SharedQuota:
             learner.rate = min(learner.max_rate, limiter.current_rate_limit)
         #: The latest report of each worker: ``worker -> (episode, served)``.
         self.reports: dict[str, tuple[float, float]] = {}
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._background = BackgroundTasks(f"downstream {name}")
         self._sent = limiter.current_rate_limit
 
     @property
@@ -182,8 +183,10 @@ class SharedQuota:
         served = self.learner.observed()
         self.reports[self.worker] = (until, served)
         if self.reporter is not None:
-            self._spawn(self._publish(until, served))
-        self._spawn(self._settle(until))
+            # on failure the others count without this worker: a lower rate
+            self._background.spawn(self.reporter(self.name, until, served),
+                                   "publishing the quota report")
+        self._background.spawn(self._settle(until), "settling the episode")
         return f", {served:.1f}/s served here"
 
     def report(self, worker: str, episode: float, served: float) -> None:
@@ -204,13 +207,6 @@ class SharedQuota:
         return sum(served for at, served in self.reports.values()
                    if abs(at - episode) < _SAME_EPISODE)
 
-    async def _publish(self, until: float, served: float) -> None:
-        assert self.reporter is not None
-        try:
-            await self.reporter(self.name, until, served)
-        except Exception:  # the others then count without this worker: a lower rate
-            log.exception("downstream %s: quota report not published", self.name)
-
     async def _settle(self, until: float) -> None:
         await asyncio.sleep(self.settle)
         total = self.total(until)
@@ -230,7 +226,6 @@ class SharedQuota:
         log.warning("downstream %s: %d worker(s) were served %.1f/s in all; shared rate "
                     "%.1f/s", self.name, workers, total, rate)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def stop(self) -> None:
+        """The worker stops: cancel the reports being published and the episodes settling."""
+        await self._background.stop()

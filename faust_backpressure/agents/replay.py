@@ -34,6 +34,7 @@ from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.tables.limiter_commands import group_offsets
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     kafka_consumer,
     kafka_producer,
 )
@@ -181,8 +182,7 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         if not from_beginning:
             for tp, metadata in (await _committed(kafka, group_id, tps)).items():
                 replay.markers[tp] = _markers(metadata)
-        while todo and (limit is None or report.replayed < limit):
-            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=500)
+        async for batch in batches_to_end(consumer, end, todo, max_records=500):
             pending = []
             for tp, records in batch.items():
                 for record in records:
@@ -194,12 +194,10 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
                         pending.append(sent)
             for fut in pending:
                 await fut
-            # Transaction markers take offsets too: compare positions, not record offsets.
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
             if replay.done:
                 await consumer.commit(replay.commits())
+            if limit is not None and report.replayed >= limit:
+                break
     finally:
         await producer.stop()
         await consumer.stop()

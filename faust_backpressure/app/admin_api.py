@@ -33,6 +33,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from faust_backpressure.app.cli_common import declared
 from faust_backpressure.app.downstream_ops import BREAKER_STATES
 from faust_backpressure.app.keyed_ops import KeyOverrideCommand, parse_key
 from faust_backpressure.app.ops import send_override
@@ -114,9 +115,7 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
     if action == "key-override":
         return await _key_override(bp, body, request)
     pipeline = _text(body, "pipeline")
-    if pipeline not in bp.pipelines:
-        raise LookupError(f"no pipeline {pipeline!r} (declared: "
-                          f"{', '.join(sorted(bp.pipelines)) or 'none'})")
+    declared("pipeline", pipeline, bp.pipelines, LookupError)
     acked, workers = await send_pause(
         kafka, app_id, pipeline, paused=action == "pause", by=_operator(request, body),
         reason=_text(body, "reason", required=False), secret=secret, timeout=TIMEOUT)
@@ -129,9 +128,7 @@ async def _breaker(bp: Installation, body: dict[str, Any], request: Request
     dependency, state = _text(body, "dependency"), _text(body, "state")
     if state not in BREAKER_STATES:
         raise BadRequest(f"'state' must be one of {', '.join(BREAKER_STATES)}")
-    if dependency not in bp.downstreams:
-        raise LookupError(f"no downstream {dependency!r} (declared: "
-                          f"{', '.join(sorted(bp.downstreams)) or 'none'})")
+    declared("downstream", dependency, bp.downstreams, LookupError)
     acked, workers = await send_breaker(
         client_settings(bp.app, "ops"), str(bp.app.conf.id), dependency, state=state,
         by=_operator(request, body), reason=_text(body, "reason", required=False),
@@ -145,9 +142,7 @@ async def _key_override(bp: Installation, body: dict[str, Any], request: Request
     clear = body.get("clear", False)
     if key_type not in ("str", "int", "bytes") or not isinstance(clear, bool):
         raise BadRequest("'key_type' must be str, int or bytes; 'clear' true or false")
-    if limit not in bp.keyed_limits:
-        raise LookupError(f"no keyed limit {limit!r} (declared: "
-                          f"{', '.join(sorted(bp.keyed_limits)) or 'none'})")
+    declared("keyed limit", limit, bp.keyed_limits, LookupError)
     rate = _rate(body, required=not clear)
     burst = None if clear else _rate(body, "burst", required=False)
     if clear and (rate is not None or body.get("burst") is not None):

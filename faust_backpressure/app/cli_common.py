@@ -1,9 +1,10 @@
-"""What every ``backpressure`` command checks first (shared by :mod:`.cli` and :mod:`.ops_cli`,
-which may not import each other: ``cli`` registers ``ops_cli``'s commands)."""
+"""What every ``backpressure`` command (and the admin API) checks first: shared by :mod:`.cli`,
+:mod:`.ops_cli` and :mod:`.admin_api`, which may not import each other (``cli`` registers
+``ops_cli``'s commands)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import click
@@ -21,8 +22,9 @@ def given_app(ctx: click.Context, command: str = "") -> Any:
     return state.app
 
 
-def declared(what: str, name: str, names: Collection[str]) -> None:
-    """A usage error unless the app declares ``name`` (a pipeline, a keyed limit, ...)."""
+def declared(what: str, name: str, names: Collection[str],
+             error: Callable[[str], Exception] = click.UsageError) -> None:
+    """A usage error (or ``error``) unless the app declares ``name`` (a pipeline, ...)."""
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise click.UsageError(f"no {what} {name!r} (declared: {known})")
+        raise error(f"no {what} {name!r} (declared: {known})")

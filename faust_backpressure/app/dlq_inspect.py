@@ -49,11 +49,12 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.app.cli_common import declared
 from faust_backpressure.app.ops_cli import _fail, _installation, _table
-from faust_backpressure.tables.limiter_commands import topic_partitions
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     client_settings,
     kafka_consumer,
+    topic_partitions,
 )
 
 __all__ = ["DlqSummary", "budgets", "dlq_inspect", "inspect_dlq"]
@@ -247,10 +248,8 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
     summary = DlqSummary(pipeline, dlq_topic, sample_size=sample, max_records=max_records)
     # (earliest: a seek below the log start, retention having deleted records since, reads on
     # from the start instead of skipping to the end)
-    consumer = kafka_consumer(kafka, "dlq-inspect", isolation_level="read_committed",
-                              auto_offset_reset="earliest")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "dlq-inspect", isolation_level="read_committed",
+                              auto_offset_reset="earliest") as consumer:
         parts = sorted(await topic_partitions(consumer, dlq_topic, 2.0))
         summary.exists, summary.partitions = bool(parts), len(parts)
         tps = [TopicPartition(dlq_topic, p) for p in parts]
@@ -266,19 +265,12 @@ async def inspect_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_to
         for tp in todo:
             consumer.seek(tp, end[tp] - plan[tp.partition])
         deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                summary.complete = False
-                break
-            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=1000)
+        async for batch in batches_to_end(consumer, end, todo, max_records=1000):
             for tp, records in batch.items():
                 summary.add_all(r for r in records if r.offset < end[tp])
-            # Transaction markers take offsets too: compare positions, not record offsets.
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
-    finally:
-        await consumer.stop()
+            if todo and time.monotonic() > deadline:
+                summary.complete = False
+                break
     return summary
 
 

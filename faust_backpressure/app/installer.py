@@ -107,6 +107,7 @@ class Backpressure:
         register_commands()
         register_views(self)
         install_pause_control(self)  # every worker follows `backpressure pause/resume`
+        app.on_before_shutdown.connect(self._stop_downstreams)
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,
                 burst_capacity: float | None = None) -> RateLimitingStrategy:
@@ -249,6 +250,10 @@ class Backpressure:
             learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
+
+    async def _stop_downstreams(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        for guard in self.downstreams.values():
+            await guard.stop()
 
     def _downstream_error_rate(self) -> float | None:
         """The highest failure rate of the guarded systems (None: none guarded)."""

@@ -16,7 +16,6 @@ from collections.abc import Hashable
 from typing import Any
 
 import click
-from aiokafka import TopicPartition
 
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, encode_key
 from faust_backpressure.agents.keyed_top import describe_key
@@ -34,12 +33,12 @@ from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, 
 from faust_backpressure.app.pause import send_key_override
 from faust_backpressure.control.override import operator
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
-from faust_backpressure.tables.limiter_commands import read_compacted, topic_partitions
+from faust_backpressure.tables.limiter_commands import read_compacted
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     client_settings,
-    kafka_consumer,
     partition_for_key,
+    records_to_end,
 )
 from faust_backpressure.wire.topics import ops_topic
 
@@ -52,34 +51,14 @@ _KEY_TYPE = click.option("--key-type", type=click.Choice(KEY_TYPES), default="st
 
 
 async def _latest(kafka: KafkaClientSettings | str, topic: str, key: bytes,
-                  partition: int | None) -> tuple[bool, bytes | None, int | None]:
-    """``(found, value, partitions)``: the latest value of ``key`` in ``topic`` (in
-    ``partition``, or all of them when None), read to the current end."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
-        parts = sorted(await topic_partitions(consumer, topic, 2.0))
-        if not parts:
-            return False, None, None
-        chosen = [p for p in parts if partition is None or p == partition % len(parts)]
-        tps = [TopicPartition(topic, p) for p in chosen]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        found, value = False, None
-        todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    if record.key == key:
-                        found, value = True, record.value
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
-        return found, value, len(parts)
-    finally:
-        await consumer.stop()
+                  partition: int | None) -> tuple[bool, bytes | None]:
+    """``(found, value)``: the latest value of ``key`` in ``topic`` (in ``partition``, or all
+    of them when None), read to the current end."""
+    found, value = False, None
+    async for record in records_to_end(kafka, topic, partition=partition):
+        if record.key == key:
+            found, value = True, record.value
+    return found, value
 
 
 def _partition_of(key: Hashable, partitions: int | None) -> int | None:
@@ -109,7 +88,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
     app_id = str(bp.app.conf.id)
     ops = await read_compacted(kafka, ops_topic(app_id))
     operator_set = {c.key: c for c in keyed_overrides(ops, gate.name, secret)}.get(encoded)
-    _, stored_raw, _ = await _latest(kafka, gate.overrides.changelog_topic.get_topic_name(),
+    _, stored_raw = await _latest(kafka, gate.overrides.changelog_topic.get_topic_name(),
                                      encoded, 0)
     stored = json.loads(stored_raw) if stored_raw else None
     function = None if gate.limits is None else gate.limits(key)
@@ -117,7 +96,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
     changelog = gate.table.changelog_topic.get_topic_name()
     parts = gate.table.partitions or int(bp.app.conf.topic_partitions)
     partition = _partition_of(key, parts)
-    found, level_raw, _ = await _latest(kafka, changelog, encoded, partition)
+    found, level_raw = await _latest(kafka, changelog, encoded, partition)
     now = time.time()
     level: dict[str, Any] = {"stored": False, "tokens": burst, "deferred": 0}
     if found and level_raw:

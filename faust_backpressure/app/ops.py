@@ -44,11 +44,12 @@ from faust_backpressure.tables.limiter_commands import (
     read_compacted,
     read_limiter_states,
 )
-from faust_backpressure.tables.limiter_commands import topic_partitions as _partitions
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
+    batches_to_end,
     kafka_consumer,
     kafka_producer,
+    topic_partitions,
 )
 from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
@@ -100,12 +101,10 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
     committed = await _committed(kafka, group)
     if not committed and not topics:
         return GroupLag(group)
-    consumer = kafka_consumer(kafka, "ops-lag")
-    await consumer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-lag") as consumer:
         tps = set(tp for tp in committed if topics is None or tp.topic in topics)
         for topic in topics or []:
-            tps |= {TopicPartition(topic, p) for p in await _partitions(consumer, topic, 2.0)}
+            tps |= {TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0)}
         ordered = sorted(tps)
         end = await consumer.end_offsets(ordered) if ordered else {}
         result = GroupLag(group)
@@ -131,18 +130,14 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
                         waiting.pop(tp).time_lag = max(0.0, now - records[0].timestamp / 1000)
                         consumer.pause(tp)
         return result
-    finally:
-        await consumer.stop()
 
 
 async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon: float,
                           secret: bytes | None) -> dict[str, dict[str, WorkerSample]]:
     """Latest sample per limiter and worker written in the last ``horizon`` seconds."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
     out: dict[str, dict[str, WorkerSample]] = {}
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+    async with kafka_consumer(kafka, "ops-status") as consumer:
+        tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return out
         consumer.assign(tps)
@@ -156,8 +151,7 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                 continue
             consumer.seek(tp, at.offset)
             todo.add(tp)
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
+        async for batch in batches_to_end(consumer, end, todo):
             for records in batch.values():
                 for record in records:
                     try:
@@ -165,38 +159,25 @@ async def _recent_samples(kafka: KafkaClientSettings | str, topic: str, horizon:
                     except RejectedRecord:
                         continue
                     out.setdefault(sample.limiter, {})[sample.worker] = sample
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
         return out
-    finally:
-        await consumer.stop()
 
 
 async def _topic_size(kafka: KafkaClientSettings | str, topic: str) -> int | None:
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, 2.0))]
+    async with kafka_consumer(kafka, "ops-status") as consumer:
+        tps = sorted(TopicPartition(topic, p) for p in await topic_partitions(consumer, topic, 2.0))
         if not tps:
             return None
         first = await consumer.beginning_offsets(tps)
         last = await consumer.end_offsets(tps)
         return int(sum(last[tp] - first[tp] for tp in tps))
-    finally:
-        await consumer.stop()
 
 
 async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: list[str], *,
                         counted: bool) -> str | None:
     """What is wrong with a loop's or credit flow's input now: topics that do not exist, or a
     group that has committed nothing on them (None: nothing)."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
-        missing = [t for t in topics if not await _partitions(consumer, t, 2.0)]
-    finally:
-        await consumer.stop()
+    async with kafka_consumer(kafka, "ops-status") as consumer:
+        missing = [t for t in topics if not await topic_partitions(consumer, t, 2.0)]
     if missing:
         return f"topics {sorted(missing)} do not exist"
     if any(tp.topic in topics for tp in await _committed(kafka, group)):
@@ -411,13 +392,9 @@ async def send_override(kafka: KafkaClientSettings | str, app_id: str, override:
     the decider has persisted it (:class:`CommandTimeout` if it does not in time)."""
     topic = pressure_topic(app_id)
     changelog = control_changelog(app_id)
-    producer = kafka_producer(kafka, "ops-override")
-    await producer.start()
-    try:
+    async with kafka_producer(kafka, "ops-override") as producer:
         await producer.send_and_wait(topic, override.encode(secret),
                                      key=override.limiter.encode())
-    finally:
-        await producer.stop()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = (await read_compacted(kafka, changelog)).get(override.limiter)

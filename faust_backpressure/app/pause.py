@@ -42,17 +42,14 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.limiter_commands import (
-    CommandTimeout,
-    read_compacted,
-    topic_partitions,
-)
+from faust_backpressure.tables.limiter_commands import CommandTimeout, read_compacted
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     raw_topic,
+    topic_partitions,
 )
 from faust_backpressure.wire.signing import (
     RejectedRecord,
@@ -349,11 +346,7 @@ async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: 
     """Write a command to the ops topic and wait until every worker of the app's group has
     acknowledged it; ``(acked, workers)``. :class:`CommandTimeout` if fewer do in time."""
     topic = ops_topic(app_id)
-    consumer = kafka_consumer(kafka, "ops")
-    producer = kafka_producer(kafka, "ops")
-    await consumer.start()
-    await producer.start()
-    try:
+    async with kafka_consumer(kafka, "ops") as consumer, kafka_producer(kafka, "ops") as producer:
         if not await topic_partitions(consumer, topic, 5.0):
             raise CommandTimeout(f"app {app_id!r} has no {topic} topic: no worker with a "
                                  "pipeline, a downstream guard or a keyed limit has run")
@@ -377,9 +370,6 @@ async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: 
             workers = workers or await _group_members(kafka, app_id)
         raise CommandTimeout(f"{what} acknowledged by {len(acked)} of {workers} worker(s) "
                              f"within {timeout:g} s")
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 async def pause_states(kafka: KafkaClientSettings | str, app_id: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from faust.types import TopicT
 from faust.web import Request, Response, View
 
 from faust_backpressure.agents.batch_pipeline import BatchRunner
-from faust_backpressure.agents.downstream import LATENCY_BUCKETS
+from faust_backpressure.agents.downstream import LATENCY_BUCKETS, DownstreamStats
 from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
 from faust_backpressure.agents.pipeline import PipelineStats
 from faust_backpressure.app.admin_api import register_admin
@@ -169,14 +169,18 @@ _SUFFIX = "__suffix__"
 
 
 def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
-    yield from _limiter_metrics(state["limiters"].items())
+    yield from _stats_metrics("limiter", RateLimiterStats,
+                              [({"limiter": k}, v) for k, v in state["limiters"].items()])
     gates = state["gates"]
-    yield from _gate_metrics(gates)
+    yield from _stats_metrics("gate", GateStats, [
+        ({"agent": g["agent"], "limiter": g["limiter"]}, g) for g in gates])
     pipelines = state["pipelines"].items()
     for field in dataclasses.fields(PipelineStats):  # every one a counter
         yield (f"pipeline_{field.name}_total", "counter", f"Pipeline records {field.name}.",
                [({"pipeline": k}, v[field.name]) for k, v in pipelines])
-    yield from _keyed_metrics(state.get("keyed", {}).items())
+    # no per-key label: keys are unbounded
+    yield from _stats_metrics("keyed", KeyedGateStats,
+                              [({"limit": k}, v) for k, v in state.get("keyed", {}).items()])
     yield from _downstream_metrics(state.get("downstreams", {}))
     yield from _control_metrics(state["control"])
     yield ("agent_source_lag", "gauge",
@@ -211,11 +215,6 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
             for topic, reasons in state["rejected"].items() for reason, n in reasons.items()])
 
 
-def _limiter_metrics(limiters: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
-    yield from _stats_metrics("limiter", RateLimiterStats,
-                              [({"limiter": k}, v) for k, v in limiters])
-
-
 def _stats_metrics(prefix: str, stats: type[Any],
                    rows: list[tuple[dict[str, str], dict[str, Any]]]) -> Iterable[_Metric]:
     """A metric for each field of the ``stats`` dataclass that declares one (its metadata,
@@ -225,16 +224,6 @@ def _stats_metrics(prefix: str, stats: type[Any],
         if kind is not None:
             yield (f"{prefix}_{field.name}" + ("_total" if kind == "counter" else ""), kind,
                    field.metadata["help"], [(labels, row[field.name]) for labels, row in rows])
-
-
-def _gate_metrics(gates: list[dict[str, Any]]) -> Iterable[_Metric]:
-    yield from _stats_metrics("gate", GateStats, [
-        ({"agent": g["agent"], "limiter": g["limiter"]}, g) for g in gates])
-
-
-def _keyed_metrics(keyed: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[_Metric]:
-    # no per-key label: keys are unbounded
-    yield from _stats_metrics("keyed", KeyedGateStats, [({"limit": k}, v) for k, v in keyed])
 
 
 def _control_metrics(loops: dict[str, dict[str, Any]]) -> Iterable[_Metric]:
@@ -270,13 +259,8 @@ _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3,
 
 def _downstream_metrics(guards: dict[str, Any]) -> Iterable[_Metric]:
     rows = guards.items()
-    for field, text in (("limit", "Calls in flight the learnt limit allows."),
-                        ("in_flight", "Calls in flight now."),
-                        ("queued", "Calls waiting for a slot."),
-                        ("paused_for", "Seconds left of a slow-down in force."),
-                        ("failure_rate", "The breaker's failure rate over its window.")):
-        yield (f"downstream_{field}", "gauge", text, [({"dependency": k}, v[field])
-                                                      for k, v in rows])
+    yield from _stats_metrics("downstream", DownstreamStats,
+                              [({"dependency": k}, v) for k, v in rows])
     yield ("downstream_breaker_state", "gauge",
            "0 closed, 1 half-open, 2 open, 3 forced open, 4 forced closed.",
            [({"dependency": k}, _BREAKER_STATES.get(v["breaker"], -1)) for k, v in rows])

@@ -19,17 +19,6 @@ from faust_backpressure.control.policy import (
 )
 from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
 
-__all__ = [
-    "BackpressureController",
-    "BackpressureSeverity",
-    "BackpressureThresholds",
-    "CircuitState",
-    "ControlLoop",
-    "CreditBasedFlowController",
-    "DownstreamRateEstimator",
-    "PressureDecision",
-    "PressureSample",
-    "PriorityShedder",
-    "SetPointTuning",
-    "ShedLevels",
-]
+__all__ = ["BackpressureController", "BackpressureSeverity", "BackpressureThresholds",
+           "CircuitState", "ControlLoop", "CreditBasedFlowController", "DownstreamRateEstimator",
+           "PressureDecision", "PressureSample", "PriorityShedder", "SetPointTuning", "ShedLevels"]

@@ -48,16 +48,9 @@ from faust_backpressure.control.pressure import (
 from faust_backpressure.control.rate_estimate import DownstreamRateEstimator
 from faust_backpressure.limiters.base import check_rate
 
-__all__ = [
-    "BackpressureController",
-    "BackpressureSeverity",
-    "BackpressureThresholds",
-    "CircuitState",
-    "DownstreamRateEstimator",
-    "PressureDecision",
-    "PressureSample",
-    "SetPointTuning",
-]
+__all__ = ["BackpressureController", "BackpressureSeverity", "BackpressureThresholds",
+           "CircuitState", "DownstreamRateEstimator", "PressureDecision", "PressureSample",
+           "SetPointTuning"]
 
 
 class BackpressureController:

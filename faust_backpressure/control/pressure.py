@@ -10,14 +10,8 @@ from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.config.settings import effective_restore_lag
 from faust_backpressure.config.validation import check_int, check_number
 
-__all__ = [
-    "BackpressureSeverity",
-    "BackpressureThresholds",
-    "CircuitState",
-    "PressureDecision",
-    "PressureSample",
-    "SetPointTuning",
-]
+__all__ = ["BackpressureSeverity", "BackpressureThresholds", "CircuitState", "PressureDecision",
+           "PressureSample", "SetPointTuning"]
 
 
 class BackpressureSeverity(enum.IntEnum):

@@ -20,18 +20,8 @@ from faust_backpressure.errors import BackpressureError
 from .bucket import EPSILON
 from .metrics import counter, gauge
 
-__all__ = [
-    "EPSILON",
-    "Clock",
-    "LimiterBase",
-    "RateLimitTimeout",
-    "RateLimiterStats",
-    "RateLimitingStrategy",
-    "check_capacity",
-    "check_permits",
-    "check_rate",
-    "check_timeout",
-]
+__all__ = ["EPSILON", "Clock", "LimiterBase", "RateLimitTimeout", "RateLimiterStats",
+           "RateLimitingStrategy", "check_capacity", "check_permits", "check_rate", "check_timeout"]
 
 #: A function returning seconds as a float, monotonic (``time.monotonic`` by default).
 Clock = Callable[[], float]

@@ -26,15 +26,10 @@ from enum import Enum
 
 from faust_backpressure.config.validation import check_int, check_number
 
-from .base import Clock, RateLimitTimeout, check_timeout
+from .base import Clock, RateLimitTimeout, _wake, check_timeout
 
-__all__ = [
-    "BreakerState",
-    "BreakerStats",
-    "CircuitBreaker",
-    "CircuitOpenTimeout",
-    "TransitionCallback",
-]
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "CircuitOpenTimeout",
+           "TransitionCallback"]
 
 
 class BreakerState(str, Enum):
@@ -70,11 +65,6 @@ class BreakerStats:
 
 #: Float rounding slack (s) when telling a call's start from a transition time.
 _SLACK = 1e-6
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _check_rate(name: str, value: object) -> float:

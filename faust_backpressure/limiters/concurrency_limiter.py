@@ -26,14 +26,8 @@ from typing import Literal
 from .base import Clock, RateLimitTimeout, check_timeout
 from .concurrency import ConcurrencyLimit
 
-__all__ = [
-    "CallPermit",
-    "ConcurrencyLimitTimeout",
-    "ConcurrencyLimiter",
-    "ConcurrencyStats",
-    "Outcome",
-    "default_classify",
-]
+__all__ = ["CallPermit", "ConcurrencyLimitTimeout", "ConcurrencyLimiter", "ConcurrencyStats",
+           "Outcome", "default_classify"]
 
 #: How a finished call counts: a latency sample, an overload sample, or no sample.
 Outcome = Literal["success", "dropped", "ignore"]

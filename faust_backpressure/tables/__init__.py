@@ -22,21 +22,7 @@ from faust_backpressure.wire.limiter_records import (  # noqa: E402
     RejectedRecord,
 )
 
-__all__ = [
-    "Ack",
-    "Command",
-    "DistributedRateLimiter",
-    "DistributedRateLimiterFactory",
-    "Grant",
-    "LeaseCounters",
-    "LeaseRequest",
-    "LedgerStats",
-    "LimiterChannel",
-    "LimiterConfig",
-    "LimiterLedger",
-    "Rejected",
-    "RejectedRecord",
-    "limiter_channel",
-    "max_min_fair",
-    "register_rocksdict_alias",
-]
+__all__ = ["Ack", "Command", "DistributedRateLimiter", "DistributedRateLimiterFactory", "Grant",
+           "LeaseCounters", "LeaseRequest", "LedgerStats", "LimiterChannel", "LimiterConfig",
+           "LimiterLedger", "Rejected", "RejectedRecord", "limiter_channel", "max_min_fair",
+           "register_rocksdict_alias"]

@@ -28,36 +28,24 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.faust_seam import force_metadata_update
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
     partition_for_key,
+    records_to_end,
+    topic_partitions,
 )
 from faust_backpressure.wire.limiter_records import Ack, Command, decode_reply_record, encode
 from faust_backpressure.wire.topics import limiter_changelog, limiter_grants, limiter_requests
 
 __all__ = ["CommandTimeout", "group_offsets", "read_compacted", "read_limiter_states",
-           "send_limiter_command", "topic_partitions"]
+           "send_limiter_command"]
 
 
 class CommandTimeout(BackpressureError, TimeoutError):
     """No owner acknowledged the command in time (no worker running, or an unknown id)."""
-
-
-async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set[int]:
-    """The partitions of ``topic`` once metadata shows them (empty after ``wait`` s)."""
-    deadline = time.monotonic() + wait
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        if time.monotonic() > deadline:
-            return set()
-        await force_metadata_update(consumer)
-        await asyncio.sleep(0.2)
 
 
 async def group_offsets(kafka: KafkaClientSettings | str, group: str,
@@ -91,11 +79,8 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
     command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=limiter_id,
                       worker_id=worker_id, sent_at=time.time(), rate=rate)
     key = limiter_id.encode()
-    consumer = kafka_consumer(kafka, "ops-acks", auto_offset_reset="latest")
-    producer = kafka_producer(kafka, "ops-commands")
-    await consumer.start()
-    await producer.start()
-    try:
+    async with kafka_consumer(kafka, "ops-acks", auto_offset_reset="latest") as consumer, \
+            kafka_producer(kafka, "ops-commands") as producer:
         requests = await topic_partitions(consumer, limiter_requests(app_id))
         grants = TopicPartition(limiter_grants(app_id), 0)
         if not requests or not await topic_partitions(consumer, grants.topic):
@@ -119,9 +104,6 @@ async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, li
         raise CommandTimeout(f"no acknowledgement for {kind} of limiter {limiter_id!r} "
                              f"within {timeout:g} s: is a worker of {app_id!r} running and "
                              "does it declare that limiter?")
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 def _text(raw: bytes | None) -> Any:
@@ -140,33 +122,14 @@ def _text(raw: bytes | None) -> Any:
 
 async def read_compacted(kafka: KafkaClientSettings | str, topic: str) -> dict[str, Any]:
     """Latest value per key of ``topic`` (a table changelog), read to its current end."""
-    consumer = kafka_consumer(kafka, "ops-status")
-    await consumer.start()
-    try:
-        parts = await topic_partitions(consumer, topic, wait=2.0)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return {}
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        latest: dict[str, Any] = {}
-        todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    key = _text(record.key)
-                    if record.value is None:
-                        latest.pop(str(key), None)
-                    else:
-                        latest[str(key)] = _text(record.value)
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
-        return latest
-    finally:
-        await consumer.stop()
+    latest: dict[str, Any] = {}
+    async for record in records_to_end(kafka, topic):
+        key = str(_text(record.key))
+        if record.value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = _text(record.value)
+    return latest
 
 
 async def read_limiter_states(kafka: KafkaClientSettings | str, app_id: str

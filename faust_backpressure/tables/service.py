@@ -32,6 +32,7 @@ from faust_backpressure.faust_seam import (
     mark_control_topic,
     send_control,
 )
+from faust_backpressure.tables.channel_options import ChannelOptions
 from faust_backpressure.tables.keeper import ChannelService
 from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.ledger import LimiterLedger
@@ -80,15 +81,13 @@ class LimiterChannel:
 
     def __init__(self, app: faust.App, *, partitions: int | None = None,
                  secret: bytes | None = None, max_clock_skew: float | None = None) -> None:
-        """``secret`` and ``max_clock_skew`` given here win; unset, they come from the app's
-        settings (``FAUST_BP_SECRET``, ``FAUST_BP_MAX_CLOCK_SKEW``)."""
+        """``secret`` and ``max_clock_skew`` given here win; unset, they are the app's
+        settings' (``FAUST_BP_SECRET``, ``FAUST_BP_MAX_CLOCK_SKEW``): see
+        :class:`~faust_backpressure.tables.channel_options.ChannelOptions`."""
         self.app = app
-        self._explicit = {"secret": secret is not None,
-                          "max_clock_skew": max_clock_skew is not None}
-        self.secret = secret
-        self.max_clock_skew = 10.0 if max_clock_skew is None else max_clock_skew
-        self.configure(context_of(app).settings)
-        self.partitions = partitions or app.conf.topic_partitions
+        self.options = ChannelOptions(app, partitions=partitions, secret=secret,
+                                      max_clock_skew=max_clock_skew)
+        self.partitions = self.options.partitions
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker_key = self.worker_id.encode()
         self._declare()
@@ -116,7 +115,7 @@ class LimiterChannel:
         """The request and grant topics and the ledgers' table."""
         app = self.app
         # None: the app's topic_replication_factor (see BackpressureSettings)
-        replicas = context_of(app).settings.internal_replication_factor
+        replicas = self.options.declared_with.internal_replication_factor
         # internal: Faust creates them with these partition counts before subscribing.
         self.request_topic = raw_topic(app, limiter_requests(app.conf.id), internal=True,
                                        partitions=self.partitions, replicas=replicas)
@@ -153,32 +152,6 @@ class LimiterChannel:
             await app.add_runtime_dependency(self.service)
 
         app.task(fbp_limiters_start)
-
-    def check_options(self, *, partitions: int | None = None, secret: bytes | None = None,
-                      max_clock_skew: float | None = None) -> None:
-        """Options given again for this (existing) channel must be the ones it has:
-        :class:`ConflictingOption` naming the first that differs. A secret or clock skew
-        given here counts as given from now on (settings bound later do not replace it)."""
-        given = {"partitions": (partitions, self.partitions), "secret": (secret, self.secret),
-                 "max_clock_skew": (max_clock_skew, self.max_clock_skew)}
-        for option, (value, current) in given.items():
-            if value is None:
-                continue
-            if value != current:
-                shown = "" if option == "secret" else f" ({current!r}, not {value!r})"
-                raise ConflictingOption(option, (
-                    f"the limiter channel of app {self.app.conf.id!r} was declared with "
-                    f"another {option}{shown}: give the same {option} to every distributed "
-                    "limiter of the app, or give it once"))
-            if option in self._explicit:
-                self._explicit[option] = True
-
-    def configure(self, settings: BackpressureSettings) -> None:
-        """Take the secret and clock skew from ``settings`` unless they were given."""
-        if not self._explicit["secret"]:
-            self.secret = settings.secret_key
-        if not self._explicit["max_clock_skew"]:
-            self.max_clock_skew = settings.max_clock_skew
 
     @property
     def rejected(self) -> int:
@@ -233,7 +206,7 @@ class LimiterChannel:
         if timestamp is not None:
             self.load.observe(now - timestamp, now)
         queued = False
-        for message in decode_requests(key, value, self.secret):
+        for message in decode_requests(key, value, self.options.secret):
             if isinstance(message, Rejected):
                 await self._reject(message, partition)
                 continue
@@ -258,23 +231,20 @@ class LimiterChannel:
         record's event: the store and changelog partition are that event's."""
         ledger = self._ledger(message.limiter_id)
         created = ledger is None
-        if ledger is not None:
-            pass
-        elif isinstance(message, LeaseRequest):
+        if ledger is None:
             # The owner's own declaration of the limiter wins over the one in the request:
             # a forged request cannot create a bucket with a rate of its choosing.
             local = self.limiters.get(message.limiter_id)
-            ledger = LimiterLedger(message.limiter_id,
-                                   message.config if local is None else local.config, now,
-                                   max_clock_skew=self.max_clock_skew)
-        else:
-            local = self.limiters.get(message.limiter_id)
-            if local is None:
+            if local is not None:
+                config = local.config
+            elif isinstance(message, LeaseRequest):
+                config = message.config
+            else:
                 log.warning("fbp-limiter: command for unknown limiter %r dropped",
                             message.limiter_id)
                 return None
-            ledger = LimiterLedger(message.limiter_id, local.config, now,
-                                   max_clock_skew=self.max_clock_skew)
+            ledger = LimiterLedger(message.limiter_id, config, now,
+                                   max_clock_skew=self.options.max_clock_skew)
         if message.limiter_id not in self.owned:
             self.owned.add(message.limiter_id)
             log.info("fbp-limiter owner: limiter=%s partition=%d worker=%s",
@@ -343,8 +313,8 @@ class LimiterChannel:
             by_worker.setdefault(reply.worker_id, []).append(reply)
         for worker_id, replies in by_worker.items():  # one record per worker and batch
             for i in range(0, len(replies), RECORD_BATCH):  # records well under 1 MB
-                await self._send_reply(worker_id.encode(),
-                                       encode_replies(replies[i:i + RECORD_BATCH], self.secret))
+                value = encode_replies(replies[i:i + RECORD_BATCH], self.options.secret)
+                await self._send_reply(worker_id.encode(), value)
         self.answered += len(batch)
         self.batches += 1
 
@@ -379,7 +349,7 @@ class LimiterChannel:
     async def send(self, limiter: DistributedRateLimiter,
                    message: LeaseRequest | Command) -> None:
         key = limiter.rate_limiter_id.encode()
-        await self._send_request(key, encode(message, key=key, secret=self.secret))
+        await self._send_request(key, encode(message, key=key, secret=self.options.secret))
 
     async def send_many(self, messages: list[LeaseRequest | Command]) -> None:
         """Send requests as one record per request-topic partition (the owner of a
@@ -389,7 +359,7 @@ class LimiterChannel:
             by_partition.setdefault(self._partition(message.limiter_id), []).append(message)
         for batch in by_partition.values():
             for i in range(0, len(batch), RECORD_BATCH):  # records well under 1 MB
-                key, value = encode_batch(batch[i:i + RECORD_BATCH], self.secret)
+                key, value = encode_batch(batch[i:i + RECORD_BATCH], self.options.secret)
                 await self._send_request(key, value)
 
     async def _send_request(self, key: bytes, value: bytes) -> None:
@@ -398,7 +368,7 @@ class LimiterChannel:
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:
             return  # another worker's answer (grants are keyed by worker id): skip the JSON
-        for reply in decode_reply_record(value, self.secret):
+        for reply in decode_reply_record(value, self.options.secret):
             if isinstance(reply, Rejected):  # forged or broken: never applied
                 self.reply_rejections.count(reply)
                 log.warning("fbp-limiter: rejected reply (%s): %s", reply.code, reply.reason)
@@ -418,24 +388,25 @@ def limiter_channel(app: faust.App, *, partitions: int | None = None,
                     secret: bytes | None = None, max_clock_skew: float | None = None
                     ) -> LimiterChannel:
     """The app's channel, declared on first use; options given later must agree with it
-    (:meth:`LimiterChannel.check_options`)."""
+    (:meth:`ChannelOptions.check`)."""
     context = context_of(app)
     channel = context.get(CHANNEL)
     if channel is None:
         return context.put(CHANNEL, LimiterChannel(app, partitions=partitions, secret=secret,
                                                    max_clock_skew=max_clock_skew))
-    channel.check_options(partitions=partitions, secret=secret, max_clock_skew=max_clock_skew)
+    channel.options.check(partitions=partitions, secret=secret, max_clock_skew=max_clock_skew)
     return channel
 
 
 def use_settings(app: Any, settings: BackpressureSettings) -> None:
     """Bind the app's settings (:meth:`AppContext.bind_settings`: different settings bound
-    before raise) and give them to its channel, whether it is declared already or later."""
+    before raise), which its channel, declared already or later, reads; settings that
+    conflict with the channel's own options raise (:meth:`ChannelOptions.check_settings`)."""
     context = context_of(app)
-    context.bind_settings(settings)
     channel = context.get(CHANNEL)
     if channel is not None:
-        channel.configure(settings)
+        channel.options.check_settings(settings)
+    context.bind_settings(settings)
 
 
 def find_channel(app: Any) -> LimiterChannel | None:

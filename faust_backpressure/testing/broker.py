@@ -51,16 +51,8 @@ from faust_backpressure.testing.kafka_dist import (
 )
 from faust_backpressure.testing.kafka_dist import java as kafka_java
 
-__all__ = [
-    "DEFAULT_KAFKA_VERSION",
-    "BrokerError",
-    "LocalKafkaBroker",
-    "ensure_kafka_jars",
-    "kafka_bootstrap",
-    "kafka_home",
-    "run_kafka_tool",
-    "wait_for_broker",
-]
+__all__ = ["DEFAULT_KAFKA_VERSION", "BrokerError", "LocalKafkaBroker", "ensure_kafka_jars",
+           "kafka_bootstrap", "kafka_home", "run_kafka_tool", "wait_for_broker"]
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from faust_backpressure.faust_seam import force_metadata_update
+from faust_backpressure.wire.kafka_clients import batches_to_end, topic_partitions
 
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
            "produce", "read_to_end", "wait_partitions"]
@@ -116,16 +116,14 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
     async with _from_the_beginning(bootstrap, topic, isolation_level) as (consumer, tps):
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        while True:
-            behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-            if not behind:
-                return records
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: end offsets not reached after {timeout:.0f} s; "
-                                   f"read {len(records)} records")
-            batch = await consumer.getmany(*behind, timeout_ms=500)
+        behind = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        async for batch in batches_to_end(consumer, ends, behind):
             for part in batch.values():
                 records.extend(part)
+            if behind and time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: end offsets not reached after {timeout:.0f} s; "
+                                   f"read {len(records)} records")
+        return records
 
 
 @contextlib.asynccontextmanager
@@ -183,12 +181,7 @@ async def commit_offsets(bootstrap: str, group: str, topic: str,
 
 async def wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The partitions of ``topic``, once the consumer's metadata knows them (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {topic} not found")
-        await force_metadata_update(consumer)
-        await asyncio.sleep(0.1)
+    parts = await topic_partitions(consumer, topic, wait=30.0)
+    if not parts:
+        raise TimeoutError(f"topic {topic} not found")
+    return parts

@@ -31,21 +31,7 @@ from faust_backpressure.wire.topics import (
     pressure_topic,
 )
 
-__all__ = [
-    "CONTROL_TABLE",
-    "LIMITER_TABLE",
-    "app_prefix",
-    "changelog",
-    "client_id",
-    "control_changelog",
-    "dlq_replay_group",
-    "dlq_replay_group_prefix",
-    "keyed_deferral_topic",
-    "keyed_overrides_table",
-    "keyed_table",
-    "limiter_changelog",
-    "limiter_grants",
-    "limiter_requests",
-    "ops_topic",
-    "pressure_topic",
-]
+__all__ = ["CONTROL_TABLE", "LIMITER_TABLE", "app_prefix", "changelog", "client_id",
+           "control_changelog", "dlq_replay_group", "dlq_replay_group_prefix",
+           "keyed_deferral_topic", "keyed_overrides_table", "keyed_table", "limiter_changelog",
+           "limiter_grants", "limiter_requests", "ops_topic", "pressure_topic"]

@@ -13,21 +13,24 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import AppT, TopicT
 
-from faust_backpressure.faust_seam import TopicKeepingProducer
+from faust_backpressure.faust_seam import TopicKeepingProducer, force_metadata_update
 from faust_backpressure.wire.topics import client_id
 
-__all__ = ["KafkaClientSettings", "broker_bootstrap", "client_settings", "kafka_admin",
-           "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic"]
+__all__ = ["KafkaClientSettings", "batches_to_end", "broker_bootstrap", "client_settings",
+           "kafka_admin", "kafka_consumer", "kafka_producer", "partition_for_key", "raw_topic",
+           "records_to_end", "topic_partitions"]
 
 #: aiokafka keyword arguments every client of ours takes (``bootstrap_servers``, security, ...)
 KafkaClientSettings = Mapping[str, Any]
@@ -91,3 +94,49 @@ def kafka_producer(source: AppT | KafkaClientSettings | str, role: str = "produc
 def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",
                 **options: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{**_settings(source, role), **options})
+
+
+async def batches_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: set[Any],
+                      **getmany: Any) -> AsyncIterator[dict[Any, list[Any]]]:
+    """Batches (partition -> records) of the assigned partitions ``todo`` until each one's
+    position reaches its ``end`` offset; ``todo`` shrinks as they do (before the batch that
+    ends them is yielded). Positions, not record offsets, are compared: transaction markers
+    take offsets too."""
+    while todo:
+        batch = await consumer.getmany(*todo, timeout_ms=500, **getmany)
+        for tp in list(todo):
+            if await consumer.position(tp) >= end[tp]:
+                todo.discard(tp)
+        yield batch
+
+
+async def topic_partitions(consumer: Any, topic: str, wait: float = 10.0) -> set[int]:
+    """The partitions of ``topic`` once metadata shows them (empty after ``wait`` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            return set()
+        await force_metadata_update(consumer)
+        await asyncio.sleep(0.2)
+
+
+async def records_to_end(kafka: AppT | KafkaClientSettings | str, topic: str, *,
+                         partition: int | None = None) -> AsyncIterator[Any]:
+    """Every record of ``topic`` (of its partition ``partition`` modulo their count, or of
+    all) from the beginning to the end offsets as of the call."""
+    async with kafka_consumer(kafka, "ops-status") as consumer:
+        parts = sorted(await topic_partitions(consumer, topic, 2.0))
+        tps = [TopicPartition(topic, p) for p in parts
+               if partition is None or p == partition % len(parts)]
+        if tps:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+            async for batch in batches_to_end(consumer, end, todo):
+                for records in batch.values():
+                    for record in records:
+                        yield record

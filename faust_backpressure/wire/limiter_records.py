@@ -27,24 +27,9 @@ from faust_backpressure.wire.signing import (
     verify,
 )
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "Ack",
-    "Command",
-    "Grant",
-    "LeaseRequest",
-    "LimiterConfig",
-    "Rejected",
-    "RejectedRecord",
-    "decode_replies",
-    "decode_reply",
-    "decode_reply_record",
-    "decode_request",
-    "decode_requests",
-    "encode",
-    "encode_batch",
-    "encode_replies",
-]
+__all__ = ["PROTOCOL_VERSION", "Ack", "Command", "Grant", "LeaseRequest", "LimiterConfig",
+           "Rejected", "RejectedRecord", "decode_replies", "decode_reply", "decode_reply_record",
+           "decode_request", "decode_requests", "encode", "encode_batch", "encode_replies"]
 
 PROTOCOL_VERSION = 1
 _MAX_TOKENS = 1e12

@@ -15,24 +15,10 @@ Example::
 
 from __future__ import annotations
 
-__all__ = [
-    "CONTROL_TABLE",
-    "LIMITER_TABLE",
-    "app_prefix",
-    "changelog",
-    "client_id",
-    "control_changelog",
-    "dlq_replay_group",
-    "dlq_replay_group_prefix",
-    "keyed_deferral_topic",
-    "keyed_overrides_table",
-    "keyed_table",
-    "limiter_changelog",
-    "limiter_grants",
-    "limiter_requests",
-    "ops_topic",
-    "pressure_topic",
-]
+__all__ = ["CONTROL_TABLE", "LIMITER_TABLE", "app_prefix", "changelog", "client_id",
+           "control_changelog", "dlq_replay_group", "dlq_replay_group_prefix",
+           "keyed_deferral_topic", "keyed_overrides_table", "keyed_table", "limiter_changelog",
+           "limiter_grants", "limiter_requests", "ops_topic", "pressure_topic"]
 
 #: The distributed limiters' ledgers (one record per limiter id), keyed by limiter id.
 LIMITER_TABLE = "fbp-limiters"

@@ -18,8 +18,8 @@ from faust_backpressure.agents import (
     resolve_limiter,
 )
 from faust_backpressure.agents import headers as h
+from faust_backpressure.agents.batch import outputs_of
 from faust_backpressure.agents.flow import never_block_conductor
-from faust_backpressure.agents.pipeline import _outputs
 from faust_backpressure.limiters import MultiTierRateLimiter, TokenBucketRateLimiter
 
 
@@ -60,12 +60,12 @@ def test_header_helpers() -> None:
     assert h.without_bp_headers(pairs) == [("a", b"1"), ("a", b"2")]
 
 
-def test_outputs() -> None:
-    assert _outputs(None) == ()
-    assert _outputs(5) == (5,)
-    assert _outputs([1, 2]) == [1, 2] and _outputs((1,)) == (1,)
-    assert _outputs(x for x in (1, 2)) == [1, 2]
-    assert _outputs(b"ab") == (b"ab",)
+def testoutputs_of() -> None:
+    assert outputs_of(None) == ()
+    assert outputs_of(5) == (5,)
+    assert outputs_of([1, 2]) == [1, 2] and outputs_of((1,)) == (1,)
+    assert outputs_of(x for x in (1, 2)) == [1, 2]
+    assert outputs_of(b"ab") == (b"ab",)
 
 
 def test_exponential_backoff() -> None:

@@ -189,3 +189,21 @@ def test_batch_latencies_are_percentiles_in_json_and_histograms_in_prometheus() 
     for line in lines:
         if not line.startswith("# "):
             assert SAMPLE_LINE.match(line), line
+
+
+def test_the_downstream_guards_metric_names_are_pinned() -> None:
+    """A guard's gauges come from the fields of DownstreamStats that declare one."""
+    _, bp = _app()
+    guard = bp.downstream("payments", learn_quota=False)
+    guard.outcomes["success"] += 2
+    text = render_prometheus(snapshot(bp))
+    names = {line.split("{")[0].removeprefix("faust_backpressure_")
+             for line in text.splitlines() if not line.startswith("#")}
+    assert {n for n in names if n.startswith("downstream_")} == {
+        "downstream_limit", "downstream_in_flight", "downstream_queued",
+        "downstream_failure_rate", "downstream_paused_for", "downstream_breaker_state",
+        "downstream_calls_total", "downstream_latency_seconds_bucket",
+        "downstream_latency_seconds_sum", "downstream_latency_seconds_count"}
+    assert "# TYPE faust_backpressure_downstream_queued gauge" in text.splitlines()
+    assert ('faust_backpressure_downstream_calls_total{app="views-unit",dependency="payments",'
+            'outcome="success"} 2.0') in text.splitlines()

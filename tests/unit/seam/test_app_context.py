@@ -105,6 +105,40 @@ def test_a_channel_option_given_later_must_match_the_settings_one() -> None:
         create(app, "c", 10, 10, secret=b"mine")
 
 
+def test_a_channel_declared_first_reads_the_settings_bound_later_without_a_second_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAUST_BP_SECRET", "from-env")
+    app = _app("channel-first")
+    create(app, "a", 10, 10)
+    channel = limiter_channel(app)
+    assert channel.options.secret == b"from-env"
+    Backpressure(app, BackpressureSettings(secret="s3cret", max_clock_skew=3.0))
+    assert channel.options.settings is context_of(app).settings
+    assert (channel.options.secret, channel.options.max_clock_skew) == (b"s3cret", 3.0)
+
+
+@pytest.mark.parametrize(("option", "given", "setting"), [
+    ("secret", {"secret": b"mine"}, {"secret": "s3cret"}),
+    ("max_clock_skew", {"max_clock_skew": 3.0}, {"max_clock_skew": 5.0}),
+    ("internal_replication_factor", {}, {"internal_replication_factor": 3})])
+def test_settings_bound_after_the_channel_must_agree_with_it(
+        option: str, given: dict[str, object], setting: dict[str, object]) -> None:
+    app = _app(f"settings-after-{option}")
+    create(app, "a", 10, 10, **given)
+    with pytest.raises(ConflictingOption, match=rf"declared before these settings, with "
+                       rf"another {option}\b") as info:
+        Backpressure(app, BackpressureSettings(**setting))  # type: ignore[arg-type]
+    assert info.value.options == (option,) and "s3cret" not in str(info.value)
+    assert context_of(app).bound_settings is None  # nothing was bound
+    # a setting left at its default asks for nothing: the channel's own option stands
+    other = _app(f"settings-after-default-{option}")
+    create(other, "a", 10, 10, **given)
+    Backpressure(other, BackpressureSettings())
+    channel = limiter_channel(other)
+    assert all(getattr(channel.options, name) == value for name, value in given.items())
+    assert channel.request_topic.replicas is None
+
+
 def test_a_limiter_id_declared_again_with_other_options_raises() -> None:
     app = _app("limiter-id")
     bp = Backpressure(app, BackpressureSettings())

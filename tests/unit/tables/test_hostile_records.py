@@ -246,11 +246,12 @@ def test_the_channel_takes_the_secret_of_the_settings_unless_given_its_own() -> 
     DistributedRateLimiterFactory.create_distributed(app, "early", 10, 10)  # before the app's
     Backpressure(app, settings=BackpressureSettings(secret="s3cret", max_clock_skew=3.0))
     channel = limiter_channel(app)
-    assert channel.secret == SECRET and channel.max_clock_skew == 3.0
+    assert channel.options.secret == SECRET and channel.options.max_clock_skew == 3.0
     own = faust.App("secret-wiring-own", broker="kafka://127.0.0.1:1")
     DistributedRateLimiterFactory.create_distributed(own, "x", 10, 10, secret=b"mine")
-    Backpressure(own, settings=BackpressureSettings(secret="s3cret"))
-    assert limiter_channel(own).secret == b"mine"
+    Backpressure(own, settings=BackpressureSettings(max_clock_skew=3.0))  # sets no secret
+    options = limiter_channel(own).options
+    assert options.secret == b"mine" and options.max_clock_skew == 3.0
 
 
 async def test_the_channel_counts_and_logs_each_rejection_as_a_value(
@@ -287,3 +288,15 @@ def test_a_rejection_is_a_plain_value_that_names_its_limiter() -> None:
     counts = Rejections()
     counts.count(whole)
     assert counts.by_reason == {"malformed": 1}
+
+
+async def test_a_command_for_a_limiter_the_owner_does_not_know_is_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = faust.App("unknown-command-unit", broker="kafka://127.0.0.1:1", store="memory://")
+    channel = limiter_channel(app, partitions=1)
+    command = Command(type="reset", command_id="c1", limiter_id="nobody", worker_id="cli",
+                      sent_at=0.0)
+    caplog.set_level(logging.WARNING, "faust_backpressure.tables.service")
+    assert await channel.apply(command, 0, 1.0) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "fbp-limiter: command for unknown limiter 'nobody' dropped"]

@@ -110,9 +110,11 @@ def test_the_operator_commands_read_and_write_the_pinned_topics(
 
     sent: list[str] = []
 
-    class Producer:
-        async def start(self) -> None: ...
-        async def stop(self) -> None: ...
+    class Producer:  # started and stopped as aiokafka's: an async context manager
+        async def __aenter__(self) -> Producer:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None: ...
 
         async def send_and_wait(self, topic: str, *args: Any, **kwargs: Any) -> None:
             sent.append(topic)
