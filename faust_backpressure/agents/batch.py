@@ -24,8 +24,8 @@ from typing import Any
 
 from faust_backpressure.errors import BackpressureError
 
-__all__ = ["Batch", "BatchQueues", "BatchResultError", "check_results", "is_raw", "outputs_of",
-           "prepare", "raw_sink_name"]
+__all__ = ["PLAIN_RESULTS", "Batch", "BatchQueues", "BatchResultError", "check_results", "is_raw",
+           "outputs_of", "prepare", "raw_sink_name"]
 
 
 @dataclass
@@ -147,10 +147,16 @@ def check_results(values: Sequence[Any], results: Any) -> list[Any]:
     return list(results)
 
 
+#: Results that are one value (checked by type first: this runs per event).
+PLAIN_RESULTS = frozenset({bytes, str, int, float, bool, dict, bytearray})
+
+
 def outputs_of(result: Any) -> Sequence[Any]:
     """``None`` filters; a list, tuple or generator is several values; anything else is one."""
     if result is None:
         return ()
+    if type(result) in PLAIN_RESULTS:
+        return (result,)
     if isinstance(result, (list, tuple)):
         return result
     if isinstance(result, types.GeneratorType):

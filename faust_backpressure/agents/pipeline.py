@@ -18,7 +18,7 @@ from typing import Any
 
 from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
-from faust_backpressure.agents.batch import outputs_of
+from faust_backpressure.agents.batch import PLAIN_RESULTS, is_raw, outputs_of
 from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
@@ -198,6 +198,10 @@ class Pipeline:
         sinks: Iterable[TopicSpec] = (
             () if sink is None else [sink] if isinstance(sink, (str, TopicT)) else sink)
         self.sinks: list[TopicT] = [self._topic(s, like=self.schema_topic) for s in sinks]
+        # A raw side's bytes are used as they are (as in batch mode): no codec call per event.
+        schema: Any = self.schema_topic
+        self._raw_key = is_raw(schema.key_serializer, getattr(schema, "key_type", None))
+        self._raw_value = is_raw(schema.value_serializer, getattr(schema, "value_type", None))
         dlq_name = (dlq if dlq is not None
                     else self.source_topic_name + self.settings.dlq_topic_suffix)
         # a DLQ declared by name is ours: internal_replication_factor (None: Faust's default)
@@ -206,8 +210,19 @@ class Pipeline:
                     if isinstance(dlq_name, str) else dlq_name)
 
     def _agent(self) -> AgentT[Any]:
-        async def run(stream: StreamT[Any]) -> None:
-            await self._run(stream)
+        async def run(stream: StreamT[Any]) -> None:  # (no extra frame to resume per await)
+            if self.batch is not None:  # the seam diverts the source's records to it
+                await self.batch.run()
+                return
+            # A paused pipeline holds its event: the buffer must then never block the
+            # worker's conductor (as for a waiting rate limit, see .flow).
+            never_block_conductor(self.app, stream)
+            handle = self._handle if self._key_tails is None else self.handle
+            resumed = self._resumed
+            async for event in stream.events():
+                if not resumed.is_set():
+                    await self._wait_resumed()
+                await handle(event)
 
         # Faust labels an agent (in every log line) by its function's module and qualname:
         # a bound method made every pipeline "faust_backpressure.agents[.]_run".
@@ -249,20 +264,6 @@ class Pipeline:
         (raises if undecodable: the gate then does not shed it, it is dead-lettered)."""
         assert self.priority is not None
         return int(self.priority(self.schema_topic.schema.loads_value(self.app, event.message)))
-
-    # -- the agent ---------------------------------------------------------------------------
-
-    async def _run(self, stream: StreamT[Any]) -> None:
-        if self.batch is not None:  # the seam diverts the source's records to it
-            await self.batch.run()
-            return
-        # A paused pipeline holds its event: the buffer must then never block the worker's
-        # conductor (as for a waiting rate limit, see .flow).
-        never_block_conductor(self.app, stream)
-        async for event in stream.events():
-            if not self._resumed.is_set():
-                await self._wait_resumed()
-            await self.handle(event)
 
     # -- pause / resume (an operator's, on every worker; see app.pause) ----------------------
 
@@ -311,32 +312,41 @@ class Pipeline:
             if tails.get(key) is mine:
                 del tails[key]
 
+    def _decode(self, message: Any) -> tuple[Any, Any]:
+        schema = self.schema_topic.schema
+        key = message.key if self._raw_key else schema.loads_key(self.app, message)
+        value = message.value if self._raw_value else schema.loads_value(self.app, message)
+        return key, value
+
     async def _process(self, value: Any) -> Any:
         guard = self.downstream
         if guard is not None:
             return await guard.run_unless(flow_stopped_event(self.app), self.process, value)
         result = self.process(value)
-        if inspect.isawaitable(result):
+        if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
             result = await result
         return result
 
     async def _handle(self, event: EventT[Any]) -> None:
         stats = self.stats
         stats.consumed += 1
-        message = event.message
-        schema = self.schema_topic.schema
         try:
-            key = schema.loads_key(self.app, message)
-            value = schema.loads_value(self.app, message)
+            key, value = self._decode(event.message)
         except Exception as exc:
             await self.dead_letter(event, Failure.now(exc, "decode", 0))
             return
+        process = self.process if self.downstream is None else None
         failure: Failure | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self._process(value)
+                if process is None:
+                    result = await self._process(value)
+                else:  # no guard: called here, no coroutine of our own per event
+                    result = process(value)
+                    if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
+                        result = await result
                 break
             except WaitAborted:
                 await self.requeue(event)

@@ -153,11 +153,20 @@ class _GuardedConsumer:
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         guard = self.offset_guard
+        expected, verifying, empty = guard.expected, guard.verifying, guard.empty
         refused: set[TP] = set()
         async for tp, message in super().getmany(timeout):  # type: ignore[misc]
             if tp in refused:
                 continue
             if not self._guarded(tp.topic):
+                yield tp, message
+                continue
+            if expected.get(tp) == message.offset:  # guard.check's ACCEPT, inline (per record)
+                expected[tp] = message.offset + 1
+                if verifying:
+                    verifying.pop(tp, None)
+                if empty:
+                    empty.pop(tp, None)
                 yield tp, message
                 continue
             verdict, offset = guard.check(tp, message.offset)
