@@ -47,6 +47,7 @@ class Batch:
     generation: int
     opened_at: float  # when its first record was handed over (the runner's clock)
     processing: float = 0.0  # seconds in process_batch calls, split calls included
+    split: Any = None  # a keyed limit's split of its records (None: no keyed limit)
 
     def __len__(self) -> int:
         return len(self.records)

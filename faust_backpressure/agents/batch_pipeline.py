@@ -35,6 +35,7 @@ from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.keyed_batch import KeyedBatches
 from faust_backpressure.agents.latency import LatencyWindow
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.faust_seam import (
@@ -78,6 +79,8 @@ class BatchRunner:
         self.process_batch = process_batch
         #: per partition and key, the held events' chains (only with ``ordered_by_key``)
         self.chains = KeyChains(broken=_Abandoned) if ordered_by_key else None
+        #: a keyed limit's split of each batch (docs/batching.md, "Keyed limits in a batch")
+        self.keyed = None if pipeline.keyed is None else KeyedBatches(pipeline.keyed)
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
         self._clock = clock
@@ -181,6 +184,8 @@ class BatchRunner:
                 return
             completion = await self._send_batch(batch, raw_producer(self.app))
         except _Abandoned:
+            if self.keyed is not None:
+                self.keyed.give_back(batch.tp, batch.split)
             self._abandon(batch, "before its sends")
             return
         # at_least_once: the next batch goes on while this one's acks arrive
@@ -243,40 +248,33 @@ class BatchRunner:
                         self.pipeline.name, batch.tp, batch.first, batch.last)
 
     async def _gates(self, batch: Batch) -> None:
-        """Operator pause, then the limiter for the batch's cost; the flow stopping meanwhile
+        """Pause, the limiter for the batch's cost, a keyed limit's split; the flow stopping
         abandons the batch (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
         if pipeline.paused and not await unless_flow_stops(self.app, pipeline.wait_resumed()):
             raise _Abandoned()
         gate = pipeline.gate
-        if gate is not None:
-            cost = len(batch.records)
-            if not (cost <= gate.capacity and gate.limiter.try_acquire(cost)):
-                gate.waits += 1
-                if not await unless_flow_stops(self.app, self._acquire_by_one(gate, cost)):
-                    raise _Abandoned()
+        if gate is not None and not (len(batch) <= gate.capacity
+                                     and gate.limiter.try_acquire(len(batch))):
+            gate.waits += 1
+            if not await unless_flow_stops(self.app, gate.acquire_by_one(len(batch))):
+                raise _Abandoned()
         if is_stale_generation(self.app, batch.generation):
             raise _Abandoned()
-
-    @staticmethod
-    async def _acquire_by_one(gate: Any, cost: int) -> None:
-        """A permit at a time once the batch's cost was refused at once: a distributed
-        limiter's local lease may never hold a whole batch (in the demo, two workers sharing
-        2,000/s stalled for ever on acquire(500)); waiting, the limiter's pace dominates."""
-        acquire = gate.limiter.acquire
-        for _ in range(cost):
-            await acquire(1)
+        if self.keyed is not None:  # the last gate: a batch abandoned after it gives back
+            batch.split = self.keyed.split(batch.tp, batch.records)
 
     async def _send_batch(self, batch: Batch, producer: Any) -> asyncio.Future[None]:
         """Decode, process, send; returns what completes once every output (retries and
         dead letters included) is acked by Kafka."""
-        self.pipeline.stats.consumed += len(batch.records)
+        admitted = batch.records if batch.split is None else batch.split.admitted
+        self.pipeline.stats.consumed += len(admitted)
         keys: list[Any] = []
         values: list[Any] = []
         records: list[Any] = []
         futures: list[Any] = []
         undecodable: list[tuple[Any, Exception]] = []
-        for record in batch.records:
+        for record in admitted:
             try:
                 key, value = self._decode(record)
             except Exception as exc:
@@ -309,6 +307,8 @@ class BatchRunner:
             else:
                 produced += await self._send_outputs(producer, record, key, result, 1, futures)
         self._sent_to_sensors(produced)
+        if self.keyed is not None and batch.split is not None:  # after their keys' outputs
+            futures.extend(await self.keyed.send_deferred(producer, batch.split))
         if held and self.chains is not None:  # after the sends above: none is overtaken
             futures.extend(self.chains.start(
                 batch.tp, held, functools.partial(self._in_key_order, producer)))

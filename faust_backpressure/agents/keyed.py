@@ -298,23 +298,16 @@ class KeyedRateLimitGate(GateBase):
         key_of = self.key
         deferral = self.deferral_topic_name
         cost = self.cost
-        per_partition = self._buckets
 
         def admit(value: Any) -> Any:
             event = stream.current_event
             if event is None:
                 return value  # not from a topic (agent.send to a channel)
-            if self.error is not None:
-                raise self.error
-            if self.app.consumer_generation_id != self._generation:
-                self._rebalanced()
             message = event.message
             key = event.key if key_of is None else key_of(event)
-            buckets = per_partition.get(message.partition) or self.buckets(message.partition)
+            buckets = self.partition_buckets(message.topic, message.partition)
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 return self._readmit(event, value, buckets, key)
-            if message.topic not in self._verified:
-                self._verify_topic(message.topic)
             if key_of is not None:
                 self._checked += 1
                 if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
@@ -332,6 +325,18 @@ class KeyedRateLimitGate(GateBase):
             return self._wait(value, buckets, key, permits)
 
         return admit
+
+    def partition_buckets(self, topic: str, partition: int) -> KeyedTokenBuckets:
+        """The buckets for a record of ``topic``'s ``partition`` (an event's or a batch's),
+        after the checks every record passes: the limit's refusal, a rebalance since the last
+        record (levels in memory dropped), the source's partition count (once per topic)."""
+        if self.error is not None:
+            raise self.error
+        if self.app.consumer_generation_id != self._generation:
+            self._rebalanced()
+        if topic not in self._verified and topic != self.deferral_topic_name:
+            self._verify_topic(topic)
+        return self._buckets.get(partition) or self.buckets(partition)
 
     def _rebalanced(self) -> None:
         """Partitions may have moved: levels held in memory count as full from now on (the
@@ -368,16 +373,21 @@ class KeyedRateLimitGate(GateBase):
                      permits: int) -> Any:
         message = event.message
         not_before = buckets.defer(key, permits)
-        headers = [*without_bp_headers(message.headers),
-                   (NOT_BEFORE, repr(not_before).encode()), (KEYED_LIMIT, self.name.encode()),
-                   (SOURCE_TOPIC, message.topic.encode()),
-                   (SOURCE_PARTITION, str(message.partition).encode()),
-                   (SOURCE_OFFSET, str(message.offset).encode())]
         await self.deferral_topic.send(key=message.key, value=message.value,
                                        partition=message.partition, key_serializer="raw",
-                                       value_serializer="raw", headers=headers)
+                                       value_serializer="raw",
+                                       headers=self.deferral_headers(message, not_before))
         self.deferred += 1
         raise Skip()
+
+    def deferral_headers(self, record: Any, not_before: float) -> list[tuple[str, bytes]]:
+        """A deferred record's headers (``record``: a Faust message or a raw record of a
+        batch): its own, when it may pass, the limit, where it was read."""
+        return [*without_bp_headers(record.headers),
+                (NOT_BEFORE, repr(not_before).encode()), (KEYED_LIMIT, self.name.encode()),
+                (SOURCE_TOPIC, record.topic.encode()),
+                (SOURCE_PARTITION, str(record.partition).encode()),
+                (SOURCE_OFFSET, str(record.offset).encode())]
 
     async def _shed(self, event: EventT[Any], permits: int) -> Any:
         message = event.message

@@ -25,6 +25,11 @@ from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor, unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
+from faust_backpressure.agents.keyed_batch import (
+    check_keyed_for_batches,
+    one_at_a_time,
+    run_beside_readmitted,
+)
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, register_batch_tap
@@ -83,11 +88,13 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
                      process_batch: Callable[[list[Any]], Any] | None,
                      concurrency: int | None, max_retries: int | None,
                      limiter: RateLimitingStrategy | None, downstream: Downstream | None,
-                     **batch_checked: Any) -> tuple[int, int]:
+                     keyed: KeyedRateLimitGate | None, **batch_checked: Any) -> tuple[int, int]:
     """A pipeline's options checked (a clear error naming the option); its concurrency and
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
         raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
+    if keyed is not None and process_batch is not None:
+        check_keyed_for_batches(name, keyed)
     _check_batch_options(name, process_batch, concurrency=concurrency, **batch_checked)
     if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
         concurrency = (downstream.max_concurrency if downstream is not None
@@ -132,7 +139,9 @@ class Pipeline:
         """``priority``: the decoded value's priority (higher is more important); under a
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
         first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
-        ``keyed``: a keyed limit as the limiter (key = the record's key by default).
+        ``keyed``: a keyed limit as the limiter (key = the record's key by default; batches
+        are split by the record's key, the records over their key's limit deferred in
+        per-key order: docs/batching.md, "Keyed limits in a batch").
         ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
         with up to ``concurrency`` events in progress (default the guard's
         ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
@@ -156,7 +165,9 @@ class Pipeline:
         self._key_tails: dict[Any, asyncio.Future[None]] | None = (
             {} if ordered_by_key else None)
         self.backoff = _backoff(settings, retry_backoff)
-        self.process: Callable[[Any], Any] = process or _batch_only
+        # a keyed batch pipeline's deferred records come back one at a time
+        self.process: Callable[[Any], Any] = process or (
+            one_at_a_time(process_batch) if keyed and process_batch else _batch_only)
         self.stats = PipelineStats()
         self._declare_topics(source, sink, dlq)
         self.gate = (None if limiter is None else
@@ -212,7 +223,10 @@ class Pipeline:
     def _agent(self) -> AgentT[Any]:
         async def run(stream: StreamT[Any]) -> None:  # (no extra frame to resume per await)
             if self.batch is not None:  # the seam diverts the source's records to it
-                await self.batch.run()
+                if self.batch.keyed is not None:  # and the deferral agent hands some back
+                    await run_beside_readmitted(self, self.batch.keyed, stream)
+                else:
+                    await self.batch.run()
                 return
             # A paused pipeline holds its event: the buffer must then never block the
             # worker's conductor (as for a waiting rate limit, see .flow).

@@ -193,6 +193,14 @@ class RateLimitGate(GateBase):
             await self.limiter.acquire(chunk)
             permits -= chunk
 
+    async def acquire_by_one(self, permits: int) -> None:
+        """A permit at a time (a batch's, once its cost was refused at once): a distributed
+        limiter's local lease may never hold a whole batch (in the demo, two workers sharing
+        2,000/s stalled for ever on acquire(500)); waiting, the limiter's pace dominates."""
+        acquire = self.limiter.acquire
+        for _ in range(permits):
+            await acquire(1)
+
     async def _send_to_shed(self, event: Event, permits: int,
                             low: tuple[int, int] | None = None) -> None:
         """``low``: shed for its priority (priority, threshold), not for refused permits."""

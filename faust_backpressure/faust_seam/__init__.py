@@ -90,7 +90,11 @@ from faust_backpressure.faust_seam.streams import (
     unbounded_stream_buffer,
     wrap_stream_batches,
 )
-from faust_backpressure.faust_seam.table_writes import ChangelogWriter, changelog_writer
+from faust_backpressure.faust_seam.table_writes import (
+    ChangelogWriter,
+    changelog_writer,
+    in_partition,
+)
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
     TransactionLost,
@@ -102,8 +106,9 @@ __all__ = ["CRASH_GRACE", "TESTED_FAUST", "AppContext", "BatchTap", "ChangelogWr
            "TopicKeepingProducer", "TransactionLost", "UnsupportedTransport", "ack_offsets",
            "batch_writer", "changelog_writer", "check_faust_version", "commit_through",
            "context_of", "crash_worker", "find_context", "flow_stopped_event",
-           "force_metadata_update", "hold_partition", "install", "is_control_topic",
-           "is_stale_generation", "let_go", "mark_control_topic", "raw_producer", "redeliver",
+           "force_metadata_update", "hold_partition", "in_partition", "install",
+           "is_control_topic", "is_stale_generation", "let_go", "mark_control_topic",
+           "raw_producer", "redeliver",
            "refresh_consumer_metadata", "register_batch_tap", "release_partition", "send_control",
            "set_stream_gate", "source_backlog", "stream_gate", "stream_processors",
            "transaction_producer", "transactional_id_of", "unbounded_stream_buffer",

@@ -22,15 +22,21 @@ graceful stop commits, so it sends them too).
 Partition: a write goes to the partition of the event being processed, read from Faust's
 ``current_event()`` as the RocksDB store's own ``_set`` reads it for its partition db (the
 same event, so the two always agree). It is per task: with agent ``concurrency > 1``, or a
-deferred event handed back later, another event in progress cannot lend its partition.
+deferred event handed back later, another event in progress cannot lend its partition. A batch
+pipeline's records are not events: :func:`in_partition` stands in for one while a batch writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+from faust import streams as faust_streams
 from faust.stores.base import SerializedStore
 from faust.streams import current_event
 from faust.types import TP, AppT
@@ -38,7 +44,7 @@ from faust.types import TP, AppT
 from faust_backpressure.faust_seam.batches import raw_producer
 from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 
-__all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers"]
+__all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in_partition"]
 
 #: The app's writers, flushed before each commit (:func:`flush_changelog_writers`).
 WRITERS: Slot[list[ChangelogWriter]] = Slot("changelog writers")
@@ -138,6 +144,27 @@ def _event_partition() -> int:
         raise RuntimeError("a table write outside an event: no partition to write it to")
     partition: int = event.message.partition
     return partition
+
+
+class _StandIn:
+    """What Faust's stores and :func:`_event_partition` read of the current event."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+@contextlib.contextmanager
+def in_partition(topic: str, partition: int) -> Iterator[None]:
+    """Table reads and writes outside an event (a batch's records), as an event of
+    ``topic``'s ``partition`` makes them: RocksDB's partition db and the changelog partition
+    are ``partition``'s. Synchronous code only: the stand-in is this task's current event
+    until the block ends."""
+    stand_in = _StandIn(topic, partition)
+    token = faust_streams._current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 def changelog_writer(table: Any) -> ChangelogWriter | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from faust_backpressure.testing.kafka_io import (
     read_to_end,
 )
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from faust_backpressure.wire.kafka_clients import partition_for_key
+from faust_backpressure.wire.topics import keyed_table
 
 from .helpers import hdr, read_committed
 
@@ -112,3 +115,55 @@ async def test_batch_workers_sharing_a_distributed_limiter_stay_within_its_bound
     assert len({r.value for r in out}) == total  # nothing stalled or lost
     # the bucket's bound over the run, plus one batch admitted per worker at the edges
     assert total <= rate * span + burst + 2 * 200
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_keyed_batch_pipeline_defers_a_hot_key_in_order_and_passes_the_others(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    app_id = unique_name("app")
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    deferral = f"{app_id}-per-key-deferred"
+    changelog = f"{app_id}-{keyed_table('per-key')}-changelog"
+    burst, fail_every = 10, 37
+    env = {"FBP_APP_ID": app_id, "FBP_SOURCE": source, "FBP_SINK": sink, "FBP_DLQ": dlq,
+           "FBP_GUARANTEE": guarantee, "FBP_FAIL_EVERY": str(fail_every), "FBP_BATCH": "50",
+           "FBP_KEYED": f"20:{burst}:4"}
+    await create_topics(kafka_bootstrap, {source: 4, sink: 4, dlq: 1})
+    worker = faust_workers(APP, env=env).wait_ready()
+    # one hot key (60 records, 20/s with a burst of 10), 20 cold keys of 4 records each
+    keys = [b"hot"] * 60 + [b"cold%02d" % (i % 20) for i in range(80)]
+    random.Random(3).shuffle(keys)
+    records = [(key, key + b"-%05d" % i) for i, key in enumerate(keys)]
+    await produce(kafka_bootstrap, source, records, linger_ms=20)
+    failing = {v for _, v in records if int(v.split(b"-")[1]) % fail_every == 0}
+    expected = {v for _, v in records} - failing
+    out = await read_committed(kafka_bootstrap, sink, timeout=90, settle=1.0,
+                               until=lambda rs: expected <= {r.value for r in rs})
+    dead = await read_committed(kafka_bootstrap, dlq, settle=0.5,
+                                until=lambda rs: failing <= {r.value for r in rs})
+    deferred = await read_committed(kafka_bootstrap, deferral, timeout=30,
+                                    until=lambda rs: len(rs) > 0)
+    out_counts, dead_counts = Counter(r.value for r in out), Counter(r.value for r in dead)
+    print(f"\nkeyed batch {guarantee}: sink {len(out)}, DLQ {len(dead)}, deferred "
+          f"{len(deferred)}")
+    assert set(out_counts) == expected and set(dead_counts) == failing
+    assert all(hdr(r)[h.STAGE] == b"process" and hdr(r)[h.ATTEMPTS] == b"2" for r in dead)
+    if guarantee == "exactly_once":
+        assert set(out_counts.values()) == {1} and set(dead_counts.values()) == {1}
+    # only the hot key went through the deferral path; its first records (its burst, at
+    # least) passed at once, then from its first refusal every later one was deferred
+    hot = [v for k, v in records if k == b"hot"]
+    assert {r.key for r in deferred} == {b"hot"}
+    passed_at_once = len(hot) - len({r.value for r in deferred})
+    assert burst <= passed_at_once < len(hot)
+    assert {r.value for r in deferred} == set(hot[passed_at_once:])
+    for key in set(keys):  # each key's outputs in its input order
+        first_seen = list(dict.fromkeys(r.value for r in out if r.key == key))
+        assert first_seen == [v for k, v in records if k == key and v not in failing], key
+    # the hot key's level is in the keyed table's changelog, in its partition
+    levels = await read_committed(kafka_bootstrap, changelog, timeout=30,
+                                  until=lambda rs: b"bhot" in {r.key for r in rs})
+    hot_partition = partition_for_key(b"hot", 4)
+    assert {r.partition for r in levels if r.key == b"bhot"} == {hot_partition}
+    assert worker.alive and "Traceback" not in worker.logs()

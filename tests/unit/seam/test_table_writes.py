@@ -18,6 +18,7 @@ from faust_backpressure.faust_seam.table_writes import (
     WRITERS,
     ChangelogWriter,
     flush_changelog_writers,
+    in_partition,
 )
 
 
@@ -224,3 +225,19 @@ def test_a_write_outside_an_event_is_refused_not_sent_to_some_partition() -> Non
     _current_event.set(None)
     with pytest.raises(RuntimeError, match="outside an event"):
         writer.set(b"k", b"v")
+
+
+async def test_a_batch_writes_in_its_partition_outside_any_event() -> None:
+    app, table = _App(), _Table()
+    writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    _current_event.set(None)
+    with pytest.raises(RuntimeError):  # no event: no partition to write to
+        writer.set(b"k", b"v")
+    with in_partition("src", 3):
+        writer.set(b"k", b"v")
+        event = current_event()
+        assert event is not None and event.message.partition == 3
+    assert current_event() is None  # only while the block runs
+    await writer.flush()
+    assert table.data.dbs == {b"Kk": 3}  # the store's partition db and the changelog's
+    assert app._producer.sent == [("app-keyed-changelog", 3, [(b"Kk", b"Vv")])]

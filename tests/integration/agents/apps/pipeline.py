@@ -4,8 +4,10 @@ Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exa
 FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTERVAL (seconds),
 FBP_RATE (a per-worker token bucket of that rate, burst = rate), FBP_LIMITER_ID ("id:rate:burst":
 a distributed limiter instead), FBP_BATCH (a batch size: the pipeline runs in batch mode,
-``process_batch=``, 50 ms timeout), FBP_REPLICATION (Faust's topic_replication_factor, default 1;
-the internal topics follow FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
+``process_batch=``, 50 ms timeout), FBP_KEYED ("rate:burst:partitions": a keyed limit
+"per-key" by the record's key, on_limit="defer", instead of the limiters above),
+FBP_REPLICATION (Faust's topic_replication_factor, default 1; the internal topics follow
+FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
 """
 
 import logging
@@ -41,7 +43,7 @@ def check(value: bytes) -> bytes:
     return value
 
 
-limiter = None
+limiter: Any = None
 if os.environ.get("FBP_RATE"):
     rate = float(os.environ["FBP_RATE"])
     limiter = TokenBucketRateLimiter(rate, rate)
@@ -49,6 +51,11 @@ elif os.environ.get("FBP_LIMITER_ID"):
     lid, rate_text, burst_text = os.environ["FBP_LIMITER_ID"].split(":")
     limiter = DistributedRateLimiterFactory.create_distributed(
         app, lid, float(rate_text), float(burst_text))
+elif os.environ.get("FBP_KEYED"):
+    rate_text, burst_text, partitions_text = os.environ["FBP_KEYED"].split(":")
+    limiter = bp.rate_limit_per_key("per-key", tokens_per_second=float(rate_text),
+                                    burst_capacity=float(burst_text),
+                                    partitions=int(partitions_text))
 
 
 
