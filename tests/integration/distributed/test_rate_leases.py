@@ -48,10 +48,11 @@ async def test_three_workers_get_equal_even_shares_including_the_owner(
         assert worst_window(times, window) <= RATE * window + BURST, window
     # Even and fair, looser here than the targets (1.05 x rate in any 1 s window, shares within
     # 10 %), which bench/evenness.py measures on a machine running nothing else (1.02-1.03 x;
-    # 0.3 %). Here the test runs beside five others on 2 cores (make test's 6 test workers): a
-    # worker descheduled past its renewal gets its grant late and spends the grant's up-front
-    # tokens at once. Seen in clean-clone CI runs on 2026-12-06: 1.107 x and 1.133 x, shares
-    # 16 % apart, each time with the bucket bound above and the total below exact.
+    # 0.3 %). Here the test runs beside other tests' workers on 2 cores (make test's test
+    # workers): a worker descheduled past its renewal gets its grant late and spends the
+    # grant's up-front tokens at once. Seen in clean-clone CI runs at 6 test workers on
+    # 2026-12-06: 1.107 x and 1.133 x, shares 16 % apart, each time with the bucket bound
+    # above and the total below exact.
     assert worst <= 1.25 * RATE, worst
     # Exact over time: within 5 % of the rate (a late grant can only lose time, not add it).
     assert 0.95 * RATE * span <= len(steady) <= RATE * span * 1.02 + 1, len(steady)
