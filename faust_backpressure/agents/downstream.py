@@ -146,8 +146,6 @@ class Downstream:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
         if new is BreakerState.OPEN:
             self._opened_at = self._wall()
-        elif new is BreakerState.CLOSED and self.quota is not None:
-            self.quota.recovered()
         elif (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
               and self.publish_recovery is not None):
             # on failure the others find it back at the end of their own wait

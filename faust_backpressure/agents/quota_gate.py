@@ -57,9 +57,6 @@ class QuotaGate(Protocol):
     def succeeded(self) -> None:
         """A call succeeded."""
 
-    def recovered(self) -> None:
-        """The system is back after failing: what is served is measured afresh."""
-
     def episode(self, until: float, seconds: float) -> str:
         """A new slow-down episode: calls stop for ``seconds``, until ``until`` (wall clock);
         returns a few words for the log."""
@@ -95,11 +92,6 @@ class LocalQuota:
     def succeeded(self) -> None:
         if (rate := self.learner.succeeded()) is not None:
             self._apply(rate)
-
-    def recovered(self) -> None:
-        # the failing spell's probes kept the interval open: what it read (1.2/s for two
-        # workers, right after an outage) became the learnt rate and stayed there
-        self.learner.paused(0.0)
 
     def episode(self, until: float, seconds: float) -> str:
         learnt = self.learner.slowed_down(seconds)
@@ -176,11 +168,6 @@ class SharedQuota:
         rate = self.learner.succeeded()
         if rate is not None and abs(rate - self._sent) >= _SMALLEST_STEP * self._sent:
             self._send(rate)
-
-    def recovered(self) -> None:
-        # the failing spell's probes kept the interval open: what it read (1.2/s for two
-        # workers, right after an outage) became the learnt rate and stayed there
-        self.learner.paused(0.0)
 
     def _send(self, rate: float) -> None:
         self._sent = rate

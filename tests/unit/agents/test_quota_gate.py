@@ -142,19 +142,3 @@ async def test_a_worker_that_called_nothing_before_an_episode_sends_no_rate() ->
     await asyncio.sleep(0.05)
     assert idle.rate is not None  # it learnt from the episode...
     assert limiter.current_rate_limit == 300.0  # ...but sent nothing to the owner
-
-
-async def test_what_a_failing_spell_served_is_not_learnt_as_the_quota() -> None:
-    # After an outage the first slow-down read what the spell served (its probes kept the
-    # measurement going): 1.2/s for two workers became the rate, and stayed there.
-    clock = FakeClock()
-    learner = QuotaLearner(clock=clock)
-    quota = LocalQuota(learner, clock=clock)
-    served(learner, clock, 100, 3)  # 100/s, then the system fails: a probe a second
-    for _ in range(10):
-        learner.started()
-        clock.advance(1.0)
-    quota.recovered()  # the breaker closed: back
-    served(learner, clock, 100, 1)
-    quota.episode(time.time() + 1.0, 1.0)  # a slow-down right after
-    assert learner.rate == pytest.approx(90.0)  # 0.9 x the 100/s served since it was back
