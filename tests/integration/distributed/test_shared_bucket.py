@@ -25,21 +25,35 @@ async def test_three_workers_share_one_bucket_at_the_rate(cluster: Cluster,
     cluster.env["FBP_LIMITERS"] = f"shared:{RATE:g}:{BURST:g}"
     cluster.start_settled("w0", "w1", "w2")
     cluster.go()
-    span = 20.0
+    span, settle = 23.0, 3.0
     reports = await cluster.reports(
         lambda rs: len(admissions(rs)) > 0 and reported_until(rs) > admissions(rs)[0] + span + 1)
     times = admissions(reports, "shared")
     t0 = times[0]
+    for w in ("w0", "w1", "w2"):  # per second from t0: shows where a shortfall sits
+        mine = admissions(reports, "shared", w)
+        print(w, [sum(1 for t in mine if t0 + s <= t < t0 + s + 1) for s in range(int(span))])
+    # Safety, from the first admission: never more than the bucket allows.
     in_span = [t for t in times if t <= t0 + span]
-    bound = RATE * span + BURST
-    print(f"admitted {len(in_span)} of the bound {bound:.0f} ({len(in_span) / bound:.1%})")
-    # exactly_once: each commit is a transaction per input partition on 2 shared cores; the
-    # owner answers a little later (measured 94-98 % of the bound here).
-    floor = 0.95 if guarantee == "at_least_once" else 0.90
-    assert floor * bound <= len(in_span) <= bound, (len(in_span), bound)
+    assert len(in_span) <= RATE * span + BURST, len(in_span)
     assert worst_window(times, 1.0) <= RATE * 1.0 + BURST
-    per_worker = {w: len(admissions(reports, "shared", w)) for w in ("w0", "w1", "w2")}
-    assert all(n > 0 for n in per_worker.values()), per_worker
+    # The rate, once the workers hold their shares (the target: within 5 %). Not from t0:
+    # while shares are first split, the first worker holds the whole rate on a short
+    # newcomer lease and the others wait for it (docs/distributed.md, owner item 7), so
+    # what the cold start admits depends on the answer times of a loaded machine: 3,914 of
+    # 4,200 under the full suite, 4,044-4,190 beside busy loops, 4,173-4,190 alone. Three
+    # lease TTLs cover that start (every worker has renewed by then).
+    steady = [t for t in times if t0 + settle <= t < t0 + span]
+    expected = RATE * (span - settle)
+    start = len([t for t in times if t < t0 + settle])
+    print(f"cold start: {start} in {settle:g} s (at most {RATE * settle + BURST:.0f}); "
+          f"then {len(steady)} in {span - settle:g} s ({len(steady) / expected:.1%} of the rate)")
+    assert 0.95 * expected <= len(steady) <= expected + BURST, (len(steady), expected)
+    # Each worker holds its third of the rate (max-min fair: equal demands, equal shares).
+    per_worker = {w: len([t for t in admissions(reports, "shared", w)
+                          if t0 + settle <= t < t0 + span]) for w in ("w0", "w1", "w2")}
+    assert all(abs(n - expected / 3) <= 0.10 * expected / 3 for n in per_worker.values()), \
+        per_worker
 
 
 async def test_two_ids_on_the_same_workers_stay_independent(cluster: Cluster) -> None:

@@ -9,6 +9,7 @@ leases by default).
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -76,6 +77,7 @@ async def flush() -> None:
                     # lease messages sent so far (cumulative): new requests and resends
                     "requests": counters.requests if counters is not None else 0,
                     "retries": counters.retries if counters is not None else 0,
+                    "lease": (dataclasses.asdict(counters) if counters is not None else {}),
                     # this worker's owner agent has answered for this limiter
                     "owns": channel is not None and lid in channel.owned,
                     "at": time.time()}
