@@ -132,6 +132,8 @@ class Downstream:
         #: ``wait_in_open`` apart: goodput came back one worker at a time.
         self.publish_recovery = publish_recovery
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
+        self._pausing = False  # the breaker is being opened for a slow-down, not by failures
+        self._outage = False  # failures opened the breaker and it has not closed since
         self._background = BackgroundTasks(f"downstream {name}")
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
@@ -146,8 +148,17 @@ class Downstream:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
         if new is BreakerState.OPEN:
             self._opened_at = self._wall()
-        elif (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
-              and self.publish_recovery is not None):
+            self._outage = self._outage or not self._pausing
+        elif new is BreakerState.CLOSED and self._outage:
+            self._outage = False
+            if self.quota is not None:
+                # the outage's probes kept the quota learner's interval open: a 429 right
+                # after it learnt what the outage served (1.2/s for two workers) and the
+                # rate stayed near it. Not after a slow-down's pause, which also opens the
+                # breaker: measuring afresh then left nothing measured for the next 429.
+                self.quota.recovered()
+        if (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
+                and self.publish_recovery is not None):
             # on failure the others find it back at the end of their own wait
             self._background.spawn(self.publish_recovery(self.name, self._wall()),
                                    "publishing the recovery")
@@ -214,7 +225,11 @@ class Downstream:
                 log.info("downstream %s: slow-down %s, the same pause", self.name, source)
             return False
         self._paused_until = now + seconds
-        self.breaker.open_for(seconds)
+        self._pausing = True
+        try:
+            self.breaker.open_for(seconds)
+        finally:
+            self._pausing = False
         self.outcomes["pauses"] += 1
         # every worker learns from every episode, once
         rate = "" if self.quota is None else self.quota.episode(self._paused_until, seconds)

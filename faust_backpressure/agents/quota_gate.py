@@ -57,6 +57,9 @@ class QuotaGate(Protocol):
     def succeeded(self) -> None:
         """A call succeeded."""
 
+    def recovered(self) -> None:
+        """The system is back after an outage: what is served is measured afresh."""
+
     def episode(self, until: float, seconds: float) -> str:
         """A new slow-down episode: calls stop for ``seconds``, until ``until`` (wall clock);
         returns a few words for the log."""
@@ -92,6 +95,9 @@ class LocalQuota:
     def succeeded(self) -> None:
         if (rate := self.learner.succeeded()) is not None:
             self._apply(rate)
+
+    def recovered(self) -> None:
+        self.learner.paused(0.0)
 
     def episode(self, until: float, seconds: float) -> str:
         learnt = self.learner.slowed_down(seconds)
@@ -172,6 +178,9 @@ class SharedQuota:
     def _send(self, rate: float) -> None:
         self._sent = rate
         self.limiter.update_rate_limit(rate)
+
+    def recovered(self) -> None:
+        self.learner.paused(0.0)
 
     def episode(self, until: float, seconds: float) -> str:
         if self._wall() < self._hold_until:

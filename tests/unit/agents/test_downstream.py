@@ -413,3 +413,60 @@ def test_recovery_records_are_signed_range_checked_and_rejected_when_hostile() -
     slow_down = SlowDownRecord("api", now + 2, "w1", now).encode(secret)
     with pytest.raises(RejectedRecord):  # another kind of record
         RecoveredRecord.decode(slow_down, key, secret, now=now, max_skew=10)
+
+
+def _learning_guard(clock: _Clocks) -> tuple[Downstream, QuotaLearner]:
+    learner = QuotaLearner(clock=clock)
+    breaker = CircuitBreaker(minimum_calls=2, wait_in_open=0.5, half_open_calls=1, clock=clock)
+    api = Downstream("api", limit=FixedLimit(4), breaker=breaker, clock=clock,
+                     wall_clock=clock, quota=learner)
+    return api, learner
+
+
+def _serve(api: Downstream, learner: QuotaLearner, clock: _Clocks, per_second: int,
+           seconds: float) -> None:
+    for _ in range(round(per_second * seconds)):
+        assert api.breaker.allow()
+        learner.started()
+        clock.now += 1 / per_second
+        api.breaker.record(0.001, failed=False)
+        learner.succeeded()
+
+
+def test_a_slow_down_after_an_outage_learns_what_is_served_since_it_ended() -> None:
+    # The outage's probes kept the learner's interval open: a 429 right after it learnt
+    # what the outage served (1.2/s for two workers in the demo) and stayed near it.
+    clock = _Clocks()
+    api, learner = _learning_guard(clock)
+    _serve(api, learner, clock, 100, 3)
+    while api.state.value == "closed":  # the outage: failures open the breaker
+        learner.started()
+        clock.now += 0.01
+        api.breaker.record(0.01, failed=True)
+    for _ in range(10):  # a failed probe every wait (the calls never pause for a second)
+        clock.now += 0.5
+        assert api.breaker.allow()
+        learner.started()
+        clock.now += 0.01
+        api.breaker.record(0.01, failed=True)
+    clock.now += 0.5
+    _serve(api, learner, clock, 100, 0.6)  # the probe passes: closed, then 100/s
+    assert api.state.value == "closed"
+    api.pause_until(clock.now + 1.0)  # a 429 within the first interval after the outage
+    assert learner.rate == pytest.approx(90.0, rel=0.02)  # 0.9 x what was served since it was back
+
+
+def test_a_slow_down_soon_after_a_pause_still_learns_from_what_was_served() -> None:
+    # Only an outage restarts the measurement: a pause opens the breaker too, and restarting
+    # at each close left nothing measured for a 429 soon after (no rate was learnt).
+    clock = _Clocks()
+    api, learner = _learning_guard(clock)
+    _serve(api, learner, clock, 100, 2)
+    api.pause_until(clock.now + 1.0)
+    assert learner.rate == pytest.approx(90.0, rel=0.02)
+    clock.now += 1.0
+    _serve(api, learner, clock, 80, 1)  # the pause ended: half-open, closed, 80/s
+    assert api.state.value == "closed"
+    clock.now += 0.2
+    api.pause_until(clock.now + 1.0)  # a second slow-down soon after: fast backoff
+    assert learner.rate == pytest.approx(0.7 * 80.0, rel=0.05)
