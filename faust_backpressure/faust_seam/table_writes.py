@@ -1,4 +1,4 @@
-"""A table's writes, batched to its changelog: the store at once, the changelog once per turn.
+"""A table's writes, batched to its changelog: the store at once, the changelog every few ms.
 
 Faust's table path (``table[key] = value``) hands each write to its producer buffer as a
 :class:`~faust.types.FutureMessage`; a task sends them one by one, the conductor waits for
@@ -6,12 +6,13 @@ the buffer to ebb when it holds more than 100 (Faust logs "producer buffer full"
 acknowledgement writes the changelog offset to RocksDB. A keyed limit writes about two levels
 per event, so that path was a large part of its cost (docs/benchmarks.md, keyed limits).
 
-:class:`ChangelogWriter` writes the store (the table's own :meth:`_set`/:meth:`_del`, as
-Faust's path does) and keeps the changelog records by partition, the last write of a key
-winning; one task per event-loop turn appends them to aiokafka batches of the app's default
-producer (never transactional: our tables are control state, :func:`mark_control_topic`), one
-:meth:`send_batch` per partition, and records the last offset of each batch as the
-partition's persisted offset when it is acknowledged (what Faust's path does per record).
+:class:`ChangelogWriter` writes the store (RocksDB's partition db, as the store's own
+:meth:`_set`/:meth:`_del` do) and keeps the changelog records by partition, the last write of a
+key winning; ``LINGER`` (10 ms) after a write a task appends them to aiokafka batches of the
+app's default producer (never transactional: our tables are control state,
+:func:`mark_control_topic`), one :meth:`send_batch` per partition, and records the last offset
+of each batch as the partition's persisted offset when it is acknowledged (what Faust's path
+does per record).
 
 Ordering: a write is made in the gate, before the agent's body; every commit first waits for
 the writers' drains (:func:`flush_changelog_writers`, from the seam's consumer), and Faust
@@ -38,6 +39,7 @@ from typing import Any
 
 from faust import streams as faust_streams
 from faust.stores.base import SerializedStore
+from faust.stores.rocksdb import Store as RocksStore
 from faust.streams import current_event
 from faust.types import TP, AppT
 
@@ -45,6 +47,11 @@ from faust_backpressure.faust_seam.batches import raw_producer
 from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 
 __all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in_partition"]
+
+#: Seconds a write waits for others before its batch is sent: the writes of many events in one
+#: batch per partition (a drain task per event-loop turn cost as much as the writes). A commit
+#: does not wait for it (:meth:`ChangelogWriter.flush`).
+LINGER = 0.01
 
 #: The app's writers, flushed before each commit (:func:`flush_changelog_writers`).
 WRITERS: Slot[list[ChangelogWriter]] = Slot("changelog writers")
@@ -55,12 +62,15 @@ log = logging.getLogger(__name__)
 class ChangelogWriter:
     """Writes of one table (raw bytes): the store now, the changelog in batches."""
 
-    def __init__(self, app: AppT, table: Any) -> None:
+    def __init__(self, app: AppT, table: Any, linger: float = LINGER) -> None:
         self.app = app
+        self.linger = linger
         self.table = table
         self.topic: str = table.changelog_topic.get_topic_name()
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         self._task: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the drain, ``linger`` s after a write
+        self._direct = isinstance(table.data, RocksStore)
         self.records = 0  # changelog records sent (this worker, since start)
         self.batches = 0
 
@@ -69,7 +79,7 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key, raw_value = data._encode_key(key), data._encode_value(value)
-        data._set(raw_key, raw_value)
+        self._put(data, partition, raw_key, raw_value)
         self._queue(partition, raw_key, raw_value)
 
     def delete(self, key: bytes) -> None:
@@ -77,28 +87,54 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key = data._encode_key(key)
-        data._del(raw_key)
+        self._put(data, partition, raw_key, None)
         self._queue(partition, raw_key, None)
+
+    def _put(self, data: Any, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
+        """The store's write in ``partition``: RocksDB's partition db directly (what its
+        ``_set``/``_del`` do for the current event's partition, without its per-key index, a
+        locked LRU that only serves reads outside an event: ours are inside one)."""
+        if self._direct:
+            db = data._db_for_partition(partition)
+            if raw_value is None:
+                db.delete(raw_key)
+            else:
+                db.put(raw_key, raw_value)
+        elif raw_value is None:
+            data._del(raw_key)
+        else:
+            data._set(raw_key, raw_value)
 
     def _queue(self, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
         records = self._pending.get(partition)
         if records is None:
             records = self._pending[partition] = {}
         records[raw_key] = raw_value
-        if self._task is None:
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._task is None and self._pending:
             self._task = asyncio.ensure_future(self._drain())
 
     async def flush(self) -> None:
         """Until every write made so far is in the producer's batches (which Faust's commit
-        flushes in at_least_once): a commit must not pass a level not sent yet."""
-        while self._task is not None:
+        flushes in at_least_once): a commit must not pass a level not sent yet. Does not
+        wait for the linger."""
+        while True:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._start()
+            if self._task is None:
+                return
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
         try:
             await self.app.maybe_start_producer()
             producer = raw_producer(self.app)
-            while self._pending:
+            while self._pending:  # written meanwhile: sent now, behind the batches in flight
                 pending, self._pending = self._pending, {}
                 for partition, records in pending.items():
                     await self._send(producer, partition, records)
