@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any
 
 from faust_backpressure.faust_seam import ChangelogWriter, changelog_writer
+from faust_backpressure.faust_seam.table_writes import UNWRITTEN
 from faust_backpressure.limiters.keyed_buckets import KeyState
 
 __all__ = ["STATE", "TableStore", "encode_key", "key_type", "partition_bytes", "store_url"]
@@ -104,17 +105,27 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         """The table's level of ``encoded`` (None: no entry), from memory once known."""
         known = self._known
         if known is None:
-            raw = self.table.data.get(encoded)
+            raw = self._read(encoded)
             return None if raw is None else STATE.unpack(raw)
         state = known.get(encoded, _ABSENT)
         if state is not None:
             return None if state is _ABSENT else state
-        raw = self.table.data.get(encoded)  # listed at the rebuild, not read since
+        raw = self._read(encoded)  # listed at the rebuild, not read since
         if raw is None:
             del known[encoded]
             return None
         state = known[encoded] = STATE.unpack(raw)
         return state
+
+    def _read(self, encoded: bytes) -> bytes | None:
+        """The table's value: a write on its way to the store first."""
+        writer = self._writer
+        if isinstance(writer, ChangelogWriter):
+            found = writer.written(encoded)
+            if found is not UNWRITTEN:
+                return found  # type: ignore[no-any-return]
+        raw: bytes | None = self.table.data.get(encoded)
+        return raw
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         encoded = encode_key(key)
@@ -174,6 +185,8 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         now and then; levels written meanwhile are kept; installed only if no rebalance came
         in between (``current()`` is still ``generation``)."""
         self._known = None
+        if isinstance(self._writer, ChangelogWriter):
+            await self._writer.flush()  # every level written so far in the store, to be listed
         building: dict[bytes, KeyState | None] = {}
         self._building = building
         for n, encoded in enumerate(self.table.data.keys(), 1):

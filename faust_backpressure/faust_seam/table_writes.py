@@ -42,6 +42,7 @@ from faust.stores.base import SerializedStore
 from faust.stores.rocksdb import Store as RocksStore
 from faust.streams import current_event
 from faust.types import TP, AppT
+from rocksdict import WriteBatch
 
 from faust_backpressure.faust_seam.batches import raw_producer
 from faust_backpressure.faust_seam.context import Slot, context_of, find_context
@@ -52,6 +53,9 @@ __all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in
 #: batch per partition (a drain task per event-loop turn cost as much as the writes). A commit
 #: does not wait for it (:meth:`ChangelogWriter.flush`).
 LINGER = 0.01
+
+#: :meth:`ChangelogWriter.written` of a key with no write waiting.
+UNWRITTEN: Any = object()
 
 #: The app's writers, flushed before each commit (:func:`flush_changelog_writers`).
 WRITERS: Slot[list[ChangelogWriter]] = Slot("changelog writers")
@@ -70,7 +74,9 @@ class ChangelogWriter:
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         self._task: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the drain, ``linger`` s after a write
-        self._direct = isinstance(table.data, RocksStore)
+        # rocksdict's RocksDB: the store is written in batches at the drain, else at once
+        self._batched = isinstance(table.data, RocksStore) and bool(
+            getattr(table.data, "use_rocksdict", False))
         self.records = 0  # changelog records sent (this worker, since start)
         self.batches = 0
 
@@ -79,7 +85,8 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key, raw_value = data._encode_key(key), data._encode_value(value)
-        self._put(data, partition, raw_key, raw_value)
+        if not self._batched:
+            data._set(raw_key, raw_value)
         self._queue(partition, raw_key, raw_value)
 
     def delete(self, key: bytes) -> None:
@@ -87,23 +94,37 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key = data._encode_key(key)
-        self._put(data, partition, raw_key, None)
+        if not self._batched:
+            data._del(raw_key)
         self._queue(partition, raw_key, None)
 
-    def _put(self, data: Any, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
-        """The store's write in ``partition``: RocksDB's partition db directly (what its
-        ``_set``/``_del`` do for the current event's partition, without its per-key index, a
-        locked LRU that only serves reads outside an event: ours are inside one)."""
-        if self._direct:
-            db = data._db_for_partition(partition)
-            if raw_value is None:
-                db.delete(raw_key)
-            else:
-                db.put(raw_key, raw_value)
-        elif raw_value is None:
-            data._del(raw_key)
-        else:
-            data._set(raw_key, raw_value)
+    def written(self, key: bytes) -> Any:
+        """The value of a write of ``key`` not in the store yet (None: a removal), else
+        :data:`UNWRITTEN`: what a read of the table must see first (RocksDB is written at the
+        drain)."""
+        if not self._pending:
+            return UNWRITTEN
+        raw_key = self.table.data._encode_key(key)
+        for records in self._pending.values():
+            found = records.get(raw_key, UNWRITTEN)
+            if found is not UNWRITTEN:
+                return found
+        return UNWRITTEN
+
+    def _write_store(self, pending: dict[int, dict[bytes, bytes | None]]) -> None:
+        """RocksDB's partition dbs, one write batch each (what Faust's changelog restore
+        does): a put per level cost a WAL append and waits on RocksDB's write path each."""
+        if not self._batched:
+            return
+        data = self.table.data
+        for partition, records in pending.items():
+            batch = WriteBatch(raw_mode=True)
+            for raw_key, raw_value in records.items():
+                if raw_value is None:
+                    batch.delete(raw_key)
+                else:
+                    batch.put(raw_key, raw_value)
+            data._db_for_partition(partition).write(batch)
 
     def _queue(self, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
         records = self._pending.get(partition)
@@ -136,6 +157,7 @@ class ChangelogWriter:
             producer = raw_producer(self.app)
             while self._pending:  # written meanwhile: sent now, behind the batches in flight
                 pending, self._pending = self._pending, {}
+                self._write_store(pending)  # at once: no read between the two misses them
                 for partition, records in pending.items():
                     await self._send(producer, partition, records)
         except Exception:  # broad: a failure must not stop later writes; Faust's path logs too
@@ -209,8 +231,18 @@ def changelog_writer(table: Any) -> ChangelogWriter | None:
     if not isinstance(table.data, SerializedStore):
         return None
     writer = ChangelogWriter(table.app, table)
-    context_of(table.app).get_or_make(WRITERS, list).append(writer)
+    writers = context_of(table.app).get_or_make(WRITERS, list)
+    if not writers:  # once per app: before partitions move, every write in the store and sent
+        table.app.on_partitions_revoked.connect(_flush_on_revoke)
+    writers.append(writer)
     return writer
+
+
+async def _flush_on_revoke(app: Any, /, *args: Any, **kwargs: Any) -> None:
+    """A rebalance's revocation: the writes waiting for their linger go now (a commit may
+    not come first), before Faust closes the revoked partitions' dbs and another worker
+    restores their changelog."""
+    await flush_changelog_writers(app)
 
 
 async def flush_changelog_writers(app: Any) -> None:

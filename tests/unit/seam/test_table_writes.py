@@ -257,3 +257,34 @@ async def test_writes_wait_for_the_linger_but_a_commit_does_not() -> None:
     assert sorted((p, len(r)) for _, p, r in app._producer.sent) == [(0, 1), (1, 1)]
     await flush_changelog_writers(app)  # nothing more to send, no timer left behind
     assert writer._timer is None and writer._task is None and writer.batches == 2
+
+
+async def test_rocksdb_is_written_in_one_batch_at_the_drain_and_read_before_it(
+        tmp_path: Any) -> None:
+    import faust
+
+    from faust_backpressure.faust_seam.table_writes import UNWRITTEN
+
+    app = faust.App("unit-writes", datadir=str(tmp_path), store="rocksdict://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                           store="rocksdict:levels")
+    fake = _App()
+    writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
+    store = TableStore(table, 0.0, lambda: 1000.0)
+    store._writer = writer
+    _in_event(2)
+    store["C1"] = (2000.0, 1, 0.0)
+    db = table.data._db_for_partition(2)
+    assert db.get(encode_key("C1")) is None  # not in RocksDB yet: the drain writes it
+    assert store.get("C1") == (2000.0, 1, 0.0)  # but read as written (no index: the table)
+    del store["C1"]
+    assert writer.written(encode_key("C1")) is None and store.get("C1") is None
+    store["C2"] = (3000.0, 0, 0.0)
+    await writer.flush()
+    assert writer.written(encode_key("C2")) is UNWRITTEN
+    assert db.get(encode_key("C1")) is None
+    assert STATE.unpack(db.get(encode_key("C2"))) == (3000.0, 0, 0.0)
+    assert store.get("C2") == (3000.0, 0, 0.0)
+    assert fake._producer.sent == [(table.changelog_topic.get_topic_name(), 2,
+                                    [(encode_key("C1"), None),
+                                     (encode_key("C2"), STATE.pack(3000.0, 0, 0.0))])]
