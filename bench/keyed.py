@@ -56,7 +56,8 @@ event empties its bucket, so the table holds N entries), then a fresh app (fresh
 same app id) in its place: seconds from its start until Faust has restored the table from the
 changelog (the table's recovery callback), entries restored, changelog records.
 
-Prints a markdown report and writes ``bench/results/keyed-<K>x<E>.md``.
+Prints a markdown report and writes ``bench/results/keyed-<K>x<E>.md`` (``--output NAME``:
+``bench/results/NAME.md``).
 """
 
 from __future__ import annotations
@@ -498,6 +499,8 @@ def main() -> None:
                         help="rounds that also run the Redis peer (default 0)")
     parser.add_argument("--recovery-keys", type=int, default=None,
                         help="distinct keys for the recovery phase (default: --keys; 0 skips it)")
+    parser.add_argument("--output", default=None,
+                        help="results file name under bench/results/ (default keyed-<K>x<E>)")
     args = parser.parse_args()
     if args.keys < 1 or args.events_per_key < 1 or args.rounds < 1:
         parser.error("--keys, --events-per-key and --rounds must be at least 1")
@@ -511,13 +514,15 @@ def main() -> None:
                f"{args.events_per_key} --hot-share {args.hot_share:g} --hot-extra {hot_extra} "
                f"--key-rate {args.key_rate:g} --fetch-bytes {args.fetch_bytes} --rounds "
                f"{args.rounds} --peer-rounds "
-               f"{args.peer_rounds} --recovery-keys {recovery_keys}")
+               f"{args.peer_rounds} --recovery-keys {recovery_keys}"
+               + (f" --output {args.output}" if args.output else ""))
     logging.basicConfig(level=logging.WARNING)
     with kafka_bootstrap() as bootstrap:
         text = asyncio.run(measure(bootstrap, work, args.rounds, args.peer_rounds,
                                    recovery_keys, command))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"keyed-{args.keys}x{args.events_per_key}.md").write_text(text)
+    name = args.output or f"keyed-{args.keys}x{args.events_per_key}"
+    (RESULTS / f"{name.removesuffix('.md')}.md").write_text(text)
     print()
     print(text)
 

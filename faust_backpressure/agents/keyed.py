@@ -100,7 +100,7 @@ class KeyedRateLimitGate(GateBase):
                  store: str | None = "rocksdict://", shed_topic: str | TopicT | None = None,
                  shed_topic_suffix: str = "-shed", deferral_topic_suffix: str = "-deferred",
                  replicas: int | None = None, clock: Callable[[], float] = time.time,
-                 write_behind: float = 0.01) -> None:
+                 write_behind: float = 0.01, keep_full: float = 60.0) -> None:
         if on_limit not in ("defer", "wait", "shed"):
             raise ValueError(f"on_limit must be 'defer', 'wait' or 'shed', got {on_limit!r}")
         super().__init__(app, name, shed_topic=shed_topic, shed_topic_suffix=shed_topic_suffix)
@@ -110,6 +110,7 @@ class KeyedRateLimitGate(GateBase):
         self.limits = limits
         self.clock = clock
         self.write_behind = write_behind
+        self.keep_full = keep_full
         self.default = KeyLimits(float(tokens_per_second), float(
             tokens_per_second if burst_capacity is None else burst_capacity))
         self._declare(partitions, store, deferral_topic_suffix, replicas)
@@ -214,7 +215,8 @@ class KeyedRateLimitGate(GateBase):
         if found is None:
             found = KeyedTokenBuckets(self.default.tokens_per_second,
                                       self.default.burst_capacity, store=self._store,
-                                      limits_for=self.limits_for, clock=self.clock)
+                                      limits_for=self.limits_for, clock=self.clock,
+                                      keep_full=self.keep_full)
             self._buckets[partition] = found
         return found
 

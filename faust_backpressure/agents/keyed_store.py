@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any
 
 from faust_backpressure.faust_seam import ChangelogWriter, changelog_writer
+from faust_backpressure.faust_seam.table_writes import UNWRITTEN
 from faust_backpressure.limiters.keyed_buckets import KeyState
 
 __all__ = ["STATE", "TableStore", "encode_key", "key_type", "partition_bytes", "store_url"]
@@ -57,18 +58,20 @@ def store_url(url: str | None, name: str) -> str | None:
 class TableStore(MutableMapping[Hashable, KeyState]):
     """A Faust table (raw bytes) as the ``(full_at, deferred, late)`` mapping of the buckets.
 
-    Write-behind for levels that are full again within ``hold`` seconds: kept in memory only
-    (a limit that rarely binds then writes no changelog at all: such an entry is removed before
-    it would matter). A crash or a rebalance can give such a key back at most ``hold * rate``
-    tokens. Everything else is written to the store at once and to the changelog in batches,
-    once per event-loop turn (:class:`~faust_backpressure.faust_seam.ChangelogWriter`; Faust's
-    table path for a store it does not know), both in the partition of the event being
-    processed, as Faust's table path does.
+    Write-behind for levels that are full again within ``hold`` seconds and have no copy in
+    the table: kept in memory only (a limit that rarely binds then writes no changelog at
+    all: such an entry is removed before it would matter). A crash or a rebalance can give such
+    a key back at most ``hold * rate`` tokens. Everything else is written to the store at once
+    and to the changelog in batches, once per event-loop turn
+    (:class:`~faust_backpressure.faust_seam.ChangelogWriter`; Faust's table path for a store it
+    does not know), both in the partition of the event being processed, as Faust's table path
+    does.
 
-    Most keys have no entry (absent = full), so the adapter keeps the set of keys the table
-    may hold (a superset: every key written since, and every key of the active partitions
-    when it was rebuilt after recovery); a key not in it is full without a store read. Until
-    the set is rebuilt after a rebalance (:meth:`rebuild_index`) every key is read.
+    Only this worker writes the keys of its table partitions, so once the keys of the active
+    partitions are listed after recovery (:meth:`rebuild_index`) the adapter knows every stored
+    key and keeps the levels it read or wrote since in memory: a key not listed is full
+    without a store read, a key read or written once is not read again. Until the listing is
+    rebuilt after a rebalance every key is read from the table.
     """
 
     def __init__(self, table: Any, hold: float, clock: Callable[[], float]) -> None:
@@ -76,10 +79,11 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         self.hold = hold
         self.clock = clock
         self._memory: dict[bytes, KeyState] = {}
-        self._from_table: bytes | None = None  # the last key read from the table
-        self._present: set[bytes] | None = None  # None: not known, read the table
-        self._building: set[bytes] | None = None
-        self.index_generation: int | None = None  # the rebalance the set was built after
+        # Every stored key of the active partitions: its level, or None (listed, not read
+        # yet); None as a whole: not known, read the table.
+        self._known: dict[bytes, KeyState | None] | None = None
+        self._building: dict[bytes, KeyState | None] | None = None
+        self.index_generation: int | None = None  # the rebalance the index was built after
         self._writer: ChangelogWriter | bool | None = False  # False: not made yet
 
     def _write(self, encoded: bytes, packed: bytes | None) -> None:
@@ -97,24 +101,44 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         else:
             self.table[encoded] = packed
 
+    def _stored(self, encoded: bytes) -> KeyState | None:
+        """The table's level of ``encoded`` (None: no entry), from memory once known."""
+        known = self._known
+        if known is None:
+            raw = self._read(encoded)
+            return None if raw is None else STATE.unpack(raw)
+        state = known.get(encoded, _ABSENT)
+        if state is not None:
+            return None if state is _ABSENT else state
+        raw = self._read(encoded)  # listed at the rebuild, not read since
+        if raw is None:
+            del known[encoded]
+            return None
+        state = known[encoded] = STATE.unpack(raw)
+        return state
+
+    def _read(self, encoded: bytes) -> bytes | None:
+        """The table's value: a write on its way to the store first."""
+        writer = self._writer
+        if isinstance(writer, ChangelogWriter):
+            found = writer.written(encoded)
+            if found is not UNWRITTEN:
+                return found  # type: ignore[no-any-return]
+        raw: bytes | None = self.table.data.get(encoded)
+        return raw
+
     def get(self, key: Hashable, default: Any = None) -> Any:
         encoded = encode_key(key)
         held = self._memory.get(encoded)
         if held is not None:
             if held[0] > self.clock():
                 return held
-            # refilled; the table has no copy (removed when stored; the memory is dropped at
-            # every rebalance, so another worker's newer level cannot hide behind it)
+            # refilled; the table has no copy (held only then; the memory is dropped at every
+            # rebalance, so another worker's newer level cannot hide behind it)
             del self._memory[encoded]
             return default
-        present = self._present
-        if present is not None and encoded not in present:
-            return default
-        raw = self.table.data.get(encoded)
-        if raw is None:
-            return default
-        self._from_table = encoded
-        return STATE.unpack(raw)
+        state = self._stored(encoded)
+        return default if state is None else state
 
     def __getitem__(self, key: Hashable) -> KeyState:
         found: KeyState | None = self.get(key)
@@ -124,49 +148,49 @@ class TableStore(MutableMapping[Hashable, KeyState]):
 
     def __setitem__(self, key: Hashable, value: KeyState) -> None:
         encoded = encode_key(key)
-        full_at, deferred, late = float(value[0]), int(value[1]), float(value[2])
-        if deferred <= 0 and full_at - self.clock() <= self.hold:
-            self._memory[encoded] = (full_at, deferred, late)
-            # never leave an older level behind (the buckets read a key before they write it)
-            if self._from_table == encoded and self.table.data.get(encoded) is not None:
-                self._write(encoded, None)
-                self._forget(encoded)
+        state = (float(value[0]), int(value[1]), float(value[2]))
+        if state[1] <= 0 and state[0] - self.clock() <= self.hold \
+                and self._stored(encoded) is None:
+            # in memory only: no older level in the table to leave behind (with one, the
+            # level is written over it, one record as a removal would be)
+            self._memory[encoded] = state
             return
         self._memory.pop(encoded, None)
-        if self._present is not None:
-            self._present.add(encoded)
+        if self._known is not None:
+            self._known[encoded] = state
         if self._building is not None:
-            self._building.add(encoded)
-        self._write(encoded, STATE.pack(full_at, deferred, late))
+            self._building[encoded] = state
+        self._write(encoded, STATE.pack(*state))
 
     def __delitem__(self, key: Hashable) -> None:
         encoded = encode_key(key)
         if self._memory.pop(encoded, None) is not None:
-            return  # held in memory: its table copy was removed when it was stored
-        if (self._present is not None and encoded not in self._present) \
-                or self.table.data.get(encoded) is None:
+            return  # held in memory: the table has no copy
+        if self._stored(encoded) is None:
             raise KeyError(key)
         self._write(encoded, None)
-        self._forget(encoded)
-
-    def _forget(self, encoded: bytes) -> None:
-        if self._present is not None:
-            self._present.discard(encoded)
+        if self._known is not None:
+            self._known.pop(encoded, None)
+        if self._building is not None:
+            self._building.pop(encoded, None)
 
     def invalidate_index(self) -> None:
         """Partitions moved: read every key until :meth:`rebuild_index` has run again."""
-        self._present = None
+        self._known = None
         self.index_generation = None
 
     async def rebuild_index(self, generation: int, current: Callable[[], int]) -> None:
         """After recovery (the table's restored entries are in the store, the source
-        partitions not yet resumed): the set of keys of the active partitions. Yields to the
-        loop now and then; keys written meanwhile are added; installed only if no rebalance
-        came in between (``current()`` is still ``generation``)."""
-        self._present = None
-        building = self._building = set()
+        partitions not yet resumed): the keys of the active partitions. Yields to the loop
+        now and then; levels written meanwhile are kept; installed only if no rebalance came
+        in between (``current()`` is still ``generation``)."""
+        self._known = None
+        if isinstance(self._writer, ChangelogWriter):
+            await self._writer.flush()  # every level written so far in the store, to be listed
+        building: dict[bytes, KeyState | None] = {}
+        self._building = building
         for n, encoded in enumerate(self.table.data.keys(), 1):
-            building.add(encoded)
+            building.setdefault(encoded, None)
             if n % 10_000 == 0:
                 await asyncio.sleep(0)
                 if current() != generation:
@@ -174,7 +198,7 @@ class TableStore(MutableMapping[Hashable, KeyState]):
         if self._building is building:
             self._building = None
             if current() == generation:
-                self._present = building
+                self._known = building
                 self.index_generation = generation
 
     def __contains__(self, key: object) -> bool:
@@ -189,3 +213,7 @@ class TableStore(MutableMapping[Hashable, KeyState]):
 
     def __len__(self) -> int:
         return len(self.table) + len(self._memory)
+
+
+#: Not in the index: no entry in the table.
+_ABSENT: Any = object()

@@ -1,4 +1,4 @@
-"""A table's writes, batched to its changelog: the store at once, the changelog once per turn.
+"""A table's writes, batched to its changelog: the store at once, the changelog every few ms.
 
 Faust's table path (``table[key] = value``) hands each write to its producer buffer as a
 :class:`~faust.types.FutureMessage`; a task sends them one by one, the conductor waits for
@@ -6,12 +6,13 @@ the buffer to ebb when it holds more than 100 (Faust logs "producer buffer full"
 acknowledgement writes the changelog offset to RocksDB. A keyed limit writes about two levels
 per event, so that path was a large part of its cost (docs/benchmarks.md, keyed limits).
 
-:class:`ChangelogWriter` writes the store (the table's own :meth:`_set`/:meth:`_del`, as
-Faust's path does) and keeps the changelog records by partition, the last write of a key
-winning; one task per event-loop turn appends them to aiokafka batches of the app's default
-producer (never transactional: our tables are control state, :func:`mark_control_topic`), one
-:meth:`send_batch` per partition, and records the last offset of each batch as the
-partition's persisted offset when it is acknowledged (what Faust's path does per record).
+:class:`ChangelogWriter` writes the store (RocksDB's partition db, as the store's own
+:meth:`_set`/:meth:`_del` do) and keeps the changelog records by partition, the last write of a
+key winning; ``LINGER`` (10 ms) after a write a task appends them to aiokafka batches of the
+app's default producer (never transactional: our tables are control state,
+:func:`mark_control_topic`), one :meth:`send_batch` per partition, and records the last offset
+of each batch as the partition's persisted offset when it is acknowledged (what Faust's path
+does per record).
 
 Ordering: a write is made in the gate, before the agent's body; every commit first waits for
 the writers' drains (:func:`flush_changelog_writers`, from the seam's consumer), and Faust
@@ -38,13 +39,23 @@ from typing import Any
 
 from faust import streams as faust_streams
 from faust.stores.base import SerializedStore
+from faust.stores.rocksdb import Store as RocksStore
 from faust.streams import current_event
 from faust.types import TP, AppT
+from rocksdict import WriteBatch
 
 from faust_backpressure.faust_seam.batches import raw_producer
 from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 
 __all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in_partition"]
+
+#: Seconds a write waits for others before its batch is sent: the writes of many events in one
+#: batch per partition (a drain task per event-loop turn cost as much as the writes). A commit
+#: does not wait for it (:meth:`ChangelogWriter.flush`).
+LINGER = 0.01
+
+#: :meth:`ChangelogWriter.written` of a key with no write waiting.
+UNWRITTEN: Any = object()
 
 #: The app's writers, flushed before each commit (:func:`flush_changelog_writers`).
 WRITERS: Slot[list[ChangelogWriter]] = Slot("changelog writers")
@@ -55,12 +66,17 @@ log = logging.getLogger(__name__)
 class ChangelogWriter:
     """Writes of one table (raw bytes): the store now, the changelog in batches."""
 
-    def __init__(self, app: AppT, table: Any) -> None:
+    def __init__(self, app: AppT, table: Any, linger: float = LINGER) -> None:
         self.app = app
+        self.linger = linger
         self.table = table
         self.topic: str = table.changelog_topic.get_topic_name()
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         self._task: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the drain, ``linger`` s after a write
+        # rocksdict's RocksDB: the store is written in batches at the drain, else at once
+        self._batched = isinstance(table.data, RocksStore) and bool(
+            getattr(table.data, "use_rocksdict", False))
         self.records = 0  # changelog records sent (this worker, since start)
         self.batches = 0
 
@@ -69,7 +85,8 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key, raw_value = data._encode_key(key), data._encode_value(value)
-        data._set(raw_key, raw_value)
+        if not self._batched:
+            data._set(raw_key, raw_value)
         self._queue(partition, raw_key, raw_value)
 
     def delete(self, key: bytes) -> None:
@@ -77,29 +94,70 @@ class ChangelogWriter:
         partition = _event_partition()
         data = self.table.data
         raw_key = data._encode_key(key)
-        data._del(raw_key)
+        if not self._batched:
+            data._del(raw_key)
         self._queue(partition, raw_key, None)
+
+    def written(self, key: bytes) -> Any:
+        """The value of a write of ``key`` not in the store yet (None: a removal), else
+        :data:`UNWRITTEN`: what a read of the table must see first (RocksDB is written at the
+        drain)."""
+        if not self._pending:
+            return UNWRITTEN
+        raw_key = self.table.data._encode_key(key)
+        for records in self._pending.values():
+            found = records.get(raw_key, UNWRITTEN)
+            if found is not UNWRITTEN:
+                return found
+        return UNWRITTEN
+
+    def _write_store(self, pending: dict[int, dict[bytes, bytes | None]]) -> None:
+        """RocksDB's partition dbs, one write batch each (what Faust's changelog restore
+        does): a put per level cost a WAL append and waits on RocksDB's write path each."""
+        if not self._batched:
+            return
+        data = self.table.data
+        for partition, records in pending.items():
+            batch = WriteBatch(raw_mode=True)
+            for raw_key, raw_value in records.items():
+                if raw_value is None:
+                    batch.delete(raw_key)
+                else:
+                    batch.put(raw_key, raw_value)
+            data._db_for_partition(partition).write(batch)
 
     def _queue(self, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
         records = self._pending.get(partition)
         if records is None:
             records = self._pending[partition] = {}
         records[raw_key] = raw_value
-        if self._task is None:
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._task is None and self._pending:
             self._task = asyncio.ensure_future(self._drain())
 
     async def flush(self) -> None:
         """Until every write made so far is in the producer's batches (which Faust's commit
-        flushes in at_least_once): a commit must not pass a level not sent yet."""
-        while self._task is not None:
+        flushes in at_least_once): a commit must not pass a level not sent yet. Does not
+        wait for the linger."""
+        while True:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._start()
+            if self._task is None:
+                return
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
         try:
             await self.app.maybe_start_producer()
             producer = raw_producer(self.app)
-            while self._pending:
+            while self._pending:  # written meanwhile: sent now, behind the batches in flight
                 pending, self._pending = self._pending, {}
+                self._write_store(pending)  # at once: no read between the two misses them
                 for partition, records in pending.items():
                     await self._send(producer, partition, records)
         except Exception:  # broad: a failure must not stop later writes; Faust's path logs too
@@ -173,8 +231,18 @@ def changelog_writer(table: Any) -> ChangelogWriter | None:
     if not isinstance(table.data, SerializedStore):
         return None
     writer = ChangelogWriter(table.app, table)
-    context_of(table.app).get_or_make(WRITERS, list).append(writer)
+    writers = context_of(table.app).get_or_make(WRITERS, list)
+    if not writers:  # once per app: before partitions move, every write in the store and sent
+        table.app.on_partitions_revoked.connect(_flush_on_revoke)
+    writers.append(writer)
     return writer
+
+
+async def _flush_on_revoke(app: Any, /, *args: Any, **kwargs: Any) -> None:
+    """A rebalance's revocation: the writes waiting for their linger go now (a commit may
+    not come first), before Faust closes the revoked partitions' dbs and another worker
+    restores their changelog."""
+    await flush_changelog_writers(app)
 
 
 async def flush_changelog_writers(app: Any) -> None:

@@ -6,7 +6,9 @@ generic cell rate algorithm, equivalent to a token bucket). At time ``now`` a ke
 ``max(full_at, now) + n / rate``. So
 
 * a key with no entry has a full bucket: a million idle keys cost nothing;
-* an entry whose ``full_at`` has passed (and has no deferred events) is removed (:meth:`expire`);
+* an entry whose ``full_at`` has passed (and has no deferred events) means a full bucket, as no
+  entry does; it is removed once it has been full for ``keep_full`` seconds (:meth:`expire`):
+  a key that comes back within that time costs one write, not a write and a removal;
 * over any interval of length ``t`` a key is admitted at most ``rate * t + burst`` permits,
   counting deferred events at their not-before time (:meth:`defer` reserves the token then).
 
@@ -70,11 +72,13 @@ class KeyedTokenBuckets:
 
     def __init__(self, tokens_per_second: float, burst_capacity: float, *,
                  store: MutableMapping[Hashable, KeyState] | None = None,
-                 limits_for: LimitsFor | None = None, clock: Clock = time.time) -> None:
+                 limits_for: LimitsFor | None = None, clock: Clock = time.time,
+                 keep_full: float = 0.0) -> None:
         self.default = KeyLimits(float(tokens_per_second), float(burst_capacity))
         self.store: MutableMapping[Hashable, KeyState] = {} if store is None else store
         self.limits_for = limits_for
         self.clock = clock
+        self.keep_full = keep_full
         self.stats = KeyedBucketStats()
         # Keys this object stored, by when they may be removed; one heap entry per stored key.
         self._expiry: list[tuple[float, int, Hashable]] = []
@@ -107,7 +111,7 @@ class KeyedTokenBuckets:
         if key not in self._queued:
             self._queued.add(key)
             self._seq += 1
-            heapq.heappush(self._expiry, (full_at, self._seq, key))
+            heapq.heappush(self._expiry, (full_at + self.keep_full, self._seq, key))
 
     def tokens(self, key: Hashable) -> float:
         """Tokens ``key`` has now (negative while deferred events hold reservations)."""
@@ -200,11 +204,13 @@ class KeyedTokenBuckets:
         return due
 
     def expire(self, limit: int = 8) -> int:
-        """Remove up to ``limit`` entries this object stored that are full again; return how
-        many were removed. Cheap enough to call once per event (amortised O(log n))."""
+        """Remove up to ``limit`` entries this object stored that have been full for
+        ``keep_full`` seconds; return how many were removed. Cheap enough to call once per
+        event (amortised O(log n))."""
         now = self.clock()
         removed = 0
         heap = self._expiry
+        keep = self.keep_full
         while heap and heap[0][0] <= now and limit > 0:
             limit -= 1
             _, _, key = heapq.heappop(heap)
@@ -213,13 +219,13 @@ class KeyedTokenBuckets:
             if state is None:
                 continue
             full_at, deferred = float(state[0]), int(state[1])
-            if full_at <= now and deferred <= 0:
+            if full_at + keep <= now and deferred <= 0:
                 del self.store[key]
                 removed += 1
             else:  # spent again since, or waiting for deferred events: look again later
                 self._queued.add(key)
                 self._seq += 1
-                heapq.heappush(heap, (max(full_at, now + 1.0), self._seq, key))
+                heapq.heappush(heap, (max(full_at, now + 1.0) + keep, self._seq, key))
         self.stats.expired += removed
         return removed
 
@@ -237,5 +243,6 @@ class KeyedTokenBuckets:
 
     @property
     def queued(self) -> int:
-        """Entries this object stored and will remove once full (its share of keys tracked)."""
+        """Entries this object stored and will remove once full for ``keep_full`` s (its share
+        of keys tracked)."""
         return len(self._queued)

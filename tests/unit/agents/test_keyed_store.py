@@ -32,18 +32,42 @@ def test_a_level_full_again_within_the_hold_is_never_written() -> None:
     assert buckets.expire(limit=2000) == 0 and buckets.queued == 0  # gone from memory too
 
 
-def test_a_level_that_matters_is_written_through_and_removed_once_refilled() -> None:
+def test_a_level_that_matters_is_written_through_and_removed_once_full_for_keep_full() -> None:
     table = Table()
     clock = Clock()
     store = TableStore(table, 0.01, clock)
-    buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock)
+    buckets = KeyedTokenBuckets(10, 5, store=store, clock=clock, keep_full=60.0)
     assert buckets.try_acquire("C42", 3)  # full again in 0.3 s: written
     assert STATE.unpack(table[encode_key("C42")])[0] == clock.now + 0.3
-    clock.now += 0.299  # nearly full: the next write goes to memory, the old level is removed
+    clock.now += 0.299  # nearly full, but the table has a level: written over it, not held
     assert buckets.try_acquire("C42", 0.05)
-    assert table == {} and buckets.tokens("C42") < 5
-    clock.now += 1.0
-    assert buckets.tokens("C42") == 5 and "C42" not in store
+    assert STATE.unpack(table[encode_key("C42")])[0] == clock.now + 0.006
+    assert buckets.tokens("C42") < 5
+    clock.now += 1.0  # full: the stored level says so, nothing written
+    assert buckets.tokens("C42") == 5 and buckets.expire(limit=10) == 0
+    assert encode_key("C42") in table
+    clock.now += 60.0  # full for keep_full: removed (a tombstone)
+    assert buckets.expire(limit=10) == 1 and table == {} and "C42" not in store
+
+
+def test_a_key_back_within_keep_full_costs_one_write_per_event() -> None:
+    class Counting(Table):
+        writes = 0
+
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            self.writes += 1
+            super().__setitem__(key, value)
+
+    table = Counting()
+    clock = Clock()
+    buckets = KeyedTokenBuckets(1, 3, store=TableStore(table, 0.01, clock), clock=clock,
+                                keep_full=60.0)
+    for _ in range(3):  # one event every 10 s: each leaves a level full 1 s later
+        assert buckets.try_acquire("k")
+        buckets.expire()
+        clock.now += 10.0
+    assert table.writes == 3 and len(table) == 1  # no removal between the events
+    assert buckets.tokens("k") == 3
 
 
 async def test_an_absent_key_is_full_without_a_read_once_the_index_is_built() -> None:
@@ -77,4 +101,52 @@ async def test_a_rebuild_overtaken_by_a_rebalance_is_not_installed() -> None:
     table = Table()
     store = TableStore(table, 0.01, Clock())
     await store.rebuild_index(1, lambda: 2)
-    assert store._present is None and store.index_generation is None
+    assert store._known is None and store.index_generation is None
+
+
+async def test_a_level_read_or_written_once_is_not_read_again() -> None:
+    class Counting(Table):
+        reads = 0
+
+        def get(self, key: bytes, default: object = None) -> object:
+            self.reads += 1
+            return super().get(key, default)
+
+    table = Counting()
+    table[encode_key("restored")] = STATE.pack(2000.0, 0, 0.0)
+    clock = Clock()
+    store = TableStore(table, 0.01, clock)
+    await store.rebuild_index(1, lambda: 1)
+    buckets = KeyedTokenBuckets(1, 3, store=store, clock=clock, keep_full=60.0)
+    assert not buckets.try_acquire("restored", 3)  # listed: read once
+    assert table.reads == 1
+    for _ in range(3):
+        buckets.tokens("restored")
+        assert buckets.try_acquire("written")
+    assert table.reads == 1  # both levels from memory since
+    assert abs(buckets.tokens("written")) < 1e-9
+    table.clear()  # what the memory holds is what the table held (this worker the only writer)
+    clock.now += 3.0
+    assert buckets.tokens("written") == 3
+
+
+async def test_a_level_written_while_the_keys_are_listed_is_kept() -> None:
+    class Listing(Table):
+        reads = 0
+
+        def get(self, key: bytes, default: object = None) -> object:
+            self.reads += 1
+            return super().get(key, default)
+
+        def keys(self):  # type: ignore[no-untyped-def]
+            yield encode_key("a")
+            store["x"] = (2000.0, 1, 0.0)  # a write while the keys are listed
+            yield from [encode_key("x")]  # and the listing sees it too
+
+    table = Listing()
+    table[encode_key("a")] = STATE.pack(900.0, 0, 0.0)  # restored, full long ago
+    store = TableStore(table, 0.01, Clock())
+    await store.rebuild_index(1, lambda: 1)
+    before = table.reads
+    assert store.get("x") == (2000.0, 1, 0.0) and table.reads == before  # kept, not re-read
+    assert store.get("a") == (900.0, 0, 0.0) and table.reads == before + 1  # listed: read

@@ -169,3 +169,19 @@ def test_due_reads_the_keys_shift_without_changing_it(clock: FakeClock) -> None:
     assert store == before and buckets.deferred("k") == 2  # nothing changed
     clock.advance(0.1)
     assert buckets.readmit("k", slots[1]) == pytest.approx(clock())
+
+
+def test_a_full_entry_is_kept_for_keep_full_and_means_a_full_bucket(clock: FakeClock) -> None:
+    store: dict[Hashable, KeyState] = {}
+    kept = KeyedTokenBuckets(10, 5, store=store, clock=clock, keep_full=60.0)
+    plain = KeyedTokenBuckets(10, 5, clock=clock)  # removes entries once full
+    for _ in range(20):  # the same admissions whether a full entry stays or not
+        assert [kept.try_acquire("a") for _ in range(7)] == \
+            [plain.try_acquire("a") for _ in range(7)]
+        clock.advance(0.7)
+        kept.expire()
+        plain.expire()
+    clock.advance(1.0)
+    assert kept.expire() == 0 and "a" in store and kept.tokens("a") == 5
+    clock.advance(59.0)
+    assert kept.expire() == 1 and store == {} and kept.queued == 0

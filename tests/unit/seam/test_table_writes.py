@@ -131,7 +131,7 @@ class _Table:
 
 async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() -> None:
     app, table = _App(), _Table()
-    writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    writer = ChangelogWriter(app, table, linger=0)  # type: ignore[arg-type]
     _in_event(1)
     for i in range(5):
         writer.set(b"k%d" % i, b"v%d" % i)
@@ -140,9 +140,9 @@ async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() 
     _in_event(2)
     writer.set(b"x", b"y")
     assert table.data.rows[b"Kk0"] == b"Vagain" and b"Kk4" not in table.data.rows  # at once
-    assert app._producer.sent == []  # nothing sent yet: once per loop turn
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    assert app._producer.sent == []  # nothing sent yet: after the linger (here 0: a turn)
+    for _ in range(3):
+        await asyncio.sleep(0)
     sent = app._producer.sent
     assert [(p, len(r)) for _, p, r in sent] == [(1, 3), (1, 2), (2, 1)]  # batches of 3
     assert sent[0][2][0] == (b"Kk0", b"Vagain") and sent[1][2][-1] == (b"Kk4", None)
@@ -152,7 +152,7 @@ async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() 
     assert persisted == {1: 4, 2: 0}  # the last offset of each partition's last batch
     _in_event(1)
     writer.set(b"k9", b"v")  # a later turn: another drain
-    for _ in range(3):
+    for _ in range(4):
         await asyncio.sleep(0)
     assert app._producer.sent[-1][1:] == (1, [(b"Kk9", b"Vv")])
 
@@ -169,7 +169,7 @@ class _SlowProducer(_Producer):
 
 async def test_a_commit_waits_until_every_write_made_before_it_is_sent() -> None:
     app, table = _App(_producer=_SlowProducer()), _Table()
-    writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    writer = ChangelogWriter(app, table, linger=0)  # type: ignore[arg-type]
     context_of(app).get_or_make(WRITERS, list).append(writer)  # as changelog_writer() does
     _in_event(0)
     for i in range(4):
@@ -192,7 +192,7 @@ async def test_each_write_goes_to_the_partition_of_its_own_event_when_events_int
     after the other event's writes."""
     app, table = _App(), _Table()
     store = TableStore(table, 0.0, lambda: 1000.0)
-    store._writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    store._writer = ChangelogWriter(app, table, linger=0)  # type: ignore[arg-type]
     turns = [asyncio.Event() for _ in range(3)]
 
     async def process(partition: int, key: str, wait: asyncio.Event | None,
@@ -221,7 +221,7 @@ async def test_each_write_goes_to_the_partition_of_its_own_event_when_events_int
 
 
 def test_a_write_outside_an_event_is_refused_not_sent_to_some_partition() -> None:
-    writer = ChangelogWriter(_App(), _Table())  # type: ignore[arg-type]
+    writer = ChangelogWriter(_App(), _Table(), linger=0)  # type: ignore[arg-type]
     _current_event.set(None)
     with pytest.raises(RuntimeError, match="outside an event"):
         writer.set(b"k", b"v")
@@ -229,7 +229,7 @@ def test_a_write_outside_an_event_is_refused_not_sent_to_some_partition() -> Non
 
 async def test_a_batch_writes_in_its_partition_outside_any_event() -> None:
     app, table = _App(), _Table()
-    writer = ChangelogWriter(app, table)  # type: ignore[arg-type]
+    writer = ChangelogWriter(app, table, linger=0)  # type: ignore[arg-type]
     _current_event.set(None)
     with pytest.raises(RuntimeError):  # no event: no partition to write to
         writer.set(b"k", b"v")
@@ -241,3 +241,50 @@ async def test_a_batch_writes_in_its_partition_outside_any_event() -> None:
     await writer.flush()
     assert table.data.dbs == {b"Kk": 3}  # the store's partition db and the changelog's
     assert app._producer.sent == [("app-keyed-changelog", 3, [(b"Kk", b"Vv")])]
+
+
+async def test_writes_wait_for_the_linger_but_a_commit_does_not() -> None:
+    app, table = _App(), _Table()
+    writer = ChangelogWriter(app, table, linger=3600.0)  # type: ignore[arg-type]
+    context_of(app).get_or_make(WRITERS, list).append(writer)
+    for partition in (0, 1, 0):  # the writes of many events go in one batch per partition
+        _in_event(partition)
+        writer.set(b"k%d" % partition, b"v")
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert app._producer.sent == [] and table.data.rows  # the store at once, the changelog later
+    await flush_changelog_writers(app)  # a commit: sent now
+    assert sorted((p, len(r)) for _, p, r in app._producer.sent) == [(0, 1), (1, 1)]
+    await flush_changelog_writers(app)  # nothing more to send, no timer left behind
+    assert writer._timer is None and writer._task is None and writer.batches == 2
+
+
+async def test_rocksdb_is_written_in_one_batch_at_the_drain_and_read_before_it(
+        tmp_path: Any) -> None:
+    import faust
+
+    from faust_backpressure.faust_seam.table_writes import UNWRITTEN
+
+    app = faust.App("unit-writes", datadir=str(tmp_path), store="rocksdict://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                           store="rocksdict:levels")
+    fake = _App()
+    writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
+    store = TableStore(table, 0.0, lambda: 1000.0)
+    store._writer = writer
+    _in_event(2)
+    store["C1"] = (2000.0, 1, 0.0)
+    db = table.data._db_for_partition(2)
+    assert db.get(encode_key("C1")) is None  # not in RocksDB yet: the drain writes it
+    assert store.get("C1") == (2000.0, 1, 0.0)  # but read as written (no index: the table)
+    del store["C1"]
+    assert writer.written(encode_key("C1")) is None and store.get("C1") is None
+    store["C2"] = (3000.0, 0, 0.0)
+    await writer.flush()
+    assert writer.written(encode_key("C2")) is UNWRITTEN
+    assert db.get(encode_key("C1")) is None
+    assert STATE.unpack(db.get(encode_key("C2"))) == (3000.0, 0, 0.0)
+    assert store.get("C2") == (3000.0, 0, 0.0)
+    assert fake._producer.sent == [(table.changelog_topic.get_topic_name(), 2,
+                                    [(encode_key("C1"), None),
+                                     (encode_key("C2"), STATE.pack(3000.0, 0, 0.0))])]
