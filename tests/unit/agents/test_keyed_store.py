@@ -14,6 +14,16 @@ class Table(dict[bytes, bytes]):
         return self
 
 
+class ReadCounting(Table):
+    """A table that counts the store reads."""
+
+    reads = 0
+
+    def get(self, key: bytes, default: object = None) -> object:  # type: ignore[override]
+        self.reads += 1
+        return super().get(key, default)
+
+
 class Clock:
     now = 1000.0
 
@@ -71,14 +81,7 @@ def test_a_key_back_within_keep_full_costs_one_write_per_event() -> None:
 
 
 async def test_an_absent_key_is_full_without_a_read_once_the_index_is_built() -> None:
-    class Counting(Table):
-        reads = 0
-
-        def get(self, key: bytes, default: object = None) -> object:
-            self.reads += 1
-            return super().get(key, default)
-
-    table = Counting()
+    table = ReadCounting()
     restored = encode_key("restored")
     table[restored] = STATE.pack(2000.0, 0, 0.0)  # from the changelog, before the index
     clock = Clock()
@@ -105,14 +108,7 @@ async def test_a_rebuild_overtaken_by_a_rebalance_is_not_installed() -> None:
 
 
 async def test_a_level_read_or_written_once_is_not_read_again() -> None:
-    class Counting(Table):
-        reads = 0
-
-        def get(self, key: bytes, default: object = None) -> object:
-            self.reads += 1
-            return super().get(key, default)
-
-    table = Counting()
+    table = ReadCounting()
     table[encode_key("restored")] = STATE.pack(2000.0, 0, 0.0)
     clock = Clock()
     store = TableStore(table, 0.01, clock)
@@ -131,13 +127,7 @@ async def test_a_level_read_or_written_once_is_not_read_again() -> None:
 
 
 async def test_a_level_written_while_the_keys_are_listed_is_kept() -> None:
-    class Listing(Table):
-        reads = 0
-
-        def get(self, key: bytes, default: object = None) -> object:
-            self.reads += 1
-            return super().get(key, default)
-
+    class Listing(ReadCounting):
         def keys(self):  # type: ignore[no-untyped-def]
             yield encode_key("a")
             store["x"] = (2000.0, 1, 0.0)  # a write while the keys are listed
