@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -12,6 +13,7 @@ from faust.types import TP
 
 from faust_backpressure.faust_seam import install
 from faust_backpressure.faust_seam.batches import batch_taps, register_batch_tap
+from faust_backpressure.faust_seam.consumer import BATCH_FETCH_MAX_WAIT_MS, HELD_FETCH_TIMEOUT
 
 tp = TP("orders", 0)
 
@@ -129,3 +131,47 @@ async def test_a_batch_source_chunk_dropped_at_a_rebalance_is_read_again_at_once
     assert tap.chunks == [] and sought == [(tp, 4749)]
     await consumer._divert({tp: list(tail)}, batch_taps(consumer.app), None, 3)
     assert tap.chunks == [(tp, list(range(4749, 5032)), 4749)]
+
+
+async def test_a_fetch_while_batch_partitions_are_held_waits_briefly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A release does not wake aiokafka's wait for records of the partitions still active:
+    # with Faust's 1 s timeout, the released partitions stayed unread for up to 1 s.
+    consumer = _consumer(tmp_path, "guard-held-wait")
+    other = TP("ops", 0)
+    timeouts: list[float] = []
+
+    async def getmany(active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:
+        timeouts.append(timeout)
+        return {}
+
+    monkeypatch.setattr(consumer, "_getmany", getmany)
+    consumer._set_active_tps({tp, other})
+    consumer.flow_active = True
+    await consumer._wait_next_records(1.0)  # no batch source: Faust's timeout
+    register_batch_tap(consumer.app, tp.topic, _Tap())
+    await consumer._wait_next_records(1.0)  # nothing held
+    consumer.on_buffer_full(tp)  # the batch queue holds tp back; ``other`` stays active
+    await consumer._wait_next_records(1.0)
+    assert timeouts == [1.0, 1.0, HELD_FETCH_TIMEOUT]
+
+
+async def test_an_app_with_a_batch_source_long_polls_briefly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiokafka sends one fetch per node at a time, without the partitions whose records it
+    # holds: a fetch of idle partitions alone kept the node busy for Faust's 1,500 ms
+    # long poll while the batch source's partitions, drained meanwhile, waited.
+    consumer: Any = _consumer(tmp_path, "guard-long-poll")
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500)
+    monkeypatch.setattr(consumer, "_thread", SimpleNamespace(
+        _consumer=SimpleNamespace(_fetcher=fetcher), getmany=_no_records), raising=False)
+    consumer.app.consumer_generation_id = 1
+    await consumer._getmany(None, 1.0)
+    assert fetcher._fetch_max_wait_ms == 1500  # no batch source: Faust's
+    register_batch_tap(consumer.app, tp.topic, _Tap())
+    await consumer._getmany(None, 1.0)
+    assert fetcher._fetch_max_wait_ms == BATCH_FETCH_MAX_WAIT_MS
+
+
+async def _no_records(active: Any, timeout: float) -> dict[TP, list[Any]]:
+    return {}
