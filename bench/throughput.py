@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -56,24 +57,31 @@ WAYS = {
 
 
 class Meter:
-    """First record seen -> last output flushed: wall time and process CPU time."""
+    """First record seen -> last output flushed: wall time and process CPU time; and the
+    steady rate, between the records that cross 20 % and 80 % of the run (a way whose start
+    waits, e.g. for a first lease, starts its window with its queues already full)."""
 
     def __init__(self, records: int) -> None:
         self.records = records
         self.count = 0
         self.t0 = self.cpu0 = 0.0
         self.done = asyncio.Event()
+        self.marks: list[tuple[int, float]] = []  # (count, time) at 20 % and 80 %
 
     def seen(self, n: int = 1) -> None:
         if not self.count:
             self.t0, self.cpu0 = time.perf_counter(), time.process_time()
         self.count += n
+        if len(self.marks) < 2 and self.count >= (0.2, 0.8)[len(self.marks)] * self.records:
+            self.marks.append((self.count, time.perf_counter()))
         if self.count >= self.records:
             self.done.set()
 
     def result(self) -> dict[str, float]:
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
-        return {"rate": self.count / wall, "cpu_us": cpu / self.count * 1e6}
+        (c20, t20), (c80, t80) = self.marks
+        return {"rate": self.count / wall, "cpu_us": cpu / self.count * 1e6,
+                "steady": (c80 - c20) / (t80 - t20)}
 
 
 def _app(guarantee: str = "at_least_once") -> faust.App:
@@ -234,6 +242,7 @@ def _ways_option(ways: list[str]) -> str:
 def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int,
            ways: list[str]) -> str:
     med = {w: statistics.median(r["rate"] for r in results[w]) for w in ways}
+    steady = {w: statistics.median(r.get("steady", math.nan) for r in results[w]) for w in ways}
     cpu = {w: statistics.median(r["cpu_us"] for r in results[w]) for w in ways}
     base = med.get("faust_agent")
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -248,23 +257,33 @@ def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int
         "process per run; one warm-up round, then rounds interleaved (order rotated). Timed "
         "from the first record the way's code sees to its last output flushed.",
         "",
-        "| way | median events/s | spread (min-max) | x plain agent | median CPU µs/event |",
-        "| --- | ---: | --- | ---: | ---: |",
+        "| way | median events/s | spread (min-max) | x plain agent | median CPU µs/event "
+        "| steady events/s (20-80 %) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for w in ways:
         rates = [r["rate"] for r in results[w]]
         ratio = f"{med[w] / base:.2f}x" if base else "-"
         lines.append(f"| {WAYS[w]} | {med[w]:,.0f} | {_spread(rates)} | {ratio} | "
-                     f"{cpu[w]:.1f} |")
+                     f"{cpu[w]:.1f} | {steady[w]:,.0f} |")
     lines.append("")
     checks = [("batch", "faust_agent", 5.0), ("batch", "raw_safe", 0.5),
               ("batch_eos", "faust_agent", 3.0), ("batch_limited", "batch", 0.97),
               ("pipeline", "faust_agent", 0.97)]
     for way, against, target in checks:
         if way in med and against in med:
-            ratio = med[way] / med[against]
-            lines.append(f"- `{way}` / `{against}`: **{ratio:.2f}x** (target >= {target}x): "
+            # the limited way's whole-run window starts after its first lease, with full
+            # queues (1.20-1.28x of the unlimited way): its cost is read from the steady rates
+            basis = steady if way == "batch_limited" else med
+            ratio = basis[way] / basis[against]
+            lines.append(f"- `{way}` / `{against}`{' (steady rates)' * (basis is steady)}: "
+                         f"**{ratio:.2f}x** (target >= {target}x): "
                          f"{'met' if ratio >= target else 'NOT met'}")
+    if "batch_limited" in med and "batch" in med:
+        per_round = [a.get("steady", math.nan) / b.get("steady", math.nan)
+                     for a, b in zip(results["batch_limited"], results["batch"], strict=True)]
+        lines.append("- `batch_limited` / `batch`, steady rates per round: "
+                     + ", ".join(f"{r:.2f}" for r in per_round))
     return "\n".join(lines) + "\n"
 
 
