@@ -51,6 +51,7 @@ from faust_backpressure.agents.keyed_store import (
 )
 from faust_backpressure.agents.keyed_top import RefusedKeys, describe_key
 from faust_backpressure.config.errors import FatalError
+from faust_backpressure.config.validation import check_number
 from faust_backpressure.faust_seam import (
     crash_worker,
     flow_stopped_event,
@@ -109,8 +110,8 @@ class KeyedRateLimitGate(GateBase):
         self.cost = cost
         self.limits = limits
         self.clock = clock
-        self.write_behind = write_behind
-        self.keep_full = keep_full
+        self.write_behind = check_number("write_behind", write_behind, 0)
+        self.keep_full = check_number("keep_full", keep_full, 0)
         self.default = KeyLimits(float(tokens_per_second), float(
             tokens_per_second if burst_capacity is None else burst_capacity))
         self._declare(partitions, store, deferral_topic_suffix, replicas)

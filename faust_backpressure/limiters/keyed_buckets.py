@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Hashable, MutableMapping
 from dataclasses import dataclass
 
+from faust_backpressure.config.validation import check_number
+
 from .base import EPSILON, Clock, check_capacity, check_rate
 
 __all__ = ["KeyLimits", "KeyState", "KeyedBucketStats", "KeyedTokenBuckets", "LimitsFor"]
@@ -78,7 +80,7 @@ class KeyedTokenBuckets:
         self.store: MutableMapping[Hashable, KeyState] = {} if store is None else store
         self.limits_for = limits_for
         self.clock = clock
-        self.keep_full = keep_full
+        self.keep_full = check_number("keep_full", keep_full, 0)
         self.stats = KeyedBucketStats()
         # Keys this object stored, by when they may be removed; one heap entry per stored key.
         self._expiry: list[tuple[float, int, Hashable]] = []

@@ -154,6 +154,8 @@ def test_limits_are_checked() -> None:
         KeyLimits(0, 1)
     with pytest.raises(ValueError):
         KeyedTokenBuckets(1, -1)
+    with pytest.raises(ValueError, match="keep_full"):
+        KeyedTokenBuckets(1, 1, keep_full=-1.0)
 
 
 def test_due_reads_the_keys_shift_without_changing_it(clock: FakeClock) -> None:
