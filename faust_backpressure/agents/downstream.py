@@ -132,7 +132,6 @@ class Downstream:
         #: ``wait_in_open`` apart: goodput came back one worker at a time.
         self.publish_recovery = publish_recovery
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
-        self._pausing = False  # the breaker is being opened for a slow-down, not by failures
         self._outage = False  # failures opened the breaker and it has not closed since
         self._background = BackgroundTasks(f"downstream {name}")
         self._clock, self._wall = clock, wall_clock
@@ -148,7 +147,8 @@ class Downstream:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
         if new is BreakerState.OPEN:
             self._opened_at = self._wall()
-            self._outage = self._outage or not self._pausing
+            # opened by failures, not held open for a slow-down (which sets its end first)
+            self._outage = self._outage or self.paused_for <= 0
         elif new is BreakerState.CLOSED and self._outage:
             self._outage = False
             if self.quota is not None:
@@ -225,11 +225,7 @@ class Downstream:
                 log.info("downstream %s: slow-down %s, the same pause", self.name, source)
             return False
         self._paused_until = now + seconds
-        self._pausing = True
-        try:
-            self.breaker.open_for(seconds)
-        finally:
-            self._pausing = False
+        self.breaker.open_for(seconds)
         self.outcomes["pauses"] += 1
         # every worker learns from every episode, once
         rate = "" if self.quota is None else self.quota.episode(self._paused_until, seconds)
