@@ -7,7 +7,10 @@ FBP_IDS (N, default 300), FBP_RATE / FBP_BURST (per id, default 50 / 50), FBP_LE
 
 Every second it reports ``{"worker", "at", "counts": {second: admitted}, "answered", "lease":
 {requests, retries, abandoned, grants}}``: admissions per wall-clock second of this worker, the
-lease replies its owner agent has sent so far, and its limiters' wire counters (summed).
+lease replies its owner agent has sent so far, and its limiters' wire counters (summed); and
+``passes`` / ``gaps``: passes over the ids per second and the longest time between two passes
+(how far this process's event loop kept up: a starved loop asks for less than its share);
+``owner_delay``: per second, the most its owner's requests waited before it read them.
 """
 
 import asyncio
@@ -35,16 +38,26 @@ limiters = [DistributedRateLimiterFactory.create_distributed(app, f"id-{i}", rat
             for i in range(int(os.environ.get("FBP_IDS", "300")))]
 channel = limiter_channel(app)
 counts: Counter[int] = Counter()
+passes: Counter[int] = Counter()
+gaps: dict[int, float] = {}
+queued: dict[int, float] = {}  # per second, the longest an owner's request waited (OwnerLoad)
 
 
 async def poll() -> None:
-    next_at = time.monotonic()
+    next_at = last = time.monotonic()
     while True:
         admitted = 0
         for limiter in limiters:
             if limiter.try_acquire():
                 admitted += 1
-        counts[int(time.time())] += admitted
+        sec = int(time.time())
+        counts[sec] += admitted
+        passes[sec] += 1
+        now = time.monotonic()
+        gaps[sec] = max(gaps.get(sec, 0.0), now - last)
+        load = getattr(channel, "load", None)
+        queued[sec] = max(queued.get(sec, 0.0), getattr(load, "delay", 0.0))
+        last = now
         next_at += tick
         delay = next_at - time.monotonic()
         if delay < 0:  # behind: do not try to catch up with a burst of passes
@@ -59,6 +72,9 @@ async def flush() -> None:
         done = {sec: n for sec, n in counts.items() if sec < now}
         for sec in done:
             del counts[sec]
+        done_passes = {sec: passes.pop(sec) for sec in list(passes) if sec < now}
+        done_gaps = {sec: round(gaps.pop(sec), 3) for sec in list(gaps) if sec < now}
+        done_queued = {sec: round(queued.pop(sec), 3) for sec in list(queued) if sec < now}
         lease = Counter[str]()
         for limiter in limiters:
             c = limiter.lease_counters
@@ -66,7 +82,8 @@ async def flush() -> None:
                          grants=c.grants)
         load = getattr(channel, "load", None)
         rtts = sorted(getattr(limiter, "_rtt", 0.0) for limiter in limiters)
-        body = {"worker": worker, "at": time.time(), "counts": done,
+        body = {"worker": worker, "at": time.time(), "counts": done, "passes": done_passes,
+                "gaps": done_gaps, "owner_delay": done_queued,
                 "answered": getattr(channel, "answered", 0), "lease": dict(lease),
                 "owner": {"stretch": getattr(load, "stretch", None),
                           "delay": getattr(load, "delay", None),
