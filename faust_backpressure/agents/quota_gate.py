@@ -131,7 +131,8 @@ class SharedQuota:
     the start); otherwise the limiter is not used until the first episode has set its rate.
     ``reporter`` publishes this worker's reports; ``settle``: how long after an episode began
     the reports are added up (they arrive within a few hundred ms on the ops topic);
-    ``hold``: for how long after a new rate is set further slow-downs only pause."""
+    ``hold``: for how long after a new rate is set further slow-downs only pause (unless
+    that rate came from part of an interval: an upper bound, which the next one narrows)."""
 
     def __init__(self, name: str, learner: QuotaLearner, limiter: RateLimitingStrategy, *,
                  worker: str, reporter: QuotaReporter | None, wall_clock: Clock,
@@ -143,6 +144,7 @@ class SharedQuota:
         self.reporter = reporter
         self.settle, self.hold = settle, hold
         self._hold_until = 0.0
+        self._whole = False  # this worker's last report read a whole interval
         self._wall = wall_clock
         self._learnt = self._warm = given
         if given:
@@ -183,13 +185,13 @@ class SharedQuota:
         self.learner.paused(0.0)
 
     def episode(self, until: float, seconds: float) -> str:
-        if self._wall() < self._hold_until:
+        if self._wall() < self._hold_until and not self.learner.bounded:
             # calls made before the last rate reached every worker (a lease period or two)
             # still answer 429: not news, and counted each would cut the rate again
             # (docs/downstream.md, step 4)
             self.learner.paused(seconds)
             return ", the rate just set is still spreading"
-        served = self.learner.observed()
+        served, self._whole = self.learner.observed(), self.learner.whole
         self.reports[self.worker] = (until, served)
         if self.reporter is not None:
             # on failure the others count without this worker: a lower rate
@@ -221,7 +223,8 @@ class SharedQuota:
         total = self.total(until)
         workers = sum(1 for at, _ in self.reports.values() if abs(at - until) < _SAME_EPISODE)
         rate = self.learner.slowed_down(max(0.0, until - self._wall()),
-                                        ceiling=total if total > 0 else None)
+                                        ceiling=total if total > 0 else None,
+                                        whole=self._whole)
         if not math.isfinite(rate):
             return
         self._learnt = True

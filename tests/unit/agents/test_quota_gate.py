@@ -108,6 +108,29 @@ async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
     assert quota.rate == pytest.approx(270.0)  # not backed off again
 
 
+async def test_a_rate_read_over_part_of_an_interval_is_narrowed_within_the_hold() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=time.time, settle=0.01, hold=60.0)
+    for _ in range(300):  # 300 calls in the first 0.6 s: part of an interval, 500/s
+        learner.started()
+        clock.advance(0.6 / 300)
+        learner.succeeded()
+    quota.episode(time.time() + 0.02, 0.02)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(450.0) and learner.bounded
+    clock.advance(0.02)
+    served(learner, clock, 300, 2)  # whole seconds at the quota, then a 429 in the hold
+    assert "served here" in quota.episode(time.time() + 1.0, 1.0)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(270.0)  # narrowed: 0.9 x 300, a measurement now
+    assert limiter.current_rate_limit == pytest.approx(270.0) and not learner.bounded
+    served(learner, clock, 280, 1)  # and the hold holds again for a measured rate
+    assert "still spreading" in quota.episode(time.time() + 1.5, 1.5)
+
+
 async def test_an_announced_quota_becomes_the_shared_rate_and_only_caps_a_local_one() -> None:
     clock = FakeClock()
     limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
