@@ -32,8 +32,8 @@ __all__ = ["LocalQuota", "QuotaGate", "QuotaReporter", "SharedQuota"]
 
 log = logging.getLogger(__name__)
 
-#: Sends this worker's report of an episode: ``(dependency, episode, served)``.
-QuotaReporter = Callable[[str, float, float], Awaitable[None]]
+#: Sends this worker's report of an episode: ``(dependency, episode, served, whole)``.
+QuotaReporter = Callable[[str, float, float, bool], Awaitable[None]]
 
 #: Reports of one episode name the same pause end (wall clock) up to rounding.
 _SAME_EPISODE = 0.5
@@ -64,8 +64,9 @@ class QuotaGate(Protocol):
         """A new slow-down episode: calls stop for ``seconds``, until ``until`` (wall clock);
         returns a few words for the log."""
 
-    def report(self, worker: str, episode: float, served: float) -> None:
-        """Another worker's report of what it was served before an episode."""
+    def report(self, worker: str, episode: float, served: float, whole: bool = True) -> None:
+        """Another worker's report of what it was served before an episode (``whole``: over
+        a whole interval)."""
 
     def announced(self, quota: float) -> None:
         """The system announced its quota (calls/s, every caller together)."""
@@ -106,7 +107,7 @@ class LocalQuota:
         self._apply(learnt)
         return f", then {learnt:.1f}/s"
 
-    def report(self, worker: str, episode: float, served: float) -> None:
+    def report(self, worker: str, episode: float, served: float, whole: bool = True) -> None:
         """Reports are for shared quotas."""
 
     def announced(self, quota: float) -> None:
@@ -131,7 +132,8 @@ class SharedQuota:
     the start); otherwise the limiter is not used until the first episode has set its rate.
     ``reporter`` publishes this worker's reports; ``settle``: how long after an episode began
     the reports are added up (they arrive within a few hundred ms on the ops topic);
-    ``hold``: for how long after a new rate is set further slow-downs only pause."""
+    ``hold``: for how long after a new rate is set further slow-downs only pause (unless
+    that rate came from part of an interval: an upper bound, which the next one narrows)."""
 
     def __init__(self, name: str, learner: QuotaLearner, limiter: RateLimitingStrategy, *,
                  worker: str, reporter: QuotaReporter | None, wall_clock: Clock,
@@ -147,8 +149,8 @@ class SharedQuota:
         self._learnt = self._warm = given
         if given:
             learner.rate = min(learner.max_rate, limiter.current_rate_limit)
-        #: The latest report of each worker: ``worker -> (episode, served)``.
-        self.reports: dict[str, tuple[float, float]] = {}
+        #: The latest report of each worker: ``worker -> (episode, served, whole)``.
+        self.reports: dict[str, tuple[float, float, bool]] = {}
         self._background = BackgroundTasks(f"downstream {name}")
         self._sent = limiter.current_rate_limit
 
@@ -183,24 +185,24 @@ class SharedQuota:
         self.learner.paused(0.0)
 
     def episode(self, until: float, seconds: float) -> str:
-        if self._wall() < self._hold_until:
+        if self._wall() < self._hold_until and not self.learner.bounded:
             # calls made before the last rate reached every worker (a lease period or two)
             # still answer 429: not news, and counted each would cut the rate again
             # (docs/downstream.md, step 4)
             self.learner.paused(seconds)
             return ", the rate just set is still spreading"
-        served = self.learner.observed()
-        self.reports[self.worker] = (until, served)
+        served, whole = self.learner.observed(), self.learner.whole
+        self.reports[self.worker] = (until, served, whole)
         if self.reporter is not None:
             # on failure the others count without this worker: a lower rate
-            self._background.spawn(self.reporter(self.name, until, served),
+            self._background.spawn(self.reporter(self.name, until, served, whole),
                                    "publishing the quota report")
         self._background.spawn(self._settle(until), "settling the episode")
         return f", {served:.1f}/s served here"
 
-    def report(self, worker: str, episode: float, served: float) -> None:
+    def report(self, worker: str, episode: float, served: float, whole: bool = True) -> None:
         if worker != self.worker:
-            self.reports[worker] = (episode, served)
+            self.reports[worker] = (episode, served, whole)
 
     def announced(self, quota: float) -> None:
         # every worker reads the same answers: each sends the same new rate, once per change
@@ -213,20 +215,29 @@ class SharedQuota:
 
     def total(self, episode: float) -> float:
         """What every worker that reported ``episode`` was served before it."""
-        return sum(served for at, served in self.reports.values()
+        return sum(served for at, served, _ in self.reports.values()
                    if abs(at - episode) < _SAME_EPISODE)
+
+    def whole(self, episode: float) -> bool:
+        """Every worker that was served something read it over a whole interval: the total
+        is a measurement, else an upper bound. The same on every worker (the same reports),
+        so all hold, or all narrow, at the next episode."""
+        return all(whole for at, served, whole in self.reports.values()
+                   if abs(at - episode) < _SAME_EPISODE and served > 0)
 
     async def _settle(self, until: float) -> None:
         await asyncio.sleep(self.settle)
         total = self.total(until)
-        workers = sum(1 for at, _ in self.reports.values() if abs(at - until) < _SAME_EPISODE)
+        workers = sum(1 for at, _, _ in self.reports.values()
+                      if abs(at - until) < _SAME_EPISODE)
         rate = self.learner.slowed_down(max(0.0, until - self._wall()),
-                                        ceiling=total if total > 0 else None)
+                                        ceiling=total if total > 0 else None,
+                                        whole=self.whole(until))
         if not math.isfinite(rate):
             return
         self._learnt = True
         self._hold_until = self._wall() + self.hold
-        at, served = self.reports.get(self.worker, (None, 0.0))
+        at, served, _ = self.reports.get(self.worker, (None, 0.0, True))
         if at == until and served > 0:
             self._send(rate)
         # else this worker called nothing before the episode: it knows least (it may not

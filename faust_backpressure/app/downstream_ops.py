@@ -117,18 +117,20 @@ class RecoveredRecord:
 @dataclass(frozen=True, slots=True)
 class QuotaReport:
     """``by`` was served ``served`` calls/s of ``dependency`` before the episode whose pause
-    ends at ``episode`` (wall clock); sent at ``at``."""
+    ends at ``episode`` (wall clock); sent at ``at``. ``whole``: read over a whole interval
+    (else part of one: an upper bound; absent in older records: whole)."""
 
     dependency: str
     episode: float
     served: float
     by: str
     at: float
+    whole: bool = True
 
     def encode(self, secret: bytes | None = None) -> bytes:
         body = {"type": "quota-report", "report": f"{self.dependency}/{self.by}",
                 "dependency": self.dependency, "episode": self.episode,
-                "served": self.served, "by": self.by, "at": self.at}
+                "served": self.served, "by": self.by, "at": self.at, "whole": self.whole}
         return encode_signed(body, quota_key(f"{self.dependency}/{self.by}"), secret)
 
     @classmethod
@@ -142,7 +144,11 @@ class QuotaReport:
             raise RejectedRecord("report does not name its dependency and worker")
         at = _sent_at(data, now, max_skew)  # any age: old ones match no episode
         episode = number(data, "episode", at - _LONGEST, at + _LONGEST)
-        return cls(dependency, episode, number(data, "served", 0.0, _MOST_SERVED), by, at)
+        whole = data.get("whole", True)
+        if not isinstance(whole, bool):
+            raise RejectedRecord("whole is not true or false")
+        return cls(dependency, episode, number(data, "served", 0.0, _MOST_SERVED), by, at,
+                   whole)
 
 
 @dataclass(frozen=True, slots=True)

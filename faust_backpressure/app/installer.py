@@ -270,8 +270,8 @@ class Backpressure:
                            record.encode(self.settings.secret_key))
 
     async def _publish_quota_report(self, dependency: str, episode: float,
-                                    served: float) -> None:
-        report = QuotaReport(dependency, episode, served, worker_name(), time.time())
+                                    served: float, whole: bool) -> None:
+        report = QuotaReport(dependency, episode, served, worker_name(), time.time(), whole)
         await send_control(self.app, ops_topic(str(self.app.conf.id)),
                            quota_key(f"{dependency}/{report.by}"),
                            report.encode(self.settings.secret_key))

@@ -243,7 +243,7 @@ class _OpsFollower(Service):
                                     max_skew=self.bp.settings.max_clock_skew)
         guard = self.bp.downstreams.get(report.dependency)
         if guard is not None and guard.quota is not None:
-            guard.quota.report(report.by, report.episode, report.served)
+            guard.quota.report(report.by, report.episode, report.served, report.whole)
 
     async def _force(self, command: BreakerCommand) -> None:
         guard = self.bp.downstreams.get(command.dependency)

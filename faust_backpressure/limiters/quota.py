@@ -9,6 +9,10 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
   off to
   ``backoff`` x the ceiling (``fast_backoff`` if the previous slow-down was under
   ``recent`` seconds ago: the quota fell, find it in a few steps);
+* a reading from part of an interval (or of calls attempted, nothing served yet) overstates
+  what is served (the system's own burst): the ceiling is then only an upper bound
+  (``bounded``); a later slow-down whose reading is below the rate replaces it and backs off
+  ``backoff`` x that reading, however recent (a better measurement, not a second loss);
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found;
@@ -40,8 +44,8 @@ class QuotaLearner:
 
     __slots__ = ("_attempted", "_attempts", "_clock", "_last_call", "_next_step", "_ok",
                  "_probes", "_served", "_since", "_slowed_at", "announced_quota",
-                 "backoff", "ceiling", "fast_backoff", "interval", "max_rate", "min_rate",
-                 "near_since", "probe_after", "rate", "recent")
+                 "backoff", "bounded", "ceiling", "fast_backoff", "interval", "max_rate",
+                 "min_rate", "near_since", "probe_after", "rate", "recent")
 
     def __init__(self, *, max_rate: float = math.inf, min_rate: float = 1.0,
                  backoff: float = 0.9, fast_backoff: float = 0.7, recent: float = 5.0,
@@ -62,6 +66,8 @@ class QuotaLearner:
                         check_number("initial_rate", initial_rate, 0, strict=True))
         #: What was served when the last slow-down came (None: none yet).
         self.ceiling: float | None = None
+        #: The ceiling is an upper bound (read over part of an interval), not a measurement.
+        self.bounded = False
         now = clock()
         self._restart(now)
         self._last_call = -math.inf
@@ -97,28 +103,41 @@ class QuotaLearner:
         attempted = self._attempted or (self._attempts / elapsed if elapsed > 0 else 0.0)
         return served if served > 0 else attempted
 
-    def slowed_down(self, pause: float = 0.0, *, ceiling: float | None = None) -> float:
+    @property
+    def whole(self) -> bool:
+        """:meth:`observed` reads a whole interval (else part of one: an upper bound)."""
+        return self._served > 0
+
+    def slowed_down(self, pause: float = 0.0, *, ceiling: float | None = None,
+                    whole: bool | None = None) -> float:
         """A slow-down (one per pause: the caller coalesces) that stops calls for ``pause``
         seconds; returns the new rate (``math.inf`` while nothing was attempted here).
         ``ceiling``: what the system served, when the caller knows better than
-        :meth:`observed` (e.g. the sum over every worker sharing the quota)."""
+        :meth:`observed` (e.g. the sum over every worker sharing the quota); ``whole``: it
+        was read over a whole interval (default :attr:`whole`)."""
         now = self._clock()
         recent = now - self._slowed_at < self.recent
+        whole = self.whole if whole is None else whole
+        factor = self.fast_backoff if recent else self.backoff
+        reading = self.observed() if ceiling is None else ceiling
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
             # would be announced); what was served just before can be far below it (170/s
             # of 300 right after an outage, then 54 s to climb back). A second one soon
             # after (the quota is shared with callers we do not see): what was served.
-            ceiling = self.announced_quota
+            ceiling, whole = self.announced_quota, True
+        elif self.bounded and reading < 0.99 * self.rate:
+            # the ceiling was an upper bound and this reading is below the rate: a better
+            # measurement, not a second loss (0.7 of it would undershoot and climb back)
+            ceiling, factor = reading, self.backoff
         else:
-            ceiling = min(self.observed() if ceiling is None else ceiling, self.rate)
-        factor = self.fast_backoff if recent else self.backoff
+            ceiling = min(reading, self.rate)
         self._slowed_at = now
         self._served = self._attempted = 0.0
         self._restart(now + pause)  # what is served counts once the pause is over
         self.near_since, self._probes = None, 0
         if ceiling > 0 and math.isfinite(ceiling):
-            self.ceiling = ceiling
+            self.ceiling, self.bounded = ceiling, not whole
             self.rate = max(self.min_rate, ceiling * factor)
         return self.rate
 
@@ -132,6 +151,7 @@ class QuotaLearner:
         if last is not None and abs(quota - last) < 0.01 * last:
             return None
         self.announced_quota = self.ceiling = quota
+        self.bounded = False
         self.near_since, self._probes = None, 0
         old = self.rate
         self.rate = max(self.min_rate, min(self.max_rate, quota))

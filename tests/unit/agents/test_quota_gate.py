@@ -27,10 +27,10 @@ async def test_a_shared_quota_backs_off_from_what_every_worker_was_served() -> N
     clock = FakeClock()
     learner = QuotaLearner(clock=clock)
     limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
-    sent: list[tuple[str, float, float]] = []
+    sent: list[tuple[str, float, float, bool]] = []
 
-    async def reporter(name: str, episode: float, rate: float) -> None:
-        sent.append((name, episode, rate))
+    async def reporter(name: str, episode: float, rate: float, whole: bool) -> None:
+        sent.append((name, episode, rate, whole))
 
     quota = SharedQuota("api", learner, limiter, worker="w1", reporter=reporter,
                         wall_clock=time.time, settle=0.01)
@@ -42,7 +42,7 @@ async def test_a_shared_quota_backs_off_from_what_every_worker_was_served() -> N
     quota.report("w3", until, 80.0)
     quota.report("w4", until - 30.0, 500.0)  # an earlier episode: not counted
     await asyncio.sleep(0.05)
-    assert sent == [("api", until, pytest.approx(100.0))]
+    assert sent == [("api", until, pytest.approx(100.0), True)]
     assert quota.total(until) == pytest.approx(300.0)
     assert quota.rate == pytest.approx(270.0)  # 0.9 x what all were served
     assert limiter.current_rate_limit == pytest.approx(270.0)
@@ -85,7 +85,10 @@ def test_quota_reports_are_signed_and_range_checked() -> None:
     with pytest.raises(RejectedRecord):  # under another worker's key
         QuotaReport.decode(report.encode(None), quota_key("api/w3"), None, now=now,
                            max_skew=10)
+    part = QuotaReport("api", now + 1, 120.5, "w2", now, whole=False)
+    assert QuotaReport.decode(part.encode(None), key, None, now=now, max_skew=10) == part
     for bad in (QuotaReport("api", now + 1, 1e9, "w2", now),      # served out of range
+                QuotaReport("api", now + 1, 10.0, "w2", now, "no"),  # type: ignore[arg-type]
                 QuotaReport("api", now + 1e5, 10.0, "w2", now),   # episode far away
                 QuotaReport("api", now + 1, 10.0, "w2", now + 60)):  # from the future
         with pytest.raises(RejectedRecord):
@@ -106,6 +109,43 @@ async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
     assert "still spreading" in quota.episode(time.time() + 1.5, 1.5)
     await asyncio.sleep(0.05)
     assert quota.rate == pytest.approx(270.0)  # not backed off again
+
+
+async def test_a_rate_read_over_part_of_an_interval_is_narrowed_within_the_hold() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=time.time, settle=0.01, hold=60.0)
+    for _ in range(300):  # 300 calls in the first 0.6 s: part of an interval, 500/s
+        learner.started()
+        clock.advance(0.6 / 300)
+        learner.succeeded()
+    quota.episode(time.time() + 0.02, 0.02)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(450.0) and learner.bounded
+    clock.advance(0.02)
+    served(learner, clock, 300, 2)  # whole seconds at the quota, then a 429 in the hold
+    assert "served here" in quota.episode(time.time() + 1.0, 1.0)
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(270.0)  # narrowed: 0.9 x 300, a measurement now
+    assert limiter.current_rate_limit == pytest.approx(270.0) and not learner.bounded
+    served(learner, clock, 280, 1)  # and the hold holds again for a measured rate
+    assert "still spreading" in quota.episode(time.time() + 1.5, 1.5)
+
+
+async def test_one_workers_reading_from_part_of_an_interval_bounds_the_total() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    quota = SharedQuota("api", learner, TokenBucketRateLimiter(1000, 20, clock=clock),
+                        worker="w1", reporter=None, wall_clock=time.time, settle=0.01)
+    served(learner, clock, 100, 3)  # a whole interval here...
+    until = time.time() + 1.0
+    quota.episode(until, 1.0)
+    quota.report("w2", until, 250.0, whole=False)  # ...but not at w2: the sum is a bound
+    quota.report("w3", until, 0.0, whole=False)  # served nothing: no reading to doubt
+    await asyncio.sleep(0.05)
+    assert quota.rate == pytest.approx(315.0) and learner.bounded
 
 
 async def test_an_announced_quota_becomes_the_shared_rate_and_only_caps_a_local_one() -> None:

@@ -85,6 +85,32 @@ def test_a_burst_refused_at_once_bounds_the_first_ceiling_by_what_was_attempted(
     assert fresh.slowed_down() == math.inf  # nothing attempted here: no limit to learn
 
 
+def test_a_first_reading_from_part_of_an_interval_is_an_upper_bound_refined_later(
+        clock: FakeClock) -> None:
+    # The benchmark's first 429 came in the run's first second: the system's own burst read
+    # 447-596/s for a quota of 300. Such a reading must not become the rate as if measured.
+    learner = QuotaLearner(clock=clock)
+    for _ in range(30):  # the system's burst of 30 at once...
+        learner.started()
+        learner.succeeded()
+    for _ in range(150):  # ...then 300/s for half a second, and a 429
+        learner.started()
+        clock.advance(1 / 300)
+        learner.succeeded()
+    assert not learner.whole
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 360, rel=0.02)
+    assert learner.bounded and learner.ceiling == pytest.approx(360, rel=0.02)
+    clock.advance(1.0)
+    for _ in range(305):  # a whole second at the quota, then another 429 soon after
+        learner.started()
+        clock.advance(1 / 300)
+        learner.succeeded()
+    assert learner.whole
+    # a better measurement, not a second loss: 0.9 x 300, not the recent 0.7 x 300
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 300, rel=0.02)
+    assert not learner.bounded and learner.ceiling == pytest.approx(300, rel=0.02)
+
+
 def test_a_quiet_start_does_not_dilute_the_first_ceiling(clock: FakeClock) -> None:
     learner = QuotaLearner(clock=clock)
     clock.advance(30)  # a worker started, nothing to call for 30 s
