@@ -353,6 +353,10 @@ class DistributedRateLimiter(LimiterBase):
         if grant.epoch >= self._epoch and not self._pending:
             self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
         self._notify()
+        if self._wakeup is not None:
+            # The renewal's time is new: the keeper's next poll of this limiter was set while
+            # the request was in flight (up to 1 s on), later than a short lease's renewal.
+            self._wakeup()
         return True
 
     def on_ack(self, ack: Ack) -> bool:

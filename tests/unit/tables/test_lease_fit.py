@@ -159,6 +159,26 @@ def test_the_renewal_is_due_from_the_first_send_not_the_answers_arrival() -> Non
     assert isinstance(worker.poll(1.5), LeaseRequest)  # at once: 1.0 s after the first send
 
 
+def test_a_grant_wakes_the_keeper_to_poll_at_the_renewals_time() -> None:
+    """The keeper sets its next poll of a limiter whose request is in flight by the retry
+    timer (up to 1 s on); a grant must reschedule it, or a short lease (a newcomer's, or a
+    growing worker's early renewal) is renewed late: 0.3 s late in the throughput bench."""
+    clock = Clock(0.0)
+    woken: list[float] = []
+    worker = DistributedRateLimiter("lim", 1000, 1000, worker_id="w", clock=clock,
+                                    wall_clock=clock, wakeup=lambda: woken.append(clock.now))
+    assert not worker.try_acquire()
+    request = worker.poll(0.0)
+    assert isinstance(request, LeaseRequest)
+    assert worker.next_poll_in(0.0) >= 0.5  # in flight: the retry timer
+    assert not worker.try_acquire()  # demand while it waits
+    woken.clear()
+    clock.now = 0.05
+    assert worker.on_grant(grant_for(request, ttl=0.5, retry_after=0.2), 0.05)
+    assert woken == [0.05]
+    assert worker.next_poll_in(0.05) == pytest.approx(0.15)
+
+
 def grant_for(request: LeaseRequest, *, ttl: float, retry_after: float) -> Grant:
     return Grant(request_id=request.request_id, limiter_id="lim", worker_id=request.worker_id,
                  lease_id="1", tokens=100, ttl=ttl, renews=None, retry_after=retry_after,
