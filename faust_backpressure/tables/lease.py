@@ -17,50 +17,17 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
 from faust_backpressure.limiters.bucket import Bucket
 from faust_backpressure.tables.fallback import SafeCapacity
+from faust_backpressure.tables.lease_state import Inflight, LeaseCounters, PendingCommand
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR, SATURATED
 from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
 __all__ = ["DistributedRateLimiter", "LeaseCounters"]
 
 _INF = math.inf
-
-
-@dataclass(slots=True)
-class LeaseCounters:
-    """What the worker did on the wire (for benchmarks and debugging)."""
-
-    requests: int = 0
-    retries: int = 0
-    abandoned: int = 0
-    grants: int = 0
-    granted_tokens: int = 0
-    expired_tokens: float = 0.0
-    ignored_replies: int = 0
-    #: Permits admitted from the safe-capacity fallback while the owner was unreachable.
-    fallback_admitted: int = 0
-    #: Grants cut to the limiter's burst or the longest lease TTL (forged, or a confused owner).
-    capped_grants: int = 0
-
-
-@dataclass(slots=True)
-class _PendingCommand:
-    """A rate change or reset not acknowledged yet, and when it was last sent."""
-
-    command: Command
-    last_sent: float
-
-
-@dataclass(slots=True)
-class _Inflight:
-    request: LeaseRequest
-    first_sent: float
-    last_sent: float
-    sends: int = 1
 
 
 class DistributedRateLimiter(LimiterBase):
@@ -72,10 +39,10 @@ class DistributedRateLimiter(LimiterBase):
     """
 
     __slots__ = ("_asking_since", "_attempted", "_burst", "_config", "_counters", "_demand_since",
-                 "_epoch", "_fallback", "_inflight", "_lease", "_lease_expiry", "_lease_id",
-                 "_low_water", "_next_request_at", "_pending", "_rate", "_rtt", "_seq", "_wakeup",
-                 "_wall", "_wanted", "rate_limiter_id", "request_timeout", "storage_backend",
-                 "worker_id")
+                 "_epoch", "_fallback", "_inflight", "_largest", "_largest_before", "_lease",
+                 "_lease_expiry", "_lease_id", "_low_water", "_next_request_at", "_pending",
+                 "_rate", "_rtt", "_seq", "_wakeup", "_wall", "_wanted", "rate_limiter_id",
+                 "request_timeout", "storage_backend", "worker_id")
 
     def __init__(
         self,
@@ -119,11 +86,14 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = -_INF
         self._lease_id: str | None = None
         self._low_water = 1.0
-        self._inflight: _Inflight | None = None
+        self._inflight: Inflight | None = None
         self._next_request_at = -_INF
-        self._pending: dict[str, _PendingCommand] = {}  # by command_id
+        self._pending: dict[str, PendingCommand] = {}  # by command_id
         self._seq = itertools.count(1)
         self._attempted = 0
+        # The most permits one call asked for since the last request, and before it: a
+        # batch refused at once is then taken a permit at a time, which must not hide it.
+        self._largest = self._largest_before = 0
         self._wanted = False
         self._rtt = 0.01
         self._counters = LeaseCounters()
@@ -171,6 +141,8 @@ class DistributedRateLimiter(LimiterBase):
 
     def _admit(self, permits: int, now: float) -> bool:
         self._attempted += permits
+        if permits > self._largest:
+            self._largest = permits
         self._accrue(now)
         lease = self._lease
         tokens = lease.level
@@ -205,6 +177,7 @@ class DistributedRateLimiter(LimiterBase):
         delay = super().time_until_available(permits)
         if delay > 0.0:
             self._attempted += permits
+            self._largest = max(self._largest, permits)
             # Waiting for the share to refill the level is not a reason to ask the owner; a
             # short lease is.
             if not self._wanted and (self._lease.level < max(permits, self._low_water)
@@ -281,7 +254,7 @@ class DistributedRateLimiter(LimiterBase):
         """The longest lease an owner grants (and so how long an answer is worth waiting)."""
         return RATE_TTL_FACTOR * self._config.lease_ttl
 
-    def _retry_timeout(self, inflight: _Inflight) -> float:
+    def _retry_timeout(self, inflight: Inflight) -> float:
         """Wait before resending: at least the timeout, a lease TTL and three usual answer
         times, x4 with each resend. Kafka does not lose an acknowledged request: a resend only
         helps after an owner crash, and under overload every copy is more queue (the
@@ -303,11 +276,12 @@ class DistributedRateLimiter(LimiterBase):
             limiter_id=self.rate_limiter_id, worker_id=self.worker_id, demand=demand,
             requested=requested, sent_at=self._wall(),
             lease_id=self._lease_id if valid else None, unspent=unspent, config=self._config,
-            rtt=round(self._rtt, 4))
+            rtt=round(self._rtt, 4), largest=max(self._largest, self._largest_before))
         self._attempted = 0
+        self._largest_before, self._largest = self._largest, 0
         self._demand_since = now
         self._wanted = False
-        self._inflight = _Inflight(request, now, now)
+        self._inflight = Inflight(request, now, now)
         if self._asking_since is None:
             self._asking_since = now
         self._counters.requests += 1
@@ -366,16 +340,23 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_id = grant.lease_id
         self._lease_expiry = expires
         self._low_water = 0.0 if share > 0.0 else 1.0  # the share refills it, no asking
-        self._next_request_at = now + grant.retry_after
         self._asking_since = None  # the owner answered: no fallback
         # The owner answers the first copy it reads (resends queue behind it): the answer
         # time is measured from the first send.
         self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
+        # Due from the first send, as the lease: counted from a slow answer's arrival, the
+        # renewal came after the expiry. Never so late that its answer cannot be back in time.
+        self._next_request_at = min(inflight.first_sent + grant.retry_after,
+                                    expires - 2.0 * self._rtt)
         self._counters.grants += 1
         self._counters.granted_tokens += granted
         if grant.epoch >= self._epoch and not self._pending:
             self._epoch, self._rate, self._burst = grant.epoch, grant.rate, grant.burst
         self._notify()
+        if self._wakeup is not None:
+            # The renewal's time is new: the keeper's next poll of this limiter was set while
+            # the request was in flight (up to 1 s on), later than a short lease's renewal.
+            self._wakeup()
         return True
 
     def on_ack(self, ack: Ack) -> bool:
@@ -389,7 +370,7 @@ class DistributedRateLimiter(LimiterBase):
     def _command(self, kind: str, rate: float | None) -> None:
         command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=self.rate_limiter_id,
                           worker_id=self.worker_id, sent_at=self._wall(), rate=rate)
-        self._pending[command.command_id] = _PendingCommand(command, -_INF)
+        self._pending[command.command_id] = PendingCommand(command, -_INF)
         if self._wakeup is not None:
             self._wakeup()
 
@@ -447,3 +428,8 @@ class DistributedRateLimiter(LimiterBase):
     @property
     def lease_counters(self) -> LeaseCounters:
         return self._counters
+
+    @property
+    def lease_expires(self) -> float:
+        """When this worker's lease ends, on its monotonic clock (-inf before the first)."""
+        return self._lease_expiry

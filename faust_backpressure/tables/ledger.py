@@ -334,6 +334,11 @@ class LimiterLedger:
         # the bucket (B + L <= burst); the cap shrinks first if the bucket is short.
         room = burst - held_before - (self.tokens - tokens)
         cap = min(cap, max(room, carried + tokens))
+        fit = min(req.largest, self.burst) if share > 0 else 0.0
+        if cap < fit:
+            # The worker's largest call (a batch) must fit, or it never succeeds at once:
+            # that much of the cap may come out of the bucket's tokens (cut to B + L <= b below).
+            cap = min(fit, max(burst - held_before, carried + tokens))
         if share > 0 and cap < 1.0:
             share, cap = 0.0, 0.0  # no room for even one permit: tokens only, ask again soon
         self.tokens -= tokens

@@ -67,6 +67,10 @@ class LeaseRequest:
     #: The worker's recent answer time (first send to grant, seconds): a busy owner sizes the
     #: lease to last until the next answer can arrive.
     rtt: float = 0.0
+    #: The most permits one call asked for since the worker's request before this one (a
+    #: batch's cost): the owner makes the lease's cap at least that, up to the burst. 0: not
+    #: known (a worker of an earlier version).
+    largest: int = 0
     type: str = "lease"
 
 
@@ -197,7 +201,8 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
             lease_id=_str(body, "lease_id", optional=True),
             unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")),
-            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0)
+            rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0,
+            largest=int(_num(body, "largest", 0.0, optional=True) or 0))
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,

@@ -29,12 +29,17 @@ class Sim:
     workers: int = 3
     lease_ttl: float = 1.0
     delay: tuple[float, float] = (0.001, 0.005)
+    #: Answers' own delay, if not ``delay`` (e.g. a slow way back the owner does not see).
+    reply_delay: tuple[float, float] | None = None
     drop: float = 0.0
     duplicate: float = 0.0
     demand: list[float] | None = None  # permits/s per worker; None = greedy
     seed: int = 0
     dt: float = 0.002
     fallback_rate: float | None = None
+    #: Permits per call with ``demand`` (a batch pipeline's batch): a refused batch is then
+    #: taken a permit at a time, as the pipeline's gate does (``acquire_by_one``).
+    batch: int = 1
     clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
@@ -55,13 +60,17 @@ class Sim:
         self.held: list[Any] = []
         self.load = OwnerLoad()
         self._credit = [0.0] * self.workers
+        self._by_one = [0] * self.workers  # permits of a refused batch still to take
+        self.batches = [0] * self.workers
+        self.refused_batches = [0] * self.workers
 
     def _send(self, target: str, message: Any) -> None:
         copies = 0 if self.rng.random() < self.drop else 1
         if copies and self.rng.random() < self.duplicate:
             copies = 2
         for _ in range(copies):
-            at = self.clock.now + self.rng.uniform(*self.delay)
+            delay = self.delay if target == "owner" else self.reply_delay or self.delay
+            at = self.clock.now + self.rng.uniform(*delay)
             heapq.heappush(self.queue, (at, next(self.seq), target, message))
 
     def _owner(self, message: LeaseRequest | Command) -> None:
@@ -122,19 +131,40 @@ class Sim:
             for i, client in enumerate(self.clients):
                 if not self.alive[i]:
                     continue
-                if self.demand is None:
-                    budget = 10_000
+                if self.batch > 1:
+                    self._spend_batches(i, client, now)
                 else:
-                    self._credit[i] += self.demand[i] * self.dt
-                    budget = int(self._credit[i])
-                    self._credit[i] -= budget
-                for _ in range(budget):
-                    if not client.try_acquire():
-                        break
-                    self.admitted[i].append(now)
+                    self._spend(i, client, now)
                 while (message := client.poll(now)) is not None:
                     self._send("owner", message)
             self.clock.now = round(now + self.dt, 9)
+
+    def _spend(self, i: int, client: DistributedRateLimiter, now: float) -> None:
+        if self.demand is None:
+            budget = 10_000
+        else:
+            self._credit[i] += self.demand[i] * self.dt
+            budget = int(self._credit[i])
+            self._credit[i] -= budget
+        for _ in range(budget):
+            if not client.try_acquire():
+                break
+            self.admitted[i].append(now)
+
+    def _spend_batches(self, i: int, client: DistributedRateLimiter, now: float) -> None:
+        assert self.demand is not None
+        self._credit[i] += self.demand[i] * self.dt
+        while self._by_one[i] > 0 and client.try_acquire():
+            self._by_one[i] -= 1
+            self.admitted[i].append(now)
+        while not self._by_one[i] and self._credit[i] >= self.batch:
+            self._credit[i] -= self.batch
+            self.batches[i] += 1
+            if client.try_acquire(self.batch):
+                self.admitted[i].extend([now] * self.batch)
+            else:
+                self.refused_batches[i] += 1
+                self._by_one[i] = self.batch
 
     def all_admissions(self) -> list[float]:
         return sorted(t for times in self.admitted for t in times)
