@@ -236,7 +236,7 @@ class BatchRunner:
         producer = await transaction_producer(self.app, batch.tp)
         if producer is None:
             raise _Abandoned()
-        async with batch_writer(self.app):
+        async with batch_writer(self.app, batch.tp):
             completion = await self._send_batch(batch, producer)
             await completion
             if not ack_offsets(self.app, batch.tp, batch.first, batch.last, batch.generation):

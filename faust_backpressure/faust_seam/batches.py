@@ -101,13 +101,13 @@ async def transaction_producer(app: AppT, tp: TP) -> Any:
     return await manager.open_transaction(transactional_id_of(app, tp))
 
 
-def batch_writer(app: AppT) -> contextlib.AbstractAsyncContextManager[None]:
-    """exactly_once: hold commits while a batch writes (:meth:`InputTransactionManager
-    .batch_writer`)."""
+def batch_writer(app: AppT, tp: TP) -> contextlib.AbstractAsyncContextManager[None]:
+    """exactly_once: hold commits of ``tp``'s transaction while a batch writes into it
+    (:meth:`InputTransactionManager.batch_writer`)."""
     manager = app.consumer.transactions
     if not isinstance(manager, InputTransactionManager):
         return contextlib.nullcontext()
-    return manager.batch_writer()
+    return manager.batch_writer(tp)
 
 
 def same_transaction(app: AppT, tp: TP, assigned: set[TP]) -> set[TP]:

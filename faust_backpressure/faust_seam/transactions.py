@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -57,7 +58,8 @@ class InputTransactionManager(TransactionManager):
         self._writer_acked = asyncio.Event()
         self._commit_done: asyncio.Event | None = None  # set while a commit runs
         self.dropped_outputs = 0
-        self.batch_writers = 0  # batches (docs/batching.md) that have sent and not acked
+        #: per transactional id, the batches (docs/batching.md) writing into its transaction
+        self.batch_writers: Counter[str] = Counter()
         self.transaction_lost: TransactionLost | None = None  # set once: the worker stops
         self.transactions_begun_again = 0
         self._rebalance_over = asyncio.Event()  # clear while Faust swaps the producers
@@ -203,16 +205,19 @@ class InputTransactionManager(TransactionManager):
         return done
 
     @contextlib.asynccontextmanager
-    async def batch_writer(self) -> AsyncIterator[None]:
-        """A batch writes into its partition's transaction: no commit meanwhile, and none
+    async def batch_writer(self, tp: TP) -> AsyncIterator[None]:
+        """A batch writes into ``tp``'s transaction: not committed meanwhile, and no commit
         running when it starts (its outputs would join a transaction committed without them)."""
         while self._commit_done is not None:
             await self._commit_done.wait()
-        self.batch_writers += 1
+        tid = transactional_id_of(self.app, tp)
+        self.batch_writers[tid] += 1
         try:
             yield
         finally:
-            self.batch_writers -= 1
+            self.batch_writers[tid] -= 1
+            if not self.batch_writers[tid]:
+                del self.batch_writers[tid]
             self._writer_acked.set()
 
     def on_ack(self, message: Message) -> None:
@@ -222,20 +227,20 @@ class InputTransactionManager(TransactionManager):
             self._writer_acked.set()
 
     @contextlib.asynccontextmanager
-    async def commit_point(self, timeout: float) -> AsyncIterator[None]:
-        """Wait (at most ``timeout`` s) until no event is half-written, and keep it so."""
+    async def commit_point(self, timeout: float) -> AsyncIterator[set[str]]:
+        """Wait (at most ``timeout`` s) until no event is half-written, and keep it so; yields
+        the transactional ids still being written then (empty: every one can commit)."""
         if self._commit_done is not None:  # nested: the outer commit holds the point
-            yield
+            yield set()
             return
         done = self._commit_done = asyncio.Event()
         try:
-            await self._wait_writers_acked(timeout)
-            yield
+            yield await self._wait_writers_acked(timeout)
         finally:
             self._commit_done = None
             done.set()
 
-    async def _wait_writers_acked(self, timeout: float) -> None:
+    async def _wait_writers_acked(self, timeout: float) -> set[str]:
         event = current_event()  # a commit from inside an agent cannot wait for its own event
         own = {event.message} if event is not None else set()
         loop = asyncio.get_running_loop()
@@ -248,15 +253,29 @@ class InputTransactionManager(TransactionManager):
                              if not m.acked and m.generation_id in (None, generation)}
             if ((not self._writers - own and not self.batch_writers)
                     or self.transaction_lost is not None):
-                return
+                return set()
             self._writer_acked.clear()
             try:
                 await asyncio.wait_for(self._writer_acked.wait(), deadline - loop.time())
             except asyncio.TimeoutError:
-                log.warning("committing while %d event(s) that sent outputs are still "
-                            "running (> %.1f s): their outputs may repeat after a crash",
-                            len(self._writers - own), timeout)
-                return
+                busy = self._tids_of(m.tp for m in self._writers - own) | set(self.batch_writers)
+                log.warning("not committing the transaction(s) %s now: %d event(s) and %d "
+                            "batch(es) that sent outputs into them are still running (> %.1f "
+                            "s); committed, their outputs would repeat after a crash",
+                            sorted(busy), len(self._writers - own),
+                            sum(self.batch_writers.values()), timeout)
+                return busy
+
+    def _tids_of(self, tps: Iterable[TP]) -> set[str]:
+        tids = set()
+        for tp in tps:
+            with contextlib.suppress(KeyError):  # not a subscribed topic: in no transaction
+                tids.add(transactional_id_of(self.app, tp))
+        return tids
+
+    def tps_outside(self, tps: Iterable[TP], tids: set[str]) -> set[TP]:
+        """The partitions of ``tps`` whose transactional id is not one of ``tids``."""
+        return {tp for tp in tps if not self._tids_of([tp]) & tids}
 
 
 class _CommitBetweenEvents:
@@ -265,12 +284,22 @@ class _CommitBetweenEvents:
     transactions: Any
     commit_interval: float
 
-    async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
+    _acked: Any
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         manager = self.transactions
         if not isinstance(manager, InputTransactionManager):
-            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
-        async with manager.commit_point(timeout=max(self.commit_interval, 1.0)):
-            return await super().force_commit(*args, **kwargs)  # type: ignore[misc, no-any-return]
+            return await super().force_commit(  # type: ignore[misc, no-any-return]
+                topics, start_new_transaction=start_new_transaction)
+        async with manager.commit_point(timeout=max(self.commit_interval, 1.0)) as busy:
+            if busy:  # a transaction being written waits for the next commit, whole
+                topics = manager.tps_outside(
+                    (tp for tp in self._acked
+                     if topics is None or tp in topics or tp.topic in topics), busy)
+                if not topics:
+                    return False
+            return await super().force_commit(  # type: ignore[misc, no-any-return]
+                topics, start_new_transaction=start_new_transaction)
 
 
 class _WriterAcks(Sensor):
