@@ -95,12 +95,18 @@ def test_quota_reports_are_signed_and_range_checked() -> None:
             QuotaReport.decode(bad.encode(None), key, None, now=now, max_skew=10)
 
 
-async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
+def held_quota() -> tuple[FakeClock, QuotaLearner, TokenBucketRateLimiter, SharedQuota]:
+    """One worker's shared quota (no reporter) on a virtual clock, holding a new rate 60 s."""
     clock = FakeClock()
     learner = QuotaLearner(clock=clock)
     limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
-    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
-                        wall_clock=time.time, settle=0.01, hold=60.0)
+    return clock, learner, limiter, SharedQuota("api", learner, limiter, worker="w1",
+                                                reporter=None, wall_clock=time.time,
+                                                settle=0.01, hold=60.0)
+
+
+async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
+    clock, learner, _, quota = held_quota()
     served(learner, clock, 300, 3)
     quota.episode(time.time() + 0.02, 0.02)
     await asyncio.sleep(0.05)
@@ -112,11 +118,7 @@ async def test_slow_downs_right_after_a_new_rate_only_pause() -> None:
 
 
 async def test_a_rate_read_over_part_of_an_interval_is_narrowed_within_the_hold() -> None:
-    clock = FakeClock()
-    learner = QuotaLearner(clock=clock)
-    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
-    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
-                        wall_clock=time.time, settle=0.01, hold=60.0)
+    clock, learner, limiter, quota = held_quota()
     for _ in range(300):  # 300 calls in the first 0.6 s: part of an interval, 500/s
         learner.started()
         clock.advance(0.6 / 300)
