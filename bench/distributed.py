@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import faust
 
 from faust_backpressure.tables import DistributedRateLimiter, DistributedRateLimiterFactory, Grant
 from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics
 from faust_backpressure.testing.settings import fast_faust_settings
@@ -170,12 +170,6 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{mid:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
-
-
 def worker_rows(runs: list[dict[str, object]], seconds: float) -> list[str]:
     lines = []
     for n in (1, 2, 3):
@@ -220,7 +214,7 @@ def main(args: argparse.Namespace, command: str) -> str:
     lines = [
         f"Date: {time.strftime('%Y-%m-%d %H:%M', time.gmtime(began))}-"
         f"{time.strftime('%H:%M UTC', time.gmtime())} ({took / 60:.1f} min); commit "
-        f"{git_commit()}; Python {platform.python_version()}, {os.cpu_count()} cores; load "
+        f"{git_commit(REPO)}; Python {platform.python_version()}, {os.cpu_count()} cores; load "
         f"average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
         f"{'/'.join(f'{x:.2f}' for x in load_after)}; command `{command}`.", "",
         f"{args.rounds} round(s) of 1, 2 and 3 real `faust worker` processes, {seconds:g} s "

@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.kafka_io import create_topics, produce, wait_partitions
 from faust_backpressure.testing.quota_client import QuotaServiceProcess
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
@@ -422,16 +422,10 @@ PHASE_TEXT = {
 }
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
-
-
 def render(cfg: Config, runs: list[Run], command: str, load: tuple[float, float]) -> str:
     t = cfg.nominal
     lines = [
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {git_commit()}; "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {git_commit(REPO)}; "
         f"{os.cpu_count()} cores (nproc); load average (1 min) {load[0]:.2f} before, "
         f"{load[1]:.2f} after; command `{command}`.", "",
         f"{cfg.workers} real `faust worker` processes of `bench/downstream_app.py` per run "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 from faust_backpressure.wire.limiter_records import decode_replies
@@ -101,7 +102,8 @@ def main() -> None:
             result = asyncio.run(run_once(bootstrap, n, args.seconds, args.window))
             results.append(result)
             sys.stderr.write(f"{json.dumps(result)}\n")
-    lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
+    lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M')}; commit {git_commit(REPO)}; "
+             f"Python {platform.python_version()}, "
              f"{os.cpu_count()} cores; `PYTHONPATH=. python bench/many_ids.py --ids {args.ids} "
              f"--seconds {args.seconds:g} --window {args.window:g}` "
              f"({args.label}). 3 workers, "
