@@ -294,7 +294,7 @@ class Downstream:
 
     async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
         """Admitted by the breaker, then a rate permit and a slot; if a slow-down began or the
-        breaker left the state that admitted it while it waited for those, back to waiting
+        breaker moved on while it waited for those (see ``_may_go``), back to waiting
         (else calls paced before go out during the pause or the outage: the quota is spent
         when a pause ends, an outage took hundreds of calls before the waiting ones saw the
         breaker open, and calls admitted while it was closed went out with its half-open
@@ -310,12 +310,20 @@ class Downstream:
             except BaseException:
                 self.breaker.abandon(epoch)  # a half-open probe that will never report
                 raise
-            if self._paused_until <= self._wall() and (
-                    self.breaker.state in _PASSING or self.breaker.epoch == epoch):
+            if self._paused_until <= self._wall() and self._may_go(epoch):
                 return permit
             permit.ignore()  # a pause began, or the breaker moved on, while it waited
             self.breaker.abandon(epoch)
             self.outcomes["held_by_pause"] += 1
+
+    def _may_go(self, epoch: int) -> bool:
+        """A call admitted under ``epoch`` that got its permit and slot: closed, the same
+        epoch, or half-open after a slow-down (the system works and the quota paces them:
+        held for the probes, a second of goodput went after each pause); after an outage
+        only the round's own probes."""
+        state = self.breaker.state
+        return state in _PASSING or self.breaker.epoch == epoch or (
+            state is BreakerState.HALF_OPEN and not self._outage)
 
     def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,
                 dropped: bool) -> None:

@@ -85,3 +85,42 @@ def test_an_outage_lets_out_only_the_breakers_probes_at_most_one_a_second() -> N
     assert len(during) <= OUTAGE - opened  # <= 1/s
     assert max(sum(1 for u in during if t <= u < t + 1.0) for t in during) <= 2
     assert done - OUTAGE <= 2.0  # back within a round once the system answers
+
+
+async def _after_a_slow_down(loop: asyncio.AbstractEventLoop) -> tuple[int, float]:
+    """Calls sent while the breaker was half-open after a 1 s slow-down that began while
+    12 of 16 calls waited for permits, and when the last was done."""
+    now = loop.time
+    rate = TokenBucketRateLimiter(4, 4, clock=now)
+    breaker = CircuitBreaker(window=2.0, minimum_calls=10, wait_in_open=1.25,
+                             half_open_calls=2, sequential_probes=True, probe_rate=1.0,
+                             clock=now)
+    api = Downstream("api", limit=FixedLimit(64), breaker=breaker, rate=rate, clock=now,
+                     wall_clock=now)
+    in_half_open = 0
+
+    async def call() -> None:
+        nonlocal in_half_open
+        in_half_open += breaker.state.value == "half_open"
+        await asyncio.sleep(0.05)
+
+    async def slow_down() -> None:
+        await asyncio.sleep(0.01)
+        api.pause_until(now() + 1.0)
+        rate.update_rate_limit(0.01)  # the quota learnt from the slow-down, starved...
+        await asyncio.sleep(1.2)
+        rate.update_rate_limit(1000.0)  # ...then the waiters' permits, all at once
+
+    await asyncio.gather(slow_down(), *(api.run(call) for _ in range(16)))
+    return in_half_open, now()
+
+
+def test_after_a_slow_down_calls_paced_by_the_quota_go_out_with_the_probes() -> None:
+    # the system works (it only asked for a pause) and the quota paces them: held for the
+    # probes, a second of goodput went after every pause in the bench
+    loop = _VirtualTimeLoop()
+    try:
+        in_half_open, done = loop.run_until_complete(_after_a_slow_down(loop))
+    finally:
+        loop.close()
+    assert in_half_open > 2 and done <= 1.5
