@@ -140,28 +140,24 @@ class CircuitBreaker:
     * ``forced_open`` / ``forced_closed``: operator overrides that ignore outcomes
       until :meth:`release` (closed, empty window).
 
-    ``probe_rate``: the most calls per second, over time, let through while not closed (a
-    token bucket of ``half_open_calls`` tokens, emptied when failures open the breaker): what
-    bounds an outage's calls whatever makes the breaker probe (rounds whose first probes
-    pass, recovery news, short slow-downs), ``probe_rate`` x t in the t seconds after an
-    opening; inf (the default): no bound but the rounds'.
+    ``probe_rate``: calls/s let through while not closed, over time (a bucket of 2 rounds of
+    probes, emptied when failures first open it): an outage costs at most ``probe_rate`` x t
+    calls in the t s after that, whatever makes it probe (rounds whose first probe passes,
+    recovery news, short slow-downs); inf (the default): no bound but the rounds'.
 
     ``open_jitter``: each opening on the breaker's own verdict lasts ``wait_in_open`` x a
     random factor in ``[1 - open_jitter, 1 + open_jitter]`` (its mean unchanged), so that
     callers whose breakers opened together (every worker, at the start of an outage) do
     not probe together for its whole length. ``rng``: the source of that factor.
-
-    Transitions out of ``open`` happen lazily, when the breaker is asked (``state``,
-    ``allow``, ...) or when a :meth:`wait_until_allowed` timer fires.
+    Transitions out of ``open`` happen lazily: when the breaker is asked, or a timer fires.
     """
 
-    __slots__ = (
-        "_budget", "_budget_at", "_callbacks", "_clock", "_epoch", "_open_until", "_opened",
-        "_probe_fail", "_probe_slow", "_probes_done", "_probes_out", "_rng", "_since",
-        "_state", "_waiters", "_window", "failure_rate_threshold", "half_open_calls",
-        "minimum_calls", "open_jitter", "probe_rate", "sequential_probes",
-        "slow_call_duration", "slow_call_rate_threshold", "wait_in_open",
-    )
+    __slots__ = ("_budget", "_budget_at", "_callbacks", "_clock", "_epoch", "_failing",
+                 "_open_until", "_opened", "_probe_fail", "_probe_slow", "_probes_done",
+                 "_probes_out", "_rng", "_since", "_state", "_waiters", "_window",
+                 "failure_rate_threshold", "half_open_calls", "minimum_calls", "open_jitter",
+                 "probe_rate", "sequential_probes", "slow_call_duration",
+                 "slow_call_rate_threshold", "wait_in_open")
 
     def __init__(
         self,
@@ -202,8 +198,8 @@ class CircuitBreaker:
         self._since = clock()
         self._open_until = -math.inf
         self._opened = 0
-        self._epoch = 0  # transitions so far (see ``epoch``)
-        self._budget, self._budget_at = float(self.half_open_calls), self._since
+        self._epoch, self._failing = 0, False  # transitions; failures opened it (outage)
+        self._budget, self._budget_at = 2.0 * self.half_open_calls, self._since
         self._probes_out = self._probes_done = self._probe_fail = self._probe_slow = 0
         self._callbacks: list[TransitionCallback] = []
         self._waiters: dict[asyncio.Future[None], None] = {}  # ordered: FIFO wake-ups
@@ -217,8 +213,7 @@ class CircuitBreaker:
 
     @property
     def epoch(self) -> int:
-        """Changes at every transition: a call :meth:`allow` let through under one epoch is
-        still allowed while the epoch lasts (or the breaker is closed); see :meth:`abandon`."""
+        """Changes at every transition (a call :meth:`allow` let through is for its epoch)."""
         self._tick(self._clock())
         return self._epoch
 
@@ -241,14 +236,14 @@ class CircuitBreaker:
             self._open_until = now + open_for
         elif state is BreakerState.CLOSED:
             self._window.clear()
+            self._failing = False
         for fut in self._waiters:
             _wake(fut)
         if old is not state:
             for callback in tuple(self._callbacks):
                 callback(old, state)
 
-    def _wait(self) -> float:
-        """How long an opening on the breaker's own verdict lasts (jittered)."""
+    def _wait(self) -> float:  # how long an opening on its own verdict lasts (jittered)
         if not self.open_jitter:
             return self.wait_in_open
         return self.wait_in_open * (1.0 + self.open_jitter * (2.0 * self._rng() - 1.0))
@@ -291,7 +286,7 @@ class CircuitBreaker:
         return False
 
     def _tokens(self, now: float) -> float:  # the probe budget now
-        return min(float(self.half_open_calls),
+        return min(2.0 * self.half_open_calls,
                    self._budget + max(0.0, now - self._budget_at) * self.probe_rate)
 
     def _probe_free(self) -> bool:
@@ -310,8 +305,7 @@ class CircuitBreaker:
             w = self._window
             w.add(now, failed, slow)
             if w.calls >= self.minimum_calls and self._trips(w.calls, w.failures, w.slow):
-                self._budget, self._budget_at = 0.0, now  # the failures spent the budget
-                self._to(BreakerState.OPEN, now, self._wait())
+                self._trip(now)
         elif state is BreakerState.HALF_OPEN:
             started = now - duration + _SLACK
             if started < self._since or self._probes_done >= self._probes_out:
@@ -321,12 +315,17 @@ class CircuitBreaker:
             self._probe_slow += slow
             verdict = self._decided()
             if verdict is True:
-                self._to(BreakerState.OPEN, now, self._wait())
+                self._trip(now)
             elif verdict is False:
                 self._to(BreakerState.CLOSED, now)
             elif self.sequential_probes:
                 for fut in self._waiters:  # the next probe may go
                     _wake(fut)
+
+    def _trip(self, now: float) -> None:
+        if not self._failing:  # an outage's first opening: its failures spent the budget
+            self._budget, self._budget_at, self._failing = 0.0, now, True
+        self._to(BreakerState.OPEN, now, self._wait())
 
     def abandon(self, epoch: int | None = None) -> None:
         """A call let through by :meth:`allow` (under ``epoch``, if given: else the current

@@ -125,3 +125,30 @@ def test_an_abandoned_probe_gives_its_budget_back_and_stale_abandons_do_nothing(
     assert not cb.allow() and cb.time_until_allowed() == float("inf")
     with pytest.raises(ValueError, match="probe_rate"):
         CircuitBreaker(probe_rate=0)
+
+
+def test_slow_downs_in_quick_succession_find_their_probes(clock: FakeClock) -> None:
+    # a run's first seconds: a 1 s pause every ~1.3 s while the quota is learnt; a bucket of
+    # one round held the second probe ~0.6 s each time, and the stream with it
+    cb = guard_breaker(clock)
+    for _ in range(3):
+        cb.open_for(1.0)
+        clock.advance(1.0)
+        for _ in range(2):
+            assert cb.allow()
+            clock.advance(CALL)
+            cb.record(CALL, failed=False)
+        assert cb.state is BreakerState.CLOSED
+        clock.advance(0.3)
+
+
+def test_an_outage_met_after_a_slow_down_is_bounded_from_its_first_failure(
+        clock: FakeClock) -> None:
+    cb = guard_breaker(clock)
+    cb.open_for(1.0)  # a slow-down: the budget untouched (4 probes saved)
+    clock.advance(1.0)
+    assert cb.allow()
+    clock.advance(CALL)
+    cb.record(CALL, failed=True)  # the outage began during the pause: the budget is spent
+    sent = drive(cb, clock, lambda n: "ok" if n % 2 else "fail", 60.0, stop_closed=False)
+    assert len(sent) <= 60
