@@ -213,23 +213,25 @@ class SharedQuota:
             log.warning("downstream %s: the system announced %.1f/s; shared rate %.1f/s",
                         self.name, quota, rate)
 
+    def _reports_of(self, episode: float) -> list[tuple[float, bool]]:
+        """``(served, whole)`` of every worker that reported ``episode``."""
+        return [(served, whole) for at, served, whole in self.reports.values()
+                if abs(at - episode) < _SAME_EPISODE]
+
     def total(self, episode: float) -> float:
         """What every worker that reported ``episode`` was served before it."""
-        return sum(served for at, served, _ in self.reports.values()
-                   if abs(at - episode) < _SAME_EPISODE)
+        return sum(served for served, _ in self._reports_of(episode))
 
     def whole(self, episode: float) -> bool:
         """Every worker that was served something read it over a whole interval: the total
         is a measurement, else an upper bound. The same on every worker (the same reports),
         so all hold, or all narrow, at the next episode."""
-        return all(whole for at, served, whole in self.reports.values()
-                   if abs(at - episode) < _SAME_EPISODE and served > 0)
+        return all(whole for served, whole in self._reports_of(episode) if served > 0)
 
     async def _settle(self, until: float) -> None:
         await asyncio.sleep(self.settle)
         total = self.total(until)
-        workers = sum(1 for at, _, _ in self.reports.values()
-                      if abs(at - until) < _SAME_EPISODE)
+        workers = len(self._reports_of(until))
         rate = self.learner.slowed_down(max(0.0, until - self._wall()),
                                         ceiling=total if total > 0 else None,
                                         whole=self.whole(until))
