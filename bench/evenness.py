@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Evenness and fairness of one shared limit (issue 13), side by side with Redis-backed peers.
 
-Run: ``PYTHONPATH=. python bench/evenness.py [--seconds 15]``. Starts its own Kafka broker (or
-uses ``$KAFKA_BOOTSTRAP_SERVERS``) and its own ``redis-server`` (on a free port, in a temporary
-directory; the Redis peers are skipped with a note when ``redis-server`` or the ``redis``,
+Run: ``PYTHONPATH=. python bench/evenness.py [--rounds 5] [--seconds 15]``. Starts its own Kafka
+broker (or uses ``$KAFKA_BOOTSTRAP_SERVERS``) and its own ``redis-server`` (on a free port, in a
+temporary directory; the Redis peers are skipped with a note when ``redis-server`` or the ``redis``,
 ``limits``, ``pyrate-limiter`` packages are missing). Prints a markdown report and writes
 ``bench/results/evenness.md``.
 
-In one run, 3 processes greedily share one limit of 1000/s for ``--seconds`` (15):
+In each of ``--rounds`` (5) interleaved rounds (the systems' order rotates from round to round,
+so no system always runs last, on a warmer machine), 3 processes greedily share one limit of
+1000/s for ``--seconds`` (15):
 
 (a) faust-backpressure (rate leases, the only kind since the token leases were removed):
     3 real ``faust worker`` processes of ``tests/integration/distributed/apps/limited.py``
@@ -22,7 +24,11 @@ Per system: hot-path ops/s (one process, a limit that never binds: the lease-hit
 steady part (from t0 + 4 s, once the initial 2000-permit burst has been spent, to t0 + 14 s)
 vs rate x 10 s, the worst sliding 1 s window inside the steady part, per-second min/max there,
 per-worker shares there (spread = (max - min) / min), round trips per 1000 permits (lease
-requests and resends; for the peers, Redis commands). Targets (issue 13): worst steady 1 s
+requests and resends; for the peers, Redis commands), CPU seconds per 1000 permits (the 3
+workers' processes, or the 3 peer processes plus ``redis-server``'s own CPU from ``INFO cpu``).
+The report gives each figure's median and min-max over the rounds, and every round's row.
+The hot-path column compares what one permit costs where it is taken: a local lease hit for
+faust-backpressure, one Redis round trip for a peer. Targets (issue 13): worst steady 1 s
 window <= 1.05 x rate, shares within 10 %, admitted within 1 % of rate x t, <= 10 lease
 requests per 1000 permits, hot path >= 1M ops/s.
 """
@@ -97,6 +103,7 @@ class Result:
     round_trips: int  # lease requests + resends, or Redis commands, over the whole run
     seconds: float
     load: tuple[float, float]  # 1-minute load average before / after the run
+    cpu: float = 0.0  # CPU seconds of the run's processes (and Redis) while it ran
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -139,6 +146,7 @@ class Result:
                 "sec_min": min(per_second), "sec_max": max(per_second),
                 "per_second": per_second, "shares": shares, "spread": spread,
                 "per_1000": self.round_trips / max(1, len(times)) * 1000,
+                "cpu_per_1000": self.cpu / max(1, len(times)) * 1000,
                 "total": len(in_run), "total_all": len(times)}
 
 
@@ -160,6 +168,7 @@ async def faust_run(bootstrap: str, seconds: float) -> Result:
                 proc.wait_ready(120)
             wait_until_settled(procs, 120)  # no rebalance pending when the load starts
             before = os.getloadavg()[0]
+            cpu_before = cpu_seconds([proc.pid for proc in procs])
             go.touch()
 
             def done(records: list[Any]) -> bool:
@@ -174,6 +183,7 @@ async def faust_run(bootstrap: str, seconds: float) -> Result:
 
             records = await consume(bootstrap, report, until=done, timeout=seconds + 90)
             after = os.getloadavg()[0]
+            cpu = cpu_seconds([proc.pid for proc in procs]) - cpu_before
         finally:
             for proc in procs:
                 proc.cleanup()
@@ -185,7 +195,22 @@ async def faust_run(bootstrap: str, seconds: float) -> Result:
         # cumulative: the last report counts every lease message, for every permit reported
         trips[body["worker"]] = body.get("requests", 0) + body.get("retries", 0)
     return Result("faust-backpressure, rate leases", lease_hit_ops(1_000_000),
-                  times, sum(trips.values()), seconds, (before, after))
+                  times, sum(trips.values()), seconds, (before, after), cpu)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and their children so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for one in (proc, *proc.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    times = one.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 # -- (b): Redis-backed peers ------------------------------------------------------------------
@@ -239,12 +264,14 @@ def peer_main(kind: str, port: int, seconds: float, go: str, out: str) -> None:
     while not os.path.exists(go):
         time.sleep(0.005)
     start = calls()
+    cpu = time.process_time()
     end = time.time() + seconds
     times = []
     while time.time() < end:
         if call():
             times.append(time.time())
-    Path(out).write_text(json.dumps({"times": times, "calls": calls() - start}))
+    Path(out).write_text(json.dumps({"times": times, "calls": calls() - start,
+                                     "cpu": time.process_time() - cpu}))
     os._exit(0)  # pyrate-limiter's leak thread would otherwise keep the process alive
 
 
@@ -259,6 +286,14 @@ def peer_hot_ops(kind: str, port: int, seconds: float = 2.0) -> float:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def redis_cpu(port: int) -> float:
+    """CPU seconds ``redis-server`` has used (user + system, its own ``INFO cpu``)."""
+    import redis
+
+    info = redis.Redis(port=port).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def peer_run(kind: str, port: int, seconds: float) -> Result:
@@ -276,30 +311,19 @@ def peer_run(kind: str, port: int, seconds: float) -> Result:
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}) for out in outs]
         time.sleep(3.0)  # imports and connections done before the start
         before = os.getloadavg()[0]
+        server_before = redis_cpu(port)
         go.touch()
         for proc in procs:
             proc.wait(seconds + 60)
         after = os.getloadavg()[0]
+        server = redis_cpu(port) - server_before
         bodies = [json.loads(out.read_text()) for out in outs]
     times = {f"p{i}": body["times"] for i, body in enumerate(bodies)}
     name = ("`limits` MovingWindow + RedisStorage" if kind == "limits"
             else "`pyrate-limiter` RedisBucket")
     return Result(f"{name} (Redis {redis_version()})", hot, times,
-                  sum(body["calls"] for body in bodies), seconds, (before, after))
-
-
-def redis_peers(seconds: float) -> tuple[list[Result], str | None]:
-    missing = redis_missing("limits", "pyrate_limiter", "redis")
-    if missing is not None:
-        return [], f"Redis peers skipped: {missing}."
-    import redis
-
-    try:
-        with redis_server() as port:
-            return [peer_run("limits", port, seconds), peer_run("pyrate", port, seconds)], None
-    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError,
-            redis.RedisError) as exc:
-        return [], f"Redis peers skipped: they failed ({exc!r})."
+                  sum(body["calls"] for body in bodies), seconds, (before, after),
+                  server + sum(body["cpu"] for body in bodies))
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -314,51 +338,84 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def render(results: list[Result], skipped: str | None, seconds: float) -> str:
+def render(rounds: list[list[Result]], skipped: str | None, seconds: float,
+           commit: str) -> str:
+    systems = list(dict.fromkeys(r.system for one in rounds for r in one))
+    runs = {name: [r for one in rounds for r in one if r.system == name] for name in systems}
     lines = [
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; Python "
         f"{platform.python_version()}, {os.cpu_count()} cores; {versions()}; command "
-        f"`PYTHONPATH=. python bench/evenness.py --seconds {seconds:g}`.", "",
-        f"3 processes greedily share one limit of {RATE:.0f}/s for {seconds:g} s (faust-"
+        f"`PYTHONPATH=. python bench/evenness.py --rounds {len(rounds)} --seconds {seconds:g}`.",
+        "",
+        f"{len(rounds)} interleaved rounds (the order rotates each round). In each run 3 "
+        f"processes greedily share one limit of {RATE:.0f}/s for {seconds:g} s (faust-"
         f"backpressure: burst {BURST:.0f}, lease TTL {TTL:g} s, real `faust worker` processes). "
-        f"Steady part: t0 + {SETTLE:g} s to t0 + {SETTLE + STEADY:g} s.", "",
-        "| system | hot-path ops/s | admitted / allowed (10 s) | worst 1 s window, steady "
-        "| per-second min-max | per-worker shares (spread) | round trips / 1000 permits "
-        "| load 1 min before / after |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        f"Steady part: t0 + {SETTLE:g} s to t0 + {SETTLE + STEADY:g} s. Medians over the rounds "
+        "(min-max). Hot path: a local lease hit for faust-backpressure, one Redis round trip "
+        "for a peer. CPU: the 3 processes (and `redis-server` for the peers) during the run.",
+        "",
+        "| system | hot-path ops/s | admitted / allowed, steady | worst 1 s window / rate "
+        "| share spread | round trips / 1000 permits | CPU s / 1000 permits | load 1 min |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in results:
-        f = r.figures()
-        hot = f"{r.hot_ops / 1e6:.2f}M" if r.hot_ops >= 1e6 else f"{r.hot_ops / 1e3:.1f}k"
-        shares = " / ".join(f"{n:,}" for n in f["shares"].values())
+
+    def mid(values: list[float], fmt: str) -> str:
+        return (f"{format(statistics.median(values), fmt)} "
+                f"({format(min(values), fmt)}-{format(max(values), fmt)})")
+
+    for name, results in runs.items():
+        figures = [r.figures() for r in results]
+        loads = [x for r in results for x in r.load]
         lines.append(
-            f"| {r.system} | {hot} | {f['admitted']:,} / {f['allowed']:,.0f} "
-            f"({f['admitted'] / f['allowed']:.1%}) | {f['worst']:,} ({f['worst'] / RATE:.3f} x) "
-            f"| {f['sec_min']:,}-{f['sec_max']:,} | {shares} ({f['spread']:.1%}) "
-            f"| {f['per_1000']:.1f} | {r.load[0]:.2f} / {r.load[1]:.2f} |")
-    lines += ["", "Raw:", ""]
-    for r in results:
-        f = r.figures()
-        lines.append(f"- {r.system}: per second from t0 {r.per_second(0.0, int(seconds))}; "
-                     f"worst 1 s window from t0 + 6 s to t0 + {SETTLE + STEADY:g} s "
-                     f"{r.worst(6.0, SETTLE + STEADY):,}; "
-                     f"admitted in the {seconds:g} s run {f['total']:,} (bound rate x t + burst "
-                     f"= {RATE * seconds + BURST:,.0f} for faust-backpressure); round trips "
-                     f"{r.round_trips:,} for {f['total_all']:,} permits.")
+            f"| {name} | {mid([r.hot_ops / 1e3 for r in results], ',.0f')}k "
+            f"| {mid([f['admitted'] / f['allowed'] * 100 for f in figures], '.1f')} % "
+            f"| {mid([f['worst'] / RATE for f in figures], '.3f')} "
+            f"| {mid([f['spread'] * 100 for f in figures], '.1f')} % "
+            f"| {mid([f['per_1000'] for f in figures], ',.1f')} "
+            f"| {mid([f['cpu_per_1000'] for f in figures], '.3f')} "
+            f"| {min(loads):.2f}-{max(loads):.2f} |")
+    lines += ["", "Every run, in the order run:", "",
+              "| round | system | admitted, steady | worst 1 s | per-second min-max | shares "
+              "(spread) | round trips / 1000 | CPU s | load before / after |",
+              "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    for n, one in enumerate(rounds, 1):
+        for r in one:
+            f = r.figures()
+            shares = " / ".join(f"{v:,}" for v in f["shares"].values())
+            lines.append(
+                f"| {n} | {r.system} | {f['admitted']:,} ({f['admitted'] / f['allowed']:.1%}) "
+                f"| {f['worst']:,} | {f['sec_min']:,}-{f['sec_max']:,} | {shares} "
+                f"({f['spread']:.1%}) | {f['per_1000']:.1f} | {r.cpu:.2f} "
+                f"| {r.load[0]:.2f} / {r.load[1]:.2f} |")
+    lines += ["", "Per second from t0, every run:", ""]
+    lines += [f"- round {n}, {r.system}: {r.per_second(0.0, int(seconds))}"
+              for n, one in enumerate(rounds, 1) for r in one]
     if skipped:
         lines += ["", skipped]
     return "\n".join(lines) + "\n"
 
 
-def main(seconds: float) -> str:
-    with kafka_bootstrap() as bootstrap:  # starts its broker outside any event loop
-        results = [asyncio.run(faust_run(bootstrap, seconds))]
-    peers, skipped = redis_peers(seconds)
-    return render(results + peers, skipped, seconds)
+def main(rounds: int, seconds: float) -> str:
+    from faust_backpressure.testing.chaos_report import git_commit
+
+    missing = redis_missing("limits", "pyrate_limiter", "redis")
+    kinds = ["faust"] + ([] if missing else ["limits", "pyrate"])
+    done: list[list[Result]] = []
+    with contextlib.ExitStack() as stack:
+        bootstrap = stack.enter_context(kafka_bootstrap())  # outside any event loop
+        port = 0 if missing else stack.enter_context(redis_server())
+        for n in range(rounds):
+            order = kinds[n % len(kinds):] + kinds[:n % len(kinds)]
+            done.append([asyncio.run(faust_run(bootstrap, seconds)) if kind == "faust"
+                         else peer_run(kind, port, seconds) for kind in order])
+            sys.stderr.write(f"round {n + 1} of {rounds} done\n")
+    skipped = f"Redis peers skipped: {missing}." if missing else None
+    return render(done, skipped, seconds, git_commit())
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--peer", choices=["limits", "pyrate"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -367,7 +424,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.peer:
         peer_main(args.peer, args.port, args.seconds, args.go, args.out)
-    text = main(args.seconds)
+    text = main(args.rounds, args.seconds)
     out = REPO / "bench" / "results" / "evenness.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Evenness and fairness (issue 13)\n\n" + text)
