@@ -160,7 +160,9 @@ async def measure(make: Callable[[], SyncBatch | AsyncBatch], is_async: bool,
     return n / (t - t0), refused
 
 
-async def bench_throughput(repeats: int, seconds: float) -> list[tuple[str, float, int]]:
+async def bench_throughput(repeats: int, seconds: float
+                           ) -> tuple[list[tuple[str, float, int]], dict[str, list[float]]]:
+    """Each case's median ops/s and refusals, and every round's ops/s by case."""
     cases = our_cases() + peer_cases()
     rates: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     refused: dict[str, int] = dict.fromkeys(rates, 0)
@@ -169,7 +171,15 @@ async def bench_throughput(repeats: int, seconds: float) -> list[tuple[str, floa
             rate, ref = await measure(make, is_async, seconds)
             rates[name].append(rate)
             refused[name] += ref
-    return [(name, statistics.median(rates[name]), refused[name]) for name, _, _ in cases]
+    return ([(name, statistics.median(rates[name]), refused[name]) for name, _, _ in cases],
+            rates)
+
+
+def ratio_spread(ours: list[float], theirs: list[float]) -> str:
+    """Per-round ratios ours / theirs (same round): their median and min-max."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return (f"per round {statistics.median(ratios):.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 # -- accuracy ---------------------------------------------------------------------------------
@@ -226,23 +236,31 @@ async def main() -> None:
     repeats, seconds, acc_s = (3, 0.2, 2.0) if args.quick else (5, 0.9, 5.0)
     out: list[str] = []
     emit = out.append
+    from faust_backpressure.testing.chaos_report import git_commit
+
     emit(f"Command: `PYTHONPATH=. python bench/limiters.py{' --quick' if args.quick else ''}`, "
-         f"{time.strftime('%Y-%m-%d %H:%M %Z')}; Python {platform.python_version()}, "
-         f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}.")
+         f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {git_commit()}; "
+         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+         f"load {os.getloadavg()[0]:.2f}.")
     emit("")
     emit(f"### try_acquire(1) throughput, never refusing (median of {repeats} x {seconds} s)")
     emit("")
-    emit("| limiter | ops/s | ns/op | vs minimal bucket | refused |")
-    emit("| --- | ---: | ---: | ---: | ---: |")
-    rows = await bench_throughput(repeats, seconds)
+    emit("| limiter | ops/s | min-max | ns/op | vs minimal bucket | refused |")
+    emit("| --- | ---: | --- | ---: | ---: | ---: |")
+    rows, rounds = await bench_throughput(repeats, seconds)
     ref = rows[0][1]
     for name, rate, refused in rows:
-        emit(f"| {name} | {fmt(rate)} | {1e9 / rate:.0f} | {rate / ref * 100:.1f}% | {refused} |")
-    ours = next(r for n, r, _ in rows if "TokenBucketRateLimiter" in n)
-    aio = next((r for n, r, _ in rows if n.startswith("aiolimiter")), None)
+        emit(f"| {name} | {fmt(rate)} | {fmt(min(rounds[name]))}-{fmt(max(rounds[name]))} "
+             f"| {1e9 / rate:.0f} | {rate / ref * 100:.1f}% | {refused} |")
+    ours_name = next(n for n, _, _ in rows if "TokenBucketRateLimiter" in n)
+    ours = next(r for n, r, _ in rows if n == ours_name)
+    aio_name = next((n for n, _, _ in rows if n.startswith("aiolimiter")), None)
     emit("")
     emit(f"TokenBucketRateLimiter: **{ours / ref * 100:.0f}% of the minimal bucket** (target "
-         ">= 75%)" + (f", **{ours / aio:.1f}x aiolimiter** (target >= 4x)." if aio else "."))
+         f">= 75%; {ratio_spread(rounds[ours_name], rounds[rows[0][0]])})"
+         + (f", **{ours / dict((n, r) for n, r, _ in rows)[aio_name]:.1f}x aiolimiter** "
+            f"(target >= 4x; {ratio_spread(rounds[ours_name], rounds[aio_name])})."
+            if aio_name else "."))
     emit("")
     emit(f"### Accuracy: {ACC_RATE}/s, one greedy consumer `await acquire()`, {acc_s:.0f} s")
     emit("")
