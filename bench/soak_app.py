@@ -15,6 +15,7 @@ Env: ``FBP_APP_ID``, ``FBP_SOURCE``, ``FBP_SINK``, ``FBP_BILLED``, ``FBP_DLQ``, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -107,13 +108,25 @@ def rocksdb_usage() -> dict[str, int]:
     return {"memtable_kib": memtables // 1024, "block_cache_kib": cache // 1024}
 
 
+def sst_files(fds: list[str]) -> int:
+    """How many of these open fds are RocksDB table files (kept open by RocksDB's table cache;
+    compaction closes them, so they rise and fall)."""
+    count = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed since the listing
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith(".sst")
+    return count
+
+
 @app.timer(10.0)
 async def sample() -> None:
     with open("/proc/self/statm") as statm:
         rss_kib = int(statm.read().split()[1]) * resource.getpagesize() // 1024
     # Python objects: flat while RSS grows points below Python (RocksDB's memtables fill up
     # to their write buffer size before a flush)
-    line = {"rss_kib": rss_kib, "fds": len(os.listdir("/proc/self/fd")),
+    fds = os.listdir("/proc/self/fd")
+    line = {"rss_kib": rss_kib, "fds": len(fds), "sst_fds": sst_files(fds),
+            "dbs": sum(len(getattr(t.data, "_dbs", {})) for t in app.tables.values()),
             "objects": len(gc.get_objects()),
             "py_blocks": sys.getallocatedblocks(),  # every Python allocation, tracked or not
             **rocksdb_usage(),
