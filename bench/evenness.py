@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -106,7 +107,7 @@ class Result:
     cpu: float = 0.0  # CPU seconds of the run's processes (and Redis) while it ran
     notes: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def all_times(self) -> list[float]:
         return sorted(t for ts in self.times.values() for t in ts)
 
