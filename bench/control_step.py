@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Issue 12's 2-stage step on the real broker, for both control policies.
 
-Run: ``PYTHONPATH=. python bench/control_step.py [--policies setpoint,step] [--label NAME]``.
+Run: ``PYTHONPATH=. python bench/control_step.py [--policies setpoint,step] [--rounds 1]
+[--label NAME]`` (with ``--rounds R`` the policies run R times each, their order rotating, and
+the report gives medians with min-max and how many runs met every target).
 Starts its own Kafka broker (or uses ``$KAFKA_BOOTSTRAP_SERVERS``) and, per policy, two real
 ``faust worker`` processes of ``bench/control_step_app.py``:
 
@@ -32,6 +34,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from faust_backpressure.control.probe import LagProbe
 from faust_backpressure.testing.broker import kafka_bootstrap
+from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.kafka_io import create_topics, wait_partitions
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
@@ -233,6 +237,30 @@ async def run_once(bootstrap: str, policy: str, timeout: float) -> Result:
 
 # -- output ---------------------------------------------------------------------------------
 
+def summary(results: list[Result]) -> list[str]:
+    """Per policy over its rounds: medians (min-max) of the main measures, targets met."""
+    def mid(values: list[float], fmt: str) -> str:
+        return (f"{format(statistics.median(values), fmt)} "
+                f"({format(min(values), fmt)}-{format(max(values), fmt)})")
+
+    lines = ["| policy | rounds | peak lag | steady rate, low / high /s | steps > 5% /min "
+             "| stage-2 busy % | restore (intervals) | every target met |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for policy in dict.fromkeys(r.policy for r in results):
+        mine = [r for r in results if r.policy == policy]
+        restores = [x for x in (r.restore_intervals() for r in mine) if x is not None]
+        lines.append(
+            f"| {policy} | {len(mine)} | {mid([r.peak_lag() for r in mine], ',.0f')} "
+            f"| {mid([r.rate_band()[0] for r in mine], '.0f')} / "
+            f"{mid([r.rate_band()[1] for r in mine], '.0f')} "
+            f"| {mid([r.per_minute(0.05) for r in mine], '.0f')} "
+            f"| {mid([r.busy_share() * 100 for r in mine], '.1f')} "
+            f"| {mid(restores, '.1f') if restores else 'never'}"
+            f"{'' if len(restores) == len(mine) else f' ({len(mine) - len(restores)} never)'} "
+            f"| {sum(all(r.targets().values()) for r in mine)} of {len(mine)} |")
+    return lines
+
+
 def table(results: list[Result]) -> list[str]:
     lines = ["| policy | peak lag | steady lag band | steady rate /s | rate changes /min | "
              "steps > 5% /min | stage-2 busy | emergency | restore (intervals) | "
@@ -315,21 +343,28 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--policies", default="setpoint,step")
     parser.add_argument("--label", default="latest")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument("--plot", default=str(REPO / "docs" / "img" / "control_step.png"))
     args = parser.parse_args()
     results = []
+    policies = args.policies.split(",")
     with kafka_bootstrap() as bootstrap:
-        for policy in args.policies.split(","):
-            result = asyncio.run(run_once(bootstrap, policy, args.timeout))
-            results.append(result)
-            sys.stderr.write(f"{policy}: {table([result])[-1]}\n")
-    lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; Python {platform.python_version()}, "
-             f"{os.cpu_count()} cores; `PYTHONPATH=. python bench/control_step.py --policies "
-             f"{args.policies}` ({args.label}). Stage 1: distributed limiter {BASE:g}/s, "
+        for k in range(args.rounds):
+            for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
+                result = asyncio.run(run_once(bootstrap, policy, args.timeout))
+                results.append(result)
+                sys.stderr.write(f"{policy}: {table([result])[-1]}\n")
+    lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; commit {git_commit(REPO)}; Python "
+             f"{platform.python_version()}, {os.cpu_count()} cores; `PYTHONPATH=. python "
+             f"bench/control_step.py --policies {args.policies} --rounds {args.rounds}` "
+             f"({args.label}). Stage 1: distributed limiter {BASE:g}/s, "
              f"interval {INTERVAL:g} s, scaling 1,000, max lag 2,000; stage 2: {CAPACITY:g}/s, "
              f"commits every 2.8 s; A fed at {FEED_RATE:g}/s for {FEED_SECONDS:g} s.", "",
+             f"Over {args.rounds} round(s), the policies' order rotating; medians (min-max):",
+             "", *summary(results), "", "Every run, in the order run:", "",
              *table(results), ""]
+    first = [next(r for r in results if r.policy == p) for p in policies]
     for r in results:
         recommended = sorted({d["recommended_workers"] for d in r.steady_decisions()
                               if d.get("recommended_workers") is not None})
@@ -337,7 +372,8 @@ def main() -> int:
                   f"1 worker at {CAPACITY:g}/s, base {BASE:g}/s): {recommended or 'none'}", ""]
         lines += [f"{r.policy}: fed {r.fed:,}; targets: " + ", ".join(
             f"{name} {'met' if ok else 'MISSED'}" for name, ok in r.targets().items()), ""]
-    for r in results:
+    lines += ["Per-second series and decisions of each policy's first run:", ""]
+    for r in first:
         lines += [*series(r), ""]
         lines += [f"### {r.policy}: decisions (s from the feed's start)", "",
                   "| t s | rate /s | severity | downstream /s | utilization | workers rec. | "
@@ -353,7 +389,7 @@ def main() -> int:
     out = REPO / "bench" / "results" / f"control_step-{args.label}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Control step on the real broker (issue 12)\n\n" + text)
-    plot(results, Path(args.plot))
+    plot(first, Path(args.plot))
     sys.stdout.write("\n".join(table(results)) + "\n")
     for r in results:
         sys.stdout.write(f"{r.policy}: {r.targets()}\n")
