@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.figures import median_spread
 from faust_backpressure.control.probe import LagProbe
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.chaos_report import git_commit
@@ -239,9 +239,6 @@ async def run_once(bootstrap: str, policy: str, timeout: float) -> Result:
 
 def summary(results: list[Result]) -> list[str]:
     """Per policy over its rounds: medians (min-max) of the main measures, targets met."""
-    def mid(values: list[float], fmt: str) -> str:
-        return (f"{format(statistics.median(values), fmt)} "
-                f"({format(min(values), fmt)}-{format(max(values), fmt)})")
 
     lines = ["| policy | rounds | peak lag | steady rate, low / high /s | steps > 5% /min "
              "| stage-2 busy % | restore (intervals) | every target met |",
@@ -250,12 +247,12 @@ def summary(results: list[Result]) -> list[str]:
         mine = [r for r in results if r.policy == policy]
         restores = [x for x in (r.restore_intervals() for r in mine) if x is not None]
         lines.append(
-            f"| {policy} | {len(mine)} | {mid([r.peak_lag() for r in mine], ',.0f')} "
-            f"| {mid([r.rate_band()[0] for r in mine], '.0f')} / "
-            f"{mid([r.rate_band()[1] for r in mine], '.0f')} "
-            f"| {mid([r.per_minute(0.05) for r in mine], '.0f')} "
-            f"| {mid([r.busy_share() * 100 for r in mine], '.1f')} "
-            f"| {mid(restores, '.1f') if restores else 'never'}"
+            f"| {policy} | {len(mine)} | {median_spread([r.peak_lag() for r in mine], ',.0f')} "
+            f"| {median_spread([r.rate_band()[0] for r in mine], '.0f')} / "
+            f"{median_spread([r.rate_band()[1] for r in mine], '.0f')} "
+            f"| {median_spread([r.per_minute(0.05) for r in mine], '.0f')} "
+            f"| {median_spread([r.busy_share() * 100 for r in mine], '.1f')} "
+            f"| {median_spread(restores, '.1f') if restores else 'never'}"
             f"{'' if len(restores) == len(mine) else f' ({len(mine) - len(restores)} never)'} "
             f"| {sum(all(r.targets().values()) for r in mine)} of {len(mine)} |")
     return lines

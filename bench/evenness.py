@@ -53,11 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.figures import cpu_seconds, median_spread
 from bench.redis_local import redis_missing, redis_server, redis_version
 from faust_backpressure.tables import DistributedRateLimiter, Grant
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.kafka_io import consume, create_topics
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from faust_backpressure.wire.limiter_records import LeaseRequest
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "tests.integration.distributed.apps.limited"
@@ -73,7 +75,7 @@ def leased(tokens: int) -> DistributedRateLimiter:
     limiter = DistributedRateLimiter("bench", 1e12, 1e12, worker_id="w", lease_ttl=3600)
     limiter.try_acquire()
     request = limiter.poll()
-    assert request is not None
+    assert isinstance(request, LeaseRequest)
     limiter.on_grant(Grant(request_id=request.request_id, limiter_id="bench", worker_id="w",
                            lease_id="1", tokens=tokens, ttl=3600, renews=None,
                            retry_after=3600, epoch=0, rate=1e12, burst=1e12,
@@ -197,21 +199,6 @@ async def faust_run(bootstrap: str, seconds: float) -> Result:
         trips[body["worker"]] = body.get("requests", 0) + body.get("retries", 0)
     return Result("faust-backpressure, rate leases", lease_hit_ops(1_000_000),
                   times, sum(trips.values()), seconds, (before, after), cpu)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and their children so far."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            for one in (proc, *proc.children(recursive=True)):
-                with contextlib.suppress(psutil.Error):
-                    times = one.cpu_times()
-                    total += times.user + times.system
-    return total
 
 
 # -- (b): Redis-backed peers ------------------------------------------------------------------
@@ -360,20 +347,17 @@ def render(rounds: list[list[Result]], skipped: str | None, seconds: float,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
 
-    def mid(values: list[float], fmt: str) -> str:
-        return (f"{format(statistics.median(values), fmt)} "
-                f"({format(min(values), fmt)}-{format(max(values), fmt)})")
 
     for name, results in runs.items():
         figures = [r.figures() for r in results]
         loads = [x for r in results for x in r.load]
         lines.append(
-            f"| {name} | {mid([r.hot_ops / 1e3 for r in results], ',.0f')}k "
-            f"| {mid([f['admitted'] / f['allowed'] * 100 for f in figures], '.1f')} % "
-            f"| {mid([f['worst'] / RATE for f in figures], '.3f')} "
-            f"| {mid([f['spread'] * 100 for f in figures], '.1f')} % "
-            f"| {mid([f['per_1000'] for f in figures], ',.1f')} "
-            f"| {mid([f['cpu_per_1000'] for f in figures], '.3f')} "
+            f"| {name} | {median_spread([r.hot_ops / 1e3 for r in results], ',.0f')}k "
+            f"| {median_spread([f['admitted'] / f['allowed'] * 100 for f in figures], '.1f')} % "
+            f"| {median_spread([f['worst'] / RATE for f in figures], '.3f')} "
+            f"| {median_spread([f['spread'] * 100 for f in figures], '.1f')} % "
+            f"| {median_spread([f['per_1000'] for f in figures], ',.1f')} "
+            f"| {median_spread([f['cpu_per_1000'] for f in figures], '.3f')} "
             f"| {min(loads):.2f}-{max(loads):.2f} |")
     lines += ["", "Every run, in the order run:", "",
               "| round | system | admitted, steady | worst 1 s | per-second min-max | shares "

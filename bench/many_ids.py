@@ -21,14 +21,13 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.evenness import cpu_seconds
+from bench.figures import cpu_seconds, median_spread
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets
@@ -104,9 +103,6 @@ async def window_cpu(pids: list[int], since: float, window: float) -> float:
     return (cpu_seconds(pids) - before) / window
 
 
-def mid(values: list[float], fmt: str) -> str:
-    return (f"{format(statistics.median(values), fmt)} "
-            f"({format(min(values), fmt)}-{format(max(values), fmt)})")
 
 
 def main() -> None:
@@ -138,9 +134,10 @@ def main() -> None:
              "| ---: | ---: | ---: | ---: |"]
     for n in sizes:
         mine = [r for r in results if r["ids"] == n]
-        lines.append(f"| {n} | {mid([r['admitted'] / r['allowed'] * 100 for r in mine], '.1f')} "
-                     f"| {mid([r['answered'] for r in mine], ',.0f')} "
-                     f"| {mid([r['cores'] for r in mine], '.2f')} |")
+        shares = [r["admitted"] / r["allowed"] * 100 for r in mine]
+        lines.append(f"| {n} | {median_spread(shares, '.1f')} "
+                     f"| {median_spread([r['answered'] for r in mine], ',.0f')} "
+                     f"| {median_spread([r['cores'] for r in mine], '.2f')} |")
     lines += ["", "Every run, in the order run:", "",
               "| round | ids | allowed/s | admitted/s | admitted % | grants answered/s | lease "
               "requests (retries, abandoned) | CPU, cores | load 1 min before / after |",

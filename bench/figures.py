@@ -1,0 +1,27 @@
+"""Small helpers the benchmarks share: a median with its spread, and processes' CPU time."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+
+
+def median_spread(values: list[float], fmt: str) -> str:
+    """``median (min-max)`` of ``values``, each formatted with ``fmt``."""
+    return (f"{format(statistics.median(values), fmt)} "
+            f"({format(min(values), fmt)}-{format(max(values), fmt)})")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and their children so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for one in (proc, *proc.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    times = one.cpu_times()
+                    total += times.user + times.system
+    return total
