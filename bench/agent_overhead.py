@@ -133,11 +133,13 @@ async def measure(bootstrap: str, records: int, rounds: int) -> str:
     # CPU per event: plain / decorated, so that > 100% would mean the gate saves CPU.
     cpu_low, cpu_high = median_ratio_interval(cpu[True], cpu[False])
     cpu_ratios = [p / d for p, d in zip(cpu[False], cpu[True], strict=True)]
+    from faust_backpressure.testing.chaos_report import git_commit
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
     lines = [
         f"Command: `PYTHONPATH=. python bench/agent_overhead.py --records {records} --rounds "
-        f"{rounds}`, {when}; Python {platform.python_version()}, {platform.machine()}, "
+        f"{rounds}`, {when}, commit {git_commit()}; Python {platform.python_version()}, "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} CPUs, load {load:.2f}; faust-streaming {faust.__version__}, "
         "Apache Kafka 3.9.1 (local KRaft broker).",
         "",
