@@ -55,9 +55,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Breaker states in which a call that already waited for its slot must not go out.
-_HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
-
+#: Breaker states in which any call may go out (in the others, only a probe of the round).
+_PASSING = frozenset({BreakerState.CLOSED, BreakerState.FORCED_CLOSED})
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -245,9 +244,9 @@ class Downstream:
 
     # -- calls -----------------------------------------------------------------------------
 
-    async def _admitted(self, stopped: asyncio.Event | None) -> None:
-        """Wait until the breaker takes this call (a slow-down holds it open); raise
-        :class:`WaitAborted` if ``stopped`` is set first."""
+    async def _admitted(self, stopped: asyncio.Event | None) -> int:
+        """Wait until the breaker takes this call (a slow-down holds it open): the breaker's
+        epoch then; raise :class:`WaitAborted` if ``stopped`` is set first."""
         while not self.breaker.allow():
             if stopped is None:
                 await self.breaker.wait_until_allowed()
@@ -262,6 +261,7 @@ class Downstream:
                 for task in waits:
                     task.cancel()
             self.outcomes["waited"] += 1
+        return self.breaker.epoch
 
     @contextlib.asynccontextmanager
     async def call(self, *, stopped: asyncio.Event | None = None) -> AsyncIterator[None]:
@@ -294,11 +294,13 @@ class Downstream:
 
     async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
         """Admitted by the breaker, then a rate permit and a slot; if a slow-down began or the
-        breaker opened while it waited for those, back to waiting (else calls paced before
-        go out during the pause or the outage: the quota is spent when a pause ends, and an
-        outage took hundreds of calls before the waiting ones saw the breaker open)."""
+        breaker moved on while it waited for those (see ``_may_go``), back to waiting
+        (else calls paced before go out during the pause or the outage: the quota is spent
+        when a pause ends, an outage took hundreds of calls before the waiting ones saw the
+        breaker open, and calls admitted while it was closed went out with its half-open
+        probes, 4 at once, after waiting seconds for a permit)."""
         while True:
-            await self._admitted(stopped)
+            epoch = await self._admitted(stopped)
             try:
                 if self.quota is not None:
                     await self.quota.acquire()
@@ -306,13 +308,19 @@ class Downstream:
                     await self.rate.acquire()
                 permit = await self.concurrency.acquire()
             except BaseException:
-                self.breaker.abandon()  # a half-open probe that will never report
+                self.breaker.abandon(epoch)  # a half-open probe that will never report
                 raise
-            if self._paused_until <= self._wall() and self.breaker.state not in _HOLDING:
+            if self._paused_until <= self._wall() and self._may_go(epoch):
                 return permit
-            permit.ignore()  # a pause began, or the breaker opened, while it waited
-            self.breaker.abandon()
+            permit.ignore()  # a pause began, or the breaker moved on, while it waited
+            self.breaker.abandon(epoch)
             self.outcomes["held_by_pause"] += 1
+
+    def _may_go(self, epoch: int) -> bool:
+        """A call admitted under ``epoch`` that got its permit and slot: closed or the same
+        epoch (in half-open, only the round's own probes; after a slow-down too: a batch of
+        them was how an outage that began during the pause was first met, 3-4 at once)."""
+        return self.breaker.state in _PASSING or self.breaker.epoch == epoch
 
     def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,
                 dropped: bool) -> None:

@@ -12,7 +12,9 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
 * a reading from part of an interval (or of calls attempted, nothing served yet) overstates
   what is served (the system's own burst): the ceiling is then only an upper bound
   (``bounded``); a later slow-down whose reading is below the rate replaces it and backs off
-  ``backoff`` x that reading, however recent (a better measurement, not a second loss);
+  ``backoff`` x that reading, however recent (a better measurement, not a second loss), and
+  the first at or above the rate backs off ``backoff`` x the rate (a first loss at it, not
+  a second), later ones as usual (a bound far above the quota is left in a few steps);
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found;
@@ -42,7 +44,8 @@ __all__ = ["QuotaLearner"]
 class QuotaLearner:
     """The rate one caller should keep to, learnt from successes and slow-downs."""
 
-    __slots__ = ("_attempted", "_attempts", "_clock", "_last_call", "_next_step", "_ok",
+    __slots__ = ("_attempted", "_attempts", "_clock", "_from_reading", "_last_call",
+                 "_next_step", "_ok",
                  "_probes", "_served", "_since", "_slowed_at", "announced_quota",
                  "backoff", "bounded", "ceiling", "fast_backoff", "interval", "max_rate",
                  "min_rate", "near_since", "probe_after", "rate", "recent")
@@ -68,6 +71,7 @@ class QuotaLearner:
         self.ceiling: float | None = None
         #: The ceiling is an upper bound (read over part of an interval), not a measurement.
         self.bounded = False
+        self._from_reading = True  # the rate was set from a reading (not a loss at the rate)
         now = clock()
         self._restart(now)
         self._last_call = -math.inf
@@ -132,6 +136,11 @@ class QuotaLearner:
             ceiling, factor = reading, self.backoff
         else:
             ceiling = min(reading, self.rate)
+            if self.bounded and self._from_reading:
+                # the rate came from a bound, not a loss: this is the first loss at it, not
+                # a second soon after (0.8x of it left 233-267/s of a 300/s quota)
+                factor = self.backoff
+        self._from_reading = reading < self.rate  # else a loss at the rate: the next, fast
         self._slowed_at = now
         self._served = self._attempted = 0.0
         self._restart(now + pause)  # what is served counts once the pause is over

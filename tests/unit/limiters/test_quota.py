@@ -111,6 +111,30 @@ def test_a_first_reading_from_part_of_an_interval_is_an_upper_bound_refined_late
     assert not learner.bounded and learner.ceiling == pytest.approx(300, rel=0.02)
 
 
+def test_a_reading_at_or_above_a_bounded_rate_backs_off_as_a_first_loss(
+        clock: FakeClock) -> None:
+    # After an outage the first 429 read 447-596/s for a quota of 300 (a bound); the next, a
+    # second after, read part of an interval again, at the rate: 0.8x of it left 233-267/s.
+    learner = QuotaLearner(fast_backoff=0.8, clock=clock)
+    for _ in range(30):  # the system's burst, then 300/s for a third of a second: a bound
+        learner.started()
+        learner.succeeded()
+    for _ in range(100):
+        learner.started()
+        clock.advance(1 / 300)
+        learner.succeeded()
+    bound_rate = learner.slowed_down(pause=1.0)
+    assert learner.bounded and bound_rate > 300
+    clock.advance(1.0)
+    for _ in range(int(bound_rate / 3)):  # a third of a second at the rate, then a 429
+        learner.started()
+        clock.advance(1 / bound_rate)
+        learner.succeeded()
+    assert not learner.whole and learner.observed() >= 0.99 * learner.rate
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * bound_rate, rel=0.01)
+    assert learner.bounded  # still a bound: read over part of an interval again
+
+
 def test_a_quiet_start_does_not_dilute_the_first_ceiling(clock: FakeClock) -> None:
     learner = QuotaLearner(clock=clock)
     clock.advance(30)  # a worker started, nothing to call for 30 s
