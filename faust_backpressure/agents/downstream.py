@@ -24,10 +24,16 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from faust_backpressure.agents.background import BackgroundTasks
+from faust_backpressure.agents.downstream_types import (
+    RECOVERY_MIN_OPEN,
+    DownstreamStats,
+    Publisher,
+    WaitAborted,
+    is_unavailable,
+)
 from faust_backpressure.agents.latency import LATENCY_BUCKETS, LatencyWindow
 from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate, SharedQuota
 from faust_backpressure.agents.slow_down import (
@@ -38,14 +44,12 @@ from faust_backpressure.agents.slow_down import (
     quota_from_headers,
 )
 from faust_backpressure.config.validation import check_number
-from faust_backpressure.errors import BackpressureError
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
 from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
-from faust_backpressure.limiters.metrics import gauge
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
@@ -59,47 +63,6 @@ T = TypeVar("T")
 _PASSING = frozenset({BreakerState.CLOSED, BreakerState.FORCED_CLOSED})
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """The default: the system is down or overloaded as a whole, not this event's fault."""
-    return isinstance(exc, (DependencyUnavailable, ConnectionError, TimeoutError,
-                            asyncio.TimeoutError))
-
-
-class WaitAborted(BackpressureError):
-    """A call gave up waiting for its dependency (the caller asked it to: e.g. Faust stopped
-    the flow for a rebalance while the breaker was open). Nothing was called."""
-
-
-#: Publishes a slow-down to the other workers: ``(dependency, until)`` (wall-clock seconds);
-#: or, for ``publish_recovery``, that this worker's probes passed: ``(dependency, at)``.
-Publisher = Callable[[str, float], Awaitable[None]]
-
-#: Probes after another worker's recovery news come at most this often (seconds after an
-#: opening): a flood of such records (unsigned, from anyone) costs a probe round per period.
-RECOVERY_MIN_OPEN = 0.5
-
-
-@dataclass
-class DownstreamStats:
-    """One guard's view since this worker started (per process)."""
-
-    name: str
-    limit: int = field(metadata=gauge("Calls in flight the learnt limit allows."))
-    in_flight: int = field(metadata=gauge("Calls in flight now."))
-    queued: int = field(metadata=gauge("Calls waiting for a slot."))
-    breaker: str
-    failure_rate: float = field(metadata=gauge("The breaker's failure rate over its window."))
-    slow_call_rate: float
-    paused_for: float = field(metadata=gauge("Seconds left of a slow-down in force."))
-    outcomes: dict[str, int] = field(default_factory=dict)
-    latency_p50: float | None = None
-    latency_p99: float | None = None
-    latency_buckets: list[int] = field(default_factory=list)
-    latency_sum: float = 0.0
-    #: The rate learnt from slow-downs (None: no limit learnt yet, or not learning).
-    learnt_rate: float | None = None
-
-
 class Downstream:
     """The guard of one dependency on this worker; see the module's docstring."""
 
@@ -110,7 +73,8 @@ class Downstream:
                  publish: Publisher | None = None, clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time, max_concurrency: int | None = None,
                  quota: QuotaGate | QuotaLearner | None = None,
-                 coalesce: float = 1.0, publish_recovery: Publisher | None = None) -> None:
+                 coalesce: float = 1.0, publish_recovery: Publisher | None = None,
+                 publish_failing: Publisher | None = None) -> None:
         """``max_concurrency``: the most calls in flight the limit may allow (how many events
         a pipeline keeps in progress); default the limit's ``max_limit``. ``quota``: learns
         the rate the system allows from its slow-downs (a learner alone: this worker's own
@@ -130,7 +94,12 @@ class Downstream:
         #: breaker otherwise found the system back at the end of its own wait, up to
         #: ``wait_in_open`` apart: goodput came back one worker at a time.
         self.publish_recovery = publish_recovery
+        #: Set by the installer: tells every worker this one's breaker opened on failures,
+        #: ``(dependency, until)``. Each met the outage through its own calls otherwise, one
+        #: through a probe that waited seconds for a permit (open on all: up to 8.6 s).
+        self.publish_failing = publish_failing
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
+        self._ok_sent_at = -math.inf  # wall clock: failures news older than it is stale
         self._outage = False  # failures opened the breaker and it has not closed since
         self._background = BackgroundTasks(f"downstream {name}")
         self._clock, self._wall = clock, wall_clock
@@ -146,8 +115,9 @@ class Downstream:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
         if new is BreakerState.OPEN:
             self._opened_at = self._wall()
-            # opened by failures, not held open for a slow-down (which sets its end first)
-            self._outage = self._outage or self.paused_for <= 0
+            if self.breaker.failing and not self._outage:  # not a slow-down's hold
+                self._outage = True  # (set before tripping on news: not published again)
+                self._publish_failing()
         elif new is BreakerState.CLOSED and self._outage:
             self._outage = False
             if self.quota is not None:
@@ -167,6 +137,31 @@ class Downstream:
         await self._background.stop()
         if isinstance(self.quota, SharedQuota):
             await self.quota.stop()
+
+    def _publish_failing(self) -> None:
+        if self.publish_failing is not None:
+            until = self._wall() + self.breaker.time_until_allowed()
+            self._background.spawn(self.publish_failing(self.name, until),
+                                   "publishing the failures")
+
+    def failing_until(self, at: float, until: float, *, source: str = "local") -> bool:
+        """Another worker's breaker opened on failures at ``at``, open until ``until`` (wall
+        clock): this one opens as on its own verdict (:meth:`CircuitBreaker.trip`). Stale
+        news, counted as ``stale_news``: ``until`` past, or a call sent here since ``at``
+        succeeded. Ignored when already in the outage and under an operator's state."""
+        if until <= self._wall() or at < self._ok_sent_at:
+            self.outcomes["stale_news"] += 1
+            return False
+        if self._outage:
+            return False
+        self._outage = True
+        if not self.breaker.trip():
+            self._outage = False
+            return False
+        self.outcomes["opened_on_news"] += 1
+        log.warning("downstream %s: failing %s, breaker %s", self.name, source,
+                    self.breaker.state.value)
+        return True
 
     def recovered_at(self, at: float, *, source: str = "local") -> bool:
         """Another worker's probes found the system back at ``at`` (wall clock): if the
@@ -330,6 +325,7 @@ class Downstream:
         if dropped:
             permit.dropped()
         elif outcome == "success":
+            self._ok_sent_at = max(self._ok_sent_at, self._wall() - seconds)
             permit.success()
             self._latency.observe(seconds)
             if self.quota is not None:

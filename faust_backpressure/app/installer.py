@@ -23,9 +23,11 @@ from faust_backpressure.agents.keyed import KeyedOnLimit, KeyFunction
 from faust_backpressure.agents.quota_gate import SharedQuota
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.downstream_ops import (
+    FailingRecord,
     QuotaReport,
     RecoveredRecord,
     SlowDownRecord,
+    failing_key,
     quota_key,
     recovered_key,
     slow_down_key,
@@ -247,7 +249,7 @@ class Backpressure:
                          open_jitter=BREAKER_JITTER, probe_rate=probe_rate),
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
             unavailable=unavailable, publish=self._publish_slow_down,
-            publish_recovery=self._publish_recovery,
+            publish_recovery=self._publish_recovery, publish_failing=self._publish_failing,
             learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
@@ -268,6 +270,11 @@ class Backpressure:
     async def _publish_recovery(self, dependency: str, at: float) -> None:
         record = RecoveredRecord(dependency, worker_name(), at)
         await send_control(self.app, ops_topic(str(self.app.conf.id)), recovered_key(dependency),
+                           record.encode(self.settings.secret_key))
+
+    async def _publish_failing(self, dependency: str, until: float) -> None:
+        record = FailingRecord(dependency, until, worker_name(), time.time())
+        await send_control(self.app, ops_topic(str(self.app.conf.id)), failing_key(dependency),
                            record.encode(self.settings.secret_key))
 
     async def _publish_quota_report(self, dependency: str, episode: float,

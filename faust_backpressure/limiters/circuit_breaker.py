@@ -27,6 +27,7 @@ from enum import Enum
 from faust_backpressure.config.validation import check_int, check_number
 
 from .base import Clock, RateLimitTimeout, _wake, check_timeout
+from .breaker_window import Window as _Window
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "CircuitOpenTimeout",
            "TransitionCallback"]
@@ -72,49 +73,6 @@ def _check_rate(name: str, value: object) -> float:
     if rate > 1.0:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return rate
-
-
-class _Window:
-    """Outcomes of the last ``n`` buckets of ``width`` seconds: O(n) memory, O(1) per call."""
-
-    __slots__ = ("calls", "epoch", "failures", "n", "per_bucket", "slow", "width")
-
-    def __init__(self, seconds: float, n: int) -> None:
-        self.n = n
-        self.width = seconds / n
-        self.per_bucket = [[0, 0, 0] for _ in range(n)]  # calls, failures, slow
-        self.calls = self.failures = self.slow = 0
-        self.epoch = -(2**62)  # index of the newest bucket
-
-    def clear(self) -> None:
-        for bucket in self.per_bucket:
-            bucket[:] = (0, 0, 0)
-        self.calls = self.failures = self.slow = 0
-
-    def advance(self, now: float) -> list[int]:
-        """The current bucket, after dropping those that left the window."""
-        idx = math.floor(now / self.width)
-        if idx > self.epoch:
-            if idx - self.epoch >= self.n:
-                self.clear()
-            else:
-                for k in range(self.epoch + 1, idx + 1):
-                    old = self.per_bucket[k % self.n]
-                    self.calls -= old[0]
-                    self.failures -= old[1]
-                    self.slow -= old[2]
-                    old[:] = (0, 0, 0)
-            self.epoch = idx
-        return self.per_bucket[idx % self.n]
-
-    def add(self, now: float, failed: bool, slow: bool) -> None:
-        bucket = self.advance(now)
-        bucket[0] += 1
-        bucket[1] += failed
-        bucket[2] += slow
-        self.calls += 1
-        self.failures += failed
-        self.slow += slow
 
 
 class CircuitBreaker:
@@ -413,6 +371,29 @@ class CircuitBreaker:
             self._tick(now)
             for fut in self._waiters:  # their timers were set for the old deadline
                 _wake(fut)
+        return True
+
+    @property
+    def failing(self) -> bool:
+        """Failures opened it (its own, or another caller's: :meth:`trip`) and it has not
+        closed since: while not closed only its probes go, from the probe budget."""
+        return self._failing
+
+    def trip(self) -> bool:
+        """Failures were seen elsewhere (another caller's breaker opened on them). Closed or
+        half-open: open now as on its own verdict (its own jittered wait, the probe budget
+        emptied). Open for a slow-down: open until then, but failing (its half-open starts
+        from an empty budget). False if already failing, and under a forced state."""
+        now = self._clock()
+        self._tick(now)
+        state = self._state
+        if (self._failing or state is BreakerState.FORCED_OPEN
+                or state is BreakerState.FORCED_CLOSED):
+            return False
+        if state is BreakerState.OPEN:
+            self._budget, self._budget_at, self._failing = 0.0, now, True
+        else:
+            self._trip(now)
         return True
 
     def force_open(self) -> None:

@@ -152,3 +152,58 @@ def test_an_outage_met_after_a_slow_down_is_bounded_from_its_first_failure(
     cb.record(CALL, failed=True)  # the outage began during the pause: the budget is spent
     sent = drive(cb, clock, lambda n: "ok" if n % 2 else "fail", 60.0, stop_closed=False)
     assert len(sent) <= 60
+
+
+# -- failures seen elsewhere (outage news): trip() -----------------------------------------
+
+def test_a_trip_opens_a_closed_breaker_as_its_own_failures_would(clock: FakeClock) -> None:
+    cb = guard_breaker(clock, draw=1.0)  # its own wait: the longest, 1.5 s
+    assert cb.trip() and cb.state is BreakerState.OPEN and cb.failing
+    assert cb.time_until_allowed() == pytest.approx(1.5)
+    assert not cb.trip()  # already failing: nothing more
+    clock.advance(1.5)
+    assert cb.allow()  # the budget refilled over the wait: one probe
+    clock.advance(CALL)
+    cb.record(CALL, failed=True)
+    sent = drive(cb, clock, lambda n: "fail", 60.0, stop_closed=False)
+    assert len(sent) <= 60  # bounded from the news on, as from its own first failures
+
+
+def test_a_trip_ends_a_half_open_round_and_holds_its_probes(clock: FakeClock) -> None:
+    cb = guard_breaker(clock)
+    cb.open_for(1.0)  # a slow-down, then half-open
+    clock.advance(1.0)
+    assert cb.allow() and cb.state is BreakerState.HALF_OPEN
+    epoch = cb.epoch
+    assert cb.trip() and cb.state is BreakerState.OPEN
+    assert cb.epoch != epoch  # the probe let out under that epoch must not go
+    clock.advance(CALL)
+    cb.record(CALL, failed=False)  # its answer, had it gone: not a probe of anything now
+    assert cb.state is BreakerState.OPEN
+
+
+def test_a_trip_during_a_slow_downs_pause_keeps_its_end_and_spends_the_budget(
+        clock: FakeClock) -> None:
+    cb = guard_breaker(clock)
+    cb.open_for(0.5)  # a 429's pause: not a failure
+    assert not cb.failing
+    assert cb.trip() and cb.failing and cb.state is BreakerState.OPEN
+    assert cb.time_until_allowed() == pytest.approx(0.5)  # the pause's end, not a new wait
+    clock.advance(0.5)
+    assert cb.state is BreakerState.HALF_OPEN
+    assert not cb.allow()  # an empty budget: the half-open lets out one probe per second
+    clock.advance(1.0)
+    assert cb.allow()
+
+
+def test_a_trip_changes_nothing_under_an_operators_state_and_release_forgets_it(
+        clock: FakeClock) -> None:
+    cb = guard_breaker(clock)
+    for force in (cb.force_open, cb.force_close):
+        force()
+        state = cb.state
+        assert not cb.trip() and cb.state is state and not cb.failing
+    cb.trip()  # forced closed: ignored, not remembered
+    cb.release()
+    assert cb.state is BreakerState.CLOSED and not cb.failing
+    assert cb.allow()

@@ -188,3 +188,57 @@ def test_an_announced_quota_is_kept_to_at_once_up_and_down_and_never_probed_abov
     assert learner.announced(600.0) is None  # unchanged: the learner climbs back itself
     with pytest.raises(ValueError, match="quota"):
         learner.announced(0.0)
+
+
+def _calls(learner: QuotaLearner, clock: FakeClock, per_second: float, seconds: float) -> None:
+    for _ in range(round(per_second * seconds)):
+        learner.started()
+        clock.advance(1 / per_second)
+        learner.succeeded()
+
+
+def _learnt_270(clock: FakeClock) -> QuotaLearner:
+    learner = QuotaLearner(clock=clock)
+    _calls(learner, clock, 300, 2.0)
+    assert learner.slowed_down(pause=1.0) == pytest.approx(270, rel=0.01)
+    clock.advance(1.0 + 6.0)  # the pause, then a 6 s outage
+    return learner
+
+
+def test_the_first_interval_after_an_outage_is_read_as_a_ramp_not_the_quota(
+        clock: FakeClock) -> None:
+    # a 429 right after an outage read what the restart served in its first second (112/s
+    # and 204/s of a 300/s quota) and kept to it: those rounds never got back to 90 %
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 112, 1.2)  # the ramp: a whole interval, but the restart's
+    assert not learner.whole and learner.observed() == pytest.approx(112, rel=0.02)
+    before = learner.rate  # 270, or a step above it: it climbs on successes
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * before)  # a loss at it
+    assert not learner.bounded  # the ceiling was a measurement, and stays one
+    clock.advance(1.0)
+    _calls(learner, clock, 200, 2.5)  # after the 429's pause: measured as usual
+    assert learner.whole
+
+
+def test_after_the_ramp_the_next_interval_is_whole(clock: FakeClock) -> None:
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 112, 1.2)
+    _calls(learner, clock, 150, 1.2)  # the second interval after the restart
+    reading = learner.observed()
+    assert learner.whole and 112 < reading < 0.99 * learner.rate
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * reading)  # measured
+
+
+def test_a_ramp_reading_at_the_rate_or_with_no_rate_yet_counts_as_usual(
+        clock: FakeClock) -> None:
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 400, 0.6)  # over the rate already: part of an interval, a bound
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 270, rel=0.01)
+    assert learner.bounded
+    fresh = QuotaLearner(clock=clock)  # nothing learnt before the outage: learn from it
+    fresh.restarted()
+    _calls(fresh, clock, 100, 0.6)
+    assert fresh.slowed_down(pause=1.0) == pytest.approx(90, rel=0.02) and fresh.bounded
