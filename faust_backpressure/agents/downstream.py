@@ -151,8 +151,10 @@ class Downstream:
         succeeded. Ignored when already in the outage and under an operator's state."""
         if until <= self._wall() or at < self._ok_sent_at:
             self.outcomes["stale_news"] += 1
+            log.info("downstream %s: failing %s, stale news", self.name, source)
             return False
         if self._outage:
+            log.info("downstream %s: failing %s, the same outage", self.name, source)
             return False
         self._outage = True
         if not self.breaker.trip():
