@@ -24,10 +24,16 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from faust_backpressure.agents.background import BackgroundTasks
+from faust_backpressure.agents.downstream_types import (
+    RECOVERY_MIN_OPEN,
+    DownstreamStats,
+    Publisher,
+    WaitAborted,
+    is_unavailable,
+)
 from faust_backpressure.agents.latency import LATENCY_BUCKETS, LatencyWindow
 from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate, SharedQuota
 from faust_backpressure.agents.slow_down import (
@@ -38,14 +44,12 @@ from faust_backpressure.agents.slow_down import (
     quota_from_headers,
 )
 from faust_backpressure.config.validation import check_number
-from faust_backpressure.errors import BackpressureError
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBreaker
 from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
-from faust_backpressure.limiters.metrics import gauge
 from faust_backpressure.limiters.quota import QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
@@ -55,50 +59,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Breaker states in which a call that already waited for its slot must not go out.
-_HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
-
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """The default: the system is down or overloaded as a whole, not this event's fault."""
-    return isinstance(exc, (DependencyUnavailable, ConnectionError, TimeoutError,
-                            asyncio.TimeoutError))
-
-
-class WaitAborted(BackpressureError):
-    """A call gave up waiting for its dependency (the caller asked it to: e.g. Faust stopped
-    the flow for a rebalance while the breaker was open). Nothing was called."""
-
-
-#: Publishes a slow-down to the other workers: ``(dependency, until)`` (wall-clock seconds);
-#: or, for ``publish_recovery``, that this worker's probes passed: ``(dependency, at)``.
-Publisher = Callable[[str, float], Awaitable[None]]
-
-#: Probes after another worker's recovery news come at most this often (seconds after an
-#: opening): a flood of such records (unsigned, from anyone) costs a probe round per period.
-RECOVERY_MIN_OPEN = 0.5
-
-
-@dataclass
-class DownstreamStats:
-    """One guard's view since this worker started (per process)."""
-
-    name: str
-    limit: int = field(metadata=gauge("Calls in flight the learnt limit allows."))
-    in_flight: int = field(metadata=gauge("Calls in flight now."))
-    queued: int = field(metadata=gauge("Calls waiting for a slot."))
-    breaker: str
-    failure_rate: float = field(metadata=gauge("The breaker's failure rate over its window."))
-    slow_call_rate: float
-    paused_for: float = field(metadata=gauge("Seconds left of a slow-down in force."))
-    outcomes: dict[str, int] = field(default_factory=dict)
-    latency_p50: float | None = None
-    latency_p99: float | None = None
-    latency_buckets: list[int] = field(default_factory=list)
-    latency_sum: float = 0.0
-    #: The rate learnt from slow-downs (None: no limit learnt yet, or not learning).
-    learnt_rate: float | None = None
+#: Breaker states in which any call may go out (in the others, only a probe of the round).
+_PASSING = frozenset({BreakerState.CLOSED, BreakerState.FORCED_CLOSED})
 
 
 class Downstream:
@@ -111,7 +73,8 @@ class Downstream:
                  publish: Publisher | None = None, clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time, max_concurrency: int | None = None,
                  quota: QuotaGate | QuotaLearner | None = None,
-                 coalesce: float = 1.0, publish_recovery: Publisher | None = None) -> None:
+                 coalesce: float = 1.0, publish_recovery: Publisher | None = None,
+                 publish_failing: Publisher | None = None) -> None:
         """``max_concurrency``: the most calls in flight the limit may allow (how many events
         a pipeline keeps in progress); default the limit's ``max_limit``. ``quota``: learns
         the rate the system allows from its slow-downs (a learner alone: this worker's own
@@ -131,7 +94,12 @@ class Downstream:
         #: breaker otherwise found the system back at the end of its own wait, up to
         #: ``wait_in_open`` apart: goodput came back one worker at a time.
         self.publish_recovery = publish_recovery
+        #: Set by the installer: tells every worker this one's breaker opened on failures,
+        #: ``(dependency, until)``. Each met the outage through its own calls otherwise, one
+        #: through a probe that waited seconds for a permit (open on all: up to 8.6 s).
+        self.publish_failing = publish_failing
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
+        self._ok_sent_at = -math.inf  # wall clock: failures news older than it is stale
         self._outage = False  # failures opened the breaker and it has not closed since
         self._background = BackgroundTasks(f"downstream {name}")
         self._clock, self._wall = clock, wall_clock
@@ -147,8 +115,9 @@ class Downstream:
         log.warning("breaker %s: %s (was %s)", self.name, new.value, old.value)
         if new is BreakerState.OPEN:
             self._opened_at = self._wall()
-            # opened by failures, not held open for a slow-down (which sets its end first)
-            self._outage = self._outage or self.paused_for <= 0
+            if self.breaker.failing and not self._outage:  # not a slow-down's hold
+                self._outage = True  # (set before tripping on news: not published again)
+                self._publish_failing()
         elif new is BreakerState.CLOSED and self._outage:
             self._outage = False
             if self.quota is not None:
@@ -168,6 +137,33 @@ class Downstream:
         await self._background.stop()
         if isinstance(self.quota, SharedQuota):
             await self.quota.stop()
+
+    def _publish_failing(self) -> None:
+        if self.publish_failing is not None:
+            until = self._wall() + self.breaker.time_until_allowed()
+            self._background.spawn(self.publish_failing(self.name, until),
+                                   "publishing the failures")
+
+    def failing_until(self, at: float, until: float, *, source: str = "local") -> bool:
+        """Another worker's breaker opened on failures at ``at``, open until ``until`` (wall
+        clock): this one opens as on its own verdict (:meth:`CircuitBreaker.trip`). Stale
+        news, counted as ``stale_news``: ``until`` past, or a call sent here since ``at``
+        succeeded. Ignored when already in the outage and under an operator's state."""
+        if until <= self._wall() or at < self._ok_sent_at:
+            self.outcomes["stale_news"] += 1
+            log.info("downstream %s: failing %s, stale news", self.name, source)
+            return False
+        if self._outage:
+            log.info("downstream %s: failing %s, the same outage", self.name, source)
+            return False
+        self._outage = True
+        if not self.breaker.trip():
+            self._outage = False
+            return False
+        self.outcomes["opened_on_news"] += 1
+        log.warning("downstream %s: failing %s, breaker %s", self.name, source,
+                    self.breaker.state.value)
+        return True
 
     def recovered_at(self, at: float, *, source: str = "local") -> bool:
         """Another worker's probes found the system back at ``at`` (wall clock): if the
@@ -245,9 +241,9 @@ class Downstream:
 
     # -- calls -----------------------------------------------------------------------------
 
-    async def _admitted(self, stopped: asyncio.Event | None) -> None:
-        """Wait until the breaker takes this call (a slow-down holds it open); raise
-        :class:`WaitAborted` if ``stopped`` is set first."""
+    async def _admitted(self, stopped: asyncio.Event | None) -> int:
+        """Wait until the breaker takes this call (a slow-down holds it open): the breaker's
+        epoch then; raise :class:`WaitAborted` if ``stopped`` is set first."""
         while not self.breaker.allow():
             if stopped is None:
                 await self.breaker.wait_until_allowed()
@@ -262,6 +258,7 @@ class Downstream:
                 for task in waits:
                     task.cancel()
             self.outcomes["waited"] += 1
+        return self.breaker.epoch
 
     @contextlib.asynccontextmanager
     async def call(self, *, stopped: asyncio.Event | None = None) -> AsyncIterator[None]:
@@ -294,11 +291,13 @@ class Downstream:
 
     async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
         """Admitted by the breaker, then a rate permit and a slot; if a slow-down began or the
-        breaker opened while it waited for those, back to waiting (else calls paced before
-        go out during the pause or the outage: the quota is spent when a pause ends, and an
-        outage took hundreds of calls before the waiting ones saw the breaker open)."""
+        breaker moved on while it waited for those (see ``_may_go``), back to waiting
+        (else calls paced before go out during the pause or the outage: the quota is spent
+        when a pause ends, an outage took hundreds of calls before the waiting ones saw the
+        breaker open, and calls admitted while it was closed went out with its half-open
+        probes, 4 at once, after waiting seconds for a permit)."""
         while True:
-            await self._admitted(stopped)
+            epoch = await self._admitted(stopped)
             try:
                 if self.quota is not None:
                     await self.quota.acquire()
@@ -306,13 +305,19 @@ class Downstream:
                     await self.rate.acquire()
                 permit = await self.concurrency.acquire()
             except BaseException:
-                self.breaker.abandon()  # a half-open probe that will never report
+                self.breaker.abandon(epoch)  # a half-open probe that will never report
                 raise
-            if self._paused_until <= self._wall() and self.breaker.state not in _HOLDING:
+            if self._paused_until <= self._wall() and self._may_go(epoch):
                 return permit
-            permit.ignore()  # a pause began, or the breaker opened, while it waited
-            self.breaker.abandon()
+            permit.ignore()  # a pause began, or the breaker moved on, while it waited
+            self.breaker.abandon(epoch)
             self.outcomes["held_by_pause"] += 1
+
+    def _may_go(self, epoch: int) -> bool:
+        """A call admitted under ``epoch`` that got its permit and slot: closed or the same
+        epoch (in half-open, only the round's own probes; after a slow-down too: a batch of
+        them was how an outage that began during the pause was first met, 3-4 at once)."""
+        return self.breaker.state in _PASSING or self.breaker.epoch == epoch
 
     def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,
                 dropped: bool) -> None:
@@ -322,6 +327,7 @@ class Downstream:
         if dropped:
             permit.dropped()
         elif outcome == "success":
+            self._ok_sent_at = max(self._ok_sent_at, self._wall() - seconds)
             permit.success()
             self._latency.observe(seconds)
             if self.quota is not None:

@@ -58,7 +58,8 @@ class QuotaGate(Protocol):
         """A call succeeded."""
 
     def recovered(self) -> None:
-        """The system is back after an outage: what is served is measured afresh."""
+        """The system is back after an outage: what is served is measured afresh, the
+        restart's first interval as a partial reading."""
 
     def episode(self, until: float, seconds: float) -> str:
         """A new slow-down episode: calls stop for ``seconds``, until ``until`` (wall clock);
@@ -98,7 +99,7 @@ class LocalQuota:
             self._apply(rate)
 
     def recovered(self) -> None:
-        self.learner.paused(0.0)
+        self.learner.restarted()
 
     def episode(self, until: float, seconds: float) -> str:
         learnt = self.learner.slowed_down(seconds)
@@ -182,7 +183,7 @@ class SharedQuota:
         self.limiter.update_rate_limit(rate)
 
     def recovered(self) -> None:
-        self.learner.paused(0.0)
+        self.learner.restarted()
 
     def episode(self, until: float, seconds: float) -> str:
         if self._wall() < self._hold_until and not self.learner.bounded:

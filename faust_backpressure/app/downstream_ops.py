@@ -11,6 +11,9 @@ worker follows from its beginning:
 * ``recovered/<name>``: a worker's half-open probes passed (the system answers again): every
   worker whose breaker opened before then probes at once instead of at the end of its own wait
   (one probe round per ``RECOVERY_MIN_OPEN`` s at most, however many such records arrive).
+* ``failing/<name>``: a worker's breaker opened on failures (not a slow-down's pause): who,
+  when, and the end of its open wait. Every other worker's breaker opens too (its own wait),
+  unless the record is stale (that end past, or a call it sent since then succeeded).
 * ``breaker/<name>``: an operator's ``open`` / ``close`` / ``auto``, acknowledged by every
   worker (``ack/breaker/<name>/<worker>``) like pause commands.
 
@@ -34,8 +37,9 @@ from faust_backpressure.wire.signing import (
     text,
 )
 
-__all__ = ["BREAKER_STATES", "BreakerCommand", "QuotaReport", "RecoveredRecord",
-           "SlowDownRecord", "breaker_key", "quota_key", "recovered_key", "slow_down_key"]
+__all__ = ["BREAKER_STATES", "BreakerCommand", "FailingRecord", "QuotaReport",
+           "RecoveredRecord", "SlowDownRecord", "breaker_key", "failing_key", "quota_key",
+           "recovered_key", "slow_down_key"]
 
 BREAKER_STATES = ("open", "close", "auto")
 _LONGEST = 3600.0  # no guard's max_retry_after may exceed it
@@ -53,6 +57,10 @@ def quota_key(report: str) -> bytes:
 
 def recovered_key(name: str) -> bytes:
     return f"recovered/{name}".encode()
+
+
+def failing_key(name: str) -> bytes:
+    return f"failing/{name}".encode()
 
 
 def breaker_key(name: str) -> bytes:
@@ -112,6 +120,32 @@ class RecoveredRecord:
                                    not_one="not a recovery record")
         at = _sent_at(data, now, max_skew)  # any age: old ones predate any opening
         return cls(name, text(data, "by"), at)
+
+
+@dataclass(frozen=True, slots=True)
+class FailingRecord:
+    """``by``'s breaker for ``dependency`` opened on failures at ``at``, open until ``until``
+    (wall clock)."""
+
+    dependency: str
+    until: float
+    by: str
+    at: float
+
+    def encode(self, secret: bytes | None = None) -> bytes:
+        body = {"type": "failing", "dependency": self.dependency, "until": self.until,
+                "by": self.by, "at": self.at}
+        return encode_signed(body, failing_key(self.dependency), secret)
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *,
+               now: float, max_skew: float) -> FailingRecord:
+        data, name = decode_signed(raw, key or b"", secret, name="dependency",
+                                   record_key=failing_key, kind="failing",
+                                   not_one="not a failing record")
+        at = _sent_at(data, now, max_skew)  # any age: old ones are merely over
+        until = number(data, "until", at, at + _LONGEST)
+        return cls(name, until, text(data, "by"), at)
 
 
 @dataclass(frozen=True, slots=True)

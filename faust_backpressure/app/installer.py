@@ -23,9 +23,11 @@ from faust_backpressure.agents.keyed import KeyedOnLimit, KeyFunction
 from faust_backpressure.agents.quota_gate import SharedQuota
 from faust_backpressure.app.cli import register_commands
 from faust_backpressure.app.downstream_ops import (
+    FailingRecord,
     QuotaReport,
     RecoveredRecord,
     SlowDownRecord,
+    failing_key,
     quota_key,
     recovered_key,
     slow_down_key,
@@ -65,7 +67,7 @@ LEARNT_QUOTA_BURST = 20.0
 #: A guard's breaker stays open ``wait_in_open`` x [0.8, 1.2]: the workers' breakers open
 #: together at an outage's start, and probing in step they all found its end up to a whole
 #: wait late (docs/downstream.md); with one probe at a time a failed round costs one call, so
-#: 1.25 s keeps an outage's calls at 0.8/s per worker on average, 1/s at most.
+#: 1.25 s keeps an outage's calls at 0.8/s per worker on average.
 BREAKER_JITTER = 0.2
 
 
@@ -194,14 +196,13 @@ class Backpressure:
     def downstream(self, name: str, *, max_concurrency: int = 64, min_concurrency: int = 1,
                    initial_concurrency: int | None = None,
                    limit: ConcurrencyLimitName | ConcurrencyLimit = "gradient",
-                   rate_limit: LimiterSpec | None = None,
-                   tokens_per_second: float | None = None,
+                   rate_limit: LimiterSpec | None = None, tokens_per_second: float | None = None,
                    burst_capacity: float | None = None,
                    failure_rate_threshold: float = 0.5, slow_call_rate_threshold: float = 1.0,
                    slow_call_duration: float = 5.0, window: float = 2.0,
                    minimum_calls: int = 10, wait_in_open: float = 1.25,
-                   half_open_calls: int = 2, default_retry_after: float = 1.0,
-                   max_retry_after: float = 300.0,
+                   half_open_calls: int = 2, probe_rate: float = 1.0,
+                   default_retry_after: float = 1.0, max_retry_after: float = 300.0,
                    unavailable: Callable[[BaseException], bool] | None = None,
                    learn_quota: bool = True, share_quota: bool = True,
                    max_rate: float = math.inf) -> Downstream:
@@ -218,6 +219,8 @@ class Backpressure:
         ``share_quota``: learn it as one rate for every worker, kept by the shared limiter
         ``rate_limit`` (its rate: the quota to start from), or by one of its own,
         ``downstream-<name>`` (see :mod:`~faust_backpressure.agents.quota_gate`).
+        ``probe_rate``: the most calls/s per worker while the breaker is not closed (its
+        probes, whatever prompts them: rounds, recovery news, short slow-downs).
         """
         if name in self.downstreams:
             raise ValueError(f"downstream {name!r} is already declared")
@@ -243,10 +246,10 @@ class Backpressure:
                          slow_call_duration=slow_call_duration, window=window,
                          minimum_calls=minimum_calls, wait_in_open=wait_in_open,
                          half_open_calls=half_open_calls, sequential_probes=True,
-                         open_jitter=BREAKER_JITTER),
+                         open_jitter=BREAKER_JITTER, probe_rate=probe_rate),
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
             unavailable=unavailable, publish=self._publish_slow_down,
-            publish_recovery=self._publish_recovery,
+            publish_recovery=self._publish_recovery, publish_failing=self._publish_failing,
             learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
@@ -267,6 +270,11 @@ class Backpressure:
     async def _publish_recovery(self, dependency: str, at: float) -> None:
         record = RecoveredRecord(dependency, worker_name(), at)
         await send_control(self.app, ops_topic(str(self.app.conf.id)), recovered_key(dependency),
+                           record.encode(self.settings.secret_key))
+
+    async def _publish_failing(self, dependency: str, until: float) -> None:
+        record = FailingRecord(dependency, until, worker_name(), time.time())
+        await send_control(self.app, ops_topic(str(self.app.conf.id)), failing_key(dependency),
                            record.encode(self.settings.secret_key))
 
     async def _publish_quota_report(self, dependency: str, episode: float,

@@ -29,6 +29,7 @@ from mode import Service
 from faust_backpressure.app.cluster import ClusterView, WorkerStatusRecord
 from faust_backpressure.app.downstream_ops import (
     BreakerCommand,
+    FailingRecord,
     QuotaReport,
     RecoveredRecord,
     SlowDownRecord,
@@ -188,6 +189,8 @@ class _OpsFollower(Service):
                 self._quota_report(value, key)
             elif key.startswith(b"recovered/"):
                 self._recovered(value, key)
+            elif key.startswith(b"failing/"):
+                self._failing(value, key)
             elif key.startswith(b"breaker/"):
                 await self._force(BreakerCommand.decode(value, key,
                                                         self.bp.settings.secret_key))
@@ -237,6 +240,13 @@ class _OpsFollower(Service):
         guard = self.bp.downstreams.get(record.dependency)
         if guard is not None:
             guard.recovered_at(record.at, source=f"from {record.by}")
+
+    def _failing(self, value: bytes | None, key: bytes) -> None:
+        record = FailingRecord.decode(value, key, self.bp.settings.secret_key, now=time.time(),
+                                      max_skew=self.bp.settings.max_clock_skew)
+        guard = self.bp.downstreams.get(record.dependency)
+        if guard is not None and record.by != self.worker:  # its own: it knows
+            guard.failing_until(record.at, record.until, source=f"from {record.by}")
 
     def _quota_report(self, value: bytes | None, key: bytes) -> None:
         report = QuotaReport.decode(value, key, self.bp.settings.secret_key, now=time.time(),

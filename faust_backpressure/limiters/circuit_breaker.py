@@ -27,6 +27,7 @@ from enum import Enum
 from faust_backpressure.config.validation import check_int, check_number
 
 from .base import Clock, RateLimitTimeout, _wake, check_timeout
+from .breaker_window import Window as _Window
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "CircuitOpenTimeout",
            "TransitionCallback"]
@@ -74,49 +75,6 @@ def _check_rate(name: str, value: object) -> float:
     return rate
 
 
-class _Window:
-    """Outcomes of the last ``n`` buckets of ``width`` seconds: O(n) memory, O(1) per call."""
-
-    __slots__ = ("calls", "epoch", "failures", "n", "per_bucket", "slow", "width")
-
-    def __init__(self, seconds: float, n: int) -> None:
-        self.n = n
-        self.width = seconds / n
-        self.per_bucket = [[0, 0, 0] for _ in range(n)]  # calls, failures, slow
-        self.calls = self.failures = self.slow = 0
-        self.epoch = -(2**62)  # index of the newest bucket
-
-    def clear(self) -> None:
-        for bucket in self.per_bucket:
-            bucket[:] = (0, 0, 0)
-        self.calls = self.failures = self.slow = 0
-
-    def advance(self, now: float) -> list[int]:
-        """The current bucket, after dropping those that left the window."""
-        idx = math.floor(now / self.width)
-        if idx > self.epoch:
-            if idx - self.epoch >= self.n:
-                self.clear()
-            else:
-                for k in range(self.epoch + 1, idx + 1):
-                    old = self.per_bucket[k % self.n]
-                    self.calls -= old[0]
-                    self.failures -= old[1]
-                    self.slow -= old[2]
-                    old[:] = (0, 0, 0)
-            self.epoch = idx
-        return self.per_bucket[idx % self.n]
-
-    def add(self, now: float, failed: bool, slow: bool) -> None:
-        bucket = self.advance(now)
-        bucket[0] += 1
-        bucket[1] += failed
-        bucket[2] += slow
-        self.calls += 1
-        self.failures += failed
-        self.slow += slow
-
-
 class CircuitBreaker:
     """Stops calls to a failing or slow system, then lets a few probes test it.
 
@@ -140,22 +98,24 @@ class CircuitBreaker:
     * ``forced_open`` / ``forced_closed``: operator overrides that ignore outcomes
       until :meth:`release` (closed, empty window).
 
+    ``probe_rate``: calls/s let through while not closed, over time (a bucket of 2 rounds of
+    probes, emptied when failures first open it): an outage costs at most ``probe_rate`` x t
+    calls in the t s after that, whatever makes it probe (rounds whose first probe passes,
+    recovery news, short slow-downs); inf (the default): no bound but the rounds'.
+
     ``open_jitter``: each opening on the breaker's own verdict lasts ``wait_in_open`` x a
     random factor in ``[1 - open_jitter, 1 + open_jitter]`` (its mean unchanged), so that
     callers whose breakers opened together (every worker, at the start of an outage) do
     not probe together for its whole length. ``rng``: the source of that factor.
-
-    Transitions out of ``open`` happen lazily, when the breaker is asked (``state``,
-    ``allow``, ...) or when a :meth:`wait_until_allowed` timer fires.
+    Transitions out of ``open`` happen lazily: when the breaker is asked, or a timer fires.
     """
 
-    __slots__ = (
-        "_callbacks", "_clock", "_open_until", "_opened", "_probe_fail", "_probe_slow",
-        "_probes_done", "_probes_out", "_rng", "_since", "_state", "_waiters", "_window",
-        "failure_rate_threshold", "half_open_calls", "minimum_calls", "open_jitter",
-        "sequential_probes", "slow_call_duration", "slow_call_rate_threshold",
-        "wait_in_open",
-    )
+    __slots__ = ("_budget", "_budget_at", "_callbacks", "_clock", "_epoch", "_failing",
+                 "_open_until", "_opened", "_probe_fail", "_probe_slow", "_probes_done",
+                 "_probes_out", "_rng", "_since", "_state", "_waiters", "_window",
+                 "failure_rate_threshold", "half_open_calls", "minimum_calls", "open_jitter",
+                 "probe_rate", "sequential_probes", "slow_call_duration",
+                 "slow_call_rate_threshold", "wait_in_open")
 
     def __init__(
         self,
@@ -170,6 +130,7 @@ class CircuitBreaker:
         half_open_calls: int = 2,
         sequential_probes: bool = False,
         open_jitter: float = 0.0,
+        probe_rate: float = math.inf,
         clock: Clock = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -185,6 +146,8 @@ class CircuitBreaker:
         self.open_jitter = check_number("open_jitter", open_jitter, 0)
         if self.open_jitter >= 1.0:
             raise ValueError(f"open_jitter must be a number in [0, 1), got {open_jitter!r}")
+        self.probe_rate = (math.inf if probe_rate == math.inf
+                           else check_number("probe_rate", probe_rate, 0, strict=True))
         self._rng = rng
         self._window = _Window(check_number("window", window, 0, strict=True),
                                check_int("buckets", buckets, 1))
@@ -193,6 +156,8 @@ class CircuitBreaker:
         self._since = clock()
         self._open_until = -math.inf
         self._opened = 0
+        self._epoch, self._failing = 0, False  # transitions; failures opened it (outage)
+        self._budget, self._budget_at = 2.0 * self.half_open_calls, self._since
         self._probes_out = self._probes_done = self._probe_fail = self._probe_slow = 0
         self._callbacks: list[TransitionCallback] = []
         self._waiters: dict[asyncio.Future[None], None] = {}  # ordered: FIFO wake-ups
@@ -204,6 +169,12 @@ class CircuitBreaker:
         self._tick(self._clock())
         return self._state
 
+    @property
+    def epoch(self) -> int:
+        """Changes at every transition (a call :meth:`allow` let through is for its epoch)."""
+        self._tick(self._clock())
+        return self._epoch
+
     def on_transition(self, callback: TransitionCallback) -> None:
         """Call ``callback(old, new)`` on each state change."""
         self._callbacks.append(callback)
@@ -214,6 +185,7 @@ class CircuitBreaker:
 
     def _to(self, state: BreakerState, now: float, open_for: float = 0.0) -> None:
         old, self._state = self._state, state
+        self._epoch += 1
         if old is not state:
             self._since = now
         self._probes_out = self._probes_done = self._probe_fail = self._probe_slow = 0
@@ -222,14 +194,14 @@ class CircuitBreaker:
             self._open_until = now + open_for
         elif state is BreakerState.CLOSED:
             self._window.clear()
+            self._failing = False
         for fut in self._waiters:
             _wake(fut)
         if old is not state:
             for callback in tuple(self._callbacks):
                 callback(old, state)
 
-    def _wait(self) -> float:
-        """How long an opening on the breaker's own verdict lasts (jittered)."""
+    def _wait(self) -> float:  # how long an opening on its own verdict lasts (jittered)
         if not self.open_jitter:
             return self.wait_in_open
         return self.wait_in_open * (1.0 + self.open_jitter * (2.0 * self._rng() - 1.0))
@@ -261,9 +233,19 @@ class CircuitBreaker:
             return True
         self._tick(self._clock())
         if self._state is BreakerState.HALF_OPEN and self._probe_free():
+            if self.probe_rate != math.inf:
+                now = self._clock()
+                tokens = self._tokens(now)
+                if tokens < 1.0 - _SLACK:
+                    return False
+                self._budget, self._budget_at = max(0.0, tokens - 1.0), now
             self._probes_out += 1
             return True
         return False
+
+    def _tokens(self, now: float) -> float:  # the probe budget now
+        return min(2.0 * self.half_open_calls,
+                   self._budget + max(0.0, now - self._budget_at) * self.probe_rate)
 
     def _probe_free(self) -> bool:
         if self._probes_out >= self.half_open_calls:
@@ -281,7 +263,7 @@ class CircuitBreaker:
             w = self._window
             w.add(now, failed, slow)
             if w.calls >= self.minimum_calls and self._trips(w.calls, w.failures, w.slow):
-                self._to(BreakerState.OPEN, now, self._wait())
+                self._trip(now)
         elif state is BreakerState.HALF_OPEN:
             started = now - duration + _SLACK
             if started < self._since or self._probes_done >= self._probes_out:
@@ -291,17 +273,28 @@ class CircuitBreaker:
             self._probe_slow += slow
             verdict = self._decided()
             if verdict is True:
-                self._to(BreakerState.OPEN, now, self._wait())
+                self._trip(now)
             elif verdict is False:
                 self._to(BreakerState.CLOSED, now)
             elif self.sequential_probes:
                 for fut in self._waiters:  # the next probe may go
                     _wake(fut)
 
-    def abandon(self) -> None:
-        """A call let through by :meth:`allow` will not report: in half-open, free its probe."""
+    def _trip(self, now: float) -> None:
+        if not self._failing:  # an outage's first opening: its failures spent the budget
+            self._budget, self._budget_at, self._failing = 0.0, now, True
+        self._to(BreakerState.OPEN, now, self._wait())
+
+    def abandon(self, epoch: int | None = None) -> None:
+        """A call let through by :meth:`allow` (under ``epoch``, if given: else the current
+        one) will not report and was not made: in half-open, free its probe and budget."""
+        if epoch is not None and epoch != self.epoch:
+            return  # its round is over: the probe counts were reset since
         if self._state is BreakerState.HALF_OPEN and self._probes_out > self._probes_done:
             self._probes_out -= 1
+            if self.probe_rate != math.inf:
+                now = self._clock()
+                self._budget, self._budget_at = self._tokens(now) + 1.0, now
             for fut in self._waiters:
                 _wake(fut)
 
@@ -314,7 +307,10 @@ class CircuitBreaker:
         if state is BreakerState.OPEN:
             return max(0.0, self._open_until - now)
         if state is BreakerState.HALF_OPEN:
-            return 0.0 if self._probe_free() else math.inf
+            if not self._probe_free():
+                return math.inf
+            short = 0.0 if self.probe_rate == math.inf else 1.0 - _SLACK - self._tokens(now)
+            return max(0.0, short / self.probe_rate)
         return math.inf if state is BreakerState.FORCED_OPEN else 0.0
 
     async def wait_until_allowed(self, timeout: float | None = None) -> None:
@@ -375,6 +371,29 @@ class CircuitBreaker:
             self._tick(now)
             for fut in self._waiters:  # their timers were set for the old deadline
                 _wake(fut)
+        return True
+
+    @property
+    def failing(self) -> bool:
+        """Failures opened it (its own, or another caller's: :meth:`trip`) and it has not
+        closed since: while not closed only its probes go, from the probe budget."""
+        return self._failing
+
+    def trip(self) -> bool:
+        """Failures were seen elsewhere (another caller's breaker opened on them). Closed or
+        half-open: open now as on its own verdict (its own jittered wait, the probe budget
+        emptied). Open for a slow-down: open until then, but failing (its half-open starts
+        from an empty budget). False if already failing, and under a forced state."""
+        now = self._clock()
+        self._tick(now)
+        state = self._state
+        if (self._failing or state is BreakerState.FORCED_OPEN
+                or state is BreakerState.FORCED_CLOSED):
+            return False
+        if state is BreakerState.OPEN:
+            self._budget, self._budget_at, self._failing = 0.0, now, True
+        else:
+            self._trip(now)
         return True
 
     def force_open(self) -> None:

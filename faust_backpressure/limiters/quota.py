@@ -12,7 +12,11 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
 * a reading from part of an interval (or of calls attempted, nothing served yet) overstates
   what is served (the system's own burst): the ceiling is then only an upper bound
   (``bounded``); a later slow-down whose reading is below the rate replaces it and backs off
-  ``backoff`` x that reading, however recent (a better measurement, not a second loss);
+  ``backoff`` x that reading, however recent (a better measurement, not a second loss), and
+  the first at or above the rate backs off ``backoff`` x the rate (a first loss at it, not
+  a second), later ones as usual (a bound far above the quota is left in a few steps);
+* after an outage (:meth:`restarted`) the first interval reads the restart's ramp, not the
+  quota: a slow-down whose reading from it is below the rate backs off from the rate;
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found;
@@ -42,10 +46,11 @@ __all__ = ["QuotaLearner"]
 class QuotaLearner:
     """The rate one caller should keep to, learnt from successes and slow-downs."""
 
-    __slots__ = ("_attempted", "_attempts", "_clock", "_last_call", "_next_step", "_ok",
-                 "_probes", "_served", "_since", "_slowed_at", "announced_quota",
-                 "backoff", "bounded", "ceiling", "fast_backoff", "interval", "max_rate",
-                 "min_rate", "near_since", "probe_after", "rate", "recent")
+    __slots__ = ("_attempted", "_attempts", "_clock", "_from_reading", "_last_call",
+                 "_next_step", "_ok", "_probes", "_ramp", "_served", "_served_ramp",
+                 "_since", "_slowed_at", "announced_quota", "backoff", "bounded", "ceiling",
+                 "fast_backoff", "interval", "max_rate", "min_rate", "near_since",
+                 "probe_after", "rate", "recent")
 
     def __init__(self, *, max_rate: float = math.inf, min_rate: float = 1.0,
                  backoff: float = 0.9, fast_backoff: float = 0.7, recent: float = 5.0,
@@ -68,6 +73,9 @@ class QuotaLearner:
         self.ceiling: float | None = None
         #: The ceiling is an upper bound (read over part of an interval), not a measurement.
         self.bounded = False
+        self._from_reading = True  # the rate was set from a reading (not a loss at the rate)
+        # the interval in progress / the last whole one began at a restart after an outage
+        self._ramp = self._served_ramp = False
         now = clock()
         self._restart(now)
         self._last_call = -math.inf
@@ -106,7 +114,7 @@ class QuotaLearner:
     @property
     def whole(self) -> bool:
         """:meth:`observed` reads a whole interval (else part of one: an upper bound)."""
-        return self._served > 0
+        return self._served > 0 and not self._served_ramp
 
     def slowed_down(self, pause: float = 0.0, *, ceiling: float | None = None,
                     whole: bool | None = None) -> float:
@@ -120,18 +128,29 @@ class QuotaLearner:
         whole = self.whole if whole is None else whole
         factor = self.fast_backoff if recent else self.backoff
         reading = self.observed() if ceiling is None else ceiling
+        ramp, self._ramp, self._served_ramp = self._ramp or self._served_ramp, False, False
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
             # would be announced); what was served just before can be far below it (170/s
             # of 300 right after an outage, then 54 s to climb back). A second one soon
             # after (the quota is shared with callers we do not see): what was served.
             ceiling, whole = self.announced_quota, True
+        elif ramp and reading < 0.99 * self.rate < math.inf:
+            # read in the restart after an outage: queued calls and leases not yet at the
+            # rate, not the quota (112/s and 204/s of 300 learnt, never left): a loss at
+            # the rate, the bound (if any) kept
+            ceiling, whole, reading = self.rate, not self.bounded, self.rate
         elif self.bounded and reading < 0.99 * self.rate:
             # the ceiling was an upper bound and this reading is below the rate: a better
             # measurement, not a second loss (0.7 of it would undershoot and climb back)
             ceiling, factor = reading, self.backoff
         else:
             ceiling = min(reading, self.rate)
+            if self.bounded and self._from_reading:
+                # the rate came from a bound, not a loss: this is the first loss at it, not
+                # a second soon after (0.8x of it left 233-267/s of a 300/s quota)
+                factor = self.backoff
+        self._from_reading = reading < self.rate  # else a loss at the rate: the next, fast
         self._slowed_at = now
         self._served = self._attempted = 0.0
         self._restart(now + pause)  # what is served counts once the pause is over
@@ -163,6 +182,13 @@ class QuotaLearner:
         self._served = self._attempted = 0.0
         self._restart(self._clock() + pause)
 
+    def restarted(self) -> None:
+        """Calls resume after an outage: measure afresh, and take the first interval (the
+        restart's ramp) as a partial reading (:attr:`whole` False); a slow-down whose reading
+        from it is below the rate backs off from the rate, not from that reading."""
+        self.paused(0.0)
+        self._ramp, self._served_ramp = True, False
+
     def _restart(self, now: float) -> None:
         self._since, self._ok, self._attempts = now, 0, 0
         self._next_step = now + self.interval
@@ -177,6 +203,7 @@ class QuotaLearner:
             return None
         self._served = self._ok / (now - self._since)
         self._attempted = self._attempts / (now - self._since)
+        self._served_ramp, self._ramp = self._ramp, False
         self._restart(now)
         if self.ceiling is None:
             return None

@@ -179,6 +179,10 @@ async def test_an_outage_holds_events_until_the_service_is_back_and_none_is_dead
     print(f"\n{guarantee}: {failed} x 503 in a {outage:.1f} s outage for {len(ids)} events "
           f"(bound {bound})")
     assert failed <= bound
+    # The first breaker to open on failures told the other worker (a failing/ record):
+    # applied, or the same outage if that one had opened on its own failures too.
+    assert any(re.search(r"downstream quota-api: failing from \S+:\d+", worker.logs())
+               for worker in workers), [worker.logs()[-2000:] for worker in workers]
 
 
 @pytest.mark.parametrize("guarantee", MODES)

@@ -111,6 +111,30 @@ def test_a_first_reading_from_part_of_an_interval_is_an_upper_bound_refined_late
     assert not learner.bounded and learner.ceiling == pytest.approx(300, rel=0.02)
 
 
+def test_a_reading_at_or_above_a_bounded_rate_backs_off_as_a_first_loss(
+        clock: FakeClock) -> None:
+    # After an outage the first 429 read 447-596/s for a quota of 300 (a bound); the next, a
+    # second after, read part of an interval again, at the rate: 0.8x of it left 233-267/s.
+    learner = QuotaLearner(fast_backoff=0.8, clock=clock)
+    for _ in range(30):  # the system's burst, then 300/s for a third of a second: a bound
+        learner.started()
+        learner.succeeded()
+    for _ in range(100):
+        learner.started()
+        clock.advance(1 / 300)
+        learner.succeeded()
+    bound_rate = learner.slowed_down(pause=1.0)
+    assert learner.bounded and bound_rate > 300
+    clock.advance(1.0)
+    for _ in range(int(bound_rate / 3)):  # a third of a second at the rate, then a 429
+        learner.started()
+        clock.advance(1 / bound_rate)
+        learner.succeeded()
+    assert not learner.whole and learner.observed() >= 0.99 * learner.rate
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * bound_rate, rel=0.01)
+    assert learner.bounded  # still a bound: read over part of an interval again
+
+
 def test_a_quiet_start_does_not_dilute_the_first_ceiling(clock: FakeClock) -> None:
     learner = QuotaLearner(clock=clock)
     clock.advance(30)  # a worker started, nothing to call for 30 s
@@ -164,3 +188,57 @@ def test_an_announced_quota_is_kept_to_at_once_up_and_down_and_never_probed_abov
     assert learner.announced(600.0) is None  # unchanged: the learner climbs back itself
     with pytest.raises(ValueError, match="quota"):
         learner.announced(0.0)
+
+
+def _calls(learner: QuotaLearner, clock: FakeClock, per_second: float, seconds: float) -> None:
+    for _ in range(round(per_second * seconds)):
+        learner.started()
+        clock.advance(1 / per_second)
+        learner.succeeded()
+
+
+def _learnt_270(clock: FakeClock) -> QuotaLearner:
+    learner = QuotaLearner(clock=clock)
+    _calls(learner, clock, 300, 2.0)
+    assert learner.slowed_down(pause=1.0) == pytest.approx(270, rel=0.01)
+    clock.advance(1.0 + 6.0)  # the pause, then a 6 s outage
+    return learner
+
+
+def test_the_first_interval_after_an_outage_is_read_as_a_ramp_not_the_quota(
+        clock: FakeClock) -> None:
+    # a 429 right after an outage read what the restart served in its first second (112/s
+    # and 204/s of a 300/s quota) and kept to it: those rounds never got back to 90 %
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 112, 1.2)  # the ramp: a whole interval, but the restart's
+    assert not learner.whole and learner.observed() == pytest.approx(112, rel=0.02)
+    before = learner.rate  # 270, or a step above it: it climbs on successes
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * before)  # a loss at it
+    assert not learner.bounded  # the ceiling was a measurement, and stays one
+    clock.advance(1.0)
+    _calls(learner, clock, 200, 2.5)  # after the 429's pause: measured as usual
+    assert learner.whole
+
+
+def test_after_the_ramp_the_next_interval_is_whole(clock: FakeClock) -> None:
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 112, 1.2)
+    _calls(learner, clock, 150, 1.2)  # the second interval after the restart
+    reading = learner.observed()
+    assert learner.whole and 112 < reading < 0.99 * learner.rate
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * reading)  # measured
+
+
+def test_a_ramp_reading_at_the_rate_or_with_no_rate_yet_counts_as_usual(
+        clock: FakeClock) -> None:
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 400, 0.6)  # over the rate already: part of an interval, a bound
+    assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 270, rel=0.01)
+    assert learner.bounded
+    fresh = QuotaLearner(clock=clock)  # nothing learnt before the outage: learn from it
+    fresh.restarted()
+    _calls(fresh, clock, 100, 0.6)
+    assert fresh.slowed_down(pause=1.0) == pytest.approx(90, rel=0.02) and fresh.bounded
