@@ -384,6 +384,9 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
     k_cpu = statistics.median(r.cpu_us for r in keyed)
     ratio = k_rate / p_rate
     ratios = [k.rate / p.rate for p, k in zip(plain, keyed, strict=True)]
+    # paired by round (the two runs of a round are back to back): the machine's drift
+    # between rounds, of the order of the difference itself, cancels out
+    cpu_extra = [k.cpu_us - p.cpu_us for p, k in zip(plain, keyed, strict=True)]
     n = work.inputs
 
     def row(label: str, xs: list[Run]) -> str:
@@ -443,7 +446,10 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
         f"Keyed / plain: **{ratio:.1%}** of the medians (issue 15's target >= 95%: {verdict}); "
         f"per round: {', '.join(f'{x:.1%}' for x in ratios)} (min-max "
         f"{min(ratios):.1%}-{max(ratios):.1%}). CPU per event: keyed {k_cpu:.1f} µs vs plain "
-        f"{p_cpu:.1f} µs (+{k_cpu - p_cpu:.1f} µs, {k_cpu / p_cpu - 1:+.0%}). {redis_note}",
+        f"{p_cpu:.1f} µs (+{k_cpu - p_cpu:.1f} µs, {k_cpu / p_cpu - 1:+.0%}); paired by "
+        f"round, keyed minus plain: {', '.join(f'{x:+.1f}' for x in cpu_extra)} µs (median "
+        f"{statistics.median(cpu_extra):+.1f}, min-max {min(cpu_extra):+.1f} to "
+        f"{max(cpu_extra):+.1f}). {redis_note}",
         "",
         f"Checks: {checked}.",
         "",

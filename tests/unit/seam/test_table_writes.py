@@ -288,3 +288,22 @@ async def test_rocksdb_is_written_in_one_batch_at_the_drain_and_read_before_it(
     assert fake._producer.sent == [(table.changelog_topic.get_topic_name(), 2,
                                     [(encode_key("C1"), None),
                                      (encode_key("C2"), STATE.pack(3000.0, 0, 0.0))])]
+
+
+async def test_bytes_skip_the_encoding_only_where_faust_would_give_them_back_unchanged(
+        tmp_path: Any) -> None:
+    import faust
+
+    app = faust.App("unit-writes-raw", datadir=str(tmp_path), store="memory://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4)
+    writer = ChangelogWriter(app, table)
+    assert writer._raw  # Faust's own encoding: bytes as they are, so skipped
+    assert table.data._encode_key(b"sC1") == b"sC1"
+    assert table.data._encode_value(b"\x00level") == b"\x00level"
+    faked = ChangelogWriter(_App(), _Table())  # type: ignore[arg-type]
+    assert not faked._raw  # a store with its own encoding keeps it
+    _in_event(0)
+    faked.set(b"k", b"v")
+    assert faked._pending == {0: {b"Kk": b"Vv"}} and faked.written(b"k") == b"Vv"
+    assert faked._timer is not None
+    faked._timer.cancel()
