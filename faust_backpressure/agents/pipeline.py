@@ -139,8 +139,9 @@ class Pipeline:
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
         first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
         ``keyed``: a keyed limit as the limiter (key = the record's key by default; batches
-        are split by the record's key, the records over their key's limit deferred in
-        per-key order: docs/batching.md, "Keyed limits in a batch").
+        are split by key, the records over their key's limit deferred in per-key order,
+        shed, or the batch held for them, by its ``on_limit``: docs/batching.md, "Keyed
+        limits in a batch").
         ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
         with up to ``concurrency`` events in progress (default the guard's
         ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
