@@ -295,7 +295,8 @@ async def run_beside_readmitted(pipeline: Any, keyed: KeyedBatches,
     batches = asyncio.ensure_future(pipeline.batch.run())
     try:
         async for event in stream.events():
-            key = event.key
+            # the limit's key, as the batch's split sees it (the gate computed it just now)
+            key = event.key if keyed.gate.key is None else keyed.gate.key(event)
             keyed.in_flight.enter(key)
             try:
                 await pipeline.handle(event)
