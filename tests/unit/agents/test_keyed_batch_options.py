@@ -6,10 +6,12 @@ once, each key in order (defer, wait), each key within its bound counting costs.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import random
 from collections.abc import Hashable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from faust.types import TP as FaustTP
 
 from faust_backpressure.agents.batch import BatchQueues
 from faust_backpressure.agents.headers import SHED_REASON, SOURCE_OFFSET
-from faust_backpressure.agents.keyed_batch import KeyedBatches, split_by_key
+from faust_backpressure.agents.keyed_batch import KeyedBatches, run_beside_readmitted, split_by_key
 from faust_backpressure.agents.keyed_batch_options import (
     BatchEvent,
     cut_for_wait,
@@ -269,3 +271,23 @@ def _worst(admitted: list[tuple[int, float, int]], rate: float, burst: float) ->
         taken += min(cost, burst)
         worst = max(worst, taken - rate * at + best_start)
     return worst
+
+
+async def test_a_readmitted_record_puts_its_limit_key_in_flight(clock: FakeClock) -> None:
+    gate = _Gate(clock, key=lambda event: event.value[:1])  # the limit's key: a value field
+    keyed = KeyedBatches(gate)  # type: ignore[arg-type]
+    seen: list[tuple[bool, bool]] = []
+
+    async def handle(event: Any) -> None:
+        seen.append((b"v" in keyed.in_flight, event.key in keyed.in_flight))
+
+    class _Stream:
+        async def events(self) -> Any:
+            yield SimpleNamespace(key=b"record-key", value=b"v1")
+
+    async def run_forever() -> None:
+        await asyncio.Event().wait()
+
+    pipeline = SimpleNamespace(batch=SimpleNamespace(run=run_forever), handle=handle)
+    await run_beside_readmitted(pipeline, keyed, _Stream())  # type: ignore[arg-type]
+    assert seen == [(True, False)] and b"v" not in keyed.in_flight
