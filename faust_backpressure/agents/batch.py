@@ -79,6 +79,16 @@ class BatchQueues:
         chunks.append(_Chunk(records, first, generation, now))
         self._sizes[tp] += len(records)
 
+    def put_back(self, tp: Hashable, records: list[Any], generation: int, at: float) -> None:
+        """Records of a batch it did not keep (a keyed limit's cut), back at the head of
+        their partition's queue: its next batch starts with them. A partition revoked
+        meanwhile has no queue: they are read again after the rebalance."""
+        chunks = self._chunks.get(tp)
+        if not records or chunks is None:
+            return
+        chunks.appendleft(_Chunk(records, records[0].offset, generation, at))
+        self._sizes[tp] += len(records)
+
     def size(self, tp: Hashable) -> int:
         return self._sizes.get(tp, 0)
 

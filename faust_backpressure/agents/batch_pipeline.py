@@ -80,7 +80,7 @@ class BatchRunner:
         #: per partition and key, the held events' chains (only with ``ordered_by_key``)
         self.chains = KeyChains(broken=_Abandoned) if ordered_by_key else None
         #: a keyed limit's split of each batch (docs/batching.md, "Keyed limits in a batch")
-        self.keyed = None if pipeline.keyed is None else KeyedBatches(pipeline.keyed)
+        self.keyed = None if pipeline.keyed is None else KeyedBatches(pipeline.keyed, _Abandoned)
         self.queues = BatchQueues(batch_size, batch_timeout)
         self.exactly_once = False  # set when it runs (see run)
         self._clock = clock
@@ -262,7 +262,7 @@ class BatchRunner:
         if is_stale_generation(self.app, batch.generation):
             raise _Abandoned()
         if self.keyed is not None:  # the last gate: a batch abandoned after it gives back
-            batch.split = self.keyed.split(batch.tp, batch.records)
+            batch.split = await self.keyed.split(batch, self.queues)
 
     async def _send_batch(self, batch: Batch, producer: Any) -> asyncio.Future[None]:
         """Decode, process, send; returns what completes once every output (retries and
@@ -308,7 +308,7 @@ class BatchRunner:
                 produced += await self._send_outputs(producer, record, key, result, 1, futures)
         self._sent_to_sensors(produced)
         if self.keyed is not None and batch.split is not None:  # after their keys' outputs
-            futures.extend(await self.keyed.send_deferred(producer, batch.split))
+            futures.extend(await self.keyed.send_split(producer, batch.split, self._dead_letter))
         if held and self.chains is not None:  # after the sends above: none is overtaken
             futures.extend(self.chains.start(
                 batch.tp, held, functools.partial(self._in_key_order, producer)))

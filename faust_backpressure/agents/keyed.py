@@ -283,6 +283,14 @@ class KeyedRateLimitGate(GateBase):
                                    f"{other!r} has {n}")
         self._verified.add(topic)
 
+    def check_key_sampled(self, event: Any, key: Hashable) -> None:
+        """A key function's ``key`` of ``event`` (a Faust event, or a batch record's
+        :class:`~faust_backpressure.agents.keyed_batch_options.BatchEvent`) checked against
+        its partition: the first events, then one in :data:`CHECK_EVERY`."""
+        self._checked += 1
+        if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
+            self._check_key(event, key)
+
     def _check_key(self, event: EventT[Any], key: Hashable) -> None:
         if key == event.key:
             return
@@ -312,9 +320,7 @@ class KeyedRateLimitGate(GateBase):
             if message.topic == deferral:  # a deferred event back: its tokens were reserved
                 return self._readmit(event, value, buckets, key)
             if key_of is not None:
-                self._checked += 1
-                if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
-                    self._check_key(event, key)
+                self.check_key_sampled(event, key)
             buckets.expire(2)
             permits = 1 if cost is None else int(cost(event))
             if permits < 1 or buckets.try_acquire(key, permits):

@@ -1,13 +1,22 @@
 """A keyed limit in a batch pipeline (docs/batching.md, "Keyed limits in a batch").
 
-Per batch, before it is processed: its records split by key against the keyed limit's buckets
-(:func:`split_by_key`, pure), in the batch partition's table context; the records over their
-key's limit (and every later record of that key) sent to the limit's deferral topic with the
-batch's other outputs. Deferred records come back through the limit's deferral agent into the
-pipeline's own stream, where the keyed gate re-admits them as it does per event and the
-pipeline processes each alone (:func:`one_at_a_time`, :func:`run_beside_readmitted`). The admit
-and defer rules are :class:`~faust_backpressure.limiters.keyed_buckets.KeyedTokenBuckets`'; the
-partition checks and the deferral headers are the gate's.
+Per batch, before it is processed: each record's limit key and cost (the limit's functions,
+:mod:`.keyed_batch_options`; a record they refuse goes to the DLQ), then, by ``on_limit``:
+
+* ``"defer"``: the records split by key against the keyed limit's buckets
+  (:func:`split_by_key`, pure), in the batch partition's table context; the records over their
+  key's limit (and every later record of that key) sent to the limit's deferral topic with the
+  batch's other outputs. Deferred records come back through the limit's deferral agent into
+  the pipeline's own stream, where the keyed gate re-admits them as it does per event and the
+  pipeline processes each alone (:func:`one_at_a_time`, :func:`run_beside_readmitted`);
+* ``"shed"``: the same split, each record on its own once its key's sum is refused; the
+  refused ones sent to the shed topic as outputs of the batch;
+* ``"wait"``: the batch cut where a key's sum would exceed its burst (the rest goes back to
+  its partition's queue), then held until every key's bucket holds its sum.
+
+The admit and defer rules are
+:class:`~faust_backpressure.limiters.keyed_buckets.KeyedTokenBuckets`'; the partition checks,
+the deferral and shed headers are the gate's.
 """
 
 from __future__ import annotations
@@ -15,19 +24,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import Counter
-from collections.abc import Callable, Container, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Container, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from faust.types import StreamT
 
-from faust_backpressure.agents.batch import check_results
+from faust_backpressure.agents.batch import Batch, BatchQueues, check_results
+from faust_backpressure.agents.flow import unless_flow_stops
+from faust_backpressure.agents.headers import Failure
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
+from faust_backpressure.agents.keyed_batch_options import (
+    cut_for_wait,
+    keys_and_costs,
+    send_shed,
+    sums_by_key,
+    wait_for_keys,
+)
 from faust_backpressure.faust_seam import in_partition
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
-__all__ = ["KeySplit", "KeyedBatches", "KeysInFlight", "check_keyed_for_batches",
-           "one_at_a_time", "run_beside_readmitted", "split_by_key"]
+__all__ = ["KeySplit", "KeyedBatches", "KeysInFlight", "one_at_a_time", "run_beside_readmitted",
+           "split_by_key"]
 
 #: Expired bucket entries removed per record of a batch (the per-event gate removes 2 an event).
 EXPIRE_PER_RECORD = 2
@@ -40,41 +60,63 @@ class KeySplit:
     admitted: list[Any] = field(default_factory=list)
     #: ``(record, key, not_before)``: a deferred record, its key, when its tokens are due
     deferred: list[tuple[Any, Hashable, float]] = field(default_factory=list)
+    #: ``(record, key, permits)``: a record shed (``on_limit="shed"``), its key and cost
+    shed: list[tuple[Any, Hashable, int]] = field(default_factory=list)
+    #: ``(record, failure)``: a record whose key or cost function refused it (to the DLQ)
+    rejected: list[tuple[Any, Failure]] = field(default_factory=list)
+
+
+def _admit_key(buckets: KeyedTokenBuckets, key: Hashable, costs: list[int],
+               shed: bool) -> list[bool]:
+    """Which of one key's records (their costs, in input order) pass: all at once if the sum
+    is within the key's burst and its bucket has it, else one by one; deferring, the first
+    refused one stops the key (every later one waits behind it)."""
+    total = sum(costs)
+    # at once only within the burst: the buckets charge a larger cost as the burst
+    if total <= buckets.limits(key).burst_capacity and buckets.try_acquire(key, total):
+        return [True] * len(costs)
+    passed: list[bool] = []
+    for cost in costs:
+        passed.append(buckets.try_acquire(key, cost))
+        if not passed[-1] and not shed:
+            break
+    return passed + [False] * (len(costs) - len(passed))
 
 
 def split_by_key(records: Sequence[Any], buckets: KeyedTokenBuckets,
                  key_of: Callable[[Any], Hashable] = lambda record: record.key,
-                 in_flight: Container[Hashable] = ()) -> KeySplit:
-    """Per key (one permit a record): all its records at once if its bucket has the tokens,
-    else record by record in input order until one is refused; that one and every later
-    record of the key are deferred (:meth:`KeyedTokenBuckets.defer`). A key with deferred
-    events (the buckets refuse it) or one in ``in_flight`` defers all its records, so no
-    record overtakes an earlier one of its key."""
+                 in_flight: Container[Hashable] = (),
+                 cost_of: Callable[[Any], int] | None = None, shed: bool = False) -> KeySplit:
+    """Per key (``cost_of`` permits a record, default 1): all its records at once if its
+    bucket has their sum, else record by record in input order. Deferring (``shed`` False),
+    the first refused record and every later one of its key are deferred
+    (:meth:`KeyedTokenBuckets.defer`, each for its cost); a key with deferred events (the
+    buckets refuse it) or one in ``in_flight`` defers all its records, so no record overtakes
+    an earlier one of its key. Shedding, each refused record is shed on its own."""
     by_key: dict[Hashable, list[int]] = {}
     for position, record in enumerate(records):
         by_key.setdefault(key_of(record), []).append(position)
-    admitted = [False] * len(records)
-    not_before: dict[int, tuple[Hashable, float]] = {}
+    costs = [1] * len(records) if cost_of is None else [cost_of(r) for r in records]
+    passed = [False] * len(records)
+    refused: dict[int, tuple[Hashable, float]] = {}
     for key, positions in by_key.items():
-        taken = 0
-        if key not in in_flight:
-            # at once only within the burst: the buckets charge a larger cost as the burst
-            if len(positions) <= buckets.limits(key).burst_capacity \
-                    and buckets.try_acquire(key, len(positions)):
-                taken = len(positions)
-            else:
-                while taken < len(positions) and buckets.try_acquire(key, 1):
-                    taken += 1
-        for position in positions[:taken]:
-            admitted[position] = True
-        for position in positions[taken:]:
-            not_before[position] = (key, buckets.defer(key, 1))
+        wanted = [costs[position] for position in positions]
+        admitted = ([False] * len(positions) if key in in_flight and not shed
+                    else _admit_key(buckets, key, wanted, shed))
+        for position, ok, cost in zip(positions, admitted, wanted, strict=True):
+            if ok:
+                passed[position] = True
+            else:  # deferred in input order: each key's not-before times never decrease
+                refused[position] = (key, cost if shed else buckets.defer(key, cost))
     split = KeySplit()
     for position, record in enumerate(records):
-        if admitted[position]:
+        if passed[position]:
             split.admitted.append(record)
+        elif shed:
+            key, permits = refused[position]
+            split.shed.append((record, key, int(permits)))  # (its cost, not a due time)
         else:
-            key, due = not_before[position]
+            key, due = refused[position]
             split.deferred.append((record, key, due))
     return split
 
@@ -97,38 +139,103 @@ class KeysInFlight(Container[Hashable]):
         return key in self._counts
 
 
-def check_keyed_for_batches(pipeline: str, gate: KeyedRateLimitGate) -> None:
-    """What a batch pipeline's keyed limit does not do (yet) is refused, not ignored."""
-    unsupported = [option for option, refused in (
-        (f"on_limit={gate.on_limit!r}", gate.on_limit != "defer"),
-        ("key=", gate.key is not None), ("cost=", gate.cost is not None)) if refused]
-    if unsupported:
-        raise ValueError(f"pipeline {pipeline!r}: a keyed limit on process_batch= does not "
-                         f"support {', '.join(unsupported)} yet: it defers by the record's "
-                         "key, one permit a record (docs/batching.md)")
-
-
 class KeyedBatches:
-    """The keyed limit's part of a batch runner: the split, its deferral sends, give-backs."""
+    """The keyed limit's part of a batch runner: the split, its sends, give-backs.
 
-    def __init__(self, gate: KeyedRateLimitGate) -> None:
+    ``abandoned``: raised when a batch waiting for its keys' tokens cannot go on (the flow
+    stopped): the runner's exception for a batch read again."""
+
+    def __init__(self, gate: KeyedRateLimitGate,
+                 abandoned: type[BaseException] = asyncio.CancelledError) -> None:
         self.gate = gate
         self.in_flight = KeysInFlight()
+        self.abandoned = abandoned
+        #: ``on_limit="wait"``'s sleep: False if the flow stopped first (a test's clock's)
+        self.sleep: Callable[[float], Awaitable[bool]] = self._sleep
+        #: the functions' fast path: the record's own key, one permit a record
+        self._plain = gate.key is None and gate.cost is None
 
-    def split(self, tp: Any, records: Sequence[Any]) -> KeySplit:
-        """``records`` of partition ``tp`` split by their keys' limits (levels written to
-        ``tp``'s table and changelog partition)."""
-        gate = self.gate
+    async def _sleep(self, delay: float) -> bool:
+        return await unless_flow_stops(self.gate.app, asyncio.sleep(delay))
+
+    @contextmanager
+    def _buckets(self, tp: Any) -> Iterator[KeyedTokenBuckets]:
+        """``tp``'s buckets, reads and writes in its table and changelog partition."""
         with in_partition(tp.topic, tp.partition):
-            buckets = gate.partition_buckets(tp.topic, tp.partition)
-            buckets.expire(EXPIRE_PER_RECORD * len(records))
-            split = split_by_key(records, buckets, in_flight=self.in_flight)
-        gate.admitted += len(split.admitted)
-        if split.deferred:
+            yield self.gate.partition_buckets(tp.topic, tp.partition)
+
+    async def split(self, batch: Batch, queues: BatchQueues) -> KeySplit:
+        """``batch``'s records split by their keys' limits (levels written to its partition's
+        table and changelog partition); ``on_limit="wait"`` may cut the batch (the rest back
+        to ``queues``) and waits before it returns."""
+        gate = self.gate
+        entries: list[tuple[Any, Hashable, int]] | None = None
+        rejected: list[tuple[Any, Failure]] = []
+        if not self._plain:
+            entries, rejected = keys_and_costs(gate, batch.records)
+        if gate.on_limit == "wait":
+            split = await self._wait(batch, queues, entries)
+        else:
+            with self._buckets(batch.tp) as buckets:
+                buckets.expire(EXPIRE_PER_RECORD * len(batch.records))
+                split = self._split(buckets, batch.records, entries)
+            gate.admitted += len(split.admitted)
             now = gate.clock()
-            for _, key, _ in split.deferred:
+            for _, key, _ in (*split.deferred, *split.shed):
                 gate.refused_keys.count(key, now)
+        # (a cut batch: the records refused after its end are the next batch's)
+        split.rejected = [(record, why) for record, why in rejected
+                          if record.offset <= batch.last]
         return split
+
+    def _split(self, buckets: KeyedTokenBuckets, records: Sequence[Any],
+               entries: list[tuple[Any, Hashable, int]] | None) -> KeySplit:
+        shed = self.gate.on_limit == "shed"
+        if entries is None:
+            return split_by_key(records, buckets, in_flight=self.in_flight, shed=shed)
+        split = split_by_key(entries, buckets, key_of=itemgetter(1), in_flight=self.in_flight,
+                             cost_of=itemgetter(2), shed=shed)
+        return KeySplit([entry[0] for entry in split.admitted],
+                        [(entry[0], key, due) for entry, key, due in split.deferred],
+                        [(entry[0], key, cost) for entry, key, cost in split.shed])
+
+    async def _wait(self, batch: Batch, queues: BatchQueues,
+                    entries: list[tuple[Any, Hashable, int]] | None) -> KeySplit:
+        """``on_limit="wait"``: cut where a key's sum would exceed its burst, then wait until
+        every key's bucket holds its sum and take it (docs/batching.md)."""
+        gate = self.gate
+        if entries is None:
+            entries = [(record, record.key, 1) for record in batch.records]
+        with self._buckets(batch.tp) as buckets:
+            buckets.expire(EXPIRE_PER_RECORD * len(batch.records))
+            burst_of = lambda key: buckets.limits(key).burst_capacity  # noqa: E731
+            cut = cut_for_wait(entries, burst_of) if entries else 0
+            sums = sums_by_key(entries[:cut], burst_of)
+        if cut < len(entries):
+            self._cut(batch, queues, entries[cut][0])
+            entries = entries[:cut]
+        waited = await wait_for_keys(lambda: self._buckets(batch.tp), sums, gate.clock,
+                                     self.sleep)
+        if waited is None:
+            raise self.abandoned()
+        admitted = [entry[0] for entry in entries]
+        gate.admitted += len(admitted)
+        if waited:
+            gate.waits += len(admitted)
+            now = gate.clock()
+            for key in waited:
+                gate.refused_keys.count(key, now)
+        return KeySplit(admitted)
+
+    @staticmethod
+    def _cut(batch: Batch, queues: BatchQueues, first_left: Any) -> None:
+        """``batch`` ends before ``first_left``; it and the records after it go back to the
+        head of the partition's queue (its next batch; their offsets follow the batch's)."""
+        position = next(i for i, record in enumerate(batch.records) if record is first_left)
+        rest = batch.records[position:]
+        batch.records = batch.records[:position]
+        batch.last = rest[0].offset - 1
+        queues.put_back(batch.tp, rest, batch.generation, batch.opened_at)
 
     def give_back(self, tp: Any, split: KeySplit | None) -> None:
         """The batch was abandoned before its deferrals were sent: each deferred record's
@@ -136,10 +243,21 @@ class KeyedBatches:
         its tokens stay spent. None: it was abandoned before its split."""
         if split is None or not split.deferred:
             return
-        with in_partition(tp.topic, tp.partition):
-            buckets = self.gate.partition_buckets(tp.topic, tp.partition)
+        with self._buckets(tp) as buckets:
             for _, key, not_before in split.deferred:
                 buckets.readmit(key, not_before)
+
+    async def send_split(self, producer: Any, split: KeySplit,
+                         dead_letter: Callable[[Any, Any, Failure], Any]) -> list[Any]:
+        """The split's sends, outputs of the batch: deferred records to the deferral topic,
+        shed ones to the shed topic, refused ones to the DLQ (``dead_letter(producer,
+        record, failure)``); returns their send futures."""
+        futures = await self.send_deferred(producer, split)
+        if split.shed:
+            futures.extend(await send_shed(self.gate, producer, split.shed))
+        for record, failure in split.rejected:
+            futures.append(await dead_letter(producer, record, failure))
+        return futures
 
     async def send_deferred(self, producer: Any, split: KeySplit) -> list[Any]:
         """The deferred records to the deferral topic (the source partition's number), as
@@ -177,7 +295,8 @@ async def run_beside_readmitted(pipeline: Any, keyed: KeyedBatches,
     batches = asyncio.ensure_future(pipeline.batch.run())
     try:
         async for event in stream.events():
-            key = event.key
+            # the limit's key, as the batch's split sees it (the gate computed it just now)
+            key = event.key if keyed.gate.key is None else keyed.gate.key(event)
             keyed.in_flight.enter(key)
             try:
                 await pipeline.handle(event)

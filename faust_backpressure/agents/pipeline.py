@@ -25,11 +25,7 @@ from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor, unless_flow_stops
 from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
-from faust_backpressure.agents.keyed_batch import (
-    check_keyed_for_batches,
-    one_at_a_time,
-    run_beside_readmitted,
-)
+from faust_backpressure.agents.keyed_batch import one_at_a_time, run_beside_readmitted
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.config import BackpressureSettings, OnLimit
 from faust_backpressure.faust_seam import flow_stopped_event, register_batch_tap
@@ -78,6 +74,11 @@ def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
     unsupported = [f"{option}=" for option, value in options.items()
                    if value is not None and value is not False  # (True == 1)
                    and not (option in defaults and value == defaults[option])]
+    if unsupported == ["priority="]:
+        raise ValueError(f"pipeline {name!r}: process_batch= does not support priority= "
+                         "yet: priority shedding would decode each record and shed those "
+                         "below the shed level before the batch acquires; not built "
+                         "(docs/batching.md, \"The keyed limit's options in a batch\")")
     if unsupported:
         raise ValueError(f"pipeline {name!r}: process_batch= does not support "
                          f"{', '.join(unsupported)} yet (docs/batching.md)")
@@ -93,8 +94,6 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
         raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
-    if keyed is not None and process_batch is not None:
-        check_keyed_for_batches(name, keyed)
     _check_batch_options(name, process_batch, concurrency=concurrency, **batch_checked)
     if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
         concurrency = (downstream.max_concurrency if downstream is not None
@@ -140,8 +139,9 @@ class Pipeline:
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
         first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
         ``keyed``: a keyed limit as the limiter (key = the record's key by default; batches
-        are split by the record's key, the records over their key's limit deferred in
-        per-key order: docs/batching.md, "Keyed limits in a batch").
+        are split by key, the records over their key's limit deferred in per-key order,
+        shed, or the batch held for them, by its ``on_limit``: docs/batching.md, "Keyed
+        limits in a batch").
         ``downstream``: ``process`` runs through that guard (see ``docs/downstream.md``),
         with up to ``concurrency`` events in progress (default the guard's
         ``max_concurrency``); ``ordered_by_key``: an event waits for the previous one with
@@ -271,6 +271,8 @@ class Pipeline:
         shed = ([] if self.gate is None or (self.gate.on_limit != "shed"
                                             and self.gate.priority is None)
                 else [self.gate.shed_topic_for(self.source_topic_name)])
+        if self.keyed is not None and self.keyed.on_limit == "shed":  # a keyed limit's
+            shed.append(self.keyed.shed_topic_for(self.source_topic_name))
         return [*self.sinks, self.dlq, *shed]
 
     def _priority_of(self, event: EventT[Any]) -> int:

@@ -171,6 +171,17 @@ class KeyedTokenBuckets:
         self._save(key, full_at, deferred + (1 if defer else 0), now, late)
         return not_before
 
+    def when_reserved(self, key: Hashable, permits: float = 1) -> float:
+        """When :meth:`reserve` would let ``permits`` of ``key`` pass, changing nothing (a
+        batch waits for every key's sum, then takes them)."""
+        now = self.clock()
+        limits = self.limits(key)
+        full_at = self._state(key)[0]
+        start = full_at if full_at > now else now
+        not_before = start + (self._cap(permits, limits) - limits.burst_capacity) \
+            / limits.tokens_per_second
+        return now if not_before < now else not_before
+
     def defer(self, key: Hashable, permits: float = 1) -> float:
         """Reserve ``permits`` for a deferred event of ``key``; return its not-before time."""
         self.stats.deferred += 1

@@ -167,3 +167,115 @@ async def test_a_keyed_batch_pipeline_defers_a_hot_key_in_order_and_passes_the_o
     hot_partition = partition_for_key(b"hot", 4)
     assert {r.partition for r in levels if r.key == b"bhot"} == {hot_partition}
     assert worker.alive and "Traceback" not in worker.logs()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_keyed_batch_pipeline_sheds_a_hot_key_by_cost_and_passes_the_others(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    """on_limit="shed" with a cost= function (the app's ``cost_by_id``: 2 for ids divisible
+    by 3, -1 for those by 41: refused, to the DLQ): the hot key's records over its limit in
+    the shed topic with their reason, the cold keys' all through, every input somewhere once
+    (exactly_once), the hot key's admitted costs within its bound."""
+    app_id = unique_name("app")
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    shed_topic = source + "-shed"
+    rate, burst, fail_every = 20, 10, 37
+    env = {"FBP_APP_ID": app_id, "FBP_SOURCE": source, "FBP_SINK": sink, "FBP_DLQ": dlq,
+           "FBP_GUARANTEE": guarantee, "FBP_FAIL_EVERY": str(fail_every), "FBP_BATCH": "50",
+           "FBP_KEYED": f"{rate}:{burst}:4", "FBP_KEYED_ON_LIMIT": "shed",
+           "FBP_KEYED_COST": "1"}
+    await create_topics(kafka_bootstrap, {source: 4, sink: 4, dlq: 1, shed_topic: 4})
+    worker = faust_workers(APP, env=env).wait_ready()
+    # one hot key (60 records), 20 cold keys of 4 records each (a cold key's costs <= 8)
+    keys = [b"hot"] * 60 + [b"cold%02d" % (i % 20) for i in range(80)]
+    random.Random(5).shuffle(keys)
+    records = [(key, key + b"-%05d" % i) for i, key in enumerate(keys)]
+
+    def number(value: bytes) -> int:
+        return int(value.split(b"-")[1])
+
+    def cost(value: bytes) -> int:
+        return 2 if number(value) % 3 == 0 else 1
+
+    await produce(kafka_bootstrap, source, records, linger_ms=20)
+    refused_cost = {v for _, v in records if number(v) % 41 == 0}
+    failing = {v for _, v in records if number(v) % fail_every == 0}
+    everything = {v for _, v in records}
+    # what was not shed reaches the sink or the DLQ: read the shed topic first
+    shed = await read_committed(kafka_bootstrap, shed_topic, timeout=90, settle=2.0,
+                                until=lambda rs: len(rs) > 0)
+    shed_values = {r.value for r in shed}
+    expected = everything - shed_values - refused_cost - failing
+    out = await read_committed(kafka_bootstrap, sink, timeout=90, settle=1.0,
+                               until=lambda rs: expected <= {r.value for r in rs})
+    dead = await read_committed(kafka_bootstrap, dlq, settle=0.5,
+                                until=lambda rs: (refused_cost | failing) - shed_values
+                                <= {r.value for r in rs})
+    # nothing shed after the first read (all were in batches by then)
+    shed = await read_to_end(kafka_bootstrap, shed_topic, isolation_level="read_committed")
+    assert {r.value for r in shed} == shed_values
+    counts = Counter(r.value for r in [*out, *dead, *shed])
+    print(f"\nkeyed batch shed {guarantee}: sink {len(out)}, DLQ {len(dead)}, shed {len(shed)}")
+    assert set(counts) == everything
+    assert {r.key for r in shed} == {b"hot"}  # cold keys are within their limits
+    assert all(hdr(r)[h.SHED_REASON].startswith(b"rate limit: ")
+               and hdr(r)[h.SHED_REASON].endswith(b" permit(s) refused (keyed)")
+               and hdr(r)[h.SHED_LIMITER] == b"per-key"
+               and int(hdr(r)[h.SOURCE_OFFSET]) >= 0 for r in shed)
+    stages = {r.value: hdr(r)[h.STAGE] for r in dead}
+    assert {v for v, s in stages.items() if s == b"cost"} == refused_cost - shed_values
+    assert all(hdr(r)[h.ERROR_TYPE] == b"ValueError" for r in dead)
+    if guarantee == "exactly_once":
+        assert set(counts.values()) == {1}
+    hot_out = sorted((r.timestamp / 1000, r.value) for r in out if r.key == b"hot")
+    admitted = sum(cost(v) for _, v in hot_out)
+    span = hot_out[-1][0] - hot_out[0][0]
+    assert burst // 2 <= len(hot_out) < 60 and admitted <= burst + rate * span + 2
+    assert worker.alive and "Traceback" not in worker.logs()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_keyed_batch_pipeline_waits_for_a_hot_key_keeping_every_keys_order(
+        guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
+        faust_workers: Callable[..., FaustWorker]) -> None:
+    """on_limit="wait" with the cost= function: batches cut within the hot key's burst and
+    held until its tokens are there; nothing shed or deferred, each key's outputs in input
+    order, the hot key's admitted costs within its bound, exactly once under exactly_once."""
+    app_id = unique_name("app")
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    rate, burst = 20, 10
+    env = {"FBP_APP_ID": app_id, "FBP_SOURCE": source, "FBP_SINK": sink, "FBP_DLQ": dlq,
+           "FBP_GUARANTEE": guarantee, "FBP_FAIL_EVERY": "37", "FBP_BATCH": "50",
+           "FBP_KEYED": f"{rate}:{burst}:4", "FBP_KEYED_ON_LIMIT": "wait",
+           "FBP_KEYED_COST": "1"}
+    await create_topics(kafka_bootstrap, {source: 4, sink: 4, dlq: 1})
+    worker = faust_workers(APP, env=env).wait_ready()
+    keys = [b"hot"] * 40 + [b"cold%02d" % (i % 20) for i in range(80)]
+    random.Random(9).shuffle(keys)
+    records = [(key, key + b"-%05d" % i) for i, key in enumerate(keys)]
+
+    def number(value: bytes) -> int:
+        return int(value.split(b"-")[1])
+
+    await produce(kafka_bootstrap, source, records, linger_ms=20)
+    dead_expected = {v for _, v in records if number(v) % 41 == 0 or number(v) % 37 == 0}
+    expected = {v for _, v in records} - dead_expected
+    out = await read_committed(kafka_bootstrap, sink, timeout=90, settle=1.0,
+                               until=lambda rs: expected <= {r.value for r in rs})
+    dead = await read_committed(kafka_bootstrap, dlq, settle=0.5,
+                                until=lambda rs: dead_expected <= {r.value for r in rs})
+    out_counts, dead_counts = Counter(r.value for r in out), Counter(r.value for r in dead)
+    hot_out = sorted((r.timestamp / 1000, r.value) for r in out if r.key == b"hot")
+    admitted = sum(2 if number(v) % 3 == 0 else 1 for _, v in hot_out)
+    span = hot_out[-1][0] - hot_out[0][0]
+    print(f"\nkeyed batch wait {guarantee}: sink {len(out)}, DLQ {len(dead)}; hot key "
+          f"{admitted} permits in {span:.2f} s")
+    assert set(out_counts) == expected and set(dead_counts) == dead_expected
+    if guarantee == "exactly_once":
+        assert set(out_counts.values()) == {1} and set(dead_counts.values()) == {1}
+    for key in set(keys):  # each key's outputs in its input order
+        first_seen = list(dict.fromkeys(r.value for r in out if r.key == key))
+        assert first_seen == [v for k, v in records if k == key and v in expected], key
+    assert admitted > burst and admitted <= burst + rate * span + 2  # it waited, in bound
+    assert worker.alive and "Traceback" not in worker.logs()

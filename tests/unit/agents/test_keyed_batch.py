@@ -13,14 +13,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
-from faust_backpressure.agents.batch import BatchResultError
+from faust_backpressure.agents.batch import Batch, BatchQueues, BatchResultError
 from faust_backpressure.agents.headers import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from faust_backpressure.agents.keyed import KEYED_LIMIT, NOT_BEFORE, KeyedRateLimitGate
 from faust_backpressure.agents.keyed_batch import (
     KeyedBatches,
     KeysInFlight,
-    check_keyed_for_batches,
     one_at_a_time,
     split_by_key,
 )
@@ -122,9 +122,20 @@ class _Gate:
     refused: list[Hashable] = field(default_factory=list)
     buckets: KeyedTokenBuckets | None = None
     refused_keys: Any = None
+    on_limit: str = "defer"
+    key: Any = None
+    cost: Any = None
+    rate: float = 10
+    burst: float = 2
+    agent_name: str = "pipeline:p"
+    app: Any = None
+    shed: int = 0
+    waits: int = 0
+    checked: list[tuple[Any, Hashable]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.buckets = KeyedTokenBuckets(10, 2, store=self.store, clock=self.clock)
+        self.buckets = KeyedTokenBuckets(self.rate, self.burst, store=self.store,
+                                         clock=self.clock)
         self.refused_keys = SimpleNamespace(count=lambda key, now: self.refused.append(key))
 
     def partition_buckets(self, topic: str, partition: int) -> KeyedTokenBuckets:
@@ -135,12 +146,27 @@ class _Gate:
     def deferral_headers(self, record: Any, not_before: float) -> list[tuple[str, bytes]]:
         return KeyedRateLimitGate.deferral_headers(self, record, not_before)  # type: ignore[arg-type]
 
+    def check_key_sampled(self, event: Any, key: Hashable) -> None:
+        self.checked.append((event, key))
+
+    def shed_topic_for(self, source: str) -> Any:
+        return SimpleNamespace(get_topic_name=lambda: source + "-shed")
+
+
+def _batch(records: list[Any], clock: FakeClock) -> Batch:
+    return Batch(TP("src", 2), records, records[0].offset,
+                 records[-1].offset, 1, clock())
+
+
+def _queues() -> BatchQueues:
+    return BatchQueues(100, 0.05)
+
 
 class _Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes, int, list[tuple[str, bytes]]]] = []
 
-    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int,
+    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int | None = None,
                    headers: list[tuple[str, bytes]]) -> str:
         self.sent.append((topic, key, value, partition, headers))
         return f"future-{len(self.sent)}"
@@ -153,7 +179,7 @@ async def test_deferred_records_are_sent_as_the_per_event_gate_sends_them(
     records = _records("aaab")
     records[3].headers = [("trace", b"t1"), ("bp.error.type", b"old")]
     records[2].headers = [("trace", b"t2")]
-    split = keyed.split(SimpleNamespace(topic="src", partition=2), records)
+    split = await keyed.split(_batch(records, clock), _queues())
     assert gate.admitted == 3 and gate.refused == [b"a"]
     producer = _Producer()
     futures = await keyed.send_deferred(producer, split)
@@ -166,17 +192,20 @@ async def test_deferred_records_are_sent_as_the_per_event_gate_sends_them(
     assert gate.store[b"a"][1] == 1  # the level says one deferred record
 
 
-def test_a_batch_abandoned_after_its_split_gives_its_deferrals_back(clock: FakeClock) -> None:
+async def test_a_batch_abandoned_after_its_split_gives_its_deferrals_back(
+        clock: FakeClock) -> None:
     gate = _Gate(clock)
     keyed = KeyedBatches(gate)  # type: ignore[arg-type]
-    tp = SimpleNamespace(topic="src", partition=2)
-    split = keyed.split(tp, _records("aaaa"))
+    batch = _batch(_records("aaaa"), clock)
+    tp = batch.tp
+    split = await keyed.split(batch, _queues())
     assert gate.buckets is not None and gate.buckets.deferred(b"a") == 2
     keyed.give_back(tp, split)
     assert gate.buckets.deferred(b"a") == 0  # not stuck deferred for good
     keyed.give_back(tp, None)  # abandoned before its split: nothing to give back
     clock.advance(1)  # read again: its key passes once its tokens are back
-    assert _values(keyed.split(tp, _records("aa")).admitted) == [b"a0", b"a1"]
+    again = await keyed.split(_batch(_records("aa"), clock), _queues())
+    assert _values(again.admitted) == [b"a0", b"a1"]
 
 
 def test_over_many_batches_every_record_passes_once_in_order_within_its_bound(
@@ -216,18 +245,6 @@ def test_over_many_batches_every_record_passes_once_in_order_within_its_bound(
                     for i in range(len(times)) for j in range(i, len(times)))
         assert worst <= burst + 1e-6, key
     assert len(passed["hot"]) > rate * 10  # the hot key was over its limit: it was deferred
-
-
-def test_options_a_batch_cannot_honour_are_refused() -> None:
-    def gate(**changes: Any) -> Any:
-        return SimpleNamespace(**{"on_limit": "defer", "key": None, "cost": None, **changes})
-
-    check_keyed_for_batches("p", gate())
-    for changes, named in (({"on_limit": "wait"}, "on_limit='wait'"),
-                           ({"on_limit": "shed"}, "on_limit='shed'"),
-                           ({"key": lambda e: e.value}, "key="), ({"cost": len}, "cost=")):
-        with pytest.raises(ValueError, match=named):
-            check_keyed_for_batches("p", gate(**changes))
 
 
 async def test_a_deferred_record_back_is_processed_alone() -> None:

@@ -5,7 +5,8 @@ FBP_FAIL_EVERY (ids divisible by it fail permanently; 0 = none), FBP_COMMIT_INTE
 FBP_RATE (a per-worker token bucket of that rate, burst = rate), FBP_LIMITER_ID ("id:rate:burst":
 a distributed limiter instead), FBP_BATCH (a batch size: the pipeline runs in batch mode,
 ``process_batch=``, 50 ms timeout), FBP_KEYED ("rate:burst:partitions": a keyed limit
-"per-key" by the record's key, on_limit="defer", instead of the limiters above),
+"per-key" by the record's key, instead of the limiters above; FBP_KEYED_ON_LIMIT: its on_limit,
+default "defer"; FBP_KEYED_COST=1: its cost= by id, see ``cost_by_id``),
 FBP_REPLICATION (Faust's topic_replication_factor, default 1; the internal topics follow
 FAUST_BP_INTERNAL_REPLICATION_FACTOR when set).
 """
@@ -43,6 +44,13 @@ def check(value: bytes) -> bytes:
     return value
 
 
+def cost_by_id(event: Any) -> int:
+    """A keyed limit's cost of a record (a batch's record as an event): ids divisible by 41
+    cost -1 (refused: to the DLQ), by 3 cost 2, the others 1."""
+    number = int(event.value.split(b"-")[1])
+    return -1 if number % 41 == 0 else 2 if number % 3 == 0 else 1
+
+
 limiter: Any = None
 if os.environ.get("FBP_RATE"):
     rate = float(os.environ["FBP_RATE"])
@@ -55,7 +63,9 @@ elif os.environ.get("FBP_KEYED"):
     rate_text, burst_text, partitions_text = os.environ["FBP_KEYED"].split(":")
     limiter = bp.rate_limit_per_key("per-key", tokens_per_second=float(rate_text),
                                     burst_capacity=float(burst_text),
-                                    partitions=int(partitions_text))
+                                    partitions=int(partitions_text),
+                                    on_limit=os.environ.get("FBP_KEYED_ON_LIMIT", "defer"),
+                                    cost=cost_by_id if os.environ.get("FBP_KEYED_COST") else None)
 
 
 
