@@ -27,9 +27,9 @@ changelog and sends a reply, which this leaves out), a skip compares a timestamp
 number: the CPU of each is measured at the start of the run and reported with the results
 (``costs()``): a skip's CPU (decode + check) is about 0.12 of an answer's (decode + grant)
 before the answer's changelog write and reply, which make the real ratio smaller; hence the
-default 0.1. ``--skip-cost 1`` charges a skip as an answer (the bench's first version did). What the model leaves out: the owner's CPU is
-not the workers' (a real owner also spends permits), and the wire's delay does not grow with
-load.
+default 0.1. ``--skip-cost 1`` charges a skip as an answer (the bench's first version did).
+What the model leaves out: the owner's CPU is not the workers' (a real owner also spends
+permits), and the wire's delay does not grow with load.
 """
 
 from __future__ import annotations
