@@ -21,7 +21,14 @@ from collections.abc import Callable
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
 from faust_backpressure.limiters.bucket import Bucket
 from faust_backpressure.tables.fallback import SafeCapacity
-from faust_backpressure.tables.lease_state import Inflight, LeaseCounters, PendingCommand
+from faust_backpressure.tables.lease_state import (
+    Inflight,
+    LeaseCounters,
+    OwnerHeard,
+    PendingCommand,
+    give_up_wait,
+    resend_due,
+)
 from faust_backpressure.tables.ledger import RATE_TTL_FACTOR, SATURATED
 from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
@@ -39,10 +46,10 @@ class DistributedRateLimiter(LimiterBase):
     """
 
     __slots__ = ("_asking_since", "_attempted", "_burst", "_config", "_counters", "_demand_since",
-                 "_epoch", "_fallback", "_inflight", "_largest", "_largest_before", "_lease",
-                 "_lease_expiry", "_lease_id", "_low_water", "_next_request_at", "_pending",
-                 "_rate", "_rtt", "_seq", "_wakeup", "_wall", "_wanted", "rate_limiter_id",
-                 "request_timeout", "storage_backend", "worker_id")
+                 "_epoch", "_fallback", "_given_up", "_inflight", "_largest", "_largest_before",
+                 "_lease", "_lease_expiry", "_lease_id", "_low_water", "_next_request_at",
+                 "_pending", "_rate", "_rtt", "_seq", "_wakeup", "_wall", "_wanted", "owner_heard",
+                 "rate_limiter_id", "request_timeout", "storage_backend", "worker_id")
 
     def __init__(
         self,
@@ -99,6 +106,9 @@ class DistributedRateLimiter(LimiterBase):
         self._counters = LeaseCounters()
         self._fallback = None if fallback_rate is None else SafeCapacity(fallback_rate)
         self._asking_since: float | None = None  # first send of the oldest unanswered request
+        self._given_up = 0  # requests given up unanswered in a row
+        #: Shared with this worker's limiters of the same owner (set by the channel).
+        self.owner_heard: OwnerHeard | None = None
         super().__init__(clock, utilization_window)
         self._demand_since = clock()
 
@@ -230,18 +240,20 @@ class DistributedRateLimiter(LimiterBase):
                 return entry.command
         inflight = self._inflight
         if inflight is not None:
-            # A busy owner grants longer leases (up to RATE_TTL_FACTOR x ttl): an answer may be
-            # worth having that long, so the request stays in flight (one per limiter: a slow
-            # owner is not sent new requests on top of the ones it has not read yet).
+            # An answer may be worth having for the longest lease: the request stays in flight
+            # (one per limiter: a slow owner is not sent new requests on top of old ones).
             if now < inflight.first_sent + self._max_ttl:
-                if now - inflight.last_sent < self._retry_timeout(inflight):
+                if now < self._resend_due(inflight):
                     return None
                 inflight.last_sent = now
                 inflight.sends += 1
                 self._counters.retries += 1
                 return inflight.request
-            self._inflight = None  # a grant now would already be expired
+            self._inflight = None  # a grant now would already be expired: ask later
             self._counters.abandoned += 1
+            self._given_up += 1
+            self._next_request_at = now + give_up_wait(self._given_up, inflight,
+                                                       self.owner_heard, self._max_ttl)
         if now < self._next_request_at:
             return None
         if not self._needs_lease():
@@ -255,12 +267,13 @@ class DistributedRateLimiter(LimiterBase):
         return RATE_TTL_FACTOR * self._config.lease_ttl
 
     def _retry_timeout(self, inflight: Inflight) -> float:
-        """Wait before resending: at least the timeout, a lease TTL and three usual answer
-        times, x4 with each resend. Kafka does not lose an acknowledged request: a resend only
-        helps after an owner crash, and under overload every copy is more queue (the
-        collapse)."""
+        """Wait before resending (see ``resend_due``): at least the timeout, a lease TTL and
+        three usual answer times, x4 with each resend."""
         base = max(self.request_timeout, 3.0 * self._rtt, self._config.lease_ttl)
         return float(base * 4.0 ** min(inflight.sends - 1, 3))
+
+    def _resend_due(self, inflight: Inflight) -> float:
+        return resend_due(inflight, self.owner_heard, self._retry_timeout(inflight), self._max_ttl)
 
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
@@ -293,8 +306,7 @@ class DistributedRateLimiter(LimiterBase):
         due = [entry.last_sent + self.request_timeout for entry in self._pending.values()]
         inflight = self._inflight
         if inflight is not None:
-            due.append(min(inflight.last_sent + self._retry_timeout(inflight),
-                           inflight.first_sent + self._max_ttl))
+            due.append(min(self._resend_due(inflight), inflight.first_sent + self._max_ttl))
         elif self._wanted or self._queue or (self._attempted and now < self._lease_expiry):
             due.append(self._next_request_at)
         return max(0.0, min(due, default=now + 1.0) - now)
@@ -309,6 +321,9 @@ class DistributedRateLimiter(LimiterBase):
             self._counters.ignored_replies += 1
             return False
         self._inflight = None
+        self._given_up = 0
+        if (heard := self.owner_heard) is not None:  # it has read this far
+            heard.sent, heard.at = max(heard.sent, inflight.first_sent), now
         lease = self._lease
         carry = 0.0
         if now < self._lease_expiry:
@@ -341,13 +356,13 @@ class DistributedRateLimiter(LimiterBase):
         self._lease_expiry = expires
         self._low_water = 0.0 if share > 0.0 else 1.0  # the share refills it, no asking
         self._asking_since = None  # the owner answered: no fallback
-        # The owner answers the first copy it reads (resends queue behind it): the answer
-        # time is measured from the first send.
-        self._rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
-        # Due from the first send, as the lease: counted from a slow answer's arrival, the
-        # renewal came after the expiry. Never so late that its answer cannot be back in time.
-        self._next_request_at = min(inflight.first_sent + grant.retry_after,
-                                    expires - 2.0 * self._rtt)
+        # The owner answers the first copy it reads: the answer time is from the first send.
+        self._rtt = rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
+        # Due from the first send, as the lease (from a slow answer's arrival, the renewal came
+        # after the expiry); in time for its answer, unless the owner asks for a pause past the
+        # lease (OwnerLoad.pause; <= 1 h on the wire).
+        due = inflight.first_sent + grant.retry_after
+        self._next_request_at = due if grant.retry_after > ttl else min(due, expires - 2 * rtt)
         self._counters.grants += 1
         self._counters.granted_tokens += granted
         if grant.epoch >= self._epoch and not self._pending:

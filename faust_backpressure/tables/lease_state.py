@@ -3,11 +3,14 @@ counters, the request in flight and the commands not acknowledged yet."""
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass
 
 from faust_backpressure.wire.limiter_records import Command, LeaseRequest
 
-__all__ = ["Inflight", "LeaseCounters", "PendingCommand"]
+__all__ = ["Inflight", "LeaseCounters", "OwnerHeard", "PendingCommand", "give_up_wait",
+           "resend_due"]
 
 
 @dataclass(slots=True)
@@ -41,3 +44,48 @@ class Inflight:
     first_sent: float
     last_sent: float
     sends: int = 1
+
+
+@dataclass(slots=True)
+class OwnerHeard:
+    """How far one owner (one partition of the request topic) has read this worker's requests
+    (the latest first send of one it answered), when it last answered, and when that partition
+    last moved (a rebalance), on the limiters' monotonic clock; shared by the worker's
+    limiters of that partition (see :func:`resend_due` and :func:`give_up_wait`)."""
+
+    sent: float = -math.inf
+    moved: float = -math.inf
+    #: When it last answered one.
+    at: float = -math.inf
+
+
+def resend_due(inflight: Inflight, heard: OwnerHeard | None, timeout: float,
+               longest: float) -> float:
+    """When to resend a request: after the retry ``timeout``, and (when the channel tells us
+    about the owner) only once the owner answered a later request of ours (it reads ours in
+    the order we sent them: this one or its reply was lost) or its partition moved since the
+    last send (its successor may have skipped it: the offset was committed, the reply lost in
+    the crash). Else the request waits in the owner's queue and is given up after the
+    ``longest`` lease: a slow owner is not sent copies. Under overload every copy is more
+    queue: the copies kept the queue past the longest lease and admission fell to 0
+    (``bench/owner_capacity.py``)."""
+    if heard is not None and heard.sent <= inflight.last_sent \
+            and heard.moved <= inflight.last_sent:
+        return inflight.first_sent + longest
+    return inflight.last_sent + timeout
+
+
+def give_up_wait(given_up: int, inflight: Inflight, heard: OwnerHeard | None,
+                 longest: float) -> float:
+    """How long a worker waits before it asks again after ``given_up`` requests in a row went
+    unanswered for the ``longest`` lease while the owner answered others (slow, not gone; a
+    gone owner, or a moved partition, is asked again at once): about 1, 3, 7, ... times the
+    longest lease (up to an hour), spread by the request id (deterministic, and workers that
+    gave up together do not come back together). Its queue was longer than it answers in the
+    longest lease: it is asked less and less often, so the queue shrinks until its answers
+    (and the pause they carry, ``OwnerLoad.pause``) arrive in time again."""
+    first = inflight.first_sent
+    if heard is None or heard.at <= first or heard.moved > first:
+        return 0.0
+    spread = 0.5 + zlib.crc32(inflight.request.request_id.encode()) / 2.0**32
+    return min(3600.0, longest * (2.0 ** min(given_up, 12) - 1.0) * spread)

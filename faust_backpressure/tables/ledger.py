@@ -14,6 +14,7 @@ is never answered, and the last one is answered with its recorded grant.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +31,9 @@ SATURATED = 1e12
 RATE_TTL_FACTOR = 16.0
 #: ... and stretches the lease TTL up to this factor.
 MAX_STRETCH = 8.0
+#: The longest pause a busy owner asks of a worker between an answer and its next request
+#: (the wire's range for ``retry_after``; see ``OwnerLoad.pause``).
+MAX_PAUSE = 3600.0
 #: A worker's share is computed from its declared demand times this.
 RATE_HEADROOM = 1.25
 #: A worker may hold ``BURST_SECONDS`` of its share unspent, and at least this many permits,
@@ -54,6 +58,7 @@ class LedgerStats:
     stale: int = 0
     commands: int = 0
     superseded: int = 0
+    late: int = 0
 
 
 class _Lease(NamedTuple):
@@ -215,13 +220,19 @@ class LimiterLedger:
         return now - sent_at > self.max_rate_ttl + skew or sent_at - now > skew
 
     def handle_lease(self, req: LeaseRequest, now: float, *, stretch: float = 1.0,
-                     delay: float = 0.0) -> Grant | None:
+                     delay: float = 0.0, pause: float = 0.0) -> Grant | None:
         """Grant a rate lease (possibly no share and 0 tokens) or ``None`` for a stale or
         superseded request; a retry of the worker's last request returns its recorded grant,
         never a new one.
 
-        ``stretch`` (>= 1) and ``delay`` (s) come from a busy owner (see ``OwnerLoad`` in
-        ``service.py``): the lease grows with them, so each worker asks less often."""
+        ``stretch`` (>= 1), ``delay`` and ``pause`` (s) come from a busy owner (see
+        ``OwnerLoad``): the lease grows with them, so each worker asks less often, and past
+        the longest lease the worker waits ``pause`` after the answer before it asks again."""
+        if pause > 0.0 and now - req.sent_at > self.max_rate_ttl:
+            # Paused, its sender has given it up (by its clock, unless it lags ours): skipped
+            # at once, no lease reserved for nobody (see OwnerLoad.pause).
+            self.stats.late += 1
+            return None
         self.advance(now)
         worker = self.workers.get(req.worker_id)
         if worker is not None and req.seq <= worker.last_seq:
@@ -241,19 +252,21 @@ class LimiterLedger:
         if worker is None:
             worker = self.workers[req.worker_id] = _Worker(req.demand, now)
         worker.demand, worker.seen = min(req.demand, SATURATED), now
-        record = self._rate_lease(req, worker, now, stretch, delay, newcomer=newcomer)
+        # Paused, every lease is the longest: a pair asks once a pause (see OwnerLoad).
+        record = self._rate_lease(req, worker, now, stretch, delay,
+                                  newcomer=newcomer and not pause, pause=pause)
         worker.last_seq, worker.last_id, worker.last = req.seq, req.request_id, record
         return self._grant_from(req, record)
 
     def _rate_lease(self, req: LeaseRequest, worker: _Worker, now: float, stretch: float,
-                    delay: float, *, newcomer: bool) -> _GrantRecord:
+                    delay: float, *, newcomer: bool, pause: float = 0.0) -> _GrantRecord:
         """A rate lease: ``share`` permits/s of the rate for the lease's life (the bucket
         refills at the rest), a local burst ``cap``, and tokens from the bucket if it has
         any (after idle time: the configured burst). Renewals are needed about once a lease
         life, however short the burst is, which is what lets one owner serve many ids."""
         rate = self.effective_rate(now)
         wait = max(0.0, delay, min(req.rtt, self.max_rate_ttl))
-        ttl = self._ttl(stretch, wait, newcomer=newcomer)
+        ttl = self.max_rate_ttl if pause > 0.0 else self._ttl(stretch, wait, newcomer=newcomer)
         if req.lease_id is None:
             # The worker holds no valid lease (it asks only once its own view of the last
             # one, which ends before ours, has expired), so it spends none of its leases:
@@ -297,8 +310,19 @@ class LimiterLedger:
             # over a short time (so the share grows x1.25 a time, and a burst after idle
             # time gets the bucket's tokens at once).
             retry_after = min(retry_after, max(0.1 * ttl, 2.0 * wait))
+        if pause > 0.0:
+            retry_after = self._paused(retry_after, req, now, pause)
         return _GrantRecord(now, lease_id, tokens, renews, retry_after, self.epoch,
                             self.rate, self.burst, ttl, round(share, 6), cap)
+
+    def _paused(self, retry_after: float, req: LeaseRequest, now: float, pause: float) -> float:
+        """Asked more often than it can answer (``OwnerLoad.pause``): the next request comes
+        ``pause`` after this answer (the request's age is by the sender's clock: off by the
+        skew at most), spread +-25% by the request id, so that workers answered together
+        (after a start or an outage) do not all come back together."""
+        age = min(max(0.0, now - req.sent_at), self.max_rate_ttl)
+        pause *= 0.75 + 0.5 * zlib.crc32(req.request_id.encode()) / 2.0**32
+        return min(MAX_PAUSE, max(retry_after, age + pause))
 
     def _ttl(self, stretch: float, wait: float, *, newcomer: bool) -> float:
         """Overloaded (the queue delay past what even the stretch absorbs), the lease grows

@@ -35,6 +35,7 @@ from faust_backpressure.faust_seam import (
 from faust_backpressure.tables.channel_options import ChannelOptions
 from faust_backpressure.tables.keeper import ChannelService
 from faust_backpressure.tables.lease import DistributedRateLimiter
+from faust_backpressure.tables.lease_state import OwnerHeard
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
 from faust_backpressure.tables.store import table_options
@@ -92,6 +93,7 @@ class LimiterChannel:
         self._worker_key = self.worker_id.encode()
         self._declare()
         self.limiters: dict[str, DistributedRateLimiter] = {}
+        self._heard: dict[int, OwnerHeard] = {}
         self.owned: set[str] = set()
         self.rejections = Rejections()  # request-topic records, by reason
         self.reply_rejections = Rejections()  # grant-topic records addressed to this worker
@@ -163,6 +165,9 @@ class LimiterChannel:
         self._ledgers.clear()
         self._written.clear()
         self.owned.clear()  # an owner again once it answers (and logs) again
+        moved = time.monotonic()  # the limiters' clock: their unanswered requests may resend
+        for heard in self._heard.values():
+            heard.moved = moved
 
     @property
     def changelog_topic_name(self) -> str:
@@ -187,6 +192,9 @@ class LimiterChannel:
                     f"declared with other {', '.join(differ)}: declare it once, or the same"))
             return known
         self.limiters[limiter.rate_limiter_id] = limiter
+        # Its owner is its partition's: one view per partition of how far it has read.
+        limiter.owner_heard = self._heard.setdefault(self._partition(limiter.rate_limiter_id),
+                                                     OwnerHeard())
         if self.service is not None:
             self.service.keep(limiter)
         return limiter
@@ -257,7 +265,9 @@ class LimiterChannel:
             reply = ledger.apply_command(message, now)
         else:
             reply = ledger.handle_lease(message, now, stretch=self.load.stretch,
-                                        delay=self.load.delay)
+                                        delay=self.load.delay, pause=self.load.pause)
+            self.load.served((message.worker_id, message.limiter_id), now,
+                             answered=reply is not None)
         if created or before != (ledger.stats.requests, ledger.stats.commands, ledger.epoch):
             written = await self._write(partition, ledger)
         else:
