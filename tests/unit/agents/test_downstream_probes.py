@@ -10,35 +10,14 @@ opens the breaker, raised again 30 s into it.
 from __future__ import annotations
 
 import asyncio
-import selectors
-from typing import Any
 
 from faust_backpressure.agents.downstream import Downstream
 from faust_backpressure.agents.slow_down import DependencyUnavailable
 from faust_backpressure.limiters import CircuitBreaker, FixedLimit, TokenBucketRateLimiter
+from tests.unit.limiters.test_circuit_breaker import VirtualTimeLoop
 
-
-class _VirtualSelector(selectors.SelectSelector):
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None:
-            raise RuntimeError("deadlock: the loop would wait forever")
-        self.now += max(0.0, timeout)
-        return super().select(0)
-
-
-class _VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """``time()`` is virtual: when idle the loop jumps straight to its next timer."""
-
-    def __init__(self) -> None:
-        self._virtual = _VirtualSelector()
-        super().__init__(self._virtual)
-
-    def time(self) -> float:
-        return self._virtual.now
+# the breaker tests' loop: idle time jumps straight to the next timer
+_VirtualTimeLoop = VirtualTimeLoop
 
 
 OUTAGE = 60.0
