@@ -39,6 +39,35 @@ def transactional_id_of(app: AppT, tp: TP, group: int | None = None) -> str:
     return f"{app.conf.id}-{group}-{tp.partition}"
 
 
+async def abort_open_transactions(producers: dict[str, Any]) -> int:
+    """Abort every transaction still open in ``producers`` (transactional id -> aiokafka
+    producer); how many were.
+
+    At a rebalance: the revoke's last commit leaves out a transaction still being written
+    (:meth:`InputTransactionManager.commit_point`), with its partitions' offsets, and Faust
+    then reads every partition it keeps again from the committed offset. Kept open, that
+    transaction got the same events' outputs a second time and committed both copies (a
+    chaos run under exactly_once: 24 duplicates). Aborted, the outputs go with it and the
+    events run once more. A producer that cannot abort is stopped: the next one started for
+    its id fences it, which aborts the transaction on the broker."""
+    aborted = 0
+    for tid, producer in sorted(producers.items()):
+        if not producer._txn_manager.is_in_transaction():
+            continue
+        log.info("aborting the open transaction %s: its partitions are read again from their "
+                 "committed offsets", tid)
+        try:
+            await producer.abort_transaction()
+        except Exception as exc:  # any failure: fall back to fencing
+            log.warning("the transaction %s could not be aborted (%s); stopping its producer",
+                        tid, one_line(exc))
+            del producers[tid]
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        aborted += 1
+    return aborted
+
+
 class InputTransactionManager(TransactionManager):
     """A Faust transaction manager that keeps each event's outputs with its offset.
 
@@ -62,6 +91,8 @@ class InputTransactionManager(TransactionManager):
         self.batch_writers: Counter[str] = Counter()
         self.transaction_lost: TransactionLost | None = None  # set once: the worker stops
         self.transactions_begun_again = 0
+        #: Transactions left open by the revoke's last commit and aborted at the rebalance.
+        self.transactions_aborted = 0
         self._rebalance_over = asyncio.Event()  # clear while Faust swaps the producers
         self._rebalance_over.set()
         self._starting = asyncio.Lock()
@@ -113,6 +144,8 @@ class InputTransactionManager(TransactionManager):
         self._rebalance_over.clear()
         try:
             await self._stop_standby_producers(assigned)
+            self.transactions_aborted += await abort_open_transactions(
+                self.producer._transaction_producers)  # type: ignore[attr-defined]
             await super().on_rebalance(assigned, revoked, newly_assigned)
         finally:
             self._rebalance_over.set()
