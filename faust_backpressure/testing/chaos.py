@@ -384,7 +384,9 @@ class _Run:
 #: The seam's log lines when one of its guards acts (faust_seam/consumer.py, transactions.py).
 _SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-reading"),
                  "stale outputs dropped": re.compile(r"dropped an output of "),
-                 "commits held back (writer running)": re.compile(r"not committing the trans")}
+                 "commits held back (writer running)": re.compile(r"not committing the trans"),
+                 "open transactions aborted at a rebalance":
+                     re.compile(r"aborting the open transaction ")}
 
 #: What every client logs while the broker is down: not worth a line in the report.
 _OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
