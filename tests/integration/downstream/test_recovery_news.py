@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -41,20 +42,28 @@ async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> No
         await asyncio.sleep(0.05)
 
 
+async def _app_with_a_guard(guarantee: str, bootstrap: str, unique_name: Callable[[str], str],
+                            tmp_path: Path, **guard: Any) -> tuple[faust.App, Backpressure, Any]:
+    """An app whose pipeline calls the guard ``api`` (open for 10 minutes once opened)."""
+    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
+    await create_topics(bootstrap, {source: 1, sink: 1, dlq: 1})
+    app = faust.App(unique_name("app"), datadir=str(tmp_path),
+                    processing_guarantee=guarantee,
+                    **fast_faust_settings(broker=f"kafka://{bootstrap}"))
+    bp = Backpressure(app, settings=BackpressureSettings(secret=SECRET))
+    api = bp.downstream("api", wait_in_open=600.0, **guard)
+    bp.pipeline("calls", source=source, sink=sink, dlq=dlq, process=lambda v: v,
+                downstream=api)
+    return app, bp, api
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_news_of_a_recovery_elsewhere_makes_an_open_breaker_probe_at_once(
         guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
         tmp_path: Path) -> None:
-    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
-    await create_topics(kafka_bootstrap, {source: 1, sink: 1, dlq: 1})
-    app = faust.App(unique_name("app"), datadir=str(tmp_path),
-                    processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    bp = Backpressure(app, settings=BackpressureSettings(secret=SECRET))
     # open for 10 minutes unless told: only the news can make it probe within the test
-    api = bp.downstream("api", minimum_calls=1, wait_in_open=600.0)
-    bp.pipeline("calls", source=source, sink=sink, dlq=dlq, process=lambda v: v,
-                downstream=api)
+    app, bp, api = await _app_with_a_guard(guarantee, kafka_bootstrap, unique_name, tmp_path,
+                                           minimum_calls=1)
     topic = ops_topic(str(app.conf.id))
     async with running_app(app):
         await eventually(lambda: bp.ops_follower is not None)
@@ -79,15 +88,8 @@ async def test_news_of_a_recovery_elsewhere_makes_an_open_breaker_probe_at_once(
 async def test_news_of_failures_elsewhere_opens_a_closed_breaker_at_once(
         guarantee: str, kafka_bootstrap: str, unique_name: Callable[[str], str],
         tmp_path: Path) -> None:
-    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
-    await create_topics(kafka_bootstrap, {source: 1, sink: 1, dlq: 1})
-    app = faust.App(unique_name("app"), datadir=str(tmp_path),
-                    processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    bp = Backpressure(app, settings=BackpressureSettings(secret=SECRET))
-    api = bp.downstream("api", wait_in_open=600.0)  # opened, it stays open for the test
-    bp.pipeline("calls", source=source, sink=sink, dlq=dlq, process=lambda v: v,
-                downstream=api)
+    # opened, it stays open for the test
+    app, bp, api = await _app_with_a_guard(guarantee, kafka_bootstrap, unique_name, tmp_path)
     topic = ops_topic(str(app.conf.id))
     async with running_app(app):
         await eventually(lambda: bp.ops_follower is not None)

@@ -142,13 +142,21 @@ def test_a_paused_owner_grants_the_longest_lease_and_the_worker_waits_out_the_pa
     assert isinstance(limiter.poll(), LeaseRequest)
 
 
-def test_a_slow_owner_is_not_sent_copies_a_lost_answer_and_a_moved_partition_are() -> None:
-    clock = Clock(0.0)
+def _two_limiters_of_one_owner(clock: Clock
+                               ) -> tuple[OwnerHeard, DistributedRateLimiter,
+                                          DistributedRateLimiter]:
+    """Limiters ``x`` and ``y`` of worker ``a`` whose ids one owner holds (one OwnerHeard)."""
     heard = OwnerHeard()
     x, y = (DistributedRateLimiter(name, CONFIG.rate, CONFIG.burst, worker_id="a",
                                    lease_ttl=CONFIG.lease_ttl, clock=clock, wall_clock=clock)
             for name in ("x", "y"))
     x.owner_heard = y.owner_heard = heard
+    return heard, x, y
+
+
+def test_a_slow_owner_is_not_sent_copies_a_lost_answer_and_a_moved_partition_are() -> None:
+    clock = Clock(0.0)
+    heard, x, y = _two_limiters_of_one_owner(clock)
     x.try_acquire()
     assert isinstance(x.poll(), LeaseRequest)
     # Slow, not gone: no copy until the request is given up after the longest lease.
@@ -180,11 +188,7 @@ def test_a_slow_owner_is_not_sent_copies_a_lost_answer_and_a_moved_partition_are
 
 def test_a_request_given_up_while_the_owner_answers_others_is_asked_again_later() -> None:
     clock = Clock(0.0)
-    heard = OwnerHeard()
-    x, y = (DistributedRateLimiter(name, CONFIG.rate, CONFIG.burst, worker_id="a",
-                                   lease_ttl=CONFIG.lease_ttl, clock=clock, wall_clock=clock)
-            for name in ("x", "y"))
-    x.owner_heard = y.owner_heard = heard
+    _, x, y = _two_limiters_of_one_owner(clock)
     y.try_acquire()
     earlier = y.poll()
     x.try_acquire()
