@@ -14,8 +14,9 @@ app's default producer (never transactional: our tables are control state,
 of each batch as the partition's persisted offset when it is acknowledged (what Faust's path
 does per record).
 
-Ordering: a write is made in the gate, before the agent's body; every commit first waits for
-the writers' drains (:func:`flush_changelog_writers`, from the seam's consumer), and Faust
+Ordering: a write is made in the gate, before the agent's body; every commit first waits until
+the writes made before it are in the producer's batches (:func:`flush_changelog_writers`, from
+the seam's consumer; a revocation waits for the drain to go idle), and Faust
 flushes the producer (aiokafka's batches included) before it commits in at_least_once: the
 changelog record is sent before the source offset is committed, as on Faust's path (a
 graceful stop commits, so it sends them too).
@@ -75,6 +76,9 @@ class ChangelogWriter:
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         self._task: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the drain, ``linger`` s after a write
+        # the drain's rounds: taken from ``_pending``, and all sent; a flush waits for a round
+        self._taken = self._sent = 0
+        self._round_sent: asyncio.Future[None] | None = None
         # rocksdict's RocksDB: the store is written in batches at the drain, else at once
         self._batched = isinstance(table.data, RocksStore) and bool(
             getattr(table.data, "use_rocksdict", False))
@@ -146,17 +150,22 @@ class ChangelogWriter:
         if self._task is None and self._pending:
             self._task = asyncio.ensure_future(self._drain())
 
-    async def flush(self) -> None:
+    async def flush(self, *, until_idle: bool = False) -> None:
         """Until every write made so far is in the producer's batches (which Faust's commit
         flushes in at_least_once): a commit must not pass a level not sent yet. Does not
-        wait for the linger."""
-        while True:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._start()
-            if self._task is None:
-                return
+        wait for the linger, nor, unless ``until_idle``, for writes made after the call
+        (under a steady stream the drain never goes idle: a commit that waited for that ran
+        for seconds, Faust's "Timer commit is overlapping")."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._start()  # now, not after the linger (and again after a failed drain)
+        while until_idle and self._task is not None:
             await asyncio.shield(self._task)
+        due = self._taken + (1 if self._pending else 0)  # the round holding the last write
+        while self._sent < due and self._task is not None:
+            if self._round_sent is None:
+                self._round_sent = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._round_sent)
 
     async def _drain(self) -> None:
         try:
@@ -164,13 +173,23 @@ class ChangelogWriter:
             producer = raw_producer(self.app)
             while self._pending:  # written meanwhile: sent now, behind the batches in flight
                 pending, self._pending = self._pending, {}
+                self._taken += 1
                 self._write_store(pending)  # at once: no read between the two misses them
                 for partition, records in pending.items():
                     await self._send(producer, partition, records)
+                self._sent = self._taken
+                self._wake_flushes()
         except Exception:  # broad: a failure must not stop later writes; Faust's path logs too
             log.exception("cannot write the changelog %s", self.topic)
         finally:
             self._task = None  # records queued after a failure go with the next write's drain
+            self._sent = self._taken  # a failed round is not waited for (it is logged)
+            self._wake_flushes()
+
+    def _wake_flushes(self) -> None:
+        if self._round_sent is not None:
+            self._round_sent.set_result(None)
+            self._round_sent = None
 
     async def _send(self, producer: Any, partition: int,
                     records: dict[bytes, bytes | None]) -> None:
@@ -257,11 +276,12 @@ async def _flush_on_revoke(app: Any, /, *args: Any, **kwargs: Any) -> None:
     """A rebalance's revocation: the writes waiting for their linger go now (a commit may
     not come first), before Faust closes the revoked partitions' dbs and another worker
     restores their changelog."""
-    await flush_changelog_writers(app)
+    await flush_changelog_writers(app, until_idle=True)
 
 
-async def flush_changelog_writers(app: Any) -> None:
-    """Before a commit (the seam's consumer): every table write made so far is sent."""
+async def flush_changelog_writers(app: Any, *, until_idle: bool = False) -> None:
+    """Before a commit (the seam's consumer): every table write made so far is sent; with
+    ``until_idle`` (a revocation), also those made while it waits."""
     context = find_context(app)
     for writer in (context.get(WRITERS) if context is not None else None) or ():
-        await writer.flush()
+        await writer.flush(until_idle=until_idle)
