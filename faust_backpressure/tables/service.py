@@ -2,7 +2,7 @@
 
 Declared lazily on the first :func:`limiter_channel` call for an app (at import time of the app
 module), shared by every limiter id of that app. At worker start a :class:`mode.Service` starts the
-grant consumer and one keeper task per limiter. The rules live in the pure
+grant consumer and one keeper task for all the limiters. The rules live in the pure
 :class:`~faust_backpressure.tables.ledger.LimiterLedger` and
 :class:`~faust_backpressure.tables.lease.DistributedRateLimiter`.
 """
@@ -48,7 +48,6 @@ from faust_backpressure.wire.limiter_records import (
     Rejected,
     decode_reply_record,
     decode_requests,
-    encode,
     encode_batch,
     encode_replies,
 )
@@ -201,11 +200,6 @@ class LimiterChannel:
 
     # -- the owner ------------------------------------------------------------------------
 
-    async def handle(self, key: bytes | None, value: bytes | None, partition: int) -> None:
-        """Process one record and answer it (``apply_record`` + ``send_replies``)."""
-        await self.apply_record(key, value, partition, None)
-        await self.send_replies()
-
     async def apply_record(self, key: bytes | None, value: bytes | None, partition: int,
                      timestamp: float | None) -> bool:
         """Apply every request in one request-topic record (one, or a worker's batch for this
@@ -324,12 +318,10 @@ class LimiterChannel:
         for worker_id, replies in by_worker.items():  # one record per worker and batch
             for i in range(0, len(replies), RECORD_BATCH):  # records well under 1 MB
                 value = encode_replies(replies[i:i + RECORD_BATCH], self.options.secret)
-                await self._send_reply(worker_id.encode(), value)
+                await send_control(self.app, self.grant_topic.get_topic_name(),
+                                   worker_id.encode(), value)
         self.answered += len(batch)
         self.batches += 1
-
-    async def _send_reply(self, key: bytes, value: bytes) -> None:
-        await send_control(self.app, self.grant_topic.get_topic_name(), key, value)
 
     async def run_sender(self, should_stop: Any) -> None:
         """The owner's answering loop (one per worker): a batch per flush round trip."""
@@ -356,11 +348,6 @@ class LimiterChannel:
 
     # -- the worker side ------------------------------------------------------------------
 
-    async def send(self, limiter: DistributedRateLimiter,
-                   message: LeaseRequest | Command) -> None:
-        key = limiter.rate_limiter_id.encode()
-        await self._send_request(key, encode(message, key=key, secret=self.options.secret))
-
     async def send_many(self, messages: list[LeaseRequest | Command]) -> None:
         """Send requests as one record per request-topic partition (the owner of a
         partition answers all of that record's requests in one go)."""
@@ -370,10 +357,7 @@ class LimiterChannel:
         for batch in by_partition.values():
             for i in range(0, len(batch), RECORD_BATCH):  # records well under 1 MB
                 key, value = encode_batch(batch[i:i + RECORD_BATCH], self.options.secret)
-                await self._send_request(key, value)
-
-    async def _send_request(self, key: bytes, value: bytes) -> None:
-        await send_control(self.app, self.request_topic.get_topic_name(), key, value)
+                await send_control(self.app, self.request_topic.get_topic_name(), key, value)
 
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:
