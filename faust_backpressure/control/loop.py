@@ -297,17 +297,26 @@ class ControlLoops:
         plus the clock skew allowed between workers."""
         return 3 * loop.interval + self.max_clock_skew
 
+    def _accept(self, limiter: str, at: float, record_id: str, now: float | None, *,
+                override: bool = False) -> ControlLoop:
+        """The loop of a decoded sample (or override) stamped ``at``: known, fresh (within
+        :meth:`max_age`, an override's :data:`MAX_AGE`) and not a replay; else
+        :class:`RejectedRecord`."""
+        loop = self.loops.get(limiter)
+        if loop is None:
+            raise RejectedRecord(f"no control loop for {limiter!r:.80}", code=UNKNOWN)
+        now = time.time() if now is None else now
+        max_age, replays = (MAX_AGE, self._override_ids) if override \
+            else (self.max_age(loop), self._replays[loop.name])
+        check_time(at, now, max_age=max_age, max_skew=self.max_clock_skew)
+        replays.check(record_id, now)
+        return loop
+
     def check(self, raw: bytes | None, key: bytes | None = None,
               now: float | None = None) -> tuple[ControlLoop, WorkerSample]:
         """The loop and the sample of a pressure record, or :class:`RejectedRecord`."""
         sample = WorkerSample.decode(raw, key, self.secret)
-        loop = self.loops.get(sample.limiter)
-        if loop is None:
-            raise RejectedRecord(f"no control loop for {sample.limiter!r:.80}", code=UNKNOWN)
-        now = time.time() if now is None else now
-        check_time(sample.at, now, max_age=self.max_age(loop), max_skew=self.max_clock_skew)
-        self._replays[loop.name].check(sample.sample_id, now)
-        return loop, sample
+        return self._accept(sample.limiter, sample.at, sample.sample_id, now), sample
 
     def handle(self, raw: bytes | None, key: bytes | None = None) -> PressureDecision | None:
         """Apply one pressure record; a rejected one is counted and changes nothing."""
@@ -349,13 +358,8 @@ class ControlLoops:
         """An operator's hold or release (see :mod:`.override`): applied and persisted."""
         try:
             override = Override.decode(raw, key, self.secret)
-            loop = self.loops.get(override.limiter)
-            if loop is None:
-                raise RejectedRecord(f"no control loop for {override.limiter!r:.80}",
-                                     code=UNKNOWN)
-            now = time.time()
-            check_time(override.at, now, max_age=MAX_AGE, max_skew=self.max_clock_skew)
-            self._override_ids.check(override.override_id, now)
+            loop = self._accept(override.limiter, override.at, override.override_id, None,
+                                override=True)
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("override rejected (%s): %s", exc.code, exc.reason)
