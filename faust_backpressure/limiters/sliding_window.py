@@ -7,7 +7,8 @@ import time
 
 from faust_backpressure.config.validation import check_int
 
-from .base import EPSILON, Clock, LimiterBase, check_capacity, check_rate
+from .base import Clock, LimiterBase, check_capacity, check_rate
+from .bucket import EPSILON
 
 __all__ = ["SlidingWindowRateLimiter"]
 
