@@ -112,10 +112,6 @@ class SlidingWindowRateLimiter(LimiterBase):
         return self._limit - self._sum
 
     @property
-    def max_permits(self) -> float:
-        return self._limit
-
-    @property
     def window_seconds(self) -> float:
         return self._window
 
