@@ -1,4 +1,4 @@
-"""Leaky bucket (GCRA virtual scheduling): a constant pace with a bounded queue."""
+"""Leaky bucket (GCRA): a constant pace with a bounded queue."""
 
 from __future__ import annotations
 
