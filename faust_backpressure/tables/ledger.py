@@ -62,14 +62,14 @@ class LedgerStats:
 
 
 class _Lease(NamedTuple):
-    """Tokens leased to a worker and not yet expired (stored as a JSON list); a rate lease
-    also reserves ``share`` permits/s of the rate and a local burst of ``cap`` permits."""
+    """A rate lease not yet expired (stored as a JSON list): tokens leased to a worker,
+    ``share`` permits/s of the rate and a local burst of ``cap`` permits."""
 
     lease_id: str
     outstanding: float
     expires: float
-    share: float = 0.0
-    cap: float = 0.0
+    share: float
+    cap: float
 
     @property
     def held(self) -> float:
@@ -91,8 +91,8 @@ class _GrantRecord(NamedTuple):
     rate: float
     burst: float
     ttl: float
-    share: float = 0.0
-    share_cap: float = 0.0
+    share: float
+    share_cap: float
 
 
 @dataclass(slots=True)
