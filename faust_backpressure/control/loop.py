@@ -48,10 +48,10 @@ from faust_backpressure.control.policy import (
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
-from faust_backpressure.faust_seam import context_of, install, mark_control_topic, send_control
+from faust_backpressure.faust_seam import context_of, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
-from faust_backpressure.tables.store import table_options
+from faust_backpressure.tables.store import library_table
 from faust_backpressure.wire.kafka_clients import KafkaClientSettings, raw_topic
 from faust_backpressure.wire.signing import (
     UNKNOWN,
@@ -246,12 +246,9 @@ class ControlLoops:
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
         # by the agent of the partition that the limiter's samples land on.
-        self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
-                               partitions=partitions, options=table_options())
-        self.table.changelog_topic.replicas = replicas
         # Samples and the decider's state are control traffic: outside every transaction.
-        install(app)
-        mark_control_topic(app, self.table.changelog_topic.get_topic_name())
+        self.table = library_table(app, CONTROL_TABLE, replicas=replicas, default=None,
+                                   key_type=str, value_type=str, partitions=partitions)
         self._stored: dict[str, str] = {}  # what this worker last wrote, per limiter
         self.published = 0
         self.rejections = Rejections()  # pressure records, by reason

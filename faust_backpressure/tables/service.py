@@ -28,8 +28,6 @@ from faust_backpressure.faust_seam import (
     Slot,
     context_of,
     find_context,
-    install,
-    mark_control_topic,
     send_control,
 )
 from faust_backpressure.tables.channel_options import ChannelOptions
@@ -38,7 +36,7 @@ from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.lease_state import OwnerHeard
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
-from faust_backpressure.tables.store import table_options
+from faust_backpressure.tables.store import library_table
 from faust_backpressure.wire.kafka_clients import partition_for_key, raw_topic
 from faust_backpressure.wire.limiter_records import (
     Ack,
@@ -122,15 +120,11 @@ class LimiterChannel:
                                        partitions=self.partitions, replicas=replicas)
         self.grant_topic = raw_topic(app, limiter_grants(app.conf.id), internal=True,
                                      partitions=1, replicas=replicas)
-        # Values are the ledger record as JSON bytes, encoded once by us.
-        self.table = app.Table(LIMITER_TABLE, default=None, partitions=self.partitions,
-                               key_type=str, value_type=bytes,  # bytes: "raw"
-                               options=table_options())
-        self.table.changelog_topic.replicas = replicas
-        # Requests, grants and the owner's state are control traffic, never part of an input
-        # partition's transaction (see docs/distributed.md, "exactly_once").
-        install(app)
-        mark_control_topic(app, self.changelog_topic_name)
+        # Values are the ledger record as JSON bytes, encoded once by us. Requests, grants and
+        # the owner's state are control traffic, never part of an input partition's transaction.
+        self.table = library_table(app, LIMITER_TABLE, replicas=replicas, default=None,
+                                   partitions=self.partitions, key_type=str,
+                                   value_type=bytes)  # bytes: "raw"
 
     def _register_agents(self) -> None:
         """The owner agent, and the task that starts the keeper with the worker."""
