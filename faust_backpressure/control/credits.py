@@ -20,17 +20,11 @@ many workers share it (``members``) and how much of it the control loop allows n
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import math
+import time
 
 from faust_backpressure.config.validation import check_int, check_number, is_int
-from faust_backpressure.limiters.base import (
-    RateLimiterStats,
-    RateLimitTimeout,
-    check_permits,
-    check_timeout,
-)
+from faust_backpressure.limiters.base import LimiterBase
 
 __all__ = ["CreditBasedFlowController", "shared_credits"]
 
@@ -64,11 +58,12 @@ def shared_credits(window: int, backlog: int, members: int = 1, scale: float = 1
     return share, credits
 
 
-class CreditBasedFlowController:
-    """Admits records while credits last; :meth:`announce` returns credits; FIFO waiters."""
+class CreditBasedFlowController(LimiterBase):
+    """Admits records while credits last; :meth:`announce` returns credits; FIFO waiters
+    (:class:`~faust_backpressure.limiters.LimiterBase`'s, woken by announcements: a missing
+    credit has no time to wait for)."""
 
-    __slots__ = ("_credits", "_denied", "_granted", "_members", "_scale", "_waiters", "_waits",
-                 "per_worker", "stage_window", "window")
+    __slots__ = ("_credits", "_members", "_scale", "per_worker", "stage_window", "window")
 
     def __init__(self, window: int, *, initial_credits: int | None = None,
                  per_worker: bool = False) -> None:
@@ -86,8 +81,7 @@ class CreditBasedFlowController:
             raise ValueError(f"initial_credits must be an int in [0, window], "
                              f"got {initial_credits!r}")
         self._credits = initial_credits
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-        self._granted = self._denied = self._waits = 0
+        super().__init__(time.monotonic, 1.0)
 
     @property
     def credits(self) -> int:
@@ -102,66 +96,24 @@ class CreditBasedFlowController:
             self.stage_window, backlog, members, scale, in_flight,
             per_worker=self.per_worker, sent=sent)
         self._members, self._scale = max(1, members), min(scale, 1.0)
-        self._wake()
+        self._notify()
 
-    def try_acquire(self, permits: int = 1) -> bool:
-        permits = check_permits(permits, self.window)
-        if self._waiters or permits > self._credits:
-            self._denied += 1
+    def _admit(self, permits: int, now: float) -> bool:
+        if permits > self._credits:
             return False
         self._credits -= permits
-        self._granted += permits
         return True
 
-    async def try_acquire_async(self, permits: int = 1) -> bool:
-        return self.try_acquire(permits)
-
-    async def acquire(self, permits: int = 1, *, timeout: float | None = None) -> None:
-        """Wait (no polling: woken by :meth:`announce`) until ``permits`` credits exist."""
-        permits = check_permits(permits, self.window)
-        timeout = check_timeout(timeout)
-        if not self._waiters and permits <= self._credits:
-            self._credits -= permits
-            self._granted += permits
-            return
-        self._waits += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (permits, future)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            if not future.done():
-                raise RateLimitTimeout(f"no {permits} credit(s) within {timeout} s") from None
-        finally:
-            if not future.done():  # cancelled or timed out: takes nothing
-                future.cancel()
-                self._waiters.remove(entry)
-                self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            permits, future = self._waiters[0]
-            if permits > self._credits:
-                return
-            self._waiters.popleft()
-            self._credits -= permits
-            self._granted += permits
-            future.set_result(None)
-
-    def time_until_available(self, permits: int = 1) -> float:
+    def _delay(self, permits: float, now: float) -> float:
         """0 if the credits exist now; otherwise unknown (they come with an announcement)."""
-        permits = check_permits(permits, self.window)
         return 0.0 if permits <= self._credits else math.inf
 
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    @property
-    def max_permits(self) -> float:
+    def _max_permits(self) -> float:
         """The window: a request for more could never be served."""
         return float(self.window)
+
+    def _tokens(self) -> float:
+        return float(self._credits)
 
     @property
     def current_rate_limit(self) -> float:
@@ -179,16 +131,10 @@ class CreditBasedFlowController:
         share = scaled if self.per_worker else max(1, scaled // self._members)
         self._credits = max(self._credits + share - self.window, 0)
         self.window = share
-        self._wake()
+        self._notify()
 
     def reset(self) -> None:
         self.window, self._members, self._scale = self.stage_window, 1, 1.0
         self._credits = self.window
-        self._granted = self._denied = self._waits = 0
-        self._wake()
-
-    def stats(self) -> RateLimiterStats:
-        return RateLimiterStats(granted=self._granted, denied=self._denied, waits=self._waits,
-                                sleeps=self._waits, rate=float(self.window),
-                                utilization=self.current_utilization,
-                                tokens=float(self._credits))
+        self._reset_counters(self._clock())
+        self._notify()

@@ -48,10 +48,10 @@ from faust_backpressure.control.policy import (
 from faust_backpressure.control.probe import LagProbe, close_probes_on_stop
 from faust_backpressure.control.samples import WorkerSample
 from faust_backpressure.control.shedding import PriorityShedder, ShedLevels
-from faust_backpressure.faust_seam import context_of, install, mark_control_topic, send_control
+from faust_backpressure.faust_seam import context_of, send_control
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.base import check_rate
-from faust_backpressure.tables.store import table_options
+from faust_backpressure.tables.store import library_table
 from faust_backpressure.wire.kafka_clients import KafkaClientSettings, raw_topic
 from faust_backpressure.wire.signing import (
     UNKNOWN,
@@ -246,12 +246,9 @@ class ControlLoops:
         # The deciding worker's controller state, so that a successor carries on (an
         # emergency survives a fail-over). Co-partitioned with the pressure topic: written
         # by the agent of the partition that the limiter's samples land on.
-        self.table = app.Table(CONTROL_TABLE, default=None, key_type=str, value_type=str,
-                               partitions=partitions, options=table_options())
-        self.table.changelog_topic.replicas = replicas
         # Samples and the decider's state are control traffic: outside every transaction.
-        install(app)
-        mark_control_topic(app, self.table.changelog_topic.get_topic_name())
+        self.table = library_table(app, CONTROL_TABLE, replicas=replicas, default=None,
+                                   key_type=str, value_type=str, partitions=partitions)
         self._stored: dict[str, str] = {}  # what this worker last wrote, per limiter
         self.published = 0
         self.rejections = Rejections()  # pressure records, by reason
@@ -297,17 +294,26 @@ class ControlLoops:
         plus the clock skew allowed between workers."""
         return 3 * loop.interval + self.max_clock_skew
 
+    def _accept(self, limiter: str, at: float, record_id: str, now: float | None, *,
+                override: bool = False) -> ControlLoop:
+        """The loop of a decoded sample (or override) stamped ``at``: known, fresh (within
+        :meth:`max_age`, an override's :data:`MAX_AGE`) and not a replay; else
+        :class:`RejectedRecord`."""
+        loop = self.loops.get(limiter)
+        if loop is None:
+            raise RejectedRecord(f"no control loop for {limiter!r:.80}", code=UNKNOWN)
+        now = time.time() if now is None else now
+        max_age, replays = (MAX_AGE, self._override_ids) if override \
+            else (self.max_age(loop), self._replays[loop.name])
+        check_time(at, now, max_age=max_age, max_skew=self.max_clock_skew)
+        replays.check(record_id, now)
+        return loop
+
     def check(self, raw: bytes | None, key: bytes | None = None,
               now: float | None = None) -> tuple[ControlLoop, WorkerSample]:
         """The loop and the sample of a pressure record, or :class:`RejectedRecord`."""
         sample = WorkerSample.decode(raw, key, self.secret)
-        loop = self.loops.get(sample.limiter)
-        if loop is None:
-            raise RejectedRecord(f"no control loop for {sample.limiter!r:.80}", code=UNKNOWN)
-        now = time.time() if now is None else now
-        check_time(sample.at, now, max_age=self.max_age(loop), max_skew=self.max_clock_skew)
-        self._replays[loop.name].check(sample.sample_id, now)
-        return loop, sample
+        return self._accept(sample.limiter, sample.at, sample.sample_id, now), sample
 
     def handle(self, raw: bytes | None, key: bytes | None = None) -> PressureDecision | None:
         """Apply one pressure record; a rejected one is counted and changes nothing."""
@@ -349,13 +355,8 @@ class ControlLoops:
         """An operator's hold or release (see :mod:`.override`): applied and persisted."""
         try:
             override = Override.decode(raw, key, self.secret)
-            loop = self.loops.get(override.limiter)
-            if loop is None:
-                raise RejectedRecord(f"no control loop for {override.limiter!r:.80}",
-                                     code=UNKNOWN)
-            now = time.time()
-            check_time(override.at, now, max_age=MAX_AGE, max_skew=self.max_clock_skew)
-            self._override_ids.check(override.override_id, now)
+            loop = self._accept(override.limiter, override.at, override.override_id, None,
+                                override=True)
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("override rejected (%s): %s", exc.code, exc.reason)

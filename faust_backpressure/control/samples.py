@@ -52,13 +52,9 @@ class WorkerSample:
     def encode(self, secret: bytes | None = None) -> bytes:
         body: dict[str, Any] = {"limiter": self.limiter, "worker": self.worker, "at": self.at,
                                 "lag": self.lag, "utilization": self.utilization,
-                                "cpu": self.cpu}
-        if self.processed is not None:
-            body["processed"] = self.processed
-        if self.members is not None:
-            body["members"] = self.members
-        if self.error_rate is not None:
-            body["error_rate"] = self.error_rate
+                                "cpu": self.cpu, "processed": self.processed,
+                                "members": self.members, "error_rate": self.error_rate}
+        body = {name: value for name, value in body.items() if value is not None}  # optional
         return encode_signed(body, self.limiter.encode(), secret)
 
     @classmethod

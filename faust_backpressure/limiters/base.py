@@ -17,10 +17,9 @@ from typing import ClassVar, Protocol, runtime_checkable
 from faust_backpressure.config.validation import check_int, check_number, is_number
 from faust_backpressure.errors import BackpressureError
 
-from .bucket import EPSILON
 from .metrics import counter, gauge
 
-__all__ = ["EPSILON", "Clock", "LimiterBase", "RateLimitTimeout", "RateLimiterStats",
+__all__ = ["Clock", "LimiterBase", "RateLimitTimeout", "RateLimiterStats",
            "RateLimitingStrategy", "check_capacity", "check_permits", "check_rate", "check_timeout"]
 
 #: A function returning seconds as a float, monotonic (``time.monotonic`` by default).

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from faust_backpressure.config.validation import check_number
 
-from .base import EPSILON, Clock, check_capacity, check_rate
+from .base import Clock, check_capacity, check_rate
+from .bucket import EPSILON
 
 __all__ = ["KeyLimits", "KeyState", "KeyedBucketStats", "KeyedTokenBuckets", "LimitsFor"]
 

@@ -7,7 +7,8 @@ import time
 
 from faust_backpressure.config.validation import check_int
 
-from .base import EPSILON, Clock, LimiterBase, check_capacity, check_rate
+from .base import Clock, LimiterBase, check_capacity, check_rate
+from .bucket import EPSILON
 
 __all__ = ["SlidingWindowRateLimiter"]
 
@@ -109,10 +110,6 @@ class SlidingWindowRateLimiter(LimiterBase):
         """Permits that could be granted right now."""
         self._advance(self._clock())
         return self._limit - self._sum
-
-    @property
-    def max_permits(self) -> float:
-        return self._limit
 
     @property
     def window_seconds(self) -> float:

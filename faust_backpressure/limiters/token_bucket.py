@@ -7,57 +7,21 @@ import time
 from .base import Clock, LimiterBase, check_capacity, check_rate
 from .bucket import ONE_PERMIT, Bucket
 
-__all__ = ["TokenBucketRateLimiter"]
+__all__ = ["BucketLimiter", "TokenBucketRateLimiter"]
 
 
-class TokenBucketRateLimiter(LimiterBase):
-    """Tokens refill at ``tokens_per_second`` up to ``burst_capacity``; a permit costs one.
+class BucketLimiter(LimiterBase):
+    """A limiter over one :class:`~.bucket.Bucket`: the token bucket, and the leaky bucket
+    (GCRA is a token bucket seen from the other side: its queue level is the tokens missing)."""
 
-    Refill is lazy (computed from the clock on each call, no timers), so the
-    limiter is exact: over any interval of length ``t`` at most
-    ``tokens_per_second * t + burst_capacity`` permits are granted.
+    __slots__ = ("_initial", "bucket")
 
-    **Burst semantics.** ``initial_tokens=None`` (the default) starts the bucket
-    FULL: the first ``burst_capacity`` permits are granted at once, then the pace
-    is ``tokens_per_second``. Pass ``initial_tokens=0`` to start empty and avoid
-    that first burst.
-
-    Example::
-
-        limiter = TokenBucketRateLimiter(1000, 2000, initial_tokens=0)
-        if limiter.try_acquire():
-            process(message)
-        await limiter.acquire(10, timeout=5.0)   # waits, FIFO, no polling
-    """
-
-    __slots__ = ("_initial", "bucket", "rate_limiter_id")
-
-    def __init__(
-        self,
-        tokens_per_second: float,
-        burst_capacity: float,
-        *,
-        rate_limiter_id: str | None = None,
-        initial_tokens: float | None = None,
-        clock: Clock = time.monotonic,
-        utilization_window: float = 1.0,
-    ) -> None:
-        rate = check_rate("tokens_per_second", tokens_per_second)
-        capacity = check_capacity("burst_capacity", burst_capacity)
-        if initial_tokens is None:
-            self._initial = capacity
-        else:
-            initial = float(initial_tokens)
-            if not 0.0 <= initial <= capacity:
-                raise ValueError(
-                    f"initial_tokens must be None or between 0 and burst_capacity "
-                    f"({capacity:g}), got {initial_tokens!r}"
-                )
-            self._initial = initial
-        self.rate_limiter_id = rate_limiter_id
+    def __init__(self, rate: float, capacity: float, initial: float, clock: Clock,
+                 utilization_window: float) -> None:
+        self._initial = initial
         super().__init__(clock, utilization_window)
         #: The tokens (read by a :class:`MultiTierRateLimiter` that holds this one as a tier).
-        self.bucket = Bucket(rate, capacity, self._initial, clock())
+        self.bucket = Bucket(rate, capacity, initial, clock())
 
     # The hot path: no validation for permits == 1, no method calls beyond the clock.
     # ``Bucket.take(1, now)`` inlined (a call would cost about a quarter of the time);
@@ -90,12 +54,72 @@ class TokenBucketRateLimiter(LimiterBase):
         return self.bucket.capacity
 
     def _tokens(self) -> float:
-        return self.current_tokens
+        return self.bucket.level_at(self._clock())
+
+    @property
+    def current_rate_limit(self) -> float:
+        return self.bucket.rate
+
+    def update_rate_limit(self, new_rate: float) -> None:
+        """Change the rate at once; the level (tokens, or a leaky bucket's queue) is kept."""
+        self.bucket.set_rate(check_rate("new_rate", new_rate), self._clock())
+        self._notify()
+
+    def reset(self) -> None:
+        """Back to the initial level with cleared counters; the current rate is kept."""
+        now = self._clock()
+        self.bucket.fill(self._initial, now)
+        self._reset_counters(now)
+        self._notify()
+
+
+class TokenBucketRateLimiter(BucketLimiter):
+    """Tokens refill at ``tokens_per_second`` up to ``burst_capacity``; a permit costs one.
+
+    Refill is lazy (computed from the clock on each call, no timers), so the
+    limiter is exact: over any interval of length ``t`` at most
+    ``tokens_per_second * t + burst_capacity`` permits are granted.
+
+    **Burst semantics.** ``initial_tokens=None`` (the default) starts the bucket
+    FULL: the first ``burst_capacity`` permits are granted at once, then the pace
+    is ``tokens_per_second``. Pass ``initial_tokens=0`` to start empty and avoid
+    that first burst.
+
+    Example::
+
+        limiter = TokenBucketRateLimiter(1000, 2000, initial_tokens=0)
+        if limiter.try_acquire():
+            process(message)
+        await limiter.acquire(10, timeout=5.0)   # waits, FIFO, no polling
+    """
+
+    __slots__ = ("rate_limiter_id",)
+
+    def __init__(
+        self,
+        tokens_per_second: float,
+        burst_capacity: float,
+        *,
+        rate_limiter_id: str | None = None,
+        initial_tokens: float | None = None,
+        clock: Clock = time.monotonic,
+        utilization_window: float = 1.0,
+    ) -> None:
+        rate = check_rate("tokens_per_second", tokens_per_second)
+        capacity = check_capacity("burst_capacity", burst_capacity)
+        initial = capacity if initial_tokens is None else float(initial_tokens)
+        if not 0.0 <= initial <= capacity:
+            raise ValueError(
+                f"initial_tokens must be None or between 0 and burst_capacity "
+                f"({capacity:g}), got {initial_tokens!r}"
+            )
+        self.rate_limiter_id = rate_limiter_id
+        super().__init__(rate, capacity, initial, clock, utilization_window)
 
     @property
     def current_tokens(self) -> float:
         """Tokens available right now (fractional)."""
-        return self.bucket.level_at(self._clock())
+        return self._tokens()
 
     @property
     def max_tokens(self) -> float:
@@ -105,10 +129,6 @@ class TokenBucketRateLimiter(LimiterBase):
     def name(self) -> str:
         """``rate_limiter_id`` when given, else the class name."""
         return self.rate_limiter_id or type(self).__name__
-
-    @property
-    def current_rate_limit(self) -> float:
-        return self.bucket.rate
 
     @property
     def is_distributed(self) -> bool:
@@ -125,15 +145,3 @@ class TokenBucketRateLimiter(LimiterBase):
     def can_accommodate_burst(self, burst_size: int) -> bool:
         """True if ``burst_size`` permits could be taken right now (tokens only)."""
         return 0 < burst_size <= self.current_tokens
-
-    def update_rate_limit(self, new_rate: float) -> None:
-        """Change the refill rate at once; tokens accrued so far are kept."""
-        self.bucket.set_rate(check_rate("new_rate", new_rate), self._clock())
-        self._notify()
-
-    def reset(self) -> None:
-        """Back to ``initial_tokens`` with cleared counters; the current rate is kept."""
-        now = self._clock()
-        self.bucket.fill(self._initial, now)
-        self._reset_counters(now)
-        self._notify()

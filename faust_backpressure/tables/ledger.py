@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from faust_backpressure.limiters.bucket import refill, small_burst
+from faust_backpressure.limiters.bucket import EPSILON, refill, small_burst
 from faust_backpressure.tables.fairshare import max_min_fair
 from faust_backpressure.wire.limiter_records import Ack, Command, Grant, LeaseRequest, LimiterConfig
 
@@ -62,14 +62,14 @@ class LedgerStats:
 
 
 class _Lease(NamedTuple):
-    """Tokens leased to a worker and not yet expired (stored as a JSON list); a rate lease
-    also reserves ``share`` permits/s of the rate and a local burst of ``cap`` permits."""
+    """A rate lease not yet expired (stored as a JSON list): tokens leased to a worker,
+    ``share`` permits/s of the rate and a local burst of ``cap`` permits."""
 
     lease_id: str
     outstanding: float
     expires: float
-    share: float = 0.0
-    cap: float = 0.0
+    share: float
+    cap: float
 
     @property
     def held(self) -> float:
@@ -91,8 +91,8 @@ class _GrantRecord(NamedTuple):
     rate: float
     burst: float
     ttl: float
-    share: float = 0.0
-    share_cap: float = 0.0
+    share: float
+    share_cap: float
 
 
 @dataclass(slots=True)
@@ -304,7 +304,7 @@ class LimiterLedger:
             retry_after = min(retry_after, 0.25 * ttl)
         elif (mine >= 0.999 * RATE_HEADROOM * active[req.worker_id]
               and (old is None or req.demand >= old.share)
-              and (self.tokens >= 1.0 or sum(fair.values()) < rate - 1e-9)):
+              and (self.tokens >= 1.0 or sum(fair.values()) < rate - EPSILON)):
             # Its share is what it asked for, its demand is new or outgrew the last share,
             # and there is rate or burst to spare: come back soon with the demand measured
             # over a short time (so the share grows x1.25 a time, and a burst after idle
@@ -352,7 +352,7 @@ class LimiterLedger:
             # the old cap): its level when it reads this grant, carried into the new lease.
             carried, renews = min(max(req.unspent, old.cap), old.held), old.lease_id
         want = min(max(0.0, req.requested - carried), burst - carried)
-        tokens = max(0, math.floor(min(want, self.tokens / max(1, active)) + 1e-9))
+        tokens = max(0, math.floor(min(want, self.tokens / max(1, active)) + EPSILON))
         cap = small_burst(share, MIN_CAP) if share > 0 else 0.0
         # The new lease may hold max(carried + tokens, cap): what it adds to L comes from
         # the bucket (B + L <= burst); the cap shrinks first if the bucket is short.

@@ -2,7 +2,7 @@
 
 Declared lazily on the first :func:`limiter_channel` call for an app (at import time of the app
 module), shared by every limiter id of that app. At worker start a :class:`mode.Service` starts the
-grant consumer and one keeper task per limiter. The rules live in the pure
+grant consumer and one keeper task for all the limiters. The rules live in the pure
 :class:`~faust_backpressure.tables.ledger.LimiterLedger` and
 :class:`~faust_backpressure.tables.lease.DistributedRateLimiter`.
 """
@@ -28,8 +28,6 @@ from faust_backpressure.faust_seam import (
     Slot,
     context_of,
     find_context,
-    install,
-    mark_control_topic,
     send_control,
 )
 from faust_backpressure.tables.channel_options import ChannelOptions
@@ -38,7 +36,7 @@ from faust_backpressure.tables.lease import DistributedRateLimiter
 from faust_backpressure.tables.lease_state import OwnerHeard
 from faust_backpressure.tables.ledger import LimiterLedger
 from faust_backpressure.tables.load import OwnerLoad
-from faust_backpressure.tables.store import table_options
+from faust_backpressure.tables.store import library_table
 from faust_backpressure.wire.kafka_clients import partition_for_key, raw_topic
 from faust_backpressure.wire.limiter_records import (
     Ack,
@@ -48,7 +46,6 @@ from faust_backpressure.wire.limiter_records import (
     Rejected,
     decode_reply_record,
     decode_requests,
-    encode,
     encode_batch,
     encode_replies,
 )
@@ -123,15 +120,11 @@ class LimiterChannel:
                                        partitions=self.partitions, replicas=replicas)
         self.grant_topic = raw_topic(app, limiter_grants(app.conf.id), internal=True,
                                      partitions=1, replicas=replicas)
-        # Values are the ledger record as JSON bytes, encoded once by us.
-        self.table = app.Table(LIMITER_TABLE, default=None, partitions=self.partitions,
-                               key_type=str, value_type=bytes,  # bytes: "raw"
-                               options=table_options())
-        self.table.changelog_topic.replicas = replicas
-        # Requests, grants and the owner's state are control traffic, never part of an input
-        # partition's transaction (see docs/distributed.md, "exactly_once").
-        install(app)
-        mark_control_topic(app, self.changelog_topic_name)
+        # Values are the ledger record as JSON bytes, encoded once by us. Requests, grants and
+        # the owner's state are control traffic, never part of an input partition's transaction.
+        self.table = library_table(app, LIMITER_TABLE, replicas=replicas, default=None,
+                                   partitions=self.partitions, key_type=str,
+                                   value_type=bytes)  # bytes: "raw"
 
     def _register_agents(self) -> None:
         """The owner agent, and the task that starts the keeper with the worker."""
@@ -200,11 +193,6 @@ class LimiterChannel:
         return limiter
 
     # -- the owner ------------------------------------------------------------------------
-
-    async def handle(self, key: bytes | None, value: bytes | None, partition: int) -> None:
-        """Process one record and answer it (``apply_record`` + ``send_replies``)."""
-        await self.apply_record(key, value, partition, None)
-        await self.send_replies()
 
     async def apply_record(self, key: bytes | None, value: bytes | None, partition: int,
                      timestamp: float | None) -> bool:
@@ -324,12 +312,10 @@ class LimiterChannel:
         for worker_id, replies in by_worker.items():  # one record per worker and batch
             for i in range(0, len(replies), RECORD_BATCH):  # records well under 1 MB
                 value = encode_replies(replies[i:i + RECORD_BATCH], self.options.secret)
-                await self._send_reply(worker_id.encode(), value)
+                await send_control(self.app, self.grant_topic.get_topic_name(),
+                                   worker_id.encode(), value)
         self.answered += len(batch)
         self.batches += 1
-
-    async def _send_reply(self, key: bytes, value: bytes) -> None:
-        await send_control(self.app, self.grant_topic.get_topic_name(), key, value)
 
     async def run_sender(self, should_stop: Any) -> None:
         """The owner's answering loop (one per worker): a batch per flush round trip."""
@@ -356,11 +342,6 @@ class LimiterChannel:
 
     # -- the worker side ------------------------------------------------------------------
 
-    async def send(self, limiter: DistributedRateLimiter,
-                   message: LeaseRequest | Command) -> None:
-        key = limiter.rate_limiter_id.encode()
-        await self._send_request(key, encode(message, key=key, secret=self.options.secret))
-
     async def send_many(self, messages: list[LeaseRequest | Command]) -> None:
         """Send requests as one record per request-topic partition (the owner of a
         partition answers all of that record's requests in one go)."""
@@ -370,10 +351,7 @@ class LimiterChannel:
         for batch in by_partition.values():
             for i in range(0, len(batch), RECORD_BATCH):  # records well under 1 MB
                 key, value = encode_batch(batch[i:i + RECORD_BATCH], self.options.secret)
-                await self._send_request(key, value)
-
-    async def _send_request(self, key: bytes, value: bytes) -> None:
-        await send_control(self.app, self.request_topic.get_topic_name(), key, value)
+                await send_control(self.app, self.request_topic.get_topic_name(), key, value)
 
     def deliver(self, value: bytes | None, key: bytes | None = None) -> None:
         if key is not None and key != self._worker_key:

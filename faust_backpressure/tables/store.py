@@ -1,4 +1,4 @@
-"""The ``rocksdict://`` table store URL.
+"""The ``rocksdict://`` table store URL, and how the library declares its own tables.
 
 Faust 0.15 names its RocksDB store ``rocksdb://`` and runs it on rocksdict when python-rocksdb is
 not installed (it no longer builds on current Pythons). The distribution also registers this
@@ -7,9 +7,15 @@ alias as a ``faust.stores`` entry point; registering it here too makes it work f
 
 from __future__ import annotations
 
-from faust.stores import STORES
+from typing import Any
 
-__all__ = ["ROCKSDICT_STORE", "TABLE_OPTIONS", "register_rocksdict_alias", "table_options"]
+from faust.stores import STORES
+from faust.types import AppT, TableT
+
+from faust_backpressure.faust_seam import install, mark_control_topic
+
+__all__ = ["ROCKSDICT_STORE", "TABLE_OPTIONS", "library_table", "register_rocksdict_alias",
+           "table_options"]
 
 ROCKSDICT_STORE = "faust.stores.rocksdb:Store"
 
@@ -31,6 +37,18 @@ TABLE_OPTIONS = {
 def table_options() -> dict[str, int]:
     """:data:`TABLE_OPTIONS`, a fresh dict (Faust's store pops keys from the one it gets)."""
     return dict(TABLE_OPTIONS)
+
+
+def library_table(app: AppT, name: str, *, replicas: int | None, **kwargs: Any) -> TableT[Any, Any]:
+    """One of the library's own tables (``app.Table(name, **kwargs)``): :data:`TABLE_OPTIONS`,
+    its changelog with ``replicas`` (``None``: the app's replication factor) and, being
+    control state, written outside every transaction (the seam installed, the changelog
+    marked: see docs/distributed.md, "exactly_once")."""
+    table = app.Table(name, options=table_options(), **kwargs)
+    table.changelog_topic.replicas = replicas
+    install(app)
+    mark_control_topic(app, table.changelog_topic.get_topic_name())
+    return table
 
 
 def register_rocksdict_alias() -> None:
