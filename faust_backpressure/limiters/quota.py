@@ -15,8 +15,9 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
   ``backoff`` x that reading, however recent (a better measurement, not a second loss), and
   the first at or above the rate backs off ``backoff`` x the rate (a first loss at it, not
   a second), later ones as usual (a bound far above the quota is left in a few steps);
-* after an outage (:meth:`restarted`) the first interval reads the restart's ramp, not the
-  quota: a slow-down whose reading from it is below the rate backs off from the rate;
+* after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first interval reads
+  the restart's ramp (a shared limiter's leases start empty), not the quota: a slow-down
+  whose reading from it is below the rate backs off from the rate;
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found;
@@ -152,8 +153,7 @@ class QuotaLearner:
                 factor = self.backoff
         self._from_reading = reading < self.rate  # else a loss at the rate: the next, fast
         self._slowed_at = now
-        self._served = self._attempted = 0.0
-        self._restart(now + pause)  # what is served counts once the pause is over
+        self.paused(pause)  # what is served counts once the pause is over
         self.near_since, self._probes = None, 0
         if ceiling > 0 and math.isfinite(ceiling):
             self.ceiling, self.bounded = ceiling, not whole
@@ -178,16 +178,19 @@ class QuotaLearner:
 
     def paused(self, pause: float) -> None:
         """Calls stop for ``pause`` seconds, the rate unchanged: measure afresh after it (an
-        interval with a pause in it understates what is served: 110/s of a 150/s quota)."""
+        interval with a pause in it understates what is served: 110/s of a 150/s quota),
+        the first interval after it as the restart's ramp, like after an outage."""
         self._served = self._attempted = 0.0
         self._restart(self._clock() + pause)
+        # the shared limiter's leases start empty after a pause: the workers read 214/s in
+        # all, at a rate of 388/s, and that was learnt as the quota (300/s) for 70 s
+        self._ramp, self._served_ramp = True, False
 
     def restarted(self) -> None:
         """Calls resume after an outage: measure afresh, and take the first interval (the
         restart's ramp) as a partial reading (:attr:`whole` False); a slow-down whose reading
         from it is below the rate backs off from the rate, not from that reading."""
         self.paused(0.0)
-        self._ramp, self._served_ramp = True, False
 
     def _restart(self, now: float) -> None:
         self._since, self._ok, self._attempts = now, 0, 0
