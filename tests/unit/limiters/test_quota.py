@@ -276,8 +276,8 @@ def test_a_starved_first_interval_after_a_pause_is_a_ramp_not_the_quota(
     _starved_second(learner, clock)
     assert not learner.whole and learner.observed() < 0.5 * learner.rate
     before = learner.rate  # 378, or a step above it
-    # shared: the sum of every worker's reading, as SharedQuota passes it
-    reading = {"ceiling": 213.7, "whole": True} if shared else {}
+    # shared: the sum of every worker's reading, each from its ramp (as SharedQuota passes)
+    reading = {"ceiling": 213.7, "whole": False} if shared else {}
     assert learner.slowed_down(1.0, **reading) == pytest.approx(0.7 * before)  # a loss at it
     assert learner.ceiling == pytest.approx(before) and learner.bounded
 
@@ -291,3 +291,32 @@ def test_after_a_starved_second_and_an_outage_the_quota_is_back_within_5_s(
     learner.restarted()
     served = serve(learner, clock, quota=300, seconds=5)
     assert max(served) >= 0.9 * 300, served
+
+
+def test_a_total_with_any_workers_ramp_in_it_is_a_loss_at_the_rate_on_every_worker(
+        clock: FakeClock) -> None:
+    # After the 20 s outage one worker was still in its restart's first interval, two were
+    # past it with stale lease shares: 171/s in all. The first backed off from the rate
+    # (249/s), the two from 171/s (154/s), and the last rate sent (154/s) held for 50 s.
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 170, 2.5)  # this worker: past its ramp, a whole interval
+    assert learner.whole
+    before = learner.rate
+    assert learner.slowed_down(1.0, ceiling=170.8, whole=False) == pytest.approx(0.9 * before)
+    assert learner.ceiling == pytest.approx(before)
+
+
+def test_a_reading_is_the_best_of_the_last_whole_intervals(clock: FakeClock) -> None:
+    # one worker's lease renewed late: 38/s in one second of its 100/s, and the total read
+    # 250/s of a 300/s quota, learnt for 50 s
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 100, 1.0)  # the ramp
+    _calls(learner, clock, 100, 2.0)
+    _calls(learner, clock, 38, 1.1)  # starved
+    assert learner.whole and learner.observed() == pytest.approx(100, rel=0.02)
+    _calls(learner, clock, 60, 3.1)  # three whole seconds since: the best of them
+    assert learner.observed() == pytest.approx(60, rel=0.02)
+    learner.paused(1.0)  # measured afresh after a pause: none of them
+    assert learner.observed() == 0
