@@ -11,10 +11,10 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
   ``recent`` seconds ago: the quota fell, find it in a few steps);
 * a reading from part of an interval (or of calls attempted, nothing served yet) overstates
   what is served (the system's own burst): the ceiling is then only an upper bound
-  (``bounded``); a later slow-down whose reading is below the rate replaces it and backs off
-  ``backoff`` x that reading, however recent (a better measurement, not a second loss), and
-  the first at or above the rate backs off ``backoff`` x the rate (a first loss at it, not
-  a second), later ones as usual (a bound far above the quota is left in a few steps);
+  (``bounded``); a later slow-down whose whole reading is below the rate replaces it and
+  backs off ``backoff`` x that reading, however recent (a better measurement, not a second
+  loss), and the first at or above the rate backs off ``backoff`` x the rate (a first loss
+  at it, not a second), later ones as usual (a bound far above the quota is left in a few steps);
 * after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first interval reads
   the restart's ramp (a shared limiter's leases start empty), not the quota: a slow-down
   whose reading is below the rate and not whole (from the ramp or part of an interval, on
