@@ -101,7 +101,7 @@ def test_a_first_reading_from_part_of_an_interval_is_an_upper_bound_refined_late
     assert learner.slowed_down(pause=1.0) == pytest.approx(0.9 * 360, rel=0.02)
     assert learner.bounded and learner.ceiling == pytest.approx(360, rel=0.02)
     clock.advance(1.0)
-    for _ in range(305):  # a whole second at the quota, then another 429 soon after
+    for _ in range(610):  # the pause's ramp, a whole second at the quota, then a 429
         learner.started()
         clock.advance(1 / 300)
         learner.succeeded()
@@ -183,6 +183,7 @@ def test_an_announced_quota_is_kept_to_at_once_up_and_down_and_never_probed_abov
     learner.slowed_down(1.0, ceiling=170.0)  # a lone 429 under it: a burst, not a new quota
     assert learner.ceiling == 600.0 and learner.rate == pytest.approx(540.0)
     clock.advance(1.0)
+    _calls(learner, clock, learner.rate, 2.1)  # the pause's ramp, then a whole interval
     learner.slowed_down(1.0, ceiling=400.0)  # another soon after: others share it, back off
     assert learner.ceiling == 400.0 and learner.rate == pytest.approx(400.0 * 0.7)
     assert learner.announced(600.0) is None  # unchanged: the learner climbs back itself
@@ -242,3 +243,80 @@ def test_a_ramp_reading_at_the_rate_or_with_no_rate_yet_counts_as_usual(
     fresh.restarted()
     _calls(fresh, clock, 100, 0.6)
     assert fresh.slowed_down(pause=1.0) == pytest.approx(90, rel=0.02) and fresh.bounded
+
+
+def _bounded_at_378(clock: FakeClock) -> QuotaLearner:
+    """The bench's first seconds (20 s outage, round 3): readings from parts of intervals,
+    a bound of 420/s, then a loss at it: 378/s, still a bound."""
+    learner = QuotaLearner(clock=clock)
+    _calls(learner, clock, 400, 0.5)
+    assert learner.slowed_down(1.0, ceiling=466.3, whole=False) == pytest.approx(419.7, 0.01)
+    clock.advance(1.0)
+    _calls(learner, clock, 419.7, 0.3)
+    assert learner.slowed_down(1.0, ceiling=463.8, whole=False) == pytest.approx(377.7, 0.01)
+    assert learner.bounded
+    clock.advance(1.0)
+    return learner
+
+
+def _starved_second(learner: QuotaLearner, clock: FakeClock) -> None:
+    """The first second after the pause: a few calls, no permit for 0.7 s (the shared
+    limiter's new leases), then the rate; 0.7 s more of it, and a 429."""
+    _calls(learner, clock, 400, 0.05)
+    clock.advance(0.7)
+    _calls(learner, clock, learner.rate, 0.95)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_starved_first_interval_after_a_pause_is_a_ramp_not_the_quota(
+        clock: FakeClock, shared: bool) -> None:
+    # 214/s in all read over that second, at a rate of 388/s, was learnt as the quota
+    # (300/s): after the outage that came next the guard kept to 214/s for 48 s
+    learner = _bounded_at_378(clock)
+    _starved_second(learner, clock)
+    assert not learner.whole and learner.observed() < 0.5 * learner.rate
+    before = learner.rate  # 378, or a step above it
+    # shared: the sum of every worker's reading, each from its ramp (as SharedQuota passes)
+    reading = {"ceiling": 213.7, "whole": False} if shared else {}
+    assert learner.slowed_down(1.0, **reading) == pytest.approx(0.7 * before)  # a loss at it
+    assert learner.ceiling == pytest.approx(before) and learner.bounded
+
+
+def test_after_a_starved_second_and_an_outage_the_quota_is_back_within_5_s(
+        clock: FakeClock) -> None:
+    learner = _bounded_at_378(clock)
+    _starved_second(learner, clock)
+    learner.slowed_down(pause=1.0)
+    clock.advance(1.0 + 20.0)  # the pause, then the 20 s outage
+    learner.restarted()
+    served = serve(learner, clock, quota=300, seconds=5)
+    assert max(served) >= 0.9 * 300, served
+
+
+def test_a_total_with_any_workers_ramp_in_it_is_a_loss_at_the_rate_on_every_worker(
+        clock: FakeClock) -> None:
+    # After the 20 s outage one worker was still in its restart's first interval, two were
+    # past it with stale lease shares: 171/s in all. The first backed off from the rate
+    # (249/s), the two from 171/s (154/s), and the last rate sent (154/s) held for 50 s.
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 170, 2.5)  # this worker: past its ramp, a whole interval
+    assert learner.whole
+    before = learner.rate
+    assert learner.slowed_down(1.0, ceiling=170.8, whole=False) == pytest.approx(0.9 * before)
+    assert learner.ceiling == pytest.approx(before)
+
+
+def test_a_reading_is_the_best_of_the_last_whole_intervals(clock: FakeClock) -> None:
+    # one worker's lease renewed late: 38/s in one second of its 100/s, and the total read
+    # 250/s of a 300/s quota, learnt for 50 s
+    learner = _learnt_270(clock)
+    learner.restarted()
+    _calls(learner, clock, 100, 1.0)  # the ramp
+    _calls(learner, clock, 100, 2.0)
+    _calls(learner, clock, 38, 1.1)  # starved
+    assert learner.whole and learner.observed() == pytest.approx(100, rel=0.02)
+    _calls(learner, clock, 60, 3.1)  # three whole seconds since: the best of them
+    assert learner.observed() == pytest.approx(60, rel=0.02)
+    learner.paused(1.0)  # measured afresh after a pause: none of them
+    assert learner.observed() == 0
