@@ -17,8 +17,7 @@ from typing import Any
 import click
 
 from faust_backpressure.agents import replay_dlq
-from faust_backpressure.app.cli_common import declared, given_app
-from faust_backpressure.app.registry import installed
+from faust_backpressure.app.cli_common import declared, installation
 from faust_backpressure.config import SettingsError
 from faust_backpressure.config.errors import one_line
 from faust_backpressure.wire.kafka_clients import client_settings
@@ -48,10 +47,8 @@ def backpressure() -> None:
 def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type: str | None,
                to: str | None, rate: float | None, from_beginning: bool) -> None:
     """Re-publish a pipeline's dead-lettered records to its source, rate-limited."""
-    from faust.cli.base import find_app
-
-    app: Any = find_app(given_app(ctx, "dlq-replay"))
-    bp = installed(app)
+    bp = installation(ctx)
+    app: Any = bp.app
     declared("pipeline", pipeline, bp.pipelines)
     pipe = bp.pipelines[pipeline]
     kafka = client_settings(app, "dlq-replay")

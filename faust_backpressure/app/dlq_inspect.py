@@ -47,8 +47,7 @@ from faust_backpressure.agents.headers import (
     TRACEBACK,
     header,
 )
-from faust_backpressure.app.cli_common import declared
-from faust_backpressure.app.ops_cli import _fail, _installation, _table
+from faust_backpressure.app.cli_common import declared, fail, installation, table
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     batches_to_end,
@@ -304,12 +303,12 @@ def render(summary: DlqSummary) -> str:
         lines.append(f"no record of pipeline {summary.pipeline} among them")
         return "\n".join(lines)
     shown = summary.to_json()
-    lines += ["", _table([["Kafka timestamp", shown["kafka_timestamps"]["first"],
+    lines += ["", table([["Kafka timestamp", shown["kafka_timestamps"]["first"],
                            shown["kafka_timestamps"]["last"]],
                           ["bp.first_failure / bp.last_failure", shown["failures"]["first"],
                            shown["failures"]["last"]]], ["", "first", "last"])]
-    lines += ["", _table(summary.by_error_type.most_common(), ["error type", "records"])]
-    lines += ["", _table(summary.by_stage.most_common(), ["stage", "records"])]
+    lines += ["", table(summary.by_error_type.most_common(), ["error type", "records"])]
+    lines += ["", table(summary.by_stage.most_common(), ["stage", "records"])]
     if shown["sample"]:
         lines += ["", f"sample ({len(shown['sample'])} record(s), the newest of each error "
                   "type first)"]
@@ -335,7 +334,7 @@ def dlq_inspect(ctx: click.Context, pipeline: str, sample: int, max_records: int
                 timeout: float, as_json: bool) -> None:
     """What is in a pipeline's DLQ (read-only): counts by error type and stage, first and
     last timestamps, a sample of records with their bp.* headers."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("pipeline", pipeline, bp.pipelines)
     try:
         summary = asyncio.run(inspect_dlq(
@@ -343,7 +342,7 @@ def dlq_inspect(ctx: click.Context, pipeline: str, sample: int, max_records: int
             dlq_topic=bp.pipelines[pipeline].dlq_topic_name, max_records=max_records,
             sample=sample, timeout=timeout))
     except KafkaError as exc:
-        _fail(f"reading the DLQ of {pipeline}: {exc!r}")
+        fail(f"reading the DLQ of {pipeline}: {exc!r}")
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render(summary))
     if not summary.complete:
-        _fail(f"the read did not finish within {timeout:g} s (raise --timeout)")
+        fail(f"the read did not finish within {timeout:g} s (raise --timeout)")
