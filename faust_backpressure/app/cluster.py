@@ -1,7 +1,7 @@
 """The cluster on any worker's page: each worker's summary, published on the ops topic.
 
 Every ``STATUS_INTERVAL`` seconds each worker publishes a signed ``worker-status/<worker>``
-record on the ops topic (compacted; a timer of ``views.py``): its pipelines
+record on the ops topic (compacted; its ops follower's, :mod:`.pause`): its pipelines
 (consumed, produced, dead-lettered, source lag, paused, a batch pipeline's p99 batch latency),
 its limiters (rate; which it owns, i.e. answers lease requests for), its downstream guards'
 breakers and its page's address. Every worker's ops follower reads them all, so

@@ -32,6 +32,7 @@ from faust_backpressure.app.keyed_ops import (
     KeyedStatusRecord,
     KeyOverrideCommand,
 )
+from faust_backpressure.app.pause import pauses
 from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.control.override import Override
@@ -332,15 +333,14 @@ async def _limiter_status(kafka: KafkaClientSettings | str, name: str, state: di
 
 async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, app_id: str,
                             ops: dict[str, Any]) -> list[dict[str, Any]]:
-    pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
-              if k.startswith("pause/") and isinstance(v, dict)}
+    paused = pauses(ops)
     now = time.time()
     workers = [r.body["pipelines"] for r in signed_records(
         ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key)
         if now - r.at <= STALE_AFTER]
     pipelines = []
     for name, pipe in sorted(bp.pipelines.items()):
-        pause = pauses.get(name) or {}
+        pause = paused.get(name) or {}
         backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
         pipelines.append({
             "name": name, "source": pipe.source_topic_name,
