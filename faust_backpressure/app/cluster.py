@@ -78,7 +78,7 @@ class WorkerStatusRecord:
             "pipelines": {name[:200]: {**{k: int(number(p, k, 0, 1e15)) for k in _COUNTS},
                                        "source_lag": _optional_count(p, "source_lag"),
                                        "paused": p.get("paused") is True,
-                                       # absent from an older worker's record: None
+                                       # None: not a batch pipeline
                                        "batch_p99": number(p, "batch_p99", 0.0, 1e6,
                                                            optional=True)}
                           for name, p in _entries(data, "pipelines")},

@@ -138,10 +138,6 @@ def status_key(limit: str, worker: str) -> bytes:
     return f"keyed-status/{limit}/{worker}".encode()
 
 
-#: Counts an older worker's status has not: 0 (their rates None) rather than the record refused.
-_NEWER = frozenset({"held_back"})
-
-
 def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] | None,
                 now: float) -> dict[str, Any]:
     """What a worker publishes of one keyed limit: its stats, per-second rates since
@@ -185,7 +181,7 @@ class KeyedStatusRecord:
                                    "rate": number(data, "rate", 0.0, MAX_RATE),
                                    "burst": number(data, "burst", 0.0, MAX_RATE)}
         for field in KEYED_COUNTS:
-            checked[field] = int(number(data, field, 0, 1e15, optional=field in _NEWER) or 0)
+            checked[field] = int(number(data, field, 0, 1e15))
         for field in KEYED_COUNTERS:
             got = data.get(f"{field}_per_s")
             checked[f"{field}_per_s"] = (None if got is None else
