@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
 from faust_backpressure.wire.signing import (
     RejectedRecord,
     decode_signed,
@@ -25,8 +24,11 @@ from faust_backpressure.wire.signing import (
     number,
 )
 
-__all__ = ["STALE_AFTER", "ClusterView", "WorkerStatusRecord", "worker_body", "worker_key"]
+__all__ = ["STALE_AFTER", "STATUS_INTERVAL", "ClusterView", "WorkerStatusRecord", "worker_body",
+           "worker_key"]
 
+#: Seconds between a worker's status records (its summary, its keyed limits' stats).
+STATUS_INTERVAL = 5.0
 #: A worker not heard from for this long is shown stale (it may be gone or cut off).
 STALE_AFTER = 3 * STATUS_INTERVAL
 #: A worker not heard from for this long is no longer shown.

@@ -31,7 +31,6 @@ from faust_backpressure.app.cli_common import (
 from faust_backpressure.app.keyed_ops import (
     KEY_TYPES,
     MAX_RATE,
-    STATUS_INTERVAL,
     KeyedStatusRecord,
     KeyOverrideCommand,
     parse_key,
@@ -112,9 +111,9 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
                  "tokens": float(burst or 0) - max(0.0, full_at - now) * float(rate or 0)}
     shown = describe_key(encoded)
     workers = sorted(r.worker for r in signed_records(ops, f"keyed-status/{gate.name}/",
-                                                      KeyedStatusRecord.decode, secret)
-                     if now - r.at <= 3 * STATUS_INTERVAL
-                     and any(t["key"] == shown and t["type"] == type(key).__name__
+                                                      KeyedStatusRecord.decode, secret,
+                                                      fresh_at=now)
+                     if any(t["key"] == shown and t["type"] == type(key).__name__
                              for t in r.body["top_limited"]))
     return {"limit": gate.name, "key": shown, "key_type": type(key).__name__,
             "rate": rate, "burst": burst, "from": source,

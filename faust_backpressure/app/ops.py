@@ -27,11 +27,7 @@ from aiokafka import TopicPartition
 
 from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.app.cluster import STALE_AFTER, WorkerStatusRecord
-from faust_backpressure.app.keyed_ops import (
-    STATUS_INTERVAL,
-    KeyedStatusRecord,
-    KeyOverrideCommand,
-)
+from faust_backpressure.app.keyed_ops import KeyedStatusRecord, KeyOverrideCommand
 from faust_backpressure.app.pause import pauses
 from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
@@ -187,17 +183,20 @@ async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: li
     return no_commits_warning(group, topics, backlog, counted=counted)
 
 
-def signed_records(ops: dict[str, Any], prefix: str, decode: Any,
-                   secret: bytes | None) -> list[Any]:
+def signed_records(ops: dict[str, Any], prefix: str, decode: Any, secret: bytes | None, *,
+                   fresh_at: float | None = None) -> list[Any]:
     """The ops records under ``prefix`` that pass ``decode`` (the compacted topic's values
-    were written as canonical JSON, so they are re-encoded byte for byte)."""
+    were written as canonical JSON, so they are re-encoded byte for byte); with ``fresh_at``,
+    only the status records not stale then (:data:`~.cluster.STALE_AFTER`)."""
     out = []
     for key, value in ops.items():
         if key.startswith(prefix) and isinstance(value, dict):
             try:
-                out.append(decode(canonical(value), key.encode(), secret))
+                record = decode(canonical(value), key.encode(), secret)
             except (RejectedRecord, ValueError, TypeError):
                 continue
+            if fresh_at is None or fresh_at - record.at <= STALE_AFTER:
+                out.append(record)
     return out
 
 
@@ -211,8 +210,8 @@ def keyed_overrides(ops: dict[str, Any], limit: str,
 def keyed_status(bp: Installation, ops: dict[str, Any], now: float) -> list[dict[str, Any]]:
     """Each keyed limit summed over the workers whose status is fresh (3 intervals)."""
     secret = bp.settings.secret_key
-    records = [r for r in signed_records(ops, "keyed-status/", KeyedStatusRecord.decode, secret)
-               if now - r.at <= 3 * STATUS_INTERVAL]
+    records = signed_records(ops, "keyed-status/", KeyedStatusRecord.decode, secret,
+                             fresh_at=now)
     out = []
     for name, gate in sorted(bp.keyed_limits.items()):
         mine = [r.body for r in records if r.limit == name]
@@ -334,10 +333,9 @@ async def _limiter_status(kafka: KafkaClientSettings | str, name: str, state: di
 async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, app_id: str,
                             ops: dict[str, Any]) -> list[dict[str, Any]]:
     paused = pauses(ops)
-    now = time.time()
     workers = [r.body["pipelines"] for r in signed_records(
-        ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key)
-        if now - r.at <= STALE_AFTER]
+        ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key,
+        fresh_at=time.time())]
     pipelines = []
     for name, pipe in sorted(bp.pipelines.items()):
         pause = paused.get(name) or {}

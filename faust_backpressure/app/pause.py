@@ -27,7 +27,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from mode import Service
 
-from faust_backpressure.app.cluster import ClusterView, WorkerStatusRecord, worker_body, worker_key
+from faust_backpressure.app.cluster import (
+    STATUS_INTERVAL,
+    ClusterView,
+    WorkerStatusRecord,
+    worker_body,
+    worker_key,
+)
 from faust_backpressure.app.downstream_ops import (
     BreakerCommand,
     FailingRecord,
@@ -36,7 +42,6 @@ from faust_backpressure.app.downstream_ops import (
     SlowDownRecord,
 )
 from faust_backpressure.app.keyed_ops import (
-    STATUS_INTERVAL,
     KeyedStatusRecord,
     KeyOverrideCommand,
     status_body,
@@ -194,29 +199,15 @@ class _OpsFollower(Service):
                 await consumer.stop()
 
     async def _dispatch(self, key: bytes, value: bytes | None) -> None:
+        kind, slash, _ = key.partition(b"/")
+        handle = {b"pause": self._apply, b"downstream": self._slow_down,
+                  b"quota": self._quota_report, b"recovered": self._recovered,
+                  b"failing": self._failing, b"breaker": self._force,
+                  b"keyed": self._override_key, b"worker-status": self._worker_status,
+                  }.get(kind) if slash else None  # others (acks, keyed status): not ours
         try:
-            if key.startswith(b"pause/"):
-                await self._apply(PauseCommand.decode(value, key, self.bp.settings.secret_key))
-            elif key.startswith(b"downstream/"):
-                self._slow_down(value, key)
-            elif key.startswith(b"quota/"):
-                self._quota_report(value, key)
-            elif key.startswith(b"recovered/"):
-                self._recovered(value, key)
-            elif key.startswith(b"failing/"):
-                self._failing(value, key)
-            elif key.startswith(b"breaker/"):
-                await self._force(BreakerCommand.decode(value, key,
-                                                        self.bp.settings.secret_key))
-            elif key.startswith(b"keyed/"):
-                await self._override_key(KeyOverrideCommand.decode(
-                    value, key, self.bp.settings.secret_key))
-            elif key.startswith(b"worker-status/"):
-                if value is None:
-                    self.cluster.forget(key.decode(errors="replace").partition("/")[2])
-                else:
-                    self.cluster.update(WorkerStatusRecord.decode(
-                        value, key, self.bp.settings.secret_key))
+            if handle is not None:
+                await handle(value, key)
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
@@ -224,7 +215,13 @@ class _OpsFollower(Service):
             # crashed follower takes its worker down with it)
             log.exception("ops record %r not applied", key[:80])
 
-    async def _apply(self, command: PauseCommand) -> None:
+    def _news(self, kind: Any, value: bytes | None, key: bytes, **limits: Any) -> Any:
+        """A downstream guard's news (``kind``), checked against this worker's clock."""
+        return kind.decode(value, key, self.bp.settings.secret_key, now=time.time(),
+                           max_skew=self.bp.settings.max_clock_skew, **limits)
+
+    async def _apply(self, value: bytes | None, key: bytes) -> None:
+        command = PauseCommand.decode(value, key, self.bp.settings.secret_key)
         pipeline = self.bp.pipelines.get(command.pipeline)
         if pipeline is None:
             return
@@ -236,39 +233,39 @@ class _OpsFollower(Service):
                         f"pipeline {command.pipeline} "
                         f"{'paused' if command.paused else 'resumed'}")
 
-    def _slow_down(self, value: bytes | None, key: bytes) -> None:
-        name = key.decode(errors="replace").removeprefix("downstream/")
-        guard = self.bp.downstreams.get(name)
-        if guard is None:
-            return
-        record = SlowDownRecord.decode(value, key, self.bp.settings.secret_key,
-                                       now=time.time(), max_pause=guard.max_retry_after,
-                                       max_skew=self.bp.settings.max_clock_skew)
-        guard.pause_until(record.until, source=f"from {record.by}")
+    async def _slow_down(self, value: bytes | None, key: bytes) -> None:
+        guard = self.bp.downstreams.get(key.decode(errors="replace").removeprefix("downstream/"))
+        if guard is not None:
+            record = self._news(SlowDownRecord, value, key, max_pause=guard.max_retry_after)
+            guard.pause_until(record.until, source=f"from {record.by}")
 
-    def _recovered(self, value: bytes | None, key: bytes) -> None:
-        record = RecoveredRecord.decode(value, key, self.bp.settings.secret_key,
-                                        now=time.time(),
-                                        max_skew=self.bp.settings.max_clock_skew)
+    async def _recovered(self, value: bytes | None, key: bytes) -> None:
+        record = self._news(RecoveredRecord, value, key)
         guard = self.bp.downstreams.get(record.dependency)
         if guard is not None:
             guard.recovered_at(record.at, source=f"from {record.by}")
 
-    def _failing(self, value: bytes | None, key: bytes) -> None:
-        record = FailingRecord.decode(value, key, self.bp.settings.secret_key, now=time.time(),
-                                      max_skew=self.bp.settings.max_clock_skew)
+    async def _failing(self, value: bytes | None, key: bytes) -> None:
+        record = self._news(FailingRecord, value, key)
         guard = self.bp.downstreams.get(record.dependency)
         if guard is not None and record.by != self.worker:  # its own: it knows
             guard.failing_until(record.at, record.until, source=f"from {record.by}")
 
-    def _quota_report(self, value: bytes | None, key: bytes) -> None:
-        report = QuotaReport.decode(value, key, self.bp.settings.secret_key, now=time.time(),
-                                    max_skew=self.bp.settings.max_clock_skew)
+    async def _quota_report(self, value: bytes | None, key: bytes) -> None:
+        report = self._news(QuotaReport, value, key)
         guard = self.bp.downstreams.get(report.dependency)
         if guard is not None and guard.quota is not None:
             guard.quota.report(report.by, report.episode, report.served, report.whole)
 
-    async def _force(self, command: BreakerCommand) -> None:
+    async def _worker_status(self, value: bytes | None, key: bytes) -> None:
+        if value is None:  # a tombstone: that worker is gone
+            self.cluster.forget(key.decode(errors="replace").partition("/")[2])
+        else:
+            self.cluster.update(WorkerStatusRecord.decode(value, key,
+                                                          self.bp.settings.secret_key))
+
+    async def _force(self, value: bytes | None, key: bytes) -> None:
+        command = BreakerCommand.decode(value, key, self.bp.settings.secret_key)
         guard = self.bp.downstreams.get(command.dependency)
         if guard is None:
             return
@@ -276,7 +273,8 @@ class _OpsFollower(Service):
         await self._ack(command, f"breaker/{command.dependency}", {"state": command.state},
                         f"breaker {command.dependency} set to {command.state}")
 
-    async def _override_key(self, command: KeyOverrideCommand) -> None:
+    async def _override_key(self, value: bytes | None, key: bytes) -> None:
+        command = KeyOverrideCommand.decode(value, key, self.bp.settings.secret_key)
         gate = self.bp.keyed_limits.get(command.limit)
         if gate is None:
             return
