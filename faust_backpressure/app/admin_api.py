@@ -33,7 +33,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from faust_backpressure.app.cli_common import declared
+from faust_backpressure.app.cli import declared
 from faust_backpressure.app.downstream_ops import BREAKER_STATES
 from faust_backpressure.app.keyed_ops import KEY_TYPES, MAX_RATE, KeyOverrideCommand, parse_key
 from faust_backpressure.app.ops import send_override

@@ -47,7 +47,7 @@ from faust_backpressure.agents.headers import (
     TRACEBACK,
     header,
 )
-from faust_backpressure.app.cli_common import declared, fail, installation, table
+from faust_backpressure.app.cli import backpressure, declared, fail, installation, table
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     batches_to_end,
@@ -320,7 +320,7 @@ def render(summary: DlqSummary) -> str:
     return "\n".join(lines)
 
 
-@click.command(name="dlq-inspect")
+@backpressure.command(name="dlq-inspect")
 @click.argument("pipeline")
 @click.option("--sample", "sample", type=click.IntRange(min=0), default=5, show_default=True,
               help="Show N records with their bp.* headers.")

@@ -19,8 +19,9 @@ import click
 
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, encode_key
 from faust_backpressure.agents.keyed_top import describe_key
-from faust_backpressure.app.cli_common import (
+from faust_backpressure.app.cli import (
     acknowledged,
+    backpressure,
     declared,
     fail,
     installation,
@@ -48,7 +49,7 @@ from faust_backpressure.wire.kafka_clients import (
 )
 from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["KEYED_COMMANDS", "key_override", "key_status"]
+__all__ = ["key_override", "key_status"]
 
 _LEVEL = struct.Struct("<dqd")  # the table's (full_at, deferred, late), as agents.keyed
 _KEY_TYPE = click.option("--key-type", type=click.Choice(KEY_TYPES), default="str",
@@ -127,7 +128,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
             "top_limited_on": workers}
 
 
-@click.command(name="key-status")
+@backpressure.command(name="key-status")
 @click.argument("limit")
 @click.argument("key")
 @_KEY_TYPE
@@ -176,7 +177,7 @@ def _list(bp: Any, limit: str) -> None:
     click.echo(f"{len(found)} key override(s) on {limit}")
 
 
-@click.command(name="key-override")
+@backpressure.command(name="key-override")
 @click.argument("limit")
 @click.argument("key", required=False)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=MAX_RATE),
@@ -219,5 +220,3 @@ def key_override(ctx: click.Context, limit: str, key: str | None, rate: float | 
     if not acked:
         fail("no worker acknowledged")
 
-
-KEYED_COMMANDS: list[click.Command] = [key_status, key_override]

@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 import click
 
-from faust_backpressure.app.cli_common import (
+from faust_backpressure.app.cli import (
     acknowledged,
+    backpressure,
     declared,
     fail,
     installation,
@@ -36,26 +37,28 @@ from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.limiter_commands import send_limiter_command
 from faust_backpressure.wire.kafka_clients import client_settings
 
-__all__ = ["OPS_COMMANDS"]
+__all__ = ["breaker", "emergency_stop", "lag", "pause", "reset", "restore", "resume",
+           "set_rate", "status"]
 
 _ACK_TIMEOUT = "Seconds to wait for the owner's acknowledgement."
 
 
 def _acked_command(name: str, argument: str, reason: str, *options: Callable[[Any], Any]
                    ) -> Callable[[Callable[..., None]], click.Command]:
-    """``@click.command`` of an acknowledged change: ARGUMENT, ``options``, ``--reason`` (with
-    the help ``reason``) and ``--timeout``, in that order; the function gets the context."""
+    """``@backpressure.command`` of an acknowledged change: ARGUMENT, ``options``,
+    ``--reason`` (with the help ``reason``) and ``--timeout``, in that order; the function gets
+    the context."""
     def command(function: Callable[..., None]) -> click.Command:
         decorators: list[Callable[[Any], Any]] = [
             click.pass_context, timeout_option(), click.option("--reason", default="", help=reason),
             *reversed(options), click.argument(argument)]  # innermost first, as when stacked
         for decorate in decorators:
             function = decorate(function)
-        return click.command(name=name)(function)
+        return backpressure.command(name=name)(function)
     return command
 
 
-@click.command(name="status")
+@backpressure.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--watch", type=float, default=None, metavar="SECONDS",
               help="Report again every SECONDS until interrupted (with --json: one JSON "
@@ -153,7 +156,7 @@ def _command(ctx: click.Context, limiter_id: str, kind: Literal["update_rate", "
                f"acknowledged by its owner (epoch {ack.epoch}, rate {ack.rate:g}/s)")
 
 
-@click.command(name="set-rate")
+@backpressure.command(name="set-rate")
 @click.argument("limiter_id")
 @click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=MAX_RATE), required=False)
 @timeout_option(_ACK_TIMEOUT)
@@ -178,7 +181,7 @@ def set_rate(ctx: click.Context, limiter_id: str, rate: float | None, timeout: f
     _command(ctx, limiter_id, "update_rate", rate, timeout)
 
 
-@click.command(name="reset")
+@backpressure.command(name="reset")
 @click.argument("limiter_id")
 @timeout_option(_ACK_TIMEOUT)
 @click.pass_context
@@ -187,7 +190,7 @@ def reset(ctx: click.Context, limiter_id: str, timeout: float) -> None:
     _command(ctx, limiter_id, "reset", None, timeout)
 
 
-@click.command(name="lag")
+@backpressure.command(name="lag")
 @click.argument("group")
 @click.option("--topic", "topics", multiple=True, help="Only these topics (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
@@ -258,7 +261,7 @@ def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> No
     _pause(ctx, pipeline, False, reason, timeout)
 
 
-@click.command(name="breaker")
+@backpressure.command(name="breaker")
 @click.argument("action", type=click.Choice(["open", "close", "auto", "status"]))
 @click.argument("dependency")
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
@@ -284,10 +287,6 @@ def breaker(ctx: click.Context, action: str, dependency: str, reason: str,
     acked, workers = acknowledged(bp, send_breaker, dependency, state=action, by=operator(),
                                   reason=reason, timeout=timeout)
     click.echo(f"breaker {dependency}: {action} on {acked} of {workers} worker(s)")
-
-
-OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
-                                     pause, resume, breaker]
 
 
 def _set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,
