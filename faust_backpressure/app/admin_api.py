@@ -39,6 +39,7 @@ from faust_backpressure.app.keyed_ops import KEY_TYPES, MAX_RATE, KeyOverrideCom
 from faust_backpressure.app.ops import send_override
 from faust_backpressure.app.pause import send_breaker, send_key_override, send_pause
 from faust_backpressure.app.registry import Installation, on_cluster
+from faust_backpressure.config.validation import is_number
 from faust_backpressure.control.override import Override
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limiter_command
@@ -74,8 +75,7 @@ def _rate(body: dict[str, Any], key: str = "rate", *, required: bool) -> float |
     value = body.get(key)
     if value is None and not required:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 < value <= MAX_RATE):
+    if not is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_RATE:
         raise BadRequest(f"{key!r} must be a number in (0, 1e12]")
     return float(value)
 

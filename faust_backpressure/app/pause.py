@@ -49,7 +49,7 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.limiter_commands import CommandTimeout, read_compacted
+from faust_backpressure.tables.limiter_commands import CommandTimeout
 from faust_backpressure.tables.service import find_channel
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
@@ -69,7 +69,7 @@ from faust_backpressure.wire.signing import (
 )
 from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["PauseCommand", "install_pause_control", "pause_states", "pauses",
+__all__ = ["PauseCommand", "install_pause_control", "pauses",
            "send_acknowledged", "send_breaker", "send_key_override", "send_pause",
            "worker_name"]
 
@@ -400,7 +400,3 @@ def pauses(ops: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix("pause/"): v for k, v in ops.items()
             if k.startswith("pause/") and isinstance(v, dict)}
 
-
-async def pause_states(kafka: KafkaClientSettings | str, app_id: str) -> dict[str, Any]:
-    """The latest pause record per pipeline, read from the ops topic now."""
-    return pauses(await read_compacted(kafka, ops_topic(app_id)))
