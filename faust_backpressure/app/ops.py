@@ -51,8 +51,8 @@ from faust_backpressure.wire.kafka_clients import (
 from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
 
-__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
-           "keyed_overrides", "keyed_status", "send_override", "signed_records"]
+__all__ = ["GroupLag", "PartitionLag", "breaker_state", "cluster_status", "group_lag",
+           "input_warning", "keyed_overrides", "keyed_status", "send_override", "signed_records"]
 
 
 @dataclass
@@ -372,16 +372,24 @@ async def _credit_flows_status(bp: Installation, kafka: KafkaClientSettings | st
     return credit_flows
 
 
-def _downstream_status(name: str, ops: dict[str, Any], error_rate: float | None
-                       ) -> dict[str, Any]:
+def breaker_state(ops: dict[str, Any], name: str) -> dict[str, Any]:
+    """A downstream guard's breaker as the operators set it and its last slow-down, from the
+    ops records (``breaker status``; ``status`` without the reason)."""
     forced = ops.get(f"breaker/{name}")
     slowed = ops.get(f"downstream/{name}")
     forced = forced if isinstance(forced, dict) else {}
     slowed = slowed if isinstance(slowed, dict) else {}
-    return {"name": name, "operator": forced.get("state", "auto"), "by": forced.get("by"),
-            "last_slow_down_until": slowed.get("until"), "last_slow_down_by": slowed.get("by"),
-            "slowed_down_now": float(slowed.get("until") or 0) > time.time(),
-            "error_rate": error_rate}
+    return {"operator": forced.get("state", "auto"), "by": forced.get("by"),
+            "reason": forced.get("reason"), "last_slow_down_until": slowed.get("until"),
+            "last_slow_down_by": slowed.get("by")}
+
+
+def _downstream_status(name: str, ops: dict[str, Any], error_rate: float | None
+                       ) -> dict[str, Any]:
+    state = breaker_state(ops, name)
+    del state["reason"]
+    return {"name": name, **state, "error_rate": error_rate,
+            "slowed_down_now": float(state["last_slow_down_until"] or 0) > time.time()}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

@@ -31,7 +31,7 @@ from faust_backpressure.app.cli import (
     timeout_option,
 )
 from faust_backpressure.app.keyed_ops import KEY_TYPES, MAX_RATE, parse_key
-from faust_backpressure.app.ops import cluster_status, group_lag, send_override
+from faust_backpressure.app.ops import breaker_state, cluster_status, group_lag, send_override
 from faust_backpressure.app.pause import send_breaker, send_pause
 from faust_backpressure.control.override import Override, operator
 from faust_backpressure.tables.limiter_commands import send_limiter_command
@@ -275,14 +275,8 @@ def breaker(ctx: click.Context, action: str, dependency: str, reason: str,
     bp = installation(ctx)
     declared("downstream", dependency, bp.downstreams)
     if action == "status":
-        states = ops_records(bp)
-        forced = states.get(f"breaker/{dependency}") or {}
-        slowed = states.get(f"downstream/{dependency}") or {}
         click.echo(json.dumps({"dependency": dependency,
-                               "operator": forced.get("state", "auto"),
-                               "by": forced.get("by"), "reason": forced.get("reason"),
-                               "last_slow_down_until": slowed.get("until"),
-                               "last_slow_down_by": slowed.get("by")}, indent=2))
+                               **breaker_state(ops_records(bp), dependency)}, indent=2))
         return
     acked, workers = acknowledged(bp, send_breaker, dependency, state=action, by=operator(),
                                   reason=reason, timeout=timeout)
