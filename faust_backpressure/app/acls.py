@@ -78,6 +78,12 @@ def _user(principal: str) -> str:
     return principal if ":" in principal else f"User:{principal}"
 
 
+def _each(principal: str, kind: ResourceType, names: Iterable[str],
+          operations: tuple[str, ...], why: str) -> list[Acl]:
+    """One literal ACL per name (each name once, in order)."""
+    return [Acl(principal, kind, name, operations, why=why) for name in dict.fromkeys(names)]
+
+
 def app_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
              sinks: Iterable[str] = (), dlqs: Iterable[str] = (),
              downstream_groups: Iterable[str] = (), downstream_topics: Iterable[str] = (),
@@ -92,17 +98,14 @@ def app_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
         Acl(p, "group", dlq_replay_group_prefix(app_id), ("Read", "Describe"), "prefixed",
             "dlq-replay's groups (when the app's principal runs it)"),
     ]
-    acls += [Acl(p, "topic", t, ("Read", "Describe", "Create"), why="source")
-             for t in dict.fromkeys(sources)]
+    acls += _each(p, "topic", sources, ("Read", "Describe", "Create"), "source")
     # a DLQ is read back by dlq-replay; its records go back to a source (Write)
-    acls += [Acl(p, "topic", t, ("Write", "Describe", "Create"), why="sink")
-             for t in dict.fromkeys(sinks)]
-    acls += [Acl(p, "topic", t, ("Read", "Write", "Describe", "Create"), why="DLQ")
-             for t in dict.fromkeys(dlqs)]
-    acls += [Acl(p, "group", g, ("Describe",), why="lag/credit probe: committed offsets")
-             for g in dict.fromkeys(downstream_groups)]
-    acls += [Acl(p, "topic", t, ("Describe",), why="lag/credit probe: end offsets")
-             for t in dict.fromkeys(downstream_topics) if t not in {*sources, *sinks, *dlqs}]
+    acls += _each(p, "topic", sinks, ("Write", "Describe", "Create"), "sink")
+    acls += _each(p, "topic", dlqs, ("Read", "Write", "Describe", "Create"), "DLQ")
+    acls += _each(p, "group", downstream_groups, ("Describe",),
+                  "lag/credit probe: committed offsets")
+    acls += _each(p, "topic", [t for t in downstream_topics if t not in {*sources, *sinks, *dlqs}],
+                  ("Describe",), "lag/credit probe: end offsets")
     if exactly_once:
         acls += [
             Acl(p, "transactional-id", f"{app_id}-", ("Write", "Describe"), "prefixed",
@@ -131,10 +134,8 @@ def operator_acls(app_id: str, principal: str, *, sources: Iterable[str] = (),
         Acl(p, "group", dlq_replay_group_prefix(app_id), ("Read", "Describe"), "prefixed",
             "dlq-replay's groups"),
     ]
-    acls += [Acl(p, "topic", t, ("Read", "Describe"), why="DLQ to replay")
-             for t in dict.fromkeys(dlqs)]
-    acls += [Acl(p, "topic", t, ("Write", "Describe"), why="replay target (a source)")
-             for t in dict.fromkeys(sources)]
+    acls += _each(p, "topic", dlqs, ("Read", "Describe"), "DLQ to replay")
+    acls += _each(p, "topic", sources, ("Write", "Describe"), "replay target (a source)")
     return acls + steering
 
 

@@ -33,16 +33,16 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from faust_backpressure.app.cli_common import declared
+from faust_backpressure.app.cli import declared
 from faust_backpressure.app.downstream_ops import BREAKER_STATES
-from faust_backpressure.app.keyed_ops import KeyOverrideCommand, parse_key
+from faust_backpressure.app.keyed_ops import KEY_TYPES, MAX_RATE, KeyOverrideCommand, parse_key
 from faust_backpressure.app.ops import send_override
 from faust_backpressure.app.pause import send_breaker, send_key_override, send_pause
-from faust_backpressure.app.registry import Installation
+from faust_backpressure.app.registry import Installation, on_cluster
+from faust_backpressure.config.validation import is_number
 from faust_backpressure.control.override import Override
 from faust_backpressure.errors import BackpressureError
 from faust_backpressure.tables.limiter_commands import CommandTimeout, send_limiter_command
-from faust_backpressure.wire.kafka_clients import client_settings
 
 __all__ = ["ACTIONS", "authorized", "register_admin"]
 
@@ -75,8 +75,7 @@ def _rate(body: dict[str, Any], key: str = "rate", *, required: bool) -> float |
     value = body.get(key)
     if value is None and not required:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 < value <= 1e12):
+    if not is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_RATE:
         raise BadRequest(f"{key!r} must be a number in (0, 1e12]")
     return float(value)
 
@@ -90,15 +89,12 @@ def _operator(request: Request, body: dict[str, Any]) -> str:
 
 async def _act(bp: Installation, action: str, body: dict[str, Any],
                request: Request) -> dict[str, Any]:
-    kafka = client_settings(bp.app, "ops")
-    app_id = str(bp.app.conf.id)
-    secret = bp.settings.secret_key
     if action in ("set-rate", "reset"):
         limiter = _text(body, "limiter")
         rate = _rate(body, required=True) if action == "set-rate" else None
-        ack = await send_limiter_command(
-            kafka, app_id, limiter, "update_rate" if action == "set-rate" else "reset",
-            rate=rate, secret=secret, timeout=TIMEOUT)
+        ack = await on_cluster(bp, send_limiter_command, limiter,
+                               "update_rate" if action == "set-rate" else "reset", rate=rate,
+                               timeout=TIMEOUT)
         return {"limiter": limiter, "epoch": ack.epoch, "rate": ack.rate}
     if action in ("emergency-stop", "restore"):
         limiter = _text(body, "limiter")
@@ -108,7 +104,7 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
                                   reason=reason)
                     if action == "emergency-stop" else
                     Override.release(limiter, by=by, reason=reason))
-        state = await send_override(kafka, app_id, override, secret=secret, timeout=TIMEOUT)
+        state = await on_cluster(bp, send_override, override, timeout=TIMEOUT)
         return {"limiter": limiter, "state": state}
     if action == "breaker":
         return await _breaker(bp, body, request)
@@ -116,9 +112,9 @@ async def _act(bp: Installation, action: str, body: dict[str, Any],
         return await _key_override(bp, body, request)
     pipeline = _text(body, "pipeline")
     declared("pipeline", pipeline, bp.pipelines, LookupError)
-    acked, workers = await send_pause(
-        kafka, app_id, pipeline, paused=action == "pause", by=_operator(request, body),
-        reason=_text(body, "reason", required=False), secret=secret, timeout=TIMEOUT)
+    acked, workers = await on_cluster(
+        bp, send_pause, pipeline, paused=action == "pause", by=_operator(request, body),
+        reason=_text(body, "reason", required=False), timeout=TIMEOUT)
     return {"pipeline": pipeline, "paused": action == "pause", "acked": acked,
             "workers": workers}
 
@@ -129,10 +125,9 @@ async def _breaker(bp: Installation, body: dict[str, Any], request: Request
     if state not in BREAKER_STATES:
         raise BadRequest(f"'state' must be one of {', '.join(BREAKER_STATES)}")
     declared("downstream", dependency, bp.downstreams, LookupError)
-    acked, workers = await send_breaker(
-        client_settings(bp.app, "ops"), str(bp.app.conf.id), dependency, state=state,
-        by=_operator(request, body), reason=_text(body, "reason", required=False),
-        secret=bp.settings.secret_key, timeout=TIMEOUT)
+    acked, workers = await on_cluster(
+        bp, send_breaker, dependency, state=state, by=_operator(request, body),
+        reason=_text(body, "reason", required=False), timeout=TIMEOUT)
     return {"dependency": dependency, "state": state, "acked": acked, "workers": workers}
 
 
@@ -140,7 +135,7 @@ async def _key_override(bp: Installation, body: dict[str, Any], request: Request
                         ) -> dict[str, Any]:
     limit, key, key_type = _text(body, "limit"), _text(body, "key"), body.get("key_type", "str")
     clear = body.get("clear", False)
-    if key_type not in ("str", "int", "bytes") or not isinstance(clear, bool):
+    if key_type not in KEY_TYPES or not isinstance(clear, bool):
         raise BadRequest("'key_type' must be str, int or bytes; 'clear' true or false")
     declared("keyed limit", limit, bp.keyed_limits, LookupError)
     rate = _rate(body, required=not clear)
@@ -153,9 +148,7 @@ async def _key_override(bp: Installation, body: dict[str, Any], request: Request
                                          _text(body, "reason", required=False))
     except ValueError as exc:  # a key too long, an int key that is not one, a rate too high
         raise BadRequest(str(exc)) from None
-    acked, workers = await send_key_override(
-        client_settings(bp.app, "ops"), str(bp.app.conf.id), command,
-        secret=bp.settings.secret_key, timeout=TIMEOUT)
+    acked, workers = await on_cluster(bp, send_key_override, command, timeout=TIMEOUT)
     return {"limit": limit, "key": command.shown_key, "rate": command.rate,
             "burst": command.burst, "acked": acked, "workers": workers}
 

@@ -1,6 +1,10 @@
-"""``faust -A app backpressure dlq-replay PIPELINE [--limit N] [--error-type T] [--to TOPIC]``;
-the operator commands (``status``, ``set-rate`` (with ``--key`` for keyed limits), ``reset``,
-``lag``, ...) are in :mod:`.ops_cli`.
+"""The ``faust -A app backpressure ...`` command group, the plumbing its commands share
+(finding the app's installation, reading the ops topic, sending a command to the cluster,
+exiting 1 with a message, plain tables) and ``dlq-replay PIPELINE [--limit N] [--error-type T]
+[--to TOPIC]``. The operator commands (``status``, ``set-rate`` (with ``--key`` for keyed
+limits), ``reset``, ``lag``, ...) are in :mod:`.ops_cli`, ``key-status`` and ``key-override``
+in :mod:`.keyed_cli`, ``dlq-inspect`` in :mod:`.dlq_inspect`: each joins the group as it is
+defined (:func:`register_commands` imports them).
 
 Under Faust's command line only, an uncaught :class:`SettingsError` is printed as one line
 naming the setting (:func:`install_settings_hook`, see ``config/errors.py``).
@@ -9,29 +13,106 @@ naming the setting (:func:`install_settings_hook`, see ``config/errors.py``).
 from __future__ import annotations
 
 import asyncio
+import importlib
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from faust_backpressure.agents import replay_dlq
-from faust_backpressure.app.cli_common import declared, given_app
-from faust_backpressure.app.registry import installed
+from faust_backpressure.app.registry import Installation, installed, on_cluster
 from faust_backpressure.config import SettingsError
 from faust_backpressure.config.errors import one_line
+from faust_backpressure.tables.limiter_commands import CommandTimeout, read_compacted
 from faust_backpressure.wire.kafka_clients import client_settings
-from faust_backpressure.wire.topics import dlq_replay_group
+from faust_backpressure.wire.topics import dlq_replay_group, ops_topic
 
-__all__ = ["backpressure", "install_settings_hook", "register_commands"]
+__all__ = ["acknowledged", "backpressure", "declared", "fail", "install_settings_hook",
+           "installation", "ops_records", "register_commands", "table", "timeout_option"]
 
 _ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], Any]
+#: The modules whose commands join the group (each with ``@backpressure.command``).
+_COMMAND_MODULES = ("ops_cli", "keyed_cli", "dlq_inspect")
 
 
 @click.group(name="backpressure")
 def backpressure() -> None:
     """faust-backpressure commands."""
+
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def installation(ctx: click.Context) -> Installation:
+    """The ``Backpressure`` of the app of ``faust -A module`` (or of ``app.main()``: the app
+    itself); a usage error (naming the command) when there is no app or none installed."""
+    from faust.cli.base import find_app
+
+    state: Any = ctx.find_root().obj
+    if state is None or not getattr(state, "app", None):
+        raise click.UsageError(f"give the app: faust -A module backpressure {ctx.info_name} ...")
+    try:
+        return installed(find_app(state.app))
+    except LookupError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def declared(what: str, name: str, names: Collection[str],
+             error: Callable[[str], Exception] = click.UsageError) -> None:
+    """A usage error (or ``error``) unless the app declares ``name`` (a pipeline, ...)."""
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise error(f"no {what} {name!r} (declared: {known})")
+
+
+def fail(message: str) -> NoReturn:
+    """Exit 1 (the cluster did not do it), saying why on stderr."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def acknowledged(bp: Installation, send: Callable[..., Coroutine[Any, Any, _T]],
+                 *args: Any, **kwargs: Any) -> _T:
+    """Run ``send`` on the cluster (:func:`~.registry.on_cluster`); exit 1 when the cluster
+    does not acknowledge it in time."""
+    try:
+        return asyncio.run(on_cluster(bp, send, *args, **kwargs))
+    except CommandTimeout as exc:
+        fail(str(exc))
+
+
+def ops_records(bp: Installation) -> dict[str, Any]:
+    """The latest record per key of the app's ops topic (see :mod:`.pause`)."""
+    return asyncio.run(read_compacted(client_settings(bp.app, "ops"),
+                                      ops_topic(str(bp.app.conf.id))))
+
+
+def timeout_option(help: str | None = None) -> Callable[[_F], _F]:
+    return click.option("--timeout", type=float, default=30.0, show_default=True, help=help)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """``rows`` under ``header`` in aligned columns (None ``-``, numbers with separators)."""
+    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
 
 
 @backpressure.command(name="dlq-replay")
@@ -48,10 +129,8 @@ def backpressure() -> None:
 def dlq_replay(ctx: click.Context, pipeline: str, limit: int | None, error_type: str | None,
                to: str | None, rate: float | None, from_beginning: bool) -> None:
     """Re-publish a pipeline's dead-lettered records to its source, rate-limited."""
-    from faust.cli.base import find_app
-
-    app: Any = find_app(given_app(ctx, "dlq-replay"))
-    bp = installed(app)
+    bp = installation(ctx)
+    app: Any = bp.app
     declared("pipeline", pipeline, bp.pipelines)
     pipe = bp.pipelines[pipeline]
     kafka = client_settings(app, "dlq-replay")
@@ -73,13 +152,8 @@ def register_commands() -> None:
 
     if cli.commands.get(backpressure.name or "") is backpressure:
         return
-    from faust_backpressure.app.dlq_inspect import dlq_inspect
-    from faust_backpressure.app.keyed_cli import KEYED_COMMANDS
-    from faust_backpressure.app.ops_cli import OPS_COMMANDS
-
-    for command in [*OPS_COMMANDS, *KEYED_COMMANDS]:
-        backpressure.add_command(command)
-    backpressure.add_command(dlq_inspect)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"faust_backpressure.app.{module}")
     cli.add_command(backpressure)
 
 

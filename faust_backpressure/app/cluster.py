@@ -1,7 +1,7 @@
 """The cluster on any worker's page: each worker's summary, published on the ops topic.
 
 Every ``STATUS_INTERVAL`` seconds each worker publishes a signed ``worker-status/<worker>``
-record on the ops topic (compacted; a timer of ``views.py``): its pipelines
+record on the ops topic (compacted; its ops follower's, :mod:`.pause`): its pipelines
 (consumed, produced, dead-lettered, source lag, paused, a batch pipeline's p99 batch latency),
 its limiters (rate; which it owns, i.e. answers lease requests for), its downstream guards'
 breakers and its page's address. Every worker's ops follower reads them all, so
@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
 from faust_backpressure.wire.signing import (
     RejectedRecord,
     decode_signed,
@@ -25,8 +24,11 @@ from faust_backpressure.wire.signing import (
     number,
 )
 
-__all__ = ["STALE_AFTER", "ClusterView", "WorkerStatusRecord", "worker_body", "worker_key"]
+__all__ = ["STALE_AFTER", "STATUS_INTERVAL", "ClusterView", "WorkerStatusRecord", "worker_body",
+           "worker_key"]
 
+#: Seconds between a worker's status records (its summary, its keyed limits' stats).
+STATUS_INTERVAL = 5.0
 #: A worker not heard from for this long is shown stale (it may be gone or cut off).
 STALE_AFTER = 3 * STATUS_INTERVAL
 #: A worker not heard from for this long is no longer shown.
@@ -78,7 +80,7 @@ class WorkerStatusRecord:
             "pipelines": {name[:200]: {**{k: int(number(p, k, 0, 1e15)) for k in _COUNTS},
                                        "source_lag": _optional_count(p, "source_lag"),
                                        "paused": p.get("paused") is True,
-                                       # absent from an older worker's record: None
+                                       # None: not a batch pipeline
                                        "batch_p99": number(p, "batch_p99", 0.0, 1e6,
                                                            optional=True)}
                           for name, p in _entries(data, "pipelines")},

@@ -28,10 +28,10 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import click
 from aiokafka import ConsumerRecord, TopicPartition
@@ -47,8 +47,7 @@ from faust_backpressure.agents.headers import (
     TRACEBACK,
     header,
 )
-from faust_backpressure.app.cli_common import declared
-from faust_backpressure.app.ops_cli import _fail, _installation, _table
+from faust_backpressure.app.cli import backpressure, declared, fail, installation, table
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     batches_to_end,
@@ -60,6 +59,7 @@ from faust_backpressure.wire.kafka_clients import (
 __all__ = ["DlqSummary", "budgets", "dlq_inspect", "inspect_dlq"]
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
+_Moment = TypeVar("_Moment", int, datetime)
 
 #: shown of a record's key and value in a sample (bytes; the repr says more was cut)
 VALUE_LIMIT = 60
@@ -97,6 +97,17 @@ def _when(raw: bytes | None) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _timestamp(record: Record) -> int | None:
+    """The record's Kafka timestamp, None when it has none (-1)."""
+    return record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None
+
+
+def _widen(pick: Callable[[_Moment, _Moment], _Moment], known: _Moment | None,
+           new: _Moment | None) -> _Moment | None:
+    """The first or last (``pick``: min or max) of ``known`` and ``new``; None is no value."""
+    return known if new is None else new if known is None else pick(known, new)
 
 
 def owned_by(record: Record, pipeline: str) -> bool:
@@ -164,18 +175,13 @@ class DlqSummary:
         self.by_error_type[kind] += 1
         stage = header(record.headers, STAGE)
         self.by_stage["?" if stage is None else text(stage)] += 1
-        ts = record.timestamp
-        if ts is not None and ts >= 0:
-            self.first_timestamp = ts if self.first_timestamp is None else min(
-                self.first_timestamp, ts)
-            self.last_timestamp = ts if self.last_timestamp is None else max(
-                self.last_timestamp, ts)
-        first = _when(header(record.headers, FIRST_FAILURE))
-        last = _when(header(record.headers, LAST_FAILURE))
-        if first is not None and (self.first_failure is None or first < self.first_failure):
-            self.first_failure = first
-        if last is not None and (self.last_failure is None or last > self.last_failure):
-            self.last_failure = last
+        ts = _timestamp(record)
+        self.first_timestamp = _widen(min, self.first_timestamp, ts)
+        self.last_timestamp = _widen(max, self.last_timestamp, ts)
+        self.first_failure = _widen(min, self.first_failure,
+                                    _when(header(record.headers, FIRST_FAILURE)))
+        self.last_failure = _widen(max, self.last_failure,
+                                   _when(header(record.headers, LAST_FAILURE)))
         if self.sample_size > 0:
             kept = self._newest.setdefault(kind, [])
             kept.append((ts or 0, record.partition, record.offset, _shown(record)))
@@ -232,8 +238,7 @@ def _shown(record: Record) -> dict[str, Any]:
     (the last of a repeated name wins, as :func:`header` reads them)."""
     return {
         "partition": record.partition, "offset": record.offset,
-        "timestamp": None if record.timestamp is None or record.timestamp < 0
-        else _iso_ms(record.timestamp),
+        "timestamp": None if _timestamp(record) is None else _iso_ms(record.timestamp),
         "key": short(record.key), "value": short(record.value),
         "headers": {name: text(value) for name, value in record.headers
                     if isinstance(name, str) and name.startswith(PREFIX)},
@@ -304,12 +309,12 @@ def render(summary: DlqSummary) -> str:
         lines.append(f"no record of pipeline {summary.pipeline} among them")
         return "\n".join(lines)
     shown = summary.to_json()
-    lines += ["", _table([["Kafka timestamp", shown["kafka_timestamps"]["first"],
+    lines += ["", table([["Kafka timestamp", shown["kafka_timestamps"]["first"],
                            shown["kafka_timestamps"]["last"]],
                           ["bp.first_failure / bp.last_failure", shown["failures"]["first"],
                            shown["failures"]["last"]]], ["", "first", "last"])]
-    lines += ["", _table(summary.by_error_type.most_common(), ["error type", "records"])]
-    lines += ["", _table(summary.by_stage.most_common(), ["stage", "records"])]
+    lines += ["", table(summary.by_error_type.most_common(), ["error type", "records"])]
+    lines += ["", table(summary.by_stage.most_common(), ["stage", "records"])]
     if shown["sample"]:
         lines += ["", f"sample ({len(shown['sample'])} record(s), the newest of each error "
                   "type first)"]
@@ -321,7 +326,7 @@ def render(summary: DlqSummary) -> str:
     return "\n".join(lines)
 
 
-@click.command(name="dlq-inspect")
+@backpressure.command(name="dlq-inspect")
 @click.argument("pipeline")
 @click.option("--sample", "sample", type=click.IntRange(min=0), default=5, show_default=True,
               help="Show N records with their bp.* headers.")
@@ -335,7 +340,7 @@ def dlq_inspect(ctx: click.Context, pipeline: str, sample: int, max_records: int
                 timeout: float, as_json: bool) -> None:
     """What is in a pipeline's DLQ (read-only): counts by error type and stage, first and
     last timestamps, a sample of records with their bp.* headers."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("pipeline", pipeline, bp.pipelines)
     try:
         summary = asyncio.run(inspect_dlq(
@@ -343,7 +348,7 @@ def dlq_inspect(ctx: click.Context, pipeline: str, sample: int, max_records: int
             dlq_topic=bp.pipelines[pipeline].dlq_topic_name, max_records=max_records,
             sample=sample, timeout=timeout))
     except KafkaError as exc:
-        _fail(f"reading the DLQ of {pipeline}: {exc!r}")
+        fail(f"reading the DLQ of {pipeline}: {exc!r}")
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render(summary))
     if not summary.complete:
-        _fail(f"the read did not finish within {timeout:g} s (raise --timeout)")
+        fail(f"the read did not finish within {timeout:g} s (raise --timeout)")

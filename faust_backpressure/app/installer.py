@@ -34,7 +34,7 @@ from faust_backpressure.app.downstream_ops import (
 )
 from faust_backpressure.app.pause import install_pause_control, worker_name
 from faust_backpressure.app.registry import register
-from faust_backpressure.app.views import register_views
+from faust_backpressure.app.views import register_views, snapshot
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
 from faust_backpressure.control import (
     BackpressureThresholds,
@@ -108,7 +108,7 @@ class Backpressure:
         app.task(self._declare_topics)
         register_commands()
         register_views(self)
-        install_pause_control(self)  # every worker follows `backpressure pause/resume`
+        install_pause_control(self, snapshot)  # every worker follows `backpressure pause/resume`
         app.on_before_shutdown.connect(self._stop_downstreams)
 
     def limiter(self, spec: LimiterSpec, *, tokens_per_second: float | None = None,

@@ -19,17 +19,24 @@ import click
 
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, encode_key
 from faust_backpressure.agents.keyed_top import describe_key
-from faust_backpressure.app.cli_common import declared
+from faust_backpressure.app.cli import (
+    acknowledged,
+    backpressure,
+    declared,
+    fail,
+    installation,
+    ops_records,
+    table,
+    timeout_option,
+)
 from faust_backpressure.app.keyed_ops import (
     KEY_TYPES,
     MAX_RATE,
-    STATUS_INTERVAL,
     KeyedStatusRecord,
     KeyOverrideCommand,
     parse_key,
 )
 from faust_backpressure.app.ops import keyed_overrides, keyed_status, signed_records
-from faust_backpressure.app.ops_cli import _acknowledged, _fail, _installation, _table, _timeout
 from faust_backpressure.app.pause import send_key_override
 from faust_backpressure.control.override import operator
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
@@ -42,7 +49,7 @@ from faust_backpressure.wire.kafka_clients import (
 )
 from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["KEYED_COMMANDS", "key_override", "key_status"]
+__all__ = ["key_override", "key_status"]
 
 _LEVEL = struct.Struct("<dqd")  # the table's (full_at, deferred, late), as agents.keyed
 _KEY_TYPE = click.option("--key-type", type=click.Choice(KEY_TYPES), default="str",
@@ -105,9 +112,9 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
                  "tokens": float(burst or 0) - max(0.0, full_at - now) * float(rate or 0)}
     shown = describe_key(encoded)
     workers = sorted(r.worker for r in signed_records(ops, f"keyed-status/{gate.name}/",
-                                                      KeyedStatusRecord.decode, secret)
-                     if now - r.at <= 3 * STATUS_INTERVAL
-                     and any(t["key"] == shown and t["type"] == type(key).__name__
+                                                      KeyedStatusRecord.decode, secret,
+                                                      fresh_at=now)
+                     if any(t["key"] == shown and t["type"] == type(key).__name__
                              for t in r.body["top_limited"]))
     return {"limit": gate.name, "key": shown, "key_type": type(key).__name__,
             "rate": rate, "burst": burst, "from": source,
@@ -121,7 +128,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
             "top_limited_on": workers}
 
 
-@click.command(name="key-status")
+@backpressure.command(name="key-status")
 @click.argument("limit")
 @click.argument("key")
 @_KEY_TYPE
@@ -130,7 +137,7 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
 def key_status(ctx: click.Context, limit: str, key: str, key_type: str, as_json: bool) -> None:
     """One key of a keyed limit: its limits and where they come from, its bucket level (from
     the table's changelog) and whether workers list it among their most refused keys."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("keyed limit", limit, bp.keyed_limits)
     report = asyncio.run(_key_report(bp, bp.keyed_limits[limit], parse_key(key, key_type),
                                      client_settings(bp.app, "ops")))
@@ -154,8 +161,7 @@ def key_status(ctx: click.Context, limit: str, key: str, key_type: str, as_json:
 def _warn_key_type(bp: Any, limit: str, key_type: str) -> None:
     """A key of another type than the workers' keys matches nothing ("C1" is not b"C1"):
     say so, from the types of the keys the workers refused lately."""
-    ops = asyncio.run(read_compacted(client_settings(bp.app, "ops"),
-                                     ops_topic(str(bp.app.conf.id))))
+    ops = ops_records(bp)
     (row,) = [r for r in keyed_status(bp, ops, time.time()) if r["name"] == limit]
     if row["key_types"] and key_type not in row["key_types"]:
         click.echo(f"warning: the workers' most refused keys of {limit} are "
@@ -164,16 +170,14 @@ def _warn_key_type(bp: Any, limit: str, key_type: str) -> None:
 
 
 def _list(bp: Any, limit: str) -> None:
-    kafka = client_settings(bp.app, "ops")
-    ops = asyncio.run(read_compacted(kafka, ops_topic(str(bp.app.conf.id))))
-    found = keyed_overrides(ops, limit, bp.settings.secret_key)
-    click.echo(_table([[c.shown_key, c.rate, c.burst, c.by, c.reason or None,
+    found = keyed_overrides(ops_records(bp), limit, bp.settings.secret_key)
+    click.echo(table([[c.shown_key, c.rate, c.burst, c.by, c.reason or None,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.at))] for c in found],
                       ["key", "rate/s", "burst", "by", "reason", "at (UTC)"]))
     click.echo(f"{len(found)} key override(s) on {limit}")
 
 
-@click.command(name="key-override")
+@backpressure.command(name="key-override")
 @click.argument("limit")
 @click.argument("key", required=False)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=MAX_RATE),
@@ -185,14 +189,14 @@ def _list(bp: Any, limit: str) -> None:
               help="List the keys of LIMIT with an operator override.")
 @_KEY_TYPE
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
-@_timeout("Seconds to wait for every worker's acknowledgement.")
+@timeout_option("Seconds to wait for every worker's acknowledgement.")
 @click.pass_context
 def key_override(ctx: click.Context, limit: str, key: str | None, rate: float | None,
                  burst: float | None, clear: bool, list_: bool, key_type: str, reason: str,
                  timeout: float) -> None:
     """Set one key's limits of a keyed limit on every worker (signed, acknowledged by each,
     kept across restarts), clear them, or list the keys that have one."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("keyed limit", limit, bp.keyed_limits)
     if list_:
         _list(bp, limit)
@@ -210,11 +214,9 @@ def key_override(ctx: click.Context, limit: str, key: str | None, rate: float | 
         raise click.UsageError(str(exc)) from None
     if not clear:
         _warn_key_type(bp, limit, key_type)
-    acked, workers = _acknowledged(bp, send_key_override, command, timeout=timeout)
+    acked, workers = acknowledged(bp, send_key_override, command, timeout=timeout)
     done = "cleared" if clear else f"{command.rate:g}/s, burst {command.burst:g}"
     click.echo(f"{limit} key {command.shown_key!r}: {done} on {acked} of {workers} worker(s)")
     if not acked:
-        _fail("no worker acknowledged")
+        fail("no worker acknowledged")
 
-
-KEYED_COMMANDS: list[click.Command] = [key_status, key_override]

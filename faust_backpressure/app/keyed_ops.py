@@ -8,9 +8,9 @@ worker follows from its beginning:
   must be on all of them) and acknowledges (``ack/keyed/<limit>/<key hex>/<worker>``); a worker
   started later reads the latest record per key, so overrides hold across restarts. It wins
   over ``limit.set_limits`` (the stored overrides), the ``limits`` function and the default.
-* ``keyed-status/<limit>/<worker>``: every :data:`STATUS_INTERVAL` seconds each worker's stats
-  of a keyed limit (counts, per-second rates, its top limited keys); ``backpressure status``
-  sums the fresh ones.
+* ``keyed-status/<limit>/<worker>``: every :data:`~.cluster.STATUS_INTERVAL` seconds each
+  worker's stats of a keyed limit (counts, per-second rates, its top limited keys);
+  ``backpressure status`` sums the fresh ones.
 
 Records are signed with the app's secret when it has one and range-checked always; a record
 that fails is counted (``rejected`` / ``ops``) and changes nothing. ``<key hex>`` is the key's
@@ -37,12 +37,11 @@ from faust_backpressure.wire.signing import (
     text,
 )
 
-__all__ = ["KEY_TYPES", "MAX_RATE", "STATUS_INTERVAL", "KeyOverrideCommand",
+__all__ = ["KEY_TYPES", "MAX_RATE", "KeyOverrideCommand",
            "KeyedStatusRecord", "override_key", "parse_key", "status_body"]
 
 MAX_RATE = 1e12  # as set-rate's
 MAX_KEY_BYTES = 1024  # a key's table form; longer ones are not keys of ours
-STATUS_INTERVAL = 5.0
 KEY_TYPES = ("str", "bytes", "int")
 
 
@@ -138,10 +137,6 @@ def status_key(limit: str, worker: str) -> bytes:
     return f"keyed-status/{limit}/{worker}".encode()
 
 
-#: Counts an older worker's status has not: 0 (their rates None) rather than the record refused.
-_NEWER = frozenset({"held_back"})
-
-
 def status_body(gate: KeyedRateLimitGate, worker: str, previous: dict[str, Any] | None,
                 now: float) -> dict[str, Any]:
     """What a worker publishes of one keyed limit: its stats, per-second rates since
@@ -185,7 +180,7 @@ class KeyedStatusRecord:
                                    "rate": number(data, "rate", 0.0, MAX_RATE),
                                    "burst": number(data, "burst", 0.0, MAX_RATE)}
         for field in KEYED_COUNTS:
-            checked[field] = int(number(data, field, 0, 1e15, optional=field in _NEWER) or 0)
+            checked[field] = int(number(data, field, 0, 1e15))
         for field in KEYED_COUNTERS:
             got = data.get(f"{field}_per_s")
             checked[f"{field}_per_s"] = (None if got is None else

@@ -27,11 +27,8 @@ from aiokafka import TopicPartition
 
 from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.app.cluster import STALE_AFTER, WorkerStatusRecord
-from faust_backpressure.app.keyed_ops import (
-    STATUS_INTERVAL,
-    KeyedStatusRecord,
-    KeyOverrideCommand,
-)
+from faust_backpressure.app.keyed_ops import KeyedStatusRecord, KeyOverrideCommand
+from faust_backpressure.app.pause import pauses
 from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
 from faust_backpressure.control.override import Override
@@ -54,8 +51,8 @@ from faust_backpressure.wire.kafka_clients import (
 from faust_backpressure.wire.signing import RejectedRecord, canonical
 from faust_backpressure.wire.topics import control_changelog, ops_topic, pressure_topic
 
-__all__ = ["GroupLag", "PartitionLag", "cluster_status", "group_lag", "input_warning",
-           "keyed_overrides", "keyed_status", "send_override", "signed_records"]
+__all__ = ["GroupLag", "PartitionLag", "breaker_state", "cluster_status", "group_lag",
+           "input_warning", "keyed_overrides", "keyed_status", "send_override", "signed_records"]
 
 
 @dataclass
@@ -186,17 +183,20 @@ async def input_warning(kafka: KafkaClientSettings | str, group: str, topics: li
     return no_commits_warning(group, topics, backlog, counted=counted)
 
 
-def signed_records(ops: dict[str, Any], prefix: str, decode: Any,
-                   secret: bytes | None) -> list[Any]:
+def signed_records(ops: dict[str, Any], prefix: str, decode: Any, secret: bytes | None, *,
+                   fresh_at: float | None = None) -> list[Any]:
     """The ops records under ``prefix`` that pass ``decode`` (the compacted topic's values
-    were written as canonical JSON, so they are re-encoded byte for byte)."""
+    were written as canonical JSON, so they are re-encoded byte for byte); with ``fresh_at``,
+    only the status records not stale then (:data:`~.cluster.STALE_AFTER`)."""
     out = []
     for key, value in ops.items():
         if key.startswith(prefix) and isinstance(value, dict):
             try:
-                out.append(decode(canonical(value), key.encode(), secret))
+                record = decode(canonical(value), key.encode(), secret)
             except (RejectedRecord, ValueError, TypeError):
                 continue
+            if fresh_at is None or fresh_at - record.at <= STALE_AFTER:
+                out.append(record)
     return out
 
 
@@ -210,8 +210,8 @@ def keyed_overrides(ops: dict[str, Any], limit: str,
 def keyed_status(bp: Installation, ops: dict[str, Any], now: float) -> list[dict[str, Any]]:
     """Each keyed limit summed over the workers whose status is fresh (3 intervals)."""
     secret = bp.settings.secret_key
-    records = [r for r in signed_records(ops, "keyed-status/", KeyedStatusRecord.decode, secret)
-               if now - r.at <= 3 * STATUS_INTERVAL]
+    records = signed_records(ops, "keyed-status/", KeyedStatusRecord.decode, secret,
+                             fresh_at=now)
     out = []
     for name, gate in sorted(bp.keyed_limits.items()):
         mine = [r.body for r in records if r.limit == name]
@@ -332,15 +332,13 @@ async def _limiter_status(kafka: KafkaClientSettings | str, name: str, state: di
 
 async def _pipelines_status(bp: Installation, kafka: KafkaClientSettings | str, app_id: str,
                             ops: dict[str, Any]) -> list[dict[str, Any]]:
-    pauses = {k.removeprefix("pause/"): v for k, v in ops.items()
-              if k.startswith("pause/") and isinstance(v, dict)}
-    now = time.time()
+    paused = pauses(ops)
     workers = [r.body["pipelines"] for r in signed_records(
-        ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key)
-        if now - r.at <= STALE_AFTER]
+        ops, "worker-status/", WorkerStatusRecord.decode, bp.settings.secret_key,
+        fresh_at=time.time())]
     pipelines = []
     for name, pipe in sorted(bp.pipelines.items()):
-        pause = pauses.get(name) or {}
+        pause = paused.get(name) or {}
         backlog = await group_lag(kafka, app_id, [pipe.source_topic_name], time_lag=False)
         pipelines.append({
             "name": name, "source": pipe.source_topic_name,
@@ -374,16 +372,24 @@ async def _credit_flows_status(bp: Installation, kafka: KafkaClientSettings | st
     return credit_flows
 
 
-def _downstream_status(name: str, ops: dict[str, Any], error_rate: float | None
-                       ) -> dict[str, Any]:
+def breaker_state(ops: dict[str, Any], name: str) -> dict[str, Any]:
+    """A downstream guard's breaker as the operators set it and its last slow-down, from the
+    ops records (``breaker status``; ``status`` without the reason)."""
     forced = ops.get(f"breaker/{name}")
     slowed = ops.get(f"downstream/{name}")
     forced = forced if isinstance(forced, dict) else {}
     slowed = slowed if isinstance(slowed, dict) else {}
-    return {"name": name, "operator": forced.get("state", "auto"), "by": forced.get("by"),
-            "last_slow_down_until": slowed.get("until"), "last_slow_down_by": slowed.get("by"),
-            "slowed_down_now": float(slowed.get("until") or 0) > time.time(),
-            "error_rate": error_rate}
+    return {"operator": forced.get("state", "auto"), "by": forced.get("by"),
+            "reason": forced.get("reason"), "last_slow_down_until": slowed.get("until"),
+            "last_slow_down_by": slowed.get("by")}
+
+
+def _downstream_status(name: str, ops: dict[str, Any], error_rate: float | None
+                       ) -> dict[str, Any]:
+    state = breaker_state(ops, name)
+    del state["reason"]
+    return {"name": name, **state, "error_rate": error_rate,
+            "slowed_down_now": float(state["last_slow_down_until"] or 0) > time.time()}
 
 
 async def send_override(kafka: KafkaClientSettings | str, app_id: str, override: Override, *,

@@ -15,94 +15,50 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal
 
 import click
 
-from faust_backpressure.app.cli_common import declared, given_app
-from faust_backpressure.app.ops import cluster_status, group_lag, send_override
-from faust_backpressure.app.pause import send_breaker, send_pause
-from faust_backpressure.app.registry import Installation, installed
-from faust_backpressure.control.override import Override, operator
-from faust_backpressure.tables.limiter_commands import (
-    CommandTimeout,
-    read_compacted,
-    send_limiter_command,
+from faust_backpressure.app.cli import (
+    acknowledged,
+    backpressure,
+    declared,
+    fail,
+    installation,
+    ops_records,
+    table,
+    timeout_option,
 )
+from faust_backpressure.app.keyed_ops import KEY_TYPES, MAX_RATE, parse_key
+from faust_backpressure.app.ops import breaker_state, cluster_status, group_lag, send_override
+from faust_backpressure.app.pause import send_breaker, send_pause
+from faust_backpressure.control.override import Override, operator
+from faust_backpressure.tables.limiter_commands import send_limiter_command
 from faust_backpressure.wire.kafka_clients import client_settings
-from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["OPS_COMMANDS"]
+__all__ = ["breaker", "emergency_stop", "lag", "pause", "reset", "restore", "resume",
+           "set_rate", "status"]
 
-_T = TypeVar("_T")
-_F = TypeVar("_F", bound=Callable[..., Any])
 _ACK_TIMEOUT = "Seconds to wait for the owner's acknowledgement."
-
-
-def _installation(ctx: click.Context) -> Installation:
-    from faust.cli.base import find_app
-
-    try:
-        return installed(find_app(given_app(ctx)))
-    except LookupError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [list(header)] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _acknowledged(bp: Installation, send: Callable[..., Coroutine[Any, Any, _T]],
-                  *args: Any, **kwargs: Any) -> _T:
-    """Run ``send(kafka, app_id, *args, secret=..., **kwargs)`` with the app's Kafka settings,
-    id and secret; exit 1 when the cluster does not acknowledge it in time."""
-    try:
-        return asyncio.run(send(client_settings(bp.app, "ops"), str(bp.app.conf.id), *args,
-                                secret=bp.settings.secret_key, **kwargs))
-    except CommandTimeout as exc:
-        _fail(str(exc))
-
-
-def _timeout(help: str | None = None) -> Callable[[_F], _F]:
-    return click.option("--timeout", type=float, default=30.0, show_default=True, help=help)
 
 
 def _acked_command(name: str, argument: str, reason: str, *options: Callable[[Any], Any]
                    ) -> Callable[[Callable[..., None]], click.Command]:
-    """``@click.command`` of an acknowledged change: ARGUMENT, ``options``, ``--reason`` (with
-    the help ``reason``) and ``--timeout``, in that order; the function gets the context."""
+    """``@backpressure.command`` of an acknowledged change: ARGUMENT, ``options``,
+    ``--reason`` (with the help ``reason``) and ``--timeout``, in that order; the function gets
+    the context."""
     def command(function: Callable[..., None]) -> click.Command:
         decorators: list[Callable[[Any], Any]] = [
-            click.pass_context, _timeout(), click.option("--reason", default="", help=reason),
+            click.pass_context, timeout_option(), click.option("--reason", default="", help=reason),
             *reversed(options), click.argument(argument)]  # innermost first, as when stacked
         for decorate in decorators:
             function = decorate(function)
-        return click.command(name=name)(function)
+        return backpressure.command(name=name)(function)
     return command
 
 
-@click.command(name="status")
+@backpressure.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--watch", type=float, default=None, metavar="SECONDS",
               help="Report again every SECONDS until interrupted (with --json: one JSON "
@@ -110,7 +66,7 @@ def _acked_command(name: str, argument: str, reason: str, *options: Callable[[An
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, watch: float | None) -> None:
     """Every limiter, control loop and pipeline of the app across all workers."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     kafka = client_settings(bp.app, "ops")
     if watch is None:
         _show_status(asyncio.run(cluster_status(bp, kafka)), as_json, indent=2)
@@ -137,13 +93,13 @@ def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> N
         click.echo(f"--- {time.strftime('%H:%M:%S', time.localtime(report['at']))}")
     click.echo(f"app {report['app']}")
     click.echo("\nlimiters")
-    click.echo(_table([[x["id"], x["rate"], x["configured_rate"], x["decided_rate"],
+    click.echo(table([[x["id"], x["rate"], x["configured_rate"], x["decided_rate"],
                         x["severity"], x["emergency"], x["utilization"], x["downstream_lag"],
                         x["workers"], x["reason"]] for x in report["limiters"]],
                       ["id", "rate/s", "configured", "decided", "severity", "emergency",
                        "util", "down-lag", "workers", "reason"]))
     click.echo("\npipelines")
-    click.echo(_table([[p["name"], p["source"], p["limiter"],
+    click.echo(table([[p["name"], p["source"], p["limiter"],
                         f"batches of {p['batch_size']}" if p.get("batch_size") else "per event",
                         _ms(p.get("batch_p99")), p["source_lag"], p["dlq"], p["dlq_records"],
                         p["paused_by"] or p["paused"]]
@@ -152,14 +108,14 @@ def _show_status(report: dict[str, Any], as_json: bool, indent: int | None) -> N
                        "dlq-records", "paused"]))
     if report["downstreams"]:
         click.echo("\ndownstream guards (each worker's page has its live breaker and limits)")
-        click.echo(_table([[d["name"], d["operator"], d["by"], d["slowed_down_now"],
+        click.echo(table([[d["name"], d["operator"], d["by"], d["slowed_down_now"],
                             d["last_slow_down_by"], d["error_rate"]]
                            for d in report["downstreams"]],
                           ["name", "breaker (operator)", "by", "slowed down now",
                            "last slow-down by", "error rate"]))
     if report["credit_flows"]:
         click.echo("\ncredit flows")
-        click.echo(_table([[f["name"], f["window"], f["downstream_group"],
+        click.echo(table([[f["name"], f["window"], f["downstream_group"],
                             f["downstream_lag"], f["credits"]] for f in report["credit_flows"]],
                           ["name", "window", "downstream", "down-lag", "credits"]))
     if report["keyed"]:
@@ -176,7 +132,7 @@ def _ms(seconds: float | None) -> str | None:
 
 def _keyed_table(keyed: list[dict[str, Any]]) -> None:
     click.echo("\nkeyed limits (rate and burst per key; counts summed over the workers)")
-    click.echo(_table([[k["name"], k["agent"], k["on_limit"], k["rate"], k["burst"],
+    click.echo(table([[k["name"], k["agent"], k["on_limit"], k["rate"], k["burst"],
                         k["workers"], k["keys_tracked"], k["keys_limited"],
                         k["deferred_backlog"], k["admitted_per_s"], k["deferred_per_s"],
                         k["readmitted_per_s"], k["held_back_per_s"], k["shed_per_s"],
@@ -194,19 +150,19 @@ def _keyed_table(keyed: list[dict[str, Any]]) -> None:
 
 def _command(ctx: click.Context, limiter_id: str, kind: Literal["update_rate", "reset"],
              rate: float | None, timeout: float) -> None:
-    ack = _acknowledged(_installation(ctx), send_limiter_command, limiter_id, kind, rate=rate,
+    ack = acknowledged(installation(ctx), send_limiter_command, limiter_id, kind, rate=rate,
                         timeout=timeout)
     click.echo(f"{limiter_id}: {'rate set' if kind == 'update_rate' else 'reset'}, "
                f"acknowledged by its owner (epoch {ack.epoch}, rate {ack.rate:g}/s)")
 
 
-@click.command(name="set-rate")
+@backpressure.command(name="set-rate")
 @click.argument("limiter_id")
-@click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=1e12), required=False)
-@_timeout(_ACK_TIMEOUT)
+@click.argument("rate", type=click.FloatRange(min=0, min_open=True, max=MAX_RATE), required=False)
+@timeout_option(_ACK_TIMEOUT)
 @click.option("--key", default=None,
               help="A keyed limit: set this key's own rate (LIMITER_ID is the keyed limit).")
-@click.option("--key-type", type=click.Choice(["str", "bytes", "int"]), default="str",
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="str",
               help="With --key: how the limit's key function returns keys (default str).")
 @click.option("--burst", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --key: burst capacity (default: one second of RATE).")
@@ -218,39 +174,39 @@ def set_rate(ctx: click.Context, limiter_id: str, rate: float | None, timeout: f
     """Set a distributed limiter's shared rate (persisted; a control loop may change it
     again at its next decision), or with --key one key's rate of a keyed limit."""
     if key is not None:
-        set_keyed_rate(ctx, limiter_id, rate, key, key_type, burst, clear)
+        _set_keyed_rate(ctx, limiter_id, rate, key, key_type, burst, clear)
         return
     if rate is None:
         raise click.UsageError("give RATE")
     _command(ctx, limiter_id, "update_rate", rate, timeout)
 
 
-@click.command(name="reset")
+@backpressure.command(name="reset")
 @click.argument("limiter_id")
-@_timeout(_ACK_TIMEOUT)
+@timeout_option(_ACK_TIMEOUT)
 @click.pass_context
 def reset(ctx: click.Context, limiter_id: str, timeout: float) -> None:
     """Refill a distributed limiter's bucket and clear its counters (the rate is kept)."""
     _command(ctx, limiter_id, "reset", None, timeout)
 
 
-@click.command(name="lag")
+@backpressure.command(name="lag")
 @click.argument("group")
 @click.option("--topic", "topics", multiple=True, help="Only these topics (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.pass_context
 def lag(ctx: click.Context, group: str, topics: tuple[str, ...], as_json: bool) -> None:
     """Per-partition lag and time-lag (seconds behind) of any consumer group."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     result = asyncio.run(group_lag(client_settings(bp.app, "ops"), group,
                                    list(topics) or None))
     if not result.partitions:
-        _fail(f"group {group!r} has no committed offsets" + (
+        fail(f"group {group!r} has no committed offsets" + (
             f" on {', '.join(topics)}" if topics else ""))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    click.echo(_table([[p.topic, p.partition, p.committed, p.end, p.lag, p.time_lag]
+    click.echo(table([[p.topic, p.partition, p.committed, p.end, p.lag, p.time_lag]
                        for p in result.partitions],
                       ["topic", "partition", "committed", "end", "lag", "time-lag s"]))
     click.echo(f"total lag {result.total:,}; oldest unprocessed record "
@@ -258,14 +214,14 @@ def lag(ctx: click.Context, group: str, topics: tuple[str, ...], as_json: bool) 
 
 
 @_acked_command("emergency-stop", "limiter_id", "Why (kept in the audit trail).",
-                click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e12),
+                click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=MAX_RATE),
                              default=None, help="Hold at this rate (default: the control "
                              "loop's emergency rate)."))
 def emergency_stop(ctx: click.Context, limiter_id: str, rate: float | None, reason: str,
                    timeout: float) -> None:
     """Hold a limiter at its emergency rate (or --rate) until `restore`: wins over the
     control loop, persisted, an event on the control topic."""
-    state = _acknowledged(_installation(ctx), send_override,
+    state = acknowledged(installation(ctx), send_override,
                           Override.hold(limiter_id, rate=rate, by=operator(), reason=reason),
                           timeout=timeout)
     held = state.get("override") or {}
@@ -276,7 +232,7 @@ def emergency_stop(ctx: click.Context, limiter_id: str, rate: float | None, reas
 @_acked_command("restore", "limiter_id", "Why (kept in the audit trail).")
 def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) -> None:
     """Release an operator hold: the control loop decides the rate again."""
-    state = _acknowledged(_installation(ctx), send_override,
+    state = acknowledged(installation(ctx), send_override,
                           Override.release(limiter_id, by=operator(), reason=reason),
                           timeout=timeout)
     click.echo(f"{limiter_id}: released; the control loop decides again (from "
@@ -285,9 +241,9 @@ def restore(ctx: click.Context, limiter_id: str, reason: str, timeout: float) ->
 
 def _pause(ctx: click.Context, pipeline: str, paused: bool, reason: str,
            timeout: float) -> None:
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("pipeline", pipeline, bp.pipelines)
-    acked, workers = _acknowledged(bp, send_pause, pipeline, paused=paused, by=operator(),
+    acked, workers = acknowledged(bp, send_pause, pipeline, paused=paused, by=operator(),
                                    reason=reason, timeout=timeout)
     click.echo(f"pipeline {pipeline}: {'paused' if paused else 'resumed'} on {acked} of "
                f"{workers} worker(s)")
@@ -305,57 +261,42 @@ def resume(ctx: click.Context, pipeline: str, reason: str, timeout: float) -> No
     _pause(ctx, pipeline, False, reason, timeout)
 
 
-@click.command(name="breaker")
+@backpressure.command(name="breaker")
 @click.argument("action", type=click.Choice(["open", "close", "auto", "status"]))
 @click.argument("dependency")
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
-@_timeout("Seconds to wait for every worker's acknowledgement.")
+@timeout_option("Seconds to wait for every worker's acknowledgement.")
 @click.pass_context
 def breaker(ctx: click.Context, action: str, dependency: str, reason: str,
             timeout: float) -> None:
     """Force a downstream guard's circuit breaker open (calls wait) or closed (calls pass) on
     every worker, give it back to automatic, or show the operator's state and the last
     slow-down."""
-    bp = _installation(ctx)
+    bp = installation(ctx)
     declared("downstream", dependency, bp.downstreams)
     if action == "status":
-        states = asyncio.run(read_compacted(client_settings(bp.app, "ops"),
-                                            ops_topic(str(bp.app.conf.id))))
-        forced = states.get(f"breaker/{dependency}") or {}
-        slowed = states.get(f"downstream/{dependency}") or {}
         click.echo(json.dumps({"dependency": dependency,
-                               "operator": forced.get("state", "auto"),
-                               "by": forced.get("by"), "reason": forced.get("reason"),
-                               "last_slow_down_until": slowed.get("until"),
-                               "last_slow_down_by": slowed.get("by")}, indent=2))
+                               **breaker_state(ops_records(bp), dependency)}, indent=2))
         return
-    acked, workers = _acknowledged(bp, send_breaker, dependency, state=action, by=operator(),
-                                   reason=reason, timeout=timeout)
+    acked, workers = acknowledged(bp, send_breaker, dependency, state=action, by=operator(),
+                                  reason=reason, timeout=timeout)
     click.echo(f"breaker {dependency}: {action} on {acked} of {workers} worker(s)")
 
 
-OPS_COMMANDS: list[click.Command] = [status, set_rate, reset, lag, emergency_stop, restore,
-                                     pause, resume, breaker]
-
-
-def set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,
+def _set_keyed_rate(ctx: click.Context, limit: str, rate: float | None, key: str, key_type: str,
                    burst: float | None, clear: bool) -> None:
     """Store one key's rate (and burst) for a keyed limit; every worker reads it."""
-    from faust.cli.base import find_app
-
-    given = given_app(ctx, "set-rate")
+    bp = installation(ctx)
     if rate is None and not clear:
         raise click.UsageError("give RATE, or --clear")
-    app: Any = find_app(given)
-    bp = installed(app)
     declared("keyed limit", limit, bp.keyed_limits)
-    typed: Any = key.encode() if key_type == "bytes" else int(key) if key_type == "int" else key
 
     async def store() -> None:
         try:
-            await bp.keyed_limits[limit].set_limits(typed, None if clear else rate, burst)
+            await bp.keyed_limits[limit].set_limits(parse_key(key, key_type),
+                                                    None if clear else rate, burst)
         finally:
-            await app.producer.stop()
+            await bp.app.producer.stop()
 
     asyncio.run(store())
     click.echo(f"{limit} {key}: " + ("cleared" if clear else f"{rate:g}/s, burst "

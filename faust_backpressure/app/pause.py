@@ -20,13 +20,20 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
 from mode import Service
 
-from faust_backpressure.app.cluster import ClusterView, WorkerStatusRecord
+from faust_backpressure.app.cluster import (
+    STATUS_INTERVAL,
+    ClusterView,
+    WorkerStatusRecord,
+    worker_body,
+    worker_key,
+)
 from faust_backpressure.app.downstream_ops import (
     BreakerCommand,
     FailingRecord,
@@ -35,7 +42,6 @@ from faust_backpressure.app.downstream_ops import (
     SlowDownRecord,
 )
 from faust_backpressure.app.keyed_ops import (
-    STATUS_INTERVAL,
     KeyedStatusRecord,
     KeyOverrideCommand,
     status_body,
@@ -43,7 +49,8 @@ from faust_backpressure.app.keyed_ops import (
 )
 from faust_backpressure.app.registry import Installation
 from faust_backpressure.faust_seam import send_control
-from faust_backpressure.tables.limiter_commands import CommandTimeout, read_compacted
+from faust_backpressure.tables.limiter_commands import CommandTimeout
+from faust_backpressure.tables.service import find_channel
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
     kafka_admin,
@@ -62,14 +69,15 @@ from faust_backpressure.wire.signing import (
 )
 from faust_backpressure.wire.topics import ops_topic
 
-__all__ = ["PauseCommand", "install_pause_control", "pause_states",
+__all__ = ["PauseCommand", "install_pause_control", "pauses",
            "send_acknowledged", "send_breaker", "send_key_override", "send_pause",
            "worker_name"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds a stopping worker gives each keyed-status tombstone (see _publish_keyed).
-TOMBSTONE_TIMEOUT = 2.0
+#: Seconds a status record or tombstone may take to send: while the worker stops the producer
+#: may never deliver, and an unbounded send once held the app's stop for good.
+SEND_TIMEOUT = 2.0
 
 
 def worker_name() -> str:
@@ -116,11 +124,13 @@ class PauseCommand:
 class _OpsFollower(Service):
     """On a worker: follows the ops topic: pauses/resumes its pipelines, slows down and
     forces the breakers of its downstream guards, overrides keys of its keyed limits,
-    acknowledges commands; publishes its keyed limits' status; keeps every worker's summary
-    (the cluster view, :mod:`.cluster`)."""
+    acknowledges commands; publishes its summary and its keyed limits' status; keeps every
+    worker's summary (the cluster view, :mod:`.cluster`)."""
 
-    def __init__(self, bp: Installation, **kwargs: Any) -> None:
+    def __init__(self, bp: Installation, snapshot: Callable[[Installation], dict[str, Any]],
+                 **kwargs: Any) -> None:
         self.bp = bp
+        self.snapshot = snapshot
         self.worker = worker_name()
         self.cluster = ClusterView()
         self._acked: set[str] = set()
@@ -140,33 +150,42 @@ class _OpsFollower(Service):
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         self.add_future(self._follow(consumer))
-        if self.bp.keyed_limits:
-            self.add_future(self._publish_keyed())
+        self.add_future(self._publish_status())
 
-    async def _publish_keyed(self) -> None:
-        """Each keyed limit's stats on the ops topic, every STATUS_INTERVAL s (for status)."""
-        topic = ops_topic(self.bp.app.conf.id)
+    async def _publish_status(self) -> None:
+        """Every STATUS_INTERVAL s on the ops topic: each keyed limit's stats (for
+        ``status``) and this worker's summary (for every worker's cluster view)."""
+        secret = self.bp.settings.secret_key
         last: dict[str, dict[str, Any]] = {}
         try:
             while not self.should_stop:
                 try:
                     for name, gate in self.bp.keyed_limits.items():
-                        body = status_body(gate, self.worker, last.get(name), time.time())
-                        last[name] = body
-                        await send_control(self.bp.app, topic, status_key(name, self.worker),
-                                           KeyedStatusRecord.encode(
-                                               body, self.bp.settings.secret_key))
-                except Exception:  # a broker hiccup: never the worker's end, try again later
-                    log.warning("keyed status not published", exc_info=True)
+                        last[name] = status_body(gate, self.worker, last.get(name), time.time())
+                        await self._send(status_key(name, self.worker),
+                                         KeyedStatusRecord.encode(last[name], secret))
+                    await self._send(worker_key(self.worker),
+                                     WorkerStatusRecord.encode(self._summary(), secret))
+                except Exception:  # a broker hiccup: never the worker's end; stale, then fresh
+                    log.warning("status not published", exc_info=True)
                 await self.sleep(STATUS_INTERVAL)
-        finally:  # gone: a tombstone, so that the compacted topic forgets this worker
-            # Best effort, bounded: readers skip stale entries anyway, and while the worker
-            # stops the producer may never deliver (an unbounded send here hung app.stop()).
+        finally:  # gone: tombstones, so that the compacted topic forgets this worker's keyed
+            # status (best effort: readers skip stale entries anyway)
             with contextlib.suppress(Exception):
                 for name in self.bp.keyed_limits:
-                    await asyncio.wait_for(send_control(
-                        self.bp.app, topic, status_key(name, self.worker), None),
-                        TOMBSTONE_TIMEOUT)
+                    await self._send(status_key(name, self.worker), None)
+
+    def _summary(self) -> dict[str, Any]:
+        channel = find_channel(self.bp.app)
+        conf = self.bp.app.conf
+        web = f"{conf.canonical_url}".rstrip("/") + "/backpressure/ui" if conf.web_enabled \
+            else None
+        return worker_body(self.snapshot(self.bp), self.worker,
+                           set() if channel is None else set(channel.owned), web, time.time())
+
+    async def _send(self, key: bytes, value: bytes | None) -> None:
+        await asyncio.wait_for(send_control(self.bp.app, ops_topic(self.bp.app.conf.id), key,
+                                            value), SEND_TIMEOUT)
 
     async def _follow(self, consumer: Any) -> None:
         try:
@@ -180,29 +199,15 @@ class _OpsFollower(Service):
                 await consumer.stop()
 
     async def _dispatch(self, key: bytes, value: bytes | None) -> None:
+        kind, slash, _ = key.partition(b"/")
+        handle = {b"pause": self._apply, b"downstream": self._slow_down,
+                  b"quota": self._quota_report, b"recovered": self._recovered,
+                  b"failing": self._failing, b"breaker": self._force,
+                  b"keyed": self._override_key, b"worker-status": self._worker_status,
+                  }.get(kind) if slash else None  # others (acks, keyed status): not ours
         try:
-            if key.startswith(b"pause/"):
-                await self._apply(PauseCommand.decode(value, key, self.bp.settings.secret_key))
-            elif key.startswith(b"downstream/"):
-                self._slow_down(value, key)
-            elif key.startswith(b"quota/"):
-                self._quota_report(value, key)
-            elif key.startswith(b"recovered/"):
-                self._recovered(value, key)
-            elif key.startswith(b"failing/"):
-                self._failing(value, key)
-            elif key.startswith(b"breaker/"):
-                await self._force(BreakerCommand.decode(value, key,
-                                                        self.bp.settings.secret_key))
-            elif key.startswith(b"keyed/"):
-                await self._override_key(KeyOverrideCommand.decode(
-                    value, key, self.bp.settings.secret_key))
-            elif key.startswith(b"worker-status/"):
-                if value is None:
-                    self.cluster.forget(key.decode(errors="replace").partition("/")[2])
-                else:
-                    self.cluster.update(WorkerStatusRecord.decode(
-                        value, key, self.bp.settings.secret_key))
+            if handle is not None:
+                await handle(value, key)
         except RejectedRecord as exc:
             self.rejections.count(exc)
             log.warning("ops record %r rejected: %s", key[:80], exc.reason)
@@ -210,7 +215,13 @@ class _OpsFollower(Service):
             # crashed follower takes its worker down with it)
             log.exception("ops record %r not applied", key[:80])
 
-    async def _apply(self, command: PauseCommand) -> None:
+    def _news(self, kind: Any, value: bytes | None, key: bytes, **limits: Any) -> Any:
+        """A downstream guard's news (``kind``), checked against this worker's clock."""
+        return kind.decode(value, key, self.bp.settings.secret_key, now=time.time(),
+                           max_skew=self.bp.settings.max_clock_skew, **limits)
+
+    async def _apply(self, value: bytes | None, key: bytes) -> None:
+        command = PauseCommand.decode(value, key, self.bp.settings.secret_key)
         pipeline = self.bp.pipelines.get(command.pipeline)
         if pipeline is None:
             return
@@ -218,54 +229,52 @@ class _OpsFollower(Service):
             pipeline.pause({"by": command.by, "at": command.at, "reason": command.reason})
         else:
             pipeline.resume()
-        await self._ack(command.command_id, f"{command.pipeline}", {"paused": command.paused},
+        await self._ack(command, command.pipeline, {"paused": command.paused},
                         f"pipeline {command.pipeline} "
-                        f"{'paused' if command.paused else 'resumed'} by {command.by}"
-                        f"{f': {command.reason}' if command.reason else ''}")
+                        f"{'paused' if command.paused else 'resumed'}")
 
-    def _slow_down(self, value: bytes | None, key: bytes) -> None:
-        name = key.decode(errors="replace").removeprefix("downstream/")
-        guard = self.bp.downstreams.get(name)
-        if guard is None:
-            return
-        record = SlowDownRecord.decode(value, key, self.bp.settings.secret_key,
-                                       now=time.time(), max_pause=guard.max_retry_after,
-                                       max_skew=self.bp.settings.max_clock_skew)
-        guard.pause_until(record.until, source=f"from {record.by}")
+    async def _slow_down(self, value: bytes | None, key: bytes) -> None:
+        guard = self.bp.downstreams.get(key.decode(errors="replace").removeprefix("downstream/"))
+        if guard is not None:
+            record = self._news(SlowDownRecord, value, key, max_pause=guard.max_retry_after)
+            guard.pause_until(record.until, source=f"from {record.by}")
 
-    def _recovered(self, value: bytes | None, key: bytes) -> None:
-        record = RecoveredRecord.decode(value, key, self.bp.settings.secret_key,
-                                        now=time.time(),
-                                        max_skew=self.bp.settings.max_clock_skew)
+    async def _recovered(self, value: bytes | None, key: bytes) -> None:
+        record = self._news(RecoveredRecord, value, key)
         guard = self.bp.downstreams.get(record.dependency)
         if guard is not None:
             guard.recovered_at(record.at, source=f"from {record.by}")
 
-    def _failing(self, value: bytes | None, key: bytes) -> None:
-        record = FailingRecord.decode(value, key, self.bp.settings.secret_key, now=time.time(),
-                                      max_skew=self.bp.settings.max_clock_skew)
+    async def _failing(self, value: bytes | None, key: bytes) -> None:
+        record = self._news(FailingRecord, value, key)
         guard = self.bp.downstreams.get(record.dependency)
         if guard is not None and record.by != self.worker:  # its own: it knows
             guard.failing_until(record.at, record.until, source=f"from {record.by}")
 
-    def _quota_report(self, value: bytes | None, key: bytes) -> None:
-        report = QuotaReport.decode(value, key, self.bp.settings.secret_key, now=time.time(),
-                                    max_skew=self.bp.settings.max_clock_skew)
+    async def _quota_report(self, value: bytes | None, key: bytes) -> None:
+        report = self._news(QuotaReport, value, key)
         guard = self.bp.downstreams.get(report.dependency)
         if guard is not None and guard.quota is not None:
             guard.quota.report(report.by, report.episode, report.served, report.whole)
 
-    async def _force(self, command: BreakerCommand) -> None:
+    async def _worker_status(self, value: bytes | None, key: bytes) -> None:
+        if value is None:  # a tombstone: that worker is gone
+            self.cluster.forget(key.decode(errors="replace").partition("/")[2])
+        else:
+            self.cluster.update(WorkerStatusRecord.decode(value, key,
+                                                          self.bp.settings.secret_key))
+
+    async def _force(self, value: bytes | None, key: bytes) -> None:
+        command = BreakerCommand.decode(value, key, self.bp.settings.secret_key)
         guard = self.bp.downstreams.get(command.dependency)
         if guard is None:
             return
         guard.force(command.state)
-        await self._ack(command.command_id, f"breaker/{command.dependency}",
-                        {"state": command.state},
-                        f"breaker {command.dependency} set to {command.state} by "
-                        f"{command.by}{f': {command.reason}' if command.reason else ''}")
+        await self._ack(command, f"breaker/{command.dependency}", {"state": command.state},
+                        f"breaker {command.dependency} set to {command.state}")
 
-    async def _override_key(self, command: KeyOverrideCommand) -> None:
+    async def _override_key(self, value: bytes | None, key: bytes) -> None:
+        command = KeyOverrideCommand.decode(value, key, self.bp.settings.secret_key)
         gate = self.bp.keyed_limits.get(command.limit)
         if gate is None:
             return
@@ -276,33 +285,37 @@ class _OpsFollower(Service):
             gate.operator_limits[command.key] = limits
         done = ("cleared" if limits is None else
                 f"set to {limits.tokens_per_second:g}/s, burst {limits.burst_capacity:g}")
-        await self._ack(command.command_id, f"keyed/{command.limit}/{command.key.hex()}",
+        await self._ack(command, f"keyed/{command.limit}/{command.key.hex()}",
                         {"rate": command.rate, "burst": command.burst},
-                        f"keyed limit {command.limit}: key {command.shown_key!r} {done} by "
-                        f"{command.by}{f': {command.reason}' if command.reason else ''}")
+                        f"keyed limit {command.limit}: key {command.shown_key!r} {done}")
 
-    async def _ack(self, command_id: str, subject: str, extra: dict[str, Any],
-                   what: str) -> None:
-        if command_id in self._acked:  # read again from the start: applied, not announced
+    async def _ack(self, command: PauseCommand | BreakerCommand | KeyOverrideCommand,
+                   subject: str, extra: dict[str, Any], done: str) -> None:
+        """Log what an operator's ``command`` did (``done``, by whom, why), once, and
+        acknowledge it as ``ack/<subject>/<worker>``."""
+        if command.command_id in self._acked:  # read again from the start: applied, not news
             return
-        self._acked.add(command_id)
-        log.warning("%s", what)
-        ack = json.dumps({"type": "pause-ack", "id": command_id, "worker": self.worker,
+        self._acked.add(command.command_id)
+        log.warning("%s by %s%s", done, command.by,
+                    f": {command.reason}" if command.reason else "")
+        ack = json.dumps({"type": "pause-ack", "id": command.command_id, "worker": self.worker,
                           **extra}).encode()
         await send_control(self.bp.app, ops_topic(self.bp.app.conf.id),
                            f"ack/{subject}/{self.worker}".encode(), ack)
 
 
-def install_pause_control(bp: Installation) -> None:
+def install_pause_control(bp: Installation,
+                          snapshot: Callable[[Installation], dict[str, Any]]) -> None:
     """Follow the ops topic on every worker of an app that uses the library (pipelines,
     gates, limiters, control loops, downstream guards or keyed limits): pause/resume,
-    slow-downs, breaker commands, key overrides, and the cluster view's summaries."""
+    slow-downs, breaker commands, key overrides, and the cluster view's summaries (this
+    worker's made of its page's ``snapshot(bp)``)."""
     app = bp.app
 
     async def fbp_pause_control() -> None:
         if (bp.pipelines or bp.downstreams or bp.keyed_limits or bp.all_gates()
                 or bp.registered_limiters or bp.control_loops):
-            bp.ops_follower = _OpsFollower(bp)
+            bp.ops_follower = _OpsFollower(bp, snapshot)
             await app.add_runtime_dependency(bp.ops_follower)
 
     app.task(fbp_pause_control)
@@ -382,8 +395,8 @@ async def send_acknowledged(kafka: KafkaClientSettings | str, app_id: str, key: 
                              f"within {timeout:g} s")
 
 
-async def pause_states(kafka: KafkaClientSettings | str, app_id: str) -> dict[str, Any]:
-    """Latest pause record per pipeline (for ``status``)."""
-    states = await read_compacted(kafka, ops_topic(app_id))
-    return {k.removeprefix("pause/"): v for k, v in states.items()
+def pauses(ops: dict[str, Any]) -> dict[str, Any]:
+    """The latest pause record per pipeline among the ops topic's records."""
+    return {k.removeprefix("pause/"): v for k, v in ops.items()
             if k.startswith("pause/") and isinstance(v, dict)}
+

@@ -7,7 +7,8 @@ The installer registers itself here (the app layer's part of the app's context, 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from faust.types import AppT
 
@@ -19,8 +20,12 @@ from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.faust_seam import Slot, context_of, find_context
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.tables import DistributedRateLimiter
+from faust_backpressure.wire.kafka_clients import client_settings
 
-__all__ = ["INSTALLATION", "Installation", "configured_rate", "installed", "register"]
+__all__ = ["INSTALLATION", "Installation", "configured_rate", "installed", "on_cluster",
+           "register"]
+
+_T = TypeVar("_T")
 
 
 class Installation(Protocol):
@@ -70,3 +75,11 @@ def configured_rate(limiter: RateLimitingStrategy | None) -> float | None:
     if isinstance(limiter, DistributedRateLimiter):
         return float(limiter.config.rate)
     return None
+
+
+async def on_cluster(bp: Installation, send: Callable[..., Coroutine[Any, Any, _T]],
+                     *args: Any, **kwargs: Any) -> _T:
+    """``send(kafka, app_id, *args, secret=..., **kwargs)`` with the app's Kafka settings, id
+    and secret: how the commands and the admin API send every operator command."""
+    return await send(client_settings(bp.app, "ops"), str(bp.app.conf.id), *args,
+                      secret=bp.settings.secret_key, **kwargs)

@@ -9,9 +9,7 @@ series labelled with the app id; scrape each worker (counts are per process).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Iterable
@@ -25,20 +23,13 @@ from faust_backpressure.agents.downstream import LATENCY_BUCKETS, DownstreamStat
 from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
 from faust_backpressure.agents.pipeline import PipelineStats
 from faust_backpressure.app.admin_api import register_admin
-from faust_backpressure.app.cluster import WorkerStatusRecord, worker_body, worker_key
 from faust_backpressure.app.dashboard import history_of, register_dashboard
-from faust_backpressure.app.keyed_ops import STATUS_INTERVAL
-from faust_backpressure.app.pause import TOMBSTONE_TIMEOUT
 from faust_backpressure.app.registry import Installation, configured_rate
 from faust_backpressure.control.loop import ControlLoop
-from faust_backpressure.faust_seam import send_control, source_backlog
+from faust_backpressure.faust_seam import source_backlog
 from faust_backpressure.limiters import RateLimiterStats, RateLimitingStrategy
-from faust_backpressure.tables.service import find_channel
-from faust_backpressure.wire.topics import ops_topic
 
 __all__ = ["register_views", "render_prometheus", "snapshot"]
-
-log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
@@ -328,24 +319,3 @@ def register_views(bp: Installation) -> None:
 
     register_dashboard(bp, snapshot)  # /backpressure/ui
     register_admin(bp)  # POST /backpressure/api/..., behind the admin_token setting
-
-    @bp.app.timer(STATUS_INTERVAL, name="fbp_worker_status")
-    async def fbp_worker_status() -> None:
-        """This worker's summary for every worker's cluster view (see .cluster)."""
-        follower = bp.ops_follower
-        if follower is None or follower.should_stop or bp.app.should_stop:
-            return  # no ops topic (the app uses nothing of the library), or stopping
-        channel = find_channel(bp.app)
-        conf = bp.app.conf
-        web = f"{conf.canonical_url}".rstrip("/") + "/backpressure/ui" if conf.web_enabled \
-            else None
-        body = worker_body(snapshot(bp), follower.worker,
-                           set() if channel is None else set(channel.owned), web, time.time())
-        try:
-            # bounded: while the worker stops, a send may never complete, and an unbounded
-            # one here held the app's stop for good (as it once did for the keyed status)
-            await asyncio.wait_for(send_control(
-                bp.app, ops_topic(conf.id), worker_key(follower.worker),
-                WorkerStatusRecord.encode(body, bp.settings.secret_key)), TOMBSTONE_TIMEOUT)
-        except Exception:  # a broker hiccup: never the worker's end; stale, then fresh again
-            log.warning("worker status not published", exc_info=True)

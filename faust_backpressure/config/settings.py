@@ -138,22 +138,17 @@ def _parse(type_name: Any, raw: str) -> Any:
     reports it with the setting's constraint (one error message per setting)."""
     text = raw.strip()
     kind = str(type_name)
-    if kind.startswith("int"):
-        if kind.endswith("None") and text.lower() in ("", "none"):
-            return None
-        try:
-            return int(text)
-        except ValueError:
-            return raw
-    if kind.startswith("str") and kind.endswith("None"):
+    optional = kind.endswith("None")
+    if kind.startswith("str") and optional:
         return text or None  # FAUST_BP_SECRET= (empty) means no secret
-    if kind.startswith("float"):
-        if kind.endswith("None") and text.lower() in ("", "none"):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            return raw
+    for number in (int, float):
+        if kind.startswith(number.__name__):
+            if optional and text.lower() in ("", "none"):
+                return None
+            try:
+                return number(text)
+            except ValueError:
+                return raw
     return text
 
 
@@ -177,10 +172,10 @@ def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
     number("retry_backoff_max", 0, strict=False)
     number("replay_rate", 0, strict=True)
     number("max_clock_skew", 0, strict=True)
-    if s.secret is not None and (not isinstance(s.secret, str) or not s.secret):
-        raise ValueError(f"{name('secret')} must be a non-empty string or unset")
-    if s.admin_token is not None and (not isinstance(s.admin_token, str) or not s.admin_token):
-        raise ValueError(f"{name('admin_token')} must be a non-empty string or unset")
+    for field in ("secret", "admin_token"):
+        value = getattr(s, field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name(field)} must be a non-empty string or unset")
     if s.max_lag_seconds is not None:
         number("max_lag_seconds", 0, strict=True)
     if s.control_policy not in CONTROL_POLICIES:

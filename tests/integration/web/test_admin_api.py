@@ -15,13 +15,15 @@ import faust
 import pytest
 
 from faust_backpressure.app import Backpressure
-from faust_backpressure.app.pause import pause_states
+from faust_backpressure.app.pause import pauses
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.limiters import TokenBucketRateLimiter
+from faust_backpressure.tables.limiter_commands import read_compacted
 from faust_backpressure.testing.broker import free_port
 from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
+from faust_backpressure.wire.topics import ops_topic
 from tests.integration.web.browser import CHROMIUM, chromium
 
 pytestmark = pytest.mark.kafka
@@ -89,7 +91,7 @@ async def test_write_endpoints_need_the_admin_token(
         assert now["pipelines"]["price"]["paused"] is False
         assert now["control"]["orders"]["override"] is None
         assert now["limiters"]["price-api"]["rate"] == 100
-        assert await pause_states(kafka_bootstrap, app.conf.id) == {}
+        assert pauses(await read_compacted(kafka_bootstrap, ops_topic(app.conf.id))) == {}
 
         # bad bodies: 400 / 404, nothing sent
         assert (await post("set-rate", {"limiter": "price-api", "rate": -1}))[0] == 400

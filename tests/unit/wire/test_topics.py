@@ -15,7 +15,7 @@ import faust
 import pytest
 from click.testing import CliRunner
 
-from faust_backpressure.app import Backpressure, acls, cli, ops, pause
+from faust_backpressure.app import Backpressure, acls, cli, ops
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.control.override import Override
 from faust_backpressure.tables import DistributedRateLimiterFactory, limiter_commands
@@ -98,11 +98,11 @@ def test_the_operator_commands_read_and_write_the_pinned_topics(
         read.append(topic)
         return {}
 
-    for module in (limiter_commands, pause, ops):
+    for module in (limiter_commands, cli, ops):
         monkeypatch.setattr(module, "read_compacted", read_compacted)
     monkeypatch.setattr(ops, "_recent_samples", no_samples)
     asyncio.run(limiter_commands.read_limiter_states("kafka:9092", APP))
-    asyncio.run(pause.pause_states("kafka:9092", APP))
+    cli.ops_records(bp)  # key-status, key-override --list, breaker status
     asyncio.run(ops.cluster_status(bp, "kafka:9092"))
     assert sorted(read) == sorted(["orders-fbp-limiters-changelog", "orders-fbp-ops",
                                    "orders-fbp-limiters-changelog",
