@@ -16,11 +16,20 @@ in the heap again, until its shifted time. The gate keeps a reference to its mes
 offset is not committed while it waits. While a key has records held so, its later ones (by
 deferral offset) back from the deferral topic are held behind them (:meth:`Deferrals.due`):
 each key still passes in order, whatever order the heap released them in.
+
+Under exactly_once a partition's records go back in offset order (:class:`_OffsetOrder`),
+and none is held in the heap again (the gate waits for it in the stream instead). A record's
+outputs commit in its partition's transaction with the offsets acked so far, which stop
+below any record still held: one handed back ahead of an earlier one had its outputs
+committed while its offset was not, and after a crash it ran again (duplicates in a SIGKILL
+test, `tests/integration/agents/test_keyed_batch_kill.py`). The cost: a record due later
+holds back its partition's later records that are due sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import logging
@@ -63,18 +72,27 @@ class Deferrals:
         #: offsets (the key's order) and the times they are held until
         self._held: dict[Any, Hashable] = {}
         self._held_keys: dict[Hashable, dict[Any, tuple[int, float]]] = {}
+        self._order: _OffsetOrder | None = None  # exactly_once: see the module's doc
 
     def _open(self) -> list[tuple[float, int, Any]]:
         self._heap = []
         self._wake = asyncio.Event()
+        in_transaction = bool(getattr(self.app, "in_transaction", False))  # Faust's App
+        self._order = _OffsetOrder() if in_transaction else None
         return self._heap
 
     def _push(self, due: float, event: Any) -> None:
         assert self._heap is not None
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, event))
-        self.backlog = len(self._heap)
+        if self._order is not None:
+            self._order.arrived(event.message)
+        self._count()
         self._wake.set()
+
+    def _count(self) -> None:
+        parked = self._order.parked_count() if self._order is not None else 0
+        self.backlog = len(self._heap or ()) + parked
 
     async def run(self, stream: StreamT[Any]) -> None:
         """The agent: read the deferral topic without acking, keep the records in the heap."""
@@ -115,7 +133,7 @@ class Deferrals:
         ``due``; False if the agent is not running here (then the stream must wait). A
         reference is kept on its message: the stream's ack (a ``Skip``) is then not the last,
         so its offset is not committed while it is held."""
-        if self._heap is None:
+        if self._heap is None or self._order is not None:
             return False
         message = event.message
         message.incref()
@@ -126,7 +144,8 @@ class Deferrals:
         return True
 
     def _let_all_go(self, heap: list[tuple[float, int, Any]]) -> None:
-        for _, _, held in heap:  # see the module's doc: re-read after the rebalance
+        parked = self._order.clear() if self._order is not None else []
+        for held in [*(event for _, _, event in heap), *parked]:  # re-read after the rebalance
             let_go(self.app, held.message)
         heap.clear()
         for message in list(self._handed_back):
@@ -149,21 +168,63 @@ class Deferrals:
             now = self.clock()
             if heap and heap[0][0] <= now and target is not None:
                 _, _, event = heapq.heappop(heap)
-                self.backlog = len(heap)
-                message = event.message
-                if TP(message.topic, message.partition) in consumer.assignment():
-                    try:
-                        await redeliver(target, message)
-                    except Exception:  # broad: any failure must not kill the releaser;
-                        # the record stays un-acked, so it is read again later
-                        log.exception("keyed limit %s: cannot hand back %s[%d]@%d", self.name,
-                                      message.topic, message.partition, message.offset)
-                        continue
-                    event.ack()  # the stream's ack is the last one: then the offset is done
-                    if not message.acked:
-                        self._handed_back.add(message)
+                ready = [event] if self._order is None else self._order.ready(event)
+                self._count()
+                for record in ready:
+                    await self._hand_back(target, record, consumer)
                 continue
             wake.clear()
             timeout = 0.25 if not heap else 0.05 if target is None else min(heap[0][0] - now, 0.25)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=max(timeout, 0.001))
+
+    async def _hand_back(self, target: StreamT[Any], event: Any, consumer: Any) -> None:
+        message = event.message
+        if TP(message.topic, message.partition) not in consumer.assignment():
+            return
+        try:
+            await redeliver(target, message)
+        except Exception:  # broad: any failure must not kill the releaser;
+            # the record stays un-acked, so it is read again later
+            log.exception("keyed limit %s: cannot hand back %s[%d]@%d", self.name,
+                          message.topic, message.partition, message.offset)
+            return
+        event.ack()  # the stream's ack is the last one: then the offset is done
+        if not message.acked:
+            self._handed_back.add(message)
+
+
+class _OffsetOrder:
+    """Per partition, the offsets of the records in the heap; a record due before a lower
+    offset of its partition is parked until that one goes (exactly_once)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[TP, list[int]] = {}  # sorted: arrivals come in offset order
+        self._parked: dict[TP, list[tuple[int, Any]]] = {}  # min-heaps by offset
+
+    def arrived(self, message: Any) -> None:
+        bisect.insort(self._waiting.setdefault(TP(message.topic, message.partition), []),
+                      message.offset)
+
+    def ready(self, event: Any) -> list[Any]:
+        """``event`` is due: the records to hand back now, in offset order (none if a lower
+        offset of its partition is still in the heap)."""
+        message = event.message
+        tp = TP(message.topic, message.partition)
+        waiting, parked = self._waiting[tp], self._parked.setdefault(tp, [])
+        heapq.heappush(parked, (message.offset, event))
+        ready: list[Any] = []
+        while parked and waiting and parked[0][0] == waiting[0]:
+            waiting.pop(0)
+            ready.append(heapq.heappop(parked)[1])
+        return ready
+
+    def parked_count(self) -> int:
+        return sum(len(parked) for parked in self._parked.values())
+
+    def clear(self) -> list[Any]:
+        """Forget everything (the flow stopped); the parked records, to let go."""
+        parked = [event for records in self._parked.values() for _, event in records]
+        self._waiting.clear()
+        self._parked.clear()
+        return parked

@@ -184,3 +184,50 @@ def test_records_back_before_their_time_wait_in_the_heap_in_order_within_the_bou
     assert len(passed) == len(set(passed))  # once each
     assert {(m.key, m.seq) for m in messages} <= set(passed)  # nothing lost
     assert deferrals._held == {} and deferrals._held_keys == {}
+
+
+@dataclass
+class _TransactionalApp(_App):
+    in_transaction: bool = True  # exactly_once (Faust's ``App.in_transaction``)
+
+
+class _AssignedConsumer(_Consumer):
+    def assignment(self) -> set[Any]:
+        return {("hot-deferred", 0), ("hot-deferred", 1)}
+
+
+async def test_under_exactly_once_a_partitions_records_go_back_in_offset_order() -> None:
+    """Offset 5 of partition 0 is due after 6 and 7 (another key's): 6 and 7 wait for it, so
+    no record is processed, and its outputs committed, ahead of an earlier offset that is
+    still held; partition 1 is not held back by partition 0."""
+    clock = FakeClock(start=0.0)
+    app, target = _TransactionalApp(_consumer=_AssignedConsumer()), _Stream()
+    deferrals = Deferrals(app, "per-key", clock,  # type: ignore[arg-type]
+                          target=lambda: target)  # type: ignore[arg-type,return-value]
+    heap = deferrals._open()
+    dues = {(0, 5): 3.0, (0, 6): 1.0, (0, 7): 1.0, (1, 2): 1.0}
+    for (partition, offset), due in dues.items():
+        deferrals._push(due, _Event(_Message(partition=partition, offset=offset)))
+    releaser = asyncio.ensure_future(deferrals._release(heap, deferrals._wake))
+    handed: list[tuple[int, int]] = []
+
+    async def take() -> None:
+        while not target.channel.queue.empty():
+            event = target.channel.queue.get_nowait()
+            handed.append((event.message.partition, event.message.offset))
+        await asyncio.sleep(0.01)
+
+    try:
+        clock.advance(1.5)  # 6, 7 and partition 1's 2 are due; 5 is not
+        deferrals._wake.set()
+        for _ in range(20):
+            await take()
+        assert handed == [(1, 2)] and deferrals.backlog == 3  # 6 and 7 parked behind 5
+        assert deferrals.hold("k", _Event(_Message()), 9.0) is False  # the stream waits
+        clock.advance(2.0)
+        deferrals._wake.set()
+        for _ in range(20):
+            await take()
+        assert handed == [(1, 2), (0, 5), (0, 6), (0, 7)] and deferrals.backlog == 0
+    finally:
+        releaser.cancel()
