@@ -23,7 +23,7 @@ from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor, unless_flow_stops
-from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
+from faust_backpressure.agents.headers import Failure, Headers, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.keyed_batch import one_at_a_time, run_beside_readmitted
 from faust_backpressure.agents.rate_limit import RateLimitGate
@@ -328,37 +328,30 @@ class Pipeline:
             if tails.get(key) is mine:
                 del tails[key]
 
-    def _decode(self, message: Any) -> tuple[Any, Any]:
+    def decode(self, record: Any) -> tuple[Any, Any]:
+        """A source record's (a Faust message's or a batch's raw record's) key and value,
+        decoded with the source topic's schema (a raw side as it is)."""
         schema = self.schema_topic.schema
-        key = message.key if self._raw_key else schema.loads_key(self.app, message)
-        value = message.value if self._raw_value else schema.loads_value(self.app, message)
+        key = record.key if self._raw_key else schema.loads_key(self.app, record)
+        value = record.value if self._raw_value else schema.loads_value(self.app, record)
         return key, value
-
-    async def _process(self, value: Any) -> Any:
-        guard = self.downstream
-        if guard is not None:
-            return await guard.run_unless(flow_stopped_event(self.app), self.process, value)
-        result = self.process(value)
-        if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
-            result = await result
-        return result
 
     async def _handle(self, event: EventT[Any]) -> None:
         stats = self.stats
         stats.consumed += 1
         try:
-            key, value = self._decode(event.message)
+            key, value = self.decode(event.message)
         except Exception as exc:
             await self.dead_letter(event, Failure.now(exc, "decode", 0))
             return
-        process = self.process if self.downstream is None else None
+        process, guard = self.process, self.downstream
         failure: Failure | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                if process is None:
-                    result = await self._process(value)
+                if guard is not None:
+                    result = await guard.run_unless(flow_stopped_event(self.app), process, value)
                 else:  # no guard: called here, no coroutine of our own per event
                     result = process(value)
                     if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
@@ -400,15 +393,18 @@ class Pipeline:
         log.info("pipeline %s: %s[%s]@%s requeued (the flow stopped while its dependency "
                  "held it)", self.name, message.topic, message.partition, message.offset)
 
+    def dead_letter_headers(self, record: Any, failure: Failure) -> Headers:
+        """A source record's (a Faust message's or a batch's raw record's) headers in the
+        DLQ; the record is logged (:class:`DeadLetterLog`) and counted as dead-lettered."""
+        self.dlq_log.record(f"{record.topic}[{record.partition}]@{record.offset}",
+                            failure.error, failure.attempts)
+        self.stats.dead_lettered += 1
+        return dlq_headers(record.headers or [], pipeline=self.name, topic=record.topic,
+                           partition=record.partition, offset=record.offset, failure=failure,
+                           traceback_limit=self.settings.traceback_limit)
+
     async def dead_letter(self, event: EventT[Any], failure: Failure) -> None:
         message = event.message
-        self.dlq_log.record(f"{message.topic}[{message.partition}]@{message.offset}",
-                            failure.error, failure.attempts)
-        await self.dlq.send(
-            key=message.key, value=message.value,
-            key_serializer="raw", value_serializer="raw",
-            headers=dlq_headers(message.headers, pipeline=self.name, topic=message.topic,
-                                partition=message.partition, offset=message.offset,
-                                failure=failure,
-                                traceback_limit=self.settings.traceback_limit))
-        self.stats.dead_lettered += 1
+        headers = self.dead_letter_headers(message, failure)
+        await self.dlq.send(key=message.key, value=message.value, key_serializer="raw",
+                            value_serializer="raw", headers=headers)
