@@ -38,7 +38,6 @@ from faust_backpressure.agents.headers import (
     SOURCE_PARTITION,
     SOURCE_TOPIC,
     header,
-    shed_headers,
     without_bp_headers,
 )
 from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
@@ -399,16 +398,7 @@ class KeyedRateLimitGate(GateBase):
                 (SOURCE_OFFSET, str(record.offset).encode())]
 
     async def _shed(self, event: EventT[Any], permits: int) -> Any:
-        message = event.message
-        topic = self.shed_topic_for(message.topic)
-        await topic.send(key=message.key, value=message.value, key_serializer="raw",
-                         value_serializer="raw",
-                         headers=shed_headers(message.headers, agent=self.agent_name,
-                                              limiter=self.name, topic=message.topic,
-                                              partition=message.partition,
-                                              offset=message.offset, permits=permits,
-                                              cause="keyed"))
-        self.shed += 1
+        await self.send_to_shed(event, permits, "keyed")
         raise Skip()
 
     async def _wait(self, value: Any, buckets: KeyedTokenBuckets, key: Hashable,

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from faust_backpressure.agents.headers import Failure, shed_headers
+from faust_backpressure.agents.headers import Failure
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
 __all__ = ["BatchEvent", "Entry", "cut_for_wait", "keys_and_costs", "permits_of", "send_shed",
@@ -135,11 +135,8 @@ async def send_shed(gate: Any, producer: Any, shed: Sequence[tuple[Any, Hashable
     futures = []
     for record, _, permits in shed:
         topic = gate.shed_topic_for(record.topic).get_topic_name()
-        headers = shed_headers(record.headers or [], agent=gate.agent_name,
-                               limiter=gate.name, topic=record.topic,
-                               partition=record.partition, offset=record.offset,
-                               permits=permits, cause="keyed")
         futures.append(await producer.send(topic, record.value, key=record.key,
-                                           headers=headers))
+                                           headers=gate.shed_headers_of(record, permits,
+                                                                        "keyed")))
     gate.shed += len(futures)
     return futures

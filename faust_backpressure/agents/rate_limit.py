@@ -29,7 +29,6 @@ from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.gate_base import GateBase, GateStats
-from faust_backpressure.agents.headers import shed_headers
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
@@ -64,7 +63,6 @@ class RateLimitGate(GateBase):
         self.limiter = limiter
         self.on_limit = on_limit
         self.cost = cost
-        self._declared: set[str] = set()
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
         self.shed_now = False
         #: The events' priority (higher is more important), or None: no priority shedding.
@@ -204,28 +202,9 @@ class RateLimitGate(GateBase):
     async def _send_to_shed(self, event: Event, permits: int,
                             low: tuple[int, int] | None = None) -> None:
         """``low``: shed for its priority (priority, threshold), not for refused permits."""
-        message = event.message
-        topic = self.shed_topic_for(message.topic)
-        if message.topic not in self._declared:
-            # Declared with the app's partition count, not auto-created with the broker's 1.
-            self._declared.add(message.topic)
-            try:
-                await topic.maybe_declare()
-            except Exception as exc:  # e.g. no Create ACL: the send below may still work
-                log.warning("%s: could not declare shed topic %s: %r", self.agent_name,
-                            topic.get_topic_name(), exc)
-        await topic.send(
-            key=message.key, value=message.value,
-            key_serializer="raw", value_serializer="raw",
-            headers=shed_headers(message.headers, agent=self.agent_name, limiter=self.name,
-                                 topic=message.topic, partition=message.partition,
-                                 offset=message.offset, permits=permits,
-                                 cause="critical downstream lag" if low is not None else
-                                 "" if self.on_limit == "shed" else
-                                 "load shedding: critical downstream lag",
-                                 priority=None if low is None else low[0],
-                                 threshold=None if low is None else low[1]))
-        self.shed += 1
+        topic = await self.send_to_shed(
+            event, permits, "critical downstream lag" if low is not None else
+            "" if self.on_limit == "shed" else "load shedding: critical downstream lag", low)
         if low is not None:
             self.shed_by_priority += 1
         notify_sensors(self.app, "on_rate_limit_shed", self.agent_name, self.name,

@@ -146,6 +146,9 @@ class _Gate:
     def deferral_headers(self, record: Any, not_before: float) -> list[tuple[str, bytes]]:
         return KeyedRateLimitGate.deferral_headers(self, record, not_before)  # type: ignore[arg-type]
 
+    def shed_headers_of(self, record: Any, permits: int, cause: str) -> list[tuple[str, bytes]]:
+        return KeyedRateLimitGate.shed_headers_of(self, record, permits, cause)  # type: ignore[arg-type]
+
     def check_key_sampled(self, event: Any, key: Hashable) -> None:
         self.checked.append((event, key))
 
