@@ -101,34 +101,21 @@ class RateLimitGate(GateBase):
         return permits if permits <= self.capacity else int(self.capacity)
 
     def _processor(self, stream: StreamT[Any]) -> Callable[[Any], Any]:
-        try_acquire = self.limiter.try_acquire
+        try_acquire, cost = self.limiter.try_acquire, self.cost
 
-        if self.cost is None:
-            def admit(value: Any) -> Any:
-                if self.shed_threshold is not None and self.priority is not None:
-                    low = self._low_priority(stream.current_event)
-                    if low is not None:
-                        return self._shed_low(stream.current_event, low)
-                if try_acquire(1):
-                    return value
-                if self.shedding:
-                    return self._shed(stream.current_event, 1)
-                return self._wait(value, 1)
-            return admit
-
-        def admit_by_cost(value: Any) -> Any:
-            event = stream.current_event
+        def admit(value: Any) -> Any:
             if self.shed_threshold is not None and self.priority is not None:
-                low = self._low_priority(event)
+                low = self._low_priority(stream.current_event)
                 if low is not None:
-                    return self._shed_low(event, low)
-            permits = self._permits(event)
+                    return self._shed_low(stream.current_event, low)
+            # (without a cost function the event is not even looked at)
+            permits = 1 if cost is None else self._permits(stream.current_event)
             if permits < 1 or try_acquire(permits):
                 return value
             if self.shedding:
-                return self._shed(event, permits)
+                return self._shed(stream.current_event, permits)
             return self._wait(value, permits)
-        return admit_by_cost
+        return admit
 
     @property
     def shedding(self) -> bool:
