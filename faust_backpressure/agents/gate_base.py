@@ -14,13 +14,14 @@ one is also in each worker's published status, with its rate: :data:`KEYED_COUNT
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
-from faust.types import AppT, EventT, StreamT, TopicT
+from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
-from faust_backpressure.agents.decorate import AgentFunT, decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import Headers, shed_headers
 from faust_backpressure.faust_seam import set_stream_gate, stream_gate
@@ -31,6 +32,8 @@ __all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGate
            "gauge"]
 
 log = logging.getLogger(__name__)
+
+AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,5 +166,20 @@ class GateBase:
         return topic
 
     def __call__(self, fun: AgentFunT) -> AgentFunT:
-        """Decorate an agent function (put it *under* ``@app.agent``)."""
-        return decorate_agent(self, fun, f"{self.decorator}({self.name!r})")
+        """Decorate an agent function (put it *under* ``@app.agent``): ``fun`` installing the
+        gate on its stream."""
+        if isinstance(fun, AgentT):
+            # Above @app.agent the agent has already captured the undecorated function: it
+            # would run unlimited without a word.
+            raise TypeError(
+                f"{self.decorator}({self.name!r}) is above @app.agent on {fun.name!r}: put it "
+                "under @app.agent (the agent would run unlimited)")
+        if not self.agent_name:
+            self.agent_name = getattr(fun, "__qualname__", repr(fun))
+
+        @functools.wraps(fun)
+        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
+            self.install(stream)
+            return fun(stream, *args, **kwargs)
+
+        return agent  # type: ignore[return-value]

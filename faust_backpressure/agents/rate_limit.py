@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
-from faust_backpressure.agents.gate_base import GateBase, GateStats
+from faust_backpressure.agents.gate_base import AgentFunT, GateBase, GateStats
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
@@ -43,7 +43,6 @@ CostFunction = Callable[[EventT[Any]], int]
 #: An event's priority, higher is more important (for priority-based load shedding).
 PriorityFunction = Callable[[EventT[Any]], int]
 Event = EventT[Any]
-AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 
 class RateLimitGate(GateBase):
