@@ -246,7 +246,7 @@ class BatchRunner:
         """Pause, the limiter for the batch's cost, a keyed limit's split; the flow stopping
         abandons the batch (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
-        if pipeline.paused and not await unless_flow_stops(self.app, pipeline.wait_resumed()):
+        if pipeline.paused and not await pipeline.wait_resumed():
             raise _Abandoned()
         gate = pipeline.gate
         if gate is not None and not (len(batch) <= gate.capacity

@@ -44,7 +44,6 @@ from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
 from faust_backpressure.agents.keyed_store import (
     TableStore,
     encode_key,
-    key_type,
     partition_bytes,
     store_url,
 )
@@ -165,15 +164,6 @@ class KeyedRateLimitGate(GateBase):
         self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
                                                 partitions=partitions, replicas=replicas)
 
-    @property
-    def backlog(self) -> int:
-        """Deferred records this worker holds until due."""
-        return self.deferrals.backlog
-
-    @backlog.setter
-    def backlog(self, value: int) -> None:
-        self.deferrals.backlog = value
-
     # -- limits --------------------------------------------------------------------------
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
@@ -229,7 +219,7 @@ class KeyedRateLimitGate(GateBase):
             rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
-            deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
+            deferred_backlog=self.deferrals.backlog, admitted=self.admitted, deferred=self.deferred,
             readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
             waits=self.waits, overdrafts=self.overdrafts,
             overrides=len(self.operator_limits) + (
@@ -237,11 +227,12 @@ class KeyedRateLimitGate(GateBase):
             top_limited=self.top_limited())
 
     def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
-        """The keys refused most lately: key (as text), its type, refusals, its own limits."""
+        """The keys refused most lately: key (as text), its type (as ``--key-type`` names
+        it), refusals, its own limits."""
         out = []
         for key, refused in self.refused_keys.top(n, self.clock()):
             own = self.limits_for(key)
-            out.append({"key": describe_key(encode_key(key)), "type": key_type(key),
+            out.append({"key": describe_key(encode_key(key)), "type": type(key).__name__,
                         "refused": refused,
                         "limits": None if own is None else {
                             "rate": own.tokens_per_second, "burst": own.burst_capacity}})
@@ -409,11 +400,11 @@ class KeyedRateLimitGate(GateBase):
     async def _wait_until(self, value: Any, due: float) -> Any:
         self.waits += 1
         delay = due - self.clock()
-        if delay > 0 and not await self._sleep_unless_flow_stops(delay):
+        if delay > 0 and not await self.sleep_unless_flow_stops(delay):
             self.overdrafts += 1  # a rebalance or stop: go on rather than hold it
         return value
 
-    async def _sleep_unless_flow_stops(self, delay: float) -> bool:
+    async def sleep_unless_flow_stops(self, delay: float) -> bool:
         """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
         stopped = flow_stopped_event(self.app)
         if stopped is not None and stopped.is_set():

@@ -33,7 +33,6 @@ from typing import Any
 from faust.types import StreamT
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results
-from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.keyed_batch_options import (
@@ -151,12 +150,9 @@ class KeyedBatches:
         self.in_flight = KeysInFlight()
         self.abandoned = abandoned
         #: ``on_limit="wait"``'s sleep: False if the flow stopped first (a test's clock's)
-        self.sleep: Callable[[float], Awaitable[bool]] = self._sleep
+        self.sleep: Callable[[float], Awaitable[bool]] = gate.sleep_unless_flow_stops
         #: the functions' fast path: the record's own key, one permit a record
         self._plain = gate.key is None and gate.cost is None
-
-    async def _sleep(self, delay: float) -> bool:
-        return await unless_flow_stops(self.gate.app, asyncio.sleep(delay))
 
     @contextmanager
     def _buckets(self, tp: Any) -> Iterator[KeyedTokenBuckets]:

@@ -234,8 +234,9 @@ class Pipeline:
             handle = self._handle if self._key_tails is None else self.handle
             resumed = self._resumed
             async for event in stream.events():
-                if not resumed.is_set():
-                    await self._wait_resumed()
+                if not resumed.is_set() and not await self.wait_resumed():
+                    log.info("pipeline %s is paused but the flow stopped (rebalance or stop): "
+                             "one event goes on", self.name)
                 await handle(event)
 
         # Faust labels an agent (in every log line) by its function's module and qualname:
@@ -292,21 +293,15 @@ class Pipeline:
         self.paused_by = info or {}
         self._resumed.clear()
 
-    async def wait_resumed(self) -> None:
-        """Until an operator's :meth:`resume` (returns at once if not paused)."""
-        await self._resumed.wait()
+    async def wait_resumed(self) -> bool:
+        """Until an operator's :meth:`resume` (at once if not paused), unless Faust stops the
+        flow first (a rebalance or stop: Faust waits for events in flight, and a paused one
+        must not hold those, see .flow.unless_flow_stops): False then."""
+        return await unless_flow_stops(self.app, self._resumed.wait())
 
     def resume(self) -> None:
         self.paused_by = None
         self._resumed.set()
-
-    async def _wait_resumed(self) -> None:
-        # Faust waits for events in flight before a rebalance or stop: a paused event must not
-        # hold those (see .flow.unless_flow_stops); it then goes on.
-        await unless_flow_stops(self.app, self._resumed.wait())
-        if not self._resumed.is_set():
-            log.info("pipeline %s is paused but the flow stopped (rebalance or stop): one "
-                     "event goes on", self.name)
 
     async def handle(self, event: EventT[Any]) -> None:
         """Decode, process (with retries), send; a failure goes to the DLQ with its reason."""
