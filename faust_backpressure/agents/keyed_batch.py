@@ -38,8 +38,6 @@ from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.keyed_batch_options import (
     cut_for_wait,
     keys_and_costs,
-    send_shed,
-    sums_by_key,
     wait_for_keys,
 )
 from faust_backpressure.faust_seam import in_partition
@@ -205,8 +203,7 @@ class KeyedBatches:
         with self._buckets(batch.tp) as buckets:
             buckets.expire(EXPIRE_PER_RECORD * len(batch.records))
             burst_of = lambda key: buckets.limits(key).burst_capacity  # noqa: E731
-            cut = cut_for_wait(entries, burst_of) if entries else 0
-            sums = sums_by_key(entries[:cut], burst_of)
+            cut, sums = cut_for_wait(entries, burst_of)
         if cut < len(entries):
             self._cut(batch, queues, entries[cut][0])
             entries = entries[:cut]
@@ -245,26 +242,23 @@ class KeyedBatches:
 
     async def send_split(self, producer: Any, split: KeySplit,
                          dead_letter: Callable[[Any, Any, Failure], Any]) -> list[Any]:
-        """The split's sends, outputs of the batch: deferred records to the deferral topic,
-        shed ones to the shed topic, refused ones to the DLQ (``dead_letter(producer,
-        record, failure)``); returns their send futures."""
-        futures = await self.send_deferred(producer, split)
-        if split.shed:
-            futures.extend(await send_shed(self.gate, producer, split.shed))
-        for record, failure in split.rejected:
-            futures.append(await dead_letter(producer, record, failure))
-        return futures
-
-    async def send_deferred(self, producer: Any, split: KeySplit) -> list[Any]:
-        """The deferred records to the deferral topic (the source partition's number), as
-        the per-event gate sends them; returns their send futures (outputs of the batch)."""
-        gate = self.gate
-        topic = gate.deferral_topic_name
-        futures = [await producer.send(topic, record.value, key=record.key,
-                                       partition=record.partition,
-                                       headers=gate.deferral_headers(record, not_before))
+        """The split's sends, outputs of the batch, as the per-event gate sends them:
+        deferred records to the deferral topic (the source partition's number), shed ones to
+        the shed topic, refused ones to the DLQ (``dead_letter(producer, record, failure)``);
+        returns their send futures."""
+        gate, send = self.gate, producer.send
+        futures = [await send(gate.deferral_topic_name, record.value, key=record.key,
+                              partition=record.partition,
+                              headers=gate.deferral_headers(record, not_before))
                    for record, _, not_before in split.deferred]
         gate.deferred += len(futures)
+        for record, _, permits in split.shed:
+            topic = gate.shed_topic_for(record.topic).get_topic_name()
+            futures.append(await send(topic, record.value, key=record.key,
+                                      headers=gate.shed_headers_of(record, permits, "keyed")))
+        gate.shed += len(split.shed)
+        for record, failure in split.rejected:
+            futures.append(await dead_letter(producer, record, failure))
         return futures
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from faust_backpressure.agents.headers import Failure
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
-__all__ = ["BatchEvent", "Entry", "cut_for_wait", "keys_and_costs", "permits_of", "send_shed",
+__all__ = ["BatchEvent", "Entry", "cut_for_wait", "keys_and_costs", "permits_of",
            "wait_for_keys"]
 
 #: ``(record, key, permits)``: a record of a batch with its limit key and cost.
@@ -81,28 +81,21 @@ def keys_and_costs(gate: Any, records: Sequence[Any]
     return entries, refused
 
 
-def cut_for_wait(entries: Sequence[Entry], burst_of: Callable[[Hashable], float]) -> int:
-    """How many entries, from the first, a batch admits at once within each key's burst: it
-    is cut before the first record that would take its key's sum above the burst (a record
-    dearer than the burst counts as the burst, as the buckets charge it: one such record
-    passes alone, as per event). At least 1."""
+def cut_for_wait(entries: Sequence[Entry], burst_of: Callable[[Hashable], float]
+                 ) -> tuple[int, dict[Hashable, float]]:
+    """How many entries, from the first, a batch admits at once within each key's burst, and
+    each of their keys' summed permits (in the order of its first record): the batch is cut
+    before the first record that would take its key's sum above the burst (a record dearer
+    than the burst counts as the burst, as the buckets charge it: one such record passes
+    alone, as per event). At least 1 of a batch that is not empty."""
     sums: dict[Hashable, float] = {}
     for position, (_, key, permits) in enumerate(entries):
         burst = burst_of(key)
         total = sums.get(key, 0.0) + min(permits, burst)
         if total > burst + 1e-9 and position > 0:
-            return position
+            return position, sums
         sums[key] = total
-    return len(entries)
-
-
-def sums_by_key(entries: Sequence[Entry], burst_of: Callable[[Hashable], float]
-                ) -> dict[Hashable, float]:
-    """Each key's summed permits (each capped at its burst), in the order of its first record."""
-    sums: dict[Hashable, float] = {}
-    for _, key, permits in entries:
-        sums[key] = sums.get(key, 0.0) + min(permits, burst_of(key))
-    return sums
+    return len(entries), sums
 
 
 async def wait_for_keys(buckets: Callable[[], AbstractContextManager[KeyedTokenBuckets]],
@@ -126,17 +119,3 @@ async def wait_for_keys(buckets: Callable[[], AbstractContextManager[KeyedTokenB
             waited.extend(key for key, at in due.items() if at > now and key not in waited)
         if not await sleep(latest - now):
             return None
-
-
-async def send_shed(gate: Any, producer: Any, shed: Sequence[tuple[Any, Hashable, int]]
-                    ) -> list[Any]:
-    """Records over their key's limit to the limit's shed topic, as the per-event gate
-    sends them (raw key and value, the reason headers); returns their send futures."""
-    futures = []
-    for record, _, permits in shed:
-        topic = gate.shed_topic_for(record.topic).get_topic_name()
-        futures.append(await producer.send(topic, record.value, key=record.key,
-                                           headers=gate.shed_headers_of(record, permits,
-                                                                        "keyed")))
-    gate.shed += len(futures)
-    return futures

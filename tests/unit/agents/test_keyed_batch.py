@@ -186,7 +186,7 @@ async def test_deferred_records_are_sent_as_the_per_event_gate_sends_them(
     split = await keyed.split(_batch(records, clock), _queues())
     assert gate.admitted == 3 and gate.refused == [b"a"]
     producer = _Producer()
-    futures = await keyed.send_deferred(producer, split)
+    futures = await keyed.send_split(producer, split, dead_letter=None)  # type: ignore[arg-type]
     assert futures == ["future-1"] and gate.deferred == 1
     ((topic, key, value, partition, headers),) = producer.sent
     assert (topic, key, value, partition) == ("app-per-key-deferred", b"a", b"a2", 2)
