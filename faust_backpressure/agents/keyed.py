@@ -275,7 +275,7 @@ class KeyedRateLimitGate(GateBase):
 
     def check_key_sampled(self, event: Any, key: Hashable) -> None:
         """A key function's ``key`` of ``event`` (a Faust event, or a batch record's
-        :class:`~faust_backpressure.agents.keyed_batch_options.BatchEvent`) checked against
+        :class:`~faust_backpressure.agents.keyed_batch.BatchEvent`) checked against
         its partition: the first events, then one in :data:`CHECK_EVERY`."""
         self._checked += 1
         if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:

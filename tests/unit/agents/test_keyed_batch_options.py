@@ -19,12 +19,14 @@ from faust.types import TP as FaustTP
 
 from faust_backpressure.agents.batch import BatchQueues
 from faust_backpressure.agents.headers import SHED_REASON, SOURCE_OFFSET
-from faust_backpressure.agents.keyed_batch import KeyedBatches, run_beside_readmitted, split_by_key
-from faust_backpressure.agents.keyed_batch_options import (
+from faust_backpressure.agents.keyed_batch import (
     BatchEvent,
+    KeyedBatches,
     cut_for_wait,
     keys_and_costs,
     permits_of,
+    run_beside_readmitted,
+    split_by_key,
     wait_for_keys,
 )
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
