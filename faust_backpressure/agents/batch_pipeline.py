@@ -313,9 +313,10 @@ class BatchRunner:
         return asyncio.ensure_future(self._all_acked_seen(futures))
 
     async def _in_key_order(self, producer: Any,
-                            held: list[tuple[Any, Any, Any, Any]]) -> list[Any]:
-        """One key's held events in order: a failed one is retried (or dead-lettered) before
-        the next one's outputs go out. Returns their send futures."""
+                            held: Sequence[tuple[Any, Any, Any, Any]]) -> list[Any]:
+        """Events in order (one key's held ones, or a batch's failed ones): a failed one is
+        retried (or dead-lettered) before the next one's outputs go out. Returns their send
+        futures."""
         futures: list[Any] = []
         for record, key, value, result in held:
             if isinstance(result, BaseException):
@@ -402,10 +403,8 @@ class BatchRunner:
 
     async def _retry_all(self, producer: Any,
                          failed: Sequence[tuple[Any, Any, Any, BaseException]]) -> list[Any]:
-        futures: list[Any] = []
-        for record, key, value, error in failed:
-            await self._retry(producer, record, key, value, error, futures)
-        return await all_acked(futures)
+        """The failed events retried (or dead-lettered) one by one; their sends' acks."""
+        return await all_acked(await self._in_key_order(producer, failed))
 
     async def _retry(self, producer: Any, record: Any, key: Any, value: Any,
                      error: BaseException, futures: list[Any]) -> None:
