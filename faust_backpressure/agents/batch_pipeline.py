@@ -32,7 +32,7 @@ from faust_backpressure.agents.batch import (
 )
 from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.downstream import WaitAborted
-from faust_backpressure.agents.flow import unless_flow_stops
+from faust_backpressure.agents.flow import PRESSURE_DROP_RATIO, unless_flow_stops
 from faust_backpressure.agents.headers import Failure
 from faust_backpressure.agents.keyed_batch import KeyedBatches
 from faust_backpressure.agents.latency import LatencyWindow
@@ -157,7 +157,7 @@ class BatchRunner:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _maybe_release(self, tp: Any) -> None:
-        if tp in self._held and self.queues.size(tp) <= self.high_water * 0.4:
+        if tp in self._held and self.queues.size(tp) <= self.high_water * PRESSURE_DROP_RATIO:
             self._held.discard(tp)
             log.debug("pipeline %s: %s released", self.pipeline.name, tp)
             release_partition(self.app, tp)

@@ -225,9 +225,7 @@ class RateLimitGate(GateBase):
                     if granted:
                         yield events
                     elif not self.shedding:
-                        self.waits += 1
-                        await self.acquire_until_flow_stops(permits)
-                        yield events
+                        yield await self._wait(events, permits)
                     else:
                         admitted = await self._shed_some(events)
                         if admitted:
