@@ -106,7 +106,7 @@ class RateLimitGate(GateBase):
             if self.shed_threshold is not None and self.priority is not None:
                 low = self._low_priority(stream.current_event)
                 if low is not None:
-                    return self._shed_low(stream.current_event, low)
+                    return self._shed(stream.current_event, 0, low)
             # (without a cost function the event is not even looked at)
             permits = 1 if cost is None else self._permits(stream.current_event)
             if permits < 1 or try_acquire(permits):
@@ -137,11 +137,6 @@ class RateLimitGate(GateBase):
             log.debug("%s: no priority for an event (%r): not shed", self.agent_name, exc)
             return None
         return (value, threshold) if value < threshold else None
-
-    async def _shed_low(self, event: Event | None, low: tuple[int, int]) -> Any:
-        assert event is not None  # _low_priority returns None without an event
-        await self._send_to_shed(event, 0, low=low)
-        raise Skip()
 
     # -- slow paths --------------------------------------------------------------------------
 
@@ -196,11 +191,12 @@ class RateLimitGate(GateBase):
         notify_sensors(self.app, "on_rate_limit_shed", self.agent_name, self.name,
                        topic.get_topic_name(), permits)
 
-    async def _shed(self, event: Event | None, permits: int) -> Any:
+    async def _shed(self, event: Event | None, permits: int,
+                    low: tuple[int, int] | None = None) -> Any:
         if event is None:  # not from a topic (e.g. agent.send to a channel): nothing to shed to
-            await self.acquire(permits)
+            await self.acquire(permits)  # (a low priority needs an event: never None then)
             return None
-        await self._send_to_shed(event, permits)
+        await self._send_to_shed(event, permits, low=low)
         raise Skip()
 
     def _batched(self, stream: StreamT[Any], processor: Callable[[Any], Any],

@@ -175,7 +175,7 @@ async def test_gate_cost_function_and_shed() -> None:
                          cost=lambda e: len(e.message.value))
     sent: list[Any] = []
 
-    async def send(event: Any, permits: int) -> None:
+    async def send(event: Any, permits: int, low: Any = None) -> None:
         sent.append((event, permits))
 
     gate._send_to_shed = send  # type: ignore[method-assign]
