@@ -89,7 +89,7 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
                      process_batch: Callable[[list[Any]], Any] | None,
                      concurrency: int | None, max_retries: int | None,
                      limiter: RateLimitingStrategy | None, downstream: Downstream | None,
-                     keyed: KeyedRateLimitGate | None, **batch_checked: Any) -> tuple[int, int]:
+                     **batch_checked: Any) -> tuple[int, int]:
     """A pipeline's options checked (a clear error naming the option); its concurrency and
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
@@ -154,7 +154,7 @@ class Pipeline:
         self.concurrency, self.max_retries = _checked_options(
             name, settings, process=process, process_batch=process_batch,
             concurrency=concurrency, max_retries=max_retries, limiter=limiter,
-            downstream=downstream, keyed=keyed, priority=priority, on_limit=on_limit)
+            downstream=downstream, priority=priority, on_limit=on_limit)
         self.app = app
         self.name = name
         self.settings = settings
