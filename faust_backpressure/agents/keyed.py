@@ -73,6 +73,8 @@ KeyFunction = Callable[[EventT[Any]], Hashable]
 #: Keys listed as the most refused (on the dashboard, in ``status``; never metric labels).
 TOP_KEYS = 10
 KEYED_LIMIT = "bp.keyed.limit"
+#: Expired bucket entries removed per event (and per record of a batch).
+EXPIRE_PER_RECORD = 2
 #: Events whose key is checked against their partition by the partitioner (the check costs a
 #: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
 CHECKED_EVENTS = 10_000
@@ -311,7 +313,7 @@ class KeyedRateLimitGate(GateBase):
                 return self._readmit(event, value, buckets, key)
             if key_of is not None:
                 self.check_key_sampled(event, key)
-            buckets.expire(2)
+            buckets.expire(EXPIRE_PER_RECORD)
             permits = 1 if cost is None else int(cost(event))
             if permits < 1 or buckets.try_acquire(key, permits):
                 self.admitted += 1

@@ -42,7 +42,7 @@ from faust.types import StreamT
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results
 from faust_backpressure.agents.headers import Failure
-from faust_backpressure.agents.keyed import KeyedRateLimitGate
+from faust_backpressure.agents.keyed import EXPIRE_PER_RECORD, KeyedRateLimitGate
 from faust_backpressure.faust_seam import in_partition
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
@@ -50,8 +50,6 @@ __all__ = ["BatchEvent", "Entry", "KeySplit", "KeyedBatches", "KeysInFlight", "c
            "keys_and_costs", "one_at_a_time", "permits_of", "run_beside_readmitted",
            "split_by_key", "wait_for_keys"]
 
-#: Expired bucket entries removed per record of a batch (the per-event gate removes 2 an event).
-EXPIRE_PER_RECORD = 2
 
 #: ``(record, key, permits)``: a record of a batch with its limit key and cost.
 Entry = tuple[Any, Hashable, int]
