@@ -141,12 +141,8 @@ class RateLimitGate(GateBase):
     # -- slow paths --------------------------------------------------------------------------
 
     async def _wait(self, value: Any, permits: int) -> Any:
-        self.waits += 1
-        await self.acquire_until_flow_stops(permits)
-        return value
-
-    async def acquire_until_flow_stops(self, permits: int) -> None:
-        """Wait for ``permits``, or until Faust stops the flow (a rebalance or shutdown).
+        """``value`` once ``permits`` were acquired, or once Faust stops the flow (a
+        rebalance or shutdown).
 
         Faust waits for every event being processed before it hands partitions over or stops,
         and a distributed limiter's owner cannot answer during a rebalance: an event waiting
@@ -154,16 +150,18 @@ class RateLimitGate(GateBase):
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
+        self.waits += 1
         started = time.monotonic()
         if await unless_flow_stops(self.app, self.acquire(permits)):
             notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
                            permits, time.monotonic() - started)
-            return
+            return value
         self.overdrafts += 1
         notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
                        permits)
         log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
                  "on without them", self.agent_name, permits, self.name)
+        return value
 
     async def acquire(self, permits: int) -> None:
         """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
