@@ -26,15 +26,14 @@ from faust_backpressure.agents.batch import (
     Batch,
     BatchQueues,
     check_results,
-    is_raw,
     outputs_of,
     prepare,
     raw_sink_name,
 )
 from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.downstream import WaitAborted
-from faust_backpressure.agents.flow import unless_flow_stops
-from faust_backpressure.agents.headers import Failure, dlq_headers
+from faust_backpressure.agents.flow import PRESSURE_DROP_RATIO, unless_flow_stops
+from faust_backpressure.agents.headers import Failure
 from faust_backpressure.agents.keyed_batch import KeyedBatches
 from faust_backpressure.agents.latency import LatencyWindow
 from faust_backpressure.agents.sensor import notify_sensors
@@ -100,11 +99,7 @@ class BatchRunner:
         self.latency = LatencyWindow()
         self.processing = LatencyWindow()
         self.revoke_timeout = BATCH_REVOKE_TIMEOUT
-        topic = pipeline.schema_topic
         self._sink_names = frozenset(sink.get_topic_name() for sink in pipeline.sinks)
-        self._raw_key = is_raw(topic.key_serializer, getattr(topic, "key_type", None))  # type: ignore[attr-defined]
-        self._raw_value = is_raw(topic.value_serializer,  # type: ignore[attr-defined]
-                                  getattr(topic, "value_type", None))
 
     def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
         self.queues.add(tp, records, first, generation, self._clock())
@@ -162,7 +157,7 @@ class BatchRunner:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _maybe_release(self, tp: Any) -> None:
-        if tp in self._held and self.queues.size(tp) <= self.high_water * 0.4:
+        if tp in self._held and self.queues.size(tp) <= self.high_water * PRESSURE_DROP_RATIO:
             self._held.discard(tp)
             log.debug("pipeline %s: %s released", self.pipeline.name, tp)
             release_partition(self.app, tp)
@@ -251,7 +246,7 @@ class BatchRunner:
         """Pause, the limiter for the batch's cost, a keyed limit's split; the flow stopping
         abandons the batch (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
-        if pipeline.paused and not await unless_flow_stops(self.app, pipeline.wait_resumed()):
+        if pipeline.paused and not await pipeline.wait_resumed():
             raise _Abandoned()
         gate = pipeline.gate
         if gate is not None and not (len(batch) <= gate.capacity
@@ -274,9 +269,10 @@ class BatchRunner:
         records: list[Any] = []
         futures: list[Any] = []
         undecodable: list[tuple[Any, Exception]] = []
+        decode = self.pipeline.decode
         for record in admitted:
             try:
-                key, value = self._decode(record)
+                key, value = decode(record)
             except Exception as exc:
                 undecodable.append((record, exc))
                 continue
@@ -317,9 +313,10 @@ class BatchRunner:
         return asyncio.ensure_future(self._all_acked_seen(futures))
 
     async def _in_key_order(self, producer: Any,
-                            held: list[tuple[Any, Any, Any, Any]]) -> list[Any]:
-        """One key's held events in order: a failed one is retried (or dead-lettered) before
-        the next one's outputs go out. Returns their send futures."""
+                            held: Sequence[tuple[Any, Any, Any, Any]]) -> list[Any]:
+        """Events in order (one key's held ones, or a batch's failed ones): a failed one is
+        retried (or dead-lettered) before the next one's outputs go out. Returns their send
+        futures."""
         futures: list[Any] = []
         for record, key, value, result in held:
             if isinstance(result, BaseException):
@@ -345,13 +342,6 @@ class BatchRunner:
             metadata = await future
             acked.extend(metadata if isinstance(metadata, list) else [metadata])
         notify_sensors(self.app, "on_batch_acked", [m for m in acked if m is not None])
-
-    def _decode(self, record: Any) -> tuple[Any, Any]:
-        schema = self.pipeline.schema_topic.schema
-        app = self.app
-        key = record.key if self._raw_key else schema.loads_key(app, record)
-        value = record.value if self._raw_value else schema.loads_value(app, record)
-        return key, value
 
     async def _call(self, values: list[Any], batch: Batch | None = None) -> list[Any]:
         """One result per value; a call that raises or miscounts is split in halves, down to
@@ -413,10 +403,8 @@ class BatchRunner:
 
     async def _retry_all(self, producer: Any,
                          failed: Sequence[tuple[Any, Any, Any, BaseException]]) -> list[Any]:
-        futures: list[Any] = []
-        for record, key, value, error in failed:
-            await self._retry(producer, record, key, value, error, futures)
-        return await all_acked(futures)
+        """The failed events retried (or dead-lettered) one by one; their sends' acks."""
+        return await all_acked(await self._in_key_order(producer, failed))
 
     async def _retry(self, producer: Any, record: Any, key: Any, value: Any,
                      error: BaseException, futures: list[Any]) -> None:
@@ -438,13 +426,7 @@ class BatchRunner:
 
     async def _dead_letter(self, producer: Any, record: Any, failure: Failure) -> Any:
         pipeline = self.pipeline
-        pipeline.dlq_log.record(f"{record.topic}[{record.partition}]@{record.offset}",
-                                failure.error, failure.attempts)
-        headers = dlq_headers(record.headers or [], pipeline=pipeline.name, topic=record.topic,
-                              partition=record.partition, offset=record.offset,
-                              failure=failure, traceback_limit=pipeline.settings.traceback_limit)
-        future = await producer.send(pipeline.dlq_topic_name, record.value, key=record.key,
-                                     headers=list(headers))
-        pipeline.stats.dead_lettered += 1
-        return future
+        headers = pipeline.dead_letter_headers(record, failure)
+        return await producer.send(pipeline.dlq_topic_name, record.value, key=record.key,
+                                   headers=headers)
 

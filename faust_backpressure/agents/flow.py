@@ -38,7 +38,8 @@ from faust_backpressure.faust_seam import flow_stopped_event, unbounded_stream_b
 
 __all__ = ["never_block_conductor", "unless_flow_stops"]
 
-#: Faust's (mode's) default: release held partitions at 40% of the high-water mark.
+#: Faust's (mode's) default: release held partitions at 40% of the high-water mark (a batch
+#: pipeline's held partitions too).
 PRESSURE_DROP_RATIO = 0.40
 
 

@@ -14,19 +14,26 @@ one is also in each worker's published status, with its rate: :data:`KEYED_COUNT
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
-from faust.types import AppT, StreamT, TopicT
+from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 
-from faust_backpressure.agents.decorate import AgentFunT, decorate_agent
 from faust_backpressure.agents.flow import never_block_conductor
+from faust_backpressure.agents.headers import Headers, shed_headers
 from faust_backpressure.faust_seam import set_stream_gate, stream_gate
 from faust_backpressure.limiters.metrics import counter, gauge
 from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGateStats", "counter",
            "gauge"]
+
+log = logging.getLogger(__name__)
+
+AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,7 @@ class GateBase:
         self._shed_topic_spec = shed_topic
         self._shed_topic_suffix = shed_topic_suffix
         self._shed_topics: dict[str, TopicT] = {}
+        self._declared: set[str] = set()  # source topics whose shed topic was declared
         # counters (this worker, since start)
         self.waits = 0
         self.shed = 0
@@ -127,6 +135,51 @@ class GateBase:
             self._shed_topics[source] = topic
         return topic
 
+    def shed_headers_of(self, record: Any, permits: int, cause: str,
+                        low: tuple[int, int] | None = None) -> Headers:
+        """A shed record's headers (``record``: a Faust message or a batch's raw record);
+        ``low``: shed for its priority (priority, threshold), not for refused permits."""
+        return shed_headers(record.headers or [], agent=self.agent_name, limiter=self.name,
+                            topic=record.topic, partition=record.partition,
+                            offset=record.offset, permits=permits, cause=cause,
+                            priority=None if low is None else low[0],
+                            threshold=None if low is None else low[1])
+
+    async def send_to_shed(self, event: EventT[Any], permits: int, cause: str,
+                           low: tuple[int, int] | None = None) -> TopicT:
+        """``event``'s raw record to its shed topic with why (:meth:`shed_headers_of`);
+        returns the topic."""
+        message = event.message
+        topic = self.shed_topic_for(message.topic)
+        if message.topic not in self._declared:
+            # Declared with the app's partition count, not auto-created with the broker's 1.
+            self._declared.add(message.topic)
+            try:
+                await topic.maybe_declare()
+            except Exception as exc:  # e.g. no Create ACL: the send below may still work
+                log.warning("%s: could not declare shed topic %s: %r", self.agent_name,
+                            topic.get_topic_name(), exc)
+        await topic.send(key=message.key, value=message.value, key_serializer="raw",
+                         value_serializer="raw",
+                         headers=self.shed_headers_of(message, permits, cause, low))
+        self.shed += 1
+        return topic
+
     def __call__(self, fun: AgentFunT) -> AgentFunT:
-        """Decorate an agent function (put it *under* ``@app.agent``)."""
-        return decorate_agent(self, fun, f"{self.decorator}({self.name!r})")
+        """Decorate an agent function (put it *under* ``@app.agent``): ``fun`` installing the
+        gate on its stream."""
+        if isinstance(fun, AgentT):
+            # Above @app.agent the agent has already captured the undecorated function: it
+            # would run unlimited without a word.
+            raise TypeError(
+                f"{self.decorator}({self.name!r}) is above @app.agent on {fun.name!r}: put it "
+                "under @app.agent (the agent would run unlimited)")
+        if not self.agent_name:
+            self.agent_name = getattr(fun, "__qualname__", repr(fun))
+
+        @functools.wraps(fun)
+        def agent(stream: StreamT[Any], *args: Any, **kwargs: Any) -> Any:
+            self.install(stream)
+            return fun(stream, *args, **kwargs)
+
+        return agent  # type: ignore[return-value]

@@ -6,7 +6,6 @@ record's own headers are kept, in front of these.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -67,12 +66,17 @@ def header(headers: HeadersIn, name: str) -> bytes | None:
     return found
 
 
-def replay_count(headers: HeadersIn) -> int:
-    raw = header(headers, REPLAY_COUNT)
+def _count(headers: HeadersIn, name: str) -> int:
+    """Header ``name`` as a count: 0 if absent or not a number."""
+    raw = header(headers, name)
     try:
         return int(raw) if raw else 0
     except ValueError:
         return 0
+
+
+def replay_count(headers: HeadersIn) -> int:
+    return _count(headers, REPLAY_COUNT)
 
 
 def without_bp_headers(headers: HeadersIn) -> Headers:
@@ -160,12 +164,7 @@ def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
 
 def requeue_headers(original: HeadersIn) -> Headers:
     """Original headers (ours stripped, replay count kept) and how often it was requeued."""
-    times = 0
-    for key, value in _pairs(original):
-        if key == REQUEUED:
-            with contextlib.suppress(ValueError, TypeError):
-                times = int(value)
     out = without_bp_headers(original)
     if replay_count(original):
         out.append((REPLAY_COUNT, str(replay_count(original)).encode()))
-    return [*out, (REQUEUED, str(times + 1).encode())]
+    return [*out, (REQUEUED, str(_count(original, REQUEUED) + 1).encode())]

@@ -38,14 +38,12 @@ from faust_backpressure.agents.headers import (
     SOURCE_PARTITION,
     SOURCE_TOPIC,
     header,
-    shed_headers,
     without_bp_headers,
 )
 from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
 from faust_backpressure.agents.keyed_store import (
     TableStore,
     encode_key,
-    key_type,
     partition_bytes,
     store_url,
 )
@@ -75,6 +73,8 @@ KeyFunction = Callable[[EventT[Any]], Hashable]
 #: Keys listed as the most refused (on the dashboard, in ``status``; never metric labels).
 TOP_KEYS = 10
 KEYED_LIMIT = "bp.keyed.limit"
+#: Expired bucket entries removed per event (and per record of a batch).
+EXPIRE_PER_RECORD = 2
 #: Events whose key is checked against their partition by the partitioner (the check costs a
 #: murmur2 hash; a key equal to the record's key is always fine and checked on every event).
 CHECKED_EVENTS = 10_000
@@ -166,15 +166,6 @@ class KeyedRateLimitGate(GateBase):
         self.deferral_topic: TopicT = raw_topic(app, self.deferral_topic_name, internal=True,
                                                 partitions=partitions, replicas=replicas)
 
-    @property
-    def backlog(self) -> int:
-        """Deferred records this worker holds until due."""
-        return self.deferrals.backlog
-
-    @backlog.setter
-    def backlog(self, value: int) -> None:
-        self.deferrals.backlog = value
-
     # -- limits --------------------------------------------------------------------------
 
     def limits_for(self, key: Hashable) -> KeyLimits | None:
@@ -230,7 +221,7 @@ class KeyedRateLimitGate(GateBase):
             rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
-            deferred_backlog=self.backlog, admitted=self.admitted, deferred=self.deferred,
+            deferred_backlog=self.deferrals.backlog, admitted=self.admitted, deferred=self.deferred,
             readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
             waits=self.waits, overdrafts=self.overdrafts,
             overrides=len(self.operator_limits) + (
@@ -238,11 +229,12 @@ class KeyedRateLimitGate(GateBase):
             top_limited=self.top_limited())
 
     def top_limited(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
-        """The keys refused most lately: key (as text), its type, refusals, its own limits."""
+        """The keys refused most lately: key (as text), its type (as ``--key-type`` names
+        it), refusals, its own limits."""
         out = []
         for key, refused in self.refused_keys.top(n, self.clock()):
             own = self.limits_for(key)
-            out.append({"key": describe_key(encode_key(key)), "type": key_type(key),
+            out.append({"key": describe_key(encode_key(key)), "type": type(key).__name__,
                         "refused": refused,
                         "limits": None if own is None else {
                             "rate": own.tokens_per_second, "burst": own.burst_capacity}})
@@ -285,7 +277,7 @@ class KeyedRateLimitGate(GateBase):
 
     def check_key_sampled(self, event: Any, key: Hashable) -> None:
         """A key function's ``key`` of ``event`` (a Faust event, or a batch record's
-        :class:`~faust_backpressure.agents.keyed_batch_options.BatchEvent`) checked against
+        :class:`~faust_backpressure.agents.keyed_batch.BatchEvent`) checked against
         its partition: the first events, then one in :data:`CHECK_EVERY`."""
         self._checked += 1
         if self._checked <= CHECKED_EVENTS or not self._checked % CHECK_EVERY:
@@ -321,7 +313,7 @@ class KeyedRateLimitGate(GateBase):
                 return self._readmit(event, value, buckets, key)
             if key_of is not None:
                 self.check_key_sampled(event, key)
-            buckets.expire(2)
+            buckets.expire(EXPIRE_PER_RECORD)
             permits = 1 if cost is None else int(cost(event))
             if permits < 1 or buckets.try_acquire(key, permits):
                 self.admitted += 1
@@ -399,16 +391,7 @@ class KeyedRateLimitGate(GateBase):
                 (SOURCE_OFFSET, str(record.offset).encode())]
 
     async def _shed(self, event: EventT[Any], permits: int) -> Any:
-        message = event.message
-        topic = self.shed_topic_for(message.topic)
-        await topic.send(key=message.key, value=message.value, key_serializer="raw",
-                         value_serializer="raw",
-                         headers=shed_headers(message.headers, agent=self.agent_name,
-                                              limiter=self.name, topic=message.topic,
-                                              partition=message.partition,
-                                              offset=message.offset, permits=permits,
-                                              cause="keyed"))
-        self.shed += 1
+        await self.send_to_shed(event, permits, "keyed")
         raise Skip()
 
     async def _wait(self, value: Any, buckets: KeyedTokenBuckets, key: Hashable,
@@ -419,11 +402,11 @@ class KeyedRateLimitGate(GateBase):
     async def _wait_until(self, value: Any, due: float) -> Any:
         self.waits += 1
         delay = due - self.clock()
-        if delay > 0 and not await self._sleep_unless_flow_stops(delay):
+        if delay > 0 and not await self.sleep_unless_flow_stops(delay):
             self.overdrafts += 1  # a rebalance or stop: go on rather than hold it
         return value
 
-    async def _sleep_unless_flow_stops(self, delay: float) -> bool:
+    async def sleep_unless_flow_stops(self, delay: float) -> bool:
         """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
         stopped = flow_stopped_event(self.app)
         if stopped is not None and stopped.is_set():

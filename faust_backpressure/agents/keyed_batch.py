@@ -1,7 +1,7 @@
 """A keyed limit in a batch pipeline (docs/batching.md, "Keyed limits in a batch").
 
 Per batch, before it is processed: each record's limit key and cost (the limit's functions,
-:mod:`.keyed_batch_options`; a record they refuse goes to the DLQ), then, by ``on_limit``:
+:func:`keys_and_costs`; a record they refuse goes to the DLQ), then, by ``on_limit``:
 
 * ``"defer"``: the records split by key against the keyed limit's buckets
   (:func:`split_by_key`, pure), in the batch partition's table context; the records over their
@@ -17,15 +17,23 @@ Per batch, before it is processed: each record's limit key and cost (the limit's
 The admit and defer rules are
 :class:`~faust_backpressure.limiters.keyed_buckets.KeyedTokenBuckets`'; the partition checks,
 the deferral and shed headers are the gate's.
+
+The limit's ``key=`` and ``cost=`` functions (docs/batching.md, "The keyed limit's options in
+a batch"): a batch's records are aiokafka records, not Faust events, so :class:`BatchEvent`
+gives the functions what a per-event pipeline's gate gives them (the raw source's event:
+``.key``, ``.value``, ``.headers``, ``.message``); a record whose function raises or whose
+cost is not a number >= 0 leaves for the DLQ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import numbers
 from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -33,24 +41,112 @@ from typing import Any
 from faust.types import StreamT
 
 from faust_backpressure.agents.batch import Batch, BatchQueues, check_results
-from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.headers import Failure
-from faust_backpressure.agents.keyed import KeyedRateLimitGate
-from faust_backpressure.agents.keyed_batch_options import (
-    cut_for_wait,
-    keys_and_costs,
-    send_shed,
-    sums_by_key,
-    wait_for_keys,
-)
+from faust_backpressure.agents.keyed import EXPIRE_PER_RECORD, KeyedRateLimitGate
 from faust_backpressure.faust_seam import in_partition
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
 
-__all__ = ["KeySplit", "KeyedBatches", "KeysInFlight", "one_at_a_time", "run_beside_readmitted",
-           "split_by_key"]
+__all__ = ["BatchEvent", "Entry", "KeySplit", "KeyedBatches", "KeysInFlight", "cut_for_wait",
+           "keys_and_costs", "one_at_a_time", "permits_of", "run_beside_readmitted",
+           "split_by_key", "wait_for_keys"]
 
-#: Expired bucket entries removed per record of a batch (the per-event gate removes 2 an event).
-EXPIRE_PER_RECORD = 2
+
+#: ``(record, key, permits)``: a record of a batch with its limit key and cost.
+Entry = tuple[Any, Hashable, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """A batch record as a keyed limit's ``key``/``cost`` function sees it: what the Faust
+    ``Event`` of a pipeline's raw source has (its key and value are the record's bytes,
+    ``headers`` a dict as Faust makes it, ``message`` the aiokafka ``ConsumerRecord``:
+    ``.topic``, ``.partition``, ``.offset``, ``.timestamp``, ``.key``, ``.value``,
+    ``.headers``, as Faust's ``Message``)."""
+
+    key: Any
+    value: Any
+    headers: dict[str, Any]
+    message: Any
+
+    @classmethod
+    def of(cls, record: Any) -> BatchEvent:
+        return cls(record.key, record.value, dict(record.headers or ()), record)
+
+
+def permits_of(cost: Any) -> int:
+    """A cost function's result as permits, ``int(cost)`` as per event; refused (raises)
+    unless it is a finite number >= 0 (a bool is not a cost)."""
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise TypeError(f"cost must be a number >= 0, got {cost!r}")
+    if not math.isfinite(cost) or cost < 0:
+        raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
+    return int(float(cost))
+
+
+def keys_and_costs(gate: Any, records: Sequence[Any]
+                   ) -> tuple[list[Entry], list[tuple[Any, Failure]]]:
+    """Each record's limit key and permits (``gate``: a
+    :class:`~faust_backpressure.agents.keyed.KeyedRateLimitGate`), and the records refused
+    with why: their key or cost function raised, or the cost is not a number >= 0. A key
+    not on the record's partition stops the worker (``NotCopartitioned``), as per event."""
+    key_of, cost_of = gate.key, gate.cost
+    entries: list[Entry] = []
+    refused: list[tuple[Any, Failure]] = []
+    for record in records:
+        event = BatchEvent.of(record)
+        stage = "key"
+        try:
+            key = record.key if key_of is None else key_of(event)
+            stage = "cost"
+            permits = 1 if cost_of is None else permits_of(cost_of(event))
+        except Exception as exc:  # broad: the user's function failed on this record alone
+            refused.append((record, Failure.now(exc, stage, 0)))
+            continue
+        if key_of is not None:  # (after the cost: a refused record's key decides nothing)
+            gate.check_key_sampled(event, key)
+        entries.append((record, key, permits))
+    return entries, refused
+
+
+def cut_for_wait(entries: Sequence[Entry], burst_of: Callable[[Hashable], float]
+                 ) -> tuple[int, dict[Hashable, float]]:
+    """How many entries, from the first, a batch admits at once within each key's burst, and
+    each of their keys' summed permits (in the order of its first record): the batch is cut
+    before the first record that would take its key's sum above the burst (a record dearer
+    than the burst counts as the burst, as the buckets charge it: one such record passes
+    alone, as per event). At least 1 of a batch that is not empty."""
+    sums: dict[Hashable, float] = {}
+    for position, (_, key, permits) in enumerate(entries):
+        burst = burst_of(key)
+        total = sums.get(key, 0.0) + min(permits, burst)
+        if total > burst + 1e-9 and position > 0:
+            return position, sums
+        sums[key] = total
+    return len(entries), sums
+
+
+async def wait_for_keys(buckets: Callable[[], AbstractContextManager[KeyedTokenBuckets]],
+                        sums: dict[Hashable, float], clock: Callable[[], float],
+                        sleep: Callable[[float], Awaitable[bool]]) -> list[Hashable] | None:
+    """Sleep until every key's bucket holds its sum, then take them (``reserve``: due now);
+    returns the keys that made it wait, or None if ``sleep`` returned False (the flow stopped:
+    nothing taken). ``buckets()`` is entered for each synchronous step (it sets the table's
+    partition context and yields the partition's buckets). Between the last check and the
+    take there is no await, so no other task changes the buckets in between."""
+    waited: list[Hashable] = []
+    while True:
+        with buckets() as current:
+            due = {key: current.when_reserved(key, permits) for key, permits in sums.items()}
+            latest = max(due.values(), default=0.0)
+            now = clock()
+            if latest <= now:
+                for key, permits in sums.items():
+                    current.reserve(key, permits)
+                return waited
+            waited.extend(key for key, at in due.items() if at > now and key not in waited)
+        if not await sleep(latest - now):
+            return None
+
 
 
 @dataclass
@@ -151,12 +247,9 @@ class KeyedBatches:
         self.in_flight = KeysInFlight()
         self.abandoned = abandoned
         #: ``on_limit="wait"``'s sleep: False if the flow stopped first (a test's clock's)
-        self.sleep: Callable[[float], Awaitable[bool]] = self._sleep
+        self.sleep: Callable[[float], Awaitable[bool]] = gate.sleep_unless_flow_stops
         #: the functions' fast path: the record's own key, one permit a record
         self._plain = gate.key is None and gate.cost is None
-
-    async def _sleep(self, delay: float) -> bool:
-        return await unless_flow_stops(self.gate.app, asyncio.sleep(delay))
 
     @contextmanager
     def _buckets(self, tp: Any) -> Iterator[KeyedTokenBuckets]:
@@ -209,8 +302,7 @@ class KeyedBatches:
         with self._buckets(batch.tp) as buckets:
             buckets.expire(EXPIRE_PER_RECORD * len(batch.records))
             burst_of = lambda key: buckets.limits(key).burst_capacity  # noqa: E731
-            cut = cut_for_wait(entries, burst_of) if entries else 0
-            sums = sums_by_key(entries[:cut], burst_of)
+            cut, sums = cut_for_wait(entries, burst_of)
         if cut < len(entries):
             self._cut(batch, queues, entries[cut][0])
             entries = entries[:cut]
@@ -249,26 +341,23 @@ class KeyedBatches:
 
     async def send_split(self, producer: Any, split: KeySplit,
                          dead_letter: Callable[[Any, Any, Failure], Any]) -> list[Any]:
-        """The split's sends, outputs of the batch: deferred records to the deferral topic,
-        shed ones to the shed topic, refused ones to the DLQ (``dead_letter(producer,
-        record, failure)``); returns their send futures."""
-        futures = await self.send_deferred(producer, split)
-        if split.shed:
-            futures.extend(await send_shed(self.gate, producer, split.shed))
-        for record, failure in split.rejected:
-            futures.append(await dead_letter(producer, record, failure))
-        return futures
-
-    async def send_deferred(self, producer: Any, split: KeySplit) -> list[Any]:
-        """The deferred records to the deferral topic (the source partition's number), as
-        the per-event gate sends them; returns their send futures (outputs of the batch)."""
-        gate = self.gate
-        topic = gate.deferral_topic_name
-        futures = [await producer.send(topic, record.value, key=record.key,
-                                       partition=record.partition,
-                                       headers=gate.deferral_headers(record, not_before))
+        """The split's sends, outputs of the batch, as the per-event gate sends them:
+        deferred records to the deferral topic (the source partition's number), shed ones to
+        the shed topic, refused ones to the DLQ (``dead_letter(producer, record, failure)``);
+        returns their send futures."""
+        gate, send = self.gate, producer.send
+        futures = [await send(gate.deferral_topic_name, record.value, key=record.key,
+                              partition=record.partition,
+                              headers=gate.deferral_headers(record, not_before))
                    for record, _, not_before in split.deferred]
         gate.deferred += len(futures)
+        for record, _, permits in split.shed:
+            topic = gate.shed_topic_for(record.topic).get_topic_name()
+            futures.append(await send(topic, record.value, key=record.key,
+                                      headers=gate.shed_headers_of(record, permits, "keyed")))
+        gate.shed += len(split.shed)
+        for record, failure in split.rejected:
+            futures.append(await dead_letter(producer, record, failure))
         return futures
 
 

@@ -17,7 +17,7 @@ from faust_backpressure.faust_seam import ChangelogWriter, changelog_writer
 from faust_backpressure.faust_seam.table_writes import UNWRITTEN
 from faust_backpressure.limiters.keyed_buckets import KeyState
 
-__all__ = ["STATE", "TableStore", "encode_key", "key_type", "partition_bytes", "store_url"]
+__all__ = ["STATE", "TableStore", "encode_key", "partition_bytes", "store_url"]
 
 #: A bucket level as stored: full_at (float), deferred (int), late (float).
 STATE = struct.Struct("<dqd")
@@ -30,11 +30,6 @@ def encode_key(key: Hashable) -> bytes:
     if isinstance(key, str):
         return b"s" + key.encode()
     return b"j" + json.dumps(key, sort_keys=True, default=str).encode()
-
-
-def key_type(key: Hashable) -> str:
-    """As ``--key-type`` names it (``str``, ``bytes``, ``int``; else the type's name)."""
-    return type(key).__name__
 
 
 def partition_bytes(key: Hashable) -> bytes | None:

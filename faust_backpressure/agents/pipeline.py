@@ -23,7 +23,7 @@ from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.dlq_log import DeadLetterLog
 from faust_backpressure.agents.downstream import Downstream, WaitAborted
 from faust_backpressure.agents.flow import never_block_conductor, unless_flow_stops
-from faust_backpressure.agents.headers import Failure, dlq_headers, requeue_headers
+from faust_backpressure.agents.headers import Failure, Headers, dlq_headers, requeue_headers
 from faust_backpressure.agents.keyed import KeyedRateLimitGate
 from faust_backpressure.agents.keyed_batch import one_at_a_time, run_beside_readmitted
 from faust_backpressure.agents.rate_limit import RateLimitGate
@@ -89,7 +89,7 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
                      process_batch: Callable[[list[Any]], Any] | None,
                      concurrency: int | None, max_retries: int | None,
                      limiter: RateLimitingStrategy | None, downstream: Downstream | None,
-                     keyed: KeyedRateLimitGate | None, **batch_checked: Any) -> tuple[int, int]:
+                     **batch_checked: Any) -> tuple[int, int]:
     """A pipeline's options checked (a clear error naming the option); its concurrency and
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
@@ -154,7 +154,7 @@ class Pipeline:
         self.concurrency, self.max_retries = _checked_options(
             name, settings, process=process, process_batch=process_batch,
             concurrency=concurrency, max_retries=max_retries, limiter=limiter,
-            downstream=downstream, keyed=keyed, priority=priority, on_limit=on_limit)
+            downstream=downstream, priority=priority, on_limit=on_limit)
         self.app = app
         self.name = name
         self.settings = settings
@@ -234,8 +234,9 @@ class Pipeline:
             handle = self._handle if self._key_tails is None else self.handle
             resumed = self._resumed
             async for event in stream.events():
-                if not resumed.is_set():
-                    await self._wait_resumed()
+                if not resumed.is_set() and not await self.wait_resumed():
+                    log.info("pipeline %s is paused but the flow stopped (rebalance or stop): "
+                             "one event goes on", self.name)
                 await handle(event)
 
         # Faust labels an agent (in every log line) by its function's module and qualname:
@@ -292,21 +293,15 @@ class Pipeline:
         self.paused_by = info or {}
         self._resumed.clear()
 
-    async def wait_resumed(self) -> None:
-        """Until an operator's :meth:`resume` (returns at once if not paused)."""
-        await self._resumed.wait()
+    async def wait_resumed(self) -> bool:
+        """Until an operator's :meth:`resume` (at once if not paused), unless Faust stops the
+        flow first (a rebalance or stop: Faust waits for events in flight, and a paused one
+        must not hold those, see .flow.unless_flow_stops): False then."""
+        return await unless_flow_stops(self.app, self._resumed.wait())
 
     def resume(self) -> None:
         self.paused_by = None
         self._resumed.set()
-
-    async def _wait_resumed(self) -> None:
-        # Faust waits for events in flight before a rebalance or stop: a paused event must not
-        # hold those (see .flow.unless_flow_stops); it then goes on.
-        await unless_flow_stops(self.app, self._resumed.wait())
-        if not self._resumed.is_set():
-            log.info("pipeline %s is paused but the flow stopped (rebalance or stop): one "
-                     "event goes on", self.name)
 
     async def handle(self, event: EventT[Any]) -> None:
         """Decode, process (with retries), send; a failure goes to the DLQ with its reason."""
@@ -328,37 +323,30 @@ class Pipeline:
             if tails.get(key) is mine:
                 del tails[key]
 
-    def _decode(self, message: Any) -> tuple[Any, Any]:
+    def decode(self, record: Any) -> tuple[Any, Any]:
+        """A source record's (a Faust message's or a batch's raw record's) key and value,
+        decoded with the source topic's schema (a raw side as it is)."""
         schema = self.schema_topic.schema
-        key = message.key if self._raw_key else schema.loads_key(self.app, message)
-        value = message.value if self._raw_value else schema.loads_value(self.app, message)
+        key = record.key if self._raw_key else schema.loads_key(self.app, record)
+        value = record.value if self._raw_value else schema.loads_value(self.app, record)
         return key, value
-
-    async def _process(self, value: Any) -> Any:
-        guard = self.downstream
-        if guard is not None:
-            return await guard.run_unless(flow_stopped_event(self.app), self.process, value)
-        result = self.process(value)
-        if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
-            result = await result
-        return result
 
     async def _handle(self, event: EventT[Any]) -> None:
         stats = self.stats
         stats.consumed += 1
         try:
-            key, value = self._decode(event.message)
+            key, value = self.decode(event.message)
         except Exception as exc:
             await self.dead_letter(event, Failure.now(exc, "decode", 0))
             return
-        process = self.process if self.downstream is None else None
+        process, guard = self.process, self.downstream
         failure: Failure | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                if process is None:
-                    result = await self._process(value)
+                if guard is not None:
+                    result = await guard.run_unless(flow_stopped_event(self.app), process, value)
                 else:  # no guard: called here, no coroutine of our own per event
                     result = process(value)
                     if type(result) not in PLAIN_RESULTS and inspect.isawaitable(result):
@@ -400,15 +388,18 @@ class Pipeline:
         log.info("pipeline %s: %s[%s]@%s requeued (the flow stopped while its dependency "
                  "held it)", self.name, message.topic, message.partition, message.offset)
 
+    def dead_letter_headers(self, record: Any, failure: Failure) -> Headers:
+        """A source record's (a Faust message's or a batch's raw record's) headers in the
+        DLQ; the record is logged (:class:`DeadLetterLog`) and counted as dead-lettered."""
+        self.dlq_log.record(f"{record.topic}[{record.partition}]@{record.offset}",
+                            failure.error, failure.attempts)
+        self.stats.dead_lettered += 1
+        return dlq_headers(record.headers or [], pipeline=self.name, topic=record.topic,
+                           partition=record.partition, offset=record.offset, failure=failure,
+                           traceback_limit=self.settings.traceback_limit)
+
     async def dead_letter(self, event: EventT[Any], failure: Failure) -> None:
         message = event.message
-        self.dlq_log.record(f"{message.topic}[{message.partition}]@{message.offset}",
-                            failure.error, failure.attempts)
-        await self.dlq.send(
-            key=message.key, value=message.value,
-            key_serializer="raw", value_serializer="raw",
-            headers=dlq_headers(message.headers, pipeline=self.name, topic=message.topic,
-                                partition=message.partition, offset=message.offset,
-                                failure=failure,
-                                traceback_limit=self.settings.traceback_limit))
-        self.stats.dead_lettered += 1
+        headers = self.dead_letter_headers(message, failure)
+        await self.dlq.send(key=message.key, value=message.value, key_serializer="raw",
+                            value_serializer="raw", headers=headers)

@@ -21,15 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
-from faust_backpressure.agents.gate_base import GateBase, GateStats
-from faust_backpressure.agents.headers import shed_headers
+from faust_backpressure.agents.gate_base import AgentFunT, GateBase, GateStats
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
@@ -44,7 +43,6 @@ CostFunction = Callable[[EventT[Any]], int]
 #: An event's priority, higher is more important (for priority-based load shedding).
 PriorityFunction = Callable[[EventT[Any]], int]
 Event = EventT[Any]
-AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 
 class RateLimitGate(GateBase):
@@ -64,7 +62,6 @@ class RateLimitGate(GateBase):
         self.limiter = limiter
         self.on_limit = on_limit
         self.cost = cost
-        self._declared: set[str] = set()
         #: Set by a control loop under critical lag: refused events are shed even in "wait".
         self.shed_now = False
         #: The events' priority (higher is more important), or None: no priority shedding.
@@ -103,34 +100,21 @@ class RateLimitGate(GateBase):
         return permits if permits <= self.capacity else int(self.capacity)
 
     def _processor(self, stream: StreamT[Any]) -> Callable[[Any], Any]:
-        try_acquire = self.limiter.try_acquire
+        try_acquire, cost = self.limiter.try_acquire, self.cost
 
-        if self.cost is None:
-            def admit(value: Any) -> Any:
-                if self.shed_threshold is not None and self.priority is not None:
-                    low = self._low_priority(stream.current_event)
-                    if low is not None:
-                        return self._shed_low(stream.current_event, low)
-                if try_acquire(1):
-                    return value
-                if self.shedding:
-                    return self._shed(stream.current_event, 1)
-                return self._wait(value, 1)
-            return admit
-
-        def admit_by_cost(value: Any) -> Any:
-            event = stream.current_event
+        def admit(value: Any) -> Any:
             if self.shed_threshold is not None and self.priority is not None:
-                low = self._low_priority(event)
+                low = self._low_priority(stream.current_event)
                 if low is not None:
-                    return self._shed_low(event, low)
-            permits = self._permits(event)
+                    return self._shed(stream.current_event, 0, low)
+            # (without a cost function the event is not even looked at)
+            permits = 1 if cost is None else self._permits(stream.current_event)
             if permits < 1 or try_acquire(permits):
                 return value
             if self.shedding:
-                return self._shed(event, permits)
+                return self._shed(stream.current_event, permits)
             return self._wait(value, permits)
-        return admit_by_cost
+        return admit
 
     @property
     def shedding(self) -> bool:
@@ -154,20 +138,11 @@ class RateLimitGate(GateBase):
             return None
         return (value, threshold) if value < threshold else None
 
-    async def _shed_low(self, event: Event | None, low: tuple[int, int]) -> Any:
-        assert event is not None  # _low_priority returns None without an event
-        await self._send_to_shed(event, 0, low=low)
-        raise Skip()
-
     # -- slow paths --------------------------------------------------------------------------
 
     async def _wait(self, value: Any, permits: int) -> Any:
-        self.waits += 1
-        await self.acquire_until_flow_stops(permits)
-        return value
-
-    async def acquire_until_flow_stops(self, permits: int) -> None:
-        """Wait for ``permits``, or until Faust stops the flow (a rebalance or shutdown).
+        """``value`` once ``permits`` were acquired, or once Faust stops the flow (a
+        rebalance or shutdown).
 
         Faust waits for every event being processed before it hands partitions over or stops,
         and a distributed limiter's owner cannot answer during a rebalance: an event waiting
@@ -175,16 +150,18 @@ class RateLimitGate(GateBase):
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
+        self.waits += 1
         started = time.monotonic()
         if await unless_flow_stops(self.app, self.acquire(permits)):
             notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
                            permits, time.monotonic() - started)
-            return
+            return value
         self.overdrafts += 1
         notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
                        permits)
         log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
                  "on without them", self.agent_name, permits, self.name)
+        return value
 
     async def acquire(self, permits: int) -> None:
         """Wait for ``permits``, in chunks no larger than the limiter's capacity."""
@@ -204,38 +181,20 @@ class RateLimitGate(GateBase):
     async def _send_to_shed(self, event: Event, permits: int,
                             low: tuple[int, int] | None = None) -> None:
         """``low``: shed for its priority (priority, threshold), not for refused permits."""
-        message = event.message
-        topic = self.shed_topic_for(message.topic)
-        if message.topic not in self._declared:
-            # Declared with the app's partition count, not auto-created with the broker's 1.
-            self._declared.add(message.topic)
-            try:
-                await topic.maybe_declare()
-            except Exception as exc:  # e.g. no Create ACL: the send below may still work
-                log.warning("%s: could not declare shed topic %s: %r", self.agent_name,
-                            topic.get_topic_name(), exc)
-        await topic.send(
-            key=message.key, value=message.value,
-            key_serializer="raw", value_serializer="raw",
-            headers=shed_headers(message.headers, agent=self.agent_name, limiter=self.name,
-                                 topic=message.topic, partition=message.partition,
-                                 offset=message.offset, permits=permits,
-                                 cause="critical downstream lag" if low is not None else
-                                 "" if self.on_limit == "shed" else
-                                 "load shedding: critical downstream lag",
-                                 priority=None if low is None else low[0],
-                                 threshold=None if low is None else low[1]))
-        self.shed += 1
+        topic = await self.send_to_shed(
+            event, permits, "critical downstream lag" if low is not None else
+            "" if self.on_limit == "shed" else "load shedding: critical downstream lag", low)
         if low is not None:
             self.shed_by_priority += 1
         notify_sensors(self.app, "on_rate_limit_shed", self.agent_name, self.name,
                        topic.get_topic_name(), permits)
 
-    async def _shed(self, event: Event | None, permits: int) -> Any:
+    async def _shed(self, event: Event | None, permits: int,
+                    low: tuple[int, int] | None = None) -> Any:
         if event is None:  # not from a topic (e.g. agent.send to a channel): nothing to shed to
-            await self.acquire(permits)
+            await self.acquire(permits)  # (a low priority needs an event: never None then)
             return None
-        await self._send_to_shed(event, permits)
+        await self._send_to_shed(event, permits, low=low)
         raise Skip()
 
     def _batched(self, stream: StreamT[Any], processor: Callable[[Any], Any],
@@ -260,9 +219,7 @@ class RateLimitGate(GateBase):
                     if granted:
                         yield events
                     elif not self.shedding:
-                        self.waits += 1
-                        await self.acquire_until_flow_stops(permits)
-                        yield events
+                        yield await self._wait(events, permits)
                     else:
                         admitted = await self._shed_some(events)
                         if admitted:

@@ -89,12 +89,6 @@ def _metadata(markers: dict[str, int], position: int) -> str:
     return json.dumps({"replayed_below": kept}, separators=(",", ":")) if kept else ""
 
 
-async def _committed(kafka: KafkaClientSettings | str, group_id: str,
-                     tps: list[TopicPartition]) -> dict[TopicPartition, str]:
-    offsets = await group_offsets(kafka, group_id, tps)
-    return {tp: meta.metadata or "" for tp, meta in offsets.items()}
-
-
 @dataclass
 class _Replay:
     """One replay's per-record decisions and the positions it may commit."""
@@ -180,8 +174,8 @@ async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_top
         # (position() waits for the group coordinator, which the admin call below needs)
         todo = {tp for tp in tps if await consumer.position(tp) < end[tp]}
         if not from_beginning:
-            for tp, metadata in (await _committed(kafka, group_id, tps)).items():
-                replay.markers[tp] = _markers(metadata)
+            for tp, committed in (await group_offsets(kafka, group_id, tps)).items():
+                replay.markers[tp] = _markers(committed.metadata or "")
         async for batch in batches_to_end(consumer, end, todo, max_records=500):
             pending = []
             for tp, records in batch.items():

@@ -58,6 +58,10 @@ def test_header_helpers() -> None:
     assert h.header(pairs, "a") == b"2" and h.header(None, "a") is None
     assert h.replay_count(pairs) == 3 and h.replay_count({h.REPLAY_COUNT: b"x"}) == 0
     assert h.without_bp_headers(pairs) == [("a", b"1"), ("a", b"2")]
+    once = h.requeue_headers(pairs)
+    assert once == [("a", b"1"), ("a", b"2"), (h.REPLAY_COUNT, b"3"), (h.REQUEUED, b"1")]
+    assert h.requeue_headers(once)[-1] == (h.REQUEUED, b"2")
+    assert h.requeue_headers([(h.REQUEUED, b"x")]) == [(h.REQUEUED, b"1")]
 
 
 def testoutputs_of() -> None:
@@ -171,7 +175,7 @@ async def test_gate_cost_function_and_shed() -> None:
                          cost=lambda e: len(e.message.value))
     sent: list[Any] = []
 
-    async def send(event: Any, permits: int) -> None:
+    async def send(event: Any, permits: int, low: Any = None) -> None:
         sent.append((event, permits))
 
     gate._send_to_shed = send  # type: ignore[method-assign]

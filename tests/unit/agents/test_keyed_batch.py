@@ -132,6 +132,7 @@ class _Gate:
     shed: int = 0
     waits: int = 0
     checked: list[tuple[Any, Hashable]] = field(default_factory=list)
+    sleep_unless_flow_stops: Any = None  # on_limit="wait"'s tests give KeyedBatches a sleeper
 
     def __post_init__(self) -> None:
         self.buckets = KeyedTokenBuckets(self.rate, self.burst, store=self.store,
@@ -145,6 +146,9 @@ class _Gate:
 
     def deferral_headers(self, record: Any, not_before: float) -> list[tuple[str, bytes]]:
         return KeyedRateLimitGate.deferral_headers(self, record, not_before)  # type: ignore[arg-type]
+
+    def shed_headers_of(self, record: Any, permits: int, cause: str) -> list[tuple[str, bytes]]:
+        return KeyedRateLimitGate.shed_headers_of(self, record, permits, cause)  # type: ignore[arg-type]
 
     def check_key_sampled(self, event: Any, key: Hashable) -> None:
         self.checked.append((event, key))
@@ -182,7 +186,7 @@ async def test_deferred_records_are_sent_as_the_per_event_gate_sends_them(
     split = await keyed.split(_batch(records, clock), _queues())
     assert gate.admitted == 3 and gate.refused == [b"a"]
     producer = _Producer()
-    futures = await keyed.send_deferred(producer, split)
+    futures = await keyed.send_split(producer, split, dead_letter=None)  # type: ignore[arg-type]
     assert futures == ["future-1"] and gate.deferred == 1
     ((topic, key, value, partition, headers),) = producer.sent
     assert (topic, key, value, partition) == ("app-per-key-deferred", b"a", b"a2", 2)

@@ -19,12 +19,14 @@ from faust.types import TP as FaustTP
 
 from faust_backpressure.agents.batch import BatchQueues
 from faust_backpressure.agents.headers import SHED_REASON, SOURCE_OFFSET
-from faust_backpressure.agents.keyed_batch import KeyedBatches, run_beside_readmitted, split_by_key
-from faust_backpressure.agents.keyed_batch_options import (
+from faust_backpressure.agents.keyed_batch import (
     BatchEvent,
+    KeyedBatches,
     cut_for_wait,
     keys_and_costs,
     permits_of,
+    run_beside_readmitted,
+    split_by_key,
     wait_for_keys,
 )
 from faust_backpressure.limiters.keyed_buckets import KeyedTokenBuckets
@@ -157,10 +159,11 @@ def test_a_waiting_batch_is_cut_where_a_key_would_exceed_its_burst() -> None:
         return [(i, item[0], int(item[1:])) for i, item in enumerate(spec.split())]
 
     burst = {"a": 4.0, "b": 2.0}.get
-    assert cut_for_wait(entries("a2 b1 a2 b1"), burst) == 4  # every key within its burst
-    assert cut_for_wait(entries("a2 b1 a2 b2 a1"), burst) == 3  # b's 3 > 2: cut before it
-    assert cut_for_wait(entries("a9 a1"), burst) == 1  # alone, capped at the burst
-    assert cut_for_wait(entries("b0 b2 b0 b1"), burst) == 3
+    assert cut_for_wait(entries("a2 b1 a2 b1"), burst) == (4, {"a": 4, "b": 2})  # within
+    assert cut_for_wait(entries("a2 b1 a2 b2 a1"), burst) == (3, {"a": 4, "b": 1})  # b's 3 > 2
+    assert cut_for_wait(entries("a9 a1"), burst) == (1, {"a": 4})  # alone, capped at the burst
+    assert cut_for_wait(entries("b0 b2 b0 b1"), burst) == (3, {"b": 2})
+    assert cut_for_wait([], burst) == (0, {})
 
 
 async def test_a_batch_waits_for_every_key_then_takes_their_tokens(clock: FakeClock) -> None:

@@ -114,7 +114,7 @@ def test_keyed_limits_are_shown_without_per_key_labels() -> None:
     _, bp = _app()
     limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
                                   store="memory://")
-    limit.admitted, limit.deferred, limit.backlog = 7, 3, 2
+    limit.admitted, limit.deferred, limit.deferrals.backlog = 7, 3, 2
     state = snapshot(bp)["keyed"]["per-customer"]
     assert (state["admitted"], state["deferred"], state["deferred_backlog"]) == (7, 3, 2)
     assert state["keys_tracked"] == 0 and state["burst"] == 10
