@@ -58,6 +58,8 @@ class OffsetGuard:
     origin: dict[TP, int] = field(default_factory=dict)
     #: tp -> the offset sought back to, until the broker's first fetch from it
     verifying: dict[TP, int] = field(default_factory=dict)
+    #: tp -> the first offset accepted while nothing was expected (since its last reset)
+    started: dict[TP, int] = field(default_factory=dict)
     #: tp -> [begin, end): the broker's fetch from ``begin`` started at ``end``
     empty: dict[TP, tuple[int, int]] = field(default_factory=dict)
     rereads: int = 0
@@ -103,6 +105,7 @@ class OffsetGuard:
         expected = self.expected.get(tp)
         if expected is None:
             self.origin.setdefault(tp, offset)
+            self.started[tp] = offset
         if expected is None or offset == expected:
             self.expected[tp] = offset + 1
             self.verifying.pop(tp, None)
@@ -215,8 +218,11 @@ class _GuardedConsumer:
         super().resume_partitions(held)  # type: ignore[misc]
 
     async def _seek_assigned(self) -> None:
-        await super().perform_seek()  # type: ignore[misc]
         guard = self.offset_guard
+        unknown = {tp for tp in self.assignment()  # type: ignore[attr-defined]
+                   if guard.expected.get(tp) is None}
+        guard.started = {tp: o for tp, o in guard.started.items() if tp not in unknown}
+        await super().perform_seek()  # type: ignore[misc]
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
             if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
@@ -229,6 +235,8 @@ class _GuardedConsumer:
                     guard.origin[tp] = position
                     await self.seek(tp, position)
                     continue
+            if tp in unknown and position is not None and guard.started.get(tp) == position:
+                continue  # read from there during the seek: a reset re-read them (duplicates)
             guard.reset(tp, position)
 
     @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
