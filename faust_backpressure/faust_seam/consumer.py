@@ -58,7 +58,8 @@ class OffsetGuard:
     origin: dict[TP, int] = field(default_factory=dict)
     #: tp -> the offset sought back to, until the broker's first fetch from it
     verifying: dict[TP, int] = field(default_factory=dict)
-    #: tp -> the first offset accepted while nothing was expected (since its last reset)
+    #: tp -> the first offset accepted since it was assigned (Faust may deliver records before
+    #: its seek to the committed offset has returned)
     started: dict[TP, int] = field(default_factory=dict)
     #: tp -> [begin, end): the broker's fetch from ``begin`` started at ``end``
     empty: dict[TP, tuple[int, int]] = field(default_factory=dict)
@@ -93,6 +94,7 @@ class OffsetGuard:
             self.expected.pop(tp, None)
             self.verifying.pop(tp, None)
             self.empty.pop(tp, None)
+            self.started.pop(tp, None)
 
     def fetched(self, tp: TP, first: int) -> None:
         """The broker returned records of ``tp`` from ``first`` on (before any is dropped)."""
@@ -219,9 +221,6 @@ class _GuardedConsumer:
 
     async def _seek_assigned(self) -> None:
         guard = self.offset_guard
-        unknown = {tp for tp in self.assignment()  # type: ignore[attr-defined]
-                   if guard.expected.get(tp) is None}
-        guard.started = {tp: o for tp, o in guard.started.items() if tp not in unknown}
         await super().perform_seek()  # type: ignore[misc]
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
@@ -235,8 +234,8 @@ class _GuardedConsumer:
                     guard.origin[tp] = position
                     await self.seek(tp, position)
                     continue
-            if tp in unknown and position is not None and guard.started.get(tp) == position:
-                continue  # read from there during the seek: a reset re-read them (duplicates)
+            if position is not None and guard.started.get(tp) == position:
+                continue  # read from there since the flow resumed: a reset re-read them
             guard.reset(tp, position)
 
     @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)

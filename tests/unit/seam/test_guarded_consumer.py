@@ -179,26 +179,30 @@ async def _no_records(active: Any, timeout: float) -> dict[TP, list[Any]]:
 
 async def test_records_read_from_the_committed_offset_during_the_seek_are_not_read_twice(
         tmp_path: Path) -> None:
-    """A newly assigned partition that was not paused delivered records from its committed
-    offset while the seek to that offset was still asking the broker; the guard, reset to it
+    """A newly assigned partition delivered records from its committed offset once the flow
+    resumed, before or while the seek to that offset asked the broker; the guard, reset to it
     afterwards, took the next record for a jump and re-read them all: delivered twice, and
     under exactly_once both copies committed (the keyed batch SIGKILL test). A partition
     whose records came from elsewhere is still reset (and re-read from the committed offset)."""
     consumer: Any = _consumer(tmp_path, "guard-seek")
-    other = TP("orders", 1)
+    other, early = TP("orders", 1), TP("orders", 2)
     guard = consumer.offset_guard
-    consumer.assignment = lambda: {tp, other}
+    consumer.assignment = lambda: {tp, other, early}
     consumer._guarded = lambda topic: True
+    guard.forget({tp, other, early})  # the revocation before the assignment
+    for offset in range(50, 60):  # delivered before the seek began (the flow had resumed)
+        assert guard.check(early, offset)[0] == guard.ACCEPT
 
     async def seek_to_committed() -> dict[TP, int]:
         for offset in range(12, 37):  # fetched and accepted while the seek waits
             assert guard.check(tp, offset)[0] == guard.ACCEPT
         for offset in range(40, 45):  # from where an older fetch had stopped
             assert guard.check(other, offset)[0] == guard.ACCEPT
-        return {tp: 12, other: 30}
+        return {tp: 12, other: 30, early: 50}
 
     consumer.seek_to_committed = seek_to_committed
     await consumer._seek_assigned()
     assert guard.check(tp, 37) == (guard.ACCEPT, 37)  # goes on: no re-read of 12..36
+    assert guard.check(early, 60) == (guard.ACCEPT, 60)
     assert guard.expected[other] == 30  # reset: 30..39 never came, they are read
     assert guard.check(other, 45) == (guard.REREAD, 30)
