@@ -27,7 +27,7 @@ from typing import Any
 
 from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.agents.keyed import TOP_KEYS, KeyedRateLimitGate, encode_key
-from faust_backpressure.agents.keyed_top import describe_key
+from faust_backpressure.agents.keyed_store import describe_key
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
 from faust_backpressure.wire.signing import (
     RejectedRecord,
