@@ -205,7 +205,8 @@ class OperatorCommand:
 
     @staticmethod
     def common(data: dict[str, Any]) -> tuple[str, str, float, str]:
-        """The common fields of a decoded record, range-checked: id, by, at, reason."""
+        """The common fields of a decoded record, range-checked: id, by, at, reason (the
+        control loop's ``Override``, on another topic, reads its own by this too)."""
         return (text(data, "id"), text(data, "by"), number(data, "at", 0.0, 1e11),
                 str(data.get("reason", ""))[:200])
 
