@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from faust_backpressure.agents.slow_down import DependencyUnavailable
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.limiters.metrics import gauge
+from faust_backpressure.limiters.base import gauge
 
 __all__ = ["RECOVERY_MIN_OPEN", "DownstreamStats", "Publisher", "WaitAborted",
            "is_unavailable"]

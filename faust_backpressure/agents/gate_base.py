@@ -25,7 +25,7 @@ from faust.types import AgentT, AppT, EventT, StreamT, TopicT
 from faust_backpressure.agents.flow import never_block_conductor
 from faust_backpressure.agents.headers import Headers, shed_headers
 from faust_backpressure.faust_seam import set_stream_gate, stream_gate
-from faust_backpressure.limiters.metrics import counter, gauge
+from faust_backpressure.limiters.base import counter, gauge
 from faust_backpressure.wire.kafka_clients import raw_topic
 
 __all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGateStats", "counter",

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 __all__ = ["ATTEMPTS", "ERROR_MESSAGE", "ERROR_TYPE", "FIRST_FAILURE", "LAST_FAILURE", "PIPELINE",
            "REPLAY_COUNT", "SHED_AGENT", "SHED_AT", "SHED_LIMITER", "SHED_PRIORITY", "SHED_REASON",
            "SOURCE_OFFSET", "SOURCE_PARTITION", "SOURCE_TOPIC", "STAGE", "TRACEBACK", "Failure",
-           "Headers", "HeadersIn", "dlq_headers", "header", "replay_count", "shed_headers",
-           "without_bp_headers"]
+           "Headers", "HeadersIn", "dlq_headers", "error_type", "header", "header_text", "owned_by",
+           "replay_count", "shed_headers", "without_bp_headers"]
 
 Headers = list[tuple[str, bytes]]
 #: Headers as Faust/aiokafka hand them over: pairs, or a mapping.
@@ -64,6 +64,30 @@ def header(headers: HeadersIn, name: str) -> bytes | None:
         if key == name:
             found = value
     return found
+
+
+def header_text(raw: bytes | None) -> str:
+    """A header value as text: UTF-8 if it decodes, else its ``repr`` (never raises)."""
+    if raw is None:
+        return "None"
+    try:
+        return bytes(raw).decode("utf-8")
+    except (UnicodeDecodeError, TypeError, ValueError):
+        return repr(raw)
+
+
+def owned_by(headers: HeadersIn, pipeline: str) -> bool:
+    """Whether a DLQ record with these headers is ``pipeline``'s: no ``bp.pipeline`` header
+    counts as ours. Replay and ``dlq-inspect`` both decide by this."""
+    owner = header(headers, PIPELINE)
+    return owner is None or header_text(owner) == pipeline
+
+
+def error_type(headers: HeadersIn) -> str:
+    """``bp.error.type`` as text, ``?`` when missing: what ``dlq-inspect`` counts by and
+    ``replay --error-type`` matches."""
+    raw = header(headers, ERROR_TYPE)
+    return "?" if raw is None else header_text(raw)
 
 
 def _count(headers: HeadersIn, name: str) -> int:

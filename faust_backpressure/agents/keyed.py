@@ -42,12 +42,13 @@ from faust_backpressure.agents.headers import (
 )
 from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
 from faust_backpressure.agents.keyed_store import (
+    RefusedKeys,
     TableStore,
+    describe_key,
     encode_key,
     partition_bytes,
     store_url,
 )
-from faust_backpressure.agents.keyed_top import RefusedKeys, describe_key
 from faust_backpressure.config.errors import FatalError
 from faust_backpressure.config.validation import check_number
 from faust_backpressure.faust_seam import (

@@ -22,10 +22,9 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from faust_backpressure.agents.headers import (
-    ERROR_TYPE,
-    PIPELINE,
     REPLAY_COUNT,
-    header,
+    error_type,
+    owned_by,
     replay_count,
     without_bp_headers,
 )
@@ -109,9 +108,8 @@ class _Replay:
         report = self.report
         report.examined += 1
         self.done[tp] = record.offset + 1
-        kind = (header(record.headers, ERROR_TYPE) or b"?").decode(errors="replace")
-        owner = header(record.headers, PIPELINE)
-        if owner is not None and owner.decode(errors="replace") != self.pipeline:
+        kind = error_type(record.headers)
+        if not owned_by(record.headers, self.pipeline):
             report.passed_over += 1  # another pipeline's: never ours to replay
             return None
         if record.offset < self.markers[tp].get(kind, -1):

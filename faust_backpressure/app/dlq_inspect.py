@@ -38,15 +38,16 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from faust_backpressure.agents.headers import (
-    ERROR_TYPE,
     FIRST_FAILURE,
     LAST_FAILURE,
-    PIPELINE,
     PREFIX,
     STAGE,
     TRACEBACK,
+    error_type,
     header,
+    owned_by,
 )
+from faust_backpressure.agents.headers import header_text as text
 from faust_backpressure.app.cli import backpressure, declared, fail, installation, table
 from faust_backpressure.wire.kafka_clients import (
     KafkaClientSettings,
@@ -65,16 +66,6 @@ _Moment = TypeVar("_Moment", int, datetime)
 VALUE_LIMIT = 60
 #: shown of a header value in the plain form (the JSON form has it whole)
 HEADER_LIMIT = 100
-
-
-def text(raw: bytes | None) -> str:
-    """A header value as text: UTF-8 if it decodes, else its ``repr`` (never raises)."""
-    if raw is None:
-        return "None"
-    try:
-        return bytes(raw).decode("utf-8")
-    except (UnicodeDecodeError, TypeError, ValueError):
-        return repr(raw)
 
 
 def short(raw: bytes | None, limit: int = VALUE_LIMIT) -> str:
@@ -108,19 +99,6 @@ def _widen(pick: Callable[[_Moment, _Moment], _Moment], known: _Moment | None,
            new: _Moment | None) -> _Moment | None:
     """The first or last (``pick``: min or max) of ``known`` and ``new``; None is no value."""
     return known if new is None else new if known is None else pick(known, new)
-
-
-def owned_by(record: Record, pipeline: str) -> bool:
-    """Whether a DLQ record is ``pipeline``'s: no ``bp.pipeline`` header counts as ours, as
-    in :func:`~faust_backpressure.agents.replay.replay_dlq`."""
-    owner = header(record.headers, PIPELINE)
-    return owner is None or text(owner) == pipeline
-
-
-def error_type(record: Record) -> str:
-    """``bp.error.type``, ``?`` when missing (as :class:`~.replay.ReplayReport` counts it)."""
-    raw = header(record.headers, ERROR_TYPE)
-    return "?" if raw is None else text(raw)
 
 
 def budgets(available: Mapping[int, int], max_records: int) -> dict[int, int]:
@@ -167,11 +145,11 @@ class DlqSummary:
 
     def add(self, record: Record) -> None:
         """Count one DLQ record (records of other pipelines only as passed over)."""
-        if not owned_by(record, self.pipeline):
+        if not owned_by(record.headers, self.pipeline):
             self.other_pipelines += 1
             return
         self.counted += 1
-        kind = error_type(record)
+        kind = error_type(record.headers)
         self.by_error_type[kind] += 1
         stage = header(record.headers, STAGE)
         self.by_stage["?" if stage is None else text(stage)] += 1

@@ -26,9 +26,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from faust_backpressure.wire.signing import (
+    OperatorCommand,
     RejectedRecord,
     check_time,
     decode_signed,
@@ -186,9 +187,10 @@ class QuotaReport:
 
 
 @dataclass(frozen=True, slots=True)
-class BreakerCommand:
+class BreakerCommand(OperatorCommand):
     """An operator's breaker state for a dependency on every worker."""
 
+    kind: ClassVar[str] = "breaker"
     dependency: str
     state: str
     command_id: str
@@ -207,19 +209,14 @@ class BreakerCommand:
         return breaker_key(self.dependency)
 
     def encode(self, secret: bytes | None = None) -> bytes:
-        body: dict[str, Any] = {"type": "breaker", "dependency": self.dependency,
-                                "state": self.state, "id": self.command_id, "by": self.by,
-                                "at": self.at, "reason": self.reason}
-        return encode_signed(body, self.key, secret)
+        return self._encode({"dependency": self.dependency, "state": self.state}, self.key,
+                            secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None,
                secret: bytes | None = None) -> BreakerCommand:
-        data, name = decode_signed(raw, key or b"", secret, name="dependency",
-                                   record_key=lambda n: breaker_key(n), kind="breaker",
-                                   not_one="not a breaker record")
+        data, name = cls._decode(raw, key, secret, name="dependency", record_key=breaker_key)
         state = data.get("state")
         if state not in BREAKER_STATES:
             raise RejectedRecord(f"state must be one of {BREAKER_STATES}")
-        return cls(name, str(state), text(data, "id"), text(data, "by"),
-                   number(data, "at", 0.0, 1e11), str(data.get("reason", ""))[:200])
+        return cls(name, str(state), *cls.common(data))

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from faust_backpressure.agents.keyed import KeyedRateLimitGate, encode_key
-from faust_backpressure.agents.keyed_top import describe_key
+from faust_backpressure.agents.keyed_store import describe_key
 from faust_backpressure.app.cli import (
     acknowledged,
     backpressure,

@@ -23,18 +23,18 @@ import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from faust_backpressure.agents.gate_base import KEYED_COUNTERS, KEYED_COUNTS
 from faust_backpressure.agents.keyed import TOP_KEYS, KeyedRateLimitGate, encode_key
-from faust_backpressure.agents.keyed_top import describe_key
+from faust_backpressure.agents.keyed_store import describe_key
 from faust_backpressure.limiters.keyed_buckets import KeyLimits
 from faust_backpressure.wire.signing import (
+    OperatorCommand,
     RejectedRecord,
     decode_signed,
     encode_signed,
     number,
-    text,
 )
 
 __all__ = ["KEY_TYPES", "MAX_RATE", "KeyOverrideCommand",
@@ -63,9 +63,10 @@ def _target(value: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyOverrideCommand:
+class KeyOverrideCommand(OperatorCommand):
     """One key's limits on every worker (``rate`` None: the override is removed)."""
 
+    kind: ClassVar[str] = "key-override"
     limit: str
     key: bytes  #: the key's table form (encode_key)
     rate: float | None
@@ -104,18 +105,13 @@ class KeyOverrideCommand:
         return describe_key(self.key)
 
     def encode(self, secret: bytes | None = None) -> bytes:
-        body: dict[str, Any] = {"type": "key-override",
-                                "target": f"{self.limit}/{self.key.hex()}",
-                                "rate": self.rate, "burst": self.burst, "id": self.command_id,
-                                "by": self.by, "at": self.at, "reason": self.reason}
-        return encode_signed(body, self.key_record, secret)
+        return self._encode({"target": f"{self.limit}/{self.key.hex()}", "rate": self.rate,
+                             "burst": self.burst}, self.key_record, secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None,
                secret: bytes | None = None) -> KeyOverrideCommand:
-        data, target = decode_signed(raw, key or b"", secret, name="target",
-                                     record_key=_target, kind="key-override",
-                                     not_one="not a key-override record")
+        data, target = cls._decode(raw, key, secret, name="target", record_key=_target)
         limit, _, hexed = target.rpartition("/")
         try:
             encoded = bytes.fromhex(hexed)
@@ -129,8 +125,7 @@ class KeyOverrideCommand:
             burst = number(data, "burst", 0.0, MAX_RATE)
             if rate <= 0 or burst <= 0:
                 raise RejectedRecord("rate and burst must be positive")
-        return cls(limit, encoded, rate, burst, text(data, "id"), text(data, "by"),
-                   number(data, "at", 0.0, 1e11), str(data.get("reason", ""))[:200])
+        return cls(limit, encoded, rate, burst, *cls.common(data))
 
 
 def status_key(limit: str, worker: str) -> bytes:

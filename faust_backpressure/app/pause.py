@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import TopicPartition
 from mode import Service
@@ -60,12 +60,9 @@ from faust_backpressure.wire.kafka_clients import (
     topic_partitions,
 )
 from faust_backpressure.wire.signing import (
+    OperatorCommand,
     RejectedRecord,
     Rejections,
-    decode_signed,
-    encode_signed,
-    number,
-    text,
 )
 from faust_backpressure.wire.topics import ops_topic
 
@@ -90,7 +87,8 @@ def _key(pipeline: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class PauseCommand:
+class PauseCommand(OperatorCommand):
+    kind: ClassVar[str] = "pause"
     pipeline: str
     paused: bool
     command_id: str
@@ -103,22 +101,15 @@ class PauseCommand:
         return _key(self.pipeline)
 
     def encode(self, secret: bytes | None = None) -> bytes:
-        body: dict[str, Any] = {"type": "pause", "pipeline": self.pipeline,
-                                "paused": self.paused, "id": self.command_id, "by": self.by,
-                                "at": self.at, "reason": self.reason}
-        return encode_signed(body, self.key, secret)
+        return self._encode({"pipeline": self.pipeline, "paused": self.paused}, self.key, secret)
 
     @classmethod
     def decode(cls, raw: bytes | None, key: bytes | None,
                secret: bytes | None = None) -> PauseCommand:
-        # the key is required: a record without one is no pipeline's
-        data, pipeline = decode_signed(raw, key or b"", secret, name="pipeline",
-                                       record_key=_key, kind="pause",
-                                       not_one="not a pause record")
+        data, pipeline = cls._decode(raw, key, secret, name="pipeline", record_key=_key)
         if not isinstance(data.get("paused"), bool):
             raise RejectedRecord("paused must be a boolean")
-        return cls(pipeline, data["paused"], text(data, "id"), text(data, "by"),
-                   number(data, "at", 0.0, 1e11), str(data.get("reason", ""))[:200])
+        return cls(pipeline, data["paused"], *cls.common(data))
 
 
 class _OpsFollower(Service):

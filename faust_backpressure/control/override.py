@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from faust_backpressure.wire.signing import (
+    OperatorCommand,
     RejectedRecord,
     decode_signed,
     encode_signed,
     number,
-    text,
 )
 
 __all__ = ["MARKER", "MAX_AGE", "Override", "operator"]
@@ -81,9 +81,8 @@ class Override:
         if action not in ("hold", "release"):
             raise RejectedRecord(f"unknown override action {action!r:.40}")
         rate = None if data.get("rate") is None else number(data, "rate", 1e-9, 1e12)
-        return cls(limiter=limiter, action=action, override_id=text(data, "id"),
-                   by=text(data, "by"), at=number(data, "at", 0.0, 1e11), rate=rate,
-                   reason=str(data.get("reason", ""))[:200])
+        override_id, by, at, reason = OperatorCommand.common(data)  # as every command's
+        return cls(limiter, action, override_id, by, at, rate, reason)
 
     def to_state(self, rate: float) -> dict[str, Any]:
         """What the control table keeps while it holds."""

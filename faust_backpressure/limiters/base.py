@@ -17,16 +17,31 @@ from typing import ClassVar, Protocol, runtime_checkable
 from faust_backpressure.config.validation import check_int, check_number, is_number
 from faust_backpressure.errors import BackpressureError
 
-from .metrics import counter, gauge
-
 __all__ = ["Clock", "LimiterBase", "RateLimitTimeout", "RateLimiterStats",
-           "RateLimitingStrategy", "check_capacity", "check_permits", "check_rate", "check_timeout"]
+           "RateLimitingStrategy", "check_capacity", "check_permits", "check_rate", "check_timeout",
+           "counter", "gauge"]
 
 #: A function returning seconds as a float, monotonic (``time.monotonic`` by default).
 Clock = Callable[[], float]
 
 _NEG_INF = -math.inf
 
+
+# -- stats fields that are metrics too -------------------------------------------------------
+# The views show a stats dataclass's fields as they are (JSON) and export each field made with
+# counter() or gauge() as ``<prefix>_<field>[_total]``, so a new counter is one field.
+
+
+def counter(help_text: str) -> dict[str, str]:
+    """``field(metadata=counter(...))``: the field is also a Prometheus counter
+    (``<prefix>_<field>_total``)."""
+    return {"metric": "counter", "help": help_text}
+
+
+def gauge(help_text: str) -> dict[str, str]:
+    """``field(metadata=gauge(...))``: the field is also a Prometheus gauge
+    (``<prefix>_<field>``)."""
+    return {"metric": "gauge", "help": help_text}
 
 
 class RateLimitTimeout(BackpressureError, asyncio.TimeoutError):
@@ -45,7 +60,7 @@ class RateLimiterStats:
     ``waits`` counts ``acquire`` calls that had to queue and ``sleeps`` how many
     times queued waiters parked (O(1) per wait: there is no polling).
     ``tokens`` is what could be taken now, or ``None`` if not meaningful. Fields made
-    with :func:`~.metrics.counter` or :func:`~.metrics.gauge` are Prometheus metrics too
+    with :func:`counter` or :func:`gauge` are Prometheus metrics too
     (``limiter_<field>[_total]``).
     """
 

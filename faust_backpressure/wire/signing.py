@@ -1,4 +1,5 @@
-"""What every internal record shares: HMAC signatures, range checks, replay memory, rejections.
+"""What every internal record shares: HMAC signatures, range checks, replay memory, rejections,
+and the fields and codec of operator commands.
 
 Used by the limiter protocol (``limiter_records``), the control loop's pressure samples and operator
 overrides, and pause records. A record is a JSON object; signed, it carries ``"sig"``:
@@ -24,13 +25,14 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from faust_backpressure.config.validation import is_number
 from faust_backpressure.errors import BackpressureError
 
-__all__ = ["Rejected", "RejectedRecord", "Rejections", "ReplayGuard", "canonical", "check_time",
-           "decode_signed", "encode_signed", "load_json", "number", "sign", "text", "verify"]
+__all__ = ["OperatorCommand", "Rejected", "RejectedRecord", "Rejections", "ReplayGuard",
+           "canonical", "check_time", "decode_signed", "encode_signed", "load_json", "number",
+           "sign", "text", "verify"]
 
 #: Rejection reasons (the ``reason`` label of the rejected-records counters).
 MALFORMED = "malformed"
@@ -170,6 +172,43 @@ def decode_signed(raw: bytes | None, key: bytes | None, secret: bytes | None, *,
     if secret is not None:
         verify(secret, signed_key, body)
     return body, value
+
+
+class OperatorCommand:
+    """What every operator command on the ops topic (pause, breaker, key override) has besides
+    its own fields, and their codec: an id, who sent it, when (wall clock) and why.
+
+    A subclass is a frozen dataclass that ends with these four fields (``reason`` defaults to
+    ``""``) and sets :attr:`kind`, the record's ``"type"``."""
+
+    __slots__ = ()
+    #: The record's ``"type"``; a record of another type is "not a <kind> record".
+    kind: ClassVar[str]
+    command_id: str
+    by: str
+    at: float
+    reason: str
+
+    def _encode(self, fields: dict[str, Any], key: bytes, secret: bytes | None) -> bytes:
+        """The record: the subclass's own ``fields`` and the common ones, signed over ``key``."""
+        body = {"type": self.kind, **fields, "id": self.command_id, "by": self.by,
+                "at": self.at, "reason": self.reason}
+        return encode_signed(body, key, secret)
+
+    @classmethod
+    def _decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *, name: str,
+                record_key: Callable[[str], bytes]) -> tuple[dict[str, Any], str]:
+        """:func:`decode_signed` for this kind; the key is required: a record without one is
+        no command's."""
+        return decode_signed(raw, key or b"", secret, name=name, record_key=record_key,
+                             kind=cls.kind, not_one=f"not a {cls.kind} record")
+
+    @staticmethod
+    def common(data: dict[str, Any]) -> tuple[str, str, float, str]:
+        """The common fields of a decoded record, range-checked: id, by, at, reason (the
+        control loop's ``Override``, on another topic, reads its own by this too)."""
+        return (text(data, "id"), text(data, "by"), number(data, "at", 0.0, 1e11),
+                str(data.get("reason", ""))[:200])
 
 
 def check_time(at: float, now: float, *, max_age: float, max_skew: float) -> None:

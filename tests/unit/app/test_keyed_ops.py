@@ -9,7 +9,7 @@ import faust
 import pytest
 
 from faust_backpressure.agents.keyed import encode_key
-from faust_backpressure.agents.keyed_top import RefusedKeys, describe_key
+from faust_backpressure.agents.keyed_store import RefusedKeys, describe_key
 from faust_backpressure.app import Backpressure
 from faust_backpressure.app.dashboard import compact
 from faust_backpressure.app.keyed_ops import (
