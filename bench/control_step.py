@@ -42,7 +42,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.figures import median_spread
+from bench.figures import median_spread, rotated
 from faust_backpressure.control.probe import LagProbe
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.chaos_report import git_commit
@@ -348,7 +348,7 @@ def main() -> int:
     policies = args.policies.split(",")
     with kafka_bootstrap() as bootstrap:
         for k in range(args.rounds):
-            for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
+            for policy in rotated(policies, k):
                 result = asyncio.run(run_once(bootstrap, policy, args.timeout))
                 results.append(result)
                 sys.stderr.write(f"{policy}: {table([result])[-1]}\n")

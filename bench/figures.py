@@ -1,9 +1,20 @@
-"""Small helpers the benchmarks share: a median with its spread, and processes' CPU time."""
+"""Small helpers the benchmarks share: a median with its spread, processes' CPU time, and the
+order of the ways in an interleaved round."""
 
 from __future__ import annotations
 
 import contextlib
 import statistics
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def rotated(ways: list[T], round_index: int) -> list[T]:
+    """``ways`` in round ``round_index``'s order: each round starts one further, so no way
+    always runs first (or last) in the interleaved rounds."""
+    k = round_index % len(ways)
+    return ways[k:] + ways[:k]
 
 
 def median_spread(values: list[float], fmt: str) -> str:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.figures import cpu_seconds, median_spread
+from bench.figures import cpu_seconds, median_spread, rotated
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.chaos_report import git_commit
 from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets
@@ -117,7 +117,7 @@ def main() -> None:
     results = []
     with kafka_bootstrap() as bootstrap:
         for k in range(args.rounds):
-            for n in sizes[k % len(sizes):] + sizes[:k % len(sizes)]:
+            for n in rotated(sizes, k):
                 result = asyncio.run(run_once(bootstrap, n, args.seconds, args.window))
                 result["round"] = k + 1
                 results.append(result)
