@@ -94,6 +94,7 @@ from faust_backpressure.faust_seam.table_writes import (
     ChangelogWriter,
     changelog_writer,
     in_partition,
+    persist_changelog_offset,
 )
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
@@ -108,7 +109,7 @@ __all__ = ["CRASH_GRACE", "TESTED_FAUST", "AppContext", "BatchTap", "ChangelogWr
            "context_of", "crash_worker", "find_context", "flow_stopped_event",
            "force_metadata_update", "hold_partition", "in_partition", "install",
            "is_control_topic", "is_stale_generation", "let_go", "mark_control_topic",
-           "raw_producer", "redeliver",
+           "persist_changelog_offset", "raw_producer", "redeliver",
            "refresh_consumer_metadata", "register_batch_tap", "release_partition", "send_control",
            "set_stream_gate", "source_backlog", "stream_gate", "stream_processors",
            "transaction_producer", "transactional_id_of", "unbounded_stream_buffer",

@@ -49,7 +49,8 @@ from rocksdict import WriteBatch
 from faust_backpressure.faust_seam.batches import raw_producer
 from faust_backpressure.faust_seam.context import Slot, context_of, find_context
 
-__all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in_partition"]
+__all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in_partition",
+           "persist_changelog_offset"]
 
 #: Seconds a write waits for others before its batch is sent: the writes of many events in one
 #: batch per partition (a drain task per event-loop turn cost as much as the writes). A commit
@@ -214,10 +215,17 @@ class ChangelogWriter:
                 log.warning("changelog %s[%d]: %d records not acknowledged: %r", self.topic,
                             partition, count, None if done.cancelled() else done.exception())
                 return
-            # what Faust's path does per record: restore starts after it
-            self.table.data.set_persisted_offset(tp, done.result().offset + count - 1)
+            persist_changelog_offset(self.app, self.table, tp, done.result().offset + count - 1)
 
         future.add_done_callback(persisted)
+
+
+def persist_changelog_offset(app: AppT, table: Any, tp: TP, offset: int) -> None:
+    """What Faust's table path does when a changelog record is acknowledged: the store holds
+    the partition up to ``offset``, so a restore starts after it. Only while this worker is
+    active for ``tp`` (a revoked partition's db is closed, and another worker writes it)."""
+    if tp in app.tables.recovery.active_tps:  # type: ignore[attr-defined]
+        table.data.set_persisted_offset(tp, offset)
 
 
 def _encodes_bytes_as_they_are(store: Any) -> bool:

@@ -18,9 +18,11 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.errors import ConflictingOption
@@ -28,6 +30,7 @@ from faust_backpressure.faust_seam import (
     Slot,
     context_of,
     find_context,
+    persist_changelog_offset,
     send_control,
 )
 from faust_backpressure.tables.channel_options import ChannelOptions
@@ -281,18 +284,28 @@ class LimiterChannel:
         What ``Table.__setitem__`` does (the changelog record to the event's partition, then
         the store), but the record is handed to the producer now rather than through Faust's
         send buffer (``send_soon``), whose background task added up to a second of latency to
-        every answer under load. (The store's persisted changelog offset is then not advanced
-        by these writes: a restart re-reads more of the small, compacted changelog.)"""
+        every answer under load. Its acknowledgement records the offset as the partition's
+        persisted one, as Faust's path does: an owner that keeps its partition through a
+        rebalance has nothing to restore (it re-read its own writes from offset 0 at every
+        rebalance, and once waited for ever on a read that got no record: see
+        docs/reliability.md)."""
         raw = json.dumps(ledger.to_record(), separators=(",", ":")).encode()
         lid = ledger.limiter_id
         table = self.table
         # The changelog topic carries the table's serializers (key json, value raw).
         written = asyncio.ensure_future(await table.changelog_topic.send(
             key=lid, value=raw, partition=partition))
-        table.data[lid] = raw
+        table.data[lid] = raw  # before the acknowledgement below can run: no await between
         self._ledgers[lid] = ledger
         self._written[lid] = written
+        written.add_done_callback(partial(self._persisted, partition))
         return written
+
+    def _persisted(self, partition: int, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return  # the reply waiting for it fails and is not sent
+        persist_changelog_offset(self.app, self.table, TP(self.changelog_topic_name, partition),
+                                 done.result().offset)
 
     async def send_replies(self) -> None:
         """Answer every reply applied so far as one batch: wait until the state records of

@@ -38,8 +38,10 @@ import asyncio
 import bisect
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -289,6 +291,7 @@ class _Run:
             if now - last_change > plan.stall_timeout:
                 self.result.stalled = True
                 self.log(f"chaos: stalled at {seen}/{total}")
+                await self.dump_stacks()
                 return
             self.tracker.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -369,9 +372,20 @@ class _Run:
                          f"{max(first):.1f} s, last copies t={min(last):.1f}-{max(last):.1f} s")
         return lines
 
+    async def dump_stacks(self) -> None:
+        """Every live worker writes its threads' and tasks' stacks to its log (mode's SIGUSR1
+        handler): what a stalled worker was waiting for."""
+        for worker in self.workers:
+            if worker.alive:
+                os.kill(worker.pid, signal.SIGUSR1)
+        await asyncio.sleep(3.0)
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop(timeout=15)
+            stuck = Counter(m.group(1) for m in _RECOVERY_STUCK.finditer(worker.logs()))
+            if stuck:
+                self.result.log_errors[worker.name + " (recovery waiting)"] = stuck.most_common(4)
             errors = Counter(_normalized(line) for line in worker.logs().splitlines()
                              if ("[ERROR]" in line or "[CRITICAL]" in line)
                              and not _OUTAGE_NOISE.search(line))
@@ -387,6 +401,9 @@ _SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-readin
                  "commits held back (writer running)": re.compile(r"not committing the trans"),
                  "open transactions aborted at a rebalance":
                      re.compile(r"aborting the open transaction ")}
+
+#: Faust's table recovery when a changelog partition it reads gives it nothing.
+_RECOVERY_STUCK = re.compile(r"No event received for active tp (TP\(.*?\))")
 
 #: What every client logs while the broker is down: not worth a line in the report.
 _OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from faust.streams import _current_event, current_event
+from faust.types import TP
 
 from faust_backpressure.agents.keyed_store import STATE, TableStore, encode_key
 from faust_backpressure.faust_seam.context import context_of
@@ -111,9 +112,15 @@ class _Topic:
         return "app-keyed-changelog"
 
 
+#: The changelog partitions the fake worker is active for (not 3).
+_ACTIVE = {TP("app-keyed-changelog", p) for p in (0, 1, 2)}
+
+
 @dataclass
 class _App:
     _producer: _Producer = field(default_factory=_Producer)
+    tables: Any = field(
+        default_factory=lambda: SimpleNamespace(recovery=SimpleNamespace(active_tps=_ACTIVE)))
 
     @property
     def producer(self) -> Any:
@@ -155,6 +162,12 @@ async def test_writes_go_to_the_store_at_once_and_to_the_changelog_in_batches() 
     for _ in range(4):
         await asyncio.sleep(0)
     assert app._producer.sent[-1][1:] == (1, [(b"Kk9", b"Vv")])
+    _in_event(3)  # a partition this worker is no longer active for: its db is closed
+    writer.set(b"gone", b"v")
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert app._producer.sent[-1][1] == 3 and TP("app-keyed-changelog", 3) not in \
+        table.data.persisted
 
 
 class _SlowProducer(_Producer):
