@@ -41,9 +41,10 @@ the app and reached through :func:`context_of`), ``batches`` (batch sources, doc
 the :class:`BatchTap` each source topic's records are diverted to, and Faust's bookkeeping,
 producers and commits for a batch), ``table_writes`` (a keyed limit's table writes, batched to
 its changelog: :class:`ChangelogWriter`), ``streams`` (small accessors used by the other
-layers, and a rate-limit gate's marks and batch wrappers on its streams) and ``crash``
-(:func:`crash_worker`). Imports between them go one way: installing -> consumer -> batches ->
-table_writes, transactions -> control_topics, crash; all of them -> context.
+layers, and a rate-limit gate's marks and batch wrappers on its streams), ``recovery_watch``
+(what the consumer knows of a changelog partition a table recovery gets no record of) and
+``crash`` (:func:`crash_worker`). Imports between them go one way: installing -> consumer ->
+batches -> table_writes, transactions -> control_topics, crash; all of them -> context.
 """
 
 from __future__ import annotations

@@ -383,7 +383,7 @@ class _Run:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop(timeout=15)
-            stuck = Counter(m.group(1) for m in _RECOVERY_STUCK.finditer(worker.logs()))
+            stuck = Counter(m.group(0)[:600] for m in _RECOVERY_STUCK.finditer(worker.logs()))
             if stuck:
                 self.result.log_errors[worker.name + " (recovery waiting)"] = stuck.most_common(4)
             errors = Counter(_normalized(line) for line in worker.logs().splitlines()
@@ -402,8 +402,8 @@ _SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-readin
                  "open transactions aborted at a rebalance":
                      re.compile(r"aborting the open transaction ")}
 
-#: Faust's table recovery when a changelog partition it reads gives it nothing.
-_RECOVERY_STUCK = re.compile(r"No event received for active tp (TP\(.*?\))")
+#: The seam's account of a table recovery that gets no record (faust_seam/recovery_watch.py).
+_RECOVERY_STUCK = re.compile(r"recovery of .*? no record after .*")
 
 #: What every client logs while the broker is down: not worth a line in the report.
 _OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
