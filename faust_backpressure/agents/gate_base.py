@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -111,6 +111,16 @@ class GateBase:
         self.shed = 0
         #: Events let through without permits because Faust stopped the flow while they waited.
         self.overdrafts = 0
+
+    async def counted_wait(self, wait: Awaitable[bool]) -> bool:
+        """An event's ``wait``, counted: True if it completed, False if Faust stopped the
+        flow first (see :func:`.flow.unless_flow_stops`): the event goes on without what it
+        waited for, an overdraft."""
+        self.waits += 1
+        if await wait:
+            return True
+        self.overdrafts += 1
+        return False
 
     def install(self, stream: StreamT[Any]) -> None:
         """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""

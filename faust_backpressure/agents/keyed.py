@@ -401,14 +401,14 @@ class KeyedRateLimitGate(GateBase):
         return await self._wait_until(value, buckets.reserve(key, permits))
 
     async def _wait_until(self, value: Any, due: float) -> Any:
-        self.waits += 1
-        delay = due - self.clock()
-        if delay > 0 and not await self.sleep_unless_flow_stops(delay):
-            self.overdrafts += 1  # a rebalance or stop: go on rather than hold it
+        # a rebalance or stop: go on rather than hold it (an overdraft)
+        await self.counted_wait(self.sleep_unless_flow_stops(due - self.clock()))
         return value
 
     async def sleep_unless_flow_stops(self, delay: float) -> bool:
         """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
+        if delay <= 0:
+            return True
         stopped = flow_stopped_event(self.app)
         if stopped is not None and stopped.is_set():
             return False  # at once: no sleeper to start and cancel (a stop drains many)

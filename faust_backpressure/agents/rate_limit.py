@@ -150,13 +150,11 @@ class RateLimitGate(GateBase):
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
-        self.waits += 1
         started = time.monotonic()
-        if await unless_flow_stops(self.app, self.acquire(permits)):
+        if await self.counted_wait(unless_flow_stops(self.app, self.acquire(permits))):
             notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
                            permits, time.monotonic() - started)
             return value
-        self.overdrafts += 1
         notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
                        permits)
         log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "
