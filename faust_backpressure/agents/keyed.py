@@ -218,13 +218,12 @@ class KeyedRateLimitGate(GateBase):
     def stats(self) -> KeyedGateStats:
         # overrides before top_limited: its limits_for opens the stored overrides
         return KeyedGateStats(
-            limit=self.name, agent=self.agent_name, on_limit=self.on_limit,
+            **self.shared_stats(), limit=self.name,
             rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
             deferred_backlog=self.deferrals.backlog, admitted=self.admitted, deferred=self.deferred,
-            readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
-            waits=self.waits, overdrafts=self.overdrafts,
+            readmitted=self.readmitted, held_back=self.deferrals.held_back,
             overrides=len(self.operator_limits) + (
                 0 if self._override_store is None else len(self._override_store)),
             top_limited=self.top_limited())
