@@ -6,17 +6,19 @@ topic its refused events are shed to, and counts waits, sheds and overdrafts (ev
 through without permits because Faust stopped the flow while they waited, see
 :func:`.flow.unless_flow_stops`). Each gate adds its own processor and counters.
 
-Their ``stats()`` are :class:`GateStats` and :class:`KeyedGateStats`: the JSON view shows their
-fields as they are, and a field made with :func:`counter` or :func:`gauge` is a Prometheus
-metric too (``<gate|keyed>_<field>[_total]``), so a new counter is one field here (a keyed
-one is also in each worker's published status, with its rate: :data:`KEYED_COUNTERS`).
+Their ``stats()`` are one type, :class:`GateStats` (the fields every gate has), extended by
+:class:`RateLimitGateStats` and :class:`KeyedGateStats`. The JSON view shows their fields as
+they are, and a field made with :func:`counter` or :func:`gauge` is a Prometheus metric too
+(``<gate|keyed>_<field>[_total]``), so a new counter is one field here: in :class:`GateStats`
+and :meth:`GateBase.shared_stats` for every gate (a keyed gate's counters are also in each
+worker's published status, with their rates: :data:`KEYED_COUNTERS`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -28,8 +30,8 @@ from faust_backpressure.faust_seam import set_stream_gate, stream_gate
 from faust_backpressure.limiters.base import counter, gauge
 from faust_backpressure.wire.kafka_clients import raw_topic
 
-__all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGateStats", "counter",
-           "gauge"]
+__all__ = ["KEYED_COUNTERS", "KEYED_COUNTS", "GateBase", "GateStats", "KeyedGateStats",
+           "RateLimitGateStats", "counter", "gauge"]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +40,24 @@ AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 
 @dataclass(frozen=True, slots=True)
 class GateStats:
-    """A snapshot of a :class:`~faust_backpressure.agents.RateLimitGate` (this worker, since
-    start). ``limiter`` is the gate's name; metrics are labelled by agent and limiter."""
+    """What every gate's ``stats()`` reports (this worker, since start); each gate's own type
+    adds its fields. Metrics are labelled by agent and limit, never by key."""
 
     agent: str
-    limiter: str
     on_limit: str
-    waits: int = field(metadata=counter("Events that waited for permits."))
+    waits: int = field(metadata=counter(
+        "Events that waited for permits (a keyed limit: for their key's next token)."))
     shed: int = field(metadata=counter("Events sent to the shed topic."))
     overdrafts: int = field(metadata=counter(
         "Events let through without permits when a rebalance or stop stopped the flow."))
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitGateStats(GateStats):
+    """A :class:`~faust_backpressure.agents.RateLimitGate`'s. ``limiter`` is the gate's name
+    (the JSON view shows its limiter's label there)."""
+
+    limiter: str
     shed_by_priority: int = field(metadata=counter(
         "Events shed because their priority was below the shed level."))
     #: The priority below which events are shed now (a control loop's), or None.
@@ -55,13 +65,10 @@ class GateStats:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyedGateStats:
-    """A snapshot of a :class:`~faust_backpressure.agents.KeyedRateLimitGate` (this worker,
-    since start). Metrics are labelled by limit, never by key (keys are unbounded)."""
+class KeyedGateStats(GateStats):
+    """A :class:`~faust_backpressure.agents.KeyedRateLimitGate`'s."""
 
     limit: str
-    agent: str
-    on_limit: str
     rate: float = field(metadata=gauge("Default tokens per second of each key."))
     burst: float = field(metadata=gauge("Default burst capacity of each key."))
     overrides: int = field(metadata=gauge("Keys with their own limits (operator or stored)."))
@@ -74,9 +81,6 @@ class KeyedGateStats:
     held_back: int = field(metadata=counter(
         "Deferred events back before they were due (their key's earlier ones came back late), "
         "held in the deferral agent again."))
-    shed: int = field(metadata=counter("Events sent to the shed topic."))
-    waits: int
-    overdrafts: int
     #: The keys refused most lately: key (as text), type, refusals, own limits (or None).
     top_limited: list[dict[str, Any]]
 
@@ -95,6 +99,8 @@ class GateBase:
 
     #: The decorator, as errors name it.
     decorator = "@gate"
+    #: What a refused event does (each gate's choices).
+    on_limit: str
 
     def __init__(self, app: AppT, name: str, *, shed_topic: str | TopicT | None,
                  shed_topic_suffix: str, agent_name: str = "") -> None:
@@ -111,6 +117,25 @@ class GateBase:
         self.shed = 0
         #: Events let through without permits because Faust stopped the flow while they waited.
         self.overdrafts = 0
+
+    def stats(self) -> GateStats:
+        """This gate's counters (its own type's fields too)."""
+        raise NotImplementedError
+
+    def shared_stats(self) -> dict[str, Any]:
+        """The :class:`GateStats` fields, for a gate's ``stats()`` to extend."""
+        return {"agent": self.agent_name, "on_limit": self.on_limit, "waits": self.waits,
+                "shed": self.shed, "overdrafts": self.overdrafts}
+
+    async def counted_wait(self, wait: Awaitable[bool]) -> bool:
+        """An event's ``wait``, counted: True if it completed, False if Faust stopped the
+        flow first (see :func:`.flow.unless_flow_stops`): the event goes on without what it
+        waited for, an overdraft."""
+        self.waits += 1
+        if await wait:
+            return True
+        self.overdrafts += 1
+        return False
 
     def install(self, stream: StreamT[Any]) -> None:
         """Add the gate to ``stream`` (idempotent: a restarted actor reuses its stream)."""

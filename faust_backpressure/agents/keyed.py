@@ -218,13 +218,12 @@ class KeyedRateLimitGate(GateBase):
     def stats(self) -> KeyedGateStats:
         # overrides before top_limited: its limits_for opens the stored overrides
         return KeyedGateStats(
-            limit=self.name, agent=self.agent_name, on_limit=self.on_limit,
+            **self.shared_stats(), limit=self.name,
             rate=self.default.tokens_per_second, burst=self.default.burst_capacity,
             keys_tracked=sum(b.queued for b in self._buckets.values()),
             keys_limited=sum(b.limited_now() for b in self._buckets.values()),
             deferred_backlog=self.deferrals.backlog, admitted=self.admitted, deferred=self.deferred,
-            readmitted=self.readmitted, held_back=self.deferrals.held_back, shed=self.shed,
-            waits=self.waits, overdrafts=self.overdrafts,
+            readmitted=self.readmitted, held_back=self.deferrals.held_back,
             overrides=len(self.operator_limits) + (
                 0 if self._override_store is None else len(self._override_store)),
             top_limited=self.top_limited())
@@ -401,14 +400,14 @@ class KeyedRateLimitGate(GateBase):
         return await self._wait_until(value, buckets.reserve(key, permits))
 
     async def _wait_until(self, value: Any, due: float) -> Any:
-        self.waits += 1
-        delay = due - self.clock()
-        if delay > 0 and not await self.sleep_unless_flow_stops(delay):
-            self.overdrafts += 1  # a rebalance or stop: go on rather than hold it
+        # a rebalance or stop: go on rather than hold it (an overdraft)
+        await self.counted_wait(self.sleep_unless_flow_stops(due - self.clock()))
         return value
 
     async def sleep_unless_flow_stops(self, delay: float) -> bool:
         """Sleep ``delay`` s; False if Faust stopped the flow first (it waits for us)."""
+        if delay <= 0:
+            return True
         stopped = flow_stopped_event(self.app)
         if stopped is not None and stopped.is_set():
             return False  # at once: no sleeper to start and cancel (a stop drains many)

@@ -28,7 +28,7 @@ from faust.exceptions import Skip
 from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
-from faust_backpressure.agents.gate_base import AgentFunT, GateBase, GateStats
+from faust_backpressure.agents.gate_base import AgentFunT, GateBase, RateLimitGateStats
 from faust_backpressure.agents.sensor import notify_sensors
 from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
@@ -73,11 +73,10 @@ class RateLimitGate(GateBase):
         #: Of ``shed``: events shed because their priority was below the threshold.
         self.shed_by_priority = 0
 
-    def stats(self) -> GateStats:
-        return GateStats(agent=self.agent_name, limiter=self.name, on_limit=self.on_limit,
-                         waits=self.waits, shed=self.shed, overdrafts=self.overdrafts,
-                         shed_by_priority=self.shed_by_priority,
-                         shed_threshold=self.shed_threshold)
+    def stats(self) -> RateLimitGateStats:
+        return RateLimitGateStats(**self.shared_stats(), limiter=self.name,
+                                  shed_by_priority=self.shed_by_priority,
+                                  shed_threshold=self.shed_threshold)
 
     @property
     def capacity(self) -> float:
@@ -150,13 +149,11 @@ class RateLimitGate(GateBase):
         on without its permits (counted in ``overdrafts``): at most one event or batch per
         gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
         """
-        self.waits += 1
         started = time.monotonic()
-        if await unless_flow_stops(self.app, self.acquire(permits)):
+        if await self.counted_wait(unless_flow_stops(self.app, self.acquire(permits))):
             notify_sensors(self.app, "on_rate_limit_wait", self.agent_name, self.name,
                            permits, time.monotonic() - started)
             return value
-        self.overdrafts += 1
         notify_sensors(self.app, "on_rate_limit_overdraft", self.agent_name, self.name,
                        permits)
         log.info("%s: flow stopped while waiting for %d permit(s) of %s; the event goes "

@@ -53,7 +53,7 @@ def installation(ctx: click.Context) -> Installation:
     from faust.cli.base import find_app
 
     state: Any = ctx.find_root().obj
-    if state is None or not getattr(state, "app", None):
+    if state is None or not getattr(state, "app", None):  # faust: faust.cli's state
         raise click.UsageError(f"give the app: faust -A module backpressure {ctx.info_name} ...")
     try:
         return installed(find_app(state.app))

@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 
 from faust_backpressure.agents.batch_pipeline import BatchRunner
 from faust_backpressure.agents.downstream import LATENCY_BUCKETS, DownstreamStats
-from faust_backpressure.agents.gate_base import GateStats, KeyedGateStats
+from faust_backpressure.agents.gate_base import KeyedGateStats, RateLimitGateStats
 from faust_backpressure.agents.pipeline import PipelineStats
 from faust_backpressure.app.admin_api import register_admin
 from faust_backpressure.app.dashboard import history_of, register_dashboard
@@ -163,7 +163,7 @@ def _metrics(state: dict[str, Any]) -> Iterable[_Metric]:
     yield from _stats_metrics("limiter", RateLimiterStats,
                               [({"limiter": k}, v) for k, v in state["limiters"].items()])
     gates = state["gates"]
-    yield from _stats_metrics("gate", GateStats, [
+    yield from _stats_metrics("gate", RateLimitGateStats, [
         ({"agent": g["agent"], "limiter": g["limiter"]}, g) for g in gates])
     pipelines = state["pipelines"].items()
     for field in dataclasses.fields(PipelineStats):  # every one a counter

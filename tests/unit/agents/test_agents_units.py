@@ -190,6 +190,21 @@ async def test_gate_cost_function_and_shed() -> None:
     assert sent == [(big, 10)]
 
 
+async def test_a_gate_counts_a_wait_as_it_starts_and_an_overdraft_when_the_flow_stopped_it(
+        ) -> None:
+    """``GateBase.counted_wait``, both gates' one count of waits and overdrafts."""
+    gate = RateLimitGate(fake_app(), TokenBucketRateLimiter(1, 1))
+    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(gate.counted_wait(outcome))
+    await asyncio.sleep(0)
+    assert (gate.waits, gate.overdrafts) == (1, 0)  # shown while it waits
+    outcome.set_result(False)  # Faust stopped the flow first
+    assert await waiting is False
+    assert await gate.counted_wait(asyncio.sleep(0, True)) is True
+    stats = gate.stats()
+    assert (stats.waits, stats.overdrafts) == (2, 1)
+
+
 def test_on_limit_is_checked() -> None:
     with pytest.raises(ValueError, match="on_limit"):
         RateLimitGate(None, TokenBucketRateLimiter(1, 1), on_limit="drop")  # type: ignore[arg-type]

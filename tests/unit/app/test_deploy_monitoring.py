@@ -49,7 +49,7 @@ def _exported() -> set[str]:
         "keyed": {"k": {"limit": "k", "rate": 10.0, "burst": 10.0, "overrides": 1,
                         "keys_tracked": 1, "keys_limited": 0,
                         "deferred_backlog": 0, "admitted": 1, "deferred": 1, "readmitted": 1,
-                        "held_back": 0, "shed": 0}},
+                        "held_back": 0, "shed": 0, "waits": 1, "overdrafts": 0}},
         "downstreams": {"d": dataclasses.asdict(guard.stats())},
     }
     text = render_prometheus(state)
@@ -66,6 +66,7 @@ def test_dashboard_and_alerts_query_only_exported_metrics() -> None:
     # every exported series is on the dashboard, except the raw per-call counters
     assert exported - used <= {"faust_backpressure_limiter_waits_total",
                                 "faust_backpressure_gate_overdrafts_total",
+                                "faust_backpressure_keyed_overdrafts_total",
                                 "faust_backpressure_pipeline_produced_total",
                                 "faust_backpressure_pipeline_filtered_total",
                                 "faust_backpressure_pipeline_retries_total",

@@ -149,7 +149,8 @@ def test_the_page_and_the_metrics_show_each_keyed_limit_without_key_labels() -> 
     assert keyed["overrides"] == 1 and keyed["top_limited"][0]["key"] == "C9"
     assert compact(state)["keyed"]["per-customer"] == {"admitted": 0, "deferred": 0,
                                                        "readmitted": 0, "held_back": 0,
-                                                       "shed": 0}
+                                                       "shed": 0, "waits": 0,
+                                                       "overdrafts": 0}
     text = render_prometheus(state)
     assert 'faust_backpressure_keyed_rate{app="keyed-ops-unit",limit="per-customer"} 10.0' \
         in text.splitlines()

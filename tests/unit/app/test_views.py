@@ -6,7 +6,7 @@ import re
 
 import faust
 
-from faust_backpressure.agents import GateStats, KeyedGateStats
+from faust_backpressure.agents import GateStats, KeyedGateStats, RateLimitGateStats
 from faust_backpressure.app import Backpressure
 from faust_backpressure.app.views import render_prometheus, snapshot
 from faust_backpressure.config import BackpressureSettings
@@ -127,7 +127,8 @@ def test_keyed_limits_are_shown_without_per_key_labels() -> None:
 
 def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
     """The views show the gates' stats dataclasses field by field (and make a metric of each
-    field that declares one): renaming a field would rename what users read. Pinned here."""
+    field that declares one): renaming a field would rename what users read. Pinned here.
+    Both are GateStats: its fields (first) are every gate's, with the same metrics."""
     _, bp = _app()
     gate = bp.rate_limit(TokenBucketRateLimiter(5, 5, clock=Clock()))
 
@@ -135,16 +136,17 @@ def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
 
     gate(agent)
     gate.waits, gate.overdrafts = 2, 1
-    assert gate.stats() == GateStats(agent=gate.agent_name, limiter="TokenBucketRateLimiter",
-                                      on_limit="wait", waits=2, shed=0, overdrafts=1,
-                                      shed_by_priority=0, shed_threshold=None)
+    assert gate.stats() == RateLimitGateStats(
+        agent=gate.agent_name, limiter="TokenBucketRateLimiter", on_limit="wait", waits=2,
+        shed=0, overdrafts=1, shed_by_priority=0, shed_threshold=None)
     limit = bp.rate_limit_per_key("per-customer", tokens_per_second=10, partitions=2,
                                   store="memory://")
     limit.waits = 3
     assert isinstance(limit.stats(), KeyedGateStats) and limit.stats().waits == 3
+    assert all(isinstance(g.stats(), GateStats) for g in (gate, limit))
     state = snapshot(bp)
-    assert list(state["gates"][0]) == ["agent", "limiter", "on_limit", "waits", "shed",
-                                       "overdrafts", "shed_by_priority", "shed_threshold",
+    assert list(state["gates"][0]) == ["agent", "on_limit", "waits", "shed", "overdrafts",
+                                       "limiter", "shed_by_priority", "shed_threshold",
                                        "source_lag"]
     assert set(state["keyed"]["per-customer"]) == {
         "limit", "agent", "on_limit", "rate", "burst", "keys_tracked", "keys_limited",
@@ -157,7 +159,8 @@ def test_the_gates_typed_stats_keep_the_json_keys_and_metric_names() -> None:
         "gate_shed_by_priority_total", "keyed_rate", "keyed_burst", "keyed_overrides",
         "keyed_keys_tracked", "keyed_keys_limited", "keyed_deferred_backlog",
         "keyed_admitted_total", "keyed_deferred_total", "keyed_readmitted_total",
-        "keyed_held_back_total", "keyed_shed_total"}
+        "keyed_held_back_total", "keyed_shed_total", "keyed_waits_total",
+        "keyed_overdrafts_total"}
 
 
 def test_batch_latencies_are_percentiles_in_json_and_histograms_in_prometheus() -> None:
