@@ -70,7 +70,7 @@ async def _run(bootstrap: str, records: int) -> dict[str, float]:
     source, sink = await throughput.fill(bootstrap, records)
     meter = throughput.Meter(records)
     result = await throughput.way_batch_limited(source, sink, meter)
-    result["steady_from"], result["steady_to"] = (round(t - T0_PERF, 3) for _, t in meter.marks)
+    result["steady_from"], result["steady_to"] = (round(t - T0_PERF, 3) for _, t, _ in meter.marks)
     return result
 
 
