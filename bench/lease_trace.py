@@ -4,7 +4,9 @@ One in-process run of ``bench/throughput.py``'s ``batch_limited`` way, printing 
 request the worker sends (demand, requested, largest, unspent, lease id), each grant it reads
 (tokens, share, cap, ttl, retry_after, answer time, when the renewal is due and the lease ends,
 from the grant's arrival) and each batch the limiter refused at once (its level, cap, share,
-time left on the lease). Times in seconds from the start of the process.
+time left on the lease), and the channel's steps: its service's start (the grant consumer),
+each request record sent, read by the owner and answered, each grant record read. Times in
+seconds from the start of the process.
 
     KAFKA_BOOTSTRAP_SERVERS=... PYTHONPATH=. python bench/lease_trace.py --records 100000
 """
@@ -18,7 +20,9 @@ import time
 from typing import Any
 
 from bench import throughput
+from faust_backpressure.tables.keeper import ChannelService
 from faust_backpressure.tables.lease import DistributedRateLimiter
+from faust_backpressure.tables.service import LimiterChannel
 from faust_backpressure.testing.broker import kafka_bootstrap
 
 T0, T0_PERF = time.monotonic(), time.perf_counter()  # the limiter's clock, the meter's
@@ -64,13 +68,54 @@ def _instrument() -> None:
     DistributedRateLimiter.try_acquire = traced_try  # type: ignore[method-assign]
     DistributedRateLimiter.on_grant = traced_grant  # type: ignore[method-assign]
     DistributedRateLimiter.poll = traced_poll  # type: ignore[method-assign]
+    _instrument_channel()
+
+
+def _step(name: str, *more: Any) -> None:
+    ROWS.append((name, round(time.monotonic() - T0, 3), *more))
+
+
+def _instrument_channel() -> None:
+    """The channel's steps between a refused batch and its grant (see the module's doc)."""
+    on_start, apply_record = ChannelService.on_start, LimiterChannel.apply_record
+    send_replies, send_many = LimiterChannel.send_replies, LimiterChannel.send_many
+    deliver = LimiterChannel.deliver
+
+    async def traced_start(self: ChannelService) -> None:
+        _step("service-start")
+        await on_start(self)
+        _step("service-started")
+
+    async def traced_apply(self: LimiterChannel, *args: Any) -> bool:
+        _step("owner-read")
+        return await apply_record(self, *args)
+
+    async def traced_replies(self: LimiterChannel) -> None:
+        waiting = len(self._outbox)
+        await send_replies(self)
+        if waiting:
+            _step("owner-answered", f"replies={waiting}")
+
+    async def traced_many(self: LimiterChannel, messages: Any) -> None:
+        await send_many(self, messages)
+        _step("request-record-sent", f"messages={len(messages)}")
+
+    def traced_deliver(self: LimiterChannel, value: Any, key: Any = None) -> None:
+        _step("grant-record-read")
+        deliver(self, value, key)
+
+    ChannelService.on_start = traced_start  # type: ignore[method-assign]
+    LimiterChannel.apply_record = traced_apply  # type: ignore[method-assign]
+    LimiterChannel.send_replies = traced_replies  # type: ignore[method-assign]
+    LimiterChannel.send_many = traced_many  # type: ignore[method-assign]
+    LimiterChannel.deliver = traced_deliver  # type: ignore[method-assign]
 
 
 async def _run(bootstrap: str, records: int) -> dict[str, float]:
     source, sink = await throughput.fill(bootstrap, records)
     meter = throughput.Meter(records)
     result = await throughput.way_batch_limited(source, sink, meter)
-    result["steady_from"], result["steady_to"] = (round(t - T0_PERF, 3) for _, t in meter.marks)
+    result["steady_from"], result["steady_to"] = (round(t - T0_PERF, 3) for _, t, _ in meter.marks)
     return result
 
 
