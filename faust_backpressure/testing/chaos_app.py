@@ -36,8 +36,7 @@ WORKER = os.environ.get("FBP_WORKER_NAME", "worker")
 
 app = faust.App(os.environ["FBP_APP_ID"], store="rocksdict://",
                 processing_guarantee=os.environ.get("FBP_GUARANTEE", "at_least_once"),
-                # Faust's checks of the fetch path log within a stall (default 300 s)
-                **fast_faust_settings(stream_processing_timeout=20.0))
+                **fast_faust_settings())
 bp = Backpressure(app)
 
 
