@@ -59,7 +59,7 @@ class QuotaGate(Protocol):
 
     def recovered(self) -> None:
         """The system is back after an outage: what is served is measured afresh, the
-        restart's first interval as a partial reading."""
+        restart's first two intervals as partial readings."""
 
     def episode(self, until: float, seconds: float) -> str:
         """A new slow-down episode: calls stop for ``seconds``, until ``until`` (wall clock);

@@ -15,14 +15,17 @@ AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
   backs off ``backoff`` x that reading, however recent (a better measurement, not a second
   loss), and the first at or above the rate backs off ``backoff`` x the rate (a first loss
   at it, not a second), later ones as usual (a bound far above the quota is left in a few steps);
-* after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first interval reads
-  the restart's ramp (a shared limiter's leases start empty), not the quota: a slow-down
-  whose reading is below the rate and not whole (from the ramp or part of an interval, on
-  any worker) backs off from the rate; a whole reading is the best of the last three
-  whole intervals (one starved second is not the quota);
+* after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first two intervals
+  read the restart's ramp (a shared limiter's leases start empty, and a new split reaches
+  the workers a lease period or two later), not the quota: a slow-down whose reading is
+  below the rate and not whole (from the ramp or part of an interval, on any worker) backs
+  off from the rate; a whole reading is the best of the last three whole intervals (one
+  starved second is not the quota);
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
-  so that a raised quota is found;
+  so that a raised quota is found; a caller served nothing in an interval (idle) takes that
+  interval's step when it next calls or meets an episode, without the probe (a probe needs
+  calls): every caller then settles an episode from about the same rate;
 * a system that does announce its quota (``RateLimit-Policy``, ``X-RateLimit-Limit``): a new
   announced value becomes the ceiling and the rate at once, up or down (a raised quota is
   then found at the next answer instead of by probing), and no probe goes above it.
@@ -47,6 +50,10 @@ __all__ = ["QuotaLearner"]
 
 #: Whole intervals a reading is the best of.
 _KEPT = 3
+#: Intervals after a pause or an outage read as its ramp, not the quota.
+_RAMP = 2
+#: Most climbing steps an idle caller catches up at once (0.75**32: at the ceiling).
+_MOST_STEPS = 32
 
 
 class QuotaLearner:
@@ -80,8 +87,9 @@ class QuotaLearner:
         #: The ceiling is an upper bound (read over part of an interval), not a measurement.
         self.bounded = False
         self._from_reading = True  # the rate was set from a reading (not a loss at the rate)
-        # the interval in progress / the last whole one began at a restart after an outage
-        self._ramp = self._served_ramp = False
+        #: intervals of the restart's ramp left, counting the one in progress
+        self._ramp = 0
+        self._served_ramp = False  # the last whole interval was one of them
         now = clock()
         self._restart(now)
         self._last_call = -math.inf
@@ -101,6 +109,7 @@ class QuotaLearner:
         if now - self._last_call > self.interval and now >= self._since:
             # calls resume after a quiet spell: measure from here, or the quiet time would
             # dilute what was served (a first slow-down after an idle start read ~0/s)
+            self._catch_up(now)
             self._served = self._attempted = 0.0
             self._readings = []
             self._restart(now)
@@ -136,11 +145,12 @@ class QuotaLearner:
         :meth:`observed` (e.g. the sum over every worker sharing the quota); ``whole``: it
         was read over a whole interval (default :attr:`whole`)."""
         now = self._clock()
+        self._catch_up(now)  # an idle caller: from the rate the busy ones climbed to
         recent = now - self._slowed_at < self.recent
         whole = self.whole if whole is None else whole
         factor = self.fast_backoff if recent else self.backoff
         reading = self.observed() if ceiling is None else ceiling
-        self._ramp = self._served_ramp = False
+        self._ramp, self._served_ramp = 0, False
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
             # would be announced); what was served just before can be far below it (170/s
@@ -191,18 +201,22 @@ class QuotaLearner:
     def paused(self, pause: float) -> None:
         """Calls stop for ``pause`` seconds, the rate unchanged: measure afresh after it (an
         interval with a pause in it understates what is served: 110/s of a 150/s quota),
-        the first interval after it as the restart's ramp, like after an outage."""
+        the first two intervals after it as the restart's ramp, like after an outage."""
+        now = self._clock()
+        self._catch_up(now)
         self._served = self._attempted = 0.0
         self._readings = []
-        self._restart(self._clock() + pause)
+        self._restart(now + pause)
         # the shared limiter's leases start empty after a pause: the workers read 214/s in
-        # all, at a rate of 388/s, and that was learnt as the quota (300/s) for 70 s
-        self._ramp, self._served_ramp = True, False
+        # all, at a rate of 388/s, and that was learnt as the quota (300/s) for 70 s; and
+        # a new split reaches them a lease period or two later: the second interval read
+        # 230/s in all (shares of 54/s each, for 2 s), learnt as 300/s's quota for 50 s
+        self._ramp, self._served_ramp = _RAMP, False
 
     def restarted(self) -> None:
-        """Calls resume after an outage: measure afresh, and take the first interval (the
-        restart's ramp) as a partial reading (:attr:`whole` False); a slow-down whose reading
-        from it is below the rate backs off from the rate, not from that reading."""
+        """Calls resume after an outage: measure afresh, and take the first two intervals
+        (the restart's ramp) as partial readings (:attr:`whole` False); a slow-down whose
+        reading from them is below the rate backs off from the rate, not from that reading."""
         self.paused(0.0)
 
     def _restart(self, now: float) -> None:
@@ -219,26 +233,45 @@ class QuotaLearner:
             return None
         self._served = self._ok / (now - self._since)
         self._attempted = self._attempts / (now - self._since)
-        self._served_ramp, self._ramp = self._ramp, False
+        self._served_ramp, self._ramp = self._ramp > 0, max(0, self._ramp - 1)
         if not self._served_ramp:
             self._readings = [*self._readings[1 - _KEPT:], self._served]
         self._restart(now)
         if self.ceiling is None:
             return None
         old = self.rate
+        self._climb(now, probe=True)
+        return self.rate if self.rate != old else None
+
+    def _climb(self, now: float, *, probe: bool) -> None:
+        """One interval's step: a quarter of the way to the ceiling, or near it for
+        ``probe_after`` seconds, above it (``probe``: this caller is served, a probe tests)."""
         ceiling = self.ceiling
+        assert ceiling is not None
         if self.rate < 0.99 * ceiling:
             self.rate += (ceiling - self.rate) / 4
             self.near_since = None
         else:
             if self.near_since is None:
                 self.near_since = now
-            if now - self.near_since >= self.probe_after:
+            if probe and now - self.near_since >= self.probe_after:
                 self._probes += 1  # above the ceiling, more each interval
                 self.rate = max(self.rate, ceiling) * (1 + 0.01 * self._probes)
         # an announced quota is the most there is: no probe above it
         self.rate = min(self.rate, self.max_rate, self.announced_quota or math.inf)
-        return self.rate if self.rate != old else None
+
+    def _catch_up(self, now: float) -> None:
+        """The steps of the intervals up to ``now`` this caller took none in (served nothing:
+        idle, or in an outage or a pause), as a caller served in each took them. Else an idle
+        worker settled every episode from its own stale rate: 0.9x it each time (160/s of a
+        300/s quota after five), and started from there when it got busy again."""
+        if now < self._next_step:
+            return
+        due = int((now - self._next_step) // self.interval) + 1
+        if self.ceiling is not None:
+            for step in range(min(due, _MOST_STEPS)):
+                self._climb(self._next_step + step * self.interval, probe=False)
+        self._next_step += due * self.interval
 
 
 def _fraction(name: str, value: float) -> float:

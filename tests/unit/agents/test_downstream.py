@@ -465,8 +465,8 @@ def test_a_slow_down_soon_after_a_pause_still_learns_from_what_was_served() -> N
     api.pause_until(clock.now + 1.0)
     assert learner.rate == pytest.approx(90.0, rel=0.02)
     clock.now += 1.0
-    # the pause ended: half-open, closed, 80/s (the first second is the pause's ramp)
-    _serve(api, learner, clock, 80, 2)
+    # the pause ended: half-open, closed, 80/s (the first two seconds are the pause's ramp)
+    _serve(api, learner, clock, 80, 3)
     assert api.state.value == "closed"
     clock.now += 0.2
     api.pause_until(clock.now + 1.0)  # a second slow-down soon after: fast backoff

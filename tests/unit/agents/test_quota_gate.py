@@ -127,7 +127,7 @@ async def test_a_rate_read_over_part_of_an_interval_is_narrowed_within_the_hold(
     await asyncio.sleep(0.05)
     assert quota.rate == pytest.approx(450.0) and learner.bounded
     clock.advance(0.02)
-    served(learner, clock, 300, 2)  # whole seconds at the quota, then a 429 in the hold
+    served(learner, clock, 300, 3)  # the ramp, a whole second at the quota, a 429 in the hold
     assert "served here" in quota.episode(time.time() + 1.0, 1.0)
     await asyncio.sleep(0.05)
     assert quota.rate == pytest.approx(270.0)  # narrowed: 0.9 x 300, a measurement now
