@@ -1,6 +1,6 @@
 """A table recovery that gets no record of a changelog partition says what the consumer knows
 of that partition, once per recovery: where aiokafka stands, whether Faust fetches it, what
-waits in the changelog queue.
+waits in the changelog queue; then it seeks the partition again to where the restore reads.
 
 Faust only logs "No event received for active tp ... since recovery start" and waits for ever.
 Twice an at_least_once chaos run stalled so, and the state that would explain it was gone
@@ -8,6 +8,7 @@ Twice an at_least_once chaos run stalled so, and the state that would explain it
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import types
@@ -49,6 +50,20 @@ class _RecoveryWatch:
         except Exception as exc:  # a diagnostic must not break the recovery it reports on
             state = f"state not readable: {exc!r}"
         log.warning("recovery of %s: no record after %.0f s; %s", tp, now - started, state)
+        # Then seek it again to where the restore reads from, as Faust's recovery did, in the
+        # consumer's thread: records fetched and lost on the way are fetched again, a fetcher
+        # that missed the first seek's wake-up is woken; records read twice are skipped by
+        # Faust's recovery (offsets at or below the last applied). Whether this unsticks the
+        # stall seen in chaos runs is not known (docs/reliability.md).
+        offset = recovery.active_offsets.get(tp)
+        kick = asyncio.ensure_future(self._thread.seek_wait({tp: max(0, offset or 0)}))
+        self.__dict__.setdefault("_recovery_kicks", set()).add(kick)
+        kick.add_done_callback(self._recovery_kicked)
+
+    def _recovery_kicked(self, kick: asyncio.Future[Any]) -> None:
+        self.__dict__["_recovery_kicks"].discard(kick)
+        if not kick.cancelled() and kick.exception() is not None:
+            log.warning("recovery watch: seeking again failed: %r", kick.exception())
 
     def _recovery_state(self, tp: TP, recovery: Any) -> str:
         # aiokafka's state is read from this thread without its lock: a snapshot for a log

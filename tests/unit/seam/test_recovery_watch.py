@@ -32,8 +32,13 @@ class _Consumer(_RecoveryWatch, _Faust):
             tables=SimpleNamespace(recovery=recovery,
                                    changelog_queue=SimpleNamespace(qsize=lambda: 0)),
             flow_control=SimpleNamespace(is_active=lambda: True))
+        self.sought: list[dict[TP, int]] = []
+
+        async def seek_wait(offsets: dict[TP, int]) -> None:
+            self.sought.append(offsets)
+
         self._thread = SimpleNamespace(
-            _ensure_consumer=lambda: SimpleNamespace(_fetcher=fetcher))
+            _ensure_consumer=lambda: SimpleNamespace(_fetcher=fetcher), seek_wait=seek_wait)
         self.flow_active = True
         self._active_partitions = {TP2}
         self._paused_partitions = set()
@@ -78,17 +83,22 @@ async def test_a_quiet_recovery_is_described_once(caplog: pytest.LogCaptureFixtu
         assert "recovery offset -1, recovery highwater 42" in message
         assert "getmany waits at test_a_quiet_recovery_is_described_once.<locals>.getmany:" \
             in message and "-> sleep:" in message
+        await asyncio.sleep(0)
+        assert consumer.sought == [{TP2: 0}]  # sought again where the restore reads (-1: 0)
         recovery._recovery_started_at = 200.0  # the next recovery: described again
+        recovery.active_offsets[TP2] = 17  # its restore reads from a persisted offset
         consumer.verify_recovery_event_path(200.0 + RECOVERY_QUIET, TP2)
         assert len(caplog.records) == 2
+        await asyncio.sleep(0)
+        assert consumer.sought == [{TP2: 0}, {TP2: 17}]
     assert consumer.verified == [TP2] * 4  # Faust's own check always runs
     stuck.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await stuck
 
 
-def test_a_partition_with_records_or_an_unreadable_state(caplog: pytest.LogCaptureFixture
-                                                         ) -> None:
+async def test_a_partition_with_records_or_an_unreadable_state(
+        caplog: pytest.LogCaptureFixture) -> None:
     recovery = _recovery(0.0)
     recovery._active_events_received_at[TP2] = 1.0
     with caplog.at_level(logging.WARNING):
