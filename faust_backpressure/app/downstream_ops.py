@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from faust_backpressure.wire.signing import (
     OperatorCommand,
@@ -76,31 +77,6 @@ def _sent_at(data: dict[str, Any], now: float, max_skew: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class SlowDownRecord:
-    """A dependency paused until ``until`` (wall clock), sent by ``by`` at ``at``."""
-
-    dependency: str
-    until: float
-    by: str
-    at: float
-
-    def encode(self, secret: bytes | None = None) -> bytes:
-        body = {"type": "slow-down", "dependency": self.dependency, "until": self.until,
-                "by": self.by, "at": self.at}
-        return encode_signed(body, slow_down_key(self.dependency), secret)
-
-    @classmethod
-    def decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *,
-               now: float, max_pause: float, max_skew: float) -> SlowDownRecord:
-        data, name = decode_signed(raw, key or b"", secret, name="dependency",
-                                   record_key=lambda n: slow_down_key(n), kind="slow-down",
-                                   not_one="not a slow-down record")
-        at = _sent_at(data, now, max_skew)  # any age: old ones are merely over
-        until = number(data, "until", at, at + min(max_pause, _LONGEST))
-        return cls(name, until, text(data, "by"), at)
-
-
-@dataclass(frozen=True, slots=True)
 class RecoveredRecord:
     """``by``'s probes found ``dependency`` answering again at ``at`` (wall clock)."""
 
@@ -123,30 +99,53 @@ class RecoveredRecord:
         return cls(name, text(data, "by"), at)
 
 
-@dataclass(frozen=True, slots=True)
-class FailingRecord:
-    """``by``'s breaker for ``dependency`` opened on failures at ``at``, open until ``until``
-    (wall clock)."""
+_Until = TypeVar("_Until", bound="_UntilRecord")
 
+
+@dataclass(frozen=True, slots=True)
+class _UntilRecord:
+    """News that ``dependency`` is held until ``until`` (wall clock), sent by ``by`` at ``at``:
+    one codec for the kinds below, which differ in key, type and longest hold."""
+
+    kind: ClassVar[str]
+    key_of: ClassVar[Callable[[str], bytes]]
     dependency: str
     until: float
     by: str
     at: float
 
     def encode(self, secret: bytes | None = None) -> bytes:
-        body = {"type": "failing", "dependency": self.dependency, "until": self.until,
+        body = {"type": self.kind, "dependency": self.dependency, "until": self.until,
                 "by": self.by, "at": self.at}
-        return encode_signed(body, failing_key(self.dependency), secret)
+        return encode_signed(body, type(self).key_of(self.dependency), secret)
 
     @classmethod
-    def decode(cls, raw: bytes | None, key: bytes | None, secret: bytes | None, *,
-               now: float, max_skew: float) -> FailingRecord:
+    def decode(cls: type[_Until], raw: bytes | None, key: bytes | None, secret: bytes | None,
+               *, now: float, max_skew: float, max_pause: float = _LONGEST) -> _Until:
         data, name = decode_signed(raw, key or b"", secret, name="dependency",
-                                   record_key=failing_key, kind="failing",
-                                   not_one="not a failing record")
+                                   record_key=cls.key_of, kind=cls.kind,
+                                   not_one=f"not a {cls.kind} record")
         at = _sent_at(data, now, max_skew)  # any age: old ones are merely over
-        until = number(data, "until", at, at + _LONGEST)
+        until = number(data, "until", at, at + min(max_pause, _LONGEST))
         return cls(name, until, text(data, "by"), at)
+
+
+@dataclass(frozen=True, slots=True)
+class SlowDownRecord(_UntilRecord):
+    """A dependency paused until ``until`` (wall clock), sent by ``by`` at ``at``; decoded
+    with the guard's ``max_pause``."""
+
+    kind: ClassVar[str] = "slow-down"
+    key_of: ClassVar[Callable[[str], bytes]] = staticmethod(slow_down_key)
+
+
+@dataclass(frozen=True, slots=True)
+class FailingRecord(_UntilRecord):
+    """``by``'s breaker for ``dependency`` opened on failures at ``at``, open until ``until``
+    (wall clock)."""
+
+    kind: ClassVar[str] = "failing"
+    key_of: ClassVar[Callable[[str], bytes]] = staticmethod(failing_key)
 
 
 @dataclass(frozen=True, slots=True)
