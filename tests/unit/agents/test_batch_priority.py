@@ -52,17 +52,27 @@ class _Sensor:
 
 
 class _Producer:
-    """aiokafka's ``send``: returns a future of the record's ack (done at once here)."""
+    """aiokafka's ``send``: returns a future of the record's ack (done at once here, but
+    for the ``held`` topic's records, acked by :meth:`ack_held`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: str | None = None) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, dict[str, bytes]]] = []
+        self.held = held
+        self.unacked: list[asyncio.Future[str]] = []
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[str]:
         self.sent.append((topic, value, key, dict(headers or [])))
         future = asyncio.get_running_loop().create_future()
-        future.set_result(f"{topic}@{len(self.sent)}")
+        if topic == self.held:
+            self.unacked.append(future)
+        else:
+            future.set_result(f"{topic}@{len(self.sent)}")
         return future
+
+    def ack_held(self) -> None:
+        for future in self.unacked:
+            future.set_result("held")
 
 
 def _pipeline(limiter: TokenBucketRateLimiter, calls: list[list[bytes]]) -> Any:
@@ -144,6 +154,22 @@ async def test_a_batch_shed_entirely_asks_the_limiter_for_nothing() -> None:
     await (await pipe.batch._send_batch(batch, producer))
     assert calls == [] and [s[0] for s in producer.sent] == ["src-shed"] * 4
     assert pipe.gate.waits == 0
+
+
+async def test_a_batch_is_complete_only_once_its_shed_records_are_acked() -> None:
+    """At_least_once a batch's offsets are acked when its completion is done: the shed
+    records must be in Kafka by then (exactly_once they are in its transaction)."""
+    pipe = _pipeline(TokenBucketRateLimiter(100, 16), [])
+    pipe.gate.shed_threshold = 1
+    batch = _batch(_records("0101"))
+    await pipe.batch._gates(batch)
+    producer = _Producer(held="src-shed")
+    completion = await pipe.batch._send_batch(batch, producer)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(producer.unacked) == 2 and not completion.done()  # the sinks' acks came
+    producer.ack_held()
+    await asyncio.wait_for(completion, 1.0)
 
 
 def test_a_cut_batch_gives_its_later_shed_records_back_with_the_rest() -> None:
