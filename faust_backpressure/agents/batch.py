@@ -19,7 +19,8 @@ from __future__ import annotations
 import types
 from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from faust_backpressure.errors import BackpressureError
@@ -48,9 +49,24 @@ class Batch:
     opened_at: float  # when its first record was handed over (the runner's clock)
     processing: float = 0.0  # seconds in process_batch calls, split calls included
     split: Any = None  # a keyed limit's split of its records (None: no keyed limit)
+    #: records shed for their priority, each with (priority, shed level): out of ``records``
+    low: list[tuple[Any, tuple[int, int]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def cut(self, position: int) -> list[Any]:
+        """Ends the batch before ``records[position]``; returns the records after the cut in
+        offset order, those shed by priority included: they are decided again with the rest
+        (a batch's shed records stay within its offset range, docs/batching.md)."""
+        rest = self.records[position:]
+        self.records = self.records[:position]
+        self.last = rest[0].offset - 1
+        later = [record for record, _ in self.low if record.offset > self.last]
+        if later:
+            self.low = [entry for entry in self.low if entry[0].offset <= self.last]
+            rest = sorted([*rest, *later], key=attrgetter("offset"))
+        return rest
 
 
 class BatchQueues:

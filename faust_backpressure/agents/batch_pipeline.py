@@ -31,6 +31,7 @@ from faust_backpressure.agents.batch import (
     raw_sink_name,
 )
 from faust_backpressure.agents.batch_order import KeyChains, all_acked
+from faust_backpressure.agents.batch_priority import send_low, split_low
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import PRESSURE_DROP_RATIO, unless_flow_stops
 from faust_backpressure.agents.headers import Failure
@@ -243,14 +244,17 @@ class BatchRunner:
                         self.pipeline.name, batch.tp, batch.first, batch.last)
 
     async def _gates(self, batch: Batch) -> None:
-        """Pause, the limiter for the batch's cost, a keyed limit's split; the flow stopping
-        abandons the batch (no overdraft: a whole batch over the limit is too much)."""
+        """Pause, priority shedding (its records leave the batch: no tokens), the limiter
+        for the batch's cost, a keyed limit's split; the flow stopping abandons the batch
+        (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
         if pipeline.paused and not await pipeline.wait_resumed():
             raise _Abandoned()
         gate = pipeline.gate
-        if gate is not None and not (len(batch) <= gate.capacity
-                                     and gate.limiter.try_acquire(len(batch))):
+        if gate is not None and gate.shed_threshold is not None:  # (a control loop's level)
+            batch.records, batch.low = split_low(gate, batch.records)
+        if gate is not None and batch.records and not (
+                len(batch) <= gate.capacity and gate.limiter.try_acquire(len(batch))):
             gate.waits += 1
             if not await unless_flow_stops(self.app, gate.acquire_by_one(len(batch))):
                 raise _Abandoned()
@@ -283,6 +287,8 @@ class BatchRunner:
         for record, error in undecodable:
             futures.append(await self._dead_letter(producer, record,
                                                    Failure.now(error, "decode", 0)))
+        if batch.low and self.pipeline.gate is not None:  # shed by priority in _gates
+            futures.extend(await send_low(self.pipeline.gate, producer, batch.low))
         items: Iterable[tuple[Any, Any, Any, Any]] = zip(records, keys, values, results,
                                                           strict=True)
         held: dict[Any, list[tuple[Any, Any, Any, Any]]] = {}

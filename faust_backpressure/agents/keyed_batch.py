@@ -324,9 +324,7 @@ class KeyedBatches:
         """``batch`` ends before ``first_left``; it and the records after it go back to the
         head of the partition's queue (its next batch; their offsets follow the batch's)."""
         position = next(i for i, record in enumerate(batch.records) if record is first_left)
-        rest = batch.records[position:]
-        batch.records = batch.records[:position]
-        batch.last = rest[0].offset - 1
+        rest = batch.cut(position)
         queues.put_back(batch.tp, rest, batch.generation, batch.opened_at)
 
     def give_back(self, tp: Any, split: KeySplit | None) -> None:

@@ -74,11 +74,6 @@ def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
     unsupported = [f"{option}=" for option, value in options.items()
                    if value is not None and value is not False  # (True == 1)
                    and not (option in defaults and value == defaults[option])]
-    if unsupported == ["priority="]:
-        raise ValueError(f"pipeline {name!r}: process_batch= does not support priority= "
-                         "yet: priority shedding would decode each record and shed those "
-                         "below the shed level before the batch acquires; not built "
-                         "(docs/batching.md, \"The keyed limit's options in a batch\")")
     if unsupported:
         raise ValueError(f"pipeline {name!r}: process_batch= does not support "
                          f"{', '.join(unsupported)} yet (docs/batching.md)")
@@ -89,18 +84,19 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
                      process_batch: Callable[[list[Any]], Any] | None,
                      concurrency: int | None, max_retries: int | None,
                      limiter: RateLimitingStrategy | None, downstream: Downstream | None,
-                     **batch_checked: Any) -> tuple[int, int]:
+                     priority: Callable[[Any], int] | None, on_limit: OnLimit
+                     ) -> tuple[int, int]:
     """A pipeline's options checked (a clear error naming the option); its concurrency and
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
         raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
-    _check_batch_options(name, process_batch, concurrency=concurrency, **batch_checked)
+    _check_batch_options(name, process_batch, concurrency=concurrency, on_limit=on_limit)
     if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
         concurrency = (downstream.max_concurrency if downstream is not None
                        and process_batch is None else 1)
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-    if batch_checked.get("priority") is not None and limiter is None:
+    if priority is not None and limiter is None:
         raise ValueError(f"pipeline {name!r}: priority= needs a limiter (priority "
                          "shedding happens at the rate-limit gate)")
     retries = settings.max_retries if max_retries is None else max_retries
@@ -137,7 +133,7 @@ class Pipeline:
                  batch_size: int = 500, batch_timeout: float = 0.05) -> None:
         """``priority``: the decoded value's priority (higher is more important); under a
         control loop's load shedding (``shed_on_critical``) the lowest go to the shed topic
-        first (see ``control.shedding``). Needs a ``limiter``: shedding is the gate's.
+        first (``control.shedding``; a batch's before it acquires). Needs ``limiter``.
         ``keyed``: a keyed limit as the limiter (key = the record's key by default; batches
         are split by key, the records over their key's limit deferred in per-key order,
         shed, or the batch held for them, by its ``on_limit``: docs/batching.md, "Keyed
@@ -277,8 +273,9 @@ class Pipeline:
         return [*self.sinks, self.dlq, *shed]
 
     def _priority_of(self, event: EventT[Any]) -> int:
-        """The priority of a raw source event: its value decoded with the source's schema
-        (raises if undecodable: the gate then does not shed it, it is dead-lettered)."""
+        """The priority of a raw source event (or a batch record's ``BatchEvent``): its
+        value decoded with the source's schema (raises if undecodable: the gate then does
+        not shed it, it is dead-lettered)."""
         assert self.priority is not None
         return int(self.priority(self.schema_topic.schema.loads_value(self.app, event.message)))
 

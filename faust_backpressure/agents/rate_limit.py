@@ -34,7 +34,8 @@ from faust_backpressure.config import OnLimit
 from faust_backpressure.faust_seam import TakeEvents, stream_processors, wrap_stream_batches
 from faust_backpressure.limiters import RateLimitingStrategy
 
-__all__ = ["CostFunction", "PriorityFunction", "RateLimitGate", "rate_limited"]
+__all__ = ["PRIORITY_SHED_CAUSE", "CostFunction", "PriorityFunction", "RateLimitGate",
+           "rate_limited"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ CostFunction = Callable[[EventT[Any]], int]
 #: An event's priority, higher is more important (for priority-based load shedding).
 PriorityFunction = Callable[[EventT[Any]], int]
 Event = EventT[Any]
+#: Why an event shed for its priority was shed (its ``bp.shed.reason`` ends with it).
+PRIORITY_SHED_CAUSE = "critical downstream lag"
 
 
 class RateLimitGate(GateBase):
@@ -103,7 +106,7 @@ class RateLimitGate(GateBase):
 
         def admit(value: Any) -> Any:
             if self.shed_threshold is not None and self.priority is not None:
-                low = self._low_priority(stream.current_event)
+                low = self.low_priority(stream.current_event)
                 if low is not None:
                     return self._shed(stream.current_event, 0, low)
             # (without a cost function the event is not even looked at)
@@ -122,7 +125,7 @@ class RateLimitGate(GateBase):
 
     # -- priority shedding ------------------------------------------------------------------
 
-    def _low_priority(self, event: Event | None) -> tuple[int, int] | None:
+    def low_priority(self, event: Event | None) -> tuple[int, int] | None:
         """The event's priority and the threshold, if it is below (it is shed), else None.
 
         An event whose priority cannot be computed (e.g. undecodable) is not shed: it goes
@@ -179,7 +182,7 @@ class RateLimitGate(GateBase):
                             low: tuple[int, int] | None = None) -> None:
         """``low``: shed for its priority (priority, threshold), not for refused permits."""
         topic = await self.send_to_shed(
-            event, permits, "critical downstream lag" if low is not None else
+            event, permits, PRIORITY_SHED_CAUSE if low is not None else
             "" if self.on_limit == "shed" else "load shedding: critical downstream lag", low)
         if low is not None:
             self.shed_by_priority += 1
@@ -231,7 +234,7 @@ class RateLimitGate(GateBase):
         """Priority shedding of a batch: the low-priority events shed, the others kept."""
         kept: list[Event] = []
         for event in events:
-            low = self._low_priority(event)
+            low = self.low_priority(event)
             if low is None:
                 kept.append(event)
             else:

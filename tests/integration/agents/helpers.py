@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from aiokafka import ConsumerRecord
 
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.testing.kafka_io import consume
+from faust_backpressure.testing.kafka_io import committed_offsets, consume
 from faust_backpressure.testing.settings import fast_faust_settings
 
 Record = ConsumerRecord[bytes, bytes]
@@ -35,3 +36,16 @@ def guarded_app(bootstrap: str, app_id: str, datadir: Path, guarantee: str,
                     **fast_faust_settings(broker=f"kafka://{bootstrap}", **settings))
     Backpressure(app, settings=BackpressureSettings())
     return app
+
+
+async def committed_to_the_end(bootstrap: str, group: str, topic: str,
+                               total: int) -> dict[int, int]:
+    """The group's committed offsets on ``topic`` once they cover ``total`` records (or
+    what they are after 30 s)."""
+    offsets: dict[int, int] = {}
+    for _ in range(150):
+        offsets = await committed_offsets(bootstrap, group, topic)
+        if sum(offsets.values()) >= total:
+            break
+        await asyncio.sleep(0.2)
+    return offsets

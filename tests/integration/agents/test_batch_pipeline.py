@@ -23,7 +23,7 @@ from faust_backpressure.testing.inprocess import running_app
 from faust_backpressure.testing.kafka_io import committed_offsets, consume, create_topics, produce
 from faust_backpressure.testing.settings import fast_faust_settings
 
-from .helpers import hdr, read_committed
+from .helpers import committed_to_the_end, hdr, read_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -225,7 +225,7 @@ async def test_ordered_by_key_keeps_each_keys_order_in_the_sink_retries_included
     async with running_app(app):
         out = await _read(kafka_bootstrap, sink, guarantee, len(good))
         dead = await _read(kafka_bootstrap, dlq, guarantee, len(poison))
-        offsets = await _committed_to_the_end(kafka_bootstrap, app.conf.id, source, total)
+        offsets = await committed_to_the_end(kafka_bootstrap, app.conf.id, source, total)
         for _ in range(100):  # the last batch's acks reach the sensors after its commit
             if seen.acked >= len(good) + len(poison):
                 break
@@ -250,18 +250,6 @@ async def test_ordered_by_key_keeps_each_keys_order_in_the_sink_retries_included
     # every send was reported sent (sinks) and acked (sinks and DLQ), retried ones included
     assert (seen.sent, seen.acked) == (len(good), len(good) + len(poison))
 
-
-async def _committed_to_the_end(bootstrap: str, group: str, topic: str,
-                                total: int) -> dict[int, int]:
-    """The group's committed offsets on ``topic`` once they cover ``total`` records (or
-    what they are after 30 s)."""
-    offsets: dict[int, int] = {}
-    for _ in range(150):
-        offsets = await committed_offsets(bootstrap, group, topic)
-        if sum(offsets.values()) >= total:
-            break
-        await asyncio.sleep(0.2)
-    return offsets
 
 
 async def test_a_downstream_guard_sees_each_batch_as_one_call(

@@ -153,8 +153,9 @@ def test_batch_options_are_checked() -> None:
     # ordered_by_key is built (tests/unit/agents/test_batch_order.py)
     assert _pipeline(process_batch=list, ordered_by_key=True).batch.chains is not None
     assert _pipeline(process_batch=list).batch.chains is None
-    with pytest.raises(ValueError, match="priority= yet: priority shedding would decode"):
-        _pipeline(process_batch=list, priority=len, limiter=TokenBucketRateLimiter(1e3, 1e3))
+    # priority= is built (tests/unit/agents/test_batch_priority.py)
+    assert _pipeline(process_batch=list, priority=len,
+                     limiter=TokenBucketRateLimiter(1e3, 1e3)).gate.priority is not None
     with pytest.raises(ValueError, match="above the limiter's burst"):
         _pipeline(process_batch=list, batch_size=500,
                   limiter=TokenBucketRateLimiter(100, 100))
