@@ -160,6 +160,11 @@ def growers(log: Path) -> list[str]:
     lines = ["", f"Objects by type, growth since the end of the warm-up (census at {at}; net "
              f"{last['net']:+,}; in generations 0 and 1: {last['young']}): "
              + ", ".join(f"{name} {n:+,}" for name, n in last["grown"]) + ".", ""]
+    if last.get("clients"):
+        lines += ["aiokafka clients (client id, topics it asks metadata for, 0 meaning all; "
+                  "topics its metadata holds): "
+                  + "; ".join(f"{c} {asked} {held}" for c, asked, held in last["clients"])
+                  + ".", ""]
     if last.get("sites"):
         lines += ["Allocation sites by growth (tracemalloc): "
                   + "; ".join(f"{w} {kib:+,} KiB ({n:+,} blocks)" for w, kib, n in last["sites"])
@@ -227,6 +232,9 @@ async def run(args: argparse.Namespace, bootstrap: str) -> int:
     keep.mkdir(parents=True)
     workers = [FaustWorker("bench.soak_app", name=f"w{i}", env=env, cwd=REPO) for i in (1, 2)]
     loads = os.getloadavg()[0]
+    # the code the workers run: read now, not after the run (a checkout may change meanwhile)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=REPO).stdout.strip()
     sent = [0]
     try:
         for worker in workers:
@@ -241,8 +249,6 @@ async def run(args: argparse.Namespace, bootstrap: str) -> int:
             shutil.copy(worker.log_path, keep / f"{worker.name}.log")
             worker.cleanup()
     lost = sent[0] - len(ids & set(range(sent[0])))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO).stdout.strip()
     text, ok = report(args, {w.name: keep / f"{w.name}.log" for w in workers}, sent[0], lost,
                       commit, (loads, os.getloadavg()[0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
