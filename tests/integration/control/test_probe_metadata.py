@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from faust_backpressure.control.probe import LagProbe
-from faust_backpressure.testing.kafka_io import create_topics
+from faust_backpressure.testing.kafka_io import create_topics, produce
 
 
 async def test_a_refresh_brings_only_the_probed_topics(kafka_bootstrap: str,
@@ -23,6 +23,7 @@ async def test_a_refresh_brings_only_the_probed_topics(kafka_bootstrap: str,
         for client in (probe._consumer._client, probe._admin._client):  # type: ignore[union-attr]
             await client.force_metadata_update()  # as the periodic refresh does
             assert client.cluster.topics() == {probed}
-        assert await probe.measure() == (0, 0)  # still measures
+        await produce(kafka_bootstrap, probed, [(b"k", b"v")] * 5)
+        assert await probe.measure() == (5, 0)  # still measures (no commits: all of it)
     finally:
         await probe.close()
