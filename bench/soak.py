@@ -13,8 +13,10 @@ The feeder sends ``--rate`` orders/s for 50 s of each minute and 3x that for the
 stage on a loaded 2-core machine, or the backlog only grows); 1 order in 500 is not
 JSON (the DLQ); 60 customers, so the per-customer limit (20/s) defers a few. Each
 worker logs a ``soak-sample`` every 10 s (RSS, open fds, asyncio tasks, items held in the
-library's components). After the run the feed stops, the backlog drains (until nothing new
-arrives for 60 s), and every order must be in the billed topic or the DLQ.
+library's components) and, once a minute after the warm-up, a ``soak-census``: the object
+types grown since (``bench/soak_census.py``; the report lists the last one). After the run
+the feed stops, the backlog drains (until nothing new arrives for 60 s), and every order must
+be in the billed topic or the DLQ.
 
 Verdict, after a ``--warmup`` (5 min): per worker, RSS within +10 MiB of its first sample
 after the warm-up, fds other than RocksDB table files and tasks within +5 (the medians of
