@@ -13,8 +13,10 @@ The feeder sends ``--rate`` orders/s for 50 s of each minute and 3x that for the
 stage on a loaded 2-core machine, or the backlog only grows); 1 order in 500 is not
 JSON (the DLQ); 60 customers, so the per-customer limit (20/s) defers a few. Each
 worker logs a ``soak-sample`` every 10 s (RSS, open fds, asyncio tasks, items held in the
-library's components). After the run the feed stops, the backlog drains (until nothing new
-arrives for 60 s), and every order must be in the billed topic or the DLQ.
+library's components) and, once a minute after the warm-up, a ``soak-census``: the object
+types grown since (``bench/soak_census.py``; the report lists the last one). After the run
+the feed stops, the backlog drains (until nothing new arrives for 60 s), and every order must
+be in the billed topic or the DLQ.
 
 Verdict, after a ``--warmup`` (5 min): per worker, RSS within +10 MiB of its first sample
 after the warm-up, fds other than RocksDB table files and tasks within +5 (the medians of
@@ -52,6 +54,7 @@ from faust_backpressure.testing.workers import FaustWorker
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SAMPLE = re.compile(r"^\[(?P<at>[^\]]+)\].*soak-sample (?P<json>\{.*\})\s*$")
+CENSUS = re.compile(r"^\[(?P<at>[^\]]+)\].*soak-census (?P<json>\{.*\})\s*$")
 
 
 def order(i: int) -> bytes:
@@ -104,10 +107,10 @@ async def accounted(bootstrap: str, topics: list[str], count: int, timeout: floa
     return ids
 
 
-def samples(log: Path) -> list[tuple[str, dict[str, Any]]]:
+def samples(log: Path, pattern: re.Pattern[str] = SAMPLE) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for line in log.read_text(errors="replace").splitlines():
-        if m := SAMPLE.match(line):
+        if m := pattern.match(line):
             found.append((m["at"], json.loads(m["json"])))
     return found
 
@@ -149,6 +152,28 @@ def verdict(rows: list[tuple[str, dict[str, Any]]], warmup_samples: int) -> list
     return problems
 
 
+def growers(log: Path) -> list[str]:
+    """The types of object that grew the most from the end of the warm-up to the last
+    census (bench/soak_census.py), and the allocation sites if tracemalloc ran."""
+    found = [(at, c) for at, c in samples(log, CENSUS) if "grown" in c]
+    if not found:
+        return [""]
+    at, last = found[-1]
+    lines = ["", f"Objects by type, growth since the end of the warm-up (census at {at}; net "
+             f"{last['net']:+,}; in generations 0 and 1: {last['young']}): "
+             + ", ".join(f"{name} {n:+,}" for name, n in last["grown"]) + ".", ""]
+    if last.get("clients"):
+        lines += ["aiokafka clients (client id, topics it asks metadata for, 0 meaning all; "
+                  "topics its metadata holds): "
+                  + "; ".join(f"{c} {asked} {held}" for c, asked, held in last["clients"])
+                  + ".", ""]
+    if last.get("sites"):
+        lines += ["Allocation sites by growth (tracemalloc): "
+                  + "; ".join(f"{w} {kib:+,} KiB ({n:+,} blocks)" for w, kib, n in last["sites"])
+                  + ".", ""]
+    return lines
+
+
 def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: int,
            commit: str, loads: tuple[float, float]) -> tuple[str, bool]:
     warmup = int(args.warmup * 60 / 10)
@@ -158,6 +183,9 @@ def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: in
              f"{loads[1]:.2f} after; command `PYTHONPATH=. .venv/bin/python bench/soak.py "
              f"--minutes {args.minutes:g} --rate {args.rate:g} --limit {args.limit:g}"
              f"{' --faust-table-defaults' if args.faust_table_defaults else ''}"
+             f"{f' --warmup {args.warmup:g}' if args.warmup != 5 else ''}"
+             f"{f' --tracemalloc {args.tracemalloc}' if args.tracemalloc else ''}"
+             f"{' --collect' if args.collect else ''}"
              f" --output {args.output}`.", "",
              f"Orders: {count:,} sent, {lost} unaccounted for (in neither the billed topic "
              "nor the DLQ once nothing new arrived for 60 s).",
@@ -180,7 +208,7 @@ def report(args: argparse.Namespace, logs: dict[str, Path], count: int, lost: in
                          f"{s.get('py_blocks', '')} | {s['fds']} ({s.get('sst_fds', '?')}, "
                          f"{s.get('dbs', '?')}) | {s['tasks']} | "
                          + ", ".join(f"{k} {v}" for k, v in top) + " |")
-        lines.append("")
+        lines += growers(log)
     lines.append(f"Verdict: {'PASS' if ok else 'FAIL'} (after a {args.warmup:g}-minute warm-up: "
                  "RSS within +10 MiB, fds other than RocksDB table files and tasks within +5 "
                  "(medians of 5), open table files peaking no higher in the second half than "
@@ -197,12 +225,18 @@ async def run(args: argparse.Namespace, bootstrap: str) -> int:
            "FBP_SOURCE": topics["orders"], "FBP_SINK": topics["priced"],
            "FBP_BILLED": topics["billed"], "FBP_DLQ": topics["dlq"],
            "FBP_RATE": f"{args.limit:g}", "FBP_GUARANTEE": args.guarantee,
-           "FBP_SOAK_FAUST_TABLE_DEFAULTS": "1" if args.faust_table_defaults else ""}
+           "FBP_SOAK_FAUST_TABLE_DEFAULTS": "1" if args.faust_table_defaults else "",
+           "FBP_SOAK_WARMUP": f"{args.warmup * 60:g}",
+           "FBP_SOAK_TRACEMALLOC": f"{args.tracemalloc or ''}",
+           "FBP_SOAK_COLLECT": "1" if args.collect else ""}
     keep = Path(tempfile.gettempdir()) / f"fbp-{args.output}"
     shutil.rmtree(keep, ignore_errors=True)
     keep.mkdir(parents=True)
     workers = [FaustWorker("bench.soak_app", name=f"w{i}", env=env, cwd=REPO) for i in (1, 2)]
     loads = os.getloadavg()[0]
+    # the code the workers run: read now, not after the run (a checkout may change meanwhile)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=REPO).stdout.strip()
     sent = [0]
     try:
         for worker in workers:
@@ -217,8 +251,6 @@ async def run(args: argparse.Namespace, bootstrap: str) -> int:
             shutil.copy(worker.log_path, keep / f"{worker.name}.log")
             worker.cleanup()
     lost = sent[0] - len(ids & set(range(sent[0])))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO).stdout.strip()
     text, ok = report(args, {w.name: keep / f"{w.name}.log" for w in workers}, sent[0], lost,
                       commit, (loads, os.getloadavg()[0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -240,6 +272,12 @@ def main() -> int:
     parser.add_argument("--faust-table-defaults", action="store_true",
                         help="open the library's tables with Faust's RocksDB sizes (64 MiB "
                         "write buffers, 2 GiB cache), as before ba80a94: the A/B of the RSS")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="trace allocations in the workers (costs CPU) and report the "
+                        "sites that grew")
+    parser.add_argument("--collect", action="store_true", help="a full garbage collection "
+                        "before each census (once a minute): live objects only, and what it "
+                        "freed")
     args = parser.parse_args()
     with kafka_bootstrap() as bootstrap:
         return asyncio.run(run(args, bootstrap))

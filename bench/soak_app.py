@@ -27,6 +27,7 @@ from typing import Any
 
 import faust
 
+from bench.soak_census import Census
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.tables.store import TABLE_OPTIONS
@@ -116,6 +117,17 @@ def sst_files(fds: list[str]) -> int:
         with contextlib.suppress(OSError):  # closed since the listing
             count += os.readlink(f"/proc/self/fd/{fd}").endswith(".sst")
     return count
+
+
+census = Census()
+
+
+@app.timer(60.0)
+async def take_census() -> None:
+    """Once a minute after the warm-up: which types of object grew (bench/soak_census.py)."""
+    line = census.take()
+    if line is not None:
+        log.warning("soak-census %s", json.dumps(line))
 
 
 @app.timer(10.0)

@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import AppT
 from mode import Service
 
-from faust_backpressure.faust_seam import force_metadata_update
+from faust_backpressure.faust_seam import force_metadata_update, keep_metadata_of
 from faust_backpressure.wire.kafka_clients import KafkaClientSettings, kafka_admin, kafka_consumer
 
 __all__ = ["LagProbe", "close_probes_on_stop", "no_commits_warning"]
@@ -49,6 +49,7 @@ class LagProbe:
         self.kafka, self.group, self.topics = kafka, group, list(topics)
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._narrowed = False  # the clients' metadata: the probed topics only
         #: ``(topic, partition) -> the group's committed offset`` at the last measurement
         #: (the partition's start where it committed nothing).
         self.committed: dict[tuple[str, int], int] = {}
@@ -78,6 +79,10 @@ class LagProbe:
             if missing:  # an unknown lag is not a zero lag: no sample
                 self.warning = f"topics {sorted(missing)} do not exist"
                 raise LookupError(f"no partitions known for {sorted(missing)}")
+        if not self._narrowed:  # else each refresh fetches and keeps every topic of the cluster
+            await keep_metadata_of(self._consumer, self.topics)
+            await keep_metadata_of(self._admin, self.topics)
+            self._narrowed = True
         ends = await self._consumer.end_offsets(partitions)
         committed = await self._admin.list_consumer_group_offsets(self.group)
         total = processed = 0
@@ -122,6 +127,7 @@ class LagProbe:
         if self._consumer is not None:
             await self._consumer.stop()
         self._admin = self._consumer = None
+        self._narrowed = False
 
 
 

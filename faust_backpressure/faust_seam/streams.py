@@ -150,3 +150,13 @@ def source_backlog(app: AppT, topics: Iterable[str]) -> dict[str, int] | None:
 async def force_metadata_update(client: Any) -> None:
     """Ask an aiokafka consumer's client for fresh metadata (e.g. topics made since start)."""
     await client._client.force_metadata_update()
+
+
+async def keep_metadata_of(client: Any, topics: Iterable[str]) -> None:
+    """Let an aiokafka consumer's or admin client's metadata be that of ``topics`` only.
+
+    A client with no subscription asks the broker for every topic of the cluster at each
+    refresh (``metadata_max_age_ms``) and keeps them all: memory that grows with the
+    cluster's topics. Call it once the topics exist: asking for a topic the broker does not
+    know may create it where the broker auto-creates topics."""
+    await client._client.set_topics(list(topics))

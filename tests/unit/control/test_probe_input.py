@@ -12,7 +12,20 @@ from aiokafka.structs import OffsetAndMetadata
 from faust_backpressure.control.probe import LagProbe
 
 
-class Consumer:
+class Narrowed:
+    """A client whose metadata faust_seam.keep_metadata_of can narrow to some topics."""
+
+    topics: list[str] | None = None
+
+    @property
+    def _client(self) -> Narrowed:  # what faust_seam's metadata functions ask
+        return self
+
+    async def set_topics(self, topics: list[str]) -> None:
+        self.topics = topics
+
+
+class Consumer(Narrowed):
     def __init__(self, partitions: dict[str, set[int]], ends: dict[TopicPartition, int]) -> None:
         self.partitions, self.ends = partitions, ends
         self.asked = False
@@ -23,15 +36,11 @@ class Consumer:
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.ends[tp] for tp in tps}
 
-    @property
-    def _client(self) -> Consumer:  # what faust_seam.force_metadata_update asks
-        return self
-
     async def force_metadata_update(self) -> None:
         self.asked = True
 
 
-class Admin:
+class Admin(Narrowed):
     def __init__(self, committed: dict[TopicPartition, int]) -> None:
         self.committed = committed
 
@@ -68,6 +77,22 @@ async def test_once_the_group_commits_its_lag_counts_and_the_warning_is_gone() -
     probe = _probe({TopicPartition("priced", 0): 40}, counted=False)
     assert await probe.measure() == (60 + 200, 40)
     assert probe.warning is None and probe.uncommitted_backlog == 0
+
+
+async def test_its_clients_keep_the_metadata_of_the_probed_topics_only() -> None:
+    # else each metadata refresh fetches and keeps every topic of the cluster
+    probe = _probe({TopicPartition("priced", 0): 40}, counted=False)
+    await probe.measure()
+    assert probe._consumer._client.topics == ["priced"]  # type: ignore[union-attr]
+    assert probe._admin._client.topics == ["priced"]  # type: ignore[union-attr]
+
+
+async def test_a_topic_that_does_not_exist_is_not_asked_for_by_name() -> None:
+    # (a broker that auto-creates topics would create it)
+    probe = _probe({}, counted=False, topics={})
+    with pytest.raises(LookupError):
+        await probe.measure()
+    assert probe._consumer._client.topics is None  # type: ignore[union-attr]
 
 
 async def test_a_topic_that_does_not_exist_is_no_sample_and_a_warning() -> None:
