@@ -19,6 +19,7 @@ from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
 from faust_backpressure.faust_seam.batches import BatchTap, batch_taps
+from faust_backpressure.faust_seam.fetch_view import fetch_filter
 from faust_backpressure.faust_seam.table_writes import flush_changelog_writers
 
 #: The seam's one logger, named as when the seam was one module.
@@ -282,7 +283,8 @@ class _GuardedConsumer:
         taps = batch_taps(self.app)
         if taps:
             self._cap_fetch_wait()
-        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        # never "every partition" (fetch_view.py): aiokafka reads an empty set so
+        records = await super()._getmany(fetch_filter(active_partitions), timeout)  # type: ignore[misc]
         guard = self.offset_guard
         if guard.verifying:  # what the broker answered a re-read, before anything is dropped
             for tp, batch in records.items():
