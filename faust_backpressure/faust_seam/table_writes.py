@@ -86,6 +86,9 @@ class ChangelogWriter:
         # Faust's own encoding gives bytes back as they are (its serializers skip bytes), but
         # through two registry calls and an ABC check each (~3 µs a write): skipped for bytes.
         self._raw = _encodes_bytes_as_they_are(table.data)
+        #: batched stores: the last acknowledged changelog offset by partition, written with
+        #: the partition's next write batch (a put of its own per batch cost a RocksDB write)
+        self._acked: dict[int, int] = {}
         self.records = 0  # changelog records sent (this worker, since start)
         self.batches = 0
 
@@ -129,6 +132,7 @@ class ChangelogWriter:
         if not self._batched:
             return
         data = self.table.data
+        acked = self._acked
         for partition, records in pending.items():
             batch = WriteBatch(raw_mode=True)
             for raw_key, raw_value in records.items():
@@ -136,7 +140,21 @@ class ChangelogWriter:
                     batch.delete(raw_key)
                 else:
                     batch.put(raw_key, raw_value)
+            offset = acked.pop(partition, None)
+            # the records up to it are in the store already (written before they were sent)
+            if offset is not None and self._active(partition):
+                batch.put(data.offset_key, str(offset).encode())
             data._db_for_partition(partition).write(batch)
+
+    def _active(self, partition: int) -> bool:
+        return TP(self.topic, partition) in self.app.tables.recovery.active_tps  # type: ignore[attr-defined]
+
+    def persist_acked(self) -> None:
+        """The acknowledged offsets not written yet, each a put of its own (a revocation: the
+        partitions' dbs close; else a restore only reads more)."""
+        acked, self._acked = self._acked, {}
+        for partition, offset in acked.items():
+            persist_changelog_offset(self.app, self.table, TP(self.topic, partition), offset)
 
     def _queue(self, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
         records = self._pending.get(partition)
@@ -215,7 +233,12 @@ class ChangelogWriter:
                 log.warning("changelog %s[%d]: %d records not acknowledged: %r", self.topic,
                             partition, count, None if done.cancelled() else done.exception())
                 return
-            persist_changelog_offset(self.app, self.table, tp, done.result().offset + count - 1)
+            last = done.result().offset + count - 1
+            if self._batched:  # with the partition's next write batch (or at a revocation)
+                if last > self._acked.get(partition, -1):
+                    self._acked[partition] = last
+            else:
+                persist_changelog_offset(self.app, self.table, tp, last)
 
         future.add_done_callback(persisted)
 
@@ -285,6 +308,9 @@ async def _flush_on_revoke(app: Any, /, *args: Any, **kwargs: Any) -> None:
     not come first), before Faust closes the revoked partitions' dbs and another worker
     restores their changelog."""
     await flush_changelog_writers(app, until_idle=True)
+    context = find_context(app)
+    for writer in (context.get(WRITERS) if context is not None else None) or ():
+        writer.persist_acked()
 
 
 async def flush_changelog_writers(app: Any, *, until_idle: bool = False) -> None:

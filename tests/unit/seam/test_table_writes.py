@@ -354,3 +354,35 @@ async def test_bytes_skip_the_encoding_only_where_faust_would_give_them_back_unc
     assert faked._pending == {0: {b"Kk": b"Vv"}} and faked.written(b"k") == b"Vv"
     assert faked._timer is not None
     faked._timer.cancel()
+
+
+async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_write_batch(
+        tmp_path: Any) -> None:
+    import faust
+
+    app = faust.App("unit-writes-offset", datadir=str(tmp_path), store="rocksdict://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                           store="rocksdict:levels")
+    fake = _App()
+    name = table.changelog_topic.get_topic_name()
+    fake.tables.recovery.active_tps = {TP(name, 1)}  # active for partition 1 only
+    writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
+    data = table.data
+    fake._producer.end = {1: 40, 2: 7}
+    for partition in (1, 2):
+        _in_event(partition)
+        writer.set(b"a%d" % partition, b"x")
+        writer.set(b"b%d" % partition, b"y")
+    await writer.flush()
+    await asyncio.sleep(0)  # the acknowledgements' callbacks
+    db1, db2 = data._db_for_partition(1), data._db_for_partition(2)
+    assert writer._acked == {1: 41, 2: 8}  # records 40-41 and 7-8
+    assert data.persisted_offset(TP(name, 1)) is None  # not a put of its own
+    _in_event(1)
+    writer.set(b"c1", b"z")
+    await writer.flush()
+    assert db1.get(data.offset_key) == b"41" and db1.get(b"c1") == b"z"  # one batch
+    assert db2.get(data.offset_key) is None and writer._acked == {1: 42, 2: 8}
+    writer.persist_acked()  # a revocation: the rest, where this worker is active
+    assert db1.get(data.offset_key) == b"42" and db2.get(data.offset_key) is None
+    assert writer._acked == {}
