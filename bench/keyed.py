@@ -331,7 +331,8 @@ def _mib(n: float) -> str:
 
 
 async def measure(bootstrap: str, work: Workload, rounds: int, peer_rounds: int,
-                  recovery_keys: int, command: str, max_seconds: float | None = None) -> str:
+                  recovery_keys: int, command: str, max_seconds: float | None = None,
+                  partial: Path | None = None) -> str:
     load_before = os.getloadavg()
     started = time.monotonic()
     began = dt.datetime.now(dt.timezone.utc)
@@ -370,6 +371,10 @@ async def measure(bootstrap: str, work: Workload, rounds: int, peer_rounds: int,
                       f"CPU/event, tail {run.tail:.2f} s, duplicates {run.duplicates}, sink "
                       f"+{run.sink_delta:,}{extra}", flush=True)
             longest = max(longest, time.monotonic() - round_began)
+            if partial is not None:  # the rounds so far, should the run be stopped from outside
+                partial.write_text(report(
+                    work, rounds, runs, order, None, missing, commit, command, began,
+                    dt.datetime.now(dt.timezone.utc), load_before, os.getloadavg()))
     rec: tuple[float, int, int, float] | None = None
     if recovery_keys > 0:
         rec = await recovery(bootstrap, recovery_keys)
@@ -538,13 +543,15 @@ def main() -> None:
                + (f" --max-minutes {args.max_minutes:g}" if args.max_minutes else "")
                + (f" --output {args.output}" if args.output else ""))
     logging.basicConfig(level=logging.WARNING)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = args.output or f"keyed-{args.keys}x{args.events_per_key}"
+    path = RESULTS / f"{name.removesuffix('.md')}.md"
     with kafka_bootstrap() as bootstrap:
         text = asyncio.run(measure(bootstrap, work, args.rounds, args.peer_rounds,
                                    recovery_keys, command,
-                                   None if args.max_minutes is None else args.max_minutes * 60))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = args.output or f"keyed-{args.keys}x{args.events_per_key}"
-    (RESULTS / f"{name.removesuffix('.md')}.md").write_text(text)
+                                   None if args.max_minutes is None else args.max_minutes * 60,
+                                   partial=path))
+    path.write_text(text)
     print()
     print(text)
 
