@@ -331,8 +331,10 @@ def _mib(n: float) -> str:
 
 
 async def measure(bootstrap: str, work: Workload, rounds: int, peer_rounds: int,
-                  recovery_keys: int, command: str) -> str:
+                  recovery_keys: int, command: str, max_seconds: float | None = None,
+                  partial: Path | None = None) -> str:
     load_before = os.getloadavg()
+    started = time.monotonic()
     began = dt.datetime.now(dt.timezone.utc)
     commit = _commit()
     run_id = uuid.uuid4().hex[:6]
@@ -347,7 +349,14 @@ async def measure(bootstrap: str, work: Workload, rounds: int, peer_rounds: int,
     with contextlib.ExitStack() as stack:
         port = stack.enter_context(redis_server()) if missing is None else None
         kinds = KINDS if port is not None else KINDS[:2]
+        longest = 0.0
         for r in range(rounds):
+            if max_seconds is not None and r >= 2 \
+                    and time.monotonic() - started + longest > max_seconds:
+                print(f"round {r + 1}: not started, the time budget ({max_seconds:g} s) would "
+                      f"not hold it", flush=True)
+                break
+            round_began = time.monotonic()
             now = kinds if r < peer_rounds else tuple(k for k in kinds if k != "redis")
             now = now if r % 2 == 0 else now[::-1]
             order.append(list(now))
@@ -361,6 +370,11 @@ async def measure(bootstrap: str, work: Workload, rounds: int, peer_rounds: int,
                 print(f"round {r + 1}: {kind} {run.rate:,.0f} events/s, {run.cpu_us:.1f} us "
                       f"CPU/event, tail {run.tail:.2f} s, duplicates {run.duplicates}, sink "
                       f"+{run.sink_delta:,}{extra}", flush=True)
+            longest = max(longest, time.monotonic() - round_began)
+            if partial is not None:  # the rounds so far, should the run be stopped from outside
+                partial.write_text(report(
+                    work, rounds, runs, order, None, missing, commit, command, began,
+                    dt.datetime.now(dt.timezone.utc), load_before, os.getloadavg()))
     rec: tuple[float, int, int, float] | None = None
     if recovery_keys > 0:
         rec = await recovery(bootstrap, recovery_keys)
@@ -437,7 +451,9 @@ def report(work: Workload, rounds: int, runs: dict[str, list[Run]], order: list[
         f"Rate: (inputs - 1) / (last output - first output), outputs as seen by the agent's "
         f"body just before the send, the deferral tail included; CPU: this process's CPU "
         f"(all its threads, RocksDB's included) over that span per input. Median (min-max) "
-        f"of {rounds} rounds.",
+        f"of {len(order)} rounds" + ("." if len(order) == rounds else
+                                     f" ({rounds} asked for; the time budget held "
+                                     f"{len(order)})."),
         "",
         "| agent | events/s | CPU µs/event | runs (events/s) |",
         "| --- | ---: | ---: | --- |",
@@ -505,6 +521,9 @@ def main() -> None:
                         help="rounds that also run the Redis peer (default 0)")
     parser.add_argument("--recovery-keys", type=int, default=None,
                         help="distinct keys for the recovery phase (default: --keys; 0 skips it)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no round (after the second) that would end later than "
+                             "this after the start, judged by the longest round so far")
     parser.add_argument("--output", default=None,
                         help="results file name under bench/results/ (default keyed-<K>x<E>)")
     args = parser.parse_args()
@@ -521,14 +540,18 @@ def main() -> None:
                f"--key-rate {args.key_rate:g} --fetch-bytes {args.fetch_bytes} --rounds "
                f"{args.rounds} --peer-rounds "
                f"{args.peer_rounds} --recovery-keys {recovery_keys}"
+               + (f" --max-minutes {args.max_minutes:g}" if args.max_minutes else "")
                + (f" --output {args.output}" if args.output else ""))
     logging.basicConfig(level=logging.WARNING)
-    with kafka_bootstrap() as bootstrap:
-        text = asyncio.run(measure(bootstrap, work, args.rounds, args.peer_rounds,
-                                   recovery_keys, command))
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = args.output or f"keyed-{args.keys}x{args.events_per_key}"
-    (RESULTS / f"{name.removesuffix('.md')}.md").write_text(text)
+    path = RESULTS / f"{name.removesuffix('.md')}.md"
+    with kafka_bootstrap() as bootstrap:
+        text = asyncio.run(measure(bootstrap, work, args.rounds, args.peer_rounds,
+                                   recovery_keys, command,
+                                   None if args.max_minutes is None else args.max_minutes * 60,
+                                   partial=path))
+    path.write_text(text)
     print()
     print(text)
 

@@ -354,3 +354,61 @@ async def test_bytes_skip_the_encoding_only_where_faust_would_give_them_back_unc
     assert faked._pending == {0: {b"Kk": b"Vv"}} and faked.written(b"k") == b"Vv"
     assert faked._timer is not None
     faked._timer.cancel()
+
+
+async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_write_batch(
+        tmp_path: Any) -> None:
+    import faust
+
+    app = faust.App("unit-writes-offset", datadir=str(tmp_path), store="rocksdict://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                           store="rocksdict:levels")
+    fake = _App()
+    name = table.changelog_topic.get_topic_name()
+    fake.tables.recovery.active_tps = {TP(name, 1)}  # active for partition 1 only
+    writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
+    data = table.data
+    fake._producer.end = {1: 40, 2: 7}
+    for partition in (1, 2):
+        _in_event(partition)
+        writer.set(b"a%d" % partition, b"x")
+        writer.set(b"b%d" % partition, b"y")
+    await writer.flush()  # (the fake acknowledges at once: before the flush's store write)
+    db1, db2 = data._db_for_partition(1), data._db_for_partition(2)
+    assert db1.get(b"a1") == b"x" and db2.get(b"b2") == b"y"
+    assert db1.get(data.offset_key) == b"41"  # records 40-41, with the store's batch
+    assert db2.get(data.offset_key) is None  # not this worker's partition any more
+    assert writer._acked == {}
+    _in_event(1)
+    writer.set(b"c1", b"z")
+    writer._start()
+    await asyncio.sleep(0.01)  # drained within the lag: sent and acknowledged, not stored
+    assert writer._acked == {1: 42} and db1.get(b"c1") is None
+    assert db1.get(data.offset_key) == b"41"  # never past what the store holds
+    writer.write_store()  # as every flush ends (a commit, a revocation)
+    assert db1.get(data.offset_key) == b"42" and db1.get(b"c1") == b"z"
+    assert writer._acked == {}
+
+
+async def test_rocksdb_lags_the_changelog_by_at_most_the_store_lag_and_reads_see_it(
+        tmp_path: Any) -> None:
+    import faust
+
+    app = faust.App("unit-writes-lag", datadir=str(tmp_path), store="rocksdict://")
+    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                           store="rocksdict:levels")
+    fake = _App()
+    writer = ChangelogWriter(fake, table, linger=0.0)  # type: ignore[arg-type]
+    db = table.data._db_for_partition(0)
+    _in_event(0)
+    writer.set(b"k1", b"v1")
+    await asyncio.sleep(0.01)  # the first drain writes the store at once
+    assert db.get(b"k1") == b"v1" and len(fake._producer.sent) == 1
+    writer.set(b"k1", b"v2")
+    writer.delete(b"k2")
+    await asyncio.sleep(0.01)  # a drain within the lag: sent, not in RocksDB yet
+    assert len(fake._producer.sent) == 2 and writer._task is None
+    assert db.get(b"k1") == b"v1" and writer.written(b"k1") == b"v2"
+    assert writer.written(b"k2") is None  # a removal on its way
+    await writer.flush()  # a commit: the store too
+    assert db.get(b"k1") == b"v2" and writer._unstored == {}
