@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +54,50 @@ async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> No
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others(
-        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
-        guarantee: str) -> None:
+
+@dataclass
+class CriticalLag:
+    """An app whose control loop sees a critical downstream lag, with its topics."""
+
+    downstream: str
+    group: str
+    source: str
+    sink: str
+    dlq: str
+    shed_topic: str
+    app: faust.App
+    bp: Backpressure
+    limiter: TokenBucketRateLimiter
+
+
+async def critical_lag(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+                       partitions: int = 2, **app_options: Any) -> CriticalLag:
     downstream, group = unique_name("priced"), unique_name("billing")
     source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
     shed_topic = source + "-shed"
-    await create_topics(kafka_bootstrap, {downstream: 1, source: 2, sink: 2, dlq: 1,
-                                          shed_topic: 2})
+    await create_topics(kafka_bootstrap, {downstream: 1, source: partitions, sink: partitions,
+                                          dlq: 1, shed_topic: partitions})
     # The downstream group has read none of 300 records: lag 300 > critical 200.
     await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
     # the group has started and read nothing (committed 0): a group with no commits at
     # all would be a warning, not throttled on (docs/control-loop.md)
     await commit_offsets(kafka_bootstrap, group, downstream,
                          dict.fromkeys(await end_offsets(kafka_bootstrap, downstream), 0))
-    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
+    app = faust.App(unique_name("app"), datadir=str(tmp_path), **app_options,
                     **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
     bp = Backpressure(app, settings=BackpressureSettings())
-    limiter = TokenBucketRateLimiter(200, 50)
+    return CriticalLag(downstream, group, source, sink, dlq, shed_topic, app, bp,
+                       TokenBucketRateLimiter(200, 50))
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
+    c = await critical_lag(kafka_bootstrap, unique_name, tmp_path, processing_guarantee=guarantee)
+    downstream, group, source, sink, dlq, shed_topic = (c.downstream, c.group, c.source, c.sink,
+                                                        c.dlq, c.shed_topic)
+    app, bp, limiter = c.app, c.bp, c.limiter
 
     def process(job: Job) -> bytes:
         if job.id.endswith("7"):
@@ -128,19 +154,9 @@ async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others
 
 async def test_shedding_escalates_to_higher_priorities_while_the_lag_stays_critical(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> None:
-    downstream, group = unique_name("priced"), unique_name("billing")
-    source, sink = unique_name("src"), unique_name("sink")
-    await create_topics(kafka_bootstrap, {downstream: 1, source: 1, sink: 1,
-                                          source + "-shed": 1})
-    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
-    # the group has started and read nothing (committed 0): a group with no commits at
-    # all would be a warning, not throttled on (docs/control-loop.md)
-    await commit_offsets(kafka_bootstrap, group, downstream,
-                         dict.fromkeys(await end_offsets(kafka_bootstrap, downstream), 0))
-    app = faust.App(unique_name("app"), datadir=str(tmp_path),
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    bp = Backpressure(app, settings=BackpressureSettings())
-    limiter = TokenBucketRateLimiter(200, 50)
+    c = await critical_lag(kafka_bootstrap, unique_name, tmp_path, partitions=1)
+    downstream, group, source, sink = c.downstream, c.group, c.source, c.sink
+    app, bp, limiter = c.app, c.bp, c.limiter
     pipe = bp.pipeline("jobs", source=source, sink=sink, process=lambda v: v,
                        limiter=limiter, priority=lambda value: int(value[:1]))
     loop = bp.control_loop(limiter, downstream_group=group, downstream_topics=[downstream],
@@ -172,18 +188,10 @@ async def test_a_batch_pipeline_sheds_the_lowest_priorities_as_outputs_of_its_ba
     """``process_batch=`` with ``priority=`` (docs/batching.md, "Priority shedding in a
     batch"): each batch's records below the level go to the shed topic with the per-event
     headers, in the batch's transaction (exactly_once) or acked before its offsets."""
-    downstream, group = unique_name("priced"), unique_name("billing")
-    source, sink, dlq = unique_name("src"), unique_name("sink"), unique_name("dlq")
-    shed_topic = source + "-shed"
-    await create_topics(kafka_bootstrap, {downstream: 1, source: 2, sink: 2, dlq: 1,
-                                          shed_topic: 2})
-    await produce(kafka_bootstrap, downstream, ((None, b"order") for _ in range(300)))
-    await commit_offsets(kafka_bootstrap, group, downstream,
-                         dict.fromkeys(await end_offsets(kafka_bootstrap, downstream), 0))
-    app = faust.App(unique_name("app"), datadir=str(tmp_path), processing_guarantee=guarantee,
-                    **fast_faust_settings(broker=f"kafka://{kafka_bootstrap}"))
-    bp = Backpressure(app, settings=BackpressureSettings())
-    limiter = TokenBucketRateLimiter(200, 50)
+    c = await critical_lag(kafka_bootstrap, unique_name, tmp_path, processing_guarantee=guarantee)
+    downstream, group, source, sink, dlq, shed_topic = (c.downstream, c.group, c.source, c.sink,
+                                                        c.dlq, c.shed_topic)
+    app, bp, limiter = c.app, c.bp, c.limiter
     sizes: list[int] = []
 
     def price(jobs: list[Job]) -> list[Any]:
