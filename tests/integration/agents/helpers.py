@@ -12,7 +12,7 @@ from aiokafka import ConsumerRecord
 
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
-from faust_backpressure.testing.kafka_io import committed_offsets, consume
+from faust_backpressure.testing.kafka_io import committed_offsets, consume, create_topics
 from faust_backpressure.testing.settings import fast_faust_settings
 
 Record = ConsumerRecord[bytes, bytes]
@@ -36,6 +36,29 @@ def guarded_app(bootstrap: str, app_id: str, datadir: Path, guarantee: str,
                     **fast_faust_settings(broker=f"kafka://{bootstrap}", **settings))
     Backpressure(app, settings=BackpressureSettings())
     return app
+
+
+async def table_app(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+                    guarantee: str, table_name: str, *,
+                    counting: bool) -> tuple[faust.App, Any, str, str]:
+    """An app with a one-partition table and an agent reading a one-partition source, which
+    counts each record into the table's ``n`` (``counting``) or only reads; the changelog is
+    created. Returns the app, the table, the changelog's and the source's names."""
+    source = unique_name("src")
+    await create_topics(bootstrap, {source: 1})
+    app = guarded_app(bootstrap, unique_name("app"), tmp_path, guarantee, topic_partitions=1)
+    table = app.Table(table_name, default=int, partitions=1)
+    topic = app.topic(source, value_type=bytes, value_serializer="raw")
+
+    @app.agent(topic)
+    async def read(stream: faust.StreamT[bytes]) -> None:
+        async for _ in stream:
+            if counting:
+                table["n"] += 1
+
+    changelog = table.changelog_topic.get_topic_name()
+    await create_topics(bootstrap, {changelog: 1})
+    return app, table, changelog, source
 
 
 async def committed_to_the_end(bootstrap: str, group: str, topic: str,

@@ -28,29 +28,10 @@ from faust.types import TP
 
 from faust_backpressure.faust_seam import recovery_watch
 from faust_backpressure.testing.inprocess import running_app
-from faust_backpressure.testing.kafka_io import create_topics, produce
-from tests.integration.agents.helpers import guarded_app
+from faust_backpressure.testing.kafka_io import produce
+from tests.integration.agents.helpers import table_app
 
 pytestmark = pytest.mark.kafka
-
-
-async def _idle_app(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
-                    guarantee: str) -> tuple[faust.App, Any, str, str]:
-    """An app with a one-partition table (written by no agent) and an agent reading a source."""
-    source = unique_name("src")
-    await create_topics(bootstrap, {source: 1})
-    app = guarded_app(bootstrap, unique_name("app"), tmp_path, guarantee, topic_partitions=1)
-    table = app.Table("kept", default=int, partitions=1)
-    topic = app.topic(source, value_type=bytes, value_serializer="raw")
-
-    @app.agent(topic)
-    async def idle(stream: faust.StreamT[bytes]) -> None:
-        async for _ in stream:
-            pass
-
-    changelog = table.changelog_topic.get_topic_name()
-    await create_topics(bootstrap, {changelog: 1})
-    return app, table, changelog, source
 
 
 class _Interleaving:
@@ -127,8 +108,8 @@ async def test_a_restore_whose_first_fetch_a_left_over_fetch_took_still_gets_its
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, guarantee: str) -> None:
     monkeypatch.setattr(recovery_watch, "RECOVERY_QUIET", 1000.0)  # its second seek: not here
-    app, table, changelog, source = await _idle_app(kafka_bootstrap, unique_name, tmp_path,
-                                                    guarantee)
+    app, table, changelog, source = await table_app(kafka_bootstrap, unique_name, tmp_path,
+                                                    guarantee, "kept", counting=False)
     tp = TP(changelog, 0)
     async with running_app(app):
         recovery: Any = app.tables.recovery  # type: ignore[attr-defined]

@@ -13,43 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faust
 import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
 from faust_backpressure.faust_seam import recovery_watch
 from faust_backpressure.testing.inprocess import running_app
-from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
-from tests.integration.agents.helpers import guarded_app
+from faust_backpressure.testing.kafka_io import end_offsets, produce
+from tests.integration.agents.helpers import table_app
 
 pytestmark = pytest.mark.kafka
-
-
-async def _counting_app(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
-                        guarantee: str) -> tuple[faust.App, Any, str]:
-    """An app whose agent counts a one-partition source into a table; its changelog created."""
-    source = unique_name("src")
-    await create_topics(bootstrap, {source: 1})
-    app = guarded_app(bootstrap, unique_name("app"), tmp_path, guarantee, topic_partitions=1)
-    table = app.Table("counts", default=int, partitions=1)
-    topic = app.topic(source, value_type=bytes, value_serializer="raw")
-
-    @app.agent(topic)
-    async def count(stream: faust.StreamT[bytes]) -> None:
-        async for _ in stream:
-            table["n"] += 1
-
-    changelog = table.changelog_topic.get_topic_name()
-    await create_topics(bootstrap, {changelog: 1})
-    return app, table, changelog
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_changelog_highwater_is_the_brokers_not_the_last_fetch(
         kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
         guarantee: str) -> None:
-    app, _, changelog = await _counting_app(kafka_bootstrap, unique_name, tmp_path, guarantee)
+    app, _, changelog, _ = await table_app(kafka_bootstrap, unique_name, tmp_path, guarantee,
+                                           "counts", counting=True)
     async with running_app(app):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -85,8 +66,8 @@ async def test_a_restore_whose_records_were_lost_on_the_way_is_sought_again(
     transactions and ends the restore without those records (docs/reliability.md)."""
     guarantee = "at_least_once"
     monkeypatch.setattr(recovery_watch, "RECOVERY_QUIET", 1.0)
-    app, table, changelog = await _counting_app(kafka_bootstrap, unique_name, tmp_path,
-                                                guarantee)
+    app, table, changelog, _ = await table_app(kafka_bootstrap, unique_name, tmp_path,
+                                               guarantee, "counts", counting=True)
     await produce(kafka_bootstrap, changelog, ((b'"k%d"' % i, b"%d" % i) for i in range(5)))
     queue: Any = app.tables.changelog_queue  # type: ignore[attr-defined]
     deliver, lost = queue.put_nowait_enhanced, []

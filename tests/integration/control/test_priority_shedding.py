@@ -55,6 +55,14 @@ async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> No
 
 
 
+def job_records() -> tuple[list[tuple[str, int]], list[tuple[bytes, bytes]]]:
+    """150 jobs (name, priority 0-2) and their records, then one undecodable record."""
+    jobs = [(f"j{i:03d}", i % 3) for i in range(150)]
+    records = [(name.encode(), json.dumps({"id": name, "priority": p}).encode())
+               for name, p in jobs] + [(b"broken", b"{not json")]
+    return jobs, records
+
+
 @dataclass
 class CriticalLag:
     """An app whose control loop sees a critical downstream lag, with its topics."""
@@ -115,9 +123,7 @@ async def test_critical_lag_sheds_the_lowest_priorities_and_processes_the_others
                                                   relax_intervals=1))
     gate = pipe.gate
     assert gate is not None
-    jobs = [(f"j{i:03d}", i % 3) for i in range(150)]
-    records = [(name.encode(), json.dumps({"id": name, "priority": p}).encode())
-               for name, p in jobs] + [(b"broken", b"{not json")]
+    jobs, records = job_records()
     read = "read_committed"
     async with running_app(app):
         await eventually(lambda: gate.shed_threshold == 1)
@@ -207,9 +213,7 @@ async def test_a_batch_pipeline_sheds_the_lowest_priorities_as_outputs_of_its_ba
                     shed_levels=ShedLevels(levels=(1, 2), escalate_intervals=1_000))
     gate, runner = pipe.gate, pipe.batch
     assert gate is not None and runner is not None
-    jobs = [(f"j{i:03d}", i % 3) for i in range(150)]
-    records = [(name.encode(), json.dumps({"id": name, "priority": p}).encode())
-               for name, p in jobs] + [(b"broken", b"{not json")]
+    jobs, records = job_records()
     read = "read_committed"
     async with running_app(app):
         await eventually(lambda: gate.shed_threshold == 1)

@@ -306,15 +306,20 @@ async def test_writes_wait_for_the_linger_but_a_commit_does_not() -> None:
     assert writer._timer is None and writer._task is None and writer.batches == 2
 
 
-async def test_rocksdb_is_written_in_one_batch_at_the_drain_and_read_before_it(
-        tmp_path: Any) -> None:
+def _rocksdict_levels(tmp_path: Any, app_id: str) -> Any:
+    """A 4-partition bytes table on a rocksdict store in ``tmp_path`` (the app not started)."""
     import faust
 
+    app = faust.App(app_id, datadir=str(tmp_path), store="rocksdict://")
+    return app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
+                     store="rocksdict:levels")
+
+
+async def test_rocksdb_is_written_in_one_batch_at_the_drain_and_read_before_it(
+        tmp_path: Any) -> None:
     from faust_backpressure.faust_seam.table_writes import UNWRITTEN
 
-    app = faust.App("unit-writes", datadir=str(tmp_path), store="rocksdict://")
-    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
-                           store="rocksdict:levels")
+    table = _rocksdict_levels(tmp_path, "unit-writes")
     fake = _App()
     writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
     store = TableStore(table, 0.0, lambda: 1000.0)
@@ -358,11 +363,7 @@ async def test_bytes_skip_the_encoding_only_where_faust_would_give_them_back_unc
 
 async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_write_batch(
         tmp_path: Any) -> None:
-    import faust
-
-    app = faust.App("unit-writes-offset", datadir=str(tmp_path), store="rocksdict://")
-    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
-                           store="rocksdict:levels")
+    table = _rocksdict_levels(tmp_path, "unit-writes-offset")
     fake = _App()
     name = table.changelog_topic.get_topic_name()
     fake.tables.recovery.active_tps = {TP(name, 1)}  # active for partition 1 only
@@ -392,11 +393,7 @@ async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_wri
 
 async def test_rocksdb_lags_the_changelog_by_at_most_the_store_lag_and_reads_see_it(
         tmp_path: Any) -> None:
-    import faust
-
-    app = faust.App("unit-writes-lag", datadir=str(tmp_path), store="rocksdict://")
-    table: Any = app.Table("levels", key_type=bytes, value_type=bytes, partitions=4,
-                           store="rocksdict:levels")
+    table = _rocksdict_levels(tmp_path, "unit-writes-lag")
     fake = _App()
     writer = ChangelogWriter(fake, table, linger=0.0)  # type: ignore[arg-type]
     db = table.data._db_for_partition(0)
