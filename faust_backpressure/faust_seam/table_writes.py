@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -75,9 +75,12 @@ log = logging.getLogger(__name__)
 class ChangelogWriter:
     """Writes of one table (raw bytes): the store now, the changelog in batches."""
 
-    def __init__(self, app: AppT, table: Any, linger: float = LINGER) -> None:
+    def __init__(self, app: AppT, table: Any, linger: float = LINGER, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: what :data:`STORE_LAG` is measured on (a test's virtual clock)."""
         self.app = app
         self.linger = linger
+        self._clock = clock
         self.table = table
         self.topic: str = table.changelog_topic.get_topic_name()
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
@@ -147,7 +150,7 @@ class ChangelogWriter:
                 unstored[partition].update(records)  # later writes of a key win
             else:
                 unstored[partition] = records
-        now = time.monotonic()
+        now = self._clock()
         if now - self._stored_at >= STORE_LAG:
             self._stored_at = now
             self.write_store()

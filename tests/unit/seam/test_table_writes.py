@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +16,7 @@ from faust.types import TP
 from faust_backpressure.agents.keyed_store import STATE, TableStore, encode_key
 from faust_backpressure.faust_seam.context import context_of
 from faust_backpressure.faust_seam.table_writes import (
+    STORE_LAG,
     WRITERS,
     ChangelogWriter,
     flush_changelog_writers,
@@ -306,6 +307,15 @@ async def test_writes_wait_for_the_linger_but_a_commit_does_not() -> None:
     assert writer._timer is None and writer._task is None and writer.batches == 2
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds (a drain's positive sign): loop turns only, no wall time."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached in 1000 loop turns")
+
+
 def _rocksdict_levels(tmp_path: Any, app_id: str) -> Any:
     """A 4-partition bytes table on a rocksdict store in ``tmp_path`` (the app not started)."""
     import faust
@@ -367,7 +377,8 @@ async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_wri
     fake = _App()
     name = table.changelog_topic.get_topic_name()
     fake.tables.recovery.active_tps = {TP(name, 1)}  # active for partition 1 only
-    writer = ChangelogWriter(fake, table, linger=3600.0)  # type: ignore[arg-type]
+    writer = ChangelogWriter(fake, table, linger=3600.0,  # type: ignore[arg-type]
+                             clock=lambda: 1000.0)  # frozen: every drain after the first lags
     data = table.data
     fake._producer.end = {1: 40, 2: 7}
     for partition in (1, 2):
@@ -383,7 +394,8 @@ async def test_rocksdb_gets_the_acknowledged_offset_with_the_partitions_next_wri
     _in_event(1)
     writer.set(b"c1", b"z")
     writer._start()
-    await asyncio.sleep(0.01)  # drained within the lag: sent and acknowledged, not stored
+    await _until(lambda: writer._task is None and bool(writer._acked))  # drained, acknowledged
+    # within the lag: not stored
     assert writer._acked == {1: 42} and db1.get(b"c1") is None
     assert db1.get(data.offset_key) == b"41"  # never past what the store holds
     writer.write_store()  # as every flush ends (a commit, a revocation)
@@ -395,15 +407,20 @@ async def test_rocksdb_lags_the_changelog_by_at_most_the_store_lag_and_reads_see
         tmp_path: Any) -> None:
     table = _rocksdict_levels(tmp_path, "unit-writes-lag")
     fake = _App()
-    writer = ChangelogWriter(fake, table, linger=0.0)  # type: ignore[arg-type]
+    now = [1000.0]
+    writer = ChangelogWriter(fake, table, linger=0.0,  # type: ignore[arg-type]
+                             clock=lambda: now[0])
     db = table.data._db_for_partition(0)
     _in_event(0)
     writer.set(b"k1", b"v1")
-    await asyncio.sleep(0.01)  # the first drain writes the store at once
+    await _until(lambda: writer._task is None and len(fake._producer.sent) == 1)
+    # the first drain writes the store at once
     assert db.get(b"k1") == b"v1" and len(fake._producer.sent) == 1
     writer.set(b"k1", b"v2")
     writer.delete(b"k2")
-    await asyncio.sleep(0.01)  # a drain within the lag: sent, not in RocksDB yet
+    now[0] += STORE_LAG / 2
+    await _until(lambda: writer._task is None and len(fake._producer.sent) == 2)
+    # a drain within the lag: sent, not in RocksDB yet
     assert len(fake._producer.sent) == 2 and writer._task is None
     assert db.get(b"k1") == b"v1" and writer.written(b"k1") == b"v2"
     assert writer.written(b"k2") is None  # a removal on its way
