@@ -27,6 +27,11 @@ The patches:
   Faust's exactly_once recovery took the last stable offset of aiokafka's last fetch, -1 before
   one, and a worker restarting on its own state dir crash-looped
   (:meth:`_GuardedConsumer.highwaters`).
+* **A standby keeps the changelog records fetched while the recovery completes**
+  (``standby_records``): Faust's recovery resumed the flow at the end of
+  ``on_recovery_completed``, which clears the changelog queue, without seeking the standby
+  partitions again; their records fetched meanwhile were gone for good
+  (:func:`keep_standby_records`).
 * **A producer keeps every topic it sends to in its metadata** (``producers``): aiokafka
   dropped a topic first seen in an all-topics refresh once it tracked another, and a record
   sent to it then waited for ever, so did Faust's flush before each commit
@@ -43,8 +48,9 @@ producers and commits for a batch), ``table_writes`` (a keyed limit's table writ
 its changelog: :class:`ChangelogWriter`), ``streams`` (small accessors used by the other
 layers, and a rate-limit gate's marks and batch wrappers on its streams), ``recovery_watch``
 (what the consumer knows of a changelog partition a table recovery gets no record of) and
-``crash`` (:func:`crash_worker`). Imports between them go one way: installing -> consumer ->
-batches -> table_writes, transactions -> control_topics, crash; all of them -> context.
+``crash`` (:func:`crash_worker`). Imports between them go one way: installing -> consumer,
+standby_records; consumer -> batches -> table_writes, transactions -> control_topics, crash;
+all of them -> context.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ from faust_backpressure.faust_seam.installing import (
     install,
 )
 from faust_backpressure.faust_seam.producers import TopicKeepingProducer
+from faust_backpressure.faust_seam.standby_records import keep_standby_records
 from faust_backpressure.faust_seam.streams import (
     TakeEvents,
     flow_stopped_event,
@@ -110,8 +117,8 @@ __all__ = ["CRASH_GRACE", "TESTED_FAUST", "AppContext", "BatchTap", "ChangelogWr
            "batch_writer", "changelog_writer", "check_faust_version", "commit_through",
            "context_of", "crash_worker", "find_context", "flow_stopped_event",
            "force_metadata_update", "hold_partition", "in_partition", "install",
-           "is_control_topic", "is_stale_generation", "keep_metadata_of", "let_go",
-           "mark_control_topic",
+           "is_control_topic", "is_stale_generation", "keep_metadata_of",
+           "keep_standby_records", "let_go", "mark_control_topic",
            "persist_changelog_offset", "raw_producer", "redeliver",
            "refresh_consumer_metadata", "register_batch_tap", "release_partition", "send_control",
            "set_stream_gate", "source_backlog", "stream_gate", "stream_processors",

@@ -17,6 +17,7 @@ from faust_backpressure.faust_seam.consumer import _GuardedConsumer
 from faust_backpressure.faust_seam.context import context_of
 from faust_backpressure.faust_seam.producers import keep_producer_topics
 from faust_backpressure.faust_seam.recovery_watch import _RecoveryWatch
+from faust_backpressure.faust_seam.standby_records import _KeepStandbyRecords
 from faust_backpressure.faust_seam.transactions import (
     InputTransactionManager,
     _CommitBetweenEvents,
@@ -76,7 +77,7 @@ def install(app: AppT) -> None:
             f"app {app.conf.id!r} uses {type(app.transport).__module__}: its consumer's "
             "offsets, rebalances and transactions are patched for aiokafka only")
     transport: Any = app.transport
-    mixins: list[type] = [_GuardedConsumer, _RecoveryWatch]
+    mixins: list[type] = [_GuardedConsumer, _RecoveryWatch, _KeepStandbyRecords]
     guarantee: Any = app.conf.processing_guarantee  # typed as the enum class by Faust
     exactly_once = guarantee == ProcessingGuarantee.EXACTLY_ONCE
     if exactly_once:
