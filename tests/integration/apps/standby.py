@@ -80,6 +80,10 @@ async def _free_after_completion() -> None:
 async def _write_report() -> None:
     recovery = app.tables.recovery
     report.update(standbys=sorted(tp.partition for tp in recovery.standby_tps),
-                  standby_left=recovery.standby_remaining_total())
+                  standby_left=recovery.standby_remaining_total(),
+                  # Faust counts what is left only for partitions with a record read
+                  # (none read: 0 left), so also how many have one
+                  standby_started=sum(1 for tp in recovery.standby_tps
+                                      if recovery.standby_offsets.get(tp, -1) >= 0))
     with open(os.environ["FBP_REPORT"], "w") as out:
         json.dump(report, out)

@@ -88,6 +88,7 @@ async def test_a_standby_keeps_the_records_fetched_while_the_recovery_completes(
     second.wait_ready()
     report = await _until("the second worker's standbys caught up", lambda: (
         (r := _report(report_path)).get("held") and r.get("standbys")
+        and r.get("standby_started") == len(r["standbys"])
         and r.get("standby_left") <= markers * len(r["standbys"])
         and "queued_after_resume" in r and r),
         state=lambda: _report(report_path))
