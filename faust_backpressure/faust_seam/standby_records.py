@@ -12,9 +12,9 @@ seek must not be applied after it. The recovery resumes the flow twice at its en
    has moved past them, and the standby applies the later ones: its store misses those
    records for good, and its persisted offset is past them.
 
-Seen in plain Faust (no patch of ours): a second worker joining a worker whose table held
-20,000 keys missed 500 records of one standby partition (a whole fetch) in one of five joins,
-and one record in another (docs/reliability.md). A standby promoted later serves that state.
+Seen in plain Faust (no patch of ours) when a second worker joined one whose table held
+20,000 keys while the machine was loaded: up to a whole fetch (500 records) of one standby
+partition was missing (docs/reliability.md). A standby promoted later serves that state.
 
 :func:`keep_standby_records` makes the second clear keep the records of the standby
 partitions (every other record is cleared as before). Only a clear made while
