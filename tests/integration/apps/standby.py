@@ -79,11 +79,17 @@ async def _free_after_completion() -> None:
 @app.timer(0.5)
 async def _write_report() -> None:
     recovery = app.tables.recovery
-    report.update(standbys=sorted(tp.partition for tp in recovery.standby_tps),
-                  standby_left=recovery.standby_remaining_total(),
-                  # Faust counts what is left only for partitions with a record read
-                  # (none read: 0 left), so also how many have one
-                  standby_started=sum(1 for tp in recovery.standby_tps
-                                      if recovery.standby_offsets.get(tp, -1) >= 0))
+    standbys = set(recovery.standby_tps)
+    # read here, not with Faust's standby_remaining_total(): an offset or end not known yet
+    # is None there (a TypeError in a timer stops the worker), and a partition with no record
+    # read counts as nothing left, so also how many have one
+    seen = {tp: recovery.standby_offsets.get(tp) for tp in standbys}
+    ends = {tp: recovery.standby_highwaters.get(tp) for tp in standbys}
+    report.update(standbys=sorted(tp.partition for tp in standbys),
+                  standby_started=sum(1 for offset in seen.values()
+                                      if offset is not None and offset >= 0),
+                  standby_left=sum(max(0, ends[tp] - seen[tp]) for tp in standbys
+                                   if ends[tp] is not None and seen[tp] is not None
+                                   and ends[tp] >= 0 and seen[tp] >= 0))
     with open(os.environ["FBP_REPORT"], "w") as out:
         json.dump(report, out)
