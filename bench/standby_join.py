@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import tempfile
@@ -27,31 +26,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rocksdict import AccessType, Options, Rdict
-
 from faust_backpressure.testing.broker import kafka_bootstrap
 from faust_backpressure.testing.kafka_io import create_topics, produce, read_to_end
 from faust_backpressure.testing.workers import FaustWorker
+from tests.integration.seam.standby_check import (
+    APP,
+    caught_up,
+    changelog_keys,
+    read_report,
+    stored_keys,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-APP = "tests.integration.apps.standby"
-
-
-def _report(path: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _stored(worker: FaustWorker, partition: int) -> set[str]:
-    [path] = worker.data_dir.glob(f"state/**/tables/values-{partition}.db")
-    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-    try:
-        keys = db.keys()  # an Rdict in raw mode iterates its keys through keys() only
-        return {key.decode().strip('"') for key in keys if key.startswith(b'"')}
-    finally:
-        db.close()
 
 
 async def one_join(bootstrap: str, keys: int, seam: bool, workdir: Path) -> dict[str, Any]:
@@ -75,18 +61,13 @@ async def one_join(bootstrap: str, keys: int, seam: bool, workdir: Path) -> dict
             await asyncio.sleep(0.5)
         second.start().wait_ready(90)
         deadline = time.monotonic() + 180
-        while not ((report := _report(workdir / f"{tag}-b.json")).get("standbys")
-                   and report.get("standby_started") == len(report["standbys"])
-                   and report.get("standby_left") == 0):
+        while not caught_up(report := read_report(workdir / f"{tag}-b.json")):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the second worker's standbys did not catch up: {report}")
             await asyncio.sleep(0.5)
         second.stop()
-        written: dict[int, set[str]] = {}
-        for record in await read_to_end(bootstrap, changelog):
-            assert record.key is not None
-            written.setdefault(record.partition, set()).add(record.key.decode().strip('"'))
-        missing = {p: len(written[p] - _stored(second, p)) for p in report["standbys"]}
+        written = await changelog_keys(bootstrap, changelog)
+        missing = {p: len(written[p] - stored_keys(second, p)) for p in report["standbys"]}
         return {"seam": seam, "missing": missing, "records": sum(
             len(written[p]) for p in report["standbys"])}
     finally:
