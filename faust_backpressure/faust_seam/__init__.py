@@ -32,6 +32,10 @@ The patches:
   ``on_recovery_completed``, which clears the changelog queue, without seeking the standby
   partitions again; their records fetched meanwhile were gone for good
   (:func:`keep_standby_records`).
+* **A table write is sent before its event's offset is committed** (``buffered_writes``):
+  Faust sends changelog records from its producer buffer in a task its commit did not wait
+  for; a crash then lost the write, and under exactly_once it joined a transaction that could
+  stay open until the broker aborted it (:func:`send_buffered`, from the consumer's commit).
 * **A producer keeps every topic it sends to in its metadata** (``producers``): aiokafka
   dropped a topic first seen in an all-topics refresh once it tracked another, and a record
   sent to it then waited for ever, so did Faust's flush before each commit

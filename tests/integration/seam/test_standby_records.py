@@ -61,7 +61,13 @@ async def test_a_standby_keeps_the_records_fetched_while_the_recovery_completes(
 
     deadline = time.monotonic() + 90
     while not await all_stored():
-        assert time.monotonic() < deadline, "the first worker did not store every key"
+        if time.monotonic() > deadline:
+            uncommitted = await read_to_end(kafka_bootstrap, changelog)
+            committed = await read_to_end(kafka_bootstrap, changelog,
+                                          isolation_level="read_committed")
+            raise AssertionError(
+                f"the first worker did not store every key: {len(committed)} committed, "
+                f"{len(uncommitted)} written of {KEYS}")
         await asyncio.sleep(0.5)
 
     markers = 1 if guarantee == "exactly_once" else 0  # standby_check.caught_up
