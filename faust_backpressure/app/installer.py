@@ -63,7 +63,7 @@ ConcurrencyLimitName = Literal["gradient", "vegas", "aimd", "fixed"]
 #: until then) and its burst (the rate changes, the burst does not: small enough that tokens
 #: saved while idle are no 429 storm, large enough for the workers' local levels).
 LEARNT_QUOTA_START = 1000.0
-LEARNT_QUOTA_BURST = 20.0
+LEARNT_QUOTA_BURST = 6.0
 #: A guard's breaker stays open ``wait_in_open`` x [0.8, 1.2]: the workers' breakers open
 #: together at an outage's start, and probing in step they all found its end up to a whole
 #: wait late (docs/downstream.md); with one probe at a time a failed round costs one call, so

@@ -145,8 +145,9 @@ async def test_an_announced_quota_is_kept_by_every_worker(
             await asyncio.to_thread(worker.wait_for_log, r"the system announced 60\.0/s",
                                     new_only=False, what="the announced quota adopted")
         stats = service.stats()
+    rejected_by_second = {s["second"]: s["429"] for s in stats["timeline"] if s["429"]}
     print(f"\n{guarantee}: {stats['ok']} ok, {stats['rejected_429']} x 429 for {len(ids)} "
-          "events, quota announced")
+          f"events, quota announced (429s by second: {rejected_by_second})")
     # before a worker's first answer: its calls in flight, over the service's burst
     assert stats["rejected_429"] <= len(workers) * MAX_CONCURRENCY
 
