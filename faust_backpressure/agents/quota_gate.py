@@ -27,6 +27,7 @@ from faust_backpressure.agents.background import BackgroundTasks
 from faust_backpressure.limiters import RateLimitingStrategy, TokenBucketRateLimiter
 from faust_backpressure.limiters.base import Clock
 from faust_backpressure.limiters.quota import QuotaLearner
+from faust_backpressure.tables import DistributedRateLimiter
 
 __all__ = ["LocalQuota", "QuotaGate", "QuotaReporter", "SharedQuota"]
 
@@ -134,11 +135,14 @@ class SharedQuota:
     ``reporter`` publishes this worker's reports; ``settle``: how long after an episode began
     the reports are added up (they arrive within a few hundred ms on the ops topic);
     ``hold``: for how long after a new rate is set further slow-downs only pause (unless
-    that rate came from part of an interval: an upper bound, which the next one narrows)."""
+    that rate came from part of an interval: an upper bound, which the next one narrows).
+    ``burst_of``: the shared burst for a rate, sent with each new rate (a distributed limiter
+    of the quota's own; None: the limiter's burst is left as it is)."""
 
     def __init__(self, name: str, learner: QuotaLearner, limiter: RateLimitingStrategy, *,
                  worker: str, reporter: QuotaReporter | None, wall_clock: Clock,
-                 given: bool = False, settle: float = 0.8, hold: float = 3.0) -> None:
+                 given: bool = False, settle: float = 0.8, hold: float = 3.0,
+                 burst_of: Callable[[float], float] | None = None) -> None:
         self.name = name
         self.learner = learner
         self.limiter = limiter
@@ -154,6 +158,7 @@ class SharedQuota:
         self.reports: dict[str, tuple[float, float, bool]] = {}
         self._background = BackgroundTasks(f"downstream {name}")
         self._sent = limiter.current_rate_limit
+        self._burst_of = burst_of if isinstance(limiter, DistributedRateLimiter) else None
 
     @property
     def rate(self) -> float | None:
@@ -180,7 +185,11 @@ class SharedQuota:
 
     def _send(self, rate: float) -> None:
         self._sent = rate
-        self.limiter.update_rate_limit(rate)
+        if self._burst_of is not None:
+            assert isinstance(self.limiter, DistributedRateLimiter)
+            self.limiter.update_rate_limit(rate, burst=self._burst_of(rate))
+        else:
+            self.limiter.update_rate_limit(rate)
 
     def recovered(self) -> None:
         self.learner.restarted()

@@ -47,6 +47,7 @@ from faust_backpressure.control.shedding import ShedLevels
 from faust_backpressure.faust_seam import context_of, refresh_consumer_metadata, send_control
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
+from faust_backpressure.limiters.bucket import BURST_SECONDS
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed_buckets import LimitsFor
 from faust_backpressure.limiters.quota import QuotaLearner
@@ -60,10 +61,17 @@ AgentFunT = TypeVar("AgentFunT", bound=Callable[..., Any])
 ConcurrencyLimitName = Literal["gradient", "vegas", "aimd", "fixed"]
 
 #: A learnt quota's own shared limiter: its rate until the first slow-down sets one (unused
-#: until then) and its burst (the rate changes, the burst does not: small enough that tokens
-#: saved while idle are no 429 storm, large enough for the workers' local levels).
+#: until then). Its burst follows the rate learnt (:func:`learnt_quota_burst`).
 LEARNT_QUOTA_START = 1000.0
-LEARNT_QUOTA_BURST = 6.0
+
+
+def learnt_quota_burst(rate: float) -> float:
+    """The shared burst of a learnt quota at ``rate``: what the workers' local levels need
+    (each lease's cap is 50 ms of its share, at least 2: about 0.05 s of the rate, or 2 per
+    worker), twice over, and no more: every token saved above the called system's own burst
+    was a 429 after an idle moment (a fixed 20 at a quota of 60/s with a burst of 6: 429s
+    for 4-5 s of a run; 6 at 300/s with three workers cut the goodput ~4%)."""
+    return max(6.0, 2 * BURST_SECONDS * rate)
 #: A guard's breaker stays open ``wait_in_open`` x [0.8, 1.2]: the workers' breakers open
 #: together at an outage's start, and probing in step they all found its end up to a whole
 #: wait late (docs/downstream.md); with one probe at a time a failed round costs one call, so
@@ -228,15 +236,7 @@ class Backpressure:
             rate_limit, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
         quota: SharedQuota | None = None
         if learn_quota and share_quota:
-            shared = rate if rate is not None else self.limiter(
-                f"downstream-{name}", tokens_per_second=max_rate if math.isfinite(max_rate)
-                else LEARNT_QUOTA_START, burst_capacity=burst_capacity or LEARNT_QUOTA_BURST)
-            # backing off from what all were served finds a fallen quota in one episode: a
-            # steep second step (0.7) only undershoots
-            learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8)
-            quota = SharedQuota(name, learner, shared,
-                                worker=worker_name(), reporter=self._publish_quota_report,
-                                wall_clock=time.time, given=rate is not None)
+            quota = self._shared_quota(name, rate, burst_capacity, max_rate)
             rate = None  # the quota's permits are the limiter's
         guard = build_downstream(
             name, max_concurrency=max_concurrency, min_concurrency=min_concurrency,
@@ -253,6 +253,21 @@ class Backpressure:
             learn_quota=learn_quota, max_rate=max_rate)
         self.downstreams[name] = guard
         return guard
+
+    def _shared_quota(self, name: str, rate: RateLimitingStrategy | None,
+                      burst_capacity: float | None, max_rate: float) -> SharedQuota:
+        """A guard's quota learnt as one rate for every worker: kept by ``rate`` (the quota
+        to start from), or by a limiter of its own whose burst follows the rate learnt."""
+        own = rate is None and not burst_capacity
+        shared = rate if rate is not None else self.limiter(
+            f"downstream-{name}", tokens_per_second=max_rate if math.isfinite(max_rate)
+            else LEARNT_QUOTA_START, burst_capacity=burst_capacity or learnt_quota_burst(0.0))
+        # backing off from what all were served finds a fallen quota in one episode: a steep
+        # second step (0.7) only undershoots
+        learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8)
+        return SharedQuota(name, learner, shared, worker=worker_name(),
+                           reporter=self._publish_quota_report, wall_clock=time.time,
+                           given=rate is not None, burst_of=learnt_quota_burst if own else None)
 
     async def _stop_downstreams(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         for guard in self.downstreams.values():

@@ -53,8 +53,8 @@ its changelog: :class:`ChangelogWriter`), ``streams`` (small accessors used by t
 layers, and a rate-limit gate's marks and batch wrappers on its streams), ``recovery_watch``
 (what the consumer knows of a changelog partition a table recovery gets no record of) and
 ``crash`` (:func:`crash_worker`). Imports between them go one way: installing -> consumer,
-standby_records; consumer -> batches -> table_writes, transactions -> control_topics, crash;
-all of them -> context.
+standby_records; consumer -> batches, buffered_writes -> table_writes, transactions ->
+control_topics, crash; all of them -> context.
 """
 
 from __future__ import annotations

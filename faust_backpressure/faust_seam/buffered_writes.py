@@ -21,7 +21,9 @@ import asyncio
 import logging
 from typing import Any
 
-__all__ = ["send_buffered"]
+from faust_backpressure.faust_seam.table_writes import flush_changelog_writers
+
+__all__ = ["send_buffered", "send_table_writes"]
 
 #: How long a commit waits for the buffer: a buffer that does not move in this long (its task
 #: stopped, a send that hangs) is not committed past; the next commit asks again.
@@ -63,3 +65,12 @@ async def send_buffered(app: Any, timeout: float = WAIT) -> bool:
         return False
     return True
 
+
+
+async def send_table_writes(app: Any) -> bool:
+    """Before a commit: Faust's buffered table writes, then the keyed limits' batched ones
+    (:func:`flush_changelog_writers`), are handed to the producer; False: do not commit."""
+    if not await send_buffered(app):
+        return False
+    await flush_changelog_writers(app)
+    return True

@@ -19,9 +19,8 @@ from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
 from faust_backpressure.faust_seam.batches import BatchTap, batch_taps
-from faust_backpressure.faust_seam.buffered_writes import send_buffered
+from faust_backpressure.faust_seam.buffered_writes import send_table_writes
 from faust_backpressure.faust_seam.fetch_view import fetch_filter
-from faust_backpressure.faust_seam.table_writes import flush_changelog_writers
 
 #: The seam's one logger, named as when the seam was one module.
 log = logging.getLogger("faust_backpressure.faust_seam")
@@ -152,9 +151,8 @@ class _GuardedConsumer:
         self._partition_released = asyncio.Event()
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        if not await send_buffered(self.app):  # Faust's table writes: sent first
+        if not await send_table_writes(self.app):  # the writes behind these offsets first
             return False
-        await flush_changelog_writers(self.app)  # the levels behind these offsets: sent first
         return await super()._commit_offsets(  # type: ignore[misc, no-any-return]
             offsets, start_new_transaction=start_new_transaction)
 

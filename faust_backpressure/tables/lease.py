@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from faust_backpressure.config.validation import check_number
 from faust_backpressure.limiters.base import Clock, LimiterBase, check_rate
 from faust_backpressure.limiters.bucket import Bucket
 from faust_backpressure.tables.fallback import SafeCapacity
@@ -233,9 +234,8 @@ class DistributedRateLimiter(LimiterBase):
     def poll(self, now: float | None = None) -> LeaseRequest | Command | None:
         """The message to send now, if any: a command, a retry or a new lease request."""
         now = self._clock() if now is None else now
-        timeout = self.request_timeout
         for entry in self._pending.values():
-            if now - entry.last_sent >= timeout:
+            if now - entry.last_sent >= self.request_timeout:
                 entry.last_sent = now
                 return entry.command
         inflight = self._inflight
@@ -278,8 +278,7 @@ class DistributedRateLimiter(LimiterBase):
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
         demand = SATURATED if self._queue else min(SATURATED, self._attempted / elapsed)
-        valid = now < self._lease_expiry
-        if valid:
+        if valid := now < self._lease_expiry:
             self._accrue(now)
         unspent = self._lease.level if valid else 0.0
         requested = max(1, math.ceil(min(self._burst, demand * self._config.lease_ttl)))
@@ -295,8 +294,7 @@ class DistributedRateLimiter(LimiterBase):
         self._demand_since = now
         self._wanted = False
         self._inflight = Inflight(request, now, now)
-        if self._asking_since is None:
-            self._asking_since = now
+        self._asking_since = now if self._asking_since is None else self._asking_since
         self._counters.requests += 1
         return request
 
@@ -382,9 +380,9 @@ class DistributedRateLimiter(LimiterBase):
             self._epoch, self._rate = ack.epoch, ack.rate
         return True
 
-    def _command(self, kind: str, rate: float | None) -> None:
+    def _command(self, kind: str, rate: float | None, burst: float | None = None) -> None:
         command = Command(type=kind, command_id=uuid.uuid4().hex, limiter_id=self.rate_limiter_id,
-                          worker_id=self.worker_id, sent_at=self._wall(), rate=rate)
+                          worker_id=self.worker_id, sent_at=self._wall(), rate=rate, burst=burst)
         self._pending[command.command_id] = PendingCommand(command, -_INF)
         if self._wakeup is not None:
             self._wakeup()
@@ -396,10 +394,12 @@ class DistributedRateLimiter(LimiterBase):
         """The shared rate as last seen from the owner (or as set here, until acknowledged)."""
         return self._rate
 
-    def update_rate_limit(self, new_rate: float) -> None:
-        """Change the shared rate: sent to the owner, persisted, seen by all within one lease."""
+    def update_rate_limit(self, new_rate: float, *, burst: float | None = None) -> None:
+        """Change the shared rate (and ``burst``): sent to the owner, seen by all in a lease."""
         self._rate = check_rate("new_rate", new_rate)
-        self._command("update_rate", self._rate)
+        if burst is not None:
+            self._burst = check_number("burst", burst, 1.0)
+        self._command("update_rate", self._rate, None if burst is None else self._burst)
         self._notify()
 
     def reset(self) -> None:

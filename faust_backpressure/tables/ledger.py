@@ -159,8 +159,8 @@ class LimiterLedger:
         return self.max_rate_ttl + 2.0 * self.max_clock_skew + 1.0
 
     def _active(self, now: float) -> dict[str, float]:
-        window = self.demand_window
-        return {wid: w.demand for wid, w in self.workers.items() if now - w.seen <= window}
+        return {wid: w.demand for wid, w in self.workers.items()
+                if now - w.seen <= self.demand_window}
 
     def _scale(self, now: float) -> float:
         return float(max(1, len(self._active(now)))) if self.per_consumer else 1.0
@@ -398,7 +398,7 @@ class LimiterLedger:
                      share_cap=rec.share_cap)
 
     def apply_command(self, cmd: Command, now: float) -> Ack | None:
-        """Apply ``update_rate`` / ``reset`` once per command id; ``None`` if stale."""
+        """Apply ``update_rate`` (and its burst) / ``reset`` once per id; ``None`` if stale."""
         self.advance(now)
         if cmd.command_id not in self.commands:
             if self.is_stale(cmd.sent_at, now):
@@ -406,11 +406,11 @@ class LimiterLedger:
                 return None
             self.commands[cmd.command_id] = now
             if cmd.type == "update_rate" and cmd.rate is not None:
-                self.rate = cmd.rate
+                self.rate, self.burst = cmd.rate, cmd.burst or self.burst
             elif cmd.type == "reset":
-                self.tokens = min(self.initial_tokens, self.effective_burst(now)
-                                  - self.outstanding())
-                self.stats = LedgerStats()
+                self.tokens, self.stats = self.initial_tokens, LedgerStats()
+            room = self.effective_burst(now) - self.outstanding()  # B + L <= a new burst too
+            self.tokens = max(0.0, min(self.tokens, room))
             self.epoch += 1
             self.stats.commands += 1
         return Ack(command_id=cmd.command_id, limiter_id=self.limiter_id,

@@ -76,7 +76,8 @@ class LeaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """``update_rate`` (with ``rate``) or ``reset``, applied by the owner once per id."""
+    """``update_rate`` (with ``rate``, and maybe a new ``burst``) or ``reset``, applied by the
+    owner once per id."""
 
     type: str
     command_id: str
@@ -84,6 +85,7 @@ class Command:
     worker_id: str
     sent_at: float
     rate: float | None = None
+    burst: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,8 @@ class Ack:
 def _fields(message: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` without its deep copies (the hot path of every request)."""
     body = {name: getattr(message, name) for name in message.__dataclass_fields__}
+    if isinstance(message, Command) and message.burst is None:
+        del body["burst"]  # the bytes of a command without one stay as they were
     config = body.get("config")
     if isinstance(config, LimiterConfig):
         body["config"] = {"rate": config.rate, "burst": config.burst,
@@ -205,9 +209,10 @@ def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Comm
             largest=int(_num(body, "largest", 0.0, optional=True) or 0))
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
+        burst = _num(body, "burst", 1.0, optional=True) if kind == "update_rate" else None
         return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
                        worker_id=_str(body, "worker_id"),
-                       sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate)
+                       sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate, burst=burst)
     raise RejectedRecord(f"unknown record type {kind!r:.40}", code=UNKNOWN)
 
 

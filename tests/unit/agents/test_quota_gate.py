@@ -9,8 +9,11 @@ import pytest
 
 from faust_backpressure.agents.quota_gate import LocalQuota, SharedQuota
 from faust_backpressure.app.downstream_ops import QuotaReport, quota_key
+from faust_backpressure.app.installer import learnt_quota_burst
 from faust_backpressure.limiters import TokenBucketRateLimiter
 from faust_backpressure.limiters.quota import QuotaLearner
+from faust_backpressure.tables import DistributedRateLimiter
+from faust_backpressure.wire.limiter_records import Command
 from faust_backpressure.wire.signing import RejectedRecord
 from tests.unit.limiters.conftest import FakeClock
 
@@ -184,3 +187,22 @@ async def test_a_worker_that_called_nothing_before_an_episode_sends_no_rate() ->
     await asyncio.sleep(0.05)
     assert idle.rate is not None  # it learnt from the episode...
     assert limiter.current_rate_limit == 300.0  # ...but sent nothing to the owner
+
+
+async def test_a_learnt_quota_sends_the_burst_that_goes_with_each_new_rate() -> None:
+    clock = FakeClock()
+    limiter = DistributedRateLimiter("downstream-api", 1000, learnt_quota_burst(0.0),
+                                     worker_id="w1", clock=clock, wall_clock=clock)
+    shared = SharedQuota("api", QuotaLearner(clock=clock), limiter, worker="w1",
+                         reporter=None, wall_clock=time.time, burst_of=learnt_quota_burst)
+    shared.announced(60.0)
+    command = limiter.poll()
+    assert isinstance(command, Command) and (command.rate, command.burst) == (60.0, 6.0)
+    assert limiter.max_tokens == 6.0
+    shared.announced(300.0)  # 2 x 50 ms of the rate: what the workers' local caps need
+    assert limiter.max_tokens == pytest.approx(30.0)
+    # a limiter that is not the quota's own (or not distributed) keeps its burst
+    bucket = TokenBucketRateLimiter(1000, 20, clock=clock)
+    SharedQuota("api", QuotaLearner(clock=clock), bucket, worker="w1", reporter=None,
+                wall_clock=time.time, burst_of=learnt_quota_burst).announced(60.0)
+    assert bucket.max_tokens == 20 and bucket.current_rate_limit == 60.0

@@ -228,6 +228,45 @@ def test_rate_update_is_a_command_until_acknowledged() -> None:
     assert limiter.epoch == 1 and ledger.rate == 10
 
 
+def test_a_rate_update_can_carry_a_new_burst_that_bounds_the_bucket_and_the_leases_at_once(
+        ) -> None:
+    clock = FakeClock()
+    limiter = client(clock)
+    ledger = LimiterLedger("lim", limiter.config, clock.now)
+    clock.now += 2.0  # the bucket is full: 100
+    grant = ledger.handle_lease(request("r1", requested=10, sent_at=clock.now), clock.now)
+    assert ledger.tokens + ledger.outstanding() == pytest.approx(100.0)
+    limiter.update_rate_limit(60, burst=6)
+    assert limiter.max_tokens == 6
+    cmd = limiter.poll()
+    assert isinstance(cmd, Command) and (cmd.rate, cmd.burst) == (60, 6)
+    # through the wire, as the owner reads it
+    decoded = decode_request(b"lim", encode(cmd, key=b"lim"))
+    assert isinstance(decoded, Command) and decoded.burst == 6
+    ack = ledger.apply_command(decoded, clock.now)
+    assert ack is not None and (ledger.rate, ledger.burst) == (60, 6) and limiter.on_ack(ack)
+    # the grant made before keeps its tokens; the bucket gives nothing until B + L <= 6
+    assert ledger.tokens == pytest.approx(max(0.0, 6 - ledger.outstanding()))
+    assert grant is not None and ledger.to_record()["burst"] == 6
+    clock.now += 3.0  # that lease has expired: the bucket refills to the new burst only
+    ledger.advance(clock.now)
+    assert ledger.tokens + ledger.outstanding() <= 6 + 1e-9
+    # a plain rate update leaves the burst alone; a burst under 1 is refused before sending
+    limiter.update_rate_limit(50)
+    plain = limiter.poll()
+    assert isinstance(plain, Command) and plain.burst is None
+    with pytest.raises(ValueError, match="burst"):
+        limiter.update_rate_limit(50, burst=0.5)
+
+
+@pytest.mark.parametrize("burst", [0.5, -1, "6", True, float("inf"), 1e30])
+def test_a_burst_out_of_range_in_a_rate_update_is_rejected(burst: object) -> None:
+    body = {"v": 1, "type": "update_rate", "command_id": "c1", "limiter_id": "lim",
+            "worker_id": "w1", "sent_at": 1.0, "rate": 10.0, "burst": burst}
+    with pytest.raises(RejectedRecord):
+        decode_request(b"lim", json.dumps(body).encode())
+
+
 # -- wire format ---------------------------------------------------------------------------
 
 
