@@ -91,5 +91,9 @@ def _show_copies(records: list[Any], repeated: set[bytes], workers: list[FaustWo
                          key=lambda r: (r.value, r.timestamp)):
         print(f"copy {record.value!r}: {record.topic}[{record.partition}]@{record.offset} "
               f"t={record.timestamp} headers={dict(record.headers)}")
-    for worker in workers:
-        print(f"{worker.name}'s log: {worker.log_path}")
+    for worker in workers:  # their logs are removed with the test's files: what matters here
+        lines = [line for line in worker.logs().splitlines() if any(
+            word in line for word in ("offset guard", "open transaction", "dropped an output",
+                                      "generation", "Seek", "revoked", "not committing"))]
+        print(f"{worker.name}'s log ({worker.log_path}), {len(lines)} line(s) of interest:")
+        print("\n".join(lines[-80:]))
