@@ -227,14 +227,14 @@ class _GuardedConsumer:
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
             if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
-                # aiokafka seeks only to committed offsets > 0: a partition with nothing (or
-                # 0) committed kept reading where the dropped buffer ended, past records
-                # never processed. Re-read from the first record this worker read.
+                # aiokafka seeks only to committed offsets > 0: with nothing (or 0) committed it
+                # read on past records never processed; re-read from the first one read here.
                 if position is None:
                     position = guard.origin.get(tp)
                 if position is not None:
                     guard.origin[tp] = position
-                    await self.seek(tp, position)
+                    if guard.started.get(tp) != position:  # else read from there already
+                        await self.seek(tp, position)
                     continue
             if position is not None and guard.started.get(tp) == position:
                 continue  # read from there since the flow resumed: a reset re-read them
