@@ -158,7 +158,11 @@ class SharedQuota:
         self.reports: dict[str, tuple[float, float, bool]] = {}
         self._background = BackgroundTasks(f"downstream {name}")
         self._sent = limiter.current_rate_limit
-        self._burst_of = burst_of if isinstance(limiter, DistributedRateLimiter) else None
+        #: sends a new rate (with its burst, to a distributed limiter of the quota's own)
+        self._update_rate: Callable[[float], None] = limiter.update_rate_limit
+        if burst_of is not None and isinstance(limiter, DistributedRateLimiter):
+            own = limiter
+            self._update_rate = lambda rate: own.update_rate_limit(rate, burst=burst_of(rate))
 
     @property
     def rate(self) -> float | None:
@@ -185,11 +189,7 @@ class SharedQuota:
 
     def _send(self, rate: float) -> None:
         self._sent = rate
-        if self._burst_of is not None:
-            assert isinstance(self.limiter, DistributedRateLimiter)
-            self.limiter.update_rate_limit(rate, burst=self._burst_of(rate))
-        else:
-            self.limiter.update_rate_limit(rate)
+        self._update_rate(rate)
 
     def recovered(self) -> None:
         self.learner.restarted()

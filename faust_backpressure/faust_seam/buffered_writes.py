@@ -66,7 +66,6 @@ async def send_buffered(app: Any, timeout: float = WAIT) -> bool:
     return True
 
 
-
 async def send_table_writes(app: Any) -> bool:
     """Before a commit: Faust's buffered table writes, then the keyed limits' batched ones
     (:func:`flush_changelog_writers`), are handed to the producer; False: do not commit."""
