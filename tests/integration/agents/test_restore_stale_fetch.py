@@ -46,6 +46,7 @@ class _Interleaving:
         self.first_assignment = self.fetcher._subscriptions.subscription.assignment
         self.generation = app.consumer_generation_id
         self.release = threading.Event()
+        self.rejoin_requested = False
         self.stale_returned = asyncio.Event()
         #: per fetch begun in one generation and returned in a later one: whether it returned
         #: after the release, and the offsets it returned per partition
@@ -66,6 +67,11 @@ class _Interleaving:
     async def _tracked_getmany(self, active_partitions: Any, timeout: float) -> Any:
         generation = self.app.consumer_generation_id
         records = await self._getmany(active_partitions, timeout)
+        while (not records and self.rejoin_requested and generation == self.generation
+               and not self.release.is_set()):
+            # the fetch begun before the rejoin must outlast the recovery's seek, as it does
+            # when Faust's 1 s timeout is long enough; under load it returned empty first
+            records = await self._getmany(active_partitions, 30.0)
         if generation != self.app.consumer_generation_id:
             self.stale.append((self.release.is_set(),
                                {TP(tp.topic, tp.partition): [r.offset for r in batch]
@@ -93,6 +99,7 @@ class _Interleaving:
             async def request_rejoin() -> None:
                 coordinator.request_rejoin()
 
+            self.rejoin_requested = True
             await self.thread.call_thread(request_rejoin)
             for i in range(200):
                 if self.app.consumer_generation_id > self.generation:
