@@ -71,7 +71,6 @@ from faust_backpressure.faust_seam.batches import (
     release_partition,
     transaction_producer,
 )
-from faust_backpressure.faust_seam.consumer import OffsetGuard
 from faust_backpressure.faust_seam.context import AppContext, Slot, context_of, find_context
 from faust_backpressure.faust_seam.control_topics import (
     is_control_topic,
@@ -86,6 +85,7 @@ from faust_backpressure.faust_seam.installing import (
     check_faust_version,
     install,
 )
+from faust_backpressure.faust_seam.offset_guard import OffsetGuard
 from faust_backpressure.faust_seam.producers import TopicKeepingProducer
 from faust_backpressure.faust_seam.standby_records import keep_standby_records
 from faust_backpressure.faust_seam.streams import (

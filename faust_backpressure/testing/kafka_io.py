@@ -15,7 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust_backpressure.wire.kafka_clients import batches_to_end, topic_partitions
 
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
-           "produce", "read_to_end", "wait_partitions"]
+           "offset_commits", "produce", "read_to_end", "wait_partitions"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -152,6 +152,50 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def offset_commits(bootstrap: str, group: str) -> list[tuple[str, int, int, int, bool]]:
+    """Every offset commit of ``group`` in ``__consumer_offsets``, in the order written:
+    ``(topic, partition, offset, commit time in ms, committed)``, ``committed`` False for a
+    transactional commit that was aborted or is still open. For tracing where a worker that
+    took over a partition started reading (e.g. an exactly_once copy)."""
+    log = await read_to_end(bootstrap, "__consumer_offsets")
+    stable = {(r.partition, r.offset) for r in await read_to_end(
+        bootstrap, "__consumer_offsets", isolation_level="read_committed")}
+    commits = []
+    for record in log:
+        decoded = _offset_commit(record.key, record.value)
+        if decoded is not None and decoded[0] == group:
+            commits.append((*decoded[1:], (record.partition, record.offset) in stable))
+    return commits
+
+
+def _offset_commit(key: bytes | None, value: bytes | None
+                   ) -> tuple[str, str, int, int, int] | None:
+    """``(group, topic, partition, offset, commit time)`` of an offset-commit record (key
+    versions 0-1, value versions 0-4), ``None`` for anything else."""
+    if not key or not value or int.from_bytes(key[:2], "big") > 1:
+        return None
+    texts, at = [], 2
+    for _ in range(2):
+        size = int.from_bytes(key[at:at + 2], "big")
+        texts.append(key[at + 2:at + 2 + size].decode())
+        at += 2 + size
+    partition = int.from_bytes(key[at:at + 4], "big", signed=True)
+    version = int.from_bytes(value[:2], "big")
+    offset = int.from_bytes(value[2:10], "big", signed=True)
+    at = 14 if version >= 3 else 10  # v3 on: the leader epoch first
+    if version >= 4:  # flexible: a compact string (unsigned varint of length + 1)
+        size, shift = 0, 0
+        while value[at] & 0x80:
+            size |= (value[at] & 0x7F) << shift
+            at, shift = at + 1, shift + 7
+        size, at = (size | value[at] << shift) - 1, at + 1
+    else:
+        size, at = int.from_bytes(value[at:at + 2], "big"), at + 2
+    at += max(size, 0)
+    committed_at = int.from_bytes(value[at:at + 8], "big", signed=True)
+    return texts[0], texts[1], partition, offset, committed_at
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

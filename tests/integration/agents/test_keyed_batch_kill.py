@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from faust_backpressure.agents import headers as h
-from faust_backpressure.testing.kafka_io import consume, create_topics, produce
+from faust_backpressure.testing.kafka_io import consume, create_topics, offset_commits, produce
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 
 from .helpers import hdr, read_committed
@@ -78,6 +78,8 @@ async def test_a_keyed_batch_pipeline_with_costs_loses_nothing_when_a_worker_is_
     if guarantee == "exactly_once" and duplicates:  # at_least_once may repeat by design
         _show_copies([*out, *dead], {*_repeated(out_counts), *_repeated(dead_counts)},
                      [alpha, beta])
+        for commit in await offset_commits(kafka_bootstrap, app_id):  # where reading resumed
+            print("offset commit (topic, partition, offset, at, committed):", commit)
     assert guarantee != "exactly_once" or duplicates == 0
 
 def _repeated(counts: Counter[bytes]) -> list[bytes]:
@@ -96,4 +98,4 @@ def _show_copies(records: list[Any], repeated: set[bytes], workers: list[FaustWo
             word in line for word in ("offset guard", "open transaction", "dropped an output",
                                       "generation", "Seek", "revoked", "not committing"))]
         print(f"{worker.name}'s log ({worker.log_path}), {len(lines)} line(s) of interest:")
-        print("\n".join(lines[-80:]))
+        print("\n".join(lines[-150:]))
