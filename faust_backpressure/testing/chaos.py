@@ -71,6 +71,7 @@ from faust_backpressure.testing.kafka_io import (
     committed_offsets,
     create_topics,
     end_offsets,
+    offset_commits,
     produce,
     read_to_end,
     wait_partitions,
@@ -345,6 +346,11 @@ class _Run:
                 result.misrouted[key.decode()] = (dead[key].get(h.STAGE, b"?").decode() + ": "
                                                   + dead[key].get(h.ERROR_MESSAGE, b"").decode())
         result.duplicate_origins = self._origins(inputs, out, dlq, result.duplicates)
+        if result.duplicates and plan.guarantee == "exactly_once":  # where reading resumed
+            history = self.workdir / f"offset-commits-{name}.txt"
+            history.write_text("".join(f"{c}\n" for c in await offset_commits(
+                self.bootstrap, self.app_id) if c[0] == source))
+            result.duplicate_origins.append(f"offset commits of {source}: {history}")
         return result
 
     def _origins(self, inputs: list[Record], out: list[Record], dlq: list[Record],
