@@ -144,20 +144,10 @@ class _GuardedConsumer:
                     guard.origin[tp] = position
                     if guard.started.get(tp) != position:  # else read from there already
                         await self.seek(tp, position)
-                        guard.started[tp] = position
                     continue
             if position is not None and guard.started.get(tp) == position:
-                # Read from there in this generation already (records came before this seek,
-                # or Faust seeks twice: its getmany found the flow stopped): go on from where
-                # the reading is. Faust and aiokafka went back to the committed offset, and what
-                # was read since came again: twice in one exactly_once transaction.
-                ahead = guard.expected.get(tp)
-                if ahead is not None and ahead > position:
-                    await self.seek(tp, ahead)
-                continue
+                continue  # read from there since the flow resumed: a reset re-read them
             guard.reset(tp, position)
-            if position is not None:
-                guard.started[tp] = position
 
     @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

@@ -35,9 +35,8 @@ class OffsetGuard:
     origin: dict[TP, int] = field(default_factory=dict)
     #: tp -> the offset sought back to, until the broker's first fetch from it
     verifying: dict[TP, int] = field(default_factory=dict)
-    #: tp -> where its reading in this generation began: the first offset accepted since it
-    #: was assigned (Faust may deliver records before its seek to the committed offset has
-    #: returned), or the offset the assignment's seek set
+    #: tp -> the first offset accepted since it was assigned (Faust may deliver records before
+    #: its seek to the committed offset has returned)
     started: dict[TP, int] = field(default_factory=dict)
     #: tp -> [begin, end): the broker's fetch from ``begin`` started at ``end``
     empty: dict[TP, tuple[int, int]] = field(default_factory=dict)
@@ -62,7 +61,6 @@ class OffsetGuard:
         """The first fetch of ``tp`` since its position was unknown starts at ``offset``."""
         self.expected[tp] = offset
         self.origin.setdefault(tp, offset)
-        self.started[tp] = offset
 
     def forget(self, tps: Iterable[TP]) -> None:
         """``tps`` were revoked. Their origin stays: Faust revokes every partition at each

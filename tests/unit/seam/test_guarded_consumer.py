@@ -201,53 +201,11 @@ async def test_records_read_from_the_committed_offset_during_the_seek_are_not_re
         return {tp: 12, other: 30, early: 50}
 
     consumer.seek_to_committed = seek_to_committed
-    consumer.seek = _recording_seek(sought := [])
     await consumer._seek_assigned()
-    # Faust and aiokafka went back to the committed offsets: sought on to where reading is
-    assert sorted(sought) == [(tp, 37), (early, 60)]
     assert guard.check(tp, 37) == (guard.ACCEPT, 37)  # goes on: no re-read of 12..36
     assert guard.check(early, 60) == (guard.ACCEPT, 60)
     assert guard.expected[other] == 30  # reset: 30..39 never came, they are read
     assert guard.check(other, 45) == (guard.REREAD, 30)
-
-
-def _recording_seek(sought: list[tuple[TP, int]]) -> Any:
-    async def seek(partition: TP, offset: int) -> None:
-        sought.append((partition, offset))
-    return seek
-
-
-async def test_a_second_seek_in_one_generation_does_not_read_again_what_was_read_since(
-        tmp_path: Path) -> None:
-    """Faust seeks to the committed offsets twice in one generation at times (its recovery,
-    then its getmany finding the flow stopped); records read in between came again, and under
-    exactly_once both copies were committed in one transaction (the keyed batch SIGKILL
-    test: a deferral partition with nothing committed, its first records taken by the batch
-    tap between the two seeks). After the second seek each partition reads on from where it
-    was: one with a committed offset is sought there (aiokafka went back), one with nothing
-    committed is left alone (aiokafka did not move)."""
-    consumer: Any = _consumer(tmp_path, "guard-seek-twice")
-    fresh, untouched = TP("orders", 1), TP("orders", 2)
-    guard = consumer.offset_guard
-    consumer.assignment = lambda: {tp, fresh, untouched}
-    consumer._guarded = lambda topic: True
-    guard.forget({tp, fresh, untouched})
-
-    async def seek_to_committed() -> dict[TP, Any]:
-        return {tp: 12, fresh: None, untouched: 40}
-
-    consumer.seek_to_committed = seek_to_committed
-    consumer.seek = _recording_seek(sought := [])
-    await consumer._seek_assigned()  # the recovery's
-    assert sought == []  # tp and untouched: aiokafka's seek; fresh: nothing known yet
-    for offset in range(12, 21):  # per event, from the committed offset
-        assert guard.check(tp, offset)[0] == guard.ACCEPT
-    guard.start(fresh, 0)  # a batch tap's first chunk, 0..2, taken
-    guard.expected[fresh] = 3
-    await consumer._seek_assigned()  # Faust's getmany's, in the same generation
-    assert sought == [(tp, 21)]  # fresh: read on from 0 already; untouched: nothing read
-    assert guard.check(tp, 21) == (guard.ACCEPT, 21)
-    assert guard.expected[fresh] == 3 and guard.expected[untouched] == 40
 
 
 async def test_records_read_from_offset_0_during_the_seek_are_not_read_twice(
