@@ -143,11 +143,25 @@ class _GuardedConsumer:
                 if position is not None:
                     guard.origin[tp] = position
                     if guard.started.get(tp) != position:  # else read from there already
-                        await self.seek(tp, position)
+                        await self.seek(tp, self._unprocessed_from(tp, position))
                     continue
             if position is not None and guard.started.get(tp) == position:
                 continue  # read from there since the flow resumed: a reset re-read them
-            guard.reset(tp, position)
+            first = None if position is None else self._unprocessed_from(tp, position)
+            if first is not None and first != position:
+                await self.seek(tp, first)
+            else:
+                guard.reset(tp, position)
+
+    def _unprocessed_from(self, tp: TP, offset: int) -> int:
+        """The first offset from ``offset`` on that was not processed in this generation.
+        Faust seeks to the committed offsets twice in one at times (its recovery, then its
+        getmany finding the flow stopped): what was acked in between is not read again (it
+        was, into the same exactly_once transaction); what was not acked is."""
+        acked, gaps = self._acked_index.get(tp), self._gap.get(tp)
+        while (acked and offset in acked) or (gaps and gaps.overlaps(offset)):
+            offset += 1
+        return offset
 
     @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

@@ -237,3 +237,38 @@ async def test_records_read_from_offset_0_during_the_seek_are_not_read_twice(
     await consumer._seek_assigned()
     assert sought == [(ahead, 0)]  # only the partition whose reading began past 0
     assert guard.check(tp, 4) == (guard.ACCEPT, 4)  # goes on: no re-read of 0..3
+
+
+async def test_a_second_seek_in_one_generation_reads_again_only_what_was_not_acked(
+        tmp_path: Path) -> None:
+    """Faust seeks to the committed offsets twice in one generation at times (its recovery,
+    then its getmany finding the flow stopped). A batch tap's records taken and acked between
+    the two were read again: under exactly_once both copies were committed in one transaction
+    (the keyed batch SIGKILL test: a deferral partition with nothing committed, sought back to
+    its first offset by the guard). Acked records are not read again; the others are (reading
+    on past them stalled a partition whose taken records were never processed)."""
+    consumer: Any = _consumer(tmp_path, "guard-seek-twice")
+    fresh, dropped = TP("orders", 1), TP("orders", 2)
+    guard = consumer.offset_guard
+    consumer.assignment = lambda: {tp, fresh, dropped}
+    consumer._guarded = lambda topic: True
+    guard.forget({tp, fresh, dropped})
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        sought.append((partition, offset))
+
+    async def seek_to_committed() -> dict[TP, Any]:
+        return {tp: 12, fresh: None, dropped: 40}
+
+    consumer.seek, consumer.seek_to_committed = seek, seek_to_committed
+    await consumer._seek_assigned()  # the recovery's
+    assert sought == []  # tp, dropped: aiokafka's own seek; fresh: nothing known yet
+    guard.start(fresh, 0)  # batch taps take 0..2 of fresh, 12..20 of tp, 40..49 of dropped
+    consumer._acked_index[fresh].update(range(0, 3))  # processed
+    consumer._acked_index[tp].update(range(12, 21))
+    consumer._gap[tp].addi(21, 23)  # confirmed markers
+    # dropped: taken, never acked (its batch given up)
+    await consumer._seek_assigned()  # the second, in the same generation
+    assert sorted(sought) == [(tp, 23), (fresh, 3)]
+    assert guard.expected[dropped] == 40  # read again from its committed offset
