@@ -132,10 +132,11 @@ class _GuardedConsumer:
         await super().perform_seek()  # type: ignore[misc]
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
-            if self._guarded(tp.topic):  # where reading starts, traced (rare EOS copies)
+            guarded = self._guarded(tp.topic)
+            if guarded:  # where reading starts, traced (rare EOS copies)
                 log.info("offset guard: %s assigned: committed %s, origin %s, started %s", tp,
                          position, guard.origin.get(tp), guard.started.get(tp))
-            if self._committed_offset.get(tp) is None and self._guarded(tp.topic):
+            if guarded and self._committed_offset.get(tp) is None:
                 # aiokafka seeks only to committed offsets > 0: with nothing (or 0) committed it
                 # read on past records never processed; re-read from the first one read here.
                 if position is None:
@@ -147,11 +148,10 @@ class _GuardedConsumer:
                     continue
             if position is not None and guard.started.get(tp) == position:
                 continue  # read from there since the flow resumed: a reset re-read them
-            first = None if position is None else self._unprocessed_from(tp, position)
-            if first is not None and first != position:
+            if position is not None and (first := self._unprocessed_from(tp, position)) > position:
                 await self.seek(tp, first)
-            else:
-                guard.reset(tp, position)
+                continue
+            guard.reset(tp, position)
 
     def _unprocessed_from(self, tp: TP, offset: int) -> int:
         """The first offset from ``offset`` on that was not processed in this generation.

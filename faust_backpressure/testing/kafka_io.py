@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from io import BytesIO
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, String
 
 from faust_backpressure.wire.kafka_clients import batches_to_end, topic_partitions
 
@@ -18,6 +20,7 @@ __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "e
            "offset_commits", "produce", "read_to_end", "wait_partitions"]
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+_TEXT, _COMPACT_TEXT = String("utf-8"), CompactString("utf-8")  # Kafka's protocol strings
 
 
 async def create_topics(bootstrap: str, topics: Mapping[str, int],
@@ -174,28 +177,18 @@ def _offset_commit(key: bytes | None, value: bytes | None
                    ) -> tuple[str, str, int, int, int] | None:
     """``(group, topic, partition, offset, commit time)`` of an offset-commit record (key
     versions 0-1, value versions 0-4), ``None`` for anything else."""
-    if not key or not value or int.from_bytes(key[:2], "big") > 1:
+    if not key or not value:
         return None
-    texts, at = [], 2
-    for _ in range(2):
-        size = int.from_bytes(key[at:at + 2], "big")
-        texts.append(key[at + 2:at + 2 + size].decode())
-        at += 2 + size
-    partition = int.from_bytes(key[at:at + 4], "big", signed=True)
-    version = int.from_bytes(value[:2], "big")
-    offset = int.from_bytes(value[2:10], "big", signed=True)
-    at = 14 if version >= 3 else 10  # v3 on: the leader epoch first
-    if version >= 4:  # flexible: a compact string (unsigned varint of length + 1)
-        size, shift = 0, 0
-        while value[at] & 0x80:
-            size |= (value[at] & 0x7F) << shift
-            at, shift = at + 1, shift + 7
-        size, at = (size | value[at] << shift) - 1, at + 1
-    else:
-        size, at = int.from_bytes(value[at:at + 2], "big"), at + 2
-    at += max(size, 0)
-    committed_at = int.from_bytes(value[at:at + 8], "big", signed=True)
-    return texts[0], texts[1], partition, offset, committed_at
+    fields = BytesIO(key)
+    if Int16.decode(fields) > 1:  # 2 and on: group metadata
+        return None
+    group, topic, partition = _TEXT.decode(fields), _TEXT.decode(fields), Int32.decode(fields)
+    fields = BytesIO(value)
+    version, offset = Int16.decode(fields), Int64.decode(fields)
+    if version >= 3:
+        Int32.decode(fields)  # the leader epoch
+    (_COMPACT_TEXT if version >= 4 else _TEXT).decode(fields)  # the commit's metadata
+    return group or "", topic or "", partition, offset, Int64.decode(fields)
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
