@@ -99,24 +99,30 @@ def components() -> dict[str, Any]:
 
 
 def rocksdb_usage() -> dict[str, int]:
-    """Bytes in the memtables and block caches of every RocksDB database the app's tables
-    have open (one per table partition); a bench app may look into Faust's store."""
-    memtables = cache = 0
+    """Bytes in the memtables, block caches and live table files of every RocksDB database
+    the app's tables have open (one per table partition); a bench app may look into Faust's
+    store."""
+    memtables = cache = live = 0
     for table in app.tables.values():
         for db in getattr(table.data, "_dbs", {}).values():
             memtables += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
             cache += db.property_int_value("rocksdb.block-cache-usage") or 0
-    return {"memtable_kib": memtables // 1024, "block_cache_kib": cache // 1024}
+            live += db.property_int_value("rocksdb.live-sst-files-size") or 0
+    return {"memtable_kib": memtables // 1024, "block_cache_kib": cache // 1024,
+            "live_sst_kib": live // 1024}
 
 
-def sst_files(fds: list[str]) -> int:
+def sst_files(fds: list[str]) -> tuple[int, int]:
     """How many of these open fds are RocksDB table files (kept open by RocksDB's table cache;
-    compaction closes them, so they rise and fall)."""
-    count = 0
+    compaction closes them, so they rise and fall), and how many of those are of files
+    already deleted (what a leak of table files would look like)."""
+    count = deleted = 0
     for fd in fds:
         with contextlib.suppress(OSError):  # closed since the listing
-            count += os.readlink(f"/proc/self/fd/{fd}").endswith(".sst")
-    return count
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            count += target.endswith(".sst") or target.endswith(".sst (deleted)")
+            deleted += target.endswith(".sst (deleted)")
+    return count, deleted
 
 
 census = Census()
@@ -137,7 +143,8 @@ async def sample() -> None:
     # Python objects: flat while RSS grows points below Python (RocksDB's memtables fill up
     # to their write buffer size before a flush)
     fds = os.listdir("/proc/self/fd")
-    line = {"rss_kib": rss_kib, "fds": len(fds), "sst_fds": sst_files(fds),
+    sst, sst_deleted = sst_files(fds)
+    line = {"rss_kib": rss_kib, "fds": len(fds), "sst_fds": sst, "sst_deleted_fds": sst_deleted,
             "dbs": sum(len(getattr(t.data, "_dbs", {})) for t in app.tables.values()),
             "objects": len(gc.get_objects()),
             "py_blocks": sys.getallocatedblocks(),  # every Python allocation, tracked or not
