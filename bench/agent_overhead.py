@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import os
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import faust
 
+from bench.figures import median_interval
 from faust_backpressure.agents.rate_limit import RateLimitGate
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
@@ -95,14 +95,11 @@ async def gate_cost_in_stream(events: int = 200_000, repeats: int = 5) -> float:
     return statistics.median(costs)
 
 
-def median_ratio_interval(plain: list[float], decorated: list[float],
-                          resamples: int = 10_000) -> tuple[float, float]:
+def median_ratio_interval(plain: list[float], decorated: list[float]) -> tuple[float, float]:
     """95% bootstrap interval of the median per-round ratio decorated / plain."""
     ratios = [d / p for p, d in zip(plain, decorated, strict=True)]
-    rng = random.Random(7)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
-                     for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    _, low, high = median_interval(ratios, seed=7)
+    return low, high
 
 
 async def measure(bootstrap: str, records: int, rounds: int) -> str:

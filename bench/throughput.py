@@ -38,6 +38,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.figures import median_interval
 from faust_backpressure.app import Backpressure
 from faust_backpressure.config import BackpressureSettings
 from faust_backpressure.tables import DistributedRateLimiterFactory
@@ -361,6 +362,11 @@ def report(results: dict[str, list[dict[str, float]]], records: int, rounds: int
     return "\n".join(lines) + "\n"
 
 
+def _median_interval(values: list[float]) -> str:
+    median, low, high = median_interval(values)
+    return f"{median:.3f} ({low:.3f}-{high:.3f})"
+
+
 def _limited_lines(limited: list[dict[str, float]], batch: list[dict[str, float]]) -> list[str]:
     """Per round: the limited way's rates over the unlimited one's, CPU per event in the
     steady window, and the limiter's waits."""
@@ -373,6 +379,7 @@ def _limited_lines(limited: list[dict[str, float]], batch: list[dict[str, float]
         return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
     whole, steady = ratios("rate"), ratios("steady")
+    cpu_ratios = ratios("steady_cpu_us")
     return [
         "- `batch_limited` / `batch`, whole-run rates per round: "
         + ", ".join(f"{r:.2f}" for r in whole) + f" (median {statistics.median(whole):.2f})",
@@ -380,6 +387,9 @@ def _limited_lines(limited: list[dict[str, float]], batch: list[dict[str, float]
         + ", ".join(f"{r:.2f}" for r in steady) + f" (median {statistics.median(steady):.2f})",
         f"- CPU µs/event in the steady window, median (min-max): `batch` {cpu(batch)}, "
         f"`batch_limited` {cpu(limited)}",
+        "- paired by round, median and 95 % bootstrap interval of the median: whole-run rate "
+        f"ratio {_median_interval(whole)}, steady rate ratio {_median_interval(steady)}, "
+        f"steady CPU µs/event ratio (limited / batch) {_median_interval(cpu_ratios)}",
         "- `batch_limited`: batches refused at once by the limiter (taken a "
         "permit at a time) and their wait per round, all / in the steady window: "
         + ", ".join(f"{r.get('gate_waits', 0):.0f} in {r.get('gate_wait_s', 0):.2f} s"
