@@ -47,6 +47,10 @@ class Batch:
     last: int
     generation: int
     opened_at: float  # when its first record was handed over (the runner's clock)
+    #: its partition was sought back to its first offset or before while it was not yet
+    #: sending: its records are read again, so it gives up (see BatchRunner.sought)
+    stale: bool = False
+    sending: bool = False  # its first output is on its way: it finishes
     processing: float = 0.0  # seconds in process_batch calls, split calls included
     split: Any = None  # a keyed limit's split of its records (None: no keyed limit)
     #: records shed for their priority, each with (priority, shed level): out of ``records``
@@ -54,6 +58,18 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def sought_back(self, tp: Any, offset: int) -> bool:
+        """``tp`` is read again from ``offset``: if this batch lies there and is not yet
+        sending, it gives up (True: stale)."""
+        if self.tp == tp and self.first >= offset and not self.sending:
+            self.stale = True
+        return self.stale
+
+    def start_sending(self) -> bool:
+        """False if it was sought back (read again instead); else it finishes from here."""
+        self.sending = not self.stale
+        return self.sending
 
     def cut(self, position: int) -> list[Any]:
         """Ends the batch before ``records[position]``; returns the records after the cut in
@@ -104,6 +120,18 @@ class BatchQueues:
             return
         chunks.appendleft(_Chunk(records, records[0].offset, generation, at))
         self._sizes[tp] += len(records)
+
+    def drop_from(self, tp: Hashable, offset: int) -> int:
+        """Drops ``tp``'s queued records from ``offset`` on (they are read again); returns
+        how many."""
+        chunks = self._chunks.get(tp)
+        if not chunks or chunks[-1].records[-1].offset < offset:
+            return 0
+        kept = deque(_Chunk(records, c.first, c.generation, c.at) for c in chunks
+                     if (records := [r for r in c.records if r.offset < offset]))
+        dropped = self._sizes[tp] - sum(len(c.records) for c in kept)
+        self._chunks[tp], self._sizes[tp] = kept, self._sizes[tp] - dropped
+        return dropped
 
     def size(self, tp: Hashable) -> int:
         return self._sizes.get(tp, 0)

@@ -91,6 +91,7 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._pending: dict[Any, set[asyncio.Future[None]]] = {}
         self._in_progress = 0
+        self._current: Batch | None = None  # the batch run() is running
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = 0
@@ -116,6 +117,17 @@ class BatchRunner:
         if self.chains is not None:
             self.chains.forget(tps)
 
+    def sought(self, tp: TP, offset: int) -> None:
+        """Faust seeks twice in one generation at times (docs/reliability.md): what is queued
+        or not yet sending from ``offset`` on is read again, so it is dropped here."""
+        dropped = self.queues.drop_from(tp, offset)
+        self._maybe_release(tp)
+        stale = self._current is not None and self._current.sought_back(tp, offset)
+        if dropped or stale:
+            log.info("pipeline %s: %s sought back to %d: %d queued record(s) dropped, the "
+                     "batch in progress given up: %s", self.pipeline.name, tp, offset, dropped,
+                     stale)
+
     async def wait_idle(self) -> None:
         try:
             await asyncio.wait_for(self._idle.wait(), self.revoke_timeout)
@@ -136,12 +148,14 @@ class BatchRunner:
                 continue
             self._maybe_release(batch.tp)
             self._started()
+            self._current = batch
             try:
                 await self._run_batch(batch)
             except Exception as exc:
                 self._crash(batch, exc)
                 return
             finally:
+                self._current = None
                 self._finished()
 
     def _busy(self) -> list[Any]:
@@ -201,8 +215,7 @@ class BatchRunner:
 
     def _crash(self, batch: Batch | None, error: Exception) -> None:
         """A batch failed in a way no retry here fixes (Kafka refused a send after its own
-        retries, a fenced producer): the worker stops, as Faust's does on a send error; the
-        batch was not acked, so it is read again, by this worker restarted or another."""
+        retries, a fenced producer): the worker stops, as Faust's does; it is read again."""
         where = "" if batch is None else f" ({batch.tp}@{batch.first}..{batch.last})"
         log.error("pipeline %s: a batch failed%s: %r", self.pipeline.name, where, error)
         crash_worker(self.app, error)
@@ -258,7 +271,7 @@ class BatchRunner:
             gate.waits += 1
             if not await unless_flow_stops(self.app, gate.acquire_by_one(len(batch))):
                 raise _Abandoned()
-        if is_stale_generation(self.app, batch.generation):
+        if batch.stale or is_stale_generation(self.app, batch.generation):
             raise _Abandoned()
         if self.keyed is not None:  # the last gate: a batch abandoned after it gives back
             batch.split = await self.keyed.split(batch, self.queues)
@@ -284,6 +297,8 @@ class BatchRunner:
             values.append(value)
             records.append(record)
         results = await self._call(values, batch)  # before any send: abandoned, none sent
+        if not batch.start_sending():  # sought back meanwhile: read again
+            raise _Abandoned()
         for record, error in undecodable:
             futures.append(await self._dead_letter(producer, record,
                                                    Failure.now(error, "decode", 0)))
@@ -333,9 +348,8 @@ class BatchRunner:
         return futures
 
     def _sent_to_sensors(self, sends: int) -> None:
-        """Counts ``sends`` (to the sinks: every output goes to each sink) in the stats once;
-        sensors with batch hooks (credit flow's ``SinkSends``) count them too: Faust's
-        per-send sensor calls do not happen on this path."""
+        """Counts ``sends`` (every output to each sink) in the stats and for sensors with batch
+        hooks (credit flow's ``SinkSends``): Faust's per-send sensor calls do not happen here."""
         self.pipeline.stats.produced += sends
         if sends:
             per_sink = sends // len(self._sink_names)
@@ -375,8 +389,7 @@ class BatchRunner:
                     *await self._call(values[middle:], batch)]
 
     async def _timed(self, values: list[Any], batch: Batch | None) -> Any:
-        """``process_batch(values)``; its time (the user's code alone, not the guard's waits
-        around it: those show in the guard's figures) is added to ``batch.processing``."""
+        """``process_batch(values)``; its time (user code alone) adds to ``batch.processing``."""
         started = self._clock()
         try:
             results = self.process_batch(values)
@@ -389,8 +402,7 @@ class BatchRunner:
 
     async def _send_outputs(self, producer: Any, record: Any, key: Any, result: Any,
                             attempts: int, futures: list[Any]) -> int:
-        """Sends ``result``'s outputs to the sinks (or the record to the DLQ if a sink's
-        serializer refuses one); returns how many sink sends it made."""
+        """Sends ``result``'s outputs to the sinks (the DLQ if one refuses); how many sends."""
         stats = self.pipeline.stats
         outputs = outputs_of(result)
         if not outputs:

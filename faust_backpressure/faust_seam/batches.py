@@ -26,6 +26,10 @@ class BatchTap(Protocol):
     def revoke(self, tps: set[TP]) -> None:
         """``tps`` are being revoked: drop what was not started."""
 
+    def sought(self, tp: TP, offset: int) -> None:
+        """``tp``'s reading went back to ``offset`` in this generation: every record from
+        there on is delivered again, so what was not started from there on is dropped."""
+
     async def wait_idle(self) -> None:
         """Return once no batch is in progress (or after a bounded wait)."""
 

@@ -107,7 +107,15 @@ class _GuardedConsumer:
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)  # type: ignore[misc]
-        self.offset_guard.reset(partition, offset)
+        self._reading_from(partition, offset)
+
+    def _reading_from(self, tp: TP, offset: int | None) -> None:
+        """``tp`` is read from ``offset`` on: the guard expects it, and a batch source's tap
+        drops what it holds from there on and has not started (delivered again)."""
+        self.offset_guard.reset(tp, offset)
+        tap = batch_taps(self.app).get(tp.topic)
+        if tap is not None and offset is not None:
+            tap.sought(TP(tp.topic, tp.partition), offset)
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's, except that during a rebalance a stream partition is resumed only once it
@@ -151,7 +159,7 @@ class _GuardedConsumer:
             if position is not None and (first := self._unprocessed_from(tp, position)) > position:
                 await self.seek(tp, first)
                 continue
-            guard.reset(tp, position)
+            self._reading_from(tp, position)  # Faust's seek read from there again
 
     def _unprocessed_from(self, tp: TP, offset: int) -> int:
         """The first offset from ``offset`` on that was not processed in this generation.

@@ -147,6 +147,32 @@ def test_a_batch_is_timed_from_its_first_record_to_done_and_in_its_calls(guarded
     assert processing.p95 == pytest.approx(0.46) and sum(processing.buckets) == 1
 
 
+def test_a_seek_back_drops_what_is_held_from_there_unless_it_is_sending() -> None:
+    """Faust seeks a partition back twice in one generation at times (its recovery, then its
+    fetcher); the records the runner still held from there on are delivered again, and run
+    here as well they ran twice: exactly_once copies (docs/reliability.md)."""
+    clock = VirtualClock()
+    pipe = _pipeline(process_batch=lambda values: values, batch_size=4)
+    runner = BatchRunner(pipe, lambda values: values, 4, 0.05, clock=clock)
+    runner.divert("p0", recs(*range(10, 16)), 10, 1)
+    runner.divert("p0", recs(*range(16, 22)), 16, 1)
+    runner.divert("p1", recs(0, 1), 0, 1)
+    runner._current = current = runner.queues.next_ready(clock())  # 10..13, in progress
+    assert current is not None and current.tp == "p0"
+    runner.sought("p0", 16)  # read again from 16 on: 16..21 leave the queue, 14, 15 stay
+    assert not current.stale and runner.queues.size("p0") == 2
+    runner.sought("p0", 10)  # from the batch's own first offset: it gives up as well
+    assert current.stale and not current.start_sending()
+    assert runner.queues.size("p0") == 0 and runner.queues.size("p1") == 2
+    runner.sought("p1", 5)  # after all it holds: nothing changes
+    clock.advance(0.05)
+    runner._current = sending = runner.queues.next_ready(clock())
+    assert sending is not None and (sending.tp, sending.first, sending.last) == ("p1", 0, 1)
+    assert sending.start_sending()  # its outputs are on their way: it finishes, not given up
+    runner.sought("p1", 0)
+    assert not sending.stale
+
+
 def test_batch_options_are_checked() -> None:
     with pytest.raises(ValueError, match="process= or process_batch="):
         _pipeline()

@@ -97,12 +97,16 @@ class _Record:
 class _Tap:
     def __init__(self) -> None:
         self.chunks: list[tuple[TP, list[int], int]] = []
+        self.seeks: list[tuple[TP, int]] = []
 
     def divert(self, tp: TP, records: list[Any], first: int, generation: int) -> None:
         self.chunks.append((tp, [r.offset for r in records], first))
 
     def revoke(self, tps: set[TP]) -> None:
         pass
+
+    def sought(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     async def wait_idle(self) -> None:
         pass
@@ -272,3 +276,35 @@ async def test_a_second_seek_in_one_generation_reads_again_only_what_was_not_ack
     await consumer._seek_assigned()  # the second, in the same generation
     assert sorted(sought) == [(tp, 23), (fresh, 3)]
     assert guard.expected[dropped] == 40  # read again from its committed offset
+
+
+async def test_each_seek_tells_the_batch_tap_where_reading_starts_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a batch tap still held from a partition sought back in the same generation is
+    delivered again; it must drop it (else it ran twice: exactly_once copies), so every seek,
+    Faust's own to the committed offset included, tells the tap where reading starts."""
+    consumer: Any = _consumer(tmp_path, "guard-seek-tap")
+    tap = _Tap()
+    register_batch_tap(consumer.app, tp.topic, tap)
+    other = TP("orders", 1)
+
+    async def transport_seek(partition: TP, offset: int) -> None:
+        pass
+
+    async def seek_to_committed() -> dict[TP, Any]:
+        return {tp: 12, other: 40}
+
+    monkeypatch.setattr(consumer, "_seek", transport_seek)
+    consumer.assignment = lambda: {tp, other}
+    consumer._guarded = lambda topic: True
+    consumer.seek_to_committed = seek_to_committed
+    consumer.offset_guard.forget({tp, other})
+    await consumer._seek_assigned()  # the recovery's
+    assert sorted(tap.seeks) == [(tp, 12), (other, 40)]
+    consumer._acked_index[tp].update(range(12, 21))  # batches of tp done, none of other
+    tap.seeks.clear()
+    await consumer._seek_assigned()  # the second, in the same generation
+    assert sorted(tap.seeks) == [(tp, 21), (other, 40)]
+    tap.seeks.clear()
+    await consumer.seek(TP("ops", 0), 7)  # not a batch source: no tap to tell
+    assert tap.seeks == []
