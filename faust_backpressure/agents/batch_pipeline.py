@@ -32,6 +32,7 @@ from faust_backpressure.agents.batch import (
 )
 from faust_backpressure.agents.batch_order import KeyChains, all_acked
 from faust_backpressure.agents.batch_priority import send_low, split_low
+from faust_backpressure.agents.batch_seek import SeekBacks
 from faust_backpressure.agents.downstream import WaitAborted
 from faust_backpressure.agents.flow import PRESSURE_DROP_RATIO, unless_flow_stops
 from faust_backpressure.agents.headers import Failure
@@ -92,6 +93,7 @@ class BatchRunner:
         self._pending: dict[Any, set[asyncio.Future[None]]] = {}
         self._in_progress = 0
         self._current: Batch | None = None  # the batch run() is running
+        self.seeks = SeekBacks(pipeline.name)
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = 0
@@ -114,19 +116,14 @@ class BatchRunner:
     def revoke(self, tps: set[TP]) -> None:
         self.queues.clear(tps)
         self._held.difference_update(tps)
+        self.seeks.forget(tps)
         if self.chains is not None:
             self.chains.forget(tps)
 
     def sought(self, tp: TP, offset: int) -> None:
-        """Faust seeks twice in one generation at times (docs/reliability.md): what is queued
-        or not yet sending from ``offset`` on is read again, so it is dropped here."""
-        dropped = self.queues.drop_from(tp, offset)
+        """``tp`` is delivered again from ``offset`` (:class:`SeekBacks`)."""
+        self.seeks.sought(self.queues, self._current, tp, offset)
         self._maybe_release(tp)
-        stale = self._current is not None and self._current.sought_back(tp, offset)
-        if dropped or stale:
-            log.info("pipeline %s: %s sought back to %d: %d queued record(s) dropped, the "
-                     "batch in progress given up: %s", self.pipeline.name, tp, offset, dropped,
-                     stale)
 
     async def wait_idle(self) -> None:
         try:
@@ -261,6 +258,7 @@ class BatchRunner:
         for the batch's cost, a keyed limit's split; the flow stopping abandons the batch
         (no overdraft: a whole batch over the limit is too much)."""
         pipeline = self.pipeline
+        self.seeks.skip_processed(self.app, batch)
         if pipeline.paused and not await pipeline.wait_resumed():
             raise _Abandoned()
         gate = pipeline.gate

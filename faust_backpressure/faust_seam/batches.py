@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -66,6 +67,15 @@ def is_stale_generation(app: AppT, generation: int) -> bool:
     """Records fetched in ``generation`` were fetched before the last revocation."""
     consumer: Any = getattr(app, "_consumer", None)
     return consumer is not None and generation <= getattr(consumer, "revoked_generation", -1)
+
+
+def processed_in_generation(app: AppT, tp: TP) -> Callable[[int], bool]:
+    """Whether an offset of ``tp`` was processed: below its committed offset, or acked in
+    this generation (Faust drops acked offsets from its index once committed)."""
+    consumer: Any = app.consumer
+    committed = consumer._committed_offset.get(tp)
+    acked = consumer._acked_index.get(tp) or set()
+    return lambda offset: (committed is not None and offset < committed) or offset in acked
 
 
 def ack_offsets(app: AppT, tp: TP, first: int, last: int, generation: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -171,6 +172,22 @@ def test_a_seek_back_drops_what_is_held_from_there_unless_it_is_sending() -> Non
     assert sending.start_sending()  # its outputs are on their way: it finishes, not given up
     runner.sought("p1", 0)
     assert not sending.stale
+    # it finished (acked 0, 1; 2 was never read); its records come again from 0
+    runner.app = SimpleNamespace(consumer=SimpleNamespace(  # type: ignore[assignment]
+        _committed_offset={}, _acked_index={"p1": {0, 1}}))
+    runner.divert("p1", recs(0, 1, 2), 0, 1)
+    clock.advance(0.05)
+    again = runner.queues.next_ready(clock())
+    assert again is not None
+    runner.seeks.skip_processed(runner.app, again)
+    assert [r.offset for r in again.records] == [2] and runner.seeks.skipped == 2
+    runner.divert("p1", recs(3), 3, 1)
+    clock.advance(0.05)
+    later = runner.queues.next_ready(clock())
+    assert later is not None
+    runner.app.consumer._committed_offset["p1"] = 4  # e.g. committed since: not looked at
+    runner.seeks.skip_processed(runner.app, later)  # past the sending batch's end
+    assert [r.offset for r in later.records] == [3]
 
 
 def test_batch_options_are_checked() -> None:
