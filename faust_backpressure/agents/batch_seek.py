@@ -37,13 +37,16 @@ class SeekBacks:
         """``tp`` is delivered again from ``offset``; ``current`` is the batch in progress."""
         dropped = queues.drop_from(tp, offset)
         stale = current is not None and current.sought_back(tp, offset)
-        sending = current is not None and current.tp == tp and current.sending
-        if sending and current is not None and current.last >= offset:
+        # a batch that goes on (sending, or begun before offset: giving it up would leave
+        # its first records unread) has its records from offset on delivered again
+        goes_on = (current is not None and current.tp == tp and not stale
+                   and current.last >= offset)
+        if goes_on and current is not None:
             self._recheck[tp] = max(current.last, self._recheck.get(tp, -1))
-        if dropped or stale or sending:
+        if dropped or stale or goes_on:
             log.info("pipeline %s: %s sought back to %d: %d queued record(s) dropped; the batch "
                      "in progress %s", self.name, tp, offset, dropped,
-                     "gives up" if stale else "finishes" if sending else "is not of it")
+                     "gives up" if stale else "goes on" if goes_on else "is not of it")
 
     def skip_processed(self, app: Any, batch: Batch) -> None:
         """Drops ``batch``'s records processed since they were read (by a batch that was

@@ -162,6 +162,9 @@ def test_a_seek_back_drops_what_is_held_from_there_unless_it_is_sending() -> Non
     assert current is not None and current.tp == "p0"
     runner.sought("p0", 16)  # read again from 16 on: 16..21 leave the queue, 14, 15 stay
     assert not current.stale and runner.queues.size("p0") == 2
+    runner.sought("p0", 12)  # within it: it goes on (giving up would leave 10, 11 unread)
+    assert not current.stale and runner.seeks._recheck == {"p0": 13}  # 12, 13 skipped later
+    assert runner.queues.size("p0") == 0
     runner.sought("p0", 10)  # from the batch's own first offset: it gives up as well
     assert current.stale and not current.start_sending()
     assert runner.queues.size("p0") == 0 and runner.queues.size("p1") == 2
