@@ -55,7 +55,6 @@ class _GuardedConsumer:
         self._resume_after_seek: set[TP] = set()
         self.revoked_generation = -1  # events fetched in this generation or before are stale
         self._partition_released = asyncio.Event()
-        self._sought_in: dict[TP, int] = {}  # tp -> the generation it was last sought in
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         if not await send_table_writes(self.app):  # the writes behind these offsets first
@@ -138,18 +137,13 @@ class _GuardedConsumer:
 
     async def _seek_assigned(self) -> None:
         guard = self.offset_guard
-        generation = self.app.consumer_generation_id
         await super().perform_seek()  # type: ignore[misc]
-        taps = batch_taps(self.app)
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
             guarded = self._guarded(tp.topic)
             if guarded:  # where reading starts, traced (rare EOS copies)
                 log.info("offset guard: %s assigned: committed %s, origin %s, started %s", tp,
                          position, guard.origin.get(tp), guard.started.get(tp))
-            again, self._sought_in[tp] = self._sought_in.get(tp) == generation, generation
-            if guarded and again and tp.topic not in taps and await self._read_on(tp, position):
-                continue
             if guarded and self._committed_offset.get(tp) is None:
                 # aiokafka seeks only to committed offsets > 0: with nothing (or 0) committed it
                 # read on past records never processed; re-read from the first one read here.
@@ -166,23 +160,6 @@ class _GuardedConsumer:
                 await self.seek(tp, first)
                 continue
             self._reading_from(tp, position)  # Faust's seek read from there again
-
-    async def _read_on(self, tp: TP, position: int | None) -> bool:
-        """A second seek in one generation (Faust's getmany found the flow stopped while its
-        recovery's seek ran): the records delivered since the first seek are in the streams'
-        queues (Faust clears those only when it resumes the flow, right after that seek), so
-        reading goes on after them; read again, they ran twice, and under exactly_once both
-        copies were committed. A batch source's tap is told instead (:meth:`seek`). True if
-        reading goes on."""
-        delivered = self.offset_guard.expected.get(tp)
-        start = position if position is not None else self.offset_guard.origin.get(tp)
-        if delivered is None or start is None or delivered <= start:
-            return False
-        self._read_offset[tp] = delivered - 1  # Faust drops fetched records up to it
-        await self.seek(tp, delivered)
-        log.info("offset guard: %s sought again in one generation: reading goes on at %d "
-                 "(delivered from %d)", tp, delivered, start)
-        return True
 
     def _unprocessed_from(self, tp: TP, offset: int) -> int:
         """The first offset from ``offset`` on that was not processed in this generation.
