@@ -137,6 +137,7 @@ class _GuardedConsumer:
 
     async def _seek_assigned(self) -> None:
         guard = self.offset_guard
+        committed_here = dict(self._committed_offset)  # this generation's (revoke drops them)
         await super().perform_seek()  # type: ignore[misc]
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
@@ -144,6 +145,14 @@ class _GuardedConsumer:
             if guarded:  # where reading starts, traced (rare EOS copies)
                 log.info("offset guard: %s assigned: committed %s, origin %s, started %s", tp,
                          position, guard.origin.get(tp), guard.started.get(tp))
+            mine = committed_here.get(tp)
+            if guarded and mine is not None and (position is None or position < mine):
+                # a second seek read an offset older than one committed here (the commit not
+                # yet stable: aiokafka cannot ask for stable offsets, KIP-447): the records
+                # in between were read again and, under exactly_once, committed twice
+                self._committed_offset[tp] = mine
+                await self.seek(tp, self._unprocessed_from(tp, mine))
+                continue
             if guarded and self._committed_offset.get(tp) is None:
                 # aiokafka seeks only to committed offsets > 0: with nothing (or 0) committed it
                 # read on past records never processed; re-read from the first one read here.
