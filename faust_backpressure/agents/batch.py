@@ -48,7 +48,7 @@ class Batch:
     generation: int
     opened_at: float  # when its first record was handed over (the runner's clock)
     #: its partition was sought back to its first offset or before while it was not yet
-    #: sending: its records are read again, so it gives up (see BatchRunner.sought)
+    #: sending: its records are read again, so it gives up (agents/batch_seek.py)
     stale: bool = False
     sending: bool = False  # its first output is on its way: it finishes
     processing: float = 0.0  # seconds in process_batch calls, split calls included

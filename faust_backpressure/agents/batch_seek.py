@@ -36,13 +36,14 @@ class SeekBacks:
     def sought(self, queues: BatchQueues, current: Batch | None, tp: Any, offset: int) -> None:
         """``tp`` is delivered again from ``offset``; ``current`` is the batch in progress."""
         dropped = queues.drop_from(tp, offset)
-        stale = current is not None and current.sought_back(tp, offset)
-        # a batch that goes on (sending, or begun before offset: giving it up would leave
-        # its first records unread) has its records from offset on delivered again
-        goes_on = (current is not None and current.tp == tp and not stale
-                   and current.last >= offset)
-        if goes_on and current is not None:
-            self._recheck[tp] = max(current.last, self._recheck.get(tp, -1))
+        stale = goes_on = False
+        if current is not None:
+            stale = current.sought_back(tp, offset)
+            # a batch that goes on (sending, or begun before offset: giving it up would leave
+            # its first records unread) has its records from offset on delivered again
+            goes_on = current.tp == tp and not stale and current.last >= offset
+            if goes_on:
+                self._recheck[tp] = max(current.last, self._recheck.get(tp, -1))
         if dropped or stale or goes_on:
             log.info("pipeline %s: %s sought back to %d: %d queued record(s) dropped; the batch "
                      "in progress %s", self.name, tp, offset, dropped,
