@@ -38,6 +38,7 @@ class _GuardedConsumer:
 
     app: Any
     flow_active: bool
+    should_stop: bool
     _acked: Any
     _acked_index: Any
     _gap: Any
@@ -52,7 +53,9 @@ class _GuardedConsumer:
         super().__init__(*args, **kwargs)
         self.offset_guard = OffsetGuard()
         self._guarded_topics: dict[str, bool] = {}  # per record on the hot path: cached
-        self._resume_after_seek: set[TP] = set()
+        self._resume_after_seek: set[TP] = set()  # held until sought
+        self._resume_with_flow: set[TP] = set()  # sought, held until the flow resumes
+        self._fetched_while_stopped = False  # Faust's getmany is about to seek: skip it
         self.revoked_generation = -1  # events fetched in this generation or before are stale
         self._partition_released = asyncio.Event()
 
@@ -119,10 +122,11 @@ class _GuardedConsumer:
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's, except that during a rebalance a stream partition is resumed only once it
-        has been sought to its committed offset. Faust resumes stream partitions, then seeks
-        them (faust-streaming #216); records fetched in between come from where the last
-        generation stopped reading. Under exactly_once an event read there and read again
-        after the seek had both outputs committed in one transaction."""
+        has been sought to its committed offset and the flow resumes (:meth:`perform_seek`).
+        Faust resumes stream partitions, then seeks them (faust-streaming #216); records
+        fetched in between come from where the last generation stopped reading. Under
+        exactly_once an event read there and read again after the seek had both outputs
+        committed in one transaction."""
         resumed = set(tps)
         if self.app.rebalancing:
             held = {tp for tp in resumed if self._guarded(tp.topic)}
@@ -131,9 +135,35 @@ class _GuardedConsumer:
         super().resume_partitions(resumed)  # type: ignore[misc]
 
     async def perform_seek(self) -> None:
+        """Faust's, with two changes at a rebalance (docs/reliability.md, "Two seeks").
+
+        The seek Faust's getmany makes when a fetch returns with the flow stopped is skipped:
+        that fetch began before a revocation, and the seek, queued behind the rejoin in the
+        consumer's thread, landed after the recovery's own, sending partitions back over
+        events already in progress (exactly_once copies). The dropped records are read
+        again anyway: the new assignment reads from the committed offsets, and the guard
+        re-reads a jump.
+
+        A partition sought during a rebalance is resumed when the flow resumes, not here:
+        Faust's recovery clears the stream queues after this seek, and records fetched in
+        between were dropped with the guard already past them (the partition stalled)."""
+        if self._fetched_while_stopped:
+            self._fetched_while_stopped = False
+            log.info("a fetch returned with the flow stopped (a rebalance): its records are "
+                     "dropped and read again; Faust's seek to the committed offsets skipped")
+            return
         await self._seek_assigned()
         held, self._resume_after_seek = self._resume_after_seek, set()
-        super().resume_partitions(held)  # type: ignore[misc]
+        if self.app.rebalancing:
+            self._resume_with_flow |= held
+        else:
+            super().resume_partitions(held)  # type: ignore[misc]
+
+    def resume_flow(self) -> None:
+        super().resume_flow()  # type: ignore[misc]
+        held, self._resume_with_flow = self._resume_with_flow, set()
+        if held:
+            super().resume_partitions(held)  # type: ignore[misc]
 
     async def _seek_assigned(self) -> None:
         guard = self.offset_guard
@@ -171,10 +201,10 @@ class _GuardedConsumer:
             self._reading_from(tp, position)  # Faust's seek read from there again
 
     def _unprocessed_from(self, tp: TP, offset: int) -> int:
-        """The first offset from ``offset`` on that was not processed in this generation.
-        Faust seeks to the committed offsets twice in one at times (its recovery, then its
-        getmany finding the flow stopped): what was acked in between is not read again (it
-        was, into the same exactly_once transaction); what was not acked is."""
+        """The first offset from ``offset`` on that was not processed in this generation: a
+        seek after records were acked in it (Faust's getmany's own seek did so before
+        :meth:`perform_seek` skipped it) does not read them again (it did, into the same
+        exactly_once transaction); what was not acked is read again."""
         acked, gaps = self._acked_index.get(tp), self._gap.get(tp)
         while (acked and offset in acked) or (gaps and gaps.overlaps(offset)):
             offset += 1
@@ -193,6 +223,7 @@ class _GuardedConsumer:
             tap.revoke(revoked)
         self._guarded_topics.clear()  # subscriptions may change with the assignment
         self._resume_after_seek.difference_update(revoked)
+        self._resume_with_flow.difference_update(revoked)
         self.offset_guard.forget(revoked)
         if self._active_partitions is not None:
             self._active_partitions.difference_update(revoked)
@@ -348,7 +379,12 @@ class _GuardedConsumer:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(released.wait(), 1.0)
             timeout = min(timeout, HELD_FETCH_TIMEOUT)
-        return await super()._wait_next_records(timeout)  # type: ignore[misc]
+        self._fetched_while_stopped = False
+        records, active = await super()._wait_next_records(timeout)  # type: ignore[misc]
+        # no await from here to Faust's getmany's seek: the next perform_seek is that one
+        self._fetched_while_stopped = (records is not None and not self.flow_active
+                                       and not self.should_stop)
+        return records, active
 
     def on_buffer_full(self, tp: TP) -> None:
         if self.app.rebalancing:  # partitions are paused; Faust resumes them after seeking
