@@ -1,12 +1,11 @@
 """What a seek back in one generation means for the records a batch runner holds.
 
-Faust seeks a generation's partitions to their committed offsets a second time at times (its
-fetcher finding the flow stopped, right after its recovery's seek: docs/reliability.md), and
-the partition is delivered again from its first unacked offset. The records the runner holds
-from there on would run twice (under exactly_once both copies were committed): its queue
-drops them, and a batch from there on that has not sent anything gives up (read again). A
-batch already sending finishes; its records come again after it, and the partition's next
-batches up to its last offset skip what was processed by then.
+Faust at times seeks a generation's partitions to their committed offsets a second time
+(docs/reliability.md, "Two seeks at a rebalance"), and the partition is delivered again from
+its first unacked offset. The records the runner holds from there on would run twice (under
+exactly_once too): its queue drops them, and a batch from there on that has not sent anything
+gives up (read again). A batch already sending finishes; its records come again after it, and
+the partition's next batches up to its last offset skip what was processed by then.
 """
 
 from __future__ import annotations

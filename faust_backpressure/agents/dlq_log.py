@@ -1,10 +1,9 @@
 """Dead-lettered records are logged as a summary, at most one WARNING line per interval.
 
-One line per record drowned the log (55 WARNING lines for 5,000 records with 1% bad ones).
-The first dead-lettered record of a pipeline is logged in full (so its reason is seen at once);
-later ones are counted by error type and summarised every ``interval`` seconds (a timer makes
-sure the last summary is written even if no further record fails). Every record is still
-logged at DEBUG, and the DLQ itself keeps every reason in headers.
+One line per record would drown the log. The first dead-lettered record of a pipeline is
+logged in full (so its reason is seen at once); later ones are counted by error type and
+summarised every ``interval`` seconds (a timer writes the last summary even if no further
+record fails). Every record is still logged at DEBUG, and the DLQ keeps every reason.
 """
 
 from __future__ import annotations

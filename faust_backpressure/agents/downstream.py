@@ -90,13 +90,11 @@ class Downstream:
         self.unavailable = unavailable
         #: Set by the installer: sends a slow-down to every worker (None: this worker only).
         self.publish = publish
-        #: Set by the installer: tells every worker this one's probes passed. Each worker's
-        #: breaker otherwise found the system back at the end of its own wait, up to
-        #: ``wait_in_open`` apart: goodput came back one worker at a time.
+        #: Set by the installer: tells every worker this one's probes passed, so theirs probe
+        #: now, not at the end of their own wait (docs/downstream.md, "Recovery news").
         self.publish_recovery = publish_recovery
         #: Set by the installer: tells every worker this one's breaker opened on failures,
-        #: ``(dependency, until)``. Each met the outage through its own calls otherwise, one
-        #: through a probe that waited seconds for a permit (open on all: up to 8.6 s).
+        #: ``(dependency, until)``, so theirs open too (docs/downstream.md, "Outage news").
         self.publish_failing = publish_failing
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
         self._ok_sent_at = -math.inf  # wall clock: failures news older than it is stale
@@ -121,10 +119,9 @@ class Downstream:
         elif new is BreakerState.CLOSED and self._outage:
             self._outage = False
             if self.quota is not None:
-                # the outage's probes kept the quota learner's interval open: a 429 right
-                # after it learnt what the outage served (1.2/s for two workers) and the
-                # rate stayed near it. Not after a slow-down's pause, which also opens the
-                # breaker: measuring afresh then left nothing measured for the next 429.
+                # the outage's probes kept the learner's interval open: measure afresh. Not
+                # after a slow-down's pause (it also opens the breaker): that would leave
+                # nothing measured for the next 429 (docs/downstream.md, "Not done yet")
                 self.quota.recovered()
         if (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
                 and self.publish_recovery is not None):
@@ -278,10 +275,8 @@ class Downstream:
         except BaseException as exc:
             down = isinstance(exc, Exception) and self.unavailable(exc)
             # only a timeout says the calls in flight were too many; a quick 503 or a refused
-            # connection says the system is down, which is the breaker's business: counted
-            # as drops, an outage's first failures (hundreds of rounds of a few ms) took the
-            # limit to its floor, and after the outage the rate permits queued behind it went
-            # out in a burst as it grew back, answered 429 (docs/downstream.md)
+            # connection is the breaker's business, not a drop for the limit
+            # (docs/downstream.md, "Calls in flight through an outage")
             self._record("unavailable" if down else "error", start, failed=True,
                          permit=permit,
                          dropped=down and isinstance(exc, (TimeoutError, asyncio.TimeoutError)))
@@ -291,11 +286,9 @@ class Downstream:
 
     async def _ready(self, stopped: asyncio.Event | None) -> CallPermit:
         """Admitted by the breaker, then a rate permit and a slot; if a slow-down began or the
-        breaker moved on while it waited for those (see ``_may_go``), back to waiting
-        (else calls paced before go out during the pause or the outage: the quota is spent
-        when a pause ends, an outage took hundreds of calls before the waiting ones saw the
-        breaker open, and calls admitted while it was closed went out with its half-open
-        probes, 4 at once, after waiting seconds for a permit)."""
+        breaker moved on while it waited for those (see ``_may_go``), back to waiting: calls
+        paced before must not go out during a pause or an outage, nor beside the half-open
+        probes (docs/downstream.md, "A call's path")."""
         while True:
             epoch = await self._admitted(stopped)
             try:
@@ -315,8 +308,7 @@ class Downstream:
 
     def _may_go(self, epoch: int) -> bool:
         """A call admitted under ``epoch`` that got its permit and slot: closed or the same
-        epoch (in half-open, only the round's own probes; after a slow-down too: a batch of
-        them was how an outage that began during the pause was first met, 3-4 at once)."""
+        epoch (in half-open, only the round's own probes; after a slow-down's pause too)."""
         return self.breaker.state in _PASSING or self.breaker.epoch == epoch
 
     def _record(self, outcome: str, start: float, *, failed: bool, permit: Any,

@@ -1,23 +1,17 @@
 """Keep a rate-limited stream from ever stalling the worker it runs in.
 
-Faust delivers every fetched record of a worker through one conductor. When a stream's buffer is
-*full*, the conductor awaits room, and every other agent of the worker waits with it. A
-rate-limited agent that waits for tokens with a full buffer therefore stalls the whole worker,
-including the owner agent of a distributed limiter that must answer the very lease request the
-waiting agent needs: a deadlock. Faust pauses a partition when the buffer passes 80%, but a fetch
-in flight can still fill it.
+Faust delivers a worker's records through one conductor, which waits when a stream's buffer
+is full, and every other agent of the worker with it: a rate-limited agent waiting with a full
+buffer could deadlock the worker (the owner of a distributed limiter must answer its lease
+request). So a gated stream's buffer never counts as full, and Faust's own pressure callbacks
+bound it instead: the partition being delivered is held back (``Consumer.on_buffer_full``) at
+``stream_buffer_maxsize`` events and released (``on_buffer_drop``) at 40% of that.
 
-So a gated stream's buffer never counts as full (the conductor never waits on it), and Faust's
-own pressure callbacks bound it instead: the partition being delivered is held back (Faust's
-``Consumer.on_buffer_full``) once the buffer holds ``stream_buffer_maxsize`` events, and
-released (``on_buffer_drop``) when it is down to 40% of that. The buffer then holds at most
-``stream_buffer_maxsize`` plus the fetches in flight.
-
-Nor may a waiting event hold a rebalance or a stop: Faust waits for every event being processed
-before it hands partitions over or stops, and a distributed limiter's owner cannot answer during
-a rebalance. So every wait of an event (for permits, a key's due time, an operator's resume)
-goes through :func:`unless_flow_stops`, which gives up when Faust stops the flow; what the event
-does then (goes on without its permits, or its batch is abandoned) is the caller's.
+Nor may a waiting event hold a rebalance or a stop (Faust waits for every event being
+processed, and a distributed limiter's owner cannot answer during a rebalance): every wait of
+an event goes through :func:`unless_flow_stops`, which gives up when Faust stops the flow; what
+the event does then is the caller's. See docs/agents.md, "Flow control" and "Rebalances and
+shutdown".
 
 Example::
 

@@ -2,9 +2,8 @@
 
 A gate is installed on each stream of its agent (once: a restarted actor reuses its stream),
 makes the stream's buffer never block the worker's conductor (see :mod:`.flow`), resolves the
-topic its refused events are shed to, and counts waits, sheds and overdrafts (events let
-through without permits because Faust stopped the flow while they waited, see
-:func:`.flow.unless_flow_stops`). Each gate adds its own processor and counters.
+topic its refused events are shed to, and counts waits, sheds and overdrafts
+(:meth:`GateBase.counted_wait`). Each gate adds its own processor and counters.
 
 Their ``stats()`` are one type, :class:`GateStats` (the fields every gate has), extended by
 :class:`RateLimitGateStats` and :class:`KeyedGateStats`. The JSON view shows their fields as

@@ -11,10 +11,9 @@ trip per event.
 * ``"defer"`` (default): the raw record goes to the deferral topic (same partition number)
   with a not-before time, and the source event is acked (``Skip``). While a key has deferred
   events its later events are deferred too, so each key keeps its order; other keys pass. The
-  deferral agent holds due records (un-acked) in a heap and hands each to the limited stream
-  when due (:func:`~faust_backpressure.faust_seam.redeliver`). Faust flushes the producer
-  before it commits (and under exactly_once the send joins the event's transaction), so the
-  deferred copy is in Kafka before the source offset is committed.
+  deferral agent (:mod:`.keyed_deferral`) holds them un-acked until due. Faust flushes the
+  producer before it commits (under exactly_once the send joins the event's transaction), so
+  the deferred copy is in Kafka before the source offset is committed.
 * ``"wait"``: the gate sleeps until the key's reserved token is due: holds the whole partition.
 * ``"shed"``: to the shed topic with the reason, as ``@bp.rate_limit``.
 """
@@ -355,9 +354,8 @@ class KeyedRateLimitGate(GateBase):
 
     def _readmit(self, event: EventT[Any], value: Any, buckets: KeyedTokenBuckets,
                  key: Hashable) -> Any:
-        """A deferred event back from the deferral agent. One not due yet (its key's earlier
-        ones came back late: the key's spacing is kept) goes back to the agent's heap until
-        due, rather than sleeping here and holding every key of the partition."""
+        """A deferred event back from the deferral agent; one not due yet goes back to the
+        agent's heap (:meth:`Deferrals.hold`: sleeping here would hold the whole partition)."""
         message = event.message
         raw = header(message.headers, NOT_BEFORE)
         not_before = float(raw) if raw else 0.0

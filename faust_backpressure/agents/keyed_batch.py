@@ -4,11 +4,10 @@ Per batch, before it is processed: each record's limit key and cost (the limit's
 :func:`keys_and_costs`; a record they refuse goes to the DLQ), then, by ``on_limit``:
 
 * ``"defer"``: the records split by key against the keyed limit's buckets
-  (:func:`split_by_key`, pure), in the batch partition's table context; the records over their
-  key's limit (and every later record of that key) sent to the limit's deferral topic with the
-  batch's other outputs. Deferred records come back through the limit's deferral agent into
-  the pipeline's own stream, where the keyed gate re-admits them as it does per event and the
-  pipeline processes each alone (:func:`one_at_a_time`, :func:`run_beside_readmitted`);
+  (:func:`split_by_key`, pure); the records over their key's limit (and every later record of
+  that key) sent to the deferral topic with the batch's other outputs. They come back through
+  the pipeline's own stream, where the keyed gate re-admits them as per event and each is
+  processed alone (:func:`one_at_a_time`, :func:`run_beside_readmitted`);
 * ``"shed"``: the same split, each record on its own once its key's sum is refused; the
   refused ones sent to the shed topic as outputs of the batch;
 * ``"wait"``: the batch cut where a key's sum would exceed its burst (the rest goes back to
@@ -18,11 +17,9 @@ The admit and defer rules are
 :class:`~faust_backpressure.limiters.keyed_buckets.KeyedTokenBuckets`'; the partition checks,
 the deferral and shed headers are the gate's.
 
-The limit's ``key=`` and ``cost=`` functions (docs/batching.md, "The keyed limit's options in
-a batch"): a batch's records are aiokafka records, not Faust events, so :class:`BatchEvent`
-gives the functions what a per-event pipeline's gate gives them (the raw source's event:
-``.key``, ``.value``, ``.headers``, ``.message``); a record whose function raises or whose
-cost is not a number >= 0 leaves for the DLQ.
+The limit's ``key=`` and ``cost=`` functions see each record as a :class:`BatchEvent` (what
+the per-event gate gives them); a record whose function raises or whose cost is not a number
+>= 0 goes to the DLQ (docs/batching.md, "The keyed limit's options in a batch").
 """
 
 from __future__ import annotations

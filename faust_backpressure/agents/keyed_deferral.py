@@ -6,24 +6,20 @@ reservation after the previous), so each key leaves in order, and a key due late
 hold back one due sooner. When Faust stops the flow (rebalance, stop) the held records are let
 go un-acked (:func:`~faust_backpressure.faust_seam.let_go`: Faust no longer waits for them), and
 after the rebalance it re-reads from the committed offset, which never passes them. So are
-records handed back that the limited stream has not acked yet: Faust clears the streams' queues
-when it stops the flow, and one dropped there held Faust's stop (or rebalance) for ever.
+records handed back and not acked yet: Faust clears the streams' queues when it stops the
+flow, and one dropped there would hold the stop for ever.
 
-A record handed back that is not due yet (its key's earlier deferred events came back late, so
-the key's later ones are shifted by as much) is not slept on in the limited stream, which would
-hold every key of the partition: the gate gives it back (:meth:`Deferrals.hold`) and it waits
-in the heap again, until its shifted time. The gate keeps a reference to its message, so its
-offset is not committed while it waits. While a key has records held so, its later ones (by
-deferral offset) back from the deferral topic are held behind them (:meth:`Deferrals.due`):
-each key still passes in order, whatever order the heap released them in.
+A record handed back that is not due yet (its key's earlier deferred events came back late) is
+not slept on in the limited stream, which would hold every key of the partition: the gate
+gives it back (:meth:`Deferrals.hold`) into the heap until its shifted time, and the key's
+later records are held behind it (:meth:`Deferrals.due`). See docs/keyed.md, "A deferred event
+that comes back late".
 
 Under exactly_once a partition's records go back in offset order (:class:`_OffsetOrder`),
-and none is held in the heap again (the gate waits for it in the stream instead). A record's
-outputs commit in its partition's transaction with the offsets acked so far, which stop
-below any record still held: one handed back ahead of an earlier one had its outputs
-committed while its offset was not, and after a crash it ran again (duplicates in a SIGKILL
-test, `tests/integration/agents/test_keyed_batch_kill.py`). The cost: a record due later
-holds back its partition's later records that are due sooner.
+and none is held in the heap again (the gate waits for it in the stream instead): a record's
+outputs commit with the offsets acked so far, so one handed back ahead of an earlier one
+would run again after a crash (docs/keyed.md, "on_limit: defer, wait or shed"). The cost: a
+record due later holds back its partition's later records that are due sooner.
 """
 
 from __future__ import annotations

@@ -197,9 +197,7 @@ class Pipeline:
         self.schema_topic = self._topic(source)
         self.source_topic_name = self.schema_topic.get_topic_name()
         # internal: Faust declares it (the source's partitions, else the app's
-        # topic_partitions) before the consumer subscribes. Undeclared, the first producer
-        # auto-created it with the broker's 1 partition and a worker subscribed before it
-        # existed ignored it until the next rebalance (issue 14).
+        # topic_partitions) before the consumer subscribes, not auto-created (issue 14).
         self.raw_source = raw_topic(self.app, self.source_topic_name, internal=True,
                                     partitions=getattr(self.schema_topic, "partitions", None))
         sinks: Iterable[TopicSpec] = (
@@ -235,8 +233,8 @@ class Pipeline:
                              "one event goes on", self.name)
                 await handle(event)
 
-        # Faust labels an agent (in every log line) by its function's module and qualname:
-        # a bound method made every pipeline "faust_backpressure.agents[.]_run".
+        # Faust labels an agent in its log lines by its function's module and qualname:
+        # name it after the pipeline (docs/operations.md, "Logs").
         run.__module__, run.__qualname__, run.__name__ = "bp-pipeline", self.name, self.name
         fun = run if self.gate is None or self.batch is not None else self.gate(run)
         if self.keyed is not None:  # a keyed limit as the limiter: key = the record's key
@@ -292,8 +290,7 @@ class Pipeline:
 
     async def wait_resumed(self) -> bool:
         """Until an operator's :meth:`resume` (at once if not paused), unless Faust stops the
-        flow first (a rebalance or stop: Faust waits for events in flight, and a paused one
-        must not hold those, see .flow.unless_flow_stops): False then."""
+        flow first (a rebalance or stop, see :mod:`.flow`): False then."""
         return await unless_flow_stops(self.app, self._resumed.wait())
 
     def resume(self) -> None:

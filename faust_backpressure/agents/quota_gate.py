@@ -75,9 +75,9 @@ class QuotaGate(Protocol):
 
 
 class LocalQuota:
-    """This worker's own learnt rate, a bucket with no burst and no initial tokens: after a
-    pause every worker's bucket would be full at once, and their bursts together overran the
-    system's own burst right after each pause (docs/downstream.md)."""
+    """This worker's own learnt rate, a bucket with no burst and no initial tokens: else
+    every worker's bucket is full when a pause ends, and their bursts together overrun the
+    system's (docs/downstream.md)."""
 
     def __init__(self, learner: QuotaLearner, *, clock: Clock) -> None:
         self.learner = learner
@@ -196,9 +196,8 @@ class SharedQuota:
 
     def episode(self, until: float, seconds: float) -> str:
         if self._wall() < self._hold_until and not self.learner.bounded:
-            # calls made before the last rate reached every worker (a lease period or two)
-            # still answer 429: not news, and counted each would cut the rate again
-            # (docs/downstream.md, step 4)
+            # calls made before the last rate reached every worker still answer 429: not
+            # news (docs/downstream.md, "Learning the quota", step 4)
             self.learner.paused(seconds)
             return ", the rate just set is still spreading"
         served, whole = self.learner.observed(), self.learner.whole
@@ -252,9 +251,8 @@ class SharedQuota:
         at, served, _ = self.reports.get(self.worker, (None, 0.0, True))
         if at == until and served > 0:
             self._send(rate)
-        # else this worker called nothing before the episode: it knows least (it may not
-        # have seen the quota the system just announced), and the last rate sent wins at
-        # the owner (docs/downstream.md, step 2)
+        # else this worker called nothing before the episode: it knows least, and the last
+        # rate sent wins at the owner (docs/downstream.md, "Learning the quota", step 2)
         log.warning("downstream %s: %d worker(s) were served %.1f/s in all; shared rate "
                     "%.1f/s", self.name, workers, total, rate)
 

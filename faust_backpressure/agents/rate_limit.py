@@ -144,13 +144,9 @@ class RateLimitGate(GateBase):
 
     async def _wait(self, value: Any, permits: int) -> Any:
         """``value`` once ``permits`` were acquired, or once Faust stops the flow (a
-        rebalance or shutdown).
-
-        Faust waits for every event being processed before it hands partitions over or stops,
-        and a distributed limiter's owner cannot answer during a rebalance: an event waiting
-        here would hold the rebalance forever. So when the flow stops, the waiting event goes
-        on without its permits (counted in ``overdrafts``): at most one event or batch per
-        gated stream per rebalance exceeds the limit; nothing is dropped or skipped.
+        rebalance or shutdown, see :mod:`.flow`): then it goes on without its permits, counted
+        in ``overdrafts``. At most one event or batch per gated stream per rebalance exceeds
+        the limit; nothing is dropped or skipped.
         """
         started = time.monotonic()
         if await self.counted_wait(unless_flow_stops(self.app, self.acquire(permits))):
@@ -172,8 +168,9 @@ class RateLimitGate(GateBase):
 
     async def acquire_by_one(self, permits: int) -> None:
         """A permit at a time (a batch's, once its cost was refused at once): a distributed
-        limiter's local lease may never hold a whole batch (in the demo, two workers sharing
-        2,000/s stalled for ever on acquire(500)); waiting, the limiter's pace dominates."""
+        limiter's local lease may never hold a whole batch, so ``acquire(len(batch))`` could
+        wait for ever (docs/batching.md, "What is built"); waiting, the limiter's pace
+        dominates."""
         acquire = self.limiter.acquire
         for _ in range(permits):
             await acquire(1)

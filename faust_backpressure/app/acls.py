@@ -1,18 +1,11 @@
-"""The Kafka ACLs an app's principal and an operator's principal need (see docs/deploy.md).
+"""The Kafka ACLs an app's principal and an operator's principal need.
 
-An app ``<app_id>`` reads and writes its own topics (its sources, sinks, DLQs) and every topic
-named ``<app_id>-*``: Faust's changelogs and assignor topic, and ours (``<app_id>-fbp-limiter-
-requests``, ``-fbp-limiter-grants``, ``-fbp-pressure``, the ``fbp-limiters`` and control table
-changelogs). It joins the consumer group ``<app_id>`` and, for ``dlq-replay``, groups
-``<app_id>-bp-dlq-replay-*``; the lag and credit probes only read the committed offsets of the
-downstream groups (Describe). Our internal consumers use no group (``group_id=None``). With
-``exactly_once`` it owns the transactional ids ``<app_id>-*`` (Faust's
-``<app_id>-<group>-<partition>``) and writes idempotently.
-
-An operator reads everything of the app and replays DLQs (read a DLQ, write the source, commit
-in a ``<app_id>-bp-dlq-replay-*`` group), but gets **no write access to the internal topics**:
-whoever can write ``<app_id>-fbp-*`` can ask a limiter for tokens or change its rate (give it
-to the app's principal only).
+The app reads and writes its sources, sinks, DLQs and every ``<app_id>-*`` topic (Faust's and
+ours), joins its group and the ``dlq-replay`` groups, and only Describes the downstream groups
+its probes read; our internal consumers use no group. An operator reads everything and replays
+DLQs, but gets **no write access to the internal topics**: whoever can write
+``<app_id>-fbp-*`` can ask a limiter for tokens or change its rate. The list, resource by
+resource: docs/acls.md; why and how it is tested: docs/deploy.md, "Kafka ACLs".
 
 Example::
 

@@ -1,9 +1,7 @@
 """The ``faust -A app backpressure ...`` command group, the plumbing its commands share
 (finding the app's installation, reading the ops topic, sending a command to the cluster,
-exiting 1 with a message, plain tables) and ``dlq-replay PIPELINE [--limit N] [--error-type T]
-[--to TOPIC]``. The operator commands (``status``, ``set-rate`` (with ``--key`` for keyed
-limits), ``reset``, ``lag``, ...) are in :mod:`.ops_cli`, ``key-status`` and ``key-override``
-in :mod:`.keyed_cli`, ``dlq-inspect`` in :mod:`.dlq_inspect`: each joins the group as it is
+exiting 1 with a message, plain tables) and ``dlq-replay``. The other commands are in
+:mod:`.ops_cli`, :mod:`.keyed_cli` and :mod:`.dlq_inspect`: each joins the group as it is
 defined (:func:`register_commands` imports them).
 
 Under Faust's command line only, an uncaught :class:`SettingsError` is printed as one line

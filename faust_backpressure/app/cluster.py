@@ -1,14 +1,12 @@
 """The cluster on any worker's page: each worker's summary, published on the ops topic.
 
 Every ``STATUS_INTERVAL`` seconds each worker publishes a signed ``worker-status/<worker>``
-record on the ops topic (compacted; its ops follower's, :mod:`.pause`): its pipelines
-(consumed, produced, dead-lettered, source lag, paused, a batch pipeline's p99 batch latency),
-its limiters (rate; which it owns, i.e. answers lease requests for), its downstream guards'
-breakers and its page's address. Every worker's ops follower reads them all, so
-``/backpressure/`` and the dashboard of any worker show every worker: one not heard from in
-``3 x STATUS_INTERVAL`` marked stale, and after 5 minutes no longer shown (``backpressure
-status`` reads them too, for the batch latency). Records are range-checked like all control
-traffic: a hostile or malformed one is counted and changes nothing.
+record on the compacted ops topic: its pipelines (counts, source lag, paused, a batch
+pipeline's p99 batch latency), its limiters (rate; which it owns), its downstream guards'
+breakers and its page's address. Every worker's ops follower (:mod:`.pause`) reads them all,
+so any worker's ``/backpressure/`` and dashboard show every worker: stale after
+``STALE_AFTER``, no longer shown after ``FORGET_AFTER``. ``backpressure status`` reads them
+too. Records are range-checked like all control traffic: a bad one is counted, changes nothing.
 """
 
 from __future__ import annotations

@@ -66,16 +66,14 @@ LEARNT_QUOTA_START = 1000.0
 
 
 def learnt_quota_burst(rate: float) -> float:
-    """The shared burst of a learnt quota at ``rate``: what the workers' local levels need
-    (each lease's cap is 50 ms of its share, at least 2: about 0.05 s of the rate, or 2 per
-    worker), twice over, and no more: every token saved above the called system's own burst
-    was a 429 after an idle moment (a fixed 20 at a quota of 60/s with a burst of 6: 429s
-    for 4-5 s of a run; 6 at 300/s with three workers cut the goodput ~4%)."""
+    """The shared burst of a learnt quota at ``rate``: twice what the workers' local levels
+    need (each lease's cap is 50 ms of its share, at least 2), and no more: a token saved
+    above the called system's own burst is a 429 after an idle moment (docs/downstream.md,
+    "The shared burst follows the rate learnt")."""
     return max(6.0, 2 * BURST_SECONDS * rate)
 #: A guard's breaker stays open ``wait_in_open`` x [0.8, 1.2]: the workers' breakers open
-#: together at an outage's start, and probing in step they all found its end up to a whole
-#: wait late (docs/downstream.md); with one probe at a time a failed round costs one call, so
-#: 1.25 s keeps an outage's calls at 0.8/s per worker on average.
+#: together at an outage's start and must not probe in step (docs/downstream.md, "Probing an
+#: outage").
 BREAKER_JITTER = 0.2
 
 
@@ -103,10 +101,8 @@ class Backpressure:
         self.downstreams: dict[str, Downstream] = {}
         #: The worker's follower of the ops topic, once started (see ``app.pause``).
         self.ops_follower: Any = None
-        #: The app's one context (see faust_seam/context.py): its settings are bound here
-        #: (other settings bound before raise), so distributed limiters declared before or
-        #: after this sign with the same secret and declare their topics with its
-        #: replication factor.
+        #: The app's one context (faust_seam/context.py). Its settings are bound here, so every
+        #: distributed limiter, declared before or after, uses their secret and replication.
         self.context = context_of(app)
         use_settings(app, self.settings)
         register(app, self)
@@ -262,8 +258,8 @@ class Backpressure:
         shared = rate if rate is not None else self.limiter(
             f"downstream-{name}", tokens_per_second=max_rate if math.isfinite(max_rate)
             else LEARNT_QUOTA_START, burst_capacity=burst_capacity or learnt_quota_burst(0.0))
-        # backing off from what all were served finds a fallen quota in one episode: a steep
-        # second step (0.7) only undershoots
+        # backing off from what all were served finds a fallen quota in one episode: a
+        # steeper second step only undershoots
         learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8)
         return SharedQuota(name, learner, shared, worker=worker_name(),
                            reporter=self._publish_quota_report, wall_clock=time.time,

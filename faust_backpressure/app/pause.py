@@ -73,7 +73,7 @@ __all__ = ["PauseCommand", "install_pause_control", "pauses",
 log = logging.getLogger(__name__)
 
 #: Seconds a status record or tombstone may take to send: while the worker stops the producer
-#: may never deliver, and an unbounded send once held the app's stop for good.
+#: may never deliver, and the stop must not wait on it.
 SEND_TIMEOUT = 2.0
 
 

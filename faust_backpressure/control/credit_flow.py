@@ -2,16 +2,14 @@
 
 ``bp.credit_flow(window, downstream_group=..., downstream_topics=[...])`` returns a
 :class:`~faust_backpressure.control.credits.CreditBasedFlowController` to use as the upstream
-stage's limiter (``bp.rate_limit(...)`` or ``bp.pipeline(limiter=...)``). A Faust timer on the
-worker probes the downstream group's lag every ``interval`` seconds and announces it: the
-upstream sends at most ``window`` records more than the downstream has processed. Records this
-worker sent that the probe's offsets may not hold yet (their send finished after the probe
-started) count as outstanding too. It starts with no credit: nothing is sent before the first
-measurement. The window is per worker (each counts its share of the backlog: the stage's is
-``window`` x the members of the app's consumer group), unless ``shared=True``: then it is the
-stage's, split among those members (asked of the broker at each announcement; no credit before
-the first count); and with a ``control_loop`` it shrinks with the loop's decisions (window x
-decided rate / baseline).
+stage's limiter (``bp.rate_limit(...)`` or ``bp.pipeline(limiter=...)``). A Faust timer probes
+the downstream group's lag every ``interval`` seconds and announces it: the upstream sends at
+most ``window`` records more than the downstream has processed, counting as outstanding its own
+sends that the probe's offsets may not hold yet. No credit comes before the first measurement.
+The window is per worker (the stage's is ``window`` x the members of the app's consumer group),
+unless ``shared=True``: then it is the stage's, split among those members (asked of the broker
+at each announcement; no credit before the first count). With a ``control_loop`` it shrinks
+with the loop's decisions (window x decided rate / baseline).
 
 Example::
 

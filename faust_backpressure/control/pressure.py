@@ -167,9 +167,8 @@ class PressureDecision:
     #: Scale-out recommendation: how many downstream workers would keep its lag at the set
     #: point with this limiter at its baseline rate (while it is behind and the limiter is
     #: throttled under 90% of its baseline: its workers times the baseline over its measured
-    #: pace); its current count otherwise; None
-    #: when unknown (no member count, no settled rate estimate). More workers than the
-    #: partitions of the downstream topics would sit idle: compare before scaling.
+    #: pace); its current count otherwise; None when unknown (no member count, no settled
+    #: rate estimate). More workers than the downstream topics' partitions would sit idle.
     recommended_workers: int | None = None
 
 

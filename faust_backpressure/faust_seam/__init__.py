@@ -4,42 +4,25 @@ Everything else in the package uses Faust's public API and calls the functions h
 needs more, importing them from this package (which re-exports every name below). Each patch
 names the upstream behaviour it works around; :func:`install` (``installing``) puts them on an
 app before it starts and checks that the installed faust-streaming is a version they were
-tested with (:data:`TESTED_FAUST`).
+tested with (:data:`TESTED_FAUST`). The evidence for each is in docs/reliability.md ("Faust bugs
+worked around", "Where it stands").
 
 The patches:
 
-* **Offsets are never committed past a record that was not processed** (``consumer``). Faust
-  treats a jump in a partition's offsets as a gap to commit past (transaction markers and
-  compaction make such jumps), and a partition that resumes from the wrong position during a
-  rebalance makes the same jump (faust-streaming #216). Here a jump is re-read: the partition is
-  sought back to the first missing offset, and only if the fresh fetch again starts past it is
-  the range a real gap (:class:`OffsetGuard`). Faust's commit rule also lets the commit pass one
-  unacked offset after the committed one (``min(acked) - committed > 1``; #312 fixed it with
-  ``> 0``, later releases went back, #606 is open); :meth:`_GuardedConsumer._new_offset` stops
-  at the first unacked one.
-* **A rebalance does not re-activate a partition early** (``consumer``). Faust clears stream
-  buffers at a rebalance but leaves their pending pressure-drop callbacks; the next read of the
-  (empty) buffer re-activated the partition while Faust was restoring tables with the flow
-  resumed and before it sought the partition to its committed offset. A rate-limited stream
-  fills its buffer, so a distributed limiter (whose table needs that restore) made this happen
-  at most rebalances.
-* **Table recovery asks the broker where a changelog ends** (``consumer``; robinhood/faust#658):
-  Faust's exactly_once recovery took the last stable offset of aiokafka's last fetch, -1 before
-  one, and a worker restarting on its own state dir crash-looped
-  (:meth:`_GuardedConsumer.highwaters`).
+* **Offsets are never committed past a record that was not processed** (``consumer``): a jump
+  in a partition's offsets is re-read before it counts as a gap (:class:`OffsetGuard`;
+  faust-streaming #216), and a commit stops at the first unacked offset (#312, #606).
+* **A rebalance does not re-activate a partition early** (``consumer``): a stale pressure-drop
+  callback is ignored while Faust restores tables and seeks.
+* **Table recovery asks the broker where a changelog ends** (``consumer``; robinhood/faust#658:
+  :meth:`_GuardedConsumer.highwaters`).
+* **A fetch never reads "no partition active" as "every partition"** (``fetch_view``).
 * **A standby keeps the changelog records fetched while the recovery completes**
-  (``standby_records``): Faust's recovery resumed the flow at the end of
-  ``on_recovery_completed``, which clears the changelog queue, without seeking the standby
-  partitions again; their records fetched meanwhile were gone for good
-  (:func:`keep_standby_records`).
-* **A table write is sent before its event's offset is committed** (``buffered_writes``):
-  Faust sends changelog records from its producer buffer in a task its commit did not wait
-  for; a crash then lost the write, and under exactly_once it joined a transaction that could
-  stay open until the broker aborted it (:func:`send_buffered`, from the consumer's commit).
-* **A producer keeps every topic it sends to in its metadata** (``producers``): aiokafka
-  dropped a topic first seen in an all-topics refresh once it tracked another, and a record
-  sent to it then waited for ever, so did Faust's flush before each commit
-  (:class:`TopicKeepingProducer`).
+  (``standby_records``: :func:`keep_standby_records`).
+* **A table write is sent before its event's offset is committed** (``buffered_writes``:
+  :func:`send_buffered`, from the consumer's commit).
+* **A producer keeps every topic it sends to in its metadata** (``producers``:
+  :class:`TopicKeepingProducer`).
 * **exactly_once** (``transactions``, ``control_topics``): outputs join their input's
   transaction; commits happen between events (:class:`InputTransactionManager`); internal
   (control) records and the writes of our own tables are sent outside every transaction

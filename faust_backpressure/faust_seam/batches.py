@@ -137,9 +137,9 @@ def same_transaction(app: AppT, tp: TP, assigned: set[TP]) -> set[TP]:
 async def commit_through(app: AppT, tp: TP, offset: int, timeout: float) -> bool:
     """Commit ``tp`` up to ``offset`` (acked before) through Faust's commit path; under
     exactly_once that commits ``tp``'s transaction, with the offsets of every other partition
-    whose outputs are in it (committing ``tp``'s alone committed their outputs without their
-    offsets: repeated after a crash). Another commit in flight (Faust's single flight) may
-    take ours or not: retried until done, ``timeout`` at most."""
+    whose outputs are in it (``tp``'s alone would commit their outputs without their offsets;
+    docs/batching.md). Another commit in flight (Faust's single flight) may take ours or not:
+    retried until done, ``timeout`` at most."""
     consumer: Any = app.consumer
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

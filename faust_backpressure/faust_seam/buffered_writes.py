@@ -1,14 +1,10 @@
 """What Faust's producer buffer holds is sent before a commit.
 
 Faust sends a table's changelog records (``table[key] = value``, ``send_soon``) from its
-producer buffer, in a background task. Its commit does not wait for that task: at_least_once
-its flush gives up after 0.1 s without a record sent and does not count the record the task
-is sending; exactly_once it does not flush at all. A record still in the buffer at a commit
-is sent after its event's offset is committed: at_least_once a crash then loses it (the table
-is restored without it), exactly_once it joins its partition's next transaction, which
-commits only with that partition's next event (for the last one, never: the broker aborts it
-after the transaction timeout, seen as a changelog that never reached its table's writes
-under ``read_committed``). faust-streaming #177 and #273 touch this; neither fixes it.
+producer buffer, in a background task its commit does not wait for: a record could be sent
+after its event's offset was committed, lost at a crash or (exactly_once) left in a
+transaction that may never commit. faust-streaming #177 and #273 touch this; neither fixes it
+(docs/reliability.md, "Faust bugs worked around").
 
 :func:`send_buffered` puts a marker at the end of the buffer and waits until the buffer's
 task reaches it: every record put before it was handed to the producer (aiokafka's batches,

@@ -123,10 +123,8 @@ class _GuardedConsumer:
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's, except that during a rebalance a stream partition is resumed only once it
         has been sought to its committed offset and the flow resumes (:meth:`perform_seek`).
-        Faust resumes stream partitions, then seeks them (faust-streaming #216); records
-        fetched in between come from where the last generation stopped reading. Under
-        exactly_once an event read there and read again after the seek had both outputs
-        committed in one transaction."""
+        Faust resumes stream partitions, then seeks them (faust-streaming #216): records
+        fetched in between come from where the last generation stopped, and are read twice."""
         resumed = set(tps)
         if self.app.rebalancing:
             held = {tp for tp in resumed if self._guarded(tp.topic)}
@@ -135,18 +133,18 @@ class _GuardedConsumer:
         super().resume_partitions(resumed)  # type: ignore[misc]
 
     async def perform_seek(self) -> None:
-        """Faust's, with two changes at a rebalance (docs/reliability.md, "Two seeks").
+        """Faust's, with two changes at a rebalance (docs/reliability.md, "Two seeks at a
+        rebalance").
 
         The seek Faust's getmany makes when a fetch returns with the flow stopped is skipped:
-        that fetch began before a revocation, and the seek, queued behind the rejoin in the
-        consumer's thread, landed after the recovery's own, sending partitions back over
-        events already in progress (exactly_once copies). The dropped records are read
-        again anyway: the new assignment reads from the committed offsets, and the guard
-        re-reads a jump.
+        that fetch began before a revocation, and its seek lands after the recovery's own,
+        sending partitions back over events in progress. The dropped records are read again
+        anyway: the new assignment reads from the committed offsets, and the guard re-reads
+        a jump.
 
         A partition sought during a rebalance is resumed when the flow resumes, not here:
         Faust's recovery clears the stream queues after this seek, and records fetched in
-        between were dropped with the guard already past them (the partition stalled)."""
+        between would be lost with the guard already past them."""
         if self._fetched_while_stopped:
             self._fetched_while_stopped = False
             log.info("a fetch returned with the flow stopped (a rebalance): its records are "
@@ -172,14 +170,13 @@ class _GuardedConsumer:
         for tp in self.assignment():  # type: ignore[attr-defined]
             position = self._read_offset.get(tp)  # the committed offset (0 included) or None
             guarded = self._guarded(tp.topic)
-            if guarded:  # where reading starts, traced (rare EOS copies)
+            if guarded:  # where reading starts, logged: the evidence if copies recur
                 log.info("offset guard: %s assigned: committed %s, origin %s, started %s", tp,
                          position, guard.origin.get(tp), guard.started.get(tp))
             mine = committed_here.get(tp)
             if guarded and mine is not None and (position is None or position < mine):
                 # a second seek read an offset older than one committed here (the commit not
-                # yet stable: aiokafka cannot ask for stable offsets, KIP-447): the records
-                # in between were read again and, under exactly_once, committed twice
+                # yet stable: aiokafka cannot ask for stable offsets, KIP-447): not re-read
                 self._committed_offset[tp] = mine
                 await self.seek(tp, self._unprocessed_from(tp, mine))
                 continue
@@ -201,10 +198,10 @@ class _GuardedConsumer:
             self._reading_from(tp, position)  # Faust's seek read from there again
 
     def _unprocessed_from(self, tp: TP, offset: int) -> int:
-        """The first offset from ``offset`` on that was not processed in this generation: a
-        seek after records were acked in it (Faust's getmany's own seek did so before
-        :meth:`perform_seek` skipped it) does not read them again (it did, into the same
-        exactly_once transaction); what was not acked is read again."""
+        """The first offset from ``offset`` on that was not processed in this generation
+        (acked, or a confirmed gap): a second seek in one generation does not read processed
+        records again, and reads everything else again (docs/reliability.md, "Exactly_once
+        copies after a second seek")."""
         acked, gaps = self._acked_index.get(tp), self._gap.get(tp)
         while (acked and offset in acked) or (gaps and gaps.overlaps(offset)):
             offset += 1
@@ -214,10 +211,8 @@ class _GuardedConsumer:
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Faust's, except that the revoked partitions' acks and committed offsets are dropped
         *after* the app's revoke handler, not before it: that handler lets the events in
-        progress finish and commits, and without them it could not commit what was acked
-        before the rebalance (at most it committed past it, without a committed offset to
-        compare with). Under exactly_once those outputs then stayed in the open transaction,
-        the events ran again after the rebalance, and both copies were committed together."""
+        progress finish and commits, which needs them (without them, exactly_once outputs
+        acked before the rebalance were committed twice; docs/reliability.md)."""
         self._buffered_partitions.clear()  # Faust is about to clear every stream buffer
         for tap in batch_taps(self.app).values():
             tap.revoke(revoked)
@@ -255,7 +250,7 @@ class _GuardedConsumer:
         taps = batch_taps(self.app)
         if taps:
             self._cap_fetch_wait()
-        # never "every partition" (fetch_view.py): aiokafka reads an empty set so
+        # never "every partition", as aiokafka reads an empty set (fetch_view.py)
         records = await super()._getmany(fetch_filter(active_partitions), timeout)  # type: ignore[misc]
         guard = self.offset_guard
         if guard.verifying:  # what the broker answered a re-read, before anything is dropped
@@ -271,12 +266,11 @@ class _GuardedConsumer:
 
     def _cap_fetch_wait(self) -> None:
         """aiokafka fetches from a node one request at a time and leaves out the partitions
-        whose records it still holds. When a batch pipeline has every source partition's
-        records in hand (or held back), the request holds only idle partitions (Faust's
-        assignor topic, control topics) and the broker keeps it open for the long-poll wait,
-        Faust's fixed 1,500 ms: the source partitions, drained meanwhile, were not fetched
-        again until it ended (a batch pipeline stood idle ~1 s in every 2-3). Capped at
-        :data:`BATCH_FETCH_MAX_WAIT_MS`; an idle worker fetches that much more often."""
+        whose records it still holds. With every batch source partition in hand (or held
+        back), the request holds only idle partitions and the broker keeps it open for
+        Faust's fixed 1,500 ms long poll, while the drained source partitions wait. Capped at
+        :data:`BATCH_FETCH_MAX_WAIT_MS`; an idle worker fetches that much more often
+        (docs/batching.md, "What is built")."""
         thread: Any = getattr(self, "_thread", None)
         fetcher: Any = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
         if fetcher is not None and fetcher._fetch_max_wait_ms > BATCH_FETCH_MAX_WAIT_MS:
@@ -323,10 +317,9 @@ class _GuardedConsumer:
             taps[tp.topic].divert(TP(tp.topic, tp.partition), chunk, expected, generation)
 
     async def _read_again(self, tp: TP, first: int) -> None:
-        """A batch source's chunk from ``first`` was dropped: seek back now. Waiting for the
-        guard to see the next record as a jump left a partition's tail unread until more
-        records came (a fetch that spanned a rebalance returned a partition's last records
-        from its committed offset: dropped, and nothing came after them)."""
+        """A batch source's chunk from ``first`` was dropped: seek back now. Left to the
+        guard, the re-read waits for a later record to show the jump: a partition's last
+        records would stay unread until more came."""
         expected = self.offset_guard.expected.get(tp)
         offset = first if expected is None else min(expected, first)
         if tp not in self.assignment():  # type: ignore[attr-defined]
@@ -344,10 +337,9 @@ class _GuardedConsumer:
 
     async def highwaters(self, *partitions: TP) -> dict[TP, int]:
         """Each partition's end as the broker says it (the last stable offset under
-        read_committed). Faust's exactly_once answer is the last stable offset of aiokafka's
-        last fetch of the partition: none (-1) before one, stale after. Table recovery
-        compares it with the offset persisted in RocksDB, so a worker restarting on its own
-        state dir raised ``ConsistencyError`` and crash-looped (robinhood/faust#658)."""
+        read_committed). Faust's exactly_once answer comes from aiokafka's last fetch (-1
+        before one), and table recovery then raises ``ConsistencyError`` for a worker
+        restarting on its own state dir (robinhood/faust#658)."""
         thread: Any = self._thread  # type: ignore[attr-defined]
 
         async def ask_broker() -> dict[TP, int]:
@@ -366,12 +358,11 @@ class _GuardedConsumer:
 
     async def _wait_next_records(self, timeout: float) -> Any:
         """Faust's; but while batch queues hold partitions back, the fetcher waits for the
-        first one released instead of Faust's 1 s sleep when none is active (a batch
-        pipeline fills its queues faster than it empties them: every partition was held at
-        once, often), and a fetch of the partitions still active waits for records
-        :data:`HELD_FETCH_TIMEOUT` at most, not ``timeout`` (1 s): a release does not wake
-        aiokafka's wait, and the released partitions' records, already in its buffer, stayed
-        unread until the wait ended (~1 s in every 2 of a batch pipeline's run)."""
+        first one released instead of Faust's 1 s sleep when none is active, and a fetch of
+        the partitions still active waits :data:`HELD_FETCH_TIMEOUT` at most, not
+        ``timeout``: a release does not wake aiokafka's wait, and the released partitions'
+        records, already in its buffer, would stay unread until it ended (docs/batching.md,
+        "What is built")."""
         if self.flow_active and self._buffered_partitions and batch_taps(self.app):
             if not self._get_active_partitions():  # type: ignore[attr-defined]
                 released = self._partition_released
@@ -400,7 +391,7 @@ class _GuardedConsumer:
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's rule, except that the commit stops at the first offset not acked (Faust
-        lets it pass one unacked offset after the committed one)."""
+        lets it pass one unacked offset after the committed one: faust-streaming #312, #606)."""
         acked = self._acked[tp]
         if not acked:
             return None

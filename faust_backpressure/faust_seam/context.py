@@ -1,17 +1,11 @@
 """One :class:`AppContext` per Faust app: every piece of per-app state of faust-backpressure.
 
 The context is kept on the app object itself and reached through :func:`context_of`, the one
-accessor (so no module keeps a registry of apps, and the state lives and dies with its app).
-``Backpressure(app)`` binds its settings to it; parts declared without it (a distributed
-limiter made directly) read the same context, so they share the settings, the limiter channel
-and its secret.
-
-It sits in the seam, the one package below every Faust-facing layer, and imports nothing above
-``config``: it holds the settings and the seam's own state itself, and each layer above hangs its
-part on it under a :class:`Slot` that layer declares, read through a typed getter of that layer
-(``tables.service.find_channel``, ``app.registry.installed``, ...). Options given again for a
-part that exists already must agree with it: a conflict raises :class:`ConflictingOption`
-naming the option, instead of being ignored.
+accessor, so the state lives and dies with its app. It imports nothing above ``config``: each
+layer above hangs its part on it under a :class:`Slot` that layer declares, read through a typed
+getter of that layer (``tables.service.find_channel``, ``app.registry.installed``, ...). Options
+given again for a part that exists already must agree with it, else :class:`ConflictingOption`
+names the option (docs/architecture.md, "One context per app").
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ def crash_worker(app: AppT, error: BaseException, grace: float = CRASH_GRACE
     """Crash the app with ``error``, shown as one line on stderr (as a bad setting is); under
     ``faust worker`` the process exits with code 1.
 
-    ``app.crash`` alone did not always end the worker (about one run in two): the crash stops
-    the consumer's thread too, and the failed agent's error handler (``on_task_error``) commits
-    through that thread, waiting for ever (a task dump of a worker that stayed up). So past
-    ``grace`` seconds a timer thread ends the process: offsets not committed are read again."""
+    ``app.crash`` alone may not end the worker: it stops the consumer's thread, and the failed
+    agent's error handler (``on_task_error``) commits through that thread, waiting for ever. So
+    past ``grace`` seconds a timer thread ends the process: offsets not committed are read
+    again."""
     _to_stderr(one_line(error))
     if any(isinstance(node.data, Worker) for node in app.beacon.walk()):
         timer = threading.Timer(grace, _end_process, (error, grace))

@@ -1,17 +1,11 @@
 """What the consumer's fetch is told to return: Faust's live set of active partitions, never
 read as "every partition".
 
-Faust passes aiokafka's ``fetched_records`` its live ``_active_partitions`` set (mutated in
-place, so that a fetch waiting for records sees partitions resumed meanwhile). aiokafka takes
-an *empty* set for "no filter": it returns the records of every assigned partition, paused ones
-included. Faust calls it only with a non-empty set, but the set empties while the call waits:
-at a rebalance Faust pauses every partition until its table recovery has sought the changelog
-partitions and resumed them, and aiokafka's wait spans the rejoin (it waits for the next
-assignment when records land during one). A fetch begun in the last generation then took the
-new generation's first records whole, a restore's changelog records included; Faust, finding
-the flow stopped, sought back the stream partitions only (a changelog has no committed offset),
-so the restore never got those records: it waited for ever (at_least_once) or ended without
-them (exactly_once). The at_least_once restore stall of docs/reliability.md.
+Faust passes aiokafka's ``fetched_records`` its live ``_active_partitions`` set, and aiokafka
+takes an *empty* set for "no filter". The set empties while a fetch waits (Faust pauses every
+partition at a rebalance), so a fetch begun in the last generation took the new generation's
+first records whole, a table restore's changelog records included, and the restore never got
+them: the at_least_once restore stall of docs/reliability.md ("Where it stands").
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Producers that do not forget a topic's partitions (an aiokafka metadata defect).
 
-aiokafka refreshes metadata for the topics its client tracks, and all topics while it tracks
-none. A topic is tracked only when a send finds no partitions for it, so a topic first seen in an
-all-topics refresh (every topic that existed when the producer started) is not tracked: once
-any other topic is, the next refresh drops the first one, and a record sent to it waits for a
-leader no refresh will bring. ``producer.flush()`` then never returns, and Faust flushes
-before every commit: the worker stops committing and cannot stop. :class:`TopicKeepingProducer`
-tracks every topic it sends to; :func:`keep_producer_topics` makes an app's Faust producers of
-that type.
+aiokafka tracks a topic only when a send finds no partitions for it: a topic first seen in an
+all-topics refresh is dropped by the next refresh once any other topic is tracked, and a record
+sent to it waits for ever, so does Faust's flush before each commit (docs/reliability.md, "a
+worker that could not stop"). :class:`TopicKeepingProducer` tracks every topic it sends to;
+:func:`keep_producer_topics` makes an app's Faust producers of that type.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 of that partition, once per recovery: where aiokafka stands, whether Faust fetches it, what
 waits in the changelog queue; then it seeks the partition again to where the restore reads.
 
-Faust only logs "No event received for active tp ... since recovery start" and waits for ever.
-Twice an at_least_once chaos run stalled so, and the state that would explain it was gone
-(docs/reliability.md); this turns the next occurrence into evidence."""
+Faust only logs "No event received for active tp ... since recovery start" and waits for ever;
+this keeps the state that would explain such a stall (docs/reliability.md, "at_least_once stall
+after the first SIGKILL")."""
 
 from __future__ import annotations
 
@@ -50,11 +50,9 @@ class _RecoveryWatch:
         except Exception as exc:  # a diagnostic must not break the recovery it reports on
             state = f"state not readable: {exc!r}"
         log.warning("recovery of %s: no record after %.0f s; %s", tp, now - started, state)
-        # Then seek it again to where the restore reads from, as Faust's recovery did, in the
-        # consumer's thread: records fetched and lost on the way are fetched again, a fetcher
-        # that missed the first seek's wake-up is woken; records read twice are skipped by
-        # Faust's recovery (offsets at or below the last applied). Whether this unsticks the
-        # stall seen in chaos runs is not known (docs/reliability.md).
+        # Seek it again to where the restore reads from, in the consumer's thread as Faust's
+        # recovery does: records lost on the way are fetched again, a fetcher that missed the
+        # first seek is woken; Faust's recovery skips records it has applied.
         offset = recovery.active_offsets.get(tp)
         kick = asyncio.ensure_future(self._thread.seek_wait({tp: max(0, offset or 0)}))
         self.__dict__.setdefault("_recovery_kicks", set()).add(kick)

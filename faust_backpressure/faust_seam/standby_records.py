@@ -1,25 +1,17 @@
 """A standby's changelog records that arrive while the table recovery completes are kept.
 
 Faust's recovery reads every changelog record through one queue (the table manager's
-``changelog_queue``), which each ``flow_control.resume()`` clears: records fetched before a
-seek must not be applied after it. The recovery resumes the flow twice at its end:
+``changelog_queue``), which each ``flow_control.resume()`` clears. The recovery resumes the flow
+twice at its end. The first, right after seeking the standby partitions, clears only what was
+fetched before that seek. The second, at the end of ``on_recovery_completed``, comes after awaits
+during which standby records were fetched, and those partitions are not sought again: their
+records were cleared, and the standby's store missed them for good (docs/reliability.md, "a
+standby missed changelog records for good").
 
-1. when it starts the standby partitions, right after seeking and resuming them (no await
-   in between: the clear drops only records fetched before that seek, as it should);
-2. at the end of ``on_recovery_completed``, after awaiting the rebalance-complete signal, the
-   tables' callbacks and the stream partitions' seek. The standby partitions are not sought
-   again, yet their records fetched meanwhile sit in the queue and are cleared. The consumer
-   has moved past them, and the standby applies the later ones: its store misses those
-   records for good, and its persisted offset is past them.
-
-Seen in plain Faust (no patch of ours) when a second worker joined one whose table held
-20,000 keys while the machine was loaded: up to a whole fetch (500 records) of one standby
-partition was missing (docs/reliability.md). A standby promoted later serves that state.
-
-:func:`keep_standby_records` makes the second clear keep the records of the standby
-partitions (every other record is cleared as before). Only a clear made while
-``on_recovery_completed`` runs and the flow is active does so: a rebalance clears the queue
-while the flow is suspended, and a new one seeks the standby partitions again.
+:func:`keep_standby_records` makes that clear keep the records of the standby partitions
+(every other record is cleared as before). Only a clear made while ``on_recovery_completed``
+runs and the flow is active does so: a rebalance clears the queue while the flow is suspended,
+and a new one seeks the standby partitions again.
 """
 
 from __future__ import annotations

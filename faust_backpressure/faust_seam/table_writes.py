@@ -1,31 +1,27 @@
 """A table's writes, batched to its changelog: the store at once, the changelog every few ms.
 
-Faust's table path (``table[key] = value``) hands each write to its producer buffer as a
-:class:`~faust.types.FutureMessage`; a task sends them one by one, the conductor waits for
-the buffer to ebb when it holds more than 100 (Faust logs "producer buffer full"), and each
-acknowledgement writes the changelog offset to RocksDB. A keyed limit writes about two levels
-per event, so that path was a large part of its cost (docs/benchmarks.md, keyed limits).
+Faust's table path (``table[key] = value``) hands each write to its producer buffer, sent one
+by one, and persists the changelog offset at each acknowledgement: for a keyed limit's writes,
+a large part of its cost (docs/benchmarks.md, "Keyed limits"; docs/keyed.md).
 
 :class:`ChangelogWriter` writes the store (RocksDB's partition db, as the store's own
 :meth:`_set`/:meth:`_del` do) and keeps the changelog records by partition, the last write of a
-key winning; ``LINGER`` (10 ms) after a write a task appends them to aiokafka batches of the
-app's default producer (never transactional: our tables are control state,
-:func:`mark_control_topic`), one :meth:`send_batch` per partition, and records the last offset
-of each batch as the partition's persisted offset when it is acknowledged (what Faust's path
-does per record).
+key winning; ``LINGER`` after a write a task appends them to aiokafka batches of the app's
+default producer (never transactional: our tables are control state, :func:`mark_control_topic`),
+one :meth:`send_batch` per partition, and records the last offset of each batch as the
+partition's persisted offset when it is acknowledged (what Faust's path does per record).
 
 Ordering: a write is made in the gate, before the agent's body; every commit first waits until
 the writes made before it are in the producer's batches (:func:`flush_changelog_writers`, from
-the seam's consumer; a revocation waits for the drain to go idle), and Faust
-flushes the producer (aiokafka's batches included) before it commits in at_least_once: the
-changelog record is sent before the source offset is committed, as on Faust's path (a
-graceful stop commits, so it sends them too).
+the seam's consumer; a revocation waits for the drain to go idle), and Faust flushes the
+producer before an at_least_once commit: the changelog record is sent before the source offset
+is committed, as on Faust's path (a graceful stop commits, so it sends them too).
 
 Partition: a write goes to the partition of the event being processed, read from Faust's
-``current_event()`` as the RocksDB store's own ``_set`` reads it for its partition db (the
-same event, so the two always agree). It is per task: with agent ``concurrency > 1``, or a
-deferred event handed back later, another event in progress cannot lend its partition. A batch
-pipeline's records are not events: :func:`in_partition` stands in for one while a batch writes.
+``current_event()`` as the RocksDB store's own ``_set`` reads it (so the two always agree). It
+is per task (agent ``concurrency > 1``, a deferred event handed back later): another event in
+progress cannot lend its partition. A batch pipeline's records are not events:
+:func:`in_partition` stands in for one while a batch writes.
 """
 
 from __future__ import annotations
@@ -59,8 +55,8 @@ __all__ = ["ChangelogWriter", "changelog_writer", "flush_changelog_writers", "in
 LINGER = 0.01
 
 #: Seconds a batched store (rocksdict) may lag the changelog: its write batches gather the
-#: drains of this long (each RocksDB write cost ~100 µs in a loaded worker, one per partition
-#: per drain); a commit, a revocation and the index's rebuild write it at once.
+#: drains of this long (a RocksDB write per partition per drain was costly: docs/keyed.md); a
+#: commit, a revocation and the index's rebuild write it at once.
 STORE_LAG = 0.1
 
 #: :meth:`ChangelogWriter.written` of a key with no write waiting.
@@ -92,8 +88,7 @@ class ChangelogWriter:
         # rocksdict's RocksDB: the store is written in batches at the drain, else at once
         self._batched = isinstance(table.data, RocksStore) and bool(
             getattr(table.data, "use_rocksdict", False))
-        # Faust's own encoding gives bytes back as they are (its serializers skip bytes), but
-        # through two registry calls and an ABC check each (~3 µs a write): skipped for bytes.
+        # Faust's own encoding gives bytes back as they are, at a cost per write: skipped for bytes.
         self._raw = _encodes_bytes_as_they_are(table.data)
         #: batched stores: the last acknowledged changelog offset by partition, written with
         #: the partition's next write batch (a put of its own per batch cost a RocksDB write)
@@ -202,8 +197,7 @@ class ChangelogWriter:
         """Until every write made so far is in the producer's batches (which Faust's commit
         flushes in at_least_once): a commit must not pass a level not sent yet. Does not
         wait for the linger, nor, unless ``until_idle``, for writes made after the call
-        (under a steady stream the drain never goes idle: a commit that waited for that ran
-        for seconds, Faust's "Timer commit is overlapping")."""
+        (under a steady stream the drain never goes idle, and such a commit overran)."""
         if self._timer is not None:
             self._timer.cancel()
         self._start()  # now, not after the linger (and again after a failed drain)

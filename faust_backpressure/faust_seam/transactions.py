@@ -45,11 +45,10 @@ async def abort_open_transactions(producers: dict[str, Any]) -> int:
 
     At a rebalance: the revoke's last commit leaves out a transaction still being written
     (:meth:`InputTransactionManager.commit_point`), with its partitions' offsets, and Faust
-    then reads every partition it keeps again from the committed offset. Kept open, that
-    transaction got the same events' outputs a second time and committed both copies (a
-    chaos run under exactly_once: 24 duplicates). Aborted, the outputs go with it and the
-    events run once more. A producer that cannot abort is stopped: the next one started for
-    its id fences it, which aborts the transaction on the broker."""
+    then reads every partition it keeps again from the committed offset: kept open, that
+    transaction would commit the same events' outputs twice (docs/batching.md). Aborted, the
+    outputs go with it and the events run once more. A producer that cannot abort is stopped:
+    the next one started for its id fences it, which aborts the transaction on the broker."""
     aborted = 0
     for tid, producer in sorted(producers.items()):
         if not producer._txn_manager.is_in_transaction():
@@ -71,14 +70,12 @@ async def abort_open_transactions(producers: dict[str, Any]) -> int:
 class InputTransactionManager(TransactionManager):
     """A Faust transaction manager that keeps each event's outputs with its offset.
 
-    Faust names an output's transaction after the partition the *output* lands on, known only
-    for subscribed topics, so outputs to a sink the app does not consume were sent outside any
-    transaction. Here every output made while processing an event goes into the transaction of
-    that event's partition, where its offset commits. Faust also takes the offsets to commit
-    while agents keep running: an event that has sent an output but is not finished had its
-    output committed without its offset. A commit here first lets events that already wrote
-    finish and holds back the first output of any other event (Kafka Streams' rule: commit
-    between records). Writes to control topics go outside every transaction.
+    Every output made while processing an event goes into the transaction of that event's
+    partition, where its offset commits (Faust's own choice, the output's partition, is known
+    only for subscribed topics). A commit first lets events that already wrote finish and holds
+    back the first output of any other event (Kafka Streams' rule: commit between records), so
+    no output is committed without its offset. Writes to control topics go outside every
+    transaction (docs/agents.md, "Pipelines with a DLQ").
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -127,14 +124,10 @@ class InputTransactionManager(TransactionManager):
         return await super().send(topic, key, value, partition, timestamp, headers,
                                   transactional_id=transactional_id)
 
-    # A transaction can break under Faust without anyone noticing: aiokafka's sender dies on an
-    # error it does not expect (aiokafka #1004, seen after a broker outage), leaving the
-    # producer's transaction in an error state; Faust's commit then fails between its commit
-    # and its begin, and its begin (at a rebalance) logs and swallows a failure to start a
-    # producer. Events kept failing "Can't send messages while not in transaction", their
-    # partitions stalled. A transaction that only was not begun is begun; one that broke lost
-    # the outputs of events whose offsets Faust has acked, so they must be read again from
-    # the committed offsets: the worker stops (Kafka Streams closes such tasks and rejoins).
+    # A transaction can break under Faust unnoticed (aiokafka #1004: its sender dies and
+    # leaves the transaction in an error state; Faust swallows a failed begin at a rebalance).
+    # One only not begun is begun; one that broke lost outputs of events Faust has acked, so
+    # the worker stops and they are read again (as Kafka Streams does; docs/reliability.md).
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
                            newly_assigned: set[TP]) -> None:
@@ -151,12 +144,10 @@ class InputTransactionManager(TransactionManager):
             self._rebalance_over.set()
 
     async def _stop_standby_producers(self, assigned: set[TP]) -> None:
-        # Faust stops the producers of revoked partitions that are not standbys here. One
-        # revoked and kept as a standby kept its producer, which the new owner's then fenced;
-        # given back later (the owner SIGKILLed), Faust reused that fenced producer and the
-        # first transaction failed: ProducerFenced, TransactionLost, this worker stopped too.
-        # (An id is a partition number of a topic group: a standby partition of another topic
-        # of the group may share it, so only the active partitions keep a producer.)
+        # Faust keeps the producer of a partition revoked and kept as a standby; the new
+        # owner's fences it, and Faust reuses it if the partition comes back (ProducerFenced).
+        # Only active partitions keep one (an id is a partition number of a topic group, which
+        # a standby of another topic of the group may share).
         producers = self.producer._transaction_producers  # type: ignore[attr-defined]
         stale = set(producers) - self._tps_to_transactional_ids(assigned)
         if stale:
@@ -221,9 +212,9 @@ class InputTransactionManager(TransactionManager):
 
     def _dropped(self, topic: str, partition: int | None, message: Message) -> asyncio.Future[Any]:
         """An output of an event fetched before the last revocation goes nowhere: the event
-        is read again (its ack does not count) and writes it then. Sent, it joined the next
-        generation's transaction and was committed twice (Kafka fences such a zombie's
-        producer; Faust keeps one producer per partition across a rebalance)."""
+        is read again (its ack does not count) and writes it then. Sent, it would join the
+        next generation's transaction (Faust keeps one producer per partition across a
+        rebalance) and be committed twice."""
         self.dropped_outputs += 1
         # Acked now, so that its ack (Faust's compiled stream inlines it, past Consumer.ack)
         # does not record the offset: the commit stops before it.

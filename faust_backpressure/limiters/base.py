@@ -252,10 +252,9 @@ class LimiterBase(ABC):
             self._roll(now)
         return True
 
-    #: Shortest wait, in seconds. The OS timer rounds sub-millisecond sleeps up to 1 ms
-    #: anyway; coalescing to 4 ms cuts wake-ups ~4x at high rates (each costs ~50-70 us
-    #: of event-loop CPU). A wait is never stretched past the moment the limiter would be
-    #: full (see ``_full_delay``), so no capacity is wasted and the rate stays exact.
+    #: Shortest wait, in seconds: coalesces wake-ups (the OS rounds sub-millisecond timers
+    #: up anyway, and each wake-up costs event-loop CPU). A wait is never stretched past the
+    #: moment the limiter would be full (``_full_delay``), so the rate stays exact.
     min_wait: ClassVar[float] = 0.004
 
     def _full_delay(self, now: float) -> float:

@@ -63,8 +63,8 @@ class _Round:
             ) -> tuple[float, int, bool] | None:
         """The round's (mean RTT of its calls that were not dropped, 0.0 if none; most in
         flight; any drop) when this sample ends it. A dropped call's time is its timeout or
-        a fast refusal, not the system's latency: an outage's quick 503s (1 ms) once pulled
-        the baseline so low that the limit stayed at its floor for 15 s after it."""
+        a fast refusal, not the system's latency (an outage's fast 503s would pull the
+        baseline down: ``docs/benchmarks.md``, "Protecting a called system")."""
         if not dropped:
             self.sum += rtt
             self.n += 1
@@ -102,9 +102,8 @@ class GradientLimit(_Limit):
 
     * **Rounds.** Samples are averaged over a round trip: a round ends with the first
       call that started after the previous update. Per-call updates act on calls that
-      did not yet see the previous change, and the limit oscillates (14..120 for 16
-      servers). Netflix gets the same from a time window; ``short_window`` and
-      ``long_window`` count rounds.
+      did not yet see the previous change, and the limit oscillates. Netflix gets the
+      same from a time window; ``short_window`` and ``long_window`` count rounds.
     * **The baseline does not learn queueing.** ``long`` learns only from rounds
       without a queueing signal (``short <= tolerance * long``). Otherwise it follows a
       sustained overload and the limit drifts up to ``max_limit``.

@@ -202,12 +202,10 @@ class MultiTierRateLimiter(LimiterBase):
         return max(tier.time_until_available(int(permits)) for tier in self._tiers.values())
 
     def _full_delay(self, now: float) -> float:
-        # Stretch a wait at most until the limiter as a whole is full: every tier holds
-        # the smallest tier capacity. Before that, the tier holding requests back keeps
-        # filling, so nothing it could grant is lost. A tier that overflows meanwhile is
-        # not the bottleneck (its surplus could not be used yet); capping the stretch at
-        # the first tier to be full would disable coalescing whenever a roomy tier (e.g.
-        # global) stays full, costing one wake-up per grant.
+        # Stretch a wait at most until every tier holds the smallest tier's capacity: until
+        # then the tier holding requests back keeps filling, so nothing it could grant is
+        # lost (a tier that overflows is not the bottleneck). Stopping at the first full tier
+        # would end coalescing whenever a roomy tier stays full (docs/limiters.md, "Waiting").
         try:
             full = self._max_permits()
         except NotImplementedError:

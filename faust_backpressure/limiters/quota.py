@@ -1,34 +1,32 @@
 """Learning a quota that a called system enforces but does not announce, from its "slow down"s.
 
 A system with a quota answers 429 once callers exceed it; it rarely says the quota. This is
-AIMD on a *rate*, with the memory TCP CUBIC has of where the last loss happened:
+AIMD on a *rate*, remembering where the last loss happened (as TCP CUBIC does):
 
 * no slow-down yet: no limit (``rate`` is ``math.inf``);
-* a slow-down: the ceiling becomes what was actually served just before (successes per second
-  in the last whole interval, or the rate itself when nothing was seen), and the rate backs
-  off to
-  ``backoff`` x the ceiling (``fast_backoff`` if the previous slow-down was under
-  ``recent`` seconds ago: the quota fell, find it in a few steps);
+* a slow-down: the ceiling becomes what was served just before (successes per second in the
+  best of the last three whole intervals: one starved second is not the quota; or the rate
+  itself when nothing was seen), and the rate backs off to ``backoff`` x the ceiling
+  (``fast_backoff`` if the previous slow-down was under ``recent`` seconds ago: the quota
+  fell, find it in a few steps);
 * a reading from part of an interval (or of calls attempted, nothing served yet) overstates
-  what is served (the system's own burst): the ceiling is then only an upper bound
-  (``bounded``); a later slow-down whose whole reading is below the rate replaces it and
-  backs off ``backoff`` x that reading, however recent (a better measurement, not a second
-  loss), and the first at or above the rate backs off ``backoff`` x the rate (a first loss
-  at it, not a second), later ones as usual (a bound far above the quota is left in a few steps);
+  what is served: the ceiling is then only an upper bound (``bounded``). A later whole
+  reading below the rate replaces it and backs off ``backoff`` x that reading, however recent
+  (a better measurement, not a second loss); the first at or above the rate backs off
+  ``backoff`` x the rate (a first loss at it), later ones as usual;
 * after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first two intervals
-  read the restart's ramp (a shared limiter's leases start empty, and a new split reaches
-  the workers a lease period or two later), not the quota: a slow-down whose reading is
-  below the rate and not whole (from the ramp or part of an interval, on any worker) backs
-  off from the rate; a whole reading is the best of the last three whole intervals (one
-  starved second is not the quota);
+  read the restart's ramp, not the quota: a slow-down whose reading is below the rate and
+  not whole (the ramp or part of an interval, on any worker) backs off from the rate;
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found; a caller served nothing in an interval (idle) takes that
-  interval's step when it next calls or meets an episode, without the probe (a probe needs
-  calls): every caller then settles an episode from about the same rate;
+  step when it next calls or meets an episode, without the probe (a probe needs calls), so
+  that every caller settles an episode from about the same rate;
 * a system that does announce its quota (``RateLimit-Policy``, ``X-RateLimit-Limit``): a new
-  announced value becomes the ceiling and the rate at once, up or down (a raised quota is
-  then found at the next answer instead of by probing), and no probe goes above it.
+  announced value becomes the ceiling and the rate at once, up or down, and no probe goes
+  above it.
+
+The runs behind each rule: ``docs/downstream.md``, "Learning the quota".
 
 Pure: the caller reports outcomes and applies ``rate`` to its limiter. Example::
 
@@ -107,8 +105,7 @@ class QuotaLearner:
         """A call went out (what was attempted bounds the quota when little was served)."""
         now = self._clock()
         if now - self._last_call > self.interval and now >= self._since:
-            # calls resume after a quiet spell: measure from here, or the quiet time would
-            # dilute what was served (a first slow-down after an idle start read ~0/s)
+            # calls resume after a quiet spell: measure from here, or it dilutes the reading
             self._catch_up(now)
             self._served = self._attempted = 0.0
             self._readings = []
@@ -123,10 +120,8 @@ class QuotaLearner:
         enough); when nothing was, what it attempted (a burst refused at once: an upper
         bound); 0 if it made no calls."""
         elapsed = self._clock() - self._since
-        # whole intervals when there are: a part of one overstates (the system's own burst
-        # in a few hundred ms read 191/s of a 300/s quota shared by three); the best of a
-        # few, as BBR keeps the most delivered: one starved second (a lease renewed late:
-        # 38/s of a worker's 100/s) read 250/s in all of a 300/s quota, learnt for 50 s
+        # whole intervals when there are (part of one overstates: the system's own burst);
+        # the best of a few, as BBR keeps the most delivered: one starved second is not the quota
         served = (max(self._readings, default=0.0) or self._served
                   or (self._ok / elapsed if elapsed >= self.interval / 2 else 0.0))
         attempted = self._attempted or (self._attempts / elapsed if elapsed > 0 else 0.0)
@@ -153,25 +148,22 @@ class QuotaLearner:
         self._ramp, self._served_ramp = 0, False
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
-            # would be announced); what was served just before can be far below it (170/s
-            # of 300 right after an outage, then 54 s to climb back). A second one soon
-            # after (the quota is shared with callers we do not see): what was served.
+            # would be announced). A second one soon after (callers we do not see share the
+            # quota) reads what was served.
             ceiling, whole = self.announced_quota, True
         elif not whole and reading < 0.99 * self.rate < math.inf:
-            # read over part of an interval, or the restart after a pause or an outage (on
-            # any worker: all decide alike): queued calls and leases not yet at the rate,
-            # not the quota (112/s, 171/s and 214/s of 300 learnt, for up to 50 s): a loss
-            # at the rate, the bound (if any) kept
+            # part of an interval, or the restart's ramp (on any worker: all decide alike):
+            # calls and leases not yet at the rate, not the quota. A loss at the rate, the
+            # bound (if any) kept.
             ceiling, whole, reading = self.rate, not self.bounded, self.rate
         elif self.bounded and reading < 0.99 * self.rate:
             # the ceiling was an upper bound and this reading is below the rate: a better
-            # measurement, not a second loss (0.7 of it would undershoot and climb back)
+            # measurement, not a second loss (fast_backoff would undershoot)
             ceiling, factor = reading, self.backoff
         else:
             ceiling = min(reading, self.rate)
             if self.bounded and self._from_reading:
-                # the rate came from a bound, not a loss: this is the first loss at it, not
-                # a second soon after (0.8x of it left 233-267/s of a 300/s quota)
+                # the rate came from a bound, not a loss: this is the first loss at it
                 factor = self.backoff
         self._from_reading = reading < self.rate  # else a loss at the rate: the next, fast
         self._slowed_at = now
@@ -200,17 +192,15 @@ class QuotaLearner:
 
     def paused(self, pause: float) -> None:
         """Calls stop for ``pause`` seconds, the rate unchanged: measure afresh after it (an
-        interval with a pause in it understates what is served: 110/s of a 150/s quota),
-        the first two intervals after it as the restart's ramp, like after an outage."""
+        interval with a pause in it understates what is served), the first two intervals
+        after it as the restart's ramp, like after an outage."""
         now = self._clock()
         self._catch_up(now)
         self._served = self._attempted = 0.0
         self._readings = []
         self._restart(now + pause)
-        # the shared limiter's leases start empty after a pause: the workers read 214/s in
-        # all, at a rate of 388/s, and that was learnt as the quota (300/s) for 70 s; and
-        # a new split reaches them a lease period or two later: the second interval read
-        # 230/s in all (shares of 54/s each, for 2 s), learnt as 300/s's quota for 50 s
+        # the ramp: a shared limiter's leases start empty after a pause, and a new split
+        # reaches the workers a lease period or two later
         self._ramp, self._served_ramp = _RAMP, False
 
     def restarted(self) -> None:
@@ -227,7 +217,7 @@ class QuotaLearner:
         """One successful call; the new rate when it changed (at most once an interval)."""
         now = self._clock()
         if now < self._since:  # sent before a pause, answered during it: not what the
-            return None         # next interval serves (counted, it read 491/s of a 300 quota)
+            return None         # next interval serves
         self._ok += 1
         if now < self._next_step:
             return None
@@ -262,9 +252,8 @@ class QuotaLearner:
 
     def _catch_up(self, now: float) -> None:
         """The steps of the intervals up to ``now`` this caller took none in (served nothing:
-        idle, or in an outage or a pause), as a caller served in each took them. Else an idle
-        worker settled every episode from its own stale rate: 0.9x it each time (160/s of a
-        300/s quota after five), and started from there when it got busy again."""
+        idle, or in an outage or a pause), as a caller served in each took them; else an idle
+        worker would back off its own stale rate at every episode, lower each time."""
         if now < self._next_step:
             return
         due = int((now - self._next_step) // self.interval) + 1

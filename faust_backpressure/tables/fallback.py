@@ -1,13 +1,11 @@
 """Safe capacity (Google Doorman's term): what a worker may admit while its owner is gone.
 
-A worker normally admits only from leases granted by the limiter's owner; when the owner cannot
-be reached (broker down, rebalance, owner crashed and not yet replaced) it admits nothing. With
-``fallback_rate=f`` a :class:`~faust_backpressure.tables.DistributedRateLimiter` instead admits
-at up to ``f`` permits/s from this local bucket while it has had no valid lease for longer than
-its retry timeout; the first grant stops it. The bucket starts empty at each outage, so one
-outage of length ``t`` admits at most ``f * t + burst`` here (``burst = max(1, f / 20)``, i.e.
-50 ms of the fallback rate): with ``W`` workers ``W * (f * t + burst)`` in all, on top of what
-unexpired leases still allow. Pure: times are passed in.
+A worker that cannot reach the owner (broker down, rebalance, owner crashed) admits nothing,
+unless ``fallback_rate=f``: then a :class:`~faust_backpressure.tables.DistributedRateLimiter`
+with no valid lease for longer than its retry timeout admits up to ``f`` permits/s from this
+local bucket, until the first grant. The bucket starts empty at each outage, so an outage of
+length ``t`` admits at most ``f * t + burst`` per worker (``burst = max(1, f / 20)``), on top of
+what unexpired leases still allow. Pure: times are passed in. See docs/distributed.md.
 """
 
 from __future__ import annotations

@@ -356,9 +356,8 @@ class DistributedRateLimiter(LimiterBase):
         self._asking_since = None  # the owner answered: no fallback
         # The owner answers the first copy it reads: the answer time is from the first send.
         self._rtt = rtt = 0.8 * self._rtt + 0.2 * (now - inflight.first_sent)
-        # Due from the first send, as the lease (from a slow answer's arrival, the renewal came
-        # after the expiry); in time for its answer, unless the owner asks for a pause past the
-        # lease (OwnerLoad.pause; <= 1 h on the wire).
+        # Due from the first send, as the lease, in time for its answer, unless the owner asks
+        # for a pause past the lease (OwnerLoad.pause; <= 1 h on the wire).
         due = inflight.first_sent + grant.retry_after
         self._next_request_at = due if grant.retry_after > ttl else min(due, expires - 2 * rtt)
         self._counters.grants += 1

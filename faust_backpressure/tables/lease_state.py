@@ -66,9 +66,8 @@ def resend_due(inflight: Inflight, heard: OwnerHeard | None, timeout: float,
     the order we sent them: this one or its reply was lost) or its partition moved since the
     last send (its successor may have skipped it: the offset was committed, the reply lost in
     the crash). Else the request waits in the owner's queue and is given up after the
-    ``longest`` lease: a slow owner is not sent copies. Under overload every copy is more
-    queue: the copies kept the queue past the longest lease and admission fell to 0
-    (``bench/owner_capacity.py``)."""
+    ``longest`` lease: a slow owner is not sent copies, each more queue (docs/distributed.md,
+    "Beyond the owner's capacity")."""
     if heard is not None and heard.sent <= inflight.last_sent \
             and heard.moved <= inflight.last_sent:
         return inflight.first_sent + longest
@@ -81,8 +80,7 @@ def give_up_wait(given_up: int, inflight: Inflight, heard: OwnerHeard | None,
     unanswered for the ``longest`` lease while the owner answered others (slow, not gone; a
     gone owner, or a moved partition, is asked again at once): about 1, 3, 7, ... times the
     longest lease (up to an hour), spread by the request id (deterministic, and workers that
-    gave up together do not come back together). Its queue was longer than it answers in the
-    longest lease: it is asked less and less often, so the queue shrinks until its answers
+    gave up together do not come back together): the owner's queue shrinks until its answers
     (and the pause they carry, ``OwnerLoad.pause``) arrive in time again."""
     first = inflight.first_sent
     if heard is None or heard.at <= first or heard.moved > first:

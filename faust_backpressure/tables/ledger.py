@@ -268,10 +268,9 @@ class LimiterLedger:
         wait = max(0.0, delay, min(req.rtt, self.max_rate_ttl))
         ttl = self.max_rate_ttl if pause > 0.0 else self._ttl(stretch, wait, newcomer=newcomer)
         if req.lease_id is None:
-            # The worker holds no valid lease (it asks only once its own view of the last
-            # one, which ends before ours, has expired), so it spends none of its leases:
-            # their share goes back to the pool now, not at our later expiry (it would
-            # otherwise be taken from this very grant's share).
+            # The worker holds no valid lease (its view of the last one ends before ours):
+            # its leases' share goes back to the pool now, not at our later expiry, which
+            # would take it from this very grant's share.
             worker.leases = []
         # A worker that let its last lease expire (and has not asked since) wants no share
         # now: the others may have it at their next renewal.
@@ -284,9 +283,8 @@ class LimiterLedger:
         for lease in worker.leases:
             if lease.lease_id == req.lease_id:
                 old = lease
-        # The worker has had the answer to its previous request: what a superseded lease
-        # still reserved for the time until then (its tail, see _new_lease) is no longer
-        # needed.
+        # The worker has read the answer to its previous request: a superseded lease's tail
+        # (see _new_lease) is no longer needed.
         worker.leases = [lease for lease in worker.leases
                          if lease is not old and not lease.lease_id.endswith(_TAIL)]
         lease_id, tokens, renews, share, cap = self._new_lease(
@@ -306,9 +304,8 @@ class LimiterLedger:
               and (old is None or req.demand >= old.share)
               and (self.tokens >= 1.0 or sum(fair.values()) < rate - EPSILON)):
             # Its share is what it asked for, its demand is new or outgrew the last share,
-            # and there is rate or burst to spare: come back soon with the demand measured
-            # over a short time (so the share grows x1.25 a time, and a burst after idle
-            # time gets the bucket's tokens at once).
+            # and there is rate or burst to spare: come back soon, so the share grows x1.25
+            # a time and a burst after idle time gets the bucket's tokens at once.
             retry_after = min(retry_after, max(0.1 * ttl, 2.0 * wait))
         if pause > 0.0:
             retry_after = self._paused(retry_after, req, now, pause)
@@ -332,9 +329,8 @@ class LimiterLedger:
         ttl = min(self.max_rate_ttl, self.lease_ttl * stretch + 4.0 * wait)
         if newcomer:
             # A first lease is short: the first worker to ask gets the whole rate (nobody
-            # else is known yet), and the workers that ask next wait for it to expire.
-            # (Keyed on the worker, not on the request's lease id: a known worker that
-            # renews a little late would get short leases, and renew late, for ever.)
+            # else is known yet), and the workers that ask next wait for it to expire. Keyed
+            # on the worker, not the lease id: a late renewal must not make it short for ever.
             ttl = min(ttl, 0.25 * self.lease_ttl + 4.0 * wait)
         return ttl
 

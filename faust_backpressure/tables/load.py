@@ -1,40 +1,25 @@
-"""How busy the owner is: the queue delay of lease requests, and the stretch it asks for.
+"""How busy the owner is: the queue delay of lease requests, and what it asks of the workers.
 
 Pure (times passed in). The owner agent calls :meth:`OwnerLoad.observe` with how long each
-request waited in the request topic before the owner read it (``now`` minus the record's
-timestamp). Each ``interval`` the mean of those waits updates the two figures below, except
-in the first interval after the owner read nothing for a while: its requests may have waited
-for a broker outage, not for the owner, so (as CoDel tells a burst from a standing queue) it
-counts its *smallest* wait, or that of the first request after it if smaller, which shows the
-queue as it is now, and a backlog that drained is not load.
+request waited in the request topic (``now`` minus the record's timestamp) and
+:meth:`OwnerLoad.served` with who asked. Each ``interval`` the mean wait updates:
 
 * ``delay``: a smoothed queue delay; a lease granted now lives longer by a few times it, so an
   answer that waited in the queue still gives a usable lease;
-* ``stretch`` (1 .. ``MAX_STRETCH``): above the ``target`` delay it grows multiplicatively (up
-  to 1.5x per interval), below half the target it decays by 5% per interval. The owner stretches
-  renewal periods and ``retry_after`` by it: workers ask less often, for more tokens each time,
-  until the queue is back at the target. Admission does not suffer from it as long as a period
-  stays within the limits ``LimiterLedger.handle_lease`` puts on it.
+* ``stretch`` (1 .. ``MAX_STRETCH``): grows above the ``target`` delay (up to 1.5x per
+  interval), decays below half of it; the owner stretches leases and ``retry_after`` by it, so
+  workers ask less often, for more each time;
+* ``pause`` (s, 0 at rest): past what the stretch absorbs, how long each (worker, id) pair waits
+  after an answer before it asks again (``LimiterLedger.handle_lease``), so that the queue stays
+  short and answers come in time, instead of every answer coming too late (the collapse). It is
+  the recent pairs over 80% of ``capacity``, or until that is measured ``held`` (the excess
+  delay integrated about once per pair's cycle) plus the delay.
 
-* ``pause`` (s, 0 at rest): past what the stretch absorbs (the queue delay still above the
-  target with the stretch at its maximum) the owner is asked more often than it can answer:
-  each pair (worker, id) would always have a request queued, the queue delay would be pairs /
-  answers per second, and past the longest lease every answer would come too late (the
-  collapse: admission 0). Each answer then tells its worker to ask next ``pause`` after it
-  (``LimiterLedger.handle_lease``): the pairs that asked lately (:meth:`served`) over 80% of
-  the answers per second measured while requests queued (``capacity``), or, until those are
-  known, ``held`` (the excess delay integrated about once per pair's cycle) plus the delay. A
-  pair's lease may lapse for a while, but the queue stays short and every answer gives a whole
-  lease. Below half the target ``held`` decays by 1% per interval; the count follows the
-  pairs that still ask.
-
-Intervals without a request count as intervals without a queue, so both relax with time, not
-with the number of requests (an owner asked once every few seconds relaxes as fast as a busy
-one).
-
-The record timestamp is the sender's wall clock: a worker whose clock runs ahead of the owner's
-looks like a queue (the owner stretches: fewer, larger leases, still within the bound), one
-that runs behind hides a queue (the owner reacts only once the real delay exceeds the skew).
+The first interval after a quiet spell counts its *smallest* wait, not the mean: a backlog
+left by a broker outage is not load (CoDel's burst vs standing queue). Intervals without a
+request count as intervals without a queue, so all relax with time. A sender's clock ahead of
+the owner's looks like a queue (fewer, larger leases, still within the bound); one behind
+hides it up to the skew. See docs/distributed.md, "Many limiter ids: batching and a busy owner".
 """
 
 from __future__ import annotations

@@ -282,13 +282,11 @@ class LimiterChannel:
         """``table[limiter_id] = record``, keeping the changelog record's delivery future.
 
         What ``Table.__setitem__`` does (the changelog record to the event's partition, then
-        the store), but the record is handed to the producer now rather than through Faust's
-        send buffer (``send_soon``), whose background task added up to a second of latency to
-        every answer under load. Its acknowledgement records the offset as the partition's
-        persisted one, as Faust's path does: an owner that keeps its partition through a
-        rebalance has nothing to restore (it re-read its own writes from offset 0 at every
-        rebalance, and once waited for ever on a read that got no record: see
-        docs/reliability.md)."""
+        the store), but the record goes to the producer now, not through Faust's send buffer
+        (``send_soon``), which delays answers under load. Its acknowledgement becomes the
+        partition's persisted offset, as on Faust's path: an owner that keeps its partition
+        through a rebalance has nothing to restore (docs/reliability.md, the at_least_once
+        stall after a SIGKILL)."""
         raw = json.dumps(ledger.to_record(), separators=(",", ":")).encode()
         lid = ledger.limiter_id
         table = self.table
@@ -313,8 +311,7 @@ class LimiterChannel:
 
         A grant may only leave once its state record is acknowledged: a crash in between then
         loses tokens (the retry gets the recorded grant) but never grants twice. The batch is
-        whatever was applied while the previous batch waited (group commit): under load one
-        wait for acknowledgements covers hundreds of requests."""
+        whatever was applied while the previous batch waited (group commit, docs/distributed.md)."""
         if not self._outbox:
             return
         batch, self._outbox = self._outbox, []

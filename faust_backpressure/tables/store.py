@@ -22,9 +22,8 @@ ROCKSDICT_STORE = "faust.stores.rocksdb:Store"
 MiB = 1024 * 1024
 #: RocksDB options of the library's own tables (limiter ledgers, bucket levels by key, the
 #: control loop's state). They hold little, but Faust sizes every partition's database for a
-#: big table: 64 MiB write buffers (3 of them) and a 2 GiB block cache, each partition its own.
-#: The soak's workers (3 such tables x 4 partitions) grew 0.7-1.1 MiB a minute, about the rate
-#: their writes filled those memtables, which are flushed only once full.
+#: big table (64 MiB write buffers, a 2 GiB block cache), and memtables flushed only once full
+#: grow a worker's memory for a long time (docs/lab-notes/app-and-tables.md).
 TABLE_OPTIONS = {
     "write_buffer_size": 1 * MiB,
     "max_write_buffer_number": 2,

@@ -82,10 +82,8 @@ def _port_bindable(port: int) -> bool:
 def _cluster_id(raw: bytes | None = None) -> str:
     """A KRaft cluster id: 22 base64url characters of 16 random bytes (or of ``raw``).
 
-    Kafka's ``StorageTool`` reads an id starting with ``-`` as an option (``argument
-    --cluster-id/-t: expected one argument``); base64url gives a leading ``-`` when the first
-    6 bits are 62, i.e. 1 id in 64. Clearing the top bit of the first byte keeps the first
-    character in ``A``..``f`` (indexes 0-31), so no id can start with ``-`` or ``_``.
+    The first byte's top bit is cleared so the id never starts with ``-`` or ``_``: Kafka's
+    ``StorageTool`` would take a leading ``-`` for an option.
     """
     data = bytearray(uuid.uuid4().bytes if raw is None else raw)
     if len(data) != 16:

@@ -1,7 +1,8 @@
 """A chaos scenario: rate-limited pipelines on real workers through crashes and a broker outage.
 
 One scenario for both sizes: the CI test (``tests/integration/chaos/``, :meth:`ChaosPlan.ci`) and
-``make chaos`` (``bench/chaos.py``, :meth:`ChaosPlan.full`).
+``make chaos`` (``bench/chaos.py``, :meth:`ChaosPlan.full`). docs/reliability.md describes the
+scenario, its report and its results.
 
 What runs: ``plan.workers`` real ``faust worker`` processes of
 :mod:`faust_backpressure.testing.chaos_app`, each with one ``bp.pipeline`` IN -> OUT, DLQ per
@@ -10,8 +11,7 @@ entry of ``plan.pipelines`` (``event``: ``process=``; ``batch``: ``process_batch
 ``plan.burst``, ``max_retries``. Each IN has ``plan.partitions`` partitions and
 ``plan.per_pipeline`` records with unique ids (every ``fail_every``-th marked to fail in
 ``process``, ``not_json`` not JSON). Records are fed to every IN alike so that about
-``lead_seconds`` of the limit is always waiting: the limiter is saturated the whole run and
-every fault meets a backlog.
+``lead_seconds`` of the limit is always waiting: every fault meets a backlog.
 
 Faults, each when its fraction of all the ids has come out (an OUT or a DLQ), one after the
 other (a fault waits until the previous one has recovered, or ``recover_timeout``):
@@ -23,12 +23,12 @@ other (a fault waits until the previous one has recovered, or ``recover_timeout`
 
 A worker that exits by itself is restarted (as a supervisor would) and counted.
 
-The run ends when the group's committed offsets on every IN reach its end offsets (everything
-is processed as far as Kafka knows; nothing more can come out) or nothing has come out for
-``stall_timeout``. Then each pipeline's OUT and DLQ are read from the start (``read_committed``
-in exactly_once) and every id of its IN is accounted for there (:class:`PipelineResult`); the
-limiter's bound is checked over every pipeline's admissions together (:class:`ChaosResult`).
-The plan and result types are in :mod:`~faust_backpressure.testing.chaos_plan`, the report in
+The run ends when the group's committed offsets on every IN reach its end offsets (nothing more
+can come out) or nothing has come out for ``stall_timeout``. Then each pipeline's OUT and DLQ are
+read from the start (``read_committed`` in exactly_once) and every id of its IN is accounted for
+there (:class:`PipelineResult`); the limiter's bound is checked over every pipeline's admissions
+together (:class:`ChaosResult`). The plan and result types are in
+:mod:`~faust_backpressure.testing.chaos_plan`, the report in
 :mod:`~faust_backpressure.testing.chaos_report`.
 """
 
@@ -270,9 +270,8 @@ class _Run:
             now = time.monotonic()
             if seen != last_seen:
                 last_seen, last_change = seen, now
-            # Faults first: on a loaded machine one feed can take as long as the workers need
-            # to process it, and a loop that fed first never got here until all was fed (a
-            # CI run's SIGKILL planned at 25% came at 95%, its outage after the last record).
+            # Faults first: on a loaded machine a feed can take as long as processing it, and a
+            # loop that fed first would inject its faults late (docs/lab-notes/testing.md).
             if pending and seen >= pending[0].at * total:
                 previous = self.result.faults[-1] if self.result.faults else None
                 if (previous is None or self.recovered(previous)

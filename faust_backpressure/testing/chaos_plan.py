@@ -1,11 +1,5 @@
-"""A chaos run's plan (records, workers, faults) and its result (every id accounted for).
-
-A run drives its pipelines at once on the same workers and limiter: ``event`` (``process=``) on
-source A -> sink A (+ DLQ A) and ``batch`` (``process_batch=``) on source B -> sink B (+ DLQ B);
-each pipeline's ids are accounted for in its own sink and DLQ.
-
-See :mod:`faust_backpressure.testing.chaos` for what a run does with them.
-"""
+"""A chaos run's plan (records, workers, faults) and its result (every id accounted for, in
+each pipeline's own sink and DLQ). See :mod:`faust_backpressure.testing.chaos` for the run."""
 
 from __future__ import annotations
 
@@ -34,7 +28,7 @@ BOUND_SPANS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault (see the module docstring)."""
+    """One injected fault (see :mod:`faust_backpressure.testing.chaos`)."""
 
     kind: Literal["kill", "outage"]
     at: float

@@ -15,7 +15,7 @@ Example::
 
     run = simulate(BackpressureController(300, thresholds, interval=1.0),
                    offered=lambda t: 300, capacity=lambda t: 100, duration=120)
-    run.steady(60, 120).rate_changes_per_minute()
+    run.between(60, 120).rate_changes_per_minute()
 """
 
 from __future__ import annotations

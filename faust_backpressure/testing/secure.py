@@ -116,9 +116,8 @@ class SecureKafkaBroker(LocalKafkaBroker):
             mechanism=SASLMechanism.SCRAM_SHA_512, ssl_context=self.ssl_context())
 
     def add_acls(self, acls: Iterable[Acl]) -> None:
-        """Create ACLs in one CreateAcls request over the plain listener (the super user).
-        ``kafka-acls.sh`` (one JVM per ACL, ~2 s of CPU each) took 15 s for a test's 20 ACLs
-        on a quiet machine and over a minute under the suite's load."""
+        """Create ACLs in one CreateAcls request over the plain listener (the super user),
+        not with ``kafka-acls.sh``: one JVM per ACL is too slow for a test's ACLs."""
         with ThreadPoolExecutor(1) as pool:  # callable from a running event loop
             pool.submit(asyncio.run, create_acls(self.bootstrap_servers, list(acls))).result()
 

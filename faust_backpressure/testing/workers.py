@@ -103,8 +103,8 @@ class FaustWorker:
         return self.proc is not None and self.proc.poll() is None
 
     def logs(self) -> str:
-        """The log's complete lines. Read incrementally: waits poll it every 0.1 s, and
-        re-reading a log of megabytes each time cost the test process a good part of a core."""
+        """The log's complete lines, read incrementally: waits poll it every 0.1 s and a
+        log grows to megabytes."""
         try:
             with self.log_path.open("rb") as log:
                 log.seek(self._log_bytes)
