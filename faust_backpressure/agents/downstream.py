@@ -393,7 +393,8 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                      breaker: dict[str, Any] | None = None,
                      unavailable: Callable[[BaseException], bool] | None = None,
                      learn_quota: bool = True, max_rate: float = math.inf,
-                     quota: QuotaGate | None = None, **options: Any) -> Downstream:
+                     probe_after: float = 30.0, quota: QuotaGate | None = None,
+                     **options: Any) -> Downstream:
     """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes);
     ``quota``: a quota gate to use (default: this worker's own learnt rate)."""
     if isinstance(limit, str):
@@ -414,5 +415,6 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                       rate=rate, unavailable=unavailable or is_unavailable,
                       max_concurrency=max_concurrency,
                       quota=quota if quota is not None else
-                      QuotaLearner(max_rate=max_rate) if learn_quota else None,
+                      QuotaLearner(max_rate=max_rate, probe_after=probe_after)
+                      if learn_quota else None,
                       **options)

@@ -36,6 +36,7 @@ from faust_backpressure.app.pause import install_pause_control, worker_name
 from faust_backpressure.app.registry import register
 from faust_backpressure.app.views import register_views, snapshot
 from faust_backpressure.config import BackpressureSettings, ControlPolicy, OnLimit
+from faust_backpressure.config.validation import check_number
 from faust_backpressure.control import (
     BackpressureThresholds,
     ControlLoop,
@@ -209,7 +210,7 @@ class Backpressure:
                    default_retry_after: float = 1.0, max_retry_after: float = 300.0,
                    unavailable: Callable[[BaseException], bool] | None = None,
                    learn_quota: bool = True, share_quota: bool = True,
-                   max_rate: float = math.inf) -> Downstream:
+                   max_rate: float = math.inf, quota_probe_after: float = 30.0) -> Downstream:
         """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
         in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"vegas"``,
         ``"aimd"``, ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs
@@ -220,6 +221,8 @@ class Backpressure:
         :func:`~faust_backpressure.agents.downstream.is_unavailable`. ``learn_quota``: after
         a slow-down, keep to the rate the system served, probing above it now and then
         (at most ``max_rate``; see :class:`~faust_backpressure.limiters.quota.QuotaLearner`);
+        ``quota_probe_after``: seconds near the learnt quota before probing above it (sooner
+        finds a raised quota sooner, at the cost of more 429s while it is unchanged);
         ``share_quota``: learn it as one rate for every worker, kept by the shared limiter
         ``rate_limit`` (its rate: the quota to start from), or by one of its own,
         ``downstream-<name>`` (see :mod:`~faust_backpressure.agents.quota_gate`).
@@ -228,11 +231,12 @@ class Backpressure:
         """
         if name in self.downstreams:
             raise ValueError(f"downstream {name!r} is already declared")
+        check_number("quota_probe_after", quota_probe_after, 0)
         rate = None if rate_limit is None else self.limiter(
             rate_limit, tokens_per_second=tokens_per_second, burst_capacity=burst_capacity)
         quota: SharedQuota | None = None
         if learn_quota and share_quota:
-            quota = self._shared_quota(name, rate, burst_capacity, max_rate)
+            quota = self._shared_quota(name, rate, burst_capacity, max_rate, quota_probe_after)
             rate = None  # the quota's permits are the limiter's
         guard = build_downstream(
             name, max_concurrency=max_concurrency, min_concurrency=min_concurrency,
@@ -246,12 +250,13 @@ class Backpressure:
             default_retry_after=default_retry_after, max_retry_after=max_retry_after,
             unavailable=unavailable, publish=self._publish_slow_down,
             publish_recovery=self._publish_recovery, publish_failing=self._publish_failing,
-            learn_quota=learn_quota, max_rate=max_rate)
+            learn_quota=learn_quota, max_rate=max_rate, probe_after=quota_probe_after)
         self.downstreams[name] = guard
         return guard
 
     def _shared_quota(self, name: str, rate: RateLimitingStrategy | None,
-                      burst_capacity: float | None, max_rate: float) -> SharedQuota:
+                      burst_capacity: float | None, max_rate: float,
+                      probe_after: float) -> SharedQuota:
         """A guard's quota learnt as one rate for every worker: kept by ``rate`` (the quota
         to start from), or by a limiter of its own whose burst follows the rate learnt."""
         own = rate is None and not burst_capacity
@@ -260,7 +265,7 @@ class Backpressure:
             else LEARNT_QUOTA_START, burst_capacity=burst_capacity or learnt_quota_burst(0.0))
         # backing off from what all were served finds a fallen quota in one episode: a
         # steeper second step only undershoots
-        learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8)
+        learner = QuotaLearner(max_rate=max_rate, fast_backoff=0.8, probe_after=probe_after)
         return SharedQuota(name, learner, shared, worker=worker_name(),
                            reporter=self._publish_quota_report, wall_clock=time.time,
                            given=rate is not None, burst_of=learnt_quota_burst if own else None)
