@@ -10,8 +10,10 @@ and that the committed offset never passed an unprocessed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -111,3 +113,55 @@ async def test_a_rebalance_resumes_a_stream_partition_only_after_seeking_it(
             assert tp in active()
         finally:
             app.rebalancing = False
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_records_fetched_before_the_recovery_clears_the_queues_are_not_lost(
+        kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
+    """The end of Faust's recovery, in its order on a real consumer: seek the stream partitions,
+    then ``flow_control.resume()`` (which clears every stream queue), then resume the flow,
+    the flow being active already. Records fetched between the seek and the clear waited in
+    the queue behind an event in progress and were cleared, the guard already past them: never
+    processed, the commit stuck before them (the downstream SIGKILL test's CI stalls)."""
+    source = unique_name("src")
+    await create_topics(kafka_bootstrap, {source: 1})
+    app = guarded_app(kafka_bootstrap, unique_name("app"), tmp_path, guarantee)
+    topic = app.topic(source, value_type=bytes, value_serializer="raw")
+    seen: set[bytes] = set()
+    in_progress, go_on = asyncio.Event(), asyncio.Event()
+
+    @app.agent(topic)
+    async def consume_all(stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            seen.add(value)
+            in_progress.set()
+            await go_on.wait()  # the first event holds the rest in the queue
+
+    async with running_app(app):
+        consumer: Any = app.consumer
+        tp = TP(source, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while tp not in consumer.assignment() or app.rebalancing:
+            assert loop.time() < deadline, "never assigned"
+            await asyncio.sleep(0.1)
+        consumer.pause_partitions([tp])
+        app.rebalancing = True
+        try:
+            await produce(kafka_bootstrap, source, ((None, b"%d" % i) for i in range(20)))
+            consumer.resume_partitions([tp])
+            await consumer.perform_seek()
+            # without the fix the partition is fetched now: one event in progress, the rest
+            # queued behind it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(in_progress.wait(), 5)
+            app.flow_control.resume()  # clears the stream queues
+            consumer.resume_flow()
+        finally:
+            app.rebalancing = False
+        go_on.set()
+        deadline = loop.time() + 30
+        while len(seen) < 20:
+            assert loop.time() < deadline, f"{20 - len(seen)} records never processed"
+            await asyncio.sleep(0.1)
