@@ -95,11 +95,7 @@ async def test_a_rebalance_resumes_a_stream_partition_only_after_seeking_it(
     async with running_app(app):
         consumer = app.consumer
         tp = TP(source, 0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while tp not in consumer.assignment() or app.rebalancing:
-            assert loop.time() < deadline, "never assigned"
-            await asyncio.sleep(0.1)
+        await _assigned(app, tp)
         active: Callable[[], set[TP]] = consumer._get_active_partitions  # type: ignore[attr-defined]
         consumer.pause_partitions([tp])
         app.rebalancing = True  # what Faust's rebalance sets until recovery ends
@@ -141,11 +137,8 @@ async def test_records_fetched_before_the_recovery_clears_the_queues_are_not_los
     async with running_app(app):
         consumer: Any = app.consumer
         tp = TP(source, 0)
+        await _assigned(app, tp)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while tp not in consumer.assignment() or app.rebalancing:
-            assert loop.time() < deadline, "never assigned"
-            await asyncio.sleep(0.1)
         consumer.pause_partitions([tp])
         app.rebalancing = True
         try:
@@ -165,3 +158,12 @@ async def test_records_fetched_before_the_recovery_clears_the_queues_are_not_los
         while len(seen) < 20:
             assert loop.time() < deadline, f"{20 - len(seen)} records never processed"
             await asyncio.sleep(0.1)
+
+
+async def _assigned(app: faust.App, tp: TP) -> None:
+    """Until ``tp`` is assigned and the rebalance is over (60 s at most)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while tp not in app.consumer.assignment() or app.rebalancing:
+        assert loop.time() < deadline, "never assigned"
+        await asyncio.sleep(0.1)
