@@ -50,7 +50,7 @@ from faust_backpressure.limiters.circuit_breaker import BreakerState, CircuitBre
 from faust_backpressure.limiters.concurrency import AIMDLimit, ConcurrencyLimit, FixedLimit
 from faust_backpressure.limiters.concurrency_limiter import CallPermit, ConcurrencyLimiter
 from faust_backpressure.limiters.latency_limits import GradientLimit, VegasLimit
-from faust_backpressure.limiters.quota import QuotaLearner
+from faust_backpressure.limiters.quota import PROBE_AFTER, QuotaLearner
 
 __all__ = ["LATENCY_BUCKETS", "Downstream", "DownstreamStats", "WaitAborted",
            "build_downstream", "is_unavailable"]
@@ -393,7 +393,7 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                      breaker: dict[str, Any] | None = None,
                      unavailable: Callable[[BaseException], bool] | None = None,
                      learn_quota: bool = True, max_rate: float = math.inf,
-                     probe_after: float = 30.0, quota: QuotaGate | None = None,
+                     probe_after: float = PROBE_AFTER, quota: QuotaGate | None = None,
                      **options: Any) -> Downstream:
     """A :class:`Downstream` from plain settings (what ``bp.downstream(...)`` takes);
     ``quota``: a quota gate to use (default: this worker's own learnt rate)."""

@@ -51,7 +51,7 @@ from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.bucket import BURST_SECONDS
 from faust_backpressure.limiters.concurrency import ConcurrencyLimit
 from faust_backpressure.limiters.keyed_buckets import LimitsFor
-from faust_backpressure.limiters.quota import QuotaLearner
+from faust_backpressure.limiters.quota import PROBE_AFTER, QuotaLearner
 from faust_backpressure.tables.service import find_channel, use_settings
 from faust_backpressure.wire.kafka_clients import client_settings
 from faust_backpressure.wire.topics import ops_topic
@@ -210,7 +210,8 @@ class Backpressure:
                    default_retry_after: float = 1.0, max_retry_after: float = 300.0,
                    unavailable: Callable[[BaseException], bool] | None = None,
                    learn_quota: bool = True, share_quota: bool = True,
-                   max_rate: float = math.inf, quota_probe_after: float = 30.0) -> Downstream:
+                   max_rate: float = math.inf,
+                   quota_probe_after: float = PROBE_AFTER) -> Downstream:
         """A guard for a system the app calls (see ``docs/downstream.md``): a limit on calls
         in flight per worker learnt from latency (``limit``: ``"gradient"``, ``"vegas"``,
         ``"aimd"``, ``"fixed"`` at ``max_concurrency``, or a :class:`ConcurrencyLimit`), slow-downs

@@ -370,7 +370,6 @@ class _GuardedConsumer:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(released.wait(), 1.0)
             timeout = min(timeout, HELD_FETCH_TIMEOUT)
-        self._fetched_while_stopped = False
         records, active = await super()._wait_next_records(timeout)  # type: ignore[misc]
         # no await from here to Faust's getmany's seek: the next perform_seek is that one
         self._fetched_while_stopped = (records is not None and not self.flow_active

@@ -44,7 +44,10 @@ from faust_backpressure.config.validation import check_number
 
 from .base import Clock
 
-__all__ = ["QuotaLearner"]
+__all__ = ["PROBE_AFTER", "QuotaLearner"]
+
+#: Seconds near the ceiling before probing above it (the default; docs/downstream.md).
+PROBE_AFTER = 30.0
 
 #: Whole intervals a reading is the best of.
 _KEPT = 3
@@ -65,7 +68,7 @@ class QuotaLearner:
 
     def __init__(self, *, max_rate: float = math.inf, min_rate: float = 1.0,
                  backoff: float = 0.9, fast_backoff: float = 0.7, recent: float = 5.0,
-                 interval: float = 1.0, probe_after: float = 30.0,
+                 interval: float = 1.0, probe_after: float = PROBE_AFTER,
                  initial_rate: float = math.inf, clock: Clock = time.monotonic) -> None:
         """``initial_rate``: the rate before any slow-down (a limit the caller was given;
         default none), at most ``max_rate``."""

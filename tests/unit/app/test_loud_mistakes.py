@@ -93,3 +93,14 @@ def test_known_settings_and_tooling_variables_do_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert BackpressureSettings.from_env(environ=env).max_consumer_lag == 20000
+
+
+def test_a_guards_quota_probe_after_reaches_its_learner_and_is_checked() -> None:
+    """``quota_probe_after`` trades 429s for finding a raised quota sooner (docs/downstream.md);
+    both learners take it, shared and local, and a bad value names the setting."""
+    _, bp = _bp()
+    shared: Any = bp.downstream("payments", quota_probe_after=5.0).quota
+    local: Any = bp.downstream("search", quota_probe_after=0.0, share_quota=False).quota
+    assert shared.learner.probe_after == 5.0 and local.learner.probe_after == 0.0
+    with pytest.raises(ValueError, match="quota_probe_after"):
+        bp.downstream("ledger", quota_probe_after=-1.0)

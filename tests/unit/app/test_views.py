@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import faust
-import pytest
 
 from faust_backpressure.agents import GateStats, KeyedGateStats, RateLimitGateStats
 from faust_backpressure.app import Backpressure
@@ -213,13 +211,3 @@ def test_the_downstream_guards_metric_names_are_pinned() -> None:
     assert ('faust_backpressure_downstream_calls_total{app="views-unit",dependency="payments",'
             'outcome="success"} 2.0') in text.splitlines()
 
-
-def test_a_guards_quota_probe_after_reaches_its_learner_and_is_checked() -> None:
-    """``quota_probe_after`` trades 429s for finding a raised quota sooner (docs/downstream.md);
-    both learners take it, shared and local, and a bad value names the setting."""
-    _, bp = _app()
-    shared: Any = bp.downstream("payments", quota_probe_after=5.0).quota
-    local: Any = bp.downstream("search", quota_probe_after=0.0, share_quota=False).quota
-    assert shared.learner.probe_after == 5.0 and local.learner.probe_after == 0.0
-    with pytest.raises(ValueError, match="quota_probe_after"):
-        bp.downstream("ledger", quota_probe_after=-1.0)
