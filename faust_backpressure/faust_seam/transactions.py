@@ -199,12 +199,19 @@ class InputTransactionManager(TransactionManager):
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         if self.transaction_lost is not None:
             return False
-        try:
-            return bool(await super().commit(offsets,
-                                             start_new_transaction=start_new_transaction))
+        by_tid: dict[str, dict[TP, int]] = {}
+        for tp, offset in offsets.items():
+            by_tid.setdefault(transactional_id_of(self.app, tp), {})[tp] = offset
+        if not by_tid:
+            return True
+        try:  # Faust's commit, but a fenced producer also stops the worker (it crashes the
+            # app, which may not end the process: faust_seam.crash)
+            await self.producer.commit_transactions(
+                by_tid, self.app.conf.id, start_new_transaction=start_new_transaction)
         except (OSError, RuntimeError, IllegalOperation) as error:  # KafkaError: RuntimeError
             self.lose_transactions(f"a transaction's commit failed ({one_line(error)})")
             return False
+        return True
 
     def _is_stale(self, message: Message) -> bool:
         is_stale = getattr(self.consumer, "is_stale", None)

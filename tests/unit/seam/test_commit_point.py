@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import ProducerFenced
 from faust.types import TP, Message
 
 from faust_backpressure.faust_seam import install
-from faust_backpressure.faust_seam.transactions import InputTransactionManager
+from faust_backpressure.faust_seam.transactions import InputTransactionManager, TransactionLost
 
 SOURCE = "in"
 busy, idle = TP(SOURCE, 5), TP(SOURCE, 3)
@@ -89,3 +90,28 @@ async def test_a_commit_leaves_out_the_transaction_of_an_event_still_writing(
     consumer._acked[busy].append(394)
     await consumer.force_commit()
     assert commits[1:] == [{"commit-point-2-5": {busy: 395}}]
+
+
+async def test_a_fenced_commit_stops_the_worker(tmp_path: Path) -> None:
+    # A worker whose rebalance outlasted the group's timeout: the new owners' producers fenced
+    # its own. Faust's commit crashed the app on it, which did not end the process (the test
+    # of a rebalance while events wait for a quota: 93 of 300 records out in 90 s); the seam's
+    # commit loses the transactions instead, and the worker exits (faust_seam.crash).
+    app, manager, commits = _app(tmp_path)
+    commit_transactions = manager.producer.commit_transactions
+    consumer: Any = app.consumer
+    consumer._committed_offset.update({idle: 100})
+    consumer._acked[idle].extend(range(100, 105))
+
+    async def fenced(by_tid: Mapping[str, Mapping[Any, int]], group_id: str,
+                     start_new_transaction: bool = True) -> None:
+        raise ProducerFenced()
+
+    manager.producer.commit_transactions = fenced  # type: ignore[method-assign]
+    assert not await consumer.force_commit()
+    assert isinstance(manager.transaction_lost, TransactionLost)
+    assert "ProducerFenced" in str(manager.transaction_lost)
+    consumer._acked[idle].append(105)
+    manager.producer.commit_transactions = commit_transactions  # type: ignore[method-assign]
+    assert not await consumer.force_commit()
+    assert commits == []  # nothing more is committed from this worker
