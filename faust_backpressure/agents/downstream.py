@@ -34,6 +34,7 @@ from faust_backpressure.agents.downstream_types import (
     WaitAborted,
     is_unavailable,
 )
+from faust_backpressure.agents.flow import Stopped, StopWatch
 from faust_backpressure.agents.latency import LATENCY_BUCKETS, LatencyWindow
 from faust_backpressure.agents.quota_gate import LocalQuota, QuotaGate, SharedQuota
 from faust_backpressure.agents.slow_down import (
@@ -100,6 +101,7 @@ class Downstream:
         self._ok_sent_at = -math.inf  # wall clock: failures news older than it is stale
         self._outage = False  # failures opened the breaker and it has not closed since
         self._background = BackgroundTasks(f"downstream {name}")
+        self._stop_watch = StopWatch()
         self._clock, self._wall = clock, wall_clock
         self._paused_until = 0.0  # wall clock: records carry it between workers
         self.coalesce = check_number("coalesce", coalesce, 0)
@@ -132,6 +134,7 @@ class Downstream:
     async def stop(self) -> None:
         """The worker stops: cancel the records still being published."""
         await self._background.stop()
+        self._stop_watch.stop()
         if isinstance(self.quota, SharedQuota):
             await self.quota.stop()
 
@@ -292,11 +295,7 @@ class Downstream:
         while True:
             epoch = await self._admitted(stopped)
             try:
-                if self.quota is not None:
-                    await self.quota.acquire()
-                if self.rate is not None:
-                    await self.rate.acquire()
-                permit = await self.concurrency.acquire()
+                permit = await self._permits(stopped)
             except BaseException:
                 self.breaker.abandon(epoch)  # a half-open probe that will never report
                 raise
@@ -305,6 +304,26 @@ class Downstream:
             permit.ignore()  # a pause began, or the breaker moved on, while it waited
             self.breaker.abandon(epoch)
             self.outcomes["held_by_pause"] += 1
+
+    async def _permits(self, stopped: asyncio.Event | None) -> CallPermit:
+        """A quota and a rate permit, then a slot. ``stopped`` set while they are awaited:
+        :class:`WaitAborted`. Faust's rebalance waits for every event in progress, and a
+        shared quota's lease can need the rebalance over: waited for, the rebalance timed out
+        and the worker's producers were fenced (docs/downstream.md, "A rebalance")."""
+        if stopped is None:
+            return await self._acquire_permits()
+        permit = await self._stop_watch.until_set(stopped, self._acquire_permits())
+        if isinstance(permit, Stopped):
+            self.outcomes["aborted_waits"] += 1
+            raise WaitAborted(self.name)
+        return permit
+
+    async def _acquire_permits(self) -> CallPermit:
+        if self.quota is not None:
+            await self.quota.acquire()
+        if self.rate is not None:
+            await self.rate.acquire()
+        return await self.concurrency.acquire()
 
     def _may_go(self, epoch: int) -> bool:
         """A call admitted under ``epoch`` that got its permit and slot: closed or the same
@@ -418,3 +437,4 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                       QuotaLearner(max_rate=max_rate, probe_after=probe_after)
                       if learn_quota else None,
                       **options)
+

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from faust.types import AppT, StreamT
 
 from faust_backpressure.faust_seam import flow_stopped_event, unbounded_stream_buffer
 
-__all__ = ["never_block_conductor", "unless_flow_stops"]
+__all__ = ["STOPPED", "StopWatch", "Stopped", "never_block_conductor", "unless_flow_stops",
+           "unless_set"]
+
+T = TypeVar("T")
 
 #: Faust's (mode's) default: release held partitions at 40% of the high-water mark (a batch
 #: pipeline's held partitions too).
@@ -54,8 +57,86 @@ async def unless_flow_stops(app: AppT, awaitable: Awaitable[Any]) -> bool:
     if flow_stopped is None:
         await awaitable
         return True
+    return await unless_set(flow_stopped, awaitable)
+
+class StopWatch:
+    """Awaits that end when an event is set (Faust's flow stopping), run in the caller's task.
+
+    One watcher task per event cancels the awaits still running when it is set; an await
+    costs a set insert, not the two tasks of :func:`unless_flow_stops` (~19 µs a downstream
+    call). What is awaited must take nothing when cancelled (the limiters' waiters don't).
+
+    Example::
+
+        watch = StopWatch()
+        if not await watch.until_set(flow_stopped, limiter.acquire(1)):
+            ...  # the flow stopped first: nothing was taken
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Event, set[asyncio.Task[Any]]] = {}
+        self._watchers: dict[asyncio.Event, asyncio.Task[None]] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()  # cancelled by a watcher
+
+    async def until_set(self, event: asyncio.Event, awaitable: Awaitable[T]) -> T | Stopped:
+        """``await awaitable``, or :data:`STOPPED` if ``event`` is set first. Raises what
+        ``awaitable`` raised."""
+        if event.is_set():  # the watcher has fired: race it the costly way
+            result: list[T] = []
+            if await unless_set(event, _into(result, awaitable)):
+                return result[0]
+            return STOPPED
+        task = asyncio.current_task()
+        assert task is not None  # (awaited: there is a task)
+        waiting = self._waiting.setdefault(event, set())
+        watcher = self._watchers.get(event)
+        if watcher is None or watcher.done():
+            self._watchers[event] = asyncio.ensure_future(self._watch(event, waiting))
+        waiting.add(task)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if task not in self._stopped:
+                raise
+            self._stopped.discard(task)
+            if task.uncancel() > 0:  # cancelled by someone else too
+                raise
+            return STOPPED
+        finally:
+            waiting.discard(task)
+
+    async def _watch(self, event: asyncio.Event, waiting: set[asyncio.Task[Any]]) -> None:
+        await event.wait()
+        for task in waiting:
+            self._stopped.add(task)
+            task.cancel()
+        waiting.clear()
+
+    def stop(self) -> None:
+        """Cancel the watchers (the worker stops)."""
+        for watcher in self._watchers.values():
+            watcher.cancel()
+        self._watchers.clear()
+
+
+class Stopped:
+    """What :meth:`StopWatch.until_set` returns when the event was set first."""
+
+    def __repr__(self) -> str:
+        return "STOPPED"
+
+
+STOPPED = Stopped()
+
+
+async def _into(result: list[T], awaitable: Awaitable[T]) -> None:
+    result.append(await awaitable)
+
+
+async def unless_set(event: asyncio.Event, awaitable: Awaitable[Any]) -> bool:
+    """Await ``awaitable`` unless ``event`` is set first (see :func:`unless_flow_stops`)."""
     work = asyncio.ensure_future(awaitable)
-    watching = asyncio.ensure_future(flow_stopped.wait())
+    watching = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait({work, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:

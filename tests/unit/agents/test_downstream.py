@@ -208,6 +208,53 @@ async def test_a_wait_for_the_breaker_ends_when_the_flow_stops_and_nothing_is_ca
     assert called
 
 
+class OwnerAway:
+    """A shared quota whose permits need its owner, away for a rebalance: none comes."""
+
+    rate = 10.0
+
+    async def acquire(self) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    def started(self) -> None: ...
+    def succeeded(self) -> None: ...
+    def recovered(self) -> None: ...
+    def episode(self, until: float, seconds: float) -> str: return ""
+    def report(self, worker: str, episode: float, served: float, whole: bool = True) -> None: ...
+    def announced(self, quota: float) -> None: ...
+
+
+@pytest.mark.parametrize("held", ["slot", "rate", "quota"])
+async def test_every_wait_of_a_call_ends_when_the_flow_stops_and_takes_nothing(
+        held: str) -> None:
+    # Faust's rebalance waits for every event in progress. A call waiting for a shared
+    # quota's permit held it until the group went on without the worker, whose producers were
+    # then fenced (tests/integration/downstream/test_rebalance_while_waiting.py).
+    api = Downstream("api", limit=FixedLimit(1), breaker=CircuitBreaker(minimum_calls=4),
+                     rate=TokenBucketRateLimiter(0.001, 1) if held == "rate" else None,
+                     quota=OwnerAway() if held == "quota" else None)
+    release = asyncio.Event()
+    if held == "slot":  # a call in flight holds the only slot
+        busy = asyncio.ensure_future(api.run(release.wait))
+    elif held == "rate":
+        assert api.rate is not None and api.rate.try_acquire(1)  # the only permit taken
+    stopped, called = asyncio.Event(), []
+    waiting = asyncio.ensure_future(api.run_unless(stopped, called.append, "called"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    stopped.set()
+    with pytest.raises(WaitAborted):
+        await asyncio.wait_for(waiting, timeout=10)  # (without the fix: for ever)
+    assert called == [] and api.outcomes["aborted_waits"] == 1
+    if held == "slot":
+        release.set()
+        await busy
+    assert api.concurrency.in_flight == 0 and api.concurrency.queued == 0
+    if held == "rate":
+        assert api.rate is not None and api.rate.queued_waiters == 0
+
+
 async def test_the_guard_never_has_more_calls_in_flight_than_its_limit() -> None:
     api = build_downstream("db", max_concurrency=3, limit="fixed")
     in_flight = peak = 0

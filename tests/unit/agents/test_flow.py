@@ -1,4 +1,5 @@
-"""``unless_flow_stops``: the one wait of an event that Faust stopping the flow cuts short."""
+"""``unless_flow_stops`` and ``StopWatch``: the waits of an event that Faust stopping the flow
+cuts short."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from faust_backpressure.agents.flow import unless_flow_stops
+from faust_backpressure.agents.flow import STOPPED, StopWatch, unless_flow_stops
 
 
 def _app(suspend_flow: asyncio.Event | None) -> Any:
@@ -56,3 +57,51 @@ async def test_the_work_s_error_is_raised() -> None:
         await unless_flow_stops(_app(asyncio.Event()), fail())
     with pytest.raises(ValueError, match="no"):
         await unless_flow_stops(_app(None), fail())
+
+
+async def test_a_stop_watch_returns_what_completed_and_stops_what_still_waits() -> None:
+    watch, stopped, left = StopWatch(), asyncio.Event(), []
+
+    async def wait(forever: bool) -> str:
+        try:
+            if forever:
+                await asyncio.get_running_loop().create_future()
+            return "done"
+        except asyncio.CancelledError:
+            left.append("left")
+            raise
+
+    assert await watch.until_set(stopped, wait(False)) == "done"
+    waits = [asyncio.ensure_future(watch.until_set(stopped, wait(True))) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waits)
+    stopped.set()
+    assert await asyncio.gather(*waits) == [STOPPED] * 3
+    assert left == ["left"] * 3  # each wait was cancelled inside, and has left
+    # set already: what completes at once is kept, what would wait is not
+    assert await watch.until_set(stopped, wait(False)) == "done"
+    assert await asyncio.wait_for(watch.until_set(stopped, wait(True)), 1) is STOPPED
+    # cleared again (the flow resumed): a new watcher for the next stop
+    stopped.clear()
+    again = asyncio.ensure_future(watch.until_set(stopped, wait(True)))
+    await asyncio.sleep(0)
+    stopped.set()
+    assert await again is STOPPED
+    watch.stop()
+
+
+async def test_a_stop_watch_lets_another_cancel_through_and_raises_errors() -> None:
+    watch, stopped = StopWatch(), asyncio.Event()
+    waiting = asyncio.ensure_future(
+        watch.until_set(stopped, asyncio.get_running_loop().create_future()))
+    await asyncio.sleep(0)
+    waiting.cancel()  # the caller's own cancel is not a stop
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    async def fail() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        await watch.until_set(stopped, fail())
+    watch.stop()
