@@ -77,6 +77,7 @@ from faust_backpressure.testing.kafka_io import (
     wait_partitions,
 )
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
+from faust_backpressure.wire.topics import pressure_topic
 
 # The plan, result and report types are re-exported: tests and bench/chaos.py import them here.
 __all__ = ["APP", "GUARANTEES", "PIPELINES", "ChaosPlan", "ChaosResult", "Fault", "FaultReport",
@@ -166,7 +167,8 @@ class _Run:
                "FBP_TAG": tag, "FBP_PIPELINES": ",".join(plan.pipelines),
                "FBP_GUARANTEE": plan.guarantee, "FBP_MAX_RETRIES": str(plan.max_retries),
                "FBP_LIMITER": f"chaos:{plan.rate:g}:{plan.burst:g}",
-               "FBP_BATCH": str(plan.batch_size)}
+               "FBP_BATCH": str(plan.batch_size),
+               "FBP_CONTROL": "1" if plan.control_loop else "0"}
         self.workers = [FaustWorker(APP, name=f"w{i}", env=env, data_dir=workdir / f"w{i}",
                                     cwd=cwd) for i in range(plan.workers)]
         self.tracker = _Tracker(self.bootstrap, [t for _, sink, dlq in self.topics.values()
@@ -304,6 +306,10 @@ class _Run:
         times = sorted(t for t, _ in self.tracker.admissions)
         self.result.bound = {span: (worst_window(times, span), plan.rate * span + plan.burst)
                              for span in BOUND_SPANS}
+        if plan.control_loop:
+            after = max((r.restarted_at for r in self.result.faults), default=0.0)
+            samples = await read_to_end(self.bootstrap, pressure_topic(self.app_id), timeout=60)
+            self.result.samples_after_faults = sum(r.timestamp / 1000 > after for r in samples)
 
     async def _account_pipeline(self, name: str) -> PipelineResult:
         """Every id of ``name``'s source in its sink or its DLQ, bad ones with their reason."""

@@ -8,7 +8,10 @@ worker``; configured by the environment:
 ``process_batch=`` with batches of ``FBP_BATCH`` (default 100)), ``FBP_GUARANTEE``
 (``at_least_once`` | ``exactly_once``), ``FBP_LIMITER`` (``id:rate:burst``, a distributed limiter
 shared by every worker and every pipeline), ``FBP_MAX_RETRIES`` (default 2), ``FBP_WORKER_NAME``
-(set by :class:`~faust_backpressure.testing.workers.FaustWorker`).
+(set by :class:`~faust_backpressure.testing.workers.FaustWorker`), ``FBP_CONTROL`` (``1``: a
+control loop on the limiter, watching the first pipeline's sink for a group that never
+commits: it samples, publishes and decides on every worker through every fault, and holds
+the rate, its lag being 0 and its CPU threshold 100%).
 
 Input values are JSON objects ``{"id": ..., "fail": bool}`` (a few are not JSON: the DLQ gets them
 with stage ``decode``); ``fail`` makes ``process`` raise every time (the DLQ gets them with stage
@@ -27,6 +30,7 @@ import faust
 
 from faust_backpressure.agents import Pipeline
 from faust_backpressure.app import Backpressure
+from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.testing.chaos_plan import topic_names
 from faust_backpressure.testing.settings import fast_faust_settings
 
@@ -79,3 +83,7 @@ def _pipeline(name: str) -> Pipeline:
 # built in one expression, not filled in a loop: no module-level container is mutated
 # (tests/unit/test_layers.py keeps per-app state out of modules)
 pipelines = {name: _pipeline(name) for name in os.environ.get("FBP_PIPELINES", "event").split(",")}
+if os.environ.get("FBP_CONTROL") == "1":
+    bp.control_loop(_limiter_id, downstream_group=f"{app.conf.id}-audit",
+                    downstream_topics=[next(iter(pipelines.values())).sinks[0].get_topic_name()],
+                    interval=0.5, thresholds=BackpressureThresholds(cpu_threshold=1.0))

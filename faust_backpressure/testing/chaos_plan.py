@@ -66,6 +66,9 @@ class ChaosPlan:
     pipelines: tuple[str, ...] = PIPELINES
     #: The ``batch`` pipeline's batch size.
     batch_size: int = 100
+    #: A control loop on the limiter in the same app (see :mod:`.chaos_app`): it must go on
+    #: publishing samples after the last fault.
+    control_loop: bool = True
 
     @property
     def per_pipeline(self) -> int:
@@ -190,6 +193,8 @@ class ChaosResult:
     #: How often the seam's guards acted, over all workers' logs (see ``_SEAM_ACTIONS``).
     seam_actions: Counter[str] = field(default_factory=Counter)
     stalled: bool = False
+    #: Pressure samples the control loop published after the last fault ended (None: no loop).
+    samples_after_faults: int | None = None
     started: float = 0.0  # wall clock when feeding began; times in the report count from it
     seconds: float = 0.0
     workdir: str = ""
@@ -213,6 +218,8 @@ class ChaosResult:
         for report in self.faults:
             if report.fault.kind == "outage" and report.recovery is None:
                 out.append(f"processing did not resume after {report.describe()}")
+        if self.samples_after_faults == 0:
+            out.append("the control loop published no pressure sample after the last fault")
         if self.stalled:
             out.append(f"stalled: nothing came out for {self.plan.stall_timeout:g} s and the "
                        "group's commits never reached the end of IN")

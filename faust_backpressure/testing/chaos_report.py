@@ -67,6 +67,9 @@ def format_table(results: Sequence[ChaosResult]) -> str:
                             for span, (n, limit) in sorted(r.bound.items()))
         lines.append(f"- limiter {r.plan.rate:g}/s burst {r.plan.burst:g}, shared by the "
                      f"pipelines; most admitted in any window: {windows}")
+        if r.samples_after_faults is not None:
+            lines.append(f"- control loop on the limiter: {r.samples_after_faults} pressure "
+                         "samples published after the last fault")
         if r.worker_exits:
             shown = r.worker_exits if len(r.worker_exits) <= 4 else [
                 *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
