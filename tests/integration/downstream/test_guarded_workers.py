@@ -55,6 +55,17 @@ async def start_workers(kafka_bootstrap: str, unique_name: Callable[[str], str],
     return topics, workers
 
 
+async def started_and_fed(kafka_bootstrap: str, unique_name: Callable[[str], str],
+                          faust_workers: Callable[..., FaustWorker], guarantee: str, url: str,
+                          count: int) -> tuple[dict[str, str], list[FaustWorker], list[bytes]]:
+    """Two workers started and settled, then ``count`` ids fed to the source."""
+    topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
+                                          guarantee, url)
+    ids = [b"id-%04d" % i for i in range(count)]
+    await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
+    return topics, workers, ids
+
+
 async def all_out_none_dead(bootstrap: str, topics: dict[str, str], ids: list[bytes],
                             guarantee: str) -> None:
     out = await read_committed(bootstrap, topics["sink"],
@@ -136,10 +147,8 @@ async def test_an_announced_quota_is_kept_by_every_worker(
     sent before them; nothing is dead-lettered."""
     with QuotaServiceProcess(quota=60, burst=6, servers=4, service_time=0.005,
                              announce=True) as service:
-        topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
-                                              guarantee, service.url)
-        ids = [b"id-%04d" % i for i in range(240)]  # 4 s at the quota
-        await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
+        topics, workers, ids = await started_and_fed(  # 4 s at the quota
+            kafka_bootstrap, unique_name, faust_workers, guarantee, service.url, 240)
         await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
         for worker in workers:
             await asyncio.to_thread(worker.wait_for_log, r"the system announced 60\.0/s",
@@ -165,10 +174,8 @@ async def test_a_rebalance_while_events_wait_for_the_quota_drops_no_worker_and_l
     (a clean-clone CI run: 10 of 240 records out in 90 s; here 1 run in 3)."""
     with QuotaServiceProcess(quota=10, burst=2, servers=4, service_time=0.005,
                              announce=True) as service:
-        topics, workers = await start_workers(kafka_bootstrap, unique_name, faust_workers,
-                                              guarantee, service.url)
-        ids = [b"id-%04d" % i for i in range(150)]  # 15 s at the quota
-        await produce(kafka_bootstrap, topics["source"], ((i, i) for i in ids))
+        topics, workers, ids = await started_and_fed(  # 15 s at the quota
+            kafka_bootstrap, unique_name, faust_workers, guarantee, service.url, 150)
         while sum((await end_offsets(kafka_bootstrap, topics["sink"])).values()) < 30:
             await asyncio.sleep(0.2)
         workers.append(faust_workers(APP, name="c", env=workers[0].env))
