@@ -180,7 +180,8 @@ class _Run:
         for source, _, _ in self.topics.values():
             try:
                 ends = await end_offsets(self.bootstrap, source)
-                commits = await committed_offsets(self.bootstrap, self.app_id, source)
+                commits = await committed_offsets(self.bootstrap, self.app_id, source,
+                                                  timeout=1.0)
             except Exception:  # broad: the broker may be down on purpose; asked again later
                 return False
             if any(commits.get(p, -1) < end for p, end in ends.items()):

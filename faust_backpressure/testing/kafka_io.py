@@ -11,7 +11,8 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, String
 
 from faust_backpressure.wire.kafka_clients import batches_to_end, topic_partitions
@@ -146,15 +147,36 @@ async def _from_the_beginning(bootstrap: str, topic: str, isolation_level: str
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """``{partition: offset}`` committed by consumer group ``group`` on ``topic``."""
+async def committed_offsets(bootstrap: str, group: str, topic: str, *,
+                            timeout: float = 30.0) -> dict[int, int]:
+    """``{partition: offset}`` committed by consumer group ``group`` on ``topic``.
+
+    Asks again while the group's coordinator answers with a retriable error (loading its
+    offsets after a broker restart, or not available yet): aiokafka's
+    ``list_consumer_group_offsets`` ignores the answer's top-level error and returns ``{}``
+    then (a CI run of test_broker_restart.py read no offsets right after the restart)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    deadline = time.monotonic() + timeout
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        while True:
+            try:
+                coordinator = await admin.find_coordinator(group)
+                # (admin's own request path: the public call drops the error we need)
+                response = await admin._send_request(OffsetFetchRequest(group, None),
+                                                      coordinator)
+                codes = [getattr(response, "error_code", 0), *(
+                    error for _, partitions in response.topics for *_, error in partitions)]
+                if any(codes):
+                    raise for_code(next(c for c in codes if c))(f"offsets of group {group}")
+                return {partition: offset for name, partitions in response.topics
+                        if name == topic for partition, offset, *_ in partitions}
+            except KafkaError as error:
+                if not error.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
     finally:
         await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def offset_commits(bootstrap: str, group: str) -> list[tuple[str, int, int, int, bool]]:
