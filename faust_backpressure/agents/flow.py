@@ -83,9 +83,9 @@ class StopWatch:
         """``await awaitable``, or :data:`STOPPED` if ``event`` is set first. Raises what
         ``awaitable`` raised."""
         if event.is_set():  # the watcher has fired: race it the costly way
-            result: list[T] = []
-            if await unless_set(event, _into(result, awaitable)):
-                return result[0]
+            got: list[T] = []
+            if await unless_set(event, _into(got, awaitable)):
+                return got[0]
             return STOPPED
         task = asyncio.current_task()
         assert task is not None  # (awaited: there is a task)
@@ -95,16 +95,19 @@ class StopWatch:
             self._watchers[event] = asyncio.ensure_future(self._watch(event, waiting))
         waiting.add(task)
         try:
-            return await awaitable
+            result = await awaitable
         except asyncio.CancelledError:
-            if task not in self._stopped:
-                raise
-            self._stopped.discard(task)
-            if task.uncancel() > 0:  # cancelled by someone else too
-                raise
-            return STOPPED
+            if task in self._stopped:
+                self._stopped.discard(task)
+                if task.uncancel() == 0:  # (> 0: cancelled by someone else too)
+                    return STOPPED
+            raise
         finally:
             waiting.discard(task)
+        if task in self._stopped:  # it swallowed the cancel and finished: its result stands
+            self._stopped.discard(task)
+            task.uncancel()
+        return result
 
     async def _watch(self, event: asyncio.Event, waiting: set[asyncio.Task[Any]]) -> None:
         await event.wait()

@@ -105,3 +105,26 @@ async def test_a_stop_watch_lets_another_cancel_through_and_raises_errors() -> N
     with pytest.raises(ValueError, match="no"):
         await watch.until_set(stopped, fail())
     watch.stop()
+
+
+async def test_a_wait_that_swallows_the_stop_keeps_its_result_and_no_cancel_is_left() -> None:
+    watch, stopped = StopWatch(), asyncio.Event()
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            return "kept"  # (a limiter must not do this: it would take what it got)
+        return "never"
+
+    async def call() -> tuple[object, int]:
+        result = await watch.until_set(stopped, stubborn())
+        task = asyncio.current_task()
+        assert task is not None
+        return result, task.cancelling()
+
+    waiting = asyncio.ensure_future(call())
+    await asyncio.sleep(0)
+    stopped.set()
+    assert await waiting == ("kept", 0)
+    watch.stop()
