@@ -437,4 +437,3 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
                       QuotaLearner(max_rate=max_rate, probe_after=probe_after)
                       if learn_quota else None,
                       **options)
-

@@ -59,6 +59,7 @@ async def unless_flow_stops(app: AppT, awaitable: Awaitable[Any]) -> bool:
         return True
     return await unless_set(flow_stopped, awaitable)
 
+
 class StopWatch:
     """Awaits that end when an event is set (Faust's flow stopping), run in the caller's task.
 
@@ -70,7 +71,7 @@ class StopWatch:
     Example::
 
         watch = StopWatch()
-        if not await watch.until_set(flow_stopped, limiter.acquire(1)):
+        if await watch.until_set(flow_stopped, limiter.acquire(1)) is STOPPED:
             ...  # the flow stopped first: nothing was taken
     """
 
