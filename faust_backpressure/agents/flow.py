@@ -57,7 +57,7 @@ async def unless_flow_stops(app: AppT, awaitable: Awaitable[Any]) -> bool:
     if flow_stopped is None:
         await awaitable
         return True
-    return await unless_set(flow_stopped, awaitable)
+    return await unless_set(flow_stopped, awaitable) is not STOPPED
 
 
 class StopWatch:
@@ -76,24 +76,23 @@ class StopWatch:
     """
 
     def __init__(self) -> None:
-        self._waiting: dict[asyncio.Event, set[asyncio.Task[Any]]] = {}
-        self._watchers: dict[asyncio.Event, asyncio.Task[None]] = {}
+        #: event -> its watcher and the tasks awaiting under it
+        self._watched: dict[asyncio.Event, tuple[asyncio.Task[None], set[asyncio.Task[Any]]]] = {}
         self._stopped: set[asyncio.Task[Any]] = set()  # cancelled by a watcher
 
     async def until_set(self, event: asyncio.Event, awaitable: Awaitable[T]) -> T | Stopped:
         """``await awaitable``, or :data:`STOPPED` if ``event`` is set first. Raises what
         ``awaitable`` raised."""
         if event.is_set():  # the watcher has fired: race it the costly way
-            got: list[T] = []
-            if await unless_set(event, _into(got, awaitable)):
-                return got[0]
-            return STOPPED
+            return await unless_set(event, awaitable)
         task = asyncio.current_task()
         assert task is not None  # (awaited: there is a task)
-        waiting = self._waiting.setdefault(event, set())
-        watcher = self._watchers.get(event)
-        if watcher is None or watcher.done():
-            self._watchers[event] = asyncio.ensure_future(self._watch(event, waiting))
+        watched = self._watched.get(event)
+        if watched is None or watched[0].done():
+            waiting: set[asyncio.Task[Any]] = set()
+            watched = self._watched[event] = (
+                asyncio.ensure_future(self._watch(event, waiting)), waiting)
+        waiting = watched[1]
         waiting.add(task)
         try:
             result = await awaitable
@@ -119,9 +118,9 @@ class StopWatch:
 
     def stop(self) -> None:
         """Cancel the watchers (the worker stops)."""
-        for watcher in self._watchers.values():
+        for watcher, _ in self._watched.values():
             watcher.cancel()
-        self._watchers.clear()
+        self._watched.clear()
 
 
 class Stopped:
@@ -134,12 +133,9 @@ class Stopped:
 STOPPED = Stopped()
 
 
-async def _into(result: list[T], awaitable: Awaitable[T]) -> None:
-    result.append(await awaitable)
-
-
-async def unless_set(event: asyncio.Event, awaitable: Awaitable[Any]) -> bool:
-    """Await ``awaitable`` unless ``event`` is set first (see :func:`unless_flow_stops`)."""
+async def unless_set(event: asyncio.Event, awaitable: Awaitable[T]) -> T | Stopped:
+    """``await awaitable``, or :data:`STOPPED` if ``event`` is set first (then it was
+    cancelled and has finished leaving). Raises what ``awaitable`` raised."""
     work = asyncio.ensure_future(awaitable)
     watching = asyncio.ensure_future(event.wait())
     try:
@@ -150,6 +146,5 @@ async def unless_set(event: asyncio.Event, awaitable: Awaitable[Any]) -> bool:
             work.cancel()
     await asyncio.wait({work})  # done, or leaving (e.g. the limiter's queue)
     if work.cancelled():
-        return False
-    work.result()  # raises what work raised
-    return True
+        return STOPPED
+    return work.result()  # raises what work raised

@@ -84,6 +84,7 @@ def _pipeline(name: str) -> Pipeline:
 # (tests/unit/test_layers.py keeps per-app state out of modules)
 pipelines = {name: _pipeline(name) for name in os.environ.get("FBP_PIPELINES", "event").split(",")}
 if os.environ.get("FBP_CONTROL") == "1":
+    _, _first_sink, _ = topic_names(os.environ["FBP_TAG"], next(iter(pipelines)))
     bp.control_loop(_limiter_id, downstream_group=f"{app.conf.id}-audit",
-                    downstream_topics=[next(iter(pipelines.values())).sinks[0].get_topic_name()],
+                    downstream_topics=[_first_sink],
                     interval=0.5, thresholds=BackpressureThresholds(cpu_threshold=1.0))

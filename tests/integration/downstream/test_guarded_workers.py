@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from faust_backpressure.app.downstream_ops import QuotaReport, quota_key
-from faust_backpressure.testing.kafka_io import create_topics, end_offsets, produce
+from faust_backpressure.testing.kafka_io import consume, create_topics, end_offsets, produce
 from faust_backpressure.testing.quota_client import QuotaServiceProcess
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 from tests.conftest import REPO
@@ -176,8 +176,7 @@ async def test_a_rebalance_while_events_wait_for_the_quota_drops_no_worker_and_l
                              announce=True) as service:
         topics, workers, ids = await started_and_fed(  # 15 s at the quota
             kafka_bootstrap, unique_name, faust_workers, guarantee, service.url, 150)
-        while sum((await end_offsets(kafka_bootstrap, topics["sink"])).values()) < 30:
-            await asyncio.sleep(0.2)
+        await consume(kafka_bootstrap, topics["sink"], until=30, timeout=60)  # under way
         workers.append(faust_workers(APP, name="c", env=workers[0].env))
         await all_out_none_dead(kafka_bootstrap, topics, ids, guarantee)
     logs = [worker.logs() for worker in workers]

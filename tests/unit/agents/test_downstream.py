@@ -229,7 +229,7 @@ async def test_every_wait_of_a_call_ends_when_the_flow_stops_and_takes_nothing(
         held: str) -> None:
     # Faust's rebalance waits for every event in progress. A call waiting for a shared
     # quota's permit held it until the group went on without the worker, whose producers were
-    # then fenced (tests/integration/downstream/test_rebalance_while_waiting.py).
+    # then fenced (test_guarded_workers.py::test_a_rebalance_while_events_wait_for_the_quota_...).
     api = Downstream("api", limit=FixedLimit(1), breaker=CircuitBreaker(minimum_calls=4),
                      rate=TokenBucketRateLimiter(0.001, 1) if held == "rate" else None,
                      quota=OwnerAway() if held == "quota" else None)
