@@ -97,6 +97,9 @@ class Downstream:
         #: Set by the installer: tells every worker this one's breaker opened on failures,
         #: ``(dependency, until)``, so theirs open too (docs/downstream.md, "Outage news").
         self.publish_failing = publish_failing
+        #: Set by the installer: Faust's "flow stopped" event, for calls with no ``stopped``
+        #: of their own (a plain agent's: see ``_permits``).
+        self.flow_stopped: Callable[[], asyncio.Event | None] | None = None
         self._opened_at = -math.inf  # wall clock: older recovery news is stale
         self._ok_sent_at = -math.inf  # wall clock: failures news older than it is stale
         self._outage = False  # failures opened the breaker and it has not closed since
@@ -248,15 +251,9 @@ class Downstream:
             if stopped is None:
                 await self.breaker.wait_until_allowed()
                 continue
-            if stopped.is_set():
+            if stopped.is_set() or isinstance(await self._stop_watch.until_set(
+                    stopped, self.breaker.wait_until_allowed()), Stopped):
                 raise WaitAborted(self.name)
-            waits = [asyncio.ensure_future(self.breaker.wait_until_allowed()),
-                     asyncio.ensure_future(stopped.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in waits:
-                    task.cancel()
             self.outcomes["waited"] += 1
         return self.breaker.epoch
 
@@ -309,9 +306,22 @@ class Downstream:
         """A quota and a rate permit, then a slot. ``stopped`` set while they are awaited:
         :class:`WaitAborted`. Faust's rebalance waits for every event in progress, and a
         shared quota's lease can need the rebalance over: waited for, the rebalance timed out
-        and the worker's producers were fenced (docs/downstream.md, "A rebalance")."""
+        and the worker's producers were fenced (docs/downstream.md, "A rebalance").
+
+        A plain agent's call (no ``stopped``) has no record to requeue: when Faust stops the
+        flow it goes without the quota and rate permits (counted as ``overdrafts``), a
+        slot only; a 429 for it pauses as any other."""
         if stopped is None:
-            return await self._acquire_permits()
+            flow = None if self.flow_stopped is None else self.flow_stopped()
+            if flow is None:
+                return await self._acquire_permits()
+            permit = await self._stop_watch.until_set(flow, self._acquire_permits())
+            if not isinstance(permit, Stopped):
+                return permit
+            self.outcomes["overdrafts"] += 1
+            log.info("downstream %s: the flow stopped, a call goes on without its permits "
+                     "(an overdraft)", self.name)
+            return await self.concurrency.acquire()
         permit = await self._stop_watch.until_set(stopped, self._acquire_permits())
         if isinstance(permit, Stopped):
             self.outcomes["aborted_waits"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,12 @@ from faust_backpressure.control import (
 from faust_backpressure.control.credit_flow import CreditFlow
 from faust_backpressure.control.loop import ControlLoops
 from faust_backpressure.control.shedding import ShedLevels
-from faust_backpressure.faust_seam import context_of, refresh_consumer_metadata, send_control
+from faust_backpressure.faust_seam import (
+    context_of,
+    flow_stopped_event,
+    refresh_consumer_metadata,
+    send_control,
+)
 from faust_backpressure.faust_seam import install as install_faust_seam
 from faust_backpressure.limiters import RateLimitingStrategy
 from faust_backpressure.limiters.bucket import BURST_SECONDS
@@ -252,6 +258,7 @@ class Backpressure:
             unavailable=unavailable, publish=self._publish_slow_down,
             publish_recovery=self._publish_recovery, publish_failing=self._publish_failing,
             learn_quota=learn_quota, max_rate=max_rate, probe_after=quota_probe_after)
+        guard.flow_stopped = functools.partial(flow_stopped_event, self.app)
         self.downstreams[name] = guard
         return guard
 

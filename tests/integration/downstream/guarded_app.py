@@ -1,7 +1,8 @@
 """A pipeline that calls the quota service per event through a downstream guard.
 
 Env: FBP_APP_ID, FBP_SOURCE, FBP_SINK, FBP_DLQ, FBP_GUARANTEE (at_least_once|exactly_once),
-FBP_QUOTA_URL (the quota service), FBP_WAIT_IN_OPEN (the breaker's wait, seconds).
+FBP_QUOTA_URL (the quota service), FBP_WAIT_IN_OPEN (the breaker's wait, seconds),
+FBP_PLAIN=1: a plain agent calling through ``service.run`` instead of the pipeline.
 """
 
 import os
@@ -33,6 +34,16 @@ async def call(value: bytes) -> bytes:
     return value
 
 
-pipeline = bp.pipeline("calls", source=os.environ["FBP_SOURCE"], sink=os.environ["FBP_SINK"],
-                       dlq=os.environ["FBP_DLQ"], process=call, downstream=service,
-                       max_retries=1, retry_backoff=0.01)
+if os.environ.get("FBP_PLAIN"):
+    source = app.topic(os.environ["FBP_SOURCE"], key_serializer="raw", value_serializer="raw")
+    sink = app.topic(os.environ["FBP_SINK"], key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source)
+    async def calls(stream: faust.StreamT[bytes]) -> None:
+        async for key, value in stream.items():
+            await sink.send(key=key, value=await service.run(call, value))
+else:
+    pipeline = bp.pipeline("calls", source=os.environ["FBP_SOURCE"],
+                           sink=os.environ["FBP_SINK"], dlq=os.environ["FBP_DLQ"],
+                           process=call, downstream=service, max_retries=1,
+                           retry_backoff=0.01)

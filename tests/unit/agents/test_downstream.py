@@ -255,6 +255,45 @@ async def test_every_wait_of_a_call_ends_when_the_flow_stops_and_takes_nothing(
         assert api.rate is not None and api.rate.queued_waiters == 0
 
 
+@pytest.mark.parametrize("held", ["rate", "quota"])
+async def test_a_plain_agents_call_goes_unpaced_when_the_flow_stops(held: str) -> None:
+    # A plain agent has no record to requeue: its call must not hold the rebalance (the
+    # permit may need it over), so it goes with a slot only; the breaker's pause still holds.
+    api = Downstream("api", limit=FixedLimit(1), breaker=CircuitBreaker(minimum_calls=4),
+                     rate=TokenBucketRateLimiter(0.001, 1) if held == "rate" else None,
+                     quota=OwnerAway() if held == "quota" else None)
+    if held == "rate":
+        assert api.rate is not None and api.rate.try_acquire(1)  # the only permit taken
+    flow = asyncio.Event()
+    api.flow_stopped = lambda: flow
+    called: list[str] = []
+    waiting = asyncio.ensure_future(api.run(called.append, "first"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    flow.set()
+    await asyncio.wait_for(waiting, timeout=10)  # (without the fix: for ever)
+    assert called == ["first"] and api.outcomes["overdrafts"] == 1
+    await asyncio.wait_for(api.run(called.append, "during"), timeout=10)  # still stopped
+    assert called == ["first", "during"] and api.outcomes["overdrafts"] == 2
+    assert api.concurrency.in_flight == 0 and api.concurrency.queued == 0
+    if held == "rate":
+        assert api.rate is not None and api.rate.queued_waiters == 0
+    flow.clear()  # the flow resumed: paced again
+    resumed = asyncio.ensure_future(api.run(called.append, "resumed"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not resumed.done() and api.outcomes["overdrafts"] == 2
+    resumed.cancel()
+    flow.set()
+    api.pause_until(time.time() + 30)  # a slow-down in force is waited for all the same
+    paused = asyncio.ensure_future(api.run(called.append, "paused"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not paused.done() and called[-1] == "during"
+    paused.cancel()
+
+
 async def test_the_guard_never_has_more_calls_in_flight_than_its_limit() -> None:
     api = build_downstream("db", max_concurrency=3, limit="fixed")
     in_flight = peak = 0
