@@ -38,7 +38,7 @@ if os.environ.get("FBP_PLAIN"):
     source = app.topic(os.environ["FBP_SOURCE"], key_serializer="raw", value_serializer="raw")
     sink = app.topic(os.environ["FBP_SINK"], key_serializer="raw", value_serializer="raw")
 
-    @app.agent(source)
+    @app.agent(source, concurrency=4)  # events in progress, as the pipeline keeps 8
     async def calls(stream: faust.StreamT[bytes]) -> None:
         async for key, value in stream.items():
             await sink.send(key=key, value=await service.run(call, value))
