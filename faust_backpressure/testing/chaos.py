@@ -39,7 +39,6 @@ import bisect
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import time
@@ -65,7 +64,13 @@ from faust_backpressure.testing.chaos_plan import (
     PipelineResult,
     topic_names,
 )
-from faust_backpressure.testing.chaos_report import format_table, git_commit
+from faust_backpressure.testing.chaos_report import (
+    GUARD_OVERDRAFT,
+    GUARD_PAUSE,
+    format_table,
+    git_commit,
+    read_worker_log,
+)
 from faust_backpressure.testing.kafka_io import (
     Record,
     committed_offsets,
@@ -76,6 +81,7 @@ from faust_backpressure.testing.kafka_io import (
     read_to_end,
     wait_partitions,
 )
+from faust_backpressure.testing.quota_client import QuotaServiceProcess
 from faust_backpressure.testing.workers import FaustWorker, wait_until_settled
 from faust_backpressure.wire.topics import pressure_topic
 
@@ -173,6 +179,9 @@ class _Run:
                                     cwd=cwd) for i in range(plan.workers)]
         self.tracker = _Tracker(self.bootstrap, [t for _, sink, dlq in self.topics.values()
                                                  for t in (sink, dlq)])
+        quota = plan.downstream_quota
+        self.service = None if quota is None else QuotaServiceProcess(
+            quota=quota, burst=quota / 10, servers=16, service_time=0.002)
         self.result = ChaosResult(plan, git_commit(), workdir=str(workdir))
         self.produced = 0  # per pipeline
 
@@ -236,6 +245,10 @@ class _Run:
         for source, sink, dlq in self.topics.values():
             sizes.update({source: plan.partitions, sink: plan.partitions, dlq: 1})
         await create_topics(self.bootstrap, sizes)
+        if self.service is not None:
+            url = await asyncio.to_thread(self.service.start)
+            for worker in self.workers:
+                worker.env["FBP_QUOTA_URL"] = url
         for worker in self.workers:
             worker.start()
         for worker in self.workers:
@@ -395,37 +408,14 @@ class _Run:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop(timeout=15)
-            stuck = Counter(m.group(0)[:600] for m in _RECOVERY_STUCK.finditer(worker.logs()))
-            if stuck:
-                self.result.log_errors[worker.name + " (recovery waiting)"] = stuck.most_common(4)
-            errors = Counter(_normalized(line) for line in worker.logs().splitlines()
-                             if ("[ERROR]" in line or "[CRITICAL]" in line)
-                             and not _OUTAGE_NOISE.search(line))
-            if errors:
-                self.result.log_errors[worker.name] = errors.most_common(4)
-            for action, pattern in _SEAM_ACTIONS.items():
-                self.result.seam_actions[action] += len(pattern.findall(worker.logs()))
-
-
-#: The seam's log lines when one of its guards acts (faust_seam/consumer.py, transactions.py).
-_SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-reading"),
-                 "stale outputs dropped": re.compile(r"dropped an output of "),
-                 "commits held back (writer running)": re.compile(r"not committing the trans"),
-                 "open transactions aborted at a rebalance":
-                     re.compile(r"aborting the open transaction ")}
-
-#: The seam's account of a table recovery that gets no record (faust_seam/recovery_watch.py).
-_RECOVERY_STUCK = re.compile(r"recovery of .*? no record after .*")
-
-#: What every client logs while the broker is down: not worth a line in the report.
-_OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
-                           r"|Connect call failed|KafkaConnectionError")
-
-
-def _normalized(line: str) -> str:
-    """A log line without its timestamp and pid, numbers as N, cut short: to count alike ones."""
-    text = re.sub(r"^\[[^]]*\] \[\d+\] ", "", line)
-    return re.sub(r"\d+", "N", text)[:160]
+            read_worker_log(self.result, worker.name, worker.logs())
+        if self.service is not None and self.service.url:
+            stats = self.service.stats()
+            self.service.stop()
+            self.result.downstream = {
+                "ok": stats["ok"], "rejected_429": stats["rejected_429"],
+                "pauses": max(len(GUARD_PAUSE.findall(w.logs())) for w in self.workers),
+                "overdrafts": sum(w.logs().count(GUARD_OVERDRAFT) for w in self.workers)}
 
 
 async def run_chaos(plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path, *,

@@ -11,7 +11,9 @@ shared by every worker and every pipeline), ``FBP_MAX_RETRIES`` (default 2), ``F
 (set by :class:`~faust_backpressure.testing.workers.FaustWorker`), ``FBP_CONTROL`` (``1``: a
 control loop on the limiter, watching the first pipeline's sink for a group that never
 commits: it samples, publishes and decides on every worker through every fault, and holds
-the rate, its lag being 0 and its CPU threshold 100%).
+the rate, its lag being 0 and its CPU threshold 100%), ``FBP_QUOTA_URL`` (a quota service the
+``event`` pipeline calls per good record through a downstream guard, ``chaos-api``, after
+stamping it: a 429 pauses every worker and is retried, never dead-lettered).
 
 Input values are JSON objects ``{"id": ..., "fail": bool}`` (a few are not JSON: the DLQ gets them
 with stage ``decode``); ``fail`` makes ``process`` raise every time (the DLQ gets them with stage
@@ -32,6 +34,7 @@ from faust_backpressure.agents import Pipeline
 from faust_backpressure.app import Backpressure
 from faust_backpressure.control import BackpressureThresholds
 from faust_backpressure.testing.chaos_plan import topic_names
+from faust_backpressure.testing.quota_client import QuotaClient
 from faust_backpressure.testing.settings import fast_faust_settings
 
 __all__ = ["app", "bp", "check", "check_all", "pipelines"]
@@ -64,9 +67,33 @@ def check_all(values: list[Any]) -> list[Any]:
     return results
 
 
+class _Dependency:
+    """The quota service, called through the guard once :func:`check` has stamped the record
+    (so ``at`` stays the gate's admission time; the guard's waits come after it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.guard = bp.downstream("chaos-api", max_concurrency=16)
+        self.client: QuotaClient | None = None
+
+    async def call(self, rid: str) -> int:
+        if self.client is None:  # made on the worker's loop
+            self.client = QuotaClient(self.url)
+        result = await self.client.call(rid)
+        if not result.ok:
+            raise self.guard.slow_down_from_http(result.status, result.retry_after)
+        return result.status
+
+    async def check(self, value: Any) -> dict[str, Any]:
+        output = check(value)
+        status: int = await self.guard.run(self.call, output["id"])  # (not 200: raised)
+        return {**output, "status": status}
+
+
+_dependency = _Dependency(os.environ["FBP_QUOTA_URL"]) if "FBP_QUOTA_URL" in os.environ else None
 _limiter_id, _rate, _burst = os.environ.get("FBP_LIMITER", "chaos:1500:1500").split(":")
 _modes: dict[str, dict[str, Any]] = {
-    "event": {"process": check},
+    "event": {"process": check if _dependency is None else _dependency.check},
     "batch": {"process_batch": check_all, "batch_size": int(os.environ.get("FBP_BATCH", "100"))}}
 
 

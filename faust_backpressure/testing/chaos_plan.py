@@ -69,6 +69,10 @@ class ChaosPlan:
     #: A control loop on the limiter in the same app (see :mod:`.chaos_app`): it must go on
     #: publishing samples after the last fault.
     control_loop: bool = True
+    #: A quota'd HTTP service (:mod:`.quota_service`) at this many calls/s that the ``event``
+    #: pipeline calls per record through a downstream guard (None: no guard). Below the
+    #: pipeline's share of the limiter: the guard meets 429s and learns the quota.
+    downstream_quota: float | None = None
 
     @property
     def per_pipeline(self) -> int:
@@ -80,7 +84,7 @@ class ChaosPlan:
         """6,000 records, 3 workers, 500/s (the limit, not the CPU, paces a CI machine);
         SIGKILL + restart at 25 %, broker down 8 s at 60 % (longer than the workers' request
         and session timeouts: every client sees the broker gone)."""
-        return cls(guarantee, records=6_000, rate=500.0, burst=500.0,
+        return cls(guarantee, records=6_000, rate=500.0, burst=500.0, downstream_quota=150.0,
                    faults=(Fault("kill", 0.25, worker=1), Fault("outage", 0.60, seconds=8.0)))
 
     @classmethod
@@ -95,7 +99,7 @@ class ChaosPlan:
         outage = Fault("outage", round(rng.uniform(0.2, 0.8), 3), seconds=20.0)
         faults = tuple(sorted([*kills, outage], key=lambda f: f.at))
         return cls(guarantee, records=100_000, faults=faults, seed=seed, stall_timeout=90.0,
-                   recover_timeout=90.0)
+                   recover_timeout=90.0, downstream_quota=500.0)
 
     def record(self, n: int, pipeline: str = "event") -> tuple[bytes, bytes]:
         """Key (the id: ``pipeline``'s initial and ``n``) and value of its record ``n``."""
@@ -171,6 +175,9 @@ class PipelineResult:
         if guarantee == "exactly_once" and self.duplicates:
             out.append(f"{len(self.duplicates)} ids duplicated in exactly_once (OUT read "
                        "committed): " + "; ".join(self.duplicate_origins))
+        if self.misrouted:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(self.misrouted.items())[:5])
+            out.append(f"{len(self.misrouted)} good records dead-lettered: {shown}")
         if self.bad_without_reason:
             out.append(f"{len(self.bad_without_reason)} bad records without their DLQ reason: "
                        f"{self.bad_without_reason[:20]}")
@@ -195,6 +202,10 @@ class ChaosResult:
     stalled: bool = False
     #: Pressure samples the control loop published after the last fault ended (None: no loop).
     samples_after_faults: int | None = None
+    #: The downstream guard's account (None: no guard): the service's ``ok`` and
+    #: ``rejected_429`` calls, and over the workers' logs its ``pauses`` (slow-downs) and
+    #: ``overdrafts`` (calls let go without permits when the flow stopped).
+    downstream: dict[str, int] | None = None
     started: float = 0.0  # wall clock when feeding began; times in the report count from it
     seconds: float = 0.0
     workdir: str = ""

@@ -4,14 +4,17 @@ and time columns repeated on each of its rows), then each run's faults and probl
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from faust_backpressure.testing.chaos_plan import ChaosResult, PipelineResult
 
-__all__ = ["HEADER", "format_table", "git_commit"]
+__all__ = ["GUARD_OVERDRAFT", "GUARD_PAUSE", "HEADER", "format_table", "git_commit",
+           "read_worker_log"]
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -70,6 +73,12 @@ def format_table(results: Sequence[ChaosResult]) -> str:
         if r.samples_after_faults is not None:
             lines.append(f"- control loop on the limiter: {r.samples_after_faults} pressure "
                          "samples published after the last fault")
+        if r.downstream is not None:
+            d = r.downstream
+            lines.append(f"- downstream guard on the event pipeline, quota "
+                         f"{r.plan.downstream_quota:g}/s: {d['ok']} calls served, "
+                         f"{d['rejected_429']} answered 429, {d['pauses']} slow-down pauses, "
+                         f"{d['overdrafts']} calls let go without permits at a flow stop")
         if r.worker_exits:
             shown = r.worker_exits if len(r.worker_exits) <= 4 else [
                 *r.worker_exits[:2], f"... {len(r.worker_exits) - 3} more ...",
@@ -90,3 +99,44 @@ def format_table(results: Sequence[ChaosResult]) -> str:
                     lines.append(f"- {name}: {len(p.duplicates)} ids duplicated (at_least_once, "
                                  "allowed): " + "; ".join(p.duplicate_origins))
     return "\n".join(lines)
+
+
+#: The seam's log lines when one of its guards acts (faust_seam/consumer.py, transactions.py).
+_SEAM_ACTIONS = {"offset jumps re-read": re.compile(r"offset guard: .* re-reading"),
+                 "stale outputs dropped": re.compile(r"dropped an output of "),
+                 "commits held back (writer running)": re.compile(r"not committing the trans"),
+                 "open transactions aborted at a rebalance":
+                     re.compile(r"aborting the open transaction ")}
+
+#: A downstream guard's log lines (agents/downstream.py): a pause each worker applies, and a
+#: call let go without its permits when the flow stopped.
+GUARD_PAUSE = re.compile(r"downstream \S+: slowed down for ")
+GUARD_OVERDRAFT = "goes on without its permits"
+
+#: The seam's account of a table recovery that gets no record (faust_seam/recovery_watch.py).
+_RECOVERY_STUCK = re.compile(r"recovery of .*? no record after .*")
+
+#: What every client logs while the broker is down: not worth a line in the report.
+_OUTAGE_NOISE = re.compile(r"Unable connect to node|Unable to update metadata|NodeNotReadyError"
+                           r"|Connect call failed|KafkaConnectionError")
+
+
+def read_worker_log(result: ChaosResult, worker: str, text: str) -> None:
+    """Add what one worker's log says to ``result``: a recovery waiting, its errors, the
+    seam's guards acting."""
+    stuck = Counter(m.group(0)[:600] for m in _RECOVERY_STUCK.finditer(text))
+    if stuck:
+        result.log_errors[worker + " (recovery waiting)"] = stuck.most_common(4)
+    errors = Counter(_normalized(line) for line in text.splitlines()
+                     if ("[ERROR]" in line or "[CRITICAL]" in line)
+                     and not _OUTAGE_NOISE.search(line))
+    if errors:
+        result.log_errors[worker] = errors.most_common(4)
+    for action, pattern in _SEAM_ACTIONS.items():
+        result.seam_actions[action] += len(pattern.findall(text))
+
+
+def _normalized(line: str) -> str:
+    """A log line without its timestamp and pid, numbers as N, cut short: to count alike ones."""
+    text = re.sub(r"^\[[^]]*\] \[\d+\] ", "", line)
+    return re.sub(r"\d+", "N", text)[:160]

@@ -38,3 +38,8 @@ async def test_nothing_lost_by_either_pipeline_through_a_worker_kill_and_a_broke
     for name, pipeline in result.pipelines.items():
         assert pipeline.records_in == plan.per_pipeline, f"{name}\n{table}"
     assert not result.problems(), table + "\n" + "\n".join(result.problems())
+    # the event pipeline's guard met the quota service's 429s (positive signs), and every
+    # good record is in OUT all the same (above: none dead-lettered)
+    assert result.downstream is not None, table
+    assert result.downstream["rejected_429"] > 0 and result.downstream["pauses"] > 0, table
+    assert result.downstream["ok"] >= result.pipelines["event"].out_records, table  # 1 call each

@@ -59,3 +59,20 @@ def test_records_are_split_between_the_pipelines_with_their_own_ids() -> None:
     assert plan.records == 6_000 and plan.per_pipeline == 3_000
     assert plan.record(7, "event")[0] == b"e000007" and plan.record(7, "batch")[0] == b"b000007"
     assert plan.is_failing(7) and plan.is_not_json(3)
+
+
+def test_a_good_record_in_the_dlq_fails_and_the_guard_is_reported() -> None:
+    plan = ChaosPlan.ci("exactly_once")
+    assert plan.downstream_quota == 150.0
+    event = PipelineResult(10, 9, 1, misrouted={"e000001": "process: 429 slow down"})
+    result = ChaosResult(plan, "abc123", pipelines={"event": event,
+                                                    "batch": PipelineResult(10, 10)},
+                         downstream={"ok": 12, "rejected_429": 3, "pauses": 2,
+                                     "overdrafts": 1})
+    assert result.problems() == ["event: 1 good records dead-lettered: "
+                                 "e000001: process: 429 slow down"]
+    table = format_table([result]).splitlines()
+    assert table[2].endswith("| FAIL |") and table[3].endswith("| pass |")
+    assert ("- downstream guard on the event pipeline, quota 150/s: 12 calls served, 3 "
+            "answered 429, 2 slow-down pauses, 1 calls let go without permits at a flow "
+            "stop") in table
