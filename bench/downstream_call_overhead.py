@@ -4,7 +4,9 @@ Run: ``PYTHONPATH=. .venv/bin/python bench/downstream_call_overhead.py [--rounds
 ``bench/results/downstream-call-overhead.md``. Each round times, in turn, 20,000 no-op calls
 of one guard (fixed limit, nothing waits) through ``run_unless`` with no stop event, with the
 flow's event (``StopWatch``: the way the pipelines call), and the same permits raced against
-the event with two tasks per call (the first version of the change). CPU
+the event with two tasks per call (the first version of the change), and a plain agent's
+``run`` (no event of its own: the guard watches the app's flow event, to go on without its
+permits when the flow stops). CPU
 time (``process_time``) per call; medians and ranges over the rounds.
 """
 
@@ -51,15 +53,18 @@ async def _raced_permits(self: Downstream, stopped: asyncio.Event | None) -> Cal
 
 
 def _cases(stopped: asyncio.Event) -> dict[str, Callable[[int], Awaitable[object]]]:
-    plain, watched, raced = (build_downstream("bench", max_concurrency=64, limit="fixed")
-                             for _ in range(3))
+    plain, watched, raced, agent = (build_downstream("bench", max_concurrency=64,
+                                                     limit="fixed") for _ in range(4))
     raced._permits = types.MethodType(_raced_permits, raced)  # type: ignore[method-assign]
+    agent.flow_stopped = lambda: stopped  # as the installer sets it (the app's event)
     return {
         "run_unless(None, fn): no stop event": lambda i: plain.run_unless(None, _value, i),
         "run_unless(flow_stopped, fn): StopWatch (now)":
             lambda i: watched.run_unless(stopped, _value, i),
         "run_unless(flow_stopped, fn): two tasks per call (first version)":
             lambda i: raced.run_unless(stopped, _value, i),
+        "run(fn) in a plain agent: the app's flow event, StopWatch":
+            lambda i: agent.run(_value, i),
     }
 
 
