@@ -410,8 +410,10 @@ class _Run:
             worker.stop(timeout=15)
             read_worker_log(self.result, worker.name, worker.logs())
         if self.service is not None and self.service.url:
-            stats = self.service.stats()
-            self.service.stop()
+            try:
+                stats = self.service.stats()
+            finally:
+                self.service.stop()
             self.result.downstream = {
                 "ok": stats["ok"], "rejected_429": stats["rejected_429"],
                 "pauses": max(len(GUARD_PAUSE.findall(w.logs())) for w in self.workers),
