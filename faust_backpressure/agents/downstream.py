@@ -311,22 +311,20 @@ class Downstream:
         A plain agent's call (no ``stopped``) has no record to requeue: when Faust stops the
         flow it goes without the quota and rate permits (counted as ``overdrafts``), a
         slot only; a 429 for it pauses as any other."""
-        if stopped is None:
-            flow = None if self.flow_stopped is None else self.flow_stopped()
-            if flow is None:
-                return await self._acquire_permits()
-            permit = await self._stop_watch.until_set(flow, self._acquire_permits())
-            if not isinstance(permit, Stopped):
-                return permit
-            self.outcomes["overdrafts"] += 1
-            log.info("downstream %s: the flow stopped, a call goes on without its permits "
-                     "(an overdraft)", self.name)
-            return await self.concurrency.acquire()
-        permit = await self._stop_watch.until_set(stopped, self._acquire_permits())
-        if isinstance(permit, Stopped):
+        flow = stopped if stopped is not None or self.flow_stopped is None else (
+            self.flow_stopped())
+        if flow is None:
+            return await self._acquire_permits()
+        permit = await self._stop_watch.until_set(flow, self._acquire_permits())
+        if not isinstance(permit, Stopped):
+            return permit
+        if stopped is not None:
             self.outcomes["aborted_waits"] += 1
             raise WaitAborted(self.name)
-        return permit
+        self.outcomes["overdrafts"] += 1
+        log.info("downstream %s: the flow stopped, a call goes on without its permits "
+                 "(an overdraft)", self.name)
+        return await self.concurrency.acquire()
 
     async def _acquire_permits(self) -> CallPermit:
         if self.quota is not None:
