@@ -77,8 +77,13 @@ def short(raw: bytes | None, limit: int = VALUE_LIMIT) -> str:
     return repr(bytes(raw[:limit])) + ("..." if len(raw) > limit else "")
 
 
-def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="milliseconds")
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    """A Kafka timestamp (ms) in ISO form; None when there is none."""
+    return None if ms is None else _iso(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
 def _when(raw: bytes | None) -> datetime | None:
@@ -199,16 +204,11 @@ class DlqSummary:
             "bounded": self.bounded, "complete": self.complete,
             "by_error_type": dict(self.by_error_type.most_common()),
             "by_stage": dict(self.by_stage.most_common()),
-            "kafka_timestamps": {
-                "first": None if self.first_timestamp is None else _iso_ms(self.first_timestamp),
-                "last": None if self.last_timestamp is None else _iso_ms(self.last_timestamp)},
+            "kafka_timestamps": {"first": _iso_ms(self.first_timestamp),
+                                 "last": _iso_ms(self.last_timestamp)},
             "failures": {"first": _iso(self.first_failure), "last": _iso(self.last_failure)},
             "sample": self.sample,
         }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds")
 
 
 def _shown(record: Record) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def _shown(record: Record) -> dict[str, Any]:
     (the last of a repeated name wins, as :func:`header` reads them)."""
     return {
         "partition": record.partition, "offset": record.offset,
-        "timestamp": None if _timestamp(record) is None else _iso_ms(record.timestamp),
+        "timestamp": _iso_ms(_timestamp(record)),
         "key": short(record.key), "value": short(record.value),
         "headers": {name: text(value) for name, value in record.headers
                     if isinstance(name, str) and name.startswith(PREFIX)},
