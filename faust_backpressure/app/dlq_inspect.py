@@ -25,6 +25,7 @@ finish within ``--timeout`` (what was read is shown), 2 a usage error.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -184,11 +185,9 @@ class DlqSummary:
         queues = [sorted(kept, key=lambda item: item[:3], reverse=True)
                   for _, kept in sorted(self._newest.items(),
                                         key=lambda kv: (-self.by_error_type[kv[0]], kv[0]))]
-        chosen: list[tuple[int, int, int, dict[str, Any]]] = []
-        while len(chosen) < self.sample_size and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < self.sample_size:
-                    chosen.append(queue.pop(0))
+        # round by round: each type's newest, then each type's second newest, ...
+        chosen = [item for round_ in itertools.zip_longest(*queues) for item in round_
+                  if item is not None][:self.sample_size]
         return [shown for *_, shown in sorted(chosen, key=lambda item: item[:3])]
 
     @property
