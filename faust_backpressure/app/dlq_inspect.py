@@ -169,9 +169,8 @@ class DlqSummary:
         if self.sample_size > 0:
             kept = self._newest.setdefault(kind, [])
             kept.append((ts or 0, record.partition, record.offset, _shown(record)))
-            if len(kept) > self.sample_size:
-                kept.sort(key=lambda item: item[:3])
-                del kept[0]
+            if len(kept) > self.sample_size:  # the oldest goes
+                kept.remove(min(kept, key=lambda item: item[:3]))
 
     def add_all(self, records: Iterable[Record]) -> DlqSummary:
         for record in records:
