@@ -192,15 +192,10 @@ def install_settings_hook() -> bool:
     return True
 
 
-def _imported_by_faust_cli() -> bool:
-    """Whether Faust's command line (``faust -A app worker``, our ``backpressure`` commands) is
-    importing the library: it loads ``faust.cli.base`` before it imports the app. In any other
-    process it is loaded later, if at all (``register_commands`` loads it)."""
-    return "faust.cli.base" in sys.modules
-
-
 # Here, at import, not in the settings' validator: under ``faust -A app ...`` the app module,
 # importing the library, runs before any bad setting can be read, and a host process that only
-# imports the library keeps its own hook.
-if _imported_by_faust_cli():
+# imports the library keeps its own hook. Faust's command line (``faust -A app worker``, our
+# ``backpressure`` commands) loads ``faust.cli.base`` before it imports the app; any other
+# process loads it later, if at all (``register_commands`` loads it).
+if "faust.cli.base" in sys.modules:
     install_settings_hook()

@@ -82,7 +82,8 @@ class WorkerStatusRecord:
                                        "batch_p99": number(p, "batch_p99", 0.0, 1e6,
                                                            optional=True)}
                           for name, p in _entries(data, "pipelines")},
-            "limiters": {name[:200]: {"rate": _rate(lim), "owned": lim.get("owned") is True}
+            "limiters": {name[:200]: {"rate": number(lim, "rate", 0.0, 1e12, optional=True),
+                                      "owned": lim.get("owned") is True}
                          for name, lim in _entries(data, "limiters")},
             "downstreams": {name[:200]: str(state)[:20]
                             for name, state in _entries(data, "downstreams", dict_values=False)}}
@@ -105,10 +106,6 @@ def _optional_count(body: dict[str, Any], field: str) -> int | None:
 def _finite(rate: Any) -> float | None:
     """A rate for JSON (which has no infinity): None when unlimited or unknown."""
     return float(rate) if isinstance(rate, int | float) and math.isfinite(rate) else None
-
-
-def _rate(body: dict[str, Any]) -> float | None:
-    return None if body.get("rate") is None else float(number(body, "rate", 0.0, 1e12))
 
 
 class ClusterView:

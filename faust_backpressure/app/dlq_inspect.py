@@ -25,6 +25,7 @@ finish within ``--timeout`` (what was read is shown), 2 a usage error.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -77,8 +78,13 @@ def short(raw: bytes | None, limit: int = VALUE_LIMIT) -> str:
     return repr(bytes(raw[:limit])) + ("..." if len(raw) > limit else "")
 
 
-def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="milliseconds")
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    """A Kafka timestamp (ms) in ISO form; None when there is none."""
+    return None if ms is None else _iso(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
 def _when(raw: bytes | None) -> datetime | None:
@@ -163,9 +169,8 @@ class DlqSummary:
         if self.sample_size > 0:
             kept = self._newest.setdefault(kind, [])
             kept.append((ts or 0, record.partition, record.offset, _shown(record)))
-            if len(kept) > self.sample_size:
-                kept.sort(key=lambda item: item[:3])
-                del kept[0]
+            if len(kept) > self.sample_size:  # the oldest goes
+                kept.remove(min(kept, key=lambda item: item[:3]))
 
     def add_all(self, records: Iterable[Record]) -> DlqSummary:
         for record in records:
@@ -179,11 +184,9 @@ class DlqSummary:
         queues = [sorted(kept, key=lambda item: item[:3], reverse=True)
                   for _, kept in sorted(self._newest.items(),
                                         key=lambda kv: (-self.by_error_type[kv[0]], kv[0]))]
-        chosen: list[tuple[int, int, int, dict[str, Any]]] = []
-        while len(chosen) < self.sample_size and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < self.sample_size:
-                    chosen.append(queue.pop(0))
+        # round by round: each type's newest, then each type's second newest, ...
+        chosen = [item for round_ in itertools.zip_longest(*queues) for item in round_
+                  if item is not None][:self.sample_size]
         return [shown for *_, shown in sorted(chosen, key=lambda item: item[:3])]
 
     @property
@@ -199,16 +202,11 @@ class DlqSummary:
             "bounded": self.bounded, "complete": self.complete,
             "by_error_type": dict(self.by_error_type.most_common()),
             "by_stage": dict(self.by_stage.most_common()),
-            "kafka_timestamps": {
-                "first": None if self.first_timestamp is None else _iso_ms(self.first_timestamp),
-                "last": None if self.last_timestamp is None else _iso_ms(self.last_timestamp)},
+            "kafka_timestamps": {"first": _iso_ms(self.first_timestamp),
+                                 "last": _iso_ms(self.last_timestamp)},
             "failures": {"first": _iso(self.first_failure), "last": _iso(self.last_failure)},
             "sample": self.sample,
         }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds")
 
 
 def _shown(record: Record) -> dict[str, Any]:
@@ -216,7 +214,7 @@ def _shown(record: Record) -> dict[str, Any]:
     (the last of a repeated name wins, as :func:`header` reads them)."""
     return {
         "partition": record.partition, "offset": record.offset,
-        "timestamp": None if _timestamp(record) is None else _iso_ms(record.timestamp),
+        "timestamp": _iso_ms(_timestamp(record)),
         "key": short(record.key), "value": short(record.value),
         "headers": {name: text(value) for name, value in record.headers
                     if isinstance(name, str) and name.startswith(PREFIX)},

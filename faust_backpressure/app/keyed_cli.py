@@ -58,14 +58,14 @@ _KEY_TYPE = click.option("--key-type", type=click.Choice(KEY_TYPES), default="st
 
 
 async def _latest(kafka: KafkaClientSettings | str, topic: str, key: bytes,
-                  partition: int | None) -> tuple[bool, bytes | None]:
-    """``(found, value)``: the latest value of ``key`` in ``topic`` (in ``partition``, or all
-    of them when None), read to the current end."""
-    found, value = False, None
+                  partition: int | None) -> bytes | None:
+    """The latest value of ``key`` in ``topic`` (in ``partition``, or all of them when None),
+    read to the current end; None when there is none (or a tombstone)."""
+    value = None
     async for record in records_to_end(kafka, topic, partition=partition):
         if record.key == key:
-            found, value = True, record.value
-    return found, value
+            value = record.value
+    return value
 
 
 def _partition_of(key: Hashable, partitions: int | None) -> int | None:
@@ -95,18 +95,17 @@ async def _key_report(bp: Any, gate: KeyedRateLimitGate, key: Hashable,
     app_id = str(bp.app.conf.id)
     ops = await read_compacted(kafka, ops_topic(app_id))
     operator_set = {c.key: c for c in keyed_overrides(ops, gate.name, secret)}.get(encoded)
-    _, stored_raw = await _latest(kafka, gate.overrides.changelog_topic.get_topic_name(),
-                                     encoded, 0)
+    stored_raw = await _latest(kafka, gate.overrides.changelog_topic.get_topic_name(), encoded, 0)
     stored = json.loads(stored_raw) if stored_raw else None
     function = None if gate.limits is None else gate.limits(key)
     source, rate, burst = _effective(gate, operator_set, stored, function)
     changelog = gate.table.changelog_topic.get_topic_name()
     parts = gate.table.partitions or int(bp.app.conf.topic_partitions)
     partition = _partition_of(key, parts)
-    found, level_raw = await _latest(kafka, changelog, encoded, partition)
+    level_raw = await _latest(kafka, changelog, encoded, partition)
     now = time.time()
     level: dict[str, Any] = {"stored": False, "tokens": burst, "deferred": 0}
-    if found and level_raw:
+    if level_raw:
         full_at, deferred, _late = _LEVEL.unpack(level_raw)
         level = {"stored": True, "full_at": full_at, "deferred": deferred,
                  "tokens": float(burst or 0) - max(0.0, full_at - now) * float(rate or 0)}

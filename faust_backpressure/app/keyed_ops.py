@@ -177,9 +177,7 @@ class KeyedStatusRecord:
         for field in KEYED_COUNTS:
             checked[field] = int(number(data, field, 0, 1e15))
         for field in KEYED_COUNTERS:
-            got = data.get(f"{field}_per_s")
-            checked[f"{field}_per_s"] = (None if got is None else
-                                         number(data, f"{field}_per_s", 0.0, 1e12))
+            checked[f"{field}_per_s"] = number(data, f"{field}_per_s", 0.0, 1e12, optional=True)
         top = data.get("top_limited")
         checked["top_limited"] = [
             {"key": str(t.get("key", ""))[:200], "type": str(t.get("type", ""))[:20],

@@ -106,19 +106,18 @@ async def group_lag(kafka: KafkaClientSettings | str, group: str,
         end = await consumer.end_offsets(ordered) if ordered else {}
         result = GroupLag(group)
         now = time.time()
-        lagging = []
+        waiting: dict[TopicPartition, PartitionLag] = {}  # the rows whose time-lag is read
         for tp in ordered:
             start = committed.get(tp, 0)
             lag = max(0, end[tp] - start)
             result.partitions.append(PartitionLag(tp.topic, tp.partition, start, end[tp],
                                                   lag, 0.0))
             if lag and time_lag:
-                lagging.append((tp, start, result.partitions[-1]))
-        if lagging:
-            consumer.assign([tp for tp, _, _ in lagging])
-            for tp, start, _ in lagging:
-                consumer.seek(tp, start)
-            waiting = {tp: row for tp, _, row in lagging}
+                waiting[tp] = result.partitions[-1]
+        if waiting:
+            consumer.assign(list(waiting))
+            for tp, row in waiting.items():
+                consumer.seek(tp, row.committed)
             deadline = time.monotonic() + 5.0
             while waiting and time.monotonic() < deadline:
                 batch = await consumer.getmany(*waiting, timeout_ms=300, max_records=1)

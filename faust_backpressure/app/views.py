@@ -40,11 +40,7 @@ def _limiters(bp: Installation) -> dict[str, RateLimitingStrategy]:
         *bp.registered_limiters, *(g.limiter for g in bp.all_gates()),
         *(loop.limiter for loop in bp.control_loops.values())]
     labelled: dict[str, RateLimitingStrategy] = {}
-    seen: set[int] = set()
-    for limiter in found:
-        if id(limiter) in seen:
-            continue
-        seen.add(id(limiter))
+    for limiter in {id(limiter): limiter for limiter in found}.values():  # each once, in order
         label, n = limiter.name, 1
         while label in labelled:
             n += 1
