@@ -62,6 +62,9 @@ T = TypeVar("T")
 
 #: Breaker states in which any call may go out (in the others, only a probe of the round).
 _PASSING = frozenset({BreakerState.CLOSED, BreakerState.FORCED_CLOSED})
+#: The learnt limits ``build_downstream`` makes by name, from (initial, min, max).
+_LEARNT_LIMITS: dict[str, Callable[[int, int, int], ConcurrencyLimit]] = {
+    "gradient": GradientLimit, "aimd": AIMDLimit, "vegas": VegasLimit}
 
 
 class Downstream:
@@ -381,14 +384,11 @@ class Downstream:
 
     def force(self, state: str) -> None:
         """An operator's ``open`` (calls wait), ``close`` (calls pass) or ``auto``."""
-        if state == "open":
-            self.breaker.force_open()
-        elif state == "close":
-            self.breaker.force_close()
-        elif state == "auto":
-            self.breaker.release()
-        else:
+        actions = {"open": self.breaker.force_open, "close": self.breaker.force_close,
+                   "auto": self.breaker.release}
+        if state not in actions:
             raise ValueError(f"breaker state must be open, close or auto, got {state!r}")
+        actions[state]()
 
     @property
     def state(self) -> BreakerState:
@@ -427,12 +427,9 @@ def build_downstream(name: str, *, max_concurrency: int, min_concurrency: int = 
     if isinstance(limit, str):
         initial = initial_concurrency if initial_concurrency is not None else min(
             max_concurrency, max(min_concurrency, 8))
-        if limit == "gradient":
-            limit = GradientLimit(initial, min_concurrency, max_concurrency)
-        elif limit == "aimd":
-            limit = AIMDLimit(initial, min_concurrency, max_concurrency)
-        elif limit == "vegas":
-            limit = VegasLimit(initial, min_concurrency, max_concurrency)
+        learnt = _LEARNT_LIMITS.get(limit)
+        if learnt is not None:
+            limit = learnt(initial, min_concurrency, max_concurrency)
         elif limit == "fixed":
             limit = FixedLimit(max_concurrency)
         else:

@@ -16,7 +16,7 @@ __all__ = ["ATTEMPTS", "ERROR_MESSAGE", "ERROR_TYPE", "FIRST_FAILURE", "LAST_FAI
            "REPLAY_COUNT", "SHED_AGENT", "SHED_AT", "SHED_LIMITER", "SHED_PRIORITY", "SHED_REASON",
            "SOURCE_OFFSET", "SOURCE_PARTITION", "SOURCE_TOPIC", "STAGE", "TRACEBACK", "Failure",
            "Headers", "HeadersIn", "dlq_headers", "error_type", "header", "header_text", "owned_by",
-           "replay_count", "shed_headers", "without_bp_headers"]
+           "replay_count", "shed_headers", "source_headers", "without_bp_headers"]
 
 Headers = list[tuple[str, bytes]]
 #: Headers as Faust/aiokafka hand them over: pairs, or a mapping.
@@ -135,6 +135,12 @@ def _truncated_traceback(error: BaseException, limit: int) -> bytes:
     return text.encode("utf-8", "replace")
 
 
+def source_headers(topic: str, partition: int, offset: int) -> Headers:
+    """Where a record was read (of a dead-lettered, shed or deferred record)."""
+    return [(SOURCE_TOPIC, topic.encode()), (SOURCE_PARTITION, str(partition).encode()),
+            (SOURCE_OFFSET, str(offset).encode())]
+
+
 def dlq_headers(original: HeadersIn, *, pipeline: str, topic: str,
                 partition: int, offset: int, failure: Failure, traceback_limit: int) -> Headers:
     """Original headers (ours stripped, replay count kept) followed by the failure's reason."""
@@ -148,9 +154,7 @@ def dlq_headers(original: HeadersIn, *, pipeline: str, topic: str,
         (ERROR_MESSAGE, message[:_MESSAGE_LIMIT].encode("utf-8", "replace")),
         (TRACEBACK, _truncated_traceback(error, traceback_limit)),
         (STAGE, failure.stage.encode()),
-        (SOURCE_TOPIC, topic.encode()),
-        (SOURCE_PARTITION, str(partition).encode()),
-        (SOURCE_OFFSET, str(offset).encode()),
+        *source_headers(topic, partition, offset),
         (ATTEMPTS, str(failure.attempts).encode()),
         (FIRST_FAILURE, _iso(failure.first_failure)),
         (LAST_FAILURE, _iso(failure.last_failure)),
@@ -177,9 +181,7 @@ def shed_headers(original: HeadersIn, *, agent: str, limiter: str,
         (SHED_LIMITER, limiter.encode()),
         (SHED_AGENT, agent.encode()),
         (SHED_AT, _iso(time.time())),
-        (SOURCE_TOPIC, topic.encode()),
-        (SOURCE_PARTITION, str(partition).encode()),
-        (SOURCE_OFFSET, str(offset).encode()),
+        *source_headers(topic, partition, offset),
     ]
     if priority is not None:
         out.append((SHED_PRIORITY, str(priority).encode()))

@@ -32,13 +32,7 @@ from faust.types import AppT, EventT, StreamT, TopicT
 
 from faust_backpressure.agents.flow import unless_flow_stops
 from faust_backpressure.agents.gate_base import GateBase, KeyedGateStats
-from faust_backpressure.agents.headers import (
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    SOURCE_TOPIC,
-    header,
-    without_bp_headers,
-)
+from faust_backpressure.agents.headers import header, source_headers, without_bp_headers
 from faust_backpressure.agents.keyed_deferral import NOT_BEFORE, Deferrals
 from faust_backpressure.agents.keyed_store import (
     RefusedKeys,
@@ -384,9 +378,7 @@ class KeyedRateLimitGate(GateBase):
         batch): its own, when it may pass, the limit, where it was read."""
         return [*without_bp_headers(record.headers),
                 (NOT_BEFORE, repr(not_before).encode()), (KEYED_LIMIT, self.name.encode()),
-                (SOURCE_TOPIC, record.topic.encode()),
-                (SOURCE_PARTITION, str(record.partition).encode()),
-                (SOURCE_OFFSET, str(record.offset).encode())]
+                *source_headers(record.topic, record.partition, record.offset)]
 
     async def _shed(self, event: EventT[Any], permits: int) -> Any:
         await self.send_to_shed(event, permits, "keyed")

@@ -190,20 +190,17 @@ def split_by_key(records: Sequence[Any], buckets: KeyedTokenBuckets,
     for position, record in enumerate(records):
         by_key.setdefault(key_of(record), []).append(position)
     costs = [1] * len(records) if cost_of is None else [cost_of(r) for r in records]
-    passed = [False] * len(records)
     refused: dict[int, tuple[Hashable, float]] = {}
     for key, positions in by_key.items():
         wanted = [costs[position] for position in positions]
         admitted = ([False] * len(positions) if key in in_flight and not shed
                     else _admit_key(buckets, key, wanted, shed))
         for position, ok, cost in zip(positions, admitted, wanted, strict=True):
-            if ok:
-                passed[position] = True
-            else:  # deferred in input order: each key's not-before times never decrease
+            if not ok:  # deferred in input order: each key's not-before times never decrease
                 refused[position] = (key, cost if shed else buckets.defer(key, cost))
     split = KeySplit()
     for position, record in enumerate(records):
-        if passed[position]:
+        if position not in refused:
             split.admitted.append(record)
         elif shed:
             key, permits = refused[position]

@@ -66,19 +66,6 @@ def _batch_only(value: Any) -> Any:
     raise TypeError("a batch pipeline processes batches (process_batch=)")
 
 
-def _check_batch_options(name: str, process_batch: Any, **options: Any) -> None:
-    """What batch mode does not do yet is refused, not ignored."""
-    if process_batch is None:
-        return
-    defaults: dict[str, Any] = {"on_limit": "wait", "concurrency": 1}
-    unsupported = [f"{option}=" for option, value in options.items()
-                   if value is not None and value is not False  # (True == 1)
-                   and not (option in defaults and value == defaults[option])]
-    if unsupported:
-        raise ValueError(f"pipeline {name!r}: process_batch= does not support "
-                         f"{', '.join(unsupported)} yet (docs/batching.md)")
-
-
 def _checked_options(name: str, settings: BackpressureSettings, *,
                      process: Callable[[Any], Any] | None,
                      process_batch: Callable[[list[Any]], Any] | None,
@@ -90,7 +77,14 @@ def _checked_options(name: str, settings: BackpressureSettings, *,
     max_retries with their defaults."""
     if (process is None) == (process_batch is None):
         raise ValueError(f"pipeline {name!r}: pass process= or process_batch= (one)")
-    _check_batch_options(name, process_batch, concurrency=concurrency, on_limit=on_limit)
+    if process_batch is not None:  # what batch mode does not do yet is refused, not ignored
+        unsupported = [f"{option}=" for option, value, default in
+                       (("concurrency", concurrency, 1), ("on_limit", on_limit, "wait"))
+                       if value is not None and value is not False  # (True == 1)
+                       and value != default]
+        if unsupported:
+            raise ValueError(f"pipeline {name!r}: process_batch= does not support "
+                             f"{', '.join(unsupported)} yet (docs/batching.md)")
     if concurrency is None:  # (a batch pipeline's one task makes one call at a time)
         concurrency = (downstream.max_concurrency if downstream is not None
                        and process_batch is None else 1)

@@ -134,11 +134,9 @@ class _Replay:
     def commits(self) -> dict[TopicPartition, OffsetAndMetadata]:
         """Never past a record of ours that was not replayed; the replayed ones behind it are
         remembered in the commit's metadata so they are not sent twice."""
-        commits = {}
-        for tp, off in self.done.items():
-            position = self.gap.get(tp, off)
-            commits[tp] = OffsetAndMetadata(position, _metadata(self.markers[tp], position))
-        return commits
+        positions = {tp: self.gap.get(tp, off) for tp, off in self.done.items()}
+        return {tp: OffsetAndMetadata(position, _metadata(self.markers[tp], position))
+                for tp, position in positions.items()}
 
 
 async def replay_dlq(kafka: KafkaClientSettings | str, *, pipeline: str, dlq_topic: str,
