@@ -59,10 +59,6 @@ BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 
 def free_port() -> int:
     """A TCP port nothing listens on now (for brokers and test web servers)."""
-    return _free_port()
-
-
-def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -156,8 +152,8 @@ class LocalKafkaBroker:
         self.node_id = node_id
         #: ``server.properties`` entries added to (or replacing) the defaults.
         self.extra_properties = dict(properties or {})
-        self.port = _free_port()
-        self.controller_port = _free_port()
+        self.port = free_port()
+        self.controller_port = free_port()
         self._own_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="fbp-kafka-"))
         self.tie_to_parent = tie_to_parent
@@ -232,7 +228,7 @@ class LocalKafkaBroker:
                 if not (fresh and attempt < 2 and "Address already in use" in str(exc)):
                     raise
                 self.starts = 0
-                self.port, self.controller_port = _free_port(), _free_port()
+                self.port, self.controller_port = free_port(), free_port()
                 self.quorum_voters = f"{self.node_id}@127.0.0.1:{self.controller_port}"
         raise AssertionError("unreachable")
 

@@ -24,7 +24,7 @@ from aiokafka.protocol.admin import CreateAclsRequest, CreateAclsRequestStruct
 from faust.types.auth import SASLMechanism
 
 from faust_backpressure.app.acls import Acl
-from faust_backpressure.testing.broker import BrokerError, LocalKafkaBroker, _free_port
+from faust_backpressure.testing.broker import BrokerError, LocalKafkaBroker, free_port
 from faust_backpressure.wire.kafka_clients import kafka_admin
 
 __all__ = ["AUTHORIZER", "SCRAM_MECHANISM", "SecureKafkaBroker"]
@@ -57,7 +57,7 @@ class SecureKafkaBroker(LocalKafkaBroker):
                                     **kwargs.get("properties", {})}
         super().__init__(**kwargs)
         self.users = dict(users)
-        self.secure_port = _free_port()
+        self.secure_port = free_port()
         self.ca_path = self.data_dir / "ca.pem"
         self._keystore = self.data_dir / "broker-keystore.pem"
 
