@@ -98,6 +98,23 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0, *,
+               kill: bool = False) -> None:
+    """End a child started in a session of its own: SIGTERM its process group and wait for a
+    clean exit (SIGKILL after ``timeout``), or SIGKILL it at once (``kill``). A paused
+    (SIGSTOPped) group is continued first: it could not shut down."""
+    if proc.poll() is None and not kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _port_open(bootstrap: str) -> bool:
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
@@ -278,19 +295,8 @@ class LocalKafkaBroker:
         :meth:`restart`).
         """
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            if not kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)  # a paused broker cannot shut down
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    kill = True
-            if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_group(proc, timeout, kill=kill)
         if self._own_data_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
