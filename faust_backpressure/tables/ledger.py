@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from faust_backpressure.limiters.bucket import EPSILON, refill, small_burst
@@ -431,10 +431,7 @@ class LimiterLedger:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LimiterLedger:
-        config = LimiterConfig(rate=record["rate"], burst=record["burst"],
-                               lease_ttl=record["lease_ttl"],
-                               per_consumer=record["per_consumer"],
-                               initial_tokens=record["initial_tokens"])
+        config = LimiterConfig(**{f.name: record[f.name] for f in fields(LimiterConfig)})
         ledger = cls(record["limiter_id"], config, record["refilled_at"],
                      max_clock_skew=record["max_clock_skew"])
         ledger.epoch = record["epoch"]

@@ -53,9 +53,7 @@ async def group_offsets(kafka: KafkaClientSettings | str, group: str,
                         ) -> dict[TopicPartition, OffsetAndMetadata]:
     """Committed offsets (with metadata) of ``group``; retried while the broker has no
     coordinator yet (a fresh broker or group)."""
-    admin = kafka_admin(kafka, "ops-offsets")
-    await admin.start()
-    try:
+    async with kafka_admin(kafka, "ops-offsets") as admin:
         for attempt in range(20):
             try:
                 offsets: dict[TopicPartition, OffsetAndMetadata] = \
@@ -66,8 +64,6 @@ async def group_offsets(kafka: KafkaClientSettings | str, group: str,
                     raise
                 await asyncio.sleep(0.5)
         raise AssertionError("unreachable")
-    finally:
-        await admin.close()
 
 
 async def send_limiter_command(kafka: KafkaClientSettings | str, app_id: str, limiter_id: str,

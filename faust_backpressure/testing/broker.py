@@ -59,10 +59,6 @@ BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 
 def free_port() -> int:
     """A TCP port nothing listens on now (for brokers and test web servers)."""
-    return _free_port()
-
-
-def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -100,6 +96,23 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0, *,
+               kill: bool = False) -> None:
+    """End a child started in a session of its own: SIGTERM its process group and wait for a
+    clean exit (SIGKILL after ``timeout``), or SIGKILL it at once (``kill``). A paused
+    (SIGSTOPped) group is continued first: it could not shut down."""
+    if proc.poll() is None and not kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _port_open(bootstrap: str) -> bool:
@@ -156,8 +169,8 @@ class LocalKafkaBroker:
         self.node_id = node_id
         #: ``server.properties`` entries added to (or replacing) the defaults.
         self.extra_properties = dict(properties or {})
-        self.port = _free_port()
-        self.controller_port = _free_port()
+        self.port = free_port()
+        self.controller_port = free_port()
         self._own_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="fbp-kafka-"))
         self.tie_to_parent = tie_to_parent
@@ -232,7 +245,7 @@ class LocalKafkaBroker:
                 if not (fresh and attempt < 2 and "Address already in use" in str(exc)):
                     raise
                 self.starts = 0
-                self.port, self.controller_port = _free_port(), _free_port()
+                self.port, self.controller_port = free_port(), free_port()
                 self.quorum_voters = f"{self.node_id}@127.0.0.1:{self.controller_port}"
         raise AssertionError("unreachable")
 
@@ -282,19 +295,8 @@ class LocalKafkaBroker:
         :meth:`restart`).
         """
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            if not kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)  # a paused broker cannot shut down
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    kill = True
-            if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_group(proc, timeout, kill=kill)
         if self._own_data_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

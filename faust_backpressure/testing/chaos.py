@@ -107,13 +107,11 @@ class _Tracker:
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
+        async with AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False,
+                                    auto_offset_reset="earliest") as consumer:
             tps = [TopicPartition(t, p) for t in self.topics
-                   for p in sorted(consumer.partitions_for_topic(t) or
-                                   await wait_partitions(consumer, t))]
+                   for p in sorted(await wait_partitions(consumer, t))]
             consumer.assign(tps)
             await consumer.seek_to_beginning()
             while True:
@@ -123,8 +121,6 @@ class _Tracker:
                         self._add(record)
                 if batch:
                     self.changed.set()
-        finally:
-            await consumer.stop()
 
     def _add(self, record: Record) -> None:
         if record.key is not None:

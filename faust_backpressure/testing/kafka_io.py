@@ -10,12 +10,12 @@ from io import BytesIO
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, String
 
-from faust_backpressure.wire.kafka_clients import batches_to_end, topic_partitions
+from faust_backpressure.wire.kafka_clients import batches_to_end, kafka_admin, topic_partitions
 
 __all__ = ["commit_offsets", "committed_offsets", "consume", "create_topics", "end_offsets",
            "offset_commits", "produce", "read_to_end", "wait_partitions"]
@@ -28,27 +28,19 @@ async def create_topics(bootstrap: str, topics: Mapping[str, int],
                         config: Mapping[str, str] | None = None, *,
                         replication: int = 1) -> None:
     """Create ``{name: partitions}`` and wait until their leaders are known."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         new = [NewTopic(name, partitions, replication, topic_configs=dict(config or {}))
                for name, partitions in topics.items()]
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
-    finally:
-        await admin.close()
     # Producing before partition leaders are elected fails, so wait until metadata shows them.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
         for name, partitions in topics.items():
             deadline = time.monotonic() + 30
             while len(await producer.partitions_for(name)) < partitions:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"topic {name} has no leaders after 30 s")
                 await asyncio.sleep(0.1)
-    finally:
-        await producer.stop()
 
 
 async def produce(bootstrap: str, topic: str,
@@ -56,10 +48,9 @@ async def produce(bootstrap: str, topic: str,
                   headers: Sequence[tuple[str, bytes]] | None = None,
                   linger_ms: int = 5) -> int:
     """Send records (batched: several records per producer batch) and wait for all acks."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
-    await producer.start()
     count = 0
-    try:
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
+                                acks="all") as producer:
         pending = []
         for key, value in records:
             pending.append(await producer.send(topic, value=value, key=key,
@@ -69,8 +60,6 @@ async def produce(bootstrap: str, topic: str,
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
     return count
 
 
@@ -134,17 +123,13 @@ async def read_to_end(bootstrap: str, topic: str, *, isolation_level: str = "rea
 async def _from_the_beginning(bootstrap: str, topic: str, isolation_level: str
                               ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
     """A consumer (no group) assigned every partition of ``topic``, at the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    async with AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", group_id=None,
-                                isolation_level=isolation_level)
-    await consumer.start()
-    try:
+                                isolation_level=isolation_level) as consumer:
         tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning()
         yield consumer, tps
-    finally:
-        await consumer.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str, *,
@@ -155,10 +140,8 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, *,
     offsets after a broker restart, or not available yet): aiokafka's
     ``list_consumer_group_offsets`` ignores the answer's top-level error and returns ``{}``
     then (a CI run of test_broker_restart.py read no offsets right after the restart)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    deadline = time.monotonic() + timeout
-    try:
+    async with kafka_admin(bootstrap) as admin:
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 coordinator = await admin.find_coordinator(group)
@@ -175,8 +158,6 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, *,
                 if not error.retriable or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.25)
-    finally:
-        await admin.close()
 
 
 async def offset_commits(bootstrap: str, group: str) -> list[tuple[str, int, int, int, bool]]:
@@ -215,27 +196,19 @@ def _offset_commit(key: bytes | None, value: bytes | None
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """``{partition: offset of the next record}`` of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
+    async with AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None) as consumer:
         tps = [TopicPartition(topic, p) for p in sorted(await wait_partitions(consumer, topic))]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
 
 
 async def commit_offsets(bootstrap: str, group: str, topic: str,
                          offsets: Mapping[int, int]) -> None:
     """Commit ``{partition: offset}`` for ``group`` (no member joins: a plain offset commit)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False) as consumer:
         tps = {TopicPartition(topic, p): offset for p, offset in offsets.items()}
         consumer.assign(list(tps))
         await consumer.commit(tps)
-    finally:
-        await consumer.stop()
 
 
 async def wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

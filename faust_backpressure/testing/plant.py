@@ -75,13 +75,11 @@ class Run:
 
     def steps(self, threshold: float = 0.05) -> int:
         """Rate changes of more than ``threshold`` of the previous rate."""
-        rates = self.rates
-        return sum(1 for a, b in itertools.pairwise(rates)
+        return sum(1 for a, b in itertools.pairwise(self.rates)
                    if abs(b - a) > threshold * a)
 
     def rate_changes(self) -> int:
-        rates = self.rates
-        return sum(1 for a, b in itertools.pairwise(rates) if b != a)
+        return sum(1 for a, b in itertools.pairwise(self.rates) if b != a)
 
     def minutes(self) -> float:
         return len(self.intervals) * self.interval / 60.0

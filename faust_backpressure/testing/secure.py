@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest, CreateAclsRequestStruct
 from faust.types.auth import SASLMechanism
 
 from faust_backpressure.app.acls import Acl
-from faust_backpressure.testing.broker import BrokerError, LocalKafkaBroker, _free_port
+from faust_backpressure.testing.broker import BrokerError, LocalKafkaBroker, free_port
+from faust_backpressure.wire.kafka_clients import kafka_admin
 
 __all__ = ["AUTHORIZER", "SCRAM_MECHANISM", "SecureKafkaBroker"]
 
@@ -57,7 +57,7 @@ class SecureKafkaBroker(LocalKafkaBroker):
                                     **kwargs.get("properties", {})}
         super().__init__(**kwargs)
         self.users = dict(users)
-        self.secure_port = _free_port()
+        self.secure_port = free_port()
         self.ca_path = self.data_dir / "ca.pem"
         self._keystore = self.data_dir / "broker-keystore.pem"
 
@@ -151,12 +151,8 @@ async def create_acls(bootstrap: str, acls: Sequence[Acl]) -> None:
                   "kafka-cluster" if acl.resource_type == "cluster" else acl.name,
                   _PATTERN[acl.pattern], acl.principal, "*", _OPERATION[op], _ALLOW)
                  for acl in acls for op in acl.operations]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         response = await admin._send_request(_CreateManyAcls(creations))
-    finally:
-        await admin.close()
     refused = [(creation, code, message) for creation, (code, message)
                in zip(creations, response.creation_responses, strict=True) if code != 0]
     if refused:

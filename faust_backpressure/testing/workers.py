@@ -13,11 +13,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from faust_backpressure.errors import BackpressureError
-from faust_backpressure.testing.broker import _die_with_parent
+from faust_backpressure.testing.broker import _die_with_parent, stop_group
 
 __all__ = ["READY_PATTERN", "REBALANCED_PATTERN", "FaustWorker", "WorkerError",
            "wait_until_settled"]
@@ -163,21 +161,13 @@ class FaustWorker:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no commit, no flush; exactly what a crash does."""
-        if self.alive:
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, kill=True)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``)."""
-        if self.alive:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         return self._exit_code()
 
     def cleanup(self) -> None:

@@ -91,9 +91,20 @@ def kafka_producer(source: AppT | KafkaClientSettings | str, role: str = "produc
     return TopicKeepingProducer(**{**_settings(source, role), **options})
 
 
+class _AdminClient(AIOKafkaAdminClient):  # type: ignore[misc]  # aiokafka is untyped
+    """An admin client that ``async with`` starts and closes, as aiokafka's other clients."""
+
+    async def __aenter__(self) -> _AdminClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
 def kafka_admin(source: AppT | KafkaClientSettings | str, role: str = "admin",
-                **options: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**{**_settings(source, role), **options})
+                **options: Any) -> _AdminClient:
+    return _AdminClient(**{**_settings(source, role), **options})
 
 
 async def batches_to_end(consumer: AIOKafkaConsumer, end: Mapping[Any, int], todo: set[Any],

@@ -130,9 +130,7 @@ def _fields(message: Any) -> dict[str, Any]:
         del body["burst"]  # the bytes of a command without one stay as they were
     config = body.get("config")
     if isinstance(config, LimiterConfig):
-        body["config"] = {"rate": config.rate, "burst": config.burst,
-                          "lease_ttl": config.lease_ttl, "per_consumer": config.per_consumer,
-                          "initial_tokens": config.initial_tokens}
+        body["config"] = _fields(config)
     return body
 
 
@@ -144,17 +142,9 @@ def encode(message: LeaseRequest | Command | Grant | Ack, *, key: bytes = b"",
 # -- validation -------------------------------------------------------------------------------
 
 
-def _str(body: dict[str, Any], name: str, *, optional: bool = False) -> Any:
-    return text(body, name, optional=optional)
-
-
 def _num(body: dict[str, Any], name: str, low: float, high: float = _MAX_TOKENS,
          *, optional: bool = False) -> Any:
     return number(body, name, low, high, optional=optional)
-
-
-def _seq(body: dict[str, Any]) -> int:
-    return int(_num(body, "seq", 0.0, _MAX_INT))
 
 
 def _config(raw: Any) -> LimiterConfig:
@@ -174,12 +164,19 @@ def _config(raw: Any) -> LimiterConfig:
 MAX_BATCH = 10_000
 
 
-def _check(key: bytes, body: Any, secret: bytes | None) -> dict[str, Any]:
+def _versioned(body: Any, not_one: str) -> dict[str, Any]:
+    """``body`` if it is a JSON object of this protocol version (``not_one``: the reason if
+    it is no object)."""
     if not isinstance(body, dict):
-        raise RejectedRecord("value is not a JSON object")
+        raise RejectedRecord(not_one)
     if body.get("v") != PROTOCOL_VERSION:
         raise RejectedRecord(f"unsupported protocol version {body.get('v')!r:.40}",
                              code=UNKNOWN)
+    return body
+
+
+def _check(key: bytes, raw: Any, secret: bytes | None) -> dict[str, Any]:
+    body = _versioned(raw, "value is not a JSON object")
     if secret is not None:
         verify(secret, key, body)
     return body
@@ -192,26 +189,26 @@ def _load(key: bytes | None, value: bytes | None) -> Any:
 
 
 def _parse(body: dict[str, Any], limiter_key: str | None) -> LeaseRequest | Command:
-    limiter_id = _str(body, "limiter_id")
+    limiter_id = text(body, "limiter_id")
     if limiter_id != limiter_key:
         raise RejectedRecord("limiter_id does not match the record key", code=WRONG_KEY)
     kind = body.get("type")
     if kind == "lease":
         requested = _num(body, "requested", 0.0)
-        request_id = _str(body, "request_id")
+        request_id = text(body, "request_id")
         return LeaseRequest(
-            request_id=request_id, limiter_id=limiter_id, seq=_seq(body),
-            worker_id=_str(body, "worker_id"), demand=_num(body, "demand", 0.0),
+            request_id=request_id, limiter_id=limiter_id, seq=int(_num(body, "seq", 0.0, _MAX_INT)),
+            worker_id=text(body, "worker_id"), demand=_num(body, "demand", 0.0),
             requested=int(requested), sent_at=_num(body, "sent_at", 0.0, 1e11),
-            lease_id=_str(body, "lease_id", optional=True),
+            lease_id=text(body, "lease_id", optional=True),
             unspent=_num(body, "unspent", 0.0), config=_config(body.get("config")),
             rtt=_num(body, "rtt", 0.0, 3600.0, optional=True) or 0.0,
             largest=int(_num(body, "largest", 0.0, optional=True) or 0))
     if kind in ("update_rate", "reset"):
         rate = _num(body, "rate", 1e-9, optional=kind == "reset")
         burst = _num(body, "burst", 1.0, optional=True) if kind == "update_rate" else None
-        return Command(type=kind, command_id=_str(body, "command_id"), limiter_id=limiter_id,
-                       worker_id=_str(body, "worker_id"),
+        return Command(type=kind, command_id=text(body, "command_id"), limiter_id=limiter_id,
+                       worker_id=text(body, "worker_id"),
                        sent_at=_num(body, "sent_at", 0.0, 1e11), rate=rate, burst=burst)
     raise RejectedRecord(f"unknown record type {kind!r:.40}", code=UNKNOWN)
 
@@ -275,29 +272,25 @@ def decode_requests(key: bytes | None, value: bytes | None, secret: bytes | None
     return out
 
 
-def _reply(body: Any, secret: bytes | None) -> Grant | Ack:
-    if not isinstance(body, dict):
-        raise RejectedRecord("reply is not a JSON object")
-    if body.get("v") != PROTOCOL_VERSION:
-        raise RejectedRecord(f"unsupported protocol version {body.get('v')!r:.40}",
-                             code=UNKNOWN)
-    worker_id = _str(body, "worker_id")
+def _reply(raw: Any, secret: bytes | None) -> Grant | Ack:
+    body = _versioned(raw, "reply is not a JSON object")
+    worker_id = text(body, "worker_id")
     if secret is not None:  # signed by the owner with the key it is sent under
         verify(secret, worker_id.encode(), body)
     kind = body.get("type")
-    limiter_id, epoch = _str(body, "limiter_id"), int(_num(body, "epoch", 0.0, _MAX_INT))
+    limiter_id, epoch = text(body, "limiter_id"), int(_num(body, "epoch", 0.0, _MAX_INT))
     rate = _num(body, "rate", 1e-9)
     if kind == "grant":
-        return Grant(request_id=_str(body, "request_id"), limiter_id=limiter_id,
-                     worker_id=worker_id, lease_id=_str(body, "lease_id"),
+        return Grant(request_id=text(body, "request_id"), limiter_id=limiter_id,
+                     worker_id=worker_id, lease_id=text(body, "lease_id"),
                      tokens=int(_num(body, "tokens", 0.0)), ttl=_num(body, "ttl", 0.0, 3600.0),
-                     renews=_str(body, "renews", optional=True),
+                     renews=text(body, "renews", optional=True),
                      retry_after=_num(body, "retry_after", 0.0, 3600.0), epoch=epoch,
                      rate=rate, burst=_num(body, "burst", 1.0),
                      share=_num(body, "share", 0.0, optional=True) or 0.0,
                      share_cap=_num(body, "share_cap", 0.0, optional=True) or 0.0)
     if kind == "ack":
-        return Ack(command_id=_str(body, "command_id"), limiter_id=limiter_id,
+        return Ack(command_id=text(body, "command_id"), limiter_id=limiter_id,
                    worker_id=worker_id, epoch=epoch, rate=rate)
     raise RejectedRecord(f"unknown reply type {kind!r:.40}", code=UNKNOWN)
 
