@@ -89,11 +89,8 @@ class AdaptiveRateLimiter:
 
     # -- feedback ------------------------------------------------------------------------
 
-    def _clamp(self, rate: float) -> float:
-        return min(self.max_rate, max(self.min_rate, rate))
-
     def _set(self, rate: float) -> float:
-        rate = self._clamp(rate)
+        rate = min(self.max_rate, max(self.min_rate, rate))
         if rate != self.inner.current_rate_limit:
             self.inner.update_rate_limit(rate)
         return rate

@@ -225,16 +225,13 @@ class GradientLimit(_RoundLimit):
             new = limit * (1.0 - self.smoothing) + new * self.smoothing
         self._set_estimate(new)
 
-    def _probe_limit(self) -> int:
-        size = int(self.queue_size(int(self._estimate)))
-        return min(self._limit, max(self.min_limit, size, 1))
-
     def _start_probe(self, now: float) -> None:
         self._saved = self._estimate
         self._probe_from = now
         self._probe_sum, self._probe_n = 0.0, 0
         self._round.clear()
-        self._publish(self._probe_limit())
+        size = int(self.queue_size(int(self._estimate)))  # the probe's concurrency
+        self._publish(min(self._limit, max(self.min_limit, size, 1)))
 
     def _probe_sample(self, start_time: float, rtt: float, in_flight: int, dropped: bool,
                       end: float) -> None:
