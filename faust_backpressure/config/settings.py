@@ -117,11 +117,8 @@ class BackpressureSettings:
         """Defaults, overridden by ``{prefix}{FIELD}`` variables, overridden by ``overrides``."""
         env = os.environ if environ is None else environ
         warn_unknown_variables(prefix, env, [f.name for f in fields(cls)])
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = prefix + f.name.upper()
-            if var in env:
-                values[f.name] = _parse(f.type, env[var])
+        values: dict[str, Any] = {f.name: _parse(f.type, env[var]) for f in fields(cls)
+                                  if (var := prefix + f.name.upper()) in env}
         from_env = set(values) - set(overrides)
         values.update(overrides)
         settings = cls.__new__(cls)
