@@ -117,11 +117,8 @@ class BackpressureSettings:
         """Defaults, overridden by ``{prefix}{FIELD}`` variables, overridden by ``overrides``."""
         env = os.environ if environ is None else environ
         warn_unknown_variables(prefix, env, [f.name for f in fields(cls)])
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = prefix + f.name.upper()
-            if var in env:
-                values[f.name] = _parse(f.type, env[var])
+        values: dict[str, Any] = {f.name: _parse(f.type, env[var]) for f in fields(cls)
+                                  if (var := prefix + f.name.upper()) in env}
         from_env = set(values) - set(overrides)
         values.update(overrides)
         settings = cls.__new__(cls)
@@ -152,38 +149,32 @@ def _parse(type_name: Any, raw: str) -> Any:
     return text
 
 
+#: Integer settings and their minimum.
+_INTEGERS = {"max_consumer_lag": 1, "scaling_threshold": 1, "restore_lag": 0, "max_retries": 0,
+             "traceback_limit": 0, "internal_replication_factor": 1}
+#: Number settings, each ``> 0`` (True: strictly) or ``>= 0`` (False).
+_NUMBERS = {"monitoring_interval": True, "retry_backoff": False, "retry_backoff_max": False,
+            "replay_rate": True, "max_clock_skew": True, "max_lag_seconds": True}
+#: The numeric settings that may be unset (``None``).
+_OPTIONAL = frozenset({"restore_lag", "internal_replication_factor", "max_lag_seconds"})
+
+
 def _validate(s: BackpressureSettings, name: Callable[[str], str]) -> None:
-    def integer(field: str, minimum: int) -> None:
-        check_int(name(field), getattr(s, field), minimum)
-
-    def number(field: str, minimum: float, *, strict: bool) -> None:
-        check_number(name(field), getattr(s, field), minimum, strict=strict)
-
-    integer("max_consumer_lag", 1)
-    integer("scaling_threshold", 1)
-    if s.restore_lag is not None:
-        integer("restore_lag", 0)
-    integer("max_retries", 0)
-    integer("traceback_limit", 0)
-    if s.internal_replication_factor is not None:
-        integer("internal_replication_factor", 1)
-    number("monitoring_interval", 0, strict=True)
-    number("retry_backoff", 0, strict=False)
-    number("retry_backoff_max", 0, strict=False)
-    number("replay_rate", 0, strict=True)
-    number("max_clock_skew", 0, strict=True)
+    for field, minimum in _INTEGERS.items():
+        if getattr(s, field) is not None or field not in _OPTIONAL:
+            check_int(name(field), getattr(s, field), minimum)
+    for field, strict in _NUMBERS.items():
+        if getattr(s, field) is not None or field not in _OPTIONAL:
+            check_number(name(field), getattr(s, field), 0, strict=strict)
     for field in ("secret", "admin_token"):
         value = getattr(s, field)
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{name(field)} must be a non-empty string or unset")
-    if s.max_lag_seconds is not None:
-        number("max_lag_seconds", 0, strict=True)
-    if s.control_policy not in CONTROL_POLICIES:
-        raise ValueError(f"{name('control_policy')} must be one of "
-                         f"{', '.join(CONTROL_POLICIES)}, got {s.control_policy!r}")
-    if s.on_limit not in _ON_LIMIT:
-        raise ValueError(f"{name('on_limit')} must be one of {', '.join(_ON_LIMIT)}, "
-                         f"got {s.on_limit!r}")
+    for field, choices in (("control_policy", CONTROL_POLICIES), ("on_limit", _ON_LIMIT)):
+        value = getattr(s, field)
+        if value not in choices:
+            raise ValueError(f"{name(field)} must be one of {', '.join(choices)}, "
+                             f"got {value!r}")
     for field in ("dlq_topic_suffix", "shed_topic_suffix", "deferral_topic_suffix"):
         value = getattr(s, field)
         if not isinstance(value, str) or not value:

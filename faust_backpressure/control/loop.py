@@ -285,10 +285,6 @@ class ControlLoops:
             self.published += 1
         return sample
 
-    @property
-    def rejected(self) -> int:
-        return self.rejections.total
-
     def max_age(self, loop: ControlLoop) -> float:
         """Oldest sample that still counts: three intervals (what the decider aggregates)
         plus the clock skew allowed between workers."""

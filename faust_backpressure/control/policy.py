@@ -186,12 +186,9 @@ class BackpressureController:
                     and lag_seconds > t.max_lag_seconds)
         if self.policy == "setpoint":
             return self._set_point(sample, downstream, lag_seconds, too_late)
-        if lag > t.scaling_threshold:
+        if lag > t.scaling_threshold or too_late:
             return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
-                                  f"lag {lag} > {t.scaling_threshold}")
-        if too_late:
-            return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
-                                  f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s")
+                                  self._too_far(lag, lag_seconds))
         if sample.cpu > t.cpu_threshold:
             return self._decrease(t.decrease_factor, BackpressureSeverity.WARNING,
                                   f"cpu {sample.cpu:.2f} > {t.cpu_threshold}")
@@ -262,10 +259,7 @@ class BackpressureController:
                                   "and growing (rate estimate not settled)")
         if lag > t.scaling_threshold or too_late:
             return self._decrease(t.lag_decrease_factor, BackpressureSeverity.CRITICAL,
-                                  (f"lag {lag} > {t.scaling_threshold}"
-                                   if lag > t.scaling_threshold else
-                                   f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s")
-                                  + " (no rate estimate)")
+                                  f"{self._too_far(lag, lag_seconds)} (no rate estimate)")
         return self._hold("no downstream rate estimate yet")
 
     def _rails(self, sample: PressureSample, downstream: float, lag_seconds: float | None,
@@ -282,9 +276,8 @@ class BackpressureController:
             # The guide's cut while the queue still grows (the rate above the downstream's);
             # once it drains, the law alone (repeated cuts on a falling lag overshoot down).
             rail = self.rate * t.lag_decrease_factor if self.rate > downstream else self.rate
-            return min(law, rail), BackpressureSeverity.CRITICAL, (
-                f"lag {lag} > {t.scaling_threshold}" if lag > t.scaling_threshold
-                else f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s") + f"; {reason}"
+            return (min(law, rail), BackpressureSeverity.CRITICAL,
+                    f"{self._too_far(lag, lag_seconds)}; {reason}")
         restored = max(law, self.rate + t.restore_step * self.baseline_rate)
         if min(self._recent_lags) < t.backlog_cleared_lag and not ahead:
             # The guide's restore while nothing queues and the rate is not already ahead of
@@ -301,6 +294,14 @@ class BackpressureController:
             # not the bottleneck is not throttled to what currently flows.
             return law, BackpressureSeverity.WARNING, reason
         return self.rate, BackpressureSeverity.WARNING, reason
+
+    def _too_far(self, lag: int, lag_seconds: float | None) -> str:
+        """Why the downstream is too far behind: its lag in records (over the scaling
+        threshold), else in time (over ``max_lag_seconds``)."""
+        t = self.thresholds
+        if lag > t.scaling_threshold:
+            return f"lag {lag} > {t.scaling_threshold}"
+        return f"lag {lag_seconds:.1f} s > {t.max_lag_seconds} s"
 
     def _hold(self, reason: str) -> PressureDecision:
         severity = (BackpressureSeverity.CRITICAL if self._restoring else

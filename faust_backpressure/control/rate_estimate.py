@@ -47,8 +47,9 @@ class DownstreamRateEstimator:
         while len(history) > 2 and history[1][0] <= at - self.window:
             history.popleft()
         was_settled = self.settled
-        self.changes = sum(1 for (_, before), (_, p) in itertools.pairwise(history)
-                           if p > before)
+        # the samples that saw a new commit
+        changes = [(t, p) for (_, before), (t, p) in itertools.pairwise(history) if p > before]
+        self.changes = len(changes)
         if len(history) < 2:
             return self.rate
         (t0, p0), (t1, p1) = history[0], history[-1]
@@ -56,8 +57,6 @@ class DownstreamRateEstimator:
         # Commits come in chunks: the slope between the first and the last sample that saw
         # a new commit does not depend on where the window cuts the commit cycle. Used while
         # commits keep coming at their usual pace (else the plain slope, which decays).
-        changes = [(t, p) for (t, p), (_, before) in zip(list(history)[1:], history,
-                                                        strict=False) if p > before]
         if len(changes) >= 2:
             (ta, pa), (tb, pb) = changes[0], changes[-1]
             gap = (tb - ta) / (len(changes) - 1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from faust_backpressure.config.validation import check_number, is_number
+from faust_backpressure.config.validation import check_number
 
 from .base import Clock, RateLimiterStats, RateLimitingStrategy, check_rate
+from .concurrency import _check_ratio
 
 __all__ = ["AdaptiveRateLimiter"]
 
@@ -76,10 +77,8 @@ class AdaptiveRateLimiter:
         if additive_increase is None:
             additive_increase = max((self.max_rate - self.min_rate) * 0.05, self.min_rate * 0.05)
         self.additive_increase = check_rate("additive_increase", additive_increase)
-        if not is_number(multiplicative_decrease) or not 0 < multiplicative_decrease < 1:
-            raise ValueError("multiplicative_decrease must be a number in (0, 1), "
-                             f"got {multiplicative_decrease!r}")
-        self.multiplicative_decrease = float(multiplicative_decrease)
+        self.multiplicative_decrease = _check_ratio("multiplicative_decrease",
+                                                    multiplicative_decrease)
         self.inner = inner
         self.mode: Mode = mode
         self._clock = clock
@@ -90,11 +89,8 @@ class AdaptiveRateLimiter:
 
     # -- feedback ------------------------------------------------------------------------
 
-    def _clamp(self, rate: float) -> float:
-        return min(self.max_rate, max(self.min_rate, rate))
-
     def _set(self, rate: float) -> float:
-        rate = self._clamp(rate)
+        rate = min(self.max_rate, max(self.min_rate, rate))
         if rate != self.inner.current_rate_limit:
             self.inner.update_rate_limit(rate)
         return rate

@@ -195,11 +195,15 @@ class CircuitBreaker:
         elif state is BreakerState.CLOSED:
             self._window.clear()
             self._failing = False
-        for fut in self._waiters:
-            _wake(fut)
+        self._wake_waiters()
         if old is not state:
             for callback in tuple(self._callbacks):
                 callback(old, state)
+
+    def _wake_waiters(self) -> None:
+        """Let every :meth:`wait_until_allowed` caller recompute (in FIFO order)."""
+        for fut in self._waiters:
+            _wake(fut)
 
     def _wait(self) -> float:  # how long an opening on its own verdict lasts (jittered)
         if not self.open_jitter:
@@ -209,12 +213,10 @@ class CircuitBreaker:
     def _decided(self) -> bool | None:
         """The probes' verdict so far: True (they trip it, whatever the rest say), False
         (all reported, under the thresholds), None (not yet known)."""
-        most = self.half_open_calls
-        if self._probe_fail >= self.failure_rate_threshold * most or (
-                self.slow_call_rate_threshold < 1.0
-                and self._probe_slow >= self.slow_call_rate_threshold * most):
+        # over every probe, reported or not: what the rest report cannot bring it under
+        if self._trips(self.half_open_calls, self._probe_fail, self._probe_slow):
             return True
-        if self._probes_done >= most:
+        if self._probes_done >= self.half_open_calls:
             return self._trips(self._probes_done, self._probe_fail, self._probe_slow)
         return None
 
@@ -277,8 +279,7 @@ class CircuitBreaker:
             elif verdict is False:
                 self._to(BreakerState.CLOSED, now)
             elif self.sequential_probes:
-                for fut in self._waiters:  # the next probe may go
-                    _wake(fut)
+                self._wake_waiters()  # the next probe may go
 
     def _trip(self, now: float) -> None:
         if not self._failing:  # an outage's first opening: its failures spent the budget
@@ -295,8 +296,7 @@ class CircuitBreaker:
             if self.probe_rate != math.inf:
                 now = self._clock()
                 self._budget, self._budget_at = self._tokens(now) + 1.0, now
-            for fut in self._waiters:
-                _wake(fut)
+            self._wake_waiters()
 
     def time_until_allowed(self) -> float:
         """0.0 if a call may go now; seconds left in open; ``math.inf`` when only a
@@ -369,8 +369,7 @@ class CircuitBreaker:
         if until < self._open_until:
             self._open_until = until
             self._tick(now)
-            for fut in self._waiters:  # their timers were set for the old deadline
-                _wake(fut)
+            self._wake_waiters()  # their timers were set for the old deadline
         return True
 
     @property

@@ -52,7 +52,7 @@ class ConcurrencyLimit(Protocol):
 
 
 def _check_ratio(name: str, value: object) -> float:
-    """A backoff ratio: a number in (0, 1)."""
+    """A backoff ratio or a multiplicative decrease: a number in (0, 1)."""
     if not is_number(value) or not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return float(value)

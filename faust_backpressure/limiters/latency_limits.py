@@ -82,7 +82,33 @@ def _sqrt_queue(limit: int) -> float:
     return math.sqrt(limit)
 
 
-class GradientLimit(_Limit):
+class _RoundLimit(_Limit):
+    """What Gradient and Vegas share: a float estimate moved once per round (smoothed, or
+    backed off on a drop), and a baseline measured afresh every ``probe_interval`` rounds."""
+
+    __slots__ = ("_estimate", "_round", "_rounds", "backoff_ratio", "probe_interval",
+                 "smoothing")
+
+    def __init__(self, initial: int, min_limit: int, max_limit: int, smoothing: float,
+                 backoff_ratio: float, probe_interval: int | None) -> None:
+        super().__init__(initial, min_limit, max_limit)
+        self.smoothing = check_number("smoothing", smoothing, 0, strict=True)
+        if self.smoothing > 1:
+            raise ValueError(f"smoothing must be <= 1, got {smoothing!r}")
+        self.backoff_ratio = _check_ratio("backoff_ratio", backoff_ratio)
+        self.probe_interval = None if probe_interval is None else check_int(
+            "probe_interval", probe_interval, 1)
+        self._estimate = float(initial)
+        self._rounds = 0  # counted toward the next probe
+        self._round = _Round()
+
+    def _set_estimate(self, new: float) -> None:
+        """The estimate becomes ``new`` within the bounds; the limit follows it."""
+        self._estimate = min(float(self.max_limit), max(float(self.min_limit), new))
+        self._publish(self._estimate)
+
+
+class GradientLimit(_RoundLimit):
     """Netflix Gradient2: a short-term RTT average compared with a long-term one.
 
     Once per *round* (see below), with ``short`` and ``long`` the two averages::
@@ -120,11 +146,8 @@ class GradientLimit(_Limit):
         limiter = ConcurrencyLimiter(limit)
     """
 
-    __slots__ = (
-        "_estimate", "_long", "_probe_done", "_probe_from", "_probe_n",
-        "_probe_sum", "_round", "_rounds", "_saved", "_short",
-        "backoff_ratio", "probe_interval", "queue_size", "smoothing", "tolerance",
-    )
+    __slots__ = ("_long", "_probe_done", "_probe_from", "_probe_n", "_probe_sum", "_saved",
+                 "_short", "queue_size", "tolerance")
 
     def __init__(
         self,
@@ -140,11 +163,8 @@ class GradientLimit(_Limit):
         backoff_ratio: float = 0.9,
         probe_interval: int | None = 500,
     ) -> None:
-        super().__init__(initial, min_limit, max_limit)
+        super().__init__(initial, min_limit, max_limit, smoothing, backoff_ratio, probe_interval)
         self.tolerance = check_number("tolerance", tolerance, 1)
-        self.smoothing = check_number("smoothing", smoothing, 0, strict=True)
-        if self.smoothing > 1:
-            raise ValueError(f"smoothing must be <= 1, got {smoothing!r}")
         self._long = _Ema(check_int("long_window", long_window, 1))
         self._short = _Ema(check_int("short_window", short_window, 1))
         if callable(queue_size):
@@ -152,16 +172,10 @@ class GradientLimit(_Limit):
         else:
             size = check_number("queue_size", queue_size, 0)
             self.queue_size = lambda _limit: size
-        self.backoff_ratio = _check_ratio("backoff_ratio", backoff_ratio)
-        self.probe_interval = None if probe_interval is None else check_int(
-            "probe_interval", probe_interval, 1)
-        self._estimate = float(initial)
         self._saved = 0.0
         self._probe_from = math.inf  # < inf while probing
         self._probe_sum, self._probe_n = 0.0, 0
         self._probe_done = False
-        self._rounds = 0  # until the next probe
-        self._round = _Round()
 
     @property
     def probing(self) -> bool:
@@ -209,19 +223,15 @@ class GradientLimit(_Limit):
             gradient = max(0.5, min(1.0, ratio))
             new = limit * gradient + self.queue_size(int(limit))
             new = limit * (1.0 - self.smoothing) + new * self.smoothing
-        self._estimate = min(float(self.max_limit), max(float(self.min_limit), new))
-        self._publish(self._estimate)
-
-    def _probe_limit(self) -> int:
-        size = int(self.queue_size(int(self._estimate)))
-        return min(self._limit, max(self.min_limit, size, 1))
+        self._set_estimate(new)
 
     def _start_probe(self, now: float) -> None:
         self._saved = self._estimate
         self._probe_from = now
         self._probe_sum, self._probe_n = 0.0, 0
         self._round.clear()
-        self._publish(self._probe_limit())
+        size = int(self.queue_size(int(self._estimate)))  # the probe's concurrency
+        self._publish(min(self._limit, max(self.min_limit, size, 1)))
 
     def _probe_sample(self, start_time: float, rtt: float, in_flight: int, dropped: bool,
                       end: float) -> None:
@@ -239,11 +249,10 @@ class GradientLimit(_Limit):
         self._probe_done = True
         self._rounds = 0
         self._round.end = end
-        self._estimate = self._saved
-        self._publish(self._estimate)
+        self._set_estimate(self._saved)  # within the bounds already
 
 
-class VegasLimit(_Limit):
+class VegasLimit(_RoundLimit):
     """TCP Vegas (Netflix's ``VegasLimit``): the queue a limit builds, from the RTT.
 
     With ``no_load`` the lowest RTT seen (the baseline), a round's average ``rtt`` puts
@@ -267,24 +276,14 @@ class VegasLimit(_Limit):
         limiter = ConcurrencyLimiter(limit)
     """
 
-    __slots__ = ("_estimate", "_no_load", "_reprobe", "_round", "_rounds", "backoff_ratio",
-                 "probe_interval", "smoothing")
+    __slots__ = ("_no_load", "_reprobe")
 
     def __init__(self, initial: int = 20, min_limit: int = 1, max_limit: int = 200, *,
                  smoothing: float = 1.0, backoff_ratio: float = 0.9,
                  probe_interval: int | None = 1000) -> None:
-        super().__init__(initial, min_limit, max_limit)
-        self.smoothing = check_number("smoothing", smoothing, 0, strict=True)
-        if self.smoothing > 1:
-            raise ValueError(f"smoothing must be <= 1, got {smoothing!r}")
-        self.backoff_ratio = _check_ratio("backoff_ratio", backoff_ratio)
-        self.probe_interval = None if probe_interval is None else check_int(
-            "probe_interval", probe_interval, 1)
-        self._estimate = float(initial)
+        super().__init__(initial, min_limit, max_limit, smoothing, backoff_ratio, probe_interval)
         self._no_load = math.inf
         self._reprobe = False
-        self._rounds = 0
-        self._round = _Round()
 
     @property
     def no_load_rtt(self) -> float:
@@ -322,5 +321,4 @@ class VegasLimit(_Limit):
             else:
                 return
             new = limit * (1.0 - self.smoothing) + new * self.smoothing
-        self._estimate = min(float(self.max_limit), max(float(self.min_limit), new))
-        self._publish(self._estimate)
+        self._set_estimate(new)
