@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # and plots, which no test imports).
 EXTRAS ?= dev,bench,docs
 
-.PHONY: install kafka demo test lint dist docs bench chaos broker-start broker-stop clean
+.PHONY: install kafka demo demo-downstream test lint dist docs bench chaos broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ kafka: $(STAMP)
 # DEMO_ARGS="--batch 500": the demo's pipeline in batch mode (docs/batching.md)
 demo: kafka
 	$(PY) -m examples.demo $(DEMO_ARGS)
+
+# a downstream guard: 3,000 orders through a quota'd API that fails for 5 s (docs/downstream.md)
+demo-downstream: kafka
+	$(PY) -m examples.downstream_demo
 
 # pytest-xdist workers share one broker (tests/conftest.py), handed one test at a time
 # (slowest collected first). Not --dist loadgroup: after a worker crash (a hung test ended by
