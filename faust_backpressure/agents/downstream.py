@@ -129,7 +129,7 @@ class Downstream:
             if self.quota is not None:
                 # the outage's probes kept the learner's interval open: measure afresh. Not
                 # after a slow-down's pause (it also opens the breaker): that would leave
-                # nothing measured for the next 429 (docs/downstream.md, "Not done yet")
+                # nothing measured for the next 429 (docs/downstream.md, "Known limits")
                 self.quota.recovered()
         if (old is BreakerState.HALF_OPEN and new is BreakerState.CLOSED
                 and self.publish_recovery is not None):
