@@ -151,11 +151,6 @@ class LimiterChannel:
 
         app.task(fbp_limiters_start)
 
-    @property
-    def rejected(self) -> int:
-        """Request-topic records rejected by this worker's owner agent."""
-        return self.rejections.total
-
     def _forget_ledgers(self, sender: Any, /, *args: Any, signal: Any = None,
                         **kwargs: Any) -> None:
         self._ledgers.clear()
