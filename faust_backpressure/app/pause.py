@@ -313,12 +313,8 @@ def install_pause_control(bp: Installation,
 
 
 async def _group_members(kafka: KafkaClientSettings | str, group: str) -> int:
-    admin = kafka_admin(kafka, "ops")
-    await admin.start()
-    try:
+    async with kafka_admin(kafka, "ops") as admin:
         responses = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
     return sum(len(g[5]) for r in responses for g in r.groups if g[1] == group)
 
 

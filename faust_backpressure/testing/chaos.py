@@ -402,9 +402,11 @@ class _Run:
         await asyncio.sleep(3.0)
 
     def stop(self) -> None:
+        logs = []
         for worker in self.workers:
             worker.stop(timeout=15)
-            read_worker_log(self.result, worker.name, worker.logs())
+            logs.append(worker.logs())  # read once: every account below comes from it
+            read_worker_log(self.result, worker.name, logs[-1])
         if self.service is not None and self.service.url:
             try:
                 stats = self.service.stats()
@@ -412,8 +414,8 @@ class _Run:
                 self.service.stop()
             self.result.downstream = {
                 "ok": stats["ok"], "rejected_429": stats["rejected_429"],
-                "pauses": max(len(GUARD_PAUSE.findall(w.logs())) for w in self.workers),
-                "overdrafts": sum(w.logs().count(GUARD_OVERDRAFT) for w in self.workers)}
+                "pauses": max(len(GUARD_PAUSE.findall(text)) for text in logs),
+                "overdrafts": sum(text.count(GUARD_OVERDRAFT) for text in logs)}
 
 
 async def run_chaos(plan: ChaosPlan, broker: LocalKafkaBroker, workdir: Path, *,
