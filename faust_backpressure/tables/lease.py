@@ -27,6 +27,7 @@ from faust_backpressure.tables.lease_state import (
     LeaseCounters,
     OwnerHeard,
     PendingCommand,
+    checked_share,
     give_up_wait,
     resend_due,
 )
@@ -266,14 +267,12 @@ class DistributedRateLimiter(LimiterBase):
         """The longest lease an owner grants (and so how long an answer is worth waiting)."""
         return RATE_TTL_FACTOR * self._config.lease_ttl
 
-    def _retry_timeout(self, inflight: Inflight) -> float:
-        """Wait before resending (see ``resend_due``): at least the timeout, a lease TTL and
-        three usual answer times, x4 with each resend."""
-        base = max(self.request_timeout, 3.0 * self._rtt, self._config.lease_ttl)
-        return float(base * 4.0 ** min(inflight.sends - 1, 3))
-
     def _resend_due(self, inflight: Inflight) -> float:
-        return resend_due(inflight, self.owner_heard, self._retry_timeout(inflight), self._max_ttl)
+        """When to resend (see ``resend_due``): the retry timeout is at least the timeout, a
+        lease TTL and three usual answer times, x4 with each resend."""
+        base = max(self.request_timeout, 3.0 * self._rtt, self._config.lease_ttl)
+        timeout = float(base * 4.0 ** min(inflight.sends - 1, 3))
+        return resend_due(inflight, self.owner_heard, timeout, self._max_ttl)
 
     def _new_request(self, now: float) -> LeaseRequest:
         elapsed = max(now - self._demand_since, 1e-3)
@@ -335,13 +334,11 @@ class DistributedRateLimiter(LimiterBase):
         elif lease.level > 0:
             self._counters.expired_tokens += lease.level
         # Checked against what this worker knows of the limiter: without a secret a forged
-        # grant could otherwise hand it more than a bucket, a lease that never ends, or more
-        # than the rate (per consumer: what any worker may have).
+        # grant could hand it more than a bucket, a lease that never ends, or the share below.
         burst = max(self._burst, self._config.burst)
         granted = min(grant.tokens, math.floor(burst))
         ttl = min(grant.ttl, self._max_ttl)
-        share = min(grant.share, max(self._rate, self._config.rate)
-                    * (1e6 if self._config.per_consumer else 1.0))
+        share = checked_share(grant, self._rate, self._config, lowering=bool(self._pending))
         if granted < grant.tokens or ttl < grant.ttl:
             self._counters.capped_grants += 1
         # The lease runs from our first send: never later than the owner's view of it.
@@ -394,8 +391,12 @@ class DistributedRateLimiter(LimiterBase):
         return self._rate
 
     def update_rate_limit(self, new_rate: float, *, burst: float | None = None) -> None:
-        """Change the shared rate (and ``burst``): sent to the owner, seen by all in a lease."""
-        self._rate = check_rate("new_rate", new_rate)
+        """Change the shared rate (and ``burst``), sent to the owner; a lower one cuts this
+        worker's share at once, not a lease later (the others see it in their next lease)."""
+        if (old := self._rate) > (rate := check_rate("new_rate", new_rate)):
+            self._accrue(self._clock())
+            self._lease.rate *= rate / old
+        self._rate = rate
         if burst is not None:
             self._burst = check_number("burst", burst, 1.0)
         self._command("update_rate", self._rate, None if burst is None else self._burst)

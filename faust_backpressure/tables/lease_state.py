@@ -7,10 +7,10 @@ import math
 import zlib
 from dataclasses import dataclass
 
-from faust_backpressure.wire.limiter_records import Command, LeaseRequest
+from faust_backpressure.wire.limiter_records import Command, Grant, LeaseRequest, LimiterConfig
 
-__all__ = ["Inflight", "LeaseCounters", "OwnerHeard", "PendingCommand", "give_up_wait",
-           "resend_due"]
+__all__ = ["Inflight", "LeaseCounters", "OwnerHeard", "PendingCommand", "checked_share",
+           "give_up_wait", "resend_due"]
 
 
 @dataclass(slots=True)
@@ -87,3 +87,13 @@ def give_up_wait(given_up: int, inflight: Inflight, heard: OwnerHeard | None,
         return 0.0
     spread = 0.5 + zlib.crc32(inflight.request.request_id.encode()) / 2.0**32
     return min(3600.0, longest * (2.0 ** min(given_up, 12) - 1.0) * spread)
+
+
+def checked_share(grant: Grant, rate: float, config: LimiterConfig, *, lowering: bool) -> float:
+    """A grant's share as this worker may spend it: at most the rate (per consumer: any
+    worker's), and, granted before the owner applied a lower ``rate`` this worker sent
+    (``lowering``: a change not acknowledged yet), that rate's part of it."""
+    share = min(grant.share, max(rate, config.rate) * (1e6 if config.per_consumer else 1.0))
+    if lowering and grant.rate > rate:
+        share *= rate / grant.rate
+    return share

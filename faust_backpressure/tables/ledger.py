@@ -402,6 +402,7 @@ class LimiterLedger:
                 return None
             self.commands[cmd.command_id] = now
             if cmd.type == "update_rate" and cmd.rate is not None:
+                self._cut_shares(min(1.0, cmd.rate / self.rate))
                 self.rate, self.burst = cmd.rate, cmd.burst or self.burst
             elif cmd.type == "reset":
                 self.tokens, self.stats = self.initial_tokens, LedgerStats()
@@ -411,6 +412,12 @@ class LimiterLedger:
             self.stats.commands += 1
         return Ack(command_id=cmd.command_id, limiter_id=self.limiter_id,
                    worker_id=cmd.worker_id, epoch=self.epoch, rate=self.rate)
+
+    def _cut_shares(self, ratio: float) -> None:
+        """A lower rate cuts the shares reserved alike (a worker that sets it cuts its own at
+        once, the others at their next grant): kept, they left the renewals nothing."""
+        for w in self.workers.values():
+            w.leases = [_Lease(i, n, end, share * ratio, cap) for i, n, end, share, cap in w.leases]
 
     def reject(self) -> None:
         self.stats.rejected += 1

@@ -205,3 +205,24 @@ def test_share_fields_round_trip_and_a_forged_share_is_cut_to_the_rate() -> None
     clock[0] += 0.5
     admitted = sum(limiter.try_acquire() for _ in range(10_000))
     assert admitted <= 100  # at most the burst, not a billion
+
+
+@pytest.mark.parametrize("ttl", [1.0, 2.0])
+def test_a_lower_rate_set_on_every_worker_is_kept_at_once_not_a_lease_later(ttl: float) -> None:
+    """A learnt quota that fell (issue 22): every worker sets the same lower rate; each
+    worker's share follows at once, not at its next grant (a 2 s lease kept 102/s of a
+    91/s share for 1.4 s and its 429s were taken for spreading)."""
+    sim = Sim(rate=300, burst=30, workers=3, lease_ttl=ttl, delay=(0.05, 0.2))
+    sim.run(5.0)
+    for client in sim.clients:
+        client.update_rate_limit(150.0)
+    start = sim.clock.now
+    sim.run(3.0)
+    # the levels held at the change (each lease's cap: 50 ms of its share, >= 2), no more
+    assert sim.worst_window(0.5, since=start) <= 150 * 0.5 + 30
+    assert sim.worst_window(1.0, since=start + 0.5) <= 150 * 1.05
+    # and no less: the owner does not keep the old shares reserved (the others' renewals
+    # were cut to what they left, 15-26/s each for a lease's life)
+    times = [t for t in sim.all_admissions() if start + 0.5 <= t < start + 2.5]
+    assert len(times) >= 0.95 * 150 * 2.0
+    assert all(client.current_rate_limit == 150.0 for client in sim.clients)
