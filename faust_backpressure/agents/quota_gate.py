@@ -134,14 +134,15 @@ class SharedQuota:
     the start); otherwise the limiter is not used until the first episode has set its rate.
     ``reporter`` publishes this worker's reports; ``settle``: how long after an episode began
     the reports are added up (they arrive within a few hundred ms on the ops topic);
-    ``hold``: for how long after a new rate is set further slow-downs only pause (unless
-    that rate came from part of an interval: an upper bound, which the next one narrows).
+    ``hold``: for how long after a new rate is in force (set, and the episode's pause over)
+    further slow-downs only pause: answers to calls sent before it (unless that rate came from
+    part of an interval: an upper bound, which the next one narrows).
     ``burst_of``: the shared burst for a rate, sent with each new rate (a distributed limiter
     of the quota's own; None: the limiter's burst is left as it is)."""
 
     def __init__(self, name: str, learner: QuotaLearner, limiter: RateLimitingStrategy, *,
                  worker: str, reporter: QuotaReporter | None, wall_clock: Clock,
-                 given: bool = False, settle: float = 0.8, hold: float = 3.0,
+                 given: bool = False, settle: float = 0.8, hold: float = 0.0,
                  burst_of: Callable[[float], float] | None = None) -> None:
         self.name = name
         self.learner = learner
@@ -196,8 +197,8 @@ class SharedQuota:
 
     def episode(self, until: float, seconds: float) -> str:
         if self._wall() < self._hold_until and not self.learner.bounded:
-            # calls made before the last rate reached every worker still answer 429: not
-            # news (docs/downstream.md, "Learning the quota", step 4)
+            # calls made before the last rate was in force still answer 429: not news
+            # (docs/downstream.md, "Learning the quota", step 4)
             self.learner.paused(seconds)
             return ", the rate just set is still spreading"
         served, whole = self.learner.observed(), self.learner.whole
@@ -247,7 +248,9 @@ class SharedQuota:
         if not math.isfinite(rate):
             return
         self._learnt = True
-        self._hold_until = self._wall() + self.hold
+        # every worker's share follows a lower rate at once (DistributedRateLimiter), so
+        # only calls sent before the pause's end answer 429 for the old one
+        self._hold_until = max(self._wall(), until) + self.hold
         at, served, _ = self.reports.get(self.worker, (None, 0.0, True))
         if at == until and served > 0:
             self._send(rate)

@@ -16,7 +16,8 @@ AIMD on a *rate*, remembering where the last loss happened (as TCP CUBIC does):
   ``backoff`` x the rate (a first loss at it), later ones as usual;
 * after a pause or an outage (:meth:`paused`, :meth:`restarted`) the first two intervals
   read the restart's ramp, not the quota: a slow-down whose reading is below the rate and
-  not whole (the ramp or part of an interval, on any worker) backs off from the rate;
+  not whole (the ramp or part of an interval, on any worker) backs off from the rate (at
+  least to 0.7 x, when it is under ``recent`` seconds after the last);
 * every ``interval`` without one, the rate climbs back a quarter of the way to the ceiling,
   and after ``probe_after`` seconds near it probes above it, a little more each interval,
   so that a raised quota is found; a caller served nothing in an interval (idle) takes that
@@ -55,6 +56,8 @@ _KEPT = 3
 _RAMP = 2
 #: Most climbing steps an idle caller catches up at once (0.75**32: at the ceiling).
 _MOST_STEPS = 32
+#: At most this x the rate on a loss at the rate soon after another (a pause loop).
+_AGAIN = 0.7
 
 
 class QuotaLearner:
@@ -149,6 +152,10 @@ class QuotaLearner:
         factor = self.fast_backoff if recent else self.backoff
         reading = self.observed() if ceiling is None else ceiling
         self._ramp, self._served_ramp = 0, False
+        if recent and not whole and not (self.bounded and self._from_reading):
+            # soon after a loss, again before a whole interval (not the first loss at a
+            # bound): the rate is well above the quota (a pause's burst gone at once)
+            factor = min(factor, _AGAIN)
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
             # would be announced). A second one soon after (callers we do not see share the

@@ -370,9 +370,33 @@ def test_the_second_interval_after_a_pause_is_read_as_the_ramp_too(clock: FakeCl
     assert not learner.whole
     before = learner.rate  # 332, climbed two steps
     assert learner.slowed_down(1.0, ceiling=230.0, whole=learner.whole) == pytest.approx(
-        0.8 * before)  # a loss at the rate (recent: 0.8x), not a quota of 230/s
+        0.7 * before)  # a loss at the rate again (recent: 0.7x), not a quota of 230/s
     assert learner.bounded and learner.ceiling == pytest.approx(before) and before > 300
     clock.advance(1.0 + 20.0)  # the pause, then the 20 s outage
     learner.restarted()
     served = serve(learner, clock, quota=300, seconds=5)
     assert max(served) >= 0.9 * 300, served
+
+
+def test_a_loss_at_the_rate_soon_after_one_read_whole_is_a_steeper_step(
+        clock: FakeClock) -> None:
+    # The unannounced halving at 30,000 events: after the first episode (300/s read whole,
+    # 270/s), each pause's burst was gone in 0.1-0.3 s and the next 429 came in the pause's
+    # ramp; 0.8x a step (with the hold between) took 20 s to reach the halved quota.
+    learner = QuotaLearner(fast_backoff=0.8, clock=clock)  # as the guard makes it
+    _calls(learner, clock, 300, 3.0)
+    assert learner.slowed_down(1.0) == pytest.approx(270, rel=0.01)
+    clock.advance(1.0)
+    _calls(learner, clock, 270, 0.2)  # the ramp: 54 calls, then a 429
+    assert learner.slowed_down(1.0) == pytest.approx(0.7 * 270, rel=0.01)
+    assert learner.ceiling == pytest.approx(270, rel=0.01)
+    clock.advance(1.0)
+    _calls(learner, clock, 189, 0.2)
+    assert learner.slowed_down(1.0) == pytest.approx(0.7 * 0.7 * 270, rel=0.01)  # 132/s
+    later = QuotaLearner(fast_backoff=0.8, clock=clock)  # the same, the 429 6 s later
+    _calls(later, clock, 300, 3.0)
+    later.slowed_down(1.0)
+    clock.advance(6.0)
+    _calls(later, clock, 270, 0.2)
+    before = later.rate  # climbed in the quiet 6 s
+    assert later.slowed_down(1.0) == pytest.approx(0.9 * before)  # the usual step
