@@ -53,24 +53,13 @@ class DistributedRateLimiter(LimiterBase):
                  "_pending", "_rate", "_rtt", "_seq", "_wakeup", "_wall", "_wanted", "owner_heard",
                  "rate_limiter_id", "request_timeout", "storage_backend", "worker_id")
 
-    def __init__(
-        self,
-        rate_limiter_id: str,
-        tokens_per_second: float,
-        burst_capacity: float,
-        *,
-        worker_id: str | None = None,
-        lease_ttl: float = 2.0,
-        request_timeout: float | None = None,
-        per_consumer: bool = False,
-        initial_tokens: float | None = None,
-        storage_backend: str = "kafka-table",
-        clock: Clock = time.monotonic,
-        wall_clock: Clock = time.time,
-        utilization_window: float = 1.0,
-        wakeup: Callable[[], None] | None = None,
-        fallback_rate: float | None = None,
-    ) -> None:
+    def __init__(self, rate_limiter_id: str, tokens_per_second: float, burst_capacity: float, *,
+                 worker_id: str | None = None, lease_ttl: float = 2.0,
+                 request_timeout: float | None = None, per_consumer: bool = False,
+                 initial_tokens: float | None = None, storage_backend: str = "kafka-table",
+                 clock: Clock = time.monotonic, wall_clock: Clock = time.time,
+                 utilization_window: float = 1.0, wakeup: Callable[[], None] | None = None,
+                 fallback_rate: float | None = None) -> None:
         """``wakeup`` is called when the limiter has something to send (its channel's
         keeper wakes); ``poll`` returns it. ``fallback_rate`` (off by default): permits/s this
         worker may admit on its own while the owner cannot be reached (see ``fallback.py``)."""
@@ -401,6 +390,11 @@ class DistributedRateLimiter(LimiterBase):
             self._burst = check_number("burst", burst, 1.0)
         self._command("update_rate", self._rate, None if burst is None else self._burst)
         self._notify()
+
+    def restart_demand(self) -> None:
+        """Calls resume after a pause of the caller's own (a slow-down, an outage): demand is
+        measured from now, else the pause reads as less of it and the next share is cut."""
+        self._attempted, self._demand_since = 0, self._clock()
 
     def reset(self) -> None:
         """Refill the shared bucket to its initial tokens and clear counters; rate is kept."""

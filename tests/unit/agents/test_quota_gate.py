@@ -206,3 +206,49 @@ async def test_a_learnt_quota_sends_the_burst_that_goes_with_each_new_rate() -> 
     SharedQuota("api", QuotaLearner(clock=clock), bucket, worker="w1", reporter=None,
                 wall_clock=time.time, burst_of=learnt_quota_burst).announced(60.0)
     assert bucket.max_tokens == 20 and bucket.current_rate_limit == 60.0
+
+
+class _CountingRestarts(DistributedRateLimiter):
+    restarts = 0
+
+    def restart_demand(self) -> None:
+        self.restarts += 1
+        super().restart_demand()
+
+
+async def test_calls_resuming_after_a_pause_or_an_outage_restart_the_limiters_demand() -> None:
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    limiter = _CountingRestarts("downstream-api", 1000, 6, worker_id="w1", clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=time.time, settle=0.01)
+    served(learner, clock, 300, 2)
+    quota.episode(time.time() + 0.05, 0.05)
+    quota.started()  # in the pause (a probe): not yet
+    assert limiter.restarts == 0
+    await asyncio.sleep(0.08)
+    quota.started()
+    quota.started()
+    assert limiter.restarts == 1  # once, at the first call after the pause
+    quota.recovered()  # an outage's end: its probes were all the demand
+    assert limiter.restarts == 2
+
+
+async def test_a_slow_down_after_the_episodes_pause_is_news() -> None:
+    """Every worker keeps a new rate from the moment it sets it (its share and the owner's
+    reservations are cut at once): only 429s inside the episode's pause are held."""
+    clock = FakeClock()
+    learner = QuotaLearner(clock=clock)
+    quota = SharedQuota("api", learner, TokenBucketRateLimiter(1000, 20, clock=clock),
+                        worker="w1", reporter=None, wall_clock=time.time, settle=0.01)
+    served(learner, clock, 300, 3)
+    quota.episode(time.time() + 0.1, 0.1)
+    await asyncio.sleep(0.03)  # settled inside the pause
+    assert quota.rate == pytest.approx(270.0)
+    assert "still spreading" in quota.episode(time.time() + 0.1, 0.1)
+    await asyncio.sleep(0.12)  # that pause is over too
+    clock.advance(0.2)
+    served(learner, clock, 270, 1)
+    assert "served here" in quota.episode(time.time() + 1.0, 1.0)
+    await asyncio.sleep(0.03)
+    assert quota.rate is not None and quota.rate < 270.0

@@ -226,3 +226,38 @@ def test_a_lower_rate_set_on_every_worker_is_kept_at_once_not_a_lease_later(ttl:
     times = [t for t in sim.all_admissions() if start + 0.5 <= t < start + 2.5]
     assert len(times) >= 0.95 * 150 * 2.0
     assert all(client.current_rate_limit == 150.0 for client in sim.clients)
+
+
+def _demand_after_a_pause(restart: bool) -> float:
+    """The demand a worker declares after 100/s for 0.5 s, a 1 s pause of its calls, then
+    200/s for 0.1 s (``restart``: it said when its calls resumed)."""
+    sim = Sim(rate=300, burst=30, workers=1)
+    client, clock = sim.clients[0], sim.clock
+    ledger = LimiterLedger("lim", client.config, clock.now)
+
+    def answer() -> LeaseRequest:
+        message = client.poll(clock.now)
+        assert isinstance(message, LeaseRequest)
+        grant = ledger.handle_lease(message, clock.now)
+        assert grant is not None and client.on_grant(grant, clock.now)
+        return message
+
+    for _ in range(50):
+        client.try_acquire()
+        clock.now += 0.01
+    answer()
+    clock.now += 1.0 + 2.0 * client.config.lease_ttl  # the pause: the lease ran out in it
+    if restart:
+        client.restart_demand()
+    for _ in range(20):
+        client.try_acquire()
+        clock.now += 0.005
+    return answer().demand
+
+
+def test_demand_is_measured_from_when_calls_resume_after_a_pause() -> None:
+    # read over the pause, the first request after it declared a fraction of the demand and
+    # was granted that much: 21.9/s of a 43.8/s share for a second after a learnt quota's
+    # pause (issue 22's halving, 30,000 events, round 5)
+    assert _demand_after_a_pause(restart=True) == pytest.approx(200, rel=0.1)
+    assert _demand_after_a_pause(restart=False) < 10
