@@ -152,9 +152,10 @@ class QuotaLearner:
         factor = self.fast_backoff if recent else self.backoff
         reading = self.observed() if ceiling is None else ceiling
         self._ramp, self._served_ramp = 0, False
-        if recent and not whole and not (self.bounded and self._from_reading):
-            # soon after a loss, again before a whole interval (not the first loss at a
-            # bound): the rate is well above the quota (a pause's burst gone at once)
+        if recent and not whole:
+            # soon after a loss, again before a whole interval: the rate is well above the
+            # quota (a pause's burst gone at once). Decided from what every worker sees
+            # alike (not its own rate): the last rate sent wins at the owner
             factor = min(factor, _AGAIN)
         if self.announced_quota is not None and not recent:
             # Under an announced quota a lone slow-down is a burst, not a lower quota (that
