@@ -216,17 +216,27 @@ class _CountingRestarts(DistributedRateLimiter):
         super().restart_demand()
 
 
+async def _settled(quota: SharedQuota) -> None:
+    """Until the episodes' settle tasks are done (a condition, not a fixed sleep)."""
+    for _ in range(1000):
+        if not len(quota._background):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the episode did not settle")
+
+
 async def test_calls_resuming_after_a_pause_or_an_outage_restart_the_limiters_demand() -> None:
-    clock = FakeClock()
+    clock, wall = FakeClock(), FakeClock(1.7e9)
     learner = QuotaLearner(clock=clock)
     limiter = _CountingRestarts("downstream-api", 1000, 6, worker_id="w1", clock=clock)
     quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
-                        wall_clock=time.time, settle=0.01)
+                        wall_clock=wall, settle=0.01)
     served(learner, clock, 300, 2)
-    quota.episode(time.time() + 0.05, 0.05)
+    quota.episode(wall() + 1.0, 1.0)
     quota.started()  # in the pause (a probe): not yet
     assert limiter.restarts == 0
-    await asyncio.sleep(0.08)
+    await _settled(quota)
+    wall.advance(1.0)  # the pause is over
     quota.started()
     quota.started()
     assert limiter.restarts == 1  # once, at the first call after the pause
@@ -237,18 +247,19 @@ async def test_calls_resuming_after_a_pause_or_an_outage_restart_the_limiters_de
 async def test_a_slow_down_after_the_episodes_pause_is_news() -> None:
     """Every worker keeps a new rate from the moment it sets it (its share and the owner's
     reservations are cut at once): only 429s inside the episode's pause are held."""
-    clock = FakeClock()
+    clock, wall = FakeClock(), FakeClock(1.7e9)
     learner = QuotaLearner(clock=clock)
     quota = SharedQuota("api", learner, TokenBucketRateLimiter(1000, 20, clock=clock),
-                        worker="w1", reporter=None, wall_clock=time.time, settle=0.01)
+                        worker="w1", reporter=None, wall_clock=wall, settle=0.01)
     served(learner, clock, 300, 3)
-    quota.episode(time.time() + 0.1, 0.1)
-    await asyncio.sleep(0.03)  # settled inside the pause
+    quota.episode(wall() + 1.0, 1.0)
+    await _settled(quota)  # settled inside the pause
     assert quota.rate == pytest.approx(270.0)
-    assert "still spreading" in quota.episode(time.time() + 0.1, 0.1)
-    await asyncio.sleep(0.12)  # that pause is over too
-    clock.advance(0.2)
+    wall.advance(0.5)
+    assert "still spreading" in quota.episode(wall() + 1.0, 1.0)
+    wall.advance(1.5)  # both pauses are over
+    clock.advance(1.5)
     served(learner, clock, 270, 1)
-    assert "served here" in quota.episode(time.time() + 1.0, 1.0)
-    await asyncio.sleep(0.03)
+    assert "served here" in quota.episode(wall() + 1.0, 1.0)
+    await _settled(quota)
     assert quota.rate is not None and quota.rate < 270.0
