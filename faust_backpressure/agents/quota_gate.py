@@ -200,12 +200,6 @@ class SharedQuota:
         rate = self.learner.succeeded()
         if rate is not None and abs(rate - self._sent) >= _SMALLEST_STEP * self._sent:
             self._send(rate)
-        elif self._learnt and self.learner.rate >= (
-                1 + _SMALLEST_STEP) * self.limiter.current_rate_limit:
-            # the owner keeps the last rate sent: a lower one from a learner that climbed
-            # less (they climb apart) would outlive an outage, through which each learner
-            # climbs and sends nothing. The highest wins; a 429 brings all down alike.
-            self._send(self.learner.rate)
 
     def _send(self, rate: float) -> None:
         self._sent = rate

@@ -263,28 +263,3 @@ async def test_a_slow_down_after_the_episodes_pause_is_news() -> None:
     assert "served here" in quota.episode(wall() + 1.0, 1.0)
     await _settled(quota)
     assert quota.rate is not None and quota.rate < 270.0
-
-
-async def test_a_lower_rate_the_owner_kept_from_another_worker_is_replaced_by_this_ones() -> None:
-    """The owner keeps the last rate sent. Learners climb apart, and through an outage each
-    climbs without sending: another worker's lower rate must not outlive it (it did for
-    27 s in a bench round, docs/downstream.md); a higher one is kept (the highest wins)."""
-    clock, wall = FakeClock(), FakeClock(1.7e9)
-    learner = QuotaLearner(clock=clock)
-    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
-    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
-                        wall_clock=wall, settle=0.01)
-    served(learner, clock, 300, 3)
-    quota.episode(wall() + 1.0, 1.0)
-    await _settled(quota)
-    assert quota.rate == pytest.approx(270.0)
-    limiter.update_rate_limit(233.0)  # another worker's, the last the owner got
-    clock.advance(0.1)  # within the interval: the learner takes no step
-    quota.succeeded()
-    assert limiter.current_rate_limit == pytest.approx(270.0)
-    assert quota.rate == pytest.approx(270.0)
-    limiter.update_rate_limit(290.0)  # another worker climbed further
-    clock.advance(0.1)
-    quota.succeeded()
-    assert limiter.current_rate_limit == pytest.approx(290.0)
-    assert quota.rate == pytest.approx(270.0)  # its own learner is left as it is
