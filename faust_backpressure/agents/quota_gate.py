@@ -200,6 +200,12 @@ class SharedQuota:
         rate = self.learner.succeeded()
         if rate is not None and abs(rate - self._sent) >= _SMALLEST_STEP * self._sent:
             self._send(rate)
+        elif self._learnt and (owner := self.limiter.current_rate_limit) <= (
+                1 - _SMALLEST_STEP) * self.learner.rate:
+            # learners climb apart and the owner keeps the last rate sent: climb on from the
+            # lower one in force, or it outlives an outage (through which each climbs to its
+            # ceiling unsent) and a restart at the ceiling meets a 429 (docs/downstream.md)
+            self._sent = self.learner.rate = owner
 
     def _send(self, rate: float) -> None:
         self._sent = rate

@@ -263,3 +263,34 @@ async def test_a_slow_down_after_the_episodes_pause_is_news() -> None:
     assert "served here" in quota.episode(wall() + 1.0, 1.0)
     await _settled(quota)
     assert quota.rate is not None and quota.rate < 270.0
+
+
+async def test_a_lower_rate_the_owner_kept_from_another_worker_is_climbed_on_from() -> None:
+    """The owner keeps the last rate sent. Learners climb apart, and through an outage each
+    climbs to its ceiling without sending: a worker takes the owner's lower rate and climbs
+    on from it (sending its steps), rather than leaving it in force (27 s in a bench round,
+    docs/downstream.md); a higher one it leaves to the worker that sent it."""
+    clock, wall = FakeClock(), FakeClock(1.7e9)
+    learner = QuotaLearner(clock=clock)
+    limiter = TokenBucketRateLimiter(1000, 20, clock=clock)
+    quota = SharedQuota("api", learner, limiter, worker="w1", reporter=None,
+                        wall_clock=wall, settle=0.01)
+    served(learner, clock, 300, 3)
+    quota.episode(wall() + 1.0, 1.0)
+    await _settled(quota)
+    assert quota.rate == pytest.approx(270.0)
+    limiter.update_rate_limit(290.0)  # another worker climbed further: left as it is
+    clock.advance(0.1)
+    quota.succeeded()
+    assert (quota.rate, limiter.current_rate_limit) == (pytest.approx(270.0), 290.0)
+    limiter.update_rate_limit(233.0)  # another worker's lower one, the last the owner got
+    clock.advance(0.1)
+    quota.succeeded()
+    assert quota.rate == pytest.approx(233.0)
+    clock.advance(1.0)  # the episode's pause is over
+    for _ in range(240):  # its next step climbs from there, and is sent
+        quota.started()
+        clock.advance(1 / 240)
+        quota.succeeded()
+    assert quota.rate is not None and 233.0 < quota.rate < 270.0
+    assert limiter.current_rate_limit == pytest.approx(quota.rate)
