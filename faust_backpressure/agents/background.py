@@ -35,9 +35,12 @@ class BackgroundTasks:
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("%s: %s failed", self.owner, what, exc_info=error)
 
+    async def join(self) -> None:
+        """Wait until the tasks running now have ended (failures are logged, not raised)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def stop(self) -> None:
         """Cancel the tasks still running and wait until they end."""
-        tasks = list(self._tasks)
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.join()

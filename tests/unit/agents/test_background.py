@@ -78,3 +78,25 @@ async def test_a_shared_quota_stops_its_settling_episode() -> None:
     await asyncio.sleep(0)
     await quota.stop()  # the worker stops within the settle time: no rate is set
     assert quota.rate is None and limiter.current_rate_limit == 1000
+
+
+async def test_join_waits_for_the_running_tasks_to_end_and_raises_none_of_their_failures() -> None:
+    tasks = BackgroundTasks("downstream api")
+    done = asyncio.Event()
+    ran: list[str] = []
+
+    async def work() -> None:
+        await done.wait()
+        ran.append("work")
+
+    async def fail() -> None:
+        raise ConnectionError("broker gone")
+
+    tasks.spawn(work(), "settling the episode")
+    tasks.spawn(fail(), "publishing the quota report")
+    joined = asyncio.ensure_future(tasks.join())
+    await asyncio.sleep(0)
+    assert not joined.done()  # work is still waiting
+    done.set()
+    await joined  # no ConnectionError out of it
+    assert ran == ["work"]

@@ -217,12 +217,9 @@ class _CountingRestarts(DistributedRateLimiter):
 
 
 async def _settled(quota: SharedQuota) -> None:
-    """Until the episodes' settle tasks are done (a condition, not a fixed sleep)."""
-    for _ in range(1000):
-        if not len(quota._background):
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the episode did not settle")
+    """Until the episodes' settle tasks are done (their end, not a fixed sleep)."""
+    await asyncio.wait_for(quota._background.join(), timeout=5.0)
+    assert not len(quota._background), "the episode did not settle"
 
 
 async def test_calls_resuming_after_a_pause_or_an_outage_restart_the_limiters_demand() -> None:
